@@ -1,0 +1,567 @@
+//! Appliance configuration: one TOML file, unknown keys rejected, defaults as named constants.
+//!
+//! Secrets (the PKCS#11 user PIN, the TLS private key) are never inline values: the configuration names the
+//! *file* that holds them, so they stay out of argv, the environment and the config itself (which operators
+//! routinely paste into tickets). `validate()` checks everything that can be checked without touching hardware
+//! or the network and names the offending key in every error.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default maximum request body, in bytes (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default maximum number of events in one ingest request.
+pub const DEFAULT_MAX_EVENTS_PER_REQUEST: usize = 10_000;
+/// Default maximum JSON nesting depth of a request body.
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 64;
+/// Default interval between seals while events arrive, in milliseconds.
+pub const DEFAULT_SEAL_INTERVAL_MS: u64 = 1_000;
+/// Default maximum number of events covered by one block.
+pub const DEFAULT_SEAL_MAX_EVENTS: u64 = 10_000;
+/// Default interval of heartbeat heads on an idle log, in seconds.
+pub const DEFAULT_HEARTBEAT_INTERVAL_S: u64 = 60;
+/// Default listen address of the mTLS API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default grace period for in-flight requests on shutdown, in seconds.
+pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
+/// Default page size limit for list endpoints.
+pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
+/// Hard upper bound on `max_body_bytes`: beyond this, a single request could exhaust memory.
+pub const MAX_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Log origin: the first line of every checkpoint, e.g. `anchorlog.example.org/prod-1`.
+    pub origin: String,
+    /// HTTPS listener.
+    pub server: ServerConfig,
+    /// SQLite storage.
+    pub storage: StorageConfig,
+    /// Request size limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Block sealing cadence.
+    #[serde(default)]
+    pub sealing: SealingConfig,
+    /// The hardware signer.
+    pub signer: SignerConfig,
+    /// Client-certificate identities and their roles.
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalConfig>,
+}
+
+/// `[server]`: the mTLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the mTLS API, e.g. `0.0.0.0:8443`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// PEM file with the server certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM file with the server private key (a file path, never the key itself).
+    pub key_file: PathBuf,
+    /// PEM files with the CA certificates that client certificates must chain to.
+    pub client_ca_files: Vec<PathBuf>,
+    /// Optional plain-HTTP listener that serves only `GET /healthz` (for systemd and load balancers).
+    #[serde(default)]
+    pub health_listen: Option<String>,
+    /// Seconds to wait for in-flight requests on shutdown.
+    #[serde(default = "default_shutdown_grace_s")]
+    pub shutdown_grace_s: u64,
+}
+
+/// `[storage]`: the SQLite database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Path of the SQLite database file (created on first start).
+    pub database: PathBuf,
+}
+
+/// `[limits]`: bounds on what one request may carry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Maximum request body in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Maximum number of events in one request.
+    #[serde(default = "default_max_events_per_request")]
+    pub max_events_per_request: usize,
+    /// Maximum JSON nesting depth.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// Maximum `limit` of list queries.
+    #[serde(default = "default_max_query_limit")]
+    pub max_query_limit: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
+            max_json_depth: DEFAULT_MAX_JSON_DEPTH,
+            max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
+        }
+    }
+}
+
+/// `[sealing]`: when blocks close.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealingConfig {
+    /// A block closes this often while there are new events (milliseconds).
+    #[serde(default = "default_seal_interval_ms")]
+    pub seal_interval_ms: u64,
+    /// A block closes as soon as it holds this many events.
+    #[serde(default = "default_seal_max_events")]
+    pub seal_max_events: u64,
+    /// An idle log seals a heartbeat head this often (seconds), so truncation is detectable.
+    #[serde(default = "default_heartbeat_interval_s")]
+    pub heartbeat_interval_s: u64,
+}
+
+impl Default for SealingConfig {
+    fn default() -> Self {
+        Self {
+            seal_interval_ms: DEFAULT_SEAL_INTERVAL_MS,
+            seal_max_events: DEFAULT_SEAL_MAX_EVENTS,
+            heartbeat_interval_s: DEFAULT_HEARTBEAT_INTERVAL_S,
+        }
+    }
+}
+
+impl SealingConfig {
+    /// The seal interval as a duration.
+    pub fn seal_interval(&self) -> Duration {
+        Duration::from_millis(self.seal_interval_ms)
+    }
+    /// The heartbeat interval as a duration.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_s)
+    }
+}
+
+/// `[signer]`: which hardware signs block heads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignerConfig {
+    /// `pkcs11` (an HSM or SoftHSM) or `tpm`.
+    pub backend: SignerBackend,
+    /// Settings of the PKCS#11 backend (required when `backend = "pkcs11"`).
+    #[serde(default)]
+    pub pkcs11: Option<Pkcs11Config>,
+}
+
+/// Signer backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignerBackend {
+    /// A PKCS#11 module (HSM, SoftHSM).
+    Pkcs11,
+    /// A TPM 2.0.
+    Tpm,
+}
+
+/// `[signer.pkcs11]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pkcs11Config {
+    /// Path of the PKCS#11 module (`.so`), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub module: PathBuf,
+    /// Label of the token that holds the key.
+    pub token_label: String,
+    /// Label of the signing key pair.
+    pub key_label: String,
+    /// File holding the user PIN (a file path or a systemd credential path, never the PIN).
+    pub pin_file: PathBuf,
+}
+
+/// One `[[principal]]`: who a client certificate is and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalConfig {
+    /// Name recorded as the producer of the events this principal posts.
+    pub name: String,
+    /// Roles: `producer`, `auditor`, `admin`.
+    pub roles: Vec<Role>,
+    /// Certificate identities that map to this principal: `dns:NAME`, `uri:URI`, `cn:COMMON NAME`
+    /// or `sha256:HEX` (fingerprint of the certificate DER).
+    pub identities: Vec<String>,
+}
+
+/// Roles a principal can hold. Deny by default: an endpoint names the role it requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// May append events.
+    Producer,
+    /// May read events, heads, proofs and exports.
+    Auditor,
+    /// May erase payloads and manage keys.
+    Admin,
+}
+
+impl Role {
+    /// Lower-case name as used in config and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Producer => "producer",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A configuration problem, naming the key and what is expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema (serde names the key).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key, line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: `{key}`: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `limits.max_body_bytes`.
+        key: String,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+    /// A secret file could not be read.
+    #[error("cannot read secret file {path} (named by `{key}`): {reason}")]
+    Secret {
+        /// Dotted key naming the file.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why (never the content).
+        reason: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), problem: problem.into() }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that can be checked without hardware or network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_origin(&self.origin)?;
+        self.server.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid("server.listen", "expected an IP address and port, e.g. \"0.0.0.0:8443\"")
+        })?;
+        if let Some(h) = &self.server.health_listen {
+            h.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid("server.health_listen", "expected an IP address and port, e.g. \"127.0.0.1:8081\"")
+            })?;
+        }
+        if self.server.client_ca_files.is_empty() {
+            return Err(invalid(
+                "server.client_ca_files",
+                "at least one CA file is required: every client must present a certificate",
+            ));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_body_bytes > MAX_BODY_BYTES_CEILING {
+            return Err(invalid(
+                "limits.max_body_bytes",
+                format!("expected 1..={MAX_BODY_BYTES_CEILING}, got {}", l.max_body_bytes),
+            ));
+        }
+        if l.max_events_per_request == 0 || l.max_events_per_request > 100_000 {
+            return Err(invalid("limits.max_events_per_request", "expected 1..=100000"));
+        }
+        if l.max_json_depth < 2 || l.max_json_depth > 512 {
+            return Err(invalid("limits.max_json_depth", "expected 2..=512"));
+        }
+        if l.max_query_limit == 0 || l.max_query_limit > 10_000 {
+            return Err(invalid("limits.max_query_limit", "expected 1..=10000"));
+        }
+        let s = &self.sealing;
+        if s.seal_interval_ms < 10 || s.seal_interval_ms > 3_600_000 {
+            return Err(invalid("sealing.seal_interval_ms", "expected 10..=3600000 milliseconds"));
+        }
+        if s.seal_max_events == 0 || s.seal_max_events > 1_000_000 {
+            return Err(invalid("sealing.seal_max_events", "expected 1..=1000000"));
+        }
+        if s.heartbeat_interval_s == 0 || s.heartbeat_interval_s > 86_400 {
+            return Err(invalid("sealing.heartbeat_interval_s", "expected 1..=86400 seconds"));
+        }
+        match self.signer.backend {
+            SignerBackend::Pkcs11 => {
+                let p =
+                    self.signer.pkcs11.as_ref().ok_or_else(|| {
+                        invalid("signer.pkcs11", "required when signer.backend = \"pkcs11\"")
+                    })?;
+                if p.token_label.is_empty() || p.token_label.len() > 32 {
+                    return Err(invalid("signer.pkcs11.token_label", "expected 1 to 32 bytes"));
+                }
+                if p.key_label.is_empty() {
+                    return Err(invalid("signer.pkcs11.key_label", "must not be empty"));
+                }
+            }
+            SignerBackend::Tpm => {
+                return Err(invalid(
+                    "signer.backend",
+                    "the \"tpm\" backend is not available in this build; use \"pkcs11\"",
+                ))
+            }
+        }
+        self.validate_principals()
+    }
+
+    fn validate_principals(&self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        let mut identities = BTreeSet::new();
+        for (i, p) in self.principals.iter().enumerate() {
+            let key = format!("principal[{i}]");
+            validate_name(&p.name).map_err(|problem| invalid(&format!("{key}.name"), problem))?;
+            if !names.insert(p.name.clone()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("duplicate principal name {:?}", p.name),
+                ));
+            }
+            if p.roles.is_empty() {
+                return Err(invalid(&format!("{key}.roles"), "at least one of producer, auditor, admin"));
+            }
+            if p.identities.is_empty() {
+                return Err(invalid(&format!("{key}.identities"), "at least one identity"));
+            }
+            for id in &p.identities {
+                let normalized = normalize_identity(id)
+                    .map_err(|problem| invalid(&format!("{key}.identities"), problem))?;
+                if !identities.insert(normalized) {
+                    return Err(invalid(
+                        &format!("{key}.identities"),
+                        format!("identity {id:?} is mapped to more than one principal"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a log origin: a non-empty single line of printable ASCII without spaces.
+pub fn validate_origin(origin: &str) -> Result<(), ConfigError> {
+    if origin.is_empty() || origin.len() > 255 || !origin.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "origin",
+            "expected 1 to 255 printable ASCII characters without spaces, e.g. \"anchorlog.example.org/prod-1\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a principal or source name: it is committed into every entry, so keep it to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?}: expected 1 to 128 characters from A-Z a-z 0-9 . _ : @ -"))
+    }
+}
+
+/// Normalizes a configured identity (`dns:`, `uri:`, `cn:`, `sha256:`) for comparison with a certificate's.
+pub fn normalize_identity(id: &str) -> Result<String, String> {
+    let (kind, value) = id
+        .split_once(':')
+        .ok_or_else(|| format!("{id:?}: expected dns:NAME, uri:URI, cn:NAME or sha256:HEX"))?;
+    if value.is_empty() {
+        return Err(format!("{id:?}: the value after {kind}: is empty"));
+    }
+    match kind {
+        "dns" => Ok(format!("dns:{}", value.to_ascii_lowercase())),
+        "uri" | "cn" => Ok(id.to_string()),
+        "sha256" => {
+            let hex_value = value.replace(':', "").to_ascii_lowercase();
+            if hex_value.len() != 64 || !hex_value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{id:?}: a sha256 fingerprint is 64 hex digits"));
+            }
+            Ok(format!("sha256:{hex_value}"))
+        }
+        other => Err(format!("{id:?}: unknown identity kind {other:?}; expected dns, uri, cn or sha256")),
+    }
+}
+
+/// Reads a secret (PIN) from a file: trailing newline removed, never logged.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    let secret_err =
+        |reason: String| ConfigError::Secret { key: key.to_string(), path: path.to_path_buf(), reason };
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| secret_err(e.to_string()))?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| secret_err("the file is not UTF-8".into()))?;
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(secret_err("the file is empty".into()));
+    }
+    Ok(zeroize::Zeroizing::new(trimmed.to_string()))
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+fn default_shutdown_grace_s() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_S
+}
+fn default_max_body_bytes() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_events_per_request() -> usize {
+    DEFAULT_MAX_EVENTS_PER_REQUEST
+}
+fn default_max_json_depth() -> usize {
+    DEFAULT_MAX_JSON_DEPTH
+}
+fn default_max_query_limit() -> usize {
+    DEFAULT_MAX_QUERY_LIMIT
+}
+fn default_seal_interval_ms() -> u64 {
+    DEFAULT_SEAL_INTERVAL_MS
+}
+fn default_seal_max_events() -> u64 {
+    DEFAULT_SEAL_MAX_EVENTS
+}
+fn default_heartbeat_interval_s() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_S
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+origin = "anchorlog.test/unit"
+[server]
+cert_file = "s.pem"
+key_file = "s.key"
+client_ca_files = ["ca.pem"]
+[storage]
+database = "a.db"
+[signer]
+backend = "pkcs11"
+[signer.pkcs11]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "t"
+key_label = "k"
+pin_file = "pin"
+[[principal]]
+name = "idp"
+roles = ["producer"]
+identities = ["dns:idp.example.org"]
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.server.listen, DEFAULT_LISTEN);
+        assert_eq!(c.limits.max_body_bytes, 1_048_576);
+        assert_eq!(c.limits.max_events_per_request, 10_000);
+        assert_eq!(c.limits.max_json_depth, 64);
+        assert_eq!(c.sealing.seal_interval(), Duration::from_secs(1));
+        assert_eq!(c.sealing.seal_max_events, 10_000);
+        assert_eq!(c.sealing.heartbeat_interval(), Duration::from_secs(60));
+        assert_eq!(c.principals[0].roles, vec![Role::Producer]);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_and_named() {
+        let text = MINIMAL.replace("[storage]", "[storage]\ndatabse = \"x\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `databse`"), "{err}");
+    }
+
+    #[test]
+    fn inline_pin_is_not_a_field() {
+        let text = MINIMAL.replace("pin_file = \"pin\"", "pin_file = \"pin\"\npin = \"1234\"");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `pin`"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_limit_names_the_key() {
+        let text = format!("{MINIMAL}\n[limits]\nmax_body_bytes = 0\n");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: `limits.max_body_bytes`: expected 1..=67108864, got 0");
+    }
+
+    #[test]
+    fn duplicate_identity_is_rejected() {
+        let text = format!(
+            "{MINIMAL}\n[[principal]]\nname = \"other\"\nroles = [\"auditor\"]\nidentities = [\"dns:IDP.example.org\"]\n"
+        );
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("`principal[1].identities`"), "{err}");
+        assert!(err.contains("more than one principal"), "{err}");
+    }
+
+    #[test]
+    fn identities_are_normalized() {
+        assert_eq!(normalize_identity("dns:Foo.Example").unwrap(), "dns:foo.example");
+        assert_eq!(
+            normalize_identity(&format!("sha256:{}", "AB".repeat(32))).unwrap(),
+            format!("sha256:{}", "ab".repeat(32))
+        );
+        assert!(normalize_identity("email:a@b").is_err());
+        assert!(normalize_identity("cn:").is_err());
+    }
+
+    #[test]
+    fn bad_origin_is_rejected() {
+        let text = MINIMAL.replace("anchorlog.test/unit", "has space");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("invalid config: `origin`"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_is_trimmed_and_errors_do_not_leak() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pin");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        assert_eq!(read_secret_file("signer.pkcs11.pin_file", &p).unwrap().as_str(), "s3cret");
+        std::fs::write(&p, "\n").unwrap();
+        let err = read_secret_file("signer.pkcs11.pin_file", &p).unwrap_err().to_string();
+        assert!(err.contains("the file is empty"));
+    }
+}

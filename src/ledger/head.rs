@@ -1,0 +1,203 @@
+//! Block heads: C2SP tlog-checkpoint text with anchorlog extension lines.
+//!
+//! ```text
+//! <origin>
+//! <tree size, decimal>
+//! <root hash, base64>
+//! anchorlog-block <height>
+//! anchorlog-prev <base64 SHA-256 of the previous head's text; 32 zero bytes at height 0>
+//! anchorlog-time <seal time, RFC 3339 UTC with milliseconds>
+//! ```
+//! Every line ends in `\n`. The signed message is exactly these bytes. The parser is strict: it accepts only
+//! text that `to_text` would produce, so two different byte strings can never carry the same head.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use time::format_description::FormatItem;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// The 32-byte hash type shared with the Merkle module.
+pub type Hash = [u8; 32];
+
+/// RFC 3339 UTC with exactly three fractional digits, e.g. `2026-11-23T12:00:00.123Z`.
+const TIME_FORMAT: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// A block head, as signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Log origin (first line).
+    pub origin: String,
+    /// Number of leaves the root covers.
+    pub tree_size: u64,
+    /// RFC 9162 root over the first `tree_size` leaves.
+    pub root: Hash,
+    /// Block height, dense from 0.
+    pub height: u64,
+    /// SHA-256 of the previous head's text, or 32 zero bytes at height 0.
+    pub prev: Hash,
+    /// Seal time in milliseconds since the Unix epoch (UTC).
+    pub time_ms: i64,
+}
+
+/// Why a text is not a well-formed checkpoint.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadError {
+    /// A line is missing, extra, or malformed.
+    #[error("checkpoint line {line}: {problem}")]
+    Malformed {
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The seal time is outside the representable range.
+    #[error("seal time {0} ms is out of range")]
+    TimeRange(i64),
+}
+
+fn malformed(line: usize, problem: impl Into<String>) -> HeadError {
+    HeadError::Malformed { line, problem: problem.into() }
+}
+
+impl Checkpoint {
+    /// The exact signed text.
+    pub fn to_text(&self) -> Result<String, HeadError> {
+        Ok(format!(
+            "{}\n{}\n{}\nanchorlog-block {}\nanchorlog-prev {}\nanchorlog-time {}\n",
+            self.origin,
+            self.tree_size,
+            B64.encode(self.root),
+            self.height,
+            B64.encode(self.prev),
+            format_time_ms(self.time_ms)?
+        ))
+    }
+
+    /// Parses checkpoint text strictly (it must be byte-identical to what `to_text` produces).
+    pub fn parse(text: &str) -> Result<Checkpoint, HeadError> {
+        let body = text.strip_suffix('\n').ok_or_else(|| malformed(6, "the text must end with a newline"))?;
+        let lines: Vec<&str> = body.split('\n').collect();
+        if lines.len() != 6 {
+            return Err(malformed(lines.len().min(6), format!("expected 6 lines, found {}", lines.len())));
+        }
+        let origin = lines[0].to_string();
+        if origin.is_empty() {
+            return Err(malformed(1, "empty origin"));
+        }
+        let tree_size =
+            parse_decimal(lines[1]).ok_or_else(|| malformed(2, "tree size is not a decimal number"))?;
+        let root = parse_hash(lines[2]).ok_or_else(|| malformed(3, "root is not a base64 SHA-256 hash"))?;
+        let height = lines[3]
+            .strip_prefix("anchorlog-block ")
+            .and_then(parse_decimal)
+            .ok_or_else(|| malformed(4, "expected `anchorlog-block <height>`"))?;
+        let prev = lines[4]
+            .strip_prefix("anchorlog-prev ")
+            .and_then(parse_hash)
+            .ok_or_else(|| malformed(5, "expected `anchorlog-prev <base64 hash>`"))?;
+        let time_text = lines[5]
+            .strip_prefix("anchorlog-time ")
+            .ok_or_else(|| malformed(6, "expected `anchorlog-time <time>`"))?;
+        let time_ms = parse_time_ms(time_text)
+            .ok_or_else(|| malformed(6, "time is not RFC 3339 UTC with milliseconds"))?;
+        let head = Checkpoint { origin, tree_size, root, height, prev, time_ms };
+        if head.to_text()? != text {
+            return Err(malformed(1, "text is not in canonical form"));
+        }
+        Ok(head)
+    }
+
+    /// SHA-256 of the head text: what the next head's `anchorlog-prev` names.
+    pub fn text_hash(text: &str) -> Hash {
+        Sha256::digest(text.as_bytes()).into()
+    }
+
+    /// The seal time as RFC 3339.
+    pub fn time_rfc3339(&self) -> Result<String, HeadError> {
+        format_time_ms(self.time_ms)
+    }
+}
+
+fn parse_decimal(s: &str) -> Option<u64> {
+    // Canonical decimal only: no sign, no leading zeros (except "0" itself).
+    if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn parse_hash(s: &str) -> Option<Hash> {
+    B64.decode(s).ok().and_then(|v| <[u8; 32]>::try_from(v).ok())
+}
+
+/// Formats milliseconds since the epoch as `YYYY-MM-DDThh:mm:ss.mmmZ`.
+pub fn format_time_ms(ms: i64) -> Result<String, HeadError> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|_| HeadError::TimeRange(ms))?;
+    t.format(TIME_FORMAT).map_err(|_| HeadError::TimeRange(ms))
+}
+
+/// Parses `YYYY-MM-DDThh:mm:ss.mmmZ` into milliseconds since the epoch.
+pub fn parse_time_ms(s: &str) -> Option<i64> {
+    let t = time::PrimitiveDateTime::parse(s, TIME_FORMAT).ok()?.assume_utc();
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Checkpoint {
+        Checkpoint {
+            origin: "anchorlog.example.org/prod-1".into(),
+            tree_size: 1000,
+            root: [1; 32],
+            height: 5,
+            prev: [0; 32],
+            time_ms: 1_795_432_930_123,
+        }
+    }
+
+    #[test]
+    fn text_is_exact() {
+        assert_eq!(
+            sample().to_text().unwrap(),
+            "anchorlog.example.org/prod-1\n1000\nAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\nanchorlog-block 5\n\
+             anchorlog-prev AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nanchorlog-time 2026-11-23T11:22:10.123Z\n"
+        );
+    }
+
+    #[test]
+    fn parse_round_trips() {
+        let h = sample();
+        assert_eq!(Checkpoint::parse(&h.to_text().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn parse_rejects_variants() {
+        let t = sample().to_text().unwrap();
+        let cases = [
+            (t.trim_end().to_string(), 6),
+            (t.replace("\n1000\n", "\n01000\n"), 2),
+            (t.replace("anchorlog-block 5", "anchorlog-block  5"), 4),
+            (t.replace("anchorlog-prev ", "anchorlog-prev  "), 5),
+            (t.replace(".123Z", "Z"), 6),
+            (format!("{t}extra\n"), 6),
+        ];
+        for (text, line) in cases {
+            match Checkpoint::parse(&text) {
+                Err(HeadError::Malformed { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn time_format_round_trips() {
+        assert_eq!(format_time_ms(0).unwrap(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_time_ms("2026-11-23T11:22:10.123Z"), Some(1_795_432_930_123));
+    }
+}

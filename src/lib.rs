@@ -1,0 +1,54 @@
+//! anchorlog: a hardware-anchored audit log appliance.
+//!
+//! Identity providers POST authentication and admin events over mutual TLS; anchorlog stores each one
+//! durably in SQLite, batches them into hash-chained blocks whose heads commit to an RFC 9162 Merkle tree,
+//! has every head signed inside a PKCS#11 HSM (or a TPM 2.0), and lets auditors verify all of it offline
+//! with nothing but public keys.
+//!
+//! # Module map
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the TOML configuration, defaults, validation |
+//! | [`ledger::entry`] | the canonical entry each leaf commits to |
+//! | [`ledger::merkle`] | pure RFC 9162 math: roots, proofs, frontier |
+//! | [`ledger::head`] | checkpoint text (the signed block head) |
+//! | `ledger::appender` | the single writer: group commit, de-duplication |
+//! | `ledger::sealer` | closing blocks: build head, sign, store |
+//! | [`store`] | SQLite schema, append-only triggers, statements |
+//! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 backend, X.509 export |
+//! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
+//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
+//! | `tls` | rustls server config, client certificate → principal |
+//! | `api` | the axum routes; JSON errors with stable codes |
+//! | `server` | `serve`: start-up, accept loop, graceful shutdown |
+//! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
+//! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
+//! | `bench` | the end-to-end load generator |
+//!
+//! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `verify` (nothing extra: the offline
+//! verifier is always built; `--no-default-features --features verify` gives an auditor's binary without
+//! cryptoki, TLS or HTTP code).
+
+pub mod config;
+pub mod formats;
+#[cfg(feature = "server")]
+pub mod keys;
+pub mod ledger;
+pub mod metrics;
+pub mod signer;
+pub mod store;
+pub mod verify;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod bench;
+#[cfg(feature = "server")]
+pub mod client;
+#[cfg(all(feature = "server", feature = "pkcs11"))]
+pub mod dev;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod tls;

@@ -1,0 +1,503 @@
+//! SQLite storage: opening (WAL, `synchronous=FULL`), schema creation and version check, and the
+//! parameterised statements every other module uses. Only the appender's connection writes.
+
+pub mod schema;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use schema::SCHEMA_VERSION;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// The database is not an anchorlog database of a version this build understands.
+    #[error("database {path}: {problem}")]
+    Incompatible {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value has the wrong shape (the file was edited or corrupted).
+    #[error("corrupt row in {table} at {key}: {problem}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// Row key (seq or height).
+        key: u64,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A stored event row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Sequence number.
+    pub seq: u64,
+    /// Canonical entry bytes.
+    pub entry: Vec<u8>,
+    /// Stored leaf hash.
+    pub leaf_hash: [u8; 32],
+    /// Salt, `None` once erased.
+    pub salt: Option<Vec<u8>>,
+    /// Raw body, `None` once erased.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A stored, signed block head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHead {
+    /// Block height.
+    pub height: u64,
+    /// Tree size the root covers.
+    pub tree_size: u64,
+    /// Merkle root.
+    pub root: [u8; 32],
+    /// The exact signed checkpoint text.
+    pub checkpoint: String,
+    /// DER ECDSA signature over the checkpoint text.
+    pub signature: Vec<u8>,
+    /// Hex SHA-256 of the signer's SubjectPublicKeyInfo.
+    pub key_id: String,
+    /// Seal time, ms since the epoch.
+    pub sealed_at_ms: i64,
+}
+
+/// A new event as the appender inserts it.
+#[derive(Debug, Clone)]
+pub struct EventRow<'a> {
+    /// Sequence number.
+    pub seq: u64,
+    /// Receive time, ns since the epoch.
+    pub received_at_ns: u64,
+    /// Producer name.
+    pub producer: &'a str,
+    /// Source name.
+    pub source: &'a str,
+    /// Format name.
+    pub format: &'a str,
+    /// Producer-assigned event id.
+    pub source_id: Option<&'a str>,
+    /// Canonical entry bytes.
+    pub entry: &'a [u8],
+    /// Leaf hash.
+    pub leaf_hash: &'a [u8; 32],
+    /// Salt.
+    pub salt: &'a [u8],
+    /// Raw body.
+    pub body: &'a [u8],
+}
+
+fn u64_of(v: i64, table: &'static str, key: u64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt { table, key, problem: format!("negative {what}") })
+}
+
+fn hash_of(v: Vec<u8>, table: &'static str, key: u64, what: &str) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(v).map_err(|_| StoreError::Corrupt {
+        table,
+        key,
+        problem: format!("{what} is not 32 bytes"),
+    })
+}
+
+fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
+    // WAL lets readers run beside the single writer; FULL makes every acknowledged commit durable (fsync of
+    // the WAL at commit), which is what a 2xx promises.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Opens (creating if needed) the database for writing, applies the schema on a new file, and checks the
+/// schema version and the log origin of an existing one.
+pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    apply_pragmas(&conn).map_err(open_err)?;
+    let has_version: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='schema_version'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !has_version {
+        let tables: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))?;
+        if tables > 0 {
+            return Err(StoreError::Incompatible {
+                path: path.to_path_buf(),
+                problem: "this file holds tables but no anchorlog schema_version; refusing to touch it — \
+                          point storage.database at a new path"
+                    .into(),
+            });
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(schema::SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+            params![SCHEMA_VERSION, now_ms()],
+        )?;
+        tx.execute("INSERT INTO log_meta (key, value) VALUES ('origin', ?1)", params![origin])?;
+        tx.commit()?;
+    }
+    check_version(&conn, path)?;
+    let stored_origin = stored_origin(&conn)?;
+    if stored_origin.as_deref() != Some(origin) {
+        return Err(StoreError::Incompatible {
+            path: path.to_path_buf(),
+            problem: format!(
+                "the log in this file has origin {:?} but the configuration says {origin:?}; an origin never \
+                 changes for a log — fix `origin` in the config or use a new database",
+                stored_origin.unwrap_or_default()
+            ),
+        });
+    }
+    Ok(conn)
+}
+
+fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: Option<i64> =
+        conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0)).optional()?.flatten();
+    match version {
+        Some(SCHEMA_VERSION) => Ok(()),
+        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Incompatible {
+            path: path.to_path_buf(),
+            problem: format!(
+                "schema version {v} was written by a newer anchorlog (this build knows {SCHEMA_VERSION}); upgrade"
+            ),
+        }),
+        other => Err(StoreError::Incompatible {
+            path: path.to_path_buf(),
+            problem: format!("unknown schema version {other:?} (this build knows {SCHEMA_VERSION})"),
+        }),
+    }
+}
+
+/// Opens the database read-only (verification, queries). Fails if the file does not exist.
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    check_version(&conn, path)?;
+    Ok(conn)
+}
+
+/// The origin recorded when the log was created.
+pub fn stored_origin(conn: &Connection) -> Result<Option<String>, StoreError> {
+    Ok(conn.query_row("SELECT value FROM log_meta WHERE key='origin'", [], |r| r.get(0)).optional()?)
+}
+
+/// Number of stored events (= next seq, because seqs are dense).
+pub fn event_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+    Ok(n.map_or(0, |m| m as u64 + 1))
+}
+
+/// Inserts one event (the caller owns the transaction).
+pub fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, salt, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    stmt.execute(params![
+        e.seq as i64,
+        e.received_at_ns as i64,
+        e.producer,
+        e.source,
+        e.format,
+        e.source_id,
+        e.entry,
+        &e.leaf_hash[..],
+        e.salt,
+        e.body
+    ])?;
+    Ok(())
+}
+
+/// The seq and leaf hash of an already stored event with this de-duplication key.
+pub fn find_by_source_id(
+    conn: &Connection,
+    producer: &str,
+    source: &str,
+    source_id: &str,
+) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, leaf_hash FROM events WHERE producer = ?1 AND source = ?2 AND source_id = ?3",
+    )?;
+    let row: Option<(i64, Vec<u8>)> =
+        stmt.query_row(params![producer, source, source_id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    match row {
+        None => Ok(None),
+        Some((seq, leaf)) => {
+            let seq = u64_of(seq, "events", 0, "seq")?;
+            Ok(Some((seq, hash_of(leaf, "events", seq, "leaf_hash")?)))
+        }
+    }
+}
+
+/// One event by seq.
+pub fn event(conn: &Connection, seq: u64) -> Result<Option<StoredEvent>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, entry, leaf_hash, salt, body FROM events WHERE seq = ?1")?;
+    let mut rows = stmt.query(params![seq as i64])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(r) => Ok(Some(event_from_row(r)?)),
+    }
+}
+
+fn event_from_row(r: &rusqlite::Row<'_>) -> Result<StoredEvent, StoreError> {
+    let seq = u64_of(r.get(0)?, "events", 0, "seq")?;
+    Ok(StoredEvent {
+        seq,
+        entry: r.get(1)?,
+        leaf_hash: hash_of(r.get(2)?, "events", seq, "leaf_hash")?,
+        salt: r.get(3)?,
+        body: r.get(4)?,
+    })
+}
+
+/// Visits every event with `seq >= from` in seq order (streaming; constant memory).
+pub fn for_each_event(
+    conn: &Connection,
+    from: u64,
+    mut f: impl FnMut(StoredEvent) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT seq, entry, leaf_hash, salt, body FROM events WHERE seq >= ?1 ORDER BY seq")?;
+    let mut rows = stmt.query(params![from as i64])?;
+    while let Some(r) = rows.next()? {
+        if !f(event_from_row(r)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Leaf hashes of events `from..to` in seq order.
+pub fn leaf_hashes(conn: &Connection, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, leaf_hash FROM events WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![from as i64, to as i64])?;
+    let mut out = Vec::with_capacity(to.saturating_sub(from) as usize);
+    let mut expected = from;
+    while let Some(r) = rows.next()? {
+        let seq = u64_of(r.get(0)?, "events", expected, "seq")?;
+        if seq != expected {
+            return Err(StoreError::Corrupt {
+                table: "events",
+                key: expected,
+                problem: "missing event".into(),
+            });
+        }
+        out.push(hash_of(r.get(1)?, "events", seq, "leaf_hash")?);
+        expected += 1;
+    }
+    if expected != to {
+        return Err(StoreError::Corrupt { table: "events", key: expected, problem: "missing event".into() });
+    }
+    Ok(out)
+}
+
+/// Inserts a signed head.
+pub fn insert_head(conn: &Connection, h: &StoredHead) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO heads (height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        h.height as i64,
+        h.tree_size as i64,
+        &h.root[..],
+        h.checkpoint,
+        h.signature,
+        h.key_id,
+        h.sealed_at_ms
+    ])?;
+    Ok(())
+}
+
+fn head_from_row(r: &rusqlite::Row<'_>) -> Result<StoredHead, StoreError> {
+    let height = u64_of(r.get(0)?, "heads", 0, "height")?;
+    Ok(StoredHead {
+        height,
+        tree_size: u64_of(r.get(1)?, "heads", height, "tree_size")?,
+        root: hash_of(r.get(2)?, "heads", height, "root")?,
+        checkpoint: r.get(3)?,
+        signature: r.get(4)?,
+        key_id: r.get(5)?,
+        sealed_at_ms: r.get(6)?,
+    })
+}
+
+const HEAD_COLUMNS: &str = "height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms";
+
+/// One head by height.
+pub fn head(conn: &Connection, height: u64) -> Result<Option<StoredHead>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {HEAD_COLUMNS} FROM heads WHERE height = ?1"))?;
+    let mut rows = stmt.query(params![height as i64])?;
+    rows.next()?.map(head_from_row).transpose()
+}
+
+/// The head with the greatest height.
+pub fn last_head(conn: &Connection) -> Result<Option<StoredHead>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {HEAD_COLUMNS} FROM heads ORDER BY height DESC LIMIT 1"))?;
+    let mut rows = stmt.query([])?;
+    rows.next()?.map(head_from_row).transpose()
+}
+
+/// All heads in height order.
+pub fn all_heads(conn: &Connection) -> Result<Vec<StoredHead>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {HEAD_COLUMNS} FROM heads ORDER BY height"))?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(head_from_row(r)?);
+    }
+    Ok(out)
+}
+
+/// A small pool of read-only connections, used from blocking threads.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    /// A pool over the database at `path` (connections are opened lazily).
+    pub fn new(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let conn = match conn {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let result = f(&conn);
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+        }
+        result
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Nanoseconds since the Unix epoch, from the system clock.
+pub fn now_ns() -> u64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64) -> (Vec<u8>, [u8; 32]) {
+        (format!("{{\"seq\":{seq}}}").into_bytes(), [seq as u8; 32])
+    }
+
+    fn insert(conn: &Connection, seq: u64) -> Result<(), StoreError> {
+        let (entry, leaf) = row(seq);
+        insert_event(
+            conn,
+            &EventRow {
+                seq,
+                received_at_ns: 1,
+                producer: "p",
+                source: "events",
+                format: "json",
+                source_id: None,
+                entry: &entry,
+                leaf_hash: &leaf,
+                salt: &[0; 32],
+                body: b"{}",
+            },
+        )
+    }
+
+    #[test]
+    fn new_database_gets_schema_and_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.db");
+        let conn = open_writer(&p, "o/1").unwrap();
+        assert_eq!(stored_origin(&conn).unwrap().as_deref(), Some("o/1"));
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        drop(conn);
+        let err = open_writer(&p, "o/2").unwrap_err().to_string();
+        assert!(err.contains("has origin \"o/1\" but the configuration says \"o/2\""), "{err}");
+    }
+
+    #[test]
+    fn triggers_refuse_update_delete_and_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("a.db"), "o").unwrap();
+        insert(&conn, 0).unwrap();
+        insert(&conn, 1).unwrap();
+        let gap = insert(&conn, 3).unwrap_err().to_string();
+        assert!(gap.contains("next dense sequence number"), "{gap}");
+        let upd = conn.execute("UPDATE events SET body = x'00' WHERE seq = 0", []).unwrap_err().to_string();
+        assert!(upd.contains("events are append-only"), "{upd}");
+        let del = conn.execute("DELETE FROM events WHERE seq = 1", []).unwrap_err().to_string();
+        assert!(del.contains("events are append-only"), "{del}");
+        assert_eq!(event_count(&conn).unwrap(), 2);
+        assert_eq!(leaf_hashes(&conn, 0, 2).unwrap(), vec![[0; 32], [1; 32]]);
+        let h = StoredHead {
+            height: 0,
+            tree_size: 2,
+            root: [9; 32],
+            checkpoint: "c".into(),
+            signature: vec![1],
+            key_id: "k".into(),
+            sealed_at_ms: 5,
+        };
+        insert_head(&conn, &h).unwrap();
+        assert!(insert_head(&conn, &StoredHead { height: 2, ..h.clone() }).is_err());
+        let upd = conn.execute("UPDATE heads SET signature = x'00'", []).unwrap_err().to_string();
+        assert!(upd.contains("heads are append-only"), "{upd}");
+        assert_eq!(last_head(&conn).unwrap(), Some(h));
+    }
+
+    #[test]
+    fn foreign_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("other.db");
+        Connection::open(&p).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+        let err = open_writer(&p, "o").unwrap_err().to_string();
+        assert!(err.contains("no anchorlog schema_version"), "{err}");
+    }
+}
