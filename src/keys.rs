@@ -1,0 +1,140 @@
+//! `anchorlog keys`: create the signing key inside the device, export its public key and a certificate for
+//! it, and show what the device says about the key. The private key never leaves the device; export writes
+//! public material only.
+
+use crate::config::{read_secret_file, Config, ConfigError, SignerBackend};
+use crate::signer::{x509, HeadSigner, SignerError};
+use std::path::{Path, PathBuf};
+
+/// File name of the exported public key (PEM SubjectPublicKeyInfo).
+pub const PUBLIC_KEY_FILE: &str = "signer.pem";
+/// File name of the exported self-signed certificate (PEM).
+pub const CERTIFICATE_FILE: &str = "signer.crt";
+/// Validity of the exported certificate.
+pub const CERTIFICATE_DAYS: u32 = 3650;
+
+/// A key-management failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Device problem.
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    /// Certificate building problem.
+    #[error("building the certificate: {0}")]
+    Certificate(#[from] x509::CertificateError),
+    /// Writing the output failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The backend is not available.
+    #[error("the {0} backend is not available in this build")]
+    Unavailable(&'static str),
+}
+
+#[cfg(feature = "pkcs11")]
+fn pkcs11_parts(
+    config: &Config,
+) -> Result<(crate::signer::pkcs11::Pkcs11Settings, zeroize::Zeroizing<String>), KeysError> {
+    let p = config.signer.pkcs11.clone().ok_or(KeysError::Unavailable("pkcs11"))?;
+    let pin = read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
+    Ok((
+        crate::signer::pkcs11::Pkcs11Settings {
+            module: p.module,
+            token_label: p.token_label,
+            key_label: p.key_label,
+        },
+        pin,
+    ))
+}
+
+/// Creates the signing key in the configured device; returns a JSON description of the new key.
+pub fn generate(config: &Config) -> Result<serde_json::Value, KeysError> {
+    match config.signer.backend {
+        #[cfg(feature = "pkcs11")]
+        SignerBackend::Pkcs11 => {
+            let (settings, pin) = pkcs11_parts(config)?;
+            let attrs = crate::signer::pkcs11::generate_key(&settings, &pin).map_err(SignerError::from)?;
+            Ok(attributes_json(&attrs))
+        }
+        #[cfg(not(feature = "pkcs11"))]
+        SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+    }
+}
+
+/// Opens the configured signer directly (on the calling thread; for the `keys` commands only).
+pub fn open(config: &Config) -> Result<Box<dyn HeadSigner>, KeysError> {
+    match config.signer.backend {
+        #[cfg(feature = "pkcs11")]
+        SignerBackend::Pkcs11 => {
+            let (settings, pin) = pkcs11_parts(config)?;
+            let s = crate::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).map_err(SignerError::from)?;
+            Ok(Box::new(s))
+        }
+        #[cfg(not(feature = "pkcs11"))]
+        SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+    }
+}
+
+/// What the device reports about the key, as JSON (`keys show`).
+pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
+    match config.signer.backend {
+        #[cfg(feature = "pkcs11")]
+        SignerBackend::Pkcs11 => {
+            let (settings, pin) = pkcs11_parts(config)?;
+            let s = crate::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).map_err(SignerError::from)?;
+            let attrs = s.key_attributes().map_err(SignerError::from)?;
+            let mut v = attributes_json(&attrs);
+            v["key_id"] = x509::key_id(s.public_key_spki_der()).into();
+            v["device"] = s.describe().into();
+            v["public_key_pem"] = x509::public_key_pem(s.public_key_spki_der())?.into();
+            Ok(v)
+        }
+        #[cfg(not(feature = "pkcs11"))]
+        SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn attributes_json(a: &crate::signer::pkcs11::KeyAttributes) -> serde_json::Value {
+    serde_json::json!({
+        "label": a.label,
+        "id": a.id_hex,
+        "sensitive": a.sensitive,
+        "extractable": a.extractable,
+        "always_sensitive": a.always_sensitive,
+        "never_extractable": a.never_extractable,
+        "local": a.local,
+        "can_sign": a.can_sign,
+    })
+}
+
+/// Writes `signer.pem` (public key) and `signer.crt` (certificate self-signed by the device key) into `dir`;
+/// returns the key id.
+pub fn export(signer: &mut dyn HeadSigner, common_name: &str, dir: &Path) -> Result<String, KeysError> {
+    let spki = signer.public_key_spki_der();
+    let cert = x509::self_signed_certificate(
+        &spki,
+        common_name,
+        std::time::SystemTime::now(),
+        CERTIFICATE_DAYS,
+        &mut |tbs: &[u8]| signer.sign(tbs),
+    )?;
+    std::fs::create_dir_all(dir).map_err(|source| KeysError::Write { path: dir.into(), source })?;
+    let pem_path = dir.join(PUBLIC_KEY_FILE);
+    std::fs::write(&pem_path, x509::public_key_pem(&spki)?)
+        .map_err(|source| KeysError::Write { path: pem_path, source })?;
+    let crt_path = dir.join(CERTIFICATE_FILE);
+    std::fs::write(&crt_path, x509::certificate_pem(&cert))
+        .map_err(|source| KeysError::Write { path: crt_path, source })?;
+    Ok(x509::key_id(&spki))
+}
