@@ -1,0 +1,352 @@
+//! The single writer: one OS thread owns the write connection; every append and every head goes through it.
+//!
+//! Group commit: the thread takes the first waiting command, drains whatever else is already queued (up to a
+//! bound), applies them all in one transaction with a SAVEPOINT per request (so one failing request cannot
+//! take others down), commits once (one fsync under `synchronous=FULL`), and only then answers every waiter.
+//! A handler therefore sends its 2xx only after its events are durable.
+
+use crate::ledger::entry::{AuthMethod, Entry};
+use crate::ledger::merkle;
+use crate::store::{self, EventRow, StoreError, StoredHead};
+use rusqlite::Connection;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Most events applied in one transaction; bounds commit latency and memory.
+pub const MAX_GROUP_EVENTS: usize = 50_000;
+/// Depth of the command queue; producers wait (backpressure) when it is full.
+pub const QUEUE_DEPTH: usize = 4_096;
+
+/// An event ready to be appended (validated and hashed by the handler).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Receive time, ns since the epoch.
+    pub received_at_ns: u64,
+    /// Authenticated producer name.
+    pub producer: Arc<str>,
+    /// Source name.
+    pub source: Arc<str>,
+    /// How the producer authenticated.
+    pub auth: AuthMethod,
+    /// Payload format.
+    pub format: &'static str,
+    /// Producer-assigned event id (de-duplication key).
+    pub source_id: Option<String>,
+    /// Random salt.
+    pub salt: [u8; 32],
+    /// Raw body bytes of this event.
+    pub body: Vec<u8>,
+    /// SHA-256(salt || body).
+    pub payload_sha256: [u8; 32],
+}
+
+/// The outcome of one appended event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its sequence number (the original one for a duplicate).
+    pub seq: u64,
+    /// Its leaf hash.
+    pub leaf_hash: [u8; 32],
+    /// True if an event with the same (producer, source, source id) was already stored.
+    pub duplicate: bool,
+}
+
+/// Why an append or head store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The database refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The writer thread has stopped (shutdown or a fatal error).
+    #[error("the writer has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Append { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Appended>, AppendError>> },
+    StoreHead { head: Box<StoredHead>, reply: oneshot::Sender<Result<(), AppendError>> },
+}
+
+impl Command {
+    fn weight(&self) -> usize {
+        match self {
+            Command::Append { events, .. } => events.len().max(1),
+            Command::StoreHead { .. } => 1,
+        }
+    }
+}
+
+/// Async handle to the writer thread. Cloning shares the same writer.
+#[derive(Clone)]
+pub struct AppenderHandle {
+    commands: mpsc::Sender<Command>,
+    committed: watch::Receiver<u64>,
+}
+
+impl AppenderHandle {
+    /// Starts the writer thread on `conn` (opened by [`store::open_writer`]).
+    pub fn start(conn: Connection) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
+        let next_seq = store::event_count(&conn)?;
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (committed_tx, committed) = watch::channel(next_seq);
+        let join = std::thread::Builder::new()
+            .name("anchorlog-writer".into())
+            .spawn(move || Writer { conn, next_seq, committed: committed_tx }.run(rx))
+            .map_err(|_| AppendError::Stopped)?;
+        Ok((AppenderHandle { commands, committed }, join))
+    }
+
+    /// Appends `events` atomically; returns after they are committed to disk.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Append { events, reply }).await.map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Stores a signed head; returns after it is committed to disk.
+    pub async fn store_head(&self, head: StoredHead) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::StoreHead { head: Box::new(head), reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// A watch of the number of committed events (the next seq).
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    next_seq: u64,
+    committed: watch::Sender<u64>,
+}
+
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
+    Head(oneshot::Sender<Result<(), AppendError>>, Result<(), StoreError>),
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut weight = group[0].weight();
+            while weight < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        weight += cmd.weight();
+                        group.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.apply_group(group);
+        }
+        // A clean stop leaves a self-contained database file: fold the WAL back in, so a copy of the .db alone
+        // (a backup, an export to an auditor) holds everything.
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            tracing::warn!(error = %e, "writer: final WAL checkpoint failed; the -wal file must be kept with the database");
+        }
+        tracing::debug!("writer: all handles dropped, stopping");
+    }
+
+    fn apply_group(&mut self, group: Vec<Command>) {
+        let start_seq = self.next_seq;
+        let mut replies = Vec::with_capacity(group.len());
+        let next_seq = &mut self.next_seq;
+        let conn = &self.conn;
+        let outcome = (|| -> Result<(), StoreError> {
+            let tx = conn.unchecked_transaction()?;
+            for cmd in group {
+                match cmd {
+                    Command::Append { events, reply } => {
+                        let result = append_request(&tx, next_seq, &events);
+                        replies.push(Reply::Append(reply, result));
+                    }
+                    Command::StoreHead { head, reply } => {
+                        let result = in_savepoint(&tx, |c| store::insert_head(c, &head));
+                        replies.push(Reply::Head(reply, result));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {
+                let _ = self.committed.send(self.next_seq);
+                for r in replies {
+                    match r {
+                        Reply::Append(tx, res) => {
+                            let _ = tx.send(res.map_err(AppendError::from));
+                        }
+                        Reply::Head(tx, res) => {
+                            let _ = tx.send(res.map_err(AppendError::from));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing of this group is on disk: fail every waiter and rewind the sequence counter.
+                tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
+                self.next_seq = start_seq;
+                for r in replies {
+                    let err = || {
+                        AppendError::Store(StoreError::Corrupt {
+                            table: "events",
+                            key: start_seq,
+                            problem: format!("group commit failed: {e}"),
+                        })
+                    };
+                    match r {
+                        Reply::Append(tx, _) => {
+                            let _ = tx.send(Err(err()));
+                        }
+                        Reply::Head(tx, _) => {
+                            let _ = tx.send(Err(err()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies one request inside its own savepoint: all of its events or none.
+fn append_request(
+    conn: &Connection,
+    next_seq: &mut u64,
+    events: &[NewEvent],
+) -> Result<Vec<Appended>, StoreError> {
+    let before = *next_seq;
+    let mut next = *next_seq;
+    let result = in_savepoint(conn, |c| {
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            if let Some(id) = ev.source_id.as_deref() {
+                if let Some((seq, leaf_hash)) = store::find_by_source_id(c, &ev.producer, &ev.source, id)? {
+                    out.push(Appended { seq, leaf_hash, duplicate: true });
+                    continue;
+                }
+            }
+            let entry = Entry {
+                seq: next,
+                received_at_ns: ev.received_at_ns,
+                producer: ev.producer.to_string(),
+                source: ev.source.to_string(),
+                auth: ev.auth,
+                format: ev.format.to_string(),
+                source_id: ev.source_id.clone(),
+                payload_sha256: ev.payload_sha256,
+            }
+            .to_canonical_json();
+            let leaf_hash = merkle::leaf_hash(&entry);
+            store::insert_event(
+                c,
+                &EventRow {
+                    seq: next,
+                    received_at_ns: ev.received_at_ns,
+                    producer: &ev.producer,
+                    source: &ev.source,
+                    format: ev.format,
+                    source_id: ev.source_id.as_deref(),
+                    entry: &entry,
+                    leaf_hash: &leaf_hash,
+                    salt: &ev.salt,
+                    body: &ev.body,
+                },
+            )?;
+            out.push(Appended { seq: next, leaf_hash, duplicate: false });
+            next += 1;
+        }
+        Ok(out)
+    });
+    *next_seq = if result.is_ok() { next } else { before };
+    result
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT request")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE request")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO request; RELEASE request")?;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: Option<&str>, body: &str) -> NewEvent {
+        NewEvent {
+            received_at_ns: 42,
+            producer: "p".into(),
+            source: "events".into(),
+            auth: AuthMethod::Mtls,
+            format: "json",
+            source_id: id.map(str::to_string),
+            salt: [7; 32],
+            body: body.as_bytes().to_vec(),
+            payload_sha256: crate::ledger::entry::payload_digest(&[7; 32], body.as_bytes()),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_dense_deduplicated_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let (h, join) = AppenderHandle::start(store::open_writer(&path, "o").unwrap()).unwrap();
+        let a = h.append(vec![ev(None, "{}"), ev(Some("x"), "{\"id\":\"x\"}")]).await.unwrap();
+        assert_eq!(a.iter().map(|x| (x.seq, x.duplicate)).collect::<Vec<_>>(), vec![(0, false), (1, false)]);
+        // The same id again, twice in one request: both are duplicates of seq 1; a new event gets seq 2.
+        let b = h.append(vec![ev(Some("x"), "{}"), ev(None, "{}"), ev(Some("x"), "{}")]).await.unwrap();
+        assert_eq!(
+            b.iter().map(|x| (x.seq, x.duplicate)).collect::<Vec<_>>(),
+            vec![(1, true), (2, false), (1, true)]
+        );
+        assert_eq!(b[0].leaf_hash, a[1].leaf_hash);
+        assert_eq!(*h.committed().borrow(), 3);
+        drop(h);
+        join.join().unwrap();
+        let conn = store::open_reader(&path).unwrap();
+        assert_eq!(store::event_count(&conn).unwrap(), 3);
+        let e1 = store::event(&conn, 1).unwrap().unwrap();
+        assert_eq!(e1.leaf_hash, merkle::leaf_hash(&e1.entry));
+        assert_eq!(Entry::parse(&e1.entry).unwrap().source_id.as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_commits_and_keep_seqs_dense() {
+        let dir = tempfile::tempdir().unwrap();
+        let (h, join) =
+            AppenderHandle::start(store::open_writer(&dir.path().join("a.db"), "o").unwrap()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(
+                async move { h.append(vec![ev(None, &format!("{{\"i\":{i}}}")); 3]).await },
+            ));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.extend(t.await.unwrap().unwrap().into_iter().map(|a| a.seq));
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..150).collect::<Vec<_>>());
+        drop(h);
+        join.join().unwrap();
+    }
+}

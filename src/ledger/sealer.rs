@@ -1,0 +1,208 @@
+//! The sealer: closes blocks, has the hardware sign each head, and stores it through the single writer.
+//!
+//! A block closes every `seal_interval` when there are new events, as soon as `seal_max_events` are waiting,
+//! as a heartbeat every `heartbeat_interval` on an idle log (so truncation is detectable), and on shutdown.
+//! A signer failure never blocks ingest: events keep being stored and the next tick tries again; once the
+//! signer is back, the backlog is sealed in blocks of at most `seal_max_events`.
+
+use crate::ledger::appender::AppenderHandle;
+use crate::ledger::head::Checkpoint;
+use crate::ledger::merkle::Frontier;
+use crate::metrics::Metrics;
+use crate::signer::SignerHandle;
+use crate::store::{self, ReadPool, StoreError, StoredHead};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Why a seal attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The signer failed.
+    #[error("signing failed: {0}")]
+    Sign(#[from] crate::signer::SignerError),
+    /// The signer returned a signature that does not verify under its own public key.
+    #[error("the signer returned a signature that does not verify")]
+    BadSignature,
+    /// Reading leaves or storing the head failed.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The writer refused the head.
+    #[error("storing the head: {0}")]
+    Append(#[from] crate::ledger::appender::AppendError),
+    /// The checkpoint could not be encoded.
+    #[error("checkpoint: {0}")]
+    Head(#[from] crate::ledger::head::HeadError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal task failed")]
+    Join,
+}
+
+/// Cadence settings.
+#[derive(Debug, Clone)]
+pub struct SealerSettings {
+    /// Log origin.
+    pub origin: String,
+    /// Seal this often when there are new events.
+    pub seal_interval: Duration,
+    /// Close a block as soon as this many events wait.
+    pub seal_max_events: u64,
+    /// Heartbeat on an idle log.
+    pub heartbeat_interval: Duration,
+}
+
+/// The state the chain continues from: the last signed head and the Merkle frontier at its tree size.
+#[derive(Debug, Clone, Default)]
+pub struct ChainState {
+    /// Frontier over the first `frontier.size()` leaves (= the last head's tree size).
+    pub frontier: Frontier,
+    /// Height the next head gets.
+    pub next_height: u64,
+    /// SHA-256 of the last head's text (zeros before the first head).
+    pub prev_hash: [u8; 32],
+    /// Seal time of the last head (ms), so seal times never go backwards.
+    pub last_time_ms: i64,
+}
+
+/// The sealer task.
+pub struct Sealer {
+    settings: SealerSettings,
+    signer: SignerHandle,
+    appender: AppenderHandle,
+    reads: Arc<ReadPool>,
+    metrics: Arc<Metrics>,
+    state: ChainState,
+    last_seal: Instant,
+}
+
+impl Sealer {
+    /// A sealer continuing `state`.
+    pub fn new(
+        settings: SealerSettings,
+        signer: SignerHandle,
+        appender: AppenderHandle,
+        reads: Arc<ReadPool>,
+        metrics: Arc<Metrics>,
+        state: ChainState,
+    ) -> Self {
+        metrics.sealed_tree_size.store(state.frontier.size(), Ordering::Relaxed);
+        metrics.last_height.store(state.next_height as i64 - 1, Ordering::Relaxed);
+        metrics.last_seal_ms.store(state.last_time_ms, Ordering::Relaxed);
+        Sealer { settings, signer, appender, reads, metrics, state, last_seal: Instant::now() }
+    }
+
+    /// Runs until `shutdown` turns true, then seals everything committed and returns the final tree size.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> u64 {
+        let mut committed = self.appender.committed();
+        let mut ticker = tokio::time::interval(self.settings.seal_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A new log gets its first head (tree size 0) at once: the log's start is itself anchored.
+        let force_first = self.state.next_height == 0;
+        if force_first {
+            self.seal_until_caught_up(true).await;
+        }
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let idle_heartbeat = self.last_seal.elapsed() >= self.settings.heartbeat_interval;
+                    self.seal_until_caught_up(idle_heartbeat).await;
+                }
+                changed = committed.changed() => {
+                    if changed.is_err() { break; }
+                    let waiting = (*committed.borrow()).saturating_sub(self.state.frontier.size());
+                    if waiting >= self.settings.seal_max_events {
+                        self.seal_until_caught_up(false).await;
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Shutdown: everything acknowledged must be covered. Retry a few times if the signer hiccups.
+        for attempt in 0..5 {
+            self.seal_until_caught_up(false).await;
+            if self.state.frontier.size() >= *self.appender.committed().borrow() {
+                break;
+            }
+            tracing::warn!(attempt, "final seal incomplete; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.state.frontier.size()
+    }
+
+    /// Seals blocks until every committed event is covered (or a seal fails). With `heartbeat`, seals one
+    /// head even if there is nothing new.
+    async fn seal_until_caught_up(&mut self, heartbeat: bool) {
+        let mut sealed_any = false;
+        loop {
+            let committed = *self.appender.committed().borrow();
+            let sealed = self.state.frontier.size();
+            if committed <= sealed && (sealed_any || !heartbeat) {
+                return;
+            }
+            let target = committed.min(sealed + self.settings.seal_max_events);
+            match self.seal_one(target).await {
+                Ok(()) => sealed_any = true,
+                Err(e) => {
+                    self.metrics.seal_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, tree_size = target, "seal failed; events stay stored and will be sealed on a later attempt");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn seal_one(&mut self, target: u64) -> Result<(), SealError> {
+        let from = self.state.frontier.size();
+        let reads = self.reads.clone();
+        let leaves = tokio::task::spawn_blocking(move || reads.with(|c| store::leaf_hashes(c, from, target)))
+            .await
+            .map_err(|_| SealError::Join)??;
+        let mut frontier = self.state.frontier.clone();
+        for leaf in leaves {
+            frontier.push(leaf);
+        }
+        let head = Checkpoint {
+            origin: self.settings.origin.clone(),
+            tree_size: target,
+            root: frontier.root(),
+            height: self.state.next_height,
+            prev: self.state.prev_hash,
+            time_ms: store::now_ms().max(self.state.last_time_ms),
+        };
+        let text = head.to_text()?;
+        let started = Instant::now();
+        let signature = self.signer.sign(text.as_bytes().to_vec()).await?;
+        let sign_ms = started.elapsed().as_millis() as u64;
+        // Never store a head that does not verify, whatever the device said.
+        if !self.signer.public_key().verify(text.as_bytes(), &signature) {
+            return Err(SealError::BadSignature);
+        }
+        self.appender
+            .store_head(StoredHead {
+                height: head.height,
+                tree_size: head.tree_size,
+                root: head.root,
+                checkpoint: text.clone(),
+                signature,
+                key_id: self.signer.public_key().key_id.clone(),
+                sealed_at_ms: head.time_ms,
+            })
+            .await?;
+        tracing::info!(height = head.height, tree_size = head.tree_size, sign_ms, "sealed head");
+        self.state = ChainState {
+            frontier,
+            next_height: head.height + 1,
+            prev_hash: Checkpoint::text_hash(&text),
+            last_time_ms: head.time_ms,
+        };
+        self.last_seal = Instant::now();
+        let m = &self.metrics;
+        m.heads_sealed.fetch_add(1, Ordering::Relaxed);
+        m.sealed_tree_size.store(head.tree_size, Ordering::Relaxed);
+        m.last_height.store(head.height as i64, Ordering::Relaxed);
+        m.last_seal_ms.store(head.time_ms, Ordering::Relaxed);
+        m.last_sign_ms.store(sign_ms, Ordering::Relaxed);
+        Ok(())
+    }
+}

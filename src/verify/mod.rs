@@ -1,0 +1,365 @@
+//! The offline verifier: recomputes every leaf, the tree at every head, every chain link and signature.
+//!
+//! Shared by `anchorlog verify`, the startup reconciliation and the tests. It reads only public material (the
+//! database or bundle and the signer's public key) and links no HSM, TPM or HTTP code. It walks events in
+//! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
+//! so the first failure it reports is the earliest bad record.
+
+use crate::ledger::entry::{payload_digest, Entry};
+use crate::ledger::head::Checkpoint;
+use crate::ledger::merkle::{self, Frontier};
+use crate::signer::PublicKey;
+use crate::store::{self, StoreError, StoredHead};
+use rusqlite::Connection;
+
+/// The first thing found wrong, naming the exact record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// An event is missing: seqs must be dense from 0.
+    #[error("event seq {seq}: missing (the log has a gap or was truncated)")]
+    EventMissing {
+        /// The first missing seq.
+        seq: u64,
+    },
+    /// The entry bytes are not a valid canonical entry.
+    #[error("event seq {seq}: entry is malformed: {reason}")]
+    EntryMalformed {
+        /// The event.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The entry names another seq than the row it is stored in.
+    #[error("event seq {seq}: entry claims seq {claimed}")]
+    EntrySeqMismatch {
+        /// The row.
+        seq: u64,
+        /// What the entry says.
+        claimed: u64,
+    },
+    /// The stored leaf hash is not the hash of the entry.
+    #[error("event seq {seq}: stored leaf hash does not match the entry")]
+    LeafHashMismatch {
+        /// The event.
+        seq: u64,
+    },
+    /// The body (with its salt) does not hash to the entry's payload digest.
+    #[error("event seq {seq}: body does not match the entry's payload_sha256 (the body was altered)")]
+    PayloadMismatch {
+        /// The event.
+        seq: u64,
+    },
+    /// Only one of body and salt is present.
+    #[error("event seq {seq}: body and salt must be both present or both erased")]
+    PartialErasure {
+        /// The event.
+        seq: u64,
+    },
+    /// A head height is missing.
+    #[error("head height {height}: missing (heights must be dense from 0)")]
+    HeadMissing {
+        /// The first missing height.
+        height: u64,
+    },
+    /// The checkpoint text is malformed, or its columns disagree with it.
+    #[error("head height {height}: {reason}")]
+    HeadMalformed {
+        /// The head.
+        height: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The origin differs from the expected one.
+    #[error("head height {height}: origin {found:?} is not the expected {expected:?}")]
+    OriginMismatch {
+        /// The head.
+        height: u64,
+        /// In the head.
+        found: String,
+        /// Expected.
+        expected: String,
+    },
+    /// A head's tree is smaller than its predecessor's.
+    #[error("head height {height}: tree size {tree_size} is smaller than the previous head's {previous}")]
+    TreeShrank {
+        /// The head.
+        height: u64,
+        /// Its size.
+        tree_size: u64,
+        /// The predecessor's.
+        previous: u64,
+    },
+    /// A head covers more events than the log holds.
+    #[error("head height {height}: covers {tree_size} events but the log holds only {events} (events were deleted)")]
+    HeadBeyondLog {
+        /// The head.
+        height: u64,
+        /// Its size.
+        tree_size: u64,
+        /// Events present.
+        events: u64,
+    },
+    /// The recomputed root differs from the head's.
+    #[error(
+        "head height {height}: root does not match the events (an event in seq {from}..{to} was altered)"
+    )]
+    RootMismatch {
+        /// The head.
+        height: u64,
+        /// First seq of the block.
+        from: u64,
+        /// One past the last seq of the block.
+        to: u64,
+    },
+    /// `anchorlog-prev` does not name the previous head.
+    #[error("head height {height}: anchorlog-prev does not match the previous head (the chain is broken)")]
+    ChainBroken {
+        /// The head.
+        height: u64,
+    },
+    /// The seal time goes backwards.
+    #[error("head height {height}: seal time is earlier than the previous head's")]
+    TimeWentBack {
+        /// The head.
+        height: u64,
+    },
+    /// The signature does not verify under the given key.
+    #[error("head height {height}: signature does not verify with key {key_id}")]
+    BadSignature {
+        /// The head.
+        height: u64,
+        /// The key tried.
+        key_id: String,
+    },
+}
+
+impl Failure {
+    /// The seq or height the failure names, as `("seq", n)` or `("height", n)`.
+    pub fn location(&self) -> (&'static str, u64) {
+        match self {
+            Failure::EventMissing { seq }
+            | Failure::EntryMalformed { seq, .. }
+            | Failure::EntrySeqMismatch { seq, .. }
+            | Failure::LeafHashMismatch { seq }
+            | Failure::PayloadMismatch { seq }
+            | Failure::PartialErasure { seq } => ("seq", *seq),
+            Failure::HeadMissing { height }
+            | Failure::HeadMalformed { height, .. }
+            | Failure::OriginMismatch { height, .. }
+            | Failure::TreeShrank { height, .. }
+            | Failure::HeadBeyondLog { height, .. }
+            | Failure::RootMismatch { height, .. }
+            | Failure::ChainBroken { height }
+            | Failure::TimeWentBack { height }
+            | Failure::BadSignature { height, .. } => ("height", *height),
+        }
+    }
+}
+
+/// Verification could not complete, or found the log invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The log is invalid at the named record.
+    #[error("verification failed: {0}")]
+    Invalid(#[from] Failure),
+    /// The input could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    /// Events in the log.
+    pub events: u64,
+    /// Events whose body was erased.
+    pub erased: u64,
+    /// Heads in the chain.
+    pub heads: u64,
+    /// Events after the last head (not yet covered by a signature).
+    pub unsealed_events: u64,
+    /// Receive time of the first event, ns.
+    pub first_received_ns: Option<u64>,
+    /// Receive time of the last event, ns.
+    pub last_received_ns: Option<u64>,
+    /// Seal time of the first head, ms.
+    pub first_sealed_ms: Option<i64>,
+    /// Seal time of the last head, ms.
+    pub last_sealed_ms: Option<i64>,
+    /// Key id every head was verified with.
+    pub key_id: String,
+    /// The last head's checkpoint text.
+    pub last_checkpoint: Option<String>,
+    /// Frontier at the last head's tree size (used to continue the chain).
+    #[serde(skip)]
+    pub frontier_at_last_head: Frontier,
+}
+
+/// Verifies a whole database against `key`; `origin`, when given, must match every head.
+pub fn verify_database(
+    conn: &Connection,
+    key: &PublicKey,
+    origin: Option<&str>,
+) -> Result<Report, VerifyError> {
+    let heads = store::all_heads(conn)?;
+    let mut checker = HeadChecker::new(key, origin, heads);
+    let mut report = Report { key_id: key.key_id.clone(), ..Report::default() };
+    let mut frontier = Frontier::new();
+    let mut failure: Option<Failure> = None;
+    checker.check_due(&frontier, &mut report)?;
+    store::for_each_event(conn, 0, |ev| {
+        let seq = frontier.size();
+        if ev.seq != seq {
+            failure = Some(Failure::EventMissing { seq });
+            return Ok(false);
+        }
+        match check_event(&ev) {
+            Ok((entry, erased)) => {
+                report.first_received_ns.get_or_insert(entry.received_at_ns);
+                report.last_received_ns = Some(entry.received_at_ns);
+                report.erased += u64::from(erased);
+            }
+            Err(f) => {
+                failure = Some(f);
+                return Ok(false);
+            }
+        }
+        frontier.push(ev.leaf_hash);
+        if let Err(f) = checker.check_due(&frontier, &mut report) {
+            failure = Some(f);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    if let Some(f) = failure {
+        return Err(f.into());
+    }
+    report.events = frontier.size();
+    checker.finish(report.events)?;
+    report.heads = checker.checked;
+    report.unsealed_events = report.events - report.frontier_at_last_head.size();
+    Ok(report)
+}
+
+/// Checks one event row; returns its entry and whether it is erased.
+pub fn check_event(ev: &store::StoredEvent) -> Result<(Entry, bool), Failure> {
+    let seq = ev.seq;
+    let entry =
+        Entry::parse(&ev.entry).map_err(|e| Failure::EntryMalformed { seq, reason: e.to_string() })?;
+    if entry.seq != seq {
+        return Err(Failure::EntrySeqMismatch { seq, claimed: entry.seq });
+    }
+    if merkle::leaf_hash(&ev.entry) != ev.leaf_hash {
+        return Err(Failure::LeafHashMismatch { seq });
+    }
+    match (&ev.salt, &ev.body) {
+        (Some(salt), Some(body)) => {
+            if payload_digest(salt, body) != entry.payload_sha256 {
+                return Err(Failure::PayloadMismatch { seq });
+            }
+            Ok((entry, false))
+        }
+        (None, None) => Ok((entry, true)),
+        _ => Err(Failure::PartialErasure { seq }),
+    }
+}
+
+/// Checks heads in height order as the event walk reaches their tree sizes.
+struct HeadChecker<'a> {
+    key: &'a PublicKey,
+    origin: Option<&'a str>,
+    heads: std::iter::Peekable<std::vec::IntoIter<StoredHead>>,
+    prev_hash: [u8; 32],
+    prev_size: u64,
+    prev_time: i64,
+    checked: u64,
+}
+
+impl<'a> HeadChecker<'a> {
+    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>) -> Self {
+        HeadChecker {
+            key,
+            origin,
+            heads: heads.into_iter().peekable(),
+            prev_hash: [0; 32],
+            prev_size: 0,
+            prev_time: i64::MIN,
+            checked: 0,
+        }
+    }
+
+    /// Checks every head whose tree size equals the frontier's size.
+    fn check_due(&mut self, frontier: &Frontier, report: &mut Report) -> Result<(), Failure> {
+        while let Some(h) = self.heads.peek() {
+            let height = self.checked;
+            if h.height != height {
+                return Err(Failure::HeadMissing { height });
+            }
+            if h.tree_size < self.prev_size {
+                return Err(Failure::TreeShrank { height, tree_size: h.tree_size, previous: self.prev_size });
+            }
+            if h.tree_size != frontier.size() {
+                return Ok(());
+            }
+            let Some(h) = self.heads.next() else { return Ok(()) };
+            self.check_head(&h, frontier)?;
+            report.first_sealed_ms.get_or_insert(h.sealed_at_ms);
+            report.last_sealed_ms = Some(h.sealed_at_ms);
+            report.last_checkpoint = Some(h.checkpoint.clone());
+            report.frontier_at_last_head = frontier.clone();
+        }
+        Ok(())
+    }
+
+    fn check_head(&mut self, h: &StoredHead, frontier: &Frontier) -> Result<(), Failure> {
+        let height = h.height;
+        let cp = Checkpoint::parse(&h.checkpoint)
+            .map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
+        if cp.height != height
+            || cp.tree_size != h.tree_size
+            || cp.root != h.root
+            || cp.time_ms != h.sealed_at_ms
+        {
+            return Err(Failure::HeadMalformed {
+                height,
+                reason: "the stored columns disagree with the signed checkpoint text".into(),
+            });
+        }
+        if let Some(expected) = self.origin {
+            if cp.origin != expected {
+                return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.into() });
+            }
+        }
+        if cp.prev != self.prev_hash {
+            return Err(Failure::ChainBroken { height });
+        }
+        if cp.time_ms < self.prev_time {
+            return Err(Failure::TimeWentBack { height });
+        }
+        if !self.key.verify(h.checkpoint.as_bytes(), &h.signature) {
+            return Err(Failure::BadSignature { height, key_id: self.key.key_id.clone() });
+        }
+        if frontier.root() != cp.root {
+            return Err(Failure::RootMismatch { height, from: self.prev_size, to: cp.tree_size });
+        }
+        self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
+        self.prev_size = cp.tree_size;
+        self.prev_time = cp.time_ms;
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// After the walk: any head left claims more events than exist.
+    fn finish(&mut self, events: u64) -> Result<(), Failure> {
+        match self.heads.next() {
+            None => Ok(()),
+            Some(h) if h.height != self.checked => Err(Failure::HeadMissing { height: self.checked }),
+            Some(h) if h.tree_size < self.prev_size => Err(Failure::TreeShrank {
+                height: h.height,
+                tree_size: h.tree_size,
+                previous: self.prev_size,
+            }),
+            Some(h) => Err(Failure::HeadBeyondLog { height: h.height, tree_size: h.tree_size, events }),
+        }
+    }
+}
