@@ -1,0 +1,54 @@
+//! API errors: every failure is JSON `{"code": …, "message": …, "detail": {…}}` with a stable `code`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+/// An error answered to a client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code (documented in the README; never changes meaning).
+    pub code: &'static str,
+    /// What was wrong and what to do.
+    pub message: String,
+    /// Structured detail (index, line, limit …).
+    pub detail: Value,
+}
+
+impl ApiError {
+    /// An error with an empty detail object.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), detail: json!({}) }
+    }
+
+    /// Adds structured detail.
+    pub fn with_detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    /// 500 `internal`: details go to the log, not to the client.
+    pub fn internal(context: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the appliance log")
+    }
+
+    /// 503 `unavailable` (shutting down or storage stopped).
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"code": self.code, "message": self.message, "detail": self.detail});
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,172 @@
+//! `POST /v1/events`: generic JSON ingest (an object, an array of objects, or NDJSON).
+//!
+//! The request is atomic: the body is parsed and validated completely before anything is queued, and the
+//! writer applies all of its events in one savepoint. The 200 is sent only after the group commit (fsync).
+
+use super::{authorize, ApiError, AppState};
+use crate::config::Role;
+use crate::formats::{self, Format, Limits};
+use crate::ledger::appender::{AppendError, NewEvent};
+use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::tls::Peer;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::{Extension, Json};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rand::RngCore as _;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The source name recorded for events posted to the generic endpoint.
+pub const GENERIC_SOURCE: &str = "events";
+
+pub(super) async fn post_events(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let result = ingest(&state, peer.as_ref().map(|p| &p.0), &headers, body).await;
+    if let Err(e) = &result {
+        if e.status.is_client_error() {
+            state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    result
+}
+
+async fn ingest(
+    state: &AppState,
+    peer: Option<&Peer>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let principal = authorize(peer, Role::Producer)?;
+    let ndjson = content_kind(headers)?;
+    let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let limits =
+        Limits { max_events: state.limits.max_events_per_request, max_depth: state.limits.max_json_depth };
+    let parsed = formats::parse(Format::Json, &bytes, ndjson, &limits).map_err(format_error)?;
+    let idempotency_key = idempotency_key(headers, parsed.len())?;
+    let received_at_ns = crate::store::now_ns();
+    let source: Arc<str> = Arc::from(GENERIC_SOURCE);
+    // ThreadRng is not Send: keep it out of the future's state across the await below.
+    let events: Vec<NewEvent> = {
+        let mut rng = rand::thread_rng();
+        parsed
+            .into_iter()
+            .map(|p| {
+                let mut salt = [0u8; SALT_LEN];
+                rng.fill_bytes(&mut salt);
+                NewEvent {
+                    received_at_ns,
+                    producer: principal.name.clone(),
+                    source: source.clone(),
+                    auth: AuthMethod::Mtls,
+                    format: Format::Json.as_str(),
+                    source_id: idempotency_key.clone().or(p.source_id),
+                    payload_sha256: payload_digest(&salt, &p.raw),
+                    salt,
+                    body: p.raw,
+                }
+            })
+            .collect()
+    };
+    let appended = state.appender.append(events).await.map_err(|e| match e {
+        AppendError::Stopped => {
+            ApiError::unavailable("the appliance is shutting down; retry on another instance or later")
+        }
+        AppendError::Store(e) => ApiError::internal("append failed", &e),
+    })?;
+    let duplicates = appended.iter().filter(|a| a.duplicate).count();
+    state.metrics.events_appended.fetch_add((appended.len() - duplicates) as u64, Ordering::Relaxed);
+    state.metrics.events_duplicate.fetch_add(duplicates as u64, Ordering::Relaxed);
+    let events: Vec<Value> = appended
+        .iter()
+        .map(|a| json!({"seq": a.seq, "leaf_hash": B64.encode(a.leaf_hash), "duplicate": a.duplicate}))
+        .collect();
+    Ok(Json(json!({"stored": appended.len() - duplicates, "duplicates": duplicates, "events": events})))
+}
+
+/// `application/json` → false, `application/x-ndjson` → true, anything else → 415.
+fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(false),
+        "application/x-ndjson" | "application/jsonl" => Ok(true),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type {value:?} is not accepted; use application/json or application/x-ndjson"),
+        )),
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes without buffering them.
+pub(super) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds the limit of {limit} bytes; send smaller batches"),
+        )
+        .with_detail(json!({"limit_bytes": limit}))
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return too_large();
+            }
+            source = s.source();
+        }
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body_read_failed",
+            format!("could not read the request body: {e}"),
+        )
+    })
+}
+
+/// An `Idempotency-Key` header names the source id of a single-event request.
+fn idempotency_key(headers: &HeaderMap, events: usize) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let bad = |msg: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", msg.to_string());
+    let key = value.to_str().map_err(|_| bad("Idempotency-Key must be visible ASCII"))?;
+    if key.is_empty() || key.len() > formats::MAX_SOURCE_ID_LEN {
+        return Err(bad("Idempotency-Key must be 1 to 256 characters"));
+    }
+    if events != 1 {
+        return Err(bad(
+            "Idempotency-Key applies to a single event; for batches give each event an \"id\" field",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn format_error(e: formats::FormatError) -> ApiError {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let detail = match &e {
+        formats::FormatError::InvalidJson { line, column, .. } => json!({"line": line, "column": column}),
+        formats::FormatError::TooDeep { max, offset } => json!({"max_depth": max, "offset": offset}),
+        formats::FormatError::TooManyEvents { max, found } => json!({"max_events": max, "found": found}),
+        formats::FormatError::NotAnObject { index, line } => json!({"index": index, "line": line}),
+        formats::FormatError::MissingField { index, line, field } => {
+            json!({"index": index, "line": line, "field": field})
+        }
+        formats::FormatError::BadField { index, line, field, .. } => {
+            json!({"index": index, "line": line, "field": field})
+        }
+        _ => json!({}),
+    };
+    ApiError::new(status, e.code(), e.to_string()).with_detail(detail)
+}

@@ -1,0 +1,105 @@
+//! The HTTPS API: routes, shared state, authorization. Every route except `/healthz` names the role it
+//! requires (deny by default); the peer's principal comes from its verified client certificate.
+
+pub mod error;
+mod ingest;
+mod read;
+
+use crate::config::{LimitsConfig, Role};
+use crate::ledger::appender::AppenderHandle;
+use crate::metrics::Metrics;
+use crate::signer::PublicKey;
+use crate::store::ReadPool;
+use crate::tls::{Peer, Principal};
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+pub use error::ApiError;
+use serde_json::json;
+use std::sync::Arc;
+
+/// State shared by all handlers.
+pub struct AppState {
+    /// The single writer.
+    pub appender: AppenderHandle,
+    /// Read-only connections.
+    pub reads: Arc<ReadPool>,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The head-signing public key.
+    pub public_key: PublicKey,
+    /// Log origin.
+    pub origin: String,
+}
+
+/// The router of the mTLS listener.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(read::ready))
+        .route("/metrics", get(read::metrics))
+        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/events/{seq}", get(read::event))
+        .route("/v1/heads/latest", get(read::latest_head))
+        .route("/v1/heads/{height}", get(read::head))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The router of the optional plain-HTTP health listener: `/healthz` only.
+pub fn health_router() -> Router {
+    Router::new().route("/healthz", get(health)).fallback(not_found)
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Returns the peer's principal if it holds `role`, else the documented 403.
+pub fn authorize(peer: Option<&Peer>, role: Role) -> Result<Arc<Principal>, ApiError> {
+    let Some(peer) = peer else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "this endpoint requires a client certificate",
+        ));
+    };
+    let Some(principal) = peer.principal.clone() else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "unknown_principal",
+            "the client certificate is valid but is not mapped to any principal; add one of its identities \
+             to a [[principal]] in the configuration",
+        )
+        .with_detail(json!({"identities": peer.identities.as_slice()})));
+    };
+    if !principal.has(role) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            format!(
+                "principal {:?} does not hold the {} role this endpoint requires",
+                principal.name,
+                role.as_str()
+            ),
+        )
+        .with_detail(json!({"principal": &*principal.name, "required_role": role.as_str()})));
+    }
+    Ok(principal)
+}

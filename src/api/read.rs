@@ -1,0 +1,120 @@
+//! Auditor reads: heads, events, readiness and metrics.
+
+use super::{authorize, ApiError, AppState};
+use crate::config::Role;
+use crate::ledger::head::format_time_ms;
+use crate::store::{self, StoreError, StoredHead};
+use crate::tls::Peer;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let reads = state.reads.clone();
+    tokio::task::spawn_blocking(move || reads.with(f))
+        .await
+        .map_err(|e| ApiError::internal("read task failed", &e))?
+        .map_err(|e| ApiError::internal("read failed", &e))
+}
+
+fn head_json(h: &StoredHead) -> Value {
+    json!({
+        "height": h.height,
+        "tree_size": h.tree_size,
+        "root": B64.encode(h.root),
+        "checkpoint": h.checkpoint,
+        "signature": B64.encode(&h.signature),
+        "key_id": h.key_id,
+        "sealed_at": format_time_ms(h.sealed_at_ms).unwrap_or_default(),
+    })
+}
+
+fn parse_number(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!("{what} must be a non-negative integer, got {text:?}"),
+        )
+    })
+}
+
+pub(super) async fn latest_head(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let head = blocking(&state, store::last_head).await?;
+    head.map(|h| Json(head_json(&h))).ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
+}
+
+pub(super) async fn head(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Path(height): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let height = parse_number(&height, "height")?;
+    let head = blocking(&state, move |c| store::head(c, height)).await?;
+    head.map(|h| Json(head_json(&h)))
+        .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
+}
+
+pub(super) async fn event(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Path(seq): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let seq = parse_number(&seq, "seq")?;
+    let ev = blocking(&state, move |c| store::event(c, seq)).await?;
+    let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
+    let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
+    let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "seq": ev.seq,
+        "entry": entry_text,
+        "entry_fields": entry_json,
+        "leaf_hash": B64.encode(ev.leaf_hash),
+        "salt": ev.salt.as_ref().map(|s| B64.encode(s)),
+        "body": ev.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+        "erased": ev.body.is_none(),
+    })))
+}
+
+pub(super) async fn ready(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let m = &state.metrics;
+    let committed = *state.appender.committed().borrow();
+    let sealed = m.sealed_tree_size.load(Ordering::Relaxed);
+    Ok(Json(json!({
+        "status": "ready",
+        "events": committed,
+        "unsealed_events": committed.saturating_sub(sealed),
+        "last_head_height": m.last_height.load(Ordering::Relaxed),
+        "seal_failures": m.seal_failures.load(Ordering::Relaxed),
+        "key_id": state.public_key.key_id,
+    })))
+}
+
+pub(super) async fn metrics(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+) -> Result<Response, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let committed = *state.appender.committed().borrow();
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed))
+        .into_response())
+}

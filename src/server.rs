@@ -1,0 +1,351 @@
+//! `anchorlog serve`: wires storage, signer, writer, sealer and the mTLS listener, and shuts down in order.
+//!
+//! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
+//! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
+//! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
+//! acknowledged → stop the writer → exit 0.
+
+use crate::api::{self, AppState};
+use crate::config::{read_secret_file, Config, SignerBackend};
+use crate::ledger::appender::AppenderHandle;
+use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
+use crate::metrics::Metrics;
+use crate::signer::{HeadSigner, SignerError, SignerHandle};
+use crate::store::{self, ReadPool};
+use crate::tls::{self, PrincipalMap};
+use crate::verify;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Most concurrent connections; further ones wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 4_096;
+/// Time a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the service could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Configuration or secret file problem.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The signer could not be opened.
+    #[error("cannot open the signer: {0}")]
+    Signer(#[from] SignerError),
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The stored log does not verify: refuse to serve.
+    #[error(
+        "refusing to start: the database does not verify against the signer's key {key_id}: {failure}. \
+         The log may have been tampered with or the wrong key/database is configured. Do not write to it; \
+         run `anchorlog verify --db {db} --key <signer.pem>` and investigate before restarting"
+    )]
+    Reconciliation {
+        /// What was wrong.
+        failure: verify::Failure,
+        /// The signer's key id.
+        key_id: String,
+        /// Database path.
+        db: String,
+    },
+    /// TLS material problem.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The writer could not start.
+    #[error("cannot start the writer: {0}")]
+    Writer(#[from] crate::ledger::appender::AppendError),
+    /// Internal task failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Opens the configured signer on its own thread.
+pub fn open_signer(config: &Config) -> Result<SignerHandle, ServeError> {
+    match config.signer.backend {
+        SignerBackend::Pkcs11 => open_pkcs11(config),
+        SignerBackend::Tpm => Err(SignerError::Unavailable("tpm").into()),
+    }
+}
+
+#[cfg(feature = "pkcs11")]
+fn open_pkcs11(config: &Config) -> Result<SignerHandle, ServeError> {
+    use crate::signer::pkcs11::{Pkcs11Settings, Pkcs11Signer};
+    let p =
+        config.signer.pkcs11.clone().ok_or_else(|| ServeError::Internal("signer.pkcs11 missing".into()))?;
+    let pin = read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
+    let settings = Pkcs11Settings { module: p.module, token_label: p.token_label, key_label: p.key_label };
+    Ok(SignerHandle::spawn(move || {
+        let signer = Pkcs11Signer::open(&settings, &pin)?;
+        Ok(Box::new(signer) as Box<dyn HeadSigner>)
+    })?)
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn open_pkcs11(_config: &Config) -> Result<SignerHandle, ServeError> {
+    Err(SignerError::Unavailable("pkcs11").into())
+}
+
+/// A started service; `run` drives it to completion.
+pub struct Service {
+    config: Config,
+    signer: SignerHandle,
+    writer_conn: rusqlite::Connection,
+    chain: ChainState,
+    listener: TcpListener,
+    health_listener: Option<TcpListener>,
+}
+
+impl Service {
+    /// Opens the signer and the database, reconciles, and binds the listeners. Fails before binding
+    /// anything if the stored log does not verify against the signer's key.
+    pub async fn start(config: Config) -> Result<Service, ServeError> {
+        let signer = open_signer(&config)?;
+        tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
+        let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
+        let chain = reconcile(&config, &signer).await?;
+        let listener = TcpListener::bind(&config.server.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
+        let health_listener = match &config.server.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
+        Ok(Service { config, signer, writer_conn, chain, listener, health_listener })
+    }
+
+    /// The bound address of the mTLS listener.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves until `shutdown` resolves, then drains, seals and stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let Service { config, signer, writer_conn, chain, listener, health_listener } = self;
+        let db = config.storage.database.clone();
+        let (appender, writer_thread) = AppenderHandle::start(writer_conn)?;
+        let metrics = Arc::new(Metrics::new());
+        let reads = Arc::new(ReadPool::new(&db));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sealer = Sealer::new(
+            SealerSettings {
+                origin: config.origin.clone(),
+                seal_interval: config.sealing.seal_interval(),
+                seal_max_events: config.sealing.seal_max_events,
+                heartbeat_interval: config.sealing.heartbeat_interval(),
+            },
+            signer.clone(),
+            appender.clone(),
+            reads.clone(),
+            metrics.clone(),
+            chain,
+        );
+        let sealer_task = tokio::spawn(sealer.run(stop_rx));
+        let app_state = Arc::new(AppState {
+            appender,
+            reads,
+            limits: config.limits.clone(),
+            metrics,
+            public_key: signer.public_key().clone(),
+            origin: config.origin.clone(),
+        });
+        let tls_config = tls::server_config(
+            &config.server.cert_file,
+            &config.server.key_file,
+            &config.server.client_ca_files,
+        )?;
+        let principals = Arc::new(PrincipalMap::new(&config.principals));
+        let router = api::router(app_state.clone());
+        if let Some(h) = health_listener {
+            tokio::spawn(serve_health(h, stop_tx.subscribe()));
+        }
+        accept_loop(listener, tls_config, principals, router, shutdown, &config).await;
+        // Every handler has finished: everything acknowledged is committed. Seal it all, then stop the writer.
+        let _ = stop_tx.send(true);
+        let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        drop(app_state);
+        drop(signer);
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        tracing::info!(sealed_tree_size = sealed, "stopped");
+        Ok(())
+    }
+}
+
+/// Verifies the whole stored log against the signer's key and returns the state to continue the chain from.
+async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState, ServeError> {
+    let db = config.storage.database.clone();
+    let key = signer.public_key().clone();
+    let origin = config.origin.clone();
+    let started = std::time::Instant::now();
+    let result = tokio::task::spawn_blocking(move || {
+        let conn = store::open_reader(&db)?;
+        verify::verify_database(&conn, &key, Some(&origin))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let report = match result {
+        Ok(r) => r,
+        Err(verify::VerifyError::Invalid(failure)) => {
+            return Err(ServeError::Reconciliation {
+                failure,
+                key_id: signer.public_key().key_id.clone(),
+                db: config.storage.database.display().to_string(),
+            })
+        }
+        Err(verify::VerifyError::Store(e)) => return Err(e.into()),
+    };
+    tracing::info!(
+        events = report.events,
+        heads = report.heads,
+        unsealed = report.unsealed_events,
+        ms = started.elapsed().as_millis() as u64,
+        "startup reconciliation passed"
+    );
+    let last = report.last_checkpoint.as_deref().map(crate::ledger::head::Checkpoint::parse).transpose();
+    let last = last.map_err(|e| ServeError::Internal(e.to_string()))?;
+    Ok(ChainState {
+        frontier: report.frontier_at_last_head,
+        next_height: report.heads,
+        prev_hash: report
+            .last_checkpoint
+            .as_deref()
+            .map(crate::ledger::head::Checkpoint::text_hash)
+            .unwrap_or([0; 32]),
+        last_time_ms: last.map_or(0, |h| h.time_ms),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    principals: Arc<PrincipalMap>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()>,
+    config: &Config,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = &mut shutdown => break,
+        };
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, small responses wait for delayed ACKs (40 ms stalls per request).
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let principals = principals.clone();
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|cert| principals.resolve(cert.as_ref()));
+            let service =
+                hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(p) = &peer {
+                        req.extensions_mut().insert(p.clone());
+                    }
+                    let mut router = router.clone();
+                    async move { tower::Service::call(&mut router, req).await }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_secs(config.server.shutdown_grace_s);
+    tracing::info!("shutting down: no new connections; waiting up to {grace:?} for in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+async fn serve_health(listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let router = api::health_router();
+    loop {
+        let (tcp, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut router = router.clone();
+                async move { tower::Service::call(&mut router, req).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received");
+}

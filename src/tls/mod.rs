@@ -1,0 +1,285 @@
+//! mTLS: the rustls server configuration (client certificates mandatory, chained to the configured CAs) and
+//! the mapping from a verified client certificate to a configured principal with roles.
+//!
+//! A certificate's identities are its SAN DNS names (`dns:`), SAN URIs (`uri:`), subject common name (`cn:`)
+//! and SHA-256 fingerprint of the DER (`sha256:`). A principal matches when one of its configured identities is
+//! among them. A certificate that matches no principal — or two different ones — gets no principal (403).
+
+use crate::config::{normalize_identity, PrincipalConfig, Role};
+use der::Decode as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A TLS setup failure.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {what} file {path}: {reason}")]
+    Read {
+        /// What the file should hold.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A file held nothing usable.
+    #[error("{what} file {path} contains no {what} in PEM form")]
+    Empty {
+        /// What was expected.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the material.
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(String),
+}
+
+/// A configured principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Principal name (recorded as the producer of its events).
+    pub name: Arc<str>,
+    /// Roles it holds.
+    pub roles: BTreeSet<Role>,
+}
+
+impl Principal {
+    /// Whether it holds `role`.
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// The authenticated peer of one connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The principal its certificate maps to, if any.
+    pub principal: Option<Arc<Principal>>,
+    /// The certificate's identities (for error messages and logs; no secrets).
+    pub identities: Arc<Vec<String>>,
+}
+
+/// Identity → principal lookup built from the config.
+#[derive(Debug, Default)]
+pub struct PrincipalMap {
+    by_identity: HashMap<String, Arc<Principal>>,
+}
+
+impl PrincipalMap {
+    /// Builds the map (the config was validated, so identities are well-formed and unique).
+    pub fn new(principals: &[PrincipalConfig]) -> Self {
+        let mut by_identity = HashMap::new();
+        for p in principals {
+            let principal = Arc::new(Principal {
+                name: p.name.as_str().into(),
+                roles: p.roles.iter().copied().collect(),
+            });
+            for id in &p.identities {
+                if let Ok(normalized) = normalize_identity(id) {
+                    by_identity.insert(normalized, principal.clone());
+                }
+            }
+        }
+        PrincipalMap { by_identity }
+    }
+
+    /// Resolves a verified client certificate (DER) to its peer description.
+    pub fn resolve(&self, cert_der: &[u8]) -> Peer {
+        let identities = certificate_identities(cert_der);
+        let mut matched: Option<Arc<Principal>> = None;
+        let mut ambiguous = false;
+        for id in &identities {
+            if let Some(p) = self.by_identity.get(id) {
+                match &matched {
+                    Some(m) if m.name != p.name => ambiguous = true,
+                    _ => matched = Some(p.clone()),
+                }
+            }
+        }
+        if ambiguous {
+            tracing::warn!(?identities, "client certificate matches more than one principal; denying");
+            matched = None;
+        }
+        Peer { principal: matched, identities: Arc::new(identities) }
+    }
+}
+
+/// The identities of a certificate: `dns:`, `uri:`, `cn:` and `sha256:` forms (normalized like the config's).
+pub fn certificate_identities(cert_der: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(cert) = x509_cert::Certificate::from_der(cert_der) {
+        let tbs = &cert.tbs_certificate;
+        if let Ok(Some((_, san))) = tbs.get::<x509_cert::ext::pkix::SubjectAltName>() {
+            for name in san.0 {
+                match name {
+                    x509_cert::ext::pkix::name::GeneralName::DnsName(d) => {
+                        out.push(format!("dns:{}", d.as_str().to_ascii_lowercase()))
+                    }
+                    x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u) => {
+                        out.push(format!("uri:{}", u.as_str()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for rdn in tbs.subject.0.iter() {
+            for atv in rdn.0.iter() {
+                if atv.oid == const_oid::db::rfc4519::CN {
+                    if let Some(cn) = any_to_string(&atv.value) {
+                        out.push(format!("cn:{cn}"));
+                    }
+                }
+            }
+        }
+    }
+    out.push(format!("sha256:{}", hex::encode(Sha256::digest(cert_der))));
+    out
+}
+
+fn any_to_string(value: &der::Any) -> Option<String> {
+    if let Ok(s) = value.decode_as::<der::asn1::Utf8StringRef<'_>>() {
+        return Some(s.as_str().to_string());
+    }
+    if let Ok(s) = value.decode_as::<der::asn1::PrintableStringRef<'_>>() {
+        return Some(s.as_str().to_string());
+    }
+    if let Ok(s) = value.decode_as::<der::asn1::Ia5StringRef<'_>>() {
+        return Some(s.as_str().to_string());
+    }
+    None
+}
+
+/// Reads every certificate in a PEM file.
+pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let data =
+        std::fs::read(path).map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty { what, path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key in a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let what = "private key";
+    let data =
+        std::fs::read(path).map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?
+        .ok_or_else(|| TlsError::Empty { what, path: path.into() })
+}
+
+/// The server configuration: TLS 1.2/1.3, HTTP/1.1, client certificate required and verified against
+/// `client_ca_files`.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_files: &[PathBuf],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in client_ca_files {
+        for cert in load_certs(ca, "client CA certificate")? {
+            roots.add(cert).map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))?;
+        }
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert_file, "server certificate")?, load_key(key_file)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client configuration presenting `cert_file`/`key_file` and trusting `ca_file` (tests, bench, audit).
+pub fn client_config(
+    ca_file: &Path,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca_file, "CA certificate")? {
+        roots.add(cert).map_err(|e| TlsError::Rustls(e.to_string()))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert_file, "client certificate")?, load_key(key_file)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with(sans: Vec<rcgen::SanType>, cn: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn principals() -> Vec<PrincipalConfig> {
+        vec![
+            PrincipalConfig {
+                name: "idp".into(),
+                roles: vec![Role::Producer],
+                identities: vec!["dns:IdP.example.org".into()],
+            },
+            PrincipalConfig {
+                name: "aud".into(),
+                roles: vec![Role::Auditor],
+                identities: vec!["cn:Auditor One".into()],
+            },
+        ]
+    }
+
+    #[test]
+    fn identities_cover_san_cn_and_fingerprint() {
+        let der = cert_with(
+            vec![
+                rcgen::SanType::DnsName("Host.Example.org".try_into().unwrap()),
+                rcgen::SanType::URI("spiffe://corp/idp".try_into().unwrap()),
+            ],
+            "Some CN",
+        );
+        let ids = certificate_identities(&der);
+        assert_eq!(ids[0], "dns:host.example.org");
+        assert_eq!(ids[1], "uri:spiffe://corp/idp");
+        assert_eq!(ids[2], "cn:Some CN");
+        assert_eq!(ids[3], format!("sha256:{}", hex::encode(Sha256::digest(&der))));
+    }
+
+    #[test]
+    fn resolves_principals_and_denies_unknown_and_ambiguous() {
+        let map = PrincipalMap::new(&principals());
+        let idp = map
+            .resolve(&cert_with(vec![rcgen::SanType::DnsName("idp.example.org".try_into().unwrap())], "x"));
+        assert_eq!(idp.principal.as_ref().map(|p| &*p.name), Some("idp"));
+        assert!(idp.principal.unwrap().has(Role::Producer));
+        let aud = map.resolve(&cert_with(vec![], "Auditor One"));
+        assert_eq!(aud.principal.map(|p| p.roles.clone()), Some([Role::Auditor].into()));
+        assert!(map.resolve(&cert_with(vec![], "stranger")).principal.is_none());
+        let both =
+            cert_with(vec![rcgen::SanType::DnsName("idp.example.org".try_into().unwrap())], "Auditor One");
+        assert!(map.resolve(&both).principal.is_none(), "a cert matching two principals is denied");
+    }
+}
