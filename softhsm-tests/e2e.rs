@@ -1,0 +1,407 @@
+//! End-to-end acceptance tests of the vertical slice on real parts: SoftHSM token per test, real rustls mTLS,
+//! a real SQLite file, the real `anchorlog` binary, and OpenSSL as an independent verifier.
+
+mod harness;
+
+use harness::{post_concurrently, write_head_files, Appliance, Options};
+use std::process::Command;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_head() {
+    let mut a = Appliance::start();
+    let seqs = post_concurrently(&a, 1000, 32).await;
+    assert_eq!(seqs, (0..1000).collect::<Vec<_>>(), "seqs are dense and each acknowledged once");
+    let head = a.wait_for_head(1000).await;
+    assert_eq!(head["tree_size"], 1000);
+    // The same head through /v1/heads/{height}.
+    let height = head["height"].as_u64().unwrap();
+    let by_height = a.audit_get(&format!("/v1/heads/{height}")).await.json();
+    assert_eq!(by_height, head);
+
+    // OpenSSL, knowing nothing about anchorlog, verifies the signed checkpoint with the exported key.
+    let (txt, sig) = write_head_files(&head, a.dir.path());
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(a.key_pem())
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&txt)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Verified OK");
+
+    // An event reads back with its exact body and a leaf hash that is SHA-256(0x00 || entry).
+    let ev = a.audit_get("/v1/events/7").await.json();
+    let entry = ev["entry"].as_str().unwrap();
+    use base64::Engine as _;
+    let leaf = base64::engine::general_purpose::STANDARD.decode(ev["leaf_hash"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf, anchorlog::ledger::merkle::leaf_hash(entry.as_bytes()).to_vec());
+    assert_eq!(ev["entry_fields"]["producer"], "producer-1");
+    assert_eq!(ev["entry_fields"]["auth"], "mtls");
+    assert!(ev["body"].as_str().unwrap().starts_with("{\"type\":\"LOGIN\""));
+
+    assert!(a.sigterm().success());
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["report"]["events"], 1000);
+    assert_eq!(report["report"]["unsealed_events"], 0);
+    let text = a.anchorlog(&[
+        "verify",
+        "--db",
+        a.db_path().to_str().unwrap(),
+        "--key",
+        a.key_pem().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.starts_with("OK: log verified with key "), "{stdout}");
+    assert!(stdout.contains("events:   1000 (0 erased)"), "{stdout}");
+}
+
+#[test]
+fn the_signing_key_never_left_the_token() {
+    let a = Appliance::prepare(Options::default());
+    let out = a.anchorlog(&["keys", "show", "--config", a.config_path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let attrs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(attrs["sensitive"], true);
+    assert_eq!(attrs["extractable"], false);
+    assert_eq!(attrs["never_extractable"], true);
+    assert_eq!(attrs["always_sensitive"], true);
+    assert_eq!(attrs["local"], true);
+    assert_eq!(attrs["can_sign"], true);
+    // The exported certificate is self-signed by that key and OpenSSL accepts it.
+    let crt = a.path("keys/signer.crt");
+    let v = Command::new("openssl").arg("verify").arg("-CAfile").arg(&crt).arg(&crt).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).trim().ends_with(": OK"),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
+}
+
+/// Builds a sealed log of `n` events in blocks of 10, stops the appliance, and returns it.
+async fn sealed_log(n: u64) -> Appliance {
+    let mut a = Appliance::start_with(Options { seal_max_events: 10, ..Options::default() });
+    let seqs = post_concurrently(&a, n, 4).await;
+    assert_eq!(seqs.len() as u64, n);
+    a.wait_for_head(n).await;
+    assert!(a.sigterm().success());
+    a
+}
+
+fn tampered_copy(a: &Appliance, name: &str, sql: &str) -> std::path::PathBuf {
+    let copy = a.path(name);
+    std::fs::copy(a.db_path(), &copy).unwrap();
+    let wal = a.path("anchorlog.db-wal");
+    if wal.exists() {
+        std::fs::copy(&wal, a.path(&format!("{name}-wal"))).unwrap();
+    }
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    conn.execute_batch(sql).unwrap();
+    drop(conn);
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_at_the_exact_record_and_the_server_refuses_to_start() {
+    let mut a = sealed_log(60).await;
+    let (code, _) = a.verify(&a.db_path());
+    assert_eq!(code, 0);
+
+    let body = tampered_copy(
+        &a,
+        "body.db",
+        "DROP TRIGGER events_no_update; UPDATE events SET body = CAST('{\"type\":\"LOGIN\",\"user\":\"mallory\"}' AS BLOB) WHERE seq = 17;",
+    );
+    let (code, r) = a.verify(&body);
+    assert_eq!(code, 3);
+    assert_eq!(r["seq"], 17, "{r}");
+    assert!(r["failure"].as_str().unwrap().contains("body does not match"), "{r}");
+
+    let deleted =
+        tampered_copy(&a, "deleted.db", "DROP TRIGGER events_no_delete; DELETE FROM events WHERE seq = 23;");
+    let (code, r) = a.verify(&deleted);
+    assert_eq!(code, 3);
+    assert_eq!(r["seq"], 23, "{r}");
+    assert!(r["failure"].as_str().unwrap().contains("missing"), "{r}");
+
+    // One byte of head 2's DER signature (the last byte of s) flipped.
+    let sig = tampered_copy(&a, "sig.db", "DROP TRIGGER heads_no_update;");
+    {
+        let conn = rusqlite::Connection::open(&sig).unwrap();
+        let mut der: Vec<u8> =
+            conn.query_row("SELECT signature FROM heads WHERE height = 2", [], |r| r.get(0)).unwrap();
+        *der.last_mut().unwrap() ^= 0x01;
+        conn.execute("UPDATE heads SET signature = ?1 WHERE height = 2", [der]).unwrap();
+    }
+    let (code, r) = a.verify(&sig);
+    assert_eq!(code, 3);
+    assert_eq!(r["height"], 2, "{r}");
+    assert!(r["failure"].as_str().unwrap().contains("signature does not verify"), "{r}");
+
+    // The appliance refuses to serve the tampered file, naming the record.
+    std::fs::copy(&body, a.db_path()).unwrap();
+    let _ = std::fs::remove_file(a.path("anchorlog.db-wal"));
+    let err = a.spawn().expect_err("must refuse to start");
+    assert!(err.contains("exit status: 3"), "{err}");
+    assert!(err.contains("refusing to start") && err.contains("event seq 17"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_refusals_have_the_documented_outcomes() {
+    let a = Appliance::start();
+    // No client certificate: the handshake is refused.
+    let d = a.dir.path().join("certs");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in anchorlog::tls::load_certs(&d.join("ca.pem"), "ca").unwrap() {
+        roots.add(c).unwrap();
+    }
+    let no_cert = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let refused = match anchorlog::client::Connection::connect(a.addr.unwrap(), "localhost", no_cert).await {
+        Err(_) => true,
+        // TLS 1.3: the server's refusal can arrive with the first request instead of the handshake.
+        Ok(mut c) => c.get("/v1/heads/latest").await.is_err(),
+    };
+    assert!(refused, "a client without a certificate must not get a response");
+
+    // A certificate from another CA: refused the same way.
+    let foreign_refused = match a.try_connect("foreign").await {
+        Err(_) => true,
+        Ok(mut c) => c.get("/v1/heads/latest").await.is_err(),
+    };
+    assert!(foreign_refused, "a certificate from an untrusted CA must not get a response");
+
+    // A valid certificate that maps to no principal: 403 unknown_principal, listing its identities.
+    let r = a.connect("stranger").await.post_json("/v1/events", b"{}").await.unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "unknown_principal");
+    assert_eq!(r.json()["detail"]["identities"][0], "dns:stranger.test");
+
+    // A producer calling an auditor endpoint: 403 forbidden_role.
+    let r = a.connect("producer").await.get("/v1/heads/latest").await.unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json()["code"], "forbidden_role");
+    assert_eq!(r.json()["detail"]["required_role"], "auditor");
+    // An auditor cannot append.
+    let r = a.connect("auditor").await.post_json("/v1/events", b"{}").await.unwrap();
+    assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("forbidden_role")));
+    assert_eq!(a.stored_events().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_stable_codes_and_stores_nothing() {
+    let a = Appliance::start_with(Options { max_body_bytes: 4096, ..Options::default() });
+    let mut p = a.connect("producer").await;
+    let ok = p.post_json("/v1/events", b"{\"type\":\"LOGIN\"}").await.unwrap();
+    assert_eq!(ok.status, 200);
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    let deep_obj = format!("{{\"a\":{deep}}}");
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("invalid json", "application/json", b"{\"type\":".to_vec(), 400, "invalid_json"),
+        ("wrong content type", "text/plain", b"{}".to_vec(), 415, "unsupported_media_type"),
+        (
+            "body over limit",
+            "application/json",
+            format!("{{\"x\":\"{}\"}}", "a".repeat(5000)).into_bytes(),
+            413,
+            "body_too_large",
+        ),
+        ("json too deep", "application/json", deep_obj.into_bytes(), 400, "too_deep"),
+        ("empty body", "application/json", Vec::new(), 400, "empty_body"),
+        (
+            "batch with one bad line",
+            "application/x-ndjson",
+            b"{\"a\":1}\n{\"a\":2}\n[3]\n{\"a\":4}\n".to_vec(),
+            422,
+            "not_an_object",
+        ),
+        (
+            "ndjson with invalid line",
+            "application/x-ndjson",
+            b"{\"a\":1}\n{\"a\":\n".to_vec(),
+            400,
+            "invalid_json",
+        ),
+        ("array with a non-object", "application/json", b"[{\"a\":1},\"x\"]".to_vec(), 422, "not_an_object"),
+    ];
+    for (name, ctype, body, status, code) in cases {
+        let r = p.request("POST", "/v1/events", &[("content-type", ctype)], body).await.unwrap();
+        assert_eq!(r.status, status, "{name}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["code"], code, "{name}");
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
+        assert_eq!(a.stored_events().await, 1, "{name}: nothing stored");
+    }
+    let r = p
+        .request(
+            "POST",
+            "/v1/events",
+            &[("content-type", "application/x-ndjson")],
+            b"{\"a\":1}\n{\"a\":2}\n[3]\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.json()["detail"]["line"], 3, "the error names the line");
+    assert_eq!(r.json()["detail"]["index"], 2, "and the index");
+    // Unknown routes and methods are JSON too.
+    let r = p.get("/v1/nope").await.unwrap();
+    assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")));
+    let r = p.request("DELETE", "/v1/events", &[], Vec::new()).await.unwrap();
+    assert_eq!((r.status, r.json()["code"].as_str()), (405, Some("method_not_allowed")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_event() {
+    let mut a = Appliance::start_with(Options { seal_interval_ms: 1000, ..Options::default() });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let mut conn = a.connect("producer").await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let body = format!("{{\"c\":{c},\"i\":{i}}}\n{{\"c\":{c},\"i\":{i},\"second\":true}}\n");
+                match conn
+                    .request(
+                        "POST",
+                        "/v1/events",
+                        &[("content-type", "application/x-ndjson")],
+                        body.into_bytes(),
+                    )
+                    .await
+                {
+                    Ok(r) if r.status == 200 => {
+                        for e in r.json()["events"].as_array().unwrap() {
+                            acked.push(e["seq"].as_u64().unwrap());
+                        }
+                    }
+                    _ => break, // connection closed by the shutdown
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = a.sigterm();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert!(acked.len() > 100, "load was applied ({} events)", acked.len());
+    let max = *acked.iter().max().unwrap();
+    // Offline: every acknowledged event is stored and covered by a signed head.
+    let (code, r) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{r}");
+    assert!(r["report"]["events"].as_u64().unwrap() > max);
+    assert_eq!(r["report"]["unsealed_events"], 0, "the shutdown sealed everything");
+    // And the restarted appliance serves a head covering them.
+    a.spawn().expect("restarts");
+    let head = a.wait_for_head(max + 1).await;
+    assert!(head["tree_size"].as_u64().unwrap() > max);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_log_seals_heartbeats_and_restart_continues_the_chain() {
+    let mut a = Appliance::start_with(Options { heartbeat_interval_s: 1, ..Options::default() });
+    let first = a.wait_for_head(0).await;
+    assert_eq!(first["height"], 0, "a new log is anchored at once");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let later = a.audit_get("/v1/heads/latest").await.json();
+    assert!(later["height"].as_u64().unwrap() >= 1, "heartbeat heads on an idle log: {later}");
+    assert_eq!(later["tree_size"], 0);
+    assert!(a.sigterm().success());
+    a.spawn().expect("restart");
+    post_concurrently(&a, 5, 1).await;
+    let h = a.wait_for_head(5).await;
+    assert!(h["height"].as_u64().unwrap() > later["height"].as_u64().unwrap());
+    assert!(a.sigterm().success());
+    assert_eq!(a.verify(&a.db_path()).0, 0);
+}
+
+#[test]
+fn hsm_misconfiguration_gives_clear_errors() {
+    let a = Appliance::prepare(Options::default());
+    let cfg = std::fs::read_to_string(a.config_path()).unwrap();
+    let run = |text: String| {
+        std::fs::write(a.config_path(), text).unwrap();
+        let out = a.anchorlog(&["keys", "show", "--config", a.config_path().to_str().unwrap()]);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(cfg.replace("/usr/lib/softhsm/libsofthsm2.so", "/nonexistent/libpkcs11.so"));
+    assert!(e.contains("/nonexistent/libpkcs11.so"), "module not found: {e}");
+    let e = run(cfg.replace("token_label = \"anchorlog-test\"", "token_label = \"no-such-token\""));
+    assert!(e.contains("no-such-token") && e.contains("anchorlog-test"), "token not found lists tokens: {e}");
+    let e = run(cfg.replace("key_label = \"head-signer\"", "key_label = \"no-such-key\""));
+    assert!(e.contains("no-such-key") && e.contains("anchorlog keys generate"), "key not found: {e}");
+    std::fs::write(a.config_path(), &cfg).unwrap();
+    std::fs::write(a.path("pin"), "wrong-pin").unwrap();
+    let out = a.anchorlog(&["keys", "show", "--config", a.config_path().to_str().unwrap()]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.to_lowercase().contains("pin"), "wrong pin: {e}");
+    assert!(!e.contains("wrong-pin"), "the PIN never appears in errors");
+    // Unknown config keys are named.
+    std::fs::write(a.path("pin"), harness::USER_PIN).unwrap();
+    let out = {
+        std::fs::write(a.config_path(), cfg.replace("[storage]", "[storage]\ndatabse = \"x\"")).unwrap();
+        a.anchorlog(&["check-config", "--config", a.config_path().to_str().unwrap()])
+    };
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `databse`"));
+}
+
+#[test]
+fn healthz_needs_no_certificate_on_the_health_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let a = Appliance::prepare(Options::default());
+    // `health_listen` belongs to [server]; the harness writes [server] first, so insert it there.
+    a.write_config("127.0.0.1:0");
+    let text = std::fs::read_to_string(a.config_path()).unwrap().replace(
+        "shutdown_grace_s = 5",
+        &format!("shutdown_grace_s = 5\nhealth_listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(a.config_path(), text).unwrap();
+    let _server = Guard(
+        Command::new(harness::bin())
+            .args(["serve", "--config", a.config_path().to_str().unwrap()])
+            .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read as _, Write as _};
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.ends_with("{\"status\":\"ok\"}"), "{body}");
+}
+
+/// Kills a child process on drop.
+struct Guard(std::process::Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

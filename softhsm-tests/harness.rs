@@ -1,0 +1,400 @@
+//! Test harness on real parts: a fresh SoftHSM token per test (its own `SOFTHSM2_CONF` and token directory),
+//! generated certificates, and the real `anchorlog` binary started as a child process on 127.0.0.1:0.
+//! Each appliance is killed on drop, so a failing test leaves nothing running.
+#![allow(dead_code)]
+
+use anchorlog::client::{Connection, Response};
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Debian's SoftHSM module.
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+/// Test-only PINs (throw-away tokens in a temp dir).
+pub const USER_PIN: &str = "test-user-pin";
+const SO_PIN: &str = "test-so-pin";
+
+/// The anchorlog binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_anchorlog")
+}
+
+/// Knobs a test may turn.
+#[derive(Clone)]
+pub struct Options {
+    pub seal_interval_ms: u64,
+    pub seal_max_events: u64,
+    pub heartbeat_interval_s: u64,
+    pub max_body_bytes: usize,
+    pub extra_config: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            seal_interval_ms: 200,
+            seal_max_events: 10_000,
+            heartbeat_interval_s: 60,
+            max_body_bytes: 1024 * 1024,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// One test's world: token, PKI, config, database, and (while running) the appliance process.
+pub struct Appliance {
+    pub dir: tempfile::TempDir,
+    pub options: Options,
+    child: Option<Child>,
+    pub addr: Option<SocketAddr>,
+    stderr_log: PathBuf,
+}
+
+impl Appliance {
+    /// Creates token, key, certificates and config, exports the key, and starts the appliance.
+    pub fn start() -> Appliance {
+        Self::start_with(Options::default())
+    }
+
+    /// Same with options.
+    pub fn start_with(options: Options) -> Appliance {
+        let mut a = Self::prepare(options);
+        a.spawn().expect("appliance starts");
+        a
+    }
+
+    /// Creates everything but does not start the server.
+    pub fn prepare(options: Options) -> Appliance {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = &dir.path().to_path_buf();
+        std::fs::create_dir_all(d.join("tokens")).unwrap();
+        std::fs::write(
+            d.join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                d.join("tokens").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                "anchorlog-test",
+                "--pin",
+                USER_PIN,
+                "--so-pin",
+                SO_PIN,
+            ])
+            .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
+            .output()
+            .expect("softhsm2-util runs (apt-get install softhsm2)");
+        assert!(out.status.success(), "init token: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(d.join("pin"), USER_PIN).unwrap();
+        write_pki(d);
+        let a = Appliance { dir, options, child: None, addr: None, stderr_log: PathBuf::new() };
+        a.write_config("127.0.0.1:0");
+        let gen = a.anchorlog(&["keys", "generate", "--config", a.config_path().to_str().unwrap()]);
+        assert!(gen.status.success(), "keys generate: {}", String::from_utf8_lossy(&gen.stderr));
+        let exp = a.anchorlog(&[
+            "keys",
+            "export",
+            "--config",
+            a.config_path().to_str().unwrap(),
+            "--out-dir",
+            d.join("keys").to_str().unwrap(),
+        ]);
+        assert!(exp.status.success(), "keys export: {}", String::from_utf8_lossy(&exp.stderr));
+        a
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path("anchorlog.toml")
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.path("anchorlog.db")
+    }
+    pub fn key_pem(&self) -> PathBuf {
+        self.path("keys/signer.pem")
+    }
+
+    /// (Re)writes the config with `listen`.
+    pub fn write_config(&self, listen: &str) {
+        let d = self.dir.path().display();
+        let o = &self.options;
+        let text = format!(
+            r#"origin = "anchorlog.test/e2e"
+[server]
+listen = "{listen}"
+cert_file = "{d}/certs/server.pem"
+key_file = "{d}/certs/server.key"
+client_ca_files = ["{d}/certs/ca.pem"]
+shutdown_grace_s = 5
+[storage]
+database = "{d}/anchorlog.db"
+[limits]
+max_body_bytes = {mb}
+[sealing]
+seal_interval_ms = {si}
+seal_max_events = {sm}
+heartbeat_interval_s = {hb}
+[signer]
+backend = "pkcs11"
+[signer.pkcs11]
+module = "{SOFTHSM}"
+token_label = "anchorlog-test"
+key_label = "head-signer"
+pin_file = "{d}/pin"
+[[principal]]
+name = "producer-1"
+roles = ["producer"]
+identities = ["dns:producer.test"]
+[[principal]]
+name = "auditor-1"
+roles = ["auditor"]
+identities = ["dns:auditor.test"]
+[[principal]]
+name = "admin-1"
+roles = ["admin", "auditor"]
+identities = ["dns:admin.test"]
+{extra}
+"#,
+            mb = o.max_body_bytes,
+            si = o.seal_interval_ms,
+            sm = o.seal_max_events,
+            hb = o.heartbeat_interval_s,
+            extra = o.extra_config,
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// Runs the anchorlog binary with this test's SoftHSM environment.
+    pub fn anchorlog(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .env("ANCHORLOG_LOG", "warn")
+            .output()
+            .expect("anchorlog runs")
+    }
+
+    /// Starts `anchorlog serve`; returns its stderr if it exits before listening.
+    pub fn spawn(&mut self) -> Result<SocketAddr, String> {
+        let listen = self.addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
+        self.write_config(&listen);
+        self.stderr_log =
+            self.path(&format!("serve-{}.log", Instant::now().elapsed().as_nanos() ^ rand_u32()));
+        let log = std::fs::File::create(&self.stderr_log).unwrap();
+        let mut child = Command::new(bin())
+            .args(["serve", "--config", self.config_path().to_str().unwrap()])
+            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .env("ANCHORLOG_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn anchorlog serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                let addr: SocketAddr = line
+                    .trim()
+                    .strip_prefix("anchorlog listening on https://")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+                self.addr = Some(addr);
+                self.child = Some(child);
+                Ok(addr)
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let code = child.wait().ok().and_then(|s| s.code());
+                Err(format!(
+                    "exit status: {}: {}",
+                    code.map_or("signal".into(), |c| c.to_string()),
+                    self.server_log()
+                ))
+            }
+        }
+    }
+
+    /// The server's stderr so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("anchorlog did not stop within 30 s after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server without a graceful shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// An mTLS connection as `who` (`producer`, `auditor`, `admin`, `stranger`, `foreign`).
+    pub async fn connect(&self, who: &str) -> Connection {
+        self.try_connect(who).await.expect("connect")
+    }
+
+    pub async fn try_connect(&self, who: &str) -> Result<Connection, anchorlog::client::ClientError> {
+        let d = self.dir.path().join("certs");
+        let tls = anchorlog::tls::client_config(
+            &d.join("ca.pem"),
+            &d.join(format!("{who}.pem")),
+            &d.join(format!("{who}.key")),
+        )
+        .expect("client config");
+        Connection::connect(self.addr.expect("running"), "localhost", tls).await
+    }
+
+    /// GET as auditor, parsed JSON.
+    pub async fn audit_get(&self, path: &str) -> Response {
+        self.connect("auditor").await.get(path).await.expect("GET")
+    }
+
+    /// Number of stored events, from the auditor's /readyz.
+    pub async fn stored_events(&self) -> u64 {
+        self.audit_get("/readyz").await.json()["events"].as_u64().expect("events")
+    }
+
+    /// Waits until the latest head covers `tree_size` events; returns that head's JSON.
+    pub async fn wait_for_head(&self, tree_size: u64) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.audit_get("/v1/heads/latest").await;
+            if r.status == 200 && r.json()["tree_size"].as_u64() >= Some(tree_size) {
+                return r.json();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no head covering {tree_size} events within 30 s: {}",
+                self.server_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
+    pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
+        let out = self.anchorlog(&[
+            "verify",
+            "--db",
+            db.to_str().unwrap(),
+            "--key",
+            self.key_pem().to_str().unwrap(),
+            "--json",
+        ]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+}
+
+impl Drop for Appliance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn rand_u32() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish() as u128
+}
+
+/// CA + server + producer/auditor/admin/stranger certs, plus a client cert from a foreign CA.
+fn write_pki(d: &Path) {
+    let certs = d.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let pki = anchorlog::dev::generate_pki(&[
+        ("producer", "producer.test"),
+        ("auditor", "auditor.test"),
+        ("admin", "admin.test"),
+        ("stranger", "stranger.test"),
+    ])
+    .unwrap();
+    std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(certs.join("server.pem"), &pki.server_pem).unwrap();
+    std::fs::write(certs.join("server.key"), &pki.server_key_pem).unwrap();
+    for (stem, c, k) in &pki.clients {
+        std::fs::write(certs.join(format!("{stem}.pem")), c).unwrap();
+        std::fs::write(certs.join(format!("{stem}.key")), k).unwrap();
+    }
+    // Same identity as the producer, but issued by a CA the appliance does not trust.
+    let foreign = anchorlog::dev::generate_pki(&[("foreign", "producer.test")]).unwrap();
+    std::fs::write(certs.join("foreign.pem"), &foreign.clients[0].1).unwrap();
+    std::fs::write(certs.join("foreign.key"), &foreign.clients[0].2).unwrap();
+    std::fs::write(certs.join("foreign-ca.pem"), &foreign.ca_pem).unwrap();
+}
+
+/// Posts `n` small events concurrently over `conns` connections; returns every acknowledged seq.
+pub async fn post_concurrently(a: &Appliance, n: u64, conns: u64) -> Vec<u64> {
+    let a_addr = a.addr.unwrap();
+    let _ = a_addr;
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let mut conn = a.connect("producer").await;
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            let mut i = c;
+            while i < n {
+                let body = format!("{{\"type\":\"LOGIN\",\"user\":\"u{i}\",\"n\":{i}}}");
+                let r = conn.post_json("/v1/events", body.as_bytes()).await.expect("post");
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                seqs.push(r.json()["events"][0]["seq"].as_u64().unwrap());
+                i += conns;
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    all
+}
+
+/// Writes the head's checkpoint and signature to files for openssl.
+pub fn write_head_files(head: &serde_json::Value, dir: &Path) -> (PathBuf, PathBuf) {
+    use base64::Engine as _;
+    let txt = dir.join("head.txt");
+    let sig = dir.join("head.sig");
+    std::fs::write(&txt, head["checkpoint"].as_str().unwrap()).unwrap();
+    let der = base64::engine::general_purpose::STANDARD.decode(head["signature"].as_str().unwrap()).unwrap();
+    std::fs::write(&sig, der).unwrap();
+    (txt, sig)
+}
+
+pub type Shared<T> = Arc<T>;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on real parts: SoftHSM2, OpenSSL, SQLite, rustls.
+# As root it installs missing Debian packages first; otherwise it says which are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(softhsm2 openssl python3 pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "missing packages: ${missing[*]} (run as root to install them, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+# The PKCS#11 unit tests create throw-away tokens; keep them in a fresh directory, never the system's.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
+  "$work/tokens" > "$work/softhsm2.conf"
+export SOFTHSM2_CONF="$work/softhsm2.conf"
+
+if cargo nextest --version >/dev/null 2>&1; then
+  # One process per test: C_Initialize is process-global, so this is what lets PKCS#11 tests run in parallel.
+  cargo nextest run --no-fail-fast
+else
+  # Without nextest, the library's PKCS#11 tests share one process and must not run concurrently.
+  cargo test --lib -- --test-threads=1
+  cargo test --bins --tests
+fi
+cargo test --doc
