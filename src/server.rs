@@ -243,6 +243,9 @@ async fn accept_loop(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connection tasks are tracked so that, once the grace period is over, they can be aborted: each holds
+    // the router and through it the writer handle, and the writer only stops when every handle is gone.
+    let mut connections = tokio::task::JoinSet::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
@@ -263,7 +266,9 @@ async fn accept_loop(
         let principals = principals.clone();
         let router = router.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        // Reap finished connection tasks so the set does not grow with every connection ever accepted.
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let _permit = permit;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -306,6 +311,8 @@ async fn accept_loop(
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 async fn serve_health(listener: TcpListener, mut stop: watch::Receiver<bool>) {
