@@ -39,6 +39,17 @@ pub enum SealError {
     Join,
 }
 
+/// What a seal attempt should cover.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// Complete blocks only (the size trigger).
+    Full,
+    /// Everything committed so far (the interval tick, shutdown).
+    Tick,
+    /// Everything committed so far, and at least one head even if nothing is new.
+    Heartbeat,
+}
+
 /// Cadence settings.
 #[derive(Debug, Clone)]
 pub struct SealerSettings {
@@ -100,19 +111,19 @@ impl Sealer {
         // A new log gets its first head (tree size 0) at once: the log's start is itself anchored.
         let force_first = self.state.next_height == 0;
         if force_first {
-            self.seal_until_caught_up(true).await;
+            self.seal_pending(Due::Heartbeat).await;
         }
         loop {
             tokio::select! {
                 _ = ticker.tick() => {
-                    let idle_heartbeat = self.last_seal.elapsed() >= self.settings.heartbeat_interval;
-                    self.seal_until_caught_up(idle_heartbeat).await;
+                    let idle = self.last_seal.elapsed() >= self.settings.heartbeat_interval;
+                    self.seal_pending(if idle { Due::Heartbeat } else { Due::Tick }).await;
                 }
                 changed = committed.changed() => {
                     if changed.is_err() { break; }
                     let waiting = (*committed.borrow()).saturating_sub(self.state.frontier.size());
                     if waiting >= self.settings.seal_max_events {
-                        self.seal_until_caught_up(false).await;
+                        self.seal_pending(Due::Full).await;
                     }
                 }
                 _ = shutdown.changed() => break,
@@ -120,7 +131,7 @@ impl Sealer {
         }
         // Shutdown: everything acknowledged must be covered. Retry a few times if the signer hiccups.
         for attempt in 0..5 {
-            self.seal_until_caught_up(false).await;
+            self.seal_pending(Due::Tick).await;
             if self.state.frontier.size() >= *self.appender.committed().borrow() {
                 break;
             }
@@ -130,17 +141,22 @@ impl Sealer {
         self.state.frontier.size()
     }
 
-    /// Seals blocks until every committed event is covered (or a seal fails). With `heartbeat`, seals one
-    /// head even if there is nothing new.
-    async fn seal_until_caught_up(&mut self, heartbeat: bool) {
+    /// Seals what was committed when called (a snapshot: chasing the live counter would cut a stream of
+    /// tiny blocks under load, one signature each). `Due::Full` seals only complete blocks of
+    /// `seal_max_events`; `Due::Tick` also the partial rest, or a heartbeat head on an idle log when asked.
+    async fn seal_pending(&mut self, due: Due) {
+        let goal = *self.appender.committed().borrow();
+        let max = self.settings.seal_max_events;
         let mut sealed_any = false;
         loop {
-            let committed = *self.appender.committed().borrow();
             let sealed = self.state.frontier.size();
-            if committed <= sealed && (sealed_any || !heartbeat) {
+            let target = goal.min(sealed + max);
+            let heartbeat = matches!(due, Due::Heartbeat) && !sealed_any;
+            let nothing_new = target <= sealed;
+            let partial = target.saturating_sub(sealed) < max;
+            if (nothing_new && !heartbeat) || (partial && matches!(due, Due::Full)) {
                 return;
             }
-            let target = committed.min(sealed + self.settings.seal_max_events);
             match self.seal_one(target).await {
                 Ok(()) => sealed_any = true,
                 Err(e) => {
