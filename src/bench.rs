@@ -101,9 +101,9 @@ pub async fn run(args: BenchArgs) -> Result<BenchReport, BenchError> {
     }
 }
 
-fn event_body(i: u64) -> String {
+fn event_body(run: u32, i: u64) -> String {
     format!(
-        "{{\"id\":\"bench-{i}\",\"type\":\"LOGIN\",\"actor\":\"user{}\",\"outcome\":\"success\",\"ip\":\"10.0.{}.{}\",\"time\":{},\"details\":{{\"client\":\"web\",\"method\":\"password\",\"session\":\"s-{i}\"}}}}",
+        "{{\"id\":\"bench-{run:08x}-{i}\",\"type\":\"LOGIN\",\"actor\":\"user{}\",\"outcome\":\"success\",\"ip\":\"10.0.{}.{}\",\"time\":{},\"details\":{{\"client\":\"web\",\"method\":\"password\",\"session\":\"s-{i}\"}}}}",
         i % 1000,
         (i / 256) % 256,
         i % 256,
@@ -120,6 +120,8 @@ async fn http(args: BenchArgs) -> Result<BenchReport, BenchError> {
         &need(&args.cert, "cert")?,
         &need(&args.key, "key")?,
     )?;
+    // A fresh id prefix per run: ids de-duplicate, so reusing them would measure the duplicate path.
+    let run_id: u32 = rand::random();
     let batch = if args.mode == "batch" { args.batch_size.max(1) as u64 } else { 1 };
     let next = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
@@ -139,11 +141,11 @@ async fn http(args: BenchArgs) -> Result<BenchReport, BenchError> {
                 }
                 let last = (first + batch).min(total);
                 let (body, ctype) = if batch == 1 {
-                    (event_body(first), "application/json")
+                    (event_body(run_id, first), "application/json")
                 } else {
                     let mut s = String::with_capacity(256 * batch as usize);
                     for i in first..last {
-                        s.push_str(&event_body(i));
+                        s.push_str(&event_body(run_id, i));
                         s.push('\n');
                     }
                     (s, "application/x-ndjson")
@@ -188,8 +190,8 @@ fn sqlite(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         let tx = conn.transaction().map_err(crate::store::StoreError::from)?;
         let end = (seq + args.batch_size.max(1) as u64).min(args.events);
         for i in seq..end {
-            let body = event_body(i);
-            let source_id = format!("bench-{i}");
+            let body = event_body(0, i);
+            let source_id = format!("bench-00000000-{i}");
             let entry = Entry {
                 seq: i,
                 received_at_ns: crate::store::now_ns(),
