@@ -18,6 +18,10 @@ async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_h
     let height = head["height"].as_u64().unwrap();
     let by_height = a.audit_get(&format!("/v1/heads/{height}")).await.json();
     assert_eq!(by_height, head);
+    // The C2SP signed-note form: the same text, a blank line, and one ECDSA (type 0x02) signature line.
+    let note = head["note"].as_str().unwrap();
+    let checkpoint = head["checkpoint"].as_str().unwrap();
+    assert!(note.starts_with(&format!("{checkpoint}\n\u{2014} anchorlog.test/e2e ")), "{note}");
 
     // OpenSSL, knowing nothing about anchorlog, verifies the signed checkpoint with the exported key.
     let (txt, sig) = write_head_files(&head, a.dir.path());

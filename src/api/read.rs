@@ -2,7 +2,7 @@
 
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
-use crate::ledger::head::format_time_ms;
+use crate::ledger::head::{format_time_ms, signed_note};
 use crate::store::{self, StoreError, StoredHead};
 use crate::tls::Peer;
 use axum::extract::{Path, State};
@@ -26,7 +26,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal("read failed", &e))
 }
 
-fn head_json(h: &StoredHead) -> Value {
+fn head_json(state: &AppState, h: &StoredHead) -> Value {
     json!({
         "height": h.height,
         "tree_size": h.tree_size,
@@ -35,6 +35,9 @@ fn head_json(h: &StoredHead) -> Value {
         "signature": B64.encode(&h.signature),
         "key_id": h.key_id,
         "sealed_at": format_time_ms(h.sealed_at_ms).unwrap_or_default(),
+        // The note's key ID derives from the public key, which we hold only for the current key.
+        "note": (h.key_id == state.public_key.key_id)
+            .then(|| signed_note(&h.checkpoint, &state.origin, &state.public_key.spki_der, &h.signature)),
     })
 }
 
@@ -54,7 +57,8 @@ pub(super) async fn latest_head(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let head = blocking(&state, store::last_head).await?;
-    head.map(|h| Json(head_json(&h))).ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
+    head.map(|h| Json(head_json(&state, &h)))
+        .ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
 }
 
 pub(super) async fn head(
@@ -65,7 +69,7 @@ pub(super) async fn head(
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let height = parse_number(&height, "height")?;
     let head = blocking(&state, move |c| store::head(c, height)).await?;
-    head.map(|h| Json(head_json(&h)))
+    head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
 }
 

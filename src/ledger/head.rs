@@ -121,6 +121,20 @@ impl Checkpoint {
     }
 }
 
+/// C2SP signed-note signature type of ECDSA signatures (c2sp.org/signed-note, type 0x02).
+pub const NOTE_SIGNATURE_TYPE_ECDSA: u8 = 0x02;
+
+/// The C2SP signed-note form of a signed head, for note-aware tools: the checkpoint text, a blank line, and
+/// `— <origin> base64(key ID || DER signature)`, where the key ID is the first four bytes of
+/// SHA-256(SubjectPublicKeyInfo DER), as c2sp.org/signed-note specifies for ECDSA (type 0x02).
+pub fn signed_note(text: &str, origin: &str, spki_der: &[u8], signature_der: &[u8]) -> String {
+    let key_hash = Sha256::digest(spki_der);
+    let mut blob = Vec::with_capacity(4 + signature_der.len());
+    blob.extend_from_slice(&key_hash[..4]);
+    blob.extend_from_slice(signature_der);
+    format!("{text}\n\u{2014} {origin} {}\n", B64.encode(blob))
+}
+
 fn parse_decimal(s: &str) -> Option<u64> {
     // Canonical decimal only: no sign, no leading zeros (except "0" itself).
     if s.is_empty() || (s.len() > 1 && s.starts_with('0')) || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -193,6 +207,23 @@ mod tests {
                 other => panic!("{text:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn signed_note_has_the_c2sp_shape() {
+        let text = sample().to_text().unwrap();
+        let spki = [0x30u8, 0x59, 0x30];
+        let note = signed_note(&text, "anchorlog.example.org/prod-1", &spki, &[0xAA, 0xBB]);
+        let (body, sig_line) = note.split_once("\n\n").unwrap();
+        assert_eq!(format!("{body}\n"), text);
+        let b64 = sig_line
+            .strip_prefix("\u{2014} anchorlog.example.org/prod-1 ")
+            .unwrap()
+            .strip_suffix('\n')
+            .unwrap();
+        let blob = B64.decode(b64).unwrap();
+        assert_eq!(&blob[..4], &Sha256::digest(spki)[..4]);
+        assert_eq!(&blob[4..], &[0xAA, 0xBB]);
     }
 
     #[test]
