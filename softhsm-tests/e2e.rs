@@ -2,6 +2,7 @@
 //! a real SQLite file, the real `anchorlog` binary, and OpenSSL as an independent verifier.
 
 mod harness;
+mod swtpm;
 
 use harness::{post_concurrently, write_head_files, Appliance, Options};
 use std::process::Command;

@@ -3,6 +3,7 @@
 //! Each appliance is killed on drop, so a failing test leaves nothing running.
 #![allow(dead_code)]
 
+use crate::swtpm::Swtpm;
 use anchorlog::client::{Connection, Response};
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -22,9 +23,25 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_anchorlog")
 }
 
+/// Persistent handle of the test's TPM signing key.
+pub const TPM_HANDLE: u32 = 0x8101_0010;
+/// Keeps libtss2 from printing errors the TPM backend handles itself (connection refused while the TPM is
+/// away, probes of absent handles) to the server's stderr.
+pub const TSS2_LOG: &str = "esys+none,tcti+none";
+
+/// Which device signs heads in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestSigner {
+    /// A fresh SoftHSM token.
+    SoftHsm,
+    /// A fresh swtpm (one per test, killed on drop), key persisted at [`TPM_HANDLE`].
+    Tpm,
+}
+
 /// Knobs a test may turn.
 #[derive(Clone)]
 pub struct Options {
+    pub signer: TestSigner,
     pub seal_interval_ms: u64,
     pub seal_max_events: u64,
     pub heartbeat_interval_s: u64,
@@ -35,6 +52,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            signer: TestSigner::SoftHsm,
             seal_interval_ms: 200,
             seal_max_events: 10_000,
             heartbeat_interval_s: 60,
@@ -51,6 +69,8 @@ pub struct Appliance {
     child: Option<Child>,
     pub addr: Option<SocketAddr>,
     stderr_log: PathBuf,
+    /// The test's swtpm when `options.signer` is [`TestSigner::Tpm`]; dropped after the server is killed.
+    pub tpm: Option<Swtpm>,
 }
 
 impl Appliance {
@@ -96,9 +116,15 @@ impl Appliance {
         assert!(out.status.success(), "init token: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(d.join("pin"), USER_PIN).unwrap();
         write_pki(d);
-        let a = Appliance { dir, options, child: None, addr: None, stderr_log: PathBuf::new() };
+        let tpm = (options.signer == TestSigner::Tpm).then(|| Swtpm::start().expect("swtpm starts"));
+        let a = Appliance { dir, options, child: None, addr: None, stderr_log: PathBuf::new(), tpm };
         a.write_config("127.0.0.1:0");
-        let gen = a.anchorlog(&["keys", "generate", "--config", a.config_path().to_str().unwrap()]);
+        let config_path = a.config_path();
+        let mut args = vec!["keys", "generate", "--config", config_path.to_str().unwrap()];
+        if a.tpm.is_some() {
+            args.push("--tpm");
+        }
+        let gen = a.anchorlog(&args);
         assert!(gen.status.success(), "keys generate: {}", String::from_utf8_lossy(&gen.stderr));
         let exp = a.anchorlog(&[
             "keys",
@@ -129,6 +155,16 @@ impl Appliance {
     pub fn write_config(&self, listen: &str) {
         let d = self.dir.path().display();
         let o = &self.options;
+        let signer = match &self.tpm {
+            Some(tpm) => format!(
+                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n",
+                tpm.tcti()
+            ),
+            None => format!(
+                "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
+                 token_label = \"anchorlog-test\"\nkey_label = \"head-signer\"\npin_file = \"{d}/pin\"\n"
+            ),
+        };
         let text = format!(
             r#"origin = "anchorlog.test/e2e"
 [server]
@@ -145,14 +181,7 @@ max_body_bytes = {mb}
 seal_interval_ms = {si}
 seal_max_events = {sm}
 heartbeat_interval_s = {hb}
-[signer]
-backend = "pkcs11"
-[signer.pkcs11]
-module = "{SOFTHSM}"
-token_label = "anchorlog-test"
-key_label = "head-signer"
-pin_file = "{d}/pin"
-[[principal]]
+{signer}[[principal]]
 name = "producer-1"
 roles = ["producer"]
 identities = ["dns:producer.test"]
@@ -180,6 +209,7 @@ identities = ["dns:admin.test"]
         Command::new(bin())
             .args(args)
             .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .env("TSS2_LOG", TSS2_LOG)
             .env("ANCHORLOG_LOG", "warn")
             .output()
             .expect("anchorlog runs")
@@ -195,6 +225,7 @@ identities = ["dns:admin.test"]
         let mut child = Command::new(bin())
             .args(["serve", "--config", self.config_path().to_str().unwrap()])
             .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .env("TSS2_LOG", TSS2_LOG)
             .env("ANCHORLOG_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -157,6 +157,9 @@ pub struct SignerConfig {
     /// Settings of the PKCS#11 backend (required when `backend = "pkcs11"`).
     #[serde(default)]
     pub pkcs11: Option<Pkcs11Config>,
+    /// Settings of the TPM 2.0 backend (required when `backend = "tpm"`).
+    #[serde(default)]
+    pub tpm: Option<TpmConfig>,
 }
 
 /// Signer backends.
@@ -182,6 +185,52 @@ pub struct Pkcs11Config {
     /// File holding the user PIN (a file path or a systemd credential path, never the PIN).
     pub pin_file: PathBuf,
 }
+
+/// `[signer.tpm]`: where the TPM-resident signing key lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmConfig {
+    /// TCTI: `device:/dev/tpmrm0` (the kernel resource manager; production), `swtpm:host=H,port=P`,
+    /// `mssim:host=H,port=P` or `tabrmd`.
+    pub tcti: String,
+    /// Persistent handle of the signing key, e.g. `0x81010010` (a TOML integer or a hex string).
+    pub handle: TpmHandle,
+    /// Optional file holding the key's auth value (a file path, never the value itself).
+    #[serde(default)]
+    pub auth_file: Option<PathBuf>,
+}
+
+/// A TPM persistent handle, written in TOML as an integer (`0x81010010`) or a hex string (`"0x81010010"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TpmHandle(pub u32);
+
+impl<'de> Deserialize<'de> for TpmHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        let expected = "a persistent handle such as 0x81010010 (integer or hex string)";
+        let value = match Raw::deserialize(d)? {
+            Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom(expected))?,
+            Raw::Text(t) => {
+                let t = t.trim();
+                let digits = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+                u32::from_str_radix(digits, 16).map_err(|_| serde::de::Error::custom(expected))?
+            }
+        };
+        Ok(TpmHandle(value))
+    }
+}
+
+/// First TPM persistent handle (`TPM_HR_PERSISTENT`).
+pub const TPM_PERSISTENT_FIRST: u32 = 0x8100_0000;
+/// Last persistent handle of the owner hierarchy (where `anchorlog keys generate` may persist a key).
+pub const TPM_OWNER_PERSISTENT_LAST: u32 = 0x817F_FFFF;
+/// TCTI kinds libtss2 (through tss-esapi) understands.
+pub const TPM_TCTI_KINDS: [&str; 4] = ["device", "swtpm", "mssim", "tabrmd"];
 
 /// One `[[principal]]`: who a client certificate is and what it may do.
 #[derive(Debug, Clone, Deserialize)]
@@ -338,12 +387,7 @@ impl Config {
                     return Err(invalid("signer.pkcs11.key_label", "must not be empty"));
                 }
             }
-            SignerBackend::Tpm => {
-                return Err(invalid(
-                    "signer.backend",
-                    "the \"tpm\" backend is not available in this build; use \"pkcs11\"",
-                ))
-            }
+            SignerBackend::Tpm => validate_tpm(self.signer.tpm.as_ref())?,
         }
         self.validate_principals()
     }
@@ -379,6 +423,34 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_tpm(t: Option<&TpmConfig>) -> Result<(), ConfigError> {
+    if !cfg!(feature = "tpm") {
+        return Err(invalid(
+            "signer.backend",
+            "the \"tpm\" backend is not compiled into this build (cargo feature `tpm`, on by default; the \
+             verify-only build leaves it out); rebuild with default features or use \"pkcs11\"",
+        ));
+    }
+    let t = t.ok_or_else(|| invalid("signer.tpm", "required when signer.backend = \"tpm\""))?;
+    let kind = t.tcti.split(':').next().unwrap_or_default();
+    if !TPM_TCTI_KINDS.contains(&kind) {
+        return Err(invalid(
+            "signer.tpm.tcti",
+            format!(
+                "{:?}: expected \"device:/dev/tpmrm0\", \"swtpm:host=127.0.0.1,port=2321\", \"mssim:…\" or \"tabrmd\"",
+                t.tcti
+            ),
+        ));
+    }
+    if !(TPM_PERSISTENT_FIRST..=TPM_OWNER_PERSISTENT_LAST).contains(&t.handle.0) {
+        return Err(invalid(
+            "signer.tpm.handle",
+            format!("{:#010x} is not an owner persistent handle; expected 0x81000000..=0x817fffff, e.g. 0x81010010", t.handle.0),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a log origin: a non-empty single line of printable ASCII without spaces.
@@ -552,6 +624,48 @@ identities = ["dns:idp.example.org"]
         let text = MINIMAL.replace("anchorlog.test/unit", "has space");
         let err = Config::parse(&text).unwrap_err().to_string();
         assert!(err.starts_with("invalid config: `origin`"), "{err}");
+    }
+
+    fn tpm_config(handle: &str) -> String {
+        let head = MINIMAL.split("[signer]").next().unwrap_or_default();
+        format!(
+            "{head}[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"device:/dev/tpmrm0\"\nhandle = {handle}\n"
+        )
+    }
+
+    #[cfg(feature = "tpm")]
+    #[test]
+    fn tpm_handle_accepts_integer_and_hex_string() {
+        for h in ["0x81010010", "2164326416", "\"0x81010010\"", "\"81010010\""] {
+            let c = Config::parse(&tpm_config(h)).unwrap();
+            let t = c.signer.tpm.unwrap();
+            assert_eq!(t.handle, TpmHandle(0x8101_0010), "{h}");
+            assert_eq!(t.tcti, "device:/dev/tpmrm0");
+            assert_eq!(t.auth_file, None);
+        }
+        let err = Config::parse(&tpm_config("0x80000001")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid config: `signer.tpm.handle`: 0x80000001 is not an owner persistent handle; \
+             expected 0x81000000..=0x817fffff, e.g. 0x81010010"
+        );
+        let err = Config::parse(&tpm_config("\"zz\"")).unwrap_err().to_string();
+        assert!(err.contains("a persistent handle such as 0x81010010"), "{err}");
+        let err = Config::parse(&tpm_config("1").replace("device:", "tcp:")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid config: `signer.tpm.tcti`"), "{err}");
+        let text = tpm_config("0x81010010").replace("[signer.tpm]", "[signer.nottpm]");
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `nottpm`"), "{err}");
+    }
+
+    #[cfg(not(feature = "tpm"))]
+    #[test]
+    fn tpm_backend_is_refused_without_the_feature() {
+        let err = Config::parse(&tpm_config("0x81010010")).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid config: `signer.backend`: the \"tpm\" backend is not compiled"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum KeysError {
     /// The backend is not available.
     #[error("the {0} backend is not available in this build")]
     Unavailable(&'static str),
+    /// Key attestation needs a TPM.
+    #[error("key attestation is only available for signer.backend = \"tpm\" (a PKCS#11 HSM attests its keys with vendor tools)")]
+    NotAttestable,
 }
 
 #[cfg(feature = "pkcs11")]
@@ -54,9 +57,22 @@ fn pkcs11_parts(
     ))
 }
 
-/// Creates the signing key in the configured device; returns a JSON description of the new key.
-pub fn generate(config: &Config) -> Result<serde_json::Value, KeysError> {
-    match config.signer.backend {
+#[cfg(feature = "tpm")]
+fn tpm_parts(
+    config: &Config,
+) -> Result<(crate::signer::tpm::TpmSettings, Option<crate::signer::tpm::AuthValue>), KeysError> {
+    let t = config.signer.tpm.as_ref().ok_or_else(|| ConfigError::Invalid {
+        key: "signer.tpm".into(),
+        problem: "a [signer.tpm] section (tcti, handle) is required for the TPM backend".into(),
+    })?;
+    Ok(crate::signer::tpm::settings_from_config(t).map_err(SignerError::from)?)
+}
+
+/// Creates the signing key in the configured device; returns a JSON description of the new key. With
+/// `use_tpm`, the key is created in the TPM named by `[signer.tpm]` whatever `signer.backend` says.
+pub fn generate(config: &Config, use_tpm: bool) -> Result<serde_json::Value, KeysError> {
+    let backend = if use_tpm { SignerBackend::Tpm } else { config.signer.backend };
+    match backend {
         #[cfg(feature = "pkcs11")]
         SignerBackend::Pkcs11 => {
             let (settings, pin) = pkcs11_parts(config)?;
@@ -65,6 +81,16 @@ pub fn generate(config: &Config) -> Result<serde_json::Value, KeysError> {
         }
         #[cfg(not(feature = "pkcs11"))]
         SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        #[cfg(feature = "tpm")]
+        SignerBackend::Tpm => {
+            let (settings, auth) = tpm_parts(config)?;
+            let attrs =
+                crate::signer::tpm::generate_key(&settings, auth.as_ref()).map_err(SignerError::from)?;
+            let mut v = tpm_attributes_json(&attrs);
+            v["handle"] = format!("{:#010x}", settings.handle).into();
+            Ok(v)
+        }
+        #[cfg(not(feature = "tpm"))]
         SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
     }
 }
@@ -80,6 +106,14 @@ pub fn open(config: &Config) -> Result<Box<dyn HeadSigner>, KeysError> {
         }
         #[cfg(not(feature = "pkcs11"))]
         SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        #[cfg(feature = "tpm")]
+        SignerBackend::Tpm => {
+            let (settings, auth) = tpm_parts(config)?;
+            let s =
+                crate::signer::tpm::TpmSigner::open(&settings, auth.as_ref()).map_err(SignerError::from)?;
+            Ok(Box::new(s))
+        }
+        #[cfg(not(feature = "tpm"))]
         SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
     }
 }
@@ -100,8 +134,53 @@ pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
         }
         #[cfg(not(feature = "pkcs11"))]
         SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
+        #[cfg(feature = "tpm")]
+        SignerBackend::Tpm => {
+            let (settings, auth) = tpm_parts(config)?;
+            let mut s =
+                crate::signer::tpm::TpmSigner::open(&settings, auth.as_ref()).map_err(SignerError::from)?;
+            let attrs = s.key_attributes().map_err(SignerError::from)?;
+            let mut v = tpm_attributes_json(&attrs);
+            v["handle"] = format!("{:#010x}", settings.handle).into();
+            v["key_id"] = x509::key_id(s.public_key_spki_der()).into();
+            v["device"] = s.describe().into();
+            v["public_key_pem"] = x509::public_key_pem(s.public_key_spki_der())?.into();
+            Ok(v)
+        }
+        #[cfg(not(feature = "tpm"))]
         SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
     }
+}
+
+/// Has the TPM certify the signing key with an attestation key over `nonce` (`keys attest`); the evidence is
+/// checked offline by [`crate::signer::attestation::verify_attestation`] (`anchorlog verify-attestation`).
+pub fn attest(
+    config: &Config,
+    nonce: &[u8],
+) -> Result<crate::signer::attestation::KeyAttestation, KeysError> {
+    match config.signer.backend {
+        #[cfg(feature = "tpm")]
+        SignerBackend::Tpm => {
+            let (settings, auth) = tpm_parts(config)?;
+            Ok(crate::signer::tpm::attest(&settings, auth.as_ref(), nonce).map_err(SignerError::from)?)
+        }
+        #[cfg(not(feature = "tpm"))]
+        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+        SignerBackend::Pkcs11 => Err(KeysError::NotAttestable),
+    }
+}
+
+/// The TPM key attributes as `keys generate --tpm` and `keys show` print them.
+pub fn tpm_attributes_json(a: &crate::signer::attestation::TpmKeyAttributes) -> serde_json::Value {
+    serde_json::json!({
+        "fixed_tpm": a.fixed_tpm,
+        "fixed_parent": a.fixed_parent,
+        "sensitive_data_origin": a.sensitive_data_origin,
+        "user_with_auth": a.user_with_auth,
+        "sign": a.sign,
+        "decrypt": a.decrypt,
+        "restricted": a.restricted,
+    })
 }
 
 #[cfg(feature = "pkcs11")]

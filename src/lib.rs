@@ -16,19 +16,21 @@
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | [`store`] | SQLite schema, append-only triggers, statements |
-//! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 backend, X.509 export |
+//! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
+//! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
 //! | `bench` | the end-to-end load generator |
 //!
-//! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `verify` (nothing extra: the offline
+//! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `tpm` (the TPM 2.0 backend; links
+//! libtss2), `verify` (nothing extra: the offline
 //! verifier is always built; `--no-default-features --features verify` gives an auditor's binary without
-//! cryptoki, TLS or HTTP code).
+//! cryptoki, tss-esapi, TLS or HTTP code; TPM key attestations are still checked, in pure Rust).
 
 pub mod config;
 pub mod formats;
@@ -48,6 +50,8 @@ pub mod bench;
 pub mod client;
 #[cfg(all(feature = "server", feature = "pkcs11"))]
 pub mod dev;
+#[cfg(all(feature = "server", feature = "pkcs11", feature = "tpm"))]
+pub mod dev_tpm;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

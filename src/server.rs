@@ -78,8 +78,24 @@ pub enum ServeError {
 pub fn open_signer(config: &Config) -> Result<SignerHandle, ServeError> {
     match config.signer.backend {
         SignerBackend::Pkcs11 => open_pkcs11(config),
-        SignerBackend::Tpm => Err(SignerError::Unavailable("tpm").into()),
+        SignerBackend::Tpm => open_tpm(config),
     }
+}
+
+#[cfg(feature = "tpm")]
+fn open_tpm(config: &Config) -> Result<SignerHandle, ServeError> {
+    use crate::signer::tpm::{settings_from_config, TpmSigner};
+    let t = config.signer.tpm.as_ref().ok_or_else(|| ServeError::Internal("signer.tpm missing".into()))?;
+    let (settings, auth) = settings_from_config(t).map_err(SignerError::from)?;
+    Ok(SignerHandle::spawn(move || {
+        let signer = TpmSigner::open(&settings, auth.as_ref())?;
+        Ok(Box::new(signer) as Box<dyn HeadSigner>)
+    })?)
+}
+
+#[cfg(not(feature = "tpm"))]
+fn open_tpm(_config: &Config) -> Result<SignerHandle, ServeError> {
+    Err(SignerError::Unavailable("tpm").into())
 }
 
 #[cfg(feature = "pkcs11")]
@@ -115,6 +131,12 @@ impl Service {
     /// anything if the stored log does not verify against the signer's key.
     pub async fn start(config: Config) -> Result<Service, ServeError> {
         let signer = open_signer(&config)?;
+        Self::start_with_signer(config, signer).await
+    }
+
+    /// Like [`Service::start`] with an already opened signer (tests wrap the real signer in fault-injection
+    /// doubles this way).
+    pub async fn start_with_signer(config: Config, signer: SignerHandle) -> Result<Service, ServeError> {
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
         let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
         let chain = reconcile(&config, &signer).await?;

@@ -1,7 +1,7 @@
 //! The `anchorlog` command: a thin edge over the library (anyhow lives only here).
 //!
 //! Exit codes: 0 success; 1 error (bad config, device or I/O failure); 2 usage error (clap);
-//! 3 `verify` found the log invalid, or `serve` refused to start because the stored log does not verify.
+//! 3 `verify` found the log invalid (or `verify-attestation` the attestation), or `serve` refused to start because the stored log does not verify.
 
 use anchorlog::config::Config;
 use anyhow::Context as _;
@@ -37,6 +37,9 @@ enum Command {
         /// Listen address of the mTLS API.
         #[arg(long, default_value = anchorlog::dev::DEV_LISTEN)]
         listen: String,
+        /// Which device signs heads: a SoftHSM token, or a TPM 2.0 simulated by swtpm (state under DIR/tpm/).
+        #[arg(long, value_enum, default_value_t = DevSigner::Softhsm)]
+        signer: DevSigner,
     },
     /// Manage the head-signing key in the HSM.
     #[cfg(feature = "server")]
@@ -59,6 +62,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a TPM key attestation (from `keys attest`) offline against the signer's public key and nonce.
+    VerifyAttestation {
+        /// The attestation file (JSON) written by `anchorlog keys attest`.
+        file: PathBuf,
+        /// The head signer's public key or certificate (PEM), e.g. signer.pem.
+        #[arg(long)]
+        key: PathBuf,
+        /// The nonce (hex) the attestation must have been made for.
+        #[arg(long)]
+        nonce: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         /// Path of the TOML configuration.
@@ -70,6 +87,16 @@ enum Command {
     Bench(anchorlog::bench::BenchArgs),
 }
 
+/// The signing device of `anchorlog dev`.
+#[cfg(all(feature = "server", feature = "pkcs11"))]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DevSigner {
+    /// A SoftHSM2 token under DIR/softhsm/.
+    Softhsm,
+    /// A TPM 2.0 (swtpm) whose state lives under DIR/tpm/.
+    Tpm,
+}
+
 #[cfg(feature = "server")]
 #[derive(Subcommand)]
 enum KeysCommand {
@@ -78,6 +105,22 @@ enum KeysCommand {
         /// Path of the TOML configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Create the key in the TPM named by [signer.tpm] (persisted at its handle), whatever
+        /// signer.backend says.
+        #[arg(long)]
+        tpm: bool,
+    },
+    /// Have the TPM certify the signing key with an attestation key (TPM2_Certify) over a nonce.
+    Attest {
+        /// Path of the TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Nonce chosen by the verifier (hex, at most 64 bytes).
+        #[arg(long)]
+        nonce: String,
+        /// Output file (JSON evidence for `anchorlog verify-attestation`).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Write the public key (signer.pem) and a certificate signed by the device key (signer.crt).
     Export {
@@ -143,6 +186,12 @@ fn init_logging() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
+    // tss-esapi logs every failed TPM command at ERROR before returning it; the TPM backend turns those into
+    // one clear error of its own (or retries), so its lines would only be misleading duplicates.
+    let filter = match "tss_esapi=off".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -155,7 +204,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(all(feature = "server", feature = "pkcs11"))]
-        Command::Dev { state_dir, listen } => {
+        #[cfg(feature = "tpm")]
+        Command::Dev { state_dir, listen, signer: DevSigner::Tpm } => {
+            anchorlog::dev_tpm::ensure_packages()?;
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("creating {}", state_dir.display()))?;
+            // Dropped (and so stopped, if this process started it) after `serve` returns or fails.
+            let swtpm = anchorlog::dev_tpm::DevSwtpm::start_or_reuse(&state_dir)?;
+            let config_path = anchorlog::dev_tpm::prepare(&state_dir, &listen, &swtpm.tcti())?;
+            let config = Config::load(&config_path)?;
+            let banner = format!(
+                "anchorlog dev (TPM 2.0 via {tcti}): config {cfg}\n  signer public key: {dir}/keys/signer.pem\n  post an event:\n{curl}\n",
+                tcti = swtpm.tcti(),
+                cfg = config_path.display(),
+                dir = state_dir.display(),
+                curl = anchorlog::dev::curl_example(&state_dir, &listen)
+            );
+            serve(config, Some(banner))?;
+            drop(swtpm);
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(all(feature = "server", feature = "pkcs11", not(feature = "tpm")))]
+        Command::Dev { signer: DevSigner::Tpm, .. } => {
+            anyhow::bail!("this build has no TPM backend (cargo feature `tpm`); use --signer softhsm")
+        }
+        #[cfg(all(feature = "server", feature = "pkcs11"))]
+        Command::Dev { state_dir, listen, signer: DevSigner::Softhsm } => {
             anchorlog::dev::ensure_packages()?;
             std::fs::create_dir_all(&state_dir)
                 .with_context(|| format!("creating {}", state_dir.display()))?;
@@ -176,6 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
         Command::Verify { db, key, origin, json } => verify(&db, &key, origin.as_deref(), json),
+        Command::VerifyAttestation { file, key, nonce, json } => {
+            verify_attestation(&file, &key, &nonce, json)
+        }
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: OK", config.display());
@@ -211,10 +288,23 @@ fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
 #[cfg(feature = "server")]
 fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::Generate { config } => {
+        KeysCommand::Generate { config, tpm } => {
             let config = Config::load(&config)?;
-            let attrs = anchorlog::keys::generate(&config)?;
+            let attrs = anchorlog::keys::generate(&config, tpm)?;
             println!("{}", serde_json::to_string_pretty(&attrs)?);
+        }
+        KeysCommand::Attest { config, nonce, out } => {
+            let config = Config::load(&config)?;
+            let nonce = parse_nonce(&nonce)?;
+            let att = anchorlog::keys::attest(&config, &nonce)?;
+            let text = serde_json::to_string_pretty(&att)? + "\n";
+            std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "wrote the attestation of TPM key {:#010x} to {} (EK certificate {})",
+                att.key_handle,
+                out.display(),
+                if att.ek_certificate.is_some() { "included" } else { "not provisioned in this TPM" }
+            );
         }
         KeysCommand::Export { config, out_dir } => {
             let config = Config::load(&config)?;
@@ -258,6 +348,64 @@ fn verify(db: &Path, key: &Path, origin: Option<&str>, json: bool) -> anyhow::Re
             Ok(ExitCode::from(EXIT_INVALID))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_nonce(hex_text: &str) -> anyhow::Result<Vec<u8>> {
+    hex::decode(hex_text.trim())
+        .with_context(|| format!("--nonce {hex_text:?} is not hex (e.g. --nonce $(openssl rand -hex 32))"))
+}
+
+fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use anchorlog::signer::attestation::{verify_attestation, KeyAttestation};
+    let nonce = parse_nonce(nonce)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let att: KeyAttestation = serde_json::from_str(&text).with_context(|| {
+        format!("{} is not a key attestation from `anchorlog keys attest`", file.display())
+    })?;
+    let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
+    let key = anchorlog::signer::PublicKey::from_pem(&pem)
+        .with_context(|| format!("parsing key {}", key.display()))?;
+    match verify_attestation(&att, &key.spki_der, &nonce) {
+        Ok(r) => {
+            let a = &r.key_attributes;
+            if json {
+                let report = serde_json::json!({
+                    "key_id": key.key_id,
+                    "key_name": hex::encode(&r.key_name),
+                    "key_attributes": a,
+                    "ak_name": hex::encode(&r.ak_name),
+                    "ek_certificate_present": r.ek_certificate_present,
+                    "firmware_version": format!("{:#018x}", r.firmware_version),
+                });
+                println!("{}", serde_json::json!({"ok": true, "report": report}));
+            } else {
+                println!("OK: the TPM certified signing key {} for this nonce", key.key_id);
+                println!("  key name: {}", hex::encode(&r.key_name));
+                println!(
+                    "  attributes: fixedTPM={} fixedParent={} sensitiveDataOrigin={} sign={} decrypt={}",
+                    a.fixed_tpm, a.fixed_parent, a.sensitive_data_origin, a.sign, a.decrypt
+                );
+                println!("  attestation key name: {}", hex::encode(&r.ak_name));
+                println!(
+                    "  EK certificate: {}",
+                    if r.ek_certificate_present { "included, NOT validated here" } else { "absent" }
+                );
+                println!(
+                    "  note: this does not show that the attestation key belongs to a genuine hardware TPM \
+                     (see docs/TPM.md)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "failure": e.to_string()}));
+            } else {
+                println!("FAILED: {e}");
+            }
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
     }
 }
 

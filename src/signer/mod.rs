@@ -4,8 +4,11 @@
 //! OS thread and the async service talks to it over a channel ([`SignerHandle`]). The service only ever sees
 //! the public key; the private key stays in the device.
 
+pub mod attestation;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 pub mod x509;
 
 use p256::ecdsa::signature::Verifier as _;
@@ -19,6 +22,10 @@ pub enum SignerError {
     #[cfg(feature = "pkcs11")]
     #[error(transparent)]
     Pkcs11(#[from] pkcs11::Pkcs11Error),
+    /// A TPM 2.0 failure.
+    #[cfg(feature = "tpm")]
+    #[error(transparent)]
+    Tpm(#[from] tpm::TpmError),
     /// The configured backend is not compiled into this build.
     #[error("signer backend {0:?} is not available in this build")]
     Unavailable(&'static str),
@@ -39,6 +46,8 @@ impl SignerError {
         match self {
             #[cfg(feature = "pkcs11")]
             SignerError::Pkcs11(e) => e.is_retryable(),
+            #[cfg(feature = "tpm")]
+            SignerError::Tpm(e) => e.is_retryable(),
             SignerError::Injected(_) | SignerError::ThreadStopped => true,
             SignerError::Unavailable(_) | SignerError::UnsupportedKey(_) => false,
         }
@@ -65,6 +74,19 @@ impl HeadSigner for pkcs11::Pkcs11Signer {
     }
     fn describe(&self) -> String {
         pkcs11::Pkcs11Signer::describe(self)
+    }
+}
+
+#[cfg(feature = "tpm")]
+impl HeadSigner for tpm::TpmSigner {
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        tpm::TpmSigner::public_key_spki_der(self).to_vec()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignerError> {
+        Ok(tpm::TpmSigner::sign(self, message)?)
+    }
+    fn describe(&self) -> String {
+        tpm::TpmSigner::describe(self)
     }
 }
 
