@@ -18,6 +18,7 @@
 //! | [`store`] | SQLite schema, append-only triggers, statements |
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 backend, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
+//! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
@@ -38,6 +39,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod signer;
 pub mod store;
+pub mod tsa;
 pub mod verify;
 
 #[cfg(feature = "server")]
