@@ -3,7 +3,7 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::ledger::head::format_time_ms;
-use crate::store::{self, StoreError, StoredHead};
+use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
 use crate::tls::Peer;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -26,7 +26,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal("read failed", &e))
 }
 
-fn head_json(h: &StoredHead) -> Value {
+/// A head and its RFC 3161 token, if it has one yet.
+fn head_with_timestamp(
+    c: &rusqlite::Connection,
+    h: Option<StoredHead>,
+) -> Result<Option<(StoredHead, Option<StoredTimestamp>)>, StoreError> {
+    match h {
+        None => Ok(None),
+        Some(h) => {
+            let t = store::timestamp(c, h.height)?;
+            Ok(Some((h, t)))
+        }
+    }
+}
+
+fn head_json((h, ts): &(StoredHead, Option<StoredTimestamp>)) -> Value {
     json!({
         "height": h.height,
         "tree_size": h.tree_size,
@@ -35,6 +49,10 @@ fn head_json(h: &StoredHead) -> Value {
         "signature": B64.encode(&h.signature),
         "key_id": h.key_id,
         "sealed_at": format_time_ms(h.sealed_at_ms).unwrap_or_default(),
+        // The whole DER TimeStampResp (RFC 3161), `openssl ts -verify -in` reads it as is; null until the
+        // token is stored (it follows the seal, and is back-filled if the TSA was down).
+        "timestamp": ts.as_ref().map(|t| B64.encode(&t.response)),
+        "timestamp_gen_time": ts.as_ref().map(|t| t.gen_time.clone()),
     })
 }
 
@@ -53,7 +71,7 @@ pub(super) async fn latest_head(
     peer: Option<Extension<Peer>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
-    let head = blocking(&state, store::last_head).await?;
+    let head = blocking(&state, |c| head_with_timestamp(c, store::last_head(c)?)).await?;
     head.map(|h| Json(head_json(&h))).ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
 }
 
@@ -64,7 +82,7 @@ pub(super) async fn head(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let height = parse_number(&height, "height")?;
-    let head = blocking(&state, move |c| store::head(c, height)).await?;
+    let head = blocking(&state, move |c| head_with_timestamp(c, store::head(c, height)?)).await?;
     head.map(|h| Json(head_json(&h)))
         .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
 }
@@ -106,6 +124,10 @@ pub(super) async fn ready(
         "last_head_height": m.last_height.load(Ordering::Relaxed),
         "seal_failures": m.seal_failures.load(Ordering::Relaxed),
         "key_id": state.public_key.key_id,
+        "timestamping": if m.untimestamped().is_some() { "on" } else { "off" },
+        "untimestamped_heads": m.untimestamped().map(|(n, _)| n),
+        "oldest_untimestamped_age_s": m.untimestamped().and_then(|(_, age)| age),
+        "timestamp_failures": m.timestamp_failures.load(Ordering::Relaxed),
     })))
 }
 
