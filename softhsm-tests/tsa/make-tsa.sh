@@ -3,6 +3,8 @@
 #   ca.pem / ca.key     root CA (the file to configure as the TSA trust anchor)
 #   tsa.pem / tsa.key   TSA signing certificate (critical EKU timeStamping unless told otherwise)
 #   int.pem / int.key   intermediate CA (only with --intermediate; embedded in every token)
+#   noeku.pem / .key    a second signing certificate from the same CA without any extendedKeyUsage
+#                       (tsa_http.py's `noeku` fault mode signs with it; verifiers must reject its tokens)
 #   tsa.cnf             `openssl ts -reply -config DIR/tsa.cnf` configuration
 #   tsaserial           serial number counter
 # Needs only openssl (1.1.1 or 3.x). Usage:
@@ -81,6 +83,12 @@ openssl req -new "${NEWKEY[@]}" -nodes -keyout tsa.key -out tsa.csr -subj "/CN=T
 } > tsa_ext.cnf
 openssl x509 -req -in tsa.csr -CA "$ISSUER_PEM" -CAkey "$ISSUER_KEY" -CAcreateserial -out tsa.pem \
   -days 825 -"$MD" -extfile tsa_ext.cnf 2>/dev/null
+# Same issuer, no EKU: tokens it signs must be rejected although the chain is trusted.
+openssl req -new "${NEWKEY[@]}" -nodes -keyout noeku.key -out noeku.csr -subj "/CN=Test TSA without EKU" 2>/dev/null
+printf '%s\n' "basicConstraints = critical,CA:FALSE" "keyUsage = critical,digitalSignature,nonRepudiation" \
+  "subjectKeyIdentifier = hash" "authorityKeyIdentifier = keyid" > noeku_ext.cnf
+openssl x509 -req -in noeku.csr -CA "$ISSUER_PEM" -CAkey "$ISSUER_KEY" -CAcreateserial -out noeku.pem \
+  -days 825 -"$MD" -extfile noeku_ext.cnf 2>/dev/null
 echo 00 > tsaserial   # openssl increments before use: the first token gets serial 01
 
 CERTS_LINE="# certs: none (single-certificate tokens; see the notes on unsorted SET OF)"

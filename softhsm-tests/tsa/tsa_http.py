@@ -13,9 +13,15 @@ Fault simulation for tests, set at start (--mode) or at run time through the con
   wrongtype  200 text/html
   huge       200 application/timestamp-reply with a 1 MiB body
   sleep      accept the request and never answer (until --sleep seconds pass)
+  wrongimprint  a real token, but for a query whose message imprint was altered (one bit)
+  wrongnonce    a real token, but for a query whose nonce was altered (one bit)
+  noeku      a token over a real TSTInfo, signed (openssl cms -sign -cades) with noeku.pem: same CA,
+             no timeStamping extended key usage
+  alt        a real token from the TSA of --alt-config (another CA; untrusted by the client)
 `GET /_health` answers 200 "ok".
 
-Usage: tsa_http.py --config DIR/tsa.cnf [--port 0] [--mode ok] [--sleep 30] [--exit-on-stdin-eof]
+Usage: tsa_http.py --config DIR/tsa.cnf [--alt-config DIR2/tsa.cnf] [--port 0] [--mode ok] [--sleep 30]
+                   [--exit-on-stdin-eof]
 """
 import argparse
 import os
@@ -26,12 +32,48 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MODES = ("ok", "http500", "garbage", "wrongtype", "huge", "sleep")
+MODES = ("ok", "http500", "garbage", "wrongtype", "huge", "sleep", "wrongimprint", "wrongnonce", "noeku", "alt")
 MAX_QUERY = 64 * 1024
 
 
+def der_children(buf, off, end):
+    """Yields (tag, value start, value end) of the DER elements in buf[off:end]."""
+    while off < end:
+        tag, length, hdr = buf[off], buf[off + 1], 2
+        if length & 0x80:
+            n = length & 0x7F
+            length, hdr = int.from_bytes(buf[off + 2:off + 2 + n], "big"), 2 + n
+        yield tag, off + hdr, off + hdr + length
+        off += hdr + length
+
+
+def der_len(n):
+    if n < 0x80:
+        return bytes([n])
+    b = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(b)]) + b
+
+
+def tamper_query(query, what):
+    """Flips one bit of the query's imprint or nonce (same length, so no re-encoding is needed)."""
+    q = bytearray(query)
+    _, start, end = next(der_children(q, 0, len(q)))
+    integers = 0
+    for tag, vs, ve in der_children(q, start, end):
+        if what == "imprint" and tag == 0x30:
+            for t2, v2s, v2e in der_children(q, vs, ve):
+                if t2 == 0x04:
+                    q[v2e - 1] ^= 0x01
+        if tag == 0x02:
+            integers += 1
+            if what == "nonce" and integers == 2:  # version, then nonce
+                q[ve - 1] ^= 0x01
+    return bytes(q)
+
+
 class State:
-    def __init__(self, config, mode, sleep_secs):
+    def __init__(self, config, mode, sleep_secs, alt_config=None):
+        self.alt_config = alt_config
         self.config = config
         self.mode = mode
         self.sleep_secs = sleep_secs
@@ -105,20 +147,53 @@ def make_handler(state):
             if ctype != "application/timestamp-query":
                 self._send(415, "text/plain", b"expected Content-Type application/timestamp-query")
                 return
-            reply, err = self.openssl_reply(query)
+            config = state.config
+            if mode == "wrongimprint":
+                query = tamper_query(query, "imprint")
+            elif mode == "wrongnonce":
+                query = tamper_query(query, "nonce")
+            elif mode == "alt" and state.alt_config:
+                config = state.alt_config
+            reply, err = self.openssl_reply(query, config)
+            if reply is not None and mode == "noeku":
+                reply, err = self.resign_without_eku(reply)
             if reply is None:
                 self._send(500, "text/plain", err)
                 return
             self._send(200, "application/timestamp-reply", reply)
 
-        def openssl_reply(self, query):
+        def resign_without_eku(self, reply):
+            """The TSTInfo of `reply`, re-signed by noeku.pem and wrapped in a granted TimeStampResp."""
+            tsa_dir = os.path.dirname(os.path.abspath(state.config))
+            with tempfile.TemporaryDirectory() as d:
+                r, tok, tst, tok2 = (os.path.join(d, n) for n in ("r.tsr", "t.der", "tst.der", "t2.der"))
+                with open(r, "wb") as f:
+                    f.write(reply)
+                steps = [
+                    ["openssl", "ts", "-reply", "-in", r, "-token_out", "-out", tok],
+                    ["openssl", "cms", "-verify", "-noverify", "-binary", "-inform", "DER", "-in", tok, "-out", tst],
+                    ["openssl", "cms", "-sign", "-binary", "-nodetach", "-cades", "-nosmimecap",
+                     "-econtent_type", "1.2.840.113549.1.9.16.1.4", "-md", "sha256",
+                     "-signer", os.path.join(tsa_dir, "noeku.pem"), "-inkey", os.path.join(tsa_dir, "noeku.key"),
+                     "-outform", "DER", "-in", tst, "-out", tok2],
+                ]
+                for cmd in steps:
+                    p = subprocess.run(cmd, capture_output=True)
+                    if p.returncode != 0:
+                        return None, p.stderr[-300:]
+                with open(tok2, "rb") as f:
+                    token = f.read()
+            body = b"\x30\x03\x02\x01\x00" + token  # PKIStatusInfo { granted }, then the token
+            return b"\x30" + der_len(len(body)) + body, b""
+
+        def openssl_reply(self, query, config):
             with tempfile.TemporaryDirectory() as d:
                 qf, rf = os.path.join(d, "q.tsq"), os.path.join(d, "r.tsr")
                 with open(qf, "wb") as f:
                     f.write(query)
                 with state.lock:
                     p = subprocess.run(
-                        ["openssl", "ts", "-reply", "-config", state.config, "-queryfile", qf, "-out", rf],
+                        ["openssl", "ts", "-reply", "-config", config, "-queryfile", qf, "-out", rf],
                         capture_output=True,
                     )
                 if p.returncode != 0 or not os.path.exists(rf):
@@ -132,6 +207,7 @@ def make_handler(state):
 def main():
     ap = argparse.ArgumentParser(description="Local RFC 3161 TSA over HTTP (openssl ts -reply)")
     ap.add_argument("--config", required=True, help="tsa.cnf written by make-tsa.sh")
+    ap.add_argument("--alt-config", help="tsa.cnf of a second TSA (another CA), used in mode alt")
     ap.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
     ap.add_argument("--mode", choices=MODES, default="ok")
     ap.add_argument("--sleep", type=float, default=30.0, help="seconds a request hangs in sleep mode")
@@ -141,7 +217,7 @@ def main():
     if not os.path.isfile(args.config):
         sys.exit("tsa_http.py: config %s not found; create it with make-tsa.sh" % args.config)
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(State(args.config, args.mode, args.sleep)))
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(State(args.config, args.mode, args.sleep, args.alt_config)))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     if args.exit_on_stdin_eof:

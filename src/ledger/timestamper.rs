@@ -10,14 +10,14 @@
 //! `retry_initial` up to `retry_max`); the next attempt starts at the oldest head without a token, so when a
 //! TSA answers again the whole backlog is back-filled. Every head with height below the oldest untimestamped
 //! one has a token, which is why a pass can stop at its first failure. A failing token is retried even when
-//! [`TsaError::is_retryable`] says a retry cannot help: a misbehaving TSA may recover, and the head must not
+//! [`crate::tsa::TsaError::is_retryable`] says a retry cannot help: a misbehaving TSA may recover, and the head must not
 //! be given up. Ingest and sealing never block on any of this.
 
 use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
 use crate::metrics::Metrics;
 use crate::store::{self, ReadPool, StoreError, StoredHead, StoredTimestamp};
-use crate::tsa::{self, TrustAnchors, TsaError, VerifyOptions};
+use crate::tsa::{self, TrustAnchors, VerifyOptions};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -42,14 +42,14 @@ pub enum TimestamperError {
         source: std::io::Error,
     },
     /// A TSA CA file holds no usable certificate.
-    #[error("TSA CA file {path} (named by `{key}`): {source}")]
+    #[error("TSA CA file {path} (named by `{key}`): {reason}")]
     CaParse {
         /// Dotted config key.
         key: String,
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        source: TsaError,
+        reason: String,
     },
 }
 
@@ -95,10 +95,10 @@ impl TimestamperSettings {
                 path: t.ca_file.clone(),
                 source,
             })?;
-            let anchors = TrustAnchors::from_pem(&pem).map_err(|source| TimestamperError::CaParse {
+            let anchors = TrustAnchors::from_pem(&pem).map_err(|e| TimestamperError::CaParse {
                 key,
                 path: t.ca_file.clone(),
-                source,
+                reason: e.to_string(),
             })?;
             // `validate()` already checked the OID syntax.
             let policy = t.policy.as_deref().and_then(|p| p.parse().ok());
