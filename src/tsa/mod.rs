@@ -25,6 +25,8 @@ mod verify;
 
 #[cfg(feature = "server")]
 mod client;
+#[cfg(feature = "server")]
+pub mod local;
 
 #[cfg(test)]
 pub(crate) mod testutil;
