@@ -15,6 +15,7 @@
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
+//! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
 //! | [`store`] | SQLite schema, append-only triggers, statements |
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 backend, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |

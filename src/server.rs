@@ -2,8 +2,9 @@
 //!
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
 //! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
+//! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
-//! acknowledged → stop the writer → exit 0.
+//! acknowledged → one bounded timestamping pass → stop the writer → exit 0.
 
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
