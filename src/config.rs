@@ -28,6 +28,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 /// Default page size limit for list endpoints.
 pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
+/// Default time one TSA request may take (connect, send, receive), in milliseconds.
+pub const DEFAULT_TSA_TIMEOUT_MS: u64 = 10_000;
+/// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds.
+pub const DEFAULT_TIMESTAMP_MAX_SKEW_S: u64 = 300;
+/// Default first retry delay after every TSA failed, in milliseconds (doubles up to the maximum).
+pub const DEFAULT_TIMESTAMP_RETRY_INITIAL_MS: u64 = 1_000;
+/// Default longest retry delay while no TSA answers, in milliseconds.
+pub const DEFAULT_TIMESTAMP_RETRY_MAX_MS: u64 = 60_000;
 /// Hard upper bound on `max_body_bytes`: beyond this, a single request could exhaust memory.
 pub const MAX_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
 
@@ -52,6 +60,60 @@ pub struct Config {
     /// Client-certificate identities and their roles.
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+    /// RFC 3161 time-stamping authorities, tried in order (failover). None: timestamping is off.
+    #[serde(default, rename = "tsa")]
+    pub tsas: Vec<TsaConfig>,
+    /// How tokens are requested and retried.
+    #[serde(default)]
+    pub timestamping: TimestampingConfig,
+}
+
+/// One `[[tsa]]`: an RFC 3161 time-stamping authority.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TsaConfig {
+    /// `http://` URL the `TimeStampReq` is POSTed to (tokens are signed, so TLS adds nothing to them).
+    pub url: String,
+    /// PEM file with the CA certificate(s) this TSA's signing certificate must chain to.
+    pub ca_file: PathBuf,
+    /// Required TSA policy OID (dotted), if any.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Time one request may take, in milliseconds.
+    #[serde(default = "default_tsa_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+impl TsaConfig {
+    /// The request timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// `[timestamping]`: skew and retry policy for RFC 3161 tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampingConfig {
+    /// A token's `genTime` may be at most this many seconds earlier than the head's seal time.
+    #[serde(default = "default_timestamp_max_skew_s")]
+    pub max_skew_s: u64,
+    /// First retry delay after every TSA failed (milliseconds); doubles on each failure.
+    #[serde(default = "default_timestamp_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (milliseconds).
+    #[serde(default = "default_timestamp_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+impl Default for TimestampingConfig {
+    fn default() -> Self {
+        Self {
+            max_skew_s: DEFAULT_TIMESTAMP_MAX_SKEW_S,
+            retry_initial_ms: DEFAULT_TIMESTAMP_RETRY_INITIAL_MS,
+            retry_max_ms: DEFAULT_TIMESTAMP_RETRY_MAX_MS,
+        }
+    }
 }
 
 /// `[server]`: the mTLS listener.
@@ -389,7 +451,50 @@ impl Config {
             }
             SignerBackend::Tpm => validate_tpm(self.signer.tpm.as_ref())?,
         }
-        self.validate_principals()
+        self.validate_principals()?;
+        self.validate_timestamping()
+    }
+
+    fn validate_timestamping(&self) -> Result<(), ConfigError> {
+        let mut urls = BTreeSet::new();
+        for (i, t) in self.tsas.iter().enumerate() {
+            let key = format!("tsa[{i}]");
+            let rest = t.url.strip_prefix("http://").unwrap_or_default();
+            if rest.is_empty() || rest.starts_with('/') || t.url.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    format!("{:?}: expected an http:// URL with a host, e.g. \"http://timestamp.example.com/tsa\"", t.url),
+                ));
+            }
+            if !urls.insert(t.url.as_str()) {
+                return Err(invalid(&format!("{key}.url"), format!("{:?} is configured twice", t.url)));
+            }
+            if let Some(p) = &t.policy {
+                p.parse::<const_oid::ObjectIdentifier>().map_err(|_| {
+                    invalid(
+                        &format!("{key}.policy"),
+                        format!("{p:?}: expected a dotted OID, e.g. \"1.2.3.4.1\""),
+                    )
+                })?;
+            }
+            if t.timeout_ms < 100 || t.timeout_ms > 120_000 {
+                return Err(invalid(&format!("{key}.timeout_ms"), "expected 100..=120000 milliseconds"));
+            }
+        }
+        let ts = &self.timestamping;
+        if ts.max_skew_s > 86_400 {
+            return Err(invalid("timestamping.max_skew_s", "expected 0..=86400 seconds"));
+        }
+        if ts.retry_initial_ms < 10 || ts.retry_initial_ms > 3_600_000 {
+            return Err(invalid("timestamping.retry_initial_ms", "expected 10..=3600000 milliseconds"));
+        }
+        if ts.retry_max_ms < ts.retry_initial_ms || ts.retry_max_ms > 3_600_000 {
+            return Err(invalid(
+                "timestamping.retry_max_ms",
+                "expected retry_initial_ms..=3600000 milliseconds",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_principals(&self) -> Result<(), ConfigError> {
@@ -538,6 +643,18 @@ fn default_seal_max_events() -> u64 {
 fn default_heartbeat_interval_s() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL_S
 }
+fn default_tsa_timeout_ms() -> u64 {
+    DEFAULT_TSA_TIMEOUT_MS
+}
+fn default_timestamp_max_skew_s() -> u64 {
+    DEFAULT_TIMESTAMP_MAX_SKEW_S
+}
+fn default_timestamp_retry_initial_ms() -> u64 {
+    DEFAULT_TIMESTAMP_RETRY_INITIAL_MS
+}
+fn default_timestamp_retry_max_ms() -> u64 {
+    DEFAULT_TIMESTAMP_RETRY_MAX_MS
+}
 
 #[cfg(test)]
 mod tests {
@@ -617,6 +734,40 @@ identities = ["dns:idp.example.org"]
         );
         assert!(normalize_identity("email:a@b").is_err());
         assert!(normalize_identity("cn:").is_err());
+    }
+
+    #[test]
+    fn tsa_entries_get_defaults_and_errors_name_the_key() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.tsas.is_empty(), "no [[tsa]]: timestamping off");
+        let two = format!(
+            "{MINIMAL}\n[[tsa]]\nurl = \"http://127.0.0.1:3180/\"\nca_file = \"a.pem\"\n\
+             [[tsa]]\nurl = \"http://tsa2.example/tsa\"\nca_file = \"b.pem\"\npolicy = \"1.2.3\"\ntimeout_ms = 500\n"
+        );
+        let c = Config::parse(&two).unwrap();
+        assert_eq!(c.tsas.len(), 2);
+        assert_eq!(c.tsas[0].timeout(), Duration::from_secs(10));
+        assert_eq!(c.tsas[1].policy.as_deref(), Some("1.2.3"));
+        assert_eq!(c.timestamping.max_skew_s, 300);
+        assert_eq!((c.timestamping.retry_initial_ms, c.timestamping.retry_max_ms), (1_000, 60_000));
+        let err = Config::parse(&two.replace("http://tsa2.example/tsa", "https://tsa2.example/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid config: `tsa[1].url`: \"https://tsa2.example/\""), "{err}");
+        let err = Config::parse(&two.replace("\"1.2.3\"", "\"not-an-oid\"")).unwrap_err().to_string();
+        assert!(err.starts_with("invalid config: `tsa[1].policy`"), "{err}");
+        let err = Config::parse(&two.replace("timeout_ms = 500", "timeout_ms = 5")).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: `tsa[1].timeout_ms`: expected 100..=120000 milliseconds");
+        let err =
+            Config::parse(&format!("{two}[timestamping]\nretry_initial_ms = 5000\nretry_max_ms = 10\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("invalid config: `timestamping.retry_max_ms`"), "{err}");
+        let err =
+            Config::parse(&format!("{two}[[tsa]]\nurl = \"http://x/\"\nca_file = \"c\"\ntimeout = 1\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("unknown field `timeout`"), "{err}");
     }
 
     #[test]

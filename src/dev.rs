@@ -3,7 +3,9 @@
 //! On first run it creates, under the state directory: a SoftHSM token with a non-extractable P-256 signing
 //! key (PINs random, in `secrets/`, mode 0600), a dev CA with server, producer, auditor and admin
 //! certificates, the exported signer public key and certificate, and a config. Later runs reuse all of it.
-//! File names are fixed so scripts and docs can rely on them.
+//! File names are fixed so scripts and docs can rely on them. A local RFC 3161 TSA (`openssl ts -reply` behind
+//! an HTTP responder, under `tsa/`) is started on every run and configured, its CA in `certs/tsa-ca.pem`;
+//! without python3/openssl dev mode runs with timestamping off and says so.
 
 use crate::config::Config;
 use crate::keys;
@@ -64,14 +66,15 @@ pub fn softhsm_conf_path(state_dir: &Path) -> PathBuf {
 pub fn ensure_packages() -> Result<(), DevError> {
     let missing_hsm = !Path::new(SOFTHSM_MODULE).exists();
     let missing_openssl = which("openssl").is_none();
-    if !missing_hsm && !missing_openssl {
+    let missing_python = which("python3").is_none();
+    if !missing_hsm && !missing_openssl && !missing_python {
         return Ok(());
     }
     if !is_root() {
         return if missing_hsm { Err(DevError::SoftHsmMissing) } else { Ok(()) };
     }
-    eprintln!("anchorlog dev: installing softhsm2 and openssl with apt-get (first run only)…");
-    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "softhsm2", "openssl"][..]] {
+    eprintln!("anchorlog dev: installing softhsm2, openssl and python3 with apt-get (first run only)…");
+    for args in [&["update", "-qq"][..], &["install", "-y", "-qq", "softhsm2", "openssl", "python3"][..]] {
         let status = std::process::Command::new("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -153,7 +156,19 @@ pub fn prepare(state_dir: &Path, listen: &str) -> Result<PathBuf, DevError> {
     }
     let config_path = state_dir.join("anchorlog.toml");
     let state_abs = state_dir.canonicalize().map_err(io_err(state_dir))?;
-    let config_text = dev_config(&state_abs, listen);
+    let mut config_text = dev_config(&state_abs, listen);
+    match crate::tsa::local::start(&state_abs.join("tsa")) {
+        Ok(tsa) => {
+            let ca = state_abs.join("certs/tsa-ca.pem");
+            std::fs::copy(&tsa.ca_file, &ca).map_err(io_err(&ca))?;
+            config_text.push_str(&format!(
+                "\n# The local RFC 3161 TSA started by `anchorlog dev` (DIR/tsa/).\n[[tsa]]\nurl = \"{}\"\nca_file = \"{}\"\n",
+                tsa.url,
+                ca.display()
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "dev mode: the local TSA did not start; timestamping is off"),
+    }
     std::fs::write(&config_path, &config_text).map_err(io_err(&config_path))?;
     let config = Config::parse(&config_text)?;
     if !state_dir.join("keys").join(keys::PUBLIC_KEY_FILE).exists() {

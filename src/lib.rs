@@ -15,9 +15,11 @@
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
+//! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
 //! | [`store`] | SQLite schema, append-only triggers, statements |
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
+//! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
@@ -40,6 +42,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod signer;
 pub mod store;
+pub mod tsa;
 pub mod verify;
 
 #[cfg(feature = "server")]

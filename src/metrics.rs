@@ -1,7 +1,7 @@
 //! Process-wide counters exported in the Prometheus text format at `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 /// Counters and gauges of one running appliance.
 #[derive(Debug, Default)]
@@ -24,6 +24,16 @@ pub struct Metrics {
     pub last_seal_ms: AtomicI64,
     /// Milliseconds the last head took to sign.
     pub last_sign_ms: AtomicU64,
+    /// Whether at least one TSA is configured.
+    pub timestamping_enabled: AtomicBool,
+    /// Heads that have a stored RFC 3161 token.
+    pub heads_timestamped: AtomicU64,
+    /// Seal time (ms) of the oldest head without a token; 0 when every head has one.
+    pub oldest_untimestamped_ms: AtomicI64,
+    /// TSA requests that failed or returned a token that does not verify.
+    pub timestamp_failures: AtomicU64,
+    /// Milliseconds from seal to stored token, of the last token.
+    pub last_timestamp_lag_ms: AtomicI64,
 }
 
 impl Metrics {
@@ -99,7 +109,68 @@ impl Metrics {
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
+        self.render_timestamping(&mut out);
         out
+    }
+
+    /// Heads without an RFC 3161 token, and the age in seconds of the oldest one (`None` when timestamping
+    /// is off; age `None` when every head has a token).
+    pub fn untimestamped(&self) -> Option<(u64, Option<f64>)> {
+        let r = Ordering::Relaxed;
+        if !self.timestamping_enabled.load(r) {
+            return None;
+        }
+        let heads = (self.last_height.load(r) + 1).max(0) as u64;
+        let missing = heads.saturating_sub(self.heads_timestamped.load(r));
+        let oldest = self.oldest_untimestamped_ms.load(r);
+        let age =
+            (missing > 0 && oldest > 0).then(|| (crate::store::now_ms() - oldest).max(0) as f64 / 1000.0);
+        Some((missing, age))
+    }
+
+    fn render_timestamping(&self, out: &mut String) {
+        let r = Ordering::Relaxed;
+        let mut row = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        let enabled = self.timestamping_enabled.load(r);
+        row(
+            "anchorlog_timestamping_enabled",
+            "gauge",
+            "1 if at least one RFC 3161 TSA is configured.",
+            u8::from(enabled).to_string(),
+        );
+        let Some((missing, age)) = self.untimestamped() else { return };
+        row(
+            "anchorlog_heads_timestamped",
+            "gauge",
+            "Heads with a stored RFC 3161 token.",
+            self.heads_timestamped.load(r).to_string(),
+        );
+        row(
+            "anchorlog_untimestamped_heads",
+            "gauge",
+            "Signed heads without an RFC 3161 token yet.",
+            missing.to_string(),
+        );
+        row(
+            "anchorlog_oldest_untimestamped_head_age_seconds",
+            "gauge",
+            "Age of the oldest head without a token (0 when none).",
+            format!("{:.3}", age.unwrap_or(0.0)),
+        );
+        row(
+            "anchorlog_timestamp_failures_total",
+            "counter",
+            "TSA requests that failed or returned a token that does not verify.",
+            self.timestamp_failures.load(r).to_string(),
+        );
+        row(
+            "anchorlog_last_timestamp_lag_milliseconds",
+            "gauge",
+            "Seal to stored token, for the last token.",
+            self.last_timestamp_lag_ms.load(r).to_string(),
+        );
     }
 }
 
@@ -117,5 +188,16 @@ mod tests {
             .contains("# TYPE anchorlog_events_appended_total counter\nanchorlog_events_appended_total 5\n"));
         assert!(text.contains("\nanchorlog_unsealed_events 2\n"));
         assert!(text.contains("\nanchorlog_last_head_height -1\n"));
+        assert!(text.contains("\nanchorlog_timestamping_enabled 0\n"));
+        assert!(!text.contains("anchorlog_untimestamped_heads"));
+        m.timestamping_enabled.store(true, Ordering::Relaxed);
+        m.last_height.store(4, Ordering::Relaxed);
+        m.heads_timestamped.store(3, Ordering::Relaxed);
+        m.oldest_untimestamped_ms.store(crate::store::now_ms() - 2_000, Ordering::Relaxed);
+        let text = m.render(5);
+        assert!(text.contains("\nanchorlog_untimestamped_heads 2\n"), "{text}");
+        let (missing, age) = m.untimestamped().unwrap();
+        assert_eq!(missing, 2);
+        assert!((2.0..3.0).contains(&age.unwrap()), "{age:?}");
     }
 }

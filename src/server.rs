@@ -2,13 +2,15 @@
 //!
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
 //! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
+//! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
-//! acknowledged → stop the writer → exit 0.
+//! acknowledged → one bounded timestamping pass → stop the writer → exit 0.
 
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
+use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSettings};
 use crate::metrics::Metrics;
 use crate::signer::{HeadSigner, SignerError, SignerHandle};
 use crate::store::{self, ReadPool};
@@ -69,6 +71,9 @@ pub enum ServeError {
     /// The writer could not start.
     #[error("cannot start the writer: {0}")]
     Writer(#[from] crate::ledger::appender::AppendError),
+    /// A TSA CA file is missing or unusable.
+    #[error(transparent)]
+    Timestamping(#[from] TimestamperError),
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -124,6 +129,7 @@ pub struct Service {
     chain: ChainState,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
+    timestamping: Option<TimestamperSettings>,
 }
 
 impl Service {
@@ -137,6 +143,10 @@ impl Service {
     /// Like [`Service::start`] with an already opened signer (tests wrap the real signer in fault-injection
     /// doubles this way).
     pub async fn start_with_signer(config: Config, signer: SignerHandle) -> Result<Service, ServeError> {
+        let timestamping = TimestamperSettings::from_config(&config)?;
+        if timestamping.is_none() {
+            tracing::warn!("timestamping is off: no [[tsa]] is configured, heads get no RFC 3161 token");
+        }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
         let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
         let chain = reconcile(&config, &signer).await?;
@@ -151,7 +161,7 @@ impl Service {
             ),
             None => None,
         };
-        Ok(Service { config, signer, writer_conn, chain, listener, health_listener })
+        Ok(Service { config, signer, writer_conn, chain, listener, health_listener, timestamping })
     }
 
     /// The bound address of the mTLS listener.
@@ -161,7 +171,7 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then drains, seals and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Service { config, signer, writer_conn, chain, listener, health_listener } = self;
+        let Service { config, signer, writer_conn, chain, listener, health_listener, timestamping } = self;
         let db = config.storage.database.clone();
         let (appender, writer_thread) = AppenderHandle::start(writer_conn)?;
         let metrics = Arc::new(Metrics::new());
@@ -180,7 +190,14 @@ impl Service {
             metrics.clone(),
             chain,
         );
+        let sealed_height = sealer.sealed_height();
         let sealer_task = tokio::spawn(sealer.run(stop_rx));
+        // The timestamper stops after the sealer, so the final head gets its token too.
+        let (ts_stop_tx, ts_stop_rx) = watch::channel(false);
+        let timestamper_task = timestamping.map(|settings| {
+            let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
+            tokio::spawn(t.run(sealed_height, ts_stop_rx))
+        });
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -203,6 +220,10 @@ impl Service {
         // Every handler has finished: everything acknowledged is committed. Seal it all, then stop the writer.
         let _ = stop_tx.send(true);
         let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        let _ = ts_stop_tx.send(true);
+        if let Some(t) = timestamper_task {
+            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        }
         drop(app_state);
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;

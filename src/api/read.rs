@@ -3,7 +3,7 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::ledger::head::{format_time_ms, signed_note};
-use crate::store::{self, StoreError, StoredHead};
+use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
 use crate::tls::Peer;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -26,7 +26,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal("read failed", &e))
 }
 
-fn head_json(state: &AppState, h: &StoredHead) -> Value {
+/// A head and its RFC 3161 token, if it has one yet.
+fn head_with_timestamp(
+    c: &rusqlite::Connection,
+    h: Option<StoredHead>,
+) -> Result<Option<(StoredHead, Option<StoredTimestamp>)>, StoreError> {
+    match h {
+        None => Ok(None),
+        Some(h) => {
+            let t = store::timestamp(c, h.height)?;
+            Ok(Some((h, t)))
+        }
+    }
+}
+
+fn head_json(state: &AppState, (h, ts): &(StoredHead, Option<StoredTimestamp>)) -> Value {
     json!({
         "height": h.height,
         "tree_size": h.tree_size,
@@ -38,6 +52,10 @@ fn head_json(state: &AppState, h: &StoredHead) -> Value {
         // The note's key ID derives from the public key, which we hold only for the current key.
         "note": (h.key_id == state.public_key.key_id)
             .then(|| signed_note(&h.checkpoint, &state.origin, &state.public_key.spki_der, &h.signature)),
+        // The whole DER TimeStampResp (RFC 3161), `openssl ts -verify -in` reads it as is; null until the
+        // token is stored (it follows the seal, and is back-filled if the TSA was down).
+        "timestamp": ts.as_ref().map(|t| B64.encode(&t.response)),
+        "timestamp_gen_time": ts.as_ref().map(|t| t.gen_time.clone()),
     })
 }
 
@@ -56,7 +74,7 @@ pub(super) async fn latest_head(
     peer: Option<Extension<Peer>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
-    let head = blocking(&state, store::last_head).await?;
+    let head = blocking(&state, |c| head_with_timestamp(c, store::last_head(c)?)).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
 }
@@ -68,7 +86,7 @@ pub(super) async fn head(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let height = parse_number(&height, "height")?;
-    let head = blocking(&state, move |c| store::head(c, height)).await?;
+    let head = blocking(&state, move |c| head_with_timestamp(c, store::head(c, height)?)).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
 }
@@ -110,6 +128,10 @@ pub(super) async fn ready(
         "last_head_height": m.last_height.load(Ordering::Relaxed),
         "seal_failures": m.seal_failures.load(Ordering::Relaxed),
         "key_id": state.public_key.key_id,
+        "timestamping": if m.untimestamped().is_some() { "on" } else { "off" },
+        "untimestamped_heads": m.untimestamped().map(|(n, _)| n),
+        "oldest_untimestamped_age_s": m.untimestamped().and_then(|(_, age)| age),
+        "timestamp_failures": m.timestamp_failures.load(Ordering::Relaxed),
     })))
 }
 

@@ -61,6 +61,15 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// TSA CA certificate(s), PEM: check every head's RFC 3161 token against them.
+        #[arg(long)]
+        tsa_ca: Option<PathBuf>,
+        /// With --tsa-ca: a head without a token is a failure (otherwise it is reported).
+        #[arg(long, requires = "tsa_ca")]
+        require_timestamps: bool,
+        /// With --tsa-ca: how much earlier than the seal time a token's genTime may be, in seconds.
+        #[arg(long, default_value_t = anchorlog::config::DEFAULT_TIMESTAMP_MAX_SKEW_S, requires = "tsa_ca")]
+        tsa_max_skew_s: u64,
     },
     /// Check a TPM key attestation (from `keys attest`) offline against the signer's public key and nonce.
     VerifyAttestation {
@@ -249,7 +258,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { db, key, origin, json } => verify(&db, &key, origin.as_deref(), json),
+        Command::Verify { db, key, origin, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
+            let tsa = tsa_ca.map(|ca| TsaCheck {
+                ca,
+                require: require_timestamps,
+                max_skew: std::time::Duration::from_secs(tsa_max_skew_s),
+            });
+            verify(&db, &key, origin.as_deref(), json, tsa.as_ref())
+        }
         Command::VerifyAttestation { file, key, nonce, json } => {
             verify_attestation(&file, &key, &nonce, json)
         }
@@ -324,17 +340,52 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(db: &Path, key: &Path, origin: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+/// `verify --tsa-ca`: how to check the stored RFC 3161 tokens.
+struct TsaCheck {
+    ca: PathBuf,
+    require: bool,
+    max_skew: std::time::Duration,
+}
+
+fn verify(
+    db: &Path,
+    key: &Path,
+    origin: Option<&str>,
+    json: bool,
+    tsa: Option<&TsaCheck>,
+) -> anyhow::Result<ExitCode> {
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
     let key = anchorlog::signer::PublicKey::from_pem(&pem)
         .with_context(|| format!("parsing key {}", key.display()))?;
+    let anchors = match tsa {
+        Some(t) => {
+            let pem = std::fs::read(&t.ca).with_context(|| format!("reading TSA CA {}", t.ca.display()))?;
+            Some(
+                anchorlog::tsa::TrustAnchors::from_pem(&pem)
+                    .with_context(|| format!("parsing TSA CA {}", t.ca.display()))?,
+            )
+        }
+        None => None,
+    };
     let conn = anchorlog::store::open_reader(db)?;
-    match anchorlog::verify::verify_database(&conn, &key, origin) {
-        Ok(report) => {
+    let result = anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
+        let stamps = match (tsa, &anchors) {
+            (Some(t), Some(a)) => {
+                Some(anchorlog::verify::timestamps::verify_timestamps(&conn, a, t.max_skew, t.require)?)
+            }
+            _ => None,
+        };
+        Ok((report, stamps))
+    });
+    match result {
+        Ok((report, stamps)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "report": report}));
+                println!("{}", serde_json::json!({"ok": true, "report": report, "timestamps": stamps}));
             } else {
                 print_report(&report);
+                if let Some(s) = &stamps {
+                    print_timestamps(s);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -406,6 +457,24 @@ fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyho
             }
             Ok(ExitCode::from(EXIT_INVALID))
         }
+    }
+}
+
+fn print_timestamps(s: &anchorlog::verify::timestamps::TimestampReport) {
+    println!(
+        "  tokens:   {} verified (RFC 3161), genTime {} .. {}",
+        s.verified,
+        s.first_gen_time.as_deref().unwrap_or("-"),
+        s.last_gen_time.as_deref().unwrap_or("-")
+    );
+    if s.missing_count > 0 {
+        let listed: Vec<String> = s.missing.iter().map(u64::to_string).collect();
+        let more = if s.missing_count as usize > s.missing.len() { ", …" } else { "" };
+        println!(
+            "  untimestamped: {} heads have no token yet (heights {}{more})",
+            s.missing_count,
+            listed.join(", ")
+        );
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::ledger::entry::{AuthMethod, Entry};
 use crate::ledger::merkle;
-use crate::store::{self, EventRow, StoreError, StoredHead};
+use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
 use rusqlite::Connection;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -65,13 +65,14 @@ pub enum AppendError {
 enum Command {
     Append { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Appended>, AppendError>> },
     StoreHead { head: Box<StoredHead>, reply: oneshot::Sender<Result<(), AppendError>> },
+    StoreTimestamp { token: Box<StoredTimestamp>, reply: oneshot::Sender<Result<(), AppendError>> },
 }
 
 impl Command {
     fn weight(&self) -> usize {
         match self {
             Command::Append { events, .. } => events.len().max(1),
-            Command::StoreHead { .. } => 1,
+            Command::StoreHead { .. } | Command::StoreTimestamp { .. } => 1,
         }
     }
 }
@@ -108,6 +109,16 @@ impl AppenderHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::StoreHead { head: Box::new(head), reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Stores a verified time-stamp token of an already stored head; returns after it is committed.
+    pub async fn store_timestamp(&self, token: StoredTimestamp) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::StoreTimestamp { token: Box::new(token), reply })
             .await
             .map_err(|_| AppendError::Stopped)?;
         rx.await.map_err(|_| AppendError::Stopped)?
@@ -169,6 +180,10 @@ impl Writer {
                     }
                     Command::StoreHead { head, reply } => {
                         let result = in_savepoint(&tx, |c| store::insert_head(c, &head));
+                        replies.push(Reply::Head(reply, result));
+                    }
+                    Command::StoreTimestamp { token, reply } => {
+                        let result = in_savepoint(&tx, |c| store::insert_timestamp(c, &token));
                         replies.push(Reply::Head(reply, result));
                     }
                 }

@@ -7,3 +7,5 @@ pub mod head;
 pub mod merkle;
 #[cfg(feature = "server")]
 pub mod sealer;
+#[cfg(feature = "server")]
+pub mod timestamper;

@@ -85,6 +85,8 @@ pub struct Sealer {
     metrics: Arc<Metrics>,
     state: ChainState,
     last_seal: Instant,
+    /// Height of the last stored head (-1 before the first), for the timestamper.
+    sealed_height: watch::Sender<i64>,
 }
 
 impl Sealer {
@@ -100,7 +102,13 @@ impl Sealer {
         metrics.sealed_tree_size.store(state.frontier.size(), Ordering::Relaxed);
         metrics.last_height.store(state.next_height as i64 - 1, Ordering::Relaxed);
         metrics.last_seal_ms.store(state.last_time_ms, Ordering::Relaxed);
-        Sealer { settings, signer, appender, reads, metrics, state, last_seal: Instant::now() }
+        let (sealed_height, _) = watch::channel(state.next_height as i64 - 1);
+        Sealer { settings, signer, appender, reads, metrics, state, last_seal: Instant::now(), sealed_height }
+    }
+
+    /// A watch of the height of the last stored head (-1 before the first); changes after each seal.
+    pub fn sealed_height(&self) -> watch::Receiver<i64> {
+        self.sealed_height.subscribe()
     }
 
     /// Runs until `shutdown` turns true, then seals everything committed and returns the final tree size.
@@ -219,6 +227,7 @@ impl Sealer {
         m.last_height.store(head.height as i64, Ordering::Relaxed);
         m.last_seal_ms.store(head.time_ms, Ordering::Relaxed);
         m.last_sign_ms.store(sign_ms, Ordering::Relaxed);
+        self.sealed_height.send_replace(head.height as i64);
         Ok(())
     }
 }

@@ -77,6 +77,23 @@ pub struct StoredHead {
     pub sealed_at_ms: i64,
 }
 
+/// A stored RFC 3161 time-stamp token of one head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTimestamp {
+    /// The head's height.
+    pub height: u64,
+    /// The whole DER `TimeStampResp`.
+    pub response: Vec<u8>,
+    /// The token's genTime, ms since the epoch.
+    pub gen_time_ms: i64,
+    /// The token's genTime, RFC 3339 UTC (fraction kept as the TSA sent it).
+    pub gen_time: String,
+    /// URL of the TSA that issued it.
+    pub tsa_url: String,
+    /// When it was stored, ms since the epoch.
+    pub stored_at_ms: i64,
+}
+
 /// A new event as the appender inserts it.
 #[derive(Debug, Clone)]
 pub struct EventRow<'a> {
@@ -379,6 +396,85 @@ pub fn all_heads(conn: &Connection) -> Result<Vec<StoredHead>, StoreError> {
     Ok(out)
 }
 
+/// Inserts a verified time-stamp token (one per head; the table refuses a second one).
+pub fn insert_timestamp(conn: &Connection, t: &StoredTimestamp) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO timestamps (height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        t.height as i64,
+        t.response,
+        t.gen_time_ms,
+        t.gen_time,
+        t.tsa_url,
+        t.stored_at_ms
+    ])?;
+    Ok(())
+}
+
+fn timestamp_from_row(r: &rusqlite::Row<'_>) -> Result<StoredTimestamp, StoreError> {
+    let height = u64_of(r.get(0)?, "timestamps", 0, "height")?;
+    Ok(StoredTimestamp {
+        height,
+        response: r.get(1)?,
+        gen_time_ms: r.get(2)?,
+        gen_time: r.get(3)?,
+        tsa_url: r.get(4)?,
+        stored_at_ms: r.get(5)?,
+    })
+}
+
+const TIMESTAMP_COLUMNS: &str = "height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms";
+
+/// The token of one head, if it has one.
+pub fn timestamp(conn: &Connection, height: u64) -> Result<Option<StoredTimestamp>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TIMESTAMP_COLUMNS} FROM timestamps WHERE height = ?1"))?;
+    let mut rows = stmt.query(params![height as i64])?;
+    rows.next()?.map(timestamp_from_row).transpose()
+}
+
+/// Visits every stored token in height order (streaming).
+pub fn for_each_timestamp(
+    conn: &Connection,
+    mut f: impl FnMut(StoredTimestamp) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {TIMESTAMP_COLUMNS} FROM timestamps ORDER BY height"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        if !f(timestamp_from_row(r)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Number of stored tokens.
+pub fn timestamp_count(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM timestamps", [], |r| r.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Heads with `height >= from` that have no token yet, in height order (at most `limit`).
+pub fn heads_without_timestamp(
+    conn: &Connection,
+    from: u64,
+    limit: u64,
+) -> Result<Vec<StoredHead>, StoreError> {
+    let cols = HEAD_COLUMNS.split(", ").map(|c| format!("h.{c}")).collect::<Vec<_>>().join(", ");
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols} FROM heads h LEFT JOIN timestamps t ON t.height = h.height
+         WHERE h.height >= ?1 AND t.height IS NULL ORDER BY h.height LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![from as i64, limit.min(i64::MAX as u64) as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(head_from_row(r)?);
+    }
+    Ok(out)
+}
+
 /// A small pool of read-only connections, used from blocking threads.
 pub struct ReadPool {
     path: PathBuf,
@@ -490,6 +586,47 @@ mod tests {
         let upd = conn.execute("UPDATE heads SET signature = x'00'", []).unwrap_err().to_string();
         assert!(upd.contains("heads are append-only"), "{upd}");
         assert_eq!(last_head(&conn).unwrap(), Some(h));
+    }
+
+    #[test]
+    fn timestamps_are_append_only_and_untimestamped_heads_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("a.db"), "o").unwrap();
+        for height in 0..3 {
+            let h = StoredHead {
+                height,
+                tree_size: 0,
+                root: [0; 32],
+                checkpoint: format!("c{height}"),
+                signature: vec![1],
+                key_id: "k".into(),
+                sealed_at_ms: 5,
+            };
+            insert_head(&conn, &h).unwrap();
+        }
+        let t = StoredTimestamp {
+            height: 1,
+            response: vec![0x30, 0],
+            gen_time_ms: 7,
+            gen_time: "1970-01-01T00:00:00.007Z".into(),
+            tsa_url: "http://tsa/".into(),
+            stored_at_ms: 8,
+        };
+        insert_timestamp(&conn, &t).unwrap();
+        assert!(insert_timestamp(&conn, &t).is_err(), "one token per head");
+        let missing = insert_timestamp(&conn, &StoredTimestamp { height: 9, ..t.clone() });
+        assert!(missing.is_err(), "a token needs its head");
+        assert_eq!(timestamp(&conn, 1).unwrap(), Some(t));
+        assert_eq!(timestamp(&conn, 0).unwrap(), None);
+        let heights = |from| {
+            heads_without_timestamp(&conn, from, 10).unwrap().iter().map(|h| h.height).collect::<Vec<_>>()
+        };
+        assert_eq!(heights(0), vec![0, 2]);
+        assert_eq!(heights(1), vec![2]);
+        let upd = conn.execute("UPDATE timestamps SET response = x'00'", []).unwrap_err().to_string();
+        assert!(upd.contains("timestamps are append-only"), "{upd}");
+        let del = conn.execute("DELETE FROM timestamps", []).unwrap_err().to_string();
+        assert!(del.contains("timestamps are append-only"), "{del}");
     }
 
     #[test]

@@ -43,6 +43,18 @@ CREATE TABLE heads (
     key_id       TEXT NOT NULL,
     sealed_at_ms INTEGER NOT NULL
 );
+-- RFC 3161 time-stamp tokens, at most one per head, added after the head is stored (back-filled when the
+-- TSA was down). `response` is the whole DER TimeStampResp as the TSA sent it; `gen_time_ms`/`gen_time`
+-- are its TSTInfo genTime (ms since the epoch, and the RFC 3339 text with the TSA's precision); `tsa_url`
+-- names the TSA that answered.
+CREATE TABLE timestamps (
+    height         INTEGER PRIMARY KEY REFERENCES heads (height),
+    response       BLOB NOT NULL,
+    gen_time_ms    INTEGER NOT NULL,
+    gen_time       TEXT NOT NULL,
+    tsa_url        TEXT NOT NULL,
+    stored_at_ms   INTEGER NOT NULL
+);
 
 CREATE TRIGGER events_dense_seq BEFORE INSERT ON events
 WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM events)
@@ -59,6 +71,11 @@ CREATE TRIGGER heads_no_update BEFORE UPDATE ON heads
 BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
 CREATE TRIGGER heads_no_delete BEFORE DELETE ON heads
 BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
+
+CREATE TRIGGER timestamps_no_update BEFORE UPDATE ON timestamps
+BEGIN SELECT RAISE(ABORT, 'anchorlog: timestamps are append-only'); END;
+CREATE TRIGGER timestamps_no_delete BEFORE DELETE ON timestamps
+BEGIN SELECT RAISE(ABORT, 'anchorlog: timestamps are append-only'); END;
 
 CREATE TRIGGER log_meta_no_update BEFORE UPDATE ON log_meta
 BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;

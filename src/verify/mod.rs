@@ -12,6 +12,8 @@ use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredHead};
 use rusqlite::Connection;
 
+pub mod timestamps;
+
 /// The first thing found wrong, naming the exact record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
@@ -131,6 +133,20 @@ pub enum Failure {
         /// The key tried.
         key_id: String,
     },
+    /// The head's RFC 3161 token does not verify.
+    #[error("head height {height}: time-stamp token does not verify: {reason}")]
+    BadTimestamp {
+        /// The head.
+        height: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The head has no RFC 3161 token and tokens are required.
+    #[error("head height {height}: has no time-stamp token (--require-timestamps)")]
+    TimestampMissing {
+        /// The head.
+        height: u64,
+    },
 }
 
 impl Failure {
@@ -151,7 +167,9 @@ impl Failure {
             | Failure::RootMismatch { height, .. }
             | Failure::ChainBroken { height }
             | Failure::TimeWentBack { height }
-            | Failure::BadSignature { height, .. } => ("height", *height),
+            | Failure::BadSignature { height, .. }
+            | Failure::BadTimestamp { height, .. }
+            | Failure::TimestampMissing { height } => ("height", *height),
         }
     }
 }
