@@ -19,6 +19,7 @@
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 backend, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
+//! | [`bundle`] | export bundles: writing from the database, verifying offline |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
@@ -30,6 +31,7 @@
 //! verifier is always built; `--no-default-features --features verify` gives an auditor's binary without
 //! cryptoki, TLS or HTTP code).
 
+pub mod bundle;
 pub mod config;
 pub mod formats;
 #[cfg(feature = "server")]

@@ -1,8 +1,10 @@
 //! The HTTPS API: routes, shared state, authorization. Every route except `/healthz` names the role it
 //! requires (deny by default); the peer's principal comes from its verified client certificate.
 
+mod admin;
 pub mod error;
 mod ingest;
+mod proofs;
 mod read;
 
 use crate::config::{LimitsConfig, Role};
@@ -45,6 +47,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/{seq}", get(read::event))
         .route("/v1/heads/latest", get(read::latest_head))
         .route("/v1/heads/{height}", get(read::head))
+        .route("/v1/proofs/inclusion", get(proofs::inclusion))
+        .route("/v1/proofs/consistency", get(proofs::consistency))
+        .route("/v1/admin/erasures", post(admin::erase))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

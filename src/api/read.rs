@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -38,7 +38,7 @@ fn head_json(h: &StoredHead) -> Value {
     })
 }
 
-fn parse_number(text: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_number(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -76,7 +76,8 @@ pub(super) async fn event(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let ev = blocking(&state, move |c| store::event(c, seq)).await?;
+    let (ev, erasure) =
+        blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
     let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
     let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
@@ -88,6 +89,7 @@ pub(super) async fn event(
         "salt": ev.salt.as_ref().map(|s| B64.encode(s)),
         "body": ev.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
         "erased": ev.body.is_none(),
+        "erasure": erasure,
     })))
 }
 

@@ -44,11 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Verify a database offline: every leaf, root, chain link and signature.
+    /// Verify a database or an export bundle offline: every leaf, root, chain link and signature.
     Verify {
+        /// An export bundle (tar) to verify instead of a database.
+        #[arg(conflicts_with = "db", required_unless_present = "db")]
+        bundle: Option<PathBuf>,
         /// The SQLite database (opened read-only).
         #[arg(long)]
-        db: PathBuf,
+        db: Option<PathBuf>,
         /// The signer's public key or certificate (PEM).
         #[arg(long)]
         key: PathBuf,
@@ -58,6 +61,24 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
+    Export {
+        /// The SQLite database (opened read-only).
+        #[arg(long)]
+        db: PathBuf,
+        /// First head height.
+        #[arg(long)]
+        from_height: u64,
+        /// Last head height (inclusive).
+        #[arg(long)]
+        to_height: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The signer's public key, if the database does not hold it (it does once the appliance has run).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -175,7 +196,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { db, key, origin, json } => verify(&db, &key, origin.as_deref(), json),
+        Command::Verify { bundle, db, key, origin, json } => {
+            verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json)
+        }
+        Command::Export { db, from_height, to_height, out, key } => {
+            export(&db, from_height, to_height, &out, key.as_deref())
+        }
         Command::CheckConfig { config } => {
             Config::load(&config)?;
             println!("{}: OK", config.display());
@@ -234,21 +260,45 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(db: &Path, key: &Path, origin: Option<&str>, json: bool) -> anyhow::Result<ExitCode> {
+fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
-    let key = anchorlog::signer::PublicKey::from_pem(&pem)
-        .with_context(|| format!("parsing key {}", key.display()))?;
-    let conn = anchorlog::store::open_reader(db)?;
-    match anchorlog::verify::verify_database(&conn, &key, origin) {
-        Ok(report) => {
+    anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
+}
+
+fn verify(
+    bundle: Option<&Path>,
+    db: Option<&Path>,
+    key: &Path,
+    origin: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use anchorlog::verify::VerifyError;
+    let key = read_key(key)?;
+    let result = match (bundle, db) {
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle(bundle, &key, origin).map(|b| {
+            let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
+                "tokens_present": b.tokens_present});
+            (b.report, value)
+        }),
+        (None, Some(db)) => {
+            let conn = anchorlog::store::open_reader(db)?;
+            anchorlog::verify::verify_database(&conn, &key, origin).map(|r| {
+                let value = serde_json::json!({"ok": true, "report": r});
+                (r, value)
+            })
+        }
+        (None, None) => anyhow::bail!("give a bundle file or --db"),
+    };
+    match result {
+        Ok((report, value)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "report": report}));
+                println!("{value}");
             } else {
                 print_report(&report);
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(anchorlog::verify::VerifyError::Invalid(failure)) => {
+        Err(VerifyError::Invalid(failure)) => {
             let (kind, at) = failure.location();
             if json {
                 println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
@@ -259,6 +309,42 @@ fn verify(db: &Path, key: &Path, origin: Option<&str>, json: bool) -> anyhow::Re
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn export(db: &Path, from: u64, to: u64, out: &Path, key: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let key = key.map(read_key).transpose()?;
+    let conn = anchorlog::store::open_reader(db)?;
+    let partial = out.with_extension("partial");
+    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |done: u64, total: u64| {
+        if terminal {
+            eprint!("\rexporting: {done}/{total} events");
+        }
+    };
+    let writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let manifest = anchorlog::bundle::export(&conn, from, to, key.as_ref(), writer, &mut progress);
+    if terminal {
+        eprintln!();
+    }
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, out).with_context(|| format!("renaming to {}", out.display()))?;
+    println!(
+        "wrote {}: heads {}..={}, events {}..{}",
+        out.display(),
+        manifest.from_height,
+        manifest.to_height,
+        manifest.first_seq,
+        manifest.end_seq
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_report(r: &anchorlog::verify::Report) {

@@ -9,7 +9,7 @@ use crate::ledger::entry::{payload_digest, Entry};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
 use crate::signer::PublicKey;
-use crate::store::{self, StoreError, StoredHead};
+use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
 
 /// The first thing found wrong, naming the exact record.
@@ -20,6 +20,16 @@ pub enum Failure {
     EventMissing {
         /// The first missing seq.
         seq: u64,
+    },
+    /// An event with a smaller seq than expected stands where the next event should be.
+    #[error(
+        "event seq {seq}: found seq {found} in its place (an event was inserted or events were reordered)"
+    )]
+    EventOutOfPlace {
+        /// The seq expected at this position.
+        seq: u64,
+        /// The seq found there.
+        found: u64,
     },
     /// The entry bytes are not a valid canonical entry.
     #[error("event seq {seq}: entry is malformed: {reason}")]
@@ -123,6 +133,20 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// A bundle holds an event past its last head (not covered by any signature in it).
+    #[error("event seq {seq}: beyond the last head of the bundle (covered by no signature in it)")]
+    EventBeyondRange {
+        /// The first such event.
+        seq: u64,
+    },
+    /// The stored tree nodes (which serve proofs) disagree with the verified tree.
+    #[error("head height {height}: the stored tree nodes at tree size {tree_size} do not match the events")]
+    NodeStoreMismatch {
+        /// The last head.
+        height: u64,
+        /// Its tree size.
+        tree_size: u64,
+    },
     /// The signature does not verify under the given key.
     #[error("head height {height}: signature does not verify with key {key_id}")]
     BadSignature {
@@ -138,11 +162,13 @@ impl Failure {
     pub fn location(&self) -> (&'static str, u64) {
         match self {
             Failure::EventMissing { seq }
+            | Failure::EventOutOfPlace { seq, .. }
             | Failure::EntryMalformed { seq, .. }
             | Failure::EntrySeqMismatch { seq, .. }
             | Failure::LeafHashMismatch { seq }
             | Failure::PayloadMismatch { seq }
-            | Failure::PartialErasure { seq } => ("seq", *seq),
+            | Failure::PartialErasure { seq }
+            | Failure::EventBeyondRange { seq } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
             | Failure::OriginMismatch { height, .. }
@@ -151,6 +177,7 @@ impl Failure {
             | Failure::RootMismatch { height, .. }
             | Failure::ChainBroken { height }
             | Failure::TimeWentBack { height }
+            | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadSignature { height, .. } => ("height", *height),
         }
     }
@@ -165,6 +192,9 @@ pub enum VerifyError {
     /// The input could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The bundle could not be read (not a tar, no manifest, unknown version …).
+    #[error("unreadable bundle: {0}")]
+    Unreadable(String),
 }
 
 /// What a successful verification saw.
@@ -195,6 +225,43 @@ pub struct Report {
     pub frontier_at_last_head: Frontier,
 }
 
+/// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
+/// that starts past height 0 carries the frontier of the prefix it leaves out).
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Frontier over the events before the walk (its size is the first seq the walk expects).
+    pub frontier: Frontier,
+    /// Height of the first head the walk expects.
+    pub next_height: u64,
+    /// SHA-256 of the anchor head's text (zeros at genesis).
+    pub prev_hash: [u8; 32],
+    /// Seal time of the anchor head (ms), `i64::MIN` at genesis.
+    pub prev_time_ms: i64,
+}
+
+impl Start {
+    /// The empty log before head 0.
+    pub fn genesis() -> Self {
+        Start { frontier: Frontier::new(), next_height: 0, prev_hash: [0; 32], prev_time_ms: i64::MIN }
+    }
+}
+
+/// A source of events in seq order: the database or an export bundle. Both go through [`walk`], so the two
+/// verifiers are one.
+pub trait EventSource {
+    /// Calls `f` with every event from seq `from` on, in the order stored, until `f` returns `false`.
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(StoredEvent) -> bool) -> Result<(), VerifyError>;
+}
+
+/// The events of a database.
+pub struct DbEvents<'a>(pub &'a Connection);
+
+impl EventSource for DbEvents<'_> {
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(StoredEvent) -> bool) -> Result<(), VerifyError> {
+        Ok(store::for_each_event(self.0, from, |ev| Ok(f(ev)))?)
+    }
+}
+
 /// Verifies a whole database against `key`; `origin`, when given, must match every head.
 pub fn verify_database(
     conn: &Connection,
@@ -202,16 +269,47 @@ pub fn verify_database(
     origin: Option<&str>,
 ) -> Result<Report, VerifyError> {
     let heads = store::all_heads(conn)?;
-    let mut checker = HeadChecker::new(key, origin, heads);
-    let mut report = Report { key_id: key.key_id.clone(), ..Report::default() };
-    let mut frontier = Frontier::new();
+    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, origin)?;
+    // The stored nodes serve every proof; their right edge at the last head must be the verified one
+    // (O(log n) reads). A proof from a corrupted node would fail at the client anyway; this names it early.
+    let size = report.frontier_at_last_head.size();
+    let stored = store::tree::load_frontier(conn, size).ok();
+    if stored.as_ref() != Some(&report.frontier_at_last_head) {
+        return Err(
+            Failure::NodeStoreMismatch { height: report.heads.saturating_sub(1), tree_size: size }.into()
+        );
+    }
+    Ok(report)
+}
+
+/// The one verification walk: every event of `events` from `start`, each head of `heads` (in height order)
+/// checked when the walk reaches its tree size; the first failure names the earliest bad record.
+pub fn walk(
+    start: Start,
+    heads: Vec<StoredHead>,
+    events: &mut dyn EventSource,
+    key: &PublicKey,
+    origin: Option<&str>,
+) -> Result<Report, VerifyError> {
+    let first_seq = start.frontier.size();
+    let mut checker = HeadChecker::new(key, origin, heads, &start);
+    let mut report = Report {
+        key_id: key.key_id.clone(),
+        frontier_at_last_head: start.frontier.clone(),
+        ..Report::default()
+    };
+    let mut frontier = start.frontier;
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
-    store::for_each_event(conn, 0, |ev| {
+    events.visit(first_seq, &mut |ev| {
         let seq = frontier.size();
-        if ev.seq != seq {
+        if ev.seq > seq {
             failure = Some(Failure::EventMissing { seq });
-            return Ok(false);
+            return false;
+        }
+        if ev.seq < seq {
+            failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
+            return false;
         }
         match check_event(&ev) {
             Ok((entry, erased)) => {
@@ -221,23 +319,23 @@ pub fn verify_database(
             }
             Err(f) => {
                 failure = Some(f);
-                return Ok(false);
+                return false;
             }
         }
         frontier.push(ev.leaf_hash);
         if let Err(f) = checker.check_due(&frontier, &mut report) {
             failure = Some(f);
-            return Ok(false);
+            return false;
         }
-        Ok(true)
+        true
     })?;
     if let Some(f) = failure {
         return Err(f.into());
     }
-    report.events = frontier.size();
-    checker.finish(report.events)?;
+    report.events = frontier.size() - first_seq;
+    checker.finish(frontier.size())?;
     report.heads = checker.checked;
-    report.unsealed_events = report.events - report.frontier_at_last_head.size();
+    report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
     Ok(report)
 }
 
@@ -272,18 +370,20 @@ struct HeadChecker<'a> {
     prev_hash: [u8; 32],
     prev_size: u64,
     prev_time: i64,
+    next_height: u64,
     checked: u64,
 }
 
 impl<'a> HeadChecker<'a> {
-    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>) -> Self {
+    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>, start: &Start) -> Self {
         HeadChecker {
             key,
             origin,
             heads: heads.into_iter().peekable(),
-            prev_hash: [0; 32],
-            prev_size: 0,
-            prev_time: i64::MIN,
+            prev_hash: start.prev_hash,
+            prev_size: start.frontier.size(),
+            prev_time: start.prev_time_ms,
+            next_height: start.next_height,
             checked: 0,
         }
     }
@@ -291,7 +391,7 @@ impl<'a> HeadChecker<'a> {
     /// Checks every head whose tree size equals the frontier's size.
     fn check_due(&mut self, frontier: &Frontier, report: &mut Report) -> Result<(), Failure> {
         while let Some(h) = self.heads.peek() {
-            let height = self.checked;
+            let height = self.next_height;
             if h.height != height {
                 return Err(Failure::HeadMissing { height });
             }
@@ -345,6 +445,7 @@ impl<'a> HeadChecker<'a> {
         self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
         self.prev_size = cp.tree_size;
         self.prev_time = cp.time_ms;
+        self.next_height += 1;
         self.checked += 1;
         Ok(())
     }
@@ -353,7 +454,7 @@ impl<'a> HeadChecker<'a> {
     fn finish(&mut self, events: u64) -> Result<(), Failure> {
         match self.heads.next() {
             None => Ok(()),
-            Some(h) if h.height != self.checked => Err(Failure::HeadMissing { height: self.checked }),
+            Some(h) if h.height != self.next_height => Err(Failure::HeadMissing { height: self.next_height }),
             Some(h) if h.tree_size < self.prev_size => Err(Failure::TreeShrank {
                 height: h.height,
                 tree_size: h.tree_size,
