@@ -20,6 +20,7 @@
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
 //! | [`bundle`] | export bundles: writing from the database, verifying offline |
+//! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
@@ -38,6 +39,7 @@ pub mod formats;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod receipt;
 pub mod signer;
 pub mod store;
 pub mod verify;

@@ -517,3 +517,88 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
     let c = store::open_reader(&db).unwrap();
     verify::verify_database(&c, &key.public, None).unwrap();
 }
+
+fn python_verify(tar: &Path, key: &Path) -> (i32, String) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .arg(tar)
+        .arg(key)
+        .output()
+        .expect("python3 runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn the_independent_python_verifier_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let (db, tar) = sample_bundle(dir.path(), &key);
+    assert_eq!(python_verify(&tar, &pem), (0, "OK: 50 events, 6 heads".to_string()));
+    let conn = store::open_reader(&db).unwrap();
+    let part = dir.path().join("part.tar");
+    export_file(&conn, 3, 5, &part);
+    assert_eq!(python_verify(&part, &pem), (0, "OK: 30 events, 3 heads".to_string()));
+    let body = tampered(&tar, "body", |m| {
+        edit_lines(m, |l| edit_json_line(l, 17, |v| v["body"] = B64.encode(b"{}").into()))
+    });
+    assert_eq!(
+        python_verify(&body, &pem),
+        (3, "FAILED: event seq 17: body does not match payload_sha256".into())
+    );
+    let sig = tampered(&tar, "sig", |m| {
+        let s = m.iter_mut().find(|(n, _)| n == "heads/2.sig").unwrap();
+        let last = s.1.len() - 1;
+        s.1[last] ^= 1;
+    });
+    assert_eq!(python_verify(&sig, &pem), (3, "FAILED: head height 2: signature does not verify".into()));
+    let other = TestKey::new(2).write_pem(dir.path(), "other.pem");
+    assert_eq!(python_verify(&tar, &other), (3, "FAILED: head height 0: signature does not verify".into()));
+}
+
+#[test]
+fn receipts_prove_one_event_offline_and_fail_when_touched() {
+    use anchorlog::receipt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    let conn = store::open_reader(&db).unwrap();
+    for seq in 0..50 {
+        let r = receipt::build(&conn, seq).unwrap();
+        // The earliest covering head: head h covers 10·h events.
+        assert_eq!(r.head.height, seq / 10 + 1, "seq {seq}");
+        let ok = receipt::verify(&r, &key.public).unwrap();
+        assert_eq!((ok.seq, ok.erased, ok.tree_size), (seq, false, (seq / 10 + 1) * 10));
+    }
+    assert!(matches!(receipt::build(&conn, 50), Err(receipt::ReceiptError::NoSuchEvent(50))));
+    let r = receipt::build(&conn, 17).unwrap();
+    let mut body = r.clone();
+    body.body = Some(B64.encode(b"{}"));
+    assert_eq!(receipt::verify(&body, &key.public).unwrap_err().location(), ("seq", 17));
+    let mut proof = r.clone();
+    proof.inclusion_proof.swap(0, 1);
+    let f = receipt::verify(&proof, &key.public).unwrap_err();
+    assert_eq!(f.to_string(), "event seq 17: the inclusion proof does not lead to the root of head height 2");
+    let mut sig = r.clone();
+    sig.head.signature = B64.encode(TestKey::new(2).sign(r.head.checkpoint.as_bytes()));
+    assert_eq!(receipt::verify(&sig, &key.public).unwrap_err().location(), ("height", 2));
+    // Through the CLI: exit 0 untouched, 3 tampered, 1 unreadable.
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let run = |r: &str| {
+        let f = dir.path().join("r.json");
+        std::fs::write(&f, r).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog"))
+            .args(["verify-receipt", f.to_str().unwrap(), "--key", pem.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run(&serde_json::to_string(&r).unwrap());
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "OK: event seq 17 is in anchorlog.test/audit at head height 2 (tree size 20)"
+    );
+    assert_eq!(run(&serde_json::to_string(&body).unwrap()).status.code(), Some(3));
+    assert_eq!(run("{").status.code(), Some(1));
+}

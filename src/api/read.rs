@@ -120,3 +120,26 @@ pub(super) async fn metrics(
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed))
         .into_response())
 }
+
+pub(super) async fn receipt(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Path(seq): Path<String>,
+) -> Result<Json<crate::receipt::Receipt>, ApiError> {
+    use crate::receipt::{self, ReceiptError};
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let seq = parse_number(&seq, "seq")?;
+    let reads = state.reads.clone();
+    let built = tokio::task::spawn_blocking(move || reads.with(|c| Ok(receipt::build(c, seq))))
+        .await
+        .map_err(|e| ApiError::internal("read task failed", &e))?
+        .map_err(|e| ApiError::internal("read failed", &e))?;
+    match built {
+        Ok(r) => Ok(Json(r)),
+        Err(ReceiptError::NoSuchEvent(_)) => Err(ApiError::not_found(format!("no event with seq {seq}"))),
+        Err(e @ ReceiptError::NotSealed(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_sealed", e.to_string()))
+        }
+        Err(ReceiptError::Store(e)) => Err(ApiError::internal("receipt failed", &e)),
+    }
+}

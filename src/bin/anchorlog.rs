@@ -62,6 +62,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a receipt (GET /v1/events/{seq}/receipt) offline: entry, payload, signature, inclusion proof.
+    VerifyReceipt {
+        /// The receipt (JSON).
+        file: PathBuf,
+        /// The signer's public key or certificate (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
     Export {
         /// The SQLite database (opened read-only).
@@ -199,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { bundle, db, key, origin, json } => {
             verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json)
         }
+        Command::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
         Command::Export { db, from_height, to_height, out, key } => {
             export(&db, from_height, to_height, &out, key.as_deref())
         }
@@ -308,6 +320,39 @@ fn verify(
             Ok(ExitCode::from(EXIT_INVALID))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn verify_receipt(file: &Path, key: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let key = read_key(key)?;
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let receipt: anchorlog::receipt::Receipt =
+        serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
+    match anchorlog::receipt::verify(&receipt, &key) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": true, "report": r}));
+            } else {
+                println!(
+                    "OK: event seq {} is in {} at head height {} (tree size {}){}",
+                    r.seq,
+                    r.origin,
+                    r.height,
+                    r.tree_size,
+                    if r.erased { "; its payload was erased" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            let (kind, at) = failure.location();
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
+            } else {
+                println!("FAILED: {failure}");
+            }
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
     }
 }
 

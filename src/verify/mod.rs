@@ -133,6 +133,14 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// A receipt's inclusion proof does not lead from the leaf to the head's root.
+    #[error("event seq {seq}: the inclusion proof does not lead to the root of head height {height}")]
+    InclusionProofInvalid {
+        /// The event.
+        seq: u64,
+        /// The head.
+        height: u64,
+    },
     /// A bundle holds an event past its last head (not covered by any signature in it).
     #[error("event seq {seq}: beyond the last head of the bundle (covered by no signature in it)")]
     EventBeyondRange {
@@ -168,7 +176,8 @@ impl Failure {
             | Failure::LeafHashMismatch { seq }
             | Failure::PayloadMismatch { seq }
             | Failure::PartialErasure { seq }
-            | Failure::EventBeyondRange { seq } => ("seq", *seq),
+            | Failure::EventBeyondRange { seq }
+            | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
             | Failure::OriginMismatch { height, .. }
