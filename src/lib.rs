@@ -26,6 +26,7 @@
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
+//! | `monitor` | `anchorlog audit`: signed-head, rollback and fork monitor with local state |
 //! | `bench` | the end-to-end load generator |
 //!
 //! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `verify` (nothing extra: the offline
@@ -52,6 +53,8 @@ pub mod bench;
 pub mod client;
 #[cfg(all(feature = "server", feature = "pkcs11"))]
 pub mod dev;
+#[cfg(feature = "server")]
+pub mod monitor;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -73,6 +73,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Monitor a live appliance: check the latest head's signature and its consistency with the head seen on
+    /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof.
+    #[cfg(feature = "server")]
+    Audit {
+        /// Appliance URL, `https://host:port`.
+        #[arg(long)]
+        url: String,
+        /// Auditor client certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// CA certificate of the appliance's server certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The head signer's public key or certificate (PEM): the auditor's trusted copy.
+        #[arg(long)]
+        signer: PathBuf,
+        /// State file (the last head seen); created on the first run.
+        #[arg(long)]
+        state: PathBuf,
+    },
     /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
     Export {
         /// The SQLite database (opened read-only).
@@ -211,6 +234,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json)
         }
         Command::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        #[cfg(feature = "server")]
+        Command::Audit { url, cert, key, ca, signer, state } => {
+            let signer = read_key(&signer)?;
+            let target = anchorlog::monitor::Target { url, ca, cert, key };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match rt.block_on(anchorlog::monitor::run(&target, &signer, &state)) {
+                Ok(outcome) => {
+                    println!("{}", serde_json::to_string(&outcome)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"outcome": "failed", "error": e.to_string(), "exit_code": e.exit_code()})
+                    );
+                    eprintln!("audit: {e}");
+                    Ok(ExitCode::from(e.exit_code()))
+                }
+            }
+        }
         Command::Export { db, from_height, to_height, out, key } => {
             export(&db, from_height, to_height, &out, key.as_deref())
         }
