@@ -29,7 +29,8 @@ fn bench_verify_bundle() {
     let last = store::last_head(&conn).unwrap().unwrap().height;
     let tar = dir.path().join("bundle.tar");
     let t = Instant::now();
-    anchorlog::bundle::export(&conn, 0, last, None, std::fs::File::create(&tar).unwrap(), &mut |_, _| {}).unwrap();
+    anchorlog::bundle::export(&conn, 0, last, None, std::fs::File::create(&tar).unwrap(), &mut |_, _| {})
+        .unwrap();
     let export_s = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(&tar).unwrap().len();
     eprintln!("export: {:.2} s ({:.0} events/s, {} MB)", export_s, n as f64 / export_s, size >> 20);
@@ -37,7 +38,11 @@ fn bench_verify_bundle() {
     // Where the time goes: each stage alone over the same entries.
     let lines = {
         let mut a = tar::Archive::new(std::fs::File::open(&tar).unwrap());
-        let m = a.entries().unwrap().map(|m| m.unwrap()).find(|m| m.path().unwrap().to_str() == Some("entries.jsonl"));
+        let m = a
+            .entries()
+            .unwrap()
+            .map(|m| m.unwrap())
+            .find(|m| m.path().unwrap().to_str() == Some("entries.jsonl"));
         let mut r = BufReader::new(m.unwrap());
         let mut v = Vec::new();
         let mut l = Vec::new();
@@ -76,7 +81,11 @@ fn bench_verify_bundle() {
     let r = anchorlog::bundle::verify_bundle(&tar, &key.public, None).unwrap();
     let s = t.elapsed().as_secs_f64();
     assert_eq!(r.report.events, n);
-    eprintln!("RESULT verify bundle: {n} events, {} heads in {s:.2} s = {:.0} events/s", r.report.heads, n as f64 / s);
+    eprintln!(
+        "RESULT verify bundle: {n} events, {} heads in {s:.2} s = {:.0} events/s",
+        r.report.heads,
+        n as f64 / s
+    );
     let t = Instant::now();
     anchorlog::verify::verify_database(&conn, &key.public, None).unwrap();
     let s = t.elapsed().as_secs_f64();

@@ -5,7 +5,7 @@ use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
 use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
-use crate::verify::{self, EventSource, Failure, Report, Start, VerifyError};
+use crate::verify::{self, Decoded, EventSource, Failure, Report, Start, VerifyError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -239,7 +239,7 @@ fn decode_line(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
 }
 
 impl EventSource for BundleEvents {
-    fn visit(&mut self, from: u64, f: &mut dyn FnMut(StoredEvent) -> bool) -> Result<(), VerifyError> {
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
         let mut archive = open_archive(&self.path)?;
         let entries = archive.entries().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
         for member in entries {
@@ -249,18 +249,27 @@ impl EventSource for BundleEvents {
                 continue;
             }
             let mut reader = BufReader::with_capacity(1 << 20, member);
-            let mut line = Vec::with_capacity(4096);
-            let mut expected = from;
+            let mut position = from;
             loop {
-                line.clear();
-                let n =
-                    reader.read_until(b'\n', &mut line).map_err(|e| unreadable(format!("{ENTRIES}: {e}")))?;
-                if n == 0 {
+                // Read a batch of raw lines, decode them on all cores, hand them to the walk in order.
+                let mut lines: Vec<(u64, Vec<u8>)> = Vec::with_capacity(verify::BATCH);
+                while lines.len() < verify::BATCH {
+                    let mut line = Vec::with_capacity(512);
+                    let n = reader
+                        .read_until(b'\n', &mut line)
+                        .map_err(|e| unreadable(format!("{ENTRIES}: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    lines.push((position, line));
+                    position += 1;
+                }
+                if lines.is_empty() {
                     return Ok(());
                 }
-                let ev = decode_line(&line, expected)?;
-                expected = ev.seq.saturating_add(1);
-                if !f(ev) {
+                let done = lines.len() < verify::BATCH;
+                let batch = verify::par_map(&lines, |(pos, line)| decode_line(line, *pos));
+                if !f(batch) || done {
                     return Ok(());
                 }
             }

@@ -258,16 +258,57 @@ impl Start {
 /// A source of events in seq order: the database or an export bundle. Both go through [`walk`], so the two
 /// verifiers are one.
 pub trait EventSource {
-    /// Calls `f` with every event from seq `from` on, in the order stored, until `f` returns `false`.
-    fn visit(&mut self, from: u64, f: &mut dyn FnMut(StoredEvent) -> bool) -> Result<(), VerifyError>;
+    /// Calls `f` with consecutive batches of the events from seq `from` on, in the order stored, until `f`
+    /// returns `false`. An item the source could not decode is an `Err` naming its position; the walk reports
+    /// it only after everything before it, so the first failure stays the earliest record.
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError>;
+}
+
+/// One event as a source decoded it.
+pub type Decoded = Result<StoredEvent, Failure>;
+
+/// Events per batch: large enough to amortize handing work to threads, small enough to stay in cache.
+pub const BATCH: usize = 8192;
+
+/// Maps `f` over `items` on all cores (scoped threads, order kept). Per-event checks are independent; only
+/// the tree and the heads need order, so the walk checks a batch in parallel and then folds it in sequence.
+pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads < 2 || items.len() < 512 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<U>>())).collect();
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            // A panic in a check is a bug; re-raise it rather than hide it.
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
 }
 
 /// The events of a database.
 pub struct DbEvents<'a>(pub &'a Connection);
 
 impl EventSource for DbEvents<'_> {
-    fn visit(&mut self, from: u64, f: &mut dyn FnMut(StoredEvent) -> bool) -> Result<(), VerifyError> {
-        Ok(store::for_each_event(self.0, from, |ev| Ok(f(ev)))?)
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut go_on = true;
+        store::for_each_event(self.0, from, |ev| {
+            batch.push(Ok(ev));
+            if batch.len() == BATCH {
+                go_on = f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+            Ok(go_on)
+        })?;
+        if go_on && !batch.is_empty() {
+            f(batch);
+        }
+        Ok(())
     }
 }
 
@@ -310,31 +351,44 @@ pub fn walk(
     let mut frontier = start.frontier;
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
-    events.visit(first_seq, &mut |ev| {
-        let seq = frontier.size();
-        if ev.seq > seq {
-            failure = Some(Failure::EventMissing { seq });
-            return false;
-        }
-        if ev.seq < seq {
-            failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
-            return false;
-        }
-        match check_event(&ev) {
-            Ok((entry, erased)) => {
-                report.first_received_ns.get_or_insert(entry.received_at_ns);
-                report.last_received_ns = Some(entry.received_at_ns);
-                report.erased += u64::from(erased);
+    events.visit(first_seq, &mut |batch| {
+        let checked = par_map(&batch, |item| match item {
+            Ok(ev) => check_event(ev).map(|(entry, erased)| (entry.received_at_ns, erased)),
+            Err(f) => Err(f.clone()),
+        });
+        for (item, result) in batch.iter().zip(checked) {
+            let seq = frontier.size();
+            let ev = match item {
+                Ok(ev) => ev,
+                Err(f) => {
+                    failure = Some(f.clone());
+                    return false;
+                }
+            };
+            if ev.seq > seq {
+                failure = Some(Failure::EventMissing { seq });
+                return false;
             }
-            Err(f) => {
+            if ev.seq < seq {
+                failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
+                return false;
+            }
+            match result {
+                Ok((received_at_ns, erased)) => {
+                    report.first_received_ns.get_or_insert(received_at_ns);
+                    report.last_received_ns = Some(received_at_ns);
+                    report.erased += u64::from(erased);
+                }
+                Err(f) => {
+                    failure = Some(f);
+                    return false;
+                }
+            }
+            frontier.push(ev.leaf_hash);
+            if let Err(f) = checker.check_due(&frontier, &mut report) {
                 failure = Some(f);
                 return false;
             }
-        }
-        frontier.push(ev.leaf_hash);
-        if let Err(f) = checker.check_due(&frontier, &mut report) {
-            failure = Some(f);
-            return false;
         }
         true
     })?;
