@@ -505,6 +505,7 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
         ("altered signature", "UPDATE heads SET signature = x'3006020101020101' WHERE height = 2".into(), ("height", 2)),
         ("head signed by another key", format!("UPDATE heads SET signature = x'{other_sig}' WHERE height = 4"), ("height", 4)),
         ("forged tree node", "UPDATE nodes SET hash = zeroblob(32) WHERE level = 5 AND idx = 0".into(), ("height", 5)),
+        ("payload deleted without a record", "UPDATE events SET body = NULL, salt = NULL WHERE seq = 8".into(), ("seq", 8)),
     ];
     for (what, sql, expected) in cases {
         let t = tampered_db(&db, what.replace(' ', "-").as_str(), &sql);
@@ -513,6 +514,40 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
             Err(VerifyError::Invalid(f)) => assert_eq!(f.location(), expected, "{what}: {f}"),
             other => panic!("{what}: expected a failure, got {other:?}"),
         }
+    }
+    // Inserted event: rows from 30 on move up by one (entries re-made for their new seq, so each row is
+    // self-consistent) and a fabricated event takes seq 30. The first head over it, height 4, catches it.
+    let t = tampered_db(&db, "inserted", "SELECT 1");
+    {
+        use anchorlog::ledger::entry::Entry;
+        let c = rusqlite::Connection::open(&t).unwrap();
+        let put = |seq: u64, entry: &[u8], salt: &[u8], body: &[u8]| {
+            c.execute(
+                "INSERT OR REPLACE INTO events (seq, received_at_ns, producer, source, format, entry, leaf_hash, salt, body)
+                 VALUES (?1, 1, 'producer-1', 'events', 'json', ?2, ?3, ?4, ?5)",
+                rusqlite::params![seq as i64, entry, &merkle::leaf_hash(entry)[..], salt, body],
+            )
+            .unwrap();
+        };
+        for seq in (30..50).rev() {
+            let e = store::event(&c, seq).unwrap().unwrap();
+            let mut entry = Entry::parse(&e.entry).unwrap();
+            entry.seq = seq + 1;
+            put(seq + 1, &entry.to_canonical_json(), &e.salt.unwrap(), &e.body.unwrap());
+        }
+        let body = br#"{"type":"LOGIN","user":"mallory"}"#;
+        let mut fake = Entry::parse(&store::event(&c, 29).unwrap().unwrap().entry).unwrap();
+        fake.seq = 30;
+        fake.payload_sha256 = anchorlog::ledger::entry::payload_digest(&[0; 32], body);
+        put(30, &fake.to_canonical_json(), &[0; 32], body);
+    }
+    let c = store::open_reader(&t).unwrap();
+    match verify::verify_database(&c, &key.public, None) {
+        Err(VerifyError::Invalid(f)) => {
+            assert_eq!(f.location(), ("height", 4), "{f}");
+            assert!(f.to_string().contains("an event in seq 30..40 was altered"), "{f}");
+        }
+        other => panic!("inserted: expected a failure, got {other:?}"),
     }
     let c = store::open_reader(&db).unwrap();
     verify::verify_database(&c, &key.public, None).unwrap();

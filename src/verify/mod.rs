@@ -133,6 +133,12 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// The payload is gone but no erasure record (naming a later erasure event) accounts for it.
+    #[error("event seq {seq}: body and salt are erased but no erasure record accounts for it")]
+    UnrecordedErasure {
+        /// The event.
+        seq: u64,
+    },
     /// A receipt's inclusion proof does not lead from the leaf to the head's root.
     #[error("event seq {seq}: the inclusion proof does not lead to the root of head height {height}")]
     InclusionProofInvalid {
@@ -177,6 +183,7 @@ impl Failure {
             | Failure::PayloadMismatch { seq }
             | Failure::PartialErasure { seq }
             | Failure::EventBeyondRange { seq }
+            | Failure::UnrecordedErasure { seq }
             | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
@@ -298,8 +305,18 @@ impl EventSource for DbEvents<'_> {
     fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
         let mut batch = Vec::with_capacity(BATCH);
         let mut go_on = true;
-        store::for_each_event(self.0, from, |ev| {
-            batch.push(Ok(ev));
+        let conn = self.0;
+        store::for_each_event(conn, from, |ev| {
+            // An erased payload must be accounted for by its record (rare: one lookup per erased event).
+            let item = if ev.body.is_none() && ev.salt.is_none() {
+                match store::erasure::erasure(conn, ev.seq)? {
+                    Some(r) if r.erasure_seq > ev.seq => Ok(ev),
+                    _ => Err(Failure::UnrecordedErasure { seq: ev.seq }),
+                }
+            } else {
+                Ok(ev)
+            };
+            batch.push(item);
             if batch.len() == BATCH {
                 go_on = f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
             }
