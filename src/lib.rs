@@ -21,12 +21,15 @@
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
+//! | [`bundle`] | export bundles: writing from the database, verifying offline |
+//! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
+//! | `monitor` | `anchorlog audit`: signed-head, rollback and fork monitor with local state |
 //! | `bench` | the end-to-end load generator |
 //!
 //! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `tpm` (the TPM 2.0 backend; links
@@ -34,12 +37,14 @@
 //! verifier is always built; `--no-default-features --features verify` gives an auditor's binary without
 //! cryptoki, tss-esapi, TLS or HTTP code; TPM key attestations are still checked, in pure Rust).
 
+pub mod bundle;
 pub mod config;
 pub mod formats;
 #[cfg(feature = "server")]
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod receipt;
 pub mod signer;
 pub mod store;
 pub mod tsa;
@@ -55,6 +60,8 @@ pub mod client;
 pub mod dev;
 #[cfg(all(feature = "server", feature = "pkcs11", feature = "tpm"))]
 pub mod dev_tpm;
+#[cfg(feature = "server")]
+pub mod monitor;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

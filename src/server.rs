@@ -149,6 +149,10 @@ impl Service {
         }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
         let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
+        // Exports name the key of every head; keep its public half beside the log.
+        let pem = crate::bundle::export::public_key_pem(signer.public_key())
+            .map_err(|e| ServeError::Internal(e.to_string()))?;
+        store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
         let chain = reconcile(&config, &signer).await?;
         let listener = TcpListener::bind(&config.server.listen)
             .await
@@ -254,6 +258,7 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState,
             })
         }
         Err(verify::VerifyError::Store(e)) => return Err(e.into()),
+        Err(e @ verify::VerifyError::Unreadable(_)) => return Err(ServeError::Internal(e.to_string())),
     };
     tracing::info!(
         events = report.events,

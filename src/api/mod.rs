@@ -1,8 +1,11 @@
 //! The HTTPS API: routes, shared state, authorization. Every route except `/healthz` names the role it
 //! requires (deny by default); the peer's principal comes from its verified client certificate.
 
+mod admin;
 pub mod error;
+mod export;
 mod ingest;
+mod proofs;
 mod read;
 
 use crate::config::{LimitsConfig, Role};
@@ -43,8 +46,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(read::metrics))
         .route("/v1/events", post(ingest::post_events))
         .route("/v1/events/{seq}", get(read::event))
+        .route("/v1/events/{seq}/receipt", get(read::receipt))
         .route("/v1/heads/latest", get(read::latest_head))
         .route("/v1/heads/{height}", get(read::head))
+        .route("/v1/proofs/inclusion", get(proofs::inclusion))
+        .route("/v1/proofs/consistency", get(proofs::consistency))
+        .route("/v1/admin/erasures", post(admin::erase))
+        .route("/v1/export", get(export::export))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -59,7 +59,7 @@ fn head_json(state: &AppState, (h, ts): &(StoredHead, Option<StoredTimestamp>)) 
     })
 }
 
-fn parse_number(text: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn parse_number(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse::<u64>().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -98,7 +98,8 @@ pub(super) async fn event(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let ev = blocking(&state, move |c| store::event(c, seq)).await?;
+    let (ev, erasure) =
+        blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
     let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
     let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
@@ -110,6 +111,7 @@ pub(super) async fn event(
         "salt": ev.salt.as_ref().map(|s| B64.encode(s)),
         "body": ev.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
         "erased": ev.body.is_none(),
+        "erasure": erasure,
     })))
 }
 
@@ -143,4 +145,27 @@ pub(super) async fn metrics(
     let committed = *state.appender.committed().borrow();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed))
         .into_response())
+}
+
+pub(super) async fn receipt(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Path(seq): Path<String>,
+) -> Result<Json<crate::receipt::Receipt>, ApiError> {
+    use crate::receipt::{self, ReceiptError};
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let seq = parse_number(&seq, "seq")?;
+    let reads = state.reads.clone();
+    let built = tokio::task::spawn_blocking(move || reads.with(|c| Ok(receipt::build(c, seq))))
+        .await
+        .map_err(|e| ApiError::internal("read task failed", &e))?
+        .map_err(|e| ApiError::internal("read failed", &e))?;
+    match built {
+        Ok(r) => Ok(Json(r)),
+        Err(ReceiptError::NoSuchEvent(_)) => Err(ApiError::not_found(format!("no event with seq {seq}"))),
+        Err(e @ ReceiptError::NotSealed(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, "not_sealed", e.to_string()))
+        }
+        Err(ReceiptError::Store(e)) => Err(ApiError::internal("receipt failed", &e)),
+    }
 }

@@ -47,11 +47,14 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Verify a database offline: every leaf, root, chain link and signature.
+    /// Verify a database or an export bundle offline: every leaf, root, chain link and signature.
     Verify {
+        /// An export bundle (tar) to verify instead of a database.
+        #[arg(conflicts_with = "db", required_unless_present = "db")]
+        bundle: Option<PathBuf>,
         /// The SQLite database (opened read-only).
         #[arg(long)]
-        db: PathBuf,
+        db: Option<PathBuf>,
         /// The signer's public key or certificate (PEM).
         #[arg(long)]
         key: PathBuf,
@@ -84,6 +87,58 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Verify a receipt (GET /v1/events/{seq}/receipt) offline: entry, payload, signature, inclusion proof.
+    VerifyReceipt {
+        /// The receipt (JSON).
+        file: PathBuf,
+        /// The signer's public key or certificate (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Monitor a live appliance: check the latest head's signature and its consistency with the head seen on
+    /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof.
+    #[cfg(feature = "server")]
+    Audit {
+        /// Appliance URL, `https://host:port`.
+        #[arg(long)]
+        url: String,
+        /// Auditor client certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// CA certificate of the appliance's server certificate.
+        #[arg(long)]
+        ca: PathBuf,
+        /// The head signer's public key or certificate (PEM): the auditor's trusted copy.
+        #[arg(long)]
+        signer: PathBuf,
+        /// State file (the last head seen); created on the first run.
+        #[arg(long)]
+        state: PathBuf,
+    },
+    /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
+    Export {
+        /// The SQLite database (opened read-only).
+        #[arg(long)]
+        db: PathBuf,
+        /// First head height.
+        #[arg(long)]
+        from_height: u64,
+        /// Last head height (inclusive).
+        #[arg(long)]
+        to_height: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The signer's public key, if the database does not hold it (it does once the appliance has run).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -258,14 +313,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { db, key, origin, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
+        Command::Verify { bundle, db, key, origin, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
             let tsa = tsa_ca.map(|ca| TsaCheck {
                 ca,
                 require: require_timestamps,
                 max_skew: std::time::Duration::from_secs(tsa_max_skew_s),
             });
-            verify(&db, &key, origin.as_deref(), json, tsa.as_ref())
+            verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json, tsa.as_ref())
         }
+        Command::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        #[cfg(feature = "server")]
+        Command::Audit { url, cert, key, ca, signer, state } => {
+            let signer = read_key(&signer)?;
+            let target = anchorlog::monitor::Target { url, ca, cert, key };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            match rt.block_on(anchorlog::monitor::run(&target, &signer, &state)) {
+                Ok(outcome) => {
+                    println!("{}", serde_json::to_string(&outcome)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"outcome": "failed", "error": e.to_string(), "exit_code": e.exit_code()})
+                    );
+                    eprintln!("audit: {e}");
+                    Ok(ExitCode::from(e.exit_code()))
+                }
+            }
+        }
+        Command::Export { db, from_height, to_height, out, key } => {
+            export(&db, from_height, to_height, &out, key.as_deref())
+        }
+
         Command::VerifyAttestation { file, key, nonce, json } => {
             verify_attestation(&file, &key, &nonce, json)
         }
@@ -347,16 +427,21 @@ struct TsaCheck {
     max_skew: std::time::Duration,
 }
 
+fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
+    let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
+    anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
+}
+
 fn verify(
-    db: &Path,
+    bundle: Option<&Path>,
+    db: Option<&Path>,
     key: &Path,
     origin: Option<&str>,
     json: bool,
     tsa: Option<&TsaCheck>,
 ) -> anyhow::Result<ExitCode> {
-    let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
-    let key = anchorlog::signer::PublicKey::from_pem(&pem)
-        .with_context(|| format!("parsing key {}", key.display()))?;
+    use anchorlog::verify::VerifyError;
+    let key = read_key(key)?;
     let anchors = match tsa {
         Some(t) => {
             let pem = std::fs::read(&t.ca).with_context(|| format!("reading TSA CA {}", t.ca.display()))?;
@@ -367,20 +452,36 @@ fn verify(
         }
         None => None,
     };
-    let conn = anchorlog::store::open_reader(db)?;
-    let result = anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
-        let stamps = match (tsa, &anchors) {
-            (Some(t), Some(a)) => {
-                Some(anchorlog::verify::timestamps::verify_timestamps(&conn, a, t.max_skew, t.require)?)
-            }
-            _ => None,
-        };
-        Ok((report, stamps))
-    });
+    let result = match (bundle, db) {
+        (Some(_), _) if tsa.is_some() => {
+            anyhow::bail!(
+                "--tsa-ca is not supported for bundles yet; verify the tokens with `openssl ts -verify`"
+            )
+        }
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle(bundle, &key, origin).map(|b| {
+            let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
+                "tokens_present": b.tokens_present});
+            (b.report, value, None)
+        }),
+        (None, Some(db)) => {
+            let conn = anchorlog::store::open_reader(db)?;
+            anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
+                let stamps = match (tsa, &anchors) {
+                    (Some(t), Some(a)) => Some(anchorlog::verify::timestamps::verify_timestamps(
+                        &conn, a, t.max_skew, t.require,
+                    )?),
+                    _ => None,
+                };
+                let value = serde_json::json!({"ok": true, "report": report, "timestamps": stamps});
+                Ok((report, value, stamps))
+            })
+        }
+        (None, None) => anyhow::bail!("give a bundle file or --db"),
+    };
     match result {
-        Ok((report, stamps)) => {
+        Ok((report, value, stamps)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "report": report, "timestamps": stamps}));
+                println!("{value}");
             } else {
                 print_report(&report);
                 if let Some(s) = &stamps {
@@ -389,7 +490,7 @@ fn verify(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(anchorlog::verify::VerifyError::Invalid(failure)) => {
+        Err(VerifyError::Invalid(failure)) => {
             let (kind, at) = failure.location();
             if json {
                 println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
@@ -476,6 +577,75 @@ fn print_timestamps(s: &anchorlog::verify::timestamps::TimestampReport) {
             listed.join(", ")
         );
     }
+}
+
+fn verify_receipt(file: &Path, key: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let key = read_key(key)?;
+    let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let receipt: anchorlog::receipt::Receipt =
+        serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
+    match anchorlog::receipt::verify(&receipt, &key) {
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::json!({"ok": true, "report": r}));
+            } else {
+                println!(
+                    "OK: event seq {} is in {} at head height {} (tree size {}){}",
+                    r.seq,
+                    r.origin,
+                    r.height,
+                    r.tree_size,
+                    if r.erased { "; its payload was erased" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            let (kind, at) = failure.location();
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
+            } else {
+                println!("FAILED: {failure}");
+            }
+            Ok(ExitCode::from(EXIT_INVALID))
+        }
+    }
+}
+
+fn export(db: &Path, from: u64, to: u64, out: &Path, key: Option<&Path>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let key = key.map(read_key).transpose()?;
+    let conn = anchorlog::store::open_reader(db)?;
+    let partial = out.with_extension("partial");
+    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |done: u64, total: u64| {
+        if terminal {
+            eprint!("\rexporting: {done}/{total} events");
+        }
+    };
+    let writer = std::io::BufWriter::with_capacity(1 << 20, file);
+    let manifest = anchorlog::bundle::export(&conn, from, to, key.as_ref(), writer, &mut progress);
+    if terminal {
+        eprintln!();
+    }
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&partial, out).with_context(|| format!("renaming to {}", out.display()))?;
+    println!(
+        "wrote {}: heads {}..={}, events {}..{}",
+        out.display(),
+        manifest.from_height,
+        manifest.to_height,
+        manifest.first_seq,
+        manifest.end_seq
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_report(r: &anchorlog::verify::Report) {

@@ -6,7 +6,8 @@
 //! A handler therefore sends its 2xx only after its events are durable.
 
 use crate::ledger::entry::{AuthMethod, Entry};
-use crate::ledger::merkle;
+use crate::ledger::merkle::{self, Frontier};
+use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
 use rusqlite::Connection;
 use std::sync::Arc;
@@ -62,17 +63,47 @@ pub enum AppendError {
     Stopped,
 }
 
+/// Why an erasure was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// The event to erase does not exist.
+    #[error("no event with seq {0}")]
+    NoSuchEvent(u64),
+    /// The event's payload was already erased.
+    #[error("the payload of event seq {0} is already erased")]
+    AlreadyErased(u64),
+    /// Storing failed or the writer stopped.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+}
+
+impl From<StoreError> for EraseError {
+    fn from(e: StoreError) -> Self {
+        EraseError::Append(AppendError::Store(e))
+    }
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    /// The stored erasure record.
+    pub record: ErasureRecord,
+    /// The leaf hash of the event that logs the erasure.
+    pub erasure_leaf_hash: [u8; 32],
+}
+
 enum Command {
     Append { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Appended>, AppendError>> },
     StoreHead { head: Box<StoredHead>, reply: oneshot::Sender<Result<(), AppendError>> },
     StoreTimestamp { token: Box<StoredTimestamp>, reply: oneshot::Sender<Result<(), AppendError>> },
+    Erase { seq: u64, erased_by: String, reason: String, reply: oneshot::Sender<Result<Erased, EraseError>> },
 }
 
 impl Command {
     fn weight(&self) -> usize {
         match self {
             Command::Append { events, .. } => events.len().max(1),
-            Command::StoreHead { .. } | Command::StoreTimestamp { .. } => 1,
+            Command::StoreHead { .. } | Command::StoreTimestamp { .. } | Command::Erase { .. } => 1,
         }
     }
 }
@@ -88,11 +119,13 @@ impl AppenderHandle {
     /// Starts the writer thread on `conn` (opened by [`store::open_writer`]).
     pub fn start(conn: Connection) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         let next_seq = store::event_count(&conn)?;
+        // O(log n): the right edge of the tree from the stored nodes, not a walk over every leaf.
+        let frontier = store::tree::load_frontier(&conn, next_seq)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let (committed_tx, committed) = watch::channel(next_seq);
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
-            .spawn(move || Writer { conn, next_seq, committed: committed_tx }.run(rx))
+            .spawn(move || Writer { conn, next_seq, frontier, committed: committed_tx }.run(rx))
             .map_err(|_| AppendError::Stopped)?;
         Ok((AppenderHandle { commands, committed }, join))
     }
@@ -124,6 +157,17 @@ impl AppenderHandle {
         rx.await.map_err(|_| AppendError::Stopped)?
     }
 
+    /// Erases the payload (body and salt) of event `seq` and logs the erasure as an event of the
+    /// appliance's own source, atomically; returns after both are committed to disk.
+    pub async fn erase(&self, seq: u64, erased_by: String, reason: String) -> Result<Erased, EraseError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Erase { seq, erased_by, reason, reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
     /// A watch of the number of committed events (the next seq).
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -133,12 +177,15 @@ impl AppenderHandle {
 struct Writer {
     conn: Connection,
     next_seq: u64,
+    /// The tree over every committed event; completed subtrees go to the node store in the same transaction.
+    frontier: Frontier,
     committed: watch::Sender<u64>,
 }
 
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
     Head(oneshot::Sender<Result<(), AppendError>>, Result<(), StoreError>),
+    Erase(oneshot::Sender<Result<Erased, EraseError>>, Result<Erased, EraseError>),
 }
 
 impl Writer {
@@ -167,16 +214,22 @@ impl Writer {
 
     fn apply_group(&mut self, group: Vec<Command>) {
         let start_seq = self.next_seq;
+        let start_frontier = self.frontier.clone();
         let mut replies = Vec::with_capacity(group.len());
         let next_seq = &mut self.next_seq;
+        let frontier = &mut self.frontier;
         let conn = &self.conn;
         let outcome = (|| -> Result<(), StoreError> {
             let tx = conn.unchecked_transaction()?;
             for cmd in group {
                 match cmd {
                     Command::Append { events, reply } => {
-                        let result = append_request(&tx, next_seq, &events);
+                        let result = append_request(&tx, next_seq, frontier, &events);
                         replies.push(Reply::Append(reply, result));
+                    }
+                    Command::Erase { seq, erased_by, reason, reply } => {
+                        let result = erase(&tx, next_seq, frontier, seq, erased_by, reason);
+                        replies.push(Reply::Erase(reply, result));
                     }
                     Command::StoreHead { head, reply } => {
                         let result = in_savepoint(&tx, |c| store::insert_head(c, &head));
@@ -202,6 +255,9 @@ impl Writer {
                         Reply::Head(tx, res) => {
                             let _ = tx.send(res.map_err(AppendError::from));
                         }
+                        Reply::Erase(tx, res) => {
+                            let _ = tx.send(res);
+                        }
                     }
                 }
             }
@@ -209,6 +265,7 @@ impl Writer {
                 // Nothing of this group is on disk: fail every waiter and rewind the sequence counter.
                 tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
                 self.next_seq = start_seq;
+                self.frontier = start_frontier;
                 for r in replies {
                     let err = || {
                         AppendError::Store(StoreError::Corrupt {
@@ -224,6 +281,9 @@ impl Writer {
                         Reply::Head(tx, _) => {
                             let _ = tx.send(Err(err()));
                         }
+                        Reply::Erase(tx, _) => {
+                            let _ = tx.send(Err(err().into()));
+                        }
                     }
                 }
             }
@@ -235,10 +295,13 @@ impl Writer {
 fn append_request(
     conn: &Connection,
     next_seq: &mut u64,
+    frontier: &mut Frontier,
     events: &[NewEvent],
 ) -> Result<Vec<Appended>, StoreError> {
     let before = *next_seq;
+    let before_frontier = frontier.clone();
     let mut next = *next_seq;
+    let mut completed = Vec::new();
     let result = in_savepoint(conn, |c| {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
@@ -275,13 +338,66 @@ fn append_request(
                     body: &ev.body,
                 },
             )?;
+            frontier.push_with(leaf_hash, |start, len, hash| {
+                if len > 1 {
+                    completed.push((start, len, *hash));
+                }
+            });
+            for (start, len, hash) in completed.drain(..) {
+                store::tree::insert_node(c, start, len, &hash)?;
+            }
             out.push(Appended { seq: next, leaf_hash, duplicate: false });
             next += 1;
         }
         Ok(out)
     });
-    *next_seq = if result.is_ok() { next } else { before };
+    if result.is_ok() {
+        *next_seq = next;
+    } else {
+        *next_seq = before;
+        *frontier = before_frontier;
+    }
     result
+}
+
+/// Erases the payload of `seq` and appends the event that logs it, in one savepoint: both or neither.
+fn erase(
+    conn: &Connection,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    seq: u64,
+    erased_by: String,
+    reason: String,
+) -> Result<Erased, EraseError> {
+    let target = store::event(conn, seq)?.ok_or(EraseError::NoSuchEvent(seq))?;
+    if target.body.is_none() {
+        return Err(EraseError::AlreadyErased(seq));
+    }
+    let before = (*next_seq, frontier.clone());
+    let ev = crate::ledger::internal::internal_event(&crate::ledger::internal::erasure_body(
+        seq, &erased_by, &reason,
+    ));
+    let result = in_savepoint(conn, |c| {
+        let appended = append_request(c, next_seq, frontier, std::slice::from_ref(&ev))?;
+        let logged = appended.first().ok_or_else(|| StoreError::Corrupt {
+            table: "events",
+            key: seq,
+            problem: "the erasure event was not appended".into(),
+        })?;
+        let record = ErasureRecord {
+            seq,
+            erasure_seq: logged.seq,
+            erased_by: erased_by.clone(),
+            reason: reason.clone(),
+            erased_at_ms: store::now_ms(),
+        };
+        store::erasure::erase_payload(c, &record)?;
+        Ok(Erased { record, erasure_leaf_hash: logged.leaf_hash })
+    });
+    if result.is_err() {
+        (*next_seq, *frontier) = before;
+    }
+    Ok(result?)
 }
 
 fn in_savepoint<T>(
@@ -341,6 +457,54 @@ mod tests {
         let e1 = store::event(&conn, 1).unwrap().unwrap();
         assert_eq!(e1.leaf_hash, merkle::leaf_hash(&e1.entry));
         assert_eq!(Entry::parse(&e1.entry).unwrap().source_id.as_deref(), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn erasure_clears_one_payload_logs_itself_and_keeps_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let (h, join) = AppenderHandle::start(store::open_writer(&path, "o").unwrap()).unwrap();
+        h.append(vec![ev(None, "{\"user\":\"alice\"}"), ev(None, "{}"), ev(None, "{}")]).await.unwrap();
+        let e = h.erase(1, "admin-1".into(), "art. 17 request 42".into()).await.unwrap();
+        assert_eq!((e.record.seq, e.record.erasure_seq, e.record.erased_by.as_str()), (1, 3, "admin-1"));
+        assert!(matches!(
+            h.erase(1, "admin-1".into(), "again".into()).await,
+            Err(EraseError::AlreadyErased(1))
+        ));
+        assert!(matches!(h.erase(99, "admin-1".into(), "x".into()).await, Err(EraseError::NoSuchEvent(99))));
+        // The writer's frontier went on from the erasure event: the next append gets seq 4.
+        let next = h.append(vec![ev(None, "{}")]).await.unwrap();
+        assert_eq!(next[0].seq, 4);
+        drop(h);
+        join.join().unwrap();
+        let conn = store::open_reader(&path).unwrap();
+        let erased = store::event(&conn, 1).unwrap().unwrap();
+        assert_eq!((erased.body, erased.salt), (None, None));
+        let logged = store::event(&conn, 3).unwrap().unwrap();
+        let entry = Entry::parse(&logged.entry).unwrap();
+        assert_eq!(
+            (entry.producer.as_str(), entry.source.as_str(), entry.format.as_str()),
+            ("anchorlog", "anchorlog", "anchorlog")
+        );
+        assert_eq!(entry.auth, AuthMethod::Internal);
+        let body: serde_json::Value = serde_json::from_slice(&logged.body.unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "anchorlog.erasure", "erased_seq": 1, "erased_by": "admin-1", "reason": "art. 17 request 42"})
+        );
+        // Stored nodes and leaves agree for every size (the erasure changed no hash).
+        let leaves = store::leaf_hashes(&conn, 0, 5).unwrap();
+        for size in 0..=5u64 {
+            assert_eq!(store::tree::root_at(&conn, size).unwrap(), merkle::root_of(&leaves[..size as usize]));
+        }
+        // A restarted writer loads its frontier from the nodes and continues the same tree.
+        let (h, join) = AppenderHandle::start(store::open_writer(&path, "o").unwrap()).unwrap();
+        assert_eq!(h.append(vec![ev(None, "{}")]).await.unwrap()[0].seq, 5);
+        drop(h);
+        join.join().unwrap();
+        let conn = store::open_reader(&path).unwrap();
+        let leaves = store::leaf_hashes(&conn, 0, 6).unwrap();
+        assert_eq!(store::tree::root_at(&conn, 6).unwrap(), merkle::root_of(&leaves));
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! SQLite storage: opening (WAL, `synchronous=FULL`), schema creation and version check, and the
 //! parameterised statements every other module uses. Only the appender's connection writes.
 
+pub mod erasure;
 pub mod schema;
+pub mod tree;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -31,6 +33,9 @@ pub enum StoreError {
     /// A statement failed.
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A tree size or leaf index does not fit the tree (a proof was asked for something outside it).
+    #[error(transparent)]
+    Merkle(#[from] crate::ledger::merkle::MerkleError),
     /// A stored value has the wrong shape (the file was edited or corrupted).
     #[error("corrupt row in {table} at {key}: {problem}")]
     Corrupt {
@@ -223,6 +228,24 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 /// The origin recorded when the log was created.
 pub fn stored_origin(conn: &Connection) -> Result<Option<String>, StoreError> {
     Ok(conn.query_row("SELECT value FROM log_meta WHERE key='origin'", [], |r| r.get(0)).optional()?)
+}
+
+/// Records the PEM public key of a head-signing key (once per key id; exports read it back).
+pub fn record_public_key(conn: &Connection, key_id: &str, pem: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO log_meta (key, value) VALUES (?1, ?2)",
+        params![format!("key:{key_id}"), pem],
+    )?;
+    Ok(())
+}
+
+/// The PEM public key recorded for `key_id`, if any.
+pub fn public_key_pem(conn: &Connection, key_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM log_meta WHERE key = ?1", params![format!("key:{key_id}")], |r| {
+            r.get(0)
+        })
+        .optional()?)
 }
 
 /// Number of stored events (= next seq, because seqs are dense).

@@ -59,10 +59,56 @@ CREATE TABLE timestamps (
 CREATE TRIGGER events_dense_seq BEFORE INSERT ON events
 WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM events)
 BEGIN SELECT RAISE(ABORT, 'anchorlog: event seq must be the next dense sequence number'); END;
+-- The one update the database allows (GDPR art. 17): clearing body and salt of one event, once, with every
+-- other column unchanged, and only when its erasure record exists (inserted first, in the same transaction).
+-- Anything else — another column, a second erasure, an erasure without a record — is refused here.
 CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
+WHEN NOT (
+    NEW.seq IS OLD.seq AND NEW.received_at_ns IS OLD.received_at_ns AND NEW.producer IS OLD.producer
+    AND NEW.source IS OLD.source AND NEW.format IS OLD.format AND NEW.source_id IS OLD.source_id
+    AND NEW.entry IS OLD.entry AND NEW.leaf_hash IS OLD.leaf_hash
+    AND OLD.body IS NOT NULL AND OLD.salt IS NOT NULL AND NEW.body IS NULL AND NEW.salt IS NULL
+    AND EXISTS (SELECT 1 FROM erasures WHERE erasures.seq = OLD.seq)
+)
+BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only (only a recorded erasure may clear body and salt)'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
+
+-- Perfect-subtree hashes of the Merkle tree above the leaves: node (level, idx), level >= 1, is the root of
+-- leaves [idx << level, (idx + 1) << level). Level 0 is events.leaf_hash. The writer stores each node in the
+-- transaction of the event that completes it, so roots and proofs cost O(log n) reads. The nodes are an
+-- index, not signed truth: every proof built from them is checked by its reader against a signed root.
+CREATE TABLE nodes (
+    level INTEGER NOT NULL CHECK (level >= 1),
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+-- One row per erased event: who erased it, why, and the seq of the appliance's own event that logs it.
+CREATE TABLE erasures (
+    seq          INTEGER PRIMARY KEY,
+    erasure_seq  INTEGER NOT NULL UNIQUE,
+    erased_by    TEXT NOT NULL,
+    reason       TEXT NOT NULL CHECK (length(reason) > 0),
+    erased_at_ms INTEGER NOT NULL
+);
+
+CREATE TRIGGER nodes_no_update BEFORE UPDATE ON nodes
+BEGIN SELECT RAISE(ABORT, 'anchorlog: tree nodes are append-only'); END;
+CREATE TRIGGER nodes_no_delete BEFORE DELETE ON nodes
+BEGIN SELECT RAISE(ABORT, 'anchorlog: tree nodes are append-only'); END;
+
+-- An erasure record needs a payload that is still there and a later event of the appliance's own source that
+-- logs the erasure.
+CREATE TRIGGER erasures_valid BEFORE INSERT ON erasures
+WHEN NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq AND body IS NOT NULL AND salt IS NOT NULL)
+  OR NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.erasure_seq AND NEW.erasure_seq > NEW.seq
+                 AND producer = 'anchorlog' AND source = 'anchorlog' AND format = 'anchorlog')
+BEGIN SELECT RAISE(ABORT, 'anchorlog: an erasure needs a present payload and a logged erasure event'); END;
+CREATE TRIGGER erasures_no_update BEFORE UPDATE ON erasures
+BEGIN SELECT RAISE(ABORT, 'anchorlog: erasure records are append-only'); END;
+CREATE TRIGGER erasures_no_delete BEFORE DELETE ON erasures
+BEGIN SELECT RAISE(ABORT, 'anchorlog: erasure records are append-only'); END;
 
 CREATE TRIGGER heads_dense_height BEFORE INSERT ON heads
 WHEN NEW.height IS NOT (SELECT COALESCE(MAX(height) + 1, 0) FROM heads)

@@ -9,7 +9,7 @@ use crate::ledger::entry::{payload_digest, Entry};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
 use crate::signer::PublicKey;
-use crate::store::{self, StoreError, StoredHead};
+use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
 
 pub mod timestamps;
@@ -22,6 +22,16 @@ pub enum Failure {
     EventMissing {
         /// The first missing seq.
         seq: u64,
+    },
+    /// An event with a smaller seq than expected stands where the next event should be.
+    #[error(
+        "event seq {seq}: found seq {found} in its place (an event was inserted or events were reordered)"
+    )]
+    EventOutOfPlace {
+        /// The seq expected at this position.
+        seq: u64,
+        /// The seq found there.
+        found: u64,
     },
     /// The entry bytes are not a valid canonical entry.
     #[error("event seq {seq}: entry is malformed: {reason}")]
@@ -125,6 +135,34 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// The payload is gone but no erasure record (naming a later erasure event) accounts for it.
+    #[error("event seq {seq}: body and salt are erased but no erasure record accounts for it")]
+    UnrecordedErasure {
+        /// The event.
+        seq: u64,
+    },
+    /// A receipt's inclusion proof does not lead from the leaf to the head's root.
+    #[error("event seq {seq}: the inclusion proof does not lead to the root of head height {height}")]
+    InclusionProofInvalid {
+        /// The event.
+        seq: u64,
+        /// The head.
+        height: u64,
+    },
+    /// A bundle holds an event past its last head (not covered by any signature in it).
+    #[error("event seq {seq}: beyond the last head of the bundle (covered by no signature in it)")]
+    EventBeyondRange {
+        /// The first such event.
+        seq: u64,
+    },
+    /// The stored tree nodes (which serve proofs) disagree with the verified tree.
+    #[error("head height {height}: the stored tree nodes at tree size {tree_size} do not match the events")]
+    NodeStoreMismatch {
+        /// The last head.
+        height: u64,
+        /// Its tree size.
+        tree_size: u64,
+    },
     /// The signature does not verify under the given key.
     #[error("head height {height}: signature does not verify with key {key_id}")]
     BadSignature {
@@ -154,11 +192,15 @@ impl Failure {
     pub fn location(&self) -> (&'static str, u64) {
         match self {
             Failure::EventMissing { seq }
+            | Failure::EventOutOfPlace { seq, .. }
             | Failure::EntryMalformed { seq, .. }
             | Failure::EntrySeqMismatch { seq, .. }
             | Failure::LeafHashMismatch { seq }
             | Failure::PayloadMismatch { seq }
-            | Failure::PartialErasure { seq } => ("seq", *seq),
+            | Failure::PartialErasure { seq }
+            | Failure::EventBeyondRange { seq }
+            | Failure::UnrecordedErasure { seq }
+            | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
             | Failure::OriginMismatch { height, .. }
@@ -168,6 +210,7 @@ impl Failure {
             | Failure::ChainBroken { height }
             | Failure::TimeWentBack { height }
             | Failure::BadSignature { height, .. }
+            | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadTimestamp { height, .. }
             | Failure::TimestampMissing { height } => ("height", *height),
         }
@@ -183,6 +226,9 @@ pub enum VerifyError {
     /// The input could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The bundle could not be read (not a tar, no manifest, unknown version …).
+    #[error("unreadable bundle: {0}")]
+    Unreadable(String),
 }
 
 /// What a successful verification saw.
@@ -213,6 +259,94 @@ pub struct Report {
     pub frontier_at_last_head: Frontier,
 }
 
+/// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
+/// that starts past height 0 carries the frontier of the prefix it leaves out).
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// Frontier over the events before the walk (its size is the first seq the walk expects).
+    pub frontier: Frontier,
+    /// Height of the first head the walk expects.
+    pub next_height: u64,
+    /// SHA-256 of the anchor head's text (zeros at genesis).
+    pub prev_hash: [u8; 32],
+    /// Seal time of the anchor head (ms), `i64::MIN` at genesis.
+    pub prev_time_ms: i64,
+}
+
+impl Start {
+    /// The empty log before head 0.
+    pub fn genesis() -> Self {
+        Start { frontier: Frontier::new(), next_height: 0, prev_hash: [0; 32], prev_time_ms: i64::MIN }
+    }
+}
+
+/// A source of events in seq order: the database or an export bundle. Both go through [`walk`], so the two
+/// verifiers are one.
+pub trait EventSource {
+    /// Calls `f` with consecutive batches of the events from seq `from` on, in the order stored, until `f`
+    /// returns `false`. An item the source could not decode is an `Err` naming its position; the walk reports
+    /// it only after everything before it, so the first failure stays the earliest record.
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError>;
+}
+
+/// One event as a source decoded it.
+pub type Decoded = Result<StoredEvent, Failure>;
+
+/// Events per batch: large enough to amortize handing work to threads, small enough to stay in cache.
+pub const BATCH: usize = 8192;
+
+/// Maps `f` over `items` on all cores (scoped threads, order kept). Per-event checks are independent; only
+/// the tree and the heads need order, so the walk checks a batch in parallel and then folds it in sequence.
+pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads < 2 || items.len() < 512 {
+        return items.iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<U>>())).collect();
+        let mut out = Vec::with_capacity(items.len());
+        for h in handles {
+            // A panic in a check is a bug; re-raise it rather than hide it.
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
+/// The events of a database.
+pub struct DbEvents<'a>(pub &'a Connection);
+
+impl EventSource for DbEvents<'_> {
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut go_on = true;
+        let conn = self.0;
+        store::for_each_event(conn, from, |ev| {
+            // An erased payload must be accounted for by its record (rare: one lookup per erased event).
+            let item = if ev.body.is_none() && ev.salt.is_none() {
+                match store::erasure::erasure(conn, ev.seq)? {
+                    Some(r) if r.erasure_seq > ev.seq => Ok(ev),
+                    _ => Err(Failure::UnrecordedErasure { seq: ev.seq }),
+                }
+            } else {
+                Ok(ev)
+            };
+            batch.push(item);
+            if batch.len() == BATCH {
+                go_on = f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+            }
+            Ok(go_on)
+        })?;
+        if go_on && !batch.is_empty() {
+            f(batch);
+        }
+        Ok(())
+    }
+}
+
 /// Verifies a whole database against `key`; `origin`, when given, must match every head.
 pub fn verify_database(
     conn: &Connection,
@@ -220,42 +354,86 @@ pub fn verify_database(
     origin: Option<&str>,
 ) -> Result<Report, VerifyError> {
     let heads = store::all_heads(conn)?;
-    let mut checker = HeadChecker::new(key, origin, heads);
-    let mut report = Report { key_id: key.key_id.clone(), ..Report::default() };
-    let mut frontier = Frontier::new();
+    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, origin)?;
+    // The stored nodes serve every proof; their right edge at the last head must be the verified one
+    // (O(log n) reads). A proof from a corrupted node would fail at the client anyway; this names it early.
+    let size = report.frontier_at_last_head.size();
+    let stored = store::tree::load_frontier(conn, size).ok();
+    if stored.as_ref() != Some(&report.frontier_at_last_head) {
+        return Err(
+            Failure::NodeStoreMismatch { height: report.heads.saturating_sub(1), tree_size: size }.into()
+        );
+    }
+    Ok(report)
+}
+
+/// The one verification walk: every event of `events` from `start`, each head of `heads` (in height order)
+/// checked when the walk reaches its tree size; the first failure names the earliest bad record.
+pub fn walk(
+    start: Start,
+    heads: Vec<StoredHead>,
+    events: &mut dyn EventSource,
+    key: &PublicKey,
+    origin: Option<&str>,
+) -> Result<Report, VerifyError> {
+    let first_seq = start.frontier.size();
+    let mut checker = HeadChecker::new(key, origin, heads, &start);
+    let mut report = Report {
+        key_id: key.key_id.clone(),
+        frontier_at_last_head: start.frontier.clone(),
+        ..Report::default()
+    };
+    let mut frontier = start.frontier;
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
-    store::for_each_event(conn, 0, |ev| {
-        let seq = frontier.size();
-        if ev.seq != seq {
-            failure = Some(Failure::EventMissing { seq });
-            return Ok(false);
-        }
-        match check_event(&ev) {
-            Ok((entry, erased)) => {
-                report.first_received_ns.get_or_insert(entry.received_at_ns);
-                report.last_received_ns = Some(entry.received_at_ns);
-                report.erased += u64::from(erased);
+    events.visit(first_seq, &mut |batch| {
+        let checked = par_map(&batch, |item| match item {
+            Ok(ev) => check_event(ev).map(|(entry, erased)| (entry.received_at_ns, erased)),
+            Err(f) => Err(f.clone()),
+        });
+        for (item, result) in batch.iter().zip(checked) {
+            let seq = frontier.size();
+            let ev = match item {
+                Ok(ev) => ev,
+                Err(f) => {
+                    failure = Some(f.clone());
+                    return false;
+                }
+            };
+            if ev.seq > seq {
+                failure = Some(Failure::EventMissing { seq });
+                return false;
             }
-            Err(f) => {
+            if ev.seq < seq {
+                failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
+                return false;
+            }
+            match result {
+                Ok((received_at_ns, erased)) => {
+                    report.first_received_ns.get_or_insert(received_at_ns);
+                    report.last_received_ns = Some(received_at_ns);
+                    report.erased += u64::from(erased);
+                }
+                Err(f) => {
+                    failure = Some(f);
+                    return false;
+                }
+            }
+            frontier.push(ev.leaf_hash);
+            if let Err(f) = checker.check_due(&frontier, &mut report) {
                 failure = Some(f);
-                return Ok(false);
+                return false;
             }
         }
-        frontier.push(ev.leaf_hash);
-        if let Err(f) = checker.check_due(&frontier, &mut report) {
-            failure = Some(f);
-            return Ok(false);
-        }
-        Ok(true)
+        true
     })?;
     if let Some(f) = failure {
         return Err(f.into());
     }
-    report.events = frontier.size();
-    checker.finish(report.events)?;
+    report.events = frontier.size() - first_seq;
+    checker.finish(frontier.size())?;
     report.heads = checker.checked;
-    report.unsealed_events = report.events - report.frontier_at_last_head.size();
+    report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
     Ok(report)
 }
 
@@ -290,18 +468,20 @@ struct HeadChecker<'a> {
     prev_hash: [u8; 32],
     prev_size: u64,
     prev_time: i64,
+    next_height: u64,
     checked: u64,
 }
 
 impl<'a> HeadChecker<'a> {
-    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>) -> Self {
+    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>, start: &Start) -> Self {
         HeadChecker {
             key,
             origin,
             heads: heads.into_iter().peekable(),
-            prev_hash: [0; 32],
-            prev_size: 0,
-            prev_time: i64::MIN,
+            prev_hash: start.prev_hash,
+            prev_size: start.frontier.size(),
+            prev_time: start.prev_time_ms,
+            next_height: start.next_height,
             checked: 0,
         }
     }
@@ -309,7 +489,7 @@ impl<'a> HeadChecker<'a> {
     /// Checks every head whose tree size equals the frontier's size.
     fn check_due(&mut self, frontier: &Frontier, report: &mut Report) -> Result<(), Failure> {
         while let Some(h) = self.heads.peek() {
-            let height = self.checked;
+            let height = self.next_height;
             if h.height != height {
                 return Err(Failure::HeadMissing { height });
             }
@@ -363,6 +543,7 @@ impl<'a> HeadChecker<'a> {
         self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
         self.prev_size = cp.tree_size;
         self.prev_time = cp.time_ms;
+        self.next_height += 1;
         self.checked += 1;
         Ok(())
     }
@@ -371,7 +552,7 @@ impl<'a> HeadChecker<'a> {
     fn finish(&mut self, events: u64) -> Result<(), Failure> {
         match self.heads.next() {
             None => Ok(()),
-            Some(h) if h.height != self.checked => Err(Failure::HeadMissing { height: self.checked }),
+            Some(h) if h.height != self.next_height => Err(Failure::HeadMissing { height: self.next_height }),
             Some(h) if h.tree_size < self.prev_size => Err(Failure::TreeShrank {
                 height: h.height,
                 tree_size: h.tree_size,

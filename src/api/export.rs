@@ -1,0 +1,104 @@
+//! `GET /v1/export?from_height=&to_height=`: the export bundle, streamed as it is written (constant memory on
+//! the appliance, however large the range).
+
+use super::read::{blocking, parse_number};
+use super::{authorize, ApiError, AppState};
+use crate::config::Role;
+use crate::tls::Peer;
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use std::collections::HashMap;
+use std::io::Write;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// Bytes per streamed chunk.
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that hands chunks to the response body; fails (and so stops the export) once the client is gone.
+struct ChannelWriter(mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The response body: chunks from the exporting thread; an error aborts the response (the client sees a
+/// truncated transfer, never a complete-looking bundle).
+struct ChannelBody(mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl HttpBody for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+fn param(q: &HashMap<String, String>, name: &str) -> Result<u64, ApiError> {
+    let v = q.get(name).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", format!("query parameter {name} is required"))
+    })?;
+    parse_number(v, name)
+}
+
+pub(super) async fn export(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let from = param(&q, "from_height")?;
+    let to = param(&q, "to_height")?;
+    if from > to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!("from_height ({from}) must not exceed to_height ({to})"),
+        ));
+    }
+    // Refuse a range that does not exist with a JSON error, before the first byte of the stream.
+    let last = blocking(&state, crate::store::last_head).await?.map(|h| h.height);
+    if last.is_none_or(|l| to > l) {
+        return Err(ApiError::not_found(format!("no head at height {to} (latest: {last:?})")));
+    }
+    let (tx, rx) = mpsc::channel(8);
+    let reads = state.reads.clone();
+    let key = state.public_key.clone();
+    tokio::task::spawn_blocking(move || {
+        let err_tx = tx.clone();
+        let writer = std::io::BufWriter::with_capacity(CHUNK, ChannelWriter(tx));
+        let result =
+            reads.with(|c| Ok(crate::bundle::export(c, from, to, Some(&key), writer, &mut |_, _| {})));
+        let failed = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(e) = failed {
+            tracing::error!(error = %e, from, to, "export failed mid-stream");
+            let _ = err_tx.blocking_send(Err(std::io::Error::other(e)));
+        }
+    });
+    let name = format!("attachment; filename=\"anchorlog-{from}-{to}.tar\"");
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar".to_string()), (header::CONTENT_DISPOSITION, name)],
+        Body::new(ChannelBody(rx)),
+    )
+        .into_response())
+}

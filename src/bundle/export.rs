@@ -1,0 +1,199 @@
+//! Writing a bundle from the database: constant memory, one read snapshot, streamed to any `Write`.
+
+use super::{
+    head_path, Algorithms, Anchor, BundleError, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
+    MANIFEST,
+};
+use crate::ledger::head::format_time_ms;
+use crate::signer::PublicKey;
+use crate::store::{self, StoredEvent, StoredHead};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rusqlite::Connection;
+use std::borrow::Cow;
+use std::io::Write;
+
+/// Called with (events written, events in the bundle) every few thousand events.
+pub type ExportProgress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// How often (in events) progress is reported.
+const PROGRESS_EVERY: u64 = 65_536;
+
+fn tar_header(path: &str, size: u64, mtime: u64) -> Result<tar::Header, BundleError> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
+fn append<W: Write>(b: &mut tar::Builder<W>, path: &str, data: &[u8], mtime: u64) -> Result<(), BundleError> {
+    let h = tar_header(path, data.len() as u64, mtime)?;
+    b.append(&h, data)?;
+    Ok(())
+}
+
+/// Appends one `entries.jsonl` line for `ev` to `buf`.
+fn entry_line(conn: &Connection, ev: &StoredEvent, buf: &mut Vec<u8>) -> Result<(), BundleError> {
+    let erasure = if ev.body.is_none() { store::erasure::erasure(conn, ev.seq)? } else { None };
+    let line = EntryLine {
+        seq: ev.seq,
+        entry: String::from_utf8_lossy(&ev.entry),
+        leaf_hash: Cow::Owned(B64.encode(ev.leaf_hash)),
+        salt: ev.salt.as_ref().map(|s| Cow::Owned(B64.encode(s))),
+        body: ev.body.as_ref().map(|b| Cow::Owned(B64.encode(b))),
+        erasure,
+    };
+    serde_json::to_writer(&mut *buf, &line).map_err(std::io::Error::from)?;
+    buf.push(b'\n');
+    Ok(())
+}
+
+/// Visits the events `from..to` (whatever is stored there; the verifier judges gaps).
+fn for_each_line(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(&[u8]) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut err = None;
+    store::for_each_event(conn, from, |ev| {
+        if ev.seq >= to {
+            return Ok(false);
+        }
+        buf.clear();
+        if let Err(e) = entry_line(conn, &ev, &mut buf).and_then(|()| f(&buf)) {
+            err = Some(e);
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    err.map_or(Ok(()), Err)
+}
+
+/// Writes the bundle of heads `from_height..=to_height` to `out`. Public keys come from the database (stored
+/// by the appliance at start) or from `key`. Reads one snapshot, so a concurrent erasure cannot tear it.
+pub fn export<W: Write>(
+    conn: &Connection,
+    from_height: u64,
+    to_height: u64,
+    key: Option<&PublicKey>,
+    out: W,
+    progress: ExportProgress<'_>,
+) -> Result<Manifest, BundleError> {
+    if from_height > to_height {
+        return Err(BundleError::Range(format!("from height {from_height} is above to height {to_height}")));
+    }
+    let snapshot = conn.unchecked_transaction().map_err(crate::store::StoreError::from)?;
+    let get = |h: u64| -> Result<StoredHead, BundleError> {
+        store::head(&snapshot, h)?.ok_or_else(|| BundleError::Range(format!("no head at height {h}")))
+    };
+    let anchor_head = if from_height > 0 { Some(get(from_height - 1)?) } else { None };
+    let mut heads = Vec::new();
+    for h in from_height..=to_height {
+        heads.push(get(h)?);
+    }
+    let first_seq = anchor_head.as_ref().map_or(0, |h| h.tree_size);
+    let end_seq = heads.last().map_or(first_seq, |h| h.tree_size);
+    let mut key_ids: Vec<String> = Vec::new();
+    for h in anchor_head.iter().chain(&heads) {
+        if !key_ids.contains(&h.key_id) {
+            key_ids.push(h.key_id.clone());
+        }
+    }
+    let mut key_pems = Vec::new();
+    for id in &key_ids {
+        let pem = match key {
+            Some(k) if &k.key_id == id => Some(public_key_pem(k)?),
+            _ => store::public_key_pem(&snapshot, id)?,
+        };
+        let pem = pem.ok_or_else(|| {
+            BundleError::Range(format!(
+                "the database holds no public key with id {id}; pass the signer's public key (--key)"
+            ))
+        })?;
+        key_pems.push((id.clone(), pem));
+    }
+    let anchor = match &anchor_head {
+        Some(h) => {
+            let frontier = store::tree::load_frontier(&snapshot, h.tree_size)?;
+            Some(Anchor {
+                height: h.height,
+                tree_size: h.tree_size,
+                subtrees: frontier.subtrees().iter().map(|s| B64.encode(s)).collect(),
+            })
+        }
+        None => None,
+    };
+    let last_ms = heads.last().map_or(0, |h| h.sealed_at_ms);
+    let mtime = u64::try_from(last_ms / 1000).unwrap_or(0);
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT.into(),
+        version: BUNDLE_VERSION,
+        origin: store::stored_origin(&snapshot)?.unwrap_or_default(),
+        from_height,
+        to_height,
+        first_seq,
+        end_seq,
+        key_ids,
+        algorithms: Algorithms {
+            hash: "sha-256".into(),
+            tree: "rfc9162-sha256".into(),
+            signature: "ecdsa-p256-sha256".into(),
+            timestamp: None,
+        },
+        anchor,
+        created_at: format_time_ms(store::now_ms()).unwrap_or_default(),
+    };
+    let mut b = tar::Builder::new(out);
+    let manifest_json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::from)?;
+    append(&mut b, MANIFEST, &manifest_json, mtime)?;
+    for (id, pem) in &key_pems {
+        append(&mut b, &format!("keys/{id}.pem"), pem.as_bytes(), mtime)?;
+    }
+    for h in anchor_head.iter().chain(&heads) {
+        append(&mut b, &head_path(h.height, "txt"), h.checkpoint.as_bytes(), mtime)?;
+        append(&mut b, &head_path(h.height, "sig"), &h.signature, mtime)?;
+    }
+    // entries.jsonl can be far larger than memory: measure it in a first pass over the snapshot, write the
+    // tar header with that size, then stream the same bytes in a second pass.
+    let mut size = 0u64;
+    for_each_line(&snapshot, first_seq, end_seq, |line| {
+        size += line.len() as u64;
+        Ok(())
+    })?;
+    let header = tar_header(ENTRIES, size, mtime)?;
+    let w = b.get_mut();
+    w.write_all(header.as_bytes())?;
+    let total = end_seq - first_seq;
+    let mut done = 0u64;
+    let mut written = 0u64;
+    for_each_line(&snapshot, first_seq, end_seq, |line| {
+        w.write_all(line)?;
+        written += line.len() as u64;
+        done += 1;
+        if done % PROGRESS_EVERY == 0 {
+            progress(done, total);
+        }
+        Ok(())
+    })?;
+    if written != size {
+        return Err(BundleError::Range("the database changed during the export".into()));
+    }
+    let pad = (512 - (size % 512)) % 512;
+    w.write_all(&vec![0u8; pad as usize])?;
+    progress(done, total);
+    b.into_inner()?.flush()?;
+    drop(snapshot);
+    Ok(manifest)
+}
+
+/// PEM (`PUBLIC KEY`) of a public key's SubjectPublicKeyInfo.
+pub fn public_key_pem(key: &PublicKey) -> Result<String, BundleError> {
+    der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &key.spki_der)
+        .map_err(|e| BundleError::Unreadable(format!("cannot encode the public key: {e}")))
+}

@@ -1,0 +1,449 @@
+//! `anchorlog audit`: a monitor an auditor runs periodically (cron, systemd timer) against a live appliance.
+//!
+//! Each run fetches the latest head, checks its signature with the auditor's copy of the signer key, and —
+//! when a state file from an earlier run exists — checks that the log only grew: the head it saw before is
+//! still the head at that height, and an RFC 9162 consistency proof links the old tree to the new one. The
+//! new head is then stored. Because the state lives with the auditor, a rollback of the appliance's database
+//! to an older copy, a replayed old head, or a rewritten history (fork) is caught even though every head the
+//! appliance serves is validly signed.
+//!
+//! Exit codes (distinct so that alerting can tell them apart): 0 consistent, 1 could not run (network, files),
+//! 3 the latest head is malformed or its signature does not verify, 4 rollback (the appliance shows an older
+//! or smaller head than one already seen), 5 fork (a different head at a height already seen, or another
+//! origin), 6 the consistency proof does not verify.
+
+use crate::client::Connection;
+use crate::ledger::head::Checkpoint;
+use crate::ledger::merkle::{self, Hash};
+use crate::signer::PublicKey;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+/// Exit code: the latest head is malformed or badly signed.
+pub const EXIT_BAD_HEAD: u8 = 3;
+/// Exit code: rollback.
+pub const EXIT_ROLLBACK: u8 = 4;
+/// Exit code: fork.
+pub const EXIT_FORK: u8 = 5;
+/// Exit code: bad consistency proof.
+pub const EXIT_BAD_PROOF: u8 = 6;
+
+/// What the monitor remembers between runs: the last head it accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorState {
+    /// The log's origin.
+    pub origin: String,
+    /// Height of the last accepted head.
+    pub height: u64,
+    /// Its tree size.
+    pub tree_size: u64,
+    /// Its root, base64.
+    pub root: String,
+    /// Its exact checkpoint text.
+    pub checkpoint: String,
+}
+
+/// The outcome of a successful run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// No earlier state: the head is now the trusted starting point.
+    FirstSeen {
+        /// Its height.
+        height: u64,
+        /// Its tree size.
+        tree_size: u64,
+    },
+    /// The same head as last time.
+    Unchanged {
+        /// Its height.
+        height: u64,
+    },
+    /// The log grew consistently.
+    Advanced {
+        /// Previous height.
+        from_height: u64,
+        /// New height.
+        to_height: u64,
+        /// Previous tree size.
+        from_size: u64,
+        /// New tree size.
+        to_size: u64,
+    },
+}
+
+/// Why a run failed; [`AuditError::exit_code`] gives the documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The appliance could not be reached or answered unexpectedly; or a local file problem.
+    #[error("{0}")]
+    Io(String),
+    /// The latest head is malformed or its signature does not verify.
+    #[error("head height {height}: {reason}")]
+    BadHead {
+        /// The head.
+        height: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The appliance shows an older or smaller log than already seen.
+    #[error("rollback: the appliance's latest head is height {height} (tree size {tree_size}) but height {seen_height} (tree size {seen_size}) was seen before")]
+    Rollback {
+        /// Latest height served.
+        height: u64,
+        /// Its size.
+        tree_size: u64,
+        /// Height seen before.
+        seen_height: u64,
+        /// Size seen before.
+        seen_size: u64,
+    },
+    /// History was rewritten.
+    #[error("fork at height {height}: {reason}")]
+    Fork {
+        /// The height where the two histories differ.
+        height: u64,
+        /// What differs.
+        reason: String,
+    },
+    /// The consistency proof does not verify.
+    #[error("the consistency proof from tree size {from} to {to} does not verify: {reason}")]
+    BadProof {
+        /// Old size.
+        from: u64,
+        /// New size.
+        to: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AuditError {
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AuditError::Io(_) => 1,
+            AuditError::BadHead { .. } => EXIT_BAD_HEAD,
+            AuditError::Rollback { .. } => EXIT_ROLLBACK,
+            AuditError::Fork { .. } => EXIT_FORK,
+            AuditError::BadProof { .. } => EXIT_BAD_PROOF,
+        }
+    }
+}
+
+/// A head as served by `GET /v1/heads/...`: the checkpoint text and its base64 signature.
+#[derive(Debug, Clone)]
+pub struct ServedHead {
+    /// The exact checkpoint text.
+    pub checkpoint: String,
+    /// Base64 DER signature.
+    pub signature: String,
+}
+
+/// Checks the latest head's signature and parses it.
+pub fn check_head(head: &ServedHead, key: &PublicKey) -> Result<Checkpoint, AuditError> {
+    let cp = Checkpoint::parse(&head.checkpoint)
+        .map_err(|e| AuditError::BadHead { height: 0, reason: format!("malformed checkpoint: {e}") })?;
+    let sig = B64.decode(&head.signature).unwrap_or_default();
+    if !key.verify(head.checkpoint.as_bytes(), &sig) {
+        return Err(AuditError::BadHead {
+            height: cp.height,
+            reason: format!("signature does not verify with key {}", key.key_id),
+        });
+    }
+    Ok(cp)
+}
+
+/// Judges the latest (already signature-checked) head against the stored state. `old_now` is the checkpoint
+/// text the appliance now serves at the stored height, and `proof` the consistency proof from the stored tree
+/// size to the latest; both are only needed when the log advanced.
+pub fn judge(
+    prev: Option<&MonitorState>,
+    latest: &Checkpoint,
+    latest_text: &str,
+    old_now: Option<&str>,
+    proof: Option<&[Hash]>,
+) -> Result<(MonitorState, Outcome), AuditError> {
+    let state = MonitorState {
+        origin: latest.origin.clone(),
+        height: latest.height,
+        tree_size: latest.tree_size,
+        root: B64.encode(latest.root),
+        checkpoint: latest_text.to_string(),
+    };
+    let Some(prev) = prev else {
+        return Ok((state, Outcome::FirstSeen { height: latest.height, tree_size: latest.tree_size }));
+    };
+    if latest.origin != prev.origin {
+        return Err(AuditError::Fork {
+            height: latest.height,
+            reason: format!("origin {:?} is not the {:?} seen before", latest.origin, prev.origin),
+        });
+    }
+    if latest.height < prev.height || latest.tree_size < prev.tree_size {
+        return Err(AuditError::Rollback {
+            height: latest.height,
+            tree_size: latest.tree_size,
+            seen_height: prev.height,
+            seen_size: prev.tree_size,
+        });
+    }
+    if latest.height == prev.height {
+        if latest_text != prev.checkpoint {
+            return Err(AuditError::Fork {
+                height: latest.height,
+                reason: "the appliance serves a different head than the one seen before at this height"
+                    .into(),
+            });
+        }
+        return Ok((state, Outcome::Unchanged { height: latest.height }));
+    }
+    if old_now != Some(prev.checkpoint.as_str()) {
+        return Err(AuditError::Fork {
+            height: prev.height,
+            reason: "the appliance now serves a different head at this height than the one seen before"
+                .into(),
+        });
+    }
+    let old_root = B64
+        .decode(&prev.root)
+        .ok()
+        .and_then(|v| <Hash>::try_from(v).ok())
+        .ok_or_else(|| AuditError::Io("state file: root is not a base64 SHA-256 hash".into()))?;
+    let proof = proof.unwrap_or(&[]);
+    merkle::verify_consistency(prev.tree_size, latest.tree_size, &old_root, &latest.root, proof).map_err(
+        |e| AuditError::BadProof { from: prev.tree_size, to: latest.tree_size, reason: e.to_string() },
+    )?;
+    Ok((
+        state,
+        Outcome::Advanced {
+            from_height: prev.height,
+            to_height: latest.height,
+            from_size: prev.tree_size,
+            to_size: latest.tree_size,
+        },
+    ))
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `https://host:port`.
+    pub url: String,
+    /// CA of the appliance's server certificate.
+    pub ca: PathBuf,
+    /// Auditor client certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+fn io(what: impl std::fmt::Display) -> AuditError {
+    AuditError::Io(what.to_string())
+}
+
+fn resolve(url: &str) -> Result<(SocketAddr, String), AuditError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| io(format!("{url}: only https:// URLs")))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| io(format!("{url}: bad port")))?),
+        None => (authority, 443),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| io(format!("{url}: {e}")))?.collect();
+    // The appliance listens on IPv4 by default; prefer it when a name resolves to both.
+    let addr = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied();
+    Ok((addr.ok_or_else(|| io(format!("{url}: no address")))?, host.to_string()))
+}
+
+async fn get_json(conn: &mut Connection, path: &str) -> Result<(u16, serde_json::Value), AuditError> {
+    let r = conn.get(path).await.map_err(|e| io(format!("GET {path}: {e}")))?;
+    Ok((r.status, r.json()))
+}
+
+fn served(v: &serde_json::Value) -> Result<ServedHead, AuditError> {
+    match (v["checkpoint"].as_str(), v["signature"].as_str()) {
+        (Some(c), Some(s)) => Ok(ServedHead { checkpoint: c.to_string(), signature: s.to_string() }),
+        _ => Err(io(format!("unexpected head answer: {v}"))),
+    }
+}
+
+/// Reads the state file (absent = first run).
+pub fn load_state(path: &Path) -> Result<Option<MonitorState>, AuditError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).map_err(|e| io(format!("{}: {e}", path.display())))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Writes the state file atomically (temp file, fsync, rename).
+pub fn save_state(path: &Path, state: &MonitorState) -> Result<(), AuditError> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(state).map_err(io)?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io(format!("{}: {e}", tmp.display())))?;
+    f.write_all(&text).and_then(|()| f.sync_all()).map_err(|e| io(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(format!("{}: {e}", path.display())))
+}
+
+/// One monitor run: fetch, check, judge against `state_file`, and store the new state on success.
+pub async fn run(target: &Target, signer: &PublicKey, state_file: &Path) -> Result<Outcome, AuditError> {
+    let prev = load_state(state_file)?;
+    let tls = crate::tls::client_config(&target.ca, &target.cert, &target.key).map_err(io)?;
+    let (addr, host) = resolve(&target.url)?;
+    let mut conn = Connection::connect(addr, &host, tls).await.map_err(io)?;
+    let (status, v) = get_json(&mut conn, "/v1/heads/latest").await?;
+    if status != 200 {
+        return Err(io(format!("GET /v1/heads/latest: status {status}: {v}")));
+    }
+    let latest_served = served(&v)?;
+    let latest = check_head(&latest_served, signer)?;
+    let (mut old_now, mut proof) = (None, None);
+    if let Some(p) = prev.as_ref().filter(|p| latest.height > p.height && latest.tree_size >= p.tree_size) {
+        let (status, v) = get_json(&mut conn, &format!("/v1/heads/{}", p.height)).await?;
+        if status == 200 {
+            old_now = Some(served(&v)?.checkpoint);
+        }
+        let path = format!("/v1/proofs/consistency?from={}&to={}", p.tree_size, latest.tree_size);
+        let (status, v) = get_json(&mut conn, &path).await?;
+        if status != 200 {
+            return Err(io(format!("GET {path}: status {status}: {v}")));
+        }
+        let hashes = v["proof"].as_array().map(|a| {
+            a.iter()
+                .map(|h| h.as_str().and_then(|s| B64.decode(s).ok()).and_then(|b| <Hash>::try_from(b).ok()))
+                .collect::<Option<Vec<Hash>>>()
+        });
+        proof = Some(hashes.flatten().ok_or_else(|| AuditError::BadProof {
+            from: p.tree_size,
+            to: latest.tree_size,
+            reason: "the proof is not a list of base64 SHA-256 hashes".into(),
+        })?);
+    }
+    let (state, outcome) =
+        judge(prev.as_ref(), &latest, &latest_served.checkpoint, old_now.as_deref(), proof.as_deref())?;
+    save_state(state_file, &state)?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::{DerSignature, SigningKey};
+    use p256::pkcs8::EncodePublicKey as _;
+    use signature::Signer as _;
+
+    struct Log {
+        key: SigningKey,
+        leaves: Vec<Hash>,
+        heads: Vec<(Checkpoint, String)>,
+    }
+
+    impl Log {
+        fn new(seed: u8) -> Log {
+            Log { key: SigningKey::from_slice(&[seed; 32]).unwrap(), leaves: Vec::new(), heads: Vec::new() }
+        }
+        fn public(&self) -> PublicKey {
+            PublicKey::from_spki_der(self.key.verifying_key().to_public_key_der().unwrap().as_bytes())
+                .unwrap()
+        }
+        /// Appends `n` leaves (tagged) and seals a head.
+        fn seal(&mut self, n: u64, tag: u8) -> ServedHead {
+            for i in 0..n {
+                self.leaves.push(merkle::leaf_hash(&[tag, i as u8]));
+            }
+            let prev = self.heads.last().map_or([0; 32], |(_, t)| Checkpoint::text_hash(t));
+            let cp = Checkpoint {
+                origin: "o".into(),
+                tree_size: self.leaves.len() as u64,
+                root: merkle::root_of(&self.leaves),
+                height: self.heads.len() as u64,
+                prev,
+                time_ms: 1_000 * self.heads.len() as i64,
+            };
+            let text = cp.to_text().unwrap();
+            self.heads.push((cp, text.clone()));
+            self.served(self.heads.len() - 1)
+        }
+        fn served(&self, h: usize) -> ServedHead {
+            let text = &self.heads[h].1;
+            let sig: DerSignature = self.key.sign(text.as_bytes());
+            ServedHead { checkpoint: text.clone(), signature: B64.encode(sig.as_bytes()) }
+        }
+        fn proof(&self, old: u64) -> Vec<Hash> {
+            merkle::consistency_proof(old, &self.leaves).unwrap()
+        }
+    }
+
+    #[test]
+    fn first_run_then_growth_is_accepted_and_each_attack_has_its_exit_code() {
+        let mut log = Log::new(1);
+        let key = log.public();
+        let h0 = log.seal(3, 0);
+        let cp0 = check_head(&h0, &key).unwrap();
+        let (s0, o) = judge(None, &cp0, &h0.checkpoint, None, None).unwrap();
+        assert_eq!(o, Outcome::FirstSeen { height: 0, tree_size: 3 });
+        let h1 = log.seal(4, 1);
+        let cp1 = check_head(&h1, &key).unwrap();
+        let proof = log.proof(3);
+        let (s1, o) = judge(Some(&s0), &cp1, &h1.checkpoint, Some(&h0.checkpoint), Some(&proof)).unwrap();
+        assert_eq!(o, Outcome::Advanced { from_height: 0, to_height: 1, from_size: 3, to_size: 7 });
+        assert_eq!(
+            judge(Some(&s1), &cp1, &h1.checkpoint, None, None).unwrap().1,
+            Outcome::Unchanged { height: 1 }
+        );
+
+        // Altered signature / another key: 3.
+        let mut bad = h1.clone();
+        bad.signature = log.served(0).signature;
+        assert_eq!(check_head(&bad, &key).unwrap_err().exit_code(), EXIT_BAD_HEAD);
+        assert_eq!(check_head(&h1, &Log::new(2).public()).unwrap_err().exit_code(), EXIT_BAD_HEAD);
+        // A replayed old head (validly signed): rollback, 4.
+        let e = judge(Some(&s1), &cp0, &h0.checkpoint, None, None).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_ROLLBACK, "{e}");
+        // A bad consistency proof: 6.
+        let h2 = log.seal(2, 2);
+        let cp2 = check_head(&h2, &key).unwrap();
+        let mut wrong = log.proof(7);
+        wrong[0][0] ^= 1;
+        let e = judge(Some(&s1), &cp2, &h2.checkpoint, Some(&h1.checkpoint), Some(&wrong)).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_BAD_PROOF, "{e}");
+        // A fork: another history with the same key reaches a greater height; the head at the seen height differs.
+        let mut other = Log::new(1);
+        other.seal(3, 0);
+        other.seal(4, 9);
+        let f2 = other.seal(2, 9);
+        let fcp = check_head(&f2, &key).unwrap();
+        let e = judge(Some(&s1), &fcp, &f2.checkpoint, Some(&other.heads[1].1), Some(&other.proof(7)))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_FORK, "{e}");
+        assert!(e.to_string().starts_with("fork at height 1:"), "{e}");
+        // And a different head at the very height seen: fork too.
+        let f1 = other.served(1);
+        let e = judge(Some(&s1), &check_head(&f1, &key).unwrap(), &f1.checkpoint, None, None).unwrap_err();
+        assert_eq!(e.exit_code(), EXIT_FORK);
+    }
+
+    #[test]
+    fn state_round_trips_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert_eq!(load_state(&p).unwrap(), None);
+        let s = MonitorState {
+            origin: "o".into(),
+            height: 3,
+            tree_size: 9,
+            root: "AA==".into(),
+            checkpoint: "c".into(),
+        };
+        save_state(&p, &s).unwrap();
+        assert_eq!(load_state(&p).unwrap(), Some(s));
+        std::fs::write(&p, "{").unwrap();
+        assert_eq!(load_state(&p).unwrap_err().exit_code(), 1);
+    }
+}

@@ -1,0 +1,193 @@
+//! Receipts: one self-contained JSON document proving that one event is in the log under a signed head
+//! (docs/FORMAT.md §8), and its offline check.
+//!
+//! The receipt names the earliest signed head that covers the event, so it never changes once issued; a later
+//! head is linked to it by a consistency proof (`GET /v1/proofs/consistency`).
+
+use crate::ledger::head::Checkpoint;
+use crate::ledger::merkle::{self, Hash};
+use crate::signer::PublicKey;
+use crate::store::erasure::ErasureRecord;
+use crate::store::{self, StoreError, StoredEvent, StoredHead};
+use crate::verify::{check_event, Failure};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+/// `format` of a receipt.
+pub const RECEIPT_FORMAT: &str = "anchorlog-receipt";
+/// `version` of a receipt.
+pub const RECEIPT_VERSION: u64 = 1;
+
+/// The signed head a receipt proves inclusion under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptHead {
+    /// Height.
+    pub height: u64,
+    /// Tree size.
+    pub tree_size: u64,
+    /// The exact signed checkpoint text.
+    pub checkpoint: String,
+    /// Base64 DER ECDSA signature over `checkpoint`.
+    pub signature: String,
+    /// Hex key id of the signer.
+    pub key_id: String,
+    /// Base64 RFC 3161 TimeStampResp over the checkpoint, when the head has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_token: Option<String>,
+}
+
+/// A receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// [`RECEIPT_FORMAT`].
+    pub format: String,
+    /// [`RECEIPT_VERSION`].
+    pub version: u64,
+    /// Sequence number (= leaf index).
+    pub seq: u64,
+    /// The exact canonical entry text.
+    pub entry: String,
+    /// Base64 leaf hash (`SHA-256(0x00 ‖ entry)`).
+    pub leaf_hash: String,
+    /// Base64 salt, `null` once erased.
+    pub salt: Option<String>,
+    /// Base64 body, `null` once erased.
+    pub body: Option<String>,
+    /// The erasure record of an erased event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure: Option<ErasureRecord>,
+    /// The signed head.
+    pub head: ReceiptHead,
+    /// Base64 RFC 9162 inclusion proof of leaf `seq` in the tree of size `head.tree_size`.
+    pub inclusion_proof: Vec<String>,
+}
+
+/// Why a receipt could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// No such event.
+    #[error("no event with seq {0}")]
+    NoSuchEvent(u64),
+    /// No signed head covers the event yet.
+    #[error("event seq {0} is not yet covered by a signed head; retry after the next seal")]
+    NotSealed(u64),
+    /// Reading failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The earliest head whose tree covers `seq` (binary search over heights: tree sizes never decrease).
+fn covering_head(conn: &Connection, seq: u64) -> Result<Option<StoredHead>, StoreError> {
+    let Some(last) = store::last_head(conn)? else { return Ok(None) };
+    if last.tree_size <= seq {
+        return Ok(None);
+    }
+    let (mut lo, mut hi, mut best) = (0u64, last.height, last);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let h = store::head(conn, mid)?.ok_or(StoreError::Corrupt {
+            table: "heads",
+            key: mid,
+            problem: "missing head".into(),
+        })?;
+        if h.tree_size > seq {
+            hi = mid;
+            best = h;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(best))
+}
+
+/// Builds the receipt of event `seq` from the database (`O(log n)` reads).
+pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
+    let ev = store::event(conn, seq)?.ok_or(ReceiptError::NoSuchEvent(seq))?;
+    let head = covering_head(conn, seq)?.ok_or(ReceiptError::NotSealed(seq))?;
+    let proof = store::tree::inclusion_proof(conn, seq, head.tree_size)?;
+    let erasure = if ev.body.is_none() { store::erasure::erasure(conn, seq)? } else { None };
+    Ok(Receipt {
+        format: RECEIPT_FORMAT.into(),
+        version: RECEIPT_VERSION,
+        seq,
+        entry: String::from_utf8_lossy(&ev.entry).into_owned(),
+        leaf_hash: B64.encode(ev.leaf_hash),
+        salt: ev.salt.as_ref().map(|s| B64.encode(s)),
+        body: ev.body.as_ref().map(|b| B64.encode(b)),
+        erasure,
+        head: ReceiptHead {
+            height: head.height,
+            tree_size: head.tree_size,
+            checkpoint: head.checkpoint,
+            signature: B64.encode(&head.signature),
+            key_id: head.key_id,
+            timestamp_token: None,
+        },
+        inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
+    })
+}
+
+/// What a verified receipt proves.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiptReport {
+    /// The event.
+    pub seq: u64,
+    /// Whether its payload was erased.
+    pub erased: bool,
+    /// The head it is included under.
+    pub height: u64,
+    /// That head's tree size.
+    pub tree_size: u64,
+    /// The log's origin.
+    pub origin: String,
+}
+
+fn b64(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    B64.decode(s).map_err(|_| Failure::EntryMalformed { seq, reason: format!("{what} is not base64") })
+}
+
+/// Checks a receipt offline against the signer's public key: the entry and payload, the leaf, the
+/// signature over the head, and the inclusion proof to the head's root.
+pub fn verify(r: &Receipt, key: &PublicKey) -> Result<ReceiptReport, Failure> {
+    let seq = r.seq;
+    if r.format != RECEIPT_FORMAT || r.version != RECEIPT_VERSION {
+        return Err(Failure::EntryMalformed {
+            seq,
+            reason: format!("not a {RECEIPT_FORMAT} v{RECEIPT_VERSION}"),
+        });
+    }
+    let leaf = <[u8; 32]>::try_from(b64(&r.leaf_hash, seq, "leaf_hash")?)
+        .map_err(|_| Failure::LeafHashMismatch { seq })?;
+    let ev = StoredEvent {
+        seq,
+        entry: r.entry.as_bytes().to_vec(),
+        leaf_hash: leaf,
+        salt: r.salt.as_deref().map(|s| b64(s, seq, "salt")).transpose()?,
+        body: r.body.as_deref().map(|s| b64(s, seq, "body")).transpose()?,
+    };
+    let (_, erased) = check_event(&ev)?;
+    let height = r.head.height;
+    let cp = Checkpoint::parse(&r.head.checkpoint)
+        .map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
+    if cp.height != height || cp.tree_size != r.head.tree_size {
+        return Err(Failure::HeadMalformed {
+            height,
+            reason: "head fields disagree with the checkpoint".into(),
+        });
+    }
+    let sig = B64.decode(&r.head.signature).unwrap_or_default();
+    if !key.verify(r.head.checkpoint.as_bytes(), &sig) {
+        return Err(Failure::BadSignature { height, key_id: key.key_id.clone() });
+    }
+    let proof = r
+        .inclusion_proof
+        .iter()
+        .map(|p| B64.decode(p).ok().and_then(|v| <Hash>::try_from(v).ok()))
+        .collect::<Option<Vec<_>>>()
+        .ok_or(Failure::InclusionProofInvalid { seq, height })?;
+    merkle::verify_inclusion(seq, cp.tree_size, &leaf, &proof, &cp.root)
+        .map_err(|_| Failure::InclusionProofInvalid { seq, height })?;
+    Ok(ReceiptReport { seq, erased, height, tree_size: cp.tree_size, origin: cp.origin })
+}

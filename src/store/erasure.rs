@@ -1,0 +1,59 @@
+//! Erasure records (GDPR art. 17): the only change the database allows to a stored event.
+
+use super::{u64_of, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// Who erased an event's payload, when, why, and which event of the appliance's own source logs it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErasureRecord {
+    /// The erased event.
+    pub seq: u64,
+    /// The appliance's own event recording the erasure (always a later seq).
+    pub erasure_seq: u64,
+    /// The admin principal who asked for it.
+    pub erased_by: String,
+    /// The reason given.
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub erased_at_ms: i64,
+}
+
+/// Records the erasure and clears body and salt of `rec.seq` (the caller owns the transaction and has
+/// already inserted the erasure event `rec.erasure_seq`). The triggers refuse anything else.
+pub fn erase_payload(conn: &Connection, rec: &ErasureRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![rec.seq as i64, rec.erasure_seq as i64, rec.erased_by, rec.reason, rec.erased_at_ms])?;
+    let n = conn
+        .prepare_cached("UPDATE events SET body = NULL, salt = NULL WHERE seq = ?1")?
+        .execute(params![rec.seq as i64])?;
+    if n != 1 {
+        return Err(StoreError::Corrupt {
+            table: "events",
+            key: rec.seq,
+            problem: "erased row vanished".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The erasure record of `seq`, if its payload was erased.
+pub fn erasure(conn: &Connection, seq: u64) -> Result<Option<ErasureRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, erasure_seq, erased_by, reason, erased_at_ms FROM erasures WHERE seq = ?1",
+    )?;
+    let row: Option<(i64, i64, String, String, i64)> = stmt
+        .query_row(params![seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .optional()?;
+    row.map(|(s, e, by, reason, at)| {
+        Ok(ErasureRecord {
+            seq: u64_of(s, "erasures", seq, "seq")?,
+            erasure_seq: u64_of(e, "erasures", seq, "erasure_seq")?,
+            erased_by: by,
+            reason,
+            erased_at_ms: at,
+        })
+    })
+    .transpose()
+}

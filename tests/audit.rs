@@ -1,0 +1,639 @@
+//! Auditor toolkit without hardware: the stored node table and its proofs, the erasure triggers, export
+//! bundles and the offline verifier, and the tamper matrix on bundles and databases. Heads are signed by a
+//! software P-256 key (the signature format is the HSM's; the SoftHSM e2e tests cover the real signer).
+
+mod common;
+
+use anchorlog::bundle;
+use anchorlog::ledger::merkle::{self, Frontier, Hash};
+use anchorlog::store::{self, erasure::ErasureRecord};
+use anchorlog::verify::{self, VerifyError};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::{build_log, LogBuilder, TestKey};
+use std::path::{Path, PathBuf};
+
+fn all_leaves(conn: &rusqlite::Connection) -> Vec<Hash> {
+    let n = store::event_count(conn).unwrap();
+    store::leaf_hashes(conn, 0, n).unwrap()
+}
+
+#[test]
+fn stored_nodes_serve_every_proof_and_the_frontier() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let path = dir.path().join("a.db");
+    let mut b = LogBuilder::create(&path, &key);
+    // Uneven appends, so nodes complete across transaction boundaries.
+    for n in [1, 2, 3, 5, 8, 13, 21, 14] {
+        b.events(n);
+    }
+    let conn = &b.conn;
+    let leaves = all_leaves(conn);
+    assert_eq!(leaves.len(), 67);
+    // Level ≥ 1 only: 67 leaves complete 33 + 16 + 8 + 4 + 2 + 1 nodes.
+    let nodes: i64 = conn.query_row("SELECT count(*) FROM nodes", [], |r| r.get(0)).unwrap();
+    assert_eq!(nodes, 64);
+    for size in 0..=67u64 {
+        let f = store::tree::load_frontier(conn, size).unwrap();
+        let mut walked = Frontier::new();
+        leaves[..size as usize].iter().for_each(|l| walked.push(*l));
+        assert_eq!(f, walked, "frontier at {size}");
+        assert_eq!(store::tree::root_at(conn, size).unwrap(), merkle::root_of(&leaves[..size as usize]));
+    }
+    for size in [1u64, 2, 7, 16, 33, 64, 67] {
+        let root = merkle::root_of(&leaves[..size as usize]);
+        for seq in 0..size {
+            let proof = store::tree::inclusion_proof(conn, seq, size).unwrap();
+            assert_eq!(proof, merkle::inclusion_proof(seq, &leaves[..size as usize]).unwrap());
+            merkle::verify_inclusion(seq, size, &leaves[seq as usize], &proof, &root).unwrap();
+            // A wrong proof fails: another leaf, or one flipped bit.
+            let other = leaves[((seq + 1) % size) as usize];
+            assert!(size == 1 || merkle::verify_inclusion(seq, size, &other, &proof, &root).is_err());
+            if let Some(first) = proof.first() {
+                let mut bad = proof.clone();
+                bad[0] = {
+                    let mut h = *first;
+                    h[0] ^= 1;
+                    h
+                };
+                assert!(merkle::verify_inclusion(seq, size, &leaves[seq as usize], &bad, &root).is_err());
+            }
+        }
+        for old in 0..=size {
+            let old_root = merkle::root_of(&leaves[..old as usize]);
+            let proof = store::tree::consistency_proof(conn, old, size).unwrap();
+            merkle::verify_consistency(old, size, &old_root, &root, &proof).unwrap();
+            if old > 0 && old < size {
+                let mut wrong = old_root;
+                wrong[31] ^= 1;
+                assert!(merkle::verify_consistency(old, size, &wrong, &root, &proof).is_err());
+            }
+        }
+    }
+    // Beyond the stored tree: a precise error, not a panic.
+    let err = store::tree::inclusion_proof(conn, 3, 68).unwrap_err().to_string();
+    assert!(err.contains("no stored node"), "{err}");
+    let err = store::tree::inclusion_proof(conn, 9, 5).unwrap_err().to_string();
+    assert!(err.contains("leaf index 9 is out of range for a tree of size 5"), "{err}");
+}
+
+fn erasure_event(b: &mut LogBuilder<'_>) -> u64 {
+    // The appliance's own event (producer/source/format anchorlog) that logs an erasure.
+    let seq = store::event_count(&b.conn).unwrap();
+    let entry = anchorlog::ledger::entry::Entry {
+        seq,
+        received_at_ns: 5,
+        producer: "anchorlog".into(),
+        source: "anchorlog".into(),
+        auth: anchorlog::ledger::entry::AuthMethod::Internal,
+        format: "anchorlog".into(),
+        source_id: None,
+        payload_sha256: anchorlog::ledger::entry::payload_digest(&[1; 32], b"{}"),
+    }
+    .to_canonical_json();
+    let leaf = merkle::leaf_hash(&entry);
+    store::insert_event(
+        &b.conn,
+        &store::EventRow {
+            seq,
+            received_at_ns: 5,
+            producer: "anchorlog",
+            source: "anchorlog",
+            format: "anchorlog",
+            source_id: None,
+            entry: &entry,
+            leaf_hash: &leaf,
+            salt: &[1; 32],
+            body: b"{}",
+        },
+    )
+    .unwrap();
+    let mut done = Vec::new();
+    b.frontier.push_with(leaf, |s, l, h| {
+        if l > 1 {
+            done.push((s, l, *h))
+        }
+    });
+    for (s, l, h) in done {
+        store::tree::insert_node(&b.conn, s, l, &h).unwrap();
+    }
+    seq
+}
+
+#[test]
+fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let path = dir.path().join("a.db");
+    let mut b = LogBuilder::create(&path, &key);
+    b.head();
+    b.events(4);
+    let refused = |conn: &rusqlite::Connection, sql: &str| conn.execute(sql, []).unwrap_err().to_string();
+    // Without an erasure record: refused.
+    let e = refused(&b.conn, "UPDATE events SET body = NULL, salt = NULL WHERE seq = 1");
+    assert!(e.contains("events are append-only (only a recorded erasure may clear body and salt)"), "{e}");
+    // A record without a logged erasure event: refused.
+    let e = refused(
+        &b.conn,
+        "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, 3, 'x', 'r', 0)",
+    );
+    assert!(e.contains("an erasure needs a present payload and a logged erasure event"), "{e}");
+    let logged = erasure_event(&mut b);
+    assert_eq!(logged, 4);
+    let rec = ErasureRecord {
+        seq: 1,
+        erasure_seq: 4,
+        erased_by: "admin-1".into(),
+        reason: "art. 17".into(),
+        erased_at_ms: 9,
+    };
+    // With the record, clearing anything but body and salt together is still refused.
+    b.conn
+        .execute(
+            "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, 4, 'admin-1', 'art. 17', 9)",
+            [],
+        )
+        .unwrap();
+    for sql in [
+        "UPDATE events SET body = NULL WHERE seq = 1",
+        "UPDATE events SET body = x'00', salt = NULL WHERE seq = 1",
+        "UPDATE events SET body = NULL, salt = NULL, producer = 'mallory' WHERE seq = 1",
+        "UPDATE events SET body = NULL, salt = NULL, entry = x'00' WHERE seq = 1",
+        "UPDATE events SET body = NULL, salt = NULL WHERE seq = 2",
+    ] {
+        let e = refused(&b.conn, sql);
+        assert!(e.contains("events are append-only"), "{sql}: {e}");
+    }
+    b.conn.execute("UPDATE events SET body = NULL, salt = NULL WHERE seq = 1", []).unwrap();
+    assert_eq!(store::erasure::erasure(&b.conn, 1).unwrap(), Some(rec));
+    // Once only: the payload is gone, a second record and a second update are refused.
+    let e = refused(&b.conn, "UPDATE events SET body = NULL, salt = NULL WHERE seq = 1");
+    assert!(e.contains("events are append-only"), "{e}");
+    let e = refused(&b.conn, "UPDATE erasures SET reason = 'other'");
+    assert!(e.contains("erasure records are append-only"), "{e}");
+    let e = refused(&b.conn, "DELETE FROM erasures");
+    assert!(e.contains("erasure records are append-only"), "{e}");
+    let e = refused(&b.conn, "UPDATE nodes SET hash = zeroblob(32)");
+    assert!(e.contains("tree nodes are append-only"), "{e}");
+    // The tree is unchanged: the log, including the erased event, verifies; the erasure is counted.
+    b.head();
+    let r = verify::verify_database(&b.conn, &key.public, Some(common::ORIGIN)).unwrap();
+    assert_eq!((r.events, r.erased, r.heads), (5, 1, 2));
+    // And the export shows the event as erased, with its record.
+    let tar = dir.path().join("b.tar");
+    export_file(&b.conn, 0, 1, &tar);
+    let lines = read_member(&tar, "entries.jsonl");
+    let line1: serde_json::Value =
+        serde_json::from_str(String::from_utf8(lines).unwrap().lines().nth(1).unwrap()).unwrap();
+    assert_eq!(line1["body"], serde_json::Value::Null);
+    assert_eq!(line1["salt"], serde_json::Value::Null);
+    assert_eq!(line1["erasure"]["erasure_seq"], 4);
+    assert_eq!(line1["erasure"]["reason"], "art. 17");
+    bundle::verify_bundle(&tar, &key.public, None).unwrap();
+}
+
+fn export_file(conn: &rusqlite::Connection, from: u64, to: u64, out: &Path) -> bundle::Manifest {
+    let f = std::fs::File::create(out).unwrap();
+    bundle::export(conn, from, to, None, f, &mut |_, _| {}).unwrap()
+}
+
+fn members(tar: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|m| {
+            let mut m = m.unwrap();
+            let name = m.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut m, &mut data).unwrap();
+            (name, data)
+        })
+        .collect()
+}
+
+fn read_member(tar: &Path, name: &str) -> Vec<u8> {
+    members(tar).into_iter().find(|(n, _)| n == name).unwrap().1
+}
+
+fn write_members(out: &Path, members: &[(String, Vec<u8>)]) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for (name, data) in members {
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+/// A copy of `tar` with `f` applied to its members.
+fn tampered(tar: &Path, name: &str, f: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> PathBuf {
+    let mut m = members(tar);
+    f(&mut m);
+    let out = tar.with_file_name(format!("{name}.tar"));
+    write_members(&out, &m);
+    out
+}
+
+fn edit_lines(m: &mut [(String, Vec<u8>)], f: impl FnOnce(&mut Vec<String>)) {
+    let e = m.iter_mut().find(|(n, _)| n == "entries.jsonl").unwrap();
+    let mut lines: Vec<String> =
+        String::from_utf8(e.1.clone()).unwrap().lines().map(str::to_string).collect();
+    f(&mut lines);
+    e.1 = lines.iter().map(|l| format!("{l}\n")).collect::<String>().into_bytes();
+}
+
+fn edit_json_line(lines: &mut [String], i: usize, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+    f(&mut v);
+    lines[i] = v.to_string();
+}
+
+fn failure_of(tar: &Path, key: &TestKey) -> (String, &'static str, u64) {
+    match bundle::verify_bundle(tar, &key.public, None) {
+        Err(VerifyError::Invalid(f)) => {
+            let (kind, at) = f.location();
+            (f.to_string(), kind, at)
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// Heads 0..=5; head h covers 10·h events.
+fn sample_bundle(dir: &Path, key: &TestKey) -> (PathBuf, PathBuf) {
+    let db = dir.join("a.db");
+    build_log(&db, key, 5, 10);
+    let conn = store::open_reader(&db).unwrap();
+    let tar = dir.join("bundle.tar");
+    let m = export_file(&conn, 0, 5, &tar);
+    assert_eq!((m.first_seq, m.end_seq, m.anchor.clone()), (0, 50, None));
+    assert_eq!(m.key_ids, vec![key.public.key_id.clone()]);
+    (db, tar)
+}
+
+#[test]
+fn bundles_verify_whole_and_from_an_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let (db, tar) = sample_bundle(dir.path(), &key);
+    let r = bundle::verify_bundle(&tar, &key.public, Some(common::ORIGIN)).unwrap();
+    assert_eq!((r.report.events, r.report.heads, r.tokens_present), (50, 6, 0));
+    let names: Vec<String> = members(&tar).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names[0], "manifest.json");
+    assert_eq!(names[1], format!("keys/{}.pem", key.public.key_id));
+    assert_eq!(names.last().unwrap(), "entries.jsonl");
+    assert!(names.contains(&"heads/5.sig".to_string()));
+    // Heights 2..=4 alone: the anchor (head 1 and the frontier of its 10 leaves) makes it self-contained.
+    let conn = store::open_reader(&db).unwrap();
+    let part = dir.path().join("part.tar");
+    let m = export_file(&conn, 2, 4, &part);
+    assert_eq!((m.first_seq, m.end_seq), (10, 40));
+    let anchor = m.anchor.clone().unwrap();
+    assert_eq!((anchor.height, anchor.tree_size, anchor.subtrees.len()), (1, 10, 2));
+    let r = bundle::verify_bundle(&part, &key.public, None).unwrap();
+    assert_eq!((r.report.events, r.report.heads), (30, 3));
+    // A wrong anchor frontier is caught at the anchor head.
+    let bad = tampered(&part, "bad-anchor", |m| {
+        let man = m.iter_mut().find(|(n, _)| n == "manifest.json").unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&man.1).unwrap();
+        v["anchor"]["subtrees"][1] = B64.encode([7u8; 32]).into();
+        man.1 = serde_json::to_vec(&v).unwrap();
+    });
+    let (msg, kind, at) = failure_of(&bad, &key);
+    assert_eq!((kind, at), ("height", 1), "{msg}");
+    assert!(msg.contains("root does not match"), "{msg}");
+    // Bad ranges are refused before writing anything useful.
+    let err = bundle::export(&conn, 3, 9, None, Vec::new(), &mut |_, _| {}).unwrap_err().to_string();
+    assert_eq!(err, "no head at height 6");
+}
+
+#[test]
+fn tamper_matrix_on_a_bundle_names_the_exact_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let other = TestKey::new(2);
+    let (_db, tar) = sample_bundle(dir.path(), &key);
+    let cases: Vec<(&str, PathBuf, &str, u64, &str)> = vec![
+        (
+            "edited body",
+            tampered(&tar, "body", |m| {
+                edit_lines(m, |l| {
+                    edit_json_line(l, 17, |v| v["body"] = B64.encode(b"{\"user\":\"eve\"}").into())
+                })
+            }),
+            "seq",
+            17,
+            "body does not match",
+        ),
+        (
+            "edited entry",
+            tampered(&tar, "entry", |m| {
+                edit_lines(m, |l| {
+                    edit_json_line(l, 23, |v| {
+                        v["entry"] = v["entry"].as_str().unwrap().replace("producer-1", "producer-2").into();
+                    })
+                })
+            }),
+            "seq",
+            23,
+            "stored leaf hash does not match the entry",
+        ),
+        (
+            "edited entry with a matching leaf hash",
+            tampered(&tar, "entry-leaf", |m| {
+                edit_lines(m, |l| {
+                    edit_json_line(l, 23, |v| {
+                        let e = v["entry"].as_str().unwrap().replace("producer-1", "producer-2");
+                        v["leaf_hash"] = B64.encode(merkle::leaf_hash(e.as_bytes())).into();
+                        v["entry"] = e.into();
+                    })
+                })
+            }),
+            "height",
+            3,
+            "root does not match",
+        ),
+        (
+            "deleted event",
+            tampered(&tar, "deleted", |m| {
+                edit_lines(m, |l| {
+                    l.remove(12);
+                })
+            }),
+            "seq",
+            12,
+            "missing",
+        ),
+        (
+            "inserted event",
+            tampered(&tar, "inserted", |m| {
+                edit_lines(m, |l| {
+                    let x = l[29].clone();
+                    l.insert(30, x);
+                })
+            }),
+            "seq",
+            30,
+            "found seq 29 in its place",
+        ),
+        (
+            "swapped order",
+            tampered(&tar, "swapped", |m| edit_lines(m, |l| l.swap(33, 34))),
+            "seq",
+            33,
+            "missing",
+        ),
+        (
+            "truncated tail",
+            tampered(&tar, "truncated", |m| edit_lines(m, |l| l.truncate(45))),
+            "height",
+            5,
+            "covers 50 events but the log holds only 45",
+        ),
+        (
+            "appended unsigned event",
+            tampered(&tar, "appended", |m| {
+                edit_lines(m, |l| {
+                    // A well-formed event 50 (its own entry and leaf), but no head covers it.
+                    let mut v: serde_json::Value = serde_json::from_str(&l[49]).unwrap();
+                    let e = v["entry"].as_str().unwrap().replace("\"seq\":49", "\"seq\":50");
+                    v["leaf_hash"] = B64.encode(merkle::leaf_hash(e.as_bytes())).into();
+                    v["entry"] = e.into();
+                    v["seq"] = 50.into();
+                    l.push(v.to_string());
+                })
+            }),
+            "seq",
+            50,
+            "beyond the last head of the bundle",
+        ),
+        (
+            "altered signature",
+            tampered(&tar, "sig", |m| {
+                let s = m.iter_mut().find(|(n, _)| n == "heads/2.sig").unwrap();
+                let last = s.1.len() - 1;
+                s.1[last] ^= 1;
+            }),
+            "height",
+            2,
+            "signature does not verify",
+        ),
+        (
+            "head signed by another key",
+            tampered(&tar, "otherkey", |m| {
+                let text = m.iter().find(|(n, _)| n == "heads/4.txt").unwrap().1.clone();
+                m.iter_mut().find(|(n, _)| n == "heads/4.sig").unwrap().1 = other.sign(&text);
+            }),
+            "height",
+            4,
+            "signature does not verify",
+        ),
+        (
+            "removed head",
+            tampered(&tar, "nohead", |m| m.retain(|(n, _)| !n.starts_with("heads/3."))),
+            "height",
+            3,
+            "missing",
+        ),
+        (
+            "replayed old head",
+            tampered(&tar, "replayed", |m| {
+                let t = m.iter().find(|(n, _)| n == "heads/1.txt").unwrap().1.clone();
+                let s = m.iter().find(|(n, _)| n == "heads/1.sig").unwrap().1.clone();
+                m.iter_mut().find(|(n, _)| n == "heads/2.txt").unwrap().1 = t;
+                m.iter_mut().find(|(n, _)| n == "heads/2.sig").unwrap().1 = s;
+            }),
+            "height",
+            2,
+            "holds the head of height 1",
+        ),
+    ];
+    for (what, path, kind, at, text) in cases {
+        let (msg, k, n) = failure_of(&path, &key);
+        assert_eq!((k, n), (kind, at), "{what}: {msg}");
+        assert!(msg.contains(text), "{what}: {msg}");
+    }
+    // The untouched bundle still verifies, and with the wrong key it fails at the first head.
+    bundle::verify_bundle(&tar, &key.public, None).unwrap();
+    let (msg, k, n) = failure_of(&tar, &other);
+    assert_eq!((k, n), ("height", 0), "{msg}");
+    // Not a bundle at all: unreadable (exit code 1), not invalid.
+    let junk = dir.path().join("junk.tar");
+    std::fs::write(&junk, b"hello").unwrap();
+    assert!(matches!(bundle::verify_bundle(&junk, &key.public, None), Err(VerifyError::Unreadable(_))));
+}
+
+fn tampered_db(db: &Path, name: &str, sql: &str) -> PathBuf {
+    let out = db.with_file_name(format!("{name}.db"));
+    std::fs::copy(db, &out).unwrap();
+    let c = rusqlite::Connection::open(&out).unwrap();
+    c.execute_batch(
+        "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; DROP TRIGGER heads_no_update;
+         DROP TRIGGER heads_no_delete; DROP TRIGGER nodes_no_update; DROP TRIGGER events_dense_seq;",
+    )
+    .unwrap();
+    c.execute_batch(sql).unwrap();
+    out
+}
+
+#[test]
+fn tamper_matrix_on_the_database_names_the_exact_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let other = TestKey::new(2);
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    let other_sig = {
+        let c = store::open_reader(&db).unwrap();
+        let h = store::head(&c, 4).unwrap().unwrap();
+        hex::encode(other.sign(h.checkpoint.as_bytes()))
+    };
+    let cases = [
+        ("edited body", "UPDATE events SET body = x'00' WHERE seq = 17".to_string(), ("seq", 17)),
+        ("edited entry", "UPDATE events SET entry = CAST(replace(CAST(entry AS TEXT), 'producer-1', 'producer-2') AS BLOB) WHERE seq = 23".into(), ("seq", 23)),
+        ("deleted event", "DELETE FROM events WHERE seq = 12".into(), ("seq", 12)),
+        (
+            "swapped order",
+            "UPDATE events SET seq = -1 WHERE seq = 33; UPDATE events SET seq = 33 WHERE seq = 34;
+             UPDATE events SET seq = 34 WHERE seq = -1;".into(),
+            ("seq", 33),
+        ),
+        ("truncated tail", "DELETE FROM events WHERE seq >= 45".into(), ("height", 5)),
+        ("altered signature", "UPDATE heads SET signature = x'3006020101020101' WHERE height = 2".into(), ("height", 2)),
+        ("head signed by another key", format!("UPDATE heads SET signature = x'{other_sig}' WHERE height = 4"), ("height", 4)),
+        ("forged tree node", "UPDATE nodes SET hash = zeroblob(32) WHERE level = 5 AND idx = 0".into(), ("height", 5)),
+        ("payload deleted without a record", "UPDATE events SET body = NULL, salt = NULL WHERE seq = 8".into(), ("seq", 8)),
+    ];
+    for (what, sql, expected) in cases {
+        let t = tampered_db(&db, what.replace(' ', "-").as_str(), &sql);
+        let c = store::open_reader(&t).unwrap();
+        match verify::verify_database(&c, &key.public, None) {
+            Err(VerifyError::Invalid(f)) => assert_eq!(f.location(), expected, "{what}: {f}"),
+            other => panic!("{what}: expected a failure, got {other:?}"),
+        }
+    }
+    // Inserted event: rows from 30 on move up by one (entries re-made for their new seq, so each row is
+    // self-consistent) and a fabricated event takes seq 30. The first head over it, height 4, catches it.
+    let t = tampered_db(&db, "inserted", "SELECT 1");
+    {
+        use anchorlog::ledger::entry::Entry;
+        let c = rusqlite::Connection::open(&t).unwrap();
+        let put = |seq: u64, entry: &[u8], salt: &[u8], body: &[u8]| {
+            c.execute(
+                "INSERT OR REPLACE INTO events (seq, received_at_ns, producer, source, format, entry, leaf_hash, salt, body)
+                 VALUES (?1, 1, 'producer-1', 'events', 'json', ?2, ?3, ?4, ?5)",
+                rusqlite::params![seq as i64, entry, &merkle::leaf_hash(entry)[..], salt, body],
+            )
+            .unwrap();
+        };
+        for seq in (30..50).rev() {
+            let e = store::event(&c, seq).unwrap().unwrap();
+            let mut entry = Entry::parse(&e.entry).unwrap();
+            entry.seq = seq + 1;
+            put(seq + 1, &entry.to_canonical_json(), &e.salt.unwrap(), &e.body.unwrap());
+        }
+        let body = br#"{"type":"LOGIN","user":"mallory"}"#;
+        let mut fake = Entry::parse(&store::event(&c, 29).unwrap().unwrap().entry).unwrap();
+        fake.seq = 30;
+        fake.payload_sha256 = anchorlog::ledger::entry::payload_digest(&[0; 32], body);
+        put(30, &fake.to_canonical_json(), &[0; 32], body);
+    }
+    let c = store::open_reader(&t).unwrap();
+    match verify::verify_database(&c, &key.public, None) {
+        Err(VerifyError::Invalid(f)) => {
+            assert_eq!(f.location(), ("height", 4), "{f}");
+            assert!(f.to_string().contains("an event in seq 30..40 was altered"), "{f}");
+        }
+        other => panic!("inserted: expected a failure, got {other:?}"),
+    }
+    let c = store::open_reader(&db).unwrap();
+    verify::verify_database(&c, &key.public, None).unwrap();
+}
+
+fn python_verify(tar: &Path, key: &Path) -> (i32, String) {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .arg(tar)
+        .arg(key)
+        .output()
+        .expect("python3 runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+#[test]
+fn the_independent_python_verifier_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let (db, tar) = sample_bundle(dir.path(), &key);
+    assert_eq!(python_verify(&tar, &pem), (0, "OK: 50 events, 6 heads".to_string()));
+    let conn = store::open_reader(&db).unwrap();
+    let part = dir.path().join("part.tar");
+    export_file(&conn, 3, 5, &part);
+    assert_eq!(python_verify(&part, &pem), (0, "OK: 30 events, 3 heads".to_string()));
+    let body = tampered(&tar, "body", |m| {
+        edit_lines(m, |l| edit_json_line(l, 17, |v| v["body"] = B64.encode(b"{}").into()))
+    });
+    assert_eq!(
+        python_verify(&body, &pem),
+        (3, "FAILED: event seq 17: body does not match payload_sha256".into())
+    );
+    let sig = tampered(&tar, "sig", |m| {
+        let s = m.iter_mut().find(|(n, _)| n == "heads/2.sig").unwrap();
+        let last = s.1.len() - 1;
+        s.1[last] ^= 1;
+    });
+    assert_eq!(python_verify(&sig, &pem), (3, "FAILED: head height 2: signature does not verify".into()));
+    let other = TestKey::new(2).write_pem(dir.path(), "other.pem");
+    assert_eq!(python_verify(&tar, &other), (3, "FAILED: head height 0: signature does not verify".into()));
+}
+
+#[test]
+fn receipts_prove_one_event_offline_and_fail_when_touched() {
+    use anchorlog::receipt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    let conn = store::open_reader(&db).unwrap();
+    for seq in 0..50 {
+        let r = receipt::build(&conn, seq).unwrap();
+        // The earliest covering head: head h covers 10·h events.
+        assert_eq!(r.head.height, seq / 10 + 1, "seq {seq}");
+        let ok = receipt::verify(&r, &key.public).unwrap();
+        assert_eq!((ok.seq, ok.erased, ok.tree_size), (seq, false, (seq / 10 + 1) * 10));
+    }
+    assert!(matches!(receipt::build(&conn, 50), Err(receipt::ReceiptError::NoSuchEvent(50))));
+    let r = receipt::build(&conn, 17).unwrap();
+    let mut body = r.clone();
+    body.body = Some(B64.encode(b"{}"));
+    assert_eq!(receipt::verify(&body, &key.public).unwrap_err().location(), ("seq", 17));
+    let mut proof = r.clone();
+    proof.inclusion_proof.swap(0, 1);
+    let f = receipt::verify(&proof, &key.public).unwrap_err();
+    assert_eq!(f.to_string(), "event seq 17: the inclusion proof does not lead to the root of head height 2");
+    let mut sig = r.clone();
+    sig.head.signature = B64.encode(TestKey::new(2).sign(r.head.checkpoint.as_bytes()));
+    assert_eq!(receipt::verify(&sig, &key.public).unwrap_err().location(), ("height", 2));
+    // Through the CLI: exit 0 untouched, 3 tampered, 1 unreadable.
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let run = |r: &str| {
+        let f = dir.path().join("r.json");
+        std::fs::write(&f, r).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog"))
+            .args(["verify-receipt", f.to_str().unwrap(), "--key", pem.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = run(&serde_json::to_string(&r).unwrap());
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "OK: event seq 17 is in anchorlog.test/audit at head height 2 (tree size 20)"
+    );
+    assert_eq!(run(&serde_json::to_string(&body).unwrap()).status.code(), Some(3));
+    assert_eq!(run("{").status.code(), Some(1));
+}

@@ -1,0 +1,153 @@
+//! Builds signed logs directly with the store functions (no HSM, no server), for the audit tests and the
+//! benchmarks: events with real canonical entries, the node table, and heads signed by a software P-256 key.
+#![allow(dead_code)]
+
+use anchorlog::ledger::entry::{payload_digest, AuthMethod, Entry};
+use anchorlog::ledger::head::Checkpoint;
+use anchorlog::ledger::merkle::{self, Frontier};
+use anchorlog::signer::PublicKey;
+use anchorlog::store::{self, EventRow, StoredHead};
+use p256::ecdsa::{DerSignature, SigningKey};
+use p256::pkcs8::EncodePublicKey as _;
+use signature::Signer as _;
+use std::path::{Path, PathBuf};
+
+pub const ORIGIN: &str = "anchorlog.test/audit";
+
+/// A software head signer.
+pub struct TestKey {
+    pub signing: SigningKey,
+    pub public: PublicKey,
+}
+
+impl TestKey {
+    pub fn new(seed: u8) -> TestKey {
+        let signing = SigningKey::from_slice(&[seed.max(1); 32]).unwrap();
+        let der = signing.verifying_key().to_public_key_der().unwrap();
+        let public = PublicKey::from_spki_der(der.as_bytes()).unwrap();
+        TestKey { signing, public }
+    }
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        let sig: DerSignature = self.signing.sign(msg);
+        sig.as_bytes().to_vec()
+    }
+    pub fn pem(&self) -> String {
+        anchorlog::bundle::export::public_key_pem(&self.public).unwrap()
+    }
+    pub fn write_pem(&self, dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, self.pem()).unwrap();
+        p
+    }
+}
+
+/// Incremental builder over a writer connection.
+pub struct LogBuilder<'k> {
+    pub conn: rusqlite::Connection,
+    pub frontier: Frontier,
+    pub key: &'k TestKey,
+    pub next_height: u64,
+    pub prev: [u8; 32],
+    pub time_ms: i64,
+}
+
+impl<'k> LogBuilder<'k> {
+    pub fn create(path: &Path, key: &'k TestKey) -> LogBuilder<'k> {
+        let conn = store::open_writer(path, ORIGIN).unwrap();
+        store::record_public_key(&conn, &key.public.key_id, &key.pem()).unwrap();
+        LogBuilder {
+            conn,
+            frontier: Frontier::new(),
+            key,
+            next_height: 0,
+            prev: [0; 32],
+            time_ms: 1_700_000_000_000,
+        }
+    }
+
+    /// Appends `n` events in one transaction.
+    pub fn events(&mut self, n: u64) {
+        let tx = self.conn.unchecked_transaction().unwrap();
+        for _ in 0..n {
+            let seq = self.frontier.size();
+            let body = format!("{{\"type\":\"LOGIN\",\"user\":\"u{seq}\",\"n\":{seq}}}").into_bytes();
+            let salt = [(seq % 251) as u8; 32];
+            let entry = Entry {
+                seq,
+                received_at_ns: 1_700_000_000_000_000_000 + seq,
+                producer: "producer-1".into(),
+                source: "events".into(),
+                auth: AuthMethod::Mtls,
+                format: "json".into(),
+                source_id: None,
+                payload_sha256: payload_digest(&salt, &body),
+            }
+            .to_canonical_json();
+            let leaf = merkle::leaf_hash(&entry);
+            store::insert_event(
+                &tx,
+                &EventRow {
+                    seq,
+                    received_at_ns: 1,
+                    producer: "producer-1",
+                    source: "events",
+                    format: "json",
+                    source_id: None,
+                    entry: &entry,
+                    leaf_hash: &leaf,
+                    salt: &salt,
+                    body: &body,
+                },
+            )
+            .unwrap();
+            let mut done = Vec::new();
+            self.frontier.push_with(leaf, |s, l, h| {
+                if l > 1 {
+                    done.push((s, l, *h))
+                }
+            });
+            for (s, l, h) in done {
+                store::tree::insert_node(&tx, s, l, &h).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    /// Seals a head over everything appended so far.
+    pub fn head(&mut self) -> StoredHead {
+        self.time_ms += 1000;
+        let cp = Checkpoint {
+            origin: ORIGIN.into(),
+            tree_size: self.frontier.size(),
+            root: self.frontier.root(),
+            height: self.next_height,
+            prev: self.prev,
+            time_ms: self.time_ms,
+        };
+        let text = cp.to_text().unwrap();
+        let h = StoredHead {
+            height: cp.height,
+            tree_size: cp.tree_size,
+            root: cp.root,
+            checkpoint: text.clone(),
+            signature: self.key.sign(text.as_bytes()),
+            key_id: self.key.public.key_id.clone(),
+            sealed_at_ms: cp.time_ms,
+        };
+        store::insert_head(&self.conn, &h).unwrap();
+        self.next_height += 1;
+        self.prev = Checkpoint::text_hash(&text);
+        h
+    }
+}
+
+/// A log of `blocks` blocks of `per_block` events each, with a head 0 of size 0 first (as the appliance
+/// does): heads 0..=blocks.
+pub fn build_log(path: &Path, key: &TestKey, blocks: u64, per_block: u64) {
+    let mut b = LogBuilder::create(path, key);
+    b.head();
+    for _ in 0..blocks {
+        b.events(per_block);
+        b.head();
+    }
+}

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""An independent verifier for anchorlog export bundles, written from docs/FORMAT.md alone.
+
+Uses only the Python standard library (tarfile, json, hashlib, base64) and the `openssl` command line for
+ECDSA signatures. Usage: verify_bundle.py BUNDLE.tar SIGNER.pem
+Exit codes: 0 the bundle verifies, 3 it does not (the first bad seq or height is printed), 1 unreadable input.
+"""
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+
+class Invalid(Exception):
+    pass
+
+
+def sha256(data):
+    return hashlib.sha256(data).digest()
+
+
+def leaf_hash(entry):
+    return sha256(b"\x00" + entry)
+
+
+def node_hash(left, right):
+    return sha256(b"\x01" + left + right)
+
+
+class Frontier:
+    """Roots of the perfect subtrees of the tree so far, largest first (one per one bit of the size)."""
+
+    def __init__(self, size=0, subtrees=None):
+        self.size = size
+        self.stack = list(subtrees or [])
+        if len(self.stack) != bin(size).count("1"):
+            raise Invalid("anchor: %d subtrees for tree size %d" % (len(self.stack), size))
+
+    def push(self, leaf):
+        index, node = self.size, leaf
+        while index & 1:
+            node = node_hash(self.stack.pop(), node)
+            index >>= 1
+        self.stack.append(node)
+        self.size += 1
+
+    def root(self):
+        if not self.stack:
+            return sha256(b"")
+        acc = self.stack[-1]
+        for left in reversed(self.stack[:-1]):
+            acc = node_hash(left, acc)
+        return acc
+
+
+def parse_checkpoint(height, text):
+    lines = text.split("\n")
+    if len(lines) != 7 or lines[6] != "":
+        raise Invalid("head height %d: not six newline-terminated lines" % height)
+    prefixes = ("anchorlog-block ", "anchorlog-prev ", "anchorlog-time ")
+    for line, prefix in zip(lines[3:6], prefixes):
+        if not line.startswith(prefix):
+            raise Invalid("head height %d: expected %r" % (height, prefix))
+    return {
+        "origin": lines[0],
+        "tree_size": int(lines[1]),
+        "root": base64.b64decode(lines[2], validate=True),
+        "height": int(lines[3][len(prefixes[0]):]),
+        "prev": base64.b64decode(lines[4][len(prefixes[1]):], validate=True),
+        "time": lines[5][len(prefixes[2]):],
+    }
+
+
+def signature_ok(key, text, sig):
+    with tempfile.TemporaryDirectory() as d:
+        t, s = os.path.join(d, "head.txt"), os.path.join(d, "head.sig")
+        with open(t, "wb") as f:
+            f.write(text)
+        with open(s, "wb") as f:
+            f.write(sig)
+        r = subprocess.run(["openssl", "dgst", "-sha256", "-verify", key, "-signature", s, t],
+                           capture_output=True)
+        return r.returncode == 0
+
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+class Chain:
+    def __init__(self, origin, key):
+        self.origin, self.key = origin, key
+        self.prev_hash, self.prev_size, self.prev_time = bytes(32), 0, ""
+
+    def check(self, height, text, sig, frontier):
+        cp = parse_checkpoint(height, text.decode("utf-8"))
+        if cp["height"] != height:
+            raise Invalid("head height %d: text is the head of height %d" % (height, cp["height"]))
+        if cp["origin"] != self.origin:
+            raise Invalid("head height %d: origin %r" % (height, cp["origin"]))
+        if cp["prev"] != self.prev_hash:
+            raise Invalid("head height %d: anchorlog-prev does not match the previous head" % height)
+        if cp["time"] < self.prev_time:
+            raise Invalid("head height %d: seal time goes backwards" % height)
+        if cp["tree_size"] < self.prev_size:
+            raise Invalid("head height %d: tree shrank" % height)
+        if not signature_ok(self.key, text, sig):
+            raise Invalid("head height %d: signature does not verify" % height)
+        if frontier is not None and frontier.root() != cp["root"]:
+            raise Invalid("head height %d: root does not match the events" % height)
+        self.prev_hash, self.prev_size, self.prev_time = sha256(text), cp["tree_size"], cp["time"]
+        return cp
+
+
+def verify(bundle, key):
+    tar = tarfile.open(bundle)
+    files = {}
+    for m in tar.getmembers():
+        if m.isfile() and m.name != "entries.jsonl":
+            files[m.name] = tar.extractfile(m).read()
+    manifest = json.loads(files["manifest.json"])
+    if manifest["format"] != "anchorlog-bundle" or manifest["version"] != 1:
+        raise ValueError("unknown bundle format")
+    chain = Chain(manifest["origin"], key)
+    first, end = manifest["first_seq"], manifest["end_seq"]
+    lo, hi = manifest["from_height"], manifest["to_height"]
+
+    def head(h):
+        try:
+            return files["heads/%d.txt" % h], files["heads/%d.sig" % h]
+        except KeyError:
+            raise Invalid("head height %d: missing" % h)
+
+    if lo > 0:
+        anchor = manifest["anchor"]
+        subtrees = [base64.b64decode(s, validate=True) for s in anchor["subtrees"]]
+        frontier = Frontier(anchor["tree_size"], subtrees)
+        text, sig = head(lo - 1)
+        cp = parse_checkpoint(lo - 1, text.decode("utf-8"))
+        if cp["tree_size"] != first or anchor["tree_size"] != first:
+            raise Invalid("head height %d: anchor does not precede the range" % (lo - 1))
+        chain.prev_hash = cp["prev"]  # the anchor's own link is outside the bundle
+        chain.prev_time = cp["time"]
+        chain.check(lo - 1, text, sig, frontier)
+    else:
+        frontier = Frontier()
+    pending = list(range(lo, hi + 1))
+
+    def check_due():
+        while pending:
+            text, sig = head(pending[0])
+            size = parse_checkpoint(pending[0], text.decode("utf-8"))["tree_size"]
+            if size != frontier.size:
+                if size < frontier.size:
+                    raise Invalid("head height %d: tree size %d is behind the events" % (pending[0], size))
+                return
+            chain.check(pending.pop(0), text, sig, frontier)
+
+    check_due()
+    entries = tar.extractfile("entries.jsonl")
+    for line in entries:
+        seq = frontier.size
+        rec = json.loads(line)
+        if rec["seq"] != seq:
+            raise Invalid("event seq %d: found seq %d in its place" % (seq, rec["seq"]))
+        if seq >= end:
+            raise Invalid("event seq %d: beyond the last head of the bundle" % seq)
+        entry_bytes = rec["entry"].encode("utf-8")
+        entry = json.loads(entry_bytes)
+        if entry.get("seq") != seq or entry.get("v") != 1 or canonical(entry) != entry_bytes:
+            raise Invalid("event seq %d: entry is not the canonical entry of this seq" % seq)
+        if rec["body"] is None or rec["salt"] is None:
+            if rec["body"] is not None or rec["salt"] is not None or (rec.get("erasure") or {}).get("seq") != seq:
+                raise Invalid("event seq %d: incomplete erasure" % seq)
+        else:
+            payload = base64.b64decode(rec["salt"]) + base64.b64decode(rec["body"])
+            if hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
+                raise Invalid("event seq %d: body does not match payload_sha256" % seq)
+        frontier.push(leaf_hash(entry_bytes))
+        check_due()
+    if pending:
+        raise Invalid("head height %d: covers events the bundle does not hold" % pending[0])
+    if frontier.size != end:
+        raise Invalid("event seq %d: the bundle ends early" % frontier.size)
+    return frontier.size - first, hi - lo + 1
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    try:
+        events, heads = verify(sys.argv[1], sys.argv[2])
+    except Invalid as e:
+        print("FAILED: %s" % e)
+        return 3
+    except (OSError, KeyError, ValueError, tarfile.TarError) as e:
+        print("unreadable bundle: %r" % e, file=sys.stderr)
+        return 1
+    print("OK: %d events, %d heads" % (events, heads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
