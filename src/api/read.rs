@@ -76,8 +76,17 @@ pub(super) async fn event(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let ev = blocking(&state, move |c| store::event(c, seq)).await?;
+    let (ev, fields) =
+        blocking(&state, move |c| Ok((store::event(c, seq)?, store::event_fields(c, seq)?))).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
+    // The normalized search fields (not part of the evidence; `null` if the row is missing).
+    let fields = fields.map(|(source, f)| {
+        let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("source".into(), Value::String(source));
+        }
+        v
+    });
     let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
     let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
     Ok(Json(json!({
@@ -88,6 +97,7 @@ pub(super) async fn event(
         "salt": ev.salt.as_ref().map(|s| B64.encode(s)),
         "body": ev.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
         "erased": ev.body.is_none(),
+        "fields": fields,
     })))
 }
 

@@ -5,6 +5,7 @@
 //! take others down), commits once (one fsync under `synchronous=FULL`), and only then answers every waiter.
 //! A handler therefore sends its 2xx only after its events are durable.
 
+use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
 use crate::ledger::merkle;
 use crate::store::{self, EventRow, StoreError, StoredHead};
@@ -38,6 +39,8 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// SHA-256(salt || body).
     pub payload_sha256: [u8; 32],
+    /// Normalized search fields, stored in `event_fields` in the same transaction.
+    pub fields: NormalizedFields,
 }
 
 /// The outcome of one appended event.
@@ -260,6 +263,7 @@ fn append_request(
                     body: &ev.body,
                 },
             )?;
+            store::insert_event_fields(c, next, &ev.source, &ev.fields)?;
             out.push(Appended { seq: next, leaf_hash, duplicate: false });
             next += 1;
         }
@@ -301,6 +305,7 @@ mod tests {
             salt: [7; 32],
             body: body.as_bytes().to_vec(),
             payload_sha256: crate::ledger::entry::payload_digest(&[7; 32], body.as_bytes()),
+            fields: NormalizedFields { event_type: Some("T".into()), ..NormalizedFields::default() },
         }
     }
 
@@ -326,6 +331,10 @@ mod tests {
         let e1 = store::event(&conn, 1).unwrap().unwrap();
         assert_eq!(e1.leaf_hash, merkle::leaf_hash(&e1.entry));
         assert_eq!(Entry::parse(&e1.entry).unwrap().source_id.as_deref(), Some("x"));
+        // Every stored event has its fields row; duplicates added none.
+        let rows: i64 = conn.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows, 3);
+        assert_eq!(store::event_fields(&conn, 2).unwrap().unwrap().1.event_type.as_deref(), Some("T"));
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 
 pub mod schema;
 
+use crate::formats::{NormalizedFields, Outcome};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -233,6 +234,74 @@ pub fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<(), StoreErro
         e.body
     ])?;
     Ok(())
+}
+
+/// Inserts the normalized search fields of event `seq` (the caller owns the transaction; the event row must
+/// already be inserted).
+pub fn insert_event_fields(
+    conn: &Connection,
+    seq: u64,
+    source: &str,
+    f: &NormalizedFields,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO event_fields (seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target,
+                                   source_ip, user_agent, session_id, client_id, realm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    stmt.execute(params![
+        seq as i64,
+        source,
+        f.event_time_ms,
+        f.event_type,
+        f.outcome.as_str(),
+        f.actor_id,
+        f.actor_name,
+        f.target,
+        f.source_ip,
+        f.user_agent,
+        f.session_id,
+        f.client_id,
+        f.realm
+    ])?;
+    Ok(())
+}
+
+/// The normalized search fields of event `seq`, with the source it arrived through.
+pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, NormalizedFields)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT source, event_time_ms, event_type, outcome, actor_id, actor_name, target, source_ip, user_agent,
+                session_id, client_id, realm
+         FROM event_fields WHERE seq = ?1",
+    )?;
+    let mut rows = stmt.query(params![seq as i64])?;
+    let Some(r) = rows.next()? else { return Ok(None) };
+    let outcome = match r.get::<_, String>(3)?.as_str() {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        "unknown" => Outcome::Unknown,
+        other => {
+            return Err(StoreError::Corrupt {
+                table: "event_fields",
+                key: seq,
+                problem: format!("unknown outcome {other:?}"),
+            })
+        }
+    };
+    let fields = NormalizedFields {
+        event_time_ms: r.get(1)?,
+        event_type: r.get(2)?,
+        outcome,
+        actor_id: r.get(4)?,
+        actor_name: r.get(5)?,
+        target: r.get(6)?,
+        source_ip: r.get(7)?,
+        user_agent: r.get(8)?,
+        session_id: r.get(9)?,
+        client_id: r.get(10)?,
+        realm: r.get(11)?,
+    };
+    Ok(Some((r.get(0)?, fields)))
 }
 
 /// The seq and leaf hash of an already stored event with this de-duplication key.
@@ -490,6 +559,29 @@ mod tests {
         let upd = conn.execute("UPDATE heads SET signature = x'00'", []).unwrap_err().to_string();
         assert!(upd.contains("heads are append-only"), "{upd}");
         assert_eq!(last_head(&conn).unwrap(), Some(h));
+    }
+
+    #[test]
+    fn event_fields_round_trip_and_follow_their_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&dir.path().join("a.db"), "o").unwrap();
+        let f = NormalizedFields {
+            event_time_ms: Some(1_732_358_465_777),
+            event_type: Some("LOGIN_ERROR".into()),
+            outcome: Outcome::Failure,
+            actor_id: Some("u-1".into()),
+            source_ip: Some("10.0.0.1".into()),
+            ..NormalizedFields::default()
+        };
+        let orphan = insert_event_fields(&conn, 0, "keycloak", &f).unwrap_err().to_string();
+        assert!(orphan.contains("event fields need a stored event"), "{orphan}");
+        insert(&conn, 0).unwrap();
+        insert_event_fields(&conn, 0, "keycloak", &f).unwrap();
+        assert_eq!(event_fields(&conn, 0).unwrap(), Some(("keycloak".to_string(), f)));
+        assert_eq!(event_fields(&conn, 1).unwrap(), None);
+        let upd =
+            conn.execute("UPDATE event_fields SET actor_id = 'x' WHERE seq = 0", []).unwrap_err().to_string();
+        assert!(upd.contains("event fields are append-only"), "{upd}");
     }
 
     #[test]

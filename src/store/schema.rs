@@ -33,6 +33,30 @@ CREATE TABLE events (
 );
 -- The de-duplication key: a producer's event id is stored once per (producer, source).
 CREATE UNIQUE INDEX events_source_id ON events (producer, source, source_id) WHERE source_id IS NOT NULL;
+-- Normalized search fields of each event (one row per event, same seq), written in the same transaction as
+-- the event. Not covered by any hash: the evidence is the event's body; these are a convenience for search and
+-- can be re-derived from the bodies. `outcome` is 'success', 'failure' or 'unknown'.
+CREATE TABLE event_fields (
+    seq           INTEGER PRIMARY KEY,
+    source        TEXT NOT NULL,
+    event_time_ms INTEGER,
+    event_type    TEXT,
+    outcome       TEXT NOT NULL CHECK (outcome IN ('success', 'failure', 'unknown')),
+    actor_id      TEXT,
+    actor_name    TEXT,
+    target        TEXT,
+    source_ip     TEXT,
+    user_agent    TEXT,
+    session_id    TEXT,
+    client_id     TEXT,
+    realm         TEXT
+);
+-- Search indexes: every query filters on one of these and pages by seq (keyset pagination).
+CREATE INDEX event_fields_actor ON event_fields (actor_id, seq) WHERE actor_id IS NOT NULL;
+CREATE INDEX event_fields_type ON event_fields (event_type, seq) WHERE event_type IS NOT NULL;
+CREATE INDEX event_fields_outcome ON event_fields (outcome, seq);
+CREATE INDEX event_fields_time ON event_fields (event_time_ms) WHERE event_time_ms IS NOT NULL;
+CREATE INDEX event_fields_source ON event_fields (source, seq);
 -- Signed block heads; rowid = height, dense from 0.
 CREATE TABLE heads (
     height       INTEGER PRIMARY KEY,
@@ -51,6 +75,14 @@ CREATE TRIGGER events_no_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
+
+-- Fields follow their event: only for a stored seq, never changed. (Deleting a row is left to a future
+-- erasure, which must clear personal data here too.)
+CREATE TRIGGER event_fields_follow_event BEFORE INSERT ON event_fields
+WHEN NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields need a stored event'); END;
+CREATE TRIGGER event_fields_no_update BEFORE UPDATE ON event_fields
+BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields are append-only'); END;
 
 CREATE TRIGGER heads_dense_height BEFORE INSERT ON heads
 WHEN NEW.height IS NOT (SELECT COALESCE(MAX(height) + 1, 0) FROM heads)
