@@ -5,6 +5,7 @@
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
 //! acknowledged → stop the writer → exit 0.
 
+use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
@@ -108,6 +109,8 @@ pub struct Service {
     chain: ChainState,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
+    sources: Arc<SourceRegistry>,
+    source_listener: Option<TcpListener>,
 }
 
 impl Service {
@@ -118,6 +121,7 @@ impl Service {
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
         let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
         let chain = reconcile(&config, &signer).await?;
+        let sources = Arc::new(SourceRegistry::load(&config.sources)?);
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
@@ -129,7 +133,29 @@ impl Service {
             ),
             None => None,
         };
-        Ok(Service { config, signer, writer_conn, chain, listener, health_listener })
+        let source_listener = match &config.server.source_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
+        Ok(Service {
+            config,
+            signer,
+            writer_conn,
+            chain,
+            listener,
+            health_listener,
+            sources,
+            source_listener,
+        })
+    }
+
+    /// The bound address of the source listener (secret-authenticated sources), if configured.
+    pub fn source_addr(&self) -> Option<SocketAddr> {
+        self.source_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address of the mTLS listener.
@@ -139,7 +165,16 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then drains, seals and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Service { config, signer, writer_conn, chain, listener, health_listener } = self;
+        let Service {
+            config,
+            signer,
+            writer_conn,
+            chain,
+            listener,
+            health_listener,
+            sources,
+            source_listener,
+        } = self;
         let db = config.storage.database.clone();
         let (appender, writer_thread) = AppenderHandle::start(writer_conn)?;
         let metrics = Arc::new(Metrics::new());
@@ -166,6 +201,7 @@ impl Service {
             metrics,
             public_key: signer.public_key().clone(),
             origin: config.origin.clone(),
+            sources,
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -177,7 +213,34 @@ impl Service {
         if let Some(h) = health_listener {
             tokio::spawn(serve_health(h, stop_tx.subscribe()));
         }
-        accept_loop(listener, tls_config, principals, router, shutdown, &config).await;
+        // One shutdown signal stops both listeners.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let source_listener = match source_listener {
+            Some(l) => Some((
+                l,
+                tls::server_config_without_client_auth(&config.server.cert_file, &config.server.key_file)?,
+            )),
+            None => None,
+        };
+        let source_loop = async {
+            if let Some((l, tls)) = source_listener {
+                let router = api::source_router(app_state.clone());
+                let none = Arc::new(PrincipalMap::default());
+                accept_loop(l, tls, none, router, stopped(shutdown_rx.clone()), &config).await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+        };
+        tokio::join!(
+            accept_loop(listener, tls_config, principals, router, stopped(shutdown_rx.clone()), &config),
+            source_loop,
+            signal
+        );
         // Every handler has finished: everything acknowledged is committed. Seal it all, then stop the writer.
         let _ = stop_tx.send(true);
         let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;

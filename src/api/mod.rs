@@ -4,6 +4,7 @@
 pub mod error;
 mod ingest;
 mod read;
+pub mod sources;
 
 use crate::config::{LimitsConfig, Role};
 use crate::ledger::appender::AppenderHandle;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub public_key: PublicKey,
     /// Log origin.
     pub origin: String,
+    /// Configured sources (`/v1/sources/{name}/events`).
+    pub sources: Arc<sources::SourceRegistry>,
 }
 
 /// The router of the mTLS listener.
@@ -42,9 +45,21 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(read::ready))
         .route("/metrics", get(read::metrics))
         .route("/v1/events", post(ingest::post_events))
+        .route("/v1/sources/{name}/events", post(sources::post_mtls).get(sources::get_mtls))
         .route("/v1/events/{seq}", get(read::event))
         .route("/v1/heads/latest", get(read::latest_head))
         .route("/v1/heads/{height}", get(read::head))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The router of the source listener (server-auth TLS, no client certificate): secret-authenticated sources
+/// and `/healthz`, nothing else.
+pub fn source_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/sources/{name}/events", post(sources::post_secret).get(sources::get_secret))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
