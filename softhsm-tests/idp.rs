@@ -86,11 +86,24 @@ fn db_body(a: &Appliance, seq: u64) -> Vec<u8> {
     conn.query_row("SELECT body FROM events WHERE seq = ?1", [seq as i64], |r| r.get(0)).unwrap()
 }
 
-/// `GET /v1/events/{seq}` as auditor; checks that the API body and the database body equal `raw`.
+/// `GET /v1/events/{seq}` as auditor, once the indexer has caught up (its `fields` are not null).
+async fn event(a: &Appliance, seq: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = a.audit_get(&format!("/v1/events/{seq}")).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let ev = r.json();
+        if !ev["fields"].is_null() {
+            return ev;
+        }
+        assert!(std::time::Instant::now() < deadline, "no search fields for seq {seq} within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The event `seq`; checks that the API body and the database body equal `raw`.
 async fn stored(a: &Appliance, seq: u64, raw: &[u8]) -> Value {
-    let r = a.audit_get(&format!("/v1/events/{seq}")).await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let ev = r.json();
+    let ev = event(a, seq).await;
     assert_eq!(ev["body"].as_str().unwrap().as_bytes(), raw, "API body of seq {seq}");
     assert_eq!(db_body(a, seq), raw, "database body of seq {seq}");
     ev
@@ -198,13 +211,13 @@ async fn okta_verification_envelope_and_auth0_framings() {
     assert_eq!(got, vec![(0, false), (1, false), (2, false)]);
     let parsed: Value = serde_json::from_slice(&envelope).unwrap();
     for (i, (seq, _)) in got.iter().enumerate() {
-        let ev = a.audit_get(&format!("/v1/events/{seq}")).await.json();
+        let ev = event(&a, *seq).await;
         let body = ev["body"].as_str().unwrap().as_bytes().to_vec();
         assert_eq!(db_body(&a, *seq), body);
         assert!(envelope.windows(body.len()).any(|w| w == body), "element {i} is a slice of the body");
         assert_eq!(serde_json::from_slice::<Value>(&body).unwrap(), parsed["data"]["events"][i]);
     }
-    let ev = a.audit_get("/v1/events/0").await.json();
+    let ev = event(&a, 0).await;
     assert_fields(
         &ev,
         json!({"event_type": "user.session.start", "outcome": "success", "actor_id": "00u2b7xk9pQRS4tUv0g5",
@@ -213,7 +226,7 @@ async fn okta_verification_envelope_and_auth0_framings() {
                "event_time_ms": 1_732_359_733_418u64, "source": "okta"}),
     );
     assert_eq!(ev["entry_fields"]["source_id"], "a1d3f5b7-9e2c-11ef-8f3a-3b5d7f9a1c2e");
-    let ev = a.audit_get("/v1/events/1").await.json();
+    let ev = event(&a, 1).await;
     assert_fields(
         &ev,
         json!({"event_type": "group.user_membership.add", "actor_name": "IT Admin",
@@ -223,7 +236,7 @@ async fn okta_verification_envelope_and_auth0_framings() {
     assert_eq!(post_ok(&mut c, "okta", &fixture("okta-session-start.json")).await, vec![(0, true)]);
     let got = post_ok(&mut c, "okta", &fixture("okta-mfa-failure.json")).await;
     assert_eq!(got, vec![(3, false)]);
-    let ev = a.audit_get("/v1/events/3").await.json();
+    let ev = event(&a, 3).await;
     assert_fields(
         &ev,
         json!({"event_type": "user.authentication.auth_via_mfa", "outcome": "failure",
@@ -256,7 +269,7 @@ async fn okta_verification_envelope_and_auth0_framings() {
             assert_eq!(ev["entry_fields"]["source_id"], from_array["entry_fields"]["source_id"]);
         }
     }
-    let ev = a.audit_get(&format!("/v1/events/{}", array[0].0)).await.json();
+    let ev = event(&a, array[0].0).await;
     assert_eq!(ev["entry_fields"]["source_id"], "90020241123110213417000000000000000000000000000000000001");
     assert_fields(
         &ev,
@@ -265,13 +278,13 @@ async fn okta_verification_envelope_and_auth0_framings() {
                "client_id": "kP3nR5tV7xZ9bD1fH3jL5nP7rT9vX1zB", "realm": "acme.eu.auth0.com",
                "event_time_ms": 1_732_359_733_417u64, "source": "auth0"}),
     );
-    let ev = a.audit_get(&format!("/v1/events/{}", array[3].0)).await.json();
+    let ev = event(&a, array[3].0).await;
     assert_fields(
         &ev,
         json!({"event_type": "sapi", "outcome": "success",
                "target": "DELETE /api/v2/users/auth0|6741a0b1c2d3e4f5a6b7c8e0"}),
     );
-    let ev = a.audit_get(&format!("/v1/events/{}", array[2].0)).await.json();
+    let ev = event(&a, array[2].0).await;
     assert_fields(&ev, json!({"event_type": "fp", "outcome": "failure", "source_ip": "198.51.100.99"}));
 
     // Generic JSON through its source, with an Idempotency-Key.
@@ -428,7 +441,7 @@ secret_file = "{}"
     let r = post(&mut s, "okta-hook", &okta, &[("authorization", "my-shared-secret")]).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(seqs(&r), vec![(1, false)]);
-    let ev = a.audit_get("/v1/events/1").await.json();
+    let ev = event(&a, 1).await;
     assert_eq!(
         (ev["entry_fields"]["producer"].as_str(), ev["entry_fields"]["auth"].as_str()),
         (Some("okta-hook"), Some("bearer"))
@@ -626,8 +639,11 @@ async fn bad_input_matrix_stores_nothing() {
     let mut c = a.connect("producer").await;
     let r = post(&mut c, "keycloak", kc_no_time.to_string().as_bytes(), &[]).await;
     assert_eq!(r.json()["detail"]["field"], "time");
-    let conn = rusqlite::Connection::open_with_flags(a.db_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
+    // The search database holds the fields of the one stored event only.
+    event(&a, 0).await;
+    let search = a.path("anchorlog.search.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(search, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let n: i64 = conn.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }

@@ -9,6 +9,7 @@ use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
+use crate::ledger::indexer::IndexerHandle;
 use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
 use crate::metrics::Metrics;
 use crate::signer::{HeadSigner, SignerError, SignerHandle};
@@ -176,9 +177,11 @@ impl Service {
             source_listener,
         } = self;
         let db = config.storage.database.clone();
-        let (appender, writer_thread) = AppenderHandle::start(writer_conn)?;
+        let (indexer, indexer_thread) = IndexerHandle::start(&db)?;
+        let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, Some(indexer))?;
         let metrics = Arc::new(Metrics::new());
         let reads = Arc::new(ReadPool::new(&db));
+        let search = Arc::new(ReadPool::new(&store::search_path(&db)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sealer = Sealer::new(
             SealerSettings {
@@ -202,6 +205,7 @@ impl Service {
             public_key: signer.public_key().clone(),
             origin: config.origin.clone(),
             sources,
+            search,
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -247,6 +251,8 @@ impl Service {
         drop(app_state);
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
+        let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
     }

@@ -36,6 +36,8 @@ pub struct AppState {
     pub origin: String,
     /// Configured sources (`/v1/sources/{name}/events`).
     pub sources: Arc<sources::SourceRegistry>,
+    /// Read-only connections to the search database (normalized fields).
+    pub search: Arc<ReadPool>,
 }
 
 /// The router of the mTLS listener.

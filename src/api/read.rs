@@ -76,10 +76,16 @@ pub(super) async fn event(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let (ev, fields) =
-        blocking(&state, move |c| Ok((store::event(c, seq)?, store::event_fields(c, seq)?))).await?;
+    let ev = blocking(&state, move |c| store::event(c, seq)).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
-    // The normalized search fields (not part of the evidence; `null` if the row is missing).
+    // The normalized search fields: not part of the evidence, kept by the indexer a few ms behind the writer,
+    // so `null` until it has caught up (or if the search database cannot be read).
+    let search = state.search.clone();
+    let fields = tokio::task::spawn_blocking(move || search.with(|c| store::event_fields(c, seq)))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
     let fields = fields.map(|(source, f)| {
         let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {

@@ -7,6 +7,7 @@
 
 use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
+use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::merkle;
 use crate::store::{self, EventRow, StoreError, StoredHead};
 use rusqlite::Connection;
@@ -39,7 +40,7 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// SHA-256(salt || body).
     pub payload_sha256: [u8; 32],
-    /// Normalized search fields, stored in `event_fields` in the same transaction.
+    /// Normalized search fields, handed to the indexer once the event is committed.
     pub fields: NormalizedFields,
 }
 
@@ -87,14 +88,22 @@ pub struct AppenderHandle {
 }
 
 impl AppenderHandle {
-    /// Starts the writer thread on `conn` (opened by [`store::open_writer`]).
+    /// Starts the writer thread on `conn` (opened by [`store::open_writer`]) without a search indexer.
     pub fn start(conn: Connection) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
+        Self::start_with_indexer(conn, None)
+    }
+
+    /// Starts the writer thread; after every commit it hands the new events' fields to `indexer`.
+    pub fn start_with_indexer(
+        conn: Connection,
+        indexer: Option<IndexerHandle>,
+    ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         let next_seq = store::event_count(&conn)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let (committed_tx, committed) = watch::channel(next_seq);
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
-            .spawn(move || Writer { conn, next_seq, committed: committed_tx }.run(rx))
+            .spawn(move || Writer { conn, next_seq, committed: committed_tx, indexer }.run(rx))
             .map_err(|_| AppendError::Stopped)?;
         Ok((AppenderHandle { commands, committed }, join))
     }
@@ -126,6 +135,7 @@ struct Writer {
     conn: Connection,
     next_seq: u64,
     committed: watch::Sender<u64>,
+    indexer: Option<IndexerHandle>,
 }
 
 enum Reply {
@@ -160,6 +170,8 @@ impl Writer {
     fn apply_group(&mut self, group: Vec<Command>) {
         let start_seq = self.next_seq;
         let mut replies = Vec::with_capacity(group.len());
+        let mut rows = Vec::new();
+        let index = self.indexer.is_some();
         let next_seq = &mut self.next_seq;
         let conn = &self.conn;
         let outcome = (|| -> Result<(), StoreError> {
@@ -168,6 +180,17 @@ impl Writer {
                 match cmd {
                     Command::Append { events, reply } => {
                         let result = append_request(&tx, next_seq, &events);
+                        if index {
+                            if let Ok(appended) = &result {
+                                rows.extend(appended.iter().zip(&events).filter(|(a, _)| !a.duplicate).map(
+                                    |(a, e)| IndexRow {
+                                        seq: a.seq,
+                                        source: e.source.clone(),
+                                        fields: e.fields.clone(),
+                                    },
+                                ));
+                            }
+                        }
                         replies.push(Reply::Append(reply, result));
                     }
                     Command::StoreHead { head, reply } => {
@@ -182,6 +205,9 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 let _ = self.committed.send(self.next_seq);
+                if let Some(indexer) = &self.indexer {
+                    indexer.send(rows);
+                }
                 for r in replies {
                     match r {
                         Reply::Append(tx, res) => {
@@ -263,7 +289,6 @@ fn append_request(
                     body: &ev.body,
                 },
             )?;
-            store::insert_event_fields(c, next, &ev.source, &ev.fields)?;
             out.push(Appended { seq: next, leaf_hash, duplicate: false });
             next += 1;
         }
@@ -331,10 +356,6 @@ mod tests {
         let e1 = store::event(&conn, 1).unwrap().unwrap();
         assert_eq!(e1.leaf_hash, merkle::leaf_hash(&e1.entry));
         assert_eq!(Entry::parse(&e1.entry).unwrap().source_id.as_deref(), Some("x"));
-        // Every stored event has its fields row; duplicates added none.
-        let rows: i64 = conn.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
-        assert_eq!(rows, 3);
-        assert_eq!(store::event_fields(&conn, 2).unwrap().unwrap().1.event_type.as_deref(), Some("T"));
     }
 
     #[tokio::test]

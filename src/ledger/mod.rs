@@ -4,6 +4,8 @@
 pub mod appender;
 pub mod entry;
 pub mod head;
+#[cfg(feature = "server")]
+pub mod indexer;
 pub mod merkle;
 #[cfg(feature = "server")]
 pub mod sealer;

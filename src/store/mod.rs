@@ -191,6 +191,59 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// The search database beside the ledger file: `anchorlog.db` → `anchorlog.search.db`.
+pub fn search_path(database: &Path) -> PathBuf {
+    database.with_extension("search.db")
+}
+
+/// Opens (creating if needed) the search database for the indexer. Its content is derived from the ledger,
+/// so commits are not fsynced (`synchronous=NORMAL`): after a crash the indexer re-derives what is missing.
+pub fn open_search_writer(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='event_fields'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(schema::SEARCH_SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+            params![schema::SEARCH_SCHEMA_VERSION, now_ms()],
+        )?;
+        tx.commit()?;
+    }
+    check_version(&conn, path)?;
+    Ok(conn)
+}
+
+/// One past the greatest seq in the search database (0 if empty): where the indexer resumes.
+pub fn indexed_until(conn: &Connection) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn.query_row("SELECT max(seq) FROM event_fields", [], |r| r.get(0))?;
+    Ok(n.map_or(0, |m| m as u64 + 1))
+}
+
+/// Visits `(seq, source, format, body)` of events `from..to` in seq order (erased bodies are `None`).
+pub fn for_each_body(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, String, String, Option<Vec<u8>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT seq, source, format, body FROM events WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![from as i64, to as i64])?;
+    while let Some(r) = rows.next()? {
+        f(u64_of(r.get(0)?, "events", from, "seq")?, r.get(1)?, r.get(2)?, r.get(3)?)?;
+    }
+    Ok(())
+}
+
 /// Opens the database read-only (verification, queries). Fails if the file does not exist.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
@@ -236,8 +289,8 @@ pub fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Inserts the normalized search fields of event `seq` (the caller owns the transaction; the event row must
-/// already be inserted).
+/// Inserts the normalized search fields of event `seq` into the search database (the caller owns the
+/// transaction). A row that is already there is kept (re-indexing after a crash is idempotent).
 pub fn insert_event_fields(
     conn: &Connection,
     seq: u64,
@@ -245,7 +298,7 @@ pub fn insert_event_fields(
     f: &NormalizedFields,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO event_fields (seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target,
+        "INSERT OR IGNORE INTO event_fields (seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target,
                                    source_ip, user_agent, session_id, client_id, realm)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
@@ -562,9 +615,11 @@ mod tests {
     }
 
     #[test]
-    fn event_fields_round_trip_and_follow_their_event() {
+    fn event_fields_round_trip_in_the_search_database() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = open_writer(&dir.path().join("a.db"), "o").unwrap();
+        let path = search_path(&dir.path().join("a.db"));
+        assert_eq!(path, dir.path().join("a.search.db"));
+        let conn = open_search_writer(&path).unwrap();
         let f = NormalizedFields {
             event_time_ms: Some(1_732_358_465_777),
             event_type: Some("LOGIN_ERROR".into()),
@@ -573,15 +628,20 @@ mod tests {
             source_ip: Some("10.0.0.1".into()),
             ..NormalizedFields::default()
         };
-        let orphan = insert_event_fields(&conn, 0, "keycloak", &f).unwrap_err().to_string();
-        assert!(orphan.contains("event fields need a stored event"), "{orphan}");
-        insert(&conn, 0).unwrap();
-        insert_event_fields(&conn, 0, "keycloak", &f).unwrap();
-        assert_eq!(event_fields(&conn, 0).unwrap(), Some(("keycloak".to_string(), f)));
+        assert_eq!(indexed_until(&conn).unwrap(), 0);
+        insert_event_fields(&conn, 3, "keycloak", &f).unwrap();
+        // Idempotent: a second insert of the same seq keeps the first row.
+        insert_event_fields(&conn, 3, "other", &NormalizedFields::default()).unwrap();
+        assert_eq!(event_fields(&conn, 3).unwrap(), Some(("keycloak".to_string(), f)));
         assert_eq!(event_fields(&conn, 1).unwrap(), None);
+        assert_eq!(indexed_until(&conn).unwrap(), 4);
         let upd =
-            conn.execute("UPDATE event_fields SET actor_id = 'x' WHERE seq = 0", []).unwrap_err().to_string();
+            conn.execute("UPDATE event_fields SET actor_id = 'x' WHERE seq = 3", []).unwrap_err().to_string();
         assert!(upd.contains("event fields are append-only"), "{upd}");
+        drop(conn);
+        // Reopening keeps the schema; a reader opens it like the ledger.
+        open_search_writer(&path).unwrap();
+        assert!(event_fields(&open_reader(&path).unwrap(), 3).unwrap().is_some());
     }
 
     #[test]

@@ -33,9 +33,55 @@ CREATE TABLE events (
 );
 -- The de-duplication key: a producer's event id is stored once per (producer, source).
 CREATE UNIQUE INDEX events_source_id ON events (producer, source, source_id) WHERE source_id IS NOT NULL;
--- Normalized search fields of each event (one row per event, same seq), written in the same transaction as
--- the event. Not covered by any hash: the evidence is the event's body; these are a convenience for search and
--- can be re-derived from the bodies. `outcome` is 'success', 'failure' or 'unknown'.
+-- Signed block heads; rowid = height, dense from 0.
+CREATE TABLE heads (
+    height       INTEGER PRIMARY KEY,
+    tree_size    INTEGER NOT NULL,
+    root         BLOB NOT NULL CHECK (length(root) = 32),
+    checkpoint   TEXT NOT NULL,
+    signature    BLOB NOT NULL,
+    key_id       TEXT NOT NULL,
+    sealed_at_ms INTEGER NOT NULL
+);
+
+CREATE TRIGGER events_dense_seq BEFORE INSERT ON events
+WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM events)
+BEGIN SELECT RAISE(ABORT, 'anchorlog: event seq must be the next dense sequence number'); END;
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
+
+CREATE TRIGGER heads_dense_height BEFORE INSERT ON heads
+WHEN NEW.height IS NOT (SELECT COALESCE(MAX(height) + 1, 0) FROM heads)
+BEGIN SELECT RAISE(ABORT, 'anchorlog: head height must be the next dense height'); END;
+CREATE TRIGGER heads_no_update BEFORE UPDATE ON heads
+BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
+CREATE TRIGGER heads_no_delete BEFORE DELETE ON heads
+BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
+
+CREATE TRIGGER log_meta_no_update BEFORE UPDATE ON log_meta
+BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
+CREATE TRIGGER log_meta_no_delete BEFORE DELETE ON log_meta
+BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
+"#;
+
+/// Schema version of the search database this build writes and understands.
+pub const SEARCH_SCHEMA_VERSION: i64 = 1;
+
+/// DDL of the search database (`<database>.search.db`), kept by the indexer thread that trails the writer.
+///
+/// It is a separate file on purpose: SQLite has one write lock per file, and maintaining these indexes costs
+/// more than the whole event insert (measured in docs/PERFORMANCE.md), so in the ledger file — in the writer's
+/// transaction or in a follower's — they would cap ingest. In their own file they are written in parallel.
+pub const SEARCH_SCHEMA_V1: &str = r#"
+CREATE TABLE schema_version (
+    version       INTEGER PRIMARY KEY,
+    applied_at_ms INTEGER NOT NULL
+);
+-- Normalized search fields of each event (one row per event, same seq). Not covered by any hash: the evidence
+-- is the event's body; these are a convenience for search, re-derivable from the bodies.
+-- `outcome` is 'success', 'failure' or 'unknown'.
 CREATE TABLE event_fields (
     seq           INTEGER PRIMARY KEY,
     source        TEXT NOT NULL,
@@ -57,43 +103,6 @@ CREATE INDEX event_fields_type ON event_fields (event_type, seq) WHERE event_typ
 CREATE INDEX event_fields_outcome ON event_fields (outcome, seq);
 CREATE INDEX event_fields_time ON event_fields (event_time_ms) WHERE event_time_ms IS NOT NULL;
 CREATE INDEX event_fields_source ON event_fields (source, seq);
--- Signed block heads; rowid = height, dense from 0.
-CREATE TABLE heads (
-    height       INTEGER PRIMARY KEY,
-    tree_size    INTEGER NOT NULL,
-    root         BLOB NOT NULL CHECK (length(root) = 32),
-    checkpoint   TEXT NOT NULL,
-    signature    BLOB NOT NULL,
-    key_id       TEXT NOT NULL,
-    sealed_at_ms INTEGER NOT NULL
-);
-
-CREATE TRIGGER events_dense_seq BEFORE INSERT ON events
-WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq) + 1, 0) FROM events)
-BEGIN SELECT RAISE(ABORT, 'anchorlog: event seq must be the next dense sequence number'); END;
-CREATE TRIGGER events_no_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
-CREATE TRIGGER events_no_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'anchorlog: events are append-only'); END;
-
--- Fields follow their event: only for a stored seq, never changed. (Deleting a row is left to a future
--- erasure, which must clear personal data here too.)
-CREATE TRIGGER event_fields_follow_event BEFORE INSERT ON event_fields
-WHEN NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq)
-BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields need a stored event'); END;
 CREATE TRIGGER event_fields_no_update BEFORE UPDATE ON event_fields
 BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields are append-only'); END;
-
-CREATE TRIGGER heads_dense_height BEFORE INSERT ON heads
-WHEN NEW.height IS NOT (SELECT COALESCE(MAX(height) + 1, 0) FROM heads)
-BEGIN SELECT RAISE(ABORT, 'anchorlog: head height must be the next dense height'); END;
-CREATE TRIGGER heads_no_update BEFORE UPDATE ON heads
-BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
-CREATE TRIGGER heads_no_delete BEFORE DELETE ON heads
-BEGIN SELECT RAISE(ABORT, 'anchorlog: heads are append-only'); END;
-
-CREATE TRIGGER log_meta_no_update BEFORE UPDATE ON log_meta
-BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
-CREATE TRIGGER log_meta_no_delete BEFORE DELETE ON log_meta
-BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
 "#;
