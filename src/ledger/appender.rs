@@ -182,12 +182,9 @@ impl Writer {
                         let result = append_request(&tx, next_seq, &events);
                         if index {
                             if let Ok(appended) = &result {
-                                rows.extend(appended.iter().zip(&events).filter(|(a, _)| !a.duplicate).map(
-                                    |(a, e)| IndexRow {
-                                        seq: a.seq,
-                                        source: e.source.clone(),
-                                        fields: e.fields.clone(),
-                                    },
+                                // The events are no longer needed: move their fields instead of copying.
+                                rows.extend(appended.iter().zip(events).filter(|(a, _)| !a.duplicate).map(
+                                    |(a, e)| IndexRow { seq: a.seq, source: e.source, fields: e.fields },
                                 ));
                             }
                         }

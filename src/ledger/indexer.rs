@@ -15,9 +15,13 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
 /// Committed groups queued for the indexer before the writer waits.
-pub const INDEX_QUEUE_DEPTH: usize = 64;
+pub const INDEX_QUEUE_DEPTH: usize = 1_024;
 /// Most rows written in one search-database transaction.
 pub const MAX_INDEX_BATCH: usize = 50_000;
+/// How long the indexer gathers rows before writing them. Fewer, larger transactions matter: every commit
+/// rewrites each index page it touched, and an actor index is touched all over by any batch, so small
+/// batches cost several times the CPU (docs/PERFORMANCE.md). This is also the usual search lag under load.
+pub const INDEX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The fields of one committed event.
 #[derive(Debug, Clone)]
@@ -67,9 +71,12 @@ fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<Vec<IndexRow>>) {
     }
     while let Ok(first) = rx.recv() {
         let mut batch = first;
+        let deadline = std::time::Instant::now() + INDEX_BATCH_WINDOW;
         while batch.len() < MAX_INDEX_BATCH {
-            match rx.try_recv() {
+            let wait = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
                 Ok(more) => batch.extend(more),
+                // Window over, or the writer stopped: write what we have (then `recv` ends the loop).
                 Err(_) => break,
             }
         }
@@ -83,9 +90,9 @@ fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<Vec<IndexRow>>) {
 
 fn write(search: &mut Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
     let tx = search.transaction()?;
-    for r in rows {
-        store::insert_event_fields(&tx, r.seq, &r.source, &r.fields)?;
-    }
+    let refs: Vec<(u64, &str, &NormalizedFields)> =
+        rows.iter().map(|r| (r.seq, &*r.source, &r.fields)).collect();
+    store::insert_event_fields_many(&tx, &refs)?;
     tx.commit()?;
     Ok(())
 }
