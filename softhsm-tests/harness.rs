@@ -47,6 +47,8 @@ pub struct Options {
     pub heartbeat_interval_s: u64,
     pub max_body_bytes: usize,
     pub extra_config: String,
+    /// Open the source listener (secret-authenticated sources) on 127.0.0.1:0.
+    pub source_listen: bool,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
             heartbeat_interval_s: 60,
             max_body_bytes: 1024 * 1024,
             extra_config: String::new(),
+            source_listen: false,
         }
     }
 }
@@ -68,6 +71,8 @@ pub struct Appliance {
     pub options: Options,
     child: Option<Child>,
     pub addr: Option<SocketAddr>,
+    /// The source listener's address (when `Options::source_listen`).
+    pub source_addr: Option<SocketAddr>,
     stderr_log: PathBuf,
     /// The test's swtpm when `options.signer` is [`TestSigner::Tpm`]; dropped after the server is killed.
     pub tpm: Option<Swtpm>,
@@ -117,7 +122,15 @@ impl Appliance {
         std::fs::write(d.join("pin"), USER_PIN).unwrap();
         write_pki(d);
         let tpm = (options.signer == TestSigner::Tpm).then(|| Swtpm::start().expect("swtpm starts"));
-        let a = Appliance { dir, options, child: None, addr: None, stderr_log: PathBuf::new(), tpm };
+        let a = Appliance {
+            dir,
+            options,
+            child: None,
+            addr: None,
+            source_addr: None,
+            stderr_log: PathBuf::new(),
+            tpm,
+        };
         a.write_config("127.0.0.1:0");
         let config_path = a.config_path();
         let mut args = vec!["keys", "generate", "--config", config_path.to_str().unwrap()];
@@ -173,6 +186,7 @@ cert_file = "{d}/certs/server.pem"
 key_file = "{d}/certs/server.key"
 client_ca_files = ["{d}/certs/ca.pem"]
 shutdown_grace_s = 5
+{source_listen}
 [storage]
 database = "{d}/anchorlog.db"
 [limits]
@@ -200,6 +214,7 @@ identities = ["dns:admin.test"]
             sm = o.seal_max_events,
             hb = o.heartbeat_interval_s,
             extra = o.extra_config,
+            source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();
     }
@@ -234,9 +249,12 @@ identities = ["dns:admin.test"]
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The first line names the mTLS listener, the second (if configured) the source listener.
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for _ in 0..2 {
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = tx.send(line);
+                }
             }
             for _ in lines {}
         });
@@ -248,6 +266,14 @@ identities = ["dns:admin.test"]
                     .and_then(|a| a.parse().ok())
                     .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
                 self.addr = Some(addr);
+                if self.options.source_listen {
+                    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+                    self.source_addr = line
+                        .trim()
+                        .strip_prefix("anchorlog source listener on https://")
+                        .and_then(|a| a.parse().ok());
+                    assert!(self.source_addr.is_some(), "unexpected second line {line:?}");
+                }
                 self.child = Some(child);
                 Ok(addr)
             }
@@ -307,6 +333,24 @@ identities = ["dns:admin.test"]
         )
         .expect("client config");
         Connection::connect(self.addr.expect("running"), "localhost", tls).await
+    }
+
+    /// A connection to the source listener: server-authenticated TLS, no client certificate.
+    pub async fn connect_source_listener(&self) -> Connection {
+        let ca = self.dir.path().join("certs/ca.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in anchorlog::tls::load_certs(&ca, "CA certificate").expect("CA") {
+            roots.add(cert).expect("CA cert");
+        }
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("protocols")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Connection::connect(self.source_addr.expect("source listener"), "localhost", Arc::new(tls))
+            .await
+            .expect("connect to the source listener")
     }
 
     /// GET as auditor, parsed JSON.

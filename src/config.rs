@@ -60,6 +60,9 @@ pub struct Config {
     /// Client-certificate identities and their roles.
     #[serde(default, rename = "principal")]
     pub principals: Vec<PrincipalConfig>,
+    /// Named event sources (`/v1/sources/{name}/events`): format and who may post.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
     /// RFC 3161 time-stamping authorities, tried in order (failover). None: timestamping is off.
     #[serde(default, rename = "tsa")]
     pub tsas: Vec<TsaConfig>,
@@ -132,6 +135,10 @@ pub struct ServerConfig {
     /// Optional plain-HTTP listener that serves only `GET /healthz` (for systemd and load balancers).
     #[serde(default)]
     pub health_listen: Option<String>,
+    /// Optional second HTTPS listener (server certificate only, no client certificate) for sources that
+    /// authenticate with a secret (Okta, Auth0, Keycloak webhook plugins).
+    #[serde(default)]
+    pub source_listen: Option<String>,
     /// Seconds to wait for in-flight requests on shutdown.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
@@ -307,6 +314,41 @@ pub struct PrincipalConfig {
     pub identities: Vec<String>,
 }
 
+/// One `[[source]]`: an event source with its own URL, `/v1/sources/{name}/events`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Source name: the URL segment, recorded in every entry as `source`.
+    pub name: String,
+    /// Payload format: `keycloak`, `okta`, `auth0` or `json`.
+    pub format: crate::formats::Format,
+    /// Principals (producer role) that may post to this source over mTLS; the principal is recorded as the
+    /// producer.
+    #[serde(default)]
+    pub principals: Vec<String>,
+    /// Secret authentication on `server.source_listen`: `authorization` (the whole Authorization header
+    /// value, as Okta event hooks and Auth0 log streams send it), `bearer` (`Authorization: Bearer <secret>`)
+    /// or `hmac` (HMAC-SHA256 of the body in `X-Keycloak-Signature`). The source name is recorded as the
+    /// producer.
+    #[serde(default)]
+    pub secret_auth: Option<SecretAuth>,
+    /// File holding the secret (never the secret itself); required with `secret_auth`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// How a source authenticates on the secret listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretAuth {
+    /// `Authorization: <secret>`, compared whole (Okta, Auth0).
+    Authorization,
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `X-Keycloak-Signature: <hex HMAC-SHA256 of the body>` (optionally `sha256=` prefixed).
+    Hmac,
+}
+
 /// Roles a principal can hold. Deny by default: an endpoint names the role it requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -451,8 +493,66 @@ impl Config {
             }
             SignerBackend::Tpm => validate_tpm(self.signer.tpm.as_ref())?,
         }
+        if let Some(a) = &self.server.source_listen {
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid("server.source_listen", "expected an IP address and port, e.g. \"0.0.0.0:8444\"")
+            })?;
+        }
         self.validate_principals()?;
-        self.validate_timestamping()
+        self.validate_timestamping()?;
+        self.validate_sources()
+    }
+
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let key = format!("source[{i}]");
+            validate_name(&src.name).map_err(|problem| invalid(&format!("{key}.name"), problem))?;
+            // `events` is what the generic endpoint records as its source; keep the two apart.
+            if src.name == "events" || !names.insert(src.name.clone()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("{:?} is reserved or used by another source", src.name),
+                ));
+            }
+            for p in &src.principals {
+                let known = self.principals.iter().find(|c| &c.name == p);
+                if !known.is_some_and(|c| c.roles.contains(&Role::Producer)) {
+                    return Err(invalid(
+                        &format!("{key}.principals"),
+                        format!("{p:?} is not a [[principal]] with the producer role"),
+                    ));
+                }
+            }
+            match (&src.secret_auth, &src.secret_file) {
+                (Some(_), Some(_)) => {
+                    if self.server.source_listen.is_none() {
+                        return Err(invalid(
+                            &format!("{key}.secret_auth"),
+                            "secret-authenticated sources are served on server.source_listen; set it",
+                        ));
+                    }
+                }
+                (None, None) if src.principals.is_empty() => {
+                    return Err(invalid(
+                        &key,
+                        "nobody can post to this source: give `principals` (mTLS) and/or `secret_auth` with \
+                         `secret_file`",
+                    ))
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(invalid(&format!("{key}.secret_file"), "required with secret_auth"))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        &format!("{key}.secret_auth"),
+                        "required with secret_file: authorization, bearer or hmac",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_timestamping(&self) -> Result<(), ConfigError> {
@@ -723,6 +823,33 @@ identities = ["dns:idp.example.org"]
         let err = Config::parse(&text).unwrap_err().to_string();
         assert!(err.contains("`principal[1].identities`"), "{err}");
         assert!(err.contains("more than one principal"), "{err}");
+    }
+
+    #[test]
+    fn sources_are_validated() {
+        let ok = format!(
+            "{}\n[[source]]\nname = \"kc\"\nformat = \"keycloak\"\nprincipals = [\"idp\"]\n\
+             [[source]]\nname = \"okta\"\nformat = \"okta\"\nsecret_auth = \"authorization\"\nsecret_file = \"s\"\n",
+            MINIMAL.replace("client_ca_files", "source_listen = \"127.0.0.1:8444\"\nclient_ca_files")
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.sources[0].format, crate::formats::Format::Keycloak);
+        assert_eq!(c.sources[1].secret_auth, Some(SecretAuth::Authorization));
+        let no_listener = ok.replace("source_listen = \"127.0.0.1:8444\"\n", "");
+        let err = Config::parse(&no_listener).unwrap_err().to_string();
+        assert!(err.contains("`source[1].secret_auth`") && err.contains("source_listen"), "{err}");
+        let unknown = ok.replace("principals = [\"idp\"]", "principals = [\"nobody\"]");
+        let err = Config::parse(&unknown).unwrap_err().to_string();
+        assert!(err.contains("`source[0].principals`"), "{err}");
+        let nobody = ok.replace("principals = [\"idp\"]\n", "");
+        let err = Config::parse(&nobody).unwrap_err().to_string();
+        assert!(err.contains("nobody can post"), "{err}");
+        let dup = ok.replace("name = \"okta\"", "name = \"kc\"");
+        assert!(Config::parse(&dup).unwrap_err().to_string().contains("`source[1].name`"));
+        let bad_format = ok.replace("format = \"okta\"", "format = \"splunk\"");
+        assert!(Config::parse(&bad_format).unwrap_err().to_string().contains("unknown variant `splunk`"));
+        let inline = ok.replace("secret_file = \"s\"", "secret = \"hunter2\"");
+        assert!(Config::parse(&inline).unwrap_err().to_string().contains("unknown field `secret`"));
     }
 
     #[test]

@@ -221,6 +221,27 @@ identities = ["dns:auditor.anchorlog.dev"]
 name = "dev-admin"
 roles = ["admin", "auditor"]
 identities = ["dns:admin.anchorlog.dev"]
+
+# One source per format, posted to with the producer certificate: https://{listen}/v1/sources/NAME/events
+[[source]]
+name = "keycloak"
+format = "keycloak"
+principals = ["dev-producer"]
+
+[[source]]
+name = "okta"
+format = "okta"
+principals = ["dev-producer"]
+
+[[source]]
+name = "auth0"
+format = "auth0"
+principals = ["dev-producer"]
+
+[[source]]
+name = "json"
+format = "json"
+principals = ["dev-producer"]
 "#
     )
 }
@@ -307,6 +328,32 @@ pub fn curl_example(state_dir: &Path, listen: &str) -> String {
     format!(
         "curl --cacert {d}/certs/ca.pem --cert {d}/certs/producer.pem --key {d}/certs/producer.key \\\n  \
          -H 'content-type: application/json' -d '{{\"type\":\"LOGIN\",\"user\":\"alice\",\"outcome\":\"success\"}}' \\\n  \
-         https://{listen}/v1/events"
+         https://{listen}/v1/events\n  \
+         native IdP payloads: https://{listen}/v1/sources/{{keycloak,okta,auth0,json}}/events (same certificate)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_has_one_mtls_source_per_format() {
+        let config = Config::parse(&dev_config(Path::new("/var/lib/anchorlog-dev"), DEV_LISTEN)).unwrap();
+        let sources: Vec<_> = config
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.format.as_str(), s.principals.clone()))
+            .collect();
+        let producer = vec!["dev-producer".to_string()];
+        assert_eq!(
+            sources,
+            vec![
+                ("keycloak", "keycloak", producer.clone()),
+                ("okta", "okta", producer.clone()),
+                ("auth0", "auth0", producer.clone()),
+                ("json", "json", producer),
+            ]
+        );
+    }
 }

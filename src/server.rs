@@ -6,9 +6,11 @@
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
 //! acknowledged → one bounded timestamping pass → stop the writer → exit 0.
 
+use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
+use crate::ledger::indexer::IndexerHandle;
 use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
 use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSettings};
 use crate::metrics::Metrics;
@@ -130,6 +132,8 @@ pub struct Service {
     listener: TcpListener,
     health_listener: Option<TcpListener>,
     timestamping: Option<TimestamperSettings>,
+    sources: Arc<SourceRegistry>,
+    source_listener: Option<TcpListener>,
 }
 
 impl Service {
@@ -154,6 +158,7 @@ impl Service {
             .map_err(|e| ServeError::Internal(e.to_string()))?;
         store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
         let chain = reconcile(&config, &signer).await?;
+        let sources = Arc::new(SourceRegistry::load(&config.sources)?);
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
@@ -165,7 +170,30 @@ impl Service {
             ),
             None => None,
         };
-        Ok(Service { config, signer, writer_conn, chain, listener, health_listener, timestamping })
+        let source_listener = match &config.server.source_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
+        Ok(Service {
+            config,
+            signer,
+            writer_conn,
+            chain,
+            listener,
+            health_listener,
+            sources,
+            source_listener,
+            timestamping,
+        })
+    }
+
+    /// The bound address of the source listener (secret-authenticated sources), if configured.
+    pub fn source_addr(&self) -> Option<SocketAddr> {
+        self.source_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The bound address of the mTLS listener.
@@ -175,11 +203,23 @@ impl Service {
 
     /// Serves until `shutdown` resolves, then drains, seals and stops.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let Service { config, signer, writer_conn, chain, listener, health_listener, timestamping } = self;
+        let Service {
+            config,
+            signer,
+            writer_conn,
+            chain,
+            listener,
+            health_listener,
+            sources,
+            source_listener,
+            timestamping,
+        } = self;
         let db = config.storage.database.clone();
-        let (appender, writer_thread) = AppenderHandle::start(writer_conn)?;
+        let (indexer, indexer_thread) = IndexerHandle::start(&db)?;
+        let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, Some(indexer))?;
         let metrics = Arc::new(Metrics::new());
         let reads = Arc::new(ReadPool::new(&db));
+        let search = Arc::new(ReadPool::new(&store::search_path(&db)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sealer = Sealer::new(
             SealerSettings {
@@ -209,6 +249,8 @@ impl Service {
             metrics,
             public_key: signer.public_key().clone(),
             origin: config.origin.clone(),
+            sources,
+            search,
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -220,7 +262,34 @@ impl Service {
         if let Some(h) = health_listener {
             tokio::spawn(serve_health(h, stop_tx.subscribe()));
         }
-        accept_loop(listener, tls_config, principals, router, shutdown, &config).await;
+        // One shutdown signal stops both listeners.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let source_listener = match source_listener {
+            Some(l) => Some((
+                l,
+                tls::server_config_without_client_auth(&config.server.cert_file, &config.server.key_file)?,
+            )),
+            None => None,
+        };
+        let source_loop = async {
+            if let Some((l, tls)) = source_listener {
+                let router = api::source_router(app_state.clone());
+                let none = Arc::new(PrincipalMap::default());
+                accept_loop(l, tls, none, router, stopped(shutdown_rx.clone()), &config).await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = shutdown_tx.send(true);
+        };
+        tokio::join!(
+            accept_loop(listener, tls_config, principals, router, stopped(shutdown_rx.clone()), &config),
+            source_loop,
+            signal
+        );
         // Every handler has finished: everything acknowledged is committed. Seal it all, then stop the writer.
         let _ = stop_tx.send(true);
         let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
@@ -231,6 +300,8 @@ impl Service {
         drop(app_state);
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
+        let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
     }

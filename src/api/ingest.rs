@@ -47,12 +47,49 @@ async fn ingest(
     let principal = authorize(peer, Role::Producer)?;
     let ndjson = content_kind(headers)?;
     let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let parsed = parse(state, Format::Json, &bytes, ndjson)?;
+    let idempotency_key = idempotency_key(headers, parsed.len())?;
+    let origin = Origin {
+        producer: principal.name.clone(),
+        source: Arc::from(GENERIC_SOURCE),
+        auth: AuthMethod::Mtls,
+        format: Format::Json,
+    };
+    append(state, parsed, &origin, idempotency_key).await
+}
+
+/// Who sent a request and through which source: recorded in every entry of the request.
+pub(super) struct Origin {
+    /// The authenticated producer (principal name, or the source name for secret-authenticated sources).
+    pub producer: Arc<str>,
+    /// The source name.
+    pub source: Arc<str>,
+    /// How the producer authenticated.
+    pub auth: AuthMethod,
+    /// The payload format.
+    pub format: Format,
+}
+
+/// Parses a body of `format` with the configured limits.
+pub(super) fn parse(
+    state: &AppState,
+    format: Format,
+    bytes: &[u8],
+    ndjson: bool,
+) -> Result<Vec<formats::ParsedEvent>, ApiError> {
     let limits =
         Limits { max_events: state.limits.max_events_per_request, max_depth: state.limits.max_json_depth };
-    let parsed = formats::parse(Format::Json, &bytes, ndjson, &limits).map_err(format_error)?;
-    let idempotency_key = idempotency_key(headers, parsed.len())?;
+    formats::parse(format, bytes, ndjson, &limits).map_err(format_error)
+}
+
+/// Salts, hashes and appends parsed events; answers after the group commit (fsync).
+pub(super) async fn append(
+    state: &AppState,
+    parsed: Vec<formats::ParsedEvent>,
+    origin: &Origin,
+    idempotency_key: Option<String>,
+) -> Result<Json<Value>, ApiError> {
     let received_at_ns = crate::store::now_ns();
-    let source: Arc<str> = Arc::from(GENERIC_SOURCE);
     // ThreadRng is not Send: keep it out of the future's state across the await below.
     let events: Vec<NewEvent> = {
         let mut rng = rand::thread_rng();
@@ -63,14 +100,15 @@ async fn ingest(
                 rng.fill_bytes(&mut salt);
                 NewEvent {
                     received_at_ns,
-                    producer: principal.name.clone(),
-                    source: source.clone(),
-                    auth: AuthMethod::Mtls,
-                    format: Format::Json.as_str(),
+                    producer: origin.producer.clone(),
+                    source: origin.source.clone(),
+                    auth: origin.auth,
+                    format: origin.format.as_str(),
                     source_id: idempotency_key.clone().or(p.source_id),
                     payload_sha256: payload_digest(&salt, &p.raw),
                     salt,
                     body: p.raw,
+                    fields: p.fields,
                 }
             })
             .collect()
@@ -92,7 +130,7 @@ async fn ingest(
 }
 
 /// `application/json` → false, `application/x-ndjson` → true, anything else → 415.
-fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
+pub(super) fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
     let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
@@ -138,7 +176,7 @@ pub(super) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
 }
 
 /// An `Idempotency-Key` header names the source id of a single-event request.
-fn idempotency_key(headers: &HeaderMap, events: usize) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(headers: &HeaderMap, events: usize) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let bad = |msg: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_idempotency_key", msg.to_string());
     let key = value.to_str().map_err(|_| bad("Idempotency-Key must be visible ASCII"))?;

@@ -7,6 +7,7 @@ mod export;
 mod ingest;
 mod proofs;
 mod read;
+pub mod sources;
 
 use crate::config::{LimitsConfig, Role};
 use crate::ledger::appender::AppenderHandle;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub public_key: PublicKey,
     /// Log origin.
     pub origin: String,
+    /// Configured sources (`/v1/sources/{name}/events`).
+    pub sources: Arc<sources::SourceRegistry>,
+    /// Read-only connections to the search database (normalized fields).
+    pub search: Arc<ReadPool>,
 }
 
 /// The router of the mTLS listener.
@@ -45,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(read::ready))
         .route("/metrics", get(read::metrics))
         .route("/v1/events", post(ingest::post_events))
+        .route("/v1/sources/{name}/events", post(sources::post_mtls).get(sources::get_mtls))
         .route("/v1/events/{seq}", get(read::event))
         .route("/v1/events/{seq}/receipt", get(read::receipt))
         .route("/v1/heads/latest", get(read::latest_head))
@@ -53,6 +59,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/proofs/consistency", get(proofs::consistency))
         .route("/v1/admin/erasures", post(admin::erase))
         .route("/v1/export", get(export::export))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// The router of the source listener (server-auth TLS, no client certificate): secret-authenticated sources
+/// and `/healthz`, nothing else.
+pub fn source_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/sources/{name}/events", post(sources::post_secret).get(sources::get_secret))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -101,6 +101,21 @@ pub(super) async fn event(
     let (ev, erasure) =
         blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
+    // The normalized search fields: not part of the evidence, kept by the indexer a few ms behind the writer,
+    // so `null` until it has caught up (or if the search database cannot be read).
+    let search = state.search.clone();
+    let fields = tokio::task::spawn_blocking(move || search.with(|c| store::event_fields(c, seq)))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let fields = fields.map(|(source, f)| {
+        let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("source".into(), Value::String(source));
+        }
+        v
+    });
     let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
     let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
     Ok(Json(json!({
@@ -112,6 +127,7 @@ pub(super) async fn event(
         "body": ev.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
         "erased": ev.body.is_none(),
         "erasure": erasure,
+        "fields": fields,
     })))
 }
 

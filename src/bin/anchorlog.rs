@@ -373,6 +373,10 @@ fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
             // One line on stdout that scripts (and the test harness) can wait for.
             println!("anchorlog listening on https://{addr}");
         }
+        if let Some(addr) = service.source_addr() {
+            // Second line, only when server.source_listen is set (secret-authenticated sources).
+            println!("anchorlog source listener on https://{addr}");
+        }
         if let Some(b) = banner {
             println!("{b}");
         }

@@ -279,6 +279,30 @@ pub fn parse(
     }
 }
 
+/// Re-derives the normalized fields of one stored event from its raw bytes (the indexer's crash recovery).
+///
+/// `format` is the entry's format name; `None` for a format this build does not parse (e.g. the appliance's
+/// own `anchorlog` records) or a body that no longer parses. An Okta element is re-wrapped in an envelope; its
+/// `realm` came from the envelope's `source` URL, which is not stored per event, so it is `None` here.
+pub fn normalize_stored(format: &str, raw: &[u8]) -> Option<NormalizedFields> {
+    // Stored elements were accepted under the configured limits; the element alone is never deeper.
+    let limits = Limits { max_events: 1, max_depth: 1024 };
+    let parsed = match format {
+        "keycloak" => keycloak::parse(raw, false, &limits),
+        "auth0" => auth0::parse(raw, false, &limits),
+        "json" => json::parse(raw, false, &limits),
+        "okta" => {
+            let mut envelope = Vec::with_capacity(raw.len() + 24);
+            envelope.extend_from_slice(b"{\"data\":{\"events\":[");
+            envelope.extend_from_slice(raw);
+            envelope.extend_from_slice(b"]}}");
+            okta::parse(&envelope, &limits)
+        }
+        _ => return None,
+    };
+    parsed.ok()?.into_iter().next().map(|e| e.fields)
+}
+
 /// The JSON body answering Okta's one-time verification GET:
 /// `{"verification": "<value of X-Okta-Verification-Challenge>"}` (send as `application/json`).
 pub fn okta_verification_response(challenge: &str) -> serde_json::Value {

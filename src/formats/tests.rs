@@ -807,3 +807,23 @@ fn timing_keycloak_breakdown() {
     let all = t.elapsed() / n;
     println!("scan {scan:?} raw {raw:?} value {value:?} total {all:?}");
 }
+
+#[test]
+fn stored_elements_re_derive_their_fields() {
+    for (format, body, ndjson) in [
+        (Format::Keycloak, fixture!("keycloak-admin-create-user.json"), false),
+        (Format::Auth0, fixture!("auth0-array.json"), false),
+        (Format::Json, br#"{"type":"LOGIN","actor":"u"}"#.as_slice(), false),
+    ] {
+        for ev in parse_ok(format, body, ndjson) {
+            assert_eq!(super::normalize_stored(format.as_str(), &ev.raw), Some(ev.fields));
+        }
+    }
+    // Okta: everything but the realm, which only the envelope carried.
+    for ev in parse_ok(Format::Okta, fixture!("okta-envelope-3.json"), false) {
+        let expected = NormalizedFields { realm: None, ..ev.fields };
+        assert_eq!(super::normalize_stored("okta", &ev.raw), Some(expected));
+    }
+    assert_eq!(super::normalize_stored("anchorlog", b"{}"), None);
+    assert_eq!(super::normalize_stored("keycloak", b"not json"), None);
+}

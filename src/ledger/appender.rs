@@ -5,7 +5,9 @@
 //! take others down), commits once (one fsync under `synchronous=FULL`), and only then answers every waiter.
 //! A handler therefore sends its 2xx only after its events are durable.
 
+use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
+use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::merkle::{self, Frontier};
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
@@ -39,6 +41,8 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// SHA-256(salt || body).
     pub payload_sha256: [u8; 32],
+    /// Normalized search fields, handed to the indexer once the event is committed.
+    pub fields: NormalizedFields,
 }
 
 /// The outcome of one appended event.
@@ -116,8 +120,16 @@ pub struct AppenderHandle {
 }
 
 impl AppenderHandle {
-    /// Starts the writer thread on `conn` (opened by [`store::open_writer`]).
+    /// Starts the writer thread on `conn` (opened by [`store::open_writer`]) without a search indexer.
     pub fn start(conn: Connection) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
+        Self::start_with_indexer(conn, None)
+    }
+
+    /// Starts the writer thread; after every commit it hands the new events' fields to `indexer`.
+    pub fn start_with_indexer(
+        conn: Connection,
+        indexer: Option<IndexerHandle>,
+    ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         let next_seq = store::event_count(&conn)?;
         // O(log n): the right edge of the tree from the stored nodes, not a walk over every leaf.
         let frontier = store::tree::load_frontier(&conn, next_seq)?;
@@ -125,7 +137,7 @@ impl AppenderHandle {
         let (committed_tx, committed) = watch::channel(next_seq);
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
-            .spawn(move || Writer { conn, next_seq, frontier, committed: committed_tx }.run(rx))
+            .spawn(move || Writer { conn, next_seq, frontier, committed: committed_tx, indexer }.run(rx))
             .map_err(|_| AppendError::Stopped)?;
         Ok((AppenderHandle { commands, committed }, join))
     }
@@ -180,6 +192,7 @@ struct Writer {
     /// The tree over every committed event; completed subtrees go to the node store in the same transaction.
     frontier: Frontier,
     committed: watch::Sender<u64>,
+    indexer: Option<IndexerHandle>,
 }
 
 enum Reply {
@@ -216,6 +229,8 @@ impl Writer {
         let start_seq = self.next_seq;
         let start_frontier = self.frontier.clone();
         let mut replies = Vec::with_capacity(group.len());
+        let mut rows = Vec::new();
+        let index = self.indexer.is_some();
         let next_seq = &mut self.next_seq;
         let frontier = &mut self.frontier;
         let conn = &self.conn;
@@ -225,6 +240,14 @@ impl Writer {
                 match cmd {
                     Command::Append { events, reply } => {
                         let result = append_request(&tx, next_seq, frontier, &events);
+                        if index {
+                            if let Ok(appended) = &result {
+                                // The events are no longer needed: move their fields instead of copying.
+                                rows.extend(appended.iter().zip(events).filter(|(a, _)| !a.duplicate).map(
+                                    |(a, e)| IndexRow { seq: a.seq, source: e.source, fields: e.fields },
+                                ));
+                            }
+                        }
                         replies.push(Reply::Append(reply, result));
                     }
                     Command::Erase { seq, erased_by, reason, reply } => {
@@ -247,6 +270,9 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 let _ = self.committed.send(self.next_seq);
+                if let Some(indexer) = &self.indexer {
+                    indexer.send(rows);
+                }
                 for r in replies {
                     match r {
                         Reply::Append(tx, res) => {
@@ -432,6 +458,7 @@ mod tests {
             salt: [7; 32],
             body: body.as_bytes().to_vec(),
             payload_sha256: crate::ledger::entry::payload_digest(&[7; 32], body.as_bytes()),
+            fields: NormalizedFields { event_type: Some("T".into()), ..NormalizedFields::default() },
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod appender;
 pub mod entry;
 pub mod head;
+pub mod indexer;
 #[cfg(feature = "server")]
 pub mod internal;
 pub mod merkle;

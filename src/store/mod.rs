@@ -5,6 +5,7 @@ pub mod erasure;
 pub mod schema;
 pub mod tree;
 
+use crate::formats::{NormalizedFields, Outcome};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -212,6 +213,62 @@ fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// The search database beside the ledger file: `anchorlog.db` → `anchorlog.search.db`.
+pub fn search_path(database: &Path) -> PathBuf {
+    database.with_extension("search.db")
+}
+
+/// Opens (creating if needed) the search database for the indexer. Its content is derived from the ledger,
+/// so nothing is fsynced (`synchronous=OFF`): after a crash the indexer re-derives what is missing.
+pub fn open_search_writer(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(open_err)?;
+    // The indexes are updated all over (an actor index by every batch): keep their pages in memory instead of
+    // re-reading them from the OS on every batch. Negative = KiB; 64 MiB at most, allocated as used.
+    conn.pragma_update(None, "cache_size", -65_536).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='event_fields'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(schema::SEARCH_SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+            params![schema::SEARCH_SCHEMA_VERSION, now_ms()],
+        )?;
+        tx.commit()?;
+    }
+    check_version(&conn, path)?;
+    Ok(conn)
+}
+
+/// One past the greatest seq in the search database (0 if empty): where the indexer resumes.
+pub fn indexed_until(conn: &Connection) -> Result<u64, StoreError> {
+    let n: Option<i64> = conn.query_row("SELECT max(seq) FROM event_fields", [], |r| r.get(0))?;
+    Ok(n.map_or(0, |m| m as u64 + 1))
+}
+
+/// Visits `(seq, source, format, body)` of events `from..to` in seq order (erased bodies are `None`).
+pub fn for_each_body(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    mut f: impl FnMut(u64, String, String, Option<Vec<u8>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn
+        .prepare("SELECT seq, source, format, body FROM events WHERE seq >= ?1 AND seq < ?2 ORDER BY seq")?;
+    let mut rows = stmt.query(params![from as i64, to as i64])?;
+    while let Some(r) = rows.next()? {
+        f(u64_of(r.get(0)?, "events", from, "seq")?, r.get(1)?, r.get(2)?, r.get(3)?)?;
+    }
+    Ok(())
+}
+
 /// Opens the database read-only (verification, queries). Fails if the file does not exist.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
@@ -273,6 +330,115 @@ pub fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<(), StoreErro
         e.body
     ])?;
     Ok(())
+}
+
+/// Inserts the normalized search fields of event `seq` into the search database (the caller owns the
+/// transaction). A row that is already there is kept (re-indexing after a crash is idempotent).
+pub fn insert_event_fields(
+    conn: &Connection,
+    seq: u64,
+    source: &str,
+    f: &NormalizedFields,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO event_fields (seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target,
+                                   source_ip, user_agent, session_id, client_id, realm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    stmt.execute(params![
+        seq as i64,
+        source,
+        f.event_time_ms,
+        f.event_type,
+        f.outcome.as_str(),
+        f.actor_id,
+        f.actor_name,
+        f.target,
+        f.source_ip,
+        f.user_agent,
+        f.session_id,
+        f.client_id,
+        f.realm
+    ])?;
+    Ok(())
+}
+
+/// Rows per multi-row INSERT in [`insert_event_fields_many`] (13 parameters each, far below SQLite's limit).
+const FIELDS_ROWS_PER_STATEMENT: usize = 64;
+
+/// Inserts many `(seq, source, fields)` rows into the search database (the caller owns the transaction), 64
+/// rows per statement: the per-statement overhead is a large share of the indexer's CPU.
+pub fn insert_event_fields_many(
+    conn: &Connection,
+    rows: &[(u64, &str, &NormalizedFields)],
+) -> Result<(), StoreError> {
+    const COLUMNS: &str = "(seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target, \
+                           source_ip, user_agent, session_id, client_id, realm)";
+    const ONE: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    for chunk in rows.chunks(FIELDS_ROWS_PER_STATEMENT) {
+        let values = vec![ONE; chunk.len()].join(",");
+        let mut stmt =
+            conn.prepare_cached(&format!("INSERT OR IGNORE INTO event_fields {COLUMNS} VALUES {values}"))?;
+        let mut i = 0;
+        let mut bind = |stmt: &mut rusqlite::CachedStatement<'_>, v: &dyn rusqlite::ToSql| {
+            i += 1;
+            stmt.raw_bind_parameter(i, v)
+        };
+        for (seq, source, f) in chunk {
+            bind(&mut stmt, &(*seq as i64))?;
+            bind(&mut stmt, source)?;
+            bind(&mut stmt, &f.event_time_ms)?;
+            bind(&mut stmt, &f.event_type)?;
+            bind(&mut stmt, &f.outcome.as_str())?;
+            bind(&mut stmt, &f.actor_id)?;
+            bind(&mut stmt, &f.actor_name)?;
+            bind(&mut stmt, &f.target)?;
+            bind(&mut stmt, &f.source_ip)?;
+            bind(&mut stmt, &f.user_agent)?;
+            bind(&mut stmt, &f.session_id)?;
+            bind(&mut stmt, &f.client_id)?;
+            bind(&mut stmt, &f.realm)?;
+        }
+        stmt.raw_execute()?;
+    }
+    Ok(())
+}
+
+/// The normalized search fields of event `seq`, with the source it arrived through.
+pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, NormalizedFields)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT source, event_time_ms, event_type, outcome, actor_id, actor_name, target, source_ip, user_agent,
+                session_id, client_id, realm
+         FROM event_fields WHERE seq = ?1",
+    )?;
+    let mut rows = stmt.query(params![seq as i64])?;
+    let Some(r) = rows.next()? else { return Ok(None) };
+    let outcome = match r.get::<_, String>(3)?.as_str() {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        "unknown" => Outcome::Unknown,
+        other => {
+            return Err(StoreError::Corrupt {
+                table: "event_fields",
+                key: seq,
+                problem: format!("unknown outcome {other:?}"),
+            })
+        }
+    };
+    let fields = NormalizedFields {
+        event_time_ms: r.get(1)?,
+        event_type: r.get(2)?,
+        outcome,
+        actor_id: r.get(4)?,
+        actor_name: r.get(5)?,
+        target: r.get(6)?,
+        source_ip: r.get(7)?,
+        user_agent: r.get(8)?,
+        session_id: r.get(9)?,
+        client_id: r.get(10)?,
+        realm: r.get(11)?,
+    };
+    Ok(Some((r.get(0)?, fields)))
 }
 
 /// The seq and leaf hash of an already stored event with this de-duplication key.
@@ -650,6 +816,46 @@ mod tests {
         assert!(upd.contains("timestamps are append-only"), "{upd}");
         let del = conn.execute("DELETE FROM timestamps", []).unwrap_err().to_string();
         assert!(del.contains("timestamps are append-only"), "{del}");
+    }
+
+    #[test]
+    fn event_fields_round_trip_in_the_search_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = search_path(&dir.path().join("a.db"));
+        assert_eq!(path, dir.path().join("a.search.db"));
+        let conn = open_search_writer(&path).unwrap();
+        let f = NormalizedFields {
+            event_time_ms: Some(1_732_358_465_777),
+            event_type: Some("LOGIN_ERROR".into()),
+            outcome: Outcome::Failure,
+            actor_id: Some("u-1".into()),
+            source_ip: Some("10.0.0.1".into()),
+            ..NormalizedFields::default()
+        };
+        assert_eq!(indexed_until(&conn).unwrap(), 0);
+        insert_event_fields(&conn, 3, "keycloak", &f).unwrap();
+        // Idempotent: a second insert of the same seq keeps the first row.
+        insert_event_fields(&conn, 3, "other", &NormalizedFields::default()).unwrap();
+        assert_eq!(event_fields(&conn, 3).unwrap(), Some(("keycloak".to_string(), f)));
+        assert_eq!(event_fields(&conn, 1).unwrap(), None);
+        assert_eq!(indexed_until(&conn).unwrap(), 4);
+        // Many rows at once (two full statements and a partial one), same result as one by one.
+        let many: Vec<NormalizedFields> = (0..150)
+            .map(|i| NormalizedFields { actor_id: Some(format!("a{i}")), ..NormalizedFields::default() })
+            .collect();
+        let rows: Vec<(u64, &str, &NormalizedFields)> =
+            many.iter().enumerate().map(|(i, f)| (10 + i as u64, "json", f)).collect();
+        insert_event_fields_many(&conn, &rows).unwrap();
+        assert_eq!(indexed_until(&conn).unwrap(), 160);
+        assert_eq!(event_fields(&conn, 159).unwrap(), Some(("json".to_string(), many[149].clone())));
+        assert_eq!(event_fields(&conn, 3).unwrap().unwrap().0, "keycloak");
+        let upd =
+            conn.execute("UPDATE event_fields SET actor_id = 'x' WHERE seq = 3", []).unwrap_err().to_string();
+        assert!(upd.contains("event fields are append-only"), "{upd}");
+        drop(conn);
+        // Reopening keeps the schema; a reader opens it like the ledger.
+        open_search_writer(&path).unwrap();
+        assert!(event_fields(&open_reader(&path).unwrap(), 3).unwrap().is_some());
     }
 
     #[test]

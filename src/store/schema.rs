@@ -128,3 +128,46 @@ BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
 CREATE TRIGGER log_meta_no_delete BEFORE DELETE ON log_meta
 BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
 "#;
+
+/// Schema version of the search database this build writes and understands.
+pub const SEARCH_SCHEMA_VERSION: i64 = 1;
+
+/// DDL of the search database (`<database>.search.db`), kept by the indexer thread that trails the writer.
+///
+/// It is a separate file on purpose: SQLite has one write lock per file, and maintaining these indexes costs
+/// more than the whole event insert (measured in docs/PERFORMANCE.md), so in the ledger file — in the writer's
+/// transaction or in a follower's — they would cap ingest. In their own file they are written in parallel.
+pub const SEARCH_SCHEMA_V1: &str = r#"
+CREATE TABLE schema_version (
+    version       INTEGER PRIMARY KEY,
+    applied_at_ms INTEGER NOT NULL
+);
+-- Normalized search fields of each event (one row per event, same seq). Not covered by any hash: the evidence
+-- is the event's body; these are a convenience for search, re-derivable from the bodies.
+-- `outcome` is 'success', 'failure' or 'unknown'.
+CREATE TABLE event_fields (
+    seq           INTEGER PRIMARY KEY,
+    source        TEXT NOT NULL,
+    event_time_ms INTEGER,
+    event_type    TEXT,
+    outcome       TEXT NOT NULL CHECK (outcome IN ('success', 'failure', 'unknown')),
+    actor_id      TEXT,
+    actor_name    TEXT,
+    target        TEXT,
+    source_ip     TEXT,
+    user_agent    TEXT,
+    session_id    TEXT,
+    client_id     TEXT,
+    realm         TEXT
+);
+-- Search indexes: every query filters on one of these and pages by seq (keyset pagination). Each index costs
+-- indexer CPU on every event (docs/PERFORMANCE.md), so outcome is indexed for failures only: they are the rare
+-- ones worth finding fast, while successes are most of the log and a scan by seq serves them as well.
+CREATE INDEX event_fields_actor ON event_fields (actor_id, seq) WHERE actor_id IS NOT NULL;
+CREATE INDEX event_fields_type ON event_fields (event_type, seq) WHERE event_type IS NOT NULL;
+CREATE INDEX event_fields_failures ON event_fields (seq) WHERE outcome = 'failure';
+CREATE INDEX event_fields_time ON event_fields (event_time_ms) WHERE event_time_ms IS NOT NULL;
+CREATE INDEX event_fields_source ON event_fields (source, seq);
+CREATE TRIGGER event_fields_no_update BEFORE UPDATE ON event_fields
+BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields are append-only'); END;
+"#;

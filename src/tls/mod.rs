@@ -205,6 +205,24 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The server configuration of the source listener: TLS 1.2/1.3, HTTP/1.1, server certificate only. Its
+/// clients (Okta, Auth0, Keycloak plugins) cannot present certificates; they authenticate per source with a
+/// secret instead.
+pub fn server_config_without_client_auth(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert_file, "server certificate")?, load_key(key_file)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client configuration presenting `cert_file`/`key_file` and trusting `ca_file` (tests, bench, audit).
 pub fn client_config(
     ca_file: &Path,
