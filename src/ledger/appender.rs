@@ -8,6 +8,7 @@
 use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
 use crate::ledger::indexer::{IndexRow, IndexerHandle};
+use crate::ledger::internal;
 use crate::ledger::merkle::{self, Frontier};
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
@@ -230,6 +231,7 @@ impl Writer {
         let start_frontier = self.frontier.clone();
         let mut replies = Vec::with_capacity(group.len());
         let mut rows = Vec::new();
+        let mut erased = Vec::new();
         let index = self.indexer.is_some();
         let next_seq = &mut self.next_seq;
         let frontier = &mut self.frontier;
@@ -252,6 +254,21 @@ impl Writer {
                     }
                     Command::Erase { seq, erased_by, reason, reply } => {
                         let result = erase(&tx, next_seq, frontier, seq, erased_by, reason);
+                        if let Ok(done) = &result {
+                            erased.push(done.record.seq);
+                            if index {
+                                let logged = internal::internal_event(&internal::erasure_body(
+                                    done.record.seq,
+                                    &done.record.erased_by,
+                                    &done.record.reason,
+                                ));
+                                rows.push(IndexRow {
+                                    seq: done.record.erasure_seq,
+                                    source: logged.source,
+                                    fields: logged.fields,
+                                });
+                            }
+                        }
                         replies.push(Reply::Erase(reply, result));
                     }
                     Command::StoreHead { head, reply } => {
@@ -272,6 +289,9 @@ impl Writer {
                 let _ = self.committed.send(self.next_seq);
                 if let Some(indexer) = &self.indexer {
                     indexer.send(rows);
+                    for seq in erased {
+                        indexer.erased(seq);
+                    }
                 }
                 for r in replies {
                     match r {

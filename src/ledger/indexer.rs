@@ -34,11 +34,21 @@ pub struct IndexRow {
     pub fields: NormalizedFields,
 }
 
+/// What the writer hands the indexer after a commit, in commit order.
+#[derive(Debug, Clone)]
+pub enum IndexMsg {
+    /// Fields of newly committed events.
+    Rows(Vec<IndexRow>),
+    /// The payload of this seq was erased: its fields (derived from the body: actor, IP, …) are personal
+    /// data too, so they are scrubbed from the search database as well.
+    Erased(u64),
+}
+
 /// Sends committed rows to the indexer thread. Dropping every handle stops the thread after it has written
 /// everything it was sent.
 #[derive(Clone)]
 pub struct IndexerHandle {
-    rows: SyncSender<Vec<IndexRow>>,
+    rows: SyncSender<IndexMsg>,
 }
 
 impl IndexerHandle {
@@ -57,7 +67,18 @@ impl IndexerHandle {
 
     /// Queues the rows of one committed group; waits if the indexer is [`INDEX_QUEUE_DEPTH`] groups behind.
     pub fn send(&self, rows: Vec<IndexRow>) {
-        if !rows.is_empty() && self.rows.send(rows).is_err() {
+        if !rows.is_empty() {
+            self.send_msg(IndexMsg::Rows(rows));
+        }
+    }
+
+    /// Queues the scrubbing of an erased event's fields (after any rows sent before it).
+    pub fn erased(&self, seq: u64) {
+        self.send_msg(IndexMsg::Erased(seq));
+    }
+
+    fn send_msg(&self, msg: IndexMsg) {
+        if self.rows.send(msg).is_err() {
             tracing::warn!(
                 "indexer: stopped; search fields of new events will be re-derived at the next start"
             );
@@ -65,23 +86,30 @@ impl IndexerHandle {
     }
 }
 
-fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<Vec<IndexRow>>) {
+fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>) {
     if let Err(e) = backfill(&mut search, &ledger) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
     while let Ok(first) = rx.recv() {
-        let mut batch = first;
+        let (mut batch, mut erased) = (Vec::new(), Vec::new());
+        take(first, &mut batch, &mut erased);
         let deadline = std::time::Instant::now() + INDEX_BATCH_WINDOW;
-        while batch.len() < MAX_INDEX_BATCH {
+        loop {
             let wait = deadline.saturating_duration_since(std::time::Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(more) => batch.extend(more),
+                Ok(more) => take(more, &mut batch, &mut erased),
                 // Window over, or the writer stopped: write what we have (then `recv` ends the loop).
                 Err(_) => break,
             }
+            if batch.len() >= MAX_INDEX_BATCH {
+                break;
+            }
         }
-        if let Err(e) = write(&mut search, &batch) {
-            // The ledger is unaffected; the next start re-derives these rows from the bodies.
+        // Rows first, then scrubs: an erased event's row was always sent before its erasure.
+        let result = write(&mut search, &batch).and_then(|()| scrub(&mut search, &erased));
+        if let Err(e) = result {
+            // The ledger is unaffected; the next start re-derives these rows from the bodies (an erased
+            // body yields no fields).
             tracing::error!(error = %e, rows = batch.len(), "indexer: writing search fields failed");
         }
     }
@@ -93,6 +121,25 @@ fn write(search: &mut Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
     let refs: Vec<(u64, &str, &NormalizedFields)> =
         rows.iter().map(|r| (r.seq, &*r.source, &r.fields)).collect();
     store::insert_event_fields_many(&tx, &refs)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn take(msg: IndexMsg, batch: &mut Vec<IndexRow>, erased: &mut Vec<u64>) {
+    match msg {
+        IndexMsg::Rows(rows) => batch.extend(rows),
+        IndexMsg::Erased(seq) => erased.push(seq),
+    }
+}
+
+fn scrub(search: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let tx = search.transaction()?;
+    for &seq in seqs {
+        store::scrub_event_fields(&tx, seq)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -169,5 +216,29 @@ mod tests {
         let f2 = store::event_fields(&search, 2).unwrap().unwrap().1;
         assert_eq!((f2.event_type.as_deref(), f2.outcome), (Some("C"), crate::formats::Outcome::Failure));
         assert_eq!(store::indexed_until(&search).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn erasure_scrubs_the_fields_derived_from_the_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let (indexer, ijoin) = IndexerHandle::start(&db).unwrap();
+        let (h, join) =
+            AppenderHandle::start_with_indexer(store::open_writer(&db, "o").unwrap(), Some(indexer)).unwrap();
+        h.append(vec![ev(r#"{"type":"LOGIN","actor":"alice","ip":"10.1.2.3"}"#)]).await.unwrap();
+        let done = h.erase(0, "dpo".into(), "art. 17 request".into()).await.unwrap();
+        assert_eq!(done.record.erasure_seq, 1);
+        drop(h);
+        join.join().unwrap();
+        ijoin.join().unwrap();
+        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        let (source, scrubbed) = store::event_fields(&search, 0).unwrap().unwrap();
+        assert_eq!(source, "kc");
+        assert_eq!(scrubbed, NormalizedFields::default(), "no actor, IP or type survives the erasure");
+        let (source, logged) = store::event_fields(&search, 1).unwrap().unwrap();
+        assert_eq!(source, "anchorlog");
+        assert_eq!(logged.event_type.as_deref(), Some("anchorlog.erasure"));
+        assert_eq!(logged.actor_id.as_deref(), Some("dpo"));
+        assert_eq!(store::indexed_until(&search).unwrap(), 2);
     }
 }

@@ -664,6 +664,22 @@ pub fn heads_without_timestamp(
     Ok(out)
 }
 
+/// Replaces the search fields of an erased event by an empty row (its source only): the fields were derived
+/// from the erased body, so they go with it. The row stays so `indexed_until` keeps counting it.
+pub fn scrub_event_fields(search: &Connection, seq: u64) -> Result<(), StoreError> {
+    let source: Option<String> = search
+        .query_row("SELECT source FROM event_fields WHERE seq = ?1", params![seq as i64], |r| r.get(0))
+        .optional()?;
+    search.execute("DELETE FROM event_fields WHERE seq = ?1", params![seq as i64])?;
+    if let Some(source) = source {
+        search.execute(
+            "INSERT INTO event_fields (seq, source, outcome) VALUES (?1, ?2, 'unknown')",
+            params![seq as i64, source],
+        )?;
+    }
+    Ok(())
+}
+
 /// A small pool of read-only connections, used from blocking threads.
 pub struct ReadPool {
     path: PathBuf,
