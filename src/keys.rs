@@ -165,7 +165,10 @@ pub fn attest(
             Ok(crate::signer::tpm::attest(&settings, auth.as_ref(), nonce).map_err(SignerError::from)?)
         }
         #[cfg(not(feature = "tpm"))]
-        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+        SignerBackend::Tpm => {
+            let _ = nonce;
+            Err(KeysError::Unavailable("tpm"))
+        }
         SignerBackend::Pkcs11 => Err(KeysError::NotAttestable),
     }
 }
