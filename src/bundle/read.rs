@@ -5,6 +5,7 @@ use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
 use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
+use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::{self, Decoded, EventSource, Failure, Report, Start, VerifyError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -22,8 +23,11 @@ pub struct BundleReport {
     pub manifest: Manifest,
     /// The walk's report (events and heads of the bundle).
     pub report: Report,
-    /// Heads that carry an RFC 3161 token (`heads/<h>.tsr`); checked once tokens are supported.
+    /// Heads (anchor included) that carry an RFC 3161 token (`heads/<h>.tsr`).
     pub tokens_present: u64,
+    /// The token check, when a TSA CA was given ([`verify_bundle_with`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<TimestampReport>,
 }
 
 #[derive(Default)]
@@ -56,11 +60,23 @@ fn read_small(mut r: impl Read, name: &str) -> Result<Vec<u8>, VerifyError> {
 }
 
 /// Verifies the bundle at `path` against `key` (the auditor's trusted copy of the signer's public key);
-/// `origin`, when given, must be the bundle's origin.
+/// `origin`, when given, must be the bundle's origin. Tokens are counted, not checked.
 pub fn verify_bundle(
     path: &Path,
     key: &PublicKey,
     origin: Option<&str>,
+) -> Result<BundleReport, VerifyError> {
+    verify_bundle_with(path, key, origin, None)
+}
+
+/// [`verify_bundle`], and with `tsa` also every head's RFC 3161 token (`heads/<h>.tsr`, the anchor head's
+/// included) once the heads themselves verified: the first bad token names its height; a head without one
+/// is listed, or fails with [`TimestampPolicy::require`].
+pub fn verify_bundle_with(
+    path: &Path,
+    key: &PublicKey,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
 ) -> Result<BundleReport, VerifyError> {
     // Pass 1: everything but the events (small).
     let mut manifest: Option<Manifest> = None;
@@ -130,7 +146,40 @@ pub fn verify_bundle(
     if report.unsealed_events > 0 || end != manifest.end_seq {
         return Err(Failure::EventBeyondRange { seq: end - report.unsealed_events }.into());
     }
-    Ok(BundleReport { manifest, report, tokens_present })
+    let first_height = manifest.anchor.as_ref().map_or(manifest.from_height, |a| a.height);
+    if first_height < manifest.from_height {
+        tokens_present += heads.get(&first_height).map_or(0, |f| u64::from(f.tsr.is_some()));
+    }
+    let timestamps = match tsa {
+        Some(policy) => Some(check_tokens(&heads, first_height, manifest.to_height, policy)?),
+        None => None,
+    };
+    Ok(BundleReport { manifest, report, tokens_present, timestamps })
+}
+
+/// Checks the tokens of heads `from..=to` (all present and verified by now).
+fn check_tokens(
+    heads: &BTreeMap<u64, HeadFiles>,
+    from: u64,
+    to: u64,
+    policy: &TimestampPolicy,
+) -> Result<TimestampReport, VerifyError> {
+    let mut items = Vec::new();
+    for height in from..=to {
+        let files = heads.get(&height);
+        let Some(text) = files.and_then(|f| f.text.as_deref()) else {
+            return Err(Failure::HeadMissing { height }.into());
+        };
+        let cp =
+            Checkpoint::parse(text).map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
+        items.push(HeadToken {
+            height,
+            checkpoint: text,
+            sealed_at_ms: cp.time_ms,
+            response: files.and_then(|f| f.tsr.as_deref()),
+        });
+    }
+    Ok(verify_head_tokens(items, policy)?)
 }
 
 /// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's).
