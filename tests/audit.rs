@@ -342,6 +342,20 @@ fn tamper_matrix_on_a_bundle_names_the_exact_record() {
             "stored leaf hash does not match the entry",
         ),
         (
+            "payload removed without an erasure record",
+            tampered(&tar, "unrecorded-erasure", |m| {
+                edit_lines(m, |l| {
+                    edit_json_line(l, 29, |v| {
+                        v["body"] = serde_json::Value::Null;
+                        v["salt"] = serde_json::Value::Null;
+                    })
+                })
+            }),
+            "seq",
+            29,
+            "body and salt are erased but no erasure record accounts for it",
+        ),
+        (
             "edited entry with a matching leaf hash",
             tampered(&tar, "entry-leaf", |m| {
                 edit_lines(m, |l| {
