@@ -424,6 +424,7 @@ struct Chunk {
 /// file overlap with checking the previous chunk. Stops early when the receiver is gone.
 fn read_chunks(
     path: &Path,
+    chunk_size: usize,
     tx: &std::sync::mpsc::SyncSender<Result<Chunk, VerifyError>>,
     spare: &std::sync::mpsc::Receiver<Chunk>,
 ) -> Result<(), VerifyError> {
@@ -441,8 +442,8 @@ fn read_chunks(
         while !eof {
             let mut chunk = spare.try_recv().unwrap_or_else(|_| Chunk { buf: Vec::new(), ends: Vec::new() });
             chunk.ends.clear();
-            if chunk.buf.len() < carry.len() + CHUNK {
-                chunk.buf.resize(carry.len() + CHUNK, 0);
+            if chunk.buf.len() < carry.len() + chunk_size {
+                chunk.buf.resize(carry.len() + chunk_size, 0);
             }
             chunk.buf[..carry.len()].copy_from_slice(&carry);
             let mut filled = carry.len();
@@ -487,33 +488,63 @@ impl EventSource for BundleEvents {
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
             let (spare_tx, spare_rx) = std::sync::mpsc::channel();
             scope.spawn(move || {
-                if let Err(e) = read_chunks(path, &tx, &spare_rx) {
+                if let Err(e) = read_chunks(path, CHUNK, &tx, &spare_rx) {
                     let _ = tx.send(Err(e));
                 }
             });
             // Returning drops `rx`, which stops the reader at its next send; the scope then joins it.
+            // Chunk k+1 is checked (on all cores) while the walk folds chunk k into the tree.
             let mut position = from;
+            let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>> = None;
+            let mut fold = |h: std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>| {
+                // A panic in a check is a bug; re-raise it rather than hide it.
+                let (chunk, results) = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                let _ = spare_tx.send(chunk);
+                f(results)
+            };
             for chunk in rx {
-                let chunk = chunk?;
-                // Every `\n`-terminated piece is a line (an empty one too: it fails to decode, at its seq).
-                let mut lines = Vec::with_capacity(chunk.ends.len());
-                let mut start = 0;
-                for &end in &chunk.ends {
-                    lines.push((position, &chunk.buf[start..end]));
-                    position += 1;
-                    start = end;
-                }
-                for batch in lines.chunks(verify::BATCH) {
-                    if !f(verify::par_map(batch, |(pos, line)| check_line(line, *pos))) {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // What was read before the error is judged first: its failure is the earlier one.
+                        if let Some(h) = in_flight.take() {
+                            if !fold(h) {
+                                return Ok(());
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
+                let first = position;
+                position += chunk.ends.len() as u64;
+                let next = scope.spawn(move || {
+                    let results = check_chunk(&chunk, first);
+                    (chunk, results)
+                });
+                if let Some(h) = in_flight.replace(next) {
+                    if !fold(h) {
                         return Ok(());
                     }
                 }
-                drop(lines);
-                let _ = spare_tx.send(chunk);
+            }
+            if let Some(h) = in_flight.take() {
+                fold(h);
             }
             Ok(())
         })
     }
+}
+
+/// Checks every line of a chunk on all cores; `first` is the seq expected at its first line.
+fn check_chunk(chunk: &Chunk, first: u64) -> Vec<Decoded> {
+    // Every `\n`-terminated piece is a line (an empty one too: it fails to decode, at its seq).
+    let mut lines = Vec::with_capacity(chunk.ends.len());
+    let mut start = 0;
+    for (i, &end) in chunk.ends.iter().enumerate() {
+        lines.push((first + i as u64, &chunk.buf[start..end]));
+        start = end;
+    }
+    verify::par_map(&lines, |(pos, line)| check_line(line, *pos))
 }
 
 #[cfg(test)]
@@ -537,6 +568,43 @@ mod tests {
 
     fn same(a: &StoredEvent, b: &StoredEvent) -> bool {
         (a.seq, &a.entry, a.leaf_hash, &a.salt, &a.body) == (b.seq, &b.entry, b.leaf_hash, &b.salt, &b.body)
+    }
+
+    /// Lines split across chunk boundaries (down to chunks of one byte, lines longer than a chunk, an
+    /// empty line, a last line without its newline) come out whole and in order.
+    #[test]
+    fn chunks_hold_whole_lines_whatever_the_chunk_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: &[u8] = b"{\"a\":1}\n\n{\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\":2}\nx\n{\"last\":3}";
+        let tar = dir.path().join("t.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+        for (name, data) in [("manifest.json", &b"{}"[..]), (ENTRIES, text)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let want: Vec<&[u8]> = vec![b"{\"a\":1}\n", b"\n", &text[9..57], b"x\n", b"{\"last\":3}"];
+        for size in [1, 2, 3, 7, 16, 45, 46, 47, 1000] {
+            let (tx, rx) = std::sync::mpsc::sync_channel(100);
+            let (_spare_tx, spare_rx) = std::sync::mpsc::channel();
+            read_chunks(&tar, size, &tx, &spare_rx).unwrap();
+            drop(tx);
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for c in rx {
+                let c = c.unwrap();
+                let mut start = 0;
+                for &end in &c.ends {
+                    got.push(c.buf[start..end].to_vec());
+                    start = end;
+                }
+            }
+            assert_eq!(got, want, "chunk size {size}");
+        }
     }
 
     #[test]

@@ -325,18 +325,34 @@ pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec
     if threads < 2 || items.len() < 512 {
         return items.iter().map(f).collect();
     }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<U>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for h in handles {
-            // A panic in a check is a bug; re-raise it rather than hide it.
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        out
-    })
+    // Small pieces taken in turn, not one slice per thread: on a shared machine a preempted worker must not
+    // hold up the batch while the others idle.
+    let piece = (items.len() / (threads * 8)).max(64);
+    let pieces: Vec<&[T]> = items.chunks(piece).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (f, pieces, next) = (&f, &pieces, &next);
+    let mut done: Vec<(usize, Vec<U>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(p) = pieces.get(i) else { return out };
+                        out.push((i, p.iter().map(f).collect::<Vec<U>>()));
+                    }
+                })
+            })
+            .collect();
+        // A panic in a check is a bug; re-raise it rather than hide it.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(items.len());
+    for (_, v) in done {
+        out.extend(v);
+    }
+    out
 }
 
 /// The events of a database.
