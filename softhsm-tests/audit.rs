@@ -146,7 +146,10 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
             a.anchorlog(&["verify", tar.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap(), "--json"]);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(out.status.code(), Some(0), "{report}");
-        assert_eq!(report["report"]["erased"], u64::from(from == 0));
+        // The erased seq 5 is in the bundle unless the anchor head already covers it (blocks are cut by
+        // time as well as by size, so head 1's tree size varies from run to run).
+        let first_seq = report["manifest"]["first_seq"].as_u64().unwrap();
+        assert_eq!(report["report"]["erased"], u64::from(first_seq <= 5), "{report}");
         let py = std::process::Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
             .arg(&tar)

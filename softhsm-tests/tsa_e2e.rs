@@ -339,6 +339,127 @@ async fn verify_names_the_height_of_a_bad_token() {
     assert!(v["failure"].as_str().unwrap().contains("does not chain to any configured TSA CA"), "{v}");
 }
 
+/// `anchorlog verify BUNDLE --key --tsa-ca CA --require-timestamps --json` → (exit code, JSON).
+fn verify_bundle_tsa(a: &Appliance, tar: &Path, ca: &Path) -> (i32, serde_json::Value) {
+    let key = a.key_pem();
+    let out = a.anchorlog(&[
+        "verify",
+        tar.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--tsa-ca",
+        ca.to_str().unwrap(),
+        "--require-timestamps",
+        "--json",
+    ]);
+    (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null))
+}
+
+/// Tokens travel with the evidence: `GET /v1/export` and `anchorlog export` carry `heads/<h>.tsr`, the
+/// receipt carries its head's token, and `verify --tsa-ca`, `verify-receipt --tsa-ca` and the Python
+/// verifier (`openssl ts -verify`) check every one of them; an altered token is named at its height.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_bundles_and_receipts_carry_tokens_that_verify_offline() {
+    let tsa = LocalTsa::start_new(&[]);
+    let mut a =
+        Appliance::start_with(Options { seal_max_events: 5, ..with_tsa(&tsa.config_entry(5000), 200) });
+    post_concurrently(&a, 20, 2).await;
+    a.wait_for_head(20).await;
+    // The range is fixed first, then every head in it (and any later one) has its token.
+    let latest = a.audit_get("/v1/heads/latest").await.json();
+    let to = latest["height"].as_u64().unwrap();
+    eventually(20, "timestamped", async || ready(&a).await["untimestamped_heads"] == 0).await;
+    let mut auditor = a.connect("auditor").await;
+    let (key, ca) = (a.key_pem(), tsa.ca_pem());
+    let (key_s, ca_s) = (key.to_str().unwrap(), ca.to_str().unwrap());
+    let r = auditor.get(&format!("/v1/export?from_height=1&to_height={to}")).await.unwrap();
+    assert_eq!(r.status, 200);
+    let api_tar = a.path("api.tar");
+    std::fs::write(&api_tar, &r.body).unwrap();
+    let (code, v) = verify_bundle_tsa(&a, &api_tar, &ca);
+    assert_eq!(code, 0, "{v}");
+    // Heads 1..=to plus the anchor head 0, each with its token.
+    assert_eq!(v["timestamps"]["verified"].as_u64(), Some(to + 1), "{v}");
+    assert_eq!(v["tokens_present"].as_u64(), Some(to + 1), "{v}");
+    let py = |tar: &Path| {
+        let out = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+            .arg(tar)
+            .arg(&key)
+            .args(["--tsa-ca", ca_s, "--require-timestamps"])
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let (code, out) = py(&api_tar);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("every token verified"), "{out}");
+
+    // The receipt carries the token of its head; verify-receipt checks it.
+    let r = auditor.get("/v1/events/7/receipt").await.unwrap();
+    assert_eq!(r.status, 200);
+    let receipt = r.json();
+    let height = receipt["head"]["height"].as_u64().unwrap();
+    assert!(receipt["head"]["timestamp_token"].is_string(), "{receipt}");
+    let file = a.path("receipt.json");
+    std::fs::write(&file, &r.body).unwrap();
+    let out =
+        a.anchorlog(&["verify-receipt", file.to_str().unwrap(), "--key", key_s, "--tsa-ca", ca_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((out.status.code(), v["report"]["timestamp"]["verified"].as_u64()), (Some(0), Some(1)), "{v}");
+    let mut bad = receipt.clone();
+    let mut der = B64.decode(receipt["head"]["timestamp_token"].as_str().unwrap()).unwrap();
+    *der.last_mut().unwrap() ^= 1;
+    bad["head"]["timestamp_token"] = B64.encode(&der).into();
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let out =
+        a.anchorlog(&["verify-receipt", file.to_str().unwrap(), "--key", key_s, "--tsa-ca", ca_s, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((out.status.code(), v["height"].as_u64()), (Some(3), Some(height)), "{v}");
+
+    // The CLI export from the database holds the same tokens; an altered one is named at its height.
+    assert!(a.sigterm().success());
+    let cli_tar = a.path("cli.tar");
+    let out = a.anchorlog(&[
+        "export",
+        "--db",
+        a.db_path().to_str().unwrap(),
+        "--from-height",
+        "0",
+        "--to-height",
+        &to.to_string(),
+        "--out",
+        cli_tar.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(verify_bundle_tsa(&a, &cli_tar, &ca).0, 0);
+    let mut archive = tar::Archive::new(std::fs::File::open(&cli_tar).unwrap());
+    let mut rebuilt = tar::Builder::new(Vec::new());
+    for m in archive.entries().unwrap() {
+        let mut m = m.unwrap();
+        let name = m.path().unwrap().to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut m, &mut data).unwrap();
+        if name == "heads/2.tsr" {
+            *data.last_mut().unwrap() ^= 1;
+        }
+        let h = m.header().clone();
+        rebuilt.append(&h, data.as_slice()).unwrap();
+    }
+    let bad_tar = a.path("bad-token.tar");
+    std::fs::write(&bad_tar, rebuilt.into_inner().unwrap()).unwrap();
+    let (code, v) = verify_bundle_tsa(&a, &bad_tar, &ca);
+    assert_eq!((code, v["height"].as_u64()), (3, Some(2)), "{v}");
+    assert!(
+        v["failure"].as_str().unwrap().starts_with("head height 2: time-stamp token does not verify"),
+        "{v}"
+    );
+    assert_eq!(
+        py(&bad_tar),
+        (3, "FAILED: head height 2: time-stamp token does not verify (openssl ts -verify failed)".into())
+    );
+}
+
 /// Time from an event's 2xx to the moment a signed and timestamped head covering it is served, at the
 /// default 1 s cadence with the local TSA. Figures go to docs/PERFORMANCE.md.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

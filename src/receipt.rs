@@ -9,6 +9,7 @@ use crate::ledger::merkle::{self, Hash};
 use crate::signer::PublicKey;
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
+use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::{check_event, Failure};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -108,6 +109,8 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
     let head = covering_head(conn, seq)?.ok_or(ReceiptError::NotSealed(seq))?;
     let proof = store::tree::inclusion_proof(conn, seq, head.tree_size)?;
     let erasure = if ev.body.is_none() { store::erasure::erasure(conn, seq)? } else { None };
+    // The head's token when it already has one (the timestamper may still be back-filling it).
+    let token = store::timestamp(conn, head.height)?.map(|t| B64.encode(t.response));
     Ok(Receipt {
         format: RECEIPT_FORMAT.into(),
         version: RECEIPT_VERSION,
@@ -123,7 +126,7 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
             checkpoint: head.checkpoint,
             signature: B64.encode(&head.signature),
             key_id: head.key_id,
-            timestamp_token: None,
+            timestamp_token: token,
         },
         inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
     })
@@ -142,6 +145,9 @@ pub struct ReceiptReport {
     pub tree_size: u64,
     /// The log's origin.
     pub origin: String,
+    /// The head's token check, when a TSA CA was given ([`verify_with`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<TimestampReport>,
 }
 
 fn b64(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
@@ -149,8 +155,18 @@ fn b64(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// Checks a receipt offline against the signer's public key: the entry and payload, the leaf, the
-/// signature over the head, and the inclusion proof to the head's root.
+/// signature over the head, and the inclusion proof to the head's root. The token is not checked.
 pub fn verify(r: &Receipt, key: &PublicKey) -> Result<ReceiptReport, Failure> {
+    verify_with(r, key, None)
+}
+
+/// [`verify`], and with `tsa` also the head's RFC 3161 token (after the head's signature verified); a
+/// receipt without a token is reported, or fails with [`TimestampPolicy::require`].
+pub fn verify_with(
+    r: &Receipt,
+    key: &PublicKey,
+    tsa: Option<&TimestampPolicy>,
+) -> Result<ReceiptReport, Failure> {
     let seq = r.seq;
     if r.format != RECEIPT_FORMAT || r.version != RECEIPT_VERSION {
         return Err(Failure::EntryMalformed {
@@ -189,5 +205,24 @@ pub fn verify(r: &Receipt, key: &PublicKey) -> Result<ReceiptReport, Failure> {
         .ok_or(Failure::InclusionProofInvalid { seq, height })?;
     merkle::verify_inclusion(seq, cp.tree_size, &leaf, &proof, &cp.root)
         .map_err(|_| Failure::InclusionProofInvalid { seq, height })?;
-    Ok(ReceiptReport { seq, erased, height, tree_size: cp.tree_size, origin: cp.origin })
+    let timestamp = match tsa {
+        Some(policy) => {
+            let der = match &r.head.timestamp_token {
+                Some(t) => Some(B64.decode(t).map_err(|_| Failure::BadTimestamp {
+                    height,
+                    reason: "timestamp_token is not base64".into(),
+                })?),
+                None => None,
+            };
+            let head = HeadToken {
+                height,
+                checkpoint: &r.head.checkpoint,
+                sealed_at_ms: cp.time_ms,
+                response: der.as_deref(),
+            };
+            Some(verify_head_tokens([head], policy)?)
+        }
+        None => None,
+    };
+    Ok(ReceiptReport { seq, erased, height, tree_size: cp.tree_size, origin: cp.origin, timestamp })
 }

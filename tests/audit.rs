@@ -342,6 +342,20 @@ fn tamper_matrix_on_a_bundle_names_the_exact_record() {
             "stored leaf hash does not match the entry",
         ),
         (
+            "payload removed without an erasure record",
+            tampered(&tar, "unrecorded-erasure", |m| {
+                edit_lines(m, |l| {
+                    edit_json_line(l, 29, |v| {
+                        v["body"] = serde_json::Value::Null;
+                        v["salt"] = serde_json::Value::Null;
+                    })
+                })
+            }),
+            "seq",
+            29,
+            "body and salt are erased but no erasure record accounts for it",
+        ),
+        (
             "edited entry with a matching leaf hash",
             tampered(&tar, "entry-leaf", |m| {
                 edit_lines(m, |l| {
@@ -636,4 +650,321 @@ fn receipts_prove_one_event_offline_and_fail_when_touched() {
     );
     assert_eq!(run(&serde_json::to_string(&body).unwrap()).status.code(), Some(3));
     assert_eq!(run("{").status.code(), Some(1));
+}
+
+// ---- RFC 3161 tokens in bundles, receipts and the database (the real `openssl ts` TSA) ----
+
+/// A TSA made by `softhsm-tests/tsa/make-tsa.sh`, answering with `openssl ts -reply` (no HTTP needed here).
+struct OpensslTsa {
+    dir: tempfile::TempDir,
+}
+
+impl OpensslTsa {
+    fn new() -> OpensslTsa {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/tsa/make-tsa.sh"))
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "make-tsa.sh: {}", String::from_utf8_lossy(&out.stderr));
+        OpensslTsa { dir }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn policy(&self, require: bool) -> verify::timestamps::TimestampPolicy {
+        verify::timestamps::TimestampPolicy {
+            anchors: anchorlog::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
+            max_skew: std::time::Duration::from_secs(300),
+            require,
+        }
+    }
+
+    /// `openssl ts -query` over `text` then `openssl ts -reply`: the DER TimeStampResp.
+    fn stamp(&self, text: &[u8]) -> Vec<u8> {
+        let work = tempfile::tempdir().unwrap();
+        let (data, q, r) = (work.path().join("h.txt"), work.path().join("q.tsq"), work.path().join("r.tsr"));
+        std::fs::write(&data, text).unwrap();
+        let run = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl").args(args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["ts".as_ref(), "-query".as_ref(), "-data".as_ref(), data.as_os_str(), "-sha256".as_ref()]
+            .into_iter()
+            .chain(["-cert".as_ref(), "-out".as_ref(), q.as_os_str()])
+            .collect::<Vec<_>>());
+        let cnf = self.dir.path().join("tsa.cnf");
+        run(&[
+            "ts".as_ref(),
+            "-reply".as_ref(),
+            "-config".as_ref(),
+            cnf.as_os_str(),
+            "-queryfile".as_ref(),
+            q.as_os_str(),
+            "-out".as_ref(),
+            r.as_os_str(),
+        ]);
+        std::fs::read(r).unwrap()
+    }
+
+    /// Stamps the stored heads `heights` and stores their tokens as the timestamper does.
+    fn stamp_heads(&self, db: &Path, heights: impl IntoIterator<Item = u64>) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let policy = self.policy(false);
+        for height in heights {
+            let head = store::head(&conn, height).unwrap().unwrap();
+            let response = self.stamp(head.checkpoint.as_bytes());
+            let v = verify::timestamps::check_token(
+                &head.checkpoint,
+                head.sealed_at_ms,
+                &response,
+                &policy.anchors,
+                policy.max_skew,
+            )
+            .unwrap();
+            let ms = v.gen_time.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            store::insert_timestamp(
+                &conn,
+                &store::StoredTimestamp {
+                    height,
+                    response,
+                    gen_time_ms: ms,
+                    gen_time: v.gen_time_rfc3339,
+                    tsa_url: "http://127.0.0.1:1/tsa".into(),
+                    stored_at_ms: ms,
+                },
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn bundle_failure(
+    tar: &Path,
+    key: &TestKey,
+    tsa: &verify::timestamps::TimestampPolicy,
+) -> (String, &'static str, u64) {
+    match bundle::verify_bundle_with(tar, &key.public, None, Some(tsa)) {
+        Err(VerifyError::Invalid(f)) => {
+            let (kind, at) = f.location();
+            (f.to_string(), kind, at)
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// `anchorlog ARGS --json` → (exit code, JSON).
+fn cli_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn bundle_tokens_are_exported_and_every_one_is_checked_at_its_height() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let tsa = OpensslTsa::new();
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    // Heads 0..=4 are timestamped; head 5 still waits for its token.
+    tsa.stamp_heads(&db, 0..=4);
+    let conn = store::open_reader(&db).unwrap();
+    let tar = dir.path().join("bundle.tar");
+    let m = export_file(&conn, 0, 5, &tar);
+    assert_eq!(m.algorithms.timestamp.as_deref(), Some("rfc3161"));
+    let names: Vec<String> = members(&tar).into_iter().map(|(n, _)| n).collect();
+    let tsrs: Vec<&String> = names.iter().filter(|n| n.ends_with(".tsr")).collect();
+    assert_eq!(tsrs, ["heads/0.tsr", "heads/1.tsr", "heads/2.tsr", "heads/3.tsr", "heads/4.tsr"]);
+    // The member is the stored DER TimeStampResp, byte for byte.
+    assert_eq!(read_member(&tar, "heads/3.tsr"), store::timestamp(&conn, 3).unwrap().unwrap().response);
+
+    let r = bundle::verify_bundle_with(&tar, &key.public, None, Some(&tsa.policy(false))).unwrap();
+    let t = r.timestamps.unwrap();
+    assert_eq!((r.tokens_present, t.verified, t.missing_count, t.missing), (5, 5, 1, vec![5]));
+    let (msg, kind, at) = bundle_failure(&tar, &key, &tsa.policy(true));
+    assert_eq!(
+        (msg.as_str(), kind, at),
+        ("head height 5: has no time-stamp token (--require-timestamps)", "height", 5)
+    );
+
+    // A range with an anchor: the anchor head's token (head 2) is checked too.
+    let part = dir.path().join("part.tar");
+    export_file(&conn, 3, 4, &part);
+    let r = bundle::verify_bundle_with(&part, &key.public, None, Some(&tsa.policy(true))).unwrap();
+    assert_eq!((r.tokens_present, r.timestamps.unwrap().verified), (3, 3));
+
+    // Tamper matrix, tokens: each named at its exact height.
+    let altered = tampered(&tar, "altered-token", |m| {
+        let t = m.iter_mut().find(|(n, _)| n == "heads/3.tsr").unwrap();
+        *t.1.last_mut().unwrap() ^= 1;
+    });
+    let (msg, kind, at) = bundle_failure(&altered, &key, &tsa.policy(false));
+    assert_eq!((kind, at), ("height", 3), "{msg}");
+    assert!(msg.starts_with("head height 3: time-stamp token does not verify"), "{msg}");
+    let moved = tampered(&tar, "moved-token", |m| {
+        let three = m.iter().find(|(n, _)| n == "heads/3.tsr").unwrap().1.clone();
+        m.iter_mut().find(|(n, _)| n == "heads/2.tsr").unwrap().1 = three;
+    });
+    let (msg, kind, at) = bundle_failure(&moved, &key, &tsa.policy(false));
+    assert_eq!((kind, at), ("height", 2), "{msg}");
+    assert!(msg.contains("imprint"), "{msg}");
+    let other_tsa = OpensslTsa::new();
+    let (msg, kind, at) = bundle_failure(&tar, &key, &other_tsa.policy(false));
+    assert_eq!((kind, at), ("height", 0), "{msg}");
+    assert!(msg.contains("does not chain to any configured TSA CA"), "{msg}");
+    // Without --tsa-ca the tokens are carried but not judged.
+    assert!(bundle::verify_bundle(&altered, &key.public, None).is_ok());
+
+    // The CLI: exit 0 with the token report, 3 naming the height.
+    let (tar_s, pem_s, ca) = (tar.to_str().unwrap(), pem.to_str().unwrap(), tsa.ca());
+    let ca_s = ca.to_str().unwrap();
+    let (code, v) = cli_json(&["verify", tar_s, "--key", pem_s, "--tsa-ca", ca_s]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["timestamps"]["verified"].as_u64(), v["timestamps"]["missing"].clone()),
+        (Some(5), serde_json::json!([5]))
+    );
+    let (code, v) = cli_json(&["verify", tar_s, "--key", pem_s, "--tsa-ca", ca_s, "--require-timestamps"]);
+    assert_eq!((code, v["height"].as_u64()), (3, Some(5)), "{v}");
+    let (code, v) = cli_json(&["verify", altered.to_str().unwrap(), "--key", pem_s, "--tsa-ca", ca_s]);
+    assert_eq!((code, v["height"].as_u64()), (3, Some(3)), "{v}");
+
+    // The independent Python verifier (openssl ts -verify) agrees.
+    let py = |tar: &Path, extra: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+            .arg(tar)
+            .arg(&pem)
+            .args(["--tsa-ca", ca_s])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    assert_eq!(py(&tar, &[]), (0, "OK: 50 events, 6 heads, tokens verified; no token: heights 5".into()));
+    assert_eq!(
+        py(&part, &["--require-timestamps"]),
+        (0, "OK: 20 events, 2 heads, every token verified".into())
+    );
+    assert_eq!(
+        py(&tar, &["--require-timestamps"]),
+        (3, "FAILED: head height 5: has no time-stamp token".into())
+    );
+    assert_eq!(
+        py(&altered, &[]),
+        (3, "FAILED: head height 3: time-stamp token does not verify (openssl ts -verify failed)".into())
+    );
+    assert_eq!(
+        py(&moved, &[]),
+        (3, "FAILED: head height 2: time-stamp token does not verify (openssl ts -verify failed)".into())
+    );
+}
+
+#[test]
+fn an_altered_token_in_the_database_is_named_at_its_height() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let tsa = OpensslTsa::new();
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    tsa.stamp_heads(&db, 0..=5);
+    let p = tsa.policy(true);
+    let conn = store::open_reader(&db).unwrap();
+    let r = verify::timestamps::verify_timestamps(&conn, &p.anchors, p.max_skew, true).unwrap();
+    assert_eq!((r.verified, r.missing_count), (6, 0));
+    // One byte inside head 4's TSA signature flipped.
+    let bad = db.with_file_name("bad-token.db");
+    std::fs::copy(&db, &bad).unwrap();
+    {
+        let c = rusqlite::Connection::open(&bad).unwrap();
+        c.execute_batch("DROP TRIGGER timestamps_no_update;").unwrap();
+        let mut der: Vec<u8> =
+            c.query_row("SELECT response FROM timestamps WHERE height = 4", [], |r| r.get(0)).unwrap();
+        *der.last_mut().unwrap() ^= 1;
+        c.execute("UPDATE timestamps SET response = ?1 WHERE height = 4", [der]).unwrap();
+    }
+    let c = store::open_reader(&bad).unwrap();
+    // The events and heads are untouched: only the token check fails, at height 4.
+    verify::verify_database(&c, &key.public, None).unwrap();
+    match verify::timestamps::verify_timestamps(&c, &p.anchors, p.max_skew, false) {
+        Err(VerifyError::Invalid(f)) => {
+            assert_eq!(f.location(), ("height", 4), "{f}");
+            assert!(f.to_string().starts_with("head height 4: time-stamp token does not verify"), "{f}");
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn receipts_carry_the_head_token_and_verify_receipt_checks_it() {
+    use anchorlog::receipt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let pem = key.write_pem(dir.path(), "signer.pem");
+    let tsa = OpensslTsa::new();
+    let db = dir.path().join("a.db");
+    build_log(&db, &key, 5, 10);
+    tsa.stamp_heads(&db, 0..=4);
+    let conn = store::open_reader(&db).unwrap();
+    let r = receipt::build(&conn, 17).unwrap();
+    let stored = store::timestamp(&conn, 2).unwrap().unwrap().response;
+    assert_eq!(r.head.timestamp_token.as_deref(), Some(B64.encode(&stored).as_str()));
+    let ok = receipt::verify_with(&r, &key.public, Some(&tsa.policy(true))).unwrap();
+    assert_eq!(ok.timestamp.as_ref().map(|t| (t.verified, t.missing_count)), Some((1, 0)));
+    // Head 5 has no token yet: reported, a failure only when required.
+    let late = receipt::build(&conn, 45).unwrap();
+    assert_eq!(late.head.timestamp_token, None);
+    let ok = receipt::verify_with(&late, &key.public, Some(&tsa.policy(false))).unwrap();
+    assert_eq!(ok.timestamp.map(|t| t.missing), Some(vec![5]));
+    let f = receipt::verify_with(&late, &key.public, Some(&tsa.policy(true))).unwrap_err();
+    assert_eq!(f, verify::Failure::TimestampMissing { height: 5 });
+    // An altered token, or another head's token.
+    let mut altered = r.clone();
+    let mut der = stored.clone();
+    *der.last_mut().unwrap() ^= 1;
+    altered.head.timestamp_token = Some(B64.encode(&der));
+    let f = receipt::verify_with(&altered, &key.public, Some(&tsa.policy(false))).unwrap_err();
+    assert_eq!(f.location(), ("height", 2), "{f}");
+    assert!(f.to_string().starts_with("head height 2: time-stamp token does not verify"), "{f}");
+    let mut swapped = r.clone();
+    swapped.head.timestamp_token = receipt::build(&conn, 35).unwrap().head.timestamp_token;
+    assert_eq!(
+        receipt::verify_with(&swapped, &key.public, Some(&tsa.policy(false))).unwrap_err().location(),
+        ("height", 2)
+    );
+    // The CLI.
+    let file = |name: &str, r: &receipt::Receipt| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, serde_json::to_vec(r).unwrap()).unwrap();
+        f
+    };
+    let (good, bad) = (file("good.json", &r), file("bad.json", &altered));
+    let ca = tsa.ca();
+    let args = |f: &Path| {
+        vec![
+            "verify-receipt".to_string(),
+            f.to_str().unwrap().into(),
+            "--key".into(),
+            pem.to_str().unwrap().into(),
+            "--tsa-ca".into(),
+            ca.to_str().unwrap().into(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        cli_json(&a)
+    };
+    let (code, v) = run(args(&good));
+    assert_eq!((code, v["report"]["timestamp"]["verified"].as_u64()), (0, Some(1)), "{v}");
+    let (code, v) = run(args(&bad));
+    assert_eq!((code, v["height"].as_u64()), (3, Some(2)), "{v}");
 }

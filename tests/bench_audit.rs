@@ -10,6 +10,16 @@ use common::{build_log, TestKey};
 use std::io::{BufRead as _, BufReader};
 use std::time::Instant;
 
+/// CPU seconds (user + system, all threads) this process has used so far, from /proc/self/stat: on a
+/// shared machine, the work a run takes, independent of how much of the CPU other builds left it.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 (utime, stime), counted after the `(comm)` field; 100 ticks per second on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -71,6 +81,13 @@ fn bench_verify_bundle() {
         let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
         anchorlog::ledger::entry::Entry::parse(e.entry.as_bytes()).unwrap();
     });
+    stage("entry check (canonical scan)", &mut |l| {
+        let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
+        anchorlog::ledger::entry::Entry::check(e.entry.as_bytes()).unwrap();
+    });
+    stage("line decode + all event checks (fused)", &mut |l| {
+        anchorlog::bundle::check_line(l, 0).unwrap().check.unwrap();
+    });
     stage("leaf hash", &mut |l| {
         let _ = merkle::leaf_hash(&l[..l.len().min(200)]);
     });
@@ -80,6 +97,10 @@ fn bench_verify_bundle() {
     let t = Instant::now();
     let r = anchorlog::bundle::verify_bundle(&tar, &key.public, None).unwrap();
     let s = t.elapsed().as_secs_f64();
+    if let Ok(keep) = std::env::var("ANCHORLOG_BENCH_KEEP_BUNDLE") {
+        // For profiling the verifier alone (`bench_verify_kept_bundle`).
+        std::fs::copy(&tar, keep).unwrap();
+    }
     assert_eq!(r.report.events, n);
     eprintln!(
         "RESULT verify bundle: {n} events, {} heads in {s:.2} s = {:.0} events/s",
@@ -90,6 +111,26 @@ fn bench_verify_bundle() {
     anchorlog::verify::verify_database(&conn, &key.public, None).unwrap();
     let s = t.elapsed().as_secs_f64();
     eprintln!("RESULT verify database: {:.0} events/s", n as f64 / s);
+}
+
+/// Verifies the bundle kept by `bench_verify_bundle` (`ANCHORLOG_BENCH_KEEP_BUNDLE=FILE`) a few times: the
+/// verifier alone, for profiling and for repeated figures.
+#[test]
+#[ignore = "benchmark"]
+fn bench_verify_kept_bundle() {
+    let Ok(tar) = std::env::var("ANCHORLOG_BENCH_KEEP_BUNDLE") else { return };
+    let key = TestKey::new(1);
+    for _ in 0..env_u64("ANCHORLOG_BENCH_RUNS", 3) {
+        let (t, cpu) = (Instant::now(), cpu_seconds());
+        let r = anchorlog::bundle::verify_bundle(std::path::Path::new(&tar), &key.public, None).unwrap();
+        let (s, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
+        let n = r.report.events as f64;
+        eprintln!(
+            "RESULT verify kept bundle: {n} events in {s:.3} s = {:.0} events/s; CPU {cpu:.2} s = {:.0} ns/event",
+            n / s,
+            cpu * 1e9 / n
+        );
+    }
 }
 
 #[test]
@@ -139,6 +180,7 @@ fn bench_inclusion_proof_latency() {
     // Pseudo-random seqs (xorshift), one fresh proof each, as the API computes it (proof + root + leaf).
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut times = Vec::with_capacity(10_000);
+    let (mut read_times, mut reads) = (Vec::with_capacity(10_000), 0u64);
     for _ in 0..10_000 {
         x ^= x << 13;
         x ^= x >> 7;
@@ -149,10 +191,31 @@ fn bench_inclusion_proof_latency() {
         let proof = store::tree::inclusion_proof(&conn, seq, n).unwrap();
         let r = store::tree::root_at(&conn, n).unwrap();
         times.push(t.elapsed());
+        // Where the time goes: how many point reads the same proof and root take, and their time alone.
+        let mut count = 0u64;
+        let t = Instant::now();
+        merkle::inclusion_proof_with(seq, n, |s, l| {
+            count += 1;
+            store::tree::subtree(&conn, s, l)
+        })
+        .unwrap();
+        merkle::root_with(n, |s, l| {
+            count += 1;
+            store::tree::subtree(&conn, s, l)
+        })
+        .unwrap();
+        read_times.push(t.elapsed().as_secs_f64() * 1e6 / (count + 1) as f64);
+        reads += count + 1;
         assert_eq!(r, root);
         merkle::verify_inclusion(seq, n, &leaf, &proof, &root).unwrap();
     }
     times.sort_unstable();
+    read_times.sort_unstable_by(f64::total_cmp);
+    eprintln!(
+        "  point reads per proof (leaf + proof + root): {:.1}; per read: p50 {:.2} µs",
+        reads as f64 / times.len() as f64,
+        read_times[read_times.len() / 2]
+    );
     let p = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)].as_secs_f64() * 1e6;
     eprintln!(
         "RESULT inclusion proof at {n} events: p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",

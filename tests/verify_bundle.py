@@ -2,10 +2,14 @@
 """An independent verifier for anchorlog export bundles, written from docs/FORMAT.md alone.
 
 Uses only the Python standard library (tarfile, json, hashlib, base64) and the `openssl` command line for
-ECDSA signatures. Usage: verify_bundle.py BUNDLE.tar SIGNER.pem
+ECDSA signatures and RFC 3161 tokens.
+Usage: verify_bundle.py BUNDLE.tar SIGNER.pem [--tsa-ca TSA-CA.pem [--require-timestamps]]
+With --tsa-ca every heads/<h>.tsr is checked with `openssl ts -verify` and its genTime against the head's
+seal time (at most 300 s earlier); a head without a token is listed, or fails with --require-timestamps.
 Exit codes: 0 the bundle verifies, 3 it does not (the first bad seq or height is printed), 1 unreadable input.
 """
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -87,6 +91,43 @@ def signature_ok(key, text, sig):
         return r.returncode == 0
 
 
+MAX_SKEW = datetime.timedelta(seconds=300)
+
+
+def token_problem(text, tsr, ca):
+    """Why the DER TimeStampResp `tsr` is not a valid token over `text` under `ca`, or None."""
+    with tempfile.TemporaryDirectory() as d:
+        t, r = os.path.join(d, "head.txt"), os.path.join(d, "head.tsr")
+        with open(t, "wb") as f:
+            f.write(text)
+        with open(r, "wb") as f:
+            f.write(tsr)
+        v = subprocess.run(["openssl", "ts", "-verify", "-data", t, "-in", r, "-CAfile", ca],
+                           capture_output=True, text=True)
+        if v.returncode != 0 or "Verification: OK" not in v.stdout:
+            return "openssl ts -verify failed"
+        info = subprocess.run(["openssl", "ts", "-reply", "-in", r, "-text"], capture_output=True, text=True)
+    for line in info.stdout.splitlines():
+        if line.startswith("Time stamp: "):
+            # e.g. "Nov 23 13:00:00 2026 GMT" or "Nov 23 13:00:00.123 2026 GMT"
+            parts = line[len("Time stamp: "):].split()
+            clock = parts[2].split(".")[0]
+            stamp = " ".join(parts[0:2] + [clock, parts[3]])
+            return datetime.datetime.strptime(stamp, "%b %d %H:%M:%S %Y").replace(tzinfo=datetime.timezone.utc)
+    return "no genTime in the token"
+
+
+def check_token(height, text, tsr, ca):
+    sealed = parse_checkpoint(height, text.decode("utf-8"))["time"]
+    sealed = datetime.datetime.strptime(sealed[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    got = token_problem(text, tsr, ca)
+    if isinstance(got, str):
+        raise Invalid("head height %d: time-stamp token does not verify (%s)" % (height, got))
+    # genTime is truncated to the second here, the seal time too: compare with one second of slack.
+    if got + datetime.timedelta(seconds=1) < sealed - MAX_SKEW:
+        raise Invalid("head height %d: time-stamp token is older than the head" % height)
+
+
 def canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -116,7 +157,7 @@ class Chain:
         return cp
 
 
-def verify(bundle, key):
+def verify(bundle, key, tsa_ca=None, require_timestamps=False):
     tar = tarfile.open(bundle)
     files = {}
     for m in tar.getmembers():
@@ -186,22 +227,49 @@ def verify(bundle, key):
         raise Invalid("head height %d: covers events the bundle does not hold" % pending[0])
     if frontier.size != end:
         raise Invalid("event seq %d: the bundle ends early" % frontier.size)
-    return frontier.size - first, hi - lo + 1
+    untimestamped = []
+    if tsa_ca is not None:
+        for h in range(lo - 1 if lo > 0 else lo, hi + 1):
+            tsr = files.get("heads/%d.tsr" % h)
+            if tsr is None:
+                if require_timestamps:
+                    raise Invalid("head height %d: has no time-stamp token" % h)
+                untimestamped.append(h)
+                continue
+            check_token(h, head(h)[0], tsr, tsa_ca)
+    return frontier.size - first, hi - lo + 1, untimestamped
 
 
 def main():
-    if len(sys.argv) != 3:
+    args, tsa_ca, require = sys.argv[1:], None, False
+    if "--require-timestamps" in args:
+        args.remove("--require-timestamps")
+        require = True
+    if "--tsa-ca" in args:
+        i = args.index("--tsa-ca")
+        if i + 1 >= len(args):
+            print(__doc__.strip(), file=sys.stderr)
+            return 2
+        tsa_ca = args[i + 1]
+        del args[i:i + 2]
+    if len(args) != 2 or (require and tsa_ca is None):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        events, heads = verify(sys.argv[1], sys.argv[2])
+        events, heads, untimestamped = verify(args[0], args[1], tsa_ca, require)
     except Invalid as e:
         print("FAILED: %s" % e)
         return 3
     except (OSError, KeyError, ValueError, tarfile.TarError) as e:
         print("unreadable bundle: %r" % e, file=sys.stderr)
         return 1
-    print("OK: %d events, %d heads" % (events, heads))
+    if tsa_ca is None:
+        print("OK: %d events, %d heads" % (events, heads))
+    elif untimestamped:
+        print("OK: %d events, %d heads, tokens verified; no token: heights %s"
+              % (events, heads, ", ".join(map(str, untimestamped))))
+    else:
+        print("OK: %d events, %d heads, every token verified" % (events, heads))
     return 0
 
 

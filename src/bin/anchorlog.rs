@@ -98,6 +98,15 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// TSA CA certificate(s), PEM: check the head's RFC 3161 token against them.
+        #[arg(long)]
+        tsa_ca: Option<PathBuf>,
+        /// With --tsa-ca: a receipt without a token is a failure (otherwise it is reported).
+        #[arg(long, requires = "tsa_ca")]
+        require_timestamps: bool,
+        /// With --tsa-ca: how much earlier than the seal time the token's genTime may be, in seconds.
+        #[arg(long, default_value_t = anchorlog::config::DEFAULT_TIMESTAMP_MAX_SKEW_S, requires = "tsa_ca")]
+        tsa_max_skew_s: u64,
     },
     /// Monitor a live appliance: check the latest head's signature and its consistency with the head seen on
     /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof.
@@ -321,7 +330,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json, tsa.as_ref())
         }
-        Command::VerifyReceipt { file, key, json } => verify_receipt(&file, &key, json),
+        Command::VerifyReceipt { file, key, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
+            let tsa = tsa_ca.map(|ca| TsaCheck {
+                ca,
+                require: require_timestamps,
+                max_skew: std::time::Duration::from_secs(tsa_max_skew_s),
+            });
+            verify_receipt(&file, &key, json, tsa.as_ref())
+        }
         #[cfg(feature = "server")]
         Command::Audit { url, cert, key, ca, signer, state } => {
             let signer = read_key(&signer)?;
@@ -431,6 +447,20 @@ struct TsaCheck {
     max_skew: std::time::Duration,
 }
 
+impl TsaCheck {
+    /// Reads the CA file into the library's token policy.
+    fn policy(&self) -> anyhow::Result<anchorlog::verify::timestamps::TimestampPolicy> {
+        let pem = std::fs::read(&self.ca).with_context(|| format!("reading TSA CA {}", self.ca.display()))?;
+        let anchors = anchorlog::tsa::TrustAnchors::from_pem(&pem)
+            .with_context(|| format!("parsing TSA CA {}", self.ca.display()))?;
+        Ok(anchorlog::verify::timestamps::TimestampPolicy {
+            anchors,
+            max_skew: self.max_skew,
+            require: self.require,
+        })
+    }
+}
+
 fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
     anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
@@ -446,35 +476,22 @@ fn verify(
 ) -> anyhow::Result<ExitCode> {
     use anchorlog::verify::VerifyError;
     let key = read_key(key)?;
-    let anchors = match tsa {
-        Some(t) => {
-            let pem = std::fs::read(&t.ca).with_context(|| format!("reading TSA CA {}", t.ca.display()))?;
-            Some(
-                anchorlog::tsa::TrustAnchors::from_pem(&pem)
-                    .with_context(|| format!("parsing TSA CA {}", t.ca.display()))?,
-            )
-        }
-        None => None,
-    };
+    let policy = tsa.map(TsaCheck::policy).transpose()?;
     let result = match (bundle, db) {
-        (Some(_), _) if tsa.is_some() => {
-            anyhow::bail!(
-                "--tsa-ca is not supported for bundles yet; verify the tokens with `openssl ts -verify`"
-            )
-        }
-        (Some(bundle), _) => anchorlog::bundle::verify_bundle(bundle, &key, origin).map(|b| {
-            let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
-                "tokens_present": b.tokens_present});
-            (b.report, value, None)
-        }),
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle_with(bundle, &key, origin, policy.as_ref())
+            .map(|b| {
+                let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
+                    "tokens_present": b.tokens_present, "timestamps": b.timestamps});
+                (b.report, value, b.timestamps)
+            }),
         (None, Some(db)) => {
             let conn = anchorlog::store::open_reader(db)?;
             anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
-                let stamps = match (tsa, &anchors) {
-                    (Some(t), Some(a)) => Some(anchorlog::verify::timestamps::verify_timestamps(
-                        &conn, a, t.max_skew, t.require,
+                let stamps = match &policy {
+                    Some(p) => Some(anchorlog::verify::timestamps::verify_timestamps(
+                        &conn, &p.anchors, p.max_skew, p.require,
                     )?),
-                    _ => None,
+                    None => None,
                 };
                 let value = serde_json::json!({"ok": true, "report": report, "timestamps": stamps});
                 Ok((report, value, stamps))
@@ -583,12 +600,13 @@ fn print_timestamps(s: &anchorlog::verify::timestamps::TimestampReport) {
     }
 }
 
-fn verify_receipt(file: &Path, key: &Path, json: bool) -> anyhow::Result<ExitCode> {
+fn verify_receipt(file: &Path, key: &Path, json: bool, tsa: Option<&TsaCheck>) -> anyhow::Result<ExitCode> {
     let key = read_key(key)?;
+    let policy = tsa.map(TsaCheck::policy).transpose()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let receipt: anchorlog::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog::receipt::verify(&receipt, &key) {
+    match anchorlog::receipt::verify_with(&receipt, &key, policy.as_ref()) {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::json!({"ok": true, "report": r}));
@@ -601,6 +619,9 @@ fn verify_receipt(file: &Path, key: &Path, json: bool) -> anyhow::Result<ExitCod
                     r.tree_size,
                     if r.erased { "; its payload was erased" } else { "" }
                 );
+                if let Some(s) = &r.timestamp {
+                    print_timestamps(s);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

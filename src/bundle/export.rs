@@ -129,6 +129,8 @@ pub fn export<W: Write>(
         }
         None => None,
     };
+    let first_height = anchor_head.as_ref().map_or(from_height, |h| h.height);
+    let stamped = store::any_timestamp_between(&snapshot, first_height, to_height)?;
     let last_ms = heads.last().map_or(0, |h| h.sealed_at_ms);
     let mtime = u64::try_from(last_ms / 1000).unwrap_or(0);
     let manifest = Manifest {
@@ -144,7 +146,7 @@ pub fn export<W: Write>(
             hash: "sha-256".into(),
             tree: "rfc9162-sha256".into(),
             signature: "ecdsa-p256-sha256".into(),
-            timestamp: None,
+            timestamp: stamped.then(|| "rfc3161".into()),
         },
         anchor,
         created_at: format_time_ms(store::now_ms()).unwrap_or_default(),
@@ -158,6 +160,10 @@ pub fn export<W: Write>(
     for h in anchor_head.iter().chain(&heads) {
         append(&mut b, &head_path(h.height, "txt"), h.checkpoint.as_bytes(), mtime)?;
         append(&mut b, &head_path(h.height, "sig"), &h.signature, mtime)?;
+        // The stored DER TimeStampResp exactly as the TSA sent it; a head still waiting for its token has none.
+        if let Some(t) = store::timestamp(&snapshot, h.height)? {
+            append(&mut b, &head_path(h.height, "tsr"), &t.response, mtime)?;
+        }
     }
     // entries.jsonl can be far larger than memory: measure it in a first pass over the snapshot, write the
     // tar header with that size, then stream the same bytes in a second pass.

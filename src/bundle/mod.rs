@@ -20,7 +20,7 @@ pub mod export;
 mod read;
 
 pub use export::{export, ExportProgress};
-pub use read::{verify_bundle, BundleReport};
+pub use read::{check_line, verify_bundle, verify_bundle_with, BundleReport};
 
 use crate::store::erasure::ErasureRecord;
 use serde::{Deserialize, Serialize};

@@ -5,11 +5,12 @@ use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
 use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
-use crate::verify::{self, Decoded, EventSource, Failure, Report, Start, VerifyError};
+use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
+use crate::verify::{self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Largest manifest, head or key member read into memory.
@@ -22,8 +23,11 @@ pub struct BundleReport {
     pub manifest: Manifest,
     /// The walk's report (events and heads of the bundle).
     pub report: Report,
-    /// Heads that carry an RFC 3161 token (`heads/<h>.tsr`); checked once tokens are supported.
+    /// Heads (anchor included) that carry an RFC 3161 token (`heads/<h>.tsr`).
     pub tokens_present: u64,
+    /// The token check, when a TSA CA was given ([`verify_bundle_with`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timestamps: Option<TimestampReport>,
 }
 
 #[derive(Default)]
@@ -56,18 +60,31 @@ fn read_small(mut r: impl Read, name: &str) -> Result<Vec<u8>, VerifyError> {
 }
 
 /// Verifies the bundle at `path` against `key` (the auditor's trusted copy of the signer's public key);
-/// `origin`, when given, must be the bundle's origin.
+/// `origin`, when given, must be the bundle's origin. Tokens are counted, not checked.
 pub fn verify_bundle(
     path: &Path,
     key: &PublicKey,
     origin: Option<&str>,
+) -> Result<BundleReport, VerifyError> {
+    verify_bundle_with(path, key, origin, None)
+}
+
+/// [`verify_bundle`], and with `tsa` also every head's RFC 3161 token (`heads/<h>.tsr`, the anchor head's
+/// included) once the heads themselves verified: the first bad token names its height; a head without one
+/// is listed, or fails with [`TimestampPolicy::require`].
+pub fn verify_bundle_with(
+    path: &Path,
+    key: &PublicKey,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
 ) -> Result<BundleReport, VerifyError> {
     // Pass 1: everything but the events (small).
     let mut manifest: Option<Manifest> = None;
     let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
     let mut has_entries = false;
     let mut archive = open_archive(path)?;
-    let entries = archive.entries().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
+    // Seek over members instead of reading them: pass 1 does not need the (large) entries.
+    let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
     for member in entries {
         let member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
         let name = member.path().map_err(|e| unreadable(e.to_string()))?.to_string_lossy().into_owned();
@@ -130,7 +147,40 @@ pub fn verify_bundle(
     if report.unsealed_events > 0 || end != manifest.end_seq {
         return Err(Failure::EventBeyondRange { seq: end - report.unsealed_events }.into());
     }
-    Ok(BundleReport { manifest, report, tokens_present })
+    let first_height = manifest.anchor.as_ref().map_or(manifest.from_height, |a| a.height);
+    if first_height < manifest.from_height {
+        tokens_present += heads.get(&first_height).map_or(0, |f| u64::from(f.tsr.is_some()));
+    }
+    let timestamps = match tsa {
+        Some(policy) => Some(check_tokens(&heads, first_height, manifest.to_height, policy)?),
+        None => None,
+    };
+    Ok(BundleReport { manifest, report, tokens_present, timestamps })
+}
+
+/// Checks the tokens of heads `from..=to` (all present and verified by now).
+fn check_tokens(
+    heads: &BTreeMap<u64, HeadFiles>,
+    from: u64,
+    to: u64,
+    policy: &TimestampPolicy,
+) -> Result<TimestampReport, VerifyError> {
+    let mut items = Vec::new();
+    for height in from..=to {
+        let files = heads.get(&height);
+        let Some(text) = files.and_then(|f| f.text.as_deref()) else {
+            return Err(Failure::HeadMissing { height }.into());
+        };
+        let cp =
+            Checkpoint::parse(text).map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
+        items.push(HeadToken {
+            height,
+            checkpoint: text,
+            sealed_at_ms: cp.time_ms,
+            response: files.and_then(|f| f.tsr.as_deref()),
+        });
+    }
+    Ok(verify_head_tokens(items, policy)?)
 }
 
 /// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's).
@@ -215,8 +265,40 @@ fn b64_field(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
     B64.decode(s).map_err(|_| Failure::EntryMalformed { seq, reason: format!("{what} is not base64") })
 }
 
-/// Decodes one `entries.jsonl` line; `seq` is the seq the walk expects there (for error messages).
-fn decode_line(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
+/// Reusable buffers of one checking thread, so the common line costs no allocation.
+#[derive(Default)]
+struct Scratch {
+    entry: Vec<u8>,
+    salt: Vec<u8>,
+    body: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// Decodes one `entries.jsonl` line and runs the event's own checks ([`verify::check_parts`]: canonical
+/// entry naming its seq, leaf hash, payload digest or recorded erasure); `pos` is the seq the walk expects
+/// there (for the error of a line that cannot be decoded). Public for the benchmarks.
+pub fn check_line(line: &[u8], pos: u64) -> Decoded {
+    SCRATCH.with(|cell| {
+        let mut fresh = Scratch::default();
+        let mut borrowed = cell.try_borrow_mut();
+        let s = match borrowed.as_deref_mut() {
+            Ok(s) => s,
+            Err(_) => &mut fresh,
+        };
+        if let Some((seq, leaf_hash)) = fast_line(line, s) {
+            let check = verify::check_parts(seq, &s.entry, &leaf_hash, Some(&s.salt), Some(&s.body))
+                .map(|(e, erased)| (e.received_at_ns, erased));
+            return Ok(CheckedEvent { seq, leaf_hash, check });
+        }
+        decode_line_serde(line, pos).map(|ev| CheckedEvent::of(&ev))
+    })
+}
+
+/// Decodes a line of any JSON spelling (the reference for [`fast_line`]).
+fn decode_line_serde(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
     let l: EntryLine<'_> = serde_json::from_slice(line)
         .map_err(|e| Failure::EntryMalformed { seq, reason: format!("entries.jsonl line: {e}") })?;
     let leaf = b64_field(&l.leaf_hash, l.seq, "leaf_hash")?;
@@ -229,6 +311,10 @@ fn decode_line(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
             });
         }
     }
+    // As in the database: an erased payload must be accounted for by its record, naming a later event.
+    if l.salt.is_none() && l.body.is_none() && l.erasure.as_ref().is_none_or(|e| e.erasure_seq <= l.seq) {
+        return Err(Failure::UnrecordedErasure { seq: l.seq });
+    }
     Ok(StoredEvent {
         seq: l.seq,
         entry: l.entry.as_bytes().to_vec(),
@@ -238,42 +324,388 @@ fn decode_line(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
     })
 }
 
-impl EventSource for BundleEvents {
-    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
-        let mut archive = open_archive(&self.path)?;
-        let entries = archive.entries().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
-        for member in entries {
-            let member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
-            let name = member.path().map_err(|e| unreadable(e.to_string()))?.to_string_lossy().into_owned();
-            if name != ENTRIES {
+/// The common line exactly as the exporter writes it (serde_json, keys in order, no erasure record):
+/// `{"seq":N,"entry":"…","leaf_hash":"…","salt":"…","body":"…"}`, with `\"` and `\\` the only escapes in
+/// the entry string. Decoded by hand in one pass; any other spelling (other escapes, other key order,
+/// whitespace, `null` payloads, an erasure record) returns `None` and goes to serde_json, so this changes
+/// how fast a line is read, never what it is read as. The line itself is not signed; the entry it carries
+/// is checked byte for byte afterwards.
+fn fast_line(line: &[u8], s: &mut Scratch) -> Option<(u64, [u8; 32])> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let rest = line.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 || (rest[0] == b'0' && digits > 1) {
+        return None;
+    }
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse::<u64>().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"entry\":\"")?;
+    // The entry string: literal bytes (≥ 0x20), `\"` and `\\`; it ends at the first unescaped quote.
+    // Copied eight bytes at a time into a buffer with eight bytes of slack (a word store, not a memcpy call
+    // per run: the entry has an escaped quote every few bytes); `o ≤ i` always, as escapes only shrink.
+    let mut entry = std::mem::take(&mut s.entry);
+    entry.clear();
+    entry.resize(rest.len() + 8, 0);
+    let (mut i, mut o) = (0, 0);
+    let closed = loop {
+        if let Some(w) = rest.get(i..i + 8).and_then(|w| <[u8; 8]>::try_from(w).ok()) {
+            entry[o..o + 8].copy_from_slice(&w);
+            let k = first_special(u64::from_le_bytes(w));
+            i += k;
+            o += k;
+            if k == 8 {
                 continue;
             }
-            let mut reader = BufReader::with_capacity(1 << 20, member);
-            let mut position = from;
-            loop {
-                // Read a batch of raw lines, decode them on all cores, hand them to the walk in order.
-                let mut lines: Vec<(u64, Vec<u8>)> = Vec::with_capacity(verify::BATCH);
-                while lines.len() < verify::BATCH {
-                    let mut line = Vec::with_capacity(512);
-                    let n = reader
-                        .read_until(b'\n', &mut line)
-                        .map_err(|e| unreadable(format!("{ENTRIES}: {e}")))?;
-                    if n == 0 {
+        }
+        let Some(&c) = rest.get(i) else { break false };
+        match (c, rest.get(i + 1)) {
+            (b'"', _) => {
+                i += 1;
+                break true;
+            }
+            (b'\\', Some(&e @ (b'"' | b'\\'))) => {
+                entry[o] = e;
+                o += 1;
+                i += 2;
+            }
+            (c, _) if c != b'\\' && c >= 0x20 => {
+                entry[o] = c;
+                o += 1;
+                i += 1;
+            }
+            _ => break false,
+        }
+    };
+    entry.truncate(o);
+    s.entry = entry;
+    if !closed {
+        return None;
+    }
+    // JSON text is UTF-8; serde_json would refuse a line that is not.
+    std::str::from_utf8(&s.entry).ok()?;
+    let rest = rest[i..].strip_prefix(b",\"leaf_hash\":\"")?;
+    let end = memchr::memchr(b'"', rest)?;
+    let mut leaf = [0u8; 48];
+    let n = B64.decode_slice(&rest[..end], &mut leaf).ok()?;
+    let leaf_hash = <[u8; 32]>::try_from(leaf.get(..n)?).ok()?;
+    let rest = rest[end + 1..].strip_prefix(b",\"salt\":\"")?;
+    let rest = b64_until_quote(rest, &mut s.salt)?;
+    let rest = rest.strip_prefix(b",\"body\":\"")?;
+    let rest = b64_until_quote(rest, &mut s.body)?;
+    (rest == b"}").then_some((seq, leaf_hash))
+}
+
+/// Index (0..=7) of the first byte of the little-endian word `w` that is `"`, `\` or below 0x20; 8 if none.
+/// (SWAR: a borrow only propagates upwards from a byte that matched, so the lowest flag is exact.)
+fn first_special(w: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let m = zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\'))) | below_space;
+    (m.trailing_zeros() / 8) as usize
+}
+
+/// Decodes base64 up to the next `"` (standard alphabet, padded, as serde_json wrote it) into `out`;
+/// returns what follows the quote.
+fn b64_until_quote<'a>(s: &'a [u8], out: &mut Vec<u8>) -> Option<&'a [u8]> {
+    let end = memchr::memchr(b'"', s)?;
+    out.clear();
+    B64.decode_vec(&s[..end], out).ok()?;
+    Some(&s[end + 1..])
+}
+
+/// Bytes of `entries.jsonl` handed from the reading thread to the checkers at a time (whole lines).
+const CHUNK: usize = 1 << 20;
+
+/// Whole lines of `entries.jsonl`: `buf[..ends[0]]`, `buf[ends[0]..ends[1]]`, … (each with its `\n`, but
+/// for a last line without one). Buffers go back to the reader once checked, so they are zeroed only once.
+struct Chunk {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Reads `entries.jsonl` into chunks of whole lines and sends them on `tx`, so reading and splitting the
+/// file overlap with checking the previous chunk. Stops early when the receiver is gone.
+fn read_chunks(
+    path: &Path,
+    chunk_size: usize,
+    tx: &std::sync::mpsc::SyncSender<Result<Chunk, VerifyError>>,
+    spare: &std::sync::mpsc::Receiver<Chunk>,
+) -> Result<(), VerifyError> {
+    let mut archive = open_archive(path)?;
+    let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
+    for member in entries {
+        let mut member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
+        let name = member.path().map_err(|e| unreadable(e.to_string()))?.to_string_lossy().into_owned();
+        if name != ENTRIES {
+            continue;
+        }
+        // The partial line at the end of the previous chunk.
+        let mut carry: Vec<u8> = Vec::new();
+        let mut eof = false;
+        while !eof {
+            let mut chunk = spare.try_recv().unwrap_or_else(|_| Chunk { buf: Vec::new(), ends: Vec::new() });
+            chunk.ends.clear();
+            if chunk.buf.len() < carry.len() + chunk_size {
+                chunk.buf.resize(carry.len() + chunk_size, 0);
+            }
+            chunk.buf[..carry.len()].copy_from_slice(&carry);
+            let mut filled = carry.len();
+            while filled < chunk.buf.len() {
+                match member.read(&mut chunk.buf[filled..]) {
+                    Ok(0) => {
+                        eof = true;
                         break;
                     }
-                    lines.push((position, line));
-                    position += 1;
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(unreadable(format!("{ENTRIES}: {e}"))),
                 }
-                if lines.is_empty() {
-                    return Ok(());
+            }
+            let data = &chunk.buf[..filled];
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', data) {
+                chunk.ends.push(nl + 1);
+                start = nl + 1;
+            }
+            if eof && start < filled {
+                // A last line without its newline is still a line.
+                chunk.ends.push(filled);
+                start = filled;
+            }
+            carry.clear();
+            carry.extend_from_slice(&data[start..]);
+            // No line ended in this chunk (one line longer than a chunk): keep reading it.
+            if !chunk.ends.is_empty() && tx.send(Ok(chunk)).is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
+    Err(unreadable(format!("no {ENTRIES}")))
+}
+
+impl EventSource for BundleEvents {
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
+        let path = self.path.as_path();
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(2);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+            scope.spawn(move || {
+                if let Err(e) = read_chunks(path, CHUNK, &tx, &spare_rx) {
+                    let _ = tx.send(Err(e));
                 }
-                let done = lines.len() < verify::BATCH;
-                let batch = verify::par_map(&lines, |(pos, line)| decode_line(line, *pos));
-                if !f(batch) || done {
-                    return Ok(());
+            });
+            // Returning drops `rx`, which stops the reader at its next send; the scope then joins it.
+            // Chunk k+1 is checked (on all cores) while the walk folds chunk k into the tree.
+            let mut position = from;
+            let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>> = None;
+            let mut fold = |h: std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>| {
+                // A panic in a check is a bug; re-raise it rather than hide it.
+                let (chunk, results) = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                let _ = spare_tx.send(chunk);
+                f(results)
+            };
+            for chunk in rx {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // What was read before the error is judged first: its failure is the earlier one.
+                        if let Some(h) = in_flight.take() {
+                            if !fold(h) {
+                                return Ok(());
+                            }
+                        }
+                        return Err(e);
+                    }
+                };
+                let first = position;
+                position += chunk.ends.len() as u64;
+                let next = scope.spawn(move || {
+                    let results = check_chunk(&chunk, first);
+                    (chunk, results)
+                });
+                if let Some(h) = in_flight.replace(next) {
+                    if !fold(h) {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(h) = in_flight.take() {
+                fold(h);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Checks every line of a chunk on all cores; `first` is the seq expected at its first line.
+fn check_chunk(chunk: &Chunk, first: u64) -> Vec<Decoded> {
+    // Every `\n`-terminated piece is a line (an empty one too: it fails to decode, at its seq).
+    let mut lines = Vec::with_capacity(chunk.ends.len());
+    let mut start = 0;
+    for (i, &end) in chunk.ends.iter().enumerate() {
+        lines.push((first + i as u64, &chunk.buf[start..end]));
+        start = end;
+    }
+    verify::par_map(&lines, |(pos, line)| check_line(line, *pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn line(entry: &str, salt: Option<&[u8]>, body: Option<&[u8]>) -> Vec<u8> {
+        let l = EntryLine {
+            seq: 42,
+            entry: Cow::Borrowed(entry),
+            leaf_hash: Cow::Owned(B64.encode([7u8; 32])),
+            salt: salt.map(|s| Cow::Owned(B64.encode(s))),
+            body: body.map(|b| Cow::Owned(B64.encode(b))),
+            erasure: None,
+        };
+        let mut v = serde_json::to_vec(&l).unwrap();
+        v.push(b'\n');
+        v
+    }
+
+    fn same(a: &StoredEvent, b: &StoredEvent) -> bool {
+        (a.seq, &a.entry, a.leaf_hash, &a.salt, &a.body) == (b.seq, &b.entry, b.leaf_hash, &b.salt, &b.body)
+    }
+
+    /// Lines split across chunk boundaries (down to chunks of one byte, lines longer than a chunk, an
+    /// empty line, a last line without its newline) come out whole and in order.
+    #[test]
+    fn chunks_hold_whole_lines_whatever_the_chunk_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: &[u8] = b"{\"a\":1}\n\n{\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\":2}\nx\n{\"last\":3}";
+        let tar = dir.path().join("t.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+        for (name, data) in [("manifest.json", &b"{}"[..]), (ENTRIES, text)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(name).unwrap();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let want: Vec<&[u8]> = vec![b"{\"a\":1}\n", b"\n", &text[9..57], b"x\n", b"{\"last\":3}"];
+        for size in [1, 2, 3, 7, 16, 45, 46, 47, 1000] {
+            let (tx, rx) = std::sync::mpsc::sync_channel(100);
+            let (_spare_tx, spare_rx) = std::sync::mpsc::channel();
+            read_chunks(&tar, size, &tx, &spare_rx).unwrap();
+            drop(tx);
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for c in rx {
+                let c = c.unwrap();
+                let mut start = 0;
+                for &end in &c.ends {
+                    got.push(c.buf[start..end].to_vec());
+                    start = end;
+                }
+            }
+            assert_eq!(got, want, "chunk size {size}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any entry text, salt and body: the fast reader either declines or reads exactly what serde_json
+        /// reads, and it declines only lines with escapes other than `\"` and `\\`.
+        #[test]
+        fn the_fast_line_reader_agrees_with_serde_json(
+            entry in "(\\PC|[\"\\\\\\x00-\\x1f/]){0,80}", salt in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..90),
+        ) {
+            let l = line(&entry, Some(&salt), Some(&body));
+            let mut s = Scratch::default();
+            match fast_line(&l, &mut s) {
+                Some((seq, leaf_hash)) => {
+                    let fast = StoredEvent {
+                        seq,
+                        entry: s.entry.clone(),
+                        leaf_hash,
+                        salt: Some(s.salt.clone()),
+                        body: Some(s.body.clone()),
+                    };
+                    proptest::prop_assert!(same(&fast, &decode_line_serde(&l, 42).unwrap()));
+                }
+                None => proptest::prop_assert!(entry.chars().any(|c| c < ' ')),
+            }
+        }
+    }
+
+    #[test]
+    fn first_special_finds_the_first_quote_backslash_or_control_byte() {
+        for pos in 0..8 {
+            for special in [b'"', b'\\', 0x00, 0x01, 0x1f] {
+                for filler in [b'a', 0x20, 0x7f, 0x80, 0xff, b'!', b'#', b'[', b']'] {
+                    let mut w = [filler; 8];
+                    w[pos] = special;
+                    // A later special byte must not hide the first one.
+                    if pos < 7 {
+                        w[7] = b'"';
+                    }
+                    assert_eq!(first_special(u64::from_le_bytes(w)), pos, "{w:?}");
                 }
             }
         }
-        Err(unreadable(format!("no {ENTRIES}")))
+        assert_eq!(first_special(u64::from_le_bytes(*b"abcdefgh")), 8);
+        assert_eq!(first_special(u64::from_le_bytes([0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xff])), 8);
+    }
+
+    #[test]
+    fn the_fast_line_reader_reads_what_serde_json_reads() {
+        let entries = [r#"{"auth":"mtls","source_id":"a\"b\\c\n\u0001é€😀/"}"#, "", "plain", "\\\\\"\""];
+        for e in entries {
+            for (salt, body) in
+                [(&b"0123"[..], &b"{}"[..]), (b"", b""), (&[0xffu8; 32][..], &[0u8, 1, 2][..])]
+            {
+                let l = line(e, Some(salt), Some(body));
+                let mut s = Scratch::default();
+                let (seq, leaf_hash) = fast_line(&l, &mut s)
+                    .unwrap_or_else(|| panic!("fast path refused {}", String::from_utf8_lossy(&l)));
+                let fast = StoredEvent {
+                    seq,
+                    entry: s.entry.clone(),
+                    leaf_hash,
+                    salt: Some(s.salt.clone()),
+                    body: Some(s.body.clone()),
+                };
+                assert!(same(&fast, &decode_line_serde(&l, 42).unwrap()), "{e:?}");
+                assert_eq!(fast.entry, e.as_bytes());
+            }
+        }
+        // Other spellings go to serde_json and read the same.
+        let odd: [&[u8]; 6] = [
+            br#"{"seq":42,"entry":"\u0041","leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA=="}"#,
+            br#"{"seq":42, "entry":"A","leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA=="}"#,
+            br#"{"entry":"A","seq":42,"leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA=="}"#,
+            br#"{"seq":42,"entry":"A","leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA=="} "#,
+            br#"{"seq":42,"entry":"A\/","leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA=="}"#,
+            br#"{"seq":42,"entry":"A","leaf_hash":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","salt":"AA==","body":"AA==","x":1}"#,
+        ];
+        for l in odd {
+            assert!(fast_line(l, &mut Scratch::default()).is_none(), "{}", String::from_utf8_lossy(l));
+        }
+        assert_eq!(decode_line_serde(odd[0], 42).unwrap().entry, b"A");
+        assert_eq!(decode_line_serde(odd[4], 42).unwrap().entry, b"A/");
+        // Not JSON, bad base64, a raw control character, a short leaf: never accepted by the fast path.
+        for l in [&b"{\"seq\":42"[..], b"{\"seq\":042,\"entry\":\"\"}"] {
+            assert!(fast_line(l, &mut Scratch::default()).is_none());
+        }
+        let mut raw_ctl = line("a", Some(b"s"), Some(b"b"));
+        raw_ctl[20] = 0x01;
+        assert!(fast_line(&raw_ctl, &mut Scratch::default()).is_none());
+        let bad_b64 = String::from_utf8(line("a", Some(b"s"), Some(b"b")))
+            .unwrap()
+            .replace("\"body\":\"", "\"body\":\"!");
+        assert!(fast_line(bad_b64.as_bytes(), &mut Scratch::default()).is_none());
+        // Erased payloads take the serde path and need their record.
+        let erased = line("a", None, None);
+        assert!(fast_line(&erased, &mut Scratch::default()).is_none());
+        assert_eq!(decode_line_serde(&erased, 42).unwrap_err(), Failure::UnrecordedErasure { seq: 42 });
     }
 }

@@ -156,6 +156,168 @@ impl Entry {
     }
 }
 
+/// The fixed-size facts of an entry that a verifier needs, read without allocating ([`Entry::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFacts {
+    /// Sequence number.
+    pub seq: u64,
+    /// Receive time, ns since the epoch.
+    pub received_at_ns: u64,
+    /// How the producer authenticated.
+    pub auth: AuthMethod,
+    /// `SHA-256(salt || body)`.
+    pub payload_sha256: [u8; 32],
+}
+
+impl Entry {
+    /// Checks that `bytes` are a canonical entry and returns its fixed-size facts.
+    ///
+    /// Accepts exactly what [`Entry::parse`] accepts, but reads the canonical form directly (one pass, no
+    /// allocation): canonical bytes are fully specified (docs/FORMAT.md §1), so a strict scanner that only
+    /// admits the canonical spelling of each key, string and integer checks canonicity while it parses,
+    /// instead of decoding JSON and re-encoding it for a comparison. Anything the scanner does not admit
+    /// goes to [`Entry::parse`], which is the reference and names the precise error.
+    pub fn check(bytes: &[u8]) -> Result<EntryFacts, EntryError> {
+        if let Some(facts) = scan_canonical(bytes) {
+            return Ok(facts);
+        }
+        Entry::parse(bytes).map(|e| EntryFacts {
+            seq: e.seq,
+            received_at_ns: e.received_at_ns,
+            auth: e.auth,
+            payload_sha256: e.payload_sha256,
+        })
+    }
+}
+
+/// A cursor over entry bytes for [`scan_canonical`].
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn lit(&mut self, s: &[u8]) -> Option<()> {
+        let end = self.i.checked_add(s.len())?;
+        (self.b.get(self.i..end)? == s).then(|| self.i = end)
+    }
+
+    /// A string in canonical spelling (RFC 8785 escapes only, no raw control characters, valid UTF-8);
+    /// returns the raw bytes between the quotes.
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.lit(b"\"")?;
+        let start = self.i;
+        loop {
+            let c = *self.b.get(self.i)?;
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let e = *self.b.get(self.i)?;
+                    self.i += 1;
+                    match e {
+                        b'"' | b'\\' | b'b' | b't' | b'n' | b'f' | b'r' => {}
+                        // `\u00xx`, lower-case hex, only for the control characters without a short escape.
+                        b'u' => {
+                            let h = self.b.get(self.i..self.i + 4)?;
+                            self.i += 4;
+                            let lower = |d: u8| matches!(d, b'0'..=b'9' | b'a'..=b'f');
+                            if h[0] != b'0' || h[1] != b'0' || !lower(h[2]) || !lower(h[3]) || h[2] > b'1' {
+                                return None;
+                            }
+                            let v = (h[2] - b'0') * 16
+                                + if h[3] <= b'9' { h[3] - b'0' } else { h[3] - b'a' + 10 };
+                            if matches!(v, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                c if c < 0x20 => return None,
+                _ => {}
+            }
+        }
+        let raw = &self.b[start..self.i - 1];
+        // Escapes are ASCII, so the raw bytes are valid UTF-8 exactly when the decoded string is.
+        std::str::from_utf8(raw).ok()?;
+        Some(raw)
+    }
+
+    /// An unsigned integer in plain decimal without leading zeros that fits in a u64.
+    fn uint(&mut self) -> Option<u64> {
+        let digits = self.b[self.i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let d = &self.b[self.i..self.i + digits];
+        if d.is_empty() || (d[0] == b'0' && d.len() > 1) {
+            return None;
+        }
+        let mut v = 0u64;
+        for c in d {
+            v = v.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+        }
+        self.i += digits;
+        Some(v)
+    }
+}
+
+/// Value of each lower-case hex digit; `0x80` for every other byte.
+const HEX_LOWER: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The canonical entry's facts if `bytes` are exactly a canonical entry of version 1, else `None`.
+fn scan_canonical(bytes: &[u8]) -> Option<EntryFacts> {
+    let mut s = Scan { b: bytes, i: 0 };
+    s.lit(b"{\"auth\":")?;
+    let auth = AuthMethod::parse(std::str::from_utf8(s.string()?).ok()?)?;
+    s.lit(b",\"format\":")?;
+    s.string()?;
+    s.lit(b",\"payload_sha256\":\"")?;
+    let hex_digits = s.b.get(s.i..s.i + 64)?;
+    // Lower-case hex only (what `to_canonical_json` writes); branch-free, one bad digit fails the lot.
+    let mut payload_sha256 = [0u8; 32];
+    let mut bad = 0u8;
+    for (out, pair) in payload_sha256.iter_mut().zip(hex_digits.chunks_exact(2)) {
+        let (hi, lo) = (HEX_LOWER[usize::from(pair[0])], HEX_LOWER[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *out = (hi << 4) | (lo & 0x0f);
+    }
+    if bad & 0x80 != 0 {
+        return None;
+    }
+    s.i += 64;
+    s.lit(b"\",\"producer\":")?;
+    s.string()?;
+    s.lit(b",\"received_at_ns\":")?;
+    let received_at_ns = s.uint()?;
+    s.lit(b",\"seq\":")?;
+    let seq = s.uint()?;
+    s.lit(b",\"source\":")?;
+    s.string()?;
+    s.lit(b",\"source_id\":")?;
+    if s.lit(b"null").is_none() {
+        s.string()?;
+    }
+    s.lit(b",\"v\":1}")?;
+    (s.i == bytes.len() && ENTRY_VERSION == 1).then_some(EntryFacts {
+        seq,
+        received_at_ns,
+        auth,
+        payload_sha256,
+    })
+}
+
 /// `SHA-256(salt || body)`: what an entry commits to about its payload.
 pub fn payload_digest(salt: &[u8], body: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -234,6 +396,96 @@ mod tests {
         assert_eq!(Entry::parse(spaced.as_bytes()), Err(EntryError::NotCanonical));
         let v2 = String::from_utf8(bytes).unwrap().replace("\"v\":1", "\"v\":2");
         assert_eq!(Entry::parse(v2.as_bytes()), Err(EntryError::Version(2)));
+    }
+
+    /// The fast scanner admits a byte string exactly when the reference (parse + re-encode) does, with the
+    /// same facts: every canonical entry, and mutations of them at every position.
+    #[test]
+    fn check_agrees_with_parse_on_canonical_entries_and_every_mutation() {
+        let mut samples = vec![sample()];
+        let mut e = sample();
+        e.source_id = None;
+        e.seq = 0;
+        e.received_at_ns = u64::MAX;
+        samples.push(e);
+        let mut e = sample();
+        e.source_id = Some((0u32..0x80).filter_map(char::from_u32).chain("é€😀/".chars()).collect());
+        e.producer = "p\u{7f}".into();
+        e.auth = AuthMethod::Internal;
+        samples.push(e);
+        let reference =
+            |b: &[u8]| Entry::parse(b).map(|e| (e.seq, e.received_at_ns, e.auth, e.payload_sha256));
+        let fast = |b: &[u8]| scan_canonical(b).map(|f| (f.seq, f.received_at_ns, f.auth, f.payload_sha256));
+        for e in &samples {
+            let bytes = e.to_canonical_json();
+            assert_eq!(fast(&bytes), Some(reference(&bytes).unwrap()));
+            assert_eq!(Entry::check(&bytes).unwrap().seq, e.seq);
+            let replacements: &[&[u8]] = &[
+                b"", b" ", b"0", b"1", b"9", b"a", b"A", b"\\", b"\"", b"\\u0041", b"\\u001f", b"\\u000a",
+                b"\\/", b"\xff", b"\x01", b"-", b"null", b"{", b"}", b",",
+            ];
+            for i in 0..=bytes.len() {
+                for r in replacements {
+                    for (cut, label) in [(0usize, "insert"), (1, "replace")] {
+                        if i + cut > bytes.len() {
+                            continue;
+                        }
+                        let mut m = bytes[..i].to_vec();
+                        m.extend_from_slice(r);
+                        m.extend_from_slice(&bytes[i + cut..]);
+                        // A scanner acceptance must be a reference acceptance with the same facts (soundness);
+                        // the reverse is what makes the fast path fast, not what keeps it correct.
+                        if let Some(f) = fast(&m) {
+                            assert_eq!(
+                                Ok(f),
+                                reference(&m),
+                                "{label} {r:?} at {i}: {}",
+                                String::from_utf8_lossy(&m)
+                            );
+                        }
+                        if reference(&m).is_ok() {
+                            assert_eq!(fast(&m), reference(&m).ok(), "{label} {r:?} at {i}");
+                        }
+                    }
+                }
+            }
+        }
+        // Integers: leading zeros, overflow, sign; each rejected by both.
+        let base = String::from_utf8(sample().to_canonical_json()).unwrap();
+        for bad in ["\"seq\":07", "\"seq\":18446744073709551616", "\"seq\":-7", "\"seq\":7.0", "\"seq\":7e0"]
+        {
+            let m = base.replace("\"seq\":7", bad);
+            assert_eq!(scan_canonical(m.as_bytes()), None, "{m}");
+            assert!(Entry::check(m.as_bytes()).is_err(), "{m}");
+        }
+        let m = base.replace("\"seq\":7", "\"seq\":18446744073709551615");
+        assert_eq!(Entry::check(m.as_bytes()).unwrap().seq, u64::MAX);
+        assert_eq!(Entry::check(base.replace("\"v\":1", "\"v\":2").as_bytes()), Err(EntryError::Version(2)));
+        assert_eq!(Entry::check(base.replacen(',', ", ", 1).as_bytes()), Err(EntryError::NotCanonical));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn check_accepts_every_canonical_entry(
+            producer in "\\PC{0,20}", source in ".{0,12}", id in proptest::option::of("[\\x00-\\x7f]{0,12}|\\PC{0,8}"),
+            seq: u64, ns: u64, digest: [u8; 32],
+        ) {
+            let e = Entry {
+                seq,
+                received_at_ns: ns,
+                producer,
+                source,
+                auth: AuthMethod::Hmac,
+                format: "okta".into(),
+                source_id: id,
+                payload_sha256: digest,
+            };
+            let bytes = e.to_canonical_json();
+            proptest::prop_assert_eq!(
+                scan_canonical(&bytes),
+                Some(EntryFacts { seq, received_at_ns: ns, auth: AuthMethod::Hmac, payload_sha256: digest })
+            );
+        }
     }
 
     #[test]

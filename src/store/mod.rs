@@ -639,6 +639,16 @@ pub fn for_each_timestamp(
     Ok(())
 }
 
+/// Whether any head with `from <= height <= to` has a token.
+pub fn any_timestamp_between(conn: &Connection, from: u64, to: u64) -> Result<bool, StoreError> {
+    let any: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM timestamps WHERE height BETWEEN ?1 AND ?2)",
+        params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
+        |r| r.get(0),
+    )?;
+    Ok(any)
+}
+
 /// Number of stored tokens.
 pub fn timestamp_count(conn: &Connection) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row("SELECT count(*) FROM timestamps", [], |r| r.get(0))?;

@@ -5,7 +5,7 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
-use crate::ledger::entry::{payload_digest, Entry};
+use crate::ledger::entry::{payload_digest, Entry, EntryFacts};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
 use crate::signer::PublicKey;
@@ -289,8 +289,31 @@ pub trait EventSource {
     fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError>;
 }
 
-/// One event as a source decoded it.
-pub type Decoded = Result<StoredEvent, Failure>;
+/// One event as a source decoded and checked it: `Err` when it could not even be decoded (its seq unknown).
+pub type Decoded = Result<CheckedEvent, Failure>;
+
+/// One decoded event and the result of its own checks ([`check_event`]); the walk adds the checks that need
+/// order (seq continuity, the tree, the heads). Sources check their batches on all cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEvent {
+    /// The seq the event claims (its row or line).
+    pub seq: u64,
+    /// Its leaf hash (recomputed from the entry and compared with the stored one by the check).
+    pub leaf_hash: merkle::Hash,
+    /// `(received_at_ns, erased)` when the entry, leaf and payload check out, else the failure.
+    pub check: Result<(u64, bool), Failure>,
+}
+
+impl CheckedEvent {
+    /// Checks a decoded event row ([`check_event`]).
+    pub fn of(ev: &StoredEvent) -> CheckedEvent {
+        CheckedEvent {
+            seq: ev.seq,
+            leaf_hash: ev.leaf_hash,
+            check: check_event(ev).map(|(e, erased)| (e.received_at_ns, erased)),
+        }
+    }
+}
 
 /// Events per batch: large enough to amortize handing work to threads, small enough to stay in cache.
 pub const BATCH: usize = 8192;
@@ -302,18 +325,34 @@ pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec
     if threads < 2 || items.len() < 512 {
         return items.iter().map(f).collect();
     }
-    let chunk = items.len().div_ceil(threads);
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> =
-            items.chunks(chunk).map(|c| s.spawn(move || c.iter().map(f).collect::<Vec<U>>())).collect();
-        let mut out = Vec::with_capacity(items.len());
-        for h in handles {
-            // A panic in a check is a bug; re-raise it rather than hide it.
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
-        }
-        out
-    })
+    // Small pieces taken in turn, not one slice per thread: on a shared machine a preempted worker must not
+    // hold up the batch while the others idle.
+    let piece = (items.len() / (threads * 8)).max(64);
+    let pieces: Vec<&[T]> = items.chunks(piece).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (f, pieces, next) = (&f, &pieces, &next);
+    let mut done: Vec<(usize, Vec<U>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(p) = pieces.get(i) else { return out };
+                        out.push((i, p.iter().map(f).collect::<Vec<U>>()));
+                    }
+                })
+            })
+            .collect();
+        // A panic in a check is a bug; re-raise it rather than hide it.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(items.len());
+    for (_, v) in done {
+        out.extend(v);
+    }
+    out
 }
 
 /// The events of a database.
@@ -336,15 +375,23 @@ impl EventSource for DbEvents<'_> {
             };
             batch.push(item);
             if batch.len() == BATCH {
-                go_on = f(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)));
+                go_on = f(check_batch(&std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
             }
             Ok(go_on)
         })?;
         if go_on && !batch.is_empty() {
-            f(batch);
+            f(check_batch(&batch));
         }
         Ok(())
     }
+}
+
+/// Checks a batch of decoded rows on all cores.
+fn check_batch(batch: &[Result<StoredEvent, Failure>]) -> Vec<Decoded> {
+    par_map(batch, |item| match item {
+        Ok(ev) => Ok(CheckedEvent::of(ev)),
+        Err(f) => Err(f.clone()),
+    })
 }
 
 /// Verifies a whole database against `key`; `origin`, when given, must match every head.
@@ -387,16 +434,12 @@ pub fn walk(
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
     events.visit(first_seq, &mut |batch| {
-        let checked = par_map(&batch, |item| match item {
-            Ok(ev) => check_event(ev).map(|(entry, erased)| (entry.received_at_ns, erased)),
-            Err(f) => Err(f.clone()),
-        });
-        for (item, result) in batch.iter().zip(checked) {
+        for item in batch {
             let seq = frontier.size();
             let ev = match item {
                 Ok(ev) => ev,
                 Err(f) => {
-                    failure = Some(f.clone());
+                    failure = Some(f);
                     return false;
                 }
             };
@@ -408,7 +451,7 @@ pub fn walk(
                 failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
                 return false;
             }
-            match result {
+            match ev.check {
                 Ok((received_at_ns, erased)) => {
                     report.first_received_ns.get_or_insert(received_at_ns);
                     report.last_received_ns = Some(received_at_ns);
@@ -437,18 +480,29 @@ pub fn walk(
     Ok(report)
 }
 
-/// Checks one event row; returns its entry and whether it is erased.
-pub fn check_event(ev: &store::StoredEvent) -> Result<(Entry, bool), Failure> {
-    let seq = ev.seq;
+/// Checks one event row; returns its entry's facts and whether it is erased.
+pub fn check_event(ev: &store::StoredEvent) -> Result<(EntryFacts, bool), Failure> {
+    check_parts(ev.seq, &ev.entry, &ev.leaf_hash, ev.salt.as_deref(), ev.body.as_deref())
+}
+
+/// [`check_event`] on borrowed parts: the entry is canonical and names `seq`, `leaf_hash` is its leaf hash,
+/// and salt and body (both present) hash to its `payload_sha256`, or are both erased.
+pub fn check_parts(
+    seq: u64,
+    entry_bytes: &[u8],
+    leaf_hash: &merkle::Hash,
+    salt: Option<&[u8]>,
+    body: Option<&[u8]>,
+) -> Result<(EntryFacts, bool), Failure> {
     let entry =
-        Entry::parse(&ev.entry).map_err(|e| Failure::EntryMalformed { seq, reason: e.to_string() })?;
+        Entry::check(entry_bytes).map_err(|e| Failure::EntryMalformed { seq, reason: e.to_string() })?;
     if entry.seq != seq {
         return Err(Failure::EntrySeqMismatch { seq, claimed: entry.seq });
     }
-    if merkle::leaf_hash(&ev.entry) != ev.leaf_hash {
+    if merkle::leaf_hash(entry_bytes) != *leaf_hash {
         return Err(Failure::LeafHashMismatch { seq });
     }
-    match (&ev.salt, &ev.body) {
+    match (salt, body) {
         (Some(salt), Some(body)) => {
             if payload_digest(salt, body) != entry.payload_sha256 {
                 return Err(Failure::PayloadMismatch { seq });
