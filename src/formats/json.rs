@@ -30,6 +30,17 @@ const SECONDS_CUTOFF: i64 = 100_000_000_000;
 
 /// Parses a generic JSON body.
 pub fn parse(body: &[u8], ndjson: bool, limits: &Limits) -> Result<Vec<ParsedEvent>, FormatError> {
+    parse_with(body, ndjson, limits, true)
+}
+
+/// [`parse`], with the best-effort normalized fields left empty unless `normalize` (search disabled:
+/// nothing would store them, and the key lookups are a measurable share of a handler's time).
+pub fn parse_with(
+    body: &[u8],
+    ndjson: bool,
+    limits: &Limits,
+    normalize: bool,
+) -> Result<Vec<ParsedEvent>, FormatError> {
     let mode = if ndjson { LineMode::On } else { LineMode::Off };
     frame::split(body, mode, limits)?
         .iter()
@@ -39,7 +50,8 @@ pub fn parse(body: &[u8], ndjson: bool, limits: &Limits) -> Result<Vec<ParsedEve
                 Some(id) => Some(check_source_id(id, "id", el.ctx())?),
                 None => None,
             };
-            Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields: normalize(&obj) })
+            let fields = if normalize { self::normalize(&obj) } else { NormalizedFields::default() };
+            Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields })
         })
         .collect()
 }
