@@ -1,5 +1,5 @@
-//! The indexer: one OS thread that keeps the search database (`event_fields` and its indexes) a few
-//! milliseconds behind the ledger.
+//! The indexer: one OS thread that keeps the search database (`event_fields` and its indexes) about a second
+//! ([`INDEX_BATCH_WINDOW`]) behind the ledger, more while ingest keeps the CPU busy.
 //!
 //! The writer hands it the normalized fields of every committed group ([`IndexerHandle::send`]); it writes
 //! them in batches to its own SQLite file, so index maintenance runs beside the writer instead of inside its
@@ -33,7 +33,7 @@ pub const MAX_INDEX_BACKLOG: usize = 200_000;
 pub const MAX_INDEX_BATCH: usize = 100_000;
 /// How long the indexer gathers rows before writing them. Fewer, larger transactions matter: every commit
 /// rewrites each index page it touched, and an actor index is touched all over by any batch, so small
-/// batches cost several times the CPU (docs/PERFORMANCE.md). This is also the usual search lag under load.
+/// batches cost several times the CPU (docs/PERFORMANCE.md). This is also the usual search lag.
 pub const INDEX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// The fields of one committed event.
