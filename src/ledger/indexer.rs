@@ -204,7 +204,11 @@ fn open_or_rebuild(path: &Path, ledger: &Path) -> Result<Connection, StoreError>
 }
 
 /// Why an opened search database must be rebuilt, if it must.
-fn search_db_problem(search: &Connection, ledger: &Path, unclean: bool) -> Result<Option<String>, StoreError> {
+fn search_db_problem(
+    search: &Connection,
+    ledger: &Path,
+    unclean: bool,
+) -> Result<Option<String>, StoreError> {
     if unclean {
         let check: String = search.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
@@ -410,7 +414,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("a.db");
         run_with_indexer(&db, 0, 700).await;
-        std::fs::write(store::search_path(&db), b"this is not an SQLite database, it was overwritten").unwrap();
+        std::fs::write(store::search_path(&db), b"this is not an SQLite database, it was overwritten")
+            .unwrap();
         run_with_indexer(&db, 700, 300).await;
         assert_indexed(&db, 1_000);
     }
