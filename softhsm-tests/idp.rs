@@ -648,3 +648,33 @@ async fn bad_input_matrix_stores_nothing() {
     let n: i64 = conn.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_off_stores_events_without_fields_and_turning_it_on_re_derives_them() {
+    let mut a = start_with_sources("\n[search]\nenabled = false\n", false);
+    let mut c = a.connect("producer").await;
+    let body = br#"{"id":"e-1","type":"LOGIN","actor":"alice","outcome":"failure","ip":"192.0.2.7"}"#;
+    assert_eq!(post_ok(&mut c, "json", body).await, vec![(0, false)]);
+    assert_eq!(post_ok(&mut c, "keycloak", &fixture("keycloak-user-event.json")).await, vec![(1, false)]);
+    // De-duplication and validation do not depend on search.
+    assert_eq!(post_ok(&mut c, "json", body).await, vec![(0, true)]);
+    assert_eq!(post(&mut c, "keycloak", b"{\"type\":\"LOGIN\"}", &[]).await.status, 422);
+    let r = a.audit_get("/v1/events/0").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["fields"], Value::Null);
+    assert_eq!(r.json()["body"].as_str().unwrap().as_bytes(), body);
+    assert!(!a.path("anchorlog.search.db").exists(), "no search database is written with search off");
+    drop(c);
+    assert!(a.sigterm().success());
+    // Search back on: the indexer re-derives the fields of what was stored meanwhile.
+    a.options.extra_config = MTLS_SOURCES.to_string();
+    a.spawn().expect("restarts");
+    let ev = event(&a, 0).await;
+    assert_fields(
+        &ev,
+        json!({"source": "json", "event_type": "LOGIN", "actor_id": "alice", "outcome": "failure",
+               "source_ip": "192.0.2.7"}),
+    );
+    assert_eq!(event(&a, 1).await["fields"]["source"], "keycloak");
+    assert_eq!(a.stored_events().await, 2);
+}

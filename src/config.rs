@@ -69,6 +69,31 @@ pub struct Config {
     /// How tokens are requested and retried.
     #[serde(default)]
     pub timestamping: TimestampingConfig,
+    /// The search database of normalized fields.
+    #[serde(default)]
+    pub search: SearchConfig,
+}
+
+/// `[search]`: the normalized search fields (`<database>.search.db`, kept by the indexer thread).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Extract normalized fields and keep the search database (default). `false`: no field extraction for
+    /// generic JSON, no indexer thread, no search database writes; events are validated and stored as
+    /// always, and their `fields` read as `null`. Turning it back on re-derives the missing fields from the
+    /// stored bodies at start.
+    #[serde(default = "default_search_enabled")]
+    pub enabled: bool,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_search_enabled() -> bool {
+    true
 }
 
 /// One `[[tsa]]`: an RFC 3161 time-stamping authority.
@@ -792,6 +817,15 @@ identities = ["dns:idp.example.org"]
         assert_eq!(c.sealing.seal_max_events, 10_000);
         assert_eq!(c.sealing.heartbeat_interval(), Duration::from_secs(60));
         assert_eq!(c.principals[0].roles, vec![Role::Producer]);
+        assert!(c.search.enabled);
+    }
+
+    #[test]
+    fn search_can_be_turned_off() {
+        let c = Config::parse(&format!("{MINIMAL}\n[search]\nenabled = false\n")).unwrap();
+        assert!(!c.search.enabled);
+        let err = Config::parse(&format!("{MINIMAL}\n[search]\nenable = false\n")).unwrap_err().to_string();
+        assert!(err.contains("unknown field `enable`"), "{err}");
     }
 
     #[test]

@@ -215,8 +215,15 @@ impl Service {
             timestamping,
         } = self;
         let db = config.storage.database.clone();
-        let (indexer, indexer_thread) = IndexerHandle::start(&db)?;
-        let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, Some(indexer))?;
+        // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
+        let (indexer, indexer_thread) = match config.search.enabled {
+            true => {
+                let (handle, thread) = IndexerHandle::start(&db)?;
+                (Some(handle), Some(thread))
+            }
+            false => (None, None),
+        };
+        let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, indexer)?;
         let metrics = Arc::new(Metrics::new());
         let reads = Arc::new(ReadPool::new(&db));
         let search = Arc::new(ReadPool::new(&store::search_path(&db)));
@@ -251,6 +258,7 @@ impl Service {
             origin: config.origin.clone(),
             sources,
             search,
+            search_enabled: config.search.enabled,
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -301,7 +309,9 @@ impl Service {
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
-        let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+        if let Some(indexer_thread) = indexer_thread {
+            let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+        }
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
     }

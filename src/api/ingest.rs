@@ -79,7 +79,7 @@ pub(super) fn parse(
 ) -> Result<Vec<formats::ParsedEvent>, ApiError> {
     let limits =
         Limits { max_events: state.limits.max_events_per_request, max_depth: state.limits.max_json_depth };
-    formats::parse(format, bytes, ndjson, &limits).map_err(format_error)
+    formats::parse_with(format, bytes, ndjson, &limits, state.search_enabled).map_err(format_error)
 }
 
 /// Salts, hashes and appends parsed events; answers after the group commit (fsync).

@@ -41,6 +41,8 @@ pub struct AppState {
     pub sources: Arc<sources::SourceRegistry>,
     /// Read-only connections to the search database (normalized fields).
     pub search: Arc<ReadPool>,
+    /// `[search] enabled`: extract normalized fields (there is an indexer to store them).
+    pub search_enabled: bool,
 }
 
 /// The router of the mTLS listener.

@@ -101,8 +101,8 @@ pub(super) async fn event(
     let (ev, erasure) =
         blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
-    // The normalized search fields: not part of the evidence, kept by the indexer a few ms behind the writer,
-    // so `null` until it has caught up (or if the search database cannot be read).
+    // The normalized search fields: not part of the evidence, kept by the indexer ~1 s behind the writer (more
+    // under load), so `null` until it has caught up (or if search is off or its database cannot be read).
     let search = state.search.clone();
     let fields = tokio::task::spawn_blocking(move || search.with(|c| store::event_fields(c, seq)))
         .await

@@ -21,7 +21,7 @@
 
 use serde_json::Value;
 
-use super::fields::{self, check_source_id, first_text, text, Obj};
+use super::fields::{self, check_source_id, text, Obj};
 use super::frame::{self, LineMode};
 use super::{FormatError, Limits, NormalizedFields, Outcome, ParsedEvent};
 
@@ -30,6 +30,17 @@ const SECONDS_CUTOFF: i64 = 100_000_000_000;
 
 /// Parses a generic JSON body.
 pub fn parse(body: &[u8], ndjson: bool, limits: &Limits) -> Result<Vec<ParsedEvent>, FormatError> {
+    parse_with(body, ndjson, limits, true)
+}
+
+/// [`parse`], with the best-effort normalized fields left empty unless `normalize` (search disabled:
+/// nothing would store them, and the key lookups are a measurable share of a handler's time).
+pub fn parse_with(
+    body: &[u8],
+    ndjson: bool,
+    limits: &Limits,
+    normalize: bool,
+) -> Result<Vec<ParsedEvent>, FormatError> {
     let mode = if ndjson { LineMode::On } else { LineMode::Off };
     frame::split(body, mode, limits)?
         .iter()
@@ -39,54 +50,127 @@ pub fn parse(body: &[u8], ndjson: bool, limits: &Limits) -> Result<Vec<ParsedEve
                 Some(id) => Some(check_source_id(id, "id", el.ctx())?),
                 None => None,
             };
-            Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields: normalize(&obj) })
+            let fields = if normalize { self::normalize(&obj) } else { NormalizedFields::default() };
+            Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields })
         })
         .collect()
 }
 
+/// Which normalized field a key feeds.
+#[derive(Clone, Copy)]
+enum Slot {
+    Type,
+    Outcome,
+    ActorId,
+    ActorName,
+    Target,
+    SourceIp,
+    UserAgent,
+    Session,
+    Client,
+    Realm,
+}
+
+const SLOTS: usize = 10;
+
+/// What a top-level key can give: `(slot, rank, sub-key)`: the string at the key itself (`None`) or at
+/// `key.sub`. Lower ranks win, as in the table of the module docs (`rank` = position in that list).
+fn candidates(key: &str) -> &'static [(Slot, u8, Option<&'static str>)] {
+    use Slot::*;
+    match key {
+        "type" => &[(Type, 0, None)],
+        "event_type" => &[(Type, 1, None)],
+        "eventType" => &[(Type, 2, None)],
+        "action" => &[(Type, 3, None)],
+        "event" => &[(Type, 4, None)],
+        "outcome" => &[(Outcome, 0, None), (Outcome, 1, Some("result"))],
+        "result" => &[(Outcome, 2, None)],
+        "status" => &[(Outcome, 3, None)],
+        "actor_id" => &[(ActorId, 0, None)],
+        "actor" => &[
+            (ActorId, 1, None),
+            (ActorId, 2, Some("id")),
+            (ActorName, 1, Some("name")),
+            (ActorName, 2, Some("displayName")),
+        ],
+        "user_id" => &[(ActorId, 3, None)],
+        "userId" => &[(ActorId, 4, None)],
+        "user" => &[(ActorId, 5, None), (ActorId, 6, Some("id")), (ActorName, 5, Some("name"))],
+        "sub" => &[(ActorId, 7, None)],
+        "actor_name" => &[(ActorName, 0, None)],
+        "user_name" => &[(ActorName, 3, None)],
+        "username" => &[(ActorName, 4, None)],
+        "email" => &[(ActorName, 6, None)],
+        "target" => &[(Target, 0, None), (Target, 1, Some("id"))],
+        "resource" => &[(Target, 2, None), (Target, 3, Some("id"))],
+        "object" => &[(Target, 4, None)],
+        "ip" => &[(SourceIp, 0, None)],
+        "source_ip" => &[(SourceIp, 1, None)],
+        "ip_address" => &[(SourceIp, 2, None)],
+        "ipAddress" => &[(SourceIp, 3, None)],
+        "client_ip" => &[(SourceIp, 4, None)],
+        "remote_addr" => &[(SourceIp, 5, None)],
+        "user_agent" => &[(UserAgent, 0, None)],
+        "userAgent" => &[(UserAgent, 1, None)],
+        "session_id" => &[(Session, 0, None)],
+        "sessionId" => &[(Session, 1, None)],
+        "session" => &[(Session, 2, None)],
+        "client_id" => &[(Client, 0, None)],
+        "clientId" => &[(Client, 1, None)],
+        "app" => &[(Client, 2, None)],
+        "application" => &[(Client, 3, None)],
+        "realm" => &[(Realm, 0, None)],
+        "tenant" => &[(Realm, 1, None)],
+        "realmId" => &[(Realm, 2, None)],
+        "org" => &[(Realm, 3, None)],
+        "organization" => &[(Realm, 4, None)],
+        _ => &[],
+    }
+}
+
 /// Best-effort normalized fields; never fails.
+///
+/// One pass over the object's keys (instead of a map lookup per candidate key: this runs for every event
+/// on the HTTP workers), keeping the best-ranked non-empty string per field; only the winners are copied.
 pub(crate) fn normalize(obj: &Obj) -> NormalizedFields {
+    let mut best: [Option<(u8, &str)>; SLOTS] = [None; SLOTS];
+    for (key, value) in obj {
+        for &(slot, rank, sub) in candidates(key) {
+            let found = match (sub, value) {
+                (None, Value::String(s)) => s.as_str(),
+                (Some(sub), Value::Object(inner)) => match inner.get(sub) {
+                    Some(Value::String(s)) => s.as_str(),
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            let cur = &mut best[slot as usize];
+            if !found.is_empty() && cur.is_none_or(|(r, _)| rank < r) {
+                *cur = Some((rank, found));
+            }
+        }
+    }
+    let take = |slot: Slot| best[slot as usize].map(|(_, s)| s.to_owned());
+    let outcome = match best[Slot::Outcome as usize] {
+        Some((_, word)) => outcome_word(word),
+        None => match obj.get("success") {
+            Some(Value::Bool(true)) => Outcome::Success,
+            Some(Value::Bool(false)) => Outcome::Failure,
+            _ => Outcome::Unknown,
+        },
+    };
     NormalizedFields {
         event_time_ms: event_time(obj),
-        event_type: first_text(obj, &[&["type"], &["event_type"], &["eventType"], &["action"], &["event"]]),
-        outcome: outcome(obj),
-        actor_id: first_text(
-            obj,
-            &[
-                &["actor_id"],
-                &["actor"],
-                &["actor", "id"],
-                &["user_id"],
-                &["userId"],
-                &["user"],
-                &["user", "id"],
-                &["sub"],
-            ],
-        ),
-        actor_name: first_text(
-            obj,
-            &[
-                &["actor_name"],
-                &["actor", "name"],
-                &["actor", "displayName"],
-                &["user_name"],
-                &["username"],
-                &["user", "name"],
-                &["email"],
-            ],
-        ),
-        target: first_text(
-            obj,
-            &[&["target"], &["target", "id"], &["resource"], &["resource", "id"], &["object"]],
-        ),
-        source_ip: first_text(
-            obj,
-            &[&["ip"], &["source_ip"], &["ip_address"], &["ipAddress"], &["client_ip"], &["remote_addr"]],
-        ),
-        user_agent: first_text(obj, &[&["user_agent"], &["userAgent"]]),
-        session_id: first_text(obj, &[&["session_id"], &["sessionId"], &["session"]]),
-        client_id: first_text(obj, &[&["client_id"], &["clientId"], &["app"], &["application"]]),
-        realm: first_text(obj, &[&["realm"], &["tenant"], &["realmId"], &["org"], &["organization"]]),
+        event_type: take(Slot::Type),
+        outcome,
+        actor_id: take(Slot::ActorId),
+        actor_name: take(Slot::ActorName),
+        target: take(Slot::Target),
+        source_ip: take(Slot::SourceIp),
+        user_agent: take(Slot::UserAgent),
+        session_id: take(Slot::Session),
+        client_id: take(Slot::Client),
+        realm: take(Slot::Realm),
     }
 }
 
@@ -107,19 +191,6 @@ fn event_time(obj: &Obj) -> Option<i64> {
     })
 }
 
-/// Outcome from a string result or a boolean `success`.
-fn outcome(obj: &Obj) -> Outcome {
-    let word = first_text(obj, &[&["outcome"], &["outcome", "result"], &["result"], &["status"]]);
-    if let Some(word) = word {
-        return outcome_word(&word);
-    }
-    match obj.get("success") {
-        Some(Value::Bool(true)) => Outcome::Success,
-        Some(Value::Bool(false)) => Outcome::Failure,
-        _ => Outcome::Unknown,
-    }
-}
-
 /// Maps common result words, case-insensitively.
 fn outcome_word(word: &str) -> Outcome {
     match word.to_ascii_lowercase().as_str() {
@@ -137,6 +208,150 @@ fn outcome_word(word: &str) -> Outcome {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::formats::fields::first_text;
+
+    /// The previous implementation (one lookup per candidate key), kept as the oracle for [`normalize`].
+    fn normalize_by_lookup(obj: &Obj) -> NormalizedFields {
+        NormalizedFields {
+            event_time_ms: event_time(obj),
+            event_type: first_text(
+                obj,
+                &[&["type"], &["event_type"], &["eventType"], &["action"], &["event"]],
+            ),
+            outcome: outcome_by_lookup(obj),
+            actor_id: first_text(
+                obj,
+                &[
+                    &["actor_id"],
+                    &["actor"],
+                    &["actor", "id"],
+                    &["user_id"],
+                    &["userId"],
+                    &["user"],
+                    &["user", "id"],
+                    &["sub"],
+                ],
+            ),
+            actor_name: first_text(
+                obj,
+                &[
+                    &["actor_name"],
+                    &["actor", "name"],
+                    &["actor", "displayName"],
+                    &["user_name"],
+                    &["username"],
+                    &["user", "name"],
+                    &["email"],
+                ],
+            ),
+            target: first_text(
+                obj,
+                &[&["target"], &["target", "id"], &["resource"], &["resource", "id"], &["object"]],
+            ),
+            source_ip: first_text(
+                obj,
+                &[&["ip"], &["source_ip"], &["ip_address"], &["ipAddress"], &["client_ip"], &["remote_addr"]],
+            ),
+            user_agent: first_text(obj, &[&["user_agent"], &["userAgent"]]),
+            session_id: first_text(obj, &[&["session_id"], &["sessionId"], &["session"]]),
+            client_id: first_text(obj, &[&["client_id"], &["clientId"], &["app"], &["application"]]),
+            realm: first_text(obj, &[&["realm"], &["tenant"], &["realmId"], &["org"], &["organization"]]),
+        }
+    }
+
+    /// Outcome from a string result or a boolean `success`.
+    fn outcome_by_lookup(obj: &Obj) -> Outcome {
+        let word = first_text(obj, &[&["outcome"], &["outcome", "result"], &["result"], &["status"]]);
+        if let Some(word) = word {
+            return outcome_word(&word);
+        }
+        match obj.get("success") {
+            Some(Value::Bool(true)) => Outcome::Success,
+            Some(Value::Bool(false)) => Outcome::Failure,
+            _ => Outcome::Unknown,
+        }
+    }
+
+    #[test]
+    fn one_pass_matches_the_lookup_rules() {
+        use rand::{Rng, SeedableRng};
+        const KEYS: &[&str] = &[
+            "type",
+            "event_type",
+            "eventType",
+            "action",
+            "event",
+            "outcome",
+            "result",
+            "status",
+            "success",
+            "actor_id",
+            "actor",
+            "user_id",
+            "userId",
+            "user",
+            "sub",
+            "actor_name",
+            "user_name",
+            "username",
+            "email",
+            "target",
+            "resource",
+            "object",
+            "ip",
+            "source_ip",
+            "ip_address",
+            "ipAddress",
+            "client_ip",
+            "remote_addr",
+            "user_agent",
+            "userAgent",
+            "session_id",
+            "sessionId",
+            "session",
+            "client_id",
+            "clientId",
+            "app",
+            "application",
+            "realm",
+            "tenant",
+            "realmId",
+            "org",
+            "organization",
+            "other",
+        ];
+        const SUBS: &[&str] = &["id", "name", "displayName", "result", "x"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let value = |rng: &mut rand::rngs::StdRng, depth: u8| -> Value {
+            match rng.gen_range(0..7) {
+                0 => Value::String(String::new()),
+                1 | 2 => Value::String(["ok", "DENY", "u-1", "x"][rng.gen_range(0..4)].into()),
+                3 => Value::Bool(rng.gen()),
+                4 => Value::Null,
+                5 => json!(7),
+                _ if depth == 0 => {
+                    let mut m = serde_json::Map::new();
+                    for _ in 0..rng.gen_range(0..4) {
+                        let k = SUBS[rng.gen_range(0..SUBS.len())];
+                        let v = ["", "n", "FAILED", "s"][rng.gen_range(0..4)];
+                        m.insert(k.into(), if rng.gen_bool(0.8) { json!(v) } else { json!(1) });
+                    }
+                    Value::Object(m)
+                }
+                _ => Value::Null,
+            }
+        };
+        for _ in 0..20_000 {
+            let mut obj = Obj::new();
+            for _ in 0..rng.gen_range(0..12) {
+                let k = KEYS[rng.gen_range(0..KEYS.len())];
+                let v = value(&mut rng, 0);
+                obj.insert(k.into(), v);
+            }
+            assert_eq!(normalize(&obj), normalize_by_lookup(&obj), "{}", Value::Object(obj.clone()));
+        }
+    }
 
     fn fields_of(v: Value) -> NormalizedFields {
         match v {

@@ -271,11 +271,23 @@ pub fn parse(
     ndjson: bool,
     limits: &Limits,
 ) -> Result<Vec<ParsedEvent>, FormatError> {
+    parse_with(format, body, ndjson, limits, true)
+}
+
+/// [`parse`]; with `normalize` false (search disabled) the generic JSON format skips its best-effort field
+/// extraction. The IdP formats extract their fields anyway: the same lookups validate their required fields.
+pub fn parse_with(
+    format: Format,
+    body: &[u8],
+    ndjson: bool,
+    limits: &Limits,
+    normalize: bool,
+) -> Result<Vec<ParsedEvent>, FormatError> {
     match format {
         Format::Keycloak => keycloak::parse(body, ndjson, limits),
         Format::Okta => okta::parse(body, limits),
         Format::Auth0 => auth0::parse(body, ndjson, limits),
-        Format::Json => json::parse(body, ndjson, limits),
+        Format::Json => json::parse_with(body, ndjson, limits, normalize),
     }
 }
 
@@ -297,6 +309,12 @@ pub fn normalize_stored(format: &str, raw: &[u8]) -> Option<NormalizedFields> {
             envelope.extend_from_slice(raw);
             envelope.extend_from_slice(b"]}}");
             okta::parse(&envelope, &limits)
+        }
+        // The appliance's own events (erasures, audit access): fields come from their body.
+        #[cfg(feature = "server")]
+        "anchorlog" => {
+            let body: serde_json::Value = serde_json::from_slice(raw).ok()?;
+            return Some(crate::ledger::internal::fields_of(&body));
         }
         _ => return None,
     };

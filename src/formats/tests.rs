@@ -824,6 +824,14 @@ fn stored_elements_re_derive_their_fields() {
         let expected = NormalizedFields { realm: None, ..ev.fields };
         assert_eq!(super::normalize_stored("okta", &ev.raw), Some(expected));
     }
-    assert_eq!(super::normalize_stored("anchorlog", b"{}"), None);
+    // The appliance's own events: the same fields as when they were appended (ledger::internal::fields_of).
+    let erasure = br#"{"erased_by":"dpo","erased_seq":3,"reason":"r","type":"anchorlog.erasure"}"#;
+    let fields = super::normalize_stored("anchorlog", erasure).unwrap();
+    assert_eq!(
+        (fields.event_type.as_deref(), fields.actor_id.as_deref()),
+        (Some("anchorlog.erasure"), Some("dpo"))
+    );
+    assert_eq!(super::normalize_stored("anchorlog", b"not json"), None);
+    assert_eq!(super::normalize_stored("splunk", b"{}"), None);
     assert_eq!(super::normalize_stored("keycloak", b"not json"), None);
 }

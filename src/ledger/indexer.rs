@@ -1,27 +1,40 @@
-//! The indexer: one OS thread that keeps the search database (`event_fields` and its indexes) a few
-//! milliseconds behind the ledger.
+//! The indexer: one OS thread that keeps the search database (`event_fields` and its indexes) about a second
+//! ([`INDEX_BATCH_WINDOW`]) behind the ledger, more while ingest keeps the CPU busy.
 //!
 //! The writer hands it the normalized fields of every committed group ([`IndexerHandle::send`]); it writes
 //! them in batches to its own SQLite file, so index maintenance runs beside the writer instead of inside its
 //! transaction (see docs/PERFORMANCE.md for why). On start it first re-derives the fields of events that the
 //! search database is missing (a crash or a kill lost its unsynced tail) from the stored bodies.
-//! The channel is bounded: an indexer that falls behind slows the writer down instead of growing memory.
+//! The queue is bounded ([`MAX_INDEX_BACKLOG`] rows): an indexer that falls behind slows the writer down
+//! instead of growing memory.
+//!
+//! The thread runs at the lowest CPU priority (`SCHED_IDLE` on Linux): on a CPU-bound machine the writer and
+//! the HTTP workers — the ingest path — go first, and the indexer catches up in the idle time between bursts,
+//! so under load the search lag grows (up to the backlog bound) instead of ingest slowing down.
+//! docs/PERFORMANCE.md has the measurements.
+//!
+//! The search database is derived data, written without fsync. At start it is checked: a file that does not
+//! open, has the wrong version, fails `PRAGMA quick_check` after an unclean stop, or is ahead of the ledger is
+//! deleted and rebuilt from the stored bodies.
 
 use crate::formats::NormalizedFields;
 use crate::store::{self, StoreError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Committed groups queued for the indexer before the writer waits.
 pub const INDEX_QUEUE_DEPTH: usize = 1_024;
+/// Rows handed to the indexer but not yet written before the writer waits (~0.5 KB of memory each). Enough for
+/// a few seconds of peak ingest, so a low-priority indexer can trail a burst and catch up after it.
+pub const MAX_INDEX_BACKLOG: usize = 200_000;
 /// Most rows written in one search-database transaction.
-pub const MAX_INDEX_BATCH: usize = 50_000;
+pub const MAX_INDEX_BATCH: usize = 100_000;
 /// How long the indexer gathers rows before writing them. Fewer, larger transactions matter: every commit
 /// rewrites each index page it touched, and an actor index is touched all over by any batch, so small
-/// batches cost several times the CPU (docs/PERFORMANCE.md). This is also the usual search lag under load.
-pub const INDEX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(250);
+/// batches cost several times the CPU (docs/PERFORMANCE.md). This is also the usual search lag.
+pub const INDEX_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(1_000);
 
 /// The fields of one committed event.
 #[derive(Debug, Clone)]
@@ -49,25 +62,78 @@ pub enum IndexMsg {
 #[derive(Clone)]
 pub struct IndexerHandle {
     rows: SyncSender<IndexMsg>,
+    backlog: Arc<Backlog>,
+}
+
+/// Rows sent but not yet written, shared by the writer (adds, waits) and the indexer (subtracts, wakes).
+#[derive(Default)]
+struct Backlog {
+    state: Mutex<BacklogState>,
+    drained: Condvar,
+}
+
+#[derive(Default)]
+struct BacklogState {
+    rows: usize,
+    /// The indexer thread has ended: nobody will drain, so never wait.
+    stopped: bool,
+}
+
+impl Backlog {
+    /// Waits until there is room (or the backlog is empty, for a group larger than the bound), then adds `n`.
+    fn add(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while !st.stopped && st.rows > 0 && st.rows + n > MAX_INDEX_BACKLOG {
+            st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.rows += n;
+    }
+
+    fn done(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.rows = st.rows.saturating_sub(n);
+        self.drained.notify_all();
+    }
+
+    fn stop(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopped = true;
+        self.drained.notify_all();
+    }
+}
+
+/// Marks the backlog stopped when the indexer thread ends, even by a panic, so the writer never waits on it.
+struct StopOnDrop(Arc<Backlog>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 impl IndexerHandle {
     /// Opens (creating if needed) the search database beside `ledger`, and starts the thread; it first
     /// re-derives what the search database misses of the events already in `ledger`.
     pub fn start(ledger: &Path) -> Result<(IndexerHandle, std::thread::JoinHandle<()>), StoreError> {
-        let search = store::open_search_writer(&store::search_path(ledger))?;
+        let search = open_or_rebuild(&store::search_path(ledger), ledger)?;
         let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
+        let backlog = Arc::new(Backlog::default());
         let ledger = ledger.to_path_buf();
+        let guard = StopOnDrop(backlog.clone());
         let join = std::thread::Builder::new()
             .name("anchorlog-indexer".into())
-            .spawn(move || run(search, ledger, rx))
+            .spawn(move || {
+                lower_own_priority();
+                run(search, ledger, rx, &guard.0);
+            })
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
-        Ok((IndexerHandle { rows }, join))
+        Ok((IndexerHandle { rows, backlog }, join))
     }
 
-    /// Queues the rows of one committed group; waits if the indexer is [`INDEX_QUEUE_DEPTH`] groups behind.
+    /// Queues the rows of one committed group; waits while the indexer is [`MAX_INDEX_BACKLOG`] rows (or
+    /// [`INDEX_QUEUE_DEPTH`] groups) behind.
     pub fn send(&self, rows: Vec<IndexRow>) {
         if !rows.is_empty() {
+            self.backlog.add(rows.len());
             self.send_msg(IndexMsg::Rows(rows));
         }
     }
@@ -86,9 +152,95 @@ impl IndexerHandle {
     }
 }
 
-fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>) {
+/// Puts the calling thread (only) in the `SCHED_IDLE` class: it runs when no normal thread wants the CPU.
+/// Ingest (writer, HTTP workers) then never waits for index maintenance on a busy machine; the backlog bound
+/// still stops the indexer from falling behind without limit.
+fn lower_own_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call's duration.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "indexer: cannot lower its CPU priority; it competes with ingest at normal priority"
+            );
+        }
+    }
+}
+
+/// Opens the search database, or deletes and recreates it when it cannot be trusted: it does not open or has
+/// another schema version, it fails `PRAGMA quick_check` after an unclean stop (a non-empty `-wal` file: a
+/// clean stop truncates it, and without fsync a power loss may leave the file corrupt), or it holds rows past
+/// the ledger's end (another or a restored ledger). The rebuilt file is filled from the stored bodies.
+fn open_or_rebuild(path: &Path, ledger: &Path) -> Result<Connection, StoreError> {
+    let wal = wal_path(path);
+    let unclean = std::fs::metadata(&wal).map(|m| m.len() > 0).unwrap_or(false);
+    let problem = match store::open_search_writer(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(conn) => match search_db_problem(&conn, ledger, unclean) {
+            Ok(None) => return Ok(conn),
+            Ok(Some(p)) => Some(p),
+            Err(e) => Some(e.to_string()),
+        },
+    };
+    let problem = problem.unwrap_or_default();
+    tracing::warn!(path = %path.display(), problem, "indexer: rebuilding the search database from the ledger");
+    for p in [path.to_path_buf(), wal, shm_path(path)] {
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    table: "event_fields",
+                    key: 0,
+                    problem: format!("cannot remove {}: {e}", p.display()),
+                })
+            }
+        }
+    }
+    store::open_search_writer(path)
+}
+
+/// Why an opened search database must be rebuilt, if it must.
+fn search_db_problem(
+    search: &Connection,
+    ledger: &Path,
+    unclean: bool,
+) -> Result<Option<String>, StoreError> {
+    if unclean {
+        let check: String = search.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Ok(Some(format!("quick_check after an unclean stop: {check}")));
+        }
+    }
+    let indexed = store::indexed_until(search)?;
+    let events = store::event_count(&store::open_reader(ledger)?)?;
+    if indexed > events {
+        return Ok(Some(format!("it indexes {indexed} events, the ledger holds {events}")));
+    }
+    Ok(None)
+}
+
+fn wal_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+fn shm_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("-shm");
+    PathBuf::from(p)
+}
+
+fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>, backlog: &Backlog) {
     if let Err(e) = backfill(&mut search, &ledger) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
+    }
+    if let Err(e) = reapply_erasures(&mut search, &ledger) {
+        tracing::error!(error = %e, "indexer: re-applying erasures to the search fields failed");
     }
     while let Ok(first) = rx.recv() {
         let (mut batch, mut erased) = (Vec::new(), Vec::new());
@@ -112,6 +264,7 @@ fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>) {
             // body yields no fields).
             tracing::error!(error = %e, rows = batch.len(), "indexer: writing search fields failed");
         }
+        backlog.done(batch.len());
     }
     let _ = search.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
 }
@@ -142,6 +295,15 @@ fn scrub(search: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Scrubs the search fields of every erased event again. A scrub is sent to the indexer only after the
+/// erasure commits, so a crash in between would leave the erased event's fields (personal data) in the
+/// unsynced search database; the ledger's `erasures` table is the authority, and scrubbing is idempotent.
+fn reapply_erasures(search: &mut Connection, ledger: &Path) -> Result<(), StoreError> {
+    let events = store::open_reader(ledger)?;
+    let erased = store::erasure::erased_seqs(&events)?;
+    scrub(search, &erased)
 }
 
 /// Re-derives the fields of events the search database does not have yet (seq from its end to the ledger's).
@@ -218,6 +380,116 @@ mod tests {
         assert_eq!(store::indexed_until(&search).unwrap(), 3);
     }
 
+    /// Appends `n` events (seqs `first..first + n`) through a writer with an indexer, then stops both.
+    async fn run_with_indexer(db: &Path, first: usize, n: usize) {
+        let (indexer, ijoin) = IndexerHandle::start(db).unwrap();
+        let (h, join) =
+            AppenderHandle::start_with_indexer(store::open_writer(db, "o").unwrap(), Some(indexer)).unwrap();
+        let events: Vec<_> =
+            (first..first + n).map(|i| ev(&format!(r#"{{"type":"T{i}","actor":"u{i}"}}"#))).collect();
+        for chunk in events.chunks(500) {
+            h.append(chunk.to_vec()).await.unwrap();
+        }
+        drop(h);
+        join.join().unwrap();
+        ijoin.join().unwrap();
+    }
+
+    /// Every seq of `0..n` has the fields `run_with_indexer` gave it, and nothing else is there.
+    fn assert_indexed(db: &Path, n: u64) {
+        let search = store::open_reader(&store::search_path(db)).unwrap();
+        assert_eq!(store::indexed_until(&search).unwrap(), n);
+        for seq in [0, n / 2, n - 1] {
+            let f = store::event_fields(&search, seq).unwrap().unwrap().1;
+            assert_eq!(f.event_type, Some(format!("T{seq}")));
+            assert_eq!(f.actor_id, Some(format!("u{seq}")));
+        }
+        let rows: i64 = search.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
+        assert_eq!(rows as u64, n);
+    }
+
+    #[tokio::test]
+    async fn a_lost_search_database_is_rebuilt_from_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        run_with_indexer(&db, 0, 1_200).await;
+        assert_indexed(&db, 1_200);
+        std::fs::remove_file(store::search_path(&db)).unwrap();
+        let (_indexer, ijoin) = IndexerHandle::start(&db).unwrap();
+        drop(_indexer);
+        ijoin.join().unwrap();
+        assert_indexed(&db, 1_200);
+    }
+
+    #[tokio::test]
+    async fn a_search_database_that_does_not_open_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        run_with_indexer(&db, 0, 700).await;
+        std::fs::write(store::search_path(&db), b"this is not an SQLite database, it was overwritten")
+            .unwrap();
+        run_with_indexer(&db, 700, 300).await;
+        assert_indexed(&db, 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_search_database_corrupted_by_an_unclean_stop_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        run_with_indexer(&db, 0, 3_000).await;
+        // Garbage over a middle page of the (cleanly stopped, checkpointed) file, and a leftover WAL as a
+        // crash leaves it: the file still opens, but quick_check fails.
+        let path = store::search_path(&db);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        assert!(bytes.len() >= 8 * page, "{} bytes", bytes.len());
+        bytes[5 * page..6 * page].fill(0x55);
+        std::fs::write(&path, &bytes).unwrap();
+        std::fs::write(wal_path(&path), [0xAAu8; 100]).unwrap();
+        let conn = store::open_search_writer(&path).unwrap();
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+        assert_ne!(check, "ok");
+        drop(conn);
+        std::fs::write(wal_path(&path), [0xAAu8; 100]).unwrap();
+        run_with_indexer(&db, 3_000, 0).await;
+        assert_indexed(&db, 3_000);
+    }
+
+    #[tokio::test]
+    async fn a_search_database_ahead_of_the_ledger_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, other) = (dir.path().join("a.db"), dir.path().join("b.db"));
+        run_with_indexer(&other, 0, 900).await;
+        run_with_indexer(&db, 0, 400).await;
+        // The ledger was replaced (e.g. restored from an older backup) but the search file was not.
+        std::fs::copy(store::search_path(&other), store::search_path(&db)).unwrap();
+        run_with_indexer(&db, 400, 0).await;
+        assert_indexed(&db, 400);
+    }
+
+    #[test]
+    fn the_writer_waits_while_the_backlog_is_full() {
+        let backlog = Arc::new(Backlog::default());
+        backlog.add(MAX_INDEX_BACKLOG - 10);
+        backlog.add(10);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b = backlog.clone();
+        let waiter = std::thread::spawn(move || {
+            b.add(1);
+            tx.send(()).unwrap();
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "added past the bound");
+        backlog.done(1);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        waiter.join().unwrap();
+        // A group larger than the whole bound still goes through once the backlog is empty, and a stopped
+        // indexer never makes the writer wait.
+        backlog.done(MAX_INDEX_BACKLOG);
+        backlog.add(MAX_INDEX_BACKLOG * 2);
+        backlog.stop();
+        backlog.add(1);
+    }
+
     #[tokio::test]
     async fn erasure_scrubs_the_fields_derived_from_the_body() {
         let dir = tempfile::tempdir().unwrap();
@@ -240,5 +512,33 @@ mod tests {
         assert_eq!(logged.event_type.as_deref(), Some("anchorlog.erasure"));
         assert_eq!(logged.actor_id.as_deref(), Some("dpo"));
         assert_eq!(store::indexed_until(&search).unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_erasure_whose_scrub_was_lost_is_re_applied_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        // First run without an indexer: the erasure commits but no scrub reaches the search database (as
+        // when the process dies between the commit and the indexer's write).
+        let (indexer, ijoin) = IndexerHandle::start(&db).unwrap();
+        let (h, join) =
+            AppenderHandle::start_with_indexer(store::open_writer(&db, "o").unwrap(), Some(indexer)).unwrap();
+        h.append(vec![ev(r#"{"type":"LOGIN","actor":"alice"}"#)]).await.unwrap();
+        drop(h);
+        join.join().unwrap();
+        ijoin.join().unwrap();
+        let (h, join) = AppenderHandle::start(store::open_writer(&db, "o").unwrap()).unwrap();
+        h.erase(0, "dpo".into(), "art. 17".into()).await.unwrap();
+        drop(h);
+        join.join().unwrap();
+        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        assert_eq!(store::event_fields(&search, 0).unwrap().unwrap().1.actor_id.as_deref(), Some("alice"));
+        drop(search);
+        // The next start re-applies it.
+        let (indexer, ijoin) = IndexerHandle::start(&db).unwrap();
+        drop(indexer);
+        ijoin.join().unwrap();
+        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        assert_eq!(store::event_fields(&search, 0).unwrap().unwrap().1, NormalizedFields::default());
     }
 }

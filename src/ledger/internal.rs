@@ -12,15 +12,7 @@ pub const INTERNAL: &str = "anchorlog";
 
 /// An event of the appliance's own source with `body` as its payload.
 pub fn internal_event(body: &serde_json::Value) -> NewEvent {
-    // Searchable like any other event: its type, its time, and who acted (when the body names them).
-    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let fields = NormalizedFields {
-        event_time_ms: Some(crate::store::now_ms()),
-        event_type: text("type"),
-        outcome: Outcome::Success,
-        actor_id: text("erased_by").or_else(|| text("principal")),
-        ..NormalizedFields::default()
-    };
+    let fields = fields_of(body);
     let body = body.to_string().into_bytes();
     let mut salt = [0u8; SALT_LEN];
     rand::thread_rng().fill_bytes(&mut salt);
@@ -38,7 +30,21 @@ pub fn internal_event(body: &serde_json::Value) -> NewEvent {
     }
 }
 
-/// The body of the event that logs an erasure: who erased which seq and why.
+/// The search fields of an internal event, from its body alone: the same whether taken when the event is
+/// appended or re-derived later from the stored body by the indexer.
+pub fn fields_of(body: &serde_json::Value) -> NormalizedFields {
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    NormalizedFields {
+        event_time_ms: body.get("time_ms").and_then(|v| v.as_i64()),
+        event_type: text("type"),
+        outcome: Outcome::Success,
+        actor_id: text("erased_by").or_else(|| text("principal")),
+        ..NormalizedFields::default()
+    }
+}
+
+/// The body of the event that logs an erasure: who erased which seq and why (when is the entry's
+/// `received_at_ns`).
 pub fn erasure_body(seq: u64, erased_by: &str, reason: &str) -> serde_json::Value {
     json!({"type": "anchorlog.erasure", "erased_seq": seq, "erased_by": erased_by, "reason": reason})
 }

@@ -38,6 +38,13 @@ pub fn erase_payload(conn: &Connection, rec: &ErasureRecord) -> Result<(), Store
     Ok(())
 }
 
+/// The seqs of every erased event, ascending.
+pub fn erased_seqs(conn: &Connection) -> Result<Vec<u64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT seq FROM erasures ORDER BY seq")?;
+    let seqs = stmt.query_map([], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<_>, _>>()?;
+    Ok(seqs.into_iter().filter_map(|s| u64::try_from(s).ok()).collect())
+}
+
 /// The erasure record of `seq`, if its payload was erased.
 pub fn erasure(conn: &Connection, seq: u64) -> Result<Option<ErasureRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
