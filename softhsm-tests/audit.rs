@@ -122,6 +122,7 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     merkle::verify_inclusion(5, size, &h(&before["leaf_hash"]), &hs(&p["proof"]), &h(&head["root"])).unwrap();
 
     // The receipt of the erased event is self-contained and verifies offline with the CLI.
+    let events_before_reads = a.stored_events().await;
     let r = auditor.get("/v1/events/5/receipt").await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let receipt = r.json();
@@ -159,6 +160,8 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")));
     let r = a.connect("producer").await.get("/v1/export?from_height=0&to_height=1").await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("forbidden_role")));
+    // PCI DSS 10.2.1.3: the receipt and the two exports each left one audit-access record; the refusals none.
+    assert_eq!(a.stored_events().await, events_before_reads + 3);
 
     // After shutdown: verify --db is green with the erasure, and the CLI export matches the API's bundle.
     assert!(a.sigterm().success());

@@ -421,7 +421,8 @@ mod tests {
         let conn = db(dir.path(), n);
         let s = |v: &str| Some(v.to_string());
         let time = |i: u64| (i % 5 != 4).then_some(100 - i as i64);
-        let cases: Vec<(SearchFilter, Box<dyn Fn(u64) -> bool>)> = vec![
+        type Pred = Box<dyn Fn(u64) -> bool>;
+        let cases: Vec<(SearchFilter, Pred)> = vec![
             (SearchFilter { actor: s("a1"), ..Default::default() }, Box::new(|i| i % 3 == 1)),
             (SearchFilter { event_type: s("T0"), ..Default::default() }, Box::new(|i| i % 2 == 0)),
             (
