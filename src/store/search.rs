@@ -2,9 +2,10 @@
 //! index, keyset pagination and its opaque cursor.
 //!
 //! Every query is driven by exactly one index, chosen here (and forced with `INDEXED BY`, so the plan does not
-//! depend on SQLite statistics): a page is a range of that index read in key order and stops after `limit + 1`
-//! matches, so its cost depends on the page size and on how many index entries the other filters reject —
-//! never on the size of the log. The SQL is built from fixed fragments; every value is a bound parameter.
+//! depend on SQLite statistics): a page is a range of that index read in key order, the other filters are
+//! checked on each entry, and the page stops after `limit + 1` matches or [`SCAN_BUDGET`] entries, whichever
+//! first — so a request costs at most a bounded number of row reads, never a function of the log's size.
+//! The SQL is built from fixed fragments; every value is a bound parameter.
 //!
 //! Order: by seq, except when since/until drive the query (no actor or IP filter), which reads the time index
 //! in `(event_time_ms, seq)` order — the only order in which a time window is one index range. The cursor
@@ -190,10 +191,29 @@ const COLUMNS: &str =
     "seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target, source_ip, \
                        user_agent, session_id, client_id, realm";
 
-/// The statement and its parameters for one page (`limit + 1` rows, to know whether another page follows).
-fn statement(f: &SearchFilter, after: Option<&SearchCursor>, limit: usize) -> (String, Vec<SqlValue>) {
+/// Most index entries one page examines. A page reads its driving index in order and checks the other
+/// filters on each entry; when they reject most entries (two common filters with a rare intersection, or none
+/// at all), the page stops here and hands out a cursor at the last entry examined — so every request costs at
+/// most this many row reads, however the filters combine and however large the log.
+pub const SCAN_BUDGET: usize = 10_000;
+
+/// The statement of one page: the driving filter only (the index range), in key order, at most `rows` rows.
+fn statement(f: &SearchFilter, after: Option<&SearchCursor>, rows: usize) -> (String, Vec<SqlValue>) {
     let (index, order) = plan(f);
     let mut sql = format!("SELECT {COLUMNS} FROM event_fields");
+    let mut params: Vec<SqlValue> = Vec::new();
+    let text = |v: &Option<String>| SqlValue::Text(v.clone().unwrap_or_default());
+    let driver = match index {
+        Some("event_fields_actor") => Some(("actor_id", text(&f.actor))),
+        Some("event_fields_ip") => Some(("source_ip", text(&f.ip))),
+        Some("event_fields_type") => Some(("event_type", text(&f.event_type))),
+        Some("event_fields_realm") => Some(("realm", text(&f.realm))),
+        Some("event_fields_source") => Some(("source", text(&f.source))),
+        Some("event_fields_outcome") => {
+            Some(("outcome", SqlValue::Text(f.outcome.unwrap_or_default().as_str().to_string())))
+        }
+        _ => None,
+    };
     match index {
         Some(i) => {
             sql.push_str(" INDEXED BY ");
@@ -202,26 +222,21 @@ fn statement(f: &SearchFilter, after: Option<&SearchCursor>, limit: usize) -> (S
         None => sql.push_str(" NOT INDEXED"),
     }
     sql.push_str(" WHERE 1");
-    let mut params: Vec<SqlValue> = Vec::new();
-    let mut eq = |sql: &mut String, col: &str, v: &Option<String>| {
-        if let Some(v) = v {
-            sql.push_str(&format!(" AND {col} = ?"));
-            params.push(SqlValue::Text(v.clone()));
-        }
-    };
-    eq(&mut sql, "actor_id", &f.actor);
-    eq(&mut sql, "source_ip", &f.ip);
-    eq(&mut sql, "event_type", &f.event_type);
-    eq(&mut sql, "realm", &f.realm);
-    eq(&mut sql, "source", &f.source);
-    eq(&mut sql, "outcome", &f.outcome.map(|o| o.as_str().to_string()));
-    if let Some(s) = f.since_ms {
-        sql.push_str(" AND event_time_ms >= ?");
-        params.push(SqlValue::Integer(s));
+    if let Some((col, v)) = driver {
+        sql.push_str(&format!(" AND {col} = ?"));
+        params.push(v);
     }
-    if let Some(u) = f.until_ms {
-        sql.push_str(" AND event_time_ms < ?");
-        params.push(SqlValue::Integer(u));
+    if order == SearchOrder::EventTime {
+        // The window is the range of the time index; `IS NOT NULL` lets the partial index serve it alone.
+        sql.push_str(" AND event_time_ms IS NOT NULL");
+        if let Some(s) = f.since_ms {
+            sql.push_str(" AND event_time_ms >= ?");
+            params.push(SqlValue::Integer(s));
+        }
+        if let Some(u) = f.until_ms {
+            sql.push_str(" AND event_time_ms < ?");
+            params.push(SqlValue::Integer(u));
+        }
     }
     match (order, after) {
         (_, None) => {}
@@ -239,8 +254,21 @@ fn statement(f: &SearchFilter, after: Option<&SearchCursor>, limit: usize) -> (S
         SearchOrder::Seq => " ORDER BY seq LIMIT ?",
         SearchOrder::EventTime => " ORDER BY event_time_ms, seq LIMIT ?",
     });
-    params.push(SqlValue::Integer(limit.saturating_add(1).min(i64::MAX as usize) as i64));
+    params.push(SqlValue::Integer(rows.min(i64::MAX as usize) as i64));
     (sql, params)
+}
+
+/// Whether a row read from the driving index passes every filter (the driver's own included: it is cheap).
+fn matches(f: &SearchFilter, source: &str, x: &NormalizedFields) -> bool {
+    let eq = |want: &Option<String>, have: &Option<String>| want.is_none() || want == have;
+    eq(&f.actor, &x.actor_id)
+        && eq(&f.ip, &x.source_ip)
+        && eq(&f.event_type, &x.event_type)
+        && eq(&f.realm, &x.realm)
+        && f.source.as_deref().is_none_or(|s| s == source)
+        && f.outcome.is_none_or(|o| o == x.outcome)
+        && f.since_ms.is_none_or(|s| x.event_time_ms.is_some_and(|t| t >= s))
+        && f.until_ms.is_none_or(|u| x.event_time_ms.is_some_and(|t| t < u))
 }
 
 fn outcome_of(text: &str, seq: u64) -> Result<Outcome, StoreError> {
@@ -256,25 +284,40 @@ fn outcome_of(text: &str, seq: u64) -> Result<Outcome, StoreError> {
     }
 }
 
-/// One page of the search: at most `limit` hits after `after`, in the order [`plan`] gives.
+/// One page of the search: at most `limit` hits after `after`, in the order [`plan`] gives, examining at most
+/// [`SCAN_BUDGET`] index entries (or `limit + 1`, if larger). A page may therefore hold fewer than `limit`
+/// hits — even none — and still have a `next` cursor: the search is complete only when `next` is `None`.
 pub fn search(
     conn: &Connection,
     f: &SearchFilter,
     after: Option<&SearchCursor>,
     limit: usize,
 ) -> Result<SearchPage, StoreError> {
-    let (sql, params) = statement(f, after, limit);
+    search_with_budget(conn, f, after, limit, SCAN_BUDGET)
+}
+
+fn search_with_budget(
+    conn: &Connection,
+    f: &SearchFilter,
+    after: Option<&SearchCursor>,
+    limit: usize,
+    budget: usize,
+) -> Result<SearchPage, StoreError> {
+    let rows_max = budget.max(limit.saturating_add(1));
+    let (sql, params) = statement(f, after, rows_max);
     let order = plan(f).1;
+    let key = |seq: u64, x: &NormalizedFields| SearchCursor {
+        time_ms: (order == SearchOrder::EventTime).then_some(x.event_time_ms).flatten(),
+        seq,
+    };
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-    let mut hits = Vec::new();
-    let mut more = false;
+    let mut hits: Vec<SearchHit> = Vec::new();
+    let (mut examined, mut last) = (0usize, None);
     while let Some(r) = rows.next()? {
-        if hits.len() == limit {
-            more = true;
-            break;
-        }
+        examined += 1;
         let seq = super::u64_of(r.get(0)?, "event_fields", 0, "seq")?;
+        let source: String = r.get(1)?;
         let fields = NormalizedFields {
             event_time_ms: r.get(2)?,
             event_type: r.get(3)?,
@@ -288,15 +331,20 @@ pub fn search(
             client_id: r.get(11)?,
             realm: r.get(12)?,
         };
-        hits.push(SearchHit { seq, source: r.get(1)?, fields });
+        if !matches(f, &source, &fields) {
+            last = Some(key(seq, &fields));
+            continue;
+        }
+        if hits.len() == limit {
+            // One more match exists: the next page starts after the last hit of this one.
+            let next = hits.last().map(|h| key(h.seq, &h.fields));
+            return Ok(SearchPage { hits, next, order });
+        }
+        last = Some(key(seq, &fields));
+        hits.push(SearchHit { seq, source, fields });
     }
-    let next = match (more, hits.last()) {
-        (true, Some(last)) => Some(SearchCursor {
-            time_ms: (order == SearchOrder::EventTime).then_some(last.fields.event_time_ms).flatten(),
-            seq: last.seq,
-        }),
-        _ => None,
-    };
+    // The index range ended (no more pages), or the budget did (continue after the last entry examined).
+    let next = if examined == rows_max { last } else { None };
     Ok(SearchPage { hits, next, order })
 }
 
@@ -459,6 +507,57 @@ mod tests {
             assert_eq!(walk(&conn, &f, limit), expected, "limit {limit}");
         }
         assert_eq!(search(&conn, &f, None, 10).unwrap().order, SearchOrder::EventTime);
+    }
+
+    #[test]
+    fn a_page_stops_at_the_scan_budget_and_the_cursor_resumes_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db(dir.path(), 60);
+        // realm=r0 drives (even seqs, 30 entries); source kc and outcome unknown leave i % 6 == 2.
+        let f = SearchFilter {
+            realm: Some("r0".into()),
+            source: Some("kc".into()),
+            outcome: Some(Outcome::Unknown),
+            ..Default::default()
+        };
+        let expected: Vec<u64> = (0..60).filter(|i| i % 6 == 2).collect();
+        let mut got = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            // Page size 2, at most 4 entries examined per page.
+            let page = search_with_budget(&conn, &f, after.as_ref(), 2, 4).unwrap();
+            pages += 1;
+            assert!(page.hits.len() <= 2);
+            got.extend(page.hits.iter().map(|h| h.seq));
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+            assert!(pages < 100);
+        }
+        assert_eq!(got, expected);
+        assert!(pages >= 30 / 4, "budget-limited pages: {pages}");
+        // The same through the time index: budgeted pages walk the window in (time, seq) order.
+        let f = SearchFilter {
+            since_ms: Some(0),
+            actor: None,
+            outcome: Some(Outcome::Failure),
+            ..Default::default()
+        };
+        let mut expected: Vec<(i64, u64)> =
+            (0..60u64).filter(|i| i % 3 == 1 && i % 5 != 4).map(|i| (100 - i as i64, i)).collect();
+        expected.sort();
+        let (mut got, mut after) = (Vec::new(), None);
+        for _ in 0..100 {
+            let page = search_with_budget(&conn, &f, after.as_ref(), 2, 3).unwrap();
+            got.extend(page.hits.iter().map(|h| h.seq));
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        assert_eq!(got, expected.into_iter().map(|(_, i)| i).collect::<Vec<_>>());
     }
 
     #[test]
