@@ -56,11 +56,16 @@ impl IndexerHandle {
     /// re-derives what the search database misses of the events already in `ledger`.
     pub fn start(ledger: &Path) -> Result<(IndexerHandle, std::thread::JoinHandle<()>), StoreError> {
         let search = store::open_search_writer(&store::search_path(ledger))?;
+        // What to re-derive is fixed here, before the writer starts: everything it commits from now on reaches
+        // the indexer as rows with the fields parsed from the request. Counting later, in the thread, raced with
+        // the first appends, which were then re-derived from their bodies instead (an Okta event loses the realm
+        // of its envelope that way) and their rows ignored as duplicates.
+        let until = if ledger.exists() { store::event_count(&store::open_reader(ledger)?)? } else { 0 };
         let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
         let ledger = ledger.to_path_buf();
         let join = std::thread::Builder::new()
             .name("anchorlog-indexer".into())
-            .spawn(move || run(search, ledger, rx))
+            .spawn(move || run(search, ledger, until, rx))
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
         Ok((IndexerHandle { rows }, join))
     }
@@ -86,8 +91,8 @@ impl IndexerHandle {
     }
 }
 
-fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>) {
-    if let Err(e) = backfill(&mut search, &ledger) {
+fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMsg>) {
+    if let Err(e) = backfill(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
     while let Ok(first) = rx.recv() {
@@ -144,14 +149,14 @@ fn scrub(search: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Re-derives the fields of events the search database does not have yet (seq from its end to the ledger's).
-fn backfill(search: &mut Connection, ledger: &Path) -> Result<(), StoreError> {
+/// Re-derives the fields of events the search database does not have yet: from its end to `to`, the ledger's
+/// event count when the indexer started.
+fn backfill(search: &mut Connection, ledger: &Path, to: u64) -> Result<(), StoreError> {
     let from = store::indexed_until(search)?;
-    let events = store::open_reader(ledger)?;
-    let to = store::event_count(&events)?;
     if from >= to {
         return Ok(());
     }
+    let events = store::open_reader(ledger)?;
     tracing::info!(from, to, "indexer: re-deriving search fields from stored bodies");
     let mut batch = Vec::new();
     store::for_each_body(&events, from, to, |seq, source, format, body| {

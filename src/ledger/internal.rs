@@ -1,7 +1,6 @@
 //! The appliance's own events: erasures and auditors' access to the log (PCI DSS 10.2.1.3) are logged like any other event, under
 //! producer, source and format `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
-use crate::formats::{NormalizedFields, Outcome};
 use crate::ledger::appender::NewEvent;
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
 use rand::RngCore as _;
@@ -12,15 +11,7 @@ pub const INTERNAL: &str = "anchorlog";
 
 /// An event of the appliance's own source with `body` as its payload.
 pub fn internal_event(body: &serde_json::Value) -> NewEvent {
-    // Searchable like any other event: its type, its time, and who acted (when the body names them).
-    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    let fields = NormalizedFields {
-        event_time_ms: Some(crate::store::now_ms()),
-        event_type: text("type"),
-        outcome: Outcome::Success,
-        actor_id: text("erased_by").or_else(|| text("principal")),
-        ..NormalizedFields::default()
-    };
+    let fields = crate::formats::internal_fields(body, Some(crate::store::now_ms()));
     let body = body.to_string().into_bytes();
     let mut salt = [0u8; SALT_LEN];
     rand::thread_rng().fill_bytes(&mut salt);
@@ -79,6 +70,7 @@ fn truncate(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::NormalizedFields;
 
     #[test]
     fn audit_access_body_names_who_what_and_how_much_and_is_bounded() {
@@ -100,5 +92,8 @@ mod tests {
         assert_eq!((&*ev.producer, &*ev.source, ev.format), (INTERNAL, INTERNAL, INTERNAL));
         assert_eq!(ev.fields.event_type.as_deref(), Some(AUDIT_ACCESS_TYPE));
         assert_eq!(ev.fields.actor_id.as_deref(), Some("auditor-1"));
+        // Re-derived from the stored body after a crash: the same type and actor, no time.
+        let again = crate::formats::normalize_stored(INTERNAL, &ev.body).unwrap();
+        assert_eq!(again, NormalizedFields { event_time_ms: None, ..ev.fields.clone() });
     }
 }
