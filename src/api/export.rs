@@ -62,7 +62,7 @@ pub(super) async fn export(
     peer: Option<Extension<Peer>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let from = param(&q, "from_height")?;
     let to = param(&q, "to_height")?;
     if from > to {
@@ -73,10 +73,24 @@ pub(super) async fn export(
         ));
     }
     // Refuse a range that does not exist with a JSON error, before the first byte of the stream.
-    let last = blocking(&state, crate::store::last_head).await?.map(|h| h.height);
+    let (last, first_seq, end_seq) = blocking(&state, move |c| {
+        let last = crate::store::last_head(c)?.map(|h| h.height);
+        // The events the bundle carries: those after the head before `from`, up to the head at `to`.
+        let first = match from.checked_sub(1) {
+            Some(h) => crate::store::head(c, h)?.map_or(0, |h| h.tree_size),
+            None => 0,
+        };
+        let end = crate::store::head(c, to)?.map_or(first, |h| h.tree_size);
+        Ok((last, first, end))
+    })
+    .await?;
     if last.is_none_or(|l| to > l) {
         return Err(ApiError::not_found(format!("no head at height {to} (latest: {last:?})")));
     }
+    // The bundle carries event bodies: the access is recorded before the first byte is sent.
+    let params = [("from_height", from.to_string()), ("to_height", to.to_string())];
+    let count = Some(end_seq.saturating_sub(first_seq));
+    super::search::log_access(&state, &principal, "GET /v1/export", &params, count).await?;
     let (tx, rx) = mpsc::channel(8);
     let reads = state.reads.clone();
     let key = state.public_key.clone();

@@ -7,6 +7,7 @@ mod export;
 mod ingest;
 mod proofs;
 mod read;
+mod search;
 pub mod sources;
 
 use crate::config::{LimitsConfig, Role};
@@ -51,7 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(read::ready))
         .route("/metrics", get(read::metrics))
-        .route("/v1/events", post(ingest::post_events))
+        .route("/v1/events", post(ingest::post_events).get(search::search))
         .route("/v1/sources/{name}/events", post(sources::post_mtls).get(sources::get_mtls))
         .route("/v1/events/{seq}", get(read::event))
         .route("/v1/events/{seq}/receipt", get(read::receipt))

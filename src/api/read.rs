@@ -169,7 +169,7 @@ pub(super) async fn receipt(
     Path(seq): Path<String>,
 ) -> Result<Json<crate::receipt::Receipt>, ApiError> {
     use crate::receipt::{self, ReceiptError};
-    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
     let reads = state.reads.clone();
     let built = tokio::task::spawn_blocking(move || reads.with(|c| Ok(receipt::build(c, seq))))
@@ -177,7 +177,13 @@ pub(super) async fn receipt(
         .map_err(|e| ApiError::internal("read task failed", &e))?
         .map_err(|e| ApiError::internal("read failed", &e))?;
     match built {
-        Ok(r) => Ok(Json(r)),
+        Ok(r) => {
+            // A receipt carries the event's body: access to log content, recorded before it is answered.
+            let params = [("seq", seq.to_string())];
+            super::search::log_access(&state, &principal, "GET /v1/events/{seq}/receipt", &params, Some(1))
+                .await?;
+            Ok(Json(r))
+        }
         Err(ReceiptError::NoSuchEvent(_)) => Err(ApiError::not_found(format!("no event with seq {seq}"))),
         Err(e @ ReceiptError::NotSealed(_)) => {
             Err(ApiError::new(StatusCode::CONFLICT, "not_sealed", e.to_string()))

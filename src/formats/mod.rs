@@ -293,8 +293,8 @@ pub fn parse_with(
 
 /// Re-derives the normalized fields of one stored event from its raw bytes (the indexer's crash recovery).
 ///
-/// `format` is the entry's format name; `None` for a format this build does not parse (e.g. the appliance's
-/// own `anchorlog` records) or a body that no longer parses. An Okta element is re-wrapped in an envelope; its
+/// `format` is the entry's format name; `None` for a format this build does not parse or a body that no longer
+/// parses. The appliance's own `anchorlog` records get their type and actor back, but no event time. An Okta element is re-wrapped in an envelope; its
 /// `realm` came from the envelope's `source` URL, which is not stored per event, so it is `None` here.
 pub fn normalize_stored(format: &str, raw: &[u8]) -> Option<NormalizedFields> {
     // Stored elements were accepted under the configured limits; the element alone is never deeper.
@@ -310,15 +310,28 @@ pub fn normalize_stored(format: &str, raw: &[u8]) -> Option<NormalizedFields> {
             envelope.extend_from_slice(b"]}}");
             okta::parse(&envelope, &limits)
         }
-        // The appliance's own events (erasures, audit access): fields come from their body.
-        #[cfg(feature = "server")]
+        // The appliance's own records (erasures, audit access): their type and actor stay searchable.
         "anchorlog" => {
             let body: serde_json::Value = serde_json::from_slice(raw).ok()?;
-            return Some(crate::ledger::internal::fields_of(&body));
+            return Some(internal_fields(&body, None));
         }
         _ => return None,
     };
     parsed.ok()?.into_iter().next().map(|e| e.fields)
+}
+
+/// The search fields of one of the appliance's own events (format `anchorlog`: erasures, audit access): its
+/// type and who acted (`erased_by` or `principal`), at `time_ms` — given when the event is made; a stored body
+/// does not carry it, so a re-derivation passes `None`.
+pub fn internal_fields(body: &serde_json::Value, time_ms: Option<i64>) -> NormalizedFields {
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    NormalizedFields {
+        event_time_ms: time_ms,
+        event_type: text("type"),
+        outcome: Outcome::Success,
+        actor_id: text("erased_by").or_else(|| text("principal")),
+        ..NormalizedFields::default()
+    }
 }
 
 /// The JSON body answering Okta's one-time verification GET:

@@ -115,6 +115,11 @@ impl IndexerHandle {
     /// re-derives what the search database misses of the events already in `ledger`.
     pub fn start(ledger: &Path) -> Result<(IndexerHandle, std::thread::JoinHandle<()>), StoreError> {
         let search = open_or_rebuild(&store::search_path(ledger), ledger)?;
+        // What to re-derive is fixed here, before the writer starts: everything it commits from now on reaches
+        // the indexer as rows with the fields parsed from the request. Counting later, in the thread, raced with
+        // the first appends, which were then re-derived from their bodies instead (an Okta event loses the realm
+        // of its envelope that way) and their rows ignored as duplicates.
+        let until = if ledger.exists() { store::event_count(&store::open_reader(ledger)?)? } else { 0 };
         let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
         let backlog = Arc::new(Backlog::default());
         let ledger = ledger.to_path_buf();
@@ -123,7 +128,7 @@ impl IndexerHandle {
             .name("anchorlog-indexer".into())
             .spawn(move || {
                 lower_own_priority();
-                run(search, ledger, rx, &guard.0);
+                run(search, ledger, until, rx, &guard.0);
             })
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
         Ok((IndexerHandle { rows, backlog }, join))
@@ -235,8 +240,8 @@ fn shm_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn run(mut search: Connection, ledger: PathBuf, rx: Receiver<IndexMsg>, backlog: &Backlog) {
-    if let Err(e) = backfill(&mut search, &ledger) {
+fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMsg>, backlog: &Backlog) {
+    if let Err(e) = backfill(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
     if let Err(e) = reapply_erasures(&mut search, &ledger) {
@@ -306,14 +311,14 @@ fn reapply_erasures(search: &mut Connection, ledger: &Path) -> Result<(), StoreE
     scrub(search, &erased)
 }
 
-/// Re-derives the fields of events the search database does not have yet (seq from its end to the ledger's).
-fn backfill(search: &mut Connection, ledger: &Path) -> Result<(), StoreError> {
+/// Re-derives the fields of events the search database does not have yet: from its end to `to`, the ledger's
+/// event count when the indexer started.
+fn backfill(search: &mut Connection, ledger: &Path, to: u64) -> Result<(), StoreError> {
     let from = store::indexed_until(search)?;
-    let events = store::open_reader(ledger)?;
-    let to = store::event_count(&events)?;
     if from >= to {
         return Ok(());
     }
+    let events = store::open_reader(ledger)?;
     tracing::info!(from, to, "indexer: re-deriving search fields from stored bodies");
     let mut batch = Vec::new();
     store::for_each_body(&events, from, to, |seq, source, format, body| {

@@ -1,7 +1,6 @@
-//! The appliance's own events: erasures (and, later, audit access) are logged like any other event, under
+//! The appliance's own events: erasures and auditors' access to the log (PCI DSS 10.2.1.3) are logged like any other event, under
 //! producer, source and format `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
-use crate::formats::{NormalizedFields, Outcome};
 use crate::ledger::appender::NewEvent;
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
 use rand::RngCore as _;
@@ -12,7 +11,7 @@ pub const INTERNAL: &str = "anchorlog";
 
 /// An event of the appliance's own source with `body` as its payload.
 pub fn internal_event(body: &serde_json::Value) -> NewEvent {
-    let fields = fields_of(body);
+    let fields = crate::formats::internal_fields(body, Some(crate::store::now_ms()));
     let body = body.to_string().into_bytes();
     let mut salt = [0u8; SALT_LEN];
     rand::thread_rng().fill_bytes(&mut salt);
@@ -30,21 +29,72 @@ pub fn internal_event(body: &serde_json::Value) -> NewEvent {
     }
 }
 
-/// The search fields of an internal event, from its body alone: the same whether taken when the event is
-/// appended or re-derived later from the stored body by the indexer.
-pub fn fields_of(body: &serde_json::Value) -> NormalizedFields {
-    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
-    NormalizedFields {
-        event_time_ms: body.get("time_ms").and_then(|v| v.as_i64()),
-        event_type: text("type"),
-        outcome: Outcome::Success,
-        actor_id: text("erased_by").or_else(|| text("principal")),
-        ..NormalizedFields::default()
-    }
-}
-
 /// The body of the event that logs an erasure: who erased which seq and why (when is the entry's
 /// `received_at_ns`).
 pub fn erasure_body(seq: u64, erased_by: &str, reason: &str) -> serde_json::Value {
     json!({"type": "anchorlog.erasure", "erased_seq": seq, "erased_by": erased_by, "reason": reason})
+}
+
+/// Event type of the record of an auditor's read of the log.
+pub const AUDIT_ACCESS_TYPE: &str = "anchorlog.audit_access";
+
+/// Most bytes of one parameter value kept in an audit-access record (longer values are cut at a character
+/// boundary and end in `…`), so that one request costs one small, bounded event.
+pub const MAX_LOGGED_PARAM_BYTES: usize = 256;
+
+/// The body of the event that logs an auditor's read: who (`principal`), what (`endpoint` and its
+/// `parameters`, each value cut to [`MAX_LOGGED_PARAM_BYTES`]) and how much (`result_count`, events returned;
+/// `null` where not known up front). When is the event's own receive time.
+pub fn audit_access_body(
+    principal: &str,
+    endpoint: &str,
+    parameters: &[(&str, String)],
+    result_count: Option<u64>,
+) -> serde_json::Value {
+    let parameters: serde_json::Map<String, serde_json::Value> =
+        parameters.iter().map(|(k, v)| ((*k).to_string(), truncate(v).into())).collect();
+    json!({"type": AUDIT_ACCESS_TYPE, "principal": principal, "endpoint": endpoint, "parameters": parameters,
+           "result_count": result_count})
+}
+
+fn truncate(v: &str) -> String {
+    if v.len() <= MAX_LOGGED_PARAM_BYTES {
+        return v.to_string();
+    }
+    let mut end = MAX_LOGGED_PARAM_BYTES;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &v[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::NormalizedFields;
+
+    #[test]
+    fn audit_access_body_names_who_what_and_how_much_and_is_bounded() {
+        let long = "é".repeat(300);
+        let body = audit_access_body(
+            "auditor-1",
+            "GET /v1/events",
+            &[("actor", "alice".into()), ("type", long)],
+            Some(3),
+        );
+        let cut = body["parameters"]["type"].as_str().unwrap();
+        assert_eq!(cut, format!("{}…", "é".repeat(128)));
+        assert_eq!(
+            body,
+            json!({"type": "anchorlog.audit_access", "principal": "auditor-1", "endpoint": "GET /v1/events",
+                   "parameters": {"actor": "alice", "type": cut}, "result_count": 3})
+        );
+        let ev = internal_event(&body);
+        assert_eq!((&*ev.producer, &*ev.source, ev.format), (INTERNAL, INTERNAL, INTERNAL));
+        assert_eq!(ev.fields.event_type.as_deref(), Some(AUDIT_ACCESS_TYPE));
+        assert_eq!(ev.fields.actor_id.as_deref(), Some("auditor-1"));
+        // Re-derived from the stored body after a crash: the same type and actor, no time.
+        let again = crate::formats::normalize_stored(INTERNAL, &ev.body).unwrap();
+        assert_eq!(again, NormalizedFields { event_time_ms: None, ..ev.fields.clone() });
+    }
 }

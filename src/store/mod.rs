@@ -3,6 +3,7 @@
 
 pub mod erasure;
 pub mod schema;
+pub mod search;
 pub mod tree;
 
 use crate::formats::{NormalizedFields, Outcome};
@@ -125,7 +126,7 @@ pub struct EventRow<'a> {
     pub body: &'a [u8],
 }
 
-fn u64_of(v: i64, table: &'static str, key: u64, what: &str) -> Result<u64, StoreError> {
+pub(crate) fn u64_of(v: i64, table: &'static str, key: u64, what: &str) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt { table, key, problem: format!("negative {what}") })
 }
 

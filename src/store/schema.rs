@@ -160,14 +160,19 @@ CREATE TABLE event_fields (
     client_id     TEXT,
     realm         TEXT
 );
--- Search indexes: every query filters on one of these and pages by seq (keyset pagination). Each index costs
--- indexer CPU on every event (docs/PERFORMANCE.md), so outcome is indexed for failures only: they are the rare
--- ones worth finding fast, while successes are most of the log and a scan by seq serves them as well.
+-- Search indexes (src/store/search.rs picks one per query): each equality filter of GET /v1/events has an index
+-- on (column, seq), so a page is a range of one index read in seq order (keyset pagination), never a scan of
+-- the table; since/until without an actor or IP use the time index in (time, seq) order. Each index costs
+-- indexer CPU on every event (docs/PERFORMANCE.md): the partial ones skip rows without the field, and the
+-- low-cardinality ones (outcome, source, realm) only ever append at the right end of a few key ranges, which is
+-- cheap; actor and IP are the costly ones and exist because those are the filters an investigation starts from.
 CREATE INDEX event_fields_actor ON event_fields (actor_id, seq) WHERE actor_id IS NOT NULL;
+CREATE INDEX event_fields_ip ON event_fields (source_ip, seq) WHERE source_ip IS NOT NULL;
 CREATE INDEX event_fields_type ON event_fields (event_type, seq) WHERE event_type IS NOT NULL;
-CREATE INDEX event_fields_failures ON event_fields (seq) WHERE outcome = 'failure';
-CREATE INDEX event_fields_time ON event_fields (event_time_ms) WHERE event_time_ms IS NOT NULL;
+CREATE INDEX event_fields_outcome ON event_fields (outcome, seq);
+CREATE INDEX event_fields_time ON event_fields (event_time_ms, seq) WHERE event_time_ms IS NOT NULL;
 CREATE INDEX event_fields_source ON event_fields (source, seq);
+CREATE INDEX event_fields_realm ON event_fields (realm, seq) WHERE realm IS NOT NULL;
 CREATE TRIGGER event_fields_no_update BEFORE UPDATE ON event_fields
 BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields are append-only'); END;
 "#;

@@ -1,0 +1,278 @@
+//! `GET /v1/events?…`: search over the normalized fields (src/store/search.rs), and the audit-access record
+//! every auditor read of log content leaves in the log itself (PCI DSS 10.2.1.3).
+
+use super::{authorize, ApiError, AppState};
+use crate::config::Role;
+use crate::formats::Outcome;
+use crate::ledger::appender::AppendError;
+use crate::ledger::internal::{audit_access_body, internal_event};
+use crate::store::search::{self as store_search, CursorError, SearchFilter};
+use crate::store::{self, StoreError};
+use crate::tls::{Peer, Principal};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Longest accepted value of a text filter (actor, type, source, realm, ip), in bytes.
+pub const MAX_FILTER_BYTES: usize = 512;
+/// Page size when `limit` is not given.
+pub const DEFAULT_SEARCH_LIMIT: usize = 100;
+
+/// The parameters `GET /v1/events` knows; anything else is refused, so a typo is not silently "no filter".
+const PARAMETERS: [&str; 11] =
+    ["actor", "type", "outcome", "source", "realm", "ip", "since", "until", "cursor", "limit", "body"];
+
+fn bad(parameter: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", message)
+        .with_detail(json!({"parameter": parameter}))
+}
+
+/// `since`/`until`: RFC 3339 (`2024-11-23T10:00:00Z`) or integer epoch milliseconds.
+fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        return v.parse::<i64>().map_err(|_| bad(name, format!("{name} is out of range: {v:?}")));
+    }
+    let t = time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        bad(
+            name,
+            format!("{name} must be an RFC 3339 date-time (2024-11-23T10:00:00Z) or epoch milliseconds"),
+        )
+    })?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| bad(name, format!("{name} is out of range: {v:?}")))
+}
+
+/// A validated search request.
+struct Request {
+    filter: SearchFilter,
+    cursor: Option<String>,
+    limit: usize,
+    body: bool,
+    /// The parameters as given (for the audit-access record).
+    given: Vec<(&'static str, String)>,
+}
+
+fn parse(pairs: Vec<(String, String)>, max_limit: usize) -> Result<Request, ApiError> {
+    let mut req = Request {
+        filter: SearchFilter::default(),
+        cursor: None,
+        limit: DEFAULT_SEARCH_LIMIT.min(max_limit),
+        body: false,
+        given: Vec::new(),
+    };
+    for (name, value) in pairs {
+        let Some(&known) = PARAMETERS.iter().find(|p| **p == name) else {
+            let shown: String = name.chars().take(64).collect();
+            return Err(bad(
+                &shown,
+                format!("unknown query parameter {shown:?}; known: {}", PARAMETERS.join(", ")),
+            ));
+        };
+        if req.given.iter().any(|(n, _)| *n == known) {
+            return Err(bad(known, format!("query parameter {known} is given more than once")));
+        }
+        let text = |v: &str| -> Result<Option<String>, ApiError> {
+            if v.is_empty() {
+                return Err(bad(known, format!("{known} must not be empty (leave it out to match any)")));
+            }
+            if v.len() > MAX_FILTER_BYTES {
+                return Err(bad(known, format!("{known} is longer than {MAX_FILTER_BYTES} bytes")));
+            }
+            Ok(Some(v.to_string()))
+        };
+        let f = &mut req.filter;
+        match known {
+            "actor" => f.actor = text(&value)?,
+            "type" => f.event_type = text(&value)?,
+            "source" => f.source = text(&value)?,
+            "realm" => f.realm = text(&value)?,
+            "ip" => f.ip = text(&value)?,
+            "outcome" => {
+                f.outcome = Some(match value.as_str() {
+                    "success" => Outcome::Success,
+                    "failure" => Outcome::Failure,
+                    "unknown" => Outcome::Unknown,
+                    _ => return Err(bad(known, "outcome must be success, failure or unknown")),
+                })
+            }
+            "since" => f.since_ms = Some(parse_time(known, &value)?),
+            "until" => f.until_ms = Some(parse_time(known, &value)?),
+            "cursor" => req.cursor = text(&value)?,
+            "limit" => {
+                let n = super::read::parse_number(&value, "limit")
+                    .map_err(|_| bad(known, format!("limit must be an integer from 1 to {max_limit}")))?;
+                if n == 0 {
+                    return Err(bad(known, format!("limit must be an integer from 1 to {max_limit}")));
+                }
+                if n > max_limit as u64 {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "limit_too_large",
+                        format!("limit {n} is above the largest page, {max_limit}; page with the cursor"),
+                    )
+                    .with_detail(json!({"parameter": "limit", "max": max_limit})));
+                }
+                req.limit = n as usize;
+            }
+            "body" => {
+                req.body = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(known, "body must be true or false")),
+                }
+            }
+            _ => unreachable!("every name in PARAMETERS is handled"),
+        }
+        req.given.push((known, value));
+    }
+    if let (Some(s), Some(u)) = (req.filter.since_ms, req.filter.until_ms) {
+        if s >= u {
+            return Err(bad("until", "until must be later than since (since is inclusive, until exclusive)"));
+        }
+    }
+    Ok(req)
+}
+
+/// Records an auditor's read of log content as an event of the appliance's own source, and waits until it
+/// is committed: the answer is only sent once the access is on record. Returns the record's seq.
+pub(super) async fn log_access(
+    state: &AppState,
+    principal: &Principal,
+    endpoint: &str,
+    parameters: &[(&str, String)],
+    result_count: Option<u64>,
+) -> Result<u64, ApiError> {
+    let event = internal_event(&audit_access_body(&principal.name, endpoint, parameters, result_count));
+    match state.appender.append(vec![event]).await {
+        Ok(done) => {
+            done.first().map(|a| a.seq).ok_or_else(|| ApiError::internal("audit record", &"not stored"))
+        }
+        Err(AppendError::Stopped) => Err(ApiError::unavailable("the writer is stopping")),
+        Err(e) => Err(ApiError::internal("recording the audit access failed", &e)),
+    }
+}
+
+pub(super) async fn search(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let Query(pairs) = query.map_err(|e| bad("query", format!("the query string cannot be parsed: {e}")))?;
+    let req = parse(pairs, state.limits.max_query_limit)?;
+    let after = match &req.cursor {
+        None => None,
+        Some(text) => Some(
+            store_search::decode_cursor(&req.filter, text)
+                .map_err(|e: CursorError| bad("cursor", e.to_string()))?,
+        ),
+    };
+    let (filter, limit) = (req.filter.clone(), req.limit);
+    let searches = state.search.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        searches.with(|c| store_search::search(c, &filter, after.as_ref(), limit))
+    })
+    .await
+    .map_err(|e| ApiError::internal("search task failed", &e))?
+    .map_err(|e| ApiError::internal("search failed", &e))?;
+    // The ledger rows of the hits: `limit` primary-key reads at most.
+    let seqs: Vec<u64> = page.hits.iter().map(|h| h.seq).collect();
+    let events = super::read::blocking(&state, move |c| {
+        seqs.iter()
+            .map(|&seq| {
+                store::event(c, seq)?.ok_or(StoreError::Corrupt {
+                    table: "events",
+                    key: seq,
+                    problem: "indexed in the search database but not in the ledger".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+    .await?;
+    let results: Vec<Value> = page
+        .hits
+        .iter()
+        .zip(&events)
+        .map(|(hit, ev)| {
+            let mut fields = serde_json::to_value(&hit.fields).unwrap_or(Value::Null);
+            if let Some(o) = fields.as_object_mut() {
+                o.insert("source".into(), Value::String(hit.source.clone()));
+            }
+            let mut v = json!({
+                "seq": ev.seq,
+                "entry": String::from_utf8_lossy(&ev.entry),
+                "entry_fields": serde_json::from_slice::<Value>(&ev.entry).unwrap_or(Value::Null),
+                "leaf_hash": B64.encode(ev.leaf_hash),
+                "erased": ev.body.is_none(),
+                "fields": fields,
+            });
+            if req.body {
+                if let (Some(o), Some(b)) = (v.as_object_mut(), &ev.body) {
+                    o.insert("body".into(), Value::String(String::from_utf8_lossy(b).into_owned()));
+                }
+            }
+            v
+        })
+        .collect();
+    let count = results.len() as u64;
+    let audit_seq = log_access(&state, &principal, "GET /v1/events", &req.given, Some(count)).await?;
+    Ok(Json(json!({
+        "events": results,
+        "count": count,
+        "order": page.order.as_str(),
+        "next_cursor": page.next.map(|c| store_search::encode_cursor(&req.filter, &c)),
+        "audit_seq": audit_seq,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(q: &[(&str, &str)]) -> Result<Request, ApiError> {
+        parse(q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), 1000)
+    }
+
+    fn code(q: &[(&str, &str)]) -> (&'static str, Value) {
+        let e = p(q).err().expect("refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        (e.code, e.detail["parameter"].clone())
+    }
+
+    #[test]
+    fn parameters_are_validated_and_named() {
+        let r =
+            p(&[("actor", "alice"), ("since", "2024-11-23T10:00:00Z"), ("until", "1732356000001")]).unwrap();
+        assert_eq!(r.filter.actor.as_deref(), Some("alice"));
+        assert_eq!(
+            (r.filter.since_ms, r.filter.until_ms),
+            (Some(1_732_356_000_000), Some(1_732_356_000_001))
+        );
+        assert_eq!((r.limit, r.body), (DEFAULT_SEARCH_LIMIT, false));
+        let r = p(&[("limit", "1000"), ("body", "true"), ("outcome", "failure")]).unwrap();
+        assert_eq!((r.limit, r.body, r.filter.outcome), (1000, true, Some(Outcome::Failure)));
+        assert_eq!(code(&[("limit", "1001")]), ("limit_too_large", json!("limit")));
+        for (q, param) in [
+            (&[("limit", "0")][..], "limit"),
+            (&[("limit", "-1")], "limit"),
+            (&[("limit", "x")], "limit"),
+            (&[("actor", "")], "actor"),
+            (&[("ip", &*"1".repeat(MAX_FILTER_BYTES + 1))], "ip"),
+            (&[("outcome", "ok")], "outcome"),
+            (&[("since", "yesterday")], "since"),
+            (&[("until", "2024-13-01T00:00:00Z")], "until"),
+            (&[("since", "5"), ("until", "5")], "until"),
+            (&[("body", "1")], "body"),
+            (&[("type", "A"), ("type", "B")], "type"),
+            (&[("actr", "alice")], "actr"),
+            (&[("cursor", "")], "cursor"),
+        ] {
+            assert_eq!(code(q), ("bad_parameter", json!(param)), "{q:?}");
+        }
+    }
+}
