@@ -16,7 +16,12 @@
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
+//! | [`ledger::indexer`] | keeps the search database's normalized fields a second behind the ledger |
+//! | `ledger::internal` | the appliance's own events: erasures, audit access |
 //! | [`store`] | SQLite schema, append-only triggers, statements |
+//! | [`store::tree`], [`store::erasure`] | stored Merkle nodes (O(log n) proofs); the one permitted update |
+//! | [`store::search`] | index-driven, keyset-paginated search over the normalized fields |
+//! | `keys` | `anchorlog keys`: generate inside the device, export public key and certificate, attest |
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
