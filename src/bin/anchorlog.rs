@@ -513,12 +513,7 @@ fn verify(
         }
         Err(VerifyError::Invalid(failure)) => {
             let (kind, at) = failure.location();
-            if json {
-                println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
-            } else {
-                println!("FAILED: {failure}");
-            }
-            Ok(ExitCode::from(EXIT_INVALID))
+            Ok(report_invalid(json, &failure.to_string(), kind, at))
         }
         Err(e) => Err(e.into()),
     }
@@ -627,12 +622,7 @@ fn verify_receipt(file: &Path, key: &Path, json: bool, tsa: Option<&TsaCheck>) -
         }
         Err(failure) => {
             let (kind, at) = failure.location();
-            if json {
-                println!("{}", serde_json::json!({"ok": false, "failure": failure.to_string(), kind: at}));
-            } else {
-                println!("FAILED: {failure}");
-            }
-            Ok(ExitCode::from(EXIT_INVALID))
+            Ok(report_invalid(json, &failure.to_string(), kind, at))
         }
     }
 }
@@ -671,6 +661,16 @@ fn export(db: &Path, from: u64, to: u64, out: &Path, key: Option<&Path>) -> anyh
         manifest.end_seq
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints why a log, bundle or receipt does not verify (naming the seq or height) and returns exit code 3.
+fn report_invalid(json: bool, failure: &str, kind: &str, at: u64) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({"ok": false, "failure": failure, kind: at}));
+    } else {
+        println!("FAILED: {failure}");
+    }
+    ExitCode::from(EXIT_INVALID)
 }
 
 fn print_report(r: &anchorlog::verify::Report) {
