@@ -408,16 +408,14 @@ pub fn insert_event_fields_many(
     Ok(())
 }
 
-/// The normalized search fields of event `seq`, with the source it arrived through.
-pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, NormalizedFields)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT source, event_time_ms, event_type, outcome, actor_id, actor_name, target, source_ip, user_agent,
-                session_id, client_id, realm
-         FROM event_fields WHERE seq = ?1",
-    )?;
-    let mut rows = stmt.query(params![seq as i64])?;
-    let Some(r) = rows.next()? else { return Ok(None) };
-    let outcome = match r.get::<_, String>(3)?.as_str() {
+/// The columns of an `event_fields` row, in the order [`event_fields_row`] reads them.
+pub(crate) const EVENT_FIELDS_COLUMNS: &str = "seq, source, event_time_ms, event_type, outcome, actor_id, \
+     actor_name, target, source_ip, user_agent, session_id, client_id, realm";
+
+/// Reads `(seq, source, fields)` from a row selected as [`EVENT_FIELDS_COLUMNS`].
+pub(crate) fn event_fields_row(r: &rusqlite::Row<'_>) -> Result<(u64, String, NormalizedFields), StoreError> {
+    let seq = u64_of(r.get(0)?, "event_fields", 0, "seq")?;
+    let outcome = match r.get::<_, String>(4)?.as_str() {
         "success" => Outcome::Success,
         "failure" => Outcome::Failure,
         "unknown" => Outcome::Unknown,
@@ -430,19 +428,29 @@ pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, Norma
         }
     };
     let fields = NormalizedFields {
-        event_time_ms: r.get(1)?,
-        event_type: r.get(2)?,
+        event_time_ms: r.get(2)?,
+        event_type: r.get(3)?,
         outcome,
-        actor_id: r.get(4)?,
-        actor_name: r.get(5)?,
-        target: r.get(6)?,
-        source_ip: r.get(7)?,
-        user_agent: r.get(8)?,
-        session_id: r.get(9)?,
-        client_id: r.get(10)?,
-        realm: r.get(11)?,
+        actor_id: r.get(5)?,
+        actor_name: r.get(6)?,
+        target: r.get(7)?,
+        source_ip: r.get(8)?,
+        user_agent: r.get(9)?,
+        session_id: r.get(10)?,
+        client_id: r.get(11)?,
+        realm: r.get(12)?,
     };
-    Ok(Some((r.get(0)?, fields)))
+    Ok((seq, r.get(1)?, fields))
+}
+
+/// The normalized search fields of event `seq`, with the source it arrived through.
+pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, NormalizedFields)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {EVENT_FIELDS_COLUMNS} FROM event_fields WHERE seq = ?1"))?;
+    let mut rows = stmt.query(params![seq as i64])?;
+    let Some(r) = rows.next()? else { return Ok(None) };
+    let (_, source, fields) = event_fields_row(r)?;
+    Ok(Some((source, fields)))
 }
 
 /// The seq and leaf hash of an already stored event with this de-duplication key.

@@ -187,9 +187,7 @@ pub fn decode_cursor(f: &SearchFilter, text: &str) -> Result<SearchCursor, Curso
     Ok(SearchCursor { time_ms, seq })
 }
 
-const COLUMNS: &str =
-    "seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target, source_ip, \
-                       user_agent, session_id, client_id, realm";
+use super::EVENT_FIELDS_COLUMNS as COLUMNS;
 
 /// Most index entries one page examines. A page reads its driving index in order and checks the other
 /// filters on each entry; when they reject most entries (two common filters with a rare intersection, or none
@@ -271,19 +269,6 @@ fn matches(f: &SearchFilter, source: &str, x: &NormalizedFields) -> bool {
         && f.until_ms.is_none_or(|u| x.event_time_ms.is_some_and(|t| t < u))
 }
 
-fn outcome_of(text: &str, seq: u64) -> Result<Outcome, StoreError> {
-    match text {
-        "success" => Ok(Outcome::Success),
-        "failure" => Ok(Outcome::Failure),
-        "unknown" => Ok(Outcome::Unknown),
-        other => Err(StoreError::Corrupt {
-            table: "event_fields",
-            key: seq,
-            problem: format!("unknown outcome {other:?}"),
-        }),
-    }
-}
-
 /// One page of the search: at most `limit` hits after `after`, in the order [`plan`] gives, examining at most
 /// [`SCAN_BUDGET`] index entries (or `limit + 1`, if larger). A page may therefore hold fewer than `limit`
 /// hits — even none — and still have a `next` cursor: the search is complete only when `next` is `None`.
@@ -316,21 +301,7 @@ fn search_with_budget(
     let (mut examined, mut last) = (0usize, None);
     while let Some(r) = rows.next()? {
         examined += 1;
-        let seq = super::u64_of(r.get(0)?, "event_fields", 0, "seq")?;
-        let source: String = r.get(1)?;
-        let fields = NormalizedFields {
-            event_time_ms: r.get(2)?,
-            event_type: r.get(3)?,
-            outcome: outcome_of(&r.get::<_, String>(4)?, seq)?,
-            actor_id: r.get(5)?,
-            actor_name: r.get(6)?,
-            target: r.get(7)?,
-            source_ip: r.get(8)?,
-            user_agent: r.get(9)?,
-            session_id: r.get(10)?,
-            client_id: r.get(11)?,
-            realm: r.get(12)?,
-        };
+        let (seq, source, fields) = super::event_fields_row(r)?;
         if !matches(f, &source, &fields) {
             last = Some(key(seq, &fields));
             continue;
