@@ -55,7 +55,7 @@ async fn wait_indexed(a: &Appliance) {
     let path = anchorlog::store::search_path(&a.db_path());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let indexed = anchorlog::store::open_reader(&path)
+        let indexed = anchorlog::store::open_search_reader(&path)
             .and_then(|c| anchorlog::store::indexed_until(&c))
             .unwrap_or(0);
         if indexed >= committed {

@@ -226,7 +226,7 @@ impl Service {
         let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, indexer)?;
         let metrics = Arc::new(Metrics::new());
         let reads = Arc::new(ReadPool::new(&db));
-        let search = Arc::new(ReadPool::new(&store::search_path(&db)));
+        let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sealer = Sealer::new(
             SealerSettings {

@@ -373,7 +373,7 @@ mod tests {
         drop(h);
         join.join().unwrap();
         ijoin.join().unwrap();
-        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        let search = store::open_search_reader(&store::search_path(&db)).unwrap();
         let (source, f0) = store::event_fields(&search, 0).unwrap().unwrap();
         assert_eq!(
             (source.as_str(), f0.event_type.as_deref(), f0.actor_id.as_deref()),
@@ -402,7 +402,7 @@ mod tests {
 
     /// Every seq of `0..n` has the fields `run_with_indexer` gave it, and nothing else is there.
     fn assert_indexed(db: &Path, n: u64) {
-        let search = store::open_reader(&store::search_path(db)).unwrap();
+        let search = store::open_search_reader(&store::search_path(db)).unwrap();
         assert_eq!(store::indexed_until(&search).unwrap(), n);
         for seq in [0, n / 2, n - 1] {
             let f = store::event_fields(&search, seq).unwrap().unwrap().1;
@@ -435,6 +435,23 @@ mod tests {
             .unwrap();
         run_with_indexer(&db, 700, 300).await;
         assert_indexed(&db, 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_search_database_of_another_schema_version_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        run_with_indexer(&db, 0, 500).await;
+        // As an older build left it (schema 1 kept actor and IP as indexes on event_fields).
+        let conn = rusqlite::Connection::open(store::search_path(&db)).unwrap();
+        conn.execute_batch("DELETE FROM schema_version; INSERT INTO schema_version VALUES (1, 0);").unwrap();
+        drop(conn);
+        assert!(store::open_search_reader(&store::search_path(&db)).is_err());
+        run_with_indexer(&db, 500, 100).await;
+        assert_indexed(&db, 600);
+        let search = store::open_search_reader(&store::search_path(&db)).unwrap();
+        let keys: i64 = search.query_row("SELECT count(*) FROM actor_index", [], |r| r.get(0)).unwrap();
+        assert_eq!(keys, 600, "the rebuilt file has the actor key table of every event");
     }
 
     #[tokio::test]
@@ -508,7 +525,7 @@ mod tests {
         drop(h);
         join.join().unwrap();
         ijoin.join().unwrap();
-        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        let search = store::open_search_reader(&store::search_path(&db)).unwrap();
         let (source, scrubbed) = store::event_fields(&search, 0).unwrap().unwrap();
         assert_eq!(source, "kc");
         assert_eq!(scrubbed, NormalizedFields::default(), "no actor, IP or type survives the erasure");
@@ -536,14 +553,14 @@ mod tests {
         h.erase(0, "dpo".into(), "art. 17".into()).await.unwrap();
         drop(h);
         join.join().unwrap();
-        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        let search = store::open_search_reader(&store::search_path(&db)).unwrap();
         assert_eq!(store::event_fields(&search, 0).unwrap().unwrap().1.actor_id.as_deref(), Some("alice"));
         drop(search);
         // The next start re-applies it.
         let (indexer, ijoin) = IndexerHandle::start(&db).unwrap();
         drop(indexer);
         ijoin.join().unwrap();
-        let search = store::open_reader(&store::search_path(&db)).unwrap();
+        let search = store::open_search_reader(&store::search_path(&db)).unwrap();
         assert_eq!(store::event_fields(&search, 0).unwrap().unwrap().1, NormalizedFields::default());
     }
 }

@@ -181,7 +181,7 @@ pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> 
         tx.execute("INSERT INTO log_meta (key, value) VALUES ('origin', ?1)", params![origin])?;
         tx.commit()?;
     }
-    check_version(&conn, path)?;
+    check_version(&conn, path, SCHEMA_VERSION)?;
     let stored_origin = stored_origin(&conn)?;
     if stored_origin.as_deref() != Some(origin) {
         return Err(StoreError::Incompatible {
@@ -196,20 +196,22 @@ pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
-fn check_version(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+/// Checks that the file's schema version is `known` (the ledger's [`SCHEMA_VERSION`] or the search database's
+/// [`schema::SEARCH_SCHEMA_VERSION`]).
+fn check_version(conn: &Connection, path: &Path, known: i64) -> Result<(), StoreError> {
     let version: Option<i64> =
         conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0)).optional()?.flatten();
     match version {
-        Some(SCHEMA_VERSION) => Ok(()),
-        Some(v) if v > SCHEMA_VERSION => Err(StoreError::Incompatible {
+        Some(v) if v == known => Ok(()),
+        Some(v) if v > known => Err(StoreError::Incompatible {
             path: path.to_path_buf(),
             problem: format!(
-                "schema version {v} was written by a newer anchorlog (this build knows {SCHEMA_VERSION}); upgrade"
+                "schema version {v} was written by a newer anchorlog (this build knows {known}); upgrade"
             ),
         }),
         other => Err(StoreError::Incompatible {
             path: path.to_path_buf(),
-            problem: format!("unknown schema version {other:?} (this build knows {SCHEMA_VERSION})"),
+            problem: format!("unknown schema version {other:?} (this build knows {known})"),
         }),
     }
 }
@@ -240,14 +242,14 @@ pub fn open_search_writer(path: &Path) -> Result<Connection, StoreError> {
     )?;
     if tables == 0 {
         let tx = conn.transaction()?;
-        tx.execute_batch(schema::SEARCH_SCHEMA_V1)?;
+        tx.execute_batch(schema::SEARCH_SCHEMA)?;
         tx.execute(
             "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
             params![schema::SEARCH_SCHEMA_VERSION, now_ms()],
         )?;
         tx.commit()?;
     }
-    check_version(&conn, path)?;
+    check_version(&conn, path, schema::SEARCH_SCHEMA_VERSION)?;
     Ok(conn)
 }
 
@@ -275,6 +277,15 @@ pub fn for_each_body(
 
 /// Opens the database read-only (verification, queries). Fails if the file does not exist.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    open_read_only(path, SCHEMA_VERSION)
+}
+
+/// Opens the search database (`<database>.search.db`) read-only. Fails if the file does not exist.
+pub fn open_search_reader(path: &Path) -> Result<Connection, StoreError> {
+    open_read_only(path, schema::SEARCH_SCHEMA_VERSION)
+}
+
+fn open_read_only(path: &Path, version: i64) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
     let conn = Connection::open_with_flags(
         path,
@@ -282,7 +293,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     )
     .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-    check_version(&conn, path)?;
+    check_version(&conn, path, version)?;
     Ok(conn)
 }
 
@@ -344,45 +355,39 @@ pub fn insert_event_fields(
     source: &str,
     f: &NormalizedFields,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO event_fields (seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target,
-                                   source_ip, user_agent, session_id, client_id, realm)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
-    stmt.execute(params![
-        seq as i64,
-        source,
-        f.event_time_ms,
-        f.event_type,
-        f.outcome.as_str(),
-        f.actor_id,
-        f.actor_name,
-        f.target,
-        f.source_ip,
-        f.user_agent,
-        f.session_id,
-        f.client_id,
-        f.realm
-    ])?;
-    Ok(())
+    insert_event_fields_many(conn, &[(seq, source, f)])
 }
 
-/// Rows per multi-row INSERT in [`insert_event_fields_many`] (13 parameters each, far below SQLite's limit).
+/// Rows per multi-row INSERT into `event_fields` (13 parameters each, far below SQLite's limit).
 const FIELDS_ROWS_PER_STATEMENT: usize = 64;
+/// Entries per multi-row INSERT into `actor_index` / `ip_index` (2 parameters each).
+const INDEX_ROWS_PER_STATEMENT: usize = 200;
 
 /// Inserts many `(seq, source, fields)` rows into the search database (the caller owns the transaction), 64
-/// rows per statement: the per-statement overhead is a large share of the indexer's CPU.
+/// rows per statement: the per-statement overhead is a large share of the indexer's CPU. Rows whose seq is
+/// already there are skipped (re-indexing after a crash is idempotent), and so are their `actor_index` and
+/// `ip_index` entries, which are inserted sorted by key so that consecutive entries share leaf pages.
 pub fn insert_event_fields_many(
     conn: &Connection,
     rows: &[(u64, &str, &NormalizedFields)],
 ) -> Result<(), StoreError> {
-    const COLUMNS: &str = "(seq, source, event_time_ms, event_type, outcome, actor_id, actor_name, target, \
-                           source_ip, user_agent, session_id, client_id, realm)";
     const ONE: &str = "(?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let present = |seq: u64| -> Result<bool, StoreError> {
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM event_fields WHERE seq = ?1")?;
+        Ok(stmt.exists(params![seq as i64])?)
+    };
+    // The indexer hands rows in increasing seq order, so only a prefix can already be there (a re-sent
+    // tail): skip it, looking up each row only while the previous one was present.
+    let mut skip = 0;
+    while skip < rows.len() && present(rows[skip].0)? {
+        skip += 1;
+    }
+    let rows = &rows[skip..];
     for chunk in rows.chunks(FIELDS_ROWS_PER_STATEMENT) {
         let values = vec![ONE; chunk.len()].join(",");
-        let mut stmt =
-            conn.prepare_cached(&format!("INSERT OR IGNORE INTO event_fields {COLUMNS} VALUES {values}"))?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO event_fields ({EVENT_FIELDS_COLUMNS}) VALUES {values}"
+        ))?;
         let mut i = 0;
         let mut bind = |stmt: &mut rusqlite::CachedStatement<'_>, v: &dyn rusqlite::ToSql| {
             i += 1;
@@ -402,6 +407,40 @@ pub fn insert_event_fields_many(
             bind(&mut stmt, &f.session_id)?;
             bind(&mut stmt, &f.client_id)?;
             bind(&mut stmt, &f.realm)?;
+        }
+        stmt.raw_execute()?;
+    }
+    insert_sorted(
+        conn,
+        "actor_index",
+        "actor_id",
+        rows.iter().filter_map(|(s, _, f)| Some((f.actor_id.as_deref()?, *s))),
+    )?;
+    insert_sorted(
+        conn,
+        "ip_index",
+        "source_ip",
+        rows.iter().filter_map(|(s, _, f)| Some((f.source_ip.as_deref()?, *s))),
+    )?;
+    Ok(())
+}
+
+/// Inserts `(key, seq)` entries into one of the key tables (`actor_index`, `ip_index`) in key order.
+fn insert_sorted<'a>(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    entries: impl Iterator<Item = (&'a str, u64)>,
+) -> Result<(), StoreError> {
+    let mut entries: Vec<(&str, u64)> = entries.collect();
+    entries.sort_unstable();
+    for chunk in entries.chunks(INDEX_ROWS_PER_STATEMENT) {
+        let values = vec!["(?,?)"; chunk.len()].join(",");
+        let mut stmt =
+            conn.prepare_cached(&format!("INSERT OR IGNORE INTO {table} ({column}, seq) VALUES {values}"))?;
+        for (i, (key, seq)) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(2 * i + 1, key)?;
+            stmt.raw_bind_parameter(2 * i + 2, *seq as i64)?;
         }
         stmt.raw_execute()?;
     }
@@ -687,31 +726,50 @@ pub fn heads_without_timestamp(
 }
 
 /// Replaces the search fields of an erased event by an empty row (its source only): the fields were derived
-/// from the erased body, so they go with it. The row stays so `indexed_until` keeps counting it.
+/// from the erased body, so they go with it, and so do its `actor_index` and `ip_index` entries. The row stays
+/// so `indexed_until` keeps counting it.
 pub fn scrub_event_fields(search: &Connection, seq: u64) -> Result<(), StoreError> {
-    let source: Option<String> = search
-        .query_row("SELECT source FROM event_fields WHERE seq = ?1", params![seq as i64], |r| r.get(0))
+    let row: Option<(String, Option<String>, Option<String>)> = search
+        .query_row(
+            "SELECT source, actor_id, source_ip FROM event_fields WHERE seq = ?1",
+            params![seq as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
-    search.execute("DELETE FROM event_fields WHERE seq = ?1", params![seq as i64])?;
-    if let Some(source) = source {
+    let Some((source, actor, ip)) = row else { return Ok(()) };
+    if let Some(actor) = actor {
         search.execute(
-            "INSERT INTO event_fields (seq, source, outcome) VALUES (?1, ?2, 'unknown')",
-            params![seq as i64, source],
+            "DELETE FROM actor_index WHERE actor_id = ?1 AND seq = ?2",
+            params![actor, seq as i64],
         )?;
     }
+    if let Some(ip) = ip {
+        search.execute("DELETE FROM ip_index WHERE source_ip = ?1 AND seq = ?2", params![ip, seq as i64])?;
+    }
+    search.execute("DELETE FROM event_fields WHERE seq = ?1", params![seq as i64])?;
+    search.execute(
+        "INSERT INTO event_fields (seq, source, outcome) VALUES (?1, ?2, 'unknown')",
+        params![seq as i64, source],
+    )?;
     Ok(())
 }
 
 /// A small pool of read-only connections, used from blocking threads.
 pub struct ReadPool {
     path: PathBuf,
+    open: fn(&Path) -> Result<Connection, StoreError>,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl ReadPool {
-    /// A pool over the database at `path` (connections are opened lazily).
+    /// A pool over the ledger database at `path` (connections are opened lazily).
     pub fn new(path: &Path) -> Self {
-        Self { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) }
+        Self { path: path.to_path_buf(), open: open_reader, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// A pool over the search database at `path` (connections are opened lazily).
+    pub fn new_search(path: &Path) -> Self {
+        Self { path: path.to_path_buf(), open: open_search_reader, idle: Mutex::new(Vec::new()) }
     }
 
     /// Runs `f` on a pooled read connection.
@@ -719,7 +777,7 @@ impl ReadPool {
         let conn = self.idle.lock().ok().and_then(|mut v| v.pop());
         let conn = match conn {
             Some(c) => c,
-            None => open_reader(&self.path)?,
+            None => (self.open)(&self.path)?,
         };
         let result = f(&conn);
         if let Ok(mut idle) = self.idle.lock() {
@@ -890,10 +948,33 @@ mod tests {
         let upd =
             conn.execute("UPDATE event_fields SET actor_id = 'x' WHERE seq = 3", []).unwrap_err().to_string();
         assert!(upd.contains("event fields are append-only"), "{upd}");
+        // The key tables hold exactly the (key, seq) of the rows kept: not the refused second insert of seq 3,
+        // and the rows of a re-sent batch (its already indexed prefix, then new rows) once each.
+        let keys = |table: &str| -> Vec<(String, i64)> {
+            let mut st = conn.prepare(&format!("SELECT * FROM {table} ORDER BY seq")).unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(keys("ip_index"), vec![("10.0.0.1".to_string(), 3)]);
+        let extra = NormalizedFields { actor_id: Some("late".into()), ..NormalizedFields::default() };
+        let mut resent = rows[140..].to_vec();
+        resent.push((160, "json", &extra));
+        insert_event_fields_many(&conn, &resent).unwrap();
+        let actors = keys("actor_index");
+        assert_eq!(actors.len(), 152, "u-1, a0..a149, late");
+        assert_eq!(actors[0], ("u-1".to_string(), 3));
+        assert_eq!(actors[151], ("late".to_string(), 160));
+        // Erasure scrubs the row's keys with its fields.
+        scrub_event_fields(&conn, 3).unwrap();
+        assert_eq!(
+            event_fields(&conn, 3).unwrap(),
+            Some(("keycloak".to_string(), NormalizedFields::default()))
+        );
+        assert_eq!(keys("ip_index"), vec![]);
+        assert_eq!(keys("actor_index")[0], ("a0".to_string(), 10));
         drop(conn);
         // Reopening keeps the schema; a reader opens it like the ledger.
         open_search_writer(&path).unwrap();
-        assert!(event_fields(&open_reader(&path).unwrap(), 3).unwrap().is_some());
+        assert!(event_fields(&open_search_reader(&path).unwrap(), 3).unwrap().is_some());
     }
 
     #[test]

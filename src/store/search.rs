@@ -101,7 +101,8 @@ pub enum CursorError {
     OtherSearch,
 }
 
-/// Which index drives a search with these filters, and the order it yields.
+/// Which index drives a search with these filters, and the order it yields: an index on `event_fields`, or
+/// one of the key tables `actor_index` / `ip_index` (an index kept as a table, see the search schema).
 ///
 /// Most selective first: an actor or an IP has few events, so its index is read even when a time window is
 /// also given (the window is then checked per entry); otherwise a time window is one range of the time index;
@@ -109,9 +110,9 @@ pub enum CursorError {
 pub fn plan(f: &SearchFilter) -> (Option<&'static str>, SearchOrder) {
     let time = f.since_ms.is_some() || f.until_ms.is_some();
     let index = if f.actor.is_some() {
-        "event_fields_actor"
+        "actor_index"
     } else if f.ip.is_some() {
-        "event_fields_ip"
+        "ip_index"
     } else if time {
         return (Some("event_fields_time"), SearchOrder::EventTime);
     } else if f.event_type.is_some() {
@@ -198,59 +199,66 @@ pub const SCAN_BUDGET: usize = 10_000;
 /// The statement of one page: the driving filter only (the index range), in key order, at most `rows` rows.
 fn statement(f: &SearchFilter, after: Option<&SearchCursor>, rows: usize) -> (String, Vec<SqlValue>) {
     let (index, order) = plan(f);
-    let mut sql = format!("SELECT {COLUMNS} FROM event_fields");
     let mut params: Vec<SqlValue> = Vec::new();
     let text = |v: &Option<String>| SqlValue::Text(v.clone().unwrap_or_default());
-    let driver = match index {
-        Some("event_fields_actor") => Some(("actor_id", text(&f.actor))),
-        Some("event_fields_ip") => Some(("source_ip", text(&f.ip))),
-        Some("event_fields_type") => Some(("event_type", text(&f.event_type))),
-        Some("event_fields_realm") => Some(("realm", text(&f.realm))),
-        Some("event_fields_source") => Some(("source", text(&f.source))),
-        Some("event_fields_outcome") => {
-            Some(("outcome", SqlValue::Text(f.outcome.unwrap_or_default().as_str().to_string())))
+    let columns = COLUMNS.split(", ").map(|c| format!("e.{c}")).collect::<Vec<_>>().join(", ");
+    // `x` is the driving index's table: a key table joined to the rows by seq (CROSS JOIN keeps it the outer
+    // loop, so the page is read in its order), or the fields table itself read through one of its indexes.
+    let (mut sql, driver) = match index {
+        Some(table @ ("actor_index" | "ip_index")) => {
+            let (col, v) = if table == "actor_index" { ("actor_id", &f.actor) } else { ("source_ip", &f.ip) };
+            let sql =
+                format!("SELECT {columns} FROM {table} AS x CROSS JOIN event_fields AS e ON e.seq = x.seq");
+            (sql, Some((col, text(v))))
         }
-        _ => None,
-    };
-    match index {
         Some(i) => {
-            sql.push_str(" INDEXED BY ");
-            sql.push_str(i);
+            let driver = match i {
+                "event_fields_type" => Some(("event_type", text(&f.event_type))),
+                "event_fields_realm" => Some(("realm", text(&f.realm))),
+                "event_fields_source" => Some(("source", text(&f.source))),
+                "event_fields_outcome" => {
+                    Some(("outcome", SqlValue::Text(f.outcome.unwrap_or_default().as_str().to_string())))
+                }
+                _ => None,
+            };
+            (format!("SELECT {columns} FROM event_fields AS e INDEXED BY {i}"), driver)
         }
-        None => sql.push_str(" NOT INDEXED"),
-    }
+        None => (format!("SELECT {columns} FROM event_fields AS e NOT INDEXED"), None),
+    };
+    // Column names below are those of the driving table `x` (the key tables name theirs like event_fields).
+    let x = if matches!(index, Some("actor_index" | "ip_index")) { "x" } else { "e" };
     sql.push_str(" WHERE 1");
     if let Some((col, v)) = driver {
-        sql.push_str(&format!(" AND {col} = ?"));
+        sql.push_str(&format!(" AND {x}.{col} = ?"));
         params.push(v);
     }
     if order == SearchOrder::EventTime {
         // The window is the range of the time index; `IS NOT NULL` lets the partial index serve it alone.
-        sql.push_str(" AND event_time_ms IS NOT NULL");
+        sql.push_str(" AND e.event_time_ms IS NOT NULL");
         if let Some(s) = f.since_ms {
-            sql.push_str(" AND event_time_ms >= ?");
+            sql.push_str(" AND e.event_time_ms >= ?");
             params.push(SqlValue::Integer(s));
         }
         if let Some(u) = f.until_ms {
-            sql.push_str(" AND event_time_ms < ?");
+            sql.push_str(" AND e.event_time_ms < ?");
             params.push(SqlValue::Integer(u));
         }
     }
     match (order, after) {
         (_, None) => {}
         (SearchOrder::Seq, Some(c)) => {
-            sql.push_str(" AND seq > ?");
+            sql.push_str(&format!(" AND {x}.seq > ?"));
             params.push(SqlValue::Integer(c.seq as i64));
         }
         (SearchOrder::EventTime, Some(c)) => {
-            sql.push_str(" AND (event_time_ms, seq) > (?, ?)");
+            sql.push_str(" AND (e.event_time_ms, e.seq) > (?, ?)");
             params.push(SqlValue::Integer(c.time_ms.unwrap_or(i64::MIN)));
             params.push(SqlValue::Integer(c.seq as i64));
         }
     }
-    sql.push_str(match order {
-        SearchOrder::Seq => " ORDER BY seq LIMIT ?",
-        SearchOrder::EventTime => " ORDER BY event_time_ms, seq LIMIT ?",
+    sql.push_str(&match order {
+        SearchOrder::Seq => format!(" ORDER BY {x}.seq LIMIT ?"),
+        SearchOrder::EventTime => " ORDER BY e.event_time_ms, e.seq LIMIT ?".to_string(),
     });
     params.push(SqlValue::Integer(rows.min(i64::MAX as usize) as i64));
     (sql, params)
@@ -401,20 +409,33 @@ mod tests {
             for after in [None, Some(&cursor)] {
                 let plan = explain(&conn, &f, after).unwrap();
                 let text = plan.join(" | ");
-                assert_eq!(plan.len(), 1, "{name}: one step, no temp b-tree for ORDER BY: {text}");
-                assert!(
-                    plan[0].starts_with(&format!("SEARCH event_fields USING INDEX {index} ("))
-                        || plan[0]
-                            .starts_with(&format!("SEARCH event_fields USING COVERING INDEX {index} (")),
-                    "{name}: {text}"
-                );
+                if let Some(key) = index.strip_suffix("_index") {
+                    // A key table read in (key, seq) order, each entry joined to its row by seq.
+                    let column = if key == "actor" { "actor_id" } else { "source_ip" };
+                    let seq = if after.is_some() { " AND seq>?" } else { "" };
+                    assert_eq!(
+                        plan,
+                        vec![
+                            format!("SEARCH x USING PRIMARY KEY ({column}=?{seq})"),
+                            "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)".to_string()
+                        ],
+                        "{name}: no temp b-tree for ORDER BY"
+                    );
+                } else {
+                    assert_eq!(plan.len(), 1, "{name}: one step, no temp b-tree for ORDER BY: {text}");
+                    assert!(
+                        plan[0].starts_with(&format!("SEARCH e USING INDEX {index} ("))
+                            || plan[0].starts_with(&format!("SEARCH e USING COVERING INDEX {index} (")),
+                        "{name}: {text}"
+                    );
+                }
                 assert!(!text.contains("SCAN"), "{name}: {text}");
             }
         }
         // No filter at all: the table itself in seq order (a listing, bounded by the page size).
         let plan =
             explain(&conn, &SearchFilter::default(), Some(&SearchCursor { time_ms: None, seq: 3 })).unwrap();
-        assert_eq!(plan, vec!["SEARCH event_fields USING INTEGER PRIMARY KEY (rowid>?)".to_string()]);
+        assert_eq!(plan, vec!["SEARCH e USING INTEGER PRIMARY KEY (rowid>?)".to_string()]);
     }
 
     fn walk(conn: &Connection, f: &SearchFilter, limit: usize) -> Vec<u64> {
