@@ -414,3 +414,64 @@ impl Drop for Guard {
         let _ = self.0.wait();
     }
 }
+
+/// The body of event `seq`, parsed (the appliance's own records are JSON).
+async fn body_of(a: &Appliance, seq: u64) -> serde_json::Value {
+    let ev = a.audit_get(&format!("/v1/events/{seq}")).await.json();
+    assert_eq!(ev["entry_fields"]["producer"], "anchorlog", "seq {seq}: {ev}");
+    serde_json::from_str(ev["body"].as_str().expect("body")).expect("JSON body")
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_stops_crashes_and_config_changes_are_recorded_in_the_signed_log() {
+    let mut a = Appliance::start_with(Options { record_lifecycle: true, ..Options::default() });
+    let config_1 = sha256_hex(&a.config_path());
+    // seq 0: this start, of a new log; the producer's events follow it.
+    assert_eq!(post_concurrently(&a, 3, 1).await, vec![1, 2, 3]);
+    let start = body_of(&a, 0).await;
+    assert_eq!(start["type"], "anchorlog.start");
+    assert_eq!(start["previous_run"], "new_log");
+    assert_eq!(start["config_sha256"], config_1.as_str());
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert!(start["signer"].as_str().unwrap().contains("PKCS#11 token 'anchorlog-test'"), "{start}");
+    assert_eq!(start["key_id"].as_str().unwrap().len(), 64);
+    // A clean stop is the run's last event (seq 4); the next start (seq 5) says the previous run stopped cleanly.
+    assert!(a.sigterm().success());
+    a.spawn().expect("restart");
+    let stop = body_of(&a, 4).await;
+    assert_eq!(
+        stop,
+        serde_json::json!({"type": "anchorlog.stop", "start_seq": 0, "reason": "shutdown signal"})
+    );
+    let restart = body_of(&a, 5).await;
+    assert_eq!(restart["previous_run"], "stopped_cleanly");
+    // The harness rewrote the configuration for the restart (`listen` now names the port bound the first
+    // time): a changed configuration, and the record says so.
+    let config_2 = sha256_hex(&a.config_path());
+    assert_ne!(config_1, config_2);
+    assert_eq!(restart["config_sha256"], config_2.as_str());
+    // Killed (no stop record), then started again with the same configuration: seq 6 says both.
+    a.kill();
+    a.spawn().expect("start after the kill");
+    assert_eq!(sha256_hex(&a.config_path()), config_2);
+    let after_crash = body_of(&a, 6).await;
+    assert_eq!(after_crash["previous_run"], "ended_without_stop_record");
+    assert_eq!(after_crash["config_sha256"], config_2.as_str());
+    // The records are searchable by type, and the final head (after the last stop) covers them all.
+    a.wait_indexed().await;
+    let found = a.audit_get("/v1/events?type=anchorlog.start").await.json();
+    let seqs: Vec<u64> =
+        found["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![0, 5, 6]);
+    assert!(a.sigterm().success());
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+    // 3 posted + 3 starts + 2 stops + 1 audit-access record of the search above.
+    assert_eq!(report["report"]["events"], 9, "{report}");
+    assert_eq!(report["report"]["unsealed_events"], 0, "the stop record is sealed by the final head");
+}

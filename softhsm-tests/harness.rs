@@ -49,6 +49,9 @@ pub struct Options {
     pub extra_config: String,
     /// Open the source listener (secret-authenticated sources) on 127.0.0.1:0.
     pub source_listen: bool,
+    /// Record starts and stops in the log (`server.record_lifecycle`). Off by default here: most tests
+    /// assert the exact seqs of the events they post; softhsm-tests/e2e.rs tests the records themselves.
+    pub record_lifecycle: bool,
 }
 
 impl Default for Options {
@@ -61,6 +64,7 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             extra_config: String::new(),
             source_listen: false,
+            record_lifecycle: false,
         }
     }
 }
@@ -186,6 +190,7 @@ cert_file = "{d}/certs/server.pem"
 key_file = "{d}/certs/server.key"
 client_ca_files = ["{d}/certs/ca.pem"]
 shutdown_grace_s = 5
+record_lifecycle = {lifecycle}
 {source_listen}
 [storage]
 database = "{d}/anchorlog.db"
@@ -214,6 +219,7 @@ identities = ["dns:admin.test"]
             sm = o.seal_max_events,
             hb = o.heartbeat_interval_s,
             extra = o.extra_config,
+            lifecycle = o.record_lifecycle,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();
@@ -361,6 +367,24 @@ identities = ["dns:admin.test"]
     /// Number of stored events, from the auditor's /readyz.
     pub async fn stored_events(&self) -> u64 {
         self.audit_get("/readyz").await.json()["events"].as_u64().expect("events")
+    }
+
+    /// Waits until the indexer has written every committed event (read from the search file itself, so that
+    /// the wait leaves no audit record).
+    pub async fn wait_indexed(&self) {
+        let committed = self.stored_events().await;
+        let path = anchorlog::store::search_path(&self.db_path());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let indexed = anchorlog::store::open_search_reader(&path)
+                .and_then(|c| anchorlog::store::indexed_until(&c))
+                .unwrap_or(0);
+            if indexed >= committed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "indexer: {indexed} of {committed} events within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the latest head covers `tree_size` events; returns that head's JSON.

@@ -9,7 +9,6 @@ mod swtpm;
 use anchorlog::formats::{self, limits::Limits, Format, NormalizedFields, Outcome};
 use harness::{Appliance, Options};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
 
 const SOURCES: &str = r#"
 [[source]]
@@ -46,24 +45,6 @@ fn enc(v: &str) -> String {
 
 fn query(params: &[(&str, &str)]) -> String {
     params.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect::<Vec<_>>().join("&")
-}
-
-/// Waits until the indexer has written every committed event (read from the search file itself, so that the
-/// wait leaves no audit record).
-async fn wait_indexed(a: &Appliance) {
-    let committed = a.stored_events().await;
-    let path = anchorlog::store::search_path(&a.db_path());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let indexed = anchorlog::store::open_search_reader(&path)
-            .and_then(|c| anchorlog::store::indexed_until(&c))
-            .unwrap_or(0);
-        if indexed >= committed {
-            return;
-        }
-        assert!(Instant::now() < deadline, "indexer: {indexed} of {committed} events within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 struct Auditor<'a> {
@@ -148,7 +129,7 @@ async fn search_by_every_filter_pages_and_is_itself_logged() {
     }
     let n = stored.len() as u64;
     assert_eq!(n, 12);
-    wait_indexed(&a).await;
+    a.wait_indexed().await;
     let mut auditor = Auditor { a: &a, audit_seqs: Vec::new() };
 
     let expect = |pred: &dyn Fn(&str, &NormalizedFields) -> bool| -> Vec<u64> {
@@ -271,10 +252,10 @@ async fn search_by_every_filter_pages_and_is_itself_logged() {
                "parameters": {"actor": ALICE, "limit": "1"}, "result_count": 1})
     );
     // The records are searchable like any event: by type, and by the auditor as actor.
-    wait_indexed(&a).await;
+    a.wait_indexed().await;
     let (seqs, _) = auditor.walk(&[("type", "anchorlog.audit_access"), ("actor", "auditor-1")], 1000).await;
     assert_eq!(seqs, logged);
-    wait_indexed(&a).await;
+    a.wait_indexed().await;
     let (seqs, _) = auditor.walk(&[("source", "anchorlog")], 1000).await;
     assert_eq!(seqs, auditor.audit_seqs[..auditor.audit_seqs.len() - 1].to_vec());
 

@@ -6,6 +6,7 @@
 //! or the network and names the offending key in every error.
 
 use serde::Deserialize;
+use sha2::Digest as _;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -72,6 +73,10 @@ pub struct Config {
     /// The search database of normalized fields.
     #[serde(default)]
     pub search: SearchConfig,
+    /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
+    /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
+    #[serde(skip)]
+    pub text_sha256: String,
 }
 
 /// `[search]`: the normalized search fields (`<database>.search.db`, kept by the indexer thread).
@@ -167,6 +172,11 @@ pub struct ServerConfig {
     /// Seconds to wait for in-flight requests on shutdown.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
+    /// Record every start and clean stop in the log (`anchorlog.start` / `anchorlog.stop`, PCI DSS 10.2.1.6).
+    /// Default and the only compliant setting: `true`. `false` exists for test fixtures that assert exact
+    /// seqs of the events they post; the startup log line says so when it is off.
+    #[serde(default = "default_true")]
+    pub record_lifecycle: bool,
 }
 
 /// `[storage]`: the SQLite database.
@@ -454,9 +464,10 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string() })?;
         config.validate()?;
+        config.text_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
         Ok(config)
     }
 
@@ -743,6 +754,9 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<zeroize::Zeroizing<Str
 
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
+}
+fn default_true() -> bool {
+    true
 }
 fn default_shutdown_grace_s() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_S

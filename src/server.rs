@@ -3,14 +3,18 @@
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
 //! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured.
-//! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → seal everything that was
-//! acknowledged → one bounded timestamping pass → stop the writer → exit 0.
+//! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
+//! previous run ended) before the first request is accepted.
+//! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → record the stop
+//! (`anchorlog.stop`) → seal everything that was acknowledged → one bounded timestamping pass → stop the
+//! writer → exit 0.
 
 use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::indexer::IndexerHandle;
+use crate::ledger::internal::{self, PreviousRun};
 use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
 use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSettings};
 use crate::metrics::Metrics;
@@ -76,6 +80,9 @@ pub enum ServeError {
     /// A TSA CA file is missing or unusable.
     #[error(transparent)]
     Timestamping(#[from] TimestamperError),
+    /// The start could not be recorded in the log (PCI DSS 10.2.1.6): the appliance does not serve unrecorded.
+    #[error("cannot record this start in the log: {0}; check the disk and the database, then restart")]
+    StartRecord(String),
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,6 +141,7 @@ pub struct Service {
     timestamping: Option<TimestamperSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
+    previous_run: PreviousRun,
 }
 
 impl Service {
@@ -158,6 +166,10 @@ impl Service {
             .map_err(|e| ServeError::Internal(e.to_string()))?;
         store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
         let chain = reconcile(&config, &signer).await?;
+        let previous_run = {
+            let last = store::last_event(&writer_conn)?;
+            PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
+        };
         let sources = Arc::new(SourceRegistry::load(&config.sources)?);
         let listener = TcpListener::bind(&config.server.listen)
             .await
@@ -188,6 +200,7 @@ impl Service {
             sources,
             source_listener,
             timestamping,
+            previous_run,
         })
     }
 
@@ -213,6 +226,7 @@ impl Service {
             sources,
             source_listener,
             timestamping,
+            previous_run,
         } = self;
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
@@ -224,6 +238,24 @@ impl Service {
             false => (None, None),
         };
         let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, indexer)?;
+        // The start is on record before the first request is accepted (PCI DSS 10.2.1.6).
+        let start = internal::start_body(
+            &config.text_sha256,
+            signer.description(),
+            &signer.public_key().key_id,
+            previous_run,
+        );
+        let start_seq = if config.server.record_lifecycle {
+            let seq = match appender.append(vec![internal::internal_event(&start)]).await {
+                Ok(done) => done.first().map(|a| a.seq),
+                Err(e) => return Err(ServeError::StartRecord(e.to_string())),
+            };
+            tracing::info!(seq, previous_run = previous_run.as_str(), "start recorded in the log");
+            seq
+        } else {
+            tracing::warn!("server.record_lifecycle = false: starts and stops are not recorded in the log (not PCI DSS 10.2.1.6 compliant)");
+            None
+        };
         let metrics = Arc::new(Metrics::new());
         let reads = Arc::new(ReadPool::new(&db));
         let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
@@ -298,7 +330,17 @@ impl Service {
             source_loop,
             signal
         );
-        // Every handler has finished: everything acknowledged is committed. Seal it all, then stop the writer.
+        // Every handler has finished: everything acknowledged is committed. Record the stop as the run's last
+        // event (the next start reads it to tell a clean stop from a crash), seal it all, then stop the writer.
+        if let Some(start_seq) = start_seq {
+            let stop = internal::internal_event(&internal::stop_body(start_seq, "shutdown signal"));
+            match app_state.appender.append(vec![stop]).await {
+                Ok(done) => tracing::info!(seq = done.first().map(|a| a.seq), "stop recorded in the log"),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record the stop in the log; the next start will report the run as ended without a stop record")
+                }
+            }
+        }
         let _ = stop_tx.send(true);
         let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
         let _ = ts_stop_tx.send(true);

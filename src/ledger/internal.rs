@@ -1,5 +1,6 @@
-//! The appliance's own events: erasures and auditors' access to the log (PCI DSS 10.2.1.3) are logged like any other event, under
-//! producer, source and format `anchorlog` with auth `internal`, so they are covered by the same signed tree.
+//! The appliance's own events: erasures, auditors' access to the log (PCI DSS 10.2.1.3) and the appliance's own
+//! starts and stops (PCI DSS 10.2.1.6) are logged like any other event, under producer, source and format
+//! `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
 use crate::ledger::appender::NewEvent;
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
@@ -57,6 +58,68 @@ pub fn audit_access_body(
            "result_count": result_count})
 }
 
+/// Event type of the record of a start of the appliance.
+pub const START_TYPE: &str = "anchorlog.start";
+/// Event type of the record of a clean stop of the appliance.
+pub const STOP_TYPE: &str = "anchorlog.stop";
+
+/// How the run before this start ended, read from the log itself: a clean stop appends a stop record as the
+/// last event of its run, so any other last event means the previous run ended without one (a crash, a
+/// kill, a power loss — or a build older than these records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreviousRun {
+    /// The log was empty: this start initializes a new log.
+    NewLog,
+    /// The last event is a stop record.
+    StoppedCleanly,
+    /// The last event is anything else.
+    EndedWithoutStopRecord,
+}
+
+impl PreviousRun {
+    /// Classifies the log by its last event (`producer`, `body`; `None` for an empty log).
+    pub fn from_last_event(last: Option<(&str, Option<&[u8]>)>) -> PreviousRun {
+        let Some((producer, body)) = last else { return PreviousRun::NewLog };
+        let is_stop = producer == INTERNAL
+            && body
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .is_some_and(|v| v.get("type").and_then(|t| t.as_str()) == Some(STOP_TYPE));
+        if is_stop {
+            PreviousRun::StoppedCleanly
+        } else {
+            PreviousRun::EndedWithoutStopRecord
+        }
+    }
+
+    /// The value recorded in the start record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreviousRun::NewLog => "new_log",
+            PreviousRun::StoppedCleanly => "stopped_cleanly",
+            PreviousRun::EndedWithoutStopRecord => "ended_without_stop_record",
+        }
+    }
+}
+
+/// The body of the event that logs a start: this build's version, a digest of the configuration text (a
+/// change between two starts is visible by comparing them), the signer and its key, and how the previous run
+/// ended. When is the event's own receive time.
+pub fn start_body(
+    config_sha256: &str,
+    signer: &str,
+    key_id: &str,
+    previous: PreviousRun,
+) -> serde_json::Value {
+    json!({"type": START_TYPE, "version": env!("CARGO_PKG_VERSION"), "config_sha256": config_sha256,
+           "signer": signer, "key_id": key_id, "previous_run": previous.as_str()})
+}
+
+/// The body of the event that logs a clean stop: the seq of this run's start record and why it stopped.
+/// Written after the last request was answered and before the final seal, so the final head covers it.
+pub fn stop_body(start_seq: u64, reason: &str) -> serde_json::Value {
+    json!({"type": STOP_TYPE, "start_seq": start_seq, "reason": reason})
+}
+
 fn truncate(v: &str) -> String {
     if v.len() <= MAX_LOGGED_PARAM_BYTES {
         return v.to_string();
@@ -96,5 +159,25 @@ mod tests {
         // Re-derived from the stored body after a crash: the same type and actor, no time.
         let again = crate::formats::normalize_stored(INTERNAL, &ev.body).unwrap();
         assert_eq!(again, NormalizedFields { event_time_ms: None, ..ev.fields.clone() });
+    }
+
+    #[test]
+    fn the_previous_run_is_read_from_the_last_event() {
+        let stop = stop_body(4, "shutdown signal").to_string();
+        let start = start_body("ab", "signer", "cd", PreviousRun::NewLog).to_string();
+        let previous =
+            |p: &str, b: Option<&str>| PreviousRun::from_last_event(Some((p, b.map(str::as_bytes))));
+        assert_eq!(PreviousRun::from_last_event(None), PreviousRun::NewLog);
+        assert_eq!(previous(INTERNAL, Some(&stop)), PreviousRun::StoppedCleanly);
+        // A producer's event that looks like a stop record is not one; nor is a start, an erased body or a
+        // body that is not JSON.
+        for (p, b) in [
+            ("producer-1", Some(stop.as_str())),
+            (INTERNAL, Some(&start)),
+            (INTERNAL, None),
+            (INTERNAL, Some("{")),
+        ] {
+            assert_eq!(previous(p, b), PreviousRun::EndedWithoutStopRecord, "{p} {b:?}");
+        }
     }
 }

@@ -326,6 +326,18 @@ pub fn event_count(conn: &Connection) -> Result<u64, StoreError> {
     Ok(n.map_or(0, |m| m as u64 + 1))
 }
 
+/// The producer and body (`None` if erased) of a stored event.
+pub type ProducerAndBody = (String, Option<Vec<u8>>);
+
+/// The producer and body of the last stored event, if any.
+pub fn last_event(conn: &Connection) -> Result<Option<ProducerAndBody>, StoreError> {
+    Ok(conn
+        .query_row("SELECT producer, body FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?)
+}
+
 /// Inserts one event (the caller owns the transaction).
 pub fn insert_event(conn: &Connection, e: &EventRow<'_>) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
