@@ -84,11 +84,13 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     }
     let before = a.audit_get("/v1/events/5").await.json();
     assert_eq!(before["erased"], false);
+    // The read itself is on record (PCI DSS 10.2.1.3): seq 40; the erasure's record follows it.
+    assert_eq!(before["audit_seq"], 40);
     let mut admin = a.connect("admin").await;
     let r = admin.post_json("/v1/admin/erasures", body).await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let e = r.json();
-    assert_eq!((e["seq"].as_u64(), e["erasure_seq"].as_u64()), (Some(5), Some(40)));
+    assert_eq!((e["seq"].as_u64(), e["erasure_seq"].as_u64()), (Some(5), Some(41)));
     assert_eq!(e["erased_by"], "admin-1");
     let r = admin.post_json("/v1/admin/erasures", body).await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (409, Some("already_erased")));
@@ -105,8 +107,8 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     );
     assert_eq!(after["entry"], before["entry"], "the entry (and so the leaf) is unchanged");
     assert_eq!(after["erasure"]["reason"], "GDPR art. 17 request #42");
-    assert_eq!(after["erasure"]["erasure_seq"], 40);
-    let logged = a.audit_get("/v1/events/40").await.json();
+    assert_eq!(after["erasure"]["erasure_seq"], 41);
+    let logged = a.audit_get("/v1/events/41").await.json();
     assert_eq!(logged["entry_fields"]["producer"], "anchorlog");
     assert_eq!(logged["entry_fields"]["auth"], "internal");
     let logged_body: serde_json::Value = serde_json::from_str(logged["body"].as_str().unwrap()).unwrap();
@@ -116,7 +118,7 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
                            "reason": "GDPR art. 17 request #42"})
     );
     // Proofs for the erased event still verify against a head sealed after the erasure.
-    let head = a.wait_for_head(41).await;
+    let head = a.wait_for_head(42).await;
     let size = head["tree_size"].as_u64().unwrap();
     let p = auditor.get(&format!("/v1/proofs/inclusion?seq=5&tree_size={size}")).await.unwrap().json();
     merkle::verify_inclusion(5, size, &h(&before["leaf_hash"]), &hs(&p["proof"]), &h(&head["root"])).unwrap();
@@ -126,7 +128,7 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     let r = auditor.get("/v1/events/5/receipt").await.unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let receipt = r.json();
-    assert_eq!((receipt["body"].is_null(), receipt["erasure"]["erasure_seq"].as_u64()), (true, Some(40)));
+    assert_eq!((receipt["body"].is_null(), receipt["erasure"]["erasure_seq"].as_u64()), (true, Some(41)));
     let file = a.path("receipt.json");
     std::fs::write(&file, &r.body).unwrap();
     let out =

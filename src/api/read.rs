@@ -96,7 +96,7 @@ pub(super) async fn event(
     peer: Option<Extension<Peer>>,
     Path(seq): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
     let (ev, erasure) =
         blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
@@ -118,8 +118,13 @@ pub(super) async fn event(
     });
     let entry_text = String::from_utf8_lossy(&ev.entry).into_owned();
     let entry_json: Value = serde_json::from_slice(&ev.entry).unwrap_or(Value::Null);
+    // A view of log content (PCI DSS 10.2.1.3): on record before it is answered; the answer names the record.
+    let params = [("seq", seq.to_string())];
+    let audit_seq =
+        super::search::log_access(&state, &principal, "GET /v1/events/{seq}", &params, Some(1)).await?;
     Ok(Json(json!({
         "seq": ev.seq,
+        "audit_seq": audit_seq,
         "entry": entry_text,
         "entry_fields": entry_json,
         "leaf_hash": B64.encode(ev.leaf_hash),
