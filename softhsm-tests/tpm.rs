@@ -904,3 +904,99 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     // One signature covers hundreds of events: signing one per event at 200 ms would allow 5 events/s.
     assert!(total as f64 / load_secs > 50.0 * 5.0, "{total} events in {load_secs} s");
 }
+
+// ---- PCI DSS 10.7.3: a signer outage is recorded in the log, start and end -----------------------------------
+
+/// Fault-injection double: the real TPM signer, failing every signature while `down` is set (a TPM that
+/// stops answering, then comes back).
+struct SwitchableSigner {
+    inner: TpmSigner,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl anchorlog::signer::HeadSigner for SwitchableSigner {
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der().to_vec()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, anchorlog::signer::SignerError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(anchorlog::signer::SignerError::Injected("TPM not answering".into()));
+        }
+        Ok(self.inner.sign(message)?)
+    }
+    fn describe(&self) -> String {
+        format!("{} (switchable)", self.inner.describe())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signer_outage_is_recorded_with_its_start_and_end() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut a = Appliance::prepare(Options { record_lifecycle: true, ..tpm_options() });
+    a.write_config("127.0.0.1:0");
+    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
+    let down = std::sync::Arc::new(AtomicBool::new(false));
+    let switch = down.clone();
+    let signer = anchorlog::signer::SignerHandle::spawn(move || {
+        let inner = TpmSigner::open(&s, None)?;
+        Ok(Box::new(SwitchableSigner { inner, down: switch }) as Box<dyn anchorlog::signer::HeadSigner>)
+    })
+    .unwrap();
+    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
+    a.addr = service.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // seq 0 is the start record; three events are sealed normally.
+    assert_eq!(post_concurrently(&a, 3, 1).await, vec![1, 2, 3]);
+    a.wait_for_head(4).await;
+    // The signer goes down: events are still acknowledged (4, 5), sealing fails, and the first failure is
+    // recorded (seq 6).
+    down.store(true, Ordering::SeqCst);
+    assert_eq!(post_concurrently(&a, 2, 1).await, vec![4, 5]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.audit_get("/readyz").await.json()["seal_failures"].as_u64().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "no seal failures within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back up: the next seal succeeds, the end is recorded (seq 7), and a head covers everything.
+    down.store(false, Ordering::SeqCst);
+    a.wait_for_head(8).await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+
+    let conn = anchorlog::store::open_reader(&a.db_path()).unwrap();
+    let mut st =
+        conn.prepare("SELECT seq, body FROM events WHERE producer = 'anchorlog' ORDER BY seq").unwrap();
+    let own: Vec<(i64, serde_json::Value)> = st
+        .query_map([], |r| Ok((r.get(0)?, serde_json::from_slice(&r.get::<_, Vec<u8>>(1)?).unwrap())))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let types: Vec<(i64, &str)> = own.iter().map(|(s, b)| (*s, b["type"].as_str().unwrap())).collect();
+    assert_eq!(
+        types,
+        vec![(0, "anchorlog.start"), (6, "anchorlog.outage"), (7, "anchorlog.outage"), (8, "anchorlog.stop")]
+    );
+    let (started, ended) = (&own[1].1, &own[2].1);
+    assert_eq!((&started["component"], &started["state"]), (&"sealing".into(), &"started".into()));
+    assert!(started["error"].as_str().unwrap().contains("TPM not answering"), "{started}");
+    assert_eq!((&ended["component"], &ended["state"]), (&"sealing".into(), &"ended".into()));
+    assert_eq!(ended["since_ms"], started["since_ms"], "both records name the outage's start");
+    assert!(ended["failed_attempts"].as_u64().unwrap() >= 3, "{ended}");
+    // The outage's duration: from since_ms to the end record's own receive time.
+    let received: i64 =
+        conn.query_row("SELECT received_at_ns FROM events WHERE seq = 7", [], |r| r.get(0)).unwrap();
+    assert!(received / 1_000_000 >= started["since_ms"].as_i64().unwrap());
+    drop(st);
+    drop(conn);
+    let out = Command::new(harness::bin())
+        .args(["verify", "--db", a.db_path().to_str().unwrap(), "--key"])
+        .arg(a.key_pem())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -259,6 +259,61 @@ async fn tsa_down_for_several_seals_then_started_back_fills_every_head() {
     assert_eq!(v["timestamps"]["verified"], rows.len() as u64);
 }
 
+/// The appliance's own records (producer `anchorlog`) in seq order, read from the database file.
+fn own_records(db: &Path) -> Vec<(u64, serde_json::Value)> {
+    let conn = anchorlog::store::open_reader(db).unwrap();
+    let mut st =
+        conn.prepare("SELECT seq, body FROM events WHERE producer = 'anchorlog' ORDER BY seq").unwrap();
+    st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (seq, body) = r.unwrap();
+            (seq, serde_json::from_slice(&body).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tsa_outage_is_recorded_in_the_log_with_its_start_and_end() {
+    let mut tsa = LocalTsa::create(&[]); // not started: nothing listens on its port
+    let options = Options { record_lifecycle: true, ..with_tsa(&tsa.config_entry(2000), 200) };
+    let mut a = Appliance::start_with(options);
+    post_concurrently(&a, 5, 1).await;
+    eventually(20, "a failed time-stamp request", async || {
+        ready(&a).await["timestamp_failures"].as_u64().unwrap() >= 2
+    })
+    .await;
+    tsa.start();
+    eventually(30, "back-fill after the TSA starts", async || ready(&a).await["untimestamped_heads"] == 0)
+        .await;
+    assert!(a.sigterm().success());
+    let own = own_records(&a.db_path());
+    let kinds: Vec<(&str, Option<&str>)> =
+        own.iter().map(|(_, b)| (b["type"].as_str().unwrap(), b["state"].as_str())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("anchorlog.start", None),
+            ("anchorlog.outage", Some("started")),
+            ("anchorlog.outage", Some("ended")),
+            ("anchorlog.stop", None)
+        ]
+    );
+    let (started, ended) = (&own[1].1, &own[2].1);
+    assert_eq!(
+        (&started["component"], &ended["component"]),
+        (&"timestamping".into(), &"timestamping".into())
+    );
+    let error = started["error"].as_str().unwrap();
+    assert!(error.starts_with("no TSA issued a valid token for head 0: "), "{error}");
+    assert!(error.contains(&format!("{}: cannot connect to TSA at 127.0.0.1:", tsa.url())), "{error}");
+    assert_eq!(ended["since_ms"], started["since_ms"]);
+    assert!(ended["failed_attempts"].as_u64().unwrap() >= 2, "{ended}");
+    assert_eq!(own.last().unwrap().0 + 1, a.verify(&a.db_path()).1["report"]["events"].as_u64().unwrap());
+    let (code, v) = verify_tsa(&a, &a.db_path(), &tsa.ca_pem(), &["--require-timestamps"]);
+    assert_eq!(code, 0, "every head, the outage records' included, has a token: {v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_the_second_tsa() {
     let down = LocalTsa::create(&[]); // configured first, never started

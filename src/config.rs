@@ -172,9 +172,10 @@ pub struct ServerConfig {
     /// Seconds to wait for in-flight requests on shutdown.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
-    /// Record every start and clean stop in the log (`anchorlog.start` / `anchorlog.stop`, PCI DSS 10.2.1.6).
-    /// Default and the only compliant setting: `true`. `false` exists for test fixtures that assert exact
-    /// seqs of the events they post; the startup log line says so when it is off.
+    /// Record every start and clean stop (`anchorlog.start` / `anchorlog.stop`, PCI DSS 10.2.1.6) and every
+    /// sealing or timestamping outage (`anchorlog.outage`, PCI DSS 10.7.3) in the log. Default and the only
+    /// compliant setting: `true`. `false` exists for test fixtures that assert exact seqs of the events they
+    /// post; a warning at start says so when it is off.
     #[serde(default = "default_true")]
     pub record_lifecycle: bool,
 }

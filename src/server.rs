@@ -5,8 +5,9 @@
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
 //! previous run ended) before the first request is accepted.
-//! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → record the stop
-//! (`anchorlog.stop`) → seal everything that was acknowledged → one bounded timestamping pass → stop the
+//! While it runs, the sealer and the timestamper record the start and end of their outages (`anchorlog.outage`).
+//! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → close outage recording and
+//! record the stop (`anchorlog.stop`, the run's last event) → seal everything that was acknowledged → one bounded timestamping pass → stop the
 //! writer → exit 0.
 
 use crate::api::sources::SourceRegistry;
@@ -15,6 +16,7 @@ use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::indexer::IndexerHandle;
 use crate::ledger::internal::{self, PreviousRun};
+use crate::ledger::outage::LifecycleGate;
 use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
 use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSettings};
 use crate::metrics::Metrics;
@@ -253,7 +255,7 @@ impl Service {
             tracing::info!(seq, previous_run = previous_run.as_str(), "start recorded in the log");
             seq
         } else {
-            tracing::warn!("server.record_lifecycle = false: starts and stops are not recorded in the log (not PCI DSS 10.2.1.6 compliant)");
+            tracing::warn!("server.record_lifecycle = false: starts, stops and outages are not recorded in the log (not PCI DSS 10.2.1.6/10.7.3 compliant)");
             None
         };
         let metrics = Arc::new(Metrics::new());
@@ -273,12 +275,17 @@ impl Service {
             metrics.clone(),
             chain,
         );
+        // Outage records share the log's end with the stop record, which must come last: the gate orders them.
+        let gate = LifecycleGate::default();
+        let sealer =
+            if config.server.record_lifecycle { sealer.record_outages(gate.clone()) } else { sealer };
         let sealed_height = sealer.sealed_height();
         let sealer_task = tokio::spawn(sealer.run(stop_rx));
         // The timestamper stops after the sealer, so the final head gets its token too.
         let (ts_stop_tx, ts_stop_rx) = watch::channel(false);
         let timestamper_task = timestamping.map(|settings| {
             let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
+            let t = if config.server.record_lifecycle { t.record_outages(gate.clone()) } else { t };
             tokio::spawn(t.run(sealed_height, ts_stop_rx))
         });
         let app_state = Arc::new(AppState {
@@ -333,6 +340,7 @@ impl Service {
         // Every handler has finished: everything acknowledged is committed. Record the stop as the run's last
         // event (the next start reads it to tell a clean stop from a crash), seal it all, then stop the writer.
         if let Some(start_seq) = start_seq {
+            gate.close().await;
             let stop = internal::internal_event(&internal::stop_body(start_seq, "shutdown signal"));
             match app_state.appender.append(vec![stop]).await {
                 Ok(done) => tracing::info!(seq = done.first().map(|a| a.seq), "stop recorded in the log"),

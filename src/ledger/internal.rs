@@ -1,5 +1,5 @@
-//! The appliance's own events: erasures, auditors' access to the log (PCI DSS 10.2.1.3) and the appliance's own
-//! starts and stops (PCI DSS 10.2.1.6) are logged like any other event, under producer, source and format
+//! The appliance's own events: erasures, auditors' access to the log (PCI DSS 10.2.1.3), the appliance's own
+//! starts and stops (PCI DSS 10.2.1.6) and the outages of its signer and TSAs (PCI DSS 10.7.3) are logged like any other event, under producer, source and format
 //! `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
 use crate::ledger::appender::NewEvent;
@@ -118,6 +118,47 @@ pub fn start_body(
 /// Written after the last request was answered and before the final seal, so the final head covers it.
 pub fn stop_body(start_seq: u64, reason: &str) -> serde_json::Value {
     json!({"type": STOP_TYPE, "start_seq": start_seq, "reason": reason})
+}
+
+/// Event type of the records of a critical control's outage.
+pub const OUTAGE_TYPE: &str = "anchorlog.outage";
+
+/// Which edge of an outage a record marks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutageState<'a> {
+    /// The first failed attempt after a success, and its error.
+    Started {
+        /// The error of that attempt (cut to [`MAX_LOGGED_PARAM_BYTES`]).
+        error: &'a str,
+    },
+    /// The first successful attempt after failures.
+    Ended {
+        /// Attempts that failed during the outage.
+        failed_attempts: u64,
+    },
+}
+
+impl OutageState<'_> {
+    /// `started` or `ended`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OutageState::Started { .. } => "started",
+            OutageState::Ended { .. } => "ended",
+        }
+    }
+}
+
+/// The body of an outage record: which component (`signer`, `tsa`), which edge, and when the outage started
+/// (`since_ms`, epoch ms; the same in both records of one outage, so its duration is the `ended` record's
+/// time minus `since_ms`).
+pub fn outage_body(component: &str, state: &OutageState<'_>, since_ms: i64) -> serde_json::Value {
+    let mut body =
+        json!({"type": OUTAGE_TYPE, "component": component, "state": state.as_str(), "since_ms": since_ms});
+    match state {
+        OutageState::Started { error } => body["error"] = truncate(error).into(),
+        OutageState::Ended { failed_attempts } => body["failed_attempts"] = (*failed_attempts).into(),
+    }
+    body
 }
 
 fn truncate(v: &str) -> String {

@@ -9,6 +9,8 @@ pub mod indexer;
 pub mod internal;
 pub mod merkle;
 #[cfg(feature = "server")]
+pub mod outage;
+#[cfg(feature = "server")]
 pub mod sealer;
 #[cfg(feature = "server")]
 pub mod timestamper;

@@ -8,6 +8,7 @@
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
+use crate::ledger::outage::{LifecycleGate, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::signer::SignerHandle;
 use crate::store::{self, ReadPool, StoreError, StoredHead};
@@ -87,6 +88,8 @@ pub struct Sealer {
     last_seal: Instant,
     /// Height of the last stored head (-1 before the first), for the timestamper.
     sealed_height: watch::Sender<i64>,
+    /// Records when sealing starts failing and when it works again (PCI DSS 10.7.3).
+    outage: OutageRecorder,
 }
 
 impl Sealer {
@@ -103,7 +106,24 @@ impl Sealer {
         metrics.last_height.store(state.next_height as i64 - 1, Ordering::Relaxed);
         metrics.last_seal_ms.store(state.last_time_ms, Ordering::Relaxed);
         let (sealed_height, _) = watch::channel(state.next_height as i64 - 1);
-        Sealer { settings, signer, appender, reads, metrics, state, last_seal: Instant::now(), sealed_height }
+        let outage = OutageRecorder::new("sealing", None);
+        Sealer {
+            settings,
+            signer,
+            appender,
+            reads,
+            metrics,
+            state,
+            last_seal: Instant::now(),
+            sealed_height,
+            outage,
+        }
+    }
+
+    /// Records the start and end of every sealing outage in the log through `gate` (see [`OutageRecorder`]).
+    pub fn record_outages(mut self, gate: LifecycleGate) -> Self {
+        self.outage = OutageRecorder::new("sealing", Some((self.appender.clone(), gate)));
+        self
     }
 
     /// A watch of the height of the last stored head (-1 before the first); changes after each seal.
@@ -166,10 +186,14 @@ impl Sealer {
                 return;
             }
             match self.seal_one(target).await {
-                Ok(()) => sealed_any = true,
+                Ok(()) => {
+                    sealed_any = true;
+                    self.outage.succeeded().await;
+                }
                 Err(e) => {
                     self.metrics.seal_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, tree_size = target, "seal failed; events stay stored and will be sealed on a later attempt");
+                    self.outage.failed(&e.to_string()).await;
                     return;
                 }
             }

@@ -15,6 +15,7 @@
 
 use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
+use crate::ledger::outage::{LifecycleGate, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::store::{self, ReadPool, StoreError, StoredHead, StoredTimestamp};
 use crate::tsa::{self, TrustAnchors, VerifyOptions};
@@ -127,6 +128,8 @@ pub struct Timestamper {
     scan_from: u64,
     backoff: Duration,
     next_try: Instant,
+    /// Records when timestamping starts failing and when it works again (PCI DSS 10.7.3).
+    outage: OutageRecorder,
 }
 
 impl Timestamper {
@@ -148,7 +151,15 @@ impl Timestamper {
             scan_from: 0,
             backoff,
             next_try: Instant::now(),
+            outage: OutageRecorder::new("timestamping", None),
         }
+    }
+
+    /// Records the start and end of every timestamping outage in the log through `gate` (see
+    /// [`OutageRecorder`]).
+    pub fn record_outages(mut self, gate: LifecycleGate) -> Self {
+        self.outage = OutageRecorder::new("timestamping", Some((self.appender.clone(), gate)));
+        self
     }
 
     /// Runs until `stop` turns true (send it after the sealer's final seal), then makes one bounded pass
@@ -244,14 +255,16 @@ impl Timestamper {
                 return;
             }
             match self.stamp(&head).await {
-                Some(token) => {
+                Ok(token) => {
                     let height = token.height;
                     let (gen_time, tsa_url) = (token.gen_time.clone(), token.tsa_url.clone());
                     if let Err(e) = self.appender.store_timestamp(token).await {
                         tracing::error!(height, error = %e, "storing the time-stamp token failed; will retry");
                         self.fail();
+                        self.outage.failed(&format!("storing the token of head {height}: {e}")).await;
                         return;
                     }
+                    self.outage.succeeded().await;
                     let lag_ms = store::now_ms() - head.sealed_at_ms;
                     tracing::info!(height, gen_time = %gen_time, tsa = %tsa_url, lag_ms, "timestamped head");
                     self.queue.pop_front();
@@ -264,7 +277,7 @@ impl Timestamper {
                         self.publish_oldest();
                     }
                 }
-                None => {
+                Err(errors) => {
                     self.fail();
                     tracing::warn!(
                         height = head.height,
@@ -272,6 +285,9 @@ impl Timestamper {
                         retry_in_ms = self.backoff_for_log(),
                         "no TSA issued a valid token for this head; it stays untimestamped and is retried"
                     );
+                    self.outage
+                        .failed(&format!("no TSA issued a valid token for head {}: {errors}", head.height))
+                        .await;
                     return;
                 }
             }
@@ -287,8 +303,10 @@ impl Timestamper {
         self.backoff = (self.backoff * 2).min(self.settings.retry_max);
     }
 
-    /// Asks each TSA in order for a token for `head`; returns the first one that verifies.
-    async fn stamp(&self, head: &StoredHead) -> Option<StoredTimestamp> {
+    /// Asks each TSA in order for a token for `head`; returns the first one that verifies, or every TSA's
+    /// error (`<url>: <error>`, joined with `; `).
+    async fn stamp(&self, head: &StoredHead) -> Result<StoredTimestamp, String> {
+        let mut errors: Vec<String> = Vec::new();
         let not_before = UNIX_EPOCH
             .checked_add(Duration::from_millis(head.sealed_at_ms.max(0) as u64))
             .and_then(|t| t.checked_sub(self.settings.max_skew));
@@ -297,7 +315,7 @@ impl Timestamper {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(height = head.height, error = %e, "cannot build a time-stamp request");
-                    return None;
+                    return Err(format!("cannot build a time-stamp request: {e}"));
                 }
             };
             let body = match tsa::fetch(&tsa.url, &req, tsa.timeout).await {
@@ -305,6 +323,7 @@ impl Timestamper {
                 Err(e) => {
                     self.metrics.timestamp_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(height = head.height, tsa = %tsa.url, tsa_index = i, error = %e, "time-stamp request failed");
+                    errors.push(format!("{}: {e}", tsa.url));
                     continue;
                 }
             };
@@ -320,7 +339,7 @@ impl Timestamper {
                     if i > 0 {
                         tracing::info!(height = head.height, tsa = %tsa.url, tsa_index = i, "failover: token from a later TSA");
                     }
-                    return Some(StoredTimestamp {
+                    return Ok(StoredTimestamp {
                         height: head.height,
                         response: body,
                         gen_time_ms: system_time_ms(v.gen_time),
@@ -332,10 +351,11 @@ impl Timestamper {
                 Err(e) => {
                     self.metrics.timestamp_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(height = head.height, tsa = %tsa.url, tsa_index = i, error = %e, "time-stamp token rejected: it does not verify, not stored");
+                    errors.push(format!("{}: {e}", tsa.url));
                 }
             }
         }
-        None
+        Err(errors.join("; "))
     }
 }
 

@@ -1,0 +1,151 @@
+//! Outage records (PCI DSS 10.7.2/10.7.3): when a critical control — the head signer, the time-stamping
+//! authorities — starts failing, and when it works again, the appliance records it in its own log, so the
+//! duration of every failure is on record in the same signed chain (an `anchorlog.outage` event with
+//! `state: "started"`, then one with `state: "ended"`; docs/FORMAT.md §14).
+//!
+//! The records share the log's end with the stop record, which must stay the last event of a clean run (the
+//! next start reads it to tell a clean stop from a crash). [`LifecycleGate`] orders them: outage records are
+//! appended under its read lock, and once the server has closed it (under the write lock, just before the stop
+//! record) none is appended any more.
+
+use crate::ledger::appender::AppenderHandle;
+use crate::ledger::internal::{internal_event, outage_body, OutageState};
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// Whether the appliance may still append its own outage records; closed for good before the stop record.
+#[derive(Clone, Default)]
+pub struct LifecycleGate(Arc<RwLock<bool>>);
+
+impl LifecycleGate {
+    /// Closes the gate: waits for an outage record being appended, then refuses new ones. Call it right before
+    /// appending the stop record.
+    pub async fn close(&self) {
+        *self.0.write().await = true;
+    }
+}
+
+/// Follows one component's successes and failures and records the start and end of each outage.
+pub struct OutageRecorder {
+    component: &'static str,
+    /// `None`: records are off (`server.record_lifecycle = false`); the state is still followed.
+    sink: Option<(AppenderHandle, LifecycleGate)>,
+    /// When the current outage started (epoch ms), and how many attempts failed since.
+    outage: Option<(i64, u64)>,
+}
+
+impl OutageRecorder {
+    /// A recorder for `component` (`"signer"`, `"tsa"`) appending through `appender`, or recording nothing
+    /// when `sink` is `None`.
+    pub fn new(component: &'static str, sink: Option<(AppenderHandle, LifecycleGate)>) -> OutageRecorder {
+        OutageRecorder { component, sink, outage: None }
+    }
+
+    /// Whether an outage is in progress.
+    pub fn in_outage(&self) -> bool {
+        self.outage.is_some()
+    }
+
+    /// An attempt failed with `error`: the first failure after a success starts an outage and is recorded.
+    pub async fn failed(&mut self, error: &str) {
+        match &mut self.outage {
+            Some((_, failures)) => *failures += 1,
+            None => {
+                let since = crate::store::now_ms();
+                self.outage = Some((since, 1));
+                self.record(OutageState::Started { error }, since).await;
+            }
+        }
+    }
+
+    /// An attempt succeeded: an outage in progress ends and is recorded with its start and failure count.
+    pub async fn succeeded(&mut self) {
+        if let Some((since, failures)) = self.outage.take() {
+            self.record(OutageState::Ended { failed_attempts: failures }, since).await;
+        }
+    }
+
+    async fn record(&self, state: OutageState<'_>, since_ms: i64) {
+        let Some((appender, gate)) = &self.sink else { return };
+        let closed = gate.0.read().await;
+        if *closed {
+            tracing::warn!(
+                component = self.component,
+                "stopping: outage change not recorded after the stop record"
+            );
+            return;
+        }
+        let event = internal_event(&outage_body(self.component, &state, since_ms));
+        match appender.append(vec![event]).await {
+            Ok(_) => tracing::info!(
+                component = self.component,
+                state = state.as_str(),
+                "outage recorded in the log"
+            ),
+            Err(e) => {
+                tracing::error!(component = self.component, error = %e, "cannot record the outage in the log")
+            }
+        }
+        drop(closed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store;
+
+    fn bodies(db: &std::path::Path) -> Vec<serde_json::Value> {
+        let conn = store::open_reader(db).unwrap();
+        let mut st = conn.prepare("SELECT body FROM events ORDER BY seq").unwrap();
+        st.query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|b| serde_json::from_slice(&b.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn an_outage_is_recorded_once_at_its_start_and_once_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let (appender, join) = AppenderHandle::start(store::open_writer(&db, "o").unwrap()).unwrap();
+        let gate = LifecycleGate::default();
+        let mut r = OutageRecorder::new("signer", Some((appender.clone(), gate.clone())));
+        r.succeeded().await;
+        r.failed("CKR_DEVICE_REMOVED").await;
+        r.failed("CKR_DEVICE_REMOVED").await;
+        r.failed("CKR_TOKEN_NOT_PRESENT").await;
+        assert!(r.in_outage());
+        r.succeeded().await;
+        r.succeeded().await;
+        // After the gate closes (the server is about to write its stop record), nothing more is appended.
+        r.failed("late").await;
+        gate.close().await;
+        r.succeeded().await;
+        drop((r, appender));
+        join.join().unwrap();
+        let b = bodies(&db);
+        assert_eq!(b.len(), 3, "{b:?}");
+        let since = b[0]["since_ms"].as_i64().unwrap();
+        assert_eq!(
+            b[0],
+            serde_json::json!({"type": "anchorlog.outage", "component": "signer", "state": "started",
+                               "since_ms": since, "error": "CKR_DEVICE_REMOVED"})
+        );
+        assert_eq!(
+            b[1],
+            serde_json::json!({"type": "anchorlog.outage", "component": "signer", "state": "ended",
+                               "since_ms": since, "failed_attempts": 3})
+        );
+        assert_eq!((b[2]["state"].as_str(), b[2]["error"].as_str()), (Some("started"), Some("late")));
+    }
+
+    #[tokio::test]
+    async fn without_a_sink_the_state_is_followed_but_nothing_is_recorded() {
+        let mut r = OutageRecorder::new("tsa", None);
+        r.failed("timeout").await;
+        assert!(r.in_outage());
+        r.succeeded().await;
+        assert!(!r.in_outage());
+    }
+}
