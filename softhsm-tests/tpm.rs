@@ -797,6 +797,26 @@ async fn dev_mode_with_tpm_provisions_once_serves_and_takes_swtpm_down() {
 
 // ---- performance: a slow (200 ms) TPM does not slow sealing down ------------------------------------------
 
+/// Runs the appliance in this process with the test's TPM key behind a fault-injection double made by `wrap`;
+/// returns the sender that stops it and its task.
+async fn serve_in_process(
+    a: &mut Appliance,
+    wrap: impl FnOnce(TpmSigner) -> Box<dyn anchorlog::signer::HeadSigner> + Send + 'static,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>) {
+    a.write_config("127.0.0.1:0");
+    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
+    let signer =
+        anchorlog::signer::SignerHandle::spawn(move || Ok(wrap(TpmSigner::open(&s, None)?))).unwrap();
+    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
+    a.addr = service.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run(async move {
+        let _ = stop_rx.await;
+    }));
+    (stop_tx, server)
+}
+
 /// Fault-injection double: the real TPM signer, plus a fixed delay per signature (a slow hardware TPM).
 struct SlowSigner {
     inner: TpmSigner,
@@ -821,20 +841,8 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     const DELAY: Duration = Duration::from_millis(200);
     const LOAD: Duration = Duration::from_secs(8);
     let mut a = Appliance::prepare(Options { seal_interval_ms: 1000, ..tpm_options() });
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
-    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
-    let signer = anchorlog::signer::SignerHandle::spawn(move || {
-        let inner = TpmSigner::open(&s, None)?;
-        Ok(Box::new(SlowSigner { inner, delay: DELAY }) as Box<dyn anchorlog::signer::HeadSigner>)
-    })
-    .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, server) =
+        serve_in_process(&mut a, |inner| Box::new(SlowSigner { inner, delay: DELAY })).await;
 
     // Load: 8 connections posting batches of 50 events for LOAD.
     let started = Instant::now();
@@ -933,22 +941,10 @@ impl anchorlog::signer::HeadSigner for SwitchableSigner {
 async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut a = Appliance::prepare(Options { record_lifecycle: true, ..tpm_options() });
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
-    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
     let down = std::sync::Arc::new(AtomicBool::new(false));
     let switch = down.clone();
-    let signer = anchorlog::signer::SignerHandle::spawn(move || {
-        let inner = TpmSigner::open(&s, None)?;
-        Ok(Box::new(SwitchableSigner { inner, down: switch }) as Box<dyn anchorlog::signer::HeadSigner>)
-    })
-    .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let (stop_tx, server) =
+        serve_in_process(&mut a, move |inner| Box::new(SwitchableSigner { inner, down: switch })).await;
 
     // seq 0 is the start record; three events are sealed normally.
     assert_eq!(post_concurrently(&a, 3, 1).await, vec![1, 2, 3]);
