@@ -1,10 +1,12 @@
 #!/bin/bash
 # Cost of normalized search fields on batched ingest (docs/PERFORMANCE.md, issue 4): one measured run.
-# usage: docs/bench-search.sh on|off N   (BIN: release binary, DEV: an `anchorlog dev` state dir, RUNS: scratch)
+# usage: docs/bench-search.sh on|off N   (BIN: release binary, DEV: an `anchorlog dev` state dir, RUNS: scratch,
+# CLIENT: the binary whose `bench` generates the load, default BIN — e.g. an older server with today's load)
 # Needs python3, sqlite3 and /usr/bin/time. Prints one line: events/s, errors, events, CPU seconds of the server,
 # its writer and indexer threads, load average before -> after, search rows at the end of the load and after stop.
 set -u
 BIN=${BIN:-/tmp/anchorlog-bench}
+CLIENT=${CLIENT:-$BIN}
 LABEL=$1; N=$2
 DEV=${DEV:-/tmp/bench-dev}
 R=${RUNS:-/tmp/bench-search}/run-$LABEL-$N; rm -rf $R; mkdir -p $R
@@ -25,7 +27,7 @@ SPID=$!
 for i in $(seq 1 100); do grep -q listening $R/server.log && break; sleep 0.1; done
 L0=$(cut -d' ' -f1 /proc/loadavg)
 D=$DEV/certs
-/usr/bin/time -f "clientcpu=%U+%S" -o $R/client.time $BIN bench --mode batch --addr 127.0.0.1:$PORT --ca $D/ca.pem --cert $D/producer.pem --key $D/producer.key \
+/usr/bin/time -f "clientcpu=%U+%S" -o $R/client.time $CLIENT bench --mode batch --addr 127.0.0.1:$PORT --ca $D/ca.pem --cert $D/producer.pem --key $D/producer.key \
   --events 1000000 --batch-size 1000 --concurrency 8 > $R/bench.json 2> $R/bench.err
 L1=$(cut -d' ' -f1 /proc/loadavg)
 cpu() { awk '{print ($14+$15)/100}' $1; }
