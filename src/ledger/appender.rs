@@ -575,4 +575,56 @@ mod tests {
         drop(h);
         join.join().unwrap();
     }
+
+    #[tokio::test]
+    async fn a_failing_request_rolls_back_alone_inside_a_shared_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let conn = store::open_writer(&db, "o").unwrap();
+        // Fault injection: the database refuses any event of producer "bad", after the request's earlier
+        // events were inserted (the second event of every failing request).
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER refuse_bad BEFORE INSERT ON main.events WHEN NEW.producer = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+        let (h, join) = AppenderHandle::start(conn).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut events = vec![ev(None, &format!("{{\"i\":{i}}}")); 2];
+                if i % 3 == 1 {
+                    events[1].producer = "bad".into();
+                }
+                (i, h.append(events).await)
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let (i, result) = t.await.unwrap();
+            match result {
+                Ok(appended) if i % 3 != 1 => seqs.extend(appended.into_iter().map(|a| a.seq)),
+                Err(e) if i % 3 == 1 => assert!(e.to_string().contains("injected fault"), "{e}"),
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (0..80).collect::<Vec<_>>(), "40 good requests of 2 events, dense");
+        drop(h);
+        join.join().unwrap();
+        // Nothing of a failed request is stored, and the stored tree verifies (no node of a rolled-back leaf).
+        let conn = store::open_reader(&db).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM events WHERE body LIKE '%\"i\":1}%'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "request 1 failed on its second event; its first is not stored either");
+        assert_eq!(store::event_count(&conn).unwrap(), 80);
+        let leaves = store::leaf_hashes(&conn, 0, 80).unwrap();
+        let mut frontier = merkle::Frontier::default();
+        for leaf in &leaves {
+            frontier.push(*leaf);
+        }
+        assert_eq!(store::tree::root_at(&conn, 80).unwrap(), frontier.root());
+    }
 }
