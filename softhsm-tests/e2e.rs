@@ -157,7 +157,7 @@ async fn tampering_is_detected_at_the_exact_record_and_the_server_refuses_to_sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refusals_have_the_documented_outcomes() {
-    let a = Appliance::start();
+    let a = Appliance::start_with(Options { record_appliance_events: true, ..Options::default() });
     // No client certificate: the handshake is refused.
     let d = a.dir.path().join("certs");
     let mut roots = rustls::RootCertStore::empty();
@@ -201,7 +201,69 @@ async fn mtls_refusals_have_the_documented_outcomes() {
     // An auditor cannot append.
     let r = a.connect("auditor").await.post_json("/v1/events", b"{}").await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("forbidden_role")));
-    assert_eq!(a.stored_events().await, 0);
+
+    // PCI DSS 10.2.1.4: nothing of a refused request is stored, and every refusal is on record (seq 0 is the
+    // start record). A 403 is answered after its record; a refused handshake's record is written beside it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while a.own_records().len() < 6 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", a.own_records());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let own = a.own_records();
+    assert_eq!(a.stored_events().await, 6, "the start record and five refusals, no producer event");
+    assert_eq!(own[0].1["type"], "anchorlog.start");
+    let mut refusals: Vec<(String, serde_json::Value, serde_json::Value, serde_json::Value)> = own[1..]
+        .iter()
+        .map(|(_, b)| {
+            assert_eq!(
+                (&b["type"], &b["remote"], &b["suppressed"]),
+                (&"anchorlog.access_denied".into(), &"127.0.0.1".into(), &0.into()),
+                "{b}"
+            );
+            let reason = b["reason"].as_str().unwrap();
+            let reason =
+                if reason.starts_with("tls_handshake_refused: ") { "tls_handshake_refused" } else { reason };
+            (reason.to_string(), b["endpoint"].clone(), b["principal"].clone(), b["identities"][0].clone())
+        })
+        .collect();
+    refusals.sort_by(|x, y| (&x.0, x.1.to_string()).cmp(&(&y.0, y.1.to_string())));
+    assert_eq!(
+        refusals,
+        vec![
+            (
+                "forbidden_role".into(),
+                serde_json::json!("GET /v1/heads/latest"),
+                serde_json::json!("producer-1"),
+                serde_json::json!("dns:producer.test")
+            ),
+            (
+                "forbidden_role".into(),
+                serde_json::json!("POST /v1/events"),
+                serde_json::json!("auditor-1"),
+                serde_json::json!("dns:auditor.test")
+            ),
+            (
+                "tls_handshake_refused".into(),
+                serde_json::json!(null),
+                serde_json::json!(null),
+                serde_json::json!(null)
+            ),
+            (
+                "tls_handshake_refused".into(),
+                serde_json::json!(null),
+                serde_json::json!(null),
+                serde_json::json!(null)
+            ),
+            (
+                "unknown_principal".into(),
+                serde_json::json!("POST /v1/events"),
+                serde_json::json!(null),
+                serde_json::json!("dns:stranger.test")
+            ),
+        ]
+    );
+    let metrics = String::from_utf8(a.audit_get("/metrics").await.body).unwrap();
+    assert!(metrics.contains("anchorlog_access_denied_total 5\n"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -434,7 +496,7 @@ fn sha256_hex(path: &std::path::Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_stops_crashes_and_config_changes_are_recorded_in_the_signed_log() {
-    let mut a = Appliance::start_with(Options { record_lifecycle: true, ..Options::default() });
+    let mut a = Appliance::start_with(Options { record_appliance_events: true, ..Options::default() });
     let config_1 = sha256_hex(&a.config_path());
     // seq 0: this start, of a new log; the producer's events follow it.
     assert_eq!(post_concurrently(&a, 3, 1).await, vec![1, 2, 3]);

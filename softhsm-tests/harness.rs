@@ -49,9 +49,10 @@ pub struct Options {
     pub extra_config: String,
     /// Open the source listener (secret-authenticated sources) on 127.0.0.1:0.
     pub source_listen: bool,
-    /// Record starts and stops in the log (`server.record_lifecycle`). Off by default here: most tests
-    /// assert the exact seqs of the events they post; softhsm-tests/e2e.rs tests the records themselves.
-    pub record_lifecycle: bool,
+    /// Record starts, stops, outages and refused access in the log (`server.record_appliance_events`). Off by
+    /// default here: most tests assert the exact seqs of the events they post; e2e.rs, tpm.rs and tsa_e2e.rs
+    /// test the records themselves.
+    pub record_appliance_events: bool,
 }
 
 impl Default for Options {
@@ -64,7 +65,7 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             extra_config: String::new(),
             source_listen: false,
-            record_lifecycle: false,
+            record_appliance_events: false,
         }
     }
 }
@@ -190,7 +191,7 @@ cert_file = "{d}/certs/server.pem"
 key_file = "{d}/certs/server.key"
 client_ca_files = ["{d}/certs/ca.pem"]
 shutdown_grace_s = 5
-record_lifecycle = {lifecycle}
+record_appliance_events = {own}
 {source_listen}
 [storage]
 database = "{d}/anchorlog.db"
@@ -219,7 +220,7 @@ identities = ["dns:admin.test"]
             sm = o.seal_max_events,
             hb = o.heartbeat_interval_s,
             extra = o.extra_config,
-            lifecycle = o.record_lifecycle,
+            own = o.record_appliance_events,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();
@@ -409,6 +410,20 @@ identities = ["dns:admin.test"]
             "body": ev.body.map(|b| String::from_utf8(b).unwrap()),
             "fields": fields,
         })
+    }
+
+    /// The appliance's own records (producer `anchorlog`) in seq order, with their parsed bodies, read from the
+    /// database file (no API read, which would itself be recorded).
+    pub fn own_records(&self) -> Vec<(u64, serde_json::Value)> {
+        let conn = anchorlog::store::open_reader(&self.db_path()).expect("ledger opens");
+        let mut st =
+            conn.prepare("SELECT seq, body FROM events WHERE producer = 'anchorlog' ORDER BY seq").unwrap();
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?))).unwrap();
+        rows.map(|r| {
+            let (seq, body) = r.unwrap();
+            (seq, serde_json::from_slice(&body).unwrap())
+        })
+        .collect()
     }
 
     /// Waits until the latest head covers `tree_size` events; returns that head's JSON.

@@ -940,7 +940,7 @@ impl anchorlog::signer::HeadSigner for SwitchableSigner {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let mut a = Appliance::prepare(Options { record_lifecycle: true, ..tpm_options() });
+    let mut a = Appliance::prepare(Options { record_appliance_events: true, ..tpm_options() });
     let down = std::sync::Arc::new(AtomicBool::new(false));
     let switch = down.clone();
     let (stop_tx, server) =
@@ -964,15 +964,8 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 
-    let conn = anchorlog::store::open_reader(&a.db_path()).unwrap();
-    let mut st =
-        conn.prepare("SELECT seq, body FROM events WHERE producer = 'anchorlog' ORDER BY seq").unwrap();
-    let own: Vec<(i64, serde_json::Value)> = st
-        .query_map([], |r| Ok((r.get(0)?, serde_json::from_slice(&r.get::<_, Vec<u8>>(1)?).unwrap())))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let types: Vec<(i64, &str)> = own.iter().map(|(s, b)| (*s, b["type"].as_str().unwrap())).collect();
+    let own = a.own_records();
+    let types: Vec<(u64, &str)> = own.iter().map(|(s, b)| (*s, b["type"].as_str().unwrap())).collect();
     assert_eq!(
         types,
         vec![(0, "anchorlog.start"), (6, "anchorlog.outage"), (7, "anchorlog.outage"), (8, "anchorlog.stop")]
@@ -984,10 +977,10 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     assert_eq!(ended["since_ms"], started["since_ms"], "both records name the outage's start");
     assert!(ended["failed_attempts"].as_u64().unwrap() >= 3, "{ended}");
     // The outage's duration: from since_ms to the end record's own receive time.
+    let conn = anchorlog::store::open_reader(&a.db_path()).unwrap();
     let received: i64 =
         conn.query_row("SELECT received_at_ns FROM events WHERE seq = 7", [], |r| r.get(0)).unwrap();
     assert!(received / 1_000_000 >= started["since_ms"].as_i64().unwrap());
-    drop(st);
     drop(conn);
     let out = Command::new(harness::bin())
         .args(["verify", "--db", a.db_path().to_str().unwrap(), "--key"])

@@ -259,24 +259,10 @@ async fn tsa_down_for_several_seals_then_started_back_fills_every_head() {
     assert_eq!(v["timestamps"]["verified"], rows.len() as u64);
 }
 
-/// The appliance's own records (producer `anchorlog`) in seq order, read from the database file.
-fn own_records(db: &Path) -> Vec<(u64, serde_json::Value)> {
-    let conn = anchorlog::store::open_reader(db).unwrap();
-    let mut st =
-        conn.prepare("SELECT seq, body FROM events WHERE producer = 'anchorlog' ORDER BY seq").unwrap();
-    st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Vec<u8>>(1)?)))
-        .unwrap()
-        .map(|r| {
-            let (seq, body) = r.unwrap();
-            (seq, serde_json::from_slice(&body).unwrap())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tsa_outage_is_recorded_in_the_log_with_its_start_and_end() {
     let mut tsa = LocalTsa::create(&[]); // not started: nothing listens on its port
-    let options = Options { record_lifecycle: true, ..with_tsa(&tsa.config_entry(2000), 200) };
+    let options = Options { record_appliance_events: true, ..with_tsa(&tsa.config_entry(2000), 200) };
     let mut a = Appliance::start_with(options);
     post_concurrently(&a, 5, 1).await;
     eventually(20, "a failed time-stamp request", async || {
@@ -287,7 +273,7 @@ async fn a_tsa_outage_is_recorded_in_the_log_with_its_start_and_end() {
     eventually(30, "back-fill after the TSA starts", async || ready(&a).await["untimestamped_heads"] == 0)
         .await;
     assert!(a.sigterm().success());
-    let own = own_records(&a.db_path());
+    let own = a.own_records();
     let kinds: Vec<(&str, Option<&str>)> =
         own.iter().map(|(_, b)| (b["type"].as_str().unwrap(), b["state"].as_str())).collect();
     assert_eq!(

@@ -172,12 +172,13 @@ pub struct ServerConfig {
     /// Seconds to wait for in-flight requests on shutdown.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
-    /// Record every start and clean stop (`anchorlog.start` / `anchorlog.stop`, PCI DSS 10.2.1.6) and every
-    /// sealing or timestamping outage (`anchorlog.outage`, PCI DSS 10.7.3) in the log. Default and the only
-    /// compliant setting: `true`. `false` exists for test fixtures that assert exact seqs of the events they
+    /// Record the appliance's own operational events in the log: every start and clean stop
+    /// (`anchorlog.start` / `anchorlog.stop`, PCI DSS 10.2.1.6), every sealing or timestamping outage
+    /// (`anchorlog.outage`, 10.7.3) and every invalid access attempt (`anchorlog.access_denied`, 10.2.1.4).
+    /// Auditor access records (10.2.1.3) are not affected. Default and the only compliant setting: `true`. `false` exists for test fixtures that assert exact seqs of the events they
     /// post; a warning at start says so when it is off.
     #[serde(default = "default_true")]
-    pub record_lifecycle: bool,
+    pub record_appliance_events: bool,
 }
 
 /// `[storage]`: the SQLite database.

@@ -12,6 +12,10 @@ pub struct Metrics {
     pub events_duplicate: AtomicU64,
     /// Requests rejected with a 4xx.
     pub requests_rejected: AtomicU64,
+    /// Invalid access attempts: refused TLS handshakes and 401/403 answers (recorded or not).
+    pub access_denied: AtomicU64,
+    /// Invalid access attempts over the record budget, counted but not recorded one by one.
+    pub access_denied_unrecorded: AtomicU64,
     /// Heads sealed and stored.
     pub heads_sealed: AtomicU64,
     /// Seal attempts that failed (signer or storage).
@@ -49,7 +53,7 @@ impl Metrics {
         let mut out = String::new();
         let r = Ordering::Relaxed;
         let sealed = self.sealed_tree_size.load(r);
-        let rows: [(&str, &str, &str, String); 10] = [
+        let rows: [(&str, &str, &str, String); 12] = [
             (
                 "anchorlog_events_appended_total",
                 "counter",
@@ -67,6 +71,18 @@ impl Metrics {
                 "counter",
                 "Requests rejected with a client error.",
                 self.requests_rejected.load(r).to_string(),
+            ),
+            (
+                "anchorlog_access_denied_total",
+                "counter",
+                "Invalid access attempts: refused TLS handshakes and 401/403 answers.",
+                self.access_denied.load(r).to_string(),
+            ),
+            (
+                "anchorlog_access_denied_unrecorded_total",
+                "counter",
+                "Invalid access attempts over the record budget (counted in the next record's `suppressed`).",
+                self.access_denied_unrecorded.load(r).to_string(),
             ),
             (
                 "anchorlog_heads_sealed_total",

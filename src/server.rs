@@ -10,6 +10,7 @@
 //! record the stop (`anchorlog.stop`, the run's last event) → seal everything that was acknowledged → one bounded timestamping pass → stop the
 //! writer → exit 0.
 
+use crate::api::denials::{Denial, DenialRecorder, RemoteAddr};
 use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
@@ -247,7 +248,7 @@ impl Service {
             &signer.public_key().key_id,
             previous_run,
         );
-        let start_seq = if config.server.record_lifecycle {
+        let start_seq = if config.server.record_appliance_events {
             let seq = match appender.append(vec![internal::internal_event(&start)]).await {
                 Ok(done) => done.first().map(|a| a.seq),
                 Err(e) => return Err(ServeError::StartRecord(e.to_string())),
@@ -255,7 +256,7 @@ impl Service {
             tracing::info!(seq, previous_run = previous_run.as_str(), "start recorded in the log");
             seq
         } else {
-            tracing::warn!("server.record_lifecycle = false: starts, stops and outages are not recorded in the log (not PCI DSS 10.2.1.6/10.7.3 compliant)");
+            tracing::warn!("server.record_appliance_events = false: starts, stops, outages and refused access are not recorded in the log (not PCI DSS 10.2.1.4/10.2.1.6/10.7.3 compliant)");
             None
         };
         let metrics = Arc::new(Metrics::new());
@@ -278,16 +279,21 @@ impl Service {
         // Outage records share the log's end with the stop record, which must come last: the gate orders them.
         let gate = LifecycleGate::default();
         let sealer =
-            if config.server.record_lifecycle { sealer.record_outages(gate.clone()) } else { sealer };
+            if config.server.record_appliance_events { sealer.record_outages(gate.clone()) } else { sealer };
         let sealed_height = sealer.sealed_height();
         let sealer_task = tokio::spawn(sealer.run(stop_rx));
         // The timestamper stops after the sealer, so the final head gets its token too.
         let (ts_stop_tx, ts_stop_rx) = watch::channel(false);
         let timestamper_task = timestamping.map(|settings| {
             let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
-            let t = if config.server.record_lifecycle { t.record_outages(gate.clone()) } else { t };
+            let t = if config.server.record_appliance_events { t.record_outages(gate.clone()) } else { t };
             tokio::spawn(t.run(sealed_height, ts_stop_rx))
         });
+        let denials = Arc::new(DenialRecorder::new(
+            appender.clone(),
+            metrics.clone(),
+            config.server.record_appliance_events,
+        ));
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -298,6 +304,7 @@ impl Service {
             sources,
             search,
             search_enabled: config.search.enabled,
+            denials: denials.clone(),
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -325,7 +332,8 @@ impl Service {
             if let Some((l, tls)) = source_listener {
                 let router = api::source_router(app_state.clone());
                 let none = Arc::new(PrincipalMap::default());
-                accept_loop(l, tls, none, router, stopped(shutdown_rx.clone()), &config).await;
+                accept_loop(l, tls, none, router, stopped(shutdown_rx.clone()), &config, denials.clone())
+                    .await;
             }
         };
         let signal = async {
@@ -333,7 +341,15 @@ impl Service {
             let _ = shutdown_tx.send(true);
         };
         tokio::join!(
-            accept_loop(listener, tls_config, principals, router, stopped(shutdown_rx.clone()), &config),
+            accept_loop(
+                listener,
+                tls_config,
+                principals,
+                router,
+                stopped(shutdown_rx.clone()),
+                &config,
+                denials.clone()
+            ),
             source_loop,
             signal
         );
@@ -356,6 +372,7 @@ impl Service {
             t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
         }
         drop(app_state);
+        drop(denials);
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
@@ -419,6 +436,7 @@ async fn accept_loop(
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     config: &Config,
+    denials: Arc<DenialRecorder>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -444,6 +462,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let principals = principals.clone();
         let router = router.clone();
+        let denials = denials.clone();
         let watcher = graceful.watcher();
         // Reap finished connection tasks so the set does not grow with every connection ever accepted.
         while connections.try_join_next().is_some() {}
@@ -453,6 +472,8 @@ async fn accept_loop(
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    let reason = format!("tls_handshake_refused: {e}");
+                    denials.record(Denial { reason, remote: Some(remote), ..Denial::default() }).await;
                     return;
                 }
                 Err(_) => {
@@ -471,6 +492,7 @@ async fn accept_loop(
                     if let Some(p) = &peer {
                         req.extensions_mut().insert(p.clone());
                     }
+                    req.extensions_mut().insert(RemoteAddr(remote));
                     let mut router = router.clone();
                     async move { tower::Service::call(&mut router, req).await }
                 });

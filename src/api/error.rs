@@ -48,7 +48,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = self.code_extension();
         let body = json!({"code": self.code, "message": self.message, "detail": self.detail});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        response.extensions_mut().insert(code);
+        response
     }
 }

@@ -2,6 +2,7 @@
 //! requires (deny by default); the peer's principal comes from its verified client certificate.
 
 mod admin;
+pub mod denials;
 pub mod error;
 mod export;
 mod ingest;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub search: Arc<ReadPool>,
     /// `[search] enabled`: extract normalized fields (there is an indexer to store them).
     pub search_enabled: bool,
+    /// Records invalid access attempts (PCI DSS 10.2.1.4).
+    pub denials: Arc<denials::DenialRecorder>,
 }
 
 /// The router of the mTLS listener.
@@ -64,6 +67,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/export", get(export::export))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), denials::record_denials))
         .with_state(state)
 }
 
@@ -75,6 +79,7 @@ pub fn source_router(state: Arc<AppState>) -> Router {
         .route("/v1/sources/{name}/events", post(sources::post_secret).get(sources::get_secret))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), denials::record_denials))
         .with_state(state)
 }
 

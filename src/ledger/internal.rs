@@ -161,6 +161,27 @@ pub fn outage_body(component: &str, state: &OutageState<'_>, since_ms: i64) -> s
     body
 }
 
+/// Event type of the record of an invalid access attempt.
+pub const ACCESS_DENIED_TYPE: &str = "anchorlog.access_denied";
+
+/// The body of the event that logs an invalid access attempt (PCI DSS 10.2.1.4): why it was refused (the
+/// answer's error `code`, or `tls_handshake_refused`), what was asked (`endpoint`: method and path, cut to
+/// [`MAX_LOGGED_PARAM_BYTES`]; `null` for a refused handshake), who (`principal` if the certificate maps to
+/// one, the certificate's `identities`, the `remote` address) and how many attempts since the previous such
+/// record went unrecorded over the record budget (`suppressed`).
+pub fn access_denied_body(
+    reason: &str,
+    endpoint: Option<&str>,
+    principal: Option<&str>,
+    identities: &[String],
+    remote: Option<&str>,
+    suppressed: u64,
+) -> serde_json::Value {
+    let identities: Vec<String> = identities.iter().take(8).map(|i| truncate(i)).collect();
+    json!({"type": ACCESS_DENIED_TYPE, "reason": truncate(reason), "endpoint": endpoint.map(truncate),
+           "principal": principal, "identities": identities, "remote": remote, "suppressed": suppressed})
+}
+
 fn truncate(v: &str) -> String {
     if v.len() <= MAX_LOGGED_PARAM_BYTES {
         return v.to_string();

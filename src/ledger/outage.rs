@@ -28,7 +28,7 @@ impl LifecycleGate {
 /// Follows one component's successes and failures and records the start and end of each outage.
 pub struct OutageRecorder {
     component: &'static str,
-    /// `None`: records are off (`server.record_lifecycle = false`); the state is still followed.
+    /// `None`: records are off (`server.record_appliance_events = false`); the state is still followed.
     sink: Option<(AppenderHandle, LifecycleGate)>,
     /// When the current outage started (epoch ms), and how many attempts failed since.
     outage: Option<(i64, u64)>,
