@@ -117,15 +117,16 @@ impl DenialRecorder {
 
 /// Middleware: records every 401 and 403 answer of the router it wraps.
 pub async fn record_denials(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    // Cheap clones (reference counts): every request passes here, the endpoint text is built for refusals only.
     let peer = req.extensions().get::<Peer>().cloned();
     let remote = req.extensions().get::<RemoteAddr>().map(|r| r.0);
-    let endpoint = format!("{} {}", req.method(), req.uri().path());
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let response = next.run(req).await;
     if matches!(response.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         let reason = response.extensions().get::<ErrorCode>().map_or("forbidden", |c| c.0);
         let denial = Denial {
             reason: reason.to_string(),
-            endpoint: Some(endpoint),
+            endpoint: Some(format!("{method} {}", uri.path())),
             principal: peer.as_ref().and_then(|p| p.principal.as_ref()).map(|p| p.name.to_string()),
             identities: peer.map(|p| p.identities.to_vec()).unwrap_or_default(),
             remote,
