@@ -4,11 +4,12 @@
 //! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
-//! previous run ended) before the first request is accepted.
-//! While it runs, the sealer and the timestamper record the start and end of their outages (`anchorlog.outage`).
+//! previous run ended) before the first request is accepted. While it runs, the sealer and the timestamper
+//! record the start and end of their outages (`anchorlog.outage`), and refused handshakes and 401/403 answers
+//! are recorded (`anchorlog.access_denied`).
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → close outage recording and
-//! record the stop (`anchorlog.stop`, the run's last event) → seal everything that was acknowledged → one bounded timestamping pass → stop the
-//! writer → exit 0.
+//! record the stop (`anchorlog.stop`, the run's last event) → seal everything that was acknowledged → one
+//! bounded timestamping pass → stop the writer → exit 0.
 
 use crate::api::denials::{Denial, DenialRecorder, RemoteAddr};
 use crate::api::sources::SourceRegistry;
