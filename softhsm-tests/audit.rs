@@ -174,18 +174,7 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["report"]["erased"], 1);
     let cli_tar = a.path("cli.tar");
-    let out = a.anchorlog(&[
-        "export",
-        "--db",
-        a.db_path().to_str().unwrap(),
-        "--from-height",
-        "0",
-        "--to-height",
-        &to.to_string(),
-        "--out",
-        cli_tar.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.export_from_db(to, &cli_tar);
     let verify_cli = |p: &std::path::Path| {
         a.anchorlog(&["verify", p.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap()]).status.code()
     };

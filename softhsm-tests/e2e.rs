@@ -4,7 +4,7 @@
 mod harness;
 mod swtpm;
 
-use harness::{post_concurrently, write_head_files, Appliance, Options};
+use harness::{post_concurrently, Appliance, Options};
 use std::process::Command;
 use std::time::Duration;
 
@@ -25,16 +25,7 @@ async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_h
     assert!(note.starts_with(&format!("{checkpoint}\n\u{2014} anchorlog.test/e2e ")), "{note}");
 
     // OpenSSL, knowing nothing about anchorlog, verifies the signed checkpoint with the exported key.
-    let (txt, sig) = write_head_files(&head, a.dir.path());
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(a.key_pem())
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&txt)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Verified OK");
+    a.assert_openssl_verifies_head(&head);
 
     // An event reads back with its exact body and a leaf hash that is SHA-256(0x00 || entry).
     let ev = a.audit_get("/v1/events/7").await.json();

@@ -412,6 +412,36 @@ identities = ["dns:admin.test"]
         })
     }
 
+    /// `anchorlog export --db` of heads `0..=to` into `out` (run after the server stopped); asserts success.
+    pub fn export_from_db(&self, to: u64, out: &Path) {
+        let done = self.anchorlog(&[
+            "export",
+            "--db",
+            self.db_path().to_str().unwrap(),
+            "--from-height",
+            "0",
+            "--to-height",
+            &to.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+
+    /// OpenSSL, knowing nothing about anchorlog, verifies `head`'s signed checkpoint with the exported key.
+    pub fn assert_openssl_verifies_head(&self, head: &serde_json::Value) {
+        let (txt, sig) = write_head_files(head, self.dir.path());
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(self.key_pem())
+            .arg("-signature")
+            .arg(&sig)
+            .arg(&txt)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Verified OK", "{out:?}");
+    }
+
     /// The appliance's own records (producer `anchorlog`) in seq order, with their parsed bodies, read from the
     /// database file (no API read, which would itself be recorded).
     pub fn own_records(&self) -> Vec<(u64, serde_json::Value)> {
@@ -536,3 +566,20 @@ pub fn write_head_files(head: &serde_json::Value, dir: &Path) -> (PathBuf, PathB
 }
 
 pub type Shared<T> = Arc<T>;
+
+/// mTLS sources of the three IdP formats for `producer-1` (the harness's producer certificate), named after
+/// their format; tests add more sources after it.
+pub const IDP_SOURCES: &str = r#"
+[[source]]
+name = "keycloak"
+format = "keycloak"
+principals = ["producer-1"]
+[[source]]
+name = "okta"
+format = "okta"
+principals = ["producer-1"]
+[[source]]
+name = "auth0"
+format = "auth0"
+principals = ["producer-1"]
+"#;

@@ -22,37 +22,19 @@ fn trimmed(name: &str) -> Vec<u8> {
     fixture(name).trim_ascii().to_vec()
 }
 
-/// mTLS sources of every format for `producer-1` (the harness's producer certificate).
-const MTLS_SOURCES: &str = r#"
-[[source]]
-name = "keycloak"
-format = "keycloak"
-principals = ["producer-1"]
-[[source]]
-name = "okta"
-format = "okta"
-principals = ["producer-1"]
-[[source]]
-name = "auth0"
-format = "auth0"
-principals = ["producer-1"]
-[[source]]
-name = "auth0-lines"
-format = "auth0"
-principals = ["producer-1"]
-[[source]]
-name = "auth0-objects"
-format = "auth0"
-principals = ["producer-1"]
-[[source]]
-name = "json"
-format = "json"
-principals = ["producer-1"]
-"#;
+/// mTLS sources of every format for `producer-1` (the harness's producer certificate): the three IdP formats,
+/// Auth0 twice more (one per framing under test) and generic JSON.
+fn mtls_sources() -> String {
+    let more = ["auth0-lines", "auth0-objects", "json"].map(|name| {
+        let format = if name == "json" { "json" } else { "auth0" };
+        format!("[[source]]\nname = \"{name}\"\nformat = \"{format}\"\nprincipals = [\"producer-1\"]\n")
+    });
+    format!("{}{}", harness::IDP_SOURCES, more.concat())
+}
 
 fn start_with_sources(extra: &str, source_listen: bool) -> Appliance {
     Appliance::start_with(Options {
-        extra_config: format!("{MTLS_SOURCES}{extra}"),
+        extra_config: format!("{}{extra}", mtls_sources()),
         source_listen,
         ..Options::default()
     })
@@ -538,7 +520,7 @@ print(r.text)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_matrix_stores_nothing() {
     let a = Appliance::start_with(Options {
-        extra_config: MTLS_SOURCES.to_string(),
+        extra_config: mtls_sources(),
         max_body_bytes: 64 * 1024,
         ..Options::default()
     });
@@ -669,7 +651,7 @@ async fn search_off_stores_events_without_fields_and_turning_it_on_re_derives_th
     drop(c);
     assert!(a.sigterm().success());
     // Search back on: the indexer re-derives the fields of what was stored meanwhile.
-    a.options.extra_config = MTLS_SOURCES.to_string();
+    a.options.extra_config = mtls_sources();
     a.spawn().expect("restarts");
     let ev = event(&a, 0).await;
     assert_fields(

@@ -10,21 +10,6 @@ use anchorlog::formats::{self, limits::Limits, Format, NormalizedFields, Outcome
 use harness::{Appliance, Options};
 use serde_json::{json, Value};
 
-const SOURCES: &str = r#"
-[[source]]
-name = "keycloak"
-format = "keycloak"
-principals = ["producer-1"]
-[[source]]
-name = "okta"
-format = "okta"
-principals = ["producer-1"]
-[[source]]
-name = "auth0"
-format = "auth0"
-principals = ["producer-1"]
-"#;
-
 const ALICE: &str = "47c223f9-813f-4d65-81ea-56f49cc2aba1";
 const REALM: &str = "0c6f7a3e-8d4b-4b9a-a3a5-5f2e9d1c7b21";
 
@@ -99,7 +84,8 @@ impl Auditor<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_by_every_filter_pages_and_is_itself_logged() {
-    let a = Appliance::start_with(Options { extra_config: SOURCES.into(), ..Options::default() });
+    let a =
+        Appliance::start_with(Options { extra_config: harness::IDP_SOURCES.into(), ..Options::default() });
     let mut producer = a.connect("producer").await;
 
     // The fixtures, posted through their sources; the oracle is the formats' own parse of the same bytes.

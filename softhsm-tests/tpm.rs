@@ -398,23 +398,10 @@ fn harness_swtpm_starts_restarts_and_stops() {
 
 // ---- the appliance end to end on swtpm (real binary, mTLS, SQLite) ----------------------------------------
 
-use harness::{post_concurrently, write_head_files, Appliance, Options, TestSigner};
+use harness::{post_concurrently, Appliance, Options, TestSigner};
 
 fn tpm_options() -> Options {
     Options { signer: TestSigner::Tpm, ..Options::default() }
-}
-
-fn openssl_verifies_head(a: &Appliance, head: &serde_json::Value) {
-    let (txt, sig) = write_head_files(head, a.dir.path());
-    let out = Command::new("openssl")
-        .args(["dgst", "-sha256", "-verify"])
-        .arg(a.key_pem())
-        .arg("-signature")
-        .arg(&sig)
-        .arg(&txt)
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Verified OK", "{out:?}");
 }
 
 fn stderr_of(out: &std::process::Output) -> String {
@@ -428,7 +415,7 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     assert_eq!(seqs, (0..1000).collect::<Vec<_>>());
     let head = a.wait_for_head(1000).await;
     assert_eq!(head["tree_size"], 1000);
-    openssl_verifies_head(&a, &head);
+    a.assert_openssl_verifies_head(&head);
     // The head names the TPM key: the id of the exported signer.pem.
     let pem = std::fs::read_to_string(a.key_pem()).unwrap();
     let key = anchorlog::signer::PublicKey::from_pem(&pem).unwrap();
@@ -457,7 +444,7 @@ async fn swtpm_restart_keeps_the_same_persisted_key() {
     assert_eq!(post_concurrently(&a, 50, 4).await.len(), 50);
     let after = a.wait_for_head(100).await;
     assert_eq!(after["key_id"], before["key_id"]);
-    openssl_verifies_head(&a, &after);
+    a.assert_openssl_verifies_head(&after);
 
     // And the service itself restarts against the restarted TPM: same key, chain continues.
     assert!(a.sigterm().success());
@@ -548,7 +535,7 @@ async fn tpm_gone_mid_run_ingest_continues_and_heads_resume() {
     let after = a.wait_for_head(300).await;
     assert_eq!(after["tree_size"], 300);
     assert_eq!(after["key_id"], before["key_id"]);
-    openssl_verifies_head(&a, &after);
+    a.assert_openssl_verifies_head(&after);
     assert!(a.sigterm().success());
     let (code, report) = a.verify(&a.db_path());
     assert_eq!(code, 0, "{report}");

@@ -461,18 +461,7 @@ async fn exported_bundles_and_receipts_carry_tokens_that_verify_offline() {
     // The CLI export from the database holds the same tokens; an altered one is named at its height.
     assert!(a.sigterm().success());
     let cli_tar = a.path("cli.tar");
-    let out = a.anchorlog(&[
-        "export",
-        "--db",
-        a.db_path().to_str().unwrap(),
-        "--from-height",
-        "0",
-        "--to-height",
-        &to.to_string(),
-        "--out",
-        cli_tar.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.export_from_db(to, &cli_tar);
     assert_eq!(verify_bundle_tsa(&a, &cli_tar, &ca).0, 0);
     let mut archive = tar::Archive::new(std::fs::File::open(&cli_tar).unwrap());
     let mut rebuilt = tar::Builder::new(Vec::new());
