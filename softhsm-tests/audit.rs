@@ -153,6 +153,9 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
         // covers at most 5 events (block sizes depend on seal timing, up to 7 events).
         let first_seq = if from == 0 { 0 } else { heads[from as usize - 1]["tree_size"].as_u64().unwrap() };
         assert_eq!(report["report"]["erased"], u64::from(first_seq <= 5), "bundle from seq {first_seq}");
+        // The erasure's own record (seq 41) and the reads before it are in every such bundle.
+        assert_eq!(report["report"]["appliance"]["erasures"], 1, "{report}");
+        assert!(report["report"]["appliance"]["audit_access"].as_u64().unwrap() >= 1, "{report}");
         let py = std::process::Command::new("python3")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
             .arg(&tar)

@@ -531,5 +531,10 @@ async fn starts_stops_crashes_and_config_changes_are_recorded_in_the_signed_log(
     assert_eq!(code, 0, "{report}");
     // 3 posted + 3 starts + 2 stops + 1 audit-access record of the search above.
     assert_eq!(report["report"]["events"], 9, "{report}");
+    assert_eq!(
+        report["report"]["appliance"],
+        serde_json::json!({"starts": 3, "starts_after_unclean_end": 1, "stops": 2, "outages_started": 0,
+                           "outages_ended": 0, "access_denied": 0, "audit_access": 1, "erasures": 0, "other": 0})
+    );
     assert_eq!(report["report"]["unsealed_events"], 0, "the stop record is sealed by the final head");
 }

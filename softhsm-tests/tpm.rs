@@ -974,5 +974,7 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
         .arg(a.key_pem())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("  appliance: 1 starts (0 after a run that ended without a stop record), 1 stops, 1 outages (1 ended), 0 refused access"), "{text}");
 }

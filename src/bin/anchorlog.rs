@@ -701,4 +701,17 @@ fn print_report(r: &anchorlog::verify::Report) {
             r.unsealed_events
         );
     }
+    let a = &r.appliance;
+    println!(
+        "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
+         ({} ended), {} refused access, {} audit accesses, {} erasures",
+        a.starts,
+        a.starts_after_unclean_end,
+        a.stops,
+        a.outages_started,
+        a.outages_ended,
+        a.access_denied,
+        a.audit_access,
+        a.erasures
+    );
 }

@@ -289,9 +289,8 @@ pub fn check_line(line: &[u8], pos: u64) -> Decoded {
             Err(_) => &mut fresh,
         };
         if let Some((seq, leaf_hash)) = fast_line(line, s) {
-            let check = verify::check_parts(seq, &s.entry, &leaf_hash, Some(&s.salt), Some(&s.body))
-                .map(|(e, erased)| (e.received_at_ns, erased));
-            return Ok(CheckedEvent { seq, leaf_hash, check });
+            let checked = verify::check_parts(seq, &s.entry, &leaf_hash, Some(&s.salt), Some(&s.body));
+            return Ok(CheckedEvent::from_check(seq, leaf_hash, checked, Some(&s.body)));
         }
         decode_line_serde(line, pos).map(|ev| CheckedEvent::of(&ev))
     })

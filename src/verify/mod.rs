@@ -5,7 +5,7 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
-use crate::ledger::entry::{payload_digest, Entry, EntryFacts};
+use crate::ledger::entry::{payload_digest, AuthMethod, Entry, EntryFacts};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
 use crate::signer::PublicKey;
@@ -257,6 +257,101 @@ pub struct Report {
     /// Frontier at the last head's tree size (used to continue the chain).
     #[serde(skip)]
     pub frontier_at_last_head: Frontier,
+    /// The appliance's own records among the events, by kind (docs/FORMAT.md §10, §12–15).
+    pub appliance: ApplianceSummary,
+}
+
+/// Counts of the appliance's own records (auth `internal`) in a verified range, by the `type` of their body:
+/// what an auditor reads first — restarts, crashes, outages, refused access.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplianceSummary {
+    /// `anchorlog.start` records.
+    pub starts: u64,
+    /// Of those, starts whose previous run ended without a stop record (a crash, a kill, a power loss).
+    pub starts_after_unclean_end: u64,
+    /// `anchorlog.stop` records.
+    pub stops: u64,
+    /// `anchorlog.outage` records with `state: started`.
+    pub outages_started: u64,
+    /// `anchorlog.outage` records with `state: ended`.
+    pub outages_ended: u64,
+    /// `anchorlog.access_denied` records.
+    pub access_denied: u64,
+    /// `anchorlog.audit_access` records.
+    pub audit_access: u64,
+    /// `anchorlog.erasure` records.
+    pub erasures: u64,
+    /// Own records of another type, or whose body is erased or not JSON.
+    pub other: u64,
+}
+
+/// One of the appliance's own records, by the `type` of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnRecord {
+    /// `anchorlog.start`; whether its previous run ended without a stop record.
+    Start {
+        /// `previous_run` is `ended_without_stop_record`.
+        after_unclean_end: bool,
+    },
+    /// `anchorlog.stop`.
+    Stop,
+    /// `anchorlog.outage`, `state: started`.
+    OutageStarted,
+    /// `anchorlog.outage`, `state: ended`.
+    OutageEnded,
+    /// `anchorlog.access_denied`.
+    AccessDenied,
+    /// `anchorlog.audit_access`.
+    AuditAccess,
+    /// `anchorlog.erasure`.
+    Erasure,
+    /// Anything else (another type, an erased body, not JSON).
+    Other,
+}
+
+impl OwnRecord {
+    /// The kind of an event's record: `None` unless the entry's auth is `internal`.
+    pub fn of(auth: AuthMethod, body: Option<&[u8]>) -> Option<OwnRecord> {
+        if auth != AuthMethod::Internal {
+            return None;
+        }
+        let v: serde_json::Value = match body.map(serde_json::from_slice) {
+            Some(Ok(v)) => v,
+            _ => return Some(OwnRecord::Other),
+        };
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str());
+        Some(match (text("type"), text("state")) {
+            (Some("anchorlog.start"), _) => OwnRecord::Start {
+                after_unclean_end: text("previous_run") == Some("ended_without_stop_record"),
+            },
+            (Some("anchorlog.stop"), _) => OwnRecord::Stop,
+            (Some("anchorlog.outage"), Some("started")) => OwnRecord::OutageStarted,
+            (Some("anchorlog.outage"), Some("ended")) => OwnRecord::OutageEnded,
+            (Some("anchorlog.access_denied"), _) => OwnRecord::AccessDenied,
+            (Some("anchorlog.audit_access"), _) => OwnRecord::AuditAccess,
+            (Some("anchorlog.erasure"), _) => OwnRecord::Erasure,
+            _ => OwnRecord::Other,
+        })
+    }
+}
+
+impl ApplianceSummary {
+    fn add(&mut self, r: OwnRecord) {
+        let n = match r {
+            OwnRecord::Start { after_unclean_end } => {
+                self.starts_after_unclean_end += u64::from(after_unclean_end);
+                &mut self.starts
+            }
+            OwnRecord::Stop => &mut self.stops,
+            OwnRecord::OutageStarted => &mut self.outages_started,
+            OwnRecord::OutageEnded => &mut self.outages_ended,
+            OwnRecord::AccessDenied => &mut self.access_denied,
+            OwnRecord::AuditAccess => &mut self.audit_access,
+            OwnRecord::Erasure => &mut self.erasures,
+            OwnRecord::Other => &mut self.other,
+        };
+        *n += 1;
+    }
 }
 
 /// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
@@ -302,16 +397,25 @@ pub struct CheckedEvent {
     pub leaf_hash: merkle::Hash,
     /// `(received_at_ns, erased)` when the entry, leaf and payload check out, else the failure.
     pub check: Result<(u64, bool), Failure>,
+    /// The kind of the appliance's own record this is, if it is one (its entry's auth is `internal`).
+    pub own: Option<OwnRecord>,
 }
 
 impl CheckedEvent {
     /// Checks a decoded event row ([`check_event`]).
     pub fn of(ev: &StoredEvent) -> CheckedEvent {
-        CheckedEvent {
-            seq: ev.seq,
-            leaf_hash: ev.leaf_hash,
-            check: check_event(ev).map(|(e, erased)| (e.received_at_ns, erased)),
-        }
+        CheckedEvent::from_check(ev.seq, ev.leaf_hash, check_event(ev), ev.body.as_deref())
+    }
+
+    /// The result of [`check_parts`] on an event with this `body`.
+    pub fn from_check(
+        seq: u64,
+        leaf_hash: merkle::Hash,
+        checked: Result<(EntryFacts, bool), Failure>,
+        body: Option<&[u8]>,
+    ) -> CheckedEvent {
+        let own = checked.as_ref().ok().and_then(|(facts, _)| OwnRecord::of(facts.auth, body));
+        CheckedEvent { seq, leaf_hash, check: checked.map(|(e, erased)| (e.received_at_ns, erased)), own }
     }
 }
 
@@ -456,6 +560,9 @@ pub fn walk(
                     report.first_received_ns.get_or_insert(received_at_ns);
                     report.last_received_ns = Some(received_at_ns);
                     report.erased += u64::from(erased);
+                    if let Some(own) = ev.own {
+                        report.appliance.add(own);
+                    }
                 }
                 Err(f) => {
                     failure = Some(f);
@@ -614,5 +721,49 @@ impl<'a> HeadChecker<'a> {
             }),
             Some(h) => Err(Failure::HeadBeyondLog { height: h.height, tree_size: h.tree_size, events }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_records_are_told_apart_by_their_body_type() {
+        let own = |auth, body: &str| OwnRecord::of(auth, Some(body.as_bytes()));
+        let i = AuthMethod::Internal;
+        assert_eq!(
+            own(AuthMethod::Mtls, r#"{"type":"anchorlog.stop"}"#),
+            None,
+            "a producer's event never counts"
+        );
+        assert_eq!(
+            own(i, r#"{"type":"anchorlog.start","previous_run":"ended_without_stop_record"}"#),
+            Some(OwnRecord::Start { after_unclean_end: true })
+        );
+        assert_eq!(
+            own(i, r#"{"type":"anchorlog.start","previous_run":"stopped_cleanly"}"#),
+            Some(OwnRecord::Start { after_unclean_end: false })
+        );
+        assert_eq!(own(i, r#"{"type":"anchorlog.stop"}"#), Some(OwnRecord::Stop));
+        assert_eq!(
+            own(i, r#"{"type":"anchorlog.outage","state":"started"}"#),
+            Some(OwnRecord::OutageStarted)
+        );
+        assert_eq!(own(i, r#"{"type":"anchorlog.outage","state":"ended"}"#), Some(OwnRecord::OutageEnded));
+        assert_eq!(own(i, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
+        assert_eq!(own(i, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
+        assert_eq!(own(i, r#"{"type":"anchorlog.erasure"}"#), Some(OwnRecord::Erasure));
+        assert_eq!(own(i, "not json"), Some(OwnRecord::Other));
+        assert_eq!(OwnRecord::of(i, None), Some(OwnRecord::Other), "an erased own record");
+        let mut sum = ApplianceSummary::default();
+        for r in [
+            OwnRecord::Start { after_unclean_end: true },
+            OwnRecord::Start { after_unclean_end: false },
+            OwnRecord::Stop,
+        ] {
+            sum.add(r);
+        }
+        assert_eq!((sum.starts, sum.starts_after_unclean_end, sum.stops), (2, 1, 1));
     }
 }
