@@ -376,9 +376,13 @@ const FIELDS_ROWS_PER_STATEMENT: usize = 64;
 const INDEX_ROWS_PER_STATEMENT: usize = 200;
 
 /// Inserts many `(seq, source, fields)` rows into the search database (the caller owns the transaction), 64
-/// rows per statement: the per-statement overhead is a large share of the indexer's CPU. Rows whose seq is
-/// already there are skipped (re-indexing after a crash is idempotent), and so are their `actor_index` and
-/// `ip_index` entries, which are inserted sorted by key so that consecutive entries share leaf pages.
+/// rows per statement: the per-statement overhead is a large share of the indexer's CPU. The `actor_index`
+/// and `ip_index` entries follow, sorted by key so that consecutive entries share leaf pages.
+///
+/// Re-indexing is idempotent: rows arrive in seq order, so an already indexed part is a prefix (a re-sent
+/// tail), skipped with its key entries. A row already there anywhere else keeps its stored fields (`OR
+/// IGNORE`) and its key entries are inserted or ignored; a stray entry cannot make a wrong hit, because the
+/// search re-checks every filter on the row itself.
 pub fn insert_event_fields_many(
     conn: &Connection,
     rows: &[(u64, &str, &NormalizedFields)],
