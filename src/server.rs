@@ -305,7 +305,7 @@ impl Service {
             sources,
             search,
             search_enabled: config.search.enabled,
-            denials: denials.clone(),
+            denials,
         });
         let tls_config = tls::server_config(
             &config.server.cert_file,
@@ -333,8 +333,16 @@ impl Service {
             if let Some((l, tls)) = source_listener {
                 let router = api::source_router(app_state.clone());
                 let none = Arc::new(PrincipalMap::default());
-                accept_loop(l, tls, none, router, stopped(shutdown_rx.clone()), &config, denials.clone())
-                    .await;
+                accept_loop(
+                    l,
+                    tls,
+                    none,
+                    router,
+                    stopped(shutdown_rx.clone()),
+                    &config,
+                    app_state.denials.clone(),
+                )
+                .await;
             }
         };
         let signal = async {
@@ -349,7 +357,7 @@ impl Service {
                 router,
                 stopped(shutdown_rx.clone()),
                 &config,
-                denials.clone()
+                app_state.denials.clone()
             ),
             source_loop,
             signal
@@ -373,7 +381,6 @@ impl Service {
             t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
         }
         drop(app_state);
-        drop(denials);
         drop(signer);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         // The writer held the last indexer handle: the indexer writes what it was sent, then stops.

@@ -7,7 +7,7 @@
 //! (`suppressed`), so the log still says that they happened and how many. The answer to a refused request is
 //! sent after its record is committed, like an audit-access record.
 
-use crate::api::error::ApiError;
+use crate::api::error::ErrorCode;
 use crate::api::AppState;
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::internal::{access_denied_body, internal_event};
@@ -28,10 +28,6 @@ pub const MAX_RECORDS_PER_MINUTE: u32 = 60;
 /// The remote address of a connection, put on each of its requests by the accept loop.
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteAddr(pub SocketAddr);
-
-/// The error code of an error answer, put on the response by [`ApiError`] so that middleware can read it.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
 
 /// One invalid access attempt.
 #[derive(Debug, Clone, Default)]
@@ -134,13 +130,6 @@ pub async fn record_denials(State(state): State<Arc<AppState>>, req: Request, ne
         state.denials.record(denial).await;
     }
     response
-}
-
-impl ApiError {
-    /// The response extension naming this error's code (see [`ErrorCode`]).
-    pub(crate) fn code_extension(&self) -> ErrorCode {
-        ErrorCode(self.code)
-    }
 }
 
 #[cfg(test)]

@@ -46,12 +46,16 @@ impl ApiError {
     }
 }
 
+/// The `code` of an error answer, also put on the response as an extension, so that middleware (the record of
+/// refused access, `api::denials`) can read it without parsing the body.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.code_extension();
         let body = json!({"code": self.code, "message": self.message, "detail": self.detail});
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.extensions_mut().insert(code);
+        response.extensions_mut().insert(ErrorCode(self.code));
         response
     }
 }

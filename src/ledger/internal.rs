@@ -4,6 +4,7 @@
 
 use crate::ledger::appender::NewEvent;
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::ledger::record_types as types;
 use rand::RngCore as _;
 use serde_json::json;
 
@@ -33,11 +34,11 @@ pub fn internal_event(body: &serde_json::Value) -> NewEvent {
 /// The body of the event that logs an erasure: who erased which seq and why (when is the entry's
 /// `received_at_ns`).
 pub fn erasure_body(seq: u64, erased_by: &str, reason: &str) -> serde_json::Value {
-    json!({"type": "anchorlog.erasure", "erased_seq": seq, "erased_by": erased_by, "reason": reason})
+    json!({"type": types::ERASURE, "erased_seq": seq, "erased_by": erased_by, "reason": reason})
 }
 
 /// Event type of the record of an auditor's read of the log.
-pub const AUDIT_ACCESS_TYPE: &str = "anchorlog.audit_access";
+pub const AUDIT_ACCESS_TYPE: &str = types::AUDIT_ACCESS;
 
 /// Most bytes of one parameter value kept in an audit-access record (longer values are cut at a character
 /// boundary and end in `…`), so that one request costs one small, bounded event.
@@ -59,9 +60,9 @@ pub fn audit_access_body(
 }
 
 /// Event type of the record of a start of the appliance.
-pub const START_TYPE: &str = "anchorlog.start";
+pub const START_TYPE: &str = types::START;
 /// Event type of the record of a clean stop of the appliance.
-pub const STOP_TYPE: &str = "anchorlog.stop";
+pub const STOP_TYPE: &str = types::STOP;
 
 /// How the run before this start ended, read from the log itself: a clean stop appends a stop record as the
 /// last event of its run, so any other last event means the previous run ended without one (a crash, a
@@ -94,9 +95,9 @@ impl PreviousRun {
     /// The value recorded in the start record.
     pub fn as_str(self) -> &'static str {
         match self {
-            PreviousRun::NewLog => "new_log",
-            PreviousRun::StoppedCleanly => "stopped_cleanly",
-            PreviousRun::EndedWithoutStopRecord => "ended_without_stop_record",
+            PreviousRun::NewLog => types::PREVIOUS_RUN_NEW_LOG,
+            PreviousRun::StoppedCleanly => types::PREVIOUS_RUN_STOPPED_CLEANLY,
+            PreviousRun::EndedWithoutStopRecord => types::PREVIOUS_RUN_UNCLEAN,
         }
     }
 }
@@ -121,7 +122,7 @@ pub fn stop_body(start_seq: u64, reason: &str) -> serde_json::Value {
 }
 
 /// Event type of the records of a critical control's outage.
-pub const OUTAGE_TYPE: &str = "anchorlog.outage";
+pub const OUTAGE_TYPE: &str = types::OUTAGE;
 
 /// Which edge of an outage a record marks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,8 +143,8 @@ impl OutageState<'_> {
     /// `started` or `ended`.
     pub fn as_str(&self) -> &'static str {
         match self {
-            OutageState::Started { .. } => "started",
-            OutageState::Ended { .. } => "ended",
+            OutageState::Started { .. } => types::OUTAGE_STARTED,
+            OutageState::Ended { .. } => types::OUTAGE_ENDED,
         }
     }
 }
@@ -162,7 +163,7 @@ pub fn outage_body(component: &str, state: &OutageState<'_>, since_ms: i64) -> s
 }
 
 /// Event type of the record of an invalid access attempt.
-pub const ACCESS_DENIED_TYPE: &str = "anchorlog.access_denied";
+pub const ACCESS_DENIED_TYPE: &str = types::ACCESS_DENIED;
 
 /// The body of the event that logs an invalid access attempt (PCI DSS 10.2.1.4): why it was refused (the
 /// answer's error `code`, or `tls_handshake_refused`), what was asked (`endpoint`: method and path, cut to

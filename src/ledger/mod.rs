@@ -10,6 +10,7 @@ pub mod internal;
 pub mod merkle;
 #[cfg(feature = "server")]
 pub mod outage;
+pub mod record_types;
 #[cfg(feature = "server")]
 pub mod sealer;
 #[cfg(feature = "server")]

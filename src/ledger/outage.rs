@@ -141,7 +141,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_a_sink_the_state_is_followed_but_nothing_is_recorded() {
+    async fn without_a_sink_the_outage_state_is_still_followed() {
         let mut r = OutageRecorder::new("tsa", None);
         r.failed("timeout").await;
         assert!(r.in_outage());

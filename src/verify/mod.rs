@@ -8,6 +8,7 @@
 use crate::ledger::entry::{payload_digest, AuthMethod, Entry, EntryFacts};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
+use crate::ledger::record_types as types;
 use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
@@ -320,16 +321,17 @@ impl OwnRecord {
             _ => return Some(OwnRecord::Other),
         };
         let text = |k: &str| v.get(k).and_then(|x| x.as_str());
-        Some(match (text("type"), text("state")) {
-            (Some("anchorlog.start"), _) => OwnRecord::Start {
-                after_unclean_end: text("previous_run") == Some("ended_without_stop_record"),
+        let state = text("state");
+        Some(match text("type") {
+            Some(types::START) => OwnRecord::Start {
+                after_unclean_end: text("previous_run") == Some(types::PREVIOUS_RUN_UNCLEAN),
             },
-            (Some("anchorlog.stop"), _) => OwnRecord::Stop,
-            (Some("anchorlog.outage"), Some("started")) => OwnRecord::OutageStarted,
-            (Some("anchorlog.outage"), Some("ended")) => OwnRecord::OutageEnded,
-            (Some("anchorlog.access_denied"), _) => OwnRecord::AccessDenied,
-            (Some("anchorlog.audit_access"), _) => OwnRecord::AuditAccess,
-            (Some("anchorlog.erasure"), _) => OwnRecord::Erasure,
+            Some(types::STOP) => OwnRecord::Stop,
+            Some(types::OUTAGE) if state == Some(types::OUTAGE_STARTED) => OwnRecord::OutageStarted,
+            Some(types::OUTAGE) if state == Some(types::OUTAGE_ENDED) => OwnRecord::OutageEnded,
+            Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
+            Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
+            Some(types::ERASURE) => OwnRecord::Erasure,
             _ => OwnRecord::Other,
         })
     }

@@ -1,0 +1,28 @@
+//! The names the appliance's own records use on the wire (docs/FORMAT.md §10, §12–15): written by the
+//! appliance (`ledger::internal`) and read back by the verifier (`verify::OwnRecord`), which builds without
+//! the appliance, so they live here, in neither.
+
+/// `type` of an erasure record.
+pub const ERASURE: &str = "anchorlog.erasure";
+/// `type` of an auditor's read of log content.
+pub const AUDIT_ACCESS: &str = "anchorlog.audit_access";
+/// `type` of a start of the appliance.
+pub const START: &str = "anchorlog.start";
+/// `type` of a clean stop of the appliance.
+pub const STOP: &str = "anchorlog.stop";
+/// `type` of an outage edge of a critical control.
+pub const OUTAGE: &str = "anchorlog.outage";
+/// `type` of an invalid access attempt.
+pub const ACCESS_DENIED: &str = "anchorlog.access_denied";
+
+/// `previous_run` of a start record: the log was empty.
+pub const PREVIOUS_RUN_NEW_LOG: &str = "new_log";
+/// `previous_run` of a start record: the last event was a stop record.
+pub const PREVIOUS_RUN_STOPPED_CLEANLY: &str = "stopped_cleanly";
+/// `previous_run` of a start record: the last event was anything else (a crash, a kill, a power loss).
+pub const PREVIOUS_RUN_UNCLEAN: &str = "ended_without_stop_record";
+
+/// `state` of the outage record written at the first failure.
+pub const OUTAGE_STARTED: &str = "started";
+/// `state` of the outage record written at the first success after failures.
+pub const OUTAGE_ENDED: &str = "ended";
