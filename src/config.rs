@@ -546,8 +546,9 @@ impl Config {
         for (i, src) in self.sources.iter().enumerate() {
             let key = format!("source[{i}]");
             validate_name(&src.name).map_err(|problem| invalid(&format!("{key}.name"), problem))?;
-            // `events` is what the generic endpoint records as its source; keep the two apart.
-            if src.name == "events" || !names.insert(src.name.clone()) {
+            // `events` is what the generic endpoint records as its source; keep the two apart. `anchorlog` is the
+            // appliance's own source (its records must never be confused with a producer's).
+            if src.name == "events" || is_reserved_name(&src.name) || !names.insert(src.name.clone()) {
                 return Err(invalid(
                     &format!("{key}.name"),
                     format!("{:?} is reserved or used by another source", src.name),
@@ -641,6 +642,12 @@ impl Config {
         for (i, p) in self.principals.iter().enumerate() {
             let key = format!("principal[{i}]");
             validate_name(&p.name).map_err(|problem| invalid(&format!("{key}.name"), problem))?;
+            if is_reserved_name(&p.name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("{:?} is reserved: the appliance's own records carry that producer name", p.name),
+                ));
+            }
             if !names.insert(p.name.clone()) {
                 return Err(invalid(
                     &format!("{key}.name"),
@@ -705,6 +712,12 @@ pub fn validate_origin(origin: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Whether a principal or source name is the appliance's own (`anchorlog`, any case): the verifier tells the
+/// appliance's records from a producer's by that name, so no producer may carry it.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case(crate::ledger::record_types::APPLIANCE)
 }
 
 /// Checks a principal or source name: it is committed into every entry, so keep it to a safe alphabet.

@@ -201,7 +201,8 @@ fn format_error(e: formats::FormatError) -> ApiError {
         formats::FormatError::MissingField { index, line, field } => {
             json!({"index": index, "line": line, "field": field})
         }
-        formats::FormatError::BadField { index, line, field, .. } => {
+        formats::FormatError::BadField { index, line, field, .. }
+        | formats::FormatError::ReservedType { index, line, field } => {
             json!({"index": index, "line": line, "field": field})
         }
         _ => json!({}),

@@ -6,6 +6,7 @@ use crate::config::Role;
 use crate::formats::Outcome;
 use crate::ledger::appender::AppendError;
 use crate::ledger::internal::{audit_access_body, internal_event};
+use crate::ledger::record_types;
 use crate::store::search::{self as store_search, CursorError, SearchFilter};
 use crate::store::{self, StoreError};
 use crate::tls::{Peer, Principal};
@@ -129,6 +130,12 @@ fn parse(pairs: Vec<(String, String)>, max_limit: usize) -> Result<Request, ApiE
             _ => unreachable!("every name in PARAMETERS is handled"),
         }
         req.given.push((known, value));
+    }
+    // The `anchorlog.` types are the appliance's own records: only its source holds them (producers' look-alikes
+    // are refused at ingest; any stored before that are not the appliance's and must not be found as such).
+    let f = &mut req.filter;
+    if f.event_type.as_deref().is_some_and(record_types::is_reserved_type) && f.source.is_none() {
+        f.source = Some(record_types::APPLIANCE.into());
     }
     if let (Some(s), Some(u)) = (req.filter.since_ms, req.filter.until_ms) {
         if s >= u {

@@ -167,6 +167,7 @@ fn parse_item(body: &[u8], el: &Element<'_>) -> Result<ParsedEvent, FormatError>
     let log_id = source_id(&item, data, ctx)?;
     let event_time_ms = required_rfc3339_ms(data, &["date"], "data.date", ctx)?;
     let code = required_text(data, &["type"], "data.type", ctx)?;
+    ctx.refuse_reserved_type("data.type", &code)?;
     Ok(ParsedEvent {
         raw: el.raw.get().as_bytes().to_vec(),
         source_id: Some(log_id),

@@ -28,6 +28,15 @@ impl Ctx {
     pub fn bad(self, field: &'static str, reason: impl Into<String>) -> FormatError {
         FormatError::BadField { index: self.index, line: self.line, field, reason: reason.into() }
     }
+
+    /// Refuses a type value in the appliance's reserved namespace (`anchorlog.`…): only the appliance writes
+    /// such records, and a producer's look-alike would be read as one by search and by eye.
+    pub fn refuse_reserved_type(self, field: &'static str, value: &str) -> Result<(), FormatError> {
+        if crate::ledger::record_types::is_reserved_type(value) {
+            return Err(FormatError::ReservedType { index: self.index, line: self.line, field });
+        }
+        Ok(())
+    }
 }
 
 /// Follows `path` through nested objects.

@@ -50,10 +50,25 @@ pub fn parse_with(
                 Some(id) => Some(check_source_id(id, "id", el.ctx())?),
                 None => None,
             };
+            refuse_reserved_types(&obj, el.ctx())?;
             let fields = if normalize { self::normalize(&obj) } else { NormalizedFields::default() };
             Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields })
         })
         .collect()
+}
+
+/// Every key that can give the event's type (the module docs' table), whichever one wins the normalization.
+const TYPE_KEYS: [&str; 5] = ["type", "event_type", "eventType", "action", "event"];
+
+/// Refuses an event whose type keys name the appliance's reserved namespace. Checked on every key, with
+/// search on or off: the stored body is what a reader (and a re-derivation) sees.
+fn refuse_reserved_types(obj: &Obj, ctx: fields::Ctx) -> Result<(), FormatError> {
+    for key in TYPE_KEYS {
+        if let Some(Value::String(v)) = obj.get(key) {
+            ctx.refuse_reserved_type(key, v)?;
+        }
+    }
+    Ok(())
 }
 
 /// Which normalized field a key feeds.

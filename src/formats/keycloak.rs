@@ -76,6 +76,8 @@ fn user_fields(
     ctx: fields::Ctx,
 ) -> Result<NormalizedFields, FormatError> {
     let raw_type = required_text(obj, &[type_field], type_field, ctx)?;
+    ctx.refuse_reserved_type(type_field, raw_type.strip_prefix("access.").unwrap_or(&raw_type))?;
+    ctx.refuse_reserved_type(type_field, &raw_type)?;
     let event_time_ms = required_epoch_ms(obj, &["time"], "time", ctx)?;
     let has_error = text(obj, &["error"]).is_some();
     // vymalo admin events carry no operationType; user events never have a resourcePath.

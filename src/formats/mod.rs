@@ -210,6 +210,20 @@ pub enum FormatError {
         /// What is wrong and what was expected.
         reason: String,
     },
+    /// A type field begins with `anchorlog.`, the namespace of the appliance's own records.
+    #[error(
+        "{} has a `{field}` beginning with \"anchorlog.\": that namespace is reserved for the appliance's own \
+         records; rename the event type",
+        at(*index, *line)
+    )]
+    ReservedType {
+        /// 0-based event index.
+        index: usize,
+        /// 1-based NDJSON line, for line-framed bodies.
+        line: Option<usize>,
+        /// The field holding the type.
+        field: &'static str,
+    },
     /// Valid JSON, but not the format configured for this source.
     #[error("the body is not a {expected} payload: {detail}; check the format configured for this source")]
     WrongFormat {
@@ -240,6 +254,7 @@ impl FormatError {
             FormatError::NotAnObject { .. } => "not_an_object",
             FormatError::MissingField { .. } => "missing_field",
             FormatError::BadField { .. } => "bad_field",
+            FormatError::ReservedType { .. } => "reserved_type",
             FormatError::WrongFormat { .. } => "wrong_format",
         }
     }
@@ -255,7 +270,8 @@ impl FormatError {
             FormatError::NoEvents
             | FormatError::NotAnObject { .. }
             | FormatError::MissingField { .. }
-            | FormatError::BadField { .. } => 422,
+            | FormatError::BadField { .. }
+            | FormatError::ReservedType { .. } => 422,
         }
     }
 }

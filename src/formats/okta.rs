@@ -117,6 +117,7 @@ fn parse_event(body: &[u8], el: &Element<'_>, realm: Option<&str>) -> Result<Par
     let uuid = check_source_id(required_text(&obj, &["uuid"], "uuid", ctx)?, "uuid", ctx)?;
     let event_time_ms = required_rfc3339_ms(&obj, &["published"], "published", ctx)?;
     let event_type = required_text(&obj, &["eventType"], "eventType", ctx)?;
+    ctx.refuse_reserved_type("eventType", &event_type)?;
     let fields = NormalizedFields {
         event_time_ms: Some(event_time_ms),
         event_type: Some(event_type),

@@ -9,7 +9,7 @@ use rand::RngCore as _;
 use serde_json::json;
 
 /// Producer, source and format name of the appliance's own events.
-pub const INTERNAL: &str = "anchorlog";
+pub const INTERNAL: &str = types::APPLIANCE;
 
 /// An event of the appliance's own source with `body` as its payload.
 pub fn internal_event(body: &serde_json::Value) -> NewEvent {

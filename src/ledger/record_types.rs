@@ -2,6 +2,21 @@
 //! appliance (`ledger::internal`) and read back by the verifier (`verify::OwnRecord`), which builds without
 //! the appliance, so they live here, in neither.
 
+/// Producer, source and format name of the appliance's own records (auth `internal`). No principal or source
+/// may carry it (config validation), and a record counts as the appliance's only when all four say so.
+pub const APPLIANCE: &str = "anchorlog";
+/// Prefix of every appliance record `type`. Producers' events whose type begins with it are refused at
+/// ingest, so a search or a reader can never mistake a producer's event for the appliance's.
+pub const RESERVED_TYPE_PREFIX: &str = "anchorlog.";
+
+/// Whether an event type lies in the appliance's reserved namespace (ASCII case-insensitive, so
+/// `Anchorlog.Start` cannot pass for a harmless look-alike either).
+pub fn is_reserved_type(event_type: &str) -> bool {
+    event_type.len() >= RESERVED_TYPE_PREFIX.len()
+        && event_type.as_bytes()[..RESERVED_TYPE_PREFIX.len()]
+            .eq_ignore_ascii_case(RESERVED_TYPE_PREFIX.as_bytes())
+}
+
 /// `type` of an erasure record.
 pub const ERASURE: &str = "anchorlog.erasure";
 /// `type` of an auditor's read of log content.
