@@ -173,7 +173,7 @@ pub fn prepare(state_dir: &Path, listen: &str) -> Result<PathBuf, DevError> {
     let config = Config::parse(&config_text)?;
     if !state_dir.join("keys").join(keys::PUBLIC_KEY_FILE).exists() {
         let mut signer = keys::open(&config)?;
-        keys::export(signer.as_mut(), "anchorlog dev head signer", &state_dir.join("keys"))?;
+        keys::export(signer.as_mut(), &config.origin, &state_dir.join("keys"))?;
     }
     Ok(config_path)
 }

@@ -257,8 +257,7 @@ pub fn prepare(state_dir: &Path, listen: &str, tcti: &str) -> Result<PathBuf, De
             return Err(DevTpmError::OtherKey { pem, handle: DEV_TPM_HANDLE, dir: state_dir.to_path_buf() });
         }
     } else {
-        keys::export(signer.as_mut(), "anchorlog dev head signer (TPM)", &state_dir.join("keys"))
-            .map_err(DevError::from)?;
+        keys::export(signer.as_mut(), &config.origin, &state_dir.join("keys")).map_err(DevError::from)?;
     }
     Ok(config_path)
 }

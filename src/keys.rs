@@ -200,13 +200,13 @@ fn attributes_json(a: &crate::signer::pkcs11::KeyAttributes) -> serde_json::Valu
     })
 }
 
-/// Writes `signer.pem` (public key) and `signer.crt` (certificate self-signed by the device key) into `dir`;
-/// returns the key id.
-pub fn export(signer: &mut dyn HeadSigner, common_name: &str, dir: &Path) -> Result<String, KeysError> {
+/// Writes `signer.pem` (public key) and `signer.crt` (certificate self-signed by the device key, naming the
+/// log's `origin`) into `dir`; returns the key id.
+pub fn export(signer: &mut dyn HeadSigner, origin: &str, dir: &Path) -> Result<String, KeysError> {
     let spki = signer.public_key_spki_der();
-    let cert = x509::self_signed_certificate(
+    let cert = x509::log_signer_certificate(
         &spki,
-        common_name,
+        origin,
         std::time::SystemTime::now(),
         CERTIFICATE_DAYS,
         &mut |tbs: &[u8]| signer.sign(tbs),

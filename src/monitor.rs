@@ -10,7 +10,8 @@
 //! Exit codes (distinct so that alerting can tell them apart): 0 consistent, 1 could not run (network, files),
 //! 3 the latest head is malformed or its signature does not verify, 4 rollback (the appliance shows an older
 //! or smaller head than one already seen), 5 fork (a different head at a height already seen, or another
-//! origin), 6 the consistency proof does not verify.
+//! origin), 6 the consistency proof does not verify, 7 stale (with `--max-age`: the latest head is older than
+//! that — the log stopped advancing; a frozen appliance serves a valid, consistent, old head forever).
 
 use crate::client::Connection;
 use crate::ledger::head::Checkpoint;
@@ -30,6 +31,8 @@ pub const EXIT_ROLLBACK: u8 = 4;
 pub const EXIT_FORK: u8 = 5;
 /// Exit code: bad consistency proof.
 pub const EXIT_BAD_PROOF: u8 = 6;
+/// Exit code: the latest head is older than `--max-age`.
+pub const EXIT_STALE: u8 = 7;
 
 /// What the monitor remembers between runs: the last head it accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +122,17 @@ pub enum AuditError {
         /// Why.
         reason: String,
     },
+    /// The latest head is older than allowed: the log stopped advancing (an idle log still seals a heartbeat
+    /// head every minute).
+    #[error("stale: the latest head (height {height}) was sealed {age_s} s ago, more than the allowed {max_s} s; the appliance stopped sealing or serves a frozen copy")]
+    Stale {
+        /// Its height.
+        height: u64,
+        /// Its age, seconds.
+        age_s: i64,
+        /// The allowed age, seconds.
+        max_s: u64,
+    },
 }
 
 impl AuditError {
@@ -130,6 +144,7 @@ impl AuditError {
             AuditError::Rollback { .. } => EXIT_ROLLBACK,
             AuditError::Fork { .. } => EXIT_FORK,
             AuditError::BadProof { .. } => EXIT_BAD_PROOF,
+            AuditError::Stale { .. } => EXIT_STALE,
         }
     }
 }
@@ -291,8 +306,42 @@ pub fn save_state(path: &Path, state: &MonitorState) -> Result<(), AuditError> {
     std::fs::rename(&tmp, path).map_err(|e| io(format!("{}: {e}", path.display())))
 }
 
+/// What a run requires beyond consistency.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// The log's origin (`--origin`, else the one the signer's certificate names): the latest head, and so
+    /// every head seen, must carry it; another origin is a fork (exit 5).
+    pub origin: Option<String>,
+    /// The latest head must be younger than this (`--max-age`); an older one fails with exit 7 after the
+    /// state was updated (the log is consistent, only not advancing).
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// Parses a duration such as `300`, `90s`, `5m`, `2h` or `1d` (one number, one optional unit).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with an optional unit s, m, h or d, e.g. 5m"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use s, m, h or d, e.g. 5m")),
+    };
+    n.checked_mul(factor).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+}
+
 /// One monitor run: fetch, check, judge against `state_file`, and store the new state on success.
-pub async fn run(target: &Target, signer: &PublicKey, state_file: &Path) -> Result<Outcome, AuditError> {
+pub async fn run(
+    target: &Target,
+    signer: &PublicKey,
+    state_file: &Path,
+    expect: &Expect,
+) -> Result<Outcome, AuditError> {
     let prev = load_state(state_file)?;
     let tls = crate::tls::client_config(&target.ca, &target.cert, &target.key).map_err(io)?;
     let (addr, host) = resolve(&target.url)?;
@@ -303,6 +352,12 @@ pub async fn run(target: &Target, signer: &PublicKey, state_file: &Path) -> Resu
     }
     let latest_served = served(&v)?;
     let latest = check_head(&latest_served, signer)?;
+    if let Some(origin) = expect.origin.as_deref().filter(|o| *o != latest.origin) {
+        return Err(AuditError::Fork {
+            height: latest.height,
+            reason: format!("origin {:?} is not the expected {origin:?}", latest.origin),
+        });
+    }
     let (mut old_now, mut proof) = (None, None);
     if let Some(p) = prev.as_ref().filter(|p| latest.height > p.height && latest.tree_size >= p.tree_size) {
         let (status, v) = get_json(&mut conn, &format!("/v1/heads/{}", p.height)).await?;
@@ -328,6 +383,16 @@ pub async fn run(target: &Target, signer: &PublicKey, state_file: &Path) -> Resu
     let (state, outcome) =
         judge(prev.as_ref(), &latest, &latest_served.checkpoint, old_now.as_deref(), proof.as_deref())?;
     save_state(state_file, &state)?;
+    if let Some(max) = expect.max_age {
+        let age_ms = crate::store::now_ms().saturating_sub(latest.time_ms);
+        if age_ms > i64::try_from(max.as_millis()).unwrap_or(i64::MAX) {
+            return Err(AuditError::Stale {
+                height: latest.height,
+                age_s: age_ms / 1000,
+                max_s: max.as_secs(),
+            });
+        }
+    }
     Ok(outcome)
 }
 
@@ -377,6 +442,17 @@ mod tests {
         }
         fn proof(&self, old: u64) -> Vec<Hash> {
             merkle::consistency_proof(old, &self.leaves).unwrap()
+        }
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        use std::time::Duration;
+        for (t, s) in [("300", 300), ("2s", 2), ("5m", 300), ("2h", 7200), ("1d", 86_400)] {
+            assert_eq!(parse_duration(t), Ok(Duration::from_secs(s)), "{t}");
+        }
+        for t in ["", "m", "5x", "-1s", "1.5m"] {
+            assert!(parse_duration(t).is_err(), "{t}");
         }
     }
 

@@ -8,7 +8,8 @@ use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Hash};
 use crate::signer::PublicKey;
 use crate::store::erasure::ErasureRecord;
-use crate::store::{self, StoreError, StoredEvent, StoredHead};
+use crate::store::{self, StoreError, StoredEvent};
+use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::{check_event, Failure};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 /// `format` of a receipt.
 pub const RECEIPT_FORMAT: &str = "anchorlog-receipt";
-/// `version` of a receipt.
-pub const RECEIPT_VERSION: u64 = 1;
+/// `version` of a receipt this build writes; it reads versions 1 and 2. 2: an erased event's receipt carries
+/// the appliance's erasure record with its proofs (`erasure_record`), without which it does not verify.
+pub const RECEIPT_VERSION: u64 = 2;
 
 /// The signed head a receipt proves inclusion under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +58,13 @@ pub struct Receipt {
     pub salt: Option<String>,
     /// Base64 body, `null` once erased.
     pub body: Option<String>,
-    /// The erasure record of an erased event.
+    /// The erasure row of an erased event (who, when, why, and the seq of its record).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erasure: Option<ErasureRecord>,
+    /// The appliance's erasure record of an erased event, with its inclusion under a signed head and that
+    /// head's consistency with `head` (docs/FORMAT.md §10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erasure_record: Option<ErasureRecordProof>,
     /// The signed head.
     pub head: ReceiptHead,
     /// Base64 RFC 9162 inclusion proof of leaf `seq` in the tree of size `head.tree_size`.
@@ -79,36 +85,19 @@ pub enum ReceiptError {
     Store(#[from] StoreError),
 }
 
-/// The earliest head whose tree covers `seq` (binary search over heights: tree sizes never decrease).
-fn covering_head(conn: &Connection, seq: u64) -> Result<Option<StoredHead>, StoreError> {
-    let Some(last) = store::last_head(conn)? else { return Ok(None) };
-    if last.tree_size <= seq {
-        return Ok(None);
-    }
-    let (mut lo, mut hi, mut best) = (0u64, last.height, last);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let h = store::head(conn, mid)?.ok_or(StoreError::Corrupt {
-            table: "heads",
-            key: mid,
-            problem: "missing head".into(),
-        })?;
-        if h.tree_size > seq {
-            hi = mid;
-            best = h;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    Ok(Some(best))
-}
-
 /// Builds the receipt of event `seq` from the database (`O(log n)` reads).
 pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
     let ev = store::event(conn, seq)?.ok_or(ReceiptError::NoSuchEvent(seq))?;
-    let head = covering_head(conn, seq)?.ok_or(ReceiptError::NotSealed(seq))?;
+    let head = store::covering_head(conn, seq)?.ok_or(ReceiptError::NotSealed(seq))?;
     let proof = store::tree::inclusion_proof(conn, seq, head.tree_size)?;
     let erasure = if ev.body.is_none() { store::erasure::erasure(conn, seq)? } else { None };
+    let erasure_record = match &erasure {
+        Some(e) => Some(
+            crate::bundle::export::erasure_record_proof(conn, seq, e.erasure_seq, head.tree_size)?
+                .ok_or(ReceiptError::NotSealed(e.erasure_seq))?,
+        ),
+        None => None,
+    };
     // The head's token when it already has one (the timestamper may still be back-filling it).
     let token = store::timestamp(conn, head.height)?.map(|t| B64.encode(t.response));
     Ok(Receipt {
@@ -120,6 +109,7 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
         salt: ev.salt.as_ref().map(|s| B64.encode(s)),
         body: ev.body.as_ref().map(|b| B64.encode(b)),
         erasure,
+        erasure_record,
         head: ReceiptHead {
             height: head.height,
             tree_size: head.tree_size,
@@ -167,11 +157,22 @@ pub fn verify_with(
     key: &PublicKey,
     tsa: Option<&TimestampPolicy>,
 ) -> Result<ReceiptReport, Failure> {
+    verify_pinned(r, key, None, tsa)
+}
+
+/// [`verify_with`], and the head must carry `origin` when given (the auditor's log, not another one signed
+/// by the same key).
+pub fn verify_pinned(
+    r: &Receipt,
+    key: &PublicKey,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+) -> Result<ReceiptReport, Failure> {
     let seq = r.seq;
-    if r.format != RECEIPT_FORMAT || r.version != RECEIPT_VERSION {
+    if r.format != RECEIPT_FORMAT || !(1..=RECEIPT_VERSION).contains(&r.version) {
         return Err(Failure::EntryMalformed {
             seq,
-            reason: format!("not a {RECEIPT_FORMAT} v{RECEIPT_VERSION}"),
+            reason: format!("not a {RECEIPT_FORMAT} of version 1 to {RECEIPT_VERSION}"),
         });
     }
     let leaf = <[u8; 32]>::try_from(b64(&r.leaf_hash, seq, "leaf_hash")?)
@@ -193,6 +194,9 @@ pub fn verify_with(
             reason: "head fields disagree with the checkpoint".into(),
         });
     }
+    if let Some(expected) = origin.filter(|o| *o != cp.origin) {
+        return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.into() });
+    }
     let sig = B64.decode(&r.head.signature).unwrap_or_default();
     if !key.verify(r.head.checkpoint.as_bytes(), &sig) {
         return Err(Failure::BadSignature { height, key_id: key.key_id.clone() });
@@ -205,6 +209,21 @@ pub fn verify_with(
         .ok_or(Failure::InclusionProofInvalid { seq, height })?;
     merkle::verify_inclusion(seq, cp.tree_size, &leaf, &proof, &cp.root)
         .map_err(|_| Failure::InclusionProofInvalid { seq, height })?;
+    if erased {
+        // The payload is gone: only the appliance's signed erasure record of this very event accounts for it.
+        let named = r.erasure.as_ref().map(|e| e.erasure_seq);
+        let record =
+            r.erasure_record.as_ref().filter(|p| p.erased_seq == seq && named.is_none_or(|e| e == p.seq));
+        let Some(record) = record else {
+            return Err(match (named, &r.erasure_record) {
+                (Some(e), None) => Failure::ErasureRecordMissing { seq, erasure_seq: e },
+                (_, Some(p)) => Failure::ErasureRecordMismatch { seq, erasure_seq: p.seq },
+                (None, None) => Failure::UnrecordedErasure { seq },
+            });
+        };
+        let anchor = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
+        check_erasure_record_proof(record, &anchor, key)?;
+    }
     let timestamp = match tsa {
         Some(policy) => {
             let der = match &r.head.timestamp_token {
@@ -220,7 +239,9 @@ pub fn verify_with(
                 sealed_at_ms: cp.time_ms,
                 response: der.as_deref(),
             };
-            Some(verify_head_tokens([head], policy)?)
+            // A receipt carries no outage records: a late token fails here; the bundle of its range shows
+            // whether the log recorded an outage around it.
+            Some(verify_head_tokens([head], policy, &[])?)
         }
         None => None,
     };

@@ -400,7 +400,14 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState,
     let started = std::time::Instant::now();
     let result = tokio::task::spawn_blocking(move || {
         let conn = store::open_reader(&db)?;
-        verify::verify_database(&conn, &key, Some(&origin))
+        // An erasure record not sealed yet (a crash right after an erasure) is accepted here only: this start
+        // seals it next. Every auditor's verification requires it under a signed head.
+        let opts = verify::WalkOptions {
+            origin: Some(&origin),
+            allow_unsealed_erasure_records: true,
+            ..verify::WalkOptions::default()
+        };
+        verify::verify_database_with(&conn, &key, opts)
     })
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))?;

@@ -6,7 +6,7 @@ mod common;
 
 use anchorlog::bundle;
 use anchorlog::ledger::merkle::{self, Frontier, Hash};
-use anchorlog::store::{self, erasure::ErasureRecord};
+use anchorlog::store;
 use anchorlog::verify::{self, VerifyError};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -78,49 +78,6 @@ fn stored_nodes_serve_every_proof_and_the_frontier() {
     assert!(err.contains("leaf index 9 is out of range for a tree of size 5"), "{err}");
 }
 
-fn erasure_event(b: &mut LogBuilder<'_>) -> u64 {
-    // The appliance's own event (producer/source/format anchorlog) that logs an erasure.
-    let seq = store::event_count(&b.conn).unwrap();
-    let entry = anchorlog::ledger::entry::Entry {
-        seq,
-        received_at_ns: 5,
-        producer: "anchorlog".into(),
-        source: "anchorlog".into(),
-        auth: anchorlog::ledger::entry::AuthMethod::Internal,
-        format: "anchorlog".into(),
-        source_id: None,
-        payload_sha256: anchorlog::ledger::entry::payload_digest(&[1; 32], b"{}"),
-    }
-    .to_canonical_json();
-    let leaf = merkle::leaf_hash(&entry);
-    store::insert_event(
-        &b.conn,
-        &store::EventRow {
-            seq,
-            received_at_ns: 5,
-            producer: "anchorlog",
-            source: "anchorlog",
-            format: "anchorlog",
-            source_id: None,
-            entry: &entry,
-            leaf_hash: &leaf,
-            salt: &[1; 32],
-            body: b"{}",
-        },
-    )
-    .unwrap();
-    let mut done = Vec::new();
-    b.frontier.push_with(leaf, |s, l, h| {
-        if l > 1 {
-            done.push((s, l, *h))
-        }
-    });
-    for (s, l, h) in done {
-        store::tree::insert_node(&b.conn, s, l, &h).unwrap();
-    }
-    seq
-}
-
 #[test]
 fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
@@ -130,43 +87,58 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     b.head();
     b.events(4);
     let refused = |conn: &rusqlite::Connection, sql: &str| conn.execute(sql, []).unwrap_err().to_string();
+    let row_refused = "an erasure row is only written with its erasure record";
     // Without an erasure record: refused.
     let e = refused(&b.conn, "UPDATE events SET body = NULL, salt = NULL WHERE seq = 1");
     assert!(e.contains("events are append-only (only a recorded erasure may clear body and salt)"), "{e}");
-    // A record without a logged erasure event: refused.
+    // An erasures row inserted by hand, naming a later event that is not an erasure record: refused.
     let e = refused(
         &b.conn,
         "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, 3, 'x', 'r', 0)",
     );
-    assert!(e.contains("an erasure needs a present payload and a logged erasure event"), "{e}");
-    let logged = erasure_event(&mut b);
-    assert_eq!(logged, 4);
-    let rec = ErasureRecord {
-        seq: 1,
-        erasure_seq: 4,
-        erased_by: "admin-1".into(),
-        reason: "art. 17".into(),
-        erased_at_ms: 9,
-    };
-    // With the record, clearing anything but body and salt together is still refused.
-    b.conn
-        .execute(
-            "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, 4, 'admin-1', 'art. 17', 9)",
-            [],
-        )
-        .unwrap();
+    assert!(e.contains(row_refused), "{e}");
+    // Nor an appliance record of another type, an erasure record of another event, or one that is sealed or
+    // not the newest event (an old genuine record cannot be re-used for a second, silent erasure).
+    let start = b.appliance_event(br#"{"type":"anchorlog.start"}"#);
+    let other = b.appliance_event(br#"{"type":"anchorlog.erasure","erased_seq":2}"#);
+    let this = b.appliance_event(br#"{"type":"anchorlog.erasure","erased_seq":1}"#);
+    b.events(1);
+    for e_seq in [start, other, this] {
+        let sql = format!(
+            "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, {e_seq}, 'x', 'r', 0)"
+        );
+        assert!(refused(&b.conn, &sql).contains(row_refused), "record {e_seq}");
+    }
+    let newest = b.appliance_event(br#"{"type":"anchorlog.erasure","erased_seq":1}"#);
+    b.head();
+    let sql = format!(
+        "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES (1, {newest}, 'x', 'r', 0)"
+    );
+    assert!(refused(&b.conn, &sql).contains(row_refused), "a record already covered by a head");
+    // The appliance's own records cannot be erased, even with a matching record.
+    let own = b.appliance_event(format!(r#"{{"type":"anchorlog.erasure","erased_seq":{start}}}"#).as_bytes());
+    let sql = format!(
+        "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES ({start}, {own}, 'x', 'r', 0)"
+    );
+    assert!(refused(&b.conn, &sql).contains(row_refused), "an appliance record");
+    // The genuine erasure: record and row in one transaction.
+    let logged = b.erase(1, "admin-1", "art. 17");
+    let rec = store::erasure::erasure(&b.conn, 1).unwrap().unwrap();
+    assert_eq!(
+        (rec.seq, rec.erasure_seq, rec.erased_by.as_str(), rec.reason.as_str()),
+        (1, logged, "admin-1", "art. 17")
+    );
+    // With the record, clearing anything else is still refused.
     for sql in [
-        "UPDATE events SET body = NULL WHERE seq = 1",
-        "UPDATE events SET body = x'00', salt = NULL WHERE seq = 1",
-        "UPDATE events SET body = NULL, salt = NULL, producer = 'mallory' WHERE seq = 1",
-        "UPDATE events SET body = NULL, salt = NULL, entry = x'00' WHERE seq = 1",
+        "UPDATE events SET body = NULL WHERE seq = 2",
+        "UPDATE events SET body = x'00', salt = NULL WHERE seq = 2",
+        "UPDATE events SET producer = 'mallory' WHERE seq = 1",
+        "UPDATE events SET entry = x'00' WHERE seq = 1",
         "UPDATE events SET body = NULL, salt = NULL WHERE seq = 2",
     ] {
         let e = refused(&b.conn, sql);
         assert!(e.contains("events are append-only"), "{sql}: {e}");
     }
-    b.conn.execute("UPDATE events SET body = NULL, salt = NULL WHERE seq = 1", []).unwrap();
-    assert_eq!(store::erasure::erasure(&b.conn, 1).unwrap(), Some(rec));
     // Once only: the payload is gone, a second record and a second update are refused.
     let e = refused(&b.conn, "UPDATE events SET body = NULL, salt = NULL WHERE seq = 1");
     assert!(e.contains("events are append-only"), "{e}");
@@ -176,10 +148,16 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     assert!(e.contains("erasure records are append-only"), "{e}");
     let e = refused(&b.conn, "UPDATE nodes SET hash = zeroblob(32)");
     assert!(e.contains("tree nodes are append-only"), "{e}");
-    // The tree is unchanged: the log, including the erased event, verifies; the erasure is counted.
+    // Until a head covers the record, an auditor's verification fails at the erased event; the appliance's
+    // own start-up accepts it (it seals the record next).
+    let f = verify::verify_database(&b.conn, &key.public, None).unwrap_err();
+    assert_eq!(f.to_string(), format!("verification failed: event seq 1: its erasure record (event seq {logged}) is not covered by a signed head yet; if the appliance is running, verify again after the next seal"));
+    let opts = verify::WalkOptions { allow_unsealed_erasure_records: true, ..verify::WalkOptions::default() };
+    verify::verify_database_with(&b.conn, &key.public, opts).unwrap();
+    // Sealed: the log, including the erased event, verifies; the erasure is counted.
     b.head();
     let r = verify::verify_database(&b.conn, &key.public, Some(common::ORIGIN)).unwrap();
-    assert_eq!((r.events, r.erased, r.heads), (5, 1, 2));
+    assert_eq!((r.events, r.erased, r.heads, r.appliance.erasures), (11, 1, 3, 5));
     // And the export shows the event as erased, with its record.
     let tar = dir.path().join("b.tar");
     export_file(&b.conn, 0, 1, &tar);
@@ -188,8 +166,11 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
         serde_json::from_str(String::from_utf8(lines).unwrap().lines().nth(1).unwrap()).unwrap();
     assert_eq!(line1["body"], serde_json::Value::Null);
     assert_eq!(line1["salt"], serde_json::Value::Null);
-    assert_eq!(line1["erasure"]["erasure_seq"], 4);
+    assert_eq!(line1["erasure"]["erasure_seq"], logged);
     assert_eq!(line1["erasure"]["reason"], "art. 17");
+    // Heads 0..=1 end before the record: the bundle carries it with its proofs.
+    let proofs = String::from_utf8(read_member(&tar, "erasure-records.jsonl")).unwrap();
+    assert_eq!(proofs.lines().count(), 1, "{proofs}");
     bundle::verify_bundle(&tar, &key.public, None).unwrap();
 }
 
@@ -646,7 +627,8 @@ fn receipts_prove_one_event_offline_and_fail_when_touched() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "OK: event seq 17 is in anchorlog.test/audit at head height 2 (tree size 20)"
+        "OK: event seq 17 is in anchorlog.test/audit at head height 2 (tree size 20)\n  origin:   \
+         anchorlog.test/audit (from the log itself)"
     );
     assert_eq!(run(&serde_json::to_string(&body).unwrap()).status.code(), Some(3));
     assert_eq!(run("{").status.code(), Some(1));
@@ -677,9 +659,10 @@ impl OpensslTsa {
 
     fn policy(&self, require: bool) -> verify::timestamps::TimestampPolicy {
         verify::timestamps::TimestampPolicy {
-            anchors: anchorlog::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
-            max_skew: std::time::Duration::from_secs(300),
             require,
+            ..verify::timestamps::TimestampPolicy::new(
+                anchorlog::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
+            )
         }
     }
 
@@ -879,7 +862,7 @@ fn an_altered_token_in_the_database_is_named_at_its_height() {
     tsa.stamp_heads(&db, 0..=5);
     let p = tsa.policy(true);
     let conn = store::open_reader(&db).unwrap();
-    let r = verify::timestamps::verify_timestamps(&conn, &p.anchors, p.max_skew, true).unwrap();
+    let r = verify::timestamps::verify_timestamps(&conn, &p, &[]).unwrap();
     assert_eq!((r.verified, r.missing_count), (6, 0));
     // One byte inside head 4's TSA signature flipped.
     let bad = db.with_file_name("bad-token.db");
@@ -895,7 +878,7 @@ fn an_altered_token_in_the_database_is_named_at_its_height() {
     let c = store::open_reader(&bad).unwrap();
     // The events and heads are untouched: only the token check fails, at height 4.
     verify::verify_database(&c, &key.public, None).unwrap();
-    match verify::timestamps::verify_timestamps(&c, &p.anchors, p.max_skew, false) {
+    match verify::timestamps::verify_timestamps(&c, &tsa.policy(false), &[]) {
         Err(VerifyError::Invalid(f)) => {
             assert_eq!(f.location(), ("height", 4), "{f}");
             assert!(f.to_string().starts_with("head height 4: time-stamp token does not verify"), "{f}");

@@ -3,9 +3,14 @@
 
 Uses only the Python standard library (tarfile, json, hashlib, base64) and the `openssl` command line for
 ECDSA signatures and RFC 3161 tokens.
-Usage: verify_bundle.py BUNDLE.tar SIGNER.pem [--tsa-ca TSA-CA.pem [--require-timestamps]]
-With --tsa-ca every heads/<h>.tsr is checked with `openssl ts -verify` and its genTime against the head's
-seal time (at most 300 s earlier); a head without a token is listed, or fails with --require-timestamps.
+Usage: verify_bundle.py BUNDLE.tar SIGNER.pem [--origin ORIGIN] [--tsa-ca TSA-CA.pem [--require-timestamps]
+       [--max-timestamp-delay SECONDS]]
+Every head must carry ORIGIN (default: the manifest's). An erased payload verifies only with the appliance's
+erasure record naming it, in entries.jsonl under a head of the bundle, or in erasure-records.jsonl with its
+inclusion and consistency proofs. With --tsa-ca every heads/<h>.tsr is checked with `openssl ts -verify`, its
+genTime against the head's seal time (at most 300 s earlier, at most SECONDS later — default 600 — unless the
+log records a timestamping outage around the head), and genTimes must not go backwards along the chain; a head
+without a token is listed, or fails with --require-timestamps.
 Exit codes: 0 the bundle verifies, 3 it does not (the first bad seq or height is printed), 1 unreadable input.
 """
 import base64
@@ -33,6 +38,85 @@ def leaf_hash(entry):
 
 def node_hash(left, right):
     return sha256(b"\x01" + left + right)
+
+
+APPLIANCE = "anchorlog"
+
+
+def is_appliance_entry(entry):
+    """The appliance's own records: producer, source and format `anchorlog`, auth `internal` (FORMAT.md §1)."""
+    return entry.get("auth") == "internal" and all(entry.get(k) == APPLIANCE for k in ("producer", "source", "format"))
+
+
+def appliance_body(entry, body_b64):
+    """The JSON body of an appliance record, or None for anything else."""
+    if body_b64 is None or not is_appliance_entry(entry):
+        return None
+    try:
+        body = json.loads(base64.b64decode(body_b64))
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def largest_power_of_two_below(n):
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def verify_inclusion(index, size, leaf, proof, root):
+    """RFC 9162 §2.1.3.2."""
+    if index >= size:
+        return False
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(old_size, new_size, old_root, new_root, proof):
+    """RFC 9162 §2.1.4.2 (with old == new: equal roots and an empty proof)."""
+    if old_size > new_size:
+        return False
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    if old_size == 0:
+        return not proof
+    if old_size & (old_size - 1) == 0:
+        proof = [old_root] + list(proof)
+    if not proof:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return fr == old_root and sr == new_root and sn == 0
 
 
 class Frontier:
@@ -92,6 +176,7 @@ def signature_ok(key, text, sig):
 
 
 MAX_SKEW = datetime.timedelta(seconds=300)
+MAX_DELAY = datetime.timedelta(seconds=600)
 
 
 def token_problem(text, tsr, ca):
@@ -117,7 +202,12 @@ def token_problem(text, tsr, ca):
     return "no genTime in the token"
 
 
-def check_token(height, text, tsr, ca):
+def utc_ms(ms):
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+
+
+def check_token(height, text, tsr, ca, previous, outages, max_delay):
+    """Checks one token; `previous` is (height, genTime) of the last checked token. Returns its genTime."""
     sealed = parse_checkpoint(height, text.decode("utf-8"))["time"]
     sealed = datetime.datetime.strptime(sealed[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
     got = token_problem(text, tsr, ca)
@@ -126,6 +216,21 @@ def check_token(height, text, tsr, ca):
     # genTime is truncated to the second here, the seal time too: compare with one second of slack.
     if got + datetime.timedelta(seconds=1) < sealed - MAX_SKEW:
         raise Invalid("head height %d: time-stamp token is older than the head" % height)
+    if previous is not None and got + datetime.timedelta(seconds=1) < previous[1] - MAX_SKEW:
+        raise Invalid("head height %d: its token's genTime is earlier than head height %d's" % (height, previous[0]))
+    if got - sealed > max_delay + datetime.timedelta(seconds=1):
+        # Excused only inside a timestamping outage the log records (FORMAT.md §6).
+        excused = False
+        for since, end in outages:
+            began = utc_ms(since) - max_delay <= sealed + datetime.timedelta(seconds=1)
+            if end is None:
+                excused = excused or began
+            else:
+                excused = excused or (began and sealed <= utc_ms(end) and got <= utc_ms(end) + max_delay)
+        if not excused:
+            raise Invalid("head height %d: its token was issued %d s after the head's seal time, with no recorded "
+                          "timestamping outage around it" % (height, (got - sealed).total_seconds()))
+    return got
 
 
 def canonical(obj):
@@ -157,15 +262,49 @@ class Chain:
         return cp
 
 
-def verify(bundle, key, tsa_ca=None, require_timestamps=False):
+def check_erasure_record(rec, key, origin, last_height, last_size, last_root):
+    """An erasure record carried in erasure-records.jsonl (FORMAT.md §8): the appliance's record of its event,
+    in a signed head at or after the bundle's last one, which extends that last head."""
+    erased, seq = rec["erased_seq"], rec["seq"]
+    bad = Invalid("event seq %d: its erasure record (seq %d) is not the appliance's record of it" % (erased, seq))
+    entry_bytes = rec["entry"].encode("utf-8")
+    entry = json.loads(entry_bytes)
+    if seq <= erased or entry.get("seq") != seq or canonical(entry) != entry_bytes:
+        raise bad
+    payload = base64.b64decode(rec["salt"]) + base64.b64decode(rec["body"])
+    if hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
+        raise bad
+    body = appliance_body(entry, rec["body"])
+    if body is None or body.get("type") != "anchorlog.erasure" or body.get("erased_seq") != erased:
+        raise bad
+    h = rec["head"]
+    text = h["checkpoint"].encode("utf-8")
+    cp = parse_checkpoint(h["height"], h["checkpoint"])
+    if cp["height"] != h["height"] or cp["origin"] != origin or h["height"] < last_height or cp["tree_size"] <= seq:
+        raise Invalid("head height %d: does not prove erasure record seq %d" % (h["height"], seq))
+    if not signature_ok(key, text, base64.b64decode(h["signature"])):
+        raise Invalid("head height %d: signature does not verify" % h["height"])
+    inclusion = [base64.b64decode(x) for x in rec["inclusion_proof"]]
+    if not verify_inclusion(seq, cp["tree_size"], leaf_hash(entry_bytes), inclusion, cp["root"]):
+        raise Invalid("event seq %d: the inclusion proof does not lead to head height %d" % (seq, h["height"]))
+    consistency = [base64.b64decode(x) for x in rec["consistency_proof"]]
+    if not verify_consistency(last_size, cp["tree_size"], last_root, cp["root"], consistency):
+        raise Invalid("head height %d: the consistency proof from tree size %d does not verify"
+                      % (h["height"], last_size))
+    return erased, seq
+
+
+def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_delay=MAX_DELAY):
     tar = tarfile.open(bundle)
     files = {}
     for m in tar.getmembers():
         if m.isfile() and m.name != "entries.jsonl":
             files[m.name] = tar.extractfile(m).read()
     manifest = json.loads(files["manifest.json"])
-    if manifest["format"] != "anchorlog-bundle" or manifest["version"] != 1:
+    if manifest["format"] != "anchorlog-bundle" or manifest["version"] not in (1, 2):
         raise ValueError("unknown bundle format")
+    if origin is not None and manifest["origin"] != origin:
+        raise Invalid("head height %d: origin %r is not the expected %r" % (manifest["from_height"], manifest["origin"], origin))
     chain = Chain(manifest["origin"], key)
     first, end = manifest["first_seq"], manifest["end_seq"]
     lo, hi = manifest["from_height"], manifest["to_height"]
@@ -202,6 +341,9 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False):
             chain.check(pending.pop(0), text, sig, frontier)
 
     check_due()
+    pending_erasures = {}  # record seq -> erased seq
+    recorded = []  # (erased seq, record seq) met in entries.jsonl
+    open_outages, outages = [], []  # timestamping outages: since_ms; (since_ms, end_ms or None)
     entries = tar.extractfile("entries.jsonl")
     for line in entries:
         seq = frontier.size
@@ -215,20 +357,56 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False):
         if entry.get("seq") != seq or entry.get("v") != 1 or canonical(entry) != entry_bytes:
             raise Invalid("event seq %d: entry is not the canonical entry of this seq" % seq)
         if rec["body"] is None or rec["salt"] is None:
-            if rec["body"] is not None or rec["salt"] is not None or (rec.get("erasure") or {}).get("seq") != seq:
+            erasure = rec.get("erasure") or {}
+            if rec["body"] is not None or rec["salt"] is not None or erasure.get("seq") != seq:
                 raise Invalid("event seq %d: incomplete erasure" % seq)
+            claimed = erasure.get("erasure_seq")
+            if not isinstance(claimed, int) or claimed <= seq or claimed in pending_erasures:
+                raise Invalid("event seq %d: body and salt are erased but no erasure record accounts for it" % seq)
+            pending_erasures[claimed] = seq
         else:
             payload = base64.b64decode(rec["salt"]) + base64.b64decode(rec["body"])
             if hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
                 raise Invalid("event seq %d: body does not match payload_sha256" % seq)
+        body = appliance_body(entry, rec["body"])
+        if seq in pending_erasures:
+            erased = pending_erasures.pop(seq)
+            if body is None or body.get("type") != "anchorlog.erasure" or body.get("erased_seq") != erased:
+                raise Invalid("event seq %d: its payload is erased, but event seq %d is not the appliance's erasure "
+                              "record of it" % (erased, seq))
+            recorded.append((erased, seq))
+        if body is not None and body.get("component") == "timestamping" and isinstance(body.get("since_ms"), int):
+            at_ms = entry["received_at_ns"] // 1_000_000
+            if body.get("type") == "anchorlog.outage" and body.get("state") == "started":
+                open_outages.append(body["since_ms"])
+            elif body.get("type") == "anchorlog.outage" and body.get("state") == "ended":
+                open_outages = [s for s in open_outages if s != body["since_ms"]]
+                outages.append((body["since_ms"], at_ms))
+        if body is not None and body.get("type") == "anchorlog.start":
+            outages.extend((since, entry["received_at_ns"] // 1_000_000) for since in open_outages)
+            open_outages = []
         frontier.push(leaf_hash(entry_bytes))
         check_due()
     if pending:
         raise Invalid("head height %d: covers events the bundle does not hold" % pending[0])
     if frontier.size != end:
         raise Invalid("event seq %d: the bundle ends early" % frontier.size)
+    outages.extend((since, None) for since in open_outages)
+    # Erasures made after the last head travel with their records and proofs.
+    last_text = head(hi)[0]
+    last = parse_checkpoint(hi, last_text.decode("utf-8"))
+    carried = {}
+    for line in files.get("erasure-records.jsonl", b"").splitlines():
+        if line.strip():
+            erased, seq = check_erasure_record(json.loads(line), key, manifest["origin"], hi, end, last["root"])
+            carried[erased] = seq
+    for record_seq, erased in sorted(pending_erasures.items(), key=lambda kv: kv[1]):
+        if carried.get(erased) != record_seq:
+            raise Invalid("event seq %d: its payload is erased, but its erasure record (event seq %d) is not there"
+                          % (erased, record_seq))
     untimestamped = []
     if tsa_ca is not None:
+        previous = None
         for h in range(lo - 1 if lo > 0 else lo, hi + 1):
             tsr = files.get("heads/%d.tsr" % h)
             if tsr is None:
@@ -236,8 +414,19 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False):
                     raise Invalid("head height %d: has no time-stamp token" % h)
                 untimestamped.append(h)
                 continue
-            check_token(h, head(h)[0], tsr, tsa_ca)
+            previous = (h, check_token(h, head(h)[0], tsr, tsa_ca, previous, outages, max_delay))
     return frontier.size - first, hi - lo + 1, untimestamped
+
+
+def take_option(args, name):
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        raise IndexError(name)
+    value = args[i + 1]
+    del args[i:i + 2]
+    return value
 
 
 def main():
@@ -245,6 +434,13 @@ def main():
     if "--require-timestamps" in args:
         args.remove("--require-timestamps")
         require = True
+    try:
+        origin = take_option(args, "--origin")
+        delay = take_option(args, "--max-timestamp-delay")
+        max_delay = MAX_DELAY if delay is None else datetime.timedelta(seconds=int(delay))
+    except (IndexError, ValueError):
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
     if "--tsa-ca" in args:
         i = args.index("--tsa-ca")
         if i + 1 >= len(args):
@@ -256,7 +452,7 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        events, heads, untimestamped = verify(args[0], args[1], tsa_ca, require)
+        events, heads, untimestamped = verify(args[0], args[1], tsa_ca, require, origin, max_delay)
     except Invalid as e:
         print("FAILED: %s" % e)
         return 3

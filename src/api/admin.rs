@@ -64,6 +64,14 @@ pub(super) async fn erase(
             "already_erased",
             format!("the payload of event seq {seq} is already erased"),
         )),
+        Err(EraseError::ApplianceRecord(seq)) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "appliance_record",
+            format!(
+                "event seq {seq} is a record of the appliance itself (start, stop, outage, refused access, audit \
+                 access or erasure); it holds no data subject's payload and cannot be erased"
+            ),
+        )),
         Err(EraseError::Append(AppendError::Stopped)) => Err(ApiError::unavailable("the writer is stopping")),
         Err(e) => Err(ApiError::internal("erasure failed", &e)),
     }

@@ -73,19 +73,33 @@ pub(super) async fn export(
         ));
     }
     // Refuse a range that does not exist with a JSON error, before the first byte of the stream.
-    let (last, first_seq, end_seq) = blocking(&state, move |c| {
-        let last = crate::store::last_head(c)?.map(|h| h.height);
+    let (last, first_seq, end_seq, unsealed) = blocking(&state, move |c| {
+        let last_head = crate::store::last_head(c)?;
+        let last = last_head.as_ref().map(|h| h.height);
         // The events the bundle carries: those after the head before `from`, up to the head at `to`.
         let first = match from.checked_sub(1) {
             Some(h) => crate::store::head(c, h)?.map_or(0, |h| h.tree_size),
             None => 0,
         };
         let end = crate::store::head(c, to)?.map_or(first, |h| h.tree_size);
-        Ok((last, first, end))
+        // An erasure in the range whose record no head covers yet cannot be proven in the bundle.
+        let sealed = last_head.map_or(0, |h| h.tree_size);
+        let unsealed = crate::store::erasure::first_unsealed_erasure(c, first, end, sealed)?;
+        Ok((last, first, end, unsealed))
     })
     .await?;
     if last.is_none_or(|l| to > l) {
         return Err(ApiError::not_found(format!("no head at height {to} (latest: {last:?})")));
+    }
+    if let Some((seq, erasure_seq)) = unsealed {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_sealed",
+            format!(
+                "the payload of seq {seq} was just erased and its erasure record (seq {erasure_seq}) is not covered \
+                 by a signed head yet; retry after the next seal (about a second)"
+            ),
+        ));
     }
     // The bundle carries event bodies: the access is recorded before the first byte is sent.
     let params = [("from_height", from.to_string()), ("to_height", to.to_string())];

@@ -58,21 +58,15 @@ enum Command {
         /// The signer's public key or certificate (PEM).
         #[arg(long)]
         key: PathBuf,
-        /// Expected log origin (checked against every head when given).
+        /// The log's origin: every head must carry it. Default: the one the key's certificate names, else the
+        /// database's (or bundle manifest's) own; the report prints which.
         #[arg(long)]
         origin: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
-        /// TSA CA certificate(s), PEM: check every head's RFC 3161 token against them.
-        #[arg(long)]
-        tsa_ca: Option<PathBuf>,
-        /// With --tsa-ca: a head without a token is a failure (otherwise it is reported).
-        #[arg(long, requires = "tsa_ca")]
-        require_timestamps: bool,
-        /// With --tsa-ca: how much earlier than the seal time a token's genTime may be, in seconds.
-        #[arg(long, default_value_t = anchorlog::config::DEFAULT_TIMESTAMP_MAX_SKEW_S, requires = "tsa_ca")]
-        tsa_max_skew_s: u64,
+        #[command(flatten)]
+        tsa: TsaArgs,
     },
     /// Check a TPM key attestation (from `keys attest`) offline against the signer's public key and nonce.
     VerifyAttestation {
@@ -95,21 +89,19 @@ enum Command {
         /// The signer's public key or certificate (PEM).
         #[arg(long)]
         key: PathBuf,
+        /// The log's origin: the receipt's head must carry it. Default: the one the key's certificate names,
+        /// else the receipt's own (printed).
+        #[arg(long)]
+        origin: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
-        /// TSA CA certificate(s), PEM: check the head's RFC 3161 token against them.
-        #[arg(long)]
-        tsa_ca: Option<PathBuf>,
-        /// With --tsa-ca: a receipt without a token is a failure (otherwise it is reported).
-        #[arg(long, requires = "tsa_ca")]
-        require_timestamps: bool,
-        /// With --tsa-ca: how much earlier than the seal time the token's genTime may be, in seconds.
-        #[arg(long, default_value_t = anchorlog::config::DEFAULT_TIMESTAMP_MAX_SKEW_S, requires = "tsa_ca")]
-        tsa_max_skew_s: u64,
+        #[command(flatten)]
+        tsa: TsaArgs,
     },
     /// Monitor a live appliance: check the latest head's signature and its consistency with the head seen on
-    /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof.
+    /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof,
+    /// 7 stale (the latest head is older than --max-age).
     #[cfg(feature = "server")]
     Audit {
         /// Appliance URL, `https://host:port`.
@@ -130,6 +122,12 @@ enum Command {
         /// State file (the last head seen); created on the first run.
         #[arg(long)]
         state: PathBuf,
+        /// The log's origin; default: the one the --signer certificate names, else the first head seen.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Fail (exit 7) when the latest head is older than this, e.g. 5m: the log stopped advancing.
+        #[arg(long, value_parser = anchorlog::monitor::parse_duration)]
+        max_age: Option<std::time::Duration>,
     },
     /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
     Export {
@@ -158,6 +156,44 @@ enum Command {
     /// End-to-end load generator over mTLS (see docs/PERFORMANCE.md).
     #[cfg(feature = "server")]
     Bench(anchorlog::bench::BenchArgs),
+}
+
+/// How `verify` and `verify-receipt` check RFC 3161 tokens.
+#[derive(clap::Args)]
+struct TsaArgs {
+    /// TSA CA certificate(s), PEM: check every head's RFC 3161 token against them, and the time they tell.
+    #[arg(long)]
+    tsa_ca: Option<PathBuf>,
+    /// With --tsa-ca: a head without a token is a failure (otherwise it is reported).
+    #[arg(long, requires = "tsa_ca")]
+    require_timestamps: bool,
+    /// With --tsa-ca: how much earlier than the seal time a token's genTime may be, in seconds.
+    #[arg(long, default_value_t = anchorlog::config::DEFAULT_TIMESTAMP_MAX_SKEW_S, requires = "tsa_ca")]
+    tsa_max_skew_s: u64,
+    /// With --tsa-ca: the longest a token may come after its head's seal time, in seconds, unless the log
+    /// records a timestamping outage around that head (a later token means a backdated or rewritten head).
+    #[arg(
+        long,
+        default_value_t = anchorlog::verify::timestamps::DEFAULT_MAX_TIMESTAMP_DELAY_S,
+        requires = "tsa_ca"
+    )]
+    max_timestamp_delay: u64,
+}
+
+impl TsaArgs {
+    /// The token policy, or `None` without --tsa-ca.
+    fn policy(&self) -> anyhow::Result<Option<anchorlog::verify::timestamps::TimestampPolicy>> {
+        let Some(ca) = &self.tsa_ca else { return Ok(None) };
+        let pem = std::fs::read(ca).with_context(|| format!("reading TSA CA {}", ca.display()))?;
+        let anchors = anchorlog::tsa::TrustAnchors::from_pem(&pem)
+            .with_context(|| format!("parsing TSA CA {}", ca.display()))?;
+        Ok(Some(anchorlog::verify::timestamps::TimestampPolicy {
+            anchors,
+            max_skew: std::time::Duration::from_secs(self.tsa_max_skew_s),
+            require: self.require_timestamps,
+            max_delay: std::time::Duration::from_secs(self.max_timestamp_delay),
+        }))
+    }
 }
 
 /// The signing device of `anchorlog dev`.
@@ -322,28 +358,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { bundle, db, key, origin, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
-            let tsa = tsa_ca.map(|ca| TsaCheck {
-                ca,
-                require: require_timestamps,
-                max_skew: std::time::Duration::from_secs(tsa_max_skew_s),
-            });
-            verify(bundle.as_deref(), db.as_deref(), &key, origin.as_deref(), json, tsa.as_ref())
+        Command::Verify { bundle, db, key, origin, json, tsa } => {
+            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &tsa)
         }
-        Command::VerifyReceipt { file, key, json, tsa_ca, require_timestamps, tsa_max_skew_s } => {
-            let tsa = tsa_ca.map(|ca| TsaCheck {
-                ca,
-                require: require_timestamps,
-                max_skew: std::time::Duration::from_secs(tsa_max_skew_s),
-            });
-            verify_receipt(&file, &key, json, tsa.as_ref())
+        Command::VerifyReceipt { file, key, origin, json, tsa } => {
+            verify_receipt(&file, &key, origin, json, &tsa)
         }
         #[cfg(feature = "server")]
-        Command::Audit { url, cert, key, ca, signer, state } => {
+        Command::Audit { url, cert, key, ca, signer, state, origin, max_age } => {
             let signer = read_key(&signer)?;
             let target = anchorlog::monitor::Target { url, ca, cert, key };
+            let expect =
+                anchorlog::monitor::Expect { origin: origin.or(signer.certified_origin.clone()), max_age };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            match rt.block_on(anchorlog::monitor::run(&target, &signer, &state)) {
+            match rt.block_on(anchorlog::monitor::run(&target, &signer, &state, &expect)) {
                 Ok(outcome) => {
                     println!("{}", serde_json::to_string(&outcome)?);
                     Ok(ExitCode::SUCCESS)
@@ -425,11 +453,7 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Export { config, out_dir } => {
             let config = Config::load(&config)?;
             let mut signer = anchorlog::keys::open(&config)?;
-            let key_id = anchorlog::keys::export(
-                signer.as_mut(),
-                &format!("anchorlog head signer {}", config.origin),
-                &out_dir,
-            )?;
+            let key_id = anchorlog::keys::export(signer.as_mut(), &config.origin, &out_dir)?;
             println!("key id {key_id}: wrote {0}/signer.pem and {0}/signer.crt", out_dir.display());
         }
         KeysCommand::Show { config } => {
@@ -440,48 +464,41 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `verify --tsa-ca`: how to check the stored RFC 3161 tokens.
-struct TsaCheck {
-    ca: PathBuf,
-    require: bool,
-    max_skew: std::time::Duration,
-}
-
-impl TsaCheck {
-    /// Reads the CA file into the library's token policy.
-    fn policy(&self) -> anyhow::Result<anchorlog::verify::timestamps::TimestampPolicy> {
-        let pem = std::fs::read(&self.ca).with_context(|| format!("reading TSA CA {}", self.ca.display()))?;
-        let anchors = anchorlog::tsa::TrustAnchors::from_pem(&pem)
-            .with_context(|| format!("parsing TSA CA {}", self.ca.display()))?;
-        Ok(anchorlog::verify::timestamps::TimestampPolicy {
-            anchors,
-            max_skew: self.max_skew,
-            require: self.require,
-        })
-    }
-}
-
 fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
     anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
+}
+
+/// Where the origin every head is checked against came from.
+fn pinned_origin(
+    given: Option<String>,
+    key: &anchorlog::signer::PublicKey,
+) -> (Option<String>, &'static str) {
+    match (given, &key.certified_origin) {
+        (Some(o), _) => (Some(o), "--origin"),
+        (None, Some(o)) => (Some(o.clone()), "the key's certificate"),
+        (None, None) => (None, "the log itself"),
+    }
 }
 
 fn verify(
     bundle: Option<&Path>,
     db: Option<&Path>,
     key: &Path,
-    origin: Option<&str>,
+    origin: Option<String>,
     json: bool,
-    tsa: Option<&TsaCheck>,
+    tsa: &TsaArgs,
 ) -> anyhow::Result<ExitCode> {
     use anchorlog::verify::VerifyError;
     let key = read_key(key)?;
-    let policy = tsa.map(TsaCheck::policy).transpose()?;
+    let (origin, origin_from) = pinned_origin(origin, &key);
+    let origin = origin.as_deref();
+    let policy = tsa.policy()?;
     let result = match (bundle, db) {
         (Some(bundle), _) => anchorlog::bundle::verify_bundle_with(bundle, &key, origin, policy.as_ref())
             .map(|b| {
                 let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
-                    "tokens_present": b.tokens_present, "timestamps": b.timestamps});
+                    "origin_from": origin_from, "tokens_present": b.tokens_present, "timestamps": b.timestamps});
                 (b.report, value, b.timestamps)
             }),
         (None, Some(db)) => {
@@ -489,11 +506,14 @@ fn verify(
             anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
                 let stamps = match &policy {
                     Some(p) => Some(anchorlog::verify::timestamps::verify_timestamps(
-                        &conn, &p.anchors, p.max_skew, p.require,
+                        &conn,
+                        p,
+                        &report.timestamping_outages,
                     )?),
                     None => None,
                 };
-                let value = serde_json::json!({"ok": true, "report": report, "timestamps": stamps});
+                let value = serde_json::json!({"ok": true, "report": report, "origin_from": origin_from,
+                    "timestamps": stamps});
                 Ok((report, value, stamps))
             })
         }
@@ -504,9 +524,9 @@ fn verify(
             if json {
                 println!("{value}");
             } else {
-                print_report(&report);
+                print_report(&report, origin_from);
                 if let Some(s) = &stamps {
-                    print_timestamps(s);
+                    print_timestamps(s, &report.timestamping_outages);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -577,13 +597,44 @@ fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyho
     }
 }
 
-fn print_timestamps(s: &anchorlog::verify::timestamps::TimestampReport) {
+fn print_timestamps(
+    s: &anchorlog::verify::timestamps::TimestampReport,
+    outages: &[anchorlog::verify::OutageWindow],
+) {
     println!(
         "  tokens:   {} verified (RFC 3161), genTime {} .. {}",
         s.verified,
         s.first_gen_time.as_deref().unwrap_or("-"),
         s.last_gen_time.as_deref().unwrap_or("-")
     );
+    if let Some(d) = s.max_delay {
+        println!(
+            "  largest delay from seal to token: {:.3} s (head height {})",
+            d.delay_ms as f64 / 1000.0,
+            d.height
+        );
+    }
+    let time = |ms: i64| anchorlog::ledger::head::format_time_ms(ms).unwrap_or_else(|_| ms.to_string());
+    for w in outages {
+        match w.end_ms {
+            Some(end) => println!(
+                "  timestamping outage recorded: {} .. {} ({} s)",
+                time(w.since_ms),
+                time(end),
+                (end - w.since_ms) / 1000
+            ),
+            None => println!("  timestamping outage recorded: since {}, still open", time(w.since_ms)),
+        }
+    }
+    if s.late_in_outage_count > 0 {
+        let listed: Vec<String> = s.late_in_outage.iter().map(u64::to_string).collect();
+        let more = if s.late_in_outage_count as usize > s.late_in_outage.len() { ", …" } else { "" };
+        println!(
+            "  late tokens excused by a recorded outage: {} heads (heights {}{more})",
+            s.late_in_outage_count,
+            listed.join(", ")
+        );
+    }
     if s.missing_count > 0 {
         let listed: Vec<String> = s.missing.iter().map(u64::to_string).collect();
         let more = if s.missing_count as usize > s.missing.len() { ", …" } else { "" };
@@ -595,16 +646,23 @@ fn print_timestamps(s: &anchorlog::verify::timestamps::TimestampReport) {
     }
 }
 
-fn verify_receipt(file: &Path, key: &Path, json: bool, tsa: Option<&TsaCheck>) -> anyhow::Result<ExitCode> {
+fn verify_receipt(
+    file: &Path,
+    key: &Path,
+    origin: Option<String>,
+    json: bool,
+    tsa: &TsaArgs,
+) -> anyhow::Result<ExitCode> {
     let key = read_key(key)?;
-    let policy = tsa.map(TsaCheck::policy).transpose()?;
+    let (origin, origin_from) = pinned_origin(origin, &key);
+    let policy = tsa.policy()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let receipt: anchorlog::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog::receipt::verify_with(&receipt, &key, policy.as_ref()) {
+    match anchorlog::receipt::verify_pinned(&receipt, &key, origin.as_deref(), policy.as_ref()) {
         Ok(r) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "report": r}));
+                println!("{}", serde_json::json!({"ok": true, "report": r, "origin_from": origin_from}));
             } else {
                 println!(
                     "OK: event seq {} is in {} at head height {} (tree size {}){}",
@@ -614,8 +672,9 @@ fn verify_receipt(file: &Path, key: &Path, json: bool, tsa: Option<&TsaCheck>) -
                     r.tree_size,
                     if r.erased { "; its payload was erased" } else { "" }
                 );
+                println!("  origin:   {} (from {origin_from})", r.origin);
                 if let Some(s) = &r.timestamp {
-                    print_timestamps(s);
+                    print_timestamps(s, &[]);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -673,7 +732,7 @@ fn report_invalid(json: bool, failure: &str, kind: &str, at: u64) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
-fn print_report(r: &anchorlog::verify::Report) {
+fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let ns_time = |ns: Option<u64>| {
         ns.and_then(|n| anchorlog::ledger::head::format_time_ms((n / 1_000_000) as i64).ok())
             .unwrap_or_else(|| "-".into())
@@ -682,6 +741,7 @@ fn print_report(r: &anchorlog::verify::Report) {
         ms.and_then(|m| anchorlog::ledger::head::format_time_ms(m).ok()).unwrap_or_else(|| "-".into())
     };
     println!("OK: log verified with key {}", r.key_id);
+    println!("  origin:   {} (every head; from {origin_from})", r.origin);
     println!(
         "  events:   {} ({} erased), received {} .. {}",
         r.events,

@@ -2,11 +2,12 @@
 
 use super::{
     head_path, Algorithms, Anchor, BundleError, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
-    MANIFEST,
+    ERASURE_RECORDS, MANIFEST,
 };
 use crate::ledger::head::format_time_ms;
 use crate::signer::PublicKey;
 use crate::store::{self, StoredEvent, StoredHead};
+use crate::verify::erasure::{ErasureRecordProof, ProofHead};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -75,6 +76,65 @@ fn for_each_line(
     err.map_or(Ok(()), Err)
 }
 
+/// The proof that the appliance's erasure record `erasure_seq` of event `erased_seq` is in the log: the
+/// record, the earliest head covering it, the inclusion proof into that head and the consistency proof from
+/// the head of tree size `anchor_size` (the bundle's last head, the receipt's head) to it. `None` while no
+/// head covers the record yet (it is sealed within a second of the erasure).
+pub fn erasure_record_proof(
+    conn: &Connection,
+    erased_seq: u64,
+    erasure_seq: u64,
+    anchor_size: u64,
+) -> Result<Option<ErasureRecordProof>, crate::store::StoreError> {
+    let missing = |what: &str| crate::store::StoreError::Corrupt {
+        table: "events",
+        key: erasure_seq,
+        problem: format!("the erasure record of seq {erased_seq} {what}"),
+    };
+    let record = store::event(conn, erasure_seq)?.ok_or_else(|| missing("is missing"))?;
+    let (Some(salt), Some(body)) = (record.salt, record.body) else { return Err(missing("has no payload")) };
+    let Some(head) = store::covering_head(conn, erasure_seq)? else { return Ok(None) };
+    let inclusion = store::tree::inclusion_proof(conn, erasure_seq, head.tree_size)?;
+    let consistency = store::tree::consistency_proof(conn, anchor_size, head.tree_size)?;
+    let b64 = |v: &[[u8; 32]]| v.iter().map(|h| B64.encode(h)).collect();
+    Ok(Some(ErasureRecordProof {
+        erased_seq,
+        seq: erasure_seq,
+        entry: String::from_utf8_lossy(&record.entry).into_owned(),
+        salt: B64.encode(salt),
+        body: B64.encode(body),
+        head: ProofHead {
+            height: head.height,
+            checkpoint: head.checkpoint,
+            signature: B64.encode(&head.signature),
+        },
+        inclusion_proof: b64(&inclusion),
+        consistency_proof: b64(&consistency),
+    }))
+}
+
+/// The erasure records of the payloads in `first..end` erased after the bundle's end (their records lie at or
+/// past `end`), with proofs against the head of tree size `end`, one JSON line each.
+fn erasure_records_member(conn: &Connection, first: u64, end: u64) -> Result<Vec<u8>, BundleError> {
+    let mut out = Vec::new();
+    for seq in store::erasure::erased_seqs(conn)?.into_iter().filter(|s| (first..end).contains(s)) {
+        let Some(rec) = store::erasure::erasure(conn, seq)? else { continue };
+        if rec.erasure_seq < end {
+            continue; // in entries.jsonl, where the walk meets it
+        }
+        let proof = erasure_record_proof(conn, seq, rec.erasure_seq, end)?.ok_or_else(|| {
+            BundleError::NotSealed(format!(
+                "the erasure record of seq {seq} (seq {}) is not covered by a signed head yet; retry after the \
+                 next seal",
+                rec.erasure_seq
+            ))
+        })?;
+        serde_json::to_writer(&mut out, &proof).map_err(std::io::Error::from)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 /// Writes the bundle of heads `from_height..=to_height` to `out`. Public keys come from the database (stored
 /// by the appliance at start) or from `key`. Reads one snapshot, so a concurrent erasure cannot tear it.
 pub fn export<W: Write>(
@@ -129,6 +189,7 @@ pub fn export<W: Write>(
         }
         None => None,
     };
+    let erasure_records = erasure_records_member(&snapshot, first_seq, end_seq)?;
     let first_height = anchor_head.as_ref().map_or(from_height, |h| h.height);
     let stamped = store::any_timestamp_between(&snapshot, first_height, to_height)?;
     let last_ms = heads.last().map_or(0, |h| h.sealed_at_ms);
@@ -164,6 +225,9 @@ pub fn export<W: Write>(
         if let Some(t) = store::timestamp(&snapshot, h.height)? {
             append(&mut b, &head_path(h.height, "tsr"), &t.response, mtime)?;
         }
+    }
+    if !erasure_records.is_empty() {
+        append(&mut b, ERASURE_RECORDS, &erasure_records, mtime)?;
     }
     // entries.jsonl can be far larger than memory: measure it in a first pass over the snapshot, write the
     // tar header with that size, then stream the same bytes in a second pass.

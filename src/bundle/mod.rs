@@ -8,6 +8,7 @@
 //! heads/<height>.sig       its DER ECDSA signature
 //! heads/<height>.tsr       its RFC 3161 timestamp response, when there is one (optional)
 //! entries.jsonl            one JSON object per event, seq order: entry, leaf hash, salt, body or erasure record
+//! erasure-records.jsonl    (when needed) the erasure records of payloads erased after the last head, with proofs
 //! ```
 //!
 //! A bundle for heights `A..=B` holds the events `S0..S1`, where `S0` is the tree size of head `A − 1` (0 for
@@ -28,8 +29,13 @@ use std::borrow::Cow;
 
 /// `manifest.json` `format` value.
 pub const BUNDLE_FORMAT: &str = "anchorlog-bundle";
-/// `manifest.json` `version` this build writes and reads.
-pub const BUNDLE_VERSION: u64 = 1;
+/// `manifest.json` `version` this build writes; it reads every version from 1 up to this one. 2: erased
+/// payloads must be accounted for by the appliance's erasure record, in `entries.jsonl` or in
+/// [`ERASURE_RECORDS`].
+pub const BUNDLE_VERSION: u64 = 2;
+/// Name of the member holding the erasure records (with their proofs) of payloads erased after the bundle's
+/// last head ([`crate::verify::erasure::ErasureRecordProof`], one JSON object per line).
+pub const ERASURE_RECORDS: &str = "erasure-records.jsonl";
 /// Name of the manifest member.
 pub const MANIFEST: &str = "manifest.json";
 /// Name of the entries member.
@@ -47,6 +53,9 @@ pub enum BundleError {
     /// The requested range does not exist.
     #[error("{0}")]
     Range(String),
+    /// Something the bundle must carry is not signed yet (an erasure record awaiting the next seal).
+    #[error("{0}")]
+    NotSealed(String),
     /// The bundle is not a readable anchorlog bundle.
     #[error("not a readable anchorlog bundle: {0}")]
     Unreadable(String),

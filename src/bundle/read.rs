@@ -1,12 +1,15 @@
 //! Reading and verifying a bundle offline: the manifest, the anchor, then the same walk as the database.
 
-use super::{EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, MANIFEST};
+use super::{EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, ERASURE_RECORDS, MANIFEST};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
 use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
+use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
-use crate::verify::{self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError};
+use crate::verify::{
+    self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -82,6 +85,7 @@ pub fn verify_bundle_with(
     let mut manifest: Option<Manifest> = None;
     let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
     let mut has_entries = false;
+    let mut erasure_records: Vec<ErasureRecordProof> = Vec::new();
     let mut archive = open_archive(path)?;
     // Seek over members instead of reading them: pass 1 does not need the (large) entries.
     let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
@@ -94,6 +98,14 @@ pub fn verify_bundle_with(
                 Some(serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{MANIFEST}: {e}")))?);
         } else if name == ENTRIES {
             has_entries = true;
+        } else if name == ERASURE_RECORDS {
+            let bytes = read_small(member, &name)?;
+            for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                erasure_records.push(
+                    serde_json::from_slice(line)
+                        .map_err(|e| unreadable(format!("{ERASURE_RECORDS} line {}: {e}", i + 1)))?,
+                );
+            }
         } else if let Some(rest) = name.strip_prefix("heads/") {
             let Some((h, ext)) = rest.split_once('.') else { continue };
             let Ok(height) = h.parse::<u64>() else { continue };
@@ -108,9 +120,9 @@ pub fn verify_bundle_with(
         }
     }
     let manifest = manifest.ok_or_else(|| unreadable(format!("no {MANIFEST}")))?;
-    if manifest.format != BUNDLE_FORMAT || manifest.version != BUNDLE_VERSION {
+    if manifest.format != BUNDLE_FORMAT || !(1..=BUNDLE_VERSION).contains(&manifest.version) {
         return Err(unreadable(format!(
-            "format {:?} version {} (this build reads {BUNDLE_FORMAT} version {BUNDLE_VERSION})",
+            "format {:?} version {} (this build reads {BUNDLE_FORMAT} versions 1 to {BUNDLE_VERSION})",
             manifest.format, manifest.version
         )));
     }
@@ -137,8 +149,11 @@ pub fn verify_bundle_with(
         stored_heads.push(head_from_files(height, text, sig, key)?);
     }
     let walked_heads = stored_heads.len() as u64;
+    let proven_erasures =
+        check_erasure_records(&erasure_records, stored_heads.last(), &manifest.origin, key)?;
     let mut source = BundleEvents { path: path.to_path_buf() };
-    let report = verify::walk(start, stored_heads, &mut source, key, Some(&manifest.origin))?;
+    let opts = WalkOptions { origin: Some(&manifest.origin), proven_erasures, ..WalkOptions::default() };
+    let report = verify::walk(start, stored_heads, &mut source, key, &opts)?;
     let expected_heads = manifest.to_height - manifest.from_height + 1;
     if walked_heads < expected_heads {
         return Err(Failure::HeadMissing { height: manifest.from_height + walked_heads }.into());
@@ -152,10 +167,35 @@ pub fn verify_bundle_with(
         tokens_present += heads.get(&first_height).map_or(0, |f| u64::from(f.tsr.is_some()));
     }
     let timestamps = match tsa {
-        Some(policy) => Some(check_tokens(&heads, first_height, manifest.to_height, policy)?),
+        Some(policy) => Some(check_tokens(
+            &heads,
+            first_height,
+            manifest.to_height,
+            policy,
+            &report.timestamping_outages,
+        )?),
         None => None,
     };
     Ok(BundleReport { manifest, report, tokens_present, timestamps })
+}
+
+/// Checks the erasure records the bundle carries for erasures made after its last head (`last`, whose text and
+/// signature the walk verifies): each must be the appliance's record of its event, in a signed head that
+/// extends `last`. Returns erased seq → record seq for the walk.
+fn check_erasure_records(
+    records: &[ErasureRecordProof],
+    last: Option<&StoredHead>,
+    origin: &str,
+    key: &PublicKey,
+) -> Result<BTreeMap<u64, u64>, VerifyError> {
+    let mut proven = BTreeMap::new();
+    let Some(last) = last else { return Ok(proven) };
+    let anchor = AnchorHead { height: last.height, tree_size: last.tree_size, root: last.root, origin };
+    for r in records {
+        check_erasure_record_proof(r, &anchor, key)?;
+        proven.insert(r.erased_seq, r.seq);
+    }
+    Ok(proven)
 }
 
 /// Checks the tokens of heads `from..=to` (all present and verified by now).
@@ -164,6 +204,7 @@ fn check_tokens(
     from: u64,
     to: u64,
     policy: &TimestampPolicy,
+    outages: &[verify::OutageWindow],
 ) -> Result<TimestampReport, VerifyError> {
     let mut items = Vec::new();
     for height in from..=to {
@@ -180,7 +221,7 @@ fn check_tokens(
             response: files.and_then(|f| f.tsr.as_deref()),
         });
     }
-    Ok(verify_head_tokens(items, policy)?)
+    Ok(verify_head_tokens(items, policy, outages)?)
 }
 
 /// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's).
@@ -292,12 +333,14 @@ pub fn check_line(line: &[u8], pos: u64) -> Decoded {
             let checked = verify::check_parts(seq, &s.entry, &leaf_hash, Some(&s.salt), Some(&s.body));
             return Ok(CheckedEvent::from_check(seq, leaf_hash, checked, Some(&s.body)));
         }
-        decode_line_serde(line, pos).map(|ev| CheckedEvent::of(&ev))
+        decode_line_serde(line, pos)
+            .map(|(ev, erasure_seq)| CheckedEvent::of(&ev).with_erasure_seq(erasure_seq))
     })
 }
 
-/// Decodes a line of any JSON spelling (the reference for [`fast_line`]).
-fn decode_line_serde(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
+/// Decodes a line of any JSON spelling (the reference for [`fast_line`]), with the seq of the erasure record
+/// its `erasure` object names (the walk checks that record).
+fn decode_line_serde(line: &[u8], seq: u64) -> Result<(StoredEvent, Option<u64>), Failure> {
     let l: EntryLine<'_> = serde_json::from_slice(line)
         .map_err(|e| Failure::EntryMalformed { seq, reason: format!("entries.jsonl line: {e}") })?;
     let leaf = b64_field(&l.leaf_hash, l.seq, "leaf_hash")?;
@@ -310,17 +353,15 @@ fn decode_line_serde(line: &[u8], seq: u64) -> Result<StoredEvent, Failure> {
             });
         }
     }
-    // As in the database: an erased payload must be accounted for by its record, naming a later event.
-    if l.salt.is_none() && l.body.is_none() && l.erasure.as_ref().is_none_or(|e| e.erasure_seq <= l.seq) {
-        return Err(Failure::UnrecordedErasure { seq: l.seq });
-    }
-    Ok(StoredEvent {
+    let erasure_seq = l.erasure.as_ref().map(|e| e.erasure_seq);
+    let ev = StoredEvent {
         seq: l.seq,
         entry: l.entry.as_bytes().to_vec(),
         leaf_hash,
         salt: l.salt.as_deref().map(|s| b64_field(s, l.seq, "salt")).transpose()?,
         body: l.body.as_deref().map(|s| b64_field(s, l.seq, "body")).transpose()?,
-    })
+    };
+    Ok((ev, erasure_seq))
 }
 
 /// The common line exactly as the exporter writes it (serde_json, keys in order, no erasure record):
@@ -629,7 +670,7 @@ mod tests {
                         salt: Some(s.salt.clone()),
                         body: Some(s.body.clone()),
                     };
-                    proptest::prop_assert!(same(&fast, &decode_line_serde(&l, 42).unwrap()));
+                    proptest::prop_assert!(same(&fast, &decode_line_serde(&l, 42).unwrap().0));
                 }
                 None => proptest::prop_assert!(entry.chars().any(|c| c < ' ')),
             }
@@ -673,7 +714,7 @@ mod tests {
                     salt: Some(s.salt.clone()),
                     body: Some(s.body.clone()),
                 };
-                assert!(same(&fast, &decode_line_serde(&l, 42).unwrap()), "{e:?}");
+                assert!(same(&fast, &decode_line_serde(&l, 42).unwrap().0), "{e:?}");
                 assert_eq!(fast.entry, e.as_bytes());
             }
         }
@@ -689,8 +730,8 @@ mod tests {
         for l in odd {
             assert!(fast_line(l, &mut Scratch::default()).is_none(), "{}", String::from_utf8_lossy(l));
         }
-        assert_eq!(decode_line_serde(odd[0], 42).unwrap().entry, b"A");
-        assert_eq!(decode_line_serde(odd[4], 42).unwrap().entry, b"A/");
+        assert_eq!(decode_line_serde(odd[0], 42).unwrap().0.entry, b"A");
+        assert_eq!(decode_line_serde(odd[4], 42).unwrap().0.entry, b"A/");
         // Not JSON, bad base64, a raw control character, a short leaf: never accepted by the fast path.
         for l in [&b"{\"seq\":42"[..], b"{\"seq\":042,\"entry\":\"\"}"] {
             assert!(fast_line(l, &mut Scratch::default()).is_none());
@@ -702,9 +743,10 @@ mod tests {
             .unwrap()
             .replace("\"body\":\"", "\"body\":\"!");
         assert!(fast_line(bad_b64.as_bytes(), &mut Scratch::default()).is_none());
-        // Erased payloads take the serde path and need their record.
+        // Erased payloads take the serde path, which reads the record their erasure object names (none here:
+        // the walk then fails them as unrecorded).
         let erased = line("a", None, None);
         assert!(fast_line(&erased, &mut Scratch::default()).is_none());
-        assert_eq!(decode_line_serde(&erased, 42).unwrap_err(), Failure::UnrecordedErasure { seq: 42 });
+        assert_eq!(decode_line_serde(&erased, 42).unwrap().1, None);
     }
 }

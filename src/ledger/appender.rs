@@ -77,6 +77,10 @@ pub enum EraseError {
     /// The event's payload was already erased.
     #[error("the payload of event seq {0} is already erased")]
     AlreadyErased(u64),
+    /// The event is one of the appliance's own records (start, stop, outage, denial, audit access, erasure):
+    /// they hold no personal payload of a data subject and are the evidence of the log's own history.
+    #[error("event seq {0} is a record of the appliance itself; its payload cannot be erased")]
+    ApplianceRecord(u64),
     /// Storing failed or the writer stopped.
     #[error(transparent)]
     Append(#[from] AppendError),
@@ -418,6 +422,12 @@ fn erase(
     let target = store::event(conn, seq)?.ok_or(EraseError::NoSuchEvent(seq))?;
     if target.body.is_none() {
         return Err(EraseError::AlreadyErased(seq));
+    }
+    let own = Entry::parse(&target.entry)
+        .map(|e| e.auth == AuthMethod::Internal || e.producer == internal::INTERNAL)
+        .unwrap_or(true);
+    if own {
+        return Err(EraseError::ApplianceRecord(seq));
     }
     let before = (*next_seq, frontier.clone());
     let ev = crate::ledger::internal::internal_event(&crate::ledger::internal::erasure_body(

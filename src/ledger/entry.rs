@@ -167,9 +167,19 @@ pub struct EntryFacts {
     pub auth: AuthMethod,
     /// `SHA-256(salt || body)`.
     pub payload_sha256: [u8; 32],
+    /// Whether this is one of the appliance's own records: producer, source and format all
+    /// [`APPLIANCE`](crate::ledger::record_types::APPLIANCE) and auth `internal`. Anything less is a
+    /// producer's event, whatever its body says.
+    pub appliance: bool,
 }
 
 impl Entry {
+    /// Whether this entry is one of the appliance's own records (see [`EntryFacts::appliance`]).
+    pub fn is_appliance_record(&self) -> bool {
+        let own = crate::ledger::record_types::APPLIANCE;
+        self.auth == AuthMethod::Internal && self.producer == own && self.source == own && self.format == own
+    }
+
     /// Checks that `bytes` are a canonical entry and returns its fixed-size facts.
     ///
     /// Accepts exactly what [`Entry::parse`] accepts, but reads the canonical form directly (one pass, no
@@ -186,6 +196,7 @@ impl Entry {
             received_at_ns: e.received_at_ns,
             auth: e.auth,
             payload_sha256: e.payload_sha256,
+            appliance: e.is_appliance_record(),
         })
     }
 }
@@ -282,7 +293,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<EntryFacts> {
     s.lit(b"{\"auth\":")?;
     let auth = AuthMethod::parse(std::str::from_utf8(s.string()?).ok()?)?;
     s.lit(b",\"format\":")?;
-    s.string()?;
+    let format = s.string()?;
     s.lit(b",\"payload_sha256\":\"")?;
     let hex_digits = s.b.get(s.i..s.i + 64)?;
     // Lower-case hex only (what `to_canonical_json` writes); branch-free, one bad digit fails the lot.
@@ -298,23 +309,27 @@ fn scan_canonical(bytes: &[u8]) -> Option<EntryFacts> {
     }
     s.i += 64;
     s.lit(b"\",\"producer\":")?;
-    s.string()?;
+    let producer = s.string()?;
     s.lit(b",\"received_at_ns\":")?;
     let received_at_ns = s.uint()?;
     s.lit(b",\"seq\":")?;
     let seq = s.uint()?;
     s.lit(b",\"source\":")?;
-    s.string()?;
+    let source = s.string()?;
     s.lit(b",\"source_id\":")?;
     if s.lit(b"null").is_none() {
         s.string()?;
     }
     s.lit(b",\"v\":1}")?;
+    // The raw bytes equal the decoded name: "anchorlog" has nothing to escape.
+    let own = crate::ledger::record_types::APPLIANCE.as_bytes();
+    let appliance = auth == AuthMethod::Internal && producer == own && source == own && format == own;
     (s.i == bytes.len() && ENTRY_VERSION == 1).then_some(EntryFacts {
         seq,
         received_at_ns,
         auth,
         payload_sha256,
+        appliance,
     })
 }
 
@@ -483,7 +498,7 @@ mod tests {
             let bytes = e.to_canonical_json();
             proptest::prop_assert_eq!(
                 scan_canonical(&bytes),
-                Some(EntryFacts { seq, received_at_ns: ns, auth: AuthMethod::Hmac, payload_sha256: digest })
+                Some(EntryFacts { seq, received_at_ns: ns, auth: AuthMethod::Hmac, payload_sha256: digest, appliance: false })
             );
         }
     }

@@ -241,6 +241,9 @@ fn shm_path(path: &Path) -> PathBuf {
 }
 
 fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMsg>, backlog: &Backlog) {
+    if let Err(e) = repair(&mut search, &ledger, until) {
+        tracing::error!(error = %e, "indexer: checking the search database against the ledger failed");
+    }
     if let Err(e) = backfill(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
@@ -295,11 +298,64 @@ fn scrub(search: &mut Connection, seqs: &[u64]) -> Result<(), StoreError> {
         return Ok(());
     }
     let tx = search.transaction()?;
+    store::set_search_removal_guard(&tx, true)?;
     for &seq in seqs {
         store::scrub_event_fields(&tx, seq)?;
     }
+    store::set_search_removal_guard(&tx, false)?;
     tx.commit()?;
     Ok(())
+}
+
+/// The start-up check: the search database must hold a row for every event it claims to cover (below its end,
+/// up to `until`) and key entries for exactly its rows. Rows deleted behind the indexer's back — a dropped
+/// trigger, a hand edit — hide events from search; they are re-derived from the stored bodies here, and stray
+/// or missing key entries are fixed, so search finds every event again. (Rows *altered* in place are not
+/// detected without re-deriving everything; delete the search database to have it rebuilt.)
+fn repair(search: &mut Connection, ledger: &Path, until: u64) -> Result<(), StoreError> {
+    let upto = store::indexed_until(search)?.min(until);
+    let missing = store::missing_event_fields(search, upto)?;
+    if !missing.is_empty() {
+        tracing::warn!(
+            rows = missing.len(),
+            first = missing.first().copied(),
+            "indexer: search rows are missing below the indexed end; re-deriving them from the ledger"
+        );
+        let events = store::open_reader(ledger)?;
+        let mut batch = Vec::new();
+        // Missing seqs come in runs: one range read of the bodies per run.
+        for run in runs(&missing) {
+            store::for_each_body(&events, run.start, run.end, |seq, source, format, body| {
+                let fields =
+                    body.and_then(|b| crate::formats::normalize_stored(&format, &b)).unwrap_or_default();
+                batch.push(IndexRow { seq, source: source.into(), fields });
+                Ok(())
+            })?;
+            if batch.len() >= MAX_INDEX_BATCH {
+                write(search, &std::mem::take(&mut batch))?;
+            }
+        }
+        write(search, &batch)?;
+    }
+    let tx = search.transaction()?;
+    let (added, removed) = store::repair_key_tables(&tx)?;
+    tx.commit()?;
+    if added + removed > 0 {
+        tracing::warn!(added, removed, "indexer: search key entries did not match the rows; repaired");
+    }
+    Ok(())
+}
+
+/// Consecutive runs of sorted seqs, as half-open ranges.
+fn runs(seqs: &[u64]) -> Vec<std::ops::Range<u64>> {
+    let mut out: Vec<std::ops::Range<u64>> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some(r) if r.end == s => r.end = s + 1,
+            _ => out.push(s..s + 1),
+        }
+    }
+    out
 }
 
 /// Scrubs the search fields of every erased event again. A scrub is sent to the indexer only after the

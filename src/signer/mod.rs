@@ -99,6 +99,9 @@ pub struct PublicKey {
     pub key_id: String,
     /// The parsed key.
     pub verifying_key: VerifyingKey,
+    /// The log origin the key's certificate names (`None` for a bare public key or another certificate): a
+    /// verifier given no `--origin` pins every head to it ([`x509::certified_origin`]).
+    pub certified_origin: Option<String>,
 }
 
 impl PublicKey {
@@ -106,7 +109,12 @@ impl PublicKey {
     pub fn from_spki_der(spki_der: &[u8]) -> Result<Self, SignerError> {
         let verifying_key = VerifyingKey::from_public_key_der(spki_der)
             .map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-        Ok(Self { spki_der: spki_der.to_vec(), key_id: x509::key_id(spki_der), verifying_key })
+        Ok(Self {
+            spki_der: spki_der.to_vec(),
+            key_id: x509::key_id(spki_der),
+            verifying_key,
+            certified_origin: None,
+        })
     }
 
     /// Parses a PEM public key (`-----BEGIN PUBLIC KEY-----`) or a PEM certificate.
@@ -120,7 +128,9 @@ impl PublicKey {
                 .subject_public_key_info
                 .to_der()
                 .map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-            return Self::from_spki_der(&spki);
+            let mut key = Self::from_spki_der(&spki)?;
+            key.certified_origin = x509::certified_origin(&cert);
+            return Ok(key);
         }
         let verifying_key =
             VerifyingKey::from_public_key_pem(pem).map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;

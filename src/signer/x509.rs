@@ -159,6 +159,78 @@ pub fn self_signed_certificate<E: std::fmt::Display>(
     validity_days: u32,
     sign: &mut SignCallback<'_, E>,
 ) -> Result<Vec<u8>, CertificateError> {
+    build_certificate(spki_der, common_name, None, not_before, validity_days, sign)
+}
+
+/// Common name of the head signer's certificate ([`log_signer_certificate`]).
+pub const LOG_SIGNER_COMMON_NAME: &str = "anchorlog head signer";
+/// Prefix of the subjectAltName URI that names the log a head-signer certificate is for.
+pub const ORIGIN_URI_PREFIX: &str = "urn:anchorlog:origin:";
+
+/// The head signer's certificate ([`self_signed_certificate`] with CN [`LOG_SIGNER_COMMON_NAME`]) naming the
+/// log it signs for: a subjectAltName URI `urn:anchorlog:origin:<origin>` (origin bytes other than
+/// `A-Z a-z 0-9 - . _ ~ / :` percent-encoded). A verifier given the certificate takes the origin from it, so a
+/// log of another origin signed by the same key does not pass for this one (docs/FORMAT.md §5).
+pub fn log_signer_certificate<E: std::fmt::Display>(
+    spki_der: &[u8],
+    origin: &str,
+    not_before: SystemTime,
+    validity_days: u32,
+    sign: &mut SignCallback<'_, E>,
+) -> Result<Vec<u8>, CertificateError> {
+    build_certificate(spki_der, LOG_SIGNER_COMMON_NAME, Some(origin), not_before, validity_days, sign)
+}
+
+/// The origin a head-signer certificate names ([`log_signer_certificate`]), if it names one.
+pub fn certified_origin(cert: &x509_cert::Certificate) -> Option<String> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let (_, san) = cert.tbs_certificate.get::<SubjectAltName>().ok()??;
+    san.0.iter().find_map(|n| match n {
+        GeneralName::UniformResourceIdentifier(uri) => {
+            uri.as_str().strip_prefix(ORIGIN_URI_PREFIX).and_then(percent_decode)
+        }
+        _ => None,
+    })
+}
+
+fn percent_encode(origin: &str) -> String {
+    let mut out = String::with_capacity(origin.len());
+    for b in origin.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn build_certificate<E: std::fmt::Display>(
+    spki_der: &[u8],
+    common_name: &str,
+    origin: Option<&str>,
+    not_before: SystemTime,
+    validity_days: u32,
+    sign: &mut SignCallback<'_, E>,
+) -> Result<Vec<u8>, CertificateError> {
     let verifying_key = parse_p256_spki(spki_der)?;
     let subject_key = canonical_spki(&verifying_key)?;
     let name = common_name_to_name(common_name)?;
@@ -169,8 +241,15 @@ pub fn self_signed_certificate<E: std::fmt::Display>(
     // (Profile::Root would make it a CA with keyCertSign).
     let profile =
         Profile::Leaf { issuer: name.clone(), enable_key_agreement: false, enable_key_encipherment: false };
-    let builder =
+    let mut builder =
         CertificateBuilder::new(profile, serial, validity, name, subject_key, &signer).map_err(encoding)?;
+    if let Some(origin) = origin {
+        use x509_cert::ext::pkix::name::GeneralName;
+        let uri = der::asn1::Ia5String::new(&format!("{ORIGIN_URI_PREFIX}{}", percent_encode(origin)))
+            .map_err(encoding)?;
+        let san = x509_cert::ext::pkix::SubjectAltName(vec![GeneralName::UniformResourceIdentifier(uri)]);
+        builder.add_extension(&san).map_err(encoding)?;
+    }
     let built = builder.build::<DerSignature>();
     // A callback failure surfaces as an opaque signature::Error; report the parked cause.
     if let Some(failure) = signer.failure.borrow_mut().take() {

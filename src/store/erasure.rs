@@ -64,3 +64,22 @@ pub fn erasure(conn: &Connection, seq: u64) -> Result<Option<ErasureRecord>, Sto
     })
     .transpose()
 }
+
+/// The first erasure of a payload in `from..to` whose record (seq ≥ `sealed_size`) no head covers yet:
+/// `(erased seq, record seq)`. Evidence of that erasure can be issued only after the next seal.
+pub fn first_unsealed_erasure(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    sealed_size: u64,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    let row: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT seq, erasure_seq FROM erasures WHERE seq >= ?1 AND seq < ?2 AND erasure_seq >= ?3 \
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![from as i64, to as i64, sealed_size as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(s, e)| Ok((u64_of(s, "erasures", 0, "seq")?, u64_of(e, "erasures", 0, "erasure_seq")?)))
+        .transpose()
+}

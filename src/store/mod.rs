@@ -174,14 +174,12 @@ pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> 
         }
         let tx = conn.transaction()?;
         tx.execute_batch(schema::SCHEMA_V1)?;
-        tx.execute(
-            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
-            params![SCHEMA_VERSION, now_ms()],
-        )?;
+        tx.execute("INSERT INTO schema_version (version, applied_at_ms) VALUES (1, ?1)", params![now_ms()])?;
         tx.execute("INSERT INTO log_meta (key, value) VALUES ('origin', ?1)", params![origin])?;
         tx.commit()?;
     }
-    check_version(&conn, path, SCHEMA_VERSION)?;
+    let version = check_version(&conn, path, schema::OLDEST_READABLE_SCHEMA_VERSION, SCHEMA_VERSION)?;
+    migrate(&mut conn, version)?;
     let stored_origin = stored_origin(&conn)?;
     if stored_origin.as_deref() != Some(origin) {
         return Err(StoreError::Incompatible {
@@ -196,13 +194,28 @@ pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> 
     Ok(conn)
 }
 
-/// Checks that the file's schema version is `known` (the ledger's [`SCHEMA_VERSION`] or the search database's
-/// [`schema::SEARCH_SCHEMA_VERSION`]).
-fn check_version(conn: &Connection, path: &Path, known: i64) -> Result<(), StoreError> {
+/// Applies every [`schema::MIGRATIONS`] step above `from`, each in its own transaction with its version row.
+fn migrate(conn: &mut Connection, from: i64) -> Result<(), StoreError> {
+    for (version, ddl) in schema::MIGRATIONS.iter().filter(|(v, _)| *v > from) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(ddl)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, applied_at_ms) VALUES (?1, ?2)",
+            params![version, now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// Checks that the file's schema version is within `oldest..=known` (the ledger's [`SCHEMA_VERSION`], or the
+/// search database's [`schema::SEARCH_SCHEMA_VERSION`] with `oldest = known`) and returns it.
+fn check_version(conn: &Connection, path: &Path, oldest: i64, known: i64) -> Result<i64, StoreError> {
     let version: Option<i64> =
         conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0)).optional()?.flatten();
     match version {
-        Some(v) if v == known => Ok(()),
+        Some(v) if (oldest..=known).contains(&v) => Ok(v),
         Some(v) if v > known => Err(StoreError::Incompatible {
             path: path.to_path_buf(),
             problem: format!(
@@ -249,7 +262,7 @@ pub fn open_search_writer(path: &Path) -> Result<Connection, StoreError> {
         )?;
         tx.commit()?;
     }
-    check_version(&conn, path, schema::SEARCH_SCHEMA_VERSION)?;
+    check_version(&conn, path, schema::SEARCH_SCHEMA_VERSION, schema::SEARCH_SCHEMA_VERSION)?;
     Ok(conn)
 }
 
@@ -277,15 +290,15 @@ pub fn for_each_body(
 
 /// Opens the database read-only (verification, queries). Fails if the file does not exist.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    open_read_only(path, SCHEMA_VERSION)
+    open_read_only(path, schema::OLDEST_READABLE_SCHEMA_VERSION, SCHEMA_VERSION)
 }
 
 /// Opens the search database (`<database>.search.db`) read-only. Fails if the file does not exist.
 pub fn open_search_reader(path: &Path) -> Result<Connection, StoreError> {
-    open_read_only(path, schema::SEARCH_SCHEMA_VERSION)
+    open_read_only(path, schema::SEARCH_SCHEMA_VERSION, schema::SEARCH_SCHEMA_VERSION)
 }
 
-fn open_read_only(path: &Path, version: i64) -> Result<Connection, StoreError> {
+fn open_read_only(path: &Path, oldest: i64, version: i64) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
     let conn = Connection::open_with_flags(
         path,
@@ -293,7 +306,7 @@ fn open_read_only(path: &Path, version: i64) -> Result<Connection, StoreError> {
     )
     .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-    check_version(&conn, path, version)?;
+    check_version(&conn, path, oldest, version)?;
     Ok(conn)
 }
 
@@ -461,6 +474,71 @@ fn insert_sorted<'a>(
         stmt.raw_execute()?;
     }
     Ok(())
+}
+
+/// Opens (`true`) or closes the search database's removal guard inside the caller's transaction: the triggers
+/// refuse DELETE on the search tables while it is closed. Open it only around the indexer's own removals.
+pub fn set_search_removal_guard(search: &Connection, open: bool) -> Result<(), StoreError> {
+    search.execute("UPDATE removal_guard SET open = ?1 WHERE id = 1", params![i64::from(open)])?;
+    Ok(())
+}
+
+/// Seqs below `upto` that have no `event_fields` row (in order), found in one pass over the table's keys; O(1)
+/// when nothing is missing (the row count equals `upto`: seq is the key, so all are there).
+pub fn missing_event_fields(search: &Connection, upto: u64) -> Result<Vec<u64>, StoreError> {
+    let count: i64 =
+        search.query_row("SELECT count(*) FROM event_fields WHERE seq < ?1", params![upto as i64], |r| {
+            r.get(0)
+        })?;
+    if count as u64 == upto {
+        return Ok(Vec::new());
+    }
+    let mut missing = Vec::new();
+    let mut next = 0u64;
+    let mut stmt = search.prepare("SELECT seq FROM event_fields WHERE seq < ?1 ORDER BY seq")?;
+    let mut rows = stmt.query(params![upto as i64])?;
+    while let Some(row) = rows.next()? {
+        let seq = u64_of(row.get(0)?, "event_fields", next, "seq")?;
+        missing.extend(next..seq);
+        next = seq + 1;
+    }
+    missing.extend(next..upto);
+    Ok(missing)
+}
+
+/// Makes the key tables (`actor_index`, `ip_index`) hold exactly the entries of `event_fields`: adds what is
+/// missing and removes what no row accounts for. Compares counts first, so a consistent database costs one
+/// scan per table. Returns how many entries were added and removed. The caller owns the transaction.
+pub fn repair_key_tables(search: &Connection) -> Result<(u64, u64), StoreError> {
+    let (mut added, mut removed) = (0, 0);
+    for (table, column) in [("actor_index", "actor_id"), ("ip_index", "source_ip")] {
+        let want: i64 = search.query_row(
+            &format!("SELECT count(*) FROM event_fields WHERE {column} IS NOT NULL"),
+            [],
+            |r| r.get(0),
+        )?;
+        let have: i64 = search.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        if want == have {
+            continue;
+        }
+        added += search.execute(
+            &format!(
+                "INSERT OR IGNORE INTO {table} ({column}, seq) \
+                 SELECT {column}, seq FROM event_fields WHERE {column} IS NOT NULL ORDER BY {column}, seq"
+            ),
+            [],
+        )? as u64;
+        set_search_removal_guard(search, true)?;
+        removed += search.execute(
+            &format!(
+                "DELETE FROM {table} WHERE NOT EXISTS (SELECT 1 FROM event_fields f \
+                 WHERE f.seq = {table}.seq AND f.{column} = {table}.{column})"
+            ),
+            [],
+        )? as u64;
+        set_search_removal_guard(search, false)?;
+    }
+    Ok((added, removed))
 }
 
 /// The columns of an `event_fields` row, in the order [`event_fields_row`] reads them.
@@ -639,6 +717,30 @@ pub fn last_head(conn: &Connection) -> Result<Option<StoredHead>, StoreError> {
         conn.prepare_cached(&format!("SELECT {HEAD_COLUMNS} FROM heads ORDER BY height DESC LIMIT 1"))?;
     let mut rows = stmt.query([])?;
     rows.next()?.map(head_from_row).transpose()
+}
+
+/// The earliest head whose tree covers `seq` (binary search over heights: tree sizes never decrease).
+pub fn covering_head(conn: &Connection, seq: u64) -> Result<Option<StoredHead>, StoreError> {
+    let Some(last) = last_head(conn)? else { return Ok(None) };
+    if last.tree_size <= seq {
+        return Ok(None);
+    }
+    let (mut lo, mut hi, mut best) = (0u64, last.height, last);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let h = head(conn, mid)?.ok_or(StoreError::Corrupt {
+            table: "heads",
+            key: mid,
+            problem: "missing head".into(),
+        })?;
+        if h.tree_size > seq {
+            hi = mid;
+            best = h;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(best))
 }
 
 /// All heads in height order.
@@ -979,8 +1081,19 @@ mod tests {
         assert_eq!(actors.len(), 152, "u-1, a0..a149, late");
         assert_eq!(actors[0], ("u-1".to_string(), 3));
         assert_eq!(actors[151], ("late".to_string(), 160));
+        // Rows are removed only through the guard the indexer opens: a plain DELETE or a scrub without it is
+        // refused by the triggers.
+        for sql in
+            ["DELETE FROM event_fields WHERE seq = 3", "DELETE FROM actor_index", "DELETE FROM ip_index"]
+        {
+            let e = conn.execute(sql, []).unwrap_err().to_string();
+            assert!(e.contains("search rows are removed only by the indexer"), "{sql}: {e}");
+        }
+        assert!(scrub_event_fields(&conn, 3).is_err());
         // Erasure scrubs the row's keys with its fields.
+        set_search_removal_guard(&conn, true).unwrap();
         scrub_event_fields(&conn, 3).unwrap();
+        set_search_removal_guard(&conn, false).unwrap();
         assert_eq!(
             event_fields(&conn, 3).unwrap(),
             Some(("keycloak".to_string(), NormalizedFields::default()))

@@ -4,8 +4,39 @@
 //! database refuses them even if someone with file access tries through the sqlite3 shell. (Someone who can
 //! drop the triggers can still edit the file; that is what the signed heads and `anchorlog verify` catch.)
 
-/// Schema version this build writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+/// Schema version this build writes. Readers accept every version from 1 up to this one (the verifier reads
+/// old files); the writer migrates an older file forward at open, one [`MIGRATIONS`] step per version.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Oldest schema version this build still reads (and migrates when it opens the file for writing).
+pub const OLDEST_READABLE_SCHEMA_VERSION: i64 = 1;
+
+/// The steps from schema version 1 up: `(version it produces, DDL)`, applied in order, each in the transaction
+/// that records its version. A new database gets [`SCHEMA_V1`] and then every step, so a fresh file and a
+/// migrated one are the same schema.
+pub const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_V2)];
+
+/// Version 2 (issue 10, insider-proof erasures): an `erasures` row is accepted only in the transaction that
+/// appends the appliance's erasure record naming it. The record must be the newest event, not yet covered by
+/// any head (a record sealed earlier cannot be re-used), an `anchorlog.erasure` body that names exactly this
+/// seq; and the erased event must not be one of the appliance's own records. SQLite has no transaction id, so
+/// "written in the same transaction" is enforced as "the newest, still unsealed event": the appender inserts
+/// both rows in one transaction, and nothing else can make that true for a record that already existed.
+/// `CAST(body AS TEXT)`: bodies are BLOBs, which SQLite's JSON functions would read as JSONB.
+pub const SCHEMA_V2: &str = r#"
+DROP TRIGGER erasures_valid;
+CREATE TRIGGER erasures_valid BEFORE INSERT ON erasures
+WHEN NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq AND body IS NOT NULL AND salt IS NOT NULL
+                 AND producer <> 'anchorlog')
+  OR NEW.erasure_seq IS NOT (SELECT MAX(seq) FROM events)
+  OR NEW.erasure_seq < COALESCE((SELECT tree_size FROM heads ORDER BY height DESC LIMIT 1), 0)
+  OR NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.erasure_seq AND NEW.erasure_seq > NEW.seq
+                 AND producer = 'anchorlog' AND source = 'anchorlog' AND format = 'anchorlog'
+                 AND json_valid(CAST(body AS TEXT))
+                 AND json_extract(CAST(body AS TEXT), '$.type') = 'anchorlog.erasure'
+                 AND json_extract(CAST(body AS TEXT), '$.erased_seq') = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'anchorlog: an erasure row is only written with its erasure record: the newest, unsealed anchorlog.erasure event naming this seq, for a present payload that is not an appliance record'); END;
+"#;
 
 /// DDL of schema version 1, applied in one transaction on a new database.
 pub const SCHEMA_V1: &str = r#"
@@ -132,7 +163,8 @@ BEGIN SELECT RAISE(ABORT, 'anchorlog: log metadata is append-only'); END;
 /// Schema version of the search database this build writes and understands. A search database of another
 /// version is deleted and rebuilt from the ledger at start (it is derived data). 2: actor and IP moved from
 /// indexes on `event_fields` to the sorted tables `actor_index` and `ip_index`; no CHECK on `outcome`.
-pub const SEARCH_SCHEMA_VERSION: i64 = 2;
+/// 3: rows are deleted only through the `removal_guard` the indexer opens (erasure scrubs, repairs).
+pub const SEARCH_SCHEMA_VERSION: i64 = 3;
 
 /// DDL of the search database (`<database>.search.db`), kept by the indexer thread that trails the writer.
 ///
@@ -190,4 +222,26 @@ CREATE INDEX event_fields_source ON event_fields (source, seq);
 CREATE INDEX event_fields_realm ON event_fields (realm, seq) WHERE realm IS NOT NULL;
 CREATE TRIGGER event_fields_no_update BEFORE UPDATE ON event_fields
 BEGIN SELECT RAISE(ABORT, 'anchorlog: event fields are append-only'); END;
+-- Deleting a row hides its event from search. Only the indexer removes rows — the fields of an erased payload
+-- (personal data), stray key entries found at start — and it opens this guard for the length of that
+-- transaction. Defence in depth like the ledger's triggers: the start-up check (src/ledger/indexer.rs) finds
+-- and re-derives rows missing for any reason, dropped triggers included.
+CREATE TABLE removal_guard (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    open INTEGER NOT NULL CHECK (open IN (0, 1))
+);
+INSERT INTO removal_guard (id, open) VALUES (1, 0);
+CREATE TRIGGER event_fields_no_delete BEFORE DELETE ON event_fields
+WHEN (SELECT open FROM removal_guard) IS NOT 1
+BEGIN SELECT RAISE(ABORT, 'anchorlog: search rows are removed only by the indexer (erasure scrubs, repairs)'); END;
+CREATE TRIGGER actor_index_no_delete BEFORE DELETE ON actor_index
+WHEN (SELECT open FROM removal_guard) IS NOT 1
+BEGIN SELECT RAISE(ABORT, 'anchorlog: search rows are removed only by the indexer (erasure scrubs, repairs)'); END;
+CREATE TRIGGER ip_index_no_delete BEFORE DELETE ON ip_index
+WHEN (SELECT open FROM removal_guard) IS NOT 1
+BEGIN SELECT RAISE(ABORT, 'anchorlog: search rows are removed only by the indexer (erasure scrubs, repairs)'); END;
+CREATE TRIGGER actor_index_no_update BEFORE UPDATE ON actor_index
+BEGIN SELECT RAISE(ABORT, 'anchorlog: search key entries are append-only'); END;
+CREATE TRIGGER ip_index_no_update BEFORE UPDATE ON ip_index
+BEGIN SELECT RAISE(ABORT, 'anchorlog: search key entries are append-only'); END;
 "#;

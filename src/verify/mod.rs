@@ -5,15 +5,20 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
-use crate::ledger::entry::{payload_digest, AuthMethod, Entry, EntryFacts};
+use crate::ledger::entry::{payload_digest, Entry, EntryFacts};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Frontier};
-use crate::ledger::record_types as types;
 use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
+use std::collections::BTreeMap;
 
+pub mod erasure;
+mod records;
 pub mod timestamps;
+
+use records::RecordTracker;
+pub use records::{ApplianceSummary, OutageComponent, OutageWindow, OwnRecord};
 
 /// The first thing found wrong, naming the exact record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +147,38 @@ pub enum Failure {
         /// The event.
         seq: u64,
     },
+    /// The event an erased payload's erasure row names is not the appliance's erasure record of this event.
+    #[error(
+        "event seq {seq}: its payload is erased, but event seq {erasure_seq} is not the appliance's erasure \
+         record of it (a forged erasure: the payload was removed without the logged, signed erasure)"
+    )]
+    ErasureRecordMismatch {
+        /// The erased event.
+        seq: u64,
+        /// The event named as its erasure record.
+        erasure_seq: u64,
+    },
+    /// The erasure record an erased payload names is not in the log (or bundle, or receipt).
+    #[error(
+        "event seq {seq}: its payload is erased, but its erasure record (event seq {erasure_seq}) is not there"
+    )]
+    ErasureRecordMissing {
+        /// The erased event.
+        seq: u64,
+        /// The record it names.
+        erasure_seq: u64,
+    },
+    /// The erasure record exists but no verified head covers it yet.
+    #[error(
+        "event seq {seq}: its erasure record (event seq {erasure_seq}) is not covered by a signed head yet; if \
+         the appliance is running, verify again after the next seal"
+    )]
+    ErasureRecordUnsealed {
+        /// The erased event.
+        seq: u64,
+        /// Its record.
+        erasure_seq: u64,
+    },
     /// A receipt's inclusion proof does not lead from the leaf to the head's root.
     #[error("event seq {seq}: the inclusion proof does not lead to the root of head height {height}")]
     InclusionProofInvalid {
@@ -149,6 +186,14 @@ pub enum Failure {
         seq: u64,
         /// The head.
         height: u64,
+    },
+    /// A head carried as proof does not extend the head the evidence is anchored at.
+    #[error("head height {height}: the consistency proof from tree size {from_size} does not verify")]
+    ConsistencyProofInvalid {
+        /// The head.
+        height: u64,
+        /// The anchor's tree size.
+        from_size: u64,
     },
     /// A bundle holds an event past its last head (not covered by any signature in it).
     #[error("event seq {seq}: beyond the last head of the bundle (covered by no signature in it)")]
@@ -180,6 +225,38 @@ pub enum Failure {
         /// Why.
         reason: String,
     },
+    /// A token's genTime is earlier than an earlier head's token's (beyond the allowed skew): heads were
+    /// re-signed and re-timestamped out of order, or a token was moved.
+    #[error(
+        "head height {height}: its token's genTime {gen_time} is earlier than head height {previous}'s token's \
+         {previous_gen_time} (time-stamps must not go backwards along the chain)"
+    )]
+    TimestampWentBack {
+        /// The head.
+        height: u64,
+        /// Its genTime, RFC 3339.
+        gen_time: String,
+        /// The earlier head whose token is later.
+        previous: u64,
+        /// That token's genTime.
+        previous_gen_time: String,
+    },
+    /// A token was issued too long after the head was sealed, outside any recorded timestamping outage: the
+    /// head may have been written (or rewritten) later than it claims.
+    #[error(
+        "head height {height}: its token was issued {delay_s} s after the head's seal time, more than the \
+         allowed {max_s} s, and no timestamping outage recorded in the log covers it (a backdated or \
+         rewritten head); if the TSA was down, verify a range that holds the outage records, or raise \
+         --max-timestamp-delay"
+    )]
+    TimestampLate {
+        /// The head.
+        height: u64,
+        /// genTime − seal time, seconds.
+        delay_s: i64,
+        /// The allowed delay, seconds.
+        max_s: u64,
+    },
     /// The head has no RFC 3161 token and tokens are required.
     #[error("head height {height}: has no time-stamp token (--require-timestamps)")]
     TimestampMissing {
@@ -201,6 +278,9 @@ impl Failure {
             | Failure::PartialErasure { seq }
             | Failure::EventBeyondRange { seq }
             | Failure::UnrecordedErasure { seq }
+            | Failure::ErasureRecordMismatch { seq, .. }
+            | Failure::ErasureRecordMissing { seq, .. }
+            | Failure::ErasureRecordUnsealed { seq, .. }
             | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
@@ -213,7 +293,10 @@ impl Failure {
             | Failure::BadSignature { height, .. }
             | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadTimestamp { height, .. }
-            | Failure::TimestampMissing { height } => ("height", *height),
+            | Failure::TimestampMissing { height }
+            | Failure::ConsistencyProofInvalid { height, .. }
+            | Failure::TimestampWentBack { height, .. }
+            | Failure::TimestampLate { height, .. } => ("height", *height),
         }
     }
 }
@@ -253,6 +336,8 @@ pub struct Report {
     pub last_sealed_ms: Option<i64>,
     /// Key id every head was verified with.
     pub key_id: String,
+    /// The origin every head was checked against (given, or pinned to the source's own: see [`WalkOptions`]).
+    pub origin: String,
     /// The last head's checkpoint text.
     pub last_checkpoint: Option<String>,
     /// Frontier at the last head's tree size (used to continue the chain).
@@ -260,100 +345,22 @@ pub struct Report {
     pub frontier_at_last_head: Frontier,
     /// The appliance's own records among the events, by kind (docs/FORMAT.md §10, §12–15).
     pub appliance: ApplianceSummary,
+    /// Timestamping outages the log records (they excuse late tokens: [`timestamps`]).
+    pub timestamping_outages: Vec<OutageWindow>,
 }
 
-/// Counts of the appliance's own records (auth `internal`) in a verified range, by the `type` of their body:
-/// what an auditor reads first — restarts, crashes, outages, refused access.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ApplianceSummary {
-    /// `anchorlog.start` records.
-    pub starts: u64,
-    /// Of those, starts whose previous run ended without a stop record (a crash, a kill, a power loss).
-    pub starts_after_unclean_end: u64,
-    /// `anchorlog.stop` records.
-    pub stops: u64,
-    /// `anchorlog.outage` records with `state: started`.
-    pub outages_started: u64,
-    /// `anchorlog.outage` records with `state: ended`.
-    pub outages_ended: u64,
-    /// `anchorlog.access_denied` records.
-    pub access_denied: u64,
-    /// `anchorlog.audit_access` records.
-    pub audit_access: u64,
-    /// `anchorlog.erasure` records.
-    pub erasures: u64,
-    /// Own records of another type, or whose body is erased or not JSON.
-    pub other: u64,
-}
-
-/// One of the appliance's own records, by the `type` of its body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OwnRecord {
-    /// `anchorlog.start`; whether its previous run ended without a stop record.
-    Start {
-        /// `previous_run` is `ended_without_stop_record`.
-        after_unclean_end: bool,
-    },
-    /// `anchorlog.stop`.
-    Stop,
-    /// `anchorlog.outage`, `state: started`.
-    OutageStarted,
-    /// `anchorlog.outage`, `state: ended`.
-    OutageEnded,
-    /// `anchorlog.access_denied`.
-    AccessDenied,
-    /// `anchorlog.audit_access`.
-    AuditAccess,
-    /// `anchorlog.erasure`.
-    Erasure,
-    /// Anything else (another type, an erased body, not JSON).
-    Other,
-}
-
-impl OwnRecord {
-    /// The kind of an event's record: `None` unless the entry's auth is `internal`.
-    pub fn of(auth: AuthMethod, body: Option<&[u8]>) -> Option<OwnRecord> {
-        if auth != AuthMethod::Internal {
-            return None;
-        }
-        let v: serde_json::Value = match body.map(serde_json::from_slice) {
-            Some(Ok(v)) => v,
-            _ => return Some(OwnRecord::Other),
-        };
-        let text = |k: &str| v.get(k).and_then(|x| x.as_str());
-        let state = text("state");
-        Some(match text("type") {
-            Some(types::START) => OwnRecord::Start {
-                after_unclean_end: text("previous_run") == Some(types::PREVIOUS_RUN_UNCLEAN),
-            },
-            Some(types::STOP) => OwnRecord::Stop,
-            Some(types::OUTAGE) if state == Some(types::OUTAGE_STARTED) => OwnRecord::OutageStarted,
-            Some(types::OUTAGE) if state == Some(types::OUTAGE_ENDED) => OwnRecord::OutageEnded,
-            Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
-            Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
-            Some(types::ERASURE) => OwnRecord::Erasure,
-            _ => OwnRecord::Other,
-        })
-    }
-}
-
-impl ApplianceSummary {
-    fn add(&mut self, r: OwnRecord) {
-        let n = match r {
-            OwnRecord::Start { after_unclean_end } => {
-                self.starts_after_unclean_end += u64::from(after_unclean_end);
-                &mut self.starts
-            }
-            OwnRecord::Stop => &mut self.stops,
-            OwnRecord::OutageStarted => &mut self.outages_started,
-            OwnRecord::OutageEnded => &mut self.outages_ended,
-            OwnRecord::AccessDenied => &mut self.access_denied,
-            OwnRecord::AuditAccess => &mut self.audit_access,
-            OwnRecord::Erasure => &mut self.erasures,
-            OwnRecord::Other => &mut self.other,
-        };
-        *n += 1;
-    }
+/// How a walk judges what it reads beyond the events and heads themselves.
+#[derive(Debug, Clone, Default)]
+pub struct WalkOptions<'a> {
+    /// The origin every head must carry. `None`: the first head's, and every later head must equal it (a
+    /// log never changes origin); the report names the origin either way.
+    pub origin: Option<&'a str>,
+    /// Erasure records outside the walked range that the caller already verified (a bundle's or receipt's
+    /// record proofs): erased seq → record seq.
+    pub proven_erasures: BTreeMap<u64, u64>,
+    /// Accept an erasure record not yet covered by a head (only the appliance's own start-up: it seals the
+    /// record next; an auditor's verification never sets it).
+    pub allow_unsealed_erasure_records: bool,
 }
 
 /// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
@@ -399,14 +406,22 @@ pub struct CheckedEvent {
     pub leaf_hash: merkle::Hash,
     /// `(received_at_ns, erased)` when the entry, leaf and payload check out, else the failure.
     pub check: Result<(u64, bool), Failure>,
-    /// The kind of the appliance's own record this is, if it is one (its entry's auth is `internal`).
+    /// The kind of the appliance's own record this is, if it is one ([`EntryFacts::appliance`]).
     pub own: Option<OwnRecord>,
+    /// For an erased payload: the seq of the erasure record its erasure row (or bundle line) names.
+    pub erasure_seq: Option<u64>,
 }
 
 impl CheckedEvent {
     /// Checks a decoded event row ([`check_event`]).
     pub fn of(ev: &StoredEvent) -> CheckedEvent {
         CheckedEvent::from_check(ev.seq, ev.leaf_hash, check_event(ev), ev.body.as_deref())
+    }
+
+    /// This event, naming `erasure_seq` as the record of its erased payload.
+    pub fn with_erasure_seq(mut self, erasure_seq: Option<u64>) -> CheckedEvent {
+        self.erasure_seq = erasure_seq;
+        self
     }
 
     /// The result of [`check_parts`] on an event with this `body`.
@@ -416,8 +431,9 @@ impl CheckedEvent {
         checked: Result<(EntryFacts, bool), Failure>,
         body: Option<&[u8]>,
     ) -> CheckedEvent {
-        let own = checked.as_ref().ok().and_then(|(facts, _)| OwnRecord::of(facts.auth, body));
-        CheckedEvent { seq, leaf_hash, check: checked.map(|(e, erased)| (e.received_at_ns, erased)), own }
+        let own = checked.as_ref().ok().and_then(|(facts, _)| OwnRecord::of(facts.appliance, body));
+        let check = checked.map(|(e, erased)| (e.received_at_ns, erased));
+        CheckedEvent { seq, leaf_hash, check, own, erasure_seq: None }
     }
 }
 
@@ -470,16 +486,14 @@ impl EventSource for DbEvents<'_> {
         let mut go_on = true;
         let conn = self.0;
         store::for_each_event(conn, from, |ev| {
-            // An erased payload must be accounted for by its record (rare: one lookup per erased event).
-            let item = if ev.body.is_none() && ev.salt.is_none() {
-                match store::erasure::erasure(conn, ev.seq)? {
-                    Some(r) if r.erasure_seq > ev.seq => Ok(ev),
-                    _ => Err(Failure::UnrecordedErasure { seq: ev.seq }),
-                }
+            // An erased payload names its record in the erasures row (rare: one lookup per erased event); the
+            // walk checks that record when it reaches it.
+            let erasure_seq = if ev.body.is_none() && ev.salt.is_none() {
+                store::erasure::erasure(conn, ev.seq)?.map(|r| r.erasure_seq)
             } else {
-                Ok(ev)
+                None
             };
-            batch.push(item);
+            batch.push((ev, erasure_seq));
             if batch.len() == BATCH {
                 go_on = f(check_batch(&std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
             }
@@ -492,22 +506,31 @@ impl EventSource for DbEvents<'_> {
     }
 }
 
-/// Checks a batch of decoded rows on all cores.
-fn check_batch(batch: &[Result<StoredEvent, Failure>]) -> Vec<Decoded> {
-    par_map(batch, |item| match item {
-        Ok(ev) => Ok(CheckedEvent::of(ev)),
-        Err(f) => Err(f.clone()),
-    })
+/// Checks a batch of rows (each with the erasure record it names, if erased) on all cores.
+fn check_batch(batch: &[(StoredEvent, Option<u64>)]) -> Vec<Decoded> {
+    par_map(batch, |(ev, erasure_seq)| Ok(CheckedEvent::of(ev).with_erasure_seq(*erasure_seq)))
 }
 
-/// Verifies a whole database against `key`; `origin`, when given, must match every head.
+/// Verifies a whole database against `key`; every head must carry `origin`, or when `None` the origin the
+/// database was created with (`log_meta`), which the report names.
 pub fn verify_database(
     conn: &Connection,
     key: &PublicKey,
     origin: Option<&str>,
 ) -> Result<Report, VerifyError> {
+    verify_database_with(conn, key, WalkOptions { origin, ..WalkOptions::default() })
+}
+
+/// [`verify_database`] with every option of the walk.
+pub fn verify_database_with(
+    conn: &Connection,
+    key: &PublicKey,
+    opts: WalkOptions<'_>,
+) -> Result<Report, VerifyError> {
+    let stored_origin = store::stored_origin(conn)?;
     let heads = store::all_heads(conn)?;
-    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, origin)?;
+    let origin = opts.origin.or(stored_origin.as_deref());
+    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, &WalkOptions { origin, ..opts })?;
     // The stored nodes serve every proof; their right edge at the last head must be the verified one
     // (O(log n) reads). A proof from a corrupted node would fail at the client anyway; this names it early.
     let size = report.frontier_at_last_head.size();
@@ -527,10 +550,11 @@ pub fn walk(
     heads: Vec<StoredHead>,
     events: &mut dyn EventSource,
     key: &PublicKey,
-    origin: Option<&str>,
+    opts: &WalkOptions<'_>,
 ) -> Result<Report, VerifyError> {
     let first_seq = start.frontier.size();
-    let mut checker = HeadChecker::new(key, origin, heads, &start);
+    let mut checker = HeadChecker::new(key, opts.origin, heads, &start);
+    let mut records = RecordTracker::default();
     let mut report = Report {
         key_id: key.key_id.clone(),
         frontier_at_last_head: start.frontier.clone(),
@@ -557,19 +581,18 @@ pub fn walk(
                 failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
                 return false;
             }
-            match ev.check {
-                Ok((received_at_ns, erased)) => {
-                    report.first_received_ns.get_or_insert(received_at_ns);
-                    report.last_received_ns = Some(received_at_ns);
-                    report.erased += u64::from(erased);
-                    if let Some(own) = ev.own {
-                        report.appliance.add(own);
-                    }
+            let checked = ev.check.and_then(|(received_at_ns, erased)| {
+                report.first_received_ns.get_or_insert(received_at_ns);
+                report.last_received_ns = Some(received_at_ns);
+                report.erased += u64::from(erased);
+                if erased {
+                    records.erased(seq, ev.erasure_seq)?;
                 }
-                Err(f) => {
-                    failure = Some(f);
-                    return false;
-                }
+                records.event(seq, received_at_ns, ev.own)
+            });
+            if let Err(f) = checked {
+                failure = Some(f);
+                return false;
             }
             frontier.push(ev.leaf_hash);
             if let Err(f) = checker.check_due(&frontier, &mut report) {
@@ -585,7 +608,13 @@ pub fn walk(
     report.events = frontier.size() - first_seq;
     checker.finish(frontier.size())?;
     report.heads = checker.checked;
+    report.origin = checker.origin.unwrap_or_default();
     report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
+    let sealed = report.frontier_at_last_head.size();
+    let (summary, outages) =
+        records.finish(sealed, opts.allow_unsealed_erasure_records, &opts.proven_erasures)?;
+    report.appliance = summary;
+    report.timestamping_outages = outages;
     Ok(report)
 }
 
@@ -626,7 +655,8 @@ pub fn check_parts(
 /// Checks heads in height order as the event walk reaches their tree sizes.
 struct HeadChecker<'a> {
     key: &'a PublicKey,
-    origin: Option<&'a str>,
+    /// The origin every head must carry: given, or the first checked head's.
+    origin: Option<String>,
     heads: std::iter::Peekable<std::vec::IntoIter<StoredHead>>,
     prev_hash: [u8; 32],
     prev_size: u64,
@@ -636,10 +666,10 @@ struct HeadChecker<'a> {
 }
 
 impl<'a> HeadChecker<'a> {
-    fn new(key: &'a PublicKey, origin: Option<&'a str>, heads: Vec<StoredHead>, start: &Start) -> Self {
+    fn new(key: &'a PublicKey, origin: Option<&str>, heads: Vec<StoredHead>, start: &Start) -> Self {
         HeadChecker {
             key,
-            origin,
+            origin: origin.map(str::to_string),
             heads: heads.into_iter().peekable(),
             prev_hash: start.prev_hash,
             prev_size: start.frontier.size(),
@@ -686,10 +716,12 @@ impl<'a> HeadChecker<'a> {
                 reason: "the stored columns disagree with the signed checkpoint text".into(),
             });
         }
-        if let Some(expected) = self.origin {
-            if cp.origin != expected {
-                return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.into() });
+        match &self.origin {
+            Some(expected) if cp.origin != *expected => {
+                return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.clone() });
             }
+            Some(_) => {}
+            None => self.origin = Some(cp.origin.clone()),
         }
         if cp.prev != self.prev_hash {
             return Err(Failure::ChainBroken { height });
@@ -723,49 +755,5 @@ impl<'a> HeadChecker<'a> {
             }),
             Some(h) => Err(Failure::HeadBeyondLog { height: h.height, tree_size: h.tree_size, events }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_records_are_told_apart_by_their_body_type() {
-        let own = |auth, body: &str| OwnRecord::of(auth, Some(body.as_bytes()));
-        let i = AuthMethod::Internal;
-        assert_eq!(
-            own(AuthMethod::Mtls, r#"{"type":"anchorlog.stop"}"#),
-            None,
-            "a producer's event never counts"
-        );
-        assert_eq!(
-            own(i, r#"{"type":"anchorlog.start","previous_run":"ended_without_stop_record"}"#),
-            Some(OwnRecord::Start { after_unclean_end: true })
-        );
-        assert_eq!(
-            own(i, r#"{"type":"anchorlog.start","previous_run":"stopped_cleanly"}"#),
-            Some(OwnRecord::Start { after_unclean_end: false })
-        );
-        assert_eq!(own(i, r#"{"type":"anchorlog.stop"}"#), Some(OwnRecord::Stop));
-        assert_eq!(
-            own(i, r#"{"type":"anchorlog.outage","state":"started"}"#),
-            Some(OwnRecord::OutageStarted)
-        );
-        assert_eq!(own(i, r#"{"type":"anchorlog.outage","state":"ended"}"#), Some(OwnRecord::OutageEnded));
-        assert_eq!(own(i, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
-        assert_eq!(own(i, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
-        assert_eq!(own(i, r#"{"type":"anchorlog.erasure"}"#), Some(OwnRecord::Erasure));
-        assert_eq!(own(i, "not json"), Some(OwnRecord::Other));
-        assert_eq!(OwnRecord::of(i, None), Some(OwnRecord::Other), "an erased own record");
-        let mut sum = ApplianceSummary::default();
-        for r in [
-            OwnRecord::Start { after_unclean_end: true },
-            OwnRecord::Start { after_unclean_end: false },
-            OwnRecord::Stop,
-        ] {
-            sum.add(r);
-        }
-        assert_eq!((sum.starts, sum.starts_after_unclean_end, sum.stops), (2, 1, 1));
     }
 }

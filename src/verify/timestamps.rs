@@ -8,16 +8,27 @@
 //!
 //! The same check serves the database ([`verify_timestamps`]), export bundles (`heads/<h>.tsr`) and receipts
 //! ([`verify_head_tokens`]), so an auditor gets one verdict whatever they hold.
+//!
+//! Time that cannot be rewritten quietly: along the chain, genTimes never go backwards (beyond the skew), and a
+//! token issued more than [`TimestampPolicy::max_delay`] after its head's seal time fails — someone who
+//! rewrites the tail of a log and re-signs it through the HSM gets fresh tokens, today's, on heads that claim
+//! an earlier seal time — unless the log itself records a timestamping outage around that head (the tokens
+//! of an outage are back-filled late: [`OutageWindow`]). The report gives every head's delay and the largest.
 
-use super::{Failure, VerifyError};
+use super::{Failure, OutageWindow, VerifyError};
 use crate::store;
 use crate::tsa::{verify_response, TrustAnchors, VerifyOptions};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, UNIX_EPOCH};
 
-/// Most heights listed in [`TimestampReport::missing`]; the count is always exact.
+/// Most heights listed in [`TimestampReport::missing`] and [`TimestampReport::late_in_outage`]; the counts are
+/// always exact.
 pub const MAX_LISTED_MISSING: usize = 100;
+
+/// Default of [`TimestampPolicy::max_delay`] (`--max-timestamp-delay`): 10 minutes, far above the
+/// appliance's back-off ceiling (60 s) yet far below any rewrite worth doing.
+pub const DEFAULT_MAX_TIMESTAMP_DELAY_S: u64 = 600;
 
 /// What the token check saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -32,6 +43,23 @@ pub struct TimestampReport {
     pub first_gen_time: Option<String>,
     /// genTime of the last verified token.
     pub last_gen_time: Option<String>,
+    /// The largest delay from a head's seal time to its token's genTime, ms, and that head's height.
+    pub max_delay: Option<HeadDelay>,
+    /// Heads whose token came later than the allowed delay, excused by a recorded timestamping outage: count.
+    pub late_in_outage_count: u64,
+    /// Their heights (the first [`MAX_LISTED_MISSING`]).
+    pub late_in_outage: Vec<u64>,
+    /// Every verified head's delay (genTime − seal time), in height order.
+    pub delays: Vec<HeadDelay>,
+}
+
+/// The delay from a head's seal time to its token's genTime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HeadDelay {
+    /// The head.
+    pub height: u64,
+    /// genTime − seal time, ms (may be slightly negative, within the skew).
+    pub delay_ms: i64,
 }
 
 /// How to check tokens offline: the TSA CA(s), the allowed skew, and whether a head without one fails.
@@ -43,6 +71,21 @@ pub struct TimestampPolicy {
     pub max_skew: Duration,
     /// A head without a token is a failure (`--require-timestamps`) instead of being listed.
     pub require: bool,
+    /// Longest allowed delay from a head's seal time to its token's genTime outside a recorded
+    /// timestamping outage (`--max-timestamp-delay`, default [`DEFAULT_MAX_TIMESTAMP_DELAY_S`]).
+    pub max_delay: Duration,
+}
+
+impl TimestampPolicy {
+    /// The policy with the default skew and delay: tokens must chain to `anchors`.
+    pub fn new(anchors: TrustAnchors) -> TimestampPolicy {
+        TimestampPolicy {
+            anchors,
+            max_skew: Duration::from_secs(crate::config::DEFAULT_TIMESTAMP_MAX_SKEW_S),
+            require: false,
+            max_delay: Duration::from_secs(DEFAULT_MAX_TIMESTAMP_DELAY_S),
+        }
+    }
 }
 
 /// One signed head and the token a bundle or receipt carries for it (`None`: none).
@@ -59,45 +102,116 @@ pub struct HeadToken<'a> {
 }
 
 /// Checks the token of every head in `heads` (already verified heads, in height order); the first bad token
-/// names its height. Heads without a token are listed, or fail with [`TimestampPolicy::require`].
+/// names its height. Heads without a token are listed, or fail with [`TimestampPolicy::require`]. `outages`
+/// are the timestamping outages the log records (from the walk's [`super::Report`]; none for a receipt).
 pub fn verify_head_tokens<'a>(
     heads: impl IntoIterator<Item = HeadToken<'a>>,
     policy: &TimestampPolicy,
+    outages: &[OutageWindow],
 ) -> Result<TimestampReport, Failure> {
-    let mut report = TimestampReport::default();
+    let mut chain = ChainTimes::new(policy, outages);
     for h in heads {
         let Some(response) = h.response else {
-            missing(&mut report, h.height, policy.require)?;
+            missing(&mut chain.report, h.height, policy.require)?;
             continue;
         };
         let v = check_token(h.checkpoint, h.sealed_at_ms, response, &policy.anchors, policy.max_skew)
             .map_err(|reason| Failure::BadTimestamp { height: h.height, reason })?;
-        verified(&mut report, v);
+        chain.verified(h.height, h.sealed_at_ms, v)?;
     }
-    Ok(report)
+    Ok(chain.report)
 }
 
-fn verified(report: &mut TimestampReport, v: crate::tsa::VerifiedTimestamp) {
-    report.verified += 1;
-    report.first_gen_time.get_or_insert(v.gen_time_rfc3339.clone());
-    report.last_gen_time = Some(v.gen_time_rfc3339);
+/// The order and delay checks along the chain of verified tokens.
+struct ChainTimes<'p> {
+    report: TimestampReport,
+    policy: &'p TimestampPolicy,
+    outages: &'p [OutageWindow],
+    /// The previous verified token: its head's height, genTime (ms) and genTime text.
+    previous: Option<(u64, i64, String)>,
 }
 
-/// Checks every stored token against `anchors`. With `require`, the first head without a token fails.
+impl<'p> ChainTimes<'p> {
+    fn new(policy: &'p TimestampPolicy, outages: &'p [OutageWindow]) -> ChainTimes<'p> {
+        ChainTimes { report: TimestampReport::default(), policy, outages, previous: None }
+    }
+
+    fn verified(
+        &mut self,
+        height: u64,
+        sealed_at_ms: i64,
+        v: crate::tsa::VerifiedTimestamp,
+    ) -> Result<(), Failure> {
+        let gen_ms = system_ms(v.gen_time).unwrap_or(i64::MAX);
+        let skew_ms = i64::try_from(self.policy.max_skew.as_millis()).unwrap_or(i64::MAX);
+        if let Some((previous, previous_ms, previous_text)) = &self.previous {
+            if gen_ms < previous_ms.saturating_sub(skew_ms) {
+                return Err(Failure::TimestampWentBack {
+                    height,
+                    gen_time: v.gen_time_rfc3339,
+                    previous: *previous,
+                    previous_gen_time: previous_text.clone(),
+                });
+            }
+        }
+        let delay_ms = gen_ms.saturating_sub(sealed_at_ms);
+        let max_ms = i64::try_from(self.policy.max_delay.as_millis()).unwrap_or(i64::MAX);
+        if delay_ms > max_ms {
+            if !in_outage(self.outages, sealed_at_ms, gen_ms, max_ms) {
+                return Err(Failure::TimestampLate {
+                    height,
+                    delay_s: delay_ms / 1000,
+                    max_s: self.policy.max_delay.as_secs(),
+                });
+            }
+            self.report.late_in_outage_count += 1;
+            if self.report.late_in_outage.len() < MAX_LISTED_MISSING {
+                self.report.late_in_outage.push(height);
+            }
+        }
+        let delay = HeadDelay { height, delay_ms };
+        if self.report.max_delay.is_none_or(|m| delay_ms > m.delay_ms) {
+            self.report.max_delay = Some(delay);
+        }
+        self.report.delays.push(delay);
+        self.report.verified += 1;
+        self.report.first_gen_time.get_or_insert(v.gen_time_rfc3339.clone());
+        self.report.last_gen_time = Some(v.gen_time_rfc3339.clone());
+        self.previous = Some((height, gen_ms, v.gen_time_rfc3339));
+        Ok(())
+    }
+}
+
+/// Whether a head sealed at `sealed_ms` whose token came at `gen_ms` lies in a recorded outage: sealed after
+/// the outage began (less the allowed delay: the head whose token failed first was sealed just before its
+/// first failed attempt), before it ended, and stamped within the allowed delay of its end (the back-fill).
+/// An outage still open at the end of the log excuses any later stamp.
+fn in_outage(outages: &[OutageWindow], sealed_ms: i64, gen_ms: i64, max_ms: i64) -> bool {
+    outages.iter().any(|w| {
+        let began = w.since_ms.saturating_sub(max_ms) <= sealed_ms;
+        match w.end_ms {
+            Some(end) => began && sealed_ms <= end && gen_ms <= end.saturating_add(max_ms),
+            None => began,
+        }
+    })
+}
+
+/// Checks every stored token under `policy`, along the chain (`outages`: the timestamping outages the
+/// verified log records). With [`TimestampPolicy::require`], the first head without a token fails.
 pub fn verify_timestamps(
     conn: &Connection,
-    anchors: &TrustAnchors,
-    max_skew: Duration,
-    require: bool,
+    policy: &TimestampPolicy,
+    outages: &[OutageWindow],
 ) -> Result<TimestampReport, VerifyError> {
+    let (anchors, max_skew, require) = (&policy.anchors, policy.max_skew, policy.require);
     let heads = store::all_heads(conn)?;
-    let mut report = TimestampReport::default();
+    let mut chain = ChainTimes::new(policy, outages);
     let mut next = heads.iter().peekable();
     let mut failure: Option<Failure> = None;
     store::for_each_timestamp(conn, |t| {
         // Heads before this token's height have none.
         while let Some(h) = next.next_if(|h| h.height < t.height) {
-            if let Err(f) = missing(&mut report, h.height, require) {
+            if let Err(f) = missing(&mut chain.report, h.height, require) {
                 failure = Some(f);
                 return Ok(false);
             }
@@ -111,8 +225,13 @@ pub fn verify_timestamps(
         };
         match check_token(&head.checkpoint, head.sealed_at_ms, &t.response, anchors, max_skew) {
             Ok(v) if v.gen_time_rfc3339 == t.gen_time && system_ms(v.gen_time) == Some(t.gen_time_ms) => {
-                verified(&mut report, v);
-                Ok(true)
+                match chain.verified(head.height, head.sealed_at_ms, v) {
+                    Ok(()) => Ok(true),
+                    Err(f) => {
+                        failure = Some(f);
+                        Ok(false)
+                    }
+                }
             }
             Ok(_) => {
                 failure = Some(Failure::BadTimestamp {
@@ -131,9 +250,9 @@ pub fn verify_timestamps(
         return Err(f.into());
     }
     for h in next {
-        missing(&mut report, h.height, require)?;
+        missing(&mut chain.report, h.height, require)?;
     }
-    Ok(report)
+    Ok(chain.report)
 }
 
 fn missing(report: &mut TimestampReport, height: u64, require: bool) -> Result<(), Failure> {

@@ -61,7 +61,9 @@ impl<'k> LogBuilder<'k> {
             key,
             next_height: 0,
             prev: [0; 32],
-            time_ms: 1_700_000_000_000,
+            // Heads are sealed "now" (a minute ago, one second apart): tests stamp them with a real TSA, and the
+            // verifier fails a token issued long after its head's seal time (backdating).
+            time_ms: store::now_ms() - 60_000,
         }
     }
 
@@ -111,6 +113,78 @@ impl<'k> LogBuilder<'k> {
             }
         }
         tx.commit().unwrap();
+    }
+
+    /// Appends one of the appliance's own records (producer, source, format `anchorlog`, auth `internal`) with
+    /// `body`, received at `received_at_ns`; returns its seq.
+    pub fn appliance_event_at(&mut self, body: &[u8], received_at_ns: u64) -> u64 {
+        let seq = self.frontier.size();
+        let salt = [7u8; 32];
+        let entry = Entry {
+            seq,
+            received_at_ns,
+            producer: "anchorlog".into(),
+            source: "anchorlog".into(),
+            auth: AuthMethod::Internal,
+            format: "anchorlog".into(),
+            source_id: None,
+            payload_sha256: payload_digest(&salt, body),
+        }
+        .to_canonical_json();
+        let leaf = merkle::leaf_hash(&entry);
+        store::insert_event(
+            &self.conn,
+            &EventRow {
+                seq,
+                received_at_ns,
+                producer: "anchorlog",
+                source: "anchorlog",
+                format: "anchorlog",
+                source_id: None,
+                entry: &entry,
+                leaf_hash: &leaf,
+                salt: &salt,
+                body,
+            },
+        )
+        .unwrap();
+        let mut done = Vec::new();
+        self.frontier.push_with(leaf, |s, l, h| {
+            if l > 1 {
+                done.push((s, l, *h))
+            }
+        });
+        for (s, l, h) in done {
+            store::tree::insert_node(&self.conn, s, l, &h).unwrap();
+        }
+        seq
+    }
+
+    /// [`Self::appliance_event_at`], received now.
+    pub fn appliance_event(&mut self, body: &[u8]) -> u64 {
+        self.appliance_event_at(body, store::now_ns())
+    }
+
+    /// Erases the payload of `seq` as the appliance does: in one transaction, its erasure record (the newest
+    /// event), the erasures row naming it, and the cleared body and salt. Returns the record's seq.
+    pub fn erase(&mut self, seq: u64, by: &str, reason: &str) -> u64 {
+        self.conn.execute_batch("BEGIN").unwrap();
+        let body = serde_json::json!({"type": "anchorlog.erasure", "erased_seq": seq, "erased_by": by,
+                                      "reason": reason});
+        let record = self.appliance_event(body.to_string().as_bytes());
+        store::erasure::erase_payload(
+            &self.conn,
+            &store::erasure::ErasureRecord {
+                seq,
+                erasure_seq: record,
+                erased_by: by.into(),
+                reason: reason.into(),
+                erased_at_ms: store::now_ms(),
+            },
+        )
+        .unwrap();
+        self.conn.execute_batch("COMMIT").unwrap();
+        record
     }
 
     /// Seals a head over everything appended so far.
