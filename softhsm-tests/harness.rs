@@ -53,6 +53,8 @@ pub struct Options {
     /// default here: most tests assert the exact seqs of the events they post; e2e.rs, tpm.rs and tsa_e2e.rs
     /// test the records themselves.
     pub record_appliance_events: bool,
+    /// The log's origin.
+    pub origin: String,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             extra_config: String::new(),
             source_listen: false,
             record_appliance_events: false,
+            origin: "anchorlog.test/e2e".into(),
         }
     }
 }
@@ -184,7 +187,7 @@ impl Appliance {
             ),
         };
         let text = format!(
-            r#"origin = "anchorlog.test/e2e"
+            r#"origin = "{origin}"
 [server]
 listen = "{listen}"
 cert_file = "{d}/certs/server.pem"
@@ -221,6 +224,7 @@ identities = ["dns:admin.test"]
             hb = o.heartbeat_interval_s,
             extra = o.extra_config,
             own = o.record_appliance_events,
+            origin = o.origin,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();

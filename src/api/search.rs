@@ -5,6 +5,7 @@ use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::Outcome;
 use crate::ledger::appender::AppendError;
+use crate::ledger::entry::Entry;
 use crate::ledger::internal::{audit_access_body, internal_event};
 use crate::ledger::record_types;
 use crate::store::search::{self as store_search, CursorError, SearchFilter};
@@ -133,6 +134,7 @@ fn parse(pairs: Vec<(String, String)>, max_limit: usize) -> Result<Request, ApiE
     }
     // The `anchorlog.` types are the appliance's own records: only its source holds them (producers' look-alikes
     // are refused at ingest; any stored before that are not the appliance's and must not be found as such).
+    // With another source given, the hits are dropped below.
     let f = &mut req.filter;
     if f.event_type.as_deref().is_some_and(record_types::is_reserved_type) && f.source.is_none() {
         f.source = Some(record_types::APPLIANCE.into());
@@ -201,10 +203,14 @@ pub(super) async fn search(
             .collect::<Result<Vec<_>, StoreError>>()
     })
     .await?;
+    // An `anchorlog.*` type is answered with the appliance's own records only, judged by the signed entry
+    // (producer, source, format, auth), whatever the index says.
+    let reserved = req.filter.event_type.as_deref().is_some_and(record_types::is_reserved_type);
     let results: Vec<Value> = page
         .hits
         .iter()
         .zip(&events)
+        .filter(|(_, ev)| !reserved || Entry::check(&ev.entry).is_ok_and(|f| f.appliance))
         .map(|(hit, ev)| {
             let mut fields = serde_json::to_value(&hit.fields).unwrap_or(Value::Null);
             if let Some(o) = fields.as_object_mut() {

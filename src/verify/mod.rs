@@ -187,6 +187,18 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// An event follows a clean stop record without a start record in between: nothing writes to the log while
+    /// the appliance is stopped, so it was appended behind the appliance's back.
+    #[error(
+        "event seq {seq}: written after the clean stop recorded at seq {stop_seq} and before the next start, \
+         while the appliance was not running (appended behind its back)"
+    )]
+    WrittenWhileStopped {
+        /// The event.
+        seq: u64,
+        /// The stop record before it.
+        stop_seq: u64,
+    },
     /// A head carried as proof does not extend the head the evidence is anchored at.
     #[error("head height {height}: the consistency proof from tree size {from_size} does not verify")]
     ConsistencyProofInvalid {
@@ -281,6 +293,7 @@ impl Failure {
             | Failure::ErasureRecordMismatch { seq, .. }
             | Failure::ErasureRecordMissing { seq, .. }
             | Failure::ErasureRecordUnsealed { seq, .. }
+            | Failure::WrittenWhileStopped { seq, .. }
             | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }

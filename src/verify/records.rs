@@ -163,6 +163,8 @@ pub(crate) struct RecordTracker {
     recorded_erasures: Vec<(u64, u64)>,
     /// Timestamping outages started and not ended yet: `since_ms`.
     open_outages: Vec<i64>,
+    /// The seq of a clean stop record with no start after it yet.
+    stopped_at: Option<u64>,
     windows: Vec<OutageWindow>,
 }
 
@@ -186,6 +188,11 @@ impl RecordTracker {
             }
             self.recorded_erasures.push((erased, seq));
         }
+        if let Some(stop_seq) = self.stopped_at {
+            if !matches!(own, Some(OwnRecord::Start { .. })) {
+                return Err(Failure::WrittenWhileStopped { seq, stop_seq });
+            }
+        }
         let Some(own) = own else { return Ok(()) };
         self.summary.add(own);
         let at_ms = i64::try_from(received_ns / 1_000_000).unwrap_or(i64::MAX);
@@ -199,10 +206,12 @@ impl RecordTracker {
                 self.windows.push(OutageWindow { since_ms: since, end_ms: Some(at_ms) });
             }
             OwnRecord::Start { .. } => {
+                self.stopped_at = None;
                 for since in self.open_outages.drain(..) {
                     self.windows.push(OutageWindow { since_ms: since, end_ms: Some(at_ms) });
                 }
             }
+            OwnRecord::Stop => self.stopped_at = Some(seq),
             _ => {}
         }
         Ok(())
@@ -332,6 +341,21 @@ mod tests {
         let mut t = RecordTracker::default();
         assert_eq!(t.erased(4, None), Err(Failure::UnrecordedErasure { seq: 4 }));
         assert_eq!(t.erased(4, Some(4)), Err(Failure::UnrecordedErasure { seq: 4 }));
+    }
+
+    #[test]
+    fn nothing_but_a_start_may_follow_a_clean_stop() {
+        let stop = Some(OwnRecord::Stop);
+        let start = Some(OwnRecord::Start { after_unclean_end: false });
+        let mut t = RecordTracker::default();
+        for (seq, own) in [(0, start), (1, None), (2, stop), (3, start), (4, None), (5, stop)] {
+            t.event(seq, 0, own).unwrap();
+        }
+        assert_eq!(t.event(6, 0, None), Err(Failure::WrittenWhileStopped { seq: 6, stop_seq: 5 }));
+        let mut t = RecordTracker::default();
+        t.event(0, 0, stop).unwrap();
+        let erasure = Some(OwnRecord::Erasure { erased_seq: Some(0) });
+        assert_eq!(t.event(1, 0, erasure), Err(Failure::WrittenWhileStopped { seq: 1, stop_seq: 0 }));
     }
 
     #[test]
