@@ -13,6 +13,7 @@
 //! | [`ledger::entry`] | the canonical entry each leaf commits to |
 //! | [`ledger::merkle`] | pure RFC 9162 math: roots, proofs, frontier |
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
+//! | [`note`] | C2SP signed notes, checkpoints, verifier keys, `cosignature/v1`, the witness protocol bodies (pure) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
@@ -49,6 +50,7 @@ pub mod formats;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod note;
 pub mod receipt;
 pub mod signer;
 pub mod store;
