@@ -37,6 +37,7 @@
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
 //! | `monitor` | `anchorlog audit`: signed-head, rollback and fork monitor with local state |
 //! | `bench` | the end-to-end load generator |
+//! | `witness` | `anchorlog witness`: a c2sp.org/tlog-witness witness (state, cosigning key, HTTP) |
 //!
 //! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `tpm` (the TPM 2.0 backend; links
 //! libtss2), `verify` (nothing extra: the offline
@@ -73,3 +74,5 @@ pub mod monitor;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(feature = "server")]
+pub mod witness;

@@ -309,7 +309,7 @@ mod tests {
         let n = Note::parse(REKOR_NOTE.as_bytes()).unwrap();
         assert_eq!(n.verify(&[pixel.clone(), rekor.clone()]).unwrap().verified[0].0, 1);
         let n = Note::parse(PIXEL_NOTE.as_bytes()).unwrap();
-        assert_eq!(n.verify(&[pixel.clone()]).unwrap().verified[0].0, 0);
+        assert_eq!(n.verify(std::slice::from_ref(&pixel)).unwrap().verified[0].0, 0);
         // The Rekor key does not know the Pixel signature: unknown, so nothing trusted.
         assert_eq!(
             n.verify(&[rekor]).unwrap_err().to_string(),
@@ -341,7 +341,7 @@ mod tests {
         let mut bad = good.clone();
         bad.signature[0] ^= 1;
         let n = Note::new(text, vec![bad, good]).unwrap();
-        assert!(matches!(n.verify(&[trusted.clone()]), Err(NoteError::InvalidSignature { .. })));
+        assert!(matches!(n.verify(std::slice::from_ref(&trusted)), Err(NoteError::InvalidSignature { .. })));
         let n = Note::new(text, vec![other_id]).unwrap();
         assert!(matches!(n.verify(&[trusted]), Err(NoteError::NoTrustedSignature { .. })));
     }
