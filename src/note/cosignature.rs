@@ -14,7 +14,7 @@
 //! origin. The signing itself is a closure, so that the key may live in an HSM.
 
 use super::vkey::{self, VerifierKey, TYPE_COSIGNATURE_V1};
-use super::{Note, NoteSignature};
+use super::{Note, NoteError, NoteSignature};
 use ed25519_dalek::Verifier as _;
 
 /// First line of every cosignature/v1 message (domain separation).
@@ -31,8 +31,8 @@ pub enum CosignatureError {
     #[error("verifier key {0} is not a cosignature/v1 key (type 0x04)")]
     NotCosignatureKey(String),
     /// The signature line is malformed.
-    #[error("cosignature line: {0}")]
-    BadLine(&'static str),
+    #[error("cosignature {0}")]
+    BadLine(NoteError),
     /// The line is by another key (name or key ID differ).
     #[error("the cosignature line is by {name}+{key_id:08x}, not by the witness key {expected}")]
     OtherKey {
@@ -269,7 +269,10 @@ mod tests {
         assert_eq!(sign(NAME, &key(), CHECKPOINT, 0), Err(CosignatureError::Timestamp(0)));
         assert_eq!(
             verify_line("- x", &vk, CHECKPOINT),
-            Err(CosignatureError::BadLine("does not start with an em dash and a space"))
+            Err(CosignatureError::BadLine(NoteError::BadSignatureLine {
+                line: 1,
+                problem: "does not start with an em dash and a space"
+            }))
         );
     }
 

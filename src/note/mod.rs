@@ -111,14 +111,21 @@ impl NoteSignature {
         format!("{SIGNATURE_PREFIX}{} {}\n", self.name, B64.encode(blob))
     }
 
-    /// Parses one signature line, without its trailing newline.
-    pub fn parse_line(line: &str) -> Result<Self, &'static str> {
-        let rest = line.strip_prefix(SIGNATURE_PREFIX).ok_or("does not start with an em dash and a space")?;
-        let (name, b64) = rest.split_once(' ').ok_or("has no space between key name and signature")?;
-        vkey::validate_key_name(name).map_err(|_| "the key name is empty or contains a space or '+'")?;
-        let raw = B64.decode(b64).map_err(|_| "the signature is not standard base64")?;
+    /// Parses one signature line, without its trailing newline (errors name it as line 1).
+    pub fn parse_line(line: &str) -> Result<Self, NoteError> {
+        Self::parse_numbered(line, 1)
+    }
+
+    /// Parses line `number` of a signature block.
+    fn parse_numbered(line: &str, number: usize) -> Result<Self, NoteError> {
+        let bad = |problem| NoteError::BadSignatureLine { line: number, problem };
+        let rest =
+            line.strip_prefix(SIGNATURE_PREFIX).ok_or(bad("does not start with an em dash and a space"))?;
+        let (name, b64) = rest.split_once(' ').ok_or(bad("has no space between key name and signature"))?;
+        vkey::validate_key_name(name).map_err(|_| bad("the key name is empty or contains a space or '+'"))?;
+        let raw = B64.decode(b64).map_err(|_| bad("the signature is not standard base64"))?;
         if raw.len() < 5 {
-            return Err("the signature is shorter than a key ID and one byte");
+            return Err(bad("the signature is shorter than a key ID and one byte"));
         }
         let (id, signature) = raw.split_at(4);
         let key_id = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
@@ -160,19 +167,7 @@ impl Note {
         check_characters(all)?;
         let split = all.rfind("\n\n").ok_or(NoteError::NoSignatureBlock)?;
         let (text, block) = (&all[..=split], &all[split + 2..]);
-        if block.is_empty() || !block.ends_with('\n') {
-            return Err(NoteError::UnterminatedSignatureBlock);
-        }
-        let mut signatures = Vec::new();
-        for (i, line) in block[..block.len() - 1].split('\n').enumerate() {
-            if i >= MAX_SIGNATURES {
-                return Err(NoteError::TooManySignatures { max: MAX_SIGNATURES });
-            }
-            let sig = NoteSignature::parse_line(line)
-                .map_err(|problem| NoteError::BadSignatureLine { line: i + 1, problem })?;
-            signatures.push(sig);
-        }
-        Ok(Note { text: text.to_owned(), signatures })
+        Ok(Note { text: text.to_owned(), signatures: parse_signature_lines(block)? })
     }
 
     /// The signed text (ends with `\n`).
@@ -255,10 +250,7 @@ pub fn parse_signature_lines(lines: &str) -> Result<Vec<NoteSignature>, NoteErro
         if i >= MAX_SIGNATURES {
             return Err(NoteError::TooManySignatures { max: MAX_SIGNATURES });
         }
-        out.push(
-            NoteSignature::parse_line(line)
-                .map_err(|problem| NoteError::BadSignatureLine { line: i + 1, problem })?,
-        );
+        out.push(NoteSignature::parse_numbered(line, i + 1)?);
     }
     Ok(out)
 }

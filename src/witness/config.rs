@@ -305,6 +305,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = WitnessConfig::parse(include_str!("../../hsm-config/witness.example.toml")).unwrap();
+        assert_eq!(c.add_checkpoint_path(), "/witness/add-checkpoint");
+        assert_eq!(c.key.backend, WitnessKeyBackend::Pkcs11);
+        assert_eq!(c.logs.len(), 2);
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             (minimal().replace("witness.test/w1", "has space"), "invalid config: `name`"),
