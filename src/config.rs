@@ -770,13 +770,19 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<zeroize::Zeroizing<Str
 /// Refuses a private-key or secret file that its group or others may read or write (any of the mode bits
 /// 0o077): on a shared host they could copy the key. The error names the file, its mode and the fix.
 pub fn check_private_file_mode(key: &str, path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
         key: key.to_string(),
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mode = meta.permissions().mode() & 0o777;
+    // Only Unix has these bits; the appliance and the witness run on Linux, the verifier anywhere.
+    #[cfg(unix)]
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+    #[cfg(not(unix))]
+    let mode = {
+        let _ = meta;
+        0o600
+    };
     if mode & 0o077 != 0 {
         return Err(ConfigError::InsecureMode { key: key.to_string(), path: path.to_path_buf(), mode });
     }
