@@ -1,5 +1,5 @@
-//! A small mTLS HTTP/1.1 client over one keep-alive connection: used by the load generator, the test
-//! suite and (later) the audit monitor. One `Connection` carries one request at a time.
+//! A small HTTP/1.1 client (mTLS, server-only TLS or plain) over one keep-alive connection: used by the load
+//! generator, the test suite and the audit monitor. One `Connection` carries one request at a time.
 
 use bytes_body::full;
 use http_body_util::BodyExt as _;
@@ -93,6 +93,19 @@ impl Connection {
             let _ = conn.await;
         });
         Ok(Connection { sender, host: server_name.to_string() })
+    }
+
+    /// Connects to `addr` over plain HTTP/1.1, no TLS (a witness's `add-checkpoint`, `/healthz`).
+    pub async fn connect_plain(addr: SocketAddr, host: &str) -> Result<Connection, ClientError> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection { sender, host: host.to_string() })
     }
 
     /// Sends one request and reads the whole response.

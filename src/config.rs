@@ -436,6 +436,19 @@ pub enum ConfigError {
         /// What is wrong and what is expected.
         problem: String,
     },
+    /// A private-key or secret file is accessible to its group or other users.
+    #[error(
+        "refusing {path} (named by `{key}`): the file has mode {mode:04o}, so its group or other users can \
+         access it; restrict it with `chmod 600 {path}` (and make it owned by the service user)"
+    )]
+    InsecureMode {
+        /// Dotted key naming the file.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// A secret file could not be read.
     #[error("cannot read secret file {path} (named by `{key}`): {reason}")]
     Secret {
@@ -765,6 +778,28 @@ pub fn read_secret_file(key: &str, path: &Path) -> Result<zeroize::Zeroizing<Str
         return Err(secret_err("the file is empty".into()));
     }
     Ok(zeroize::Zeroizing::new(trimmed.to_string()))
+}
+
+/// Refuses a private-key or secret file that its group or others may read or write (any of the mode bits
+/// 0o077): on a shared host they could copy the key. The error names the file, its mode and the fix.
+pub fn check_private_file_mode(key: &str, path: &Path) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| ConfigError::Secret {
+        key: key.to_string(),
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    // Only Unix has these bits; the appliance and the witness run on Linux, the verifier anywhere.
+    #[cfg(unix)]
+    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+    #[cfg(not(unix))]
+    let mode = {
+        let _ = meta;
+        0o600
+    };
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::InsecureMode { key: key.to_string(), path: path.to_path_buf(), mode });
+    }
+    Ok(())
 }
 
 fn default_listen() -> String {

@@ -13,6 +13,7 @@
 //! | [`ledger::entry`] | the canonical entry each leaf commits to |
 //! | [`ledger::merkle`] | pure RFC 9162 math: roots, proofs, frontier |
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
+//! | [`note`] | C2SP signed notes, checkpoints, verifier keys, `cosignature/v1`, the witness protocol bodies (pure) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
@@ -36,6 +37,7 @@
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
 //! | `monitor` | `anchorlog audit`: signed-head, rollback and fork monitor with local state |
 //! | `bench` | the end-to-end load generator |
+//! | `witness` | `anchorlog witness`: a c2sp.org/tlog-witness witness (state, cosigning key, HTTP) |
 //!
 //! Features: `server` (the appliance), `pkcs11` (the PKCS#11 backend), `tpm` (the TPM 2.0 backend; links
 //! libtss2), `verify` (nothing extra: the offline
@@ -49,6 +51,7 @@ pub mod formats;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod note;
 pub mod receipt;
 pub mod signer;
 pub mod store;
@@ -71,3 +74,5 @@ pub mod monitor;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod tls;
+#[cfg(feature = "server")]
+pub mod witness;

@@ -46,7 +46,7 @@ async fn ingest(
 ) -> Result<Json<Value>, ApiError> {
     let principal = authorize(peer, Role::Producer)?;
     let ndjson = content_kind(headers)?;
-    let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let bytes = read_body(body, headers, state.limits.max_body_bytes, SMALLER_BATCHES).await?;
     let parsed = parse(state, Format::Json, &bytes, ndjson)?;
     let idempotency_key = idempotency_key(headers, parsed.len())?;
     let origin = Origin {
@@ -144,13 +144,22 @@ pub(super) fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
     }
 }
 
-/// Reads the body, refusing more than `limit` bytes without buffering them.
-pub(super) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// What a producer should do about a body above the limit.
+pub(super) const SMALLER_BATCHES: &str = "send smaller batches";
+
+/// Reads the body, refusing more than `limit` bytes without buffering them; `hint` says what to do about a
+/// refused one.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    hint: &str,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("the request body exceeds the limit of {limit} bytes; send smaller batches"),
+            format!("the request body exceeds the limit of {limit} bytes; {hint}"),
         )
         .with_detail(json!({"limit_bytes": limit}))
     };

@@ -22,6 +22,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
+pub(crate) use ingest::read_body;
 use serde_json::json;
 use std::sync::Arc;
 

@@ -173,7 +173,8 @@ async fn ingest_into(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let ndjson = ingest::content_kind(headers)?;
-    let bytes = ingest::read_body(body, headers, state.limits.max_body_bytes).await?;
+    let bytes =
+        ingest::read_body(body, headers, state.limits.max_body_bytes, ingest::SMALLER_BATCHES).await?;
     if auth_method == AuthMethod::Hmac {
         let Some((_, secret)) = &source.secret else { return Err(unknown_source(&source.name)) };
         auth::verify_hmac_sha256(

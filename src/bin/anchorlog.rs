@@ -153,6 +153,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a transparency-log witness (c2sp.org/tlog-witness): cosign the configured logs' checkpoints that are
+    /// consistent with what it saw before. `witness keygen` creates its key and prints the vkey.
+    #[cfg(feature = "server")]
+    #[command(args_conflicts_with_subcommands = true)]
+    Witness {
+        #[command(subcommand)]
+        command: Option<WitnessCommand>,
+        /// Path of the witness TOML configuration (see hsm-config/witness.example.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// End-to-end load generator over mTLS (see docs/PERFORMANCE.md).
     #[cfg(feature = "server")]
     Bench(anchorlog::bench::BenchArgs),
@@ -204,6 +215,24 @@ enum DevSigner {
     Softhsm,
     /// A TPM 2.0 (swtpm) whose state lives under DIR/tpm/.
     Tpm,
+}
+
+#[cfg(feature = "server")]
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Create the cosigning key ([key]: a new key file, mode 0600, or an Ed25519 key pair in the token) and
+    /// print the witness's vkey for log operators and verifiers.
+    Keygen {
+        /// Path of the witness TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the vkey of the configured cosigning key.
+    Vkey {
+        /// Path of the witness TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[cfg(feature = "server")]
@@ -399,6 +428,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "server")]
+        Command::Witness { command, config } => witness(command, config),
+        #[cfg(feature = "server")]
         Command::Bench(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             let report = rt.block_on(anchorlog::bench::run(args))?;
@@ -427,6 +458,40 @@ fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
         service.run(anchorlog::server::shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+#[cfg(feature = "server")]
+fn witness(command: Option<WitnessCommand>, config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use anchorlog::witness::config::WitnessConfig;
+    match (command, config) {
+        (Some(WitnessCommand::Keygen { config }), _) => {
+            let config = WitnessConfig::load(&config)?;
+            println!("{}", anchorlog::witness::key::keygen(&config)?);
+        }
+        (Some(WitnessCommand::Vkey { config }), _) => {
+            let config = WitnessConfig::load(&config)?;
+            let key = anchorlog::witness::key::CosignerKey::open(&config)?;
+            println!("{}", key.vkey(&config.name)?);
+        }
+        (None, Some(config)) => {
+            let config = WitnessConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let service = anchorlog::witness::http::WitnessService::start(config).await?;
+                if let Some(addr) = service.local_addr() {
+                    // Lines on stdout that scripts (and the tests) can wait for.
+                    println!("anchorlog witness listening on {}://{addr}", service.scheme());
+                    println!("anchorlog witness vkey {}", service.vkey());
+                }
+                service.run(anchorlog::server::shutdown_signal()).await;
+                anyhow::Ok(())
+            })?;
+        }
+        (None, None) => {
+            anyhow::bail!("give --config FILE to run the witness, or a subcommand (keygen, vkey)")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(feature = "server")]

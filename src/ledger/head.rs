@@ -122,17 +122,19 @@ impl Checkpoint {
 }
 
 /// C2SP signed-note signature type of ECDSA signatures (c2sp.org/signed-note, type 0x02).
-pub const NOTE_SIGNATURE_TYPE_ECDSA: u8 = 0x02;
+pub const NOTE_SIGNATURE_TYPE_ECDSA: u8 = crate::note::vkey::TYPE_ECDSA;
 
-/// The C2SP signed-note form of a signed head, for note-aware tools: the checkpoint text, a blank line, and
-/// `— <origin> base64(key ID || DER signature)`, where the key ID is the first four bytes of
-/// SHA-256(SubjectPublicKeyInfo DER), as c2sp.org/signed-note specifies for ECDSA (type 0x02).
+/// The C2SP signed-note form of a signed head, for note-aware tools and witnesses: the checkpoint text, a blank
+/// line, and `— <origin> base64(key ID || DER signature)`, where the key ID is the first four bytes of
+/// SHA-256(SubjectPublicKeyInfo DER), as c2sp.org/signed-note specifies for ECDSA (type 0x02). It verifies with
+/// the vkey [`crate::note::VerifierKey::ecdsa`]`(origin, spki_der)`.
 pub fn signed_note(text: &str, origin: &str, spki_der: &[u8], signature_der: &[u8]) -> String {
-    let key_hash = Sha256::digest(spki_der);
-    let mut blob = Vec::with_capacity(4 + signature_der.len());
-    blob.extend_from_slice(&key_hash[..4]);
-    blob.extend_from_slice(signature_der);
-    format!("{text}\n\u{2014} {origin} {}\n", B64.encode(blob))
+    let line = crate::note::NoteSignature {
+        name: origin.to_owned(),
+        key_id: crate::note::vkey::ecdsa_key_id(spki_der),
+        signature: signature_der.to_vec(),
+    };
+    format!("{text}\n{}", line.to_line())
 }
 
 fn parse_decimal(s: &str) -> Option<u64> {
@@ -224,6 +226,21 @@ mod tests {
         let blob = B64.decode(b64).unwrap();
         assert_eq!(&blob[..4], &Sha256::digest(spki)[..4]);
         assert_eq!(&blob[4..], &[0xAA, 0xBB]);
+    }
+
+    #[test]
+    fn signed_note_verifies_with_the_ecdsa_vkey() {
+        use p256::ecdsa::signature::Signer as _;
+        use p256::pkcs8::EncodePublicKey as _;
+        let key = p256::ecdsa::SigningKey::from_slice(&[0x11; 32]).unwrap();
+        let spki = key.verifying_key().to_public_key_der().unwrap().as_bytes().to_vec();
+        let text = sample().to_text().unwrap();
+        let sig: p256::ecdsa::DerSignature = key.sign(text.as_bytes());
+        let note = signed_note(&text, "anchorlog.example.org/prod-1", &spki, sig.as_bytes());
+        let vkey = crate::note::VerifierKey::ecdsa("anchorlog.example.org/prod-1", &spki).unwrap();
+        let parsed = crate::note::Note::parse(note.as_bytes()).unwrap();
+        assert_eq!(parsed.text(), text);
+        assert_eq!(parsed.verify(&[vkey]).unwrap().verified.len(), 1);
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! Modules such as SoftHSM read their configuration (`SOFTHSM2_CONF`) from the environment at
 //! `C_Initialize`; this module never changes the environment, the caller's launcher must.
 
+pub mod ed25519;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +39,9 @@ use zeroize::Zeroizing;
 
 /// DER encoding of the named-curve OID prime256v1 (1.2.840.10045.3.1.7), as found in `CKA_EC_PARAMS`.
 const P256_EC_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// What the ECDSA mechanisms are needed for (named in [`Pkcs11Error::MechanismNotSupported`]).
+const ECDSA_PURPOSE: &str = "ECDSA P-256 signing";
 
 /// Length in bytes of the random `CKA_ID` given to generated keys.
 const KEY_ID_LEN: u32 = 16;
@@ -165,14 +170,30 @@ pub enum Pkcs11Error {
         label: String,
     },
     /// The token lacks a mechanism this backend needs.
-    #[error("the token does not support {mechanism}, which anchorlog needs for ECDSA P-256 signing; use another token or module")]
+    #[error("the token does not support {mechanism}, which anchorlog needs for {purpose}; use another token or module")]
     MechanismNotSupported {
         /// The `CKM_*` name.
         mechanism: &'static str,
+        /// What it is needed for, e.g. "ECDSA P-256 signing".
+        purpose: &'static str,
     },
     /// The key is not an EC P-256 signing key.
     #[error("key '{label}' is not usable as an ECDSA P-256 signing key: {detail}")]
     WrongKeyType {
+        /// The configured key label.
+        label: String,
+        /// What exactly is wrong.
+        detail: String,
+    },
+    /// No Ed25519 private key with the configured label exists on the token (witness cosigning key).
+    #[error("no private key labelled '{label}' on the token: run `anchorlog witness keygen` to create one")]
+    Ed25519KeyNotFound {
+        /// The configured key label.
+        label: String,
+    },
+    /// The key is not an Ed25519 signing key.
+    #[error("key '{label}' is not usable as an Ed25519 signing key: {detail}")]
+    WrongEd25519Key {
         /// The configured key label.
         label: String,
         /// What exactly is wrong.
@@ -221,6 +242,8 @@ impl Pkcs11Error {
             | Pkcs11Error::KeyExists { .. }
             | Pkcs11Error::MechanismNotSupported { .. }
             | Pkcs11Error::WrongKeyType { .. }
+            | Pkcs11Error::Ed25519KeyNotFound { .. }
+            | Pkcs11Error::WrongEd25519Key { .. }
             | Pkcs11Error::KeyChanged { .. } => false,
         }
     }
@@ -389,12 +412,13 @@ impl Module {
         slot: Slot,
         mechanism: MechanismType,
         name: &'static str,
+        purpose: &'static str,
     ) -> Result<(), Pkcs11Error> {
         let list = self.ctx.get_mechanism_list(slot).map_err(|e| device("C_GetMechanismList", e))?;
         if list.contains(&mechanism) {
             Ok(())
         } else {
-            Err(Pkcs11Error::MechanismNotSupported { mechanism: name })
+            Err(Pkcs11Error::MechanismNotSupported { mechanism: name, purpose })
         }
     }
 
@@ -629,7 +653,7 @@ fn connect(
     pin: &Zeroizing<String>,
 ) -> Result<Connection, Pkcs11Error> {
     let slot = module.find_slot(&settings.token_label)?;
-    module.require_mechanism(slot, MechanismType::ECDSA, "CKM_ECDSA")?;
+    module.require_mechanism(slot, MechanismType::ECDSA, "CKM_ECDSA", ECDSA_PURPOSE)?;
     let session = module.user_session(slot, pin)?;
     let key = find_key(&session, &settings.key_label)?;
     Ok(Connection { session, private: key.private, verifying_key: key.verifying_key })
@@ -785,8 +809,8 @@ pub fn generate_key(
 ) -> Result<KeyAttributes, Pkcs11Error> {
     let module = Module::load(&settings.module)?;
     let slot = module.find_slot(&settings.token_label)?;
-    module.require_mechanism(slot, MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN")?;
-    module.require_mechanism(slot, MechanismType::ECDSA, "CKM_ECDSA")?;
+    module.require_mechanism(slot, MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", ECDSA_PURPOSE)?;
+    module.require_mechanism(slot, MechanismType::ECDSA, "CKM_ECDSA", ECDSA_PURPOSE)?;
     let session = module.user_session(slot, pin)?;
     let label = &settings.key_label;
     match find_private_key(&session, label) {

@@ -138,7 +138,7 @@ fn hash_of(v: Vec<u8>, table: &'static str, key: u64, what: &str) -> Result<[u8;
     })
 }
 
-fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
+pub(crate) fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
     // WAL lets readers run beside the single writer; FULL makes every acknowledged commit durable (fsync of
     // the WAL at commit), which is what a 2xx promises.
     conn.pragma_update(None, "journal_mode", "WAL")?;
