@@ -55,6 +55,8 @@ pub struct Options {
     pub record_appliance_events: bool,
     /// The log's origin.
     pub origin: String,
+    /// Extra environment variables for `anchorlog serve`.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             source_listen: false,
             record_appliance_events: false,
             origin: "anchorlog.test/e2e".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -253,6 +256,7 @@ identities = ["dns:admin.test"]
             .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
             .env("TSS2_LOG", TSS2_LOG)
             .env("ANCHORLOG_LOG", "info")
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -134,12 +134,12 @@ enum Command {
         /// The SQLite database (opened read-only).
         #[arg(long)]
         db: PathBuf,
-        /// First head height.
-        #[arg(long)]
+        /// First head height (default 0).
+        #[arg(long, default_value_t = 0)]
         from_height: u64,
-        /// Last head height (inclusive).
+        /// Last head height, inclusive (default: the latest head).
         #[arg(long)]
-        to_height: u64,
+        to_height: Option<u64>,
         /// Output file.
         #[arg(long)]
         out: PathBuf,
@@ -330,7 +330,22 @@ fn init_logging() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // journald and SIEMs read one event per line: ANSI colour only on a terminal, and JSON on request
+    // (`ANCHORLOG_LOG_FORMAT=json`: one object per line with stable field names `timestamp`, `level`,
+    // `target`, `fields.message`, and each event's own fields).
+    use std::io::IsTerminal as _;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match std::env::var("ANCHORLOG_LOG_FORMAT").as_deref() {
+        Ok("json") => builder.json().flatten_event(false).with_current_span(false).init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => {
+            builder.init();
+            tracing::warn!(value = other, "ANCHORLOG_LOG_FORMAT is neither json nor text; logging as text");
+        }
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -751,10 +766,16 @@ fn verify_receipt(
     }
 }
 
-fn export(db: &Path, from: u64, to: u64, out: &Path, key: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn export(db: &Path, from: u64, to: Option<u64>, out: &Path, key: Option<&Path>) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal as _;
     let key = key.map(read_key).transpose()?;
     let conn = anchorlog::store::open_reader(db)?;
+    let to = match to {
+        Some(to) => to,
+        None => anchorlog::store::last_head(&conn)?
+            .map(|h| h.height)
+            .ok_or_else(|| anyhow::anyhow!("{} holds no signed head yet: nothing to export", db.display()))?,
+    };
     let partial = out.with_extension("partial");
     let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let terminal = std::io::stderr().is_terminal();
