@@ -49,7 +49,7 @@ async fn export_defaults_to_the_whole_log() {
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     let said = String::from_utf8_lossy(&done.stdout).to_string();
     // The final seal on SIGTERM may add a head after the one waited for.
-    assert!(said.contains(&format!("heads 0..=")), "{said}");
+    assert!(said.contains("heads 0..="), "{said}");
     let v = a.anchorlog(&["verify", out.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap(), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v.status.code(), Some(0), "{report}");
