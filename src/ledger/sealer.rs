@@ -217,6 +217,7 @@ impl Sealer {
             height: self.state.next_height,
             prev: self.state.prev_hash,
             time_ms: store::now_ms().max(self.state.last_time_ms),
+            counter: None,
         };
         let text = head.to_text()?;
         let started = Instant::now();

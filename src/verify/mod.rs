@@ -5,8 +5,9 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
+use crate::ledger::counter::{check_step, CounterFailure};
 use crate::ledger::entry::{payload_digest, AuthMethod, Entry, EntryFacts};
-use crate::ledger::head::Checkpoint;
+use crate::ledger::head::{Checkpoint, HeadCounter};
 use crate::ledger::merkle::{self, Frontier};
 use crate::ledger::record_types as types;
 use crate::signer::PublicKey;
@@ -186,6 +187,10 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// The TPM counter in the heads is broken along the chain, or the log is not the newest one for the TPM's
+    /// counter (start-up check, `verify --counter-attestation`).
+    #[error(transparent)]
+    Counter(#[from] CounterFailure),
 }
 
 impl Failure {
@@ -214,6 +219,7 @@ impl Failure {
             | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadTimestamp { height, .. }
             | Failure::TimestampMissing { height } => ("height", *height),
+            Failure::Counter(c) => ("height", c.height()),
         }
     }
 }
@@ -368,12 +374,20 @@ pub struct Start {
     pub prev_hash: [u8; 32],
     /// Seal time of the anchor head (ms), `i64::MIN` at genesis.
     pub prev_time_ms: i64,
+    /// The anchor head's TPM counter, if it carries one (the next head's must be greater).
+    pub prev_counter: Option<HeadCounter>,
 }
 
 impl Start {
     /// The empty log before head 0.
     pub fn genesis() -> Self {
-        Start { frontier: Frontier::new(), next_height: 0, prev_hash: [0; 32], prev_time_ms: i64::MIN }
+        Start {
+            frontier: Frontier::new(),
+            next_height: 0,
+            prev_hash: [0; 32],
+            prev_time_ms: i64::MIN,
+            prev_counter: None,
+        }
     }
 }
 
@@ -631,6 +645,7 @@ struct HeadChecker<'a> {
     prev_hash: [u8; 32],
     prev_size: u64,
     prev_time: i64,
+    prev_counter: Option<HeadCounter>,
     next_height: u64,
     checked: u64,
 }
@@ -644,6 +659,7 @@ impl<'a> HeadChecker<'a> {
             prev_hash: start.prev_hash,
             prev_size: start.frontier.size(),
             prev_time: start.prev_time_ms,
+            prev_counter: start.prev_counter,
             next_height: start.next_height,
             checked: 0,
         }
@@ -697,6 +713,7 @@ impl<'a> HeadChecker<'a> {
         if cp.time_ms < self.prev_time {
             return Err(Failure::TimeWentBack { height });
         }
+        check_step(height, self.prev_counter.as_ref(), cp.counter.as_ref())?;
         if !self.key.verify(h.checkpoint.as_bytes(), &h.signature) {
             return Err(Failure::BadSignature { height, key_id: self.key.key_id.clone() });
         }
@@ -706,6 +723,7 @@ impl<'a> HeadChecker<'a> {
         self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
         self.prev_size = cp.tree_size;
         self.prev_time = cp.time_ms;
+        self.prev_counter = cp.counter;
         self.next_height += 1;
         self.checked += 1;
         Ok(())
