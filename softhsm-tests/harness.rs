@@ -25,6 +25,8 @@ pub fn bin() -> &'static str {
 
 /// Persistent handle of the test's TPM signing key.
 pub const TPM_HANDLE: u32 = 0x8101_0010;
+/// NV index of the test's TPM head counter (provisioned by `keys generate --tpm`).
+pub const TPM_COUNTER_INDEX: u32 = 0x0180_0010;
 /// Keeps libtss2 from printing errors the TPM backend handles itself (connection refused while the TPM is
 /// away, probes of absent handles) to the server's stderr.
 pub const TSS2_LOG: &str = "esys+none,tcti+none";
@@ -34,7 +36,8 @@ pub const TSS2_LOG: &str = "esys+none,tcti+none";
 pub enum TestSigner {
     /// A fresh SoftHSM token.
     SoftHsm,
-    /// A fresh swtpm (one per test, killed on drop), key persisted at [`TPM_HANDLE`].
+    /// A fresh swtpm (one per test, killed on drop), key persisted at [`TPM_HANDLE`], head counter at
+    /// [`TPM_COUNTER_INDEX`].
     Tpm,
 }
 
@@ -175,7 +178,8 @@ impl Appliance {
         let o = &self.options;
         let signer = match &self.tpm {
             Some(tpm) => format!(
-                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n",
+                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n\
+                 counter_index = \"{TPM_COUNTER_INDEX:#010x}\"\n",
                 tpm.tcti()
             ),
             None => format!(

@@ -35,7 +35,12 @@ const HANDLE: u32 = 0x8101_0010;
 const OTHER_HANDLE: u32 = 0x8101_0011;
 
 fn settings(tpm: &Swtpm, handle: u32) -> TpmSettings {
-    TpmSettings { tcti: tpm.tcti(), handle }
+    TpmSettings { tcti: tpm.tcti(), handle, counter_index: None }
+}
+
+/// The settings of the appliance the harness prepared: its key and its head counter.
+fn appliance_settings(tpm: &Swtpm) -> TpmSettings {
+    TpmSettings { counter_index: Some(harness::TPM_COUNTER_INDEX), ..settings(tpm, harness::TPM_HANDLE) }
 }
 
 fn expected_attributes() -> TpmKeyAttributes {
@@ -141,7 +146,11 @@ fn unreachable_tcti_is_reported() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let s = TpmSettings { tcti: format!("swtpm:host=127.0.0.1,port={port}"), handle: HANDLE };
+    let s = TpmSettings {
+        tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        handle: HANDLE,
+        counter_index: None,
+    };
     let err = TpmSigner::open(&s, None).unwrap_err();
     assert!(matches!(&err, TpmError::TctiUnreachable { tcti, .. } if *tcti == s.tcti), "{err:?}");
     assert!(err.is_retryable());
@@ -162,7 +171,7 @@ fn empty_handle_and_occupied_handle() {
     let err = generate_key(&s, None).unwrap_err();
     assert!(matches!(err, TpmError::HandleOccupied { handle: HANDLE }), "{err:?}");
 
-    let bad = TpmSettings { tcti: tpm.tcti(), handle: 0x8000_0001 };
+    let bad = TpmSettings { tcti: tpm.tcti(), handle: 0x8000_0001, counter_index: None };
     assert!(matches!(TpmSigner::open(&bad, None), Err(TpmError::InvalidHandle { handle: 0x8000_0001 })));
 }
 
@@ -592,7 +601,8 @@ fn attest_and_verify_attestation_cli() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!(
-            "wrote the attestation of TPM key 0x81010010 to {} (EK certificate not provisioned in this TPM)",
+            "wrote the attestation of TPM key 0x81010010 to {} (EK certificate not provisioned in this TPM); \
+             head counter 0x01800010 not certified: no head carries it yet",
             att.display()
         )
     );
@@ -626,8 +636,8 @@ fn attest_and_verify_attestation_cli() {
 
     // Another key's (genuine) attestation does not vouch for the head-signing key.
     let other_cfg = a.path("other.toml");
-    std::fs::write(&other_cfg, std::fs::read_to_string(cfg).unwrap().replace("0x81010010", "0x81010011"))
-        .unwrap();
+    let other = std::fs::read_to_string(cfg).unwrap().replace("0x81010010", "0x81010011");
+    std::fs::write(&other_cfg, other.replace("0x01800010", "0x01800011")).unwrap();
     let other_cfg = other_cfg.to_str().unwrap();
     let gen = a.anchorlog(&["keys", "generate", "--tpm", "--config", other_cfg]);
     assert!(gen.status.success(), "{gen:?}");
@@ -792,7 +802,7 @@ async fn serve_in_process(
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>) {
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
-    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
+    let s = appliance_settings(a.tpm.as_ref().unwrap());
     let signer =
         anchorlog::signer::SignerHandle::spawn(move || Ok(wrap(TpmSigner::open(&s, None)?))).unwrap();
     let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();

@@ -14,6 +14,7 @@ use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
 
+pub mod counter;
 pub mod timestamps;
 
 /// The first thing found wrong, naming the exact record.
