@@ -56,6 +56,8 @@ pub struct Options {
     /// default here: most tests assert the exact seqs of the events they post; e2e.rs, tpm.rs and tsa_e2e.rs
     /// test the records themselves.
     pub record_appliance_events: bool,
+    /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
+    pub tpm_counter: bool,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             extra_config: String::new(),
             source_listen: false,
             record_appliance_events: false,
+            tpm_counter: true,
         }
     }
 }
@@ -178,9 +181,9 @@ impl Appliance {
         let o = &self.options;
         let signer = match &self.tpm {
             Some(tpm) => format!(
-                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n\
-                 counter_index = \"{TPM_COUNTER_INDEX:#010x}\"\n",
-                tpm.tcti()
+                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n{}",
+                tpm.tcti(),
+                if o.tpm_counter { format!("counter_index = \"{TPM_COUNTER_INDEX:#010x}\"\n") } else { String::new() }
             ),
             None => format!(
                 "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
@@ -477,6 +480,18 @@ identities = ["dns:admin.test"]
         }
     }
 
+    /// Copies the database file (and its WAL, if any) to `name` in the test directory; returns its path.
+    pub fn copy_db(&self, name: &str) -> PathBuf {
+        let to = self.path(name);
+        copy_sqlite(&self.db_path(), &to);
+        to
+    }
+
+    /// Replaces the database (and its WAL) with the copy at `from`, as an attacker restoring a backup would.
+    pub fn restore_db(&self, from: &Path) {
+        copy_sqlite(from, &self.db_path());
+    }
+
     /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
     pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
         let out = self.anchorlog(&[
@@ -496,6 +511,24 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Copies a SQLite database with its `-wal` and `-shm` files (removing stale ones at the destination).
+fn copy_sqlite(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let (src, dst) = (sidecar(from, suffix), sidecar(to, suffix));
+        let _ = std::fs::remove_file(&dst);
+        if src.exists() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn rand_u32() -> u128 {
