@@ -431,11 +431,48 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     assert_eq!(head["key_id"], key.key_id.as_str());
     assert!(a.server_log().contains("TPM 2.0 key 0x81010010 via swtpm:host=127.0.0.1"), "{}", a.server_log());
 
+    // The head carries the TPM counter as its seventh line (docs/FORMAT.md §3); OpenSSL verified it above.
+    let text = head["checkpoint"].as_str().unwrap();
+    assert!(text.lines().nth(6).unwrap().starts_with("anchorlog-counter "), "{text}");
+    assert!(text.ends_with(" 0x01800010\n"), "{text}");
+
     assert!(a.sigterm().success());
     let (code, report) = a.verify(&a.db_path());
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["report"]["events"], 1000);
     assert_eq!(report["report"]["unsealed_events"], 0);
+    // A bundle from height 1 (its anchor, head 0, carries a counter too): our verifier and the Python one,
+    // written from docs/FORMAT.md alone, both check the counter lines.
+    let last = head["height"].as_u64().unwrap().to_string();
+    let tar = a.path("bundle.tar");
+    let db = a.db_path();
+    let out = a.anchorlog(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--from-height",
+        "1",
+        "--to-height",
+        &last,
+        "--out",
+        tar.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let ours = a.anchorlog(&["verify", tar.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap()]);
+    assert!(ours.status.success(), "{ours:?}");
+    let py = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .arg(&tar)
+        .arg(a.key_pem())
+        .output()
+        .unwrap();
+    assert_eq!(
+        py.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
     // The certificate exported by `keys export` is signed by the TPM key; OpenSSL accepts it.
     let crt = a.path("keys/signer.crt");
     let v = Command::new("openssl").arg("verify").arg("-CAfile").arg(&crt).arg(&crt).output().unwrap();
