@@ -868,6 +868,17 @@ impl anchorlog::signer::HeadSigner for SlowSigner {
     fn describe(&self) -> String {
         format!("{} + {:?} injected delay", self.inner.describe(), self.delay)
     }
+    fn advance_counter(
+        &mut self,
+        above: Option<u64>,
+    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+        Ok(self.inner.advance_counter(above)?)
+    }
+    fn read_counter(
+        &mut self,
+    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+        Ok(self.inner.read_counter()?)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -911,6 +922,7 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     let last_height = last["height"].as_u64().unwrap();
     let mut times = Vec::new();
     let mut sizes = Vec::new();
+    let mut counters = Vec::new();
     for h in 0..=last_height {
         let head = a.audit_get(&format!("/v1/heads/{h}")).await.json();
         let t = time::OffsetDateTime::parse(
@@ -920,6 +932,7 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
         .unwrap();
         times.push(t);
         sizes.push(head["tree_size"].as_u64().unwrap());
+        counters.push(head_counter(&head).value);
     }
     let ready = a.audit_get("/readyz").await.json();
     let _ = stop_tx.send(());
@@ -940,6 +953,8 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     );
     assert_eq!(ready["seal_failures"], 0);
     assert_eq!(ready["unsealed_events"], 0);
+    // Every head carries the counter, one increment per head.
+    assert_eq!(counters.windows(2).filter(|w| w[1] != w[0] + 1).count(), 0, "{counters:?}");
     assert!(last_height as f64 >= load_secs - 2.0, "about one head per second: {last_height} heads");
     assert!(max_gap < 1.6, "a head at least every 1.6 s while loaded: {gaps:?}");
     assert!(catch_up < Duration::from_millis(2500), "sealed {catch_up:?} after the load stopped");
@@ -968,6 +983,17 @@ impl anchorlog::signer::HeadSigner for SwitchableSigner {
     }
     fn describe(&self) -> String {
         format!("{} (switchable)", self.inner.describe())
+    }
+    fn advance_counter(
+        &mut self,
+        above: Option<u64>,
+    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+        Ok(self.inner.advance_counter(above)?)
+    }
+    fn read_counter(
+        &mut self,
+    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+        Ok(self.inner.read_counter()?)
     }
 }
 
