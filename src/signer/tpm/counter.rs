@@ -152,6 +152,11 @@ impl CounterConn {
     /// Reserves the counter value for the next head: the current value if it is above `above` (reserved by an
     /// attempt that stored no head, or advanced by a TPM reset), else the value after one `TPM2_NV_Increment`.
     /// Idempotent when re-run after a lost connection: an increment that happened is seen and reused.
+    ///
+    /// One TPM command per head in the steady state: the value is read once per connection, and after an
+    /// increment it is the known value plus one. Only the appliance increments its counter; if root did too,
+    /// the head would carry a value below the TPM's and the next start would be refused (a denial of service
+    /// root has anyway), never accepted wrongly: the TPM's value is always at least the head's.
     pub(super) fn reserve(
         &mut self,
         ctx: &mut Context,
@@ -166,18 +171,34 @@ impl CounterConn {
             (Some(c), Some(a)) if c > a => c,
             _ => {
                 let (index, handle) = (self.index, self.handle);
+                // Unknown until the increment is confirmed: a failed or lost one is re-read next time.
                 self.known_value = None;
                 ctx.execute_with_session(Some(AuthSession::Password), |c| {
                     c.nv_increment(NvAuth::NvIndex(handle), handle)
                 })
                 .map_err(|e| counter_error(e, "TPM2_NV_Increment(counter)", tcti, index))?;
                 self.written = true;
-                self.read(ctx, tcti)?.ok_or_else(|| TpmError::Device {
-                    operation: "TPM2_NV_Increment(counter)",
-                    reason: "the counter has no value after an increment".into(),
-                })?
+                match current {
+                    Some(c) => c.checked_add(1).ok_or_else(|| TpmError::Device {
+                        operation: "TPM2_NV_Increment(counter)",
+                        reason: "the counter is at its maximum".into(),
+                    })?,
+                    // The first value is the TPM's choice (above every counter ever deleted): read it.
+                    None => self.read(ctx, tcti)?.ok_or_else(|| TpmError::Device {
+                        operation: "TPM2_NV_Increment(counter)",
+                        reason: "the counter has no value after an increment".into(),
+                    })?,
+                }
             }
         };
+        if let Some(a) = above.filter(|a| value <= *a) {
+            // The TPM is behind the newest head (the start-up check refuses that); never sign a non-increasing value.
+            return Err(TpmError::Device {
+                operation: "TPM2_NV_Increment(counter)",
+                reason: format!("the counter is at {value}, not above the newest head's {a}"),
+            });
+        }
+        self.known_value = Some(value);
         Ok(HeadCounter { value, reset_count: self.reset_count, index: self.index })
     }
 
