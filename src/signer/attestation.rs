@@ -1213,7 +1213,7 @@ mod tests {
     fn counter_attestation_verifies_and_reports_the_reading() {
         let f = counter_fixture();
         let (key, counter) = verify_counter_attestation(&f.att, &spki(&f.key), NONCE).unwrap();
-        assert_eq!(key.key_attributes.sign, true);
+        assert!(key.key_attributes.sign);
         assert_eq!(counter.index, 0x0180_0010);
         assert_eq!(counter.value, 1025);
         assert_eq!(counter.clock.reset_count, 7);
