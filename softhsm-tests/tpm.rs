@@ -1661,7 +1661,7 @@ fn head_latency_sign_alone_and_counter_plus_sign() {
     let (p50b, p99b, maxb, meanb) = stats(&mut with_counter);
     println!(
         "head latency over {HEADS} heads (swtpm TCP, password sessions, one run, interleaved): sign alone p50={p50a:?} \
-         p99={p99a:?} max={maxa:?} mean={meana:?}; counter (NV_Increment) + sign p50={p50b:?} p99={p99b:?} \
+         p99={p99a:?} max={maxa:?} mean={meana:?}; counter (NV_Increment + NV_Read) + sign p50={p50b:?} p99={p99b:?} \
          max={maxb:?} mean={meanb:?}; ratio p50 {:.2}, mean {:.2}",
         p50b.as_secs_f64() / p50a.as_secs_f64(),
         meanb.as_secs_f64() / meana.as_secs_f64()

@@ -153,10 +153,10 @@ impl CounterConn {
     /// attempt that stored no head, or advanced by a TPM reset), else the value after one `TPM2_NV_Increment`.
     /// Idempotent when re-run after a lost connection: an increment that happened is seen and reused.
     ///
-    /// One TPM command per head in the steady state: the value is read once per connection, and after an
-    /// increment it is the known value plus one. Only the appliance increments its counter; if root did too,
-    /// the head would carry a value below the TPM's and the next start would be refused (a denial of service
-    /// root has anyway), never accepted wrongly: the TPM's value is always at least the head's.
+    /// The value after an increment is read back, never computed: the TCTI may reconnect to a TPM that was
+    /// reset meanwhile (swtpm's does; measured: a head computed as "known + 1" then carried 6 while the TPM
+    /// stood at 256 after its orderly jump), and the head must carry the TPM's value. The value before the
+    /// increment may come from the cache: at worst it costs an increment that was not needed.
     pub(super) fn reserve(
         &mut self,
         ctx: &mut Context,
@@ -178,17 +178,10 @@ impl CounterConn {
                 })
                 .map_err(|e| counter_error(e, "TPM2_NV_Increment(counter)", tcti, index))?;
                 self.written = true;
-                match current {
-                    Some(c) => c.checked_add(1).ok_or_else(|| TpmError::Device {
-                        operation: "TPM2_NV_Increment(counter)",
-                        reason: "the counter is at its maximum".into(),
-                    })?,
-                    // The first value is the TPM's choice (above every counter ever deleted): read it.
-                    None => self.read(ctx, tcti)?.ok_or_else(|| TpmError::Device {
-                        operation: "TPM2_NV_Increment(counter)",
-                        reason: "the counter has no value after an increment".into(),
-                    })?,
-                }
+                self.read(ctx, tcti)?.ok_or_else(|| TpmError::Device {
+                    operation: "TPM2_NV_Increment(counter)",
+                    reason: "the counter has no value after an increment".into(),
+                })?
             }
         };
         if let Some(a) = above.filter(|a| value <= *a) {
