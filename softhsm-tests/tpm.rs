@@ -1197,6 +1197,11 @@ fn counter_is_platform_created_and_only_the_platform_can_delete_it() {
     }
     let nv = tpm2(&tpm, &["tpm2_getcap", "handles-nv-index"]);
     assert!(!String::from_utf8_lossy(&nv.stdout).contains("0x1800010"), "{nv:?}");
+    // Even then a re-created counter starts above the deleted one (maxCounter), so no copy passes.
+    generate_key(&s, None).unwrap();
+    provision_counter(&s, None).unwrap();
+    let again = TpmSigner::open(&s, None).unwrap().advance_counter(None).unwrap().unwrap();
+    assert_eq!(again.value, first.value + 1);
 }
 
 #[test]
