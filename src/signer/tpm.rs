@@ -17,10 +17,10 @@
 //! * [`attest`] certifies the key with an attestation key (`TPM2_Certify`) and returns
 //!   [`KeyAttestation`] evidence, checked offline by [`super::attestation::verify_attestation`]; with a
 //!   counter configured the same AK also certifies the counter (`TPM2_NV_Certify`).
-//! * With `counter_index` set, every head carries a value of an orderly NV counter ([`counter`]):
+//! * With `counter_index` set, every head carries a value of an orderly NV counter (module `counter`):
 //!   [`TpmSigner::advance_counter`] reserves it before the head is signed, [`TpmSigner::read_counter`]
 //!   reads it for the start-up check, [`provision_counter`] creates it. The TPM's reset count that goes with
-//!   it is read with `TPM2_ReadClock` ([`esys`]) just before each connection is opened.
+//!   it is read with `TPM2_ReadClock` (module `esys`) just before each connection is opened.
 //!
 //! # Threading and connections
 //! A `tss_esapi::Context` is `Send` but not `Sync`: the caller owns one dedicated thread that
@@ -505,7 +505,7 @@ pub fn check_free(s: &TpmSettings) -> Result<(), TpmError> {
     Ok(())
 }
 
-/// Creates the head counter at `s.counter_index` (see [`counter`]): platform-created with a delete policy
+/// Creates the head counter at `s.counter_index` (see the `counter` module): platform-created with a delete policy
 /// only the platform hierarchy satisfies when it can, owner-created otherwise; orderly, authorised with
 /// the key's auth value, not yet incremented. Fails with [`TpmError::CounterIndexOccupied`] if the index
 /// is taken.
