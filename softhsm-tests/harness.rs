@@ -25,6 +25,8 @@ pub fn bin() -> &'static str {
 
 /// Persistent handle of the test's TPM signing key.
 pub const TPM_HANDLE: u32 = 0x8101_0010;
+/// NV index of the test's TPM head counter (provisioned by `keys generate --tpm`).
+pub const TPM_COUNTER_INDEX: u32 = 0x0180_0010;
 /// Keeps libtss2 from printing errors the TPM backend handles itself (connection refused while the TPM is
 /// away, probes of absent handles) to the server's stderr.
 pub const TSS2_LOG: &str = "esys+none,tcti+none";
@@ -34,7 +36,8 @@ pub const TSS2_LOG: &str = "esys+none,tcti+none";
 pub enum TestSigner {
     /// A fresh SoftHSM token.
     SoftHsm,
-    /// A fresh swtpm (one per test, killed on drop), key persisted at [`TPM_HANDLE`].
+    /// A fresh swtpm (one per test, killed on drop), key persisted at [`TPM_HANDLE`], head counter at
+    /// [`TPM_COUNTER_INDEX`].
     Tpm,
 }
 
@@ -57,6 +60,8 @@ pub struct Options {
     pub origin: String,
     /// Extra environment variables for `anchorlog serve`.
     pub env: Vec<(String, String)>,
+    /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
+    pub tpm_counter: bool,
 }
 
 impl Default for Options {
@@ -72,6 +77,7 @@ impl Default for Options {
             record_appliance_events: false,
             origin: "anchorlog.test/e2e".into(),
             env: Vec::new(),
+            tpm_counter: true,
         }
     }
 }
@@ -181,8 +187,9 @@ impl Appliance {
         let o = &self.options;
         let signer = match &self.tpm {
             Some(tpm) => format!(
-                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n",
-                tpm.tcti()
+                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n{}",
+                tpm.tcti(),
+                if o.tpm_counter { format!("counter_index = \"{TPM_COUNTER_INDEX:#010x}\"\n") } else { String::new() }
             ),
             None => format!(
                 "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
@@ -481,6 +488,18 @@ identities = ["dns:admin.test"]
         }
     }
 
+    /// Copies the database file (and its WAL, if any) to `name` in the test directory; returns its path.
+    pub fn copy_db(&self, name: &str) -> PathBuf {
+        let to = self.path(name);
+        copy_sqlite(&self.db_path(), &to);
+        to
+    }
+
+    /// Replaces the database (and its WAL) with the copy at `from`, as an attacker restoring a backup would.
+    pub fn restore_db(&self, from: &Path) {
+        copy_sqlite(from, &self.db_path());
+    }
+
     /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
     pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
         let out = self.anchorlog(&[
@@ -500,6 +519,24 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Copies a SQLite database with its `-wal` and `-shm` files (removing stale ones at the destination).
+fn copy_sqlite(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let (src, dst) = (sidecar(from, suffix), sidecar(to, suffix));
+        let _ = std::fs::remove_file(&dst);
+        if src.exists() {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+fn sidecar(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 fn rand_u32() -> u128 {

@@ -634,6 +634,7 @@ fn rewrite_tail(
             height: original.height,
             prev,
             time_ms: original.sealed_at_ms,
+            counter: None,
         };
         let text = cp.to_text().unwrap();
         let head = store::StoredHead {

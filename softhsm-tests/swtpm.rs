@@ -147,8 +147,38 @@ impl Swtpm {
         Ok(())
     }
 
+    /// Stops the TPM the way a clean reboot does: `TPM2_Shutdown(CLEAR)` (tpm2-tools), then
+    /// [`Swtpm::stop`]. An orderly counter keeps its value across this (measured, docs/TPM.md).
+    pub fn stop_orderly(&mut self) -> Result<(), SwtpmError> {
+        if self.child.is_none() {
+            return Ok(());
+        }
+        let out = Command::new("tpm2_shutdown")
+            .arg("-c")
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .env("TSS2_LOG", "esys+none,tcti+none")
+            .output()
+            .map_err(|source| SwtpmError::Spawn { program: "tpm2_shutdown", source })?;
+        if !out.status.success() {
+            return Err(SwtpmError::Failed {
+                program: "tpm2_shutdown",
+                detail: format!("{}: {}", out.status, tail(&String::from_utf8_lossy(&out.stderr), 300)),
+            });
+        }
+        self.stop()
+    }
+
+    /// Kills the TPM process (SIGKILL): a power loss. What swtpm had written to its state file
+    /// survives; volatile state (an orderly counter's RAM value) is lost.
+    pub fn kill_unclean(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
     /// Gracefully stops the TPM with `swtpm_ioctl -s` (it saves its state and exits), killing
-    /// it if it does not exit in time. Idempotent.
+    /// it if it does not exit in time. Idempotent. No `TPM2_Shutdown` is sent, so for the TPM this
+    /// is not an orderly shutdown: an orderly counter comes back with its low bits set (measured).
     pub fn stop(&mut self) -> Result<(), SwtpmError> {
         let Some(mut child) = self.child.take() else {
             return Ok(());

@@ -35,7 +35,12 @@ const HANDLE: u32 = 0x8101_0010;
 const OTHER_HANDLE: u32 = 0x8101_0011;
 
 fn settings(tpm: &Swtpm, handle: u32) -> TpmSettings {
-    TpmSettings { tcti: tpm.tcti(), handle }
+    TpmSettings { tcti: tpm.tcti(), handle, counter_index: None }
+}
+
+/// The settings of the appliance the harness prepared: its key and its head counter.
+fn appliance_settings(tpm: &Swtpm) -> TpmSettings {
+    TpmSettings { counter_index: Some(harness::TPM_COUNTER_INDEX), ..settings(tpm, harness::TPM_HANDLE) }
 }
 
 fn expected_attributes() -> TpmKeyAttributes {
@@ -141,7 +146,11 @@ fn unreachable_tcti_is_reported() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let s = TpmSettings { tcti: format!("swtpm:host=127.0.0.1,port={port}"), handle: HANDLE };
+    let s = TpmSettings {
+        tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        handle: HANDLE,
+        counter_index: None,
+    };
     let err = TpmSigner::open(&s, None).unwrap_err();
     assert!(matches!(&err, TpmError::TctiUnreachable { tcti, .. } if *tcti == s.tcti), "{err:?}");
     assert!(err.is_retryable());
@@ -162,7 +171,7 @@ fn empty_handle_and_occupied_handle() {
     let err = generate_key(&s, None).unwrap_err();
     assert!(matches!(err, TpmError::HandleOccupied { handle: HANDLE }), "{err:?}");
 
-    let bad = TpmSettings { tcti: tpm.tcti(), handle: 0x8000_0001 };
+    let bad = TpmSettings { tcti: tpm.tcti(), handle: 0x8000_0001, counter_index: None };
     assert!(matches!(TpmSigner::open(&bad, None), Err(TpmError::InvalidHandle { handle: 0x8000_0001 })));
 }
 
@@ -422,11 +431,48 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     assert_eq!(head["key_id"], key.key_id.as_str());
     assert!(a.server_log().contains("TPM 2.0 key 0x81010010 via swtpm:host=127.0.0.1"), "{}", a.server_log());
 
+    // The head carries the TPM counter as its seventh line (docs/FORMAT.md §3); OpenSSL verified it above.
+    let text = head["checkpoint"].as_str().unwrap();
+    assert!(text.lines().nth(6).unwrap().starts_with("anchorlog-counter "), "{text}");
+    assert!(text.ends_with(" 0x01800010\n"), "{text}");
+
     assert!(a.sigterm().success());
     let (code, report) = a.verify(&a.db_path());
     assert_eq!(code, 0, "{report}");
     assert_eq!(report["report"]["events"], 1000);
     assert_eq!(report["report"]["unsealed_events"], 0);
+    // A bundle from height 1 (its anchor, head 0, carries a counter too): our verifier and the Python one,
+    // written from docs/FORMAT.md alone, both check the counter lines.
+    let last = head["height"].as_u64().unwrap().to_string();
+    let tar = a.path("bundle.tar");
+    let db = a.db_path();
+    let out = a.anchorlog(&[
+        "export",
+        "--db",
+        db.to_str().unwrap(),
+        "--from-height",
+        "1",
+        "--to-height",
+        &last,
+        "--out",
+        tar.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let ours = a.anchorlog(&["verify", tar.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap()]);
+    assert!(ours.status.success(), "{ours:?}");
+    let py = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .arg(&tar)
+        .arg(a.key_pem())
+        .output()
+        .unwrap();
+    assert_eq!(
+        py.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&py.stdout),
+        String::from_utf8_lossy(&py.stderr)
+    );
     // The certificate exported by `keys export` is signed by the TPM key; OpenSSL accepts it.
     let crt = a.path("keys/signer.crt");
     let v = Command::new("openssl").arg("verify").arg("-CAfile").arg(&crt).arg(&crt).output().unwrap();
@@ -592,7 +638,8 @@ fn attest_and_verify_attestation_cli() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!(
-            "wrote the attestation of TPM key 0x81010010 to {} (EK certificate not provisioned in this TPM)",
+            "wrote the attestation of TPM key 0x81010010 to {} (EK certificate not provisioned in this TPM); \
+             head counter 0x01800010 not certified: no head carries it yet",
             att.display()
         )
     );
@@ -626,8 +673,8 @@ fn attest_and_verify_attestation_cli() {
 
     // Another key's (genuine) attestation does not vouch for the head-signing key.
     let other_cfg = a.path("other.toml");
-    std::fs::write(&other_cfg, std::fs::read_to_string(cfg).unwrap().replace("0x81010010", "0x81010011"))
-        .unwrap();
+    let other = std::fs::read_to_string(cfg).unwrap().replace("0x81010010", "0x81010011");
+    std::fs::write(&other_cfg, other.replace("0x01800010", "0x01800011")).unwrap();
     let other_cfg = other_cfg.to_str().unwrap();
     let gen = a.anchorlog(&["keys", "generate", "--tpm", "--config", other_cfg]);
     assert!(gen.status.success(), "{gen:?}");
@@ -792,7 +839,7 @@ async fn serve_in_process(
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>) {
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
-    let s = settings(a.tpm.as_ref().unwrap(), harness::TPM_HANDLE);
+    let s = appliance_settings(a.tpm.as_ref().unwrap());
     let signer =
         anchorlog::signer::SignerHandle::spawn(move || Ok(wrap(TpmSigner::open(&s, None)?))).unwrap();
     let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
@@ -820,6 +867,17 @@ impl anchorlog::signer::HeadSigner for SlowSigner {
     }
     fn describe(&self) -> String {
         format!("{} + {:?} injected delay", self.inner.describe(), self.delay)
+    }
+    fn advance_counter(
+        &mut self,
+        above: Option<u64>,
+    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+        Ok(self.inner.advance_counter(above)?)
+    }
+    fn read_counter(
+        &mut self,
+    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+        Ok(self.inner.read_counter()?)
     }
 }
 
@@ -864,6 +922,7 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     let last_height = last["height"].as_u64().unwrap();
     let mut times = Vec::new();
     let mut sizes = Vec::new();
+    let mut counters = Vec::new();
     for h in 0..=last_height {
         let head = a.audit_get(&format!("/v1/heads/{h}")).await.json();
         let t = time::OffsetDateTime::parse(
@@ -873,6 +932,7 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
         .unwrap();
         times.push(t);
         sizes.push(head["tree_size"].as_u64().unwrap());
+        counters.push(head_counter(&head).value);
     }
     let ready = a.audit_get("/readyz").await.json();
     let _ = stop_tx.send(());
@@ -893,6 +953,8 @@ async fn slow_200ms_signer_keeps_up_with_1s_sealing_under_load() {
     );
     assert_eq!(ready["seal_failures"], 0);
     assert_eq!(ready["unsealed_events"], 0);
+    // Every head carries the counter, one increment per head.
+    assert_eq!(counters.windows(2).filter(|w| w[1] != w[0] + 1).count(), 0, "{counters:?}");
     assert!(last_height as f64 >= load_secs - 2.0, "about one head per second: {last_height} heads");
     assert!(max_gap < 1.6, "a head at least every 1.6 s while loaded: {gaps:?}");
     assert!(catch_up < Duration::from_millis(2500), "sealed {catch_up:?} after the load stopped");
@@ -921,6 +983,17 @@ impl anchorlog::signer::HeadSigner for SwitchableSigner {
     }
     fn describe(&self) -> String {
         format!("{} (switchable)", self.inner.describe())
+    }
+    fn advance_counter(
+        &mut self,
+        above: Option<u64>,
+    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+        Ok(self.inner.advance_counter(above)?)
+    }
+    fn read_counter(
+        &mut self,
+    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+        Ok(self.inner.read_counter()?)
     }
 }
 
@@ -977,4 +1050,626 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("  appliance: 1 starts (0 after a run that ended without a stop record), 1 stops, 1 outages (1 ended), 0 refused access"), "{text}");
+}
+
+// ---- issue 10: the TPM monotonic counter in every head (docs/TPM.md "Monotonic counter") ------------------
+
+use anchorlog::ledger::counter::CounterObservation;
+use anchorlog::ledger::head::{Checkpoint, HeadCounter};
+use anchorlog::signer::tpm::provision_counter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const COUNTER: u32 = harness::TPM_COUNTER_INDEX;
+
+/// Settings of a key at `HANDLE` with the head counter at `COUNTER`.
+fn counter_settings(tpm: &Swtpm) -> TpmSettings {
+    TpmSettings { counter_index: Some(COUNTER), ..settings(tpm, HANDLE) }
+}
+
+/// A head's counter line, from the API's checkpoint text.
+fn head_counter(head: &serde_json::Value) -> HeadCounter {
+    Checkpoint::parse(head["checkpoint"].as_str().unwrap())
+        .unwrap()
+        .counter
+        .expect("the head carries a counter")
+}
+
+/// The last head of a database file: its height and counter line.
+fn last_head(db: &std::path::Path) -> (u64, Option<HeadCounter>) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let (height, text): (i64, String) = conn
+        .query_row("SELECT height, checkpoint FROM heads ORDER BY height DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    (height as u64, Checkpoint::parse(&text).unwrap().counter)
+}
+
+/// Runs a tpm2-tools command against the test's TPM (nothing else may be connected: swtpm serves one
+/// connection at a time).
+fn tpm2(tpm: &Swtpm, args: &[&str]) -> std::process::Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .env("TPM2TOOLS_TCTI", tpm.tcti())
+        .env("TSS2_LOG", harness::TSS2_LOG)
+        .output()
+        .unwrap()
+}
+
+/// The counter as a fresh signer reads it (the appliance must not be connected).
+fn read_tpm_counter(tpm: &Swtpm) -> CounterObservation {
+    TpmSigner::open(&appliance_settings(tpm), None).unwrap().read_counter().unwrap().unwrap()
+}
+
+/// The TPM response code of a failed tss-esapi call.
+fn tss_rc(e: &tss_esapi::Error) -> u32 {
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+    // tss-esapi 7.7 keeps the raw code private but prints it as "… 0x<code>" (as the backend reads it too).
+    let text = match e {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
+        other => panic!("not a TPM response code: {other:?}"),
+    };
+    u32::from_str_radix(text.rsplit("0x").next().unwrap().trim(), 16).unwrap()
+}
+
+/// Tries `TPM2_NV_UndefineSpace` on the counter with owner or platform authorisation (empty on swtpm).
+fn undefine_counter(
+    tpm: &Swtpm,
+    by: tss_esapi::interface_types::resource_handles::Provision,
+) -> Result<(), u32> {
+    use tss_esapi::handles::{NvIndexTpmHandle, TpmHandle};
+    use tss_esapi::interface_types::session_handles::AuthSession;
+    let mut ctx = tss_esapi::Context::new(tpm.tcti().parse().unwrap()).unwrap();
+    let nv = ctx
+        .execute_without_session(|c| {
+            c.tr_from_tpm_public(TpmHandle::NvIndex(NvIndexTpmHandle::new(COUNTER).unwrap()))
+        })
+        .unwrap();
+    ctx.execute_with_session(Some(AuthSession::Password), |c| c.nv_undefine_space(by, nv.into()))
+        .map_err(|e| tss_rc(&e))
+}
+
+#[test]
+fn counter_is_platform_created_and_only_the_platform_can_delete_it() {
+    use tss_esapi::interface_types::resource_handles::Provision;
+    let tpm = Swtpm::start().unwrap();
+    let s = counter_settings(&tpm);
+    generate_key(&s, None).unwrap();
+    let p = provision_counter(&s, None).unwrap();
+    assert_eq!(
+        (p.index.as_str(), p.hierarchy, p.delete_needs_platform, p.orderly),
+        ("0x01800010", "platform", true, true)
+    );
+    assert_eq!(p.name.len(), 68);
+    assert!(matches!(provision_counter(&s, None), Err(TpmError::CounterIndexOccupied { index: COUNTER })));
+
+    // Never incremented: no value; the first reservation increments it.
+    let mut signer = TpmSigner::open(&s, None).unwrap();
+    assert!(signer.describe().ends_with(", head counter NV 0x01800010)"), "{}", signer.describe());
+    let unused = signer.read_counter().unwrap().unwrap();
+    assert_eq!((unused.index, unused.value, unused.max_orderly_count), (COUNTER, None, 255));
+    let first = signer.advance_counter(None).unwrap().unwrap();
+    assert_eq!((first.index, first.reset_count), (COUNTER, unused.reset_count));
+    drop(signer);
+
+    // tpm2-tools, which we did not write, reads the attributes and the delete policy we set.
+    let out = tpm2(&tpm, &["tpm2_nvreadpublic", "0x01800010"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for attr in
+        ["nt=0x1", "policydelete", "authwrite", "authread", "no_da", "orderly", "written", "platformcreate"]
+    {
+        assert!(text.contains(attr), "{attr}: {text}");
+    }
+    assert!(
+        text.contains(
+            "authorization policy: 1D2DC485E177DDD0A40A344913CEEB420CAA093C42587D2E1B132B157CCB5DB0"
+        ),
+        "{text}"
+    );
+
+    // Root with owner (or even platform) authorisation cannot delete it with TPM2_NV_UndefineSpace.
+    let owner = undefine_counter(&tpm, Provision::Owner).unwrap_err();
+    let platform = undefine_counter(&tpm, Provision::Platform).unwrap_err();
+    println!("NV_UndefineSpace of the POLICY_DELETE counter: owner -> {owner:#x}, platform -> {platform:#x}");
+    // TPM_RC_ATTRIBUTES on handle 2 (the index): a POLICY_DELETE index is only deleted by UndefineSpaceSpecial.
+    assert_eq!((owner, platform), (0x282, 0x282));
+    // TPM2_Clear (the lockout auth is empty here, as on most machines) takes the owner's key, not the counter.
+    let cleared = tpm2(&tpm, &["tpm2_clear", "-c", "l"]);
+    assert!(cleared.status.success(), "{cleared:?}");
+    let nv = tpm2(&tpm, &["tpm2_getcap", "handles-nv-index"]);
+    assert!(String::from_utf8_lossy(&nv.stdout).contains("0x1800010"), "{nv:?}");
+    let persistent = tpm2(&tpm, &["tpm2_getcap", "handles-persistent"]);
+    assert!(!String::from_utf8_lossy(&persistent.stdout).contains("0x81010010"), "{persistent:?}");
+
+    // Only TPM2_NV_UndefineSpaceSpecial, with the delete policy *and* platform authorisation, deletes it.
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.ctx");
+    let session = session.to_str().unwrap();
+    for args in [
+        &["tpm2_startauthsession", "--policy-session", "-S", session][..],
+        &["tpm2_policycommandcode", "-S", session, "TPM2_CC_NV_UndefineSpaceSpecial"][..],
+        &["tpm2_nvundefine", "-C", "p", "-S", session, "0x01800010"][..],
+    ] {
+        let out = tpm2(&tpm, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let nv = tpm2(&tpm, &["tpm2_getcap", "handles-nv-index"]);
+    assert!(!String::from_utf8_lossy(&nv.stdout).contains("0x1800010"), "{nv:?}");
+    // Even then a re-created counter starts above the deleted one (maxCounter), so no copy passes.
+    generate_key(&s, None).unwrap();
+    provision_counter(&s, None).unwrap();
+    let again = TpmSigner::open(&s, None).unwrap().advance_counter(None).unwrap().unwrap();
+    assert_eq!(again.value, first.value + 1);
+}
+
+#[test]
+fn without_platform_auth_the_counter_is_owner_created_and_a_recreated_one_starts_higher() {
+    use tss_esapi::interface_types::resource_handles::Provision;
+    let tpm = Swtpm::start().unwrap();
+    // What firmware does on most real machines: disable the platform hierarchy.
+    let off = tpm2(&tpm, &["tpm2_hierarchycontrol", "-C", "p", "phEnable", "clear"]);
+    assert!(off.status.success(), "{off:?}");
+    let s = counter_settings(&tpm);
+    generate_key(&s, Some(&auth(b"key and counter auth"))).unwrap();
+    let p = provision_counter(&s, Some(&auth(b"key and counter auth"))).unwrap();
+    assert_eq!((p.hierarchy, p.delete_needs_platform, p.orderly), ("owner", false, true));
+
+    let mut signer = TpmSigner::open(&s, Some(&auth(b"key and counter auth"))).unwrap();
+    let mut last = None;
+    for _ in 0..20 {
+        last = Some(signer.advance_counter(last).unwrap().unwrap().value);
+    }
+    let top = last.unwrap();
+    // The counter's auth value is the key's: another one is refused, without echoing it.
+    let err = TpmSigner::open(&s, Some(&auth(b"wrong"))).unwrap_err();
+    assert!(matches!(err, TpmError::WrongAuth { .. }), "{err:?}");
+    drop(signer);
+
+    // Root with owner authorisation deletes the index and defines it again: it cannot start lower, because a
+    // new counter starts above the largest value any deleted counter had (the TPM's maxCounter).
+    undefine_counter(&tpm, Provision::Owner).unwrap();
+    provision_counter(&s, Some(&auth(b"key and counter auth"))).unwrap();
+    let mut signer = TpmSigner::open(&s, Some(&auth(b"key and counter auth"))).unwrap();
+    assert_eq!(signer.read_counter().unwrap().unwrap().value, None);
+    let again = signer.advance_counter(None).unwrap().unwrap().value;
+    println!("owner-created counter: {top} before deletion, first value of the re-created index {again}");
+    assert_eq!(again, top + 1);
+}
+
+#[test]
+fn orderly_counter_jumps_only_after_an_unclean_reset_and_reservations_reuse_it() {
+    let mut tpm = Swtpm::start().unwrap();
+    let s = counter_settings(&tpm);
+    generate_key(&s, None).unwrap();
+    provision_counter(&s, None).unwrap();
+    // Every unclean reset after the (dictionary-attack protected) key was used counts as one failed
+    // authorisation; swtpm locks out after 3 (measured, docs/TPM.md). This test resets the TPM uncleanly
+    // three times, so it raises the limit first (the lockout auth is empty on swtpm).
+    let da = tpm2(&tpm, &["tpm2_dictionarylockout", "-s", "-n", "100", "-t", "1", "-l", "1"]);
+    assert!(da.status.success(), "{da:?}");
+    let mut signer = TpmSigner::open(&s, None).unwrap();
+    // 300 heads: the counter crosses a multiple of 256 (one NV write) and stops inside the next window.
+    let mut last = None;
+    for _ in 0..300 {
+        last = Some(signer.advance_counter(last).unwrap().unwrap().value);
+    }
+    let v = last.unwrap();
+    // A reservation that stored no head is reused, not incremented again.
+    let reserved = signer.advance_counter(Some(v)).unwrap().unwrap();
+    assert_eq!(reserved.value, v + 1);
+    assert_eq!(signer.advance_counter(Some(v)).unwrap().unwrap(), reserved);
+    let before = signer.read_counter().unwrap().unwrap();
+    assert_eq!(before.value, Some(v + 1));
+    drop(signer);
+
+    // A clean reboot (TPM2_Shutdown first): same value, reset count + 1.
+    tpm.stop_orderly().unwrap();
+    tpm.resume().unwrap();
+    let orderly = read_tpm_counter(&tpm);
+    assert_eq!((orderly.value, orderly.reset_count), (Some(v + 1), before.reset_count + 1));
+
+    // A power loss (SIGKILL of swtpm): the RAM value is lost, the low 8 bits come back set.
+    tpm.kill_unclean();
+    tpm.resume().unwrap();
+    let jumped = read_tpm_counter(&tpm);
+    assert_eq!((jumped.value, jumped.reset_count), (Some((v + 1) | 255), orderly.reset_count + 1));
+    // The next head takes the jumped value as it is (no increment) with the new reset count.
+    let mut signer = TpmSigner::open(&s, None).unwrap();
+    let next = signer.advance_counter(Some(v)).unwrap().unwrap();
+    assert_eq!((next.value, next.reset_count), ((v + 1) | 255, jumped.reset_count));
+    drop(signer);
+    // A second power loss without an increment in between does not jump again.
+    tpm.kill_unclean();
+    tpm.resume().unwrap();
+    assert_eq!(read_tpm_counter(&tpm).value, Some((v + 1) | 255));
+    // swtpm_ioctl -s (the harness's stop) sends no TPM2_Shutdown: for the TPM it is unclean too.
+    let mut signer = TpmSigner::open(&s, None).unwrap();
+    let after = signer.advance_counter(Some((v + 1) | 255)).unwrap().unwrap().value;
+    assert_eq!(after, ((v + 1) | 255) + 1);
+    drop(signer);
+    tpm.restart().unwrap();
+    let restarted = read_tpm_counter(&tpm);
+    println!(
+        "orderly counter: {} after 300 heads and one unused reservation; after TPM2_Shutdown + restart {:?}; \
+         after SIGKILL {:?}; {after} then swtpm_ioctl -s + restart {:?} (TPM_PT_ORDERLY_COUNT {})",
+        v + 1,
+        orderly.value,
+        jumped.value,
+        restarted.value,
+        restarted.max_orderly_count
+    );
+    assert_eq!(restarted.value, Some(after | 255));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restored_older_copy_or_cut_off_heads_refuse_to_start_and_fail_the_counter_attestation() {
+    let mut a = Appliance::start_with(tpm_options());
+    assert_eq!(post_concurrently(&a, 10, 2).await.len(), 10);
+    a.wait_for_head(10).await;
+    assert!(a.sigterm().success());
+    let old = a.copy_db("old.db");
+    let (old_height, old_counter) = last_head(&old);
+    let old_counter = old_counter.unwrap();
+
+    // The log goes on: three more blocks.
+    a.spawn().unwrap();
+    for round in 1..=3u64 {
+        assert_eq!(post_concurrently(&a, 5, 1).await.len(), 5);
+        let head = a.wait_for_head(10 + 5 * round).await;
+        assert_eq!(head_counter(&head).index, COUNTER);
+    }
+    assert!(a.sigterm().success());
+    let newest = a.copy_db("newest.db");
+    let (new_height, new_counter) = last_head(&newest);
+    let new_counter = new_counter.unwrap();
+    assert!(new_height >= old_height + 3, "{old_height} -> {new_height}");
+    // One increment per head, nothing skipped: the counter is as far ahead as the heights.
+    assert_eq!(new_counter.value - old_counter.value, new_height - old_height);
+    assert_eq!(new_counter.reset_count, old_counter.reset_count);
+
+    // The older copy verifies on its own; only the counter tells that heads are missing.
+    let (code, report) = a.verify(&old);
+    assert_eq!(code, 0, "{report}");
+    a.restore_db(&old);
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3: "), "{err}");
+    let expected = format!(
+        "head height {old_height}: the last head carries TPM counter {} (reset count {r}) but the TPM's counter \
+         0x01800010 is at {} (reset count {r}; at most {} is consistent with this being the newest head): the \
+         database was rolled back or truncated — heads signed after height {old_height} are missing",
+        old_counter.value,
+        new_counter.value,
+        old_counter.value + 1,
+        r = old_counter.reset_count
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(err.contains("error: refusing to start:"), "{err}");
+
+    // The newest copy with its two newest heads (and the events after them) cut off: refused too.
+    a.restore_db(&newest);
+    let cut = new_height - 2;
+    let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+    let size: i64 =
+        conn.query_row("SELECT tree_size FROM heads WHERE height = ?1", [cut as i64], |r| r.get(0)).unwrap();
+    conn.execute_batch(&format!(
+        "DROP TRIGGER heads_no_delete; DROP TRIGGER events_no_delete; \
+         DELETE FROM heads WHERE height > {cut}; DELETE FROM events WHERE seq >= {size};"
+    ))
+    .unwrap();
+    drop(conn);
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "the truncated copy verifies on its own: {report}");
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3: "), "{err}");
+    assert!(
+        err.contains(&format!(
+            "head height {cut}: the last head carries TPM counter {} ",
+            new_counter.value - 2
+        )),
+        "{err}"
+    );
+    assert!(err.contains("rolled back or truncated"), "{err}");
+
+    // The newest copy starts and continues the counter.
+    a.restore_db(&newest);
+    a.spawn().unwrap();
+    assert_eq!(post_concurrently(&a, 1, 1).await.len(), 1);
+    let head = a.wait_for_head(26).await;
+    assert_eq!(head_counter(&head).value, new_counter.value + 1);
+    assert!(a.sigterm().success());
+    let current = a.copy_db("current.db");
+    let (cur_height, cur_counter) = last_head(&current);
+
+    // The auditor's proof, with the TPM as the witness: a counter reading certified now, for the auditor's nonce.
+    let nonce = "a11ce0000000000000000000000000000000000000000000000000000000beef";
+    let att = a.path("counter-attestation.json");
+    let cfg = a.config_path();
+    let out = a.anchorlog(&[
+        "keys",
+        "attest",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--nonce",
+        nonce,
+        "--out",
+        att.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("and of head counter 0x01800010"), "{out:?}");
+    let key = a.key_pem();
+    let check = |db: &std::path::Path, json: bool| {
+        let mut args = vec!["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()];
+        args.extend(["--counter-attestation", att.to_str().unwrap(), "--nonce", nonce]);
+        if json {
+            args.push("--json");
+        }
+        a.anchorlog(&args)
+    };
+    let ok = check(&current, false);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let text = String::from_utf8_lossy(&ok.stdout);
+    let cur = cur_counter.unwrap().value;
+    assert!(
+        text.contains(&format!(
+            "  counter:  the database reaches the TPM's head counter 0x01800010: last head height {cur_height} \
+             carries {cur}, the TPM certified {cur} (reset count {}) for this nonce",
+            new_counter.reset_count
+        )),
+        "{text}"
+    );
+    assert!(text.contains("only the platform hierarchy can delete the index"), "{text}");
+    // The older copy does not reach it: exit 3, naming its last head.
+    let bad = check(&old, true);
+    assert_eq!(bad.status.code(), Some(3), "{bad:?}");
+    let v: serde_json::Value = serde_json::from_slice(&bad.stdout).unwrap();
+    assert_eq!(v["height"], old_height);
+    let failure = v["failure"].as_str().unwrap();
+    assert!(
+        failure.starts_with(&format!(
+            "head height {old_height}: the last head carries TPM counter {} ",
+            old_counter.value
+        )),
+        "{failure}"
+    );
+    assert!(failure.contains("rolled back or truncated"), "{failure}");
+    // A stale (replayed) attestation is no proof: another nonce fails before the database is compared.
+    let mut args = vec!["verify", "--db", current.to_str().unwrap(), "--key", key.to_str().unwrap()];
+    args.extend(["--counter-attestation", att.to_str().unwrap(), "--nonce", "00"]);
+    let stale = a.anchorlog(&args);
+    assert_eq!(stale.status.code(), Some(3), "{stale:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&stale.stdout).trim(),
+        "FAILED: the counter attestation does not verify: the attestation was made for a different nonce; it is stale or replayed: request a fresh one"
+    );
+    // verify-attestation shows the counter reading too.
+    let shown = a.anchorlog(&[
+        "verify-attestation",
+        att.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--nonce",
+        nonce,
+    ]);
+    assert!(
+        String::from_utf8_lossy(&shown.stdout)
+            .contains(&format!("  head counter: NV 0x01800010 = {}", cur_counter.unwrap().value)),
+        "{shown:?}"
+    );
+}
+
+/// Fault-injection double: the real TPM signer whose process "dies" between reserving the counter value and
+/// storing the head: once `crashed` is set, the counter is still advanced in the TPM, every signature fails.
+struct CrashAfterIncrement {
+    inner: TpmSigner,
+    crashed: Arc<AtomicBool>,
+}
+
+impl anchorlog::signer::HeadSigner for CrashAfterIncrement {
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der().to_vec()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, anchorlog::signer::SignerError> {
+        if self.crashed.load(Ordering::SeqCst) {
+            return Err(anchorlog::signer::SignerError::Injected(
+                "the process died after the counter increment".into(),
+            ));
+        }
+        Ok(self.inner.sign(message)?)
+    }
+    fn describe(&self) -> String {
+        format!("{} (crashes after the counter increment)", self.inner.describe())
+    }
+    fn advance_counter(
+        &mut self,
+        above: Option<u64>,
+    ) -> Result<Option<HeadCounter>, anchorlog::signer::SignerError> {
+        Ok(self.inner.advance_counter(above)?)
+    }
+    fn read_counter(&mut self) -> Result<Option<CounterObservation>, anchorlog::signer::SignerError> {
+        Ok(self.inner.read_counter()?)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_counter_increment_and_storing_the_head_still_starts() {
+    let mut a = Appliance::prepare(tpm_options());
+    let crashed = Arc::new(AtomicBool::new(false));
+    let flag = crashed.clone();
+    let (stop_tx, server) =
+        serve_in_process(&mut a, move |inner| Box::new(CrashAfterIncrement { inner, crashed: flag })).await;
+    assert_eq!(post_concurrently(&a, 5, 1).await, vec![0, 1, 2, 3, 4]);
+    let stored = head_counter(&a.wait_for_head(5).await);
+
+    // From now on every seal increments (once) and dies before the head is stored; events are still acknowledged.
+    crashed.store(true, Ordering::SeqCst);
+    assert_eq!(post_concurrently(&a, 3, 1).await, vec![5, 6, 7]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.audit_get("/readyz").await.json()["seal_failures"].as_u64().unwrap() < 3 {
+        assert!(Instant::now() < deadline, "no seal failures within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    let (height, last) = last_head(&a.db_path());
+    assert_eq!(last, Some(stored), "no head was stored after the crash");
+    // However many attempts failed, the TPM is exactly one increment past the newest stored head.
+    assert_eq!(read_tpm_counter(a.tpm.as_ref().unwrap()).value, Some(stored.value + 1));
+
+    // The real appliance starts on it (the one increment is inside the slack) and uses the reserved value.
+    a.spawn().unwrap();
+    let head = a.wait_for_head(8).await;
+    assert_eq!(head["height"], height + 1);
+    assert_eq!(head_counter(&head), HeadCounter { value: stored.value + 1, ..stored });
+    assert!(a.sigterm().success());
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_from_before_the_counter_adopts_it_and_its_old_copy_is_refused_afterwards() {
+    let mut a = Appliance::start_with(Options { tpm_counter: false, ..tpm_options() });
+    assert_eq!(post_concurrently(&a, 5, 1).await.len(), 5);
+    a.wait_for_head(5).await;
+    assert!(a.sigterm().success());
+    let pre = a.copy_db("pre-counter.db");
+    assert_eq!(last_head(&pre).1, None, "heads without a counter");
+
+    // The operator provisions a counter for the existing key and configures it.
+    a.options.tpm_counter = true;
+    a.write_config("127.0.0.1:0");
+    let cfg = a.config_path();
+    let out =
+        a.anchorlog(&["keys", "generate", "--tpm", "--counter-only", "--config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["counter"]["index"], "0x01800010");
+    assert_eq!(v["counter"]["hierarchy"], "platform");
+    assert_eq!(v.get("handle"), None, "no key was created");
+    a.spawn().unwrap();
+    assert!(a.server_log().contains("no head carries the TPM counter yet"), "{}", a.server_log());
+    assert_eq!(post_concurrently(&a, 5, 1).await.len(), 5);
+    let head = a.wait_for_head(10).await;
+    assert_eq!(head_counter(&head).index, COUNTER);
+    assert!(a.sigterm().success());
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+    let newest = a.copy_db("newest.db");
+
+    // The copy from before the counter's first use is refused now: heads sealed with the counter are missing.
+    a.restore_db(&pre);
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3: "), "{err}");
+    let (pre_height, _) = last_head(&pre);
+    assert!(
+        err.contains(&format!(
+            "head height {}: no head of this log carries a TPM counter, but the counter 0x01800010 is at {}",
+            pre_height + 1,
+            last_head(&newest).1.unwrap().value
+        )),
+        "{err}"
+    );
+    assert!(err.contains("rolled back or truncated"), "{err}");
+
+    // Taking the counter out of the configuration does not get the newest copy's successor past the check.
+    a.restore_db(&newest);
+    a.options.tpm_counter = false;
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3: "), "{err}");
+    assert!(err.contains("the log's heads carry TPM counter 0x01800010 but the signer has no counter; configure signer.tpm.counter_index = \"0x01800010\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_re_signed_with_a_lower_or_no_counter_fails_verification_at_its_height() {
+    let mut a = Appliance::start_with(tpm_options());
+    for n in [3u64, 6] {
+        assert_eq!(post_concurrently(&a, 3, 1).await.len(), 3);
+        a.wait_for_head(n).await;
+    }
+    assert!(a.sigterm().success());
+    let (height, last) = last_head(&a.db_path());
+    let previous = {
+        let conn = rusqlite::Connection::open(a.db_path()).unwrap();
+        let text: String = conn
+            .query_row("SELECT checkpoint FROM heads WHERE height = ?1", [height as i64 - 1], |r| r.get(0))
+            .unwrap();
+        Checkpoint::parse(&text).unwrap().counter.unwrap()
+    };
+    // Root re-signs the last head through the TPM with the appliance's own credentials.
+    let resign = |counter: Option<HeadCounter>, name: &str| {
+        let copy = a.copy_db(name);
+        let conn = rusqlite::Connection::open(&copy).unwrap();
+        let text: String = conn
+            .query_row("SELECT checkpoint FROM heads WHERE height = ?1", [height as i64], |r| r.get(0))
+            .unwrap();
+        let forged = Checkpoint { counter, ..Checkpoint::parse(&text).unwrap() }.to_text().unwrap();
+        let mut signer = TpmSigner::open(&appliance_settings(a.tpm.as_ref().unwrap()), None).unwrap();
+        let sig = signer.sign(forged.as_bytes()).unwrap();
+        conn.execute_batch("DROP TRIGGER heads_no_update;").unwrap();
+        conn.execute(
+            "UPDATE heads SET checkpoint = ?1, signature = ?2 WHERE height = ?3",
+            rusqlite::params![forged, sig, height as i64],
+        )
+        .unwrap();
+        drop(conn);
+        a.verify(&copy)
+    };
+    let (code, v) = resign(Some(HeadCounter { value: previous.value, ..last.unwrap() }), "equal.db");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(
+        v["failure"],
+        format!(
+            "head height {height}: TPM counter {0} is not greater than the previous head's {0}",
+            previous.value
+        )
+    );
+    assert_eq!(v["height"], height);
+    let (code, v) = resign(None, "dropped.db");
+    assert_eq!(code, 3, "{v}");
+    assert_eq!(
+        v["failure"],
+        format!(
+            "head height {height}: carries no TPM counter although the previous head does (counter {})",
+            previous.value
+        )
+    );
+}
+
+#[test]
+fn head_latency_sign_alone_and_counter_plus_sign() {
+    const HEADS: usize = 1000;
+    let tpm = Swtpm::start().unwrap();
+    let s = counter_settings(&tpm);
+    generate_key(&s, None).unwrap();
+    provision_counter(&s, None).unwrap();
+    let mut signer = TpmSigner::open(&s, None).unwrap();
+    let mut last = None;
+    let msg = b"anchorlog.example.org/prod-1\n1000\nAAAA\nanchorlog-block 7\n";
+    let (mut sign_only, mut with_counter) = (Vec::with_capacity(HEADS), Vec::with_capacity(HEADS));
+    // Interleaved in one run, so both see the same machine load.
+    for _ in 0..HEADS {
+        let t = Instant::now();
+        signer.sign(msg).unwrap();
+        sign_only.push(t.elapsed());
+        let t = Instant::now();
+        last = Some(signer.advance_counter(last).unwrap().unwrap().value);
+        signer.sign(msg).unwrap();
+        with_counter.push(t.elapsed());
+    }
+    let stats = |v: &mut Vec<Duration>| {
+        v.sort();
+        let mean = v.iter().sum::<Duration>() / v.len() as u32;
+        (v[v.len() / 2], v[v.len() * 99 / 100], v[v.len() - 1], mean)
+    };
+    let (p50a, p99a, maxa, meana) = stats(&mut sign_only);
+    let (p50b, p99b, maxb, meanb) = stats(&mut with_counter);
+    println!(
+        "head latency over {HEADS} heads (swtpm TCP, password sessions, one run, interleaved): sign alone p50={p50a:?} \
+         p99={p99a:?} max={maxa:?} mean={meana:?}; counter (NV_Increment + NV_Read) + sign p50={p50b:?} p99={p99b:?} \
+         max={maxb:?} mean={meanb:?}; ratio p50 {:.2}, mean {:.2}",
+        p50b.as_secs_f64() / p50a.as_secs_f64(),
+        meanb.as_secs_f64() / meana.as_secs_f64()
+    );
+    assert_eq!(last, Some(signer.read_counter().unwrap().unwrap().value.unwrap()));
 }

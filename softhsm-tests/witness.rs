@@ -120,6 +120,7 @@ impl Log {
                     height: n,
                     prev: [0; 32],
                     time_ms: 0,
+                    counter: None,
                 };
                 let text = head.to_text().unwrap();
                 let mut signer = log_signer().lock().unwrap();

@@ -301,12 +301,18 @@ pub struct TpmConfig {
     pub tcti: String,
     /// Persistent handle of the signing key, e.g. `0x81010010` (a TOML integer or a hex string).
     pub handle: TpmHandle,
-    /// Optional file holding the key's auth value (a file path, never the value itself).
+    /// Optional file holding the key's auth value (a file path, never the value itself). The head counter
+    /// uses the same auth value.
     #[serde(default)]
     pub auth_file: Option<PathBuf>,
+    /// NV index of the head counter, e.g. `0x01800010`: every head then carries a TPM monotonic counter
+    /// value (docs/TPM.md). Unset: heads carry none and a restored older database is not caught at start.
+    #[serde(default)]
+    pub counter_index: Option<TpmHandle>,
 }
 
-/// A TPM persistent handle, written in TOML as an integer (`0x81010010`) or a hex string (`"0x81010010"`).
+/// A TPM handle (a persistent object or an NV index), written in TOML as an integer (`0x81010010`) or a hex
+/// string (`"0x81010010"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TpmHandle(pub u32);
 
@@ -318,7 +324,7 @@ impl<'de> Deserialize<'de> for TpmHandle {
             Int(i64),
             Text(String),
         }
-        let expected = "a persistent handle such as 0x81010010 (integer or hex string)";
+        let expected = "a persistent handle such as 0x81010010 (integer or hex string), or an NV index such as 0x01800010";
         let value = match Raw::deserialize(d)? {
             Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom(expected))?,
             Raw::Text(t) => {
@@ -335,6 +341,10 @@ impl<'de> Deserialize<'de> for TpmHandle {
 pub const TPM_PERSISTENT_FIRST: u32 = 0x8100_0000;
 /// Last persistent handle of the owner hierarchy (where `anchorlog keys generate` may persist a key).
 pub const TPM_OWNER_PERSISTENT_LAST: u32 = 0x817F_FFFF;
+/// First NV index handle the head counter may use.
+pub const TPM_COUNTER_INDEX_FIRST: u32 = 0x0100_0000;
+/// Last NV index handle the head counter may use (below the TCG range of EK certificates, `0x01C00000..`).
+pub const TPM_COUNTER_INDEX_LAST: u32 = 0x01BF_FFFF;
 /// TCTI kinds libtss2 (through tss-esapi) understands.
 pub const TPM_TCTI_KINDS: [&str; 4] = ["device", "swtpm", "mssim", "tabrmd"];
 
@@ -713,6 +723,17 @@ fn validate_tpm(t: Option<&TpmConfig>) -> Result<(), ConfigError> {
             format!("{:#010x} is not an owner persistent handle; expected 0x81000000..=0x817fffff, e.g. 0x81010010", t.handle.0),
         ));
     }
+    if let Some(index) = t.counter_index {
+        if !(TPM_COUNTER_INDEX_FIRST..=TPM_COUNTER_INDEX_LAST).contains(&index.0) {
+            return Err(invalid(
+                "signer.tpm.counter_index",
+                format!(
+                    "{:#010x} is not an NV index for the head counter; expected 0x01000000..=0x01bfffff, e.g. 0x01800010",
+                    index.0
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -1032,6 +1053,28 @@ identities = ["dns:idp.example.org"]
         let text = tpm_config("0x81010010").replace("[signer.tpm]", "[signer.nottpm]");
         let err = Config::parse(&text).unwrap_err().to_string();
         assert!(err.contains("unknown field `nottpm`"), "{err}");
+    }
+
+    #[cfg(feature = "tpm")]
+    #[test]
+    fn tpm_counter_index_is_an_nv_index() {
+        let c = Config::parse(&tpm_config("0x81010010")).unwrap();
+        assert_eq!(c.signer.tpm.unwrap().counter_index, None);
+        let with =
+            |index: &str| Config::parse(&format!("{}counter_index = {index}\n", tpm_config("0x81010010")));
+        assert_eq!(
+            with("\"0x01800010\"").unwrap().signer.tpm.unwrap().counter_index,
+            Some(TpmHandle(0x0180_0010))
+        );
+        assert_eq!(
+            with("0x01000000").unwrap().signer.tpm.unwrap().counter_index,
+            Some(TpmHandle(0x0100_0000))
+        );
+        for bad in ["\"0x01c0000a\"", "0x81010011", "0x00ffffff"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid config: `signer.tpm.counter_index`: 0x"), "{bad}: {err}");
+            assert!(err.ends_with("expected 0x01000000..=0x01bfffff, e.g. 0x01800010"), "{err}");
+        }
     }
 
     #[cfg(not(feature = "tpm"))]

@@ -5,7 +5,8 @@
 //! holds the state directory), or start one as our child on two free 127.0.0.1 ports. A child we start dies
 //! with us: it is killed when [`DevSwtpm`] is dropped, and it runs under `setpriv --pdeathsig KILL` so even a
 //! SIGKILL of the dev process takes it down. The signing key is created once (ECC P-256 at
-//! [`DEV_TPM_HANDLE`], random auth value in `DIR/secrets/tpm-auth`); everything else (certificates, config,
+//! [`DEV_TPM_HANDLE`], random auth value in `DIR/secrets/tpm-auth`), and so is the head counter
+//! ([`DEV_COUNTER_INDEX`], also for a state directory from before counters); everything else (certificates, config,
 //! `keys/signer.pem`, `keys/signer.crt`, `anchorlog.db`) has the same names as in the SoftHSM dev mode.
 
 use crate::config::Config;
@@ -20,6 +21,8 @@ use zeroize::Zeroizing;
 
 /// Persistent handle of the dev signing key.
 pub const DEV_TPM_HANDLE: u32 = 0x8101_0010;
+/// NV index of the dev head counter.
+pub const DEV_COUNTER_INDEX: u32 = 0x0180_0010;
 /// How long a freshly started swtpm may take to accept connections.
 const SWTPM_START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -220,7 +223,11 @@ pub fn prepare(state_dir: &Path, listen: &str, tcti: &str) -> Result<PathBuf, De
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
     }
     dev::set_mode(&state_dir.join("secrets"), 0o700)?;
-    let settings = TpmSettings { tcti: tcti.to_string(), handle: DEV_TPM_HANDLE };
+    let settings = TpmSettings {
+        tcti: tcti.to_string(),
+        handle: DEV_TPM_HANDLE,
+        counter_index: Some(DEV_COUNTER_INDEX),
+    };
     let auth_file = state_dir.join("secrets/tpm-auth");
     if !auth_file.exists() {
         let auth = dev::random_secret();
@@ -236,6 +243,12 @@ pub fn prepare(state_dir: &Path, listen: &str, tcti: &str) -> Result<PathBuf, De
             Err(e) => return Err(e.into()),
         }
         std::fs::rename(&pending, &auth_file).map_err(io_err(&auth_file))?;
+    }
+    // Once: the counter of a fresh state, or of one created before heads carried counters.
+    let auth = tpm::read_auth_file(&auth_file)?;
+    match tpm::provision_counter(&settings, Some(&auth)) {
+        Ok(_) | Err(TpmError::CounterIndexOccupied { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     let cert_dir = state_dir.join("certs");
     if !cert_dir.join("ca.pem").exists() {
@@ -272,7 +285,7 @@ fn dev_tpm_config(state: &Path, listen: &str, tcti: &str) -> Result<String, DevT
         dev::DEV_KEY_LABEL
     );
     let tpm = format!(
-        "backend = \"tpm\"\n\n[signer.tpm]\ntcti = \"{tcti}\"\nhandle = \"{DEV_TPM_HANDLE:#010x}\"\nauth_file = \"{s}/secrets/tpm-auth\"\n"
+        "backend = \"tpm\"\n\n[signer.tpm]\ntcti = \"{tcti}\"\nhandle = \"{DEV_TPM_HANDLE:#010x}\"\nauth_file = \"{s}/secrets/tpm-auth\"\ncounter_index = \"{DEV_COUNTER_INDEX:#010x}\"\n"
     );
     let base = dev::dev_config(state, listen);
     if !base.contains(&pkcs11) {
@@ -295,5 +308,6 @@ mod tests {
         assert_eq!(t.tcti, "swtpm:host=127.0.0.1,port=2321");
         assert_eq!(t.handle.0, DEV_TPM_HANDLE);
         assert_eq!(t.auth_file, Some(PathBuf::from("/srv/dev/secrets/tpm-auth")));
+        assert_eq!(t.counter_index.map(|i| i.0), Some(DEV_COUNTER_INDEX));
     }
 }

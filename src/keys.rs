@@ -39,6 +39,9 @@ pub enum KeysError {
     /// Key attestation needs a TPM.
     #[error("key attestation is only available for signer.backend = \"tpm\" (a PKCS#11 HSM attests its keys with vendor tools)")]
     NotAttestable,
+    /// A description could not be encoded.
+    #[error("encoding the output: {0}")]
+    Json(String),
 }
 
 #[cfg(feature = "pkcs11")]
@@ -68,10 +71,21 @@ fn tpm_parts(
     Ok(crate::signer::tpm::settings_from_config(t).map_err(SignerError::from)?)
 }
 
+/// What `keys generate` creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Generate {
+    /// The signing key, and in a TPM with `signer.tpm.counter_index` also the head counter.
+    KeyAndCounter,
+    /// Only the TPM head counter, for a key that exists already (a log from before counters).
+    CounterOnly,
+}
+
 /// Creates the signing key in the configured device; returns a JSON description of the new key. With
-/// `use_tpm`, the key is created in the TPM named by `[signer.tpm]` whatever `signer.backend` says.
-pub fn generate(config: &Config, use_tpm: bool) -> Result<serde_json::Value, KeysError> {
-    let backend = if use_tpm { SignerBackend::Tpm } else { config.signer.backend };
+/// `use_tpm`, the key is created in the TPM named by `[signer.tpm]` whatever `signer.backend` says, together
+/// with the head counter when `signer.tpm.counter_index` is set (both or neither).
+pub fn generate(config: &Config, use_tpm: bool, what: Generate) -> Result<serde_json::Value, KeysError> {
+    let backend =
+        if use_tpm || what == Generate::CounterOnly { SignerBackend::Tpm } else { config.signer.backend };
     match backend {
         #[cfg(feature = "pkcs11")]
         SignerBackend::Pkcs11 => {
@@ -83,15 +97,28 @@ pub fn generate(config: &Config, use_tpm: bool) -> Result<serde_json::Value, Key
         SignerBackend::Pkcs11 => Err(KeysError::Unavailable("pkcs11")),
         #[cfg(feature = "tpm")]
         SignerBackend::Tpm => {
+            use crate::signer::tpm;
             let (settings, auth) = tpm_parts(config)?;
-            let attrs =
-                crate::signer::tpm::generate_key(&settings, auth.as_ref()).map_err(SignerError::from)?;
-            let mut v = tpm_attributes_json(&attrs);
-            v["handle"] = format!("{:#010x}", settings.handle).into();
+            let mut v = serde_json::json!({});
+            if what == Generate::KeyAndCounter {
+                tpm::check_free(&settings).map_err(SignerError::from)?;
+                let attrs = tpm::generate_key(&settings, auth.as_ref()).map_err(SignerError::from)?;
+                v = tpm_attributes_json(&attrs);
+                v["handle"] = format!("{:#010x}", settings.handle).into();
+            } else if settings.counter_index.is_none() {
+                return Err(SignerError::from(tpm::TpmError::CounterNotConfigured).into());
+            }
+            if settings.counter_index.is_some() {
+                let counter = tpm::provision_counter(&settings, auth.as_ref()).map_err(SignerError::from)?;
+                v["counter"] = serde_json::to_value(counter).map_err(|e| KeysError::Json(e.to_string()))?;
+            }
             Ok(v)
         }
         #[cfg(not(feature = "tpm"))]
-        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+        SignerBackend::Tpm => {
+            let _ = what;
+            Err(KeysError::Unavailable("tpm"))
+        }
     }
 }
 
@@ -145,6 +172,14 @@ pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
             v["key_id"] = x509::key_id(s.public_key_spki_der()).into();
             v["device"] = s.describe().into();
             v["public_key_pem"] = x509::public_key_pem(s.public_key_spki_der())?.into();
+            if let Some(c) = s.read_counter().map_err(SignerError::from)? {
+                v["counter"] = serde_json::json!({
+                    "index": format!("{:#010x}", c.index),
+                    "value": c.value,
+                    "reset_count": c.reset_count,
+                    "max_orderly_count": c.max_orderly_count,
+                });
+            }
             Ok(v)
         }
         #[cfg(not(feature = "tpm"))]

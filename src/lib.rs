@@ -14,6 +14,7 @@
 //! | [`ledger::merkle`] | pure RFC 9162 math: roots, proofs, frontier |
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
 //! | [`note`] | C2SP signed notes, checkpoints, verifier keys, `cosignature/v1`, the witness protocol bodies (pure) |
+//! | [`ledger::counter`] | the TPM counter rules: chain step, start-up and attested "is this the newest copy" |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |

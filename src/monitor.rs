@@ -430,6 +430,7 @@ mod tests {
                 height: self.heads.len() as u64,
                 prev,
                 time_ms: 1_000 * self.heads.len() as i64,
+                counter: None,
             };
             let text = cp.to_text().unwrap();
             self.heads.push((cp, text.clone()));

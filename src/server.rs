@@ -1,7 +1,8 @@
 //! `anchorlog serve`: wires storage, signer, writer, sealer and the mTLS listener, and shuts down in order.
 //!
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
-//! against the signer's public key; refuse to serve on any mismatch) → start the writer and the sealer → accept.
+//! against the signer's public key, and that the last head reaches the TPM's monotonic counter; refuse to serve
+//! on any mismatch) → start the writer and the sealer → accept.
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
 //! previous run ended) before the first request is accepted. While it runs, the sealer and the timestamper
@@ -432,6 +433,7 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState,
     );
     let last = report.last_checkpoint.as_deref().map(crate::ledger::head::Checkpoint::parse).transpose();
     let last = last.map_err(|e| ServeError::Internal(e.to_string()))?;
+    check_counter(config, signer, report.heads, last.as_ref()).await?;
     Ok(ChainState {
         frontier: report.frontier_at_last_head,
         next_height: report.heads,
@@ -440,8 +442,61 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState,
             .as_deref()
             .map(crate::ledger::head::Checkpoint::text_hash)
             .unwrap_or([0; 32]),
-        last_time_ms: last.map_or(0, |h| h.time_ms),
+        last_time_ms: last.as_ref().map_or(0, |h| h.time_ms),
+        last_counter: last.and_then(|h| h.counter).map(|c| c.value),
     })
+}
+
+/// The start-up half of the TPM counter (docs/TPM.md): the last head must carry a counter the TPM's has not
+/// moved beyond, except for the documented slack. A database restored from an older copy, or with its newest
+/// heads cut off, is refused here (exit code 3) even though everything in it verifies.
+async fn check_counter(
+    config: &Config,
+    signer: &SignerHandle,
+    heads: u64,
+    last: Option<&crate::ledger::head::Checkpoint>,
+) -> Result<(), ServeError> {
+    use crate::ledger::counter::{self, CounterFailure};
+    let observed = signer.read_counter().await?;
+    // Once heads carry a counter every later head does (the verifier checks it), so the last head's is the
+    // newest counter in the log.
+    let head = last.and_then(|cp| cp.counter.map(|c| (cp.height, c)));
+    let checked = match &observed {
+        Some(tpm) => counter::check_newest(head.as_ref().map(|(h, c)| (*h, c)), heads, tpm),
+        None => match head {
+            Some((height, c)) => Err(CounterFailure::NoCounterConfigured { height, index: c.index }),
+            None => Ok(()),
+        },
+    };
+    if let Err(failure) = checked {
+        return Err(ServeError::Reconciliation {
+            failure: verify::Failure::Counter(failure),
+            key_id: signer.public_key().key_id.clone(),
+            db: config.storage.database.display().to_string(),
+        });
+    }
+    match (observed, head) {
+        (Some(tpm), Some((height, c))) => tracing::info!(
+            height,
+            head_counter = c.value,
+            head_reset_count = c.reset_count,
+            tpm_counter = tpm.value,
+            tpm_reset_count = tpm.reset_count,
+            "TPM counter check passed: the database reaches the TPM's counter"
+        ),
+        (Some(tpm), None) if heads > 0 => tracing::warn!(
+            index = format!("{:#010x}", tpm.index),
+            from_height = heads,
+            "no head carries the TPM counter yet: heads from this height on will; the earlier ones are not              protected by it"
+        ),
+        (Some(tpm), None) => {
+            tracing::info!(index = format!("{:#010x}", tpm.index), "a new log: its heads carry the TPM counter")
+        }
+        (None, _) => tracing::warn!(
+            "the signer has no monotonic counter: a database restored from an older copy is not caught at start              (PKCS#11: use witnesses; TPM: set signer.tpm.counter_index, docs/TPM.md)"
+        ),
+    }
+    Ok(())
 }
 
 async fn accept_loop(

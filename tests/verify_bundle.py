@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -145,14 +146,24 @@ class Frontier:
         return acc
 
 
+COUNTER = re.compile(r"anchorlog-counter (0|[1-9][0-9]*) (0|[1-9][0-9]*) 0x([0-9a-f]{8})")
+
+
 def parse_checkpoint(height, text):
     lines = text.split("\n")
-    if len(lines) != 7 or lines[6] != "":
-        raise Invalid("head height %d: not six newline-terminated lines" % height)
+    if len(lines) not in (7, 8) or lines[-1] != "":
+        raise Invalid("head height %d: not six (or seven) newline-terminated lines" % height)
     prefixes = ("anchorlog-block ", "anchorlog-prev ", "anchorlog-time ")
     for line, prefix in zip(lines[3:6], prefixes):
         if not line.startswith(prefix):
             raise Invalid("head height %d: expected %r" % (height, prefix))
+    counter = None
+    if len(lines) == 8:
+        # The TPM monotonic counter line (docs/FORMAT.md §3): value, reset count, NV index.
+        m = COUNTER.fullmatch(lines[6])
+        if m is None or int(m.group(1)) >= 2 ** 64 or int(m.group(2)) >= 2 ** 32:
+            raise Invalid("head height %d: malformed anchorlog-counter line" % height)
+        counter = {"value": int(m.group(1)), "reset_count": int(m.group(2)), "index": int(m.group(3), 16)}
     return {
         "origin": lines[0],
         "tree_size": int(lines[1]),
@@ -160,6 +171,7 @@ def parse_checkpoint(height, text):
         "height": int(lines[3][len(prefixes[0]):]),
         "prev": base64.b64decode(lines[4][len(prefixes[1]):], validate=True),
         "time": lines[5][len(prefixes[2]):],
+        "counter": counter,
     }
 
 
@@ -241,6 +253,7 @@ class Chain:
     def __init__(self, origin, key):
         self.origin, self.key = origin, key
         self.prev_hash, self.prev_size, self.prev_time = bytes(32), 0, ""
+        self.prev_counter = None
 
     def check(self, height, text, sig, frontier):
         cp = parse_checkpoint(height, text.decode("utf-8"))
@@ -254,11 +267,20 @@ class Chain:
             raise Invalid("head height %d: seal time goes backwards" % height)
         if cp["tree_size"] < self.prev_size:
             raise Invalid("head height %d: tree shrank" % height)
+        counter, prev = cp["counter"], self.prev_counter
+        if prev is not None:
+            if counter is None:
+                raise Invalid("head height %d: carries no TPM counter although the previous head does" % height)
+            if counter["index"] != prev["index"]:
+                raise Invalid("head height %d: TPM counter index changed" % height)
+            if counter["value"] <= prev["value"]:
+                raise Invalid("head height %d: TPM counter is not greater than the previous head's" % height)
         if not signature_ok(self.key, text, sig):
             raise Invalid("head height %d: signature does not verify" % height)
         if frontier is not None and frontier.root() != cp["root"]:
             raise Invalid("head height %d: root does not match the events" % height)
         self.prev_hash, self.prev_size, self.prev_time = sha256(text), cp["tree_size"], cp["time"]
+        self.prev_counter = cp["counter"]
         return cp
 
 

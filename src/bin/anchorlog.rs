@@ -67,6 +67,13 @@ enum Command {
         json: bool,
         #[command(flatten)]
         tsa: TsaArgs,
+        /// With --db: evidence from `anchorlog keys attest` holding a certified reading of the TPM's head
+        /// counter; the database must reach it (it is the newest copy, up to the documented slack).
+        #[arg(long, requires = "db", requires = "nonce")]
+        counter_attestation: Option<PathBuf>,
+        /// The nonce (hex) the counter attestation was made for.
+        #[arg(long, requires = "counter_attestation")]
+        nonce: Option<String>,
     },
     /// Check a TPM key attestation (from `keys attest`) offline against the signer's public key and nonce.
     VerifyAttestation {
@@ -244,9 +251,12 @@ enum KeysCommand {
         #[arg(long)]
         config: PathBuf,
         /// Create the key in the TPM named by [signer.tpm] (persisted at its handle), whatever
-        /// signer.backend says.
+        /// signer.backend says; with signer.tpm.counter_index, also the head counter.
         #[arg(long)]
         tpm: bool,
+        /// Create only the TPM head counter (signer.tpm.counter_index) for a key that exists already.
+        #[arg(long, requires = "tpm")]
+        counter_only: bool,
     },
     /// Have the TPM certify the signing key with an attestation key (TPM2_Certify) over a nonce.
     Attest {
@@ -402,8 +412,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { bundle, db, key, origin, json, tsa } => {
-            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &tsa)
+        Command::Verify { bundle, db, key, origin, json, tsa, counter_attestation, nonce } => {
+            let counter = match (counter_attestation, nonce) {
+                (Some(file), Some(nonce)) => Some((file, parse_nonce(&nonce)?)),
+                _ => None,
+            };
+            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &tsa, counter.as_ref())
         }
         Command::VerifyReceipt { file, key, origin, json, tsa } => {
             verify_receipt(&file, &key, origin, json, &tsa)
@@ -512,9 +526,14 @@ fn witness(command: Option<WitnessCommand>, config: Option<PathBuf>) -> anyhow::
 #[cfg(feature = "server")]
 fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::Generate { config, tpm } => {
+        KeysCommand::Generate { config, tpm, counter_only } => {
             let config = Config::load(&config)?;
-            let attrs = anchorlog::keys::generate(&config, tpm)?;
+            let what = if counter_only {
+                anchorlog::keys::Generate::CounterOnly
+            } else {
+                anchorlog::keys::Generate::KeyAndCounter
+            };
+            let attrs = anchorlog::keys::generate(&config, tpm, what)?;
             println!("{}", serde_json::to_string_pretty(&attrs)?);
         }
         KeysCommand::Attest { config, nonce, out } => {
@@ -523,11 +542,21 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             let att = anchorlog::keys::attest(&config, &nonce)?;
             let text = serde_json::to_string_pretty(&att)? + "\n";
             std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            let unused_counter =
+                config.signer.tpm.as_ref().and_then(|t| t.counter_index).filter(|_| att.counter.is_none());
             println!(
-                "wrote the attestation of TPM key {:#010x} to {} (EK certificate {})",
+                "wrote the attestation of TPM key {:#010x}{} to {} (EK certificate {}){}",
                 att.key_handle,
+                match &att.counter {
+                    Some(c) => format!(" and of head counter {:#010x}", c.nv_index),
+                    None => String::new(),
+                },
                 out.display(),
-                if att.ek_certificate.is_some() { "included" } else { "not provisioned in this TPM" }
+                if att.ek_certificate.is_some() { "included" } else { "not provisioned in this TPM" },
+                match unused_counter {
+                    Some(i) => format!("; head counter {:#010x} not certified: no head carries it yet", i.0),
+                    None => String::new(),
+                }
             );
         }
         KeysCommand::Export { config, out_dir } => {
@@ -568,6 +597,7 @@ fn verify(
     origin: Option<String>,
     json: bool,
     tsa: &TsaArgs,
+    counter: Option<&(PathBuf, Vec<u8>)>,
 ) -> anyhow::Result<ExitCode> {
     use anchorlog::verify::VerifyError;
     let key = read_key(key)?;
@@ -600,13 +630,41 @@ fn verify(
         (None, None) => anyhow::bail!("give a bundle file or --db"),
     };
     match result {
-        Ok((report, value, stamps)) => {
+        Ok((report, mut value, stamps)) => {
+            let attested = match counter {
+                Some((file, nonce)) => {
+                    use anchorlog::verify::counter::{check_attested, CounterCheckError};
+                    let att = read_attestation(file)?;
+                    match check_attested(&report, &att, &key, nonce) {
+                        Ok(a) => Some(a),
+                        Err(CounterCheckError::Invalid(failure)) => {
+                            let (kind, at) = failure.location();
+                            return Ok(report_invalid(json, &failure.to_string(), kind, at));
+                        }
+                        Err(e @ CounterCheckError::Attestation(_)) => {
+                            if json {
+                                println!("{}", serde_json::json!({"ok": false, "failure": e.to_string()}));
+                            } else {
+                                println!("FAILED: {e}");
+                            }
+                            return Ok(ExitCode::from(EXIT_INVALID));
+                        }
+                    }
+                }
+                None => None,
+            };
             if json {
+                if let Some(a) = &attested {
+                    value["counter_attestation"] = serde_json::to_value(a)?;
+                }
                 println!("{value}");
             } else {
                 print_report(&report, origin_from);
                 if let Some(s) = &stamps {
                     print_timestamps(s, &report.timestamping_outages);
+                }
+                if let Some(a) = &attested {
+                    print_attested_counter(a);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -624,18 +682,43 @@ fn parse_nonce(hex_text: &str) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("--nonce {hex_text:?} is not hex (e.g. --nonce $(openssl rand -hex 32))"))
 }
 
-fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyhow::Result<ExitCode> {
-    use anchorlog::signer::attestation::{verify_attestation, KeyAttestation};
-    let nonce = parse_nonce(nonce)?;
+fn read_attestation(file: &Path) -> anyhow::Result<anchorlog::signer::attestation::KeyAttestation> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let att: KeyAttestation = serde_json::from_str(&text).with_context(|| {
-        format!("{} is not a key attestation from `anchorlog keys attest`", file.display())
-    })?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a key attestation from `anchorlog keys attest`", file.display()))
+}
+
+fn print_attested_counter(a: &anchorlog::verify::counter::AttestedCounter) {
+    println!(
+        "  counter:  the database reaches the TPM's head counter {}: last head height {} carries {}, the TPM \
+         certified {} (reset count {}) for this nonce",
+        a.index, a.last_height, a.last_counter, a.attested_value, a.attested_reset_count
+    );
+    println!(
+        "            index name {}; {}; attestation key name {} (pin it)",
+        a.index_name,
+        if a.delete_needs_platform {
+            "only the platform hierarchy can delete the index"
+        } else {
+            "the owner can delete the index (see docs/TPM.md)"
+        },
+        a.ak_name
+    );
+}
+
+fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use anchorlog::signer::attestation::{verify_attestation, verify_counter_attestation};
+    let nonce = parse_nonce(nonce)?;
+    let att = read_attestation(file)?;
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
     let key = anchorlog::signer::PublicKey::from_pem(&pem)
         .with_context(|| format!("parsing key {}", key.display()))?;
-    match verify_attestation(&att, &key.spki_der, &nonce) {
-        Ok(r) => {
+    let verified = match att.counter {
+        Some(_) => verify_counter_attestation(&att, &key.spki_der, &nonce).map(|(r, c)| (r, Some(c))),
+        None => verify_attestation(&att, &key.spki_der, &nonce).map(|r| (r, None)),
+    };
+    match verified {
+        Ok((r, counter)) => {
             let a = &r.key_attributes;
             if json {
                 let report = serde_json::json!({
@@ -645,6 +728,14 @@ fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyho
                     "ak_name": hex::encode(&r.ak_name),
                     "ek_certificate_present": r.ek_certificate_present,
                     "firmware_version": format!("{:#018x}", r.firmware_version),
+                    "counter": counter.as_ref().map(|c| serde_json::json!({
+                        "index": format!("{:#010x}", c.index),
+                        "index_name": hex::encode(&c.index_name),
+                        "value": c.value,
+                        "reset_count": c.clock.reset_count,
+                        "attributes": c.attributes,
+                        "delete_needs_platform": c.delete_needs_platform,
+                    })),
                 });
                 println!("{}", serde_json::json!({"ok": true, "report": report}));
             } else {
@@ -659,6 +750,21 @@ fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyho
                     "  EK certificate: {}",
                     if r.ek_certificate_present { "included, NOT validated here" } else { "absent" }
                 );
+                if let Some(c) = &counter {
+                    println!(
+                        "  head counter: NV {:#010x} = {} (reset count {}), name {}, orderly={}, {}",
+                        c.index,
+                        c.value,
+                        c.clock.reset_count,
+                        hex::encode(&c.index_name),
+                        c.attributes.orderly,
+                        if c.delete_needs_platform {
+                            "deletable only with platform authorisation"
+                        } else {
+                            "deletable by the owner"
+                        }
+                    );
+                }
                 println!(
                     "  note: this does not show that the attestation key belongs to a genuine hardware TPM \
                      (see docs/TPM.md)"

@@ -294,6 +294,7 @@ fn anchor_start(
         next_height: manifest.from_height,
         prev_hash: Checkpoint::text_hash(text),
         prev_time_ms: head.sealed_at_ms,
+        prev_counter: cp.counter,
     })
 }
 

@@ -7,9 +7,12 @@
 //! anchorlog-block <height>
 //! anchorlog-prev <base64 SHA-256 of the previous head's text; 32 zero bytes at height 0>
 //! anchorlog-time <seal time, RFC 3339 UTC with milliseconds>
+//! anchorlog-counter <TPM counter value> <TPM reset count> <NV index, 0x + 8 hex digits>   (TPM backend only)
 //! ```
 //! Every line ends in `\n`. The signed message is exactly these bytes. The parser is strict: it accepts only
 //! text that `to_text` would produce, so two different byte strings can never carry the same head.
+//! The optional seventh line is the TPM monotonic counter reading the head was sealed under
+//! ([`HeadCounter`], docs/FORMAT.md §3); heads signed by a PKCS#11 HSM have none.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -40,6 +43,45 @@ pub struct Checkpoint {
     pub prev: Hash,
     /// Seal time in milliseconds since the Unix epoch (UTC).
     pub time_ms: i64,
+    /// The TPM monotonic counter reading this head was sealed under (`anchorlog-counter`); `None` for
+    /// backends without a counter.
+    pub counter: Option<HeadCounter>,
+}
+
+/// The `anchorlog-counter` line: a value of the TPM's NV counter reserved for this head, the TPM's reset
+/// count read before it (so a start-up check knows whether the counter may have jumped after a power loss),
+/// and the NV index it came from (so a head cannot be matched against another counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadCounter {
+    /// The counter value, strictly increasing along the chain.
+    pub value: u64,
+    /// `TPMS_CLOCK_INFO.resetCount` read before the value was reserved.
+    pub reset_count: u32,
+    /// The NV index handle of the counter, e.g. `0x01800010`.
+    pub index: u32,
+}
+
+impl HeadCounter {
+    /// The line's text after `anchorlog-counter `: `<value> <reset count> 0x<index, 8 lower-case hex digits>`.
+    pub fn to_line_value(&self) -> String {
+        format!("{} {} {:#010x}", self.value, self.reset_count, self.index)
+    }
+
+    /// Parses what [`HeadCounter::to_line_value`] writes (canonical decimals, exactly 8 lower-case hex digits).
+    pub fn parse_line_value(s: &str) -> Option<HeadCounter> {
+        let mut parts = s.split(' ');
+        let value = parse_decimal(parts.next()?)?;
+        let reset_count = u32::try_from(parse_decimal(parts.next()?)?).ok()?;
+        let hex = parts.next()?.strip_prefix("0x")?;
+        if parts.next().is_some()
+            || hex.len() != 8
+            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let index = u32::from_str_radix(hex, 16).ok()?;
+        Some(HeadCounter { value, reset_count, index })
+    }
 }
 
 /// Why a text is not a well-formed checkpoint.
@@ -65,7 +107,7 @@ fn malformed(line: usize, problem: impl Into<String>) -> HeadError {
 impl Checkpoint {
     /// The exact signed text.
     pub fn to_text(&self) -> Result<String, HeadError> {
-        Ok(format!(
+        let mut text = format!(
             "{}\n{}\n{}\nanchorlog-block {}\nanchorlog-prev {}\nanchorlog-time {}\n",
             self.origin,
             self.tree_size,
@@ -73,15 +115,22 @@ impl Checkpoint {
             self.height,
             B64.encode(self.prev),
             format_time_ms(self.time_ms)?
-        ))
+        );
+        if let Some(c) = &self.counter {
+            text.push_str(&format!("anchorlog-counter {}\n", c.to_line_value()));
+        }
+        Ok(text)
     }
 
     /// Parses checkpoint text strictly (it must be byte-identical to what `to_text` produces).
     pub fn parse(text: &str) -> Result<Checkpoint, HeadError> {
         let body = text.strip_suffix('\n').ok_or_else(|| malformed(6, "the text must end with a newline"))?;
         let lines: Vec<&str> = body.split('\n').collect();
-        if lines.len() != 6 {
-            return Err(malformed(lines.len().min(6), format!("expected 6 lines, found {}", lines.len())));
+        if !(6..=7).contains(&lines.len()) {
+            return Err(malformed(
+                lines.len().min(7),
+                format!("expected 6 lines (7 with anchorlog-counter), found {}", lines.len()),
+            ));
         }
         let origin = lines[0].to_string();
         if origin.is_empty() {
@@ -103,7 +152,15 @@ impl Checkpoint {
             .ok_or_else(|| malformed(6, "expected `anchorlog-time <time>`"))?;
         let time_ms = parse_time_ms(time_text)
             .ok_or_else(|| malformed(6, "time is not RFC 3339 UTC with milliseconds"))?;
-        let head = Checkpoint { origin, tree_size, root, height, prev, time_ms };
+        let counter = match lines.get(6) {
+            None => None,
+            Some(line) => Some(
+                line.strip_prefix("anchorlog-counter ").and_then(HeadCounter::parse_line_value).ok_or_else(
+                    || malformed(7, "expected `anchorlog-counter <value> <reset count> 0x<index>`"),
+                )?,
+            ),
+        };
+        let head = Checkpoint { origin, tree_size, root, height, prev, time_ms, counter };
         if head.to_text()? != text {
             return Err(malformed(1, "text is not in canonical form"));
         }
@@ -174,6 +231,14 @@ mod tests {
             height: 5,
             prev: [0; 32],
             time_ms: 1_795_432_930_123,
+            counter: None,
+        }
+    }
+
+    fn with_counter() -> Checkpoint {
+        Checkpoint {
+            counter: Some(HeadCounter { value: 1025, reset_count: 7, index: 0x0180_0010 }),
+            ..sample()
         }
     }
 
@@ -190,6 +255,49 @@ mod tests {
     fn parse_round_trips() {
         let h = sample();
         assert_eq!(Checkpoint::parse(&h.to_text().unwrap()).unwrap(), h);
+        let h = with_counter();
+        assert_eq!(Checkpoint::parse(&h.to_text().unwrap()).unwrap(), h);
+    }
+
+    #[test]
+    fn counter_line_is_exact() {
+        let text = with_counter().to_text().unwrap();
+        assert!(
+            text.ends_with("anchorlog-time 2026-11-23T11:22:10.123Z\nanchorlog-counter 1025 7 0x01800010\n"),
+            "{text}"
+        );
+        let max = HeadCounter { value: u64::MAX, reset_count: u32::MAX, index: 0xffff_ffff };
+        assert_eq!(max.to_line_value(), "18446744073709551615 4294967295 0xffffffff");
+        assert_eq!(HeadCounter::parse_line_value(&max.to_line_value()), Some(max));
+    }
+
+    #[test]
+    fn counter_line_is_strict() {
+        let t = with_counter().to_text().unwrap();
+        let cases = [
+            t.replace("counter 1025 ", "counter 01025 "),
+            t.replace(" 7 0x", " 07 0x"),
+            t.replace("0x01800010", "0x1800010"),
+            t.replace("0x01800010", "0x01800010 "),
+            t.replace("0x01800010", "0X01800010"),
+            t.replace("0x01800010", "0x0180001A"),
+            t.replace(" 7 0x", " 4294967296 0x"),
+            t.replace("1025 7 0x01800010", "1025 0x01800010"),
+            t.replace("1025 7", "1025  7"),
+            t.replace("anchorlog-counter", "anchorlog-Counter"),
+        ];
+        for text in cases {
+            match Checkpoint::parse(&text) {
+                Err(HeadError::Malformed { line: 7, .. }) => {}
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        match Checkpoint::parse(&format!("{t}anchorlog-counter 1 1 0x01800010\n")) {
+            Err(HeadError::Malformed { line: 7, problem }) => {
+                assert!(problem.contains("found 8"), "{problem}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -201,7 +309,8 @@ mod tests {
             (t.replace("anchorlog-block 5", "anchorlog-block  5"), 4),
             (t.replace("anchorlog-prev ", "anchorlog-prev  "), 5),
             (t.replace(".123Z", "Z"), 6),
-            (format!("{t}extra\n"), 6),
+            (format!("{t}extra\n"), 7),
+            (format!("{t}extra\nmore\n"), 7),
         ];
         for (text, line) in cases {
             match Checkpoint::parse(&text) {

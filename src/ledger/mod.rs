@@ -2,6 +2,7 @@
 
 #[cfg(feature = "server")]
 pub mod appender;
+pub mod counter;
 pub mod entry;
 pub mod head;
 pub mod indexer;

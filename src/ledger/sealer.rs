@@ -4,6 +4,9 @@
 //! as a heartbeat every `heartbeat_interval` on an idle log (so truncation is detectable), and on shutdown.
 //! A signer failure never blocks ingest: events keep being stored and the next tick tries again; once the
 //! signer is back, the backlog is sealed in blocks of at most `seal_max_events`.
+//! With a TPM counter, each head's counter value is reserved before the head text is built (it is part of the
+//! signed text); a failed attempt's value is reused by the next attempt rather than incremented again, so the
+//! counter is never more than one above the newest stored head (docs/TPM.md).
 
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::head::Checkpoint;
@@ -75,6 +78,8 @@ pub struct ChainState {
     pub prev_hash: [u8; 32],
     /// Seal time of the last head (ms), so seal times never go backwards.
     pub last_time_ms: i64,
+    /// The TPM counter value of the newest head that carries one (the next head's must be greater).
+    pub last_counter: Option<u64>,
 }
 
 /// The sealer task.
@@ -210,6 +215,10 @@ impl Sealer {
         for leaf in leaves {
             frontier.push(leaf);
         }
+        // Before the text is built: the counter value is part of what is signed.
+        let started = Instant::now();
+        let counter = self.signer.advance_counter(self.state.last_counter).await?;
+        let counter_ms = started.elapsed().as_millis() as u64;
         let head = Checkpoint {
             origin: self.settings.origin.clone(),
             tree_size: target,
@@ -217,6 +226,7 @@ impl Sealer {
             height: self.state.next_height,
             prev: self.state.prev_hash,
             time_ms: store::now_ms().max(self.state.last_time_ms),
+            counter,
         };
         let text = head.to_text()?;
         let started = Instant::now();
@@ -237,12 +247,20 @@ impl Sealer {
                 sealed_at_ms: head.time_ms,
             })
             .await?;
-        tracing::info!(height = head.height, tree_size = head.tree_size, sign_ms, "sealed head");
+        tracing::info!(
+            height = head.height,
+            tree_size = head.tree_size,
+            counter = head.counter.map(|c| c.value),
+            counter_ms,
+            sign_ms,
+            "sealed head"
+        );
         self.state = ChainState {
             frontier,
             next_height: head.height + 1,
             prev_hash: Checkpoint::text_hash(&text),
             last_time_ms: head.time_ms,
+            last_counter: head.counter.map(|c| c.value).or(self.state.last_counter),
         };
         self.last_seal = Instant::now();
         let m = &self.metrics;

@@ -119,6 +119,7 @@ mod tests {
             height: 1,
             prev: [0; 32],
             time_ms: 0,
+            counter: None,
         };
         let text = head.to_text().unwrap();
         let c = TlogCheckpoint::parse(&text).unwrap();

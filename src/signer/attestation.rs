@@ -35,6 +35,19 @@
 //!   are only as trustworthy as the AK itself.
 //! * Anything about the platform state (PCRs, boot integrity); that would need `TPM2_Quote`.
 //! * That `qualifiedSigner` names the AK in a particular hierarchy: it is reported, not checked.
+//!
+//! # The counter reading ([`verify_counter_attestation`])
+//! With `signer.tpm.counter_index` configured, `keys attest` also has the same AK run `TPM2_NV_Certify` over
+//! the head counter (same nonce). The evidence then carries the index's `TPMS_NV_PUBLIC`, the signed
+//! `TPMS_ATTEST` of type `TPM_ST_ATTEST_NV` (`TPMS_NV_CERTIFY_INFO`, Part 2 §10.12.8: index Name, offset,
+//! the 8 counter bytes) and its signature. The verifier checks the signature with the AK that certified the
+//! signing key, the nonce, that the certified Name is `0x000B || SHA-256(TPMS_NV_PUBLIC)` of the published
+//! area, and that the area is a written counter of 8 bytes. That binds the counter's Name to the key
+//! attestation: the same TPM, asked at the same time, holds both. It reports whether the index is orderly
+//! and whether only the platform hierarchy can delete it (`TPMA_NV_PLATFORMCREATE` + `TPMA_NV_POLICY_DELETE`
+//! with the policy `PolicyCommandCode(TPM_CC_NV_UndefineSpaceSpecial)`, [`platform_delete_policy`]).
+//! `TPMS_CLOCK_INFO` of an AK in the endorsement hierarchy is not obfuscated, so its reset count can be
+//! compared with the reset counts in the heads.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use p256::ecdsa::signature::Verifier as _;
@@ -50,6 +63,15 @@ pub const KEY_ATTESTATION_FORMAT: &str = "anchorlog-tpm2-certify-v1";
 pub const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_CERTIFY`: the `TPMS_ATTEST.type` produced by `TPM2_Certify`.
 pub const TPM_ST_ATTEST_CERTIFY: u16 = 0x8017;
+/// `TPM_ST_ATTEST_NV`: the `TPMS_ATTEST.type` produced by `TPM2_NV_Certify`.
+pub const TPM_ST_ATTEST_NV: u16 = 0x8014;
+/// `TPM_CC_PolicyCommandCode`.
+pub const TPM_CC_POLICY_COMMAND_CODE: u32 = 0x0000_016C;
+/// `TPM_CC_NV_UndefineSpaceSpecial`: the only command that deletes a `TPMA_NV_POLICY_DELETE` index; it needs
+/// the index's policy *and* platform authorisation.
+pub const TPM_CC_NV_UNDEFINE_SPACE_SPECIAL: u32 = 0x0000_011F;
+/// `TPM_NT_COUNTER` in `TPMA_NV` bits 4..=7.
+const TPM_NT_COUNTER: u32 = 1;
 
 const TPM_ALG_RSA: u16 = 0x0001;
 const TPM_ALG_SHA256: u16 = 0x000B;
@@ -137,6 +159,175 @@ pub struct KeyAttestation {
     /// The NV index the EK certificate was read from (e.g. 0x01C0000A for ECC P-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ek_certificate_nv_index: Option<u32>,
+    /// The head counter certified by the same AK over the same nonce (`TPM2_NV_Certify`), when the signer has
+    /// a counter (`signer.tpm.counter_index`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counter: Option<CounterAttestation>,
+}
+
+/// A certified reading of the head counter (`TPM2_NV_Certify` by the AK), part of [`KeyAttestation`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterAttestation {
+    /// The counter's NV index handle (informational; the certified Name is what is checked).
+    pub nv_index: u32,
+    /// The index's marshalled `TPMS_NV_PUBLIC` (its Name is `0x000B || SHA-256(this)`).
+    #[serde(with = "b64")]
+    pub nv_public: Vec<u8>,
+    /// The marshalled `TPMS_ATTEST` (type `TPM_ST_ATTEST_NV`) exactly as the AK signed it.
+    #[serde(with = "b64")]
+    pub attest: Vec<u8>,
+    /// The AK's ECDSA P-256/SHA-256 signature over [`Self::attest`], DER-encoded.
+    #[serde(with = "b64")]
+    pub ak_signature: Vec<u8>,
+    /// `TPM_PT_ORDERLY_COUNT` as the TPM reported it (not signed: the verifier never uses more than
+    /// [`crate::ledger::counter::REFERENCE_MAX_ORDERLY_COUNT`]).
+    pub max_orderly_count: u64,
+}
+
+/// `TPMS_NV_PUBLIC` (Part 2 §13.5): what names an NV index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NvPublicArea {
+    /// `nvIndex`.
+    pub index: u32,
+    /// `nameAlg`.
+    pub name_alg: u16,
+    /// `attributes` (`TPMA_NV`).
+    pub attributes: u32,
+    /// `authPolicy`.
+    pub auth_policy: Vec<u8>,
+    /// `dataSize`.
+    pub data_size: u16,
+}
+
+impl NvPublicArea {
+    /// The marshalled structure (big-endian; `authPolicy` as a `TPM2B`).
+    pub fn marshal(&self) -> Result<Vec<u8>, AttestationError> {
+        let policy_len = u16::try_from(self.auth_policy.len()).map_err(|_| AttestationError::Malformed {
+            structure: "TPMS_NV_PUBLIC",
+            detail: format!("authPolicy of {} bytes", self.auth_policy.len()),
+        })?;
+        let mut out = Vec::with_capacity(14 + self.auth_policy.len());
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.name_alg.to_be_bytes());
+        out.extend_from_slice(&self.attributes.to_be_bytes());
+        out.extend_from_slice(&policy_len.to_be_bytes());
+        out.extend_from_slice(&self.auth_policy);
+        out.extend_from_slice(&self.data_size.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Parses a marshalled `TPMS_NV_PUBLIC` (exactly, no trailing bytes).
+    pub fn parse(bytes: &[u8]) -> Result<NvPublicArea, AttestationError> {
+        let mut r = Reader::new(bytes, "TPMS_NV_PUBLIC");
+        let area = NvPublicArea {
+            index: r.u32()?,
+            name_alg: r.u16()?,
+            attributes: r.u32()?,
+            auth_policy: r.tpm2b()?.to_vec(),
+            data_size: r.u16()?,
+        };
+        r.finish()?;
+        Ok(area)
+    }
+
+    /// The attribute bits that matter for the head counter.
+    pub fn counter_attributes(&self) -> NvCounterAttributes {
+        NvCounterAttributes::from_bits(self.attributes)
+    }
+
+    /// Whether only the platform hierarchy can delete the index: `TPMA_NV_PLATFORMCREATE` and
+    /// `TPMA_NV_POLICY_DELETE` set, and the delete policy is [`platform_delete_policy`] with SHA-256.
+    pub fn delete_needs_platform(&self) -> bool {
+        let a = self.counter_attributes();
+        a.platform_create
+            && a.policy_delete
+            && self.name_alg == TPM_ALG_SHA256
+            && self.auth_policy == platform_delete_policy()
+    }
+}
+
+/// The `TPMA_NV` bits of the head counter (Part 2 §13.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct NvCounterAttributes {
+    /// `TPM_NT` is `TPM_NT_COUNTER`.
+    pub counter: bool,
+    /// Bit 2: increments authorised with the index's auth value.
+    pub auth_write: bool,
+    /// Bit 18: reads authorised with the index's auth value.
+    pub auth_read: bool,
+    /// Bit 10: deletion needs the index's policy (`TPM2_NV_UndefineSpaceSpecial`).
+    pub policy_delete: bool,
+    /// Bit 25: no dictionary-attack protection (a wrong auth value does not count towards lockout).
+    pub no_da: bool,
+    /// Bit 26: kept in RAM, written to NV every `MAX_ORDERLY_COUNT + 1` increments and at shutdown.
+    pub orderly: bool,
+    /// Bit 29: has been incremented at least once.
+    pub written: bool,
+    /// Bit 30: created with platform authorisation (survives `TPM2_Clear`).
+    pub platform_create: bool,
+}
+
+impl NvCounterAttributes {
+    /// Decodes a `TPMA_NV` value.
+    pub const fn from_bits(bits: u32) -> Self {
+        const fn bit(bits: u32, n: u32) -> bool {
+            bits & (1 << n) != 0
+        }
+        NvCounterAttributes {
+            counter: (bits >> 4) & 0xF == TPM_NT_COUNTER,
+            auth_write: bit(bits, 2),
+            auth_read: bit(bits, 18),
+            policy_delete: bit(bits, 10),
+            no_da: bit(bits, 25),
+            orderly: bit(bits, 26),
+            written: bit(bits, 29),
+            platform_create: bit(bits, 30),
+        }
+    }
+}
+
+/// The delete policy of a platform-created head counter: `PolicyCommandCode(TPM_CC_NV_UndefineSpaceSpecial)`
+/// from an empty policy, `SHA-256(0^32 || TPM_CC_PolicyCommandCode || TPM_CC_NV_UndefineSpaceSpecial)`.
+/// `TPM2_NV_UndefineSpaceSpecial` needs this policy *and* platform authorisation, so the owner cannot delete
+/// the index.
+pub fn platform_delete_policy() -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update([0u8; 32]);
+    h.update(TPM_CC_POLICY_COMMAND_CODE.to_be_bytes());
+    h.update(TPM_CC_NV_UNDEFINE_SPACE_SPECIAL.to_be_bytes());
+    h.finalize().into()
+}
+
+/// What [`verify_counter_attestation`] established about the counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterReport {
+    /// The NV index handle (from the certified public area).
+    pub index: u32,
+    /// The index's Name as certified.
+    pub index_name: Vec<u8>,
+    /// The counter value the TPM certified.
+    pub value: u64,
+    /// The TPM clock when it certified it (endorsement-hierarchy AK: not obfuscated).
+    pub clock: ClockInfo,
+    /// The index's attributes.
+    pub attributes: NvCounterAttributes,
+    /// Whether only the platform hierarchy can delete the index.
+    pub delete_needs_platform: bool,
+    /// The `MAX_ORDERLY_COUNT` the check uses: the reported one, at most the reference value.
+    pub max_orderly_count: u64,
+}
+
+impl CounterReport {
+    /// The reading as the database check ([`crate::ledger::counter::check_newest`]) takes it.
+    pub fn observation(&self) -> crate::ledger::counter::CounterObservation {
+        crate::ledger::counter::CounterObservation {
+            index: self.index,
+            value: Some(self.value),
+            reset_count: self.clock.reset_count,
+            max_orderly_count: self.max_orderly_count,
+        }
+    }
 }
 
 /// `TPMS_CLOCK_INFO` from the attestation (obfuscated by the TPM for AKs outside the
@@ -258,6 +449,24 @@ pub enum AttestationError {
         /// The attributes found.
         attributes: TpmKeyAttributes,
     },
+    /// The evidence has no counter reading.
+    #[error("the attestation holds no certified counter reading; run `anchorlog keys attest` on an appliance with signer.tpm.counter_index configured")]
+    NoCounter,
+    /// The counter's `TPMS_ATTEST.type` is not `TPM_ST_ATTEST_NV`.
+    #[error("the counter's TPMS_ATTEST type is {attest_type:#06x}, not TPM_ST_ATTEST_NV (0x8014)")]
+    NotNvCertify {
+        /// The type found.
+        attest_type: u16,
+    },
+    /// The certified NV Name is not the Name of the supplied `TPMS_NV_PUBLIC`.
+    #[error("the certified counter Name does not match the supplied NV public area; the public area was substituted")]
+    CounterNameMismatch,
+    /// The certified NV index is not a usable head counter, or the certified bytes are not its value.
+    #[error("the certified NV index is not the head counter: {detail}")]
+    NotACounter {
+        /// What is wrong.
+        detail: String,
+    },
 }
 
 /// Computes a TPM Name for a SHA-256 name algorithm: `0x000B || SHA-256(tpmt_public)`.
@@ -291,12 +500,15 @@ pub fn verify_attestation(
     }
     let attest = parse_attest(&att.attest)?;
     check_attest_header(&attest, nonce)?;
+    if attest.attest_type != TPM_ST_ATTEST_CERTIFY {
+        return Err(AttestationError::NotCertify { attest_type: attest.attest_type });
+    }
     let key_public = parse_tpmt_public(&att.key_tpmt_public)?;
     if key_public.name_alg != TPM_ALG_SHA256 {
         return Err(AttestationError::UnsupportedNameAlg { alg: key_public.name_alg });
     }
     let key_name = tpm_name_sha256(&att.key_tpmt_public);
-    if attest.certified_name != key_name {
+    if !matches!(&attest.attested, Attested::Certify { name } if *name == key_name) {
         return Err(AttestationError::NameMismatch);
     }
     check_same_key(&key_public, signing_key_spki_der)?;
@@ -316,6 +528,64 @@ pub fn verify_attestation(
     })
 }
 
+/// Verifies the key attestation ([`verify_attestation`]) and its certified counter reading: the AK that
+/// certified the signing key signed a `TPM2_NV_Certify` of the counter over the same nonce; the certified
+/// Name is that of the published `TPMS_NV_PUBLIC`, a written 8-byte counter; the certified bytes (offset 0)
+/// are its value. See the module docs for what the reading then proves.
+pub fn verify_counter_attestation(
+    att: &KeyAttestation,
+    signing_key_spki_der: &[u8],
+    nonce: &[u8],
+) -> Result<(AttestationReport, CounterReport), AttestationError> {
+    let key_report = verify_attestation(att, signing_key_spki_der, nonce)?;
+    let c = att.counter.as_ref().ok_or(AttestationError::NoCounter)?;
+    let ak = VerifyingKey::from_public_key_der(&att.ak_spki)
+        .map_err(|e| AttestationError::AkKeyInvalid { detail: e.to_string() })?;
+    verify_ak_signature(&ak, &c.attest, &c.ak_signature)?;
+    let attest = parse_attest(&c.attest)?;
+    check_attest_header(&attest, nonce)?;
+    let Attested::Nv { index_name, offset, contents } = attest.attested else {
+        return Err(AttestationError::NotNvCertify { attest_type: attest.attest_type });
+    };
+    let public = NvPublicArea::parse(&c.nv_public)?;
+    if public.name_alg != TPM_ALG_SHA256 {
+        return Err(AttestationError::UnsupportedNameAlg { alg: public.name_alg });
+    }
+    if index_name != tpm_name_sha256(&c.nv_public) {
+        return Err(AttestationError::CounterNameMismatch);
+    }
+    let attributes = public.counter_attributes();
+    let not_counter = |detail: String| AttestationError::NotACounter { detail };
+    if !attributes.counter || public.data_size != 8 {
+        return Err(not_counter(format!(
+            "NV index {:#010x} is not an 8-byte counter (attributes {:#010x}, {} bytes)",
+            public.index, public.attributes, public.data_size
+        )));
+    }
+    if !attributes.written {
+        return Err(not_counter(format!("NV index {:#010x} was never incremented", public.index)));
+    }
+    let value: [u8; 8] = contents.as_slice().try_into().map_err(|_| {
+        not_counter(format!(
+            "{} bytes certified at offset {offset}, expected the 8 counter bytes",
+            contents.len()
+        ))
+    })?;
+    if offset != 0 {
+        return Err(not_counter(format!("bytes certified at offset {offset}, expected 0")));
+    }
+    let counter = CounterReport {
+        index: public.index,
+        index_name,
+        value: u64::from_be_bytes(value),
+        clock: attest.clock,
+        attributes,
+        delete_needs_platform: public.delete_needs_platform(),
+        max_orderly_count: c.max_orderly_count.min(crate::ledger::counter::REFERENCE_MAX_ORDERLY_COUNT),
+    };
+    Ok((key_report, counter))
+}
+
 fn verify_ak_signature(
     ak: &VerifyingKey,
     attest: &[u8],
@@ -326,12 +596,10 @@ fn verify_ak_signature(
     ak.verify(attest, &sig).map_err(|_| AttestationError::AkSignatureInvalid)
 }
 
+/// The checks every TPM attestation needs: TPM-generated and made for this nonce (the type is the caller's).
 fn check_attest_header(attest: &ParsedAttest, nonce: &[u8]) -> Result<(), AttestationError> {
     if attest.magic != TPM_GENERATED_VALUE {
         return Err(AttestationError::NotTpmGenerated { magic: attest.magic });
-    }
-    if attest.attest_type != TPM_ST_ATTEST_CERTIFY {
-        return Err(AttestationError::NotCertify { attest_type: attest.attest_type });
     }
     if attest.extra_data != nonce {
         return Err(AttestationError::NonceMismatch);
@@ -382,7 +650,18 @@ fn pad_coordinate(c: &[u8]) -> Result<Vec<u8>, AttestationError> {
     Ok(out)
 }
 
-/// The fields of `TPMS_ATTEST` (type CERTIFY) the verifier uses.
+/// The `TPMS_ATTEST.attested` union members the verifier decodes.
+#[derive(Debug)]
+enum Attested {
+    /// `TPMS_CERTIFY_INFO`: the certified object's Name.
+    Certify { name: Vec<u8> },
+    /// `TPMS_NV_CERTIFY_INFO`: the index Name, the offset and the certified bytes.
+    Nv { index_name: Vec<u8>, offset: u16, contents: Vec<u8> },
+    /// Any other type (reported by its type code).
+    Other,
+}
+
+/// The fields of `TPMS_ATTEST` the verifier uses.
 #[derive(Debug)]
 struct ParsedAttest {
     magic: u32,
@@ -391,11 +670,11 @@ struct ParsedAttest {
     extra_data: Vec<u8>,
     clock: ClockInfo,
     firmware_version: u64,
-    certified_name: Vec<u8>,
+    attested: Attested,
 }
 
-/// Parses a marshalled `TPMS_ATTEST`. Only the CERTIFY union member is decoded; any other
-/// type is returned with an empty certified name so the caller can report the type.
+/// Parses a marshalled `TPMS_ATTEST`. The CERTIFY and NV union members are decoded (and must be consumed
+/// exactly); any other type is returned as [`Attested::Other`] so the caller can report the type.
 fn parse_attest(bytes: &[u8]) -> Result<ParsedAttest, AttestationError> {
     let mut r = Reader::new(bytes, "TPMS_ATTEST");
     let magic = r.u32()?;
@@ -405,21 +684,23 @@ fn parse_attest(bytes: &[u8]) -> Result<ParsedAttest, AttestationError> {
     let clock =
         ClockInfo { clock_ms: r.u64()?, reset_count: r.u32()?, restart_count: r.u32()?, safe: r.u8()? != 0 };
     let firmware_version = r.u64()?;
-    let mut certified_name = Vec::new();
-    if magic == TPM_GENERATED_VALUE && attest_type == TPM_ST_ATTEST_CERTIFY {
-        certified_name = r.tpm2b()?.to_vec();
-        let _qualified_name = r.tpm2b()?;
-        r.finish()?;
-    }
-    Ok(ParsedAttest {
-        magic,
-        attest_type,
-        qualified_signer,
-        extra_data,
-        clock,
-        firmware_version,
-        certified_name,
-    })
+    let attested = match (magic, attest_type) {
+        (TPM_GENERATED_VALUE, TPM_ST_ATTEST_CERTIFY) => {
+            let name = r.tpm2b()?.to_vec();
+            let _qualified_name = r.tpm2b()?;
+            r.finish()?;
+            Attested::Certify { name }
+        }
+        (TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV) => {
+            let index_name = r.tpm2b()?.to_vec();
+            let offset = r.u16()?;
+            let contents = r.tpm2b()?.to_vec();
+            r.finish()?;
+            Attested::Nv { index_name, offset, contents }
+        }
+        _ => Attested::Other,
+    };
+    Ok(ParsedAttest { magic, attest_type, qualified_signer, extra_data, clock, firmware_version, attested })
 }
 
 /// ECC-specific part of a `TPMT_PUBLIC`.
@@ -673,6 +954,7 @@ mod tests {
             key_tpmt_public,
             ek_certificate: None,
             ek_certificate_nv_index: None,
+            counter: None,
         };
         Fixture { ak, key, att }
     }
@@ -840,6 +1122,183 @@ mod tests {
         let all = TpmKeyAttributes::from_bits(u32::MAX);
         assert!(all.restricted && all.decrypt && all.sign);
         assert!(!all.is_non_exportable_signing_key());
+    }
+
+    /// A platform-created, orderly, written 8-byte counter at 0x01800010.
+    fn counter_public(attributes: u32) -> NvPublicArea {
+        NvPublicArea {
+            index: 0x0180_0010,
+            name_alg: TPM_ALG_SHA256,
+            attributes,
+            auth_policy: platform_delete_policy().to_vec(),
+            data_size: 8,
+        }
+    }
+
+    /// `counter | authwrite | authread | ownerread | policy_delete | no_da | orderly | written | platformcreate`.
+    const COUNTER_ATTRS: u32 =
+        0x10 | 0x4 | 0x4_0000 | 0x2_0000 | 0x400 | 0x200_0000 | 0x400_0000 | 0x2000_0000 | 0x4000_0000;
+
+    fn nv_attest(
+        magic: u32,
+        attest_type: u16,
+        nonce: &[u8],
+        name: &[u8],
+        offset: u16,
+        contents: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&magic.to_be_bytes());
+        out.extend_from_slice(&attest_type.to_be_bytes());
+        tpm2b(&mut out, &[0x00, 0x0b, 0xaa]);
+        tpm2b(&mut out, nonce);
+        out.extend_from_slice(&99u64.to_be_bytes());
+        out.extend_from_slice(&7u32.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.push(1);
+        out.extend_from_slice(&0x2000_0001_0000_0000u64.to_be_bytes());
+        tpm2b(&mut out, name);
+        out.extend_from_slice(&offset.to_be_bytes());
+        tpm2b(&mut out, contents);
+        out
+    }
+
+    fn with_counter(f: &mut Fixture, public: &NvPublicArea, attest: Vec<u8>) {
+        f.att.counter = Some(CounterAttestation {
+            nv_index: public.index,
+            nv_public: public.marshal().unwrap(),
+            ak_signature: sign(&f.ak, &attest),
+            attest,
+            max_orderly_count: 255,
+        });
+    }
+
+    fn counter_fixture() -> Fixture {
+        let mut f = fixture();
+        let public = counter_public(COUNTER_ATTRS);
+        let name = tpm_name_sha256(&public.marshal().unwrap());
+        let attest =
+            nv_attest(TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV, NONCE, &name, 0, &1025u64.to_be_bytes());
+        with_counter(&mut f, &public, attest);
+        f
+    }
+
+    #[test]
+    fn platform_delete_policy_is_the_policy_command_code_digest() {
+        // Measured with tpm2_policycommandcode TPM2_CC_NV_UndefineSpaceSpecial on swtpm (docs/TPM.md).
+        assert_eq!(
+            hex::encode(platform_delete_policy()),
+            "1d2dc485e177ddd0a40a344913ceeb420caa093c42587d2e1b132b157ccb5db0"
+        );
+    }
+
+    #[test]
+    fn nv_public_round_trips_and_decodes_counter_bits() {
+        let public = counter_public(COUNTER_ATTRS);
+        let bytes = public.marshal().unwrap();
+        assert_eq!(bytes.len(), 4 + 2 + 4 + 2 + 32 + 2);
+        assert_eq!(NvPublicArea::parse(&bytes).unwrap(), public);
+        let a = public.counter_attributes();
+        assert!(a.counter && a.auth_write && a.auth_read && a.orderly && a.written && a.no_da);
+        assert!(a.platform_create && a.policy_delete && public.delete_needs_platform());
+        let owner = NvPublicArea { auth_policy: vec![], ..counter_public(COUNTER_ATTRS & !0x4000_0400) };
+        assert!(!owner.delete_needs_platform());
+        assert!(!NvCounterAttributes::from_bits(0x20).counter, "TPM_NT_BITS is not a counter");
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(matches!(NvPublicArea::parse(&long), Err(AttestationError::Malformed { .. })));
+    }
+
+    #[test]
+    fn counter_attestation_verifies_and_reports_the_reading() {
+        let f = counter_fixture();
+        let (key, counter) = verify_counter_attestation(&f.att, &spki(&f.key), NONCE).unwrap();
+        assert!(key.key_attributes.sign);
+        assert_eq!(counter.index, 0x0180_0010);
+        assert_eq!(counter.value, 1025);
+        assert_eq!(counter.clock.reset_count, 7);
+        assert!(counter.delete_needs_platform && counter.attributes.orderly);
+        assert_eq!(counter.max_orderly_count, 255);
+        let obs = counter.observation();
+        assert_eq!((obs.index, obs.value, obs.reset_count), (0x0180_0010, Some(1025), 7));
+        let json = serde_json::to_string(&f.att).unwrap();
+        assert!(json.contains("\"counter\":{\"nv_index\":25165840,"), "{json}");
+        assert_eq!(serde_json::from_str::<KeyAttestation>(&json).unwrap(), f.att);
+        // A reported MAX_ORDERLY_COUNT above the reference value is not believed (it is not signed).
+        let mut big = f.att.clone();
+        big.counter.as_mut().unwrap().max_orderly_count = u64::from(u32::MAX);
+        assert_eq!(verify_counter_attestation(&big, &spki(&f.key), NONCE).unwrap().1.max_orderly_count, 255);
+    }
+
+    #[test]
+    fn counter_attestation_rejects_tampering() {
+        let f = counter_fixture();
+        let key = spki(&f.key);
+        assert_eq!(
+            verify_counter_attestation(&fixture().att, &key, NONCE).unwrap_err(),
+            AttestationError::NoCounter
+        );
+        assert_eq!(
+            verify_counter_attestation(&f.att, &key, b"other").unwrap_err(),
+            AttestationError::NonceMismatch
+        );
+        // The value bytes changed after signing.
+        let mut t = f.att.clone();
+        let c = t.counter.as_mut().unwrap();
+        let last = c.attest.len() - 1;
+        c.attest[last] ^= 1;
+        assert_eq!(
+            verify_counter_attestation(&t, &key, NONCE).unwrap_err(),
+            AttestationError::AkSignatureInvalid
+        );
+        // Signed by another AK than the one that certified the key.
+        let mut t = f.att.clone();
+        let other = SigningKey::from_slice(&[0x44; 32]).unwrap();
+        let c = t.counter.as_mut().unwrap();
+        c.ak_signature = sign(&other, &c.attest);
+        assert_eq!(
+            verify_counter_attestation(&t, &key, NONCE).unwrap_err(),
+            AttestationError::AkSignatureInvalid
+        );
+        // Another index's public area in place of the certified one.
+        let mut t = f.att.clone();
+        t.counter.as_mut().unwrap().nv_public =
+            NvPublicArea { index: 0x0180_0011, ..counter_public(COUNTER_ATTRS) }.marshal().unwrap();
+        assert_eq!(
+            verify_counter_attestation(&t, &key, NONCE).unwrap_err(),
+            AttestationError::CounterNameMismatch
+        );
+        // A TPM2_Certify structure where the NV one belongs.
+        let mut t = f.att.clone();
+        let certify = t.attest.clone();
+        let c = t.counter.as_mut().unwrap();
+        c.ak_signature = sign(&f.ak, &certify);
+        c.attest = certify;
+        assert_eq!(
+            verify_counter_attestation(&t, &key, NONCE).unwrap_err(),
+            AttestationError::NotNvCertify { attest_type: TPM_ST_ATTEST_CERTIFY }
+        );
+    }
+
+    #[test]
+    fn counter_attestation_needs_a_written_counter_and_its_eight_bytes() {
+        let check = |attrs: u32, offset: u16, contents: &[u8]| {
+            let mut f = fixture();
+            let public = counter_public(attrs);
+            let name = tpm_name_sha256(&public.marshal().unwrap());
+            let attest = nv_attest(TPM_GENERATED_VALUE, TPM_ST_ATTEST_NV, NONCE, &name, offset, contents);
+            with_counter(&mut f, &public, attest);
+            verify_counter_attestation(&f.att, &spki(&f.key), NONCE).map(|(_, c)| c.value)
+        };
+        assert_eq!(check(COUNTER_ATTRS, 0, &[0, 0, 0, 0, 0, 0, 1, 2]), Ok(258));
+        let err = |r: Result<u64, AttestationError>| match r {
+            Err(AttestationError::NotACounter { detail }) => detail,
+            other => panic!("{other:?}"),
+        };
+        assert!(err(check(COUNTER_ATTRS & !0x2000_0000, 0, &[0; 8])).contains("never incremented"));
+        assert!(err(check((COUNTER_ATTRS & !0xF0) | 0x20, 0, &[0; 8])).contains("is not an 8-byte counter"));
+        assert!(err(check(COUNTER_ATTRS, 0, &[0; 4])).contains("4 bytes certified"));
+        assert!(err(check(COUNTER_ATTRS, 4, &[0; 8])).contains("offset 4"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod pkcs11;
 pub mod tpm;
 pub mod x509;
 
+use crate::ledger::counter::CounterObservation;
+use crate::ledger::head::HeadCounter;
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{DerSignature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
@@ -62,6 +64,19 @@ pub trait HeadSigner: Send {
     fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, SignerError>;
     /// A human-readable description of the device and key, without secrets.
     fn describe(&self) -> String;
+    /// Reserves the monotonic counter value for the next head, greater than `above` (the newest stored head's
+    /// value; `None` when no head carries one yet): the device's current value if it already is (a value an
+    /// earlier attempt reserved but no stored head carries), else the value after one increment. `None` for a
+    /// device without a counter (PKCS#11, a TPM without `counter_index`).
+    fn advance_counter(&mut self, above: Option<u64>) -> Result<Option<HeadCounter>, SignerError> {
+        let _ = above;
+        Ok(None)
+    }
+    /// The counter as the device reports it now, without changing it (start-up reconciliation); `None` for a
+    /// device without a counter.
+    fn read_counter(&mut self) -> Result<Option<CounterObservation>, SignerError> {
+        Ok(None)
+    }
 }
 
 #[cfg(feature = "pkcs11")]
@@ -87,6 +102,12 @@ impl HeadSigner for tpm::TpmSigner {
     }
     fn describe(&self) -> String {
         tpm::TpmSigner::describe(self)
+    }
+    fn advance_counter(&mut self, above: Option<u64>) -> Result<Option<HeadCounter>, SignerError> {
+        Ok(tpm::TpmSigner::advance_counter(self, above)?)
+    }
+    fn read_counter(&mut self) -> Result<Option<CounterObservation>, SignerError> {
+        Ok(tpm::TpmSigner::read_counter(self)?)
     }
 }
 
@@ -154,10 +175,17 @@ pub use thread::SignerHandle;
 
 #[cfg(feature = "server")]
 mod thread {
-    use super::{HeadSigner, PublicKey, SignerError};
+    use super::{CounterObservation, HeadCounter, HeadSigner, PublicKey, SignerError};
     use tokio::sync::{mpsc, oneshot};
 
-    type Job = (Vec<u8>, oneshot::Sender<Result<Vec<u8>, SignerError>>);
+    type Reply<T> = oneshot::Sender<Result<T, SignerError>>;
+
+    /// One device call, run on the signer thread in the order sent.
+    enum Job {
+        Sign(Vec<u8>, Reply<Vec<u8>>),
+        AdvanceCounter(Option<u64>, Reply<Option<HeadCounter>>),
+        ReadCounter(Reply<Option<CounterObservation>>),
+    }
 
     /// Async handle to a signer that lives on its own OS thread.
     #[derive(Clone)]
@@ -190,8 +218,19 @@ mod thread {
                     if ready_tx.send(Ok(info)).is_err() {
                         return;
                     }
-                    while let Some((message, reply)) = rx.blocking_recv() {
-                        let _ = reply.send(signer.sign(&message));
+                    while let Some(job) = rx.blocking_recv() {
+                        // A caller that gave up waiting is not an error of the device: sends may fail.
+                        match job {
+                            Job::Sign(message, reply) => {
+                                let _ = reply.send(signer.sign(&message));
+                            }
+                            Job::AdvanceCounter(above, reply) => {
+                                let _ = reply.send(signer.advance_counter(above));
+                            }
+                            Job::ReadCounter(reply) => {
+                                let _ = reply.send(signer.read_counter());
+                            }
+                        }
                     }
                 })
                 .map_err(|_| SignerError::ThreadStopped)?;
@@ -202,8 +241,23 @@ mod thread {
 
         /// Signs `message` on the signer thread.
         pub async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, SignerError> {
+            self.call(|tx| Job::Sign(message, tx)).await
+        }
+
+        /// Reserves the counter value for the next head on the signer thread
+        /// ([`HeadSigner::advance_counter`]).
+        pub async fn advance_counter(&self, above: Option<u64>) -> Result<Option<HeadCounter>, SignerError> {
+            self.call(|tx| Job::AdvanceCounter(above, tx)).await
+        }
+
+        /// Reads the device's counter on the signer thread ([`HeadSigner::read_counter`]).
+        pub async fn read_counter(&self) -> Result<Option<CounterObservation>, SignerError> {
+            self.call(Job::ReadCounter).await
+        }
+
+        async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, SignerError> {
             let (tx, rx) = oneshot::channel();
-            self.jobs.send((message, tx)).await.map_err(|_| SignerError::ThreadStopped)?;
+            self.jobs.send(job(tx)).await.map_err(|_| SignerError::ThreadStopped)?;
             rx.await.map_err(|_| SignerError::ThreadStopped)?
         }
 

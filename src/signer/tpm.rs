@@ -15,7 +15,12 @@
 //!   re-derived from the owner seed, so it need not be persisted) and persists it with
 //!   `TPM2_EvictControl`.
 //! * [`attest`] certifies the key with an attestation key (`TPM2_Certify`) and returns
-//!   [`KeyAttestation`] evidence, checked offline by [`super::attestation::verify_attestation`].
+//!   [`KeyAttestation`] evidence, checked offline by [`super::attestation::verify_attestation`]; with a
+//!   counter configured the same AK also certifies the counter (`TPM2_NV_Certify`).
+//! * With `counter_index` set, every head carries a value of an orderly NV counter (module `counter`):
+//!   [`TpmSigner::advance_counter`] reserves it before the head is signed, [`TpmSigner::read_counter`]
+//!   reads it for the start-up check, [`provision_counter`] creates it. The TPM's reset count that goes with
+//!   it is read with `TPM2_ReadClock` (module `esys`) just before each connection is opened.
 //!
 //! # Threading and connections
 //! A `tss_esapi::Context` is `Send` but not `Sync`: the caller owns one dedicated thread that
@@ -62,7 +67,17 @@ use tss_esapi::Context;
 use zeroize::Zeroizing;
 
 pub use super::attestation::TpmKeyAttributes;
-use super::attestation::{tpm_name_sha256, verify_attestation, KeyAttestation, KEY_ATTESTATION_FORMAT};
+use super::attestation::{
+    tpm_name_sha256, verify_attestation, verify_counter_attestation, CounterAttestation, KeyAttestation,
+    KEY_ATTESTATION_FORMAT,
+};
+use crate::ledger::counter::CounterObservation;
+use crate::ledger::head::HeadCounter;
+
+mod counter;
+mod esys;
+
+pub use counter::CounterProvisioning;
 
 /// First persistent handle (`TPM_HR_PERSISTENT`).
 const PERSISTENT_FIRST: u32 = 0x8100_0000;
@@ -97,6 +112,8 @@ pub struct TpmSettings {
     pub tcti: String,
     /// Persistent handle of the signing key (`0x81000000..=0x81FFFFFF`).
     pub handle: u32,
+    /// NV index of the head counter (`0x01000000..=0x01BFFFFF`), if heads carry one.
+    pub counter_index: Option<u32>,
 }
 
 /// Errors of the TPM backend. Messages say what was wrong and what to do; they never contain
@@ -211,6 +228,35 @@ pub enum TpmError {
     /// The TPM returned a signature that does not verify under the key's public key.
     #[error("the TPM returned a signature that does not verify with the key's public key; the TPM is malfunctioning, do not use it")]
     BadSignature,
+    /// The configured counter index is not an NV index anchorlog uses.
+    #[error("NV index {index:#010x} cannot hold the head counter; use one in 0x01000000..=0x01bfffff, e.g. 0x01800010")]
+    InvalidCounterIndex {
+        /// The configured index.
+        index: u32,
+    },
+    /// No NV index is defined at the configured handle.
+    #[error("no NV counter is defined at TPM index {index:#010x}; provision it with `anchorlog keys generate --tpm --counter-only --config FILE` (a new index for an existing log: see docs/TPM.md)")]
+    CounterMissing {
+        /// The configured index.
+        index: u32,
+    },
+    /// Provisioning found the index taken.
+    #[error("TPM NV index {index:#010x} is already defined; pick another signer.tpm.counter_index, or keep this one if it is this appliance's counter")]
+    CounterIndexOccupied {
+        /// The configured index.
+        index: u32,
+    },
+    /// The index at the configured handle is not a counter anchorlog can use.
+    #[error("the NV index {index:#010x} is not usable as the head counter: {detail}")]
+    NotACounter {
+        /// The configured index.
+        index: u32,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A counter operation was asked for but no counter index is configured.
+    #[error("no head counter is configured: set signer.tpm.counter_index (e.g. \"0x01800010\") and provision it with `anchorlog keys generate --tpm --counter-only`")]
+    CounterNotConfigured,
 }
 
 impl TpmError {
@@ -250,7 +296,9 @@ pub fn settings_from_config(
     c: &crate::config::TpmConfig,
 ) -> Result<(TpmSettings, Option<AuthValue>), TpmError> {
     let auth = c.auth_file.as_deref().map(read_auth_file).transpose()?;
-    Ok((TpmSettings { tcti: c.tcti.clone(), handle: c.handle.0 }, auth))
+    let settings =
+        TpmSettings { tcti: c.tcti.clone(), handle: c.handle.0, counter_index: c.counter_index.map(|i| i.0) };
+    Ok((settings, auth))
 }
 
 /// A head signer backed by a persistent ECC P-256 key in a TPM. `Send`, not `Sync`.
@@ -325,10 +373,37 @@ impl TpmSigner {
     /// `TPM 2.0 key 0x81010010 via device:/dev/tpmrm0 (ECDSA P-256, key id 3f2a…)`.
     pub fn describe(&self) -> String {
         let key_id = hex::encode(Sha256::digest(&self.spki_der));
+        let counter = match self.settings.counter_index {
+            Some(index) => format!(", head counter NV {index:#010x}"),
+            None => String::new(),
+        };
         format!(
-            "TPM 2.0 key {:#010x} via {} (ECDSA P-256, key id {})",
+            "TPM 2.0 key {:#010x} via {} (ECDSA P-256, key id {}{counter})",
             self.settings.handle, self.settings.tcti, key_id
         )
+    }
+
+    /// Reserves the head counter value for the next head (see [`super::HeadSigner::advance_counter`]);
+    /// `None` without a configured counter. Re-run after a lost connection it reuses an increment that
+    /// happened, so the counter is never more than one above the newest stored head.
+    pub fn advance_counter(&mut self, above: Option<u64>) -> Result<Option<HeadCounter>, TpmError> {
+        if self.settings.counter_index.is_none() {
+            return Ok(None);
+        }
+        let tcti = self.settings.tcti.clone();
+        self.with_connection(|conn| conn.with_counter(|c, ctx| c.reserve(ctx, above, &tcti))).map(Some)
+    }
+
+    /// The counter as the TPM reports it now, with the reset count read now (a fresh connection);
+    /// `None` without a configured counter.
+    pub fn read_counter(&mut self) -> Result<Option<CounterObservation>, TpmError> {
+        if self.settings.counter_index.is_none() {
+            return Ok(None);
+        }
+        let tcti = self.settings.tcti.clone();
+        // The reset count is read when a connection opens: open one now.
+        self.conn = None;
+        self.with_connection(|conn| conn.with_counter(|c, ctx| c.observe(ctx, &tcti))).map(Some)
     }
 
     /// Runs `op` on the connection; on a lost connection reconnects once and runs it again.
@@ -413,14 +488,47 @@ pub fn generate_key_from_template(
     Ok(attributes_of(&public))
 }
 
+/// Fails if the key handle or (when configured) the counter index is already taken, so that `keys generate`
+/// creates both or neither.
+pub fn check_free(s: &TpmSettings) -> Result<(), TpmError> {
+    owner_persistent_handle(s.handle)?;
+    let mut ctx = connect(&s.tcti)?;
+    if list_handles(&mut ctx, PERSISTENT_FIRST, &s.tcti)?.contains(&s.handle) {
+        return Err(TpmError::HandleOccupied { handle: s.handle });
+    }
+    if let Some(index) = s.counter_index {
+        counter::index_handle(index)?;
+        if list_handles(&mut ctx, NV_INDEX_FIRST, &s.tcti)?.contains(&index) {
+            return Err(TpmError::CounterIndexOccupied { index });
+        }
+    }
+    Ok(())
+}
+
+/// Creates the head counter at `s.counter_index` (see the `counter` module): platform-created with a delete policy
+/// only the platform hierarchy satisfies when it can, owner-created otherwise; orderly, authorised with
+/// the key's auth value, not yet incremented. Fails with [`TpmError::CounterIndexOccupied`] if the index
+/// is taken.
+pub fn provision_counter(
+    s: &TpmSettings,
+    auth: Option<&Zeroizing<Vec<u8>>>,
+) -> Result<CounterProvisioning, TpmError> {
+    check_auth(auth)?;
+    let index = s.counter_index.ok_or(TpmError::CounterNotConfigured)?;
+    let mut ctx = connect(&s.tcti)?;
+    counter::provision(&mut ctx, index, auth, &s.tcti)
+}
+
 /// Certifies the key at `s.handle` with an attestation key and returns the evidence.
 ///
 /// The AK is a primary ECC P-256 restricted signing key (ECDSA-SHA256, `fixedTPM`,
 /// `fixedParent`, `sensitiveDataOrigin`, `userWithAuth`, `restricted`, `sign`) in the
 /// *endorsement* hierarchy. Being a primary, it is re-derived identically from the endorsement
 /// seed each time, so an auditor can pin its public key. `nonce` (at most 64 bytes) becomes the
-/// attestation's `extraData`. The EK certificate is included when one is in NV. The evidence is
-/// verified with [`verify_attestation`] before it is returned.
+/// attestation's `extraData`. The EK certificate is included when one is in NV. With a counter configured
+/// (and incremented at least once), the same AK then certifies the counter over the same nonce (`TPM2_NV_Certify`, on a connection of its
+/// own: tss-esapi 7.7 does not wrap it). The evidence is verified with [`verify_attestation`] (and
+/// [`verify_counter_attestation`]) before it is returned.
 pub fn attest(
     s: &TpmSettings,
     auth: Option<&Zeroizing<Vec<u8>>>,
@@ -443,6 +551,21 @@ pub fn attest(
     let certified = with_transient(&mut conn.ctx, ak.handle.into(), &s.tcti, |ctx| {
         certify(ctx, conn.key, ak.handle, nonce, s)
     })?;
+    // A counter never incremented has no value to certify (no head carries it yet): the key alone is attested.
+    let counter_public = match &mut conn.counter {
+        Some(c) if c.written() => {
+            Some((c.index(), c.public_bytes(&mut conn.ctx, &s.tcti)?, c.max_orderly_count()))
+        }
+        _ => None,
+    };
+    // `TPM2_NV_Certify` runs on a connection of its own, which must not overlap this one.
+    drop(conn);
+    let counter = match counter_public {
+        Some((index, nv_public, max_orderly_count)) => {
+            Some(certify_counter(s, auth, nonce, index, nv_public, max_orderly_count, &ak.tpmt_public)?)
+        }
+        None => None,
+    };
     let att = KeyAttestation {
         format: KEY_ATTESTATION_FORMAT.to_string(),
         key_handle: s.handle,
@@ -453,20 +576,58 @@ pub fn attest(
         key_tpmt_public,
         ek_certificate,
         ek_certificate_nv_index,
+        counter,
     };
-    verify_attestation(&att, &key_spki, nonce)
-        .map_err(|e| TpmError::Device { operation: "verify attestation", reason: e.to_string() })?;
+    let verified = match att.counter {
+        Some(_) => verify_counter_attestation(&att, &key_spki, nonce).map(|_| ()),
+        None => verify_attestation(&att, &key_spki, nonce).map(|_| ()),
+    };
+    verified.map_err(|e| TpmError::Device { operation: "verify attestation", reason: e.to_string() })?;
     Ok(att)
 }
 
-/// An open ESYS context with the signing key's persistent handle loaded (and its auth set).
+/// `TPM2_NV_Certify` of the counter by the AK (re-derived from `ak_template()`; it must be the AK whose
+/// public area is `ak_tpmt_public`).
+fn certify_counter(
+    s: &TpmSettings,
+    auth: Option<&Zeroizing<Vec<u8>>>,
+    nonce: &[u8],
+    index: u32,
+    nv_public: Vec<u8>,
+    max_orderly_count: u64,
+    ak_tpmt_public: &[u8],
+) -> Result<CounterAttestation, TpmError> {
+    let template = ak_template().map_err(|e| tss_error(e, "build AK template", &s.tcti))?;
+    let mut raw = esys::RawEsys::open(&s.tcti)?;
+    let certified = raw.nv_certify(template, index, auth.map(|a| a.as_slice()), nonce)?;
+    if marshall_public(&certified.ak_public, &s.tcti)? != ak_tpmt_public {
+        return Err(TpmError::Device {
+            operation: "TPM2_NV_Certify",
+            reason: "the AK re-derived for the counter differs from the one that certified the key".into(),
+        });
+    }
+    let signature = low_s_signature(&certified.signature, "TPM2_NV_Certify")?;
+    Ok(CounterAttestation {
+        nv_index: index,
+        nv_public,
+        attest: certified.attest,
+        ak_signature: signature.to_der().as_bytes().to_vec(),
+        max_orderly_count,
+    })
+}
+
+/// An open ESYS context with the signing key's persistent handle loaded (and its auth set), and the head
+/// counter when one is configured.
 struct Connection {
     ctx: Context,
     key: KeyHandle,
+    counter: Option<counter::CounterConn>,
 }
 
 impl Connection {
     fn open(s: &TpmSettings, auth: Option<&Zeroizing<Vec<u8>>>) -> Result<Self, TpmError> {
+        // Before the connection: swtpm serves one connection at a time (see `esys`).
+        let clock = s.counter_index.map(|_| esys::read_clock(&s.tcti)).transpose()?;
         let mut ctx = connect(&s.tcti)?;
         let key = load_persistent(&mut ctx, s)?;
         if let Some(auth) = auth {
@@ -474,7 +635,22 @@ impl Connection {
                 Auth::try_from(auth.as_slice()).map_err(|_| TpmError::AuthTooLong { len: auth.len() })?;
             ctx.tr_set_auth(key.into(), value).map_err(|e| tss_error(e, "Esys_TR_SetAuth", &s.tcti))?;
         }
-        Ok(Connection { ctx, key })
+        let counter = match (s.counter_index, clock) {
+            (Some(index), Some(clock)) => {
+                Some(counter::CounterConn::open(&mut ctx, index, auth, clock.reset_count, &s.tcti)?)
+            }
+            _ => None,
+        };
+        Ok(Connection { ctx, key, counter })
+    }
+
+    /// Runs `f` on the counter and the context it lives on.
+    fn with_counter<T>(
+        &mut self,
+        f: impl FnOnce(&mut counter::CounterConn, &mut Context) -> Result<T, TpmError>,
+    ) -> Result<T, TpmError> {
+        let counter = self.counter.as_mut().ok_or(TpmError::CounterNotConfigured)?;
+        f(counter, &mut self.ctx)
     }
 
     fn read_public(&mut self, s: &TpmSettings) -> Result<Public, TpmError> {

@@ -5,14 +5,16 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
+use crate::ledger::counter::{check_step, CounterFailure};
 use crate::ledger::entry::{payload_digest, Entry, EntryFacts};
-use crate::ledger::head::Checkpoint;
+use crate::ledger::head::{Checkpoint, HeadCounter};
 use crate::ledger::merkle::{self, Frontier};
 use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 
+pub mod counter;
 pub mod erasure;
 mod records;
 pub mod timestamps;
@@ -275,6 +277,10 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// The TPM counter in the heads is broken along the chain, or the log is not the newest one for the TPM's
+    /// counter (start-up check, `verify --counter-attestation`).
+    #[error(transparent)]
+    Counter(#[from] CounterFailure),
 }
 
 impl Failure {
@@ -310,6 +316,7 @@ impl Failure {
             | Failure::ConsistencyProofInvalid { height, .. }
             | Failure::TimestampWentBack { height, .. }
             | Failure::TimestampLate { height, .. } => ("height", *height),
+            Failure::Counter(c) => ("height", c.height()),
         }
     }
 }
@@ -388,12 +395,20 @@ pub struct Start {
     pub prev_hash: [u8; 32],
     /// Seal time of the anchor head (ms), `i64::MIN` at genesis.
     pub prev_time_ms: i64,
+    /// The anchor head's TPM counter, if it carries one (the next head's must be greater).
+    pub prev_counter: Option<HeadCounter>,
 }
 
 impl Start {
     /// The empty log before head 0.
     pub fn genesis() -> Self {
-        Start { frontier: Frontier::new(), next_height: 0, prev_hash: [0; 32], prev_time_ms: i64::MIN }
+        Start {
+            frontier: Frontier::new(),
+            next_height: 0,
+            prev_hash: [0; 32],
+            prev_time_ms: i64::MIN,
+            prev_counter: None,
+        }
     }
 }
 
@@ -674,6 +689,7 @@ struct HeadChecker<'a> {
     prev_hash: [u8; 32],
     prev_size: u64,
     prev_time: i64,
+    prev_counter: Option<HeadCounter>,
     next_height: u64,
     checked: u64,
 }
@@ -687,6 +703,7 @@ impl<'a> HeadChecker<'a> {
             prev_hash: start.prev_hash,
             prev_size: start.frontier.size(),
             prev_time: start.prev_time_ms,
+            prev_counter: start.prev_counter,
             next_height: start.next_height,
             checked: 0,
         }
@@ -742,6 +759,7 @@ impl<'a> HeadChecker<'a> {
         if cp.time_ms < self.prev_time {
             return Err(Failure::TimeWentBack { height });
         }
+        check_step(height, self.prev_counter.as_ref(), cp.counter.as_ref())?;
         if !self.key.verify(h.checkpoint.as_bytes(), &h.signature) {
             return Err(Failure::BadSignature { height, key_id: self.key.key_id.clone() });
         }
@@ -751,6 +769,7 @@ impl<'a> HeadChecker<'a> {
         self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
         self.prev_size = cp.tree_size;
         self.prev_time = cp.time_ms;
+        self.prev_counter = cp.counter;
         self.next_height += 1;
         self.checked += 1;
         Ok(())

@@ -197,6 +197,7 @@ impl<'k> LogBuilder<'k> {
             height: self.next_height,
             prev: self.prev,
             time_ms: self.time_ms,
+            counter: None,
         };
         let text = cp.to_text().unwrap();
         let h = StoredHead {
