@@ -18,6 +18,14 @@ pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 pub const USER_PIN: &str = "test-user-pin";
 const SO_PIN: &str = "test-so-pin";
 
+/// Writes a secret file (PIN, private key, source secret) as an operator must: mode 0600. The appliance refuses
+/// secrets its group or others can read.
+pub fn write_secret(path: &Path, data: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 /// The anchorlog binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_anchorlog")
@@ -136,7 +144,7 @@ impl Appliance {
             .output()
             .expect("softhsm2-util runs (apt-get install softhsm2)");
         assert!(out.status.success(), "init token: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::write(d.join("pin"), USER_PIN).unwrap();
+        write_secret(&d.join("pin"), USER_PIN.as_bytes());
         write_pki(d);
         let tpm = (options.signer == TestSigner::Tpm).then(|| Swtpm::start().expect("swtpm starts"));
         let a = Appliance {
@@ -559,7 +567,7 @@ fn write_pki(d: &Path) {
     .unwrap();
     std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();
     std::fs::write(certs.join("server.pem"), &pki.server_pem).unwrap();
-    std::fs::write(certs.join("server.key"), &pki.server_key_pem).unwrap();
+    write_secret(&certs.join("server.key"), pki.server_key_pem.as_bytes());
     for (stem, c, k) in &pki.clients {
         std::fs::write(certs.join(format!("{stem}.pem")), c).unwrap();
         std::fs::write(certs.join(format!("{stem}.key")), k).unwrap();

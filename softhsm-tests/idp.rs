@@ -342,7 +342,7 @@ async fn secret_sources_on_the_source_listener() {
     let secrets = tempfile::tempdir().unwrap();
     let file = |name: &str, value: &str| {
         let p = secrets.path().join(name);
-        std::fs::write(&p, format!("{value}\n")).unwrap();
+        harness::write_secret(&p, format!("{value}\n").as_bytes());
         p.display().to_string()
     };
     let extra = format!(

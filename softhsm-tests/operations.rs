@@ -56,3 +56,91 @@ async fn export_defaults_to_the_whole_log() {
     assert!(report["manifest"]["to_height"].as_u64().unwrap() >= last, "{report}");
     assert_eq!(report["report"]["events"], 5, "{report}");
 }
+
+/// Events in the stopped appliance's database, read from the file.
+fn stored(a: &Appliance) -> u64 {
+    anchorlog::store::event_count(&anchorlog::store::open_reader(&a.db_path()).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_key_a_readable_pin_or_a_missing_ca_stops_the_start_before_any_write() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut a = Appliance::start_with(Options { record_appliance_events: true, ..Options::default() });
+    post_concurrently(&a, 2, 1).await;
+    assert!(a.sigterm().success());
+    let before = stored(&a);
+    let config = a.config_path();
+    let check = |a: &Appliance| a.anchorlog(&["check-config", "--config", config.to_str().unwrap()]);
+    let ok = check(&a);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&format!("({before} events")), "{ok:?}");
+
+    let key = a.path("certs/server.key");
+    let key_pem = std::fs::read(&key).unwrap();
+    let pin = a.path("pin");
+    let ca = a.path("certs/ca.pem");
+    let ca_pem = std::fs::read(&ca).unwrap();
+    type Fault<'f> = (&'f str, Box<dyn Fn()>, Box<dyn Fn()>);
+    let faults: Vec<Fault> = vec![
+        (
+            "cannot read private key file",
+            Box::new({
+                let key = key.clone();
+                move || std::fs::write(&key, b"-----BEGIN PRIVATE KEY-----\ngarbage\n").unwrap()
+            }),
+            Box::new({
+                let (key, pem) = (key.clone(), key_pem.clone());
+                move || std::fs::write(&key, &pem).unwrap()
+            }),
+        ),
+        (
+            "mode 0644",
+            Box::new({
+                let key = key.clone();
+                move || std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap()
+            }),
+            Box::new({
+                let key = key.clone();
+                move || std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+        ),
+        (
+            "mode 0604",
+            Box::new({
+                let pin = pin.clone();
+                move || std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o604)).unwrap()
+            }),
+            Box::new({
+                let pin = pin.clone();
+                move || std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap()
+            }),
+        ),
+        (
+            "ca.pem",
+            Box::new({
+                let ca = ca.clone();
+                move || std::fs::remove_file(&ca).unwrap()
+            }),
+            Box::new({
+                let (ca, pem) = (ca.clone(), ca_pem.clone());
+                move || std::fs::write(&ca, &pem).unwrap()
+            }),
+        ),
+    ];
+    for (said, break_it, mend) in &faults {
+        break_it();
+        let err = a.spawn().unwrap_err();
+        assert!(err.starts_with("exit status: 1:"), "{said}: {err}");
+        assert!(err.contains(said), "{said}: {err}");
+        assert_eq!(stored(&a), before, "{said}: nothing written");
+        let out = check(&a);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(said), "{said}: {out:?}");
+        mend();
+    }
+    // Mended: it starts, and its start record is the only new event.
+    a.spawn().unwrap();
+    let status = a.sigterm();
+    assert!(status.success(), "{status:?}: {}", a.server_log());
+    assert_eq!(stored(&a), before + 2, "one start and one stop record");
+}

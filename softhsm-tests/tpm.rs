@@ -541,7 +541,7 @@ fn tpm_misconfiguration_gives_clear_errors() {
     let e = show(&cfg.replace("tcti = \"swtpm:", "tcti = \"tcp:"));
     assert!(e.contains("`signer.tpm.tcti`"), "{e}");
     // The key has no auth value; a configured (wrong) one is refused without being echoed.
-    std::fs::write(a.path("tpm-auth"), "not-the-auth\n").unwrap();
+    harness::write_secret(&a.path("tpm-auth"), b"not-the-auth\n");
     let with_auth = cfg.replace(
         "handle = \"0x81010010\"\n",
         &format!("handle = \"0x81010010\"\nauth_file = \"{}\"\n", a.path("tpm-auth").display()),

@@ -32,14 +32,24 @@ fn bin() -> &'static str {
 }
 
 /// The log's ECDSA signer: one SoftHSM token per test process, opened once (C_Initialize is process-global,
-/// so tests in one process share it), in the run's SOFTHSM2_CONF token directory.
+/// so tests in one process share it), in a token directory of this process's own: SoftHSM answers
+/// CKR_GENERAL_ERROR while another process creates a token in a shared directory (seen under nextest).
 fn log_signer() -> &'static Mutex<Pkcs11Signer> {
     static SIGNER: OnceLock<Mutex<Pkcs11Signer>> = OnceLock::new();
     SIGNER.get_or_init(|| {
-        assert!(
-            std::env::var_os("SOFTHSM2_CONF").is_some(),
-            "SOFTHSM2_CONF is not set: run through softhsm-tests/run-all.sh"
-        );
+        let dir = tempfile::tempdir().expect("token dir").keep();
+        std::fs::create_dir_all(dir.join("tokens")).expect("token dir");
+        let conf = dir.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.join("tokens").display()
+            ),
+        )
+        .expect("softhsm2.conf");
+        // Before the module's C_Initialize (in `init_token` below), which reads it.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
         let settings = Pkcs11Settings {
             module: SOFTHSM.into(),
             token_label: format!("wlog-{}", std::process::id()),
@@ -212,7 +222,7 @@ impl Witness {
                     .output()
                     .unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                std::fs::write(d.join("pin"), PIN).unwrap();
+                write_secret(&d.join("pin"), PIN.as_bytes());
                 format!(
                     "[key]\nbackend = \"pkcs11\"\n[key.pkcs11]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"witness\"\n\
                      key_label = \"cosigner\"\npin_file = \"{}\"\n",
@@ -224,7 +234,7 @@ impl Witness {
             let pki = anchorlog::dev::generate_pki(&[]).unwrap();
             std::fs::write(d.join("ca.pem"), &pki.ca_pem).unwrap();
             std::fs::write(d.join("server.pem"), &pki.server_pem).unwrap();
-            std::fs::write(d.join("server.key"), &pki.server_key_pem).unwrap();
+            write_secret(&d.join("server.key"), pki.server_key_pem.as_bytes());
             format!("cert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\n", d.display())
         } else {
             String::new()
@@ -680,4 +690,11 @@ async fn https_listener_serves_add_checkpoint() {
     // Plain HTTP is not spoken on the TLS port.
     let mut plain = Connection::connect_plain(w.addr.unwrap(), "localhost").await.unwrap();
     assert!(plain.request("POST", "/witness/add-checkpoint", &[], log.body(5, 6)).await.is_err());
+}
+
+/// A secret file at mode 0600 (the witness, like the appliance, refuses secrets others can read).
+fn write_secret(path: &std::path::Path, data: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, data).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -790,6 +790,8 @@ pub fn normalize_identity(id: &str) -> Result<String, String> {
 
 /// Reads a secret (PIN) from a file: trailing newline removed, never logged.
 pub fn read_secret_file(key: &str, path: &Path) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    // A secret the group or others can read is refused before it is used: on a shared host they could copy it.
+    check_private_file_mode(key, path)?;
     let secret_err =
         |reason: String| ConfigError::Secret { key: key.to_string(), path: path.to_path_buf(), reason };
     let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| secret_err(e.to_string()))?);
@@ -1092,6 +1094,18 @@ identities = ["dns:idp.example.org"]
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pin");
         std::fs::write(&p, "s3cret\n").unwrap();
+        // Readable by others: refused, naming the file, its mode and the fix, never the content.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = read_secret_file("signer.pkcs11.pin_file", &p).unwrap_err().to_string();
+            assert!(
+                err.contains("mode 0644") && err.contains("chmod 600") && !err.contains("s3cret"),
+                "{err}"
+            );
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert_eq!(read_secret_file("signer.pkcs11.pin_file", &p).unwrap().as_str(), "s3cret");
         std::fs::write(&p, "\n").unwrap();
         let err = read_secret_file("signer.pkcs11.pin_file", &p).unwrap_err().to_string();

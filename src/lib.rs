@@ -32,6 +32,7 @@
 //! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
+//! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
@@ -71,6 +72,8 @@ pub mod dev;
 pub mod dev_tpm;
 #[cfg(feature = "server")]
 pub mod monitor;
+#[cfg(feature = "server")]
+pub mod preflight;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

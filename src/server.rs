@@ -85,6 +85,9 @@ pub enum ServeError {
     /// A TSA CA file is missing or unusable.
     #[error(transparent)]
     Timestamping(#[from] TimestamperError),
+    /// A file the configuration names cannot be used (key, CA, secret, its mode).
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     /// The start could not be recorded in the log (PCI DSS 10.2.1.6): the appliance does not serve unrecorded.
     #[error("cannot record this start in the log: {0}; check the disk and the database, then restart")]
     StartRecord(String),
@@ -146,6 +149,8 @@ pub struct Service {
     timestamping: Option<TimestamperSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
+    tls: Arc<rustls::ServerConfig>,
+    source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
 }
 
@@ -160,7 +165,10 @@ impl Service {
     /// Like [`Service::start`] with an already opened signer (tests wrap the real signer in fault-injection
     /// doubles this way).
     pub async fn start_with_signer(config: Config, signer: SignerHandle) -> Result<Service, ServeError> {
-        let timestamping = TimestamperSettings::from_config(&config)?;
+        // Every file the configuration names is loaded and checked before the first write (the database is
+        // opened for writing only after this): a bad key fails the start without touching the log.
+        let loaded = crate::preflight::load(&config)?;
+        let timestamping = loaded.timestamping;
         if timestamping.is_none() {
             tracing::warn!("timestamping is off: no [[tsa]] is configured, heads get no RFC 3161 token");
         }
@@ -175,7 +183,7 @@ impl Service {
             let last = store::last_event(&writer_conn)?;
             PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
         };
-        let sources = Arc::new(SourceRegistry::load(&config.sources)?);
+        let sources = Arc::new(loaded.sources);
         let listener = TcpListener::bind(&config.server.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.server.listen.clone(), source })?;
@@ -204,6 +212,8 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            tls: loaded.tls,
+            source_tls: loaded.source_tls,
             timestamping,
             previous_run,
         })
@@ -230,6 +240,8 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            tls: tls_config,
+            source_tls,
             timestamping,
             previous_run,
         } = self;
@@ -308,11 +320,6 @@ impl Service {
             search_enabled: config.search.enabled,
             denials,
         });
-        let tls_config = tls::server_config(
-            &config.server.cert_file,
-            &config.server.key_file,
-            &config.server.client_ca_files,
-        )?;
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
         if let Some(h) = health_listener {
@@ -323,13 +330,7 @@ impl Service {
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let source_listener = match source_listener {
-            Some(l) => Some((
-                l,
-                tls::server_config_without_client_auth(&config.server.cert_file, &config.server.key_file)?,
-            )),
-            None => None,
-        };
+        let source_listener = source_listener.zip(source_tls);
         let source_loop = async {
             if let Some((l, tls)) = source_listener {
                 let router = api::source_router(app_state.clone());
@@ -608,22 +609,34 @@ async fn serve_health(listener: TcpListener, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the future is first
+/// polled: a SIGTERM that arrives right after the listening line (a supervisor stopping a fresh start) must
+/// stop the service cleanly, not kill it with the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+                }
+                (Ok(mut term), Err(_)) => {
+                    term.recv().await;
+                }
+                (Err(_), Ok(mut int)) => {
+                    int.recv().await;
+                }
+                (Err(_), Err(_)) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+            tracing::info!("shutdown signal received");
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutdown signal received");
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }

@@ -154,11 +154,16 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
     },
-    /// Check a configuration file and exit.
+    /// Check a configuration and every file it names (TLS key and certificates, client CAs, secret files and
+    /// their modes, TSA CAs, the database's origin and schema) without writing anything; exit 1 naming the
+    /// first problem.
     CheckConfig {
         /// Path of the TOML configuration.
         #[arg(long)]
         config: PathBuf,
+        /// Also open the signer (HSM or TPM) and read its public key.
+        #[arg(long)]
+        signer: bool,
     },
     /// Run a transparency-log witness (c2sp.org/tlog-witness): cosign the configured logs' checkpoints that are
     /// consistent with what it saw before. `witness keygen` creates its key and prints the vkey.
@@ -451,11 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyAttestation { file, key, nonce, json } => {
             verify_attestation(&file, &key, &nonce, json)
         }
-        Command::CheckConfig { config } => {
-            Config::load(&config)?;
-            println!("{}: OK", config.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig { config, signer } => check_config(&config, signer),
         #[cfg(feature = "server")]
         Command::Witness { command, config } => witness(command, config),
         #[cfg(feature = "server")]
@@ -468,11 +469,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `check-config`: what `serve` loads before its first write, loaded and checked; nothing written.
+#[cfg(feature = "server")]
+fn check_config(path: &Path, open_signer: bool) -> anyhow::Result<ExitCode> {
+    use anchorlog::preflight::{self, DatabaseState};
+    let config = Config::load(path)?;
+    let loaded = preflight::load(&config)?;
+    println!("{}: OK", path.display());
+    println!("  origin:   {}", config.origin);
+    println!(
+        "  tls:      server certificate and key, {} client CA file(s)",
+        config.server.client_ca_files.len()
+    );
+    println!(
+        "  sources:  {} ({} with a secret)",
+        config.sources.len(),
+        config.sources.iter().filter(|s| s.secret_file.is_some()).count()
+    );
+    match &loaded.timestamping {
+        Some(t) => println!("  tsa:      {} TSA(s), CA files read", t.tsas.len()),
+        None => println!("  tsa:      none configured: heads get no RFC 3161 token"),
+    }
+    match preflight::check_database(&config)? {
+        DatabaseState::New => {
+            println!("  database: {} does not exist yet; serve creates it", config.storage.database.display())
+        }
+        DatabaseState::Existing { events, heads } => {
+            println!("  database: {} ({events} events, {heads} heads)", config.storage.database.display())
+        }
+    }
+    if open_signer {
+        let signer = anchorlog::keys::open(&config)?;
+        let key = anchorlog::signer::PublicKey::from_spki_der(&signer.public_key_spki_der())?;
+        println!("  signer:   {} (key id {})", signer.describe(), key.key_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "server"))]
+fn check_config(path: &Path, open_signer: bool) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!open_signer, "this build has no signer backends; --signer needs the appliance build");
+    Config::load(path)?;
+    println!("{}: OK (the verify-only build checks the TOML only)", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 #[cfg(feature = "server")]
 fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let service = anchorlog::server::Service::start(config).await?;
+        // Before the listening line: from then on a SIGTERM means a clean stop.
+        let shutdown = anchorlog::server::shutdown_signal();
         if let Some(addr) = service.local_addr() {
             // One line on stdout that scripts (and the test harness) can wait for.
             println!("anchorlog listening on https://{addr}");
@@ -484,7 +532,7 @@ fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
         if let Some(b) = banner {
             println!("{b}");
         }
-        service.run(anchorlog::server::shutdown_signal()).await?;
+        service.run(shutdown).await?;
         anyhow::Ok(())
     })
 }

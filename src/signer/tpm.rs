@@ -274,6 +274,8 @@ impl TpmError {
 /// `\n` (or `\r\n`) is removed, so `echo secret > file` works; a value created with
 /// `tpm2_create -p file:…` must then not end in a newline.
 pub fn read_auth_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, TpmError> {
+    crate::config::check_private_file_mode("signer.tpm.auth_file", path)
+        .map_err(|e| TpmError::AuthFile { path: path.display().to_string(), reason: e.to_string() })?;
     let mut bytes = Zeroizing::new(
         std::fs::read(path)
             .map_err(|e| TpmError::AuthFile { path: path.display().to_string(), reason: e.to_string() })?,
@@ -1276,6 +1278,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("auth");
         std::fs::write(&p, b"s3cret\r\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // Readable by others: refused.
+            assert!(matches!(read_auth_file(&p), Err(TpmError::AuthFile { .. })));
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         assert_eq!(read_auth_file(&p).unwrap().as_slice(), b"s3cret");
         std::fs::write(&p, b"s3cret\n\n").unwrap();
         assert_eq!(read_auth_file(&p).unwrap().as_slice(), b"s3cret\n");

@@ -178,6 +178,15 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .ok_or_else(|| TlsError::Empty { what, path: path.into() })
 }
 
+/// Refuses a server private key its group or others can read (the appliance's identity to every client).
+fn check_server_key_mode(key_file: &Path) -> Result<(), TlsError> {
+    crate::config::check_private_file_mode("server.key_file", key_file).map_err(|e| TlsError::Read {
+        what: "private key",
+        path: key_file.into(),
+        reason: e.to_string(),
+    })
+}
+
 /// The server configuration: TLS 1.2/1.3, HTTP/1.1, client certificate required and verified against
 /// `client_ca_files`.
 pub fn server_config(
@@ -185,6 +194,7 @@ pub fn server_config(
     key_file: &Path,
     client_ca_files: &[PathBuf],
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    check_server_key_mode(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in client_ca_files {
@@ -212,6 +222,7 @@ pub fn server_config_without_client_auth(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    check_server_key_mode(key_file)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
