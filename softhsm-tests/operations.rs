@@ -144,3 +144,124 @@ async fn a_bad_key_a_readable_pin_or_a_missing_ca_stops_the_start_before_any_wri
     assert!(status.success(), "{status:?}: {}", a.server_log());
     assert_eq!(stored(&a), before + 2, "one start and one stop record");
 }
+
+/// Fault-injection double: the real SoftHSM signer that blocks inside `sign` while `hang` is set (a hung HSM).
+struct HangingSigner {
+    inner: anchorlog::signer::pkcs11::Pkcs11Signer,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl anchorlog::signer::HeadSigner for HangingSigner {
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der().to_vec()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, anchorlog::signer::SignerError> {
+        while self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(self.inner.sign(message)?)
+    }
+    fn describe(&self) -> String {
+        format!("{} (may hang)", self.inner.describe())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hangs() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let mut a = Appliance::prepare(Options::default());
+    // systemd's side: a datagram socket the service is told about, as systemd does for Type=notify.
+    let sock_path = a.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let heard: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    {
+        let heard = heard.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                heard.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+            }
+        });
+    }
+    // This process is the service here (in-process, behind the signer double): its environment is systemd's.
+    std::env::set_var("NOTIFY_SOCKET", &sock_path);
+    std::env::set_var("WATCHDOG_USEC", "600000");
+    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
+    a.write_config("127.0.0.1:0");
+    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let hang = Arc::new(AtomicBool::new(false));
+    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
+        module: harness::SOFTHSM.into(),
+        token_label: "anchorlog-test".into(),
+        key_label: "head-signer".into(),
+    };
+    let h = hang.clone();
+    let signer = anchorlog::signer::SignerHandle::spawn(move || {
+        let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
+        let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
+        Ok(Box::new(HangingSigner { inner, hang: h }) as Box<dyn anchorlog::signer::HeadSigner>)
+    })
+    .unwrap();
+    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
+    a.addr = service.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let messages = |from: Instant, to: Instant, what: &str| -> Vec<Instant> {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, m)| *t >= from && *t < to && m.contains(what))
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let t0 = Instant::now();
+    tokio_sleep_until(|| !messages(t0 - Duration::from_secs(60), Instant::now(), "READY=1").is_empty()).await;
+    let ready = heard.lock().unwrap()[0].1.clone();
+    assert!(ready.contains("READY=1") && ready.contains("STATUS="), "the first message: {ready}");
+    // Ready means accepting: an event is stored right away.
+    post_concurrently(&a, 1, 1).await;
+    // Pings every 0.3 s (half of WATCHDOG_USEC) while the sealer goes round.
+    let (from, window) = (Instant::now(), Duration::from_millis(1500));
+    tokio::time::sleep(window).await;
+    let pings = messages(from, from + window, "WATCHDOG=1");
+    assert!((4..=6).contains(&pings.len()), "{} pings in 1.5 s: {:?}", pings.len(), heard.lock().unwrap());
+    // The HSM hangs: the next seal blocks inside the signer, the sealer stops going round, the pings stop.
+    hang.store(true, Ordering::SeqCst);
+    post_concurrently(&a, 1, 1).await;
+    let hung = Instant::now();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // At most the pings of the first interval after the hang (the sealer's last sign of life then).
+    let silent_from = hung + Duration::from_millis(1200);
+    assert_eq!(
+        messages(silent_from, Instant::now(), "WATCHDOG=1").len(),
+        0,
+        "no ping while the signer hangs"
+    );
+    assert!(
+        !messages(silent_from, Instant::now(), "STATUS=sealer stuck").is_empty(),
+        "{:?}",
+        heard.lock().unwrap()
+    );
+    // Back: the pings resume.
+    hang.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!messages(back, Instant::now(), "WATCHDOG=1").is_empty(), "pings resume");
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    assert!(!messages(back, Instant::now(), "STOPPING=1").is_empty(), "STOPPING=1 on stop");
+}
+
+/// Polls `done` every 20 ms for up to 20 s.
+async fn tokio_sleep_until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -34,6 +34,7 @@
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
+//! | `systemd` | `Type=notify`: READY, STATUS, a watchdog gated on the sealer's progress, STOPPING |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
@@ -76,6 +77,8 @@ pub mod monitor;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod systemd;
 #[cfg(feature = "server")]
 pub mod tls;
 #[cfg(feature = "server")]

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub timestamp_failures: AtomicU64,
     /// Milliseconds from seal to stored token, of the last token.
     pub last_timestamp_lag_ms: AtomicI64,
+    /// When the sealer last went round its loop (ms since the epoch): it does at every seal interval, idle or
+    /// not, so a stale value means it is stuck (a hung signer or writer). Gates the systemd watchdog.
+    pub sealer_alive_ms: AtomicI64,
 }
 
 impl Metrics {

@@ -322,6 +322,15 @@ impl Service {
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
+        // Listeners bound (in `start`), the start on record, the actors running: ready for systemd.
+        let committed = app_state.appender.committed();
+        let committed_now = move || *committed.borrow();
+        crate::systemd::ready(&crate::systemd::status_line(&app_state.metrics, committed_now()));
+        tokio::spawn(crate::systemd::watchdog_and_status(
+            app_state.metrics.clone(),
+            committed_now,
+            stop_tx.subscribe(),
+        ));
         if let Some(h) = health_listener {
             tokio::spawn(serve_health(h, stop_tx.subscribe()));
         }
@@ -349,6 +358,7 @@ impl Service {
         };
         let signal = async {
             shutdown.await;
+            crate::systemd::stopping();
             let _ = shutdown_tx.send(true);
         };
         tokio::join!(
