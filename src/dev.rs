@@ -191,19 +191,31 @@ pub fn prepare(state_dir: &Path, listen: &str) -> Result<DevSetup, DevError> {
         keys::export(signer.as_mut(), &config.origin, &state_dir.join("keys"))?;
     }
     // The witness trusts the exported signer key, so it starts after the export.
-    let witness = match crate::dev_witness::DevWitness::start(state_dir, &config.origin) {
+    let witness = start_witness(state_dir, &config_path)?;
+    Ok(DevSetup { config_path, witness })
+}
+
+/// Starts the local witness for the dev log whose configuration is `config_path` (its signer key already exported
+/// to `DIR/keys/signer.pem`) and appends its `[[witness]]` to that file. `None` (logged) when it cannot start:
+/// dev mode then runs with witnessing off. Call it on the thread that stays alive while dev mode runs.
+pub fn start_witness(
+    state_dir: &Path,
+    config_path: &Path,
+) -> Result<Option<crate::dev_witness::DevWitness>, DevError> {
+    let mut text = std::fs::read_to_string(config_path).map_err(io_err(config_path))?;
+    let origin = Config::parse(&text)?.origin;
+    match crate::dev_witness::DevWitness::start(state_dir, &origin) {
         Ok(w) => {
-            config_text.push_str(&w.config_section());
-            Config::parse(&config_text)?;
-            std::fs::write(&config_path, &config_text).map_err(io_err(&config_path))?;
-            Some(w)
+            text.push_str(&w.config_section());
+            Config::parse(&text)?;
+            std::fs::write(config_path, &text).map_err(io_err(config_path))?;
+            Ok(Some(w))
         }
         Err(e) => {
             tracing::warn!(error = %e, "dev mode: the local witness did not start; witnessing is off");
-            None
+            Ok(None)
         }
-    };
-    Ok(DevSetup { config_path, witness })
+    }
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), DevError> {

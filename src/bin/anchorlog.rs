@@ -395,6 +395,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Dropped (and so stopped, if this process started it) after `serve` returns or fails.
             let swtpm = anchorlog::dev_tpm::DevSwtpm::start_or_reuse(&state_dir)?;
             let config_path = anchorlog::dev_tpm::prepare(&state_dir, &listen, &swtpm.tcti())?;
+            // Stopped when dropped, after `serve` returns or fails (like the swtpm).
+            let witness = anchorlog::dev::start_witness(&state_dir, &config_path)?;
             let config = Config::load(&config_path)?;
             let banner = format!(
                 "anchorlog dev (TPM 2.0 via {tcti}): config {cfg}\n  signer public key: {dir}/keys/signer.pem\n  post an event:\n{curl}\n",
@@ -404,6 +406,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 curl = anchorlog::dev::curl_example(&state_dir, &listen)
             );
             serve(config, Some(banner))?;
+            drop(witness);
             drop(swtpm);
             Ok(ExitCode::SUCCESS)
         }
