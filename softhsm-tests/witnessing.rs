@@ -133,6 +133,31 @@ fn python(tar: &Path, key: &Path, extra: &[String]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text.trim().to_string())
 }
 
+/// `anchorlog audit` against `a` with `extra` (the witness flags): (exit code, JSON outcome).
+fn audit(a: &Appliance, extra: &[String]) -> (i32, Value) {
+    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
+    let url = format!("https://localhost:{}", a.addr.unwrap().port());
+    let mut args = vec![
+        "audit".to_string(),
+        "--url".into(),
+        url,
+        "--cert".into(),
+        c("auditor.pem"),
+        "--key".into(),
+        c("auditor.key"),
+        "--ca".into(),
+        c("ca.pem"),
+        "--signer".into(),
+        a.key_pem().to_str().unwrap().into(),
+        "--state".into(),
+        a.path("audit-state.json").to_str().unwrap().into(),
+    ];
+    args.extend(extra.iter().cloned());
+    let out = a.anchorlog(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), json)
+}
+
 fn assert_fails_at(result: (i32, Value), height: u64, text: &str) {
     let (code, v) = result;
     assert_eq!(code, 3, "{v}");
@@ -271,6 +296,16 @@ async fn two_appliances_every_head_cosigned_by_both_witnesses_and_verified_with_
     assert!(metrics.contains("\nanchorlog_heads_below_quorum 0\n"), "{metrics}");
     assert!(metrics.contains("\nanchorlog_witness_refusals_total 0\n"), "{metrics}");
 
+    // The monitor demanding both witnesses accepts the newest cosigned head; demanding a witness that never
+    // cosigned this log, it finds no head with the quorum among the latest 17 and exits 8.
+    let (code, out) = audit(&world.a, &world.vkey_args());
+    assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
+    let never =
+        anchorlog::note::VerifierKey::cosignature_v1("witness.test/never", &[9; 32]).unwrap().to_string();
+    let strict = vec!["--witness".into(), world.w1.vkey.to_string(), "--witness".into(), never];
+    let (code, out) = audit(&world.a, &strict);
+    assert_eq!(code, 8, "{out}");
+    assert!(out["error"].as_str().unwrap().starts_with("below the witness quorum: head height "), "{out}");
     // A receipt of an event in the middle, once its head is cosigned.
     let receipt = world.a.audit_get("/v1/events/500/receipt").await.json();
     assert_eq!(receipt["head"]["cosignatures"].as_array().map(Vec::len), Some(2), "{receipt}");
@@ -467,6 +502,12 @@ async fn a_restored_older_database_is_refused_by_the_witnesses_and_says_so_while
     world.a.spawn().unwrap();
     post_concurrently(&world.a, 30, 2).await;
     wait_cosigned(&world.a, 52, 2).await;
+    // A monitor demanding the quorum accepts the newest cosigned head.
+    let (code, out) = audit(&world.a, &world.vkey_args());
+    assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
+    let seen: Value =
+        serde_json::from_slice(&std::fs::read(world.a.path("audit-state.json")).unwrap()).unwrap();
+    assert!(seen["tree_size"].as_u64() >= Some(52), "{seen}");
     assert!(world.a.sigterm().success());
     let cosigned_size = world.w1.stored_size(ORIGIN_A).unwrap();
     assert_eq!(world.w2.stored_size(ORIGIN_A), Some(cosigned_size));
@@ -478,6 +519,11 @@ async fn a_restored_older_database_is_refused_by_the_witnesses_and_says_so_while
     }
     std::fs::copy(world.a.path("older.db"), world.a.db_path()).unwrap();
     world.a.spawn().unwrap();
+    // The monitor with the quorum: the newest heads of the restored copy have no cosignatures, the newest one that
+    // has them is older than the head it saw — a rollback.
+    let (code, out) = audit(&world.a, &world.vkey_args());
+    assert_eq!(code, 4, "{out}");
+    assert!(out["error"].as_str().unwrap().starts_with("rollback: "), "{out}");
     post_concurrently(&world.a, 5, 1).await;
     let r = wait_ready(&world.a, "both witnesses refusing", |r| {
         r["witnesses"].as_array().is_some_and(|w| w.iter().all(|w| w["state"] == "refused"))
