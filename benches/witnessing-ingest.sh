@@ -11,7 +11,7 @@ S=$W/dev
 rm -rf "$W" && mkdir -p "$W"
 "$BIN" dev --state-dir "$S" --listen 127.0.0.1:19443 > "$W/dev.out" 2> "$W/dev.err" &
 DEV=$!
-for _ in $(seq 1 100); do grep -q listening "$W/dev.out" && break; sleep 0.3; done
+for _ in $(seq 1 100); do grep -qs listening "$W/dev.out" && break; sleep 0.3; done
 kill -TERM "$DEV"; wait "$DEV" || true
 export SOFTHSM2_CONF=$S/softhsm/softhsm2.conf
 ORIGIN=$(sed -n 's/^origin = "\(.*\)"/\1/p' "$S/anchorlog.toml")
@@ -54,7 +54,7 @@ run() { # name, witnessed (yes/no)
   fi
   "$BIN" serve --config "$W/$1.toml" > "$W/$1.out" 2> "$W/$1.err" &
   local P=$!
-  for _ in $(seq 1 100); do grep -q listening "$W/$1.out" && break; sleep 0.2; done
+  for _ in $(seq 1 100); do grep -qs listening "$W/$1.out" && break; sleep 0.2; done
   echo "== $1 (witnesses: $2), load $(cut -d' ' -f1-3 /proc/loadavg)"
   $B --mode single --concurrency 64 --events 300000 | python3 -c "$summary" single
   $B --mode batch --batch-size 1000 --concurrency 8 --events 1000000 | python3 -c "$summary" batch
