@@ -3,7 +3,7 @@
 # dev mode's, TSA off), three alternating pairs of runs on fresh databases; a witnessed run gets two freshly keyed
 # `anchorlog witness` processes (a witness keeps its state per origin: a fresh database under the same origin
 # would rightly be refused as a rolled-back log). Prints throughput, the server's CPU seconds and /readyz.
-# Usage: cargo build --release && benches/witnessing-ingest.sh [WORKDIR]
+# Usage: cargo build --release && benches/witnessing-ingest.sh [WORKDIR]   (needs ~2.5 GB free in WORKDIR)
 set -euo pipefail
 BIN=${BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release/anchorlog}
 W=${1:-/tmp/anchorlog-witnessing-bench}
@@ -64,5 +64,7 @@ run() { # name, witnessed (yes/no)
     python3 -c 'import json,sys;r=json.load(sys.stdin);print({k:r.get(k) for k in ("events","last_head_height","witnessing","heads_below_quorum","witness_refusals")})'
   kill -TERM "$P"; wait "$P" || true
   if [ "$2" = yes ]; then stop_witnesses; fi
+  # Each run's database (ledger + search) is ~2 GB: keep only the logs.
+  rm -f "$W/$1".db* "$W/$1".search.db*
 }
 for r in 1 2 3; do run "a$r" no; run "b$r" yes; done

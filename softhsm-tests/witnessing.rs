@@ -694,10 +694,7 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
     let mode = std::fs::metadata(dir.join("witness/witness.key")).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let config = std::fs::read_to_string(dir.join("anchorlog.toml")).unwrap();
-    assert!(
-        config.contains(&format!("[[witness]]\nname = \"dev-witness\"\nurl = \"http://127.0.0.1:")),
-        "{config}"
-    );
+    assert!(config.contains("[[witness]]\nname = \"dev-witness\"\nurl = \"http://127.0.0.1:"), "{config}");
     let certs = dir.join("certs");
     let tls = |who: &str| {
         anchorlog::tls::client_config(
