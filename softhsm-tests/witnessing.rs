@@ -662,6 +662,34 @@ async fn a_witness_down_for_several_seals_back_fills_every_head_and_a_kill_9_los
     assert_eq!(v["witnesses"]["heads_with_quorum"], v["report"]["heads"], "{v}");
 }
 
+/// A witness behind HTTPS: the appliance checks its server certificate against `ca_file` and cosigns through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_witness_is_reached_through_its_ca_file() {
+    let mut a = Appliance::prepare(options(ORIGIN_A));
+    let logs =
+        format!("[[log]]\norigin = \"{ORIGIN_A}\"\npublic_key_files = [\"{}\"]\n", a.key_pem().display());
+    let mut w = WitnessProcess::create("witness.test/tls", KeyBackend::File, true, &logs);
+    w.spawn().expect("the TLS witness starts");
+    assert!(w.url().starts_with("https://127.0.0.1:"), "{}", w.url());
+    let entry = |ca: &Path| {
+        format!("[[witness]]\nurl = \"{}\"\nvkey = \"{}\"\nca_file = \"{}\"\n", w.url(), w.vkey, ca.display())
+    };
+    a.options.extra_config = entry(&w.path("ca.pem"));
+    a.spawn().expect("a starts");
+    post_concurrently(&a, 5, 1).await;
+    let head = wait_cosigned(&a, 6, 1).await;
+    assert_eq!(head["cosignatures"][0]["witness"], "witness.test/tls");
+    // With another CA the witness's certificate does not verify: the handshake fails and the appliance says so.
+    let mut b = Appliance::prepare(options(ORIGIN_A));
+    b.options.extra_config = entry(&b.path("certs/ca.pem"));
+    b.spawn().expect("b starts");
+    let r = wait_ready(&b, "a failing TLS witness", |r| r["witnesses"][0]["state"] == "failing").await;
+    assert!(
+        r["witnesses"][0]["last_error"].as_str().unwrap().starts_with("TLS handshake with 127.0.0.1:"),
+        "{r}"
+    );
+}
+
 /// `anchorlog dev` (SoftHSM) starts its witness, cosigns, and takes the witness down when it stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
