@@ -10,13 +10,8 @@ use anchorlog::ledger::merkle::{consistency_proof, leaf_hash, root_of, Hash};
 use anchorlog::note::protocol::AddCheckpointRequest;
 use anchorlog::note::{cosignature, Note, NoteSignature, TlogCheckpoint, VerifierKey};
 use anchorlog::signer::pkcs11::{self, Pkcs11Settings, Pkcs11Signer};
-use anchorlog::witness::state::WitnessStore;
-use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 use zeroize::Zeroizing;
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -25,11 +20,6 @@ const ORIGIN: &str = "anchorlog.test/witnessed";
 /// A second log, signing its checkpoints with an Ed25519 note key.
 const ED_ORIGIN: &str = "ed25519.test/log";
 const WITNESS_NAME: &str = "witness.test/w1";
-const PIN: &str = "witness-user-pin";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_anchorlog")
-}
 
 /// The log's ECDSA signer: one SoftHSM token per test process, opened once (C_Initialize is process-global,
 /// so tests in one process share it), in a token directory of this process's own: SoftHSM answers
@@ -56,15 +46,22 @@ fn log_signer() -> &'static Mutex<Pkcs11Signer> {
             key_label: "head-signer".into(),
         };
         let pin = Zeroizing::new("log-user-pin".to_owned());
-        pkcs11::init_token(
-            &settings.module,
-            &settings.token_label,
-            &Zeroizing::new("log-so-pin".into()),
-            &pin,
-        )
-        .expect("log token");
-        pkcs11::generate_key(&settings, &pin).expect("log key");
-        Mutex::new(Pkcs11Signer::open(&settings, &pin).expect("log signer"))
+        // Other test processes create tokens in the same directory at the same time; SoftHSM may then read a
+        // half-written token and answer CKR_GENERAL_ERROR once. Retry what says it is retryable.
+        fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, pkcs11::Pkcs11Error>) -> T {
+            for _ in 0..5 {
+                match f() {
+                    Ok(v) => return v,
+                    Err(e) if e.is_retryable() => std::thread::sleep(std::time::Duration::from_millis(100)),
+                    Err(e) => panic!("{what}: {e:?}"),
+                }
+            }
+            f().unwrap_or_else(|e| panic!("{what}: {e:?}"))
+        }
+        let so_pin = Zeroizing::new("log-so-pin".to_owned());
+        retry("log token", || pkcs11::init_token(&settings.module, &settings.token_label, &so_pin, &pin));
+        retry("log key", || pkcs11::generate_key(&settings, &pin));
+        Mutex::new(retry("log signer", || Pkcs11Signer::open(&settings, &pin)))
     })
 }
 
@@ -165,21 +162,16 @@ impl Log {
     }
 }
 
-/// Which key the witness cosigns with.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum KeyBackend {
-    File,
-    Pkcs11,
-}
+mod witness_process;
+use witness_process::{KeyBackend, WitnessProcess as Witness};
 
-/// One witness: its directory (config, key or token, database) and, while running, its process.
-struct Witness {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    addr: Option<SocketAddr>,
-    /// The vkey `witness keygen` printed.
-    vkey: VerifierKey,
-    tls: bool,
+/// The two test logs' `[[log]]` sections.
+fn test_logs() -> String {
+    format!(
+        "[[log]]\norigin = \"{ORIGIN}\"\nvkeys = [\"{ecdsa}\"]\n[[log]]\norigin = \"{ED_ORIGIN}\"\nvkeys = [\"{ed}\"]\n",
+        ecdsa = Log::ecdsa().vkey(),
+        ed = Log::ed25519().vkey(),
+    )
 }
 
 impl Witness {
@@ -189,174 +181,9 @@ impl Witness {
         w
     }
 
-    /// Writes the config, creates the token for the PKCS#11 backend, runs keygen.
+    /// A witness of the two test logs, not started yet.
     fn prepare(backend: KeyBackend, tls: bool) -> Witness {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
-        std::fs::create_dir_all(d.join("tokens")).unwrap();
-        std::fs::write(
-            d.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let key = match backend {
-            KeyBackend::File => {
-                format!("[key]\nbackend = \"file\"\nfile = \"{}\"\n", d.join("witness.key").display())
-            }
-            KeyBackend::Pkcs11 => {
-                let out = Command::new("softhsm2-util")
-                    .args([
-                        "--init-token",
-                        "--free",
-                        "--label",
-                        "witness",
-                        "--pin",
-                        PIN,
-                        "--so-pin",
-                        "witness-so",
-                    ])
-                    .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-                write_secret(&d.join("pin"), PIN.as_bytes());
-                format!(
-                    "[key]\nbackend = \"pkcs11\"\n[key.pkcs11]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"witness\"\n\
-                     key_label = \"cosigner\"\npin_file = \"{}\"\n",
-                    d.join("pin").display()
-                )
-            }
-        };
-        let server = if tls {
-            let pki = anchorlog::dev::generate_pki(&[]).unwrap();
-            std::fs::write(d.join("ca.pem"), &pki.ca_pem).unwrap();
-            std::fs::write(d.join("server.pem"), &pki.server_pem).unwrap();
-            write_secret(&d.join("server.key"), pki.server_key_pem.as_bytes());
-            format!("cert_file = \"{0}/server.pem\"\nkey_file = \"{0}/server.key\"\n", d.display())
-        } else {
-            String::new()
-        };
-        let text = format!(
-            "name = \"{WITNESS_NAME}\"\n[server]\nlisten = \"127.0.0.1:0\"\nprefix = \"/witness\"\n{server}\
-             [storage]\ndatabase = \"{db}\"\n{key}\
-             [[log]]\norigin = \"{ORIGIN}\"\nvkeys = [\"{ecdsa}\"]\n\
-             [[log]]\norigin = \"{ED_ORIGIN}\"\nvkeys = [\"{ed}\"]\n",
-            db = d.join("witness.db").display(),
-            ecdsa = Log::ecdsa().vkey(),
-            ed = Log::ed25519().vkey(),
-        );
-        std::fs::write(d.join("witness.toml"), text).unwrap();
-        let mut w = Witness {
-            dir,
-            child: None,
-            addr: None,
-            vkey: VerifierKey::cosignature_v1("x", &[0; 32]).unwrap(),
-            tls,
-        };
-        let out = w.anchorlog(&["witness", "keygen", "--config", w.config().to_str().unwrap()]);
-        assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
-        let printed = String::from_utf8(out.stdout).unwrap();
-        w.vkey = VerifierKey::parse(printed.trim_end()).expect("keygen prints a vkey");
-        w
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn config(&self) -> PathBuf {
-        self.path("witness.toml")
-    }
-
-    fn anchorlog(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
-            .env("ANCHORLOG_LOG", "warn")
-            .output()
-            .unwrap()
-    }
-
-    /// Starts `anchorlog witness --config` (on the previous port when restarting); its stderr if it fails.
-    fn spawn(&mut self) -> Result<SocketAddr, String> {
-        if let Some(addr) = self.addr {
-            let text = std::fs::read_to_string(self.config()).unwrap();
-            std::fs::write(
-                self.config(),
-                text.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
-            )
-            .unwrap();
-        }
-        let log = std::fs::File::create(self.path("witness.log")).unwrap();
-        let mut child = Command::new(bin())
-            .args(["witness", "--config", self.config().to_str().unwrap()])
-            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
-            .env("ANCHORLOG_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let scheme = if self.tls { "https" } else { "http" };
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                let addr: SocketAddr = line
-                    .strip_prefix(&format!("anchorlog witness listening on {scheme}://"))
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-                let vkey_line = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-                assert_eq!(vkey_line, format!("anchorlog witness vkey {}", self.vkey));
-                self.addr = Some(addr);
-                self.child = Some(child);
-                Ok(addr)
-            }
-            Err(_) => {
-                let status = child.wait().unwrap();
-                Err(format!(
-                    "{status}: {}",
-                    std::fs::read_to_string(self.path("witness.log")).unwrap_or_default()
-                ))
-            }
-        }
-    }
-
-    /// kill -9: no shutdown path runs.
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    async fn connect(&self) -> Connection {
-        let addr = self.addr.expect("running");
-        if !self.tls {
-            return Connection::connect_plain(addr, "localhost").await.unwrap();
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in anchorlog::tls::load_certs(&self.path("ca.pem"), "CA").unwrap() {
-            roots.add(cert).unwrap();
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Connection::connect(addr, "localhost", std::sync::Arc::new(tls)).await.unwrap()
-    }
-
-    async fn submit(&self, body: Vec<u8>) -> Response {
-        self.connect().await.request("POST", "/witness/add-checkpoint", &[], body).await.unwrap()
+        Witness::create(WITNESS_NAME, backend, tls, &test_logs())
     }
 
     /// Submits and expects a cosignature; returns the line after checking it against the keygen vkey.
@@ -370,23 +197,6 @@ impl Witness {
         cosignature::verify_line(&line, &self.vkey, &text)
             .expect("the cosignature verifies with the keygen vkey");
         line
-    }
-
-    fn evidence(&self, origin: &str) -> Vec<anchorlog::witness::state::Evidence> {
-        WitnessStore::open(&self.path("witness.db")).unwrap().evidence(origin).unwrap()
-    }
-
-    fn server_log(&self) -> String {
-        std::fs::read_to_string(self.path("witness.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Witness {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -690,11 +500,4 @@ async fn https_listener_serves_add_checkpoint() {
     // Plain HTTP is not spoken on the TLS port.
     let mut plain = Connection::connect_plain(w.addr.unwrap(), "localhost").await.unwrap();
     assert!(plain.request("POST", "/witness/add-checkpoint", &[], log.body(5, 6)).await.is_err());
-}
-
-/// A secret file at mode 0600 (the witness, like the appliance, refuses secrets others can read).
-fn write_secret(path: &std::path::Path, data: &[u8]) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, data).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -39,6 +39,12 @@ pub const DEFAULT_TIMESTAMP_RETRY_INITIAL_MS: u64 = 1_000;
 pub const DEFAULT_TIMESTAMP_RETRY_MAX_MS: u64 = 60_000;
 /// Hard upper bound on `max_body_bytes`: beyond this, a single request could exhaust memory.
 pub const MAX_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
+/// Default time one witness submission may take (connect, send, receive), in milliseconds.
+pub const DEFAULT_WITNESS_TIMEOUT_MS: u64 = 10_000;
+/// Default first retry delay after a witness failed, in milliseconds (doubles up to the maximum).
+pub const DEFAULT_WITNESSING_RETRY_INITIAL_MS: u64 = 1_000;
+/// Default longest retry delay while a witness does not cosign, in milliseconds.
+pub const DEFAULT_WITNESSING_RETRY_MAX_MS: u64 = 60_000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +79,12 @@ pub struct Config {
     /// The search database of normalized fields.
     #[serde(default)]
     pub search: SearchConfig,
+    /// Witnesses (c2sp.org/tlog-witness) every signed head is submitted to. None: witnessing is off.
+    #[serde(default, rename = "witness")]
+    pub witnesses: Vec<WitnessEndpointConfig>,
+    /// Quorum and retry policy of witnessing.
+    #[serde(default)]
+    pub witnessing: WitnessingConfig,
     /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
@@ -121,6 +133,69 @@ impl TsaConfig {
     /// The request timeout as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// One `[[witness]]`: a transparency-log witness (c2sp.org/tlog-witness v1.0.0) that cosigns the log's heads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessEndpointConfig {
+    /// A short label for logs, metrics and records; default: the key name of `vkey`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The witness's submission prefix, `http://` or `https://`, without a trailing slash: the appliance POSTs
+    /// to `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's verifier key (`<name>+<key ID>+<base64>`, type 0x04 cosignature/v1): every cosignature it
+    /// returns is verified with it before it is stored.
+    pub vkey: String,
+    /// Time one submission may take, in milliseconds.
+    #[serde(default = "default_witness_timeout_ms")]
+    pub timeout_ms: u64,
+    /// With an `https://` URL: PEM CA certificate(s) the witness's server certificate must chain to. Default:
+    /// the system bundle `/etc/ssl/certs/ca-certificates.crt`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl WitnessEndpointConfig {
+    /// The submission timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The label: `name`, else the vkey's key name (everything before its first `+`).
+    pub fn label(&self) -> &str {
+        match &self.name {
+            Some(n) => n,
+            None => self.vkey.split('+').next().unwrap_or_default(),
+        }
+    }
+}
+
+/// `[witnessing]`: how many witnesses must cosign, and how failed submissions are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessingConfig {
+    /// Cosignatures (from distinct configured witnesses) a head needs to count as witnessed: `/readyz` and
+    /// the metrics report heads below it. Default: every configured witness.
+    #[serde(default)]
+    pub quorum: Option<usize>,
+    /// First retry delay after a witness failed or refused (milliseconds); doubles on each failure.
+    #[serde(default = "default_witnessing_retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest retry delay (milliseconds).
+    #[serde(default = "default_witnessing_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+impl Default for WitnessingConfig {
+    fn default() -> Self {
+        Self {
+            quorum: None,
+            retry_initial_ms: DEFAULT_WITNESSING_RETRY_INITIAL_MS,
+            retry_max_ms: DEFAULT_WITNESSING_RETRY_MAX_MS,
+        }
     }
 }
 
@@ -561,7 +636,95 @@ impl Config {
         }
         self.validate_principals()?;
         self.validate_timestamping()?;
+        self.validate_witnessing()?;
         self.validate_sources()
+    }
+
+    /// The quorum in effect: `[witnessing] quorum`, else every configured witness (0 when witnessing is off).
+    pub fn witness_quorum(&self) -> usize {
+        self.witnessing.quorum.unwrap_or(self.witnesses.len())
+    }
+
+    fn validate_witnessing(&self) -> Result<(), ConfigError> {
+        let mut labels = BTreeSet::new();
+        let mut keys = BTreeSet::new();
+        for (i, w) in self.witnesses.iter().enumerate() {
+            let key = format!("witness[{i}]");
+            let (scheme, rest) = match w.url.split_once("://") {
+                Some((s, r)) if s == "http" || s == "https" => (s, r),
+                _ => ("", ""),
+            };
+            if rest.is_empty()
+                || rest.starts_with('/')
+                || w.url.ends_with('/')
+                || w.url.bytes().any(|b| !b.is_ascii_graphic() || b"?#@".contains(&b))
+            {
+                return Err(invalid(
+                    &format!("{key}.url"),
+                    format!(
+                        "{:?}: expected the witness's submission prefix, http:// or https:// with a host and no \
+                         trailing slash, e.g. \"https://witness.example.org/witness\" (the appliance POSTs to \
+                         <url>/add-checkpoint)",
+                        w.url
+                    ),
+                ));
+            }
+            if w.ca_file.is_some() && scheme != "https" {
+                return Err(invalid(&format!("{key}.ca_file"), "only used with an https:// url"));
+            }
+            let vkey = crate::note::VerifierKey::parse(&w.vkey)
+                .map_err(|e| invalid(&format!("{key}.vkey"), e.to_string()))?;
+            if vkey.signature_type() != crate::note::vkey::TYPE_COSIGNATURE_V1 {
+                return Err(invalid(
+                    &format!("{key}.vkey"),
+                    format!(
+                        "a witness's vkey is a cosignature/v1 key (type 0x04, what `anchorlog witness keygen` \
+                         prints); this one is type 0x{:02x}",
+                        vkey.signature_type()
+                    ),
+                ));
+            }
+            if !keys.insert((vkey.name().to_owned(), vkey.key_id())) {
+                return Err(invalid(&format!("{key}.vkey"), "this witness key is configured twice"));
+            }
+            crate::note::vkey::validate_key_name(w.label())
+                .map_err(|e| invalid(&format!("{key}.name"), e.to_string()))?;
+            if !labels.insert(w.label().to_owned()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("{:?} names another witness too; give each a distinct name", w.label()),
+                ));
+            }
+            if w.timeout_ms < 100 || w.timeout_ms > 120_000 {
+                return Err(invalid(&format!("{key}.timeout_ms"), "expected 100..=120000 milliseconds"));
+            }
+        }
+        let ws = &self.witnessing;
+        match ws.quorum {
+            Some(_) if self.witnesses.is_empty() => {
+                return Err(invalid("witnessing.quorum", "no [[witness]] is configured"));
+            }
+            Some(k) if k == 0 || k > self.witnesses.len() => {
+                return Err(invalid(
+                    "witnessing.quorum",
+                    format!(
+                        "expected 1..={} (the number of [[witness]] entries), got {k}",
+                        self.witnesses.len()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        if ws.retry_initial_ms < 10 || ws.retry_initial_ms > 3_600_000 {
+            return Err(invalid("witnessing.retry_initial_ms", "expected 10..=3600000 milliseconds"));
+        }
+        if ws.retry_max_ms < ws.retry_initial_ms || ws.retry_max_ms > 3_600_000 {
+            return Err(invalid(
+                "witnessing.retry_max_ms",
+                "expected retry_initial_ms..=3600000 milliseconds",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_sources(&self) -> Result<(), ConfigError> {
@@ -864,6 +1027,15 @@ fn default_timestamp_max_skew_s() -> u64 {
 fn default_timestamp_retry_initial_ms() -> u64 {
     DEFAULT_TIMESTAMP_RETRY_INITIAL_MS
 }
+fn default_witness_timeout_ms() -> u64 {
+    DEFAULT_WITNESS_TIMEOUT_MS
+}
+fn default_witnessing_retry_initial_ms() -> u64 {
+    DEFAULT_WITNESSING_RETRY_INITIAL_MS
+}
+fn default_witnessing_retry_max_ms() -> u64 {
+    DEFAULT_WITNESSING_RETRY_MAX_MS
+}
 fn default_timestamp_retry_max_ms() -> u64 {
     DEFAULT_TIMESTAMP_RETRY_MAX_MS
 }
@@ -1016,6 +1188,51 @@ identities = ["dns:idp.example.org"]
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("unknown field `timeout`"), "{err}");
+    }
+
+    /// The cosignature/v1 vkey of FORMAT.md §16.4 (seed 0x42×32, name witness.test/w1).
+    const W1: &str = "witness.test/w1+786d922a+BCFS+NGbeR0kRTJC4V8uq2y3z/p7al7TAJeWDgaYgdsS";
+
+    #[test]
+    fn witness_entries_get_defaults_and_errors_name_the_key() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.witnesses.is_empty(), "no [[witness]]: witnessing off");
+        assert_eq!(c.witness_quorum(), 0);
+        let one =
+            format!("{MINIMAL}\n[[witness]]\nurl = \"http://127.0.0.1:7380/witness\"\nvkey = \"{W1}\"\n");
+        let c = Config::parse(&one).unwrap();
+        assert_eq!(c.witnesses[0].label(), "witness.test/w1");
+        assert_eq!(c.witnesses[0].timeout(), Duration::from_secs(10));
+        assert_eq!(c.witness_quorum(), 1, "default: every configured witness");
+        assert_eq!((c.witnessing.retry_initial_ms, c.witnessing.retry_max_ms), (1_000, 60_000));
+        let named = one.replace("url =", "name = \"w1\"\nurl =");
+        assert_eq!(Config::parse(&named).unwrap().witnesses[0].label(), "w1");
+        let cases = [
+            (one.replace("http://127.0.0.1:7380/witness", "http://h/witness/"), "`witness[0].url`"),
+            (one.replace("http://127.0.0.1:7380/witness", "ftp://h/w"), "`witness[0].url`"),
+            (one.replace("http://127.0.0.1:7380/witness", "http://"), "`witness[0].url`"),
+            (one.replace("786d922a", "786d922b"), "`witness[0].vkey`: verifier key"),
+            (
+                one.replace(W1, "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"),
+                "`witness[0].vkey`: a witness's vkey is a cosignature/v1 key (type 0x04",
+            ),
+            (format!("{one}[[witness]]\nurl = \"http://b/w\"\nvkey = \"{W1}\"\n"), "configured twice"),
+            (format!("{one}[witnessing]\nquorum = 2\n"), "`witnessing.quorum`: expected 1..=1"),
+            (format!("{one}[witnessing]\nquorum = 0\n"), "`witnessing.quorum`: expected 1..=1"),
+            (format!("{MINIMAL}[witnessing]\nquorum = 1\n"), "`witnessing.quorum`: no [[witness]]"),
+            (
+                one.replace("url =", "ca_file = \"ca.pem\"\nurl ="),
+                "`witness[0].ca_file`: only used with an https:// url",
+            ),
+            (one.replace("url =", "timeout_ms = 5\nurl ="), "`witness[0].timeout_ms`"),
+            (one.replace("url =", "name = \"has space\"\nurl ="), "`witness[0].name`"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+        let https = one.replace("http://127.0.0.1:7380/witness", "https://w.example/witness");
+        assert!(Config::parse(&https.replace("url =", "ca_file = \"ca.pem\"\nurl =")).is_ok());
     }
 
     #[test]

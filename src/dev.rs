@@ -5,7 +5,9 @@
 //! certificates, the exported signer public key and certificate, and a config. Later runs reuse all of it.
 //! File names are fixed so scripts and docs can rely on them. A local RFC 3161 TSA (`openssl ts -reply` behind
 //! an HTTP responder, under `tsa/`) is started on every run and configured, its CA in `certs/tsa-ca.pem`;
-//! without python3/openssl dev mode runs with timestamping off and says so.
+//! without python3/openssl dev mode runs with timestamping off and says so. A local witness (this binary's
+//! `anchorlog witness`, under `witness/`, [`crate::dev_witness`]) is started on every run and configured as the
+//! log's `[[witness]]`, its vkey in `keys/witness.vkey`; it stops with dev mode.
 
 use crate::config::Config;
 use crate::keys;
@@ -51,6 +53,18 @@ pub enum DevError {
     /// The generated config is invalid (a bug).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The local witness could not be set up or started.
+    #[error("the local witness: {0}")]
+    Witness(String),
+}
+
+/// What [`prepare`] set up: the config to serve, and the local witness (stopped when dropped, so keep it until
+/// the appliance has stopped).
+pub struct DevSetup {
+    /// The generated configuration file.
+    pub config_path: PathBuf,
+    /// The local witness, when it started.
+    pub witness: Option<crate::dev_witness::DevWitness>,
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DevError + '_ {
@@ -119,9 +133,10 @@ pub(crate) fn random_secret() -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(hex::encode(bytes))
 }
 
-/// Creates (once) everything dev mode needs and returns the config path. Must run before any other
-/// thread loads the PKCS#11 module, with `SOFTHSM2_CONF` already pointing at [`softhsm_conf_path`].
-pub fn prepare(state_dir: &Path, listen: &str) -> Result<PathBuf, DevError> {
+/// Creates (once) everything dev mode needs, starts the local witness, and returns the config path and the
+/// witness. Must run before any other thread loads the PKCS#11 module, with `SOFTHSM2_CONF` already pointing at
+/// [`softhsm_conf_path`], on the thread that stays alive while dev mode runs (the witness is tied to it).
+pub fn prepare(state_dir: &Path, listen: &str) -> Result<DevSetup, DevError> {
     for sub in ["certs", "keys", "secrets", "softhsm/tokens"] {
         let d = state_dir.join(sub);
         std::fs::create_dir_all(&d).map_err(io_err(&d))?;
@@ -175,7 +190,32 @@ pub fn prepare(state_dir: &Path, listen: &str) -> Result<PathBuf, DevError> {
         let mut signer = keys::open(&config)?;
         keys::export(signer.as_mut(), &config.origin, &state_dir.join("keys"))?;
     }
-    Ok(config_path)
+    // The witness trusts the exported signer key, so it starts after the export.
+    let witness = start_witness(state_dir, &config_path)?;
+    Ok(DevSetup { config_path, witness })
+}
+
+/// Starts the local witness for the dev log whose configuration is `config_path` (its signer key already exported
+/// to `DIR/keys/signer.pem`) and appends its `[[witness]]` to that file. `None` (logged) when it cannot start:
+/// dev mode then runs with witnessing off. Call it on the thread that stays alive while dev mode runs.
+pub fn start_witness(
+    state_dir: &Path,
+    config_path: &Path,
+) -> Result<Option<crate::dev_witness::DevWitness>, DevError> {
+    let mut text = std::fs::read_to_string(config_path).map_err(io_err(config_path))?;
+    let origin = Config::parse(&text)?.origin;
+    match crate::dev_witness::DevWitness::start(state_dir, &origin) {
+        Ok(w) => {
+            text.push_str(&w.config_section());
+            Config::parse(&text)?;
+            std::fs::write(config_path, &text).map_err(io_err(config_path))?;
+            Ok(Some(w))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dev mode: the local witness did not start; witnessing is off");
+            Ok(None)
+        }
+    }
 }
 
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<(), DevError> {

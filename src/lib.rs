@@ -18,6 +18,7 @@
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
+//! | `ledger::cosigner` | witness cosignatures per stored head: submission, 409 re-proofs, back-off, back-fill, refusals |
 //! | [`ledger::indexer`] | keeps the search database's normalized fields a second behind the ledger |
 //! | `ledger::internal` | the appliance's own events: erasures, audit access |
 //! | [`store`] | SQLite schema, append-only triggers, statements |
@@ -27,7 +28,7 @@
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
-//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests) |
+//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests); witness quorum checks |
 //! | [`bundle`] | export bundles: writing from the database, verifying offline |
 //! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
@@ -37,6 +38,7 @@
 //! | `systemd` | `Type=notify`: READY, STATUS, a watchdog gated on the sealer's progress, STOPPING |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
+//! | `dev_witness` | `anchorlog dev`: the local witness process under the state directory |
 //! | `client` | a small mTLS HTTP/1.1 client (tests, load generator) |
 //! | `monitor` | `anchorlog audit`: signed-head, rollback and fork monitor with local state |
 //! | `bench` | the end-to-end load generator |
@@ -71,6 +73,8 @@ pub mod client;
 pub mod dev;
 #[cfg(all(feature = "server", feature = "pkcs11", feature = "tpm"))]
 pub mod dev_tpm;
+#[cfg(all(feature = "server", feature = "pkcs11"))]
+pub mod dev_witness;
 #[cfg(feature = "server")]
 pub mod monitor;
 #[cfg(feature = "server")]

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Counters and gauges of one running appliance.
 #[derive(Debug, Default)]
@@ -41,6 +42,36 @@ pub struct Metrics {
     /// When the sealer last went round its loop (ms since the epoch): it does at every seal interval, idle or
     /// not, so a stale value means it is stuck (a hung signer or writer). Gates the systemd watchdog.
     pub sealer_alive_ms: AtomicI64,
+    /// Cosignatures a head needs (`[witnessing] quorum`); 0 when no witness is configured.
+    pub witness_quorum: AtomicU64,
+    /// Heads (sealed while witnessing was on) with fewer cosignatures than the quorum.
+    pub heads_below_quorum: AtomicU64,
+    /// Seal time (ms) of the oldest head below the quorum; 0 when none.
+    pub oldest_below_quorum_ms: AtomicI64,
+    /// Witness cosignatures verified and stored.
+    pub cosignatures_stored: AtomicU64,
+    /// Submissions to witnesses that got no cosignature (unreachable, errors, invalid answers; not refusals).
+    pub witness_failures: AtomicU64,
+    /// Refusals of our own heads after a correct proof (409 with a larger size, same size and another root, 422):
+    /// evidence that this log was rolled back or forked.
+    pub witness_refusals: AtomicU64,
+    /// Each configured witness's state, in configuration order.
+    pub witnesses: Mutex<Vec<WitnessStatus>>,
+}
+
+/// One witness as `/readyz` and `/metrics` show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WitnessStatus {
+    /// The configured name.
+    pub name: String,
+    /// The submission URL.
+    pub url: String,
+    /// The highest head it cosigned (-1: none yet).
+    pub last_cosigned_height: i64,
+    /// `ok`, `failing` (no answer or errors) or `refused` (it refused our heads: rollback or fork evidence).
+    pub state: &'static str,
+    /// The last error or refusal, if the state is not `ok`.
+    pub last_error: Option<String>,
 }
 
 impl Metrics {
@@ -129,7 +160,97 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
         }
         self.render_timestamping(&mut out);
+        self.render_witnessing(&mut out);
         out
+    }
+
+    /// Heads below the witness quorum and the age in seconds of the oldest one (`None` when witnessing is off;
+    /// age `None` when every head has its quorum).
+    pub fn below_quorum(&self) -> Option<(u64, Option<f64>)> {
+        let r = Ordering::Relaxed;
+        if self.witness_quorum.load(r) == 0 {
+            return None;
+        }
+        let n = self.heads_below_quorum.load(r);
+        let oldest = self.oldest_below_quorum_ms.load(r);
+        let age = (n > 0 && oldest > 0).then(|| (crate::store::now_ms() - oldest).max(0) as f64 / 1000.0);
+        Some((n, age))
+    }
+
+    /// A copy of every witness's state.
+    pub fn witness_statuses(&self) -> Vec<WitnessStatus> {
+        self.witnesses.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// Updates witness `index`'s state.
+    pub fn set_witness(&self, index: usize, f: impl FnOnce(&mut WitnessStatus)) {
+        if let Ok(mut w) = self.witnesses.lock() {
+            if let Some(s) = w.get_mut(index) {
+                f(s);
+            }
+        }
+    }
+
+    fn render_witnessing(&self, out: &mut String) {
+        let r = Ordering::Relaxed;
+        let mut row = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        row(
+            "anchorlog_witness_quorum",
+            "gauge",
+            "Cosignatures from distinct witnesses a head needs; 0 when witnessing is off.",
+            self.witness_quorum.load(r).to_string(),
+        );
+        let Some((below, age)) = self.below_quorum() else { return };
+        row(
+            "anchorlog_heads_below_quorum",
+            "gauge",
+            "Heads sealed while witnessing was on with fewer cosignatures than the quorum.",
+            below.to_string(),
+        );
+        row(
+            "anchorlog_oldest_below_quorum_head_age_seconds",
+            "gauge",
+            "Age of the oldest head below the quorum (0 when none).",
+            format!("{:.3}", age.unwrap_or(0.0)),
+        );
+        row(
+            "anchorlog_cosignatures_stored_total",
+            "counter",
+            "Witness cosignatures verified and stored.",
+            self.cosignatures_stored.load(r).to_string(),
+        );
+        row(
+            "anchorlog_witness_failures_total",
+            "counter",
+            "Witness submissions that got no cosignature (unreachable, errors, invalid answers).",
+            self.witness_failures.load(r).to_string(),
+        );
+        row(
+            "anchorlog_witness_refusals_total",
+            "counter",
+            "Refusals of this log's heads by a witness after a correct proof: the log was rolled back or forked.",
+            self.witness_refusals.load(r).to_string(),
+        );
+        let statuses = self.witness_statuses();
+        let mut labelled = |name: &str, help: &str, value: &dyn Fn(&WitnessStatus) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for w in &statuses {
+                let label = w.name.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(out, "{name}{{witness=\"{label}\"}} {}", value(w));
+            }
+        };
+        labelled(
+            "anchorlog_witness_last_cosigned_height",
+            "Highest head this witness cosigned (-1: none yet).",
+            &|w| w.last_cosigned_height.to_string(),
+        );
+        labelled(
+            "anchorlog_witness_refusing",
+            "1 while this witness refuses this log's heads (rollback or fork evidence), else 0.",
+            &|w| u8::from(w.state == "refused").to_string(),
+        );
     }
 
     /// Heads without an RFC 3161 token, and the age in seconds of the oldest one (`None` when timestamping
@@ -218,5 +339,37 @@ mod tests {
         let (missing, age) = m.untimestamped().unwrap();
         assert_eq!(missing, 2);
         assert!((2.0..3.0).contains(&age.unwrap()), "{age:?}");
+        assert!(text.contains("\nanchorlog_witness_quorum 0\n"), "{text}");
+        assert!(!text.contains("anchorlog_heads_below_quorum"), "{text}");
+    }
+
+    #[test]
+    fn renders_witnessing_with_one_labelled_row_per_witness() {
+        let m = Metrics::new();
+        m.witness_quorum.store(2, Ordering::Relaxed);
+        m.heads_below_quorum.store(3, Ordering::Relaxed);
+        m.oldest_below_quorum_ms.store(crate::store::now_ms() - 5_000, Ordering::Relaxed);
+        *m.witnesses.lock().unwrap() = vec![
+            WitnessStatus {
+                name: "w1".into(),
+                last_cosigned_height: 7,
+                state: "ok",
+                ..WitnessStatus::default()
+            },
+            WitnessStatus {
+                name: "w\"2".into(),
+                last_cosigned_height: -1,
+                state: "refused",
+                ..WitnessStatus::default()
+            },
+        ];
+        let text = m.render(0);
+        assert!(text.contains("\nanchorlog_witness_quorum 2\n"), "{text}");
+        assert!(text.contains("\nanchorlog_heads_below_quorum 3\n"), "{text}");
+        assert!(text.contains("\nanchorlog_witness_last_cosigned_height{witness=\"w1\"} 7\n"), "{text}");
+        assert!(text.contains("\nanchorlog_witness_refusing{witness=\"w\\\"2\"} 1\n"), "{text}");
+        let (n, age) = m.below_quorum().unwrap();
+        assert_eq!(n, 3);
+        assert!((5.0..6.0).contains(&age.unwrap()), "{age:?}");
     }
 }

@@ -11,7 +11,12 @@
 //! 3 the latest head is malformed or its signature does not verify, 4 rollback (the appliance shows an older
 //! or smaller head than one already seen), 5 fork (a different head at a height already seen, or another
 //! origin), 6 the consistency proof does not verify, 7 stale (with `--max-age`: the latest head is older than
-//! that — the log stopped advancing; a frozen appliance serves a valid, consistent, old head forever).
+//! that — the log stopped advancing; a frozen appliance serves a valid, consistent, old head forever), 8 below the
+//! witness quorum (with `--witness`: none of the newest heads carries the quorum of listed witnesses'
+//! cosignatures — the witnesses refuse this log's heads, or none is reachable).
+//!
+//! With `--witness`, the head the monitor accepts (and stores) is the newest one that carries the quorum: the very
+//! latest head may be a second away from its cosignatures, so up to [`QUORUM_LOOKBACK`] heights back are tried.
 
 use crate::client::Connection;
 use crate::ledger::head::Checkpoint;
@@ -33,6 +38,10 @@ pub const EXIT_FORK: u8 = 5;
 pub const EXIT_BAD_PROOF: u8 = 6;
 /// Exit code: the latest head is older than `--max-age`.
 pub const EXIT_STALE: u8 = 7;
+/// Exit code: no recent head carries the witness quorum.
+pub const EXIT_BELOW_QUORUM: u8 = 8;
+/// Heights below the latest the monitor tries for a head with the witness quorum.
+pub const QUORUM_LOOKBACK: u64 = 16;
 
 /// What the monitor remembers between runs: the last head it accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +131,12 @@ pub enum AuditError {
         /// Why.
         reason: String,
     },
+    /// None of the newest heads carries the witness quorum.
+    #[error("below the witness quorum: {reason}")]
+    BelowQuorum {
+        /// The newest head's failure (which witnesses cosigned it).
+        reason: String,
+    },
     /// The latest head is older than allowed: the log stopped advancing (an idle log still seals a heartbeat
     /// head every minute).
     #[error("stale: the latest head (height {height}) was sealed {age_s} s ago, more than the allowed {max_s} s; the appliance stopped sealing or serves a frozen copy")]
@@ -145,6 +160,7 @@ impl AuditError {
             AuditError::Fork { .. } => EXIT_FORK,
             AuditError::BadProof { .. } => EXIT_BAD_PROOF,
             AuditError::Stale { .. } => EXIT_STALE,
+            AuditError::BelowQuorum { .. } => EXIT_BELOW_QUORUM,
         }
     }
 }
@@ -156,6 +172,33 @@ pub struct ServedHead {
     pub checkpoint: String,
     /// Base64 DER signature.
     pub signature: String,
+    /// The signed note with the witnesses' cosignature lines, if served.
+    pub note: Option<String>,
+}
+
+/// Checks the cosignatures of an (already signature-checked) head against `policy`: the note's text must be
+/// the checkpoint, every listed witness's line must verify, and the head must carry the quorum.
+pub fn check_cosignatures(
+    head: &ServedHead,
+    cp: &Checkpoint,
+    policy: &crate::verify::witnesses::WitnessPolicy,
+) -> Result<crate::verify::witnesses::WitnessReport, AuditError> {
+    use crate::verify::{witnesses::WitnessCheck, Failure};
+    let bad = |reason: String| AuditError::BadHead { height: cp.height, reason };
+    let mut check = WitnessCheck::new(policy);
+    if let Some(note) = &head.note {
+        let note = crate::note::Note::parse(note.as_bytes()).map_err(|e| bad(format!("note: {e}")))?;
+        if note.text() != head.checkpoint {
+            return Err(bad("the served note carries another text than the checkpoint".into()));
+        }
+        check
+            .head(cp.height, &head.checkpoint, cp.time_ms, note.signatures())
+            .map_err(|f| bad(f.to_string()))?;
+    }
+    check.finish(cp.height).map_err(|f| match f {
+        f @ Failure::BelowWitnessQuorum { .. } => AuditError::BelowQuorum { reason: f.to_string() },
+        other => bad(other.to_string()),
+    })
 }
 
 /// Checks the latest head's signature and parses it.
@@ -282,7 +325,11 @@ async fn get_json(conn: &mut Connection, path: &str) -> Result<(u16, serde_json:
 
 fn served(v: &serde_json::Value) -> Result<ServedHead, AuditError> {
     match (v["checkpoint"].as_str(), v["signature"].as_str()) {
-        (Some(c), Some(s)) => Ok(ServedHead { checkpoint: c.to_string(), signature: s.to_string() }),
+        (Some(c), Some(s)) => Ok(ServedHead {
+            checkpoint: c.to_string(),
+            signature: s.to_string(),
+            note: v["note"].as_str().map(str::to_string),
+        }),
         _ => Err(io(format!("unexpected head answer: {v}"))),
     }
 }
@@ -315,6 +362,8 @@ pub struct Expect {
     /// The latest head must be younger than this (`--max-age`); an older one fails with exit 7 after the
     /// state was updated (the log is consistent, only not advancing).
     pub max_age: Option<std::time::Duration>,
+    /// The witnesses whose cosignatures the accepted head must carry (`--witness`, `--witness-quorum`).
+    pub witnesses: Option<crate::verify::witnesses::WitnessPolicy>,
 }
 
 /// Parses a duration such as `300`, `90s`, `5m`, `2h` or `1d` (one number, one optional unit).
@@ -335,6 +384,37 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(factor).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// The newest head, from `latest` down at most [`QUORUM_LOOKBACK`] heights, that carries the witness quorum.
+async fn newest_with_quorum(
+    conn: &mut Connection,
+    latest_served: ServedHead,
+    latest: Checkpoint,
+    signer: &PublicKey,
+    policy: &crate::verify::witnesses::WitnessPolicy,
+) -> Result<(ServedHead, Checkpoint), AuditError> {
+    let first_miss = match check_cosignatures(&latest_served, &latest, policy) {
+        Ok(_) => return Ok((latest_served, latest)),
+        Err(AuditError::BelowQuorum { reason }) => reason,
+        Err(e) => return Err(e),
+    };
+    for height in (latest.height.saturating_sub(QUORUM_LOOKBACK)..latest.height).rev() {
+        let (status, v) = get_json(conn, &format!("/v1/heads/{height}")).await?;
+        if status != 200 {
+            return Err(io(format!("GET /v1/heads/{height}: status {status}: {v}")));
+        }
+        let head = served(&v)?;
+        let cp = check_head(&head, signer)?;
+        match check_cosignatures(&head, &cp, policy) {
+            Ok(_) => return Ok((head, cp)),
+            Err(AuditError::BelowQuorum { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(AuditError::BelowQuorum {
+        reason: format!("{first_miss}; neither does any of the {QUORUM_LOOKBACK} heads before it"),
+    })
+}
+
 /// One monitor run: fetch, check, judge against `state_file`, and store the new state on success.
 pub async fn run(
     target: &Target,
@@ -350,8 +430,12 @@ pub async fn run(
     if status != 200 {
         return Err(io(format!("GET /v1/heads/latest: status {status}: {v}")));
     }
-    let latest_served = served(&v)?;
-    let latest = check_head(&latest_served, signer)?;
+    let mut latest_served = served(&v)?;
+    let mut latest = check_head(&latest_served, signer)?;
+    if let Some(policy) = &expect.witnesses {
+        (latest_served, latest) =
+            newest_with_quorum(&mut conn, latest_served, latest, signer, policy).await?;
+    }
     if let Some(origin) = expect.origin.as_deref().filter(|o| *o != latest.origin) {
         return Err(AuditError::Fork {
             height: latest.height,
@@ -439,7 +523,7 @@ mod tests {
         fn served(&self, h: usize) -> ServedHead {
             let text = &self.heads[h].1;
             let sig: DerSignature = self.key.sign(text.as_bytes());
-            ServedHead { checkpoint: text.clone(), signature: B64.encode(sig.as_bytes()) }
+            ServedHead { checkpoint: text.clone(), signature: B64.encode(sig.as_bytes()), note: None }
         }
         fn proof(&self, old: u64) -> Vec<Hash> {
             merkle::consistency_proof(old, &self.leaves).unwrap()

@@ -11,6 +11,7 @@ use crate::store::erasure::ErasureRecord;
 use crate::store::{self, StoreError, StoredEvent};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
+use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{check_event, Failure};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -39,6 +40,10 @@ pub struct ReceiptHead {
     /// Base64 RFC 3161 TimeStampResp over the checkpoint, when the head has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp_token: Option<String>,
+    /// The witnesses' cosignature lines of the head as stored when the receipt was issued (`— <name> <base64>`,
+    /// without newline; docs/FORMAT.md §16.6); absent when there were none yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<String>,
 }
 
 /// A receipt.
@@ -98,8 +103,10 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
         ),
         None => None,
     };
-    // The head's token when it already has one (the timestamper may still be back-filling it).
+    // The head's token and cosignatures as far as they are stored (both follow the seal within seconds, and are
+    // back-filled when the TSA or a witness was down).
     let token = store::timestamp(conn, head.height)?.map(|t| B64.encode(t.response));
+    let cosignatures = store::cosignatures::of_head(conn, head.height)?.into_iter().map(|c| c.line).collect();
     Ok(Receipt {
         format: RECEIPT_FORMAT.into(),
         version: RECEIPT_VERSION,
@@ -117,6 +124,7 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
             signature: B64.encode(&head.signature),
             key_id: head.key_id,
             timestamp_token: token,
+            cosignatures,
         },
         inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
     })
@@ -138,6 +146,9 @@ pub struct ReceiptReport {
     /// The head's token check, when a TSA CA was given ([`verify_with`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<TimestampReport>,
+    /// The head's cosignature check, when witnesses were listed ([`verify_witnessed`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witnesses: Option<WitnessReport>,
 }
 
 fn b64(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
@@ -167,6 +178,19 @@ pub fn verify_pinned(
     key: &PublicKey,
     origin: Option<&str>,
     tsa: Option<&TimestampPolicy>,
+) -> Result<ReceiptReport, Failure> {
+    verify_witnessed(r, key, origin, tsa, None)
+}
+
+/// [`verify_pinned`], and with `witnesses` also the head's cosignatures: every listed witness's line must verify
+/// and the head must carry the policy's quorum (docs/FORMAT.md §16.6). A receipt fetched in the second after its
+/// head was sealed may not carry them yet: fetch it again.
+pub fn verify_witnessed(
+    r: &Receipt,
+    key: &PublicKey,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
 ) -> Result<ReceiptReport, Failure> {
     let seq = r.seq;
     if r.format != RECEIPT_FORMAT || !(1..=RECEIPT_VERSION).contains(&r.version) {
@@ -245,5 +269,28 @@ pub fn verify_pinned(
         }
         None => None,
     };
-    Ok(ReceiptReport { seq, erased, height, tree_size: cp.tree_size, origin: cp.origin, timestamp })
+    let witnesses = match witnesses {
+        Some(policy) => {
+            let lines = r
+                .head
+                .cosignatures
+                .iter()
+                .map(|l| crate::note::NoteSignature::parse_line(l))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure::HeadMalformed { height, reason: format!("a cosignature line: {e}") })?;
+            let mut check = WitnessCheck::new(policy);
+            check.head(height, &r.head.checkpoint, cp.time_ms, &lines)?;
+            Some(check.finish(height)?)
+        }
+        None => None,
+    };
+    Ok(ReceiptReport {
+        seq,
+        erased,
+        height,
+        tree_size: cp.tree_size,
+        origin: cp.origin,
+        timestamp,
+        witnesses,
+    })
 }

@@ -3,20 +3,22 @@
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
 //! against the signer's public key, and that the last head reaches the TPM's monotonic counter; refuse to serve
 //! on any mismatch) → start the writer and the sealer → accept.
-//! The timestamper runs beside the sealer when `[[tsa]]` is configured.
+//! The timestamper runs beside the sealer when `[[tsa]]` is configured, the cosigner when `[[witness]]` is.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
 //! previous run ended) before the first request is accepted. While it runs, the sealer and the timestamper
 //! record the start and end of their outages (`anchorlog.outage`), and refused handshakes and 401/403 answers
 //! are recorded (`anchorlog.access_denied`).
 //! Stop (SIGTERM/SIGINT): stop accepting → let in-flight requests finish (bounded) → close outage recording and
 //! record the stop (`anchorlog.stop`, the run's last event) → seal everything that was acknowledged → one
-//! bounded timestamping pass → stop the writer → exit 0.
+//! bounded timestamping pass and one bounded witnessing pass → stop the writer → exit 0. The cosigner records
+//! witness refusals (`anchorlog.witness_refused`) and witness outages.
 
 use crate::api::denials::{Denial, DenialRecorder, RemoteAddr};
 use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
 use crate::ledger::appender::AppenderHandle;
+use crate::ledger::cosigner::{Cosigner, CosignerError, CosignerSettings};
 use crate::ledger::indexer::IndexerHandle;
 use crate::ledger::internal::{self, PreviousRun};
 use crate::ledger::outage::LifecycleGate;
@@ -88,6 +90,9 @@ pub enum ServeError {
     /// A file the configuration names cannot be used (key, CA, secret, its mode).
     #[error(transparent)]
     Preflight(#[from] crate::preflight::PreflightError),
+    /// A witness entry is unusable (its CA file).
+    #[error(transparent)]
+    Witnessing(#[from] CosignerError),
     /// The start could not be recorded in the log (PCI DSS 10.2.1.6): the appliance does not serve unrecorded.
     #[error("cannot record this start in the log: {0}; check the disk and the database, then restart")]
     StartRecord(String),
@@ -147,6 +152,7 @@ pub struct Service {
     listener: TcpListener,
     health_listener: Option<TcpListener>,
     timestamping: Option<TimestamperSettings>,
+    witnessing: Option<CosignerSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
@@ -171,6 +177,10 @@ impl Service {
         let timestamping = loaded.timestamping;
         if timestamping.is_none() {
             tracing::warn!("timestamping is off: no [[tsa]] is configured, heads get no RFC 3161 token");
+        }
+        let witnessing = CosignerSettings::from_config(&config)?;
+        if witnessing.is_none() {
+            tracing::warn!("witnessing is off: no [[witness]] is configured, heads get no cosignatures");
         }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
         let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
@@ -215,6 +225,7 @@ impl Service {
             tls: loaded.tls,
             source_tls: loaded.source_tls,
             timestamping,
+            witnessing,
             previous_run,
         })
     }
@@ -243,6 +254,7 @@ impl Service {
             tls: tls_config,
             source_tls,
             timestamping,
+            witnessing,
             previous_run,
         } = self;
         let db = config.storage.database.clone();
@@ -301,7 +313,20 @@ impl Service {
         let timestamper_task = timestamping.map(|settings| {
             let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
             let t = if config.server.record_appliance_events { t.record_outages(gate.clone()) } else { t };
-            tokio::spawn(t.run(sealed_height, ts_stop_rx))
+            tokio::spawn(t.run(sealed_height.clone(), ts_stop_rx.clone()))
+        });
+        // The cosigner too: the final head is submitted to the witnesses.
+        let cosigner_task = witnessing.map(|settings| {
+            let c = Cosigner::new(
+                settings,
+                appender.clone(),
+                reads.clone(),
+                metrics.clone(),
+                signer.public_key().clone(),
+                config.origin.clone(),
+            );
+            let c = if config.server.record_appliance_events { c.record_events(gate.clone()) } else { c };
+            tokio::spawn(c.run(sealed_height, ts_stop_rx))
         });
         let denials = Arc::new(DenialRecorder::new(
             appender.clone(),
@@ -390,6 +415,9 @@ impl Service {
         let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
         let _ = ts_stop_tx.send(true);
         if let Some(t) = timestamper_task {
+            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        }
+        if let Some(t) = cosigner_task {
             t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
         }
         drop(app_state);

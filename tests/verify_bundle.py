@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """An independent verifier for anchorlog export bundles, written from docs/FORMAT.md alone.
 
-Uses only the Python standard library (tarfile, json, hashlib, base64) and the `openssl` command line for
-ECDSA signatures and RFC 3161 tokens.
+Uses the Python standard library (tarfile, json, hashlib, base64), the `openssl` command line for ECDSA
+signatures and RFC 3161 tokens, and — only with --witness — `cryptography` for Ed25519 cosignatures.
 Usage: verify_bundle.py BUNDLE.tar SIGNER.pem [--origin ORIGIN] [--tsa-ca TSA-CA.pem [--require-timestamps]
-       [--max-timestamp-delay SECONDS]]
+       [--max-timestamp-delay SECONDS]] [--witness VKEY-or-FILE ... [--witness-quorum K]]
 Every head must carry ORIGIN (default: the manifest's). An erased payload verifies only with the appliance's
 erasure record naming it, in entries.jsonl under a head of the bundle, or in erasure-records.jsonl with its
 inclusion and consistency proofs. With --tsa-ca every heads/<h>.tsr is checked with `openssl ts -verify`, its
 genTime against the head's seal time (at most 300 s earlier, at most SECONDS later — default 600 — unless the
 log records a timestamping outage around the head), and genTimes must not go backwards along the chain; a head
 without a token is listed, or fails with --require-timestamps.
+With --witness (repeatable: a witness's cosignature/v1 vkey, or a file holding it) the cosignature lines in every
+heads/<h>.note are checked (FORMAT.md §16): the note's text must be heads/<h>.txt, a line of a listed witness must
+verify (Ed25519 over "cosignature/v1\ntime T\n" + text) and not be dated more than 300 s before the head's seal
+time, lines of other keys are ignored, and the last head must carry K (default: all listed) distinct listed
+witnesses' cosignatures.
 Exit codes: 0 the bundle verifies, 3 it does not (the first bad seq or height is printed), 1 unreadable input.
 """
 import base64
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tarfile
@@ -245,6 +251,57 @@ def check_token(height, text, tsr, ca, previous, outages, max_delay):
     return got
 
 
+def parse_vkey(text):
+    """A cosignature/v1 vkey `name+keyid+base64(0x04 || key)` -> (name, key ID bytes, 32-byte public key)."""
+    name, key_id_hex, key_b64 = text.strip().split("+", 2)
+    key = base64.b64decode(key_b64, validate=True)
+    if len(key) != 33 or key[0] != 0x04:
+        raise ValueError("%s is not a cosignature/v1 (type 0x04) Ed25519 vkey" % name)
+    key_id = hashlib.sha256(name.encode() + b"\n" + key[:1] + key[1:]).digest()[:4]
+    if key_id.hex() != key_id_hex:
+        raise ValueError("vkey %s: key ID %s does not match the key" % (name, key_id_hex))
+    return name, key_id, key[1:]
+
+
+def sealed_seconds(text):
+    """The head's anchorlog-time as seconds since the epoch (a float)."""
+    t = parse_checkpoint(-1, text.decode("utf-8"))["time"]
+    dt = datetime.datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return dt.timestamp()
+
+
+def note_cosigners(height, text, note, witnesses):
+    """The listed witnesses (indexes) whose cosignature line in `note` verifies over `text`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    split = note.rfind(b"\n\n")
+    if split < 0 or note[:split + 1] != text:
+        raise Invalid("head height %d: heads/%d.note carries another text than heads/%d.txt" % (height, height, height))
+    found = set()
+    for line in note[split + 2:].decode("utf-8").split("\n")[:-1]:
+        if not line.startswith("\u2014 ") or " " not in line[2:]:
+            raise Invalid("head height %d: heads/%d.note has a malformed signature line" % (height, height))
+        name, b64 = line[2:].split(" ", 1)
+        blob = base64.b64decode(b64, validate=True)
+        listed = [i for i, (n, key_id, _) in enumerate(witnesses) if n == name and key_id == blob[:4]]
+        if not listed:
+            continue  # not a listed witness: ignored
+        i = listed[0]
+        bad = Invalid("head height %d: the cosignature of listed witness %s does not verify" % (height, name))
+        if len(blob) != 4 + 8 + 64:
+            raise bad
+        (t,) = struct.unpack(">Q", blob[4:12])
+        try:
+            Ed25519PublicKey.from_public_bytes(witnesses[i][2]).verify(
+                blob[12:], b"cosignature/v1\ntime %d\n" % t + text)
+        except InvalidSignature:
+            raise bad
+        if t < sealed_seconds(text) - MAX_SKEW.total_seconds():
+            raise Invalid("head height %d: the cosignature of listed witness %s is dated before the head" % (height, name))
+        found.add(i)
+    return found
+
+
 def canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -316,7 +373,8 @@ def check_erasure_record(rec, key, origin, last_height, last_size, last_root):
     return erased, seq
 
 
-def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_delay=MAX_DELAY):
+def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_delay=MAX_DELAY, witnesses=(),
+           quorum=0):
     tar = tarfile.open(bundle)
     files = {}
     for m in tar.getmembers():
@@ -437,7 +495,17 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
                 untimestamped.append(h)
                 continue
             previous = (h, check_token(h, head(h)[0], tsr, tsa_ca, previous, outages, max_delay))
-    return frontier.size - first, hi - lo + 1, untimestamped
+    cosigned_last = None
+    if witnesses:
+        for h in range(lo - 1 if lo > 0 else lo, hi + 1):
+            note = files.get("heads/%d.note" % h)
+            found = note_cosigners(h, head(h)[0], note, witnesses) if note is not None else set()
+            if h == hi:
+                cosigned_last = sorted(witnesses[i][0] for i in found)
+        if len(cosigned_last) < quorum:
+            raise Invalid("head height %d: cosigned by %d of the %d listed witnesses required"
+                          % (hi, len(cosigned_last), quorum))
+    return frontier.size - first, hi - lo + 1, untimestamped, (hi, cosigned_last)
 
 
 def take_option(args, name):
@@ -456,12 +524,23 @@ def main():
     if "--require-timestamps" in args:
         args.remove("--require-timestamps")
         require = True
+    witnesses = []
     try:
         origin = take_option(args, "--origin")
         delay = take_option(args, "--max-timestamp-delay")
         max_delay = MAX_DELAY if delay is None else datetime.timedelta(seconds=int(delay))
-    except (IndexError, ValueError):
-        print(__doc__.strip(), file=sys.stderr)
+        while "--witness" in args:
+            value = take_option(args, "--witness")
+            if os.path.isfile(value):
+                with open(value) as f:
+                    value = f.read()
+            witnesses.append(parse_vkey(value))
+        quorum = take_option(args, "--witness-quorum")
+        quorum = len(witnesses) if quorum is None else int(quorum)
+        if witnesses and not 1 <= quorum <= len(witnesses):
+            raise ValueError("--witness-quorum")
+    except (IndexError, ValueError) as e:
+        print("%s\n%s" % (e, __doc__.strip()), file=sys.stderr)
         return 2
     if "--tsa-ca" in args:
         i = args.index("--tsa-ca")
@@ -474,14 +553,18 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        events, heads, untimestamped = verify(args[0], args[1], tsa_ca, require, origin, max_delay)
+        events, heads, untimestamped, (last, cosigned) = verify(
+            args[0], args[1], tsa_ca, require, origin, max_delay, witnesses, quorum)
     except Invalid as e:
         print("FAILED: %s" % e)
         return 3
     except (OSError, KeyError, ValueError, tarfile.TarError) as e:
         print("unreadable bundle: %r" % e, file=sys.stderr)
         return 1
-    if tsa_ca is None:
+    if witnesses:
+        print("OK: %d events, %d heads, head height %d cosigned by %d of the %d required witnesses (%s)"
+              % (events, heads, last, len(cosigned), quorum, ", ".join(cosigned)))
+    elif tsa_ca is None:
         print("OK: %d events, %d heads" % (events, heads))
     elif untimestamped:
         print("OK: %d events, %d heads, tokens verified; no token: heights %s"

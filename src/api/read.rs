@@ -3,6 +3,7 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::ledger::head::{format_time_ms, signed_note};
+use crate::store::cosignatures::StoredCosignature;
 use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
 use crate::tls::Peer;
 use axum::extract::{Path, State};
@@ -26,21 +27,44 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal("read failed", &e))
 }
 
-/// A head and its RFC 3161 token, if it has one yet.
-fn head_with_timestamp(
+/// A head with what was added after it was signed: its RFC 3161 token and its witnesses' cosignatures.
+struct ServedHead {
+    head: StoredHead,
+    timestamp: Option<StoredTimestamp>,
+    cosignatures: Vec<StoredCosignature>,
+}
+
+/// A head and its RFC 3161 token and cosignatures, as far as they are stored yet.
+fn head_with_extras(
     c: &rusqlite::Connection,
     h: Option<StoredHead>,
-) -> Result<Option<(StoredHead, Option<StoredTimestamp>)>, StoreError> {
+) -> Result<Option<ServedHead>, StoreError> {
     match h {
         None => Ok(None),
-        Some(h) => {
-            let t = store::timestamp(c, h.height)?;
-            Ok(Some((h, t)))
+        Some(head) => {
+            let timestamp = store::timestamp(c, head.height)?;
+            let cosignatures = store::cosignatures::of_head(c, head.height)?;
+            Ok(Some(ServedHead { head, timestamp, cosignatures }))
         }
     }
 }
 
-fn head_json(state: &AppState, (h, ts): &(StoredHead, Option<StoredTimestamp>)) -> Value {
+/// The head's signed note (docs/FORMAT.md §4) with its stored cosignature lines appended (§16.6). `None` for a
+/// head of an earlier key (its note key ID needs that public key).
+fn cosigned_note(state: &AppState, h: &StoredHead, cosignatures: &[StoredCosignature]) -> Option<String> {
+    if h.key_id != state.public_key.key_id {
+        return None;
+    }
+    let mut note = signed_note(&h.checkpoint, &state.origin, &state.public_key.spki_der, &h.signature);
+    for c in cosignatures {
+        note.push_str(&c.line);
+        note.push('\n');
+    }
+    Some(note)
+}
+
+fn head_json(state: &AppState, served: &ServedHead) -> Value {
+    let ServedHead { head: h, timestamp: ts, cosignatures } = served;
     json!({
         "height": h.height,
         "tree_size": h.tree_size,
@@ -49,9 +73,17 @@ fn head_json(state: &AppState, (h, ts): &(StoredHead, Option<StoredTimestamp>)) 
         "signature": B64.encode(&h.signature),
         "key_id": h.key_id,
         "sealed_at": format_time_ms(h.sealed_at_ms).unwrap_or_default(),
-        // The note's key ID derives from the public key, which we hold only for the current key.
-        "note": (h.key_id == state.public_key.key_id)
-            .then(|| signed_note(&h.checkpoint, &state.origin, &state.public_key.spki_der, &h.signature)),
+        // The note's key ID derives from the public key, which we hold only for the current key. Cosignature
+        // lines follow the appliance's own signature line, as c2sp.org/tlog-witness clients expect.
+        "note": cosigned_note(state, h, cosignatures),
+        // Each witness cosignature (verified before it was stored): who, when (seconds since the epoch), and
+        // the exact line, as in `note`. Empty until the witnesses answered.
+        "cosignatures": cosignatures.iter().map(|c| json!({
+            "witness": c.witness,
+            "key_id": format!("{:08x}", c.key_id),
+            "timestamp": c.timestamp,
+            "line": c.line,
+        })).collect::<Vec<_>>(),
         // The whole DER TimeStampResp (RFC 3161), `openssl ts -verify -in` reads it as is; null until the
         // token is stored (it follows the seal, and is back-filled if the TSA was down).
         "timestamp": ts.as_ref().map(|t| B64.encode(&t.response)),
@@ -74,7 +106,7 @@ pub(super) async fn latest_head(
     peer: Option<Extension<Peer>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
-    let head = blocking(&state, |c| head_with_timestamp(c, store::last_head(c)?)).await?;
+    let head = blocking(&state, |c| head_with_extras(c, store::last_head(c)?)).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
 }
@@ -86,7 +118,7 @@ pub(super) async fn head(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let height = parse_number(&height, "height")?;
-    let head = blocking(&state, move |c| head_with_timestamp(c, store::head(c, height)?)).await?;
+    let head = blocking(&state, move |c| head_with_extras(c, store::head(c, height)?)).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
 }
@@ -155,6 +187,12 @@ pub(super) async fn ready(
         "untimestamped_heads": m.untimestamped().map(|(n, _)| n),
         "oldest_untimestamped_age_s": m.untimestamped().and_then(|(_, age)| age),
         "timestamp_failures": m.timestamp_failures.load(Ordering::Relaxed),
+        "witnessing": if m.below_quorum().is_some() { "on" } else { "off" },
+        "witness_quorum": m.below_quorum().map(|_| m.witness_quorum.load(Ordering::Relaxed)),
+        "heads_below_quorum": m.below_quorum().map(|(n, _)| n),
+        "oldest_below_quorum_age_s": m.below_quorum().and_then(|(_, age)| age),
+        "witness_refusals": m.witness_refusals.load(Ordering::Relaxed),
+        "witnesses": m.witness_statuses(),
     })))
 }
 

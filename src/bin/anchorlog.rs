@@ -74,6 +74,8 @@ enum Command {
         /// The nonce (hex) the counter attestation was made for.
         #[arg(long, requires = "counter_attestation")]
         nonce: Option<String>,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
     /// Check a TPM key attestation (from `keys attest`) offline against the signer's public key and nonce.
     VerifyAttestation {
@@ -105,10 +107,12 @@ enum Command {
         json: bool,
         #[command(flatten)]
         tsa: TsaArgs,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
     /// Monitor a live appliance: check the latest head's signature and its consistency with the head seen on
     /// the previous run (state file). Exit codes: 0 ok, 1 error, 3 bad head, 4 rollback, 5 fork, 6 bad proof,
-    /// 7 stale (the latest head is older than --max-age).
+    /// 7 stale (the latest head is older than --max-age), 8 below the witness quorum (--witness).
     #[cfg(feature = "server")]
     Audit {
         /// Appliance URL, `https://host:port`.
@@ -135,6 +139,8 @@ enum Command {
         /// Fail (exit 7) when the latest head is older than this, e.g. 5m: the log stopped advancing.
         #[arg(long, value_parser = anchorlog::monitor::parse_duration)]
         max_age: Option<std::time::Duration>,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
     /// Write an export bundle (tar) of heads FROM..=TO from a database, verifiable offline on its own.
     Export {
@@ -216,6 +222,45 @@ impl TsaArgs {
             require: self.require_timestamps,
             max_delay: std::time::Duration::from_secs(self.max_timestamp_delay),
         }))
+    }
+}
+
+/// Which witnesses' cosignatures `verify`, `verify-receipt` and `audit` demand.
+#[derive(clap::Args)]
+struct WitnessArgs {
+    /// A witness whose cosignatures count: its vkey (`name+keyid+key`, as `anchorlog witness keygen` prints it)
+    /// or a file holding it. Repeatable. Lines of other keys are ignored; a listed witness's line that does not
+    /// verify fails the verification.
+    #[arg(long = "witness", value_name = "VKEY")]
+    witnesses: Vec<String>,
+    /// How many distinct listed witnesses must have cosigned the newest head relied on (the last head of the
+    /// database or bundle, the receipt's head). Default: every listed witness.
+    #[arg(long, value_name = "K", requires = "witnesses")]
+    witness_quorum: Option<usize>,
+}
+
+impl WitnessArgs {
+    /// The cosignature policy, or `None` without --witness.
+    fn policy(&self) -> anyhow::Result<Option<anchorlog::verify::witnesses::WitnessPolicy>> {
+        if self.witnesses.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = Vec::with_capacity(self.witnesses.len());
+        for arg in &self.witnesses {
+            let path = Path::new(arg);
+            let text = if path.is_file() {
+                std::fs::read_to_string(path).with_context(|| format!("reading witness vkey {arg}"))?
+            } else {
+                arg.clone()
+            };
+            keys.push(
+                anchorlog::note::VerifierKey::parse(text.trim())
+                    .with_context(|| format!("--witness {arg}: not a vkey, nor a file holding one"))?,
+            );
+        }
+        let policy = anchorlog::verify::witnesses::WitnessPolicy::new(keys, self.witness_quorum)
+            .map_err(|e| anyhow::anyhow!("--witness/--witness-quorum: {e}"))?;
+        Ok(Some(policy))
     }
 }
 
@@ -380,6 +425,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // Dropped (and so stopped, if this process started it) after `serve` returns or fails.
             let swtpm = anchorlog::dev_tpm::DevSwtpm::start_or_reuse(&state_dir)?;
             let config_path = anchorlog::dev_tpm::prepare(&state_dir, &listen, &swtpm.tcti())?;
+            // Stopped when dropped, after `serve` returns or fails (like the swtpm).
+            let witness = anchorlog::dev::start_witness(&state_dir, &config_path)?;
             let config = Config::load(&config_path)?;
             let banner = format!(
                 "anchorlog dev (TPM 2.0 via {tcti}): config {cfg}\n  signer public key: {dir}/keys/signer.pem\n  post an event:\n{curl}\n",
@@ -389,6 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 curl = anchorlog::dev::curl_example(&state_dir, &listen)
             );
             serve(config, Some(banner))?;
+            drop(witness);
             drop(swtpm);
             Ok(ExitCode::SUCCESS)
         }
@@ -404,35 +452,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // SoftHSM reads SOFTHSM2_CONF when the module initializes; set it now, while this process is still
             // single-threaded (no runtime, no signer thread yet), so it names the dev token directory.
             std::env::set_var("SOFTHSM2_CONF", anchorlog::dev::softhsm_conf_path(&state_dir));
-            let config_path = anchorlog::dev::prepare(&state_dir, &listen)?;
-            let config = Config::load(&config_path)?;
+            // The local witness stops when `setup` drops, after `serve` returns or fails.
+            let setup = anchorlog::dev::prepare(&state_dir, &listen)?;
+            let config = Config::load(&setup.config_path)?;
+            let witness = match &setup.witness {
+                Some(w) => format!(
+                    "  witness: {url} (vkey in {dir}/keys/witness.vkey): heads are cosigned\n  verify with the \
+                     quorum: anchorlog verify --db {dir}/anchorlog.db --key {dir}/keys/signer.pem --witness \
+                     {dir}/keys/witness.vkey\n",
+                    url = w.url(),
+                    dir = state_dir.display()
+                ),
+                None => "  witness: none (it did not start; see the log)\n".into(),
+            };
             let banner = format!(
-                "anchorlog dev: config {cfg}\n  signer public key: {dir}/keys/signer.pem\n  post an event:\n{curl}\n",
-                cfg = config_path.display(),
+                "anchorlog dev: config {cfg}\n  signer public key: {dir}/keys/signer.pem\n{witness}  post an event:\n{curl}\n",
+                cfg = setup.config_path.display(),
                 dir = state_dir.display(),
                 curl = anchorlog::dev::curl_example(&state_dir, &listen)
             );
             serve(config, Some(banner))?;
+            drop(setup);
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { bundle, db, key, origin, json, tsa, counter_attestation, nonce } => {
+        Command::Verify { bundle, db, key, origin, json, tsa, counter_attestation, nonce, witnesses } => {
             let counter = match (counter_attestation, nonce) {
                 (Some(file), Some(nonce)) => Some((file, parse_nonce(&nonce)?)),
                 _ => None,
             };
-            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &tsa, counter.as_ref())
+            let checks = Checks { tsa: &tsa, counter: counter.as_ref(), witnesses: &witnesses };
+            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &checks)
         }
-        Command::VerifyReceipt { file, key, origin, json, tsa } => {
-            verify_receipt(&file, &key, origin, json, &tsa)
+        Command::VerifyReceipt { file, key, origin, json, tsa, witnesses } => {
+            verify_receipt(&file, &key, origin, json, &tsa, &witnesses)
         }
         #[cfg(feature = "server")]
-        Command::Audit { url, cert, key, ca, signer, state, origin, max_age } => {
+        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, witnesses } => {
             let signer = read_key(&signer)?;
             let target = anchorlog::monitor::Target { url, ca, cert, key };
-            let expect =
-                anchorlog::monitor::Expect { origin: origin.or(signer.certified_origin.clone()), max_age };
+            let expect = anchorlog::monitor::Expect {
+                origin: origin.or(signer.certified_origin.clone()),
+                max_age,
+                witnesses: witnesses.policy()?,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match rt.block_on(anchorlog::monitor::run(&target, &signer, &state, &expect)) {
                 Ok(outcome) => {
@@ -638,27 +702,43 @@ fn pinned_origin(
     }
 }
 
+/// What `verify` checks beyond the events and heads: tokens, the TPM counter attestation, witnesses.
+struct Checks<'a> {
+    tsa: &'a TsaArgs,
+    /// `--counter-attestation` file and its nonce.
+    counter: Option<&'a (PathBuf, Vec<u8>)>,
+    witnesses: &'a WitnessArgs,
+}
+
 fn verify(
     bundle: Option<&Path>,
     db: Option<&Path>,
     key: &Path,
     origin: Option<String>,
     json: bool,
-    tsa: &TsaArgs,
-    counter: Option<&(PathBuf, Vec<u8>)>,
+    checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
-    use anchorlog::verify::VerifyError;
+    use anchorlog::verify::{Failure, VerifyError};
+    let Checks { tsa, counter, witnesses } = *checks;
     let key = read_key(key)?;
     let (origin, origin_from) = pinned_origin(origin, &key);
     let origin = origin.as_deref();
     let policy = tsa.policy()?;
+    let witness_policy = witnesses.policy()?;
     let result = match (bundle, db) {
-        (Some(bundle), _) => anchorlog::bundle::verify_bundle_with(bundle, &key, origin, policy.as_ref())
-            .map(|b| {
-                let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
-                    "origin_from": origin_from, "tokens_present": b.tokens_present, "timestamps": b.timestamps});
-                (b.report, value, b.timestamps)
-            }),
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle_witnessed(
+            bundle,
+            &key,
+            origin,
+            policy.as_ref(),
+            witness_policy.as_ref(),
+        )
+        .map(|b| {
+            let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
+                "origin_from": origin_from, "tokens_present": b.tokens_present, "timestamps": b.timestamps,
+                "notes_present": b.notes_present, "witnesses": b.witnesses});
+            (b.report, value, b.timestamps, b.witnesses)
+        }),
         (None, Some(db)) => {
             let conn = anchorlog::store::open_reader(db)?;
             anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
@@ -670,15 +750,30 @@ fn verify(
                     )?),
                     None => None,
                 };
+                let cosigned = match (&witness_policy, report.heads.checked_sub(1)) {
+                    (Some(p), Some(last)) => {
+                        Some(anchorlog::verify::witnesses::verify_database_cosignatures(&conn, p, last)?)
+                    }
+                    (Some(p), None) => {
+                        return Err(Failure::BelowWitnessQuorum {
+                            height: 0,
+                            have: 0,
+                            need: p.quorum,
+                            cosigned_by: Vec::new(),
+                        }
+                        .into())
+                    }
+                    (None, _) => None,
+                };
                 let value = serde_json::json!({"ok": true, "report": report, "origin_from": origin_from,
-                    "timestamps": stamps});
-                Ok((report, value, stamps))
+                    "timestamps": stamps, "witnesses": cosigned});
+                Ok((report, value, stamps, cosigned))
             })
         }
         (None, None) => anyhow::bail!("give a bundle file or --db"),
     };
     match result {
-        Ok((report, mut value, stamps)) => {
+        Ok((report, mut value, stamps, cosigned)) => {
             let attested = match counter {
                 Some((file, nonce)) => {
                     use anchorlog::verify::counter::{check_attested, CounterCheckError};
@@ -713,6 +808,9 @@ fn verify(
                 }
                 if let Some(a) = &attested {
                     print_attested_counter(a);
+                }
+                if let Some(w) = &cosigned {
+                    print_witnesses(w);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -880,20 +978,51 @@ fn print_timestamps(
     }
 }
 
+fn print_witnesses(w: &anchorlog::verify::witnesses::WitnessReport) {
+    let by: Vec<String> =
+        w.newest_cosigned_by.iter().map(|c| format!("{} (time {})", c.witness, c.timestamp)).collect();
+    println!(
+        "  witnesses: head height {} cosigned by {} of the {} required: {}",
+        w.newest_height,
+        w.newest_cosigned_by.len(),
+        w.quorum,
+        by.join(", ")
+    );
+    for t in &w.witnesses {
+        match (t.first_height, t.last_height) {
+            (Some(first), Some(last)) => {
+                println!("    {}: cosigned {} heads, heights {first} .. {last}", t.witness, t.heads)
+            }
+            _ => println!("    {}: cosigned no head", t.witness),
+        }
+    }
+    if w.unlisted_lines > 0 {
+        println!("    {} cosignature lines of unlisted keys ignored", w.unlisted_lines);
+    }
+}
+
 fn verify_receipt(
     file: &Path,
     key: &Path,
     origin: Option<String>,
     json: bool,
     tsa: &TsaArgs,
+    witnesses: &WitnessArgs,
 ) -> anyhow::Result<ExitCode> {
     let key = read_key(key)?;
     let (origin, origin_from) = pinned_origin(origin, &key);
     let policy = tsa.policy()?;
+    let witness_policy = witnesses.policy()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let receipt: anchorlog::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog::receipt::verify_pinned(&receipt, &key, origin.as_deref(), policy.as_ref()) {
+    match anchorlog::receipt::verify_witnessed(
+        &receipt,
+        &key,
+        origin.as_deref(),
+        policy.as_ref(),
+        witness_policy.as_ref(),
+    ) {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::json!({"ok": true, "report": r, "origin_from": origin_from}));
@@ -909,6 +1038,9 @@ fn verify_receipt(
                 println!("  origin:   {} (from {origin_from})", r.origin);
                 if let Some(s) = &r.timestamp {
                     print_timestamps(s, &[]);
+                }
+                if let Some(w) = &r.witnesses {
+                    print_witnesses(w);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -1004,7 +1136,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let a = &r.appliance;
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
-         ({} ended), {} refused access, {} audit accesses, {} erasures",
+         ({} ended), {} refused access, {} audit accesses, {} erasures, {} witness refusals",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
@@ -1012,6 +1144,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         a.outages_ended,
         a.access_denied,
         a.audit_access,
-        a.erasures
+        a.erasures,
+        a.witness_refusals
     );
 }

@@ -178,6 +178,11 @@ pub fn export<W: Write>(
         })?;
         key_pems.push((id.clone(), pem));
     }
+    // The signers' SubjectPublicKeyInfo, for the key IDs of the heads' signed notes.
+    let key_spkis: Vec<(String, Vec<u8>)> = key_pems
+        .iter()
+        .filter_map(|(id, pem)| PublicKey::from_pem(pem).ok().map(|k| (id.clone(), k.spki_der)))
+        .collect();
     let anchor = match &anchor_head {
         Some(h) => {
             let frontier = store::tree::load_frontier(&snapshot, h.tree_size)?;
@@ -225,6 +230,13 @@ pub fn export<W: Write>(
         if let Some(t) = store::timestamp(&snapshot, h.height)? {
             append(&mut b, &head_path(h.height, "tsr"), &t.response, mtime)?;
         }
+        // The head's signed note with its witnesses' cosignature lines (docs/FORMAT.md §16.6), when it has any.
+        let cosignatures = store::cosignatures::of_head(&snapshot, h.height)?;
+        if !cosignatures.is_empty() {
+            let spki = key_spkis.iter().find(|(id, _)| *id == h.key_id).map(|(_, s)| s.as_slice());
+            let note = cosigned_note(h, &manifest.origin, spki, &cosignatures);
+            append(&mut b, &head_path(h.height, "note"), note.as_bytes(), mtime)?;
+        }
     }
     if !erasure_records.is_empty() {
         append(&mut b, ERASURE_RECORDS, &erasure_records, mtime)?;
@@ -260,6 +272,25 @@ pub fn export<W: Write>(
     b.into_inner()?.flush()?;
     drop(snapshot);
     Ok(manifest)
+}
+
+/// The head's signed note: its text, the appliance's own signature line (when its key is known) and every
+/// stored cosignature line, in the order they were stored.
+fn cosigned_note(
+    h: &StoredHead,
+    origin: &str,
+    spki: Option<&[u8]>,
+    cosignatures: &[store::cosignatures::StoredCosignature],
+) -> String {
+    let mut note = match spki {
+        Some(spki) => crate::ledger::head::signed_note(&h.checkpoint, origin, spki, &h.signature),
+        None => format!("{}\n", h.checkpoint),
+    };
+    for c in cosignatures {
+        note.push_str(&c.line);
+        note.push('\n');
+    }
+    note
 }
 
 /// PEM (`PUBLIC KEY`) of a public key's SubjectPublicKeyInfo.

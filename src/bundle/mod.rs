@@ -7,6 +7,7 @@
 //! heads/<height>.txt       the exact signed checkpoint text (the anchor head first, when the range starts > 0)
 //! heads/<height>.sig       its DER ECDSA signature
 //! heads/<height>.tsr       its RFC 3161 timestamp response, when there is one (optional)
+//! heads/<height>.note      its signed note with the witnesses' cosignature lines, when it has any (optional)
 //! entries.jsonl            one JSON object per event, seq order: entry, leaf hash, salt, body or erasure record
 //! erasure-records.jsonl    (when needed) the erasure records of payloads erased after the last head, with proofs
 //! ```
@@ -21,7 +22,7 @@ pub mod export;
 mod read;
 
 pub use export::{export, ExportProgress};
-pub use read::{check_line, verify_bundle, verify_bundle_with, BundleReport};
+pub use read::{check_line, verify_bundle, verify_bundle_with, verify_bundle_witnessed, BundleReport};
 
 use crate::store::erasure::ErasureRecord;
 use serde::{Deserialize, Serialize};

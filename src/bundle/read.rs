@@ -7,6 +7,7 @@ use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
+use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
     self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions,
 };
@@ -31,6 +32,11 @@ pub struct BundleReport {
     /// The token check, when a TSA CA was given ([`verify_bundle_with`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamps: Option<TimestampReport>,
+    /// Heads (anchor included) that carry a cosigned note (`heads/<h>.note`).
+    pub notes_present: u64,
+    /// The cosignature check, when witnesses were listed ([`verify_bundle_witnessed`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub witnesses: Option<WitnessReport>,
 }
 
 #[derive(Default)]
@@ -38,6 +44,7 @@ struct HeadFiles {
     text: Option<String>,
     sig: Option<Vec<u8>>,
     tsr: Option<Vec<u8>>,
+    note: Option<Vec<u8>>,
 }
 
 fn unreadable(what: impl Into<String>) -> VerifyError {
@@ -81,6 +88,19 @@ pub fn verify_bundle_with(
     origin: Option<&str>,
     tsa: Option<&TimestampPolicy>,
 ) -> Result<BundleReport, VerifyError> {
+    verify_bundle_witnessed(path, key, origin, tsa, None)
+}
+
+/// [`verify_bundle_with`], and with `witnesses` also the cosignatures in `heads/<h>.note` (docs/FORMAT.md §16.6),
+/// checked after the heads and tokens: each note's text must be its head's exact text, every listed witness's
+/// line must verify, and the bundle's last head must carry the policy's quorum.
+pub fn verify_bundle_witnessed(
+    path: &Path,
+    key: &PublicKey,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<BundleReport, VerifyError> {
     // Pass 1: everything but the events (small).
     let mut manifest: Option<Manifest> = None;
     let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
@@ -115,6 +135,7 @@ pub fn verify_bundle_with(
                 "txt" => files.text = Some(String::from_utf8_lossy(&bytes).into_owned()),
                 "sig" => files.sig = Some(bytes),
                 "tsr" => files.tsr = Some(bytes),
+                "note" => files.note = Some(bytes),
                 _ => {}
             }
         }
@@ -176,7 +197,51 @@ pub fn verify_bundle_with(
         )?),
         None => None,
     };
-    Ok(BundleReport { manifest, report, tokens_present, timestamps })
+    let notes_present = (first_height..=manifest.to_height)
+        .filter(|h| heads.get(h).is_some_and(|f| f.note.is_some()))
+        .count();
+    let witnesses = match witnesses {
+        Some(policy) => Some(check_notes(&heads, first_height, manifest.to_height, policy)?),
+        None => None,
+    };
+    Ok(BundleReport {
+        manifest,
+        report,
+        tokens_present,
+        timestamps,
+        notes_present: notes_present as u64,
+        witnesses,
+    })
+}
+
+/// Checks the cosigned notes of heads `from..=to` (all verified by now) and the last head's quorum.
+fn check_notes(
+    heads: &BTreeMap<u64, HeadFiles>,
+    from: u64,
+    to: u64,
+    policy: &WitnessPolicy,
+) -> Result<WitnessReport, VerifyError> {
+    let mut check = WitnessCheck::new(policy);
+    for height in from..=to {
+        let files = heads.get(&height);
+        let (Some(text), Some(note)) =
+            (files.and_then(|f| f.text.as_deref()), files.and_then(|f| f.note.as_deref()))
+        else {
+            continue;
+        };
+        let malformed = |reason: String| Failure::HeadMalformed { height, reason };
+        let note = crate::note::Note::parse(note)
+            .map_err(|e| malformed(format!("heads/{height}.note is not a signed note: {e}")))?;
+        if note.text() != text {
+            return Err(malformed(format!(
+                "heads/{height}.note carries another checkpoint text than heads/{height}.txt"
+            ))
+            .into());
+        }
+        let cp = Checkpoint::parse(text).map_err(|e| malformed(e.to_string()))?;
+        check.head(height, text, cp.time_ms, note.signatures())?;
+    }
+    Ok(check.finish(to)?)
 }
 
 /// Checks the erasure records the bundle carries for erasures made after its last head (`last`, whose text and

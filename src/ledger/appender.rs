@@ -10,6 +10,7 @@ use crate::ledger::entry::{AuthMethod, Entry};
 use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::internal;
 use crate::ledger::merkle::{self, Frontier};
+use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
 use rusqlite::Connection;
@@ -102,17 +103,38 @@ pub struct Erased {
 }
 
 enum Command {
-    Append { events: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Appended>, AppendError>> },
-    StoreHead { head: Box<StoredHead>, reply: oneshot::Sender<Result<(), AppendError>> },
-    StoreTimestamp { token: Box<StoredTimestamp>, reply: oneshot::Sender<Result<(), AppendError>> },
-    Erase { seq: u64, erased_by: String, reason: String, reply: oneshot::Sender<Result<Erased, EraseError>> },
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
+    },
+    StoreHead {
+        head: Box<StoredHead>,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    StoreTimestamp {
+        token: Box<StoredTimestamp>,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    StoreCosignature {
+        cosignature: Box<(StoredCosignature, WitnessCursor)>,
+        reply: oneshot::Sender<Result<(), AppendError>>,
+    },
+    Erase {
+        seq: u64,
+        erased_by: String,
+        reason: String,
+        reply: oneshot::Sender<Result<Erased, EraseError>>,
+    },
 }
 
 impl Command {
     fn weight(&self) -> usize {
         match self {
             Command::Append { events, .. } => events.len().max(1),
-            Command::StoreHead { .. } | Command::StoreTimestamp { .. } | Command::Erase { .. } => 1,
+            Command::StoreHead { .. }
+            | Command::StoreTimestamp { .. }
+            | Command::StoreCosignature { .. }
+            | Command::Erase { .. } => 1,
         }
     }
 }
@@ -169,6 +191,21 @@ impl AppenderHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::StoreTimestamp { token: Box::new(token), reply })
+            .await
+            .map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+
+    /// Stores a verified witness cosignature of an already stored head and moves that witness's cursor, in one
+    /// transaction; returns after both are committed.
+    pub async fn store_cosignature(
+        &self,
+        cosignature: StoredCosignature,
+        cursor: WitnessCursor,
+    ) -> Result<(), AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::StoreCosignature { cosignature: Box::new((cosignature, cursor)), reply })
             .await
             .map_err(|_| AppendError::Stopped)?;
         rx.await.map_err(|_| AppendError::Stopped)?
@@ -281,6 +318,14 @@ impl Writer {
                     }
                     Command::StoreTimestamp { token, reply } => {
                         let result = in_savepoint(&tx, |c| store::insert_timestamp(c, &token));
+                        replies.push(Reply::Head(reply, result));
+                    }
+                    Command::StoreCosignature { cosignature, reply } => {
+                        let (cos, cursor) = &*cosignature;
+                        let result = in_savepoint(&tx, |c| {
+                            store::cosignatures::insert(c, cos)?;
+                            store::cosignatures::set_cursor(c, cursor)
+                        });
                         replies.push(Reply::Head(reply, result));
                     }
                 }

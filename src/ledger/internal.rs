@@ -162,6 +162,37 @@ pub fn outage_body(component: &str, state: &OutageState<'_>, since_ms: i64) -> s
     body
 }
 
+/// Event type of the record of a witness refusing one of the appliance's heads.
+pub const WITNESS_REFUSED_TYPE: &str = types::WITNESS_REFUSED;
+
+/// What a witness's refusal of one of our heads says (docs/FORMAT.md §14).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessRefusal<'a> {
+    /// The witness's configured name.
+    pub witness: &'a str,
+    /// Its vkey (its cryptographic identity).
+    pub vkey: &'a str,
+    /// Its submission URL.
+    pub url: &'a str,
+    /// The refused head.
+    pub height: u64,
+    /// Its tree size.
+    pub tree_size: u64,
+    /// The HTTP status (409 or 422).
+    pub status: u16,
+    /// For a 409: the tree size the witness holds for this log.
+    pub witness_size: Option<u64>,
+    /// What the refusal means, cut to [`MAX_LOGGED_PARAM_BYTES`].
+    pub reason: &'a str,
+}
+
+/// The body of the record of a witness refusing one of the appliance's heads after a correct consistency proof.
+pub fn witness_refused_body(r: &WitnessRefusal<'_>) -> serde_json::Value {
+    json!({"type": WITNESS_REFUSED_TYPE, "witness": r.witness, "vkey": r.vkey, "url": truncate(r.url),
+           "height": r.height, "tree_size": r.tree_size, "status": r.status, "witness_size": r.witness_size,
+           "reason": truncate(r.reason)})
+}
+
 /// Event type of the record of an invalid access attempt.
 pub const ACCESS_DENIED_TYPE: &str = types::ACCESS_DENIED;
 

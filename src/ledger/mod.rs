@@ -2,6 +2,8 @@
 
 #[cfg(feature = "server")]
 pub mod appender;
+#[cfg(feature = "server")]
+pub mod cosigner;
 pub mod counter;
 pub mod entry;
 pub mod head;

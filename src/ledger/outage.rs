@@ -23,6 +23,22 @@ impl LifecycleGate {
     pub async fn close(&self) {
         *self.0.write().await = true;
     }
+
+    /// Appends one of the appliance's own records (outages, witness refusals) unless the gate is closed;
+    /// `Ok(false)` when it was closed (the stop record must stay the run's last event).
+    pub async fn append(
+        &self,
+        appender: &AppenderHandle,
+        body: &serde_json::Value,
+    ) -> Result<bool, crate::ledger::appender::AppendError> {
+        let closed = self.0.read().await;
+        if *closed {
+            return Ok(false);
+        }
+        appender.append(vec![internal_event(body)]).await?;
+        drop(closed);
+        Ok(true)
+    }
 }
 
 /// Follows one component's successes and failures and records the start and end of each outage.
@@ -67,26 +83,20 @@ impl OutageRecorder {
 
     async fn record(&self, state: OutageState<'_>, since_ms: i64) {
         let Some((appender, gate)) = &self.sink else { return };
-        let closed = gate.0.read().await;
-        if *closed {
-            tracing::warn!(
-                component = self.component,
-                "stopping: outage change not recorded after the stop record"
-            );
-            return;
-        }
-        let event = internal_event(&outage_body(self.component, &state, since_ms));
-        match appender.append(vec![event]).await {
-            Ok(_) => tracing::info!(
+        match gate.append(appender, &outage_body(self.component, &state, since_ms)).await {
+            Ok(true) => tracing::info!(
                 component = self.component,
                 state = state.as_str(),
                 "outage recorded in the log"
+            ),
+            Ok(false) => tracing::warn!(
+                component = self.component,
+                "stopping: outage change not recorded after the stop record"
             ),
             Err(e) => {
                 tracing::error!(component = self.component, error = %e, "cannot record the outage in the log")
             }
         }
-        drop(closed);
     }
 }
 

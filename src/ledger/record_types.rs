@@ -29,6 +29,11 @@ pub const STOP: &str = "anchorlog.stop";
 pub const OUTAGE: &str = "anchorlog.outage";
 /// `type` of an invalid access attempt.
 pub const ACCESS_DENIED: &str = "anchorlog.access_denied";
+/// `type` of a witness's refusal of one of the appliance's own heads after a correct consistency proof: evidence
+/// that this log was rolled back or forked.
+pub const WITNESS_REFUSED: &str = "anchorlog.witness_refused";
+/// `component` of the outage records of one witness not answering (sealing and timestamping have their own).
+pub const COMPONENT_WITNESSING: &str = "witnessing";
 
 /// `previous_run` of a start record: the log was empty.
 pub const PREVIOUS_RUN_NEW_LOG: &str = "new_log";

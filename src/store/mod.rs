@@ -1,6 +1,7 @@
 //! SQLite storage: opening (WAL, `synchronous=FULL`), schema creation and version check, and the
 //! parameterised statements every other module uses. Only the appender's connection writes.
 
+pub mod cosignatures;
 pub mod erasure;
 pub mod schema;
 pub mod search;

@@ -6,7 +6,7 @@
 
 /// Schema version this build writes. Readers accept every version from 1 up to this one (the verifier reads
 /// old files); the writer migrates an older file forward at open, one [`MIGRATIONS`] step per version.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Oldest schema version this build still reads (and migrates when it opens the file for writing).
 pub const OLDEST_READABLE_SCHEMA_VERSION: i64 = 1;
@@ -14,7 +14,7 @@ pub const OLDEST_READABLE_SCHEMA_VERSION: i64 = 1;
 /// The steps from schema version 1 up: `(version it produces, DDL)`, applied in order, each in the transaction
 /// that records its version. A new database gets [`SCHEMA_V1`] and then every step, so a fresh file and a
 /// migrated one are the same schema.
-pub const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_V2)];
+pub const MIGRATIONS: &[(i64, &str)] = &[(2, SCHEMA_V2), (3, SCHEMA_V3)];
 
 /// Version 2 (issue 10, insider-proof erasures): an `erasures` row is accepted only in the transaction that
 /// appends the appliance's erasure record naming it. The record must be the newest event, not yet covered by
@@ -36,6 +36,36 @@ WHEN NOT EXISTS (SELECT 1 FROM events WHERE seq = NEW.seq AND body IS NOT NULL A
                  AND json_extract(CAST(body AS TEXT), '$.type') = 'anchorlog.erasure'
                  AND json_extract(CAST(body AS TEXT), '$.erased_seq') = NEW.seq)
 BEGIN SELECT RAISE(ABORT, 'anchorlog: an erasure row is only written with its erasure record: the newest, unsealed anchorlog.erasure event naming this seq, for a present payload that is not an appliance record'); END;
+"#;
+
+/// Version 3 (issue 11, witnesses): the witnesses' cosignatures of stored heads, and each witness's cursor.
+///
+/// `cosignatures` is evidence, append-only like `timestamps`: one row per head and witness key, the exact
+/// `cosignature/v1` line the witness returned (verified before it is stored), with its key name, key ID and
+/// timestamp as index columns a verifier cross-checks against the line. `witness_state` is not evidence: it is
+/// the cosigner's cursor (the tree size and height each witness last cosigned for this log, so the next
+/// submission can prove consistency from there), updated in place; a wrong or missing row only costs one
+/// `409` round trip, because the witness says which size it holds.
+pub const SCHEMA_V3: &str = r#"
+CREATE TABLE cosignatures (
+    height       INTEGER NOT NULL REFERENCES heads (height),
+    witness      TEXT NOT NULL,
+    key_id       TEXT NOT NULL CHECK (length(key_id) = 8),
+    line         TEXT NOT NULL,
+    timestamp    INTEGER NOT NULL CHECK (timestamp > 0),
+    stored_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (height, witness, key_id)
+) WITHOUT ROWID;
+CREATE TRIGGER cosignatures_no_update BEFORE UPDATE ON cosignatures
+BEGIN SELECT RAISE(ABORT, 'anchorlog: cosignatures are append-only'); END;
+CREATE TRIGGER cosignatures_no_delete BEFORE DELETE ON cosignatures
+BEGIN SELECT RAISE(ABORT, 'anchorlog: cosignatures are append-only'); END;
+CREATE TABLE witness_state (
+    witness       TEXT PRIMARY KEY,
+    tree_size     INTEGER NOT NULL,
+    height        INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
 "#;
 
 /// DDL of schema version 1, applied in one transaction on a new database.

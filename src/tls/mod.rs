@@ -234,6 +234,24 @@ pub fn server_config_without_client_auth(
     Ok(Arc::new(config))
 }
 
+/// A client configuration without a client certificate, trusting the certificates in `ca_file` (a witness's
+/// HTTPS listener; `ca_file` may be the system bundle, whose entries rustls cannot parse are skipped).
+pub fn server_auth_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(load_certs(ca_file, "CA certificate")?);
+    if added == 0 {
+        return Err(TlsError::Empty { what: "CA certificate", path: ca_file.into() });
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A client configuration presenting `cert_file`/`key_file` and trusting `ca_file` (tests, bench, audit).
 pub fn client_config(
     ca_file: &Path,

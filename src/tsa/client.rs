@@ -145,7 +145,7 @@ impl HttpUrl {
         if authority.contains('@') {
             return Err(bad("user:password@ in the URL is not supported"));
         }
-        let (host, port, ipv6) = split_host_port(authority).ok_or_else(|| bad("bad host or port"))?;
+        let (host, port, ipv6) = split_host_port(authority, 80).ok_or_else(|| bad("bad host or port"))?;
         if host.is_empty() {
             return Err(bad("the URL has no host"));
         }
@@ -162,20 +162,21 @@ impl HttpUrl {
     }
 }
 
-/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`; the default port is 80.
-fn split_host_port(authority: &str) -> Option<(String, u16, bool)> {
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port` into host, port (`default_port` when absent) and whether
+/// the host is a bracketed IPv6 literal. Also used for witness URLs (`ledger::cosigner`).
+pub(crate) fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16, bool)> {
     let parse_port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
     if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
         let port = match after {
-            "" => 80,
+            "" => default_port,
             p => parse_port(p.strip_prefix(':')?)?,
         };
         return Some((host.to_string(), port, true));
     }
     match authority.split_once(':') {
         Some((host, port)) => Some((host.to_string(), parse_port(port)?, false)),
-        None => Some((authority.to_string(), 80, false)),
+        None => Some((authority.to_string(), default_port, false)),
     }
 }
 

@@ -39,6 +39,8 @@ pub use token::{
 pub use verify::{verify_response, verify_token, TrustAnchors, VerifiedTimestamp, VerifyOptions};
 
 #[cfg(feature = "server")]
+pub(crate) use client::split_host_port;
+#[cfg(feature = "server")]
 pub use client::{fetch, MAX_RESPONSE_BYTES};
 
 /// Everything that can go wrong while requesting or verifying a time-stamp token.

@@ -18,6 +18,7 @@ pub mod counter;
 pub mod erasure;
 mod records;
 pub mod timestamps;
+pub mod witnesses;
 
 use records::RecordTracker;
 pub use records::{ApplianceSummary, OutageComponent, OutageWindow, OwnRecord};
@@ -281,6 +282,50 @@ pub enum Failure {
     /// counter (start-up check, `verify --counter-attestation`).
     #[error(transparent)]
     Counter(#[from] CounterFailure),
+    /// A listed witness's cosignature line does not verify over the head (the cosignatures were altered).
+    #[error("head height {height}: the cosignature of listed witness {witness} does not verify: {reason}")]
+    BadCosignature {
+        /// The head.
+        height: u64,
+        /// `name+key ID` of the witness.
+        witness: String,
+        /// Why.
+        reason: String,
+    },
+    /// A listed witness's cosignature is dated before the head existed (beyond the allowed skew).
+    #[error(
+        "head height {height}: the cosignature of listed witness {witness} is dated {timestamp} (seconds since \
+         the epoch), more than {skew_s} s before the head's seal time: no honest witness cosigns a head before it \
+         exists (a head re-dated or re-signed later, or a witness clock far off)"
+    )]
+    CosignatureBeforeSeal {
+        /// The head.
+        height: u64,
+        /// `name+key ID` of the witness.
+        witness: String,
+        /// The cosignature's time.
+        timestamp: u64,
+        /// The allowed skew, seconds.
+        skew_s: u64,
+    },
+    /// The newest head relied on lacks the required number of distinct listed witnesses' cosignatures.
+    #[error(
+        "head height {height}: cosigned by {have} of the {need} listed witnesses required ({}); the newest head \
+         of a running appliance is cosigned within seconds of its seal, so if the appliance is running verify \
+         again in a few seconds; otherwise the witnesses never saw this head or refused it (a rolled-back or \
+         forked log)",
+         if cosigned_by.is_empty() { "none".to_string() } else { cosigned_by.join(", ") }
+    )]
+    BelowWitnessQuorum {
+        /// The newest head.
+        height: u64,
+        /// Distinct listed witnesses whose cosignature verified.
+        have: usize,
+        /// The quorum.
+        need: usize,
+        /// Which (`name+key ID`).
+        cosigned_by: Vec<String>,
+    },
 }
 
 impl Failure {
@@ -315,7 +360,10 @@ impl Failure {
             | Failure::TimestampMissing { height }
             | Failure::ConsistencyProofInvalid { height, .. }
             | Failure::TimestampWentBack { height, .. }
-            | Failure::TimestampLate { height, .. } => ("height", *height),
+            | Failure::TimestampLate { height, .. }
+            | Failure::BadCosignature { height, .. }
+            | Failure::CosignatureBeforeSeal { height, .. }
+            | Failure::BelowWitnessQuorum { height, .. } => ("height", *height),
             Failure::Counter(c) => ("height", c.height()),
         }
     }

@@ -18,6 +18,8 @@ pub enum OutageComponent {
     Sealing,
     /// Getting RFC 3161 tokens.
     Timestamping,
+    /// Getting a witness's cosignatures.
+    Witnessing,
     /// Another component (a newer build's).
     Other,
 }
@@ -50,6 +52,8 @@ pub enum OwnRecord {
     AccessDenied,
     /// `anchorlog.audit_access`.
     AuditAccess,
+    /// `anchorlog.witness_refused`: a witness refused one of the appliance's heads (rollback or fork evidence).
+    WitnessRefused,
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -73,6 +77,7 @@ impl OwnRecord {
         let component = match text("component") {
             Some("sealing") => OutageComponent::Sealing,
             Some("timestamping") => OutageComponent::Timestamping,
+            Some(types::COMPONENT_WITNESSING) => OutageComponent::Witnessing,
             _ => OutageComponent::Other,
         };
         let since_ms = v.get("since_ms").and_then(|x| x.as_i64());
@@ -90,6 +95,7 @@ impl OwnRecord {
             }
             Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
             Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
+            Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -118,6 +124,9 @@ pub struct ApplianceSummary {
     pub audit_access: u64,
     /// `anchorlog.erasure` records.
     pub erasures: u64,
+    /// `anchorlog.witness_refused` records: a witness refused one of the log's own heads (the log was rolled
+    /// back or forked).
+    pub witness_refusals: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -135,6 +144,7 @@ impl ApplianceSummary {
             OwnRecord::AccessDenied => &mut self.access_denied,
             OwnRecord::AuditAccess => &mut self.audit_access,
             OwnRecord::Erasure { .. } => &mut self.erasures,
+            OwnRecord::WitnessRefused => &mut self.witness_refusals,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -280,6 +290,11 @@ mod tests {
         );
         assert_eq!(own(true, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
+        assert_eq!(own(true, r#"{"type":"anchorlog.witness_refused"}"#), Some(OwnRecord::WitnessRefused));
+        assert_eq!(
+            own(true, r#"{"type":"anchorlog.outage","state":"started","component":"witnessing"}"#),
+            Some(OwnRecord::OutageStarted { component: OutageComponent::Witnessing, since_ms: None })
+        );
         assert_eq!(
             own(true, r#"{"type":"anchorlog.erasure","erased_seq":4}"#),
             Some(OwnRecord::Erasure { erased_seq: Some(4) })
