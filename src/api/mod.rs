@@ -6,6 +6,7 @@ pub mod denials;
 pub mod error;
 mod export;
 mod ingest;
+pub mod openapi;
 mod proofs;
 mod read;
 mod search;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
 pub(crate) use ingest::read_body;
+pub use openapi::ROUTES;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -56,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(read::ready))
         .route("/metrics", get(read::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/events", post(ingest::post_events).get(search::search))
         .route("/v1/sources/{name}/events", post(sources::post_mtls).get(sources::get_mtls))
         .route("/v1/events/{seq}", get(read::event))
