@@ -68,6 +68,8 @@ pub struct Options {
     pub origin: String,
     /// Extra environment variables for `anchorlog serve`.
     pub env: Vec<(String, String)>,
+    /// Extra lines of the `[server]` section (e.g. `health_listen = "127.0.0.1:PORT"`).
+    pub server_extra: String,
     /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
     pub tpm_counter: bool,
 }
@@ -85,6 +87,7 @@ impl Default for Options {
             record_appliance_events: false,
             origin: "anchorlog.test/e2e".into(),
             env: Vec::new(),
+            server_extra: String::new(),
             tpm_counter: true,
         }
     }
@@ -214,6 +217,7 @@ client_ca_files = ["{d}/certs/ca.pem"]
 shutdown_grace_s = 5
 record_appliance_events = {own}
 {source_listen}
+{server_extra}
 [storage]
 database = "{d}/anchorlog.db"
 [limits]
@@ -234,6 +238,10 @@ identities = ["dns:auditor.test"]
 name = "admin-1"
 roles = ["admin", "auditor"]
 identities = ["dns:admin.test"]
+[[principal]]
+name = "monitor-1"
+roles = ["monitor"]
+identities = ["dns:monitor.test"]
 {extra}
 "#,
             mb = o.max_body_bytes,
@@ -243,6 +251,7 @@ identities = ["dns:admin.test"]
             extra = o.extra_config,
             own = o.record_appliance_events,
             origin = o.origin,
+            server_extra = o.server_extra,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();
@@ -349,7 +358,7 @@ identities = ["dns:admin.test"]
         }
     }
 
-    /// An mTLS connection as `who` (`producer`, `auditor`, `admin`, `stranger`, `foreign`).
+    /// An mTLS connection as `who` (`producer`, `auditor`, `admin`, `monitor`, `stranger`, `foreign`).
     pub async fn connect(&self, who: &str) -> Connection {
         self.try_connect(who).await.expect("connect")
     }
@@ -554,7 +563,7 @@ fn rand_u32() -> u128 {
     h.finish() as u128
 }
 
-/// CA + server + producer/auditor/admin/stranger certs, plus a client cert from a foreign CA.
+/// CA + server + producer/auditor/admin/stranger/monitor certs, plus a client cert from a foreign CA.
 fn write_pki(d: &Path) {
     let certs = d.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -563,6 +572,7 @@ fn write_pki(d: &Path) {
         ("auditor", "auditor.test"),
         ("admin", "admin.test"),
         ("stranger", "stranger.test"),
+        ("monitor", "monitor.test"),
     ])
     .unwrap();
     std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();

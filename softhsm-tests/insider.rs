@@ -736,6 +736,15 @@ async fn search_rows_deleted_by_root_are_restored_at_start() {
     }
     a.spawn().unwrap();
     a.wait_indexed().await;
+    // The indexer repairs in its own thread after the start: poll the search database itself (a search through
+    // the API would append an audit record per try) until the deleted rows are back.
+    tsa_local::eventually(20, "the deleted search rows are re-derived", async || {
+        let c = store::open_search_reader(&search_db).unwrap();
+        let rows: i64 = c.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
+        let ips: i64 = c.query_row("SELECT count(*) FROM ip_index", [], |r| r.get(0)).unwrap();
+        rows == 4 && ips == 4
+    })
+    .await;
     let r = a.audit_get("/v1/events?actor=alice").await.json();
     let seqs: Vec<u64> = r["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, [0, 3], "{r}");

@@ -1,8 +1,9 @@
 //! Running the appliance as an operator does (issue 12), on real parts: log formats a journal or a SIEM
-//! reads, and the export defaults.
+//! reads, export defaults, the start-up order, systemd notifications, readiness and the monitor role.
 
 mod harness;
 mod swtpm;
+mod tsa_local;
 
 use harness::{post_concurrently, Appliance, Options};
 
@@ -264,4 +265,170 @@ async fn tokio_sleep_until(mut done: impl FnMut() -> bool) {
         assert!(std::time::Instant::now() < deadline, "timed out");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// `GET path` on the plain health listener: (status, JSON or text body).
+async fn health_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut c =
+        anchorlog::client::Connection::connect_plain(addr, "localhost").await.expect("health listener");
+    let r = c.get(path).await.expect("GET");
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+fn reason_codes(body: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    v["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothing_else() {
+    let mut tsa = tsa_local::LocalTsa::start_new(&[]);
+    let port = tsa_local::free_port();
+    let a = Appliance::start_with(Options {
+        extra_config: format!(
+            "{}{}[readiness]\nmax_untimestamped_age_s = 1\n",
+            tsa.config_entry(2000),
+            tsa_local::fast_retries()
+        ),
+        server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
+        ..Options::default()
+    });
+    let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    post_concurrently(&a, 2, 1).await;
+    tsa_local::eventually(20, "ready with every head timestamped", async || {
+        health_get(health, "/readyz").await.0 == 200
+    })
+    .await;
+    let (_, body) = health_get(health, "/readyz").await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "ready", "{body}");
+    let (code, text) = health_get(health, "/metrics").await;
+    assert!(code == 200 && text.contains("anchorlog_events_appended_total 2"), "{text}");
+    let (code, _) = health_get(health, "/v1/heads/latest").await;
+    assert_eq!(code, 404, "the health listener serves health, readiness and metrics only");
+
+    // The monitor role: readiness and metrics on the mTLS listener, nothing that reads the log.
+    let mut monitor = a.connect("monitor").await;
+    assert_eq!(monitor.get("/readyz").await.unwrap().status, 200);
+    assert_eq!(monitor.get("/metrics").await.unwrap().status, 200);
+    for path in [
+        "/v1/heads/latest",
+        "/v1/heads/0",
+        "/v1/events?type=LOGIN",
+        "/v1/events/0",
+        "/v1/events/0/receipt",
+        "/v1/proofs/inclusion?seq=0&tree_size=1",
+        "/v1/proofs/consistency?from=0&to=1",
+        "/v1/export?from_height=0&to_height=0",
+    ] {
+        let r = monitor.get(path).await.unwrap();
+        assert_eq!((r.status, r.json()["code"].as_str()), (403, Some("forbidden_role")), "{path}");
+    }
+    let r = monitor.post_json("/v1/events", br#"{"type":"LOGIN"}"#).await.unwrap();
+    assert_eq!(r.status, 403);
+
+    // The TSA goes down: heads stay without tokens past the threshold → 503, with the reason.
+    tsa.stop();
+    post_concurrently(&a, 1, 1).await;
+    tsa_local::eventually(20, "not ready: timestamps overdue", async || {
+        let (code, body) = health_get(health, "/readyz").await;
+        code == 503 && reason_codes(&body) == ["timestamps_overdue"]
+    })
+    .await;
+    let r = monitor.get("/readyz").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "not_ready");
+    assert!(
+        r.json()["reasons"][0]["message"].as_str().unwrap().contains("no RFC 3161 token"),
+        "{}",
+        r.json()
+    );
+    // Back: the heads are back-filled, ready again.
+    tsa.start();
+    tsa_local::eventually(30, "ready again after the back-fill", async || {
+        health_get(health, "/readyz").await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_the_disk_is_nearly_full() {
+    let port = tsa_local::free_port();
+    let a = Appliance::start_with(Options {
+        // Any real filesystem has less than 100 % free.
+        extra_config: "[readiness]\nmin_free_disk_percent = 100\n".into(),
+        server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
+        ..Options::default()
+    });
+    let (code, body) = health_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/readyz").await;
+    assert_eq!((code, reason_codes(&body)), (503, vec!["disk_nearly_full".to_string()]), "{body}");
+    drop(a);
+}
+
+/// Fault-injection double: the real SoftHSM signer that fails while `fail` is set (an HSM answering errors).
+struct FailingSigner {
+    inner: anchorlog::signer::pkcs11::Pkcs11Signer,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl anchorlog::signer::HeadSigner for FailingSigner {
+    fn public_key_spki_der(&self) -> Vec<u8> {
+        self.inner.public_key_spki_der().to_vec()
+    }
+    fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, anchorlog::signer::SignerError> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(anchorlog::signer::SignerError::Injected("the HSM answers CKR_DEVICE_ERROR".into()));
+        }
+        Ok(self.inner.sign(message)?)
+    }
+    fn describe(&self) -> String {
+        format!("{} (may fail)", self.inner.describe())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let port = tsa_local::free_port();
+    let mut a = Appliance::prepare(Options {
+        server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
+        ..Options::default()
+    });
+    let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
+    a.write_config("127.0.0.1:0");
+    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let fail = Arc::new(AtomicBool::new(false));
+    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
+        module: harness::SOFTHSM.into(),
+        token_label: "anchorlog-test".into(),
+        key_label: "head-signer".into(),
+    };
+    let f = fail.clone();
+    let signer = anchorlog::signer::SignerHandle::spawn(move || {
+        let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
+        let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
+        Ok(Box::new(FailingSigner { inner, fail: f }) as Box<dyn anchorlog::signer::HeadSigner>)
+    })
+    .unwrap();
+    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
+    a.addr = service.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(service.run(async move {
+        let _ = stop_rx.await;
+    }));
+    post_concurrently(&a, 1, 1).await;
+    tsa_local::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    fail.store(true, Ordering::SeqCst);
+    post_concurrently(&a, 1, 1).await;
+    // Signing fails at the next seal (200 ms); the event waits more than 3 seal intervals soon after.
+    tsa_local::eventually(20, "not ready: signer failing and sealing stalled", async || {
+        let (code, body) = health_get(health, "/readyz").await;
+        code == 503 && reason_codes(&body) == ["signer_failing", "sealing_stalled"]
+    })
+    .await;
+    fail.store(false, Ordering::SeqCst);
+    tsa_local::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
 }

@@ -85,10 +85,58 @@ pub struct Config {
     /// Quorum and retry policy of witnessing.
     #[serde(default)]
     pub witnessing: WitnessingConfig,
+    /// When `/readyz` turns 503 (`[readiness]`).
+    #[serde(default)]
+    pub readiness: ReadinessConfig,
     /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
     pub text_sha256: String,
+}
+
+/// `[readiness]`: thresholds of `/readyz`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReadinessConfig {
+    /// The oldest head without an RFC 3161 token may be at most this old before `/readyz` says
+    /// `timestamps_overdue` (a TSA outage longer than the back-off can bridge).
+    #[serde(default = "default_max_untimestamped_age_s")]
+    pub max_untimestamped_age_s: u64,
+    /// The oldest head below the witness quorum may be at most this old before `/readyz` says
+    /// `cosignatures_overdue`.
+    #[serde(default = "default_max_uncosigned_age_s")]
+    pub max_uncosigned_age_s: u64,
+    /// Below this share of free space (percent) on the database's filesystem `/readyz` says `disk_nearly_full`;
+    /// 0 turns the check off.
+    #[serde(default = "default_min_free_disk_percent")]
+    pub min_free_disk_percent: u8,
+}
+
+impl Default for ReadinessConfig {
+    fn default() -> Self {
+        ReadinessConfig {
+            max_untimestamped_age_s: DEFAULT_MAX_UNTIMESTAMPED_AGE_S,
+            max_uncosigned_age_s: DEFAULT_MAX_UNCOSIGNED_AGE_S,
+            min_free_disk_percent: DEFAULT_MIN_FREE_DISK_PERCENT,
+        }
+    }
+}
+
+/// Default of `readiness.max_untimestamped_age_s`: 10 minutes, above the TSA back-off ceiling (60 s).
+pub const DEFAULT_MAX_UNTIMESTAMPED_AGE_S: u64 = 600;
+/// Default of `readiness.max_uncosigned_age_s`: 10 minutes.
+pub const DEFAULT_MAX_UNCOSIGNED_AGE_S: u64 = 600;
+/// Default of `readiness.min_free_disk_percent`.
+pub const DEFAULT_MIN_FREE_DISK_PERCENT: u8 = 5;
+
+fn default_max_untimestamped_age_s() -> u64 {
+    DEFAULT_MAX_UNTIMESTAMPED_AGE_S
+}
+fn default_max_uncosigned_age_s() -> u64 {
+    DEFAULT_MAX_UNCOSIGNED_AGE_S
+}
+fn default_min_free_disk_percent() -> u8 {
+    DEFAULT_MIN_FREE_DISK_PERCENT
 }
 
 /// `[search]`: the normalized search fields (`<database>.search.db`, kept by the indexer thread).
@@ -481,6 +529,9 @@ pub enum Role {
     Auditor,
     /// May erase payloads and manage keys.
     Admin,
+    /// May read `/readyz` and `/metrics` and nothing else (a Prometheus scraper, a load balancer's probe): no
+    /// event content, no heads, no exports.
+    Monitor,
 }
 
 impl Role {
@@ -490,6 +541,7 @@ impl Role {
             Role::Producer => "producer",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::Monitor => "monitor",
         }
     }
 }
@@ -841,7 +893,10 @@ impl Config {
                 ));
             }
             if p.roles.is_empty() {
-                return Err(invalid(&format!("{key}.roles"), "at least one of producer, auditor, admin"));
+                return Err(invalid(
+                    &format!("{key}.roles"),
+                    "at least one of producer, auditor, admin, monitor",
+                ));
             }
             if p.identities.is_empty() {
                 return Err(invalid(&format!("{key}.identities"), "at least one identity"));

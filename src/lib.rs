@@ -34,6 +34,7 @@
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
+//! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | `systemd` | `Type=notify`: READY, STATUS, a watchdog gated on the sealer's progress, STOPPING |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
@@ -79,6 +80,8 @@ pub mod dev_witness;
 pub mod monitor;
 #[cfg(feature = "server")]
 pub mod preflight;
+#[cfg(feature = "server")]
+pub mod readiness;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -42,6 +42,10 @@ pub struct Metrics {
     /// When the sealer last went round its loop (ms since the epoch): it does at every seal interval, idle or
     /// not, so a stale value means it is stuck (a hung signer or writer). Gates the systemd watchdog.
     pub sealer_alive_ms: AtomicI64,
+    /// Since when sealing fails (ms since the epoch; 0 while it works): the first failed attempt after a success.
+    pub sealing_failing_since_ms: AtomicI64,
+    /// Since when committed events wait for a head (ms since the epoch; 0 when every committed event is sealed).
+    pub unsealed_since_ms: AtomicI64,
     /// Cosignatures a head needs (`[witnessing] quorum`); 0 when no witness is configured.
     pub witness_quorum: AtomicU64,
     /// Heads (sealed while witnessing was on) with fewer cosignatures than the quorum.

@@ -230,6 +230,11 @@ impl Service {
         })
     }
 
+    /// The bound address of the plain health listener (`server.health_listen`), if configured.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The bound address of the source listener (secret-authenticated sources), if configured.
     pub fn source_addr(&self) -> Option<SocketAddr> {
         self.source_listener.as_ref().and_then(|l| l.local_addr().ok())
@@ -344,6 +349,14 @@ impl Service {
             search,
             search_enabled: config.search.enabled,
             denials,
+            readiness: crate::readiness::Readiness {
+                seal_interval: config.sealing.seal_interval(),
+                limits: config.readiness.clone(),
+                database_dir: db
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| ".".into(), std::path::Path::to_path_buf),
+            },
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
@@ -357,7 +370,7 @@ impl Service {
             stop_tx.subscribe(),
         ));
         if let Some(h) = health_listener {
-            tokio::spawn(serve_health(h, stop_tx.subscribe()));
+            tokio::spawn(serve_health(h, api::health_router(app_state.clone()), stop_tx.subscribe()));
         }
         // One shutdown signal stops both listeners.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -625,8 +638,7 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_health(listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let router = api::health_router();
+async fn serve_health(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },

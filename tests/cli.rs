@@ -19,15 +19,21 @@ fn the_shipped_example_config_is_valid() {
     std::fs::create_dir_all(etc.join("tsa")).unwrap();
     let pki = anchorlog::dev::generate_pki(&[("producer", "producer.example")]).unwrap();
     std::fs::write(etc.join("tls/server.pem"), &pki.server_pem).unwrap();
-    std::fs::write(etc.join("tls/server.key"), &pki.server_key_pem).unwrap();
-    std::fs::set_permissions(etc.join("tls/server.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Secrets where systemd's LoadCredential= puts them for the service (here: a directory of the test).
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("secret_server.key"), &pki.server_key_pem).unwrap();
+    std::fs::set_permissions(creds.join("secret_server.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
     std::fs::write(etc.join("tls/clients-ca.pem"), &pki.ca_pem).unwrap();
     std::fs::write(etc.join("tsa/digicert-tsa-ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(etc.join("pkcs11-pin"), "1234").unwrap();
-    std::fs::set_permissions(etc.join("pkcs11-pin"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(creds.join("secret_pkcs11-pin"), "1234").unwrap();
+    std::fs::set_permissions(creds.join("secret_pkcs11-pin"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
     let text = std::fs::read_to_string(example)
         .unwrap()
         .replace("/etc/anchorlog/", &format!("{}/", etc.display()))
+        .replace("/run/credentials/anchorlog.service/", &format!("{}/", creds.display()))
         .replace("/var/lib/anchorlog/", &format!("{}/", dir.path().display()));
     let config = dir.path().join("anchorlog.toml");
     std::fs::write(&config, text).unwrap();

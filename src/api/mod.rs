@@ -6,6 +6,7 @@ pub mod denials;
 pub mod error;
 mod export;
 mod ingest;
+pub mod openapi;
 mod proofs;
 mod read;
 mod search;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 use axum::Router;
 pub use error::ApiError;
 pub(crate) use ingest::read_body;
+pub use openapi::ROUTES;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub search_enabled: bool,
     /// Records invalid access attempts (PCI DSS 10.2.1.4).
     pub denials: Arc<denials::DenialRecorder>,
+    /// What `/readyz` checks.
+    pub readiness: crate::readiness::Readiness,
 }
 
 /// The router of the mTLS listener.
@@ -56,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(health))
         .route("/readyz", get(read::ready))
         .route("/metrics", get(read::metrics))
+        .route("/v1/openapi.json", get(openapi::document))
         .route("/v1/events", post(ingest::post_events).get(search::search))
         .route("/v1/sources/{name}/events", post(sources::post_mtls).get(sources::get_mtls))
         .route("/v1/events/{seq}", get(read::event))
@@ -84,9 +89,16 @@ pub fn source_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The router of the optional plain-HTTP health listener: `/healthz` only.
-pub fn health_router() -> Router {
-    Router::new().route("/healthz", get(health)).fallback(not_found)
+/// The router of the optional plain-HTTP health listener (`server.health_listen`): `/healthz`, `/readyz` and
+/// `/metrics`, without authentication — they carry no event content, no keys and no heads; bind the listener to
+/// a management address only.
+pub fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/readyz", get(read::ready_unauthenticated))
+        .route("/metrics", get(read::metrics_unauthenticated))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 async fn health() -> axum::Json<serde_json::Value> {
@@ -107,6 +119,12 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 /// Returns the peer's principal if it holds `role`, else the documented 403.
 pub fn authorize(peer: Option<&Peer>, role: Role) -> Result<Arc<Principal>, ApiError> {
+    authorize_any(peer, &[role])
+}
+
+/// [`authorize`] for an endpoint any of `roles` may use (the first is the one named in the refusal).
+pub fn authorize_any(peer: Option<&Peer>, roles: &[Role]) -> Result<Arc<Principal>, ApiError> {
+    let role = roles.first().copied().unwrap_or(Role::Admin);
     let Some(peer) = peer else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -123,7 +141,7 @@ pub fn authorize(peer: Option<&Peer>, role: Role) -> Result<Arc<Principal>, ApiE
         )
         .with_detail(json!({"identities": peer.identities.as_slice()})));
     };
-    if !principal.has(role) {
+    if !roles.iter().any(|r| principal.has(*r)) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden_role",
@@ -133,7 +151,8 @@ pub fn authorize(peer: Option<&Peer>, role: Role) -> Result<Arc<Principal>, ApiE
                 role.as_str()
             ),
         )
-        .with_detail(json!({"principal": &*principal.name, "required_role": role.as_str()})));
+        .with_detail(json!({"principal": &*principal.name, "required_role": role.as_str(),
+                            "accepted_roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()})));
     }
     Ok(principal)
 }

@@ -168,16 +168,33 @@ pub(super) async fn event(
     })))
 }
 
+/// Roles that may read `/readyz` and `/metrics` on the mTLS listener: the monitor role (a scraper that may read
+/// nothing else), auditors and admins.
+const HEALTH_READERS: [Role; 3] = [Role::Monitor, Role::Auditor, Role::Admin];
+
 pub(super) async fn ready(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+) -> Result<Response, ApiError> {
+    super::authorize_any(peer.as_ref().map(|p| &p.0), &HEALTH_READERS)?;
+    Ok(ready_answer(&state))
+}
+
+pub(super) async fn ready_unauthenticated(State(state): State<Arc<AppState>>) -> Response {
+    ready_answer(&state)
+}
+
+/// 200 `{"status":"ready",…}` or 503 `{"status":"not_ready","reasons":[{"code","message"}],…}` with the same
+/// figures (crate::readiness).
+fn ready_answer(state: &AppState) -> Response {
     let m = &state.metrics;
     let committed = *state.appender.committed().borrow();
     let sealed = m.sealed_tree_size.load(Ordering::Relaxed);
-    Ok(Json(json!({
-        "status": "ready",
+    let reasons = state.readiness.reasons(m);
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({
+        "status": if reasons.is_empty() { "ready" } else { "not_ready" },
+        "reasons": reasons,
         "events": committed,
         "unsealed_events": committed.saturating_sub(sealed),
         "last_head_height": m.last_height.load(Ordering::Relaxed),
@@ -193,17 +210,26 @@ pub(super) async fn ready(
         "oldest_below_quorum_age_s": m.below_quorum().and_then(|(_, age)| age),
         "witness_refusals": m.witness_refusals.load(Ordering::Relaxed),
         "witnesses": m.witness_statuses(),
-    })))
+        "free_disk_percent": state.readiness.free_disk_percent(),
+    });
+    (status, Json(body)).into_response()
 }
 
 pub(super) async fn metrics(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
 ) -> Result<Response, ApiError> {
-    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    super::authorize_any(peer.as_ref().map(|p| &p.0), &HEALTH_READERS)?;
+    Ok(metrics_answer(&state))
+}
+
+pub(super) async fn metrics_unauthenticated(State(state): State<Arc<AppState>>) -> Response {
+    metrics_answer(&state)
+}
+
+fn metrics_answer(state: &AppState) -> Response {
     let committed = *state.appender.committed().borrow();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed))
-        .into_response())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed)).into_response()
 }
 
 pub(super) async fn receipt(

@@ -157,6 +157,9 @@ impl Sealer {
                 changed = committed.changed() => {
                     if changed.is_err() { break; }
                     let waiting = (*committed.borrow()).saturating_sub(self.state.frontier.size());
+                    if waiting > 0 && self.metrics.unsealed_since_ms.load(Ordering::Relaxed) == 0 {
+                        self.metrics.unsealed_since_ms.store(store::now_ms(), Ordering::Relaxed);
+                    }
                     if waiting >= self.settings.seal_max_events {
                         self.seal_pending(Due::Full).await;
                     }
@@ -195,10 +198,22 @@ impl Sealer {
             match self.seal_one(target).await {
                 Ok(()) => {
                     sealed_any = true;
+                    self.metrics.sealing_failing_since_ms.store(0, Ordering::Relaxed);
+                    // Events committed meanwhile wait from now on (an underestimate by at most one seal).
+                    let left = *self.appender.committed().borrow() > self.state.frontier.size();
+                    self.metrics
+                        .unsealed_since_ms
+                        .store(if left { store::now_ms() } else { 0 }, Ordering::Relaxed);
                     self.outage.succeeded().await;
                 }
                 Err(e) => {
                     self.metrics.seal_failures.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.metrics.sealing_failing_since_ms.compare_exchange(
+                        0,
+                        store::now_ms(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
                     tracing::error!(error = %e, tree_size = target, "seal failed; events stay stored and will be sealed on a later attempt");
                     self.outage.failed(&e.to_string()).await;
                     return;

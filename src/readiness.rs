@@ -1,0 +1,133 @@
+//! What `/readyz` answers: 200 while the appliance does its job, 503 with the reasons while it does not.
+//!
+//! "Alive" (`/healthz`) is not "ready": an appliance that stores events it cannot seal, timestamp or have
+//! cosigned, or whose disk is about to fill, still answers HTTP — a load balancer or a monitor must see the
+//! difference. Every reason has a stable `code` and a message that says what is wrong.
+
+use crate::config::ReadinessConfig;
+use crate::metrics::Metrics;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// One reason the appliance is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reason {
+    /// Stable code: `signer_failing`, `sealing_stalled`, `timestamps_overdue`, `cosignatures_overdue`,
+    /// `witness_refused`, `disk_nearly_full`, `self_verification_failed`.
+    pub code: &'static str,
+    /// What is wrong, for a human.
+    pub message: String,
+}
+
+/// The thresholds and the paths the checks need.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// `sealing.seal_interval_ms`: events waiting three of these without a head are stalled.
+    pub seal_interval: Duration,
+    /// `[readiness]`.
+    pub limits: ReadinessConfig,
+    /// The directory of the database (its filesystem's free space).
+    pub database_dir: PathBuf,
+}
+
+fn age_s(since_ms: i64) -> i64 {
+    (crate::store::now_ms() - since_ms).max(0) / 1000
+}
+
+impl Readiness {
+    /// The reasons the appliance is not ready now (empty: ready).
+    pub fn reasons(&self, m: &Metrics) -> Vec<Reason> {
+        let r = Ordering::Relaxed;
+        let mut out = Vec::new();
+        let failing = m.sealing_failing_since_ms.load(r);
+        if failing > 0 {
+            out.push(Reason {
+                code: "signer_failing",
+                message: format!(
+                    "signing or storing heads has failed for {} s ({} failed attempts in all); events are stored \
+                     but not covered by a signed head — see the log for the signer's error",
+                    age_s(failing),
+                    m.seal_failures.load(r)
+                ),
+            });
+        }
+        let waiting = m.unsealed_since_ms.load(r);
+        let stall_ms = i64::try_from(self.seal_interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
+        if waiting > 0 && crate::store::now_ms() - waiting > stall_ms {
+            out.push(Reason {
+                code: "sealing_stalled",
+                message: format!(
+                    "committed events have waited {} s for a signed head, more than 3 seal intervals",
+                    age_s(waiting)
+                ),
+            });
+        }
+        if let Some((n, Some(age))) = m.untimestamped() {
+            if age > self.limits.max_untimestamped_age_s as f64 {
+                out.push(Reason {
+                    code: "timestamps_overdue",
+                    message: format!(
+                        "{n} heads have no RFC 3161 token, the oldest for {age:.0} s (more than \
+                         readiness.max_untimestamped_age_s = {}): no TSA issues valid tokens",
+                        self.limits.max_untimestamped_age_s
+                    ),
+                });
+            }
+        }
+        if let Some((n, Some(age))) = m.below_quorum() {
+            if age > self.limits.max_uncosigned_age_s as f64 {
+                out.push(Reason {
+                    code: "cosignatures_overdue",
+                    message: format!(
+                        "{n} heads lack the witness quorum, the oldest for {age:.0} s (more than \
+                         readiness.max_uncosigned_age_s = {})",
+                        self.limits.max_uncosigned_age_s
+                    ),
+                });
+            }
+        }
+        for w in m.witness_statuses().iter().filter(|w| w.state == "refused") {
+            out.push(Reason {
+                code: "witness_refused",
+                message: format!(
+                    "witness {} refused this log's heads (evidence of a rollback or a fork): {}",
+                    w.name,
+                    w.last_error.as_deref().unwrap_or("")
+                ),
+            });
+        }
+        if let Some(free) = self.free_disk_percent() {
+            if self.limits.min_free_disk_percent > 0 && free < f64::from(self.limits.min_free_disk_percent) {
+                out.push(Reason {
+                    code: "disk_nearly_full",
+                    message: format!(
+                        "{free:.1} % free on the database's filesystem ({}), below readiness.min_free_disk_percent \
+                         = {}",
+                        self.database_dir.display(),
+                        self.limits.min_free_disk_percent
+                    ),
+                });
+            }
+        }
+        out
+    }
+
+    /// Free space of the database's filesystem, percent of its size (`None` if it cannot be read).
+    pub fn free_disk_percent(&self) -> Option<f64> {
+        free_disk_percent(&self.database_dir)
+    }
+}
+
+/// Free space (available to unprivileged users) of the filesystem holding `dir`, percent of its size.
+pub fn free_disk_percent(dir: &std::path::Path) -> Option<f64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value that the call overwrites.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid NUL-terminated string and `s` a writable statvfs for the call's duration.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut s) } != 0 || s.f_blocks == 0 {
+        return None;
+    }
+    Some(s.f_bavail as f64 * 100.0 / s.f_blocks as f64)
+}
