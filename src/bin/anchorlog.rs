@@ -1004,7 +1004,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let a = &r.appliance;
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
-         ({} ended), {} refused access, {} audit accesses, {} erasures",
+         ({} ended), {} refused access, {} audit accesses, {} erasures, {} self-verifications",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
@@ -1012,6 +1012,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         a.outages_ended,
         a.access_denied,
         a.audit_access,
-        a.erasures
+        a.erasures,
+        a.self_verifications
     );
 }

@@ -50,6 +50,8 @@ pub enum OwnRecord {
     AccessDenied,
     /// `anchorlog.audit_access`.
     AuditAccess,
+    /// `anchorlog.self_verify`: the appliance verified its own log up to a head (docs/FORMAT.md §18).
+    SelfVerify,
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -90,6 +92,7 @@ impl OwnRecord {
             }
             Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
             Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
+            Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -118,6 +121,8 @@ pub struct ApplianceSummary {
     pub audit_access: u64,
     /// `anchorlog.erasure` records.
     pub erasures: u64,
+    /// `anchorlog.self_verify` records: passes of the appliance's own verification.
+    pub self_verifications: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -135,6 +140,7 @@ impl ApplianceSummary {
             OwnRecord::AccessDenied => &mut self.access_denied,
             OwnRecord::AuditAccess => &mut self.audit_access,
             OwnRecord::Erasure { .. } => &mut self.erasures,
+            OwnRecord::SelfVerify => &mut self.self_verifications,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -280,6 +286,7 @@ mod tests {
         );
         assert_eq!(own(true, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
+        assert_eq!(own(true, r#"{"type":"anchorlog.self_verify","height":3}"#), Some(OwnRecord::SelfVerify));
         assert_eq!(
             own(true, r#"{"type":"anchorlog.erasure","erased_seq":4}"#),
             Some(OwnRecord::Erasure { erased_seq: Some(4) })
