@@ -73,10 +73,116 @@ pub struct Config {
     /// The search database of normalized fields.
     #[serde(default)]
     pub search: SearchConfig,
+    /// The appliance's own verification of its log while it runs.
+    #[serde(default)]
+    pub self_verify: SelfVerifyConfig,
+    /// Thresholds of the alerts.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+    /// Webhooks that receive alerts (none: alerts are only logged).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
     /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
     pub text_sha256: String,
+}
+
+/// Default interval between incremental self-verification passes, in seconds.
+pub const DEFAULT_SELF_VERIFY_INTERVAL_S: u64 = 3_600;
+/// Default interval between full self-verification passes (the whole log from genesis), in seconds.
+pub const DEFAULT_SELF_VERIFY_FULL_EVERY_S: u64 = 604_800;
+/// Default time a signer, TSA or witness outage lasts before it is alerted, in seconds.
+pub const DEFAULT_OUTAGE_THRESHOLD_S: u64 = 300;
+/// Default free space (percent of the database's file system) below which the disk is alerted as nearly full.
+pub const DEFAULT_MIN_FREE_DISK_PERCENT: u8 = 5;
+/// Default interval between free-space checks, in seconds.
+pub const DEFAULT_DISK_CHECK_INTERVAL_S: u64 = 60;
+/// Default time one webhook delivery may take, in milliseconds.
+pub const DEFAULT_ALERT_TIMEOUT_MS: u64 = 5_000;
+
+/// `[self_verify]`: the appliance re-verifies its own log on a low-priority thread (docs/FORMAT.md §18).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfVerifyConfig {
+    /// Verify what was sealed since the last pass this often (seconds).
+    #[serde(default = "default_self_verify_interval_s")]
+    pub interval_s: u64,
+    /// Verify the whole log from genesis this often (seconds); also right after a start that resumed from a
+    /// self-verified point.
+    #[serde(default = "default_self_verify_full_every_s")]
+    pub full_every_s: u64,
+}
+
+impl Default for SelfVerifyConfig {
+    fn default() -> Self {
+        Self { interval_s: DEFAULT_SELF_VERIFY_INTERVAL_S, full_every_s: DEFAULT_SELF_VERIFY_FULL_EVERY_S }
+    }
+}
+
+fn default_self_verify_interval_s() -> u64 {
+    DEFAULT_SELF_VERIFY_INTERVAL_S
+}
+fn default_self_verify_full_every_s() -> u64 {
+    DEFAULT_SELF_VERIFY_FULL_EVERY_S
+}
+
+/// `[alerting]`: when conditions become alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// A signer, TSA or witness outage is alerted once it has lasted this long (seconds; checked at each
+    /// failed attempt).
+    #[serde(default = "default_outage_threshold_s")]
+    pub outage_threshold_s: u64,
+    /// The disk is alerted as nearly full below this much free space (percent of the file system holding the
+    /// database; 0 turns the check off).
+    #[serde(default = "default_min_free_disk_percent")]
+    pub min_free_disk_percent: u8,
+    /// Free space is checked this often (seconds).
+    #[serde(default = "default_disk_check_interval_s")]
+    pub disk_check_interval_s: u64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            outage_threshold_s: DEFAULT_OUTAGE_THRESHOLD_S,
+            min_free_disk_percent: DEFAULT_MIN_FREE_DISK_PERCENT,
+            disk_check_interval_s: DEFAULT_DISK_CHECK_INTERVAL_S,
+        }
+    }
+}
+
+fn default_outage_threshold_s() -> u64 {
+    DEFAULT_OUTAGE_THRESHOLD_S
+}
+fn default_min_free_disk_percent() -> u8 {
+    DEFAULT_MIN_FREE_DISK_PERCENT
+}
+fn default_disk_check_interval_s() -> u64 {
+    DEFAULT_DISK_CHECK_INTERVAL_S
+}
+
+/// One `[[alert]]`: a webhook that receives alert messages (JSON POST).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// File holding the HMAC-SHA256 key (mode 0600): requests then carry `X-Anchorlog-Signature`.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// PEM CA certificates the receiver's certificate must chain to (required for `https://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Time one delivery may take (milliseconds).
+    #[serde(default = "default_alert_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_alert_timeout_ms() -> u64 {
+    DEFAULT_ALERT_TIMEOUT_MS
 }
 
 /// `[search]`: the normalized search fields (`<database>.search.db`, kept by the indexer thread).
@@ -561,7 +667,46 @@ impl Config {
         }
         self.validate_principals()?;
         self.validate_timestamping()?;
+        self.validate_alerting()?;
         self.validate_sources()
+    }
+
+    fn validate_alerting(&self) -> Result<(), ConfigError> {
+        let v = &self.self_verify;
+        if v.interval_s == 0 || v.interval_s > 86_400 {
+            return Err(invalid("self_verify.interval_s", "expected 1..=86400 seconds"));
+        }
+        if v.full_every_s < v.interval_s || v.full_every_s > 31_536_000 {
+            return Err(invalid("self_verify.full_every_s", "expected interval_s..=31536000 seconds"));
+        }
+        let a = &self.alerting;
+        if a.outage_threshold_s == 0 || a.outage_threshold_s > 86_400 {
+            return Err(invalid("alerting.outage_threshold_s", "expected 1..=86400 seconds"));
+        }
+        if a.min_free_disk_percent > 100 {
+            return Err(invalid("alerting.min_free_disk_percent", "expected 0..=100"));
+        }
+        if a.disk_check_interval_s == 0 || a.disk_check_interval_s > 86_400 {
+            return Err(invalid("alerting.disk_check_interval_s", "expected 1..=86400 seconds"));
+        }
+        for (i, w) in self.alerts.iter().enumerate() {
+            let key = format!("alert[{i}]");
+            #[cfg(feature = "server")]
+            {
+                let tls = crate::alerts::check_url(&w.url).map_err(|p| invalid(&format!("{key}.url"), p))?;
+                if tls && w.ca_file.is_none() {
+                    return Err(invalid(
+                        &format!("{key}.ca_file"),
+                        "required for an https:// webhook: the CA certificates its certificate chains to \
+                         (/etc/ssl/certs/ca-certificates.crt for a public service)",
+                    ));
+                }
+            }
+            if w.timeout_ms < 100 || w.timeout_ms > 60_000 {
+                return Err(invalid(&format!("{key}.timeout_ms"), "expected 100..=60000 milliseconds"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_sources(&self) -> Result<(), ConfigError> {

@@ -48,6 +48,10 @@ pub struct AppState {
     pub search_enabled: bool,
     /// Records invalid access attempts (PCI DSS 10.2.1.4).
     pub denials: Arc<denials::DenialRecorder>,
+    /// The appliance's own verification of its log (readiness, metrics).
+    pub self_verify: Arc<crate::selfverify::SelfVerifyState>,
+    /// Alert conditions and webhook delivery (metrics).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 /// The router of the mTLS listener.

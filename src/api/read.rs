@@ -141,6 +141,19 @@ pub(super) async fn ready(
     peer: Option<Extension<Peer>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    // Self-verification (issue 12): the last pass failed — the log does not verify. Ingest goes on.
+    if let Some(f) = state.self_verify.failure() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "self_verification_failed",
+            format!(
+                "the appliance's own verification of its log failed: {}; run `anchorlog verify --db` and \
+                 investigate (ingest continues; ready again after a pass succeeds)",
+                f.message
+            ),
+        )
+        .with_detail(crate::selfverify::not_ready_detail(&f)));
+    }
     let m = &state.metrics;
     let committed = *state.appender.committed().borrow();
     let sealed = m.sealed_tree_size.load(Ordering::Relaxed);
@@ -155,6 +168,7 @@ pub(super) async fn ready(
         "untimestamped_heads": m.untimestamped().map(|(n, _)| n),
         "oldest_untimestamped_age_s": m.untimestamped().and_then(|(_, age)| age),
         "timestamp_failures": m.timestamp_failures.load(Ordering::Relaxed),
+        "self_verify": state.self_verify.readiness(),
     })))
 }
 
@@ -164,8 +178,10 @@ pub(super) async fn metrics(
 ) -> Result<Response, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let committed = *state.appender.committed().borrow();
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed))
-        .into_response())
+    let mut text = state.metrics.render(committed);
+    state.self_verify.render_metrics(&mut text);
+    state.alerts.render_metrics(&mut text);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 pub(super) async fn receipt(
