@@ -388,7 +388,8 @@ async fn bench_startup_time_on_large_logs() {
 
 async fn startup_on_a_log_of(n: u64) {
     const BLOCK: u64 = 10_000;
-    let mut a = Appliance::prepare(Options { record_appliance_events: true, ..Options::default() });
+    let origin = common::ORIGIN.to_string();
+    let mut a = Appliance::prepare(Options { record_appliance_events: true, origin, ..Options::default() });
     // No search database to rebuild (it is derived data a real appliance keeps in step); the full pass is
     // what runs in the background.
     a.options.extra_config = "[search]\nenabled = false\n".into();

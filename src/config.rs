@@ -1061,6 +1061,31 @@ identities = ["dns:idp.example.org"]
     }
 
     #[test]
+    fn self_verification_and_alerts_have_defaults_and_named_errors() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!((c.self_verify.interval_s, c.self_verify.full_every_s), (3_600, 604_800));
+        assert_eq!((c.alerting.outage_threshold_s, c.alerting.min_free_disk_percent), (300, 5));
+        assert!(c.alerts.is_empty());
+        let ok = format!(
+            "{MINIMAL}\n[self_verify]\ninterval_s = 1\nfull_every_s = 1\n[[alert]]\nurl = \"http://127.0.0.1:9/h\"\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!((c.alerts.len(), c.alerts[0].timeout_ms), (1, 5_000));
+        for (extra, key) in [
+            ("[self_verify]\ninterval_s = 0\n", "self_verify.interval_s"),
+            ("[self_verify]\ninterval_s = 60\nfull_every_s = 30\n", "self_verify.full_every_s"),
+            ("[alerting]\nmin_free_disk_percent = 101\n", "alerting.min_free_disk_percent"),
+            ("[alerting]\noutage_threshold_s = 0\n", "alerting.outage_threshold_s"),
+            ("[[alert]]\nurl = \"ftp://x/\"\n", "alert[0].url"),
+            ("[[alert]]\nurl = \"https://alerts.example.org/h\"\n", "alert[0].ca_file"),
+            ("[[alert]]\nurl = \"http://x/\"\ntimeout_ms = 10\n", "alert[0].timeout_ms"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}\n{extra}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_rejected_and_named() {
         let text = MINIMAL.replace("[storage]", "[storage]\ndatabse = \"x\"");
         let err = Config::parse(&text).unwrap_err().to_string();
