@@ -339,6 +339,52 @@ async fn a_restart_resumes_from_the_last_self_verified_head_and_the_background_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_self_verification_record_in_the_unsealed_tail_does_not_move_the_start() {
+    let origin = common::ORIGIN.to_string();
+    let mut a = Appliance::prepare(Options { record_appliance_events: true, origin, ..Options::default() });
+    a.options.extra_config = "[self_verify]\ninterval_s = 1\n".into();
+    a.spawn().unwrap();
+    post_concurrently(&a, 5, 1).await;
+    let (genuine, _) = sealed_self_verify_record(&a).await;
+    post_concurrently(&a, 5, 1).await;
+    assert!(a.sigterm().success());
+    // Root alters a producer's event after the genuine record's head …
+    let victim = {
+        let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
+        c.query_row(
+            "SELECT min(seq) FROM events WHERE seq > ?1 AND producer = 'producer-1'",
+            [genuine as i64],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as u64
+    };
+    set_body(&a, victim, br#"{"type":"LOGIN","user":"mallory"}"#);
+    // … and appends a perfect self-verification record naming the last head, to make the start skip it.
+    let last = {
+        let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
+        anchorlog::store::last_head(&c).unwrap().unwrap()
+    };
+    let soft = common::TestKey::new(1);
+    let mut b = common::LogBuilder::create(&a.db_path(), &soft);
+    let size = anchorlog::store::event_count(&b.conn).unwrap();
+    b.frontier = anchorlog::store::tree::load_frontier(&b.conn, size).unwrap();
+    use base64::Engine as _;
+    let body = json!({"type": "anchorlog.self_verify", "scope": "full", "from_height": null, "height": last.height,
+                      "tree_size": last.tree_size, "root": base64::engine::general_purpose::STANDARD.encode(last.root),
+                      "events": last.tree_size, "duration_ms": 1});
+    let id = format!("self_verify:{:020}:full", last.height);
+    let forged = b.appliance_record(body.to_string().as_bytes(), anchorlog::store::now_ns(), Some(&id));
+    drop(b);
+    // Not under any signature: the start resumes from the genuine record and finds the altered row.
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3"), "{err}");
+    assert!(
+        err.contains(&format!("event seq {victim}: body does not match")),
+        "forged record at {forged}: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tsa_outage_past_the_threshold_is_alerted_once_and_resolved_when_tokens_flow_again() {
     let receiver = Receiver::start().await;
     let mut tsa = LocalTsa::create(&[]); // not started: nothing listens on its port

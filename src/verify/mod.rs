@@ -410,6 +410,9 @@ pub struct Start {
     pub prev_time_ms: i64,
     /// The anchor head's TPM counter, if it carries one (the next head's must be greater).
     pub prev_counter: Option<HeadCounter>,
+    /// The seq of a clean stop record that is the last event before the walk, if it is one (the walk's first
+    /// event must then be a start record, as in a walk from genesis; `None` when unknown, e.g. in a bundle).
+    pub stopped_at: Option<u64>,
 }
 
 impl Start {
@@ -421,6 +424,7 @@ impl Start {
             prev_hash: [0; 32],
             prev_time_ms: i64::MIN,
             prev_counter: None,
+            stopped_at: None,
         }
     }
 }
@@ -623,7 +627,7 @@ pub fn walk(
 ) -> Result<Report, VerifyError> {
     let first_seq = start.frontier.size();
     let mut checker = HeadChecker::new(key, opts.origin, heads, &start);
-    let mut records = RecordTracker::default();
+    let mut records = RecordTracker::after_stop(start.stopped_at);
     let mut report = Report {
         key_id: key.key_id.clone(),
         frontier_at_last_head: start.frontier.clone(),

@@ -175,6 +175,11 @@ pub(crate) struct RecordTracker {
 }
 
 impl RecordTracker {
+    /// A tracker for a walk whose previous event is the clean stop record at `stop_seq`, if any.
+    pub fn after_stop(stop_seq: Option<u64>) -> RecordTracker {
+        RecordTracker { stopped_at: stop_seq, ..RecordTracker::default() }
+    }
+
     /// An event at `seq` with an erased payload whose erasure row names the record `erasure_seq`.
     pub fn erased(&mut self, seq: u64, erasure_seq: Option<u64>) -> Result<(), Failure> {
         let Some(e) = erasure_seq.filter(|e| *e > seq) else {

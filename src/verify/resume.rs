@@ -208,14 +208,34 @@ fn anchor_start(
     let Some(frontier) = frontier else {
         return Err(Failure::NodeStoreMismatch { height, tree_size: head.tree_size }.into());
     };
+    let stopped_at = last_event_is_stop(conn, &head)?;
     let start = Start {
         frontier,
         next_height: height + 1,
         prev_hash: Checkpoint::text_hash(&head.checkpoint),
         prev_time_ms: cp.time_ms,
         prev_counter: cp.counter,
+        stopped_at,
     };
     Ok((start, head))
+}
+
+/// The seq of the anchor head's last event if that event is a clean stop record (checked, and proven in the
+/// head's tree from the stored nodes): a walk from genesis would then accept only a start record next, and a
+/// resumed one must too — rows appended to a stopped log right after the head that sealed its stop record.
+fn last_event_is_stop(conn: &Connection, head: &StoredHead) -> Result<Option<u64>, VerifyError> {
+    let Some(seq) = head.tree_size.checked_sub(1) else { return Ok(None) };
+    let ev = store::event(conn, seq)?.ok_or(Failure::EventMissing { seq })?;
+    let (facts, _) = super::check_event(&ev)?;
+    let proof = store::tree::inclusion_proof(conn, seq, head.tree_size).ok();
+    let proven = proof.is_some_and(|p| {
+        crate::ledger::merkle::verify_inclusion(seq, head.tree_size, &ev.leaf_hash, &p, &head.root).is_ok()
+    });
+    if !proven {
+        return Err(Failure::NodeStoreMismatch { height: head.height, tree_size: head.tree_size }.into());
+    }
+    let own = super::OwnRecord::of(facts.appliance, ev.body.as_deref());
+    Ok((own == Some(super::OwnRecord::Stop)).then_some(seq))
 }
 
 /// Checks that head `record.height` is the head the record names (tree size and root): a record is the
@@ -450,6 +470,26 @@ mod tests {
             matches!(err, VerifyError::Invalid(Failure::PayloadMismatch { seq }) if seq == forged),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rows_after_a_stop_record_that_ends_the_anchor_head_fail_the_resumed_walk_as_a_full_one() {
+        let mut log = Log::new();
+        log.head();
+        log.events(4);
+        let stop =
+            log.event(true, br#"{"type":"anchorlog.stop","start_seq":0,"reason":"shutdown signal"}"#, None);
+        let h1 = log.head();
+        // Appended while stopped, and sealed with the HSM (root can use it): a start resumed after head 1 must
+        // still refuse it.
+        log.events(2);
+        log.head();
+        let c = log.reader();
+        let expected = Failure::WrittenWhileStopped { seq: stop + 1, stop_seq: stop };
+        for after in [None, Some(h1.height)] {
+            let err = verify_database_after(&c, &log.key, after, opts()).unwrap_err();
+            assert!(matches!(&err, VerifyError::Invalid(f) if *f == expected), "{after:?}: {err}");
+        }
     }
 
     #[test]
