@@ -440,6 +440,7 @@ async fn startup_on_a_log_of(n: u64) {
     // what runs in the background.
     a.options.extra_config = "[search]\nenabled = false\n".into();
     let built = Instant::now();
+    eprintln!("building {n} events in {}", a.db_path().display());
     {
         std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
         let settings = anchorlog::signer::pkcs11::Pkcs11Settings {

@@ -578,6 +578,28 @@ mod tests {
         assert!(m.contains("\nanchorlog_alert_attempts_failed_total 2\n"), "{m}");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_that_never_answers_never_blocks_the_caller_and_a_full_queue_drops() {
+        // Accepts connections (the kernel's backlog) but never reads or answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let target = AlertTarget {
+            url: WebhookUrl::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
+            secret: None,
+            tls: None,
+            timeout: Duration::from_secs(30),
+        };
+        let alerts = Alerts::start("anchorlog.test/alerts", vec![target]);
+        // Raising is a queue push: a blocking send would hang here (each delivery waits 30 s), not return.
+        for i in 0..(ALERT_QUEUE + 10) {
+            alerts.raise(AlertKind::DiskNearlyFull, &format!("disk-{i}"), "nearly full", json!({}));
+        }
+        let dropped = alerts.counters.dropped.load(Ordering::Relaxed);
+        // The delivery task holds one message; the queue holds ALERT_QUEUE; the rest are dropped.
+        assert!((9..=10).contains(&dropped), "{dropped}");
+        drop(silent);
+    }
+
     #[test]
     fn free_space_is_read_from_the_file_system() {
         let dir = tempfile::tempdir().unwrap();
