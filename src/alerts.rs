@@ -433,6 +433,7 @@ pub fn free_percent(path: &Path) -> std::io::Result<f64> {
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `statvfs` is a plain C struct of integers, for which all-zero bytes are a valid value.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs for the call's duration.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {

@@ -1,8 +1,10 @@
 //! `anchorlog serve`: wires storage, signer, writer, sealer and the mTLS listener, and shuts down in order.
 //!
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
+//! after the last self-verified head — all of them when the log has no usable `anchorlog.self_verify` record —
 //! against the signer's public key, and that the last head reaches the TPM's monotonic counter; refuse to serve
-//! on any mismatch) → start the writer and the sealer → accept.
+//! on any mismatch) → start the writer and the sealer → accept. The self-verification thread re-verifies the
+//! log in the background (the whole of it right away when the start resumed from a point; `selfverify`).
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
 //! previous run ended) before the first request is accepted. While it runs, the sealer and the timestamper
