@@ -384,6 +384,40 @@ async fn a_forged_self_verification_record_in_the_unsealed_tail_does_not_move_th
     );
 }
 
+#[cfg(feature = "tpm")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_start_on_a_tpm_continues_the_counter_and_still_refuses_an_older_copy() {
+    let options =
+        Options { signer: harness::TestSigner::Tpm, record_appliance_events: true, ..Options::default() };
+    let mut a = Appliance::prepare(options);
+    a.options.extra_config = "[self_verify]\ninterval_s = 1\n".into();
+    a.spawn().unwrap();
+    post_concurrently(&a, 5, 1).await;
+    sealed_self_verify_record(&a).await;
+    assert!(a.sigterm().success());
+    let older = a.copy_db("older.db");
+    // A resumed start: the chain and the counter continue from the stored heads.
+    a.spawn().unwrap();
+    let log = a.server_log();
+    assert!(log.contains("start-up verification resumed from the last self-verified head"), "{log}");
+    assert!(log.contains("TPM counter check passed"), "{log}");
+    post_concurrently(&a, 3, 1).await;
+    let before = self_verify_records(&a).len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while self_verify_records(&a).len() <= before {
+        assert!(Instant::now() < deadline, "a new self-verification record within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(a.sigterm().success());
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+    // The older copy — which has its own self-verification record — is still refused by the counter.
+    a.restore_db(&older);
+    let err = a.spawn().unwrap_err();
+    assert!(err.starts_with("exit status: 3: "), "{err}");
+    assert!(err.contains("the database was rolled back or truncated"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tsa_outage_past_the_threshold_is_alerted_once_and_resolved_when_tokens_flow_again() {
     let receiver = Receiver::start().await;

@@ -203,6 +203,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_outage_past_the_threshold_is_alerted_once_and_resolved_at_its_end() {
+        let alerts = Alerts::disabled("o");
+        let mut r = OutageRecorder::new("sealing", None);
+        r.set_alert(OutageAlert { alerts: alerts.clone(), threshold: Duration::from_secs(3600) });
+        r.failed("CKR_DEVICE_REMOVED").await;
+        assert!(!alerts.is_raised(AlertKind::SignerOutage, "sealing"), "not yet past the threshold");
+        r.succeeded().await;
+        r.set_alert(OutageAlert { alerts: alerts.clone(), threshold: Duration::ZERO });
+        r.failed("CKR_DEVICE_REMOVED").await;
+        assert!(alerts.is_raised(AlertKind::SignerOutage, "sealing"));
+        r.failed("CKR_DEVICE_REMOVED").await;
+        r.succeeded().await;
+        assert!(!alerts.is_raised(AlertKind::SignerOutage, "sealing"), "resolved at the outage's end");
+    }
+
+    #[tokio::test]
     async fn without_a_sink_the_outage_state_is_still_followed() {
         let mut r = OutageRecorder::new("tsa", None);
         r.failed("timeout").await;
