@@ -355,7 +355,7 @@ async fn readyz_says_the_disk_is_nearly_full() {
     let port = tsa_local::free_port();
     let a = Appliance::start_with(Options {
         // Any real filesystem has less than 100 % free.
-        extra_config: "[readiness]\nmin_free_disk_percent = 100\n".into(),
+        extra_config: "[alerting]\nmin_free_disk_percent = 100\n".into(),
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         ..Options::default()
     });

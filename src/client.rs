@@ -130,6 +130,29 @@ impl Connection {
         Ok(Response { status, content_type, body })
     }
 
+    /// Sends one request and returns the status, reading at most `max_body` bytes of the answer (the rest is
+    /// left unread and the connection should be dropped): for receivers whose answer is not used (alerts).
+    pub async fn request_status(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        max_body: usize,
+    ) -> Result<u16, ClientError> {
+        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        // Drain a small answer so a keep-alive peer is not cut off mid-write; never more than `max_body`.
+        let _ = http_body_util::Limited::new(resp.into_body(), max_body).collect().await;
+        Ok(status)
+    }
+
     /// `GET path`.
     pub async fn get(&mut self, path: &str) -> Result<Response, ClientError> {
         self.request("GET", path, &[], Vec::new()).await

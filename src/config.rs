@@ -88,13 +88,23 @@ pub struct Config {
     /// When `/readyz` turns 503 (`[readiness]`).
     #[serde(default)]
     pub readiness: ReadinessConfig,
+    /// The appliance's own verification of its log while it runs.
+    #[serde(default)]
+    pub self_verify: SelfVerifyConfig,
+    /// Thresholds of the alerts.
+    #[serde(default)]
+    pub alerting: AlertingConfig,
+    /// Webhooks that receive alerts (none: alerts are only logged).
+    #[serde(default, rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
     /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
     pub text_sha256: String,
 }
 
-/// `[readiness]`: thresholds of `/readyz`.
+/// `[readiness]`: thresholds of `/readyz` (the disk threshold is `[alerting] min_free_disk_percent`: one
+/// condition, an alert and a 503).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReadinessConfig {
@@ -106,10 +116,6 @@ pub struct ReadinessConfig {
     /// `cosignatures_overdue`.
     #[serde(default = "default_max_uncosigned_age_s")]
     pub max_uncosigned_age_s: u64,
-    /// Below this share of free space (percent) on the database's filesystem `/readyz` says `disk_nearly_full`;
-    /// 0 turns the check off.
-    #[serde(default = "default_min_free_disk_percent")]
-    pub min_free_disk_percent: u8,
 }
 
 impl Default for ReadinessConfig {
@@ -117,7 +123,72 @@ impl Default for ReadinessConfig {
         ReadinessConfig {
             max_untimestamped_age_s: DEFAULT_MAX_UNTIMESTAMPED_AGE_S,
             max_uncosigned_age_s: DEFAULT_MAX_UNCOSIGNED_AGE_S,
+        }
+    }
+}
+
+/// Default interval between incremental self-verification passes, in seconds.
+pub const DEFAULT_SELF_VERIFY_INTERVAL_S: u64 = 3_600;
+/// Default interval between full self-verification passes (the whole log from genesis), in seconds.
+pub const DEFAULT_SELF_VERIFY_FULL_EVERY_S: u64 = 604_800;
+/// Default time a signer, TSA or witness outage lasts before it is alerted, in seconds.
+pub const DEFAULT_OUTAGE_THRESHOLD_S: u64 = 300;
+/// Default free space (percent of the database's file system) below which the disk is alerted as nearly full.
+pub const DEFAULT_MIN_FREE_DISK_PERCENT: u8 = 5;
+/// Default interval between free-space checks, in seconds.
+pub const DEFAULT_DISK_CHECK_INTERVAL_S: u64 = 60;
+/// Default time one webhook delivery may take, in milliseconds.
+pub const DEFAULT_ALERT_TIMEOUT_MS: u64 = 5_000;
+
+/// `[self_verify]`: the appliance re-verifies its own log on a low-priority thread (docs/FORMAT.md §18).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelfVerifyConfig {
+    /// Verify what was sealed since the last pass this often (seconds).
+    #[serde(default = "default_self_verify_interval_s")]
+    pub interval_s: u64,
+    /// Verify the whole log from genesis this often (seconds); also right after a start that resumed from a
+    /// self-verified point.
+    #[serde(default = "default_self_verify_full_every_s")]
+    pub full_every_s: u64,
+}
+
+impl Default for SelfVerifyConfig {
+    fn default() -> Self {
+        Self { interval_s: DEFAULT_SELF_VERIFY_INTERVAL_S, full_every_s: DEFAULT_SELF_VERIFY_FULL_EVERY_S }
+    }
+}
+
+fn default_self_verify_interval_s() -> u64 {
+    DEFAULT_SELF_VERIFY_INTERVAL_S
+}
+fn default_self_verify_full_every_s() -> u64 {
+    DEFAULT_SELF_VERIFY_FULL_EVERY_S
+}
+
+/// `[alerting]`: when conditions become alerts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertingConfig {
+    /// A signer, TSA or witness outage is alerted once it has lasted this long (seconds; checked at each
+    /// failed attempt).
+    #[serde(default = "default_outage_threshold_s")]
+    pub outage_threshold_s: u64,
+    /// The disk is alerted as nearly full below this much free space (percent of the file system holding the
+    /// database; 0 turns the check off).
+    #[serde(default = "default_min_free_disk_percent")]
+    pub min_free_disk_percent: u8,
+    /// Free space is checked this often (seconds).
+    #[serde(default = "default_disk_check_interval_s")]
+    pub disk_check_interval_s: u64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            outage_threshold_s: DEFAULT_OUTAGE_THRESHOLD_S,
             min_free_disk_percent: DEFAULT_MIN_FREE_DISK_PERCENT,
+            disk_check_interval_s: DEFAULT_DISK_CHECK_INTERVAL_S,
         }
     }
 }
@@ -126,8 +197,6 @@ impl Default for ReadinessConfig {
 pub const DEFAULT_MAX_UNTIMESTAMPED_AGE_S: u64 = 600;
 /// Default of `readiness.max_uncosigned_age_s`: 10 minutes.
 pub const DEFAULT_MAX_UNCOSIGNED_AGE_S: u64 = 600;
-/// Default of `readiness.min_free_disk_percent`.
-pub const DEFAULT_MIN_FREE_DISK_PERCENT: u8 = 5;
 
 fn default_max_untimestamped_age_s() -> u64 {
     DEFAULT_MAX_UNTIMESTAMPED_AGE_S
@@ -135,8 +204,35 @@ fn default_max_untimestamped_age_s() -> u64 {
 fn default_max_uncosigned_age_s() -> u64 {
     DEFAULT_MAX_UNCOSIGNED_AGE_S
 }
+fn default_outage_threshold_s() -> u64 {
+    DEFAULT_OUTAGE_THRESHOLD_S
+}
 fn default_min_free_disk_percent() -> u8 {
     DEFAULT_MIN_FREE_DISK_PERCENT
+}
+fn default_disk_check_interval_s() -> u64 {
+    DEFAULT_DISK_CHECK_INTERVAL_S
+}
+
+/// One `[[alert]]`: a webhook that receives alert messages (JSON POST).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// File holding the HMAC-SHA256 key (mode 0600): requests then carry `X-Anchorlog-Signature`.
+    #[serde(default)]
+    pub hmac_secret_file: Option<PathBuf>,
+    /// PEM CA certificates the receiver's certificate must chain to (required for `https://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Time one delivery may take (milliseconds).
+    #[serde(default = "default_alert_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_alert_timeout_ms() -> u64 {
+    DEFAULT_ALERT_TIMEOUT_MS
 }
 
 /// `[search]`: the normalized search fields (`<database>.search.db`, kept by the indexer thread).
@@ -689,6 +785,7 @@ impl Config {
         self.validate_principals()?;
         self.validate_timestamping()?;
         self.validate_witnessing()?;
+        self.validate_alerting()?;
         self.validate_sources()
     }
 
@@ -775,6 +872,44 @@ impl Config {
                 "witnessing.retry_max_ms",
                 "expected retry_initial_ms..=3600000 milliseconds",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_alerting(&self) -> Result<(), ConfigError> {
+        let v = &self.self_verify;
+        if v.interval_s == 0 || v.interval_s > 86_400 {
+            return Err(invalid("self_verify.interval_s", "expected 1..=86400 seconds"));
+        }
+        if v.full_every_s < v.interval_s || v.full_every_s > 31_536_000 {
+            return Err(invalid("self_verify.full_every_s", "expected interval_s..=31536000 seconds"));
+        }
+        let a = &self.alerting;
+        if a.outage_threshold_s == 0 || a.outage_threshold_s > 86_400 {
+            return Err(invalid("alerting.outage_threshold_s", "expected 1..=86400 seconds"));
+        }
+        if a.min_free_disk_percent > 100 {
+            return Err(invalid("alerting.min_free_disk_percent", "expected 0..=100"));
+        }
+        if a.disk_check_interval_s == 0 || a.disk_check_interval_s > 86_400 {
+            return Err(invalid("alerting.disk_check_interval_s", "expected 1..=86400 seconds"));
+        }
+        for (i, w) in self.alerts.iter().enumerate() {
+            let key = format!("alert[{i}]");
+            #[cfg(feature = "server")]
+            {
+                let tls = crate::alerts::check_url(&w.url).map_err(|p| invalid(&format!("{key}.url"), p))?;
+                if tls && w.ca_file.is_none() {
+                    return Err(invalid(
+                        &format!("{key}.ca_file"),
+                        "required for an https:// webhook: the CA certificates its certificate chains to \
+                         (/etc/ssl/certs/ca-certificates.crt for a public service)",
+                    ));
+                }
+            }
+            if w.timeout_ms < 100 || w.timeout_ms > 60_000 {
+                return Err(invalid(&format!("{key}.timeout_ms"), "expected 100..=60000 milliseconds"));
+            }
         }
         Ok(())
     }
@@ -1140,6 +1275,31 @@ identities = ["dns:idp.example.org"]
         assert!(!c.search.enabled);
         let err = Config::parse(&format!("{MINIMAL}\n[search]\nenable = false\n")).unwrap_err().to_string();
         assert!(err.contains("unknown field `enable`"), "{err}");
+    }
+
+    #[test]
+    fn self_verification_and_alerts_have_defaults_and_named_errors() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!((c.self_verify.interval_s, c.self_verify.full_every_s), (3_600, 604_800));
+        assert_eq!((c.alerting.outage_threshold_s, c.alerting.min_free_disk_percent), (300, 5));
+        assert!(c.alerts.is_empty());
+        let ok = format!(
+            "{MINIMAL}\n[self_verify]\ninterval_s = 1\nfull_every_s = 1\n[[alert]]\nurl = \"http://127.0.0.1:9/h\"\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!((c.alerts.len(), c.alerts[0].timeout_ms), (1, 5_000));
+        for (extra, key) in [
+            ("[self_verify]\ninterval_s = 0\n", "self_verify.interval_s"),
+            ("[self_verify]\ninterval_s = 60\nfull_every_s = 30\n", "self_verify.full_every_s"),
+            ("[alerting]\nmin_free_disk_percent = 101\n", "alerting.min_free_disk_percent"),
+            ("[alerting]\noutage_threshold_s = 0\n", "alerting.outage_threshold_s"),
+            ("[[alert]]\nurl = \"ftp://x/\"\n", "alert[0].url"),
+            ("[[alert]]\nurl = \"https://alerts.example.org/h\"\n", "alert[0].ca_file"),
+            ("[[alert]]\nurl = \"http://x/\"\ntimeout_ms = 10\n", "alert[0].timeout_ms"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}\n{extra}")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -36,6 +36,9 @@
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
 //! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
+//! | [`verify::resume`] | resuming a walk after a self-verified head (start-up, self-verification) |
+//! | `selfverify` | start-up from the last self-verified point; the low-priority re-verification thread; its state |
+//! | `alerts` | `[[alert]]` webhooks: queued, signed, retried; outage and free-disk conditions |
 //! | `systemd` | `Type=notify`: READY, STATUS, a watchdog gated on the sealer's progress, STOPPING |
 //! | `dev` | `anchorlog dev`: SoftHSM token, certificates, config on first run |
 //! | `dev_tpm` | `anchorlog dev --signer tpm`: swtpm under the state directory, key provisioned once |
@@ -65,6 +68,8 @@ pub mod tsa;
 pub mod verify;
 
 #[cfg(feature = "server")]
+pub mod alerts;
+#[cfg(feature = "server")]
 pub mod api;
 #[cfg(feature = "server")]
 pub mod bench;
@@ -82,6 +87,8 @@ pub mod monitor;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod readiness;
+#[cfg(feature = "server")]
+pub mod selfverify;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

@@ -23,6 +23,9 @@ pub enum PreflightError {
     /// A TSA CA file.
     #[error(transparent)]
     Timestamping(#[from] TimestamperError),
+    /// An `[[alert]]` webhook's secret or CA file.
+    #[error(transparent)]
+    Alert(#[from] crate::alerts::AlertError),
     /// The database exists but is not this log's (origin, schema).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -38,6 +41,8 @@ pub struct Loaded {
     pub sources: SourceRegistry,
     /// The TSAs, or `None` when timestamping is off.
     pub timestamping: Option<TimestamperSettings>,
+    /// The `[[alert]]` webhooks.
+    pub alerts: Vec<crate::alerts::AlertTarget>,
 }
 
 /// Loads and checks every file the configuration names (not the signer device: the caller opens it; its PIN
@@ -52,7 +57,13 @@ pub fn load(config: &Config) -> Result<Loaded, PreflightError> {
     };
     let sources = SourceRegistry::load(&config.sources)?;
     let timestamping = TimestamperSettings::from_config(config)?;
-    Ok(Loaded { tls, source_tls, sources, timestamping })
+    let alerts = config
+        .alerts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| crate::alerts::AlertTarget::load(i, c))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Loaded { tls, source_tls, sources, timestamping, alerts })
 }
 
 /// The signer's secret file (PKCS#11 PIN, TPM auth value): present, not empty, not readable by others.

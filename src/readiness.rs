@@ -27,6 +27,8 @@ pub struct Readiness {
     pub seal_interval: Duration,
     /// `[readiness]`.
     pub limits: ReadinessConfig,
+    /// `[alerting] min_free_disk_percent`: one threshold for the alert and for readiness (0: off).
+    pub min_free_disk_percent: u8,
     /// The directory of the database (its filesystem's free space).
     pub database_dir: PathBuf,
 }
@@ -98,14 +100,14 @@ impl Readiness {
             });
         }
         if let Some(free) = self.free_disk_percent() {
-            if self.limits.min_free_disk_percent > 0 && free < f64::from(self.limits.min_free_disk_percent) {
+            if self.min_free_disk_percent > 0 && free < f64::from(self.min_free_disk_percent) {
                 out.push(Reason {
                     code: "disk_nearly_full",
                     message: format!(
-                        "{free:.1} % free on the database's filesystem ({}), below readiness.min_free_disk_percent \
+                        "{free:.1} % free on the database's filesystem ({}), below alerting.min_free_disk_percent \
                          = {}",
                         self.database_dir.display(),
-                        self.limits.min_free_disk_percent
+                        self.min_free_disk_percent
                     ),
                 });
             }

@@ -1,8 +1,10 @@
 //! `anchorlog serve`: wires storage, signer, writer, sealer and the mTLS listener, and shuts down in order.
 //!
 //! Start: open the signer (its own thread) → open/create the database → reconcile (verify every event and head
+//! after the last self-verified head — all of them when the log has no usable `anchorlog.self_verify` record —
 //! against the signer's public key, and that the last head reaches the TPM's monotonic counter; refuse to serve
-//! on any mismatch) → start the writer and the sealer → accept.
+//! on any mismatch) → start the writer and the sealer → accept. The self-verification thread re-verifies the
+//! log in the background (the whole of it right away when the start resumed from a point; `selfverify`).
 //! The timestamper runs beside the sealer when `[[tsa]]` is configured, the cosigner when `[[witness]]` is.
 //! Then the start is recorded in the log (`anchorlog.start`: version, configuration digest, signer, how the
 //! previous run ended) before the first request is accepted. While it runs, the sealer and the timestamper
@@ -158,6 +160,9 @@ pub struct Service {
     tls: Arc<rustls::ServerConfig>,
     source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
+    // Self-verification and alerts (issue 12): where the background verifier continues, the webhooks.
+    resume: crate::selfverify::Resume,
+    alert_targets: Vec<crate::alerts::AlertTarget>,
 }
 
 impl Service {
@@ -188,7 +193,7 @@ impl Service {
         let pem = crate::bundle::export::public_key_pem(signer.public_key())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
         store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
-        let chain = reconcile(&config, &signer).await?;
+        let (chain, resume) = reconcile(&config, &signer).await?;
         let previous_run = {
             let last = store::last_event(&writer_conn)?;
             PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
@@ -227,6 +232,8 @@ impl Service {
             timestamping,
             witnessing,
             previous_run,
+            resume,
+            alert_targets: loaded.alerts,
         })
     }
 
@@ -261,6 +268,8 @@ impl Service {
             timestamping,
             witnessing,
             previous_run,
+            resume,
+            alert_targets,
         } = self;
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
@@ -291,6 +300,11 @@ impl Service {
             None
         };
         let metrics = Arc::new(Metrics::new());
+        let alerts = crate::alerts::Alerts::start(&config.origin, alert_targets);
+        let outage_alert = || crate::ledger::outage::OutageAlert {
+            alerts: alerts.clone(),
+            threshold: Duration::from_secs(config.alerting.outage_threshold_s),
+        };
         let reads = Arc::new(ReadPool::new(&db));
         let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -311,6 +325,7 @@ impl Service {
         let gate = LifecycleGate::default();
         let sealer =
             if config.server.record_appliance_events { sealer.record_outages(gate.clone()) } else { sealer };
+        let sealer = sealer.alert_outages(outage_alert());
         let sealed_height = sealer.sealed_height();
         let sealer_task = tokio::spawn(sealer.run(stop_rx));
         // The timestamper stops after the sealer, so the final head gets its token too.
@@ -318,6 +333,7 @@ impl Service {
         let timestamper_task = timestamping.map(|settings| {
             let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
             let t = if config.server.record_appliance_events { t.record_outages(gate.clone()) } else { t };
+            let t = t.alert_outages(outage_alert());
             tokio::spawn(t.run(sealed_height.clone(), ts_stop_rx.clone()))
         });
         // The cosigner too: the final head is submitted to the witnesses.
@@ -331,6 +347,7 @@ impl Service {
                 config.origin.clone(),
             );
             let c = if config.server.record_appliance_events { c.record_events(gate.clone()) } else { c };
+            let c = c.alert_outages(outage_alert());
             tokio::spawn(c.run(sealed_height, ts_stop_rx))
         });
         let denials = Arc::new(DenialRecorder::new(
@@ -338,6 +355,32 @@ impl Service {
             metrics.clone(),
             config.server.record_appliance_events,
         ));
+        // Self-verification: a low-priority thread re-verifies the log; its state feeds /readyz and /metrics.
+        let self_verify = Arc::new(crate::selfverify::SelfVerifyState::default());
+        let verifier = crate::selfverify::SelfVerifier::new(
+            crate::selfverify::SelfVerifySettings {
+                db: db.clone(),
+                key: signer.public_key().clone(),
+                origin: config.origin.clone(),
+                interval: Duration::from_secs(config.self_verify.interval_s),
+                full_every: Duration::from_secs(config.self_verify.full_every_s),
+            },
+            self_verify.clone(),
+            alerts.clone(),
+            config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
+            resume,
+        )
+        .spawn()
+        .map_err(|e| ServeError::Internal(format!("cannot start the self-verification thread: {e}")))?;
+        if config.alerting.min_free_disk_percent > 0 {
+            tokio::spawn(crate::alerts::watch_disk(
+                alerts.clone(),
+                db.clone(),
+                config.alerting.min_free_disk_percent,
+                Duration::from_secs(config.alerting.disk_check_interval_s),
+                stop_tx.subscribe(),
+            ));
+        }
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -352,11 +395,14 @@ impl Service {
             readiness: crate::readiness::Readiness {
                 seal_interval: config.sealing.seal_interval(),
                 limits: config.readiness.clone(),
+                min_free_disk_percent: config.alerting.min_free_disk_percent,
                 database_dir: db
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .map_or_else(|| ".".into(), std::path::Path::to_path_buf),
             },
+            self_verify,
+            alerts,
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
@@ -414,6 +460,8 @@ impl Service {
         );
         // Every handler has finished: everything acknowledged is committed. Record the stop as the run's last
         // event (the next start reads it to tell a clean stop from a crash), seal it all, then stop the writer.
+        // The verifier goes first: it holds a writer handle, and a pass in progress ends within one batch.
+        let _ = tokio::task::spawn_blocking(move || verifier.stop()).await;
         if let Some(start_seq) = start_seq {
             gate.close().await;
             let stop = internal::internal_event(&internal::stop_body(start_seq, "shutdown signal"));
@@ -445,26 +493,23 @@ impl Service {
     }
 }
 
-/// Verifies the whole stored log against the signer's key and returns the state to continue the chain from.
-async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState, ServeError> {
+/// Verifies the stored log against the signer's key — from the last self-verified point when the log has one
+/// ([`crate::selfverify::verify_at_start`]), else all of it — and returns the state to continue the chain from
+/// and where the background verifier continues.
+async fn reconcile(
+    config: &Config,
+    signer: &SignerHandle,
+) -> Result<(ChainState, crate::selfverify::Resume), ServeError> {
     let db = config.storage.database.clone();
     let key = signer.public_key().clone();
     let origin = config.origin.clone();
     let started = std::time::Instant::now();
-    let result = tokio::task::spawn_blocking(move || {
-        let conn = store::open_reader(&db)?;
-        // An erasure record not sealed yet (a crash right after an erasure) is accepted here only: this start
-        // seals it next. Every auditor's verification requires it under a signed head.
-        let opts = verify::WalkOptions {
-            origin: Some(&origin),
-            allow_unsealed_erasure_records: true,
-            ..verify::WalkOptions::default()
-        };
-        verify::verify_database_with(&conn, &key, opts)
-    })
-    .await
-    .map_err(|e| ServeError::Internal(e.to_string()))?;
-    let report = match result {
+    // An erasure record not sealed yet (a crash right after an erasure) is accepted here only: this start seals
+    // it next. Every auditor's verification requires it under a signed head.
+    let result = tokio::task::spawn_blocking(move || crate::selfverify::verify_at_start(&db, &key, &origin))
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let verified = match result {
         Ok(r) => r,
         Err(verify::VerifyError::Invalid(failure)) => {
             return Err(ServeError::Reconciliation {
@@ -476,27 +521,30 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<ChainState,
         Err(verify::VerifyError::Store(e)) => return Err(e.into()),
         Err(e @ verify::VerifyError::Unreadable(_)) => return Err(ServeError::Internal(e.to_string())),
     };
+    let report = &verified.range.report;
+    let heads = verified.range.total_heads();
     tracing::info!(
         events = report.events,
         heads = report.heads,
+        from_height = verified.range.anchor.as_ref().map(|h| h.height),
         unsealed = report.unsealed_events,
         ms = started.elapsed().as_millis() as u64,
         "startup reconciliation passed"
     );
-    let last = report.last_checkpoint.as_deref().map(crate::ledger::head::Checkpoint::parse).transpose();
+    let last_head = verified.range.last_head.as_ref();
+    let last = last_head.map(|h| crate::ledger::head::Checkpoint::parse(&h.checkpoint)).transpose();
     let last = last.map_err(|e| ServeError::Internal(e.to_string()))?;
-    check_counter(config, signer, report.heads, last.as_ref()).await?;
-    Ok(ChainState {
-        frontier: report.frontier_at_last_head,
-        next_height: report.heads,
-        prev_hash: report
-            .last_checkpoint
-            .as_deref()
-            .map(crate::ledger::head::Checkpoint::text_hash)
+    check_counter(config, signer, heads, last.as_ref()).await?;
+    let chain = ChainState {
+        frontier: report.frontier_at_last_head.clone(),
+        next_height: heads,
+        prev_hash: last_head
+            .map(|h| crate::ledger::head::Checkpoint::text_hash(&h.checkpoint))
             .unwrap_or([0; 32]),
         last_time_ms: last.as_ref().map_or(0, |h| h.time_ms),
         last_counter: last.and_then(|h| h.counter).map(|c| c.value),
-    })
+    };
+    Ok((chain, crate::selfverify::Resume::after_start(&verified)))
 }
 
 /// The start-up half of the TPM counter (docs/TPM.md): the last head must carry a counter the TPM's has not

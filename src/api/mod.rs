@@ -52,6 +52,10 @@ pub struct AppState {
     pub denials: Arc<denials::DenialRecorder>,
     /// What `/readyz` checks.
     pub readiness: crate::readiness::Readiness,
+    /// The appliance's own verification of its log (readiness, metrics).
+    pub self_verify: Arc<crate::selfverify::SelfVerifyState>,
+    /// Alert conditions and webhook delivery (metrics).
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 /// The router of the mTLS listener.

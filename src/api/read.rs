@@ -190,7 +190,19 @@ fn ready_answer(state: &AppState) -> Response {
     let m = &state.metrics;
     let committed = *state.appender.committed().borrow();
     let sealed = m.sealed_tree_size.load(Ordering::Relaxed);
-    let reasons = state.readiness.reasons(m);
+    let mut reasons = state.readiness.reasons(m);
+    // The appliance's own verification of its log failed (the log does not verify): a human must look.
+    // Ingest goes on; ready again after a pass succeeds. The failure (seq or height) is in `self_verify`.
+    if let Some(f) = state.self_verify.failure() {
+        reasons.push(crate::readiness::Reason {
+            code: "self_verification_failed",
+            message: format!(
+                "the appliance's own verification of its log failed: {}; run `anchorlog verify --db` and \
+                 investigate (ingest continues; ready again after a pass succeeds)",
+                f.message
+            ),
+        });
+    }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if reasons.is_empty() { "ready" } else { "not_ready" },
@@ -211,6 +223,7 @@ fn ready_answer(state: &AppState) -> Response {
         "witness_refusals": m.witness_refusals.load(Ordering::Relaxed),
         "witnesses": m.witness_statuses(),
         "free_disk_percent": state.readiness.free_disk_percent(),
+        "self_verify": state.self_verify.readiness(),
     });
     (status, Json(body)).into_response()
 }
@@ -229,7 +242,10 @@ pub(super) async fn metrics_unauthenticated(State(state): State<Arc<AppState>>) 
 
 fn metrics_answer(state: &AppState) -> Response {
     let committed = *state.appender.committed().borrow();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(committed)).into_response()
+    let mut text = state.metrics.render(committed);
+    state.self_verify.render_metrics(&mut text);
+    state.alerts.render_metrics(&mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 pub(super) async fn receipt(

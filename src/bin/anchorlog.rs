@@ -1140,7 +1140,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let a = &r.appliance;
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
-         ({} ended), {} refused access, {} audit accesses, {} erasures, {} witness refusals",
+         ({} ended), {} refused access, {} audit accesses, {} erasures, {} witness refusals, {} self-verifications",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
@@ -1149,6 +1149,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         a.access_denied,
         a.audit_access,
         a.erasures,
-        a.witness_refusals
+        a.witness_refusals,
+        a.self_verifications
     );
 }

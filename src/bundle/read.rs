@@ -360,6 +360,7 @@ fn anchor_start(
         prev_hash: Checkpoint::text_hash(text),
         prev_time_ms: head.sealed_at_ms,
         prev_counter: cp.counter,
+        stopped_at: None,
     })
 }
 

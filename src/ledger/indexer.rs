@@ -127,7 +127,7 @@ impl IndexerHandle {
         let join = std::thread::Builder::new()
             .name("anchorlog-indexer".into())
             .spawn(move || {
-                lower_own_priority();
+                lower_own_priority("indexer");
                 run(search, ledger, until, rx, &guard.0);
             })
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
@@ -160,7 +160,8 @@ impl IndexerHandle {
 /// Puts the calling thread (only) in the `SCHED_IDLE` class: it runs when no normal thread wants the CPU.
 /// Ingest (writer, HTTP workers) then never waits for index maintenance on a busy machine; the backlog bound
 /// still stops the indexer from falling behind without limit.
-fn lower_own_priority() {
+pub(crate) fn lower_own_priority(who: &str) {
+    let _ = who;
     #[cfg(target_os = "linux")]
     {
         let param = libc::sched_param { sched_priority: 0 };
@@ -169,7 +170,8 @@ fn lower_own_priority() {
         if rc != 0 {
             tracing::warn!(
                 error = %std::io::Error::last_os_error(),
-                "indexer: cannot lower its CPU priority; it competes with ingest at normal priority"
+                who,
+                "cannot lower this thread's CPU priority; it competes with ingest at normal priority"
             );
         }
     }

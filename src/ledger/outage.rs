@@ -8,9 +8,11 @@
 //! appended under its read lock, and once the server has closed it (under the write lock, just before the stop
 //! record) none is appended any more.
 
-use crate::ledger::appender::AppenderHandle;
+use crate::alerts::{AlertKind, Alerts};
+use crate::ledger::appender::{AppendError, Appended, AppenderHandle, NewEvent};
 use crate::ledger::internal::{internal_event, outage_body, OutageState};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::RwLock;
 
 /// Whether the appliance may still append its own outage records; closed for good before the stop record.
@@ -24,21 +26,31 @@ impl LifecycleGate {
         *self.0.write().await = true;
     }
 
-    /// Appends one of the appliance's own records (outages, witness refusals) unless the gate is closed;
-    /// `Ok(false)` when it was closed (the stop record must stay the run's last event).
+    /// Appends one of the appliance's records unless the gate is closed (`None` then): outage records,
+    /// witness refusals, self-verification records — anything the appliance writes on its own between its start and stop records.
     pub async fn append(
         &self,
         appender: &AppenderHandle,
-        body: &serde_json::Value,
-    ) -> Result<bool, crate::ledger::appender::AppendError> {
+        event: NewEvent,
+    ) -> Option<Result<Vec<Appended>, AppendError>> {
         let closed = self.0.read().await;
         if *closed {
-            return Ok(false);
+            return None;
         }
-        appender.append(vec![internal_event(body)]).await?;
+        let done = appender.append(vec![event]).await;
         drop(closed);
-        Ok(true)
+        Some(done)
     }
+}
+
+/// Raises an alert once an outage has lasted `threshold` (checked at each failed attempt), and resolves it at
+/// the outage's end.
+#[derive(Clone)]
+pub struct OutageAlert {
+    /// Where alerts go.
+    pub alerts: Arc<Alerts>,
+    /// How long an outage lasts before it is alerted.
+    pub threshold: Duration,
 }
 
 /// Follows one component's successes and failures and records the start and end of each outage.
@@ -48,13 +60,25 @@ pub struct OutageRecorder {
     sink: Option<(AppenderHandle, LifecycleGate)>,
     /// When the current outage started (epoch ms), and how many attempts failed since.
     outage: Option<(i64, u64)>,
+    /// Alerts past a threshold, if configured.
+    alert: Option<OutageAlert>,
 }
 
 impl OutageRecorder {
     /// A recorder for `component` (`"signer"`, `"tsa"`) appending through `appender`, or recording nothing
     /// when `sink` is `None`.
     pub fn new(component: &'static str, sink: Option<(AppenderHandle, LifecycleGate)>) -> OutageRecorder {
-        OutageRecorder { component, sink, outage: None }
+        OutageRecorder { component, sink, outage: None, alert: None }
+    }
+
+    /// Records outages through `sink` from now on.
+    pub fn set_sink(&mut self, sink: (AppenderHandle, LifecycleGate)) {
+        self.sink = Some(sink);
+    }
+
+    /// Also alerts outages that last past the threshold (and their end).
+    pub fn set_alert(&mut self, alert: OutageAlert) {
+        self.alert = Some(alert);
     }
 
     /// Whether an outage is in progress.
@@ -64,38 +88,67 @@ impl OutageRecorder {
 
     /// An attempt failed with `error`: the first failure after a success starts an outage and is recorded.
     pub async fn failed(&mut self, error: &str) {
-        match &mut self.outage {
-            Some((_, failures)) => *failures += 1,
+        let since = match &mut self.outage {
+            Some((since, failures)) => {
+                *failures += 1;
+                *since
+            }
             None => {
                 let since = crate::store::now_ms();
                 self.outage = Some((since, 1));
                 self.record(OutageState::Started { error }, since).await;
+                since
             }
-        }
+        };
+        self.alert_if_long(since, error);
     }
 
     /// An attempt succeeded: an outage in progress ends and is recorded with its start and failure count.
     pub async fn succeeded(&mut self) {
         if let Some((since, failures)) = self.outage.take() {
             self.record(OutageState::Ended { failed_attempts: failures }, since).await;
+            if let (Some(a), Some(kind)) = (&self.alert, AlertKind::of_component(self.component)) {
+                let secs = (crate::store::now_ms() - since).max(0) / 1000;
+                let message =
+                    format!("{} works again after {secs} s and {failures} failed attempts", self.component);
+                a.alerts.resolve(kind, self.component, &message);
+            }
         }
+    }
+
+    fn alert_if_long(&self, since: i64, error: &str) {
+        let (Some(a), Some(kind)) = (&self.alert, AlertKind::of_component(self.component)) else { return };
+        let lasted_ms = (crate::store::now_ms() - since).max(0);
+        if u128::try_from(lasted_ms).unwrap_or(0) < a.threshold.as_millis() {
+            return;
+        }
+        let failures = self.outage.map_or(0, |(_, n)| n);
+        let message = format!(
+            "{} has been failing for {} s ({failures} failed attempts); last error: {error}",
+            self.component,
+            lasted_ms / 1000
+        );
+        let detail = serde_json::json!({"component": self.component, "since_ms": since,
+                                        "failed_attempts": failures, "error": error});
+        a.alerts.raise(kind, self.component, &message, detail);
     }
 
     async fn record(&self, state: OutageState<'_>, since_ms: i64) {
         let Some((appender, gate)) = &self.sink else { return };
-        match gate.append(appender, &outage_body(self.component, &state, since_ms)).await {
-            Ok(true) => tracing::info!(
+        let event = internal_event(&outage_body(self.component, &state, since_ms));
+        match gate.append(appender, event).await {
+            Some(Ok(_)) => tracing::info!(
                 component = self.component,
                 state = state.as_str(),
                 "outage recorded in the log"
             ),
-            Ok(false) => tracing::warn!(
+            Some(Err(e)) => {
+                tracing::error!(component = self.component, error = %e, "cannot record the outage in the log")
+            }
+            None => tracing::warn!(
                 component = self.component,
                 "stopping: outage change not recorded after the stop record"
             ),
-            Err(e) => {
-                tracing::error!(component = self.component, error = %e, "cannot record the outage in the log")
-            }
         }
     }
 }
@@ -148,6 +201,22 @@ mod tests {
                                "since_ms": since, "failed_attempts": 3})
         );
         assert_eq!((b[2]["state"].as_str(), b[2]["error"].as_str()), (Some("started"), Some("late")));
+    }
+
+    #[tokio::test]
+    async fn an_outage_past_the_threshold_is_alerted_once_and_resolved_at_its_end() {
+        let alerts = Alerts::disabled("o");
+        let mut r = OutageRecorder::new("sealing", None);
+        r.set_alert(OutageAlert { alerts: alerts.clone(), threshold: Duration::from_secs(3600) });
+        r.failed("CKR_DEVICE_REMOVED").await;
+        assert!(!alerts.is_raised(AlertKind::SignerOutage, "sealing"), "not yet past the threshold");
+        r.succeeded().await;
+        r.set_alert(OutageAlert { alerts: alerts.clone(), threshold: Duration::ZERO });
+        r.failed("CKR_DEVICE_REMOVED").await;
+        assert!(alerts.is_raised(AlertKind::SignerOutage, "sealing"));
+        r.failed("CKR_DEVICE_REMOVED").await;
+        r.succeeded().await;
+        assert!(!alerts.is_raised(AlertKind::SignerOutage, "sealing"), "resolved at the outage's end");
     }
 
     #[tokio::test]

@@ -46,3 +46,19 @@ pub const PREVIOUS_RUN_UNCLEAN: &str = "ended_without_stop_record";
 pub const OUTAGE_STARTED: &str = "started";
 /// `state` of the outage record written at the first success after failures.
 pub const OUTAGE_ENDED: &str = "ended";
+
+/// `type` of the record of a successful self-verification pass (docs/FORMAT.md §18).
+pub const SELF_VERIFY: &str = "anchorlog.self_verify";
+/// `scope` of a self-verification pass that walked the whole log from genesis.
+pub const SELF_VERIFY_FULL: &str = "full";
+/// `scope` of a self-verification pass that continued from the previous verified head.
+pub const SELF_VERIFY_INCREMENTAL: &str = "incremental";
+/// Prefix of a self-verification record's `source_id`: `self_verify:<height, 20 digits>:<scope>`. Zero-padded,
+/// so that the unique index on `(producer, source, source_id)` orders the records by the height they name and
+/// the newest one is found in `O(log n)` (a hint only: the record itself is checked before it is trusted).
+pub const SELF_VERIFY_SOURCE_ID_PREFIX: &str = "self_verify:";
+
+/// The `source_id` of the self-verification record naming head `height` verified by a pass of `scope`.
+pub fn self_verify_source_id(height: u64, scope: &str) -> String {
+    format!("{SELF_VERIFY_SOURCE_ID_PREFIX}{height:020}:{scope}")
+}

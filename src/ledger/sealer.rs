@@ -11,7 +11,7 @@
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
-use crate::ledger::outage::{LifecycleGate, OutageRecorder};
+use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::signer::SignerHandle;
 use crate::store::{self, ReadPool, StoreError, StoredHead};
@@ -127,7 +127,13 @@ impl Sealer {
 
     /// Records the start and end of every sealing outage in the log through `gate` (see [`OutageRecorder`]).
     pub fn record_outages(mut self, gate: LifecycleGate) -> Self {
-        self.outage = OutageRecorder::new("sealing", Some((self.appender.clone(), gate)));
+        self.outage.set_sink((self.appender.clone(), gate));
+        self
+    }
+
+    /// Alerts outages that last past the threshold (see [`OutageAlert`]).
+    pub fn alert_outages(mut self, alert: OutageAlert) -> Self {
+        self.outage.set_alert(alert);
         self
     }
 

@@ -15,7 +15,7 @@
 
 use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
-use crate::ledger::outage::{LifecycleGate, OutageRecorder};
+use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::store::{self, ReadPool, StoreError, StoredHead, StoredTimestamp};
 use crate::tsa::{self, TrustAnchors, VerifyOptions};
@@ -158,7 +158,13 @@ impl Timestamper {
     /// Records the start and end of every timestamping outage in the log through `gate` (see
     /// [`OutageRecorder`]).
     pub fn record_outages(mut self, gate: LifecycleGate) -> Self {
-        self.outage = OutageRecorder::new("timestamping", Some((self.appender.clone(), gate)));
+        self.outage.set_sink((self.appender.clone(), gate));
+        self
+    }
+
+    /// Alerts outages that last past the threshold (see [`OutageAlert`]).
+    pub fn alert_outages(mut self, alert: OutageAlert) -> Self {
+        self.outage.set_alert(alert);
         self
     }
 

@@ -647,6 +647,54 @@ pub fn for_each_event(
     Ok(())
 }
 
+/// Visits at most `limit` events with `seq >= from` in seq order, in one statement (one read snapshot);
+/// returns how many it visited. A live reader walks the log page by page this way, so no snapshot is held for
+/// long: a long-held WAL snapshot stops checkpoints and makes the `-wal` file grow with every commit meanwhile.
+pub fn for_each_event_page(
+    conn: &Connection,
+    from: u64,
+    limit: u64,
+    mut f: impl FnMut(StoredEvent) -> Result<bool, StoreError>,
+) -> Result<u64, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, entry, leaf_hash, salt, body FROM events WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![from as i64, i64::try_from(limit).unwrap_or(i64::MAX)])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        n += 1;
+        if !f(event_from_row(r)?)? {
+            break;
+        }
+    }
+    Ok(n)
+}
+
+/// The stored event whose `source_id` is the greatest one beginning with `prefix` among the appliance's own
+/// events (producer and source `anchorlog`) below seq `below`: one descent of the unique index on
+/// `(producer, source, source_id)`. The `source_id` column is not signed (the entry is), so the caller checks
+/// the event before it trusts it.
+pub fn last_own_event_with_source_id_prefix(
+    conn: &Connection,
+    prefix: &str,
+    below: u64,
+) -> Result<Option<StoredEvent>, StoreError> {
+    // `prefix` followed by the greatest code point bounds the range of ids that begin with it.
+    let upper = format!("{prefix}\u{10FFFF}");
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, entry, leaf_hash, salt, body FROM events INDEXED BY events_source_id
+         WHERE producer = ?1 AND source = ?1 AND source_id >= ?2 AND source_id < ?3 AND seq < ?4
+         ORDER BY source_id DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query(params![
+        crate::ledger::record_types::APPLIANCE,
+        prefix,
+        upper,
+        i64::try_from(below).unwrap_or(i64::MAX)
+    ])?;
+    rows.next()?.map(event_from_row).transpose()
+}
+
 /// Leaf hashes of events `from..to` in seq order.
 pub fn leaf_hashes(conn: &Connection, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
     let mut stmt =
@@ -742,6 +790,18 @@ pub fn covering_head(conn: &Connection, seq: u64) -> Result<Option<StoredHead>, 
         }
     }
     Ok(Some(best))
+}
+
+/// The heads from height `from` on, in height order.
+pub fn heads_from(conn: &Connection, from: u64) -> Result<Vec<StoredHead>, StoreError> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {HEAD_COLUMNS} FROM heads WHERE height >= ?1 ORDER BY height"))?;
+    let mut rows = stmt.query(params![from as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(head_from_row(r)?);
+    }
+    Ok(out)
 }
 
 /// All heads in height order.

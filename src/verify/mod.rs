@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 pub mod counter;
 pub mod erasure;
 mod records;
+pub mod resume;
 pub mod timestamps;
 pub mod witnesses;
 
@@ -278,6 +279,17 @@ pub enum Failure {
         /// The head.
         height: u64,
     },
+    /// A self-verification record (docs/FORMAT.md §18) names a head other than the one stored at its height.
+    #[error(
+        "head height {height}: it is not the head the self-verification record at seq {record_seq} names (the \
+         head was replaced after it was verified)"
+    )]
+    SelfVerifyRecordMismatch {
+        /// The head.
+        height: u64,
+        /// The record.
+        record_seq: u64,
+    },
     /// The TPM counter in the heads is broken along the chain, or the log is not the newest one for the TPM's
     /// counter (start-up check, `verify --counter-attestation`).
     #[error(transparent)]
@@ -363,7 +375,8 @@ impl Failure {
             | Failure::TimestampLate { height, .. }
             | Failure::BadCosignature { height, .. }
             | Failure::CosignatureBeforeSeal { height, .. }
-            | Failure::BelowWitnessQuorum { height, .. } => ("height", *height),
+            | Failure::BelowWitnessQuorum { height, .. }
+            | Failure::SelfVerifyRecordMismatch { height, .. } => ("height", *height),
             Failure::Counter(c) => ("height", c.height()),
         }
     }
@@ -445,6 +458,9 @@ pub struct Start {
     pub prev_time_ms: i64,
     /// The anchor head's TPM counter, if it carries one (the next head's must be greater).
     pub prev_counter: Option<HeadCounter>,
+    /// The seq of a clean stop record that is the last event before the walk, if it is one (the walk's first
+    /// event must then be a start record, as in a walk from genesis; `None` when unknown, e.g. in a bundle).
+    pub stopped_at: Option<u64>,
 }
 
 impl Start {
@@ -456,6 +472,7 @@ impl Start {
             prev_hash: [0; 32],
             prev_time_ms: i64::MIN,
             prev_counter: None,
+            stopped_at: None,
         }
     }
 }
@@ -553,7 +570,11 @@ pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec
     out
 }
 
-/// The events of a database.
+/// Events read per statement: each page is one short read snapshot, so a walk of a live, growing database
+/// (the appliance's self-verification) never holds one snapshot for minutes, which would stop WAL checkpoints.
+pub const DB_PAGE: u64 = 1 << 16;
+
+/// The events of a database, read page by page ([`DB_PAGE`]).
 pub struct DbEvents<'a>(pub &'a Connection);
 
 impl EventSource for DbEvents<'_> {
@@ -561,25 +582,45 @@ impl EventSource for DbEvents<'_> {
         let mut batch = Vec::with_capacity(BATCH);
         let mut go_on = true;
         let conn = self.0;
-        store::for_each_event(conn, from, |ev| {
-            // An erased payload names its record in the erasures row (rare: one lookup per erased event); the
-            // walk checks that record when it reaches it.
-            let erasure_seq = if ev.body.is_none() && ev.salt.is_none() {
-                store::erasure::erasure(conn, ev.seq)?.map(|r| r.erasure_seq)
-            } else {
-                None
-            };
-            batch.push((ev, erasure_seq));
-            if batch.len() == BATCH {
-                go_on = f(check_batch(&std::mem::replace(&mut batch, Vec::with_capacity(BATCH))));
+        let mut next = from;
+        loop {
+            let mut last = None;
+            let n = store::for_each_event_page(conn, next, DB_PAGE, |ev| {
+                last = Some(ev.seq);
+                push_checked(conn, ev, &mut batch, &mut go_on, f)
+            })?;
+            match last {
+                Some(seq) if go_on && n == DB_PAGE => next = seq + 1,
+                _ => break,
             }
-            Ok(go_on)
-        })?;
+        }
         if go_on && !batch.is_empty() {
             f(check_batch(&batch));
         }
         Ok(())
     }
+}
+
+/// Adds one row to the batch (with the erasure record it names, if erased) and hands full batches to `f`.
+fn push_checked(
+    conn: &Connection,
+    ev: StoredEvent,
+    batch: &mut Vec<(StoredEvent, Option<u64>)>,
+    go_on: &mut bool,
+    f: &mut dyn FnMut(Vec<Decoded>) -> bool,
+) -> Result<bool, StoreError> {
+    // An erased payload names its record in the erasures row (rare: one lookup per erased event); the walk
+    // checks that record when it reaches it.
+    let erasure_seq = if ev.body.is_none() && ev.salt.is_none() {
+        store::erasure::erasure(conn, ev.seq)?.map(|r| r.erasure_seq)
+    } else {
+        None
+    };
+    batch.push((ev, erasure_seq));
+    if batch.len() == BATCH {
+        *go_on = f(check_batch(&std::mem::replace(batch, Vec::with_capacity(BATCH))));
+    }
+    Ok(*go_on)
 }
 
 /// Checks a batch of rows (each with the erasure record it names, if erased) on all cores.
@@ -607,16 +648,20 @@ pub fn verify_database_with(
     let heads = store::all_heads(conn)?;
     let origin = opts.origin.or(stored_origin.as_deref());
     let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, &WalkOptions { origin, ..opts })?;
-    // The stored nodes serve every proof; their right edge at the last head must be the verified one
-    // (O(log n) reads). A proof from a corrupted node would fail at the client anyway; this names it early.
+    check_node_store(conn, &report, report.heads.checked_sub(1))?;
+    Ok(report)
+}
+
+/// The stored nodes serve every proof; their right edge at the last verified head (`last_height`) must be the
+/// verified one (O(log n) reads). A proof from a corrupted node would fail at the client anyway; this names it
+/// early.
+fn check_node_store(conn: &Connection, report: &Report, last_height: Option<u64>) -> Result<(), VerifyError> {
     let size = report.frontier_at_last_head.size();
     let stored = store::tree::load_frontier(conn, size).ok();
     if stored.as_ref() != Some(&report.frontier_at_last_head) {
-        return Err(
-            Failure::NodeStoreMismatch { height: report.heads.saturating_sub(1), tree_size: size }.into()
-        );
+        return Err(Failure::NodeStoreMismatch { height: last_height.unwrap_or(0), tree_size: size }.into());
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The one verification walk: every event of `events` from `start`, each head of `heads` (in height order)
@@ -630,7 +675,7 @@ pub fn walk(
 ) -> Result<Report, VerifyError> {
     let first_seq = start.frontier.size();
     let mut checker = HeadChecker::new(key, opts.origin, heads, &start);
-    let mut records = RecordTracker::default();
+    let mut records = RecordTracker::after_stop(start.stopped_at);
     let mut report = Report {
         key_id: key.key_id.clone(),
         frontier_at_last_head: start.frontier.clone(),

@@ -54,6 +54,8 @@ pub enum OwnRecord {
     AuditAccess,
     /// `anchorlog.witness_refused`: a witness refused one of the appliance's heads (rollback or fork evidence).
     WitnessRefused,
+    /// `anchorlog.self_verify`: the appliance verified its own log up to a head (docs/FORMAT.md §18).
+    SelfVerify,
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -96,6 +98,7 @@ impl OwnRecord {
             Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
             Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
             Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
+            Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -127,6 +130,8 @@ pub struct ApplianceSummary {
     /// `anchorlog.witness_refused` records: a witness refused one of the log's own heads (the log was rolled
     /// back or forked).
     pub witness_refusals: u64,
+    /// `anchorlog.self_verify` records: passes of the appliance's own verification.
+    pub self_verifications: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -145,6 +150,7 @@ impl ApplianceSummary {
             OwnRecord::AuditAccess => &mut self.audit_access,
             OwnRecord::Erasure { .. } => &mut self.erasures,
             OwnRecord::WitnessRefused => &mut self.witness_refusals,
+            OwnRecord::SelfVerify => &mut self.self_verifications,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -179,6 +185,11 @@ pub(crate) struct RecordTracker {
 }
 
 impl RecordTracker {
+    /// A tracker for a walk whose previous event is the clean stop record at `stop_seq`, if any.
+    pub fn after_stop(stop_seq: Option<u64>) -> RecordTracker {
+        RecordTracker { stopped_at: stop_seq, ..RecordTracker::default() }
+    }
+
     /// An event at `seq` with an erased payload whose erasure row names the record `erasure_seq`.
     pub fn erased(&mut self, seq: u64, erasure_seq: Option<u64>) -> Result<(), Failure> {
         let Some(e) = erasure_seq.filter(|e| *e > seq) else {
@@ -295,6 +306,7 @@ mod tests {
             own(true, r#"{"type":"anchorlog.outage","state":"started","component":"witnessing"}"#),
             Some(OwnRecord::OutageStarted { component: OutageComponent::Witnessing, since_ms: None })
         );
+        assert_eq!(own(true, r#"{"type":"anchorlog.self_verify","height":3}"#), Some(OwnRecord::SelfVerify));
         assert_eq!(
             own(true, r#"{"type":"anchorlog.erasure","erased_seq":4}"#),
             Some(OwnRecord::Erasure { erased_seq: Some(4) })

@@ -118,6 +118,11 @@ impl<'k> LogBuilder<'k> {
     /// Appends one of the appliance's own records (producer, source, format `anchorlog`, auth `internal`) with
     /// `body`, received at `received_at_ns`; returns its seq.
     pub fn appliance_event_at(&mut self, body: &[u8], received_at_ns: u64) -> u64 {
+        self.appliance_record(body, received_at_ns, None)
+    }
+
+    /// [`Self::appliance_event_at`] with a `source_id` (a self-verification record's, docs/FORMAT.md §18).
+    pub fn appliance_record(&mut self, body: &[u8], received_at_ns: u64, source_id: Option<&str>) -> u64 {
         let seq = self.frontier.size();
         let salt = [7u8; 32];
         let entry = Entry {
@@ -127,7 +132,7 @@ impl<'k> LogBuilder<'k> {
             source: "anchorlog".into(),
             auth: AuthMethod::Internal,
             format: "anchorlog".into(),
-            source_id: None,
+            source_id: source_id.map(str::to_string),
             payload_sha256: payload_digest(&salt, body),
         }
         .to_canonical_json();
@@ -140,7 +145,7 @@ impl<'k> LogBuilder<'k> {
                 producer: "anchorlog",
                 source: "anchorlog",
                 format: "anchorlog",
-                source_id: None,
+                source_id,
                 entry: &entry,
                 leaf_hash: &leaf,
                 salt: &salt,
@@ -189,6 +194,12 @@ impl<'k> LogBuilder<'k> {
 
     /// Seals a head over everything appended so far.
     pub fn head(&mut self) -> StoredHead {
+        let key = self.key;
+        self.head_signed_with(&key.public.key_id, |m| key.sign(m))
+    }
+
+    /// [`Self::head`] signed by another signer (an HSM key) with key id `key_id`.
+    pub fn head_signed_with(&mut self, key_id: &str, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> StoredHead {
         self.time_ms += 1000;
         let cp = Checkpoint {
             origin: ORIGIN.into(),
@@ -205,8 +216,8 @@ impl<'k> LogBuilder<'k> {
             tree_size: cp.tree_size,
             root: cp.root,
             checkpoint: text.clone(),
-            signature: self.key.sign(text.as_bytes()),
-            key_id: self.key.public.key_id.clone(),
+            signature: sign(text.as_bytes()),
+            key_id: key_id.to_string(),
             sealed_at_ms: cp.time_ms,
         };
         store::insert_head(&self.conn, &h).unwrap();

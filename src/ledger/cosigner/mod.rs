@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::head::signed_note;
 use crate::ledger::internal::{witness_refused_body, WitnessRefusal};
-use crate::ledger::outage::{LifecycleGate, OutageRecorder};
+use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::ledger::record_types::COMPONENT_WITNESSING;
 use crate::metrics::{Metrics, WitnessStatus};
 use crate::note::protocol::AddCheckpointRequest;
@@ -148,6 +148,8 @@ struct Shared {
     origin: String,
     /// Where refusals and outages are recorded; `None`: not recorded (`record_appliance_events = false`).
     gate: Option<LifecycleGate>,
+    /// Alerts a witness outage once it lasts the threshold (`[alerting]`).
+    alert: Option<OutageAlert>,
     max_skew: Duration,
     retry_initial: Duration,
     retry_max: Duration,
@@ -191,6 +193,7 @@ impl Cosigner {
             public_key,
             origin,
             gate: None,
+            alert: None,
             max_skew: settings.max_skew,
             retry_initial: settings.retry_initial,
             retry_max: settings.retry_max,
@@ -203,6 +206,12 @@ impl Cosigner {
     /// `witnessing`) in the log through `gate`.
     pub fn record_events(mut self, gate: LifecycleGate) -> Cosigner {
         self.shared.gate = Some(gate);
+        self
+    }
+
+    /// Alerts each witness's outage once it has lasted the threshold, and its end.
+    pub fn alert_outages(mut self, alert: OutageAlert) -> Cosigner {
+        self.shared.alert = Some(alert);
         self
     }
 
@@ -356,6 +365,10 @@ impl WitnessTask {
         stored: mpsc::UnboundedSender<(usize, u64)>,
     ) -> WitnessTask {
         let sink = shared.gate.clone().map(|g| (shared.appender.clone(), g));
+        let mut outage = OutageRecorder::new(COMPONENT_WITNESSING, sink);
+        if let Some(a) = &shared.alert {
+            outage.set_alert(a.clone());
+        }
         WitnessTask {
             index,
             vkey_text: w.vkey.to_string(),
@@ -366,7 +379,7 @@ impl WitnessTask {
             next,
             witness_size: None,
             refusal_recorded: false,
-            outage: OutageRecorder::new(COMPONENT_WITNESSING, sink),
+            outage,
             stored,
         }
     }
@@ -496,10 +509,10 @@ impl WitnessTask {
             witness_size,
             reason,
         });
-        match gate.append(&self.shared.appender, &body).await {
-            Ok(true) => self.refusal_recorded = true,
-            Ok(false) => {}
-            Err(e) => {
+        match gate.append(&self.shared.appender, crate::ledger::internal::internal_event(&body)).await {
+            Some(Ok(_)) => self.refusal_recorded = true,
+            None => {}
+            Some(Err(e)) => {
                 tracing::error!(witness = %self.w.name, error = %e, "cannot record the refusal in the log")
             }
         }
