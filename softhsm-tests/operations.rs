@@ -432,3 +432,69 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// The value of the sample `name` (with its labels, exactly as exposed) in a text exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_count_acks_signatures_tokens_commits_sources_and_failures() {
+    let tsa = tsa_local::LocalTsa::start_new(&[]);
+    let port = tsa_local::free_port();
+    let a = Appliance::start_with(Options {
+        extra_config: tsa.config_entry(2000),
+        server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
+        ..Options::default()
+    });
+    let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    post_concurrently(&a, 5, 1).await;
+    let mut producer = a.connect("producer").await;
+    let r = producer.post_json("/v1/events", b"{not json").await.unwrap();
+    assert_eq!(r.status, 400);
+    tsa_local::eventually(20, "a head over the 5 events with its token", async || {
+        let (_, text) = health_get(health, "/metrics").await;
+        sample(&text, "anchorlog_sealed_tree_size").unwrap_or(0.0) >= 5.0
+            && sample(&text, "anchorlog_untimestamped_heads") == Some(0.0)
+    })
+    .await;
+    let (code, text) = health_get(health, "/metrics").await;
+    assert_eq!(code, 200);
+
+    // The Prometheus project's own linter: names, units, `_total` on counters, HELP on every family.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; softhsm-tests/run-all.sh installs it)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // What the instruments say: 5 acknowledged requests, 5 JSON events from the generic endpoint, one rejected
+    // request, signed heads and stored tokens timed, every stored event in exactly one group commit.
+    assert_eq!(sample(&text, "anchorlog_ingest_ack_seconds_count"), Some(5.0), "{text}");
+    assert_eq!(
+        sample(&text, r#"anchorlog_events_ingested_total{format="json",source="events"}"#),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, r#"anchorlog_failures_total{kind="ingest_rejected"}"#), Some(1.0), "{text}");
+    assert_eq!(sample(&text, r#"anchorlog_failures_total{kind="sealing"}"#), Some(0.0), "{text}");
+    assert_eq!(sample(&text, r#"anchorlog_failures_total{kind="timestamping"}"#), Some(0.0), "{text}");
+    let heads = sample(&text, "anchorlog_heads_sealed_total").unwrap();
+    assert!(heads >= 1.0);
+    assert_eq!(sample(&text, "anchorlog_head_sign_seconds_count"), Some(heads), "{text}");
+    assert_eq!(sample(&text, "anchorlog_timestamp_lag_seconds_count"), Some(heads), "{text}");
+    let stored = sample(&text, "anchorlog_events_stored").unwrap();
+    assert_eq!(sample(&text, "anchorlog_commit_events_sum"), Some(stored), "{text}");
+    assert!(sample(&text, r#"anchorlog_ingest_ack_seconds_bucket{le="+Inf"}"#) == Some(5.0), "{text}");
+}

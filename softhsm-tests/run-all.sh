@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev)
+packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,7 @@
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
+//! | `instruments` | `/metrics` histograms and labelled counters (prometheus-client) |
 //! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
 //! | [`verify::resume`] | resuming a walk after a self-verified head (start-up, self-verification) |
@@ -56,6 +57,8 @@
 pub mod bundle;
 pub mod config;
 pub mod formats;
+#[cfg(feature = "server")]
+pub mod instruments;
 #[cfg(feature = "server")]
 pub mod keys;
 pub mod ledger;

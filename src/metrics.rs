@@ -46,6 +46,9 @@ pub struct Metrics {
     pub sealing_failing_since_ms: AtomicI64,
     /// Since when committed events wait for a head (ms since the epoch; 0 when every committed event is sealed).
     pub unsealed_since_ms: AtomicI64,
+    /// Histograms and labelled counters (latencies, commit sizes, per-source ingest, failures by kind).
+    #[cfg(feature = "server")]
+    pub instruments: crate::instruments::Instruments,
     /// Cosignatures a head needs (`[witnessing] quorum`); 0 when no witness is configured.
     pub witness_quorum: AtomicU64,
     /// Heads (sealed while witnessing was on) with fewer cosignatures than the quorum.
@@ -165,6 +168,8 @@ impl Metrics {
         }
         self.render_timestamping(&mut out);
         self.render_witnessing(&mut out);
+        #[cfg(feature = "server")]
+        self.instruments.render(&mut out);
         out
     }
 
@@ -310,10 +315,10 @@ impl Metrics {
             self.timestamp_failures.load(r).to_string(),
         );
         row(
-            "anchorlog_last_timestamp_lag_milliseconds",
+            "anchorlog_last_timestamp_lag_seconds",
             "gauge",
             "Seal to stored token, for the last token.",
-            self.last_timestamp_lag_ms.load(r).to_string(),
+            format!("{:.3}", self.last_timestamp_lag_ms.load(r) as f64 / 1000.0),
         );
     }
 }

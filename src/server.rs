@@ -280,7 +280,13 @@ impl Service {
             }
             false => (None, None),
         };
-        let (appender, writer_thread) = AppenderHandle::start_with_indexer(writer_conn, indexer)?;
+        let metrics = Arc::new(Metrics::new());
+        let commit_sizes = metrics.instruments.commit_events.clone();
+        let (appender, writer_thread) = AppenderHandle::start_observed(
+            writer_conn,
+            indexer,
+            Box::new(move |events| commit_sizes.observe(events as f64)),
+        )?;
         // The start is on record before the first request is accepted (PCI DSS 10.2.1.6).
         let start = internal::start_body(
             &config.text_sha256,
@@ -299,7 +305,6 @@ impl Service {
             tracing::warn!("server.record_appliance_events = false: starts, stops, outages and refused access are not recorded in the log (not PCI DSS 10.2.1.4/10.2.1.6/10.7.3 compliant)");
             None
         };
-        let metrics = Arc::new(Metrics::new());
         let alerts = crate::alerts::Alerts::start(&config.origin, alert_targets);
         let outage_alert = || crate::ledger::outage::OutageAlert {
             alerts: alerts.clone(),

@@ -33,6 +33,7 @@ pub(super) async fn post_events(
     if let Err(e) = &result {
         if e.status.is_client_error() {
             state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            state.metrics.instruments.failed("ingest_rejected");
         }
     }
     result
@@ -121,6 +122,9 @@ pub(super) async fn append(
     })?;
     let duplicates = appended.iter().filter(|a| a.duplicate).count();
     state.metrics.events_appended.fetch_add((appended.len() - duplicates) as u64, Ordering::Relaxed);
+    let m = &state.metrics.instruments;
+    m.ingested(&origin.source, origin.format.as_str(), (appended.len() - duplicates) as u64);
+    m.ack_seconds.observe(crate::store::now_ns().saturating_sub(received_at_ns) as f64 / 1e9);
     state.metrics.events_duplicate.fetch_add(duplicates as u64, Ordering::Relaxed);
     let events: Vec<Value> = appended
         .iter()

@@ -116,6 +116,7 @@ fn count_rejection(state: &AppState, result: &Result<Json<Value>, ApiError>) {
     if let Err(e) = result {
         if e.status.is_client_error() {
             state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            state.metrics.instruments.failed("ingest_rejected");
         }
     }
 }

@@ -157,6 +157,16 @@ impl AppenderHandle {
         conn: Connection,
         indexer: Option<IndexerHandle>,
     ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
+        Self::start_observed(conn, indexer, Box::new(|_| {}))
+    }
+
+    /// [`AppenderHandle::start_with_indexer`], and after every successful group commit `on_commit` gets the
+    /// number of events it stored (the server feeds its commit-size histogram; this module knows no metrics).
+    pub fn start_observed(
+        conn: Connection,
+        indexer: Option<IndexerHandle>,
+        on_commit: CommitObserver,
+    ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         let next_seq = store::event_count(&conn)?;
         // O(log n): the right edge of the tree from the stored nodes, not a walk over every leaf.
         let frontier = store::tree::load_frontier(&conn, next_seq)?;
@@ -164,7 +174,9 @@ impl AppenderHandle {
         let (committed_tx, committed) = watch::channel(next_seq);
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
-            .spawn(move || Writer { conn, next_seq, frontier, committed: committed_tx, indexer }.run(rx))
+            .spawn(move || {
+                Writer { conn, next_seq, frontier, committed: committed_tx, indexer, on_commit }.run(rx)
+            })
             .map_err(|_| AppendError::Stopped)?;
         Ok((AppenderHandle { commands, committed }, join))
     }
@@ -235,7 +247,11 @@ struct Writer {
     frontier: Frontier,
     committed: watch::Sender<u64>,
     indexer: Option<IndexerHandle>,
+    on_commit: CommitObserver,
 }
+
+/// Called by the writer thread after each successful group commit with the number of events it stored.
+pub type CommitObserver = Box<dyn Fn(u64) + Send>;
 
 enum Reply {
     Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
@@ -336,6 +352,9 @@ impl Writer {
         match outcome {
             Ok(()) => {
                 let _ = self.committed.send(self.next_seq);
+                if self.next_seq > start_seq {
+                    (self.on_commit)(self.next_seq - start_seq);
+                }
                 if let Some(indexer) = &self.indexer {
                     indexer.send(rows);
                     for seq in erased {

@@ -214,6 +214,7 @@ impl Sealer {
                 }
                 Err(e) => {
                     self.metrics.seal_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.instruments.failed("sealing");
                     let _ = self.metrics.sealing_failing_since_ms.compare_exchange(
                         0,
                         store::now_ms(),
@@ -254,7 +255,8 @@ impl Sealer {
         let text = head.to_text()?;
         let started = Instant::now();
         let signature = self.signer.sign(text.as_bytes().to_vec()).await?;
-        let sign_ms = started.elapsed().as_millis() as u64;
+        let sign_seconds = started.elapsed().as_secs_f64();
+        let sign_ms = (sign_seconds * 1000.0) as u64;
         // Never store a head that does not verify, whatever the device said.
         if !self.signer.public_key().verify(text.as_bytes(), &signature) {
             return Err(SealError::BadSignature);
@@ -292,6 +294,7 @@ impl Sealer {
         m.last_height.store(head.height as i64, Ordering::Relaxed);
         m.last_seal_ms.store(head.time_ms, Ordering::Relaxed);
         m.last_sign_ms.store(sign_ms, Ordering::Relaxed);
+        m.instruments.sign_seconds.observe(sign_seconds);
         self.sealed_height.send_replace(head.height as i64);
         Ok(())
     }

@@ -276,6 +276,7 @@ impl Timestamper {
                     self.queue.pop_front();
                     self.metrics.heads_timestamped.fetch_add(1, Ordering::Relaxed);
                     self.metrics.last_timestamp_lag_ms.store(lag_ms, Ordering::Relaxed);
+                    self.metrics.instruments.timestamp_lag_seconds.observe(lag_ms.max(0) as f64 / 1000.0);
                     self.backoff = self.settings.retry_initial;
                     if self.queue.is_empty() {
                         self.refill().await;
@@ -328,6 +329,7 @@ impl Timestamper {
                 Ok(b) => b,
                 Err(e) => {
                     self.metrics.timestamp_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.instruments.failed("timestamping");
                     tracing::warn!(height = head.height, tsa = %tsa.url, tsa_index = i, error = %e, "time-stamp request failed");
                     errors.push(format!("{}: {e}", tsa.url));
                     continue;
@@ -356,6 +358,7 @@ impl Timestamper {
                 }
                 Err(e) => {
                     self.metrics.timestamp_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.instruments.failed("timestamping");
                     tracing::warn!(height = head.height, tsa = %tsa.url, tsa_index = i, error = %e, "time-stamp token rejected: it does not verify, not stored");
                     errors.push(format!("{}: {e}", tsa.url));
                 }

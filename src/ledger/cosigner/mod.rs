@@ -476,6 +476,7 @@ impl WitnessTask {
     async fn failed(&mut self, height: u64, error: &str) -> bool {
         let m = &self.shared.metrics;
         m.witness_failures.fetch_add(1, Ordering::Relaxed);
+        m.instruments.failed("witnessing");
         m.set_witness(self.index, |s| {
             s.state = "failing";
             s.last_error = Some(error.to_owned());

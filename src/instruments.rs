@@ -1,0 +1,156 @@
+//! The histograms and labelled counters of `/metrics`, kept with the Prometheus project's Rust client (the
+//! `prometheus` crate): how long an acknowledgement takes, how long the hardware takes to sign a head and the
+//! TSA to stamp it, how large group commits are, what each source sends, and failures by kind. Base units
+//! (seconds, events), `anchorlog_` prefix, `_total` on counters.
+//!
+//! Rendered in the Prometheus text format 0.0.4, the same format as the scalar gauges and counters that stay in
+//! [`crate::metrics::Metrics`] (atomics the readiness checks read): one exposition, one format, so
+//! `promtool check metrics` and every scraper read it whole. (The `prometheus-client` crate only writes
+//! OpenMetrics, whose counter families are named without `_total`; mixing both in one answer would not parse.)
+
+use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The instruments and the registry they are exposed from.
+#[derive(Debug)]
+pub struct Instruments {
+    registry: Registry,
+    /// Seconds from a parsed request to its acknowledgement (the group commit's fsync included).
+    pub ack_seconds: Histogram,
+    /// Seconds the signer took for one head (`C_Sign` / `TPM2_Sign`): from the sealed head text to its signature.
+    pub sign_seconds: Histogram,
+    /// Seconds from a head's seal to its stored RFC 3161 token.
+    pub timestamp_lag_seconds: Histogram,
+    /// Events per group commit of the writer.
+    pub commit_events: Histogram,
+    /// Events stored, by source and format.
+    ingested: IntCounterVec,
+    /// Failures by kind.
+    failures: IntCounterVec,
+}
+
+/// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
+/// rule on a rate never sees a missing series.
+pub const FAILURE_KINDS: [&str; 4] = ["sealing", "timestamping", "witnessing", "ingest_rejected"];
+
+impl Default for Instruments {
+    fn default() -> Self {
+        // Fixed arguments (start > 0, factor > 1, count ≥ 1): the bucket constructors cannot fail; the fallback is
+        // the crate's default buckets rather than a panic.
+        // 0.5 ms .. ~16 s, doubling: fsync-bound acks, HSM signatures and TSA round trips all land inside.
+        let seconds = |name: &str, help: &str| {
+            let buckets =
+                exponential_buckets(0.0005, 2.0, 16).unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec());
+            histogram(HistogramOpts::new(name, help).buckets(buckets))
+        };
+        let ack_seconds = seconds(
+            "ingest_ack_seconds",
+            "From a parsed request to its acknowledgement after the group commit.",
+        );
+        let sign_seconds =
+            seconds("head_sign_seconds", "Time the signer (HSM or TPM) took to sign one head.");
+        let timestamp_lag_seconds =
+            seconds("timestamp_lag_seconds", "From a head's seal to its stored RFC 3161 token.");
+        // 1 .. 32768 events, doubling (a group commit holds at most 10,000).
+        let commit_buckets =
+            exponential_buckets(1.0, 2.0, 16).unwrap_or_else(|_| prometheus::DEFAULT_BUCKETS.to_vec());
+        let commit_events = histogram(
+            HistogramOpts::new("commit_events", "Events per group commit of the writer.")
+                .buckets(commit_buckets),
+        );
+        let ingested = counter_vec(
+            "events_ingested_total",
+            "Events stored, by source and format.",
+            &["source", "format"],
+        );
+        let failures = counter_vec("failures_total", "Failures by kind.", &["kind"]);
+        let registry = Registry::new_custom(Some("anchorlog".to_owned()), None).unwrap_or_default();
+        for collector in [
+            Box::new(ack_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sign_seconds.clone()),
+            Box::new(timestamp_lag_seconds.clone()),
+            Box::new(commit_events.clone()),
+            Box::new(ingested.clone()),
+            Box::new(failures.clone()),
+        ] {
+            if let Err(e) = registry.register(collector) {
+                tracing::warn!(error = %e, "metrics: cannot register an instrument");
+            }
+        }
+        for kind in FAILURE_KINDS {
+            failures.with_label_values(&[kind]);
+        }
+        Instruments {
+            registry,
+            ack_seconds,
+            sign_seconds,
+            timestamp_lag_seconds,
+            commit_events,
+            ingested,
+            failures,
+        }
+    }
+}
+
+/// A histogram from options that are constants of this module. It fails only on an invalid name or bucket list,
+/// which no input can cause: the unit test below builds every one, so a typo fails the build's tests, not a start.
+fn histogram(opts: HistogramOpts) -> Histogram {
+    #[allow(clippy::expect_used)]
+    Histogram::with_opts(opts).expect("constant histogram options are valid")
+}
+
+/// A labelled counter from options that are constants of this module (same reasoning as [`histogram`]).
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    #[allow(clippy::expect_used)]
+    IntCounterVec::new(Opts::new(name, help), labels).expect("constant counter options are valid")
+}
+
+impl Instruments {
+    /// Counts one failure of `kind` (one of [`FAILURE_KINDS`]).
+    pub fn failed(&self, kind: &str) {
+        self.failures.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts `n` events stored from `source` in `format`.
+    pub fn ingested(&self, source: &str, format: &str, n: u64) {
+        self.ingested.with_label_values(&[source, format]).inc_by(n);
+    }
+
+    /// Appends the instruments in the Prometheus text format 0.0.4.
+    pub fn render(&self, out: &mut String) {
+        if let Err(e) = TextEncoder::new().encode_utf8(&self.registry.gather(), out) {
+            tracing::warn!(error = %e, "metrics: cannot encode the histograms");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_instrument_is_registered_and_rendered_with_its_prefix() {
+        let i = Instruments::default();
+        i.ack_seconds.observe(0.002);
+        i.ingested("keycloak", "keycloak", 3);
+        i.failed("sealing");
+        let mut out = String::new();
+        i.render(&mut out);
+        for family in [
+            "anchorlog_ingest_ack_seconds",
+            "anchorlog_head_sign_seconds",
+            "anchorlog_timestamp_lag_seconds",
+            "anchorlog_commit_events",
+            "anchorlog_events_ingested_total",
+            "anchorlog_failures_total",
+        ] {
+            assert!(out.contains(&format!("# TYPE {family} ")), "{family} missing from:\n{out}");
+        }
+        assert!(out.contains("anchorlog_ingest_ack_seconds_bucket{le=\"0.002\"} 1\n"), "{out}");
+        assert!(
+            out.contains("anchorlog_events_ingested_total{format=\"keycloak\",source=\"keycloak\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("anchorlog_failures_total{kind=\"sealing\"} 1\n"), "{out}");
+        assert!(out.contains("anchorlog_failures_total{kind=\"witnessing\"} 0\n"), "{out}");
+    }
+}
