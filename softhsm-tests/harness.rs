@@ -72,6 +72,12 @@ pub struct Options {
     pub server_extra: String,
     /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
     pub tpm_counter: bool,
+    /// The PKCS#11 key label the configuration names (a key rotation changes it).
+    pub key_label: String,
+    /// The TPM persistent handle the configuration names (a key rotation changes it).
+    pub tpm_handle: u32,
+    /// The head counter's NV index the configuration names (with `tpm_counter`; a key rotation may change it).
+    pub tpm_counter_index: u32,
 }
 
 impl Default for Options {
@@ -89,6 +95,9 @@ impl Default for Options {
             env: Vec::new(),
             server_extra: String::new(),
             tpm_counter: true,
+            key_label: "head-signer".into(),
+            tpm_handle: TPM_HANDLE,
+            tpm_counter_index: TPM_COUNTER_INDEX,
         }
     }
 }
@@ -198,13 +207,19 @@ impl Appliance {
         let o = &self.options;
         let signer = match &self.tpm {
             Some(tpm) => format!(
-                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{TPM_HANDLE:#010x}\"\n{}",
+                "[signer]\nbackend = \"tpm\"\n[signer.tpm]\ntcti = \"{}\"\nhandle = \"{:#010x}\"\n{}",
                 tpm.tcti(),
-                if o.tpm_counter { format!("counter_index = \"{TPM_COUNTER_INDEX:#010x}\"\n") } else { String::new() }
+                o.tpm_handle,
+                if o.tpm_counter {
+                    format!("counter_index = \"{:#010x}\"\n", o.tpm_counter_index)
+                } else {
+                    String::new()
+                }
             ),
             None => format!(
                 "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
-                 token_label = \"anchorlog-test\"\nkey_label = \"head-signer\"\npin_file = \"{d}/pin\"\n"
+                 token_label = \"anchorlog-test\"\nkey_label = \"{}\"\npin_file = \"{d}/pin\"\n",
+                o.key_label
             ),
         };
         let text = format!(

@@ -339,5 +339,5 @@ async fn a_principal_without_the_role_gets_the_documented_403() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 15, "every route of the mTLS listener but /healthz");
+    assert_eq!(checked, 16, "every route of the mTLS listener but /healthz");
 }

@@ -582,3 +582,102 @@ async fn startup_on_a_log_of(n: u64) {
     );
     a.kill();
 }
+
+/// The value of the unlabelled sample `name` in the auditor's `/metrics`.
+async fn metric(a: &Appliance, name: &str) -> Option<f64> {
+    let text = String::from_utf8(a.audit_get("/metrics").await.body).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Key rotation (docs/FORMAT.md §20) and self-verification together: a start resuming from a record under the old
+/// key walks across the rotation; the passes after it (incremental from a head before it, full from the first
+/// key) succeed; a start resuming from a record under the new key's head takes that head's key from the database,
+/// and the first key alone still verifies the whole log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_verification_resumes_across_a_key_rotation() {
+    let mut a = Appliance::prepare(Options { record_appliance_events: true, ..Options::default() });
+    a.options.extra_config = "[self_verify]\ninterval_s = 1\nfull_every_s = 1\n".into();
+    a.spawn().unwrap();
+    let first = a.path("first.pem");
+    std::fs::copy(a.key_pem(), &first).unwrap();
+    post_concurrently(&a, 5, 1).await;
+    let (before, _) = sealed_self_verify_record(&a).await;
+    assert!(a.sigterm().success());
+    let config = a.config_path();
+    let out = a.anchorlog(&[
+        "keys",
+        "rotate",
+        "--config",
+        config.to_str().unwrap(),
+        "--reason",
+        "test",
+        "--new-key-label",
+        "head-signer-2",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    a.options.key_label = "head-signer-2".into();
+    a.spawn().unwrap();
+    let log = a.server_log();
+    assert!(log.contains("start-up verification resumed from the last self-verified head"), "{log}");
+    let rotation =
+        a.own_records().into_iter().find(|(_, b)| b["type"] == "anchorlog.key_rotation").unwrap().0;
+    assert!(rotation > before);
+    post_concurrently(&a, 5, 1).await;
+    // Passes after the rotation: a record that names a head signed by the new key; none failed. (The first
+    // pass after the restart may still name the rotation head, which the old key signed.)
+    let new_key = {
+        a.wait_for_head(rotation + 2).await;
+        let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
+        anchorlog::store::last_head(&c).unwrap().unwrap().key_id
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
+        let newest =
+            self_verify_records(&a).into_iter().filter(|(s, _)| *s > rotation).map(|(_, b)| b).next_back();
+        if let Some(named) = newest.and_then(|b| b["height"].as_u64()) {
+            let key = anchorlog::store::head(&c, named).unwrap().unwrap().key_id;
+            if key == new_key {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no self-verification under the new key: {}", a.server_log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&a, "anchorlog_self_verify_passes_failed_total").await,
+        Some(0.0),
+        "{}",
+        a.server_log()
+    );
+    assert_eq!(metric(&a, "anchorlog_self_verify_ok").await, Some(1.0));
+    assert!(a.sigterm().success());
+    // A start resuming from the newest record: under the key the database recorded for the head it names, which
+    // is the new key.
+    a.spawn().unwrap();
+    let log = a.server_log();
+    assert!(log.contains("start-up verification resumed from the last self-verified head"), "{log}");
+    let resumed = log.lines().rfind(|l| l.contains("start-up verification resumed")).unwrap();
+    let from: u64 = resumed
+        .split("from_height=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no from_height in {resumed}"));
+    let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
+    assert_eq!(
+        anchorlog::store::head(&c, from).unwrap().unwrap().key_id,
+        new_key,
+        "resumed under the new key: {log}"
+    );
+    post_concurrently(&a, 2, 1).await;
+    assert!(a.sigterm().success());
+    let out =
+        a.anchorlog(&["verify", "--db", a.db_path().to_str().unwrap(), "--key", first.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

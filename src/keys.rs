@@ -42,6 +42,15 @@ pub enum KeysError {
     /// A description could not be encoded.
     #[error("encoding the output: {0}")]
     Json(String),
+    /// A key rotation cannot be prepared (the message says why and what to do).
+    #[error("{0}")]
+    Rotate(String),
+    /// The pending rotation file.
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::RotationError),
+    /// Reading the database.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 #[cfg(feature = "pkcs11")]
@@ -254,4 +263,164 @@ pub fn export(signer: &mut dyn HeadSigner, origin: &str, dir: &Path) -> Result<S
     std::fs::write(&crt_path, x509::certificate_pem(&cert))
         .map_err(|source| KeysError::Write { path: crt_path, source })?;
     Ok(x509::key_id(&spki))
+}
+
+/// Writes a PKCS#10 request for the configured key, signed inside the device ([`x509::log_signer_request`]), as
+/// PEM to `out`; returns the key id.
+pub fn csr(
+    signer: &mut dyn HeadSigner,
+    origin: &str,
+    subject: Option<&str>,
+    out: &Path,
+) -> Result<String, KeysError> {
+    let spki = signer.public_key_spki_der();
+    let der = x509::log_signer_request(&spki, origin, subject, &mut |tbs: &[u8]| signer.sign(tbs))?;
+    std::fs::write(out, x509::request_pem(&der))
+        .map_err(|source| KeysError::Write { path: out.into(), source })?;
+    Ok(x509::key_id(&spki))
+}
+
+/// Where `keys rotate` creates the new key: a new PKCS#11 label, or a new TPM persistent handle (and, optionally, a
+/// new head counter index; by default the new key's heads continue the configured counter).
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// `--new-key-label` (PKCS#11).
+    pub key_label: Option<String>,
+    /// `--new-handle` (TPM).
+    pub handle: Option<u32>,
+    /// `--new-counter-index` (TPM): provision a fresh counter for the new key's heads.
+    pub counter_index: Option<u32>,
+}
+
+/// The public key and id of the key `config` names (opened and closed again).
+fn configured_key(config: &Config) -> Result<crate::signer::PublicKey, KeysError> {
+    let signer = open(config)?;
+    Ok(crate::signer::PublicKey::from_spki_der(&signer.public_key_spki_der())?)
+}
+
+/// `keys rotate`: creates a new key in the configured device and writes the pending rotation the appliance's next
+/// start records in the log ([`crate::rotation`]). The configured key must be the log's current key. Returns what
+/// the operator does next, as JSON.
+pub fn rotate(config: &Config, reason: &str, new: &NewKey) -> Result<serde_json::Value, KeysError> {
+    use crate::rotation::{pending_path, KeySpec, PendingRotation, PENDING_FORMAT};
+    use crate::verify::keys::{format_counter_index, MAX_REASON_BYTES};
+    if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
+        return Err(KeysError::Rotate(format!(
+            "--reason must say why, in 1 to {MAX_REASON_BYTES} bytes (it is recorded in the log)"
+        )));
+    }
+    let path = pending_path(&config.storage.database);
+    if path.exists() {
+        return Err(KeysError::Rotate(format!(
+            "a key rotation is already pending ({}): start the appliance with the new key configured to record it, \
+             or delete the file to cancel it",
+            path.display()
+        )));
+    }
+    let log_key = {
+        let conn = crate::store::open_reader(&config.storage.database)?;
+        crate::rotation::indexed_log_key(&conn)?
+    };
+    let Some(log_key) = log_key else {
+        return Err(KeysError::Rotate(format!(
+            "{} holds no signed head yet: there is nothing to rotate; a new log starts with whatever key is configured",
+            config.storage.database.display()
+        )));
+    };
+    // One device connection at a time (a TPM simulator serves one): each step opens and closes its own.
+    let old = configured_key(config)?;
+    if old.key_id != log_key {
+        return Err(KeysError::Rotate(format!(
+            "the configured key {} is not the log's current key {log_key}: configure the log's current key, then \
+             rotate",
+            old.key_id
+        )));
+    }
+    let old_spec = KeySpec::of(config)?;
+    let new_spec = match (&old_spec, new) {
+        (KeySpec::Pkcs11 { key_label }, NewKey { key_label: Some(l), handle: None, counter_index: None }) => {
+            if l == key_label {
+                return Err(KeysError::Rotate(format!(
+                    "--new-key-label {l:?} is the configured key's label"
+                )));
+            }
+            KeySpec::Pkcs11 { key_label: l.clone() }
+        }
+        (
+            KeySpec::Tpm { handle, counter_index },
+            NewKey { key_label: None, handle: Some(h), counter_index: c },
+        ) => {
+            if format_counter_index(*h) == *handle {
+                return Err(KeysError::Rotate(format!(
+                    "--new-handle {h:#010x} is the configured key's handle"
+                )));
+            }
+            KeySpec::Tpm {
+                handle: format_counter_index(*h),
+                counter_index: c.map(format_counter_index).or_else(|| counter_index.clone()),
+            }
+        }
+        (KeySpec::Pkcs11 { .. }, _) => {
+            return Err(KeysError::Rotate(
+                "a PKCS#11 key is rotated to a new label: give --new-key-label LABEL (and no TPM option)"
+                    .into(),
+            ))
+        }
+        (KeySpec::Tpm { .. }, _) => return Err(KeysError::Rotate(
+            "a TPM key is rotated to a new persistent handle: give --new-handle 0x810100.. (and optionally \
+                 --new-counter-index), not --new-key-label"
+                .into(),
+        )),
+    };
+    let new_config = new_spec.apply(config)?;
+    let created = match new.counter_index.filter(|i| Some(*i) != old_spec.counter_index()) {
+        // A fresh counter for the new key: created with the key (both or neither).
+        Some(_) => generate(&new_config, true, Generate::KeyAndCounter)?,
+        None => generate_key_only(&new_config)?,
+    };
+    let new_key = configured_key(&new_config)?;
+    let pending = PendingRotation {
+        format: PENDING_FORMAT.into(),
+        old_key_id: old.key_id.clone(),
+        new_key_id: new_key.key_id.clone(),
+        new_public_key: x509::public_key_pem(&new_key.spki_der)?,
+        reason: reason.to_string(),
+        requested_at: crate::ledger::head::format_time_ms(crate::store::now_ms()).unwrap_or_default(),
+        old: old_spec,
+        new: new_spec.clone(),
+    };
+    pending.save(&path)?;
+    Ok(serde_json::json!({
+        "old_key_id": old.key_id,
+        "new_key_id": new_key.key_id,
+        "new_key": created,
+        "new_public_key": pending.new_public_key,
+        "pending": path.display().to_string(),
+        "next": format!(
+            "set {} in the configuration, then restart the appliance: that start records the rotation in the log \
+             (its last head signed by the old key ends with the key rotation record) and signs every later head \
+             with the new key. Export the new key for auditors with `anchorlog keys export` once it is configured; \
+             a witness must know the new key's vkey before the restart. To cancel, delete the pending file (the new \
+             key stays in the device, unused)",
+            new_spec.hint()
+        ),
+    }))
+}
+
+/// Creates only the signing key the configuration names (a rotation keeps the configured TPM counter).
+fn generate_key_only(config: &Config) -> Result<serde_json::Value, KeysError> {
+    match config.signer.backend {
+        SignerBackend::Pkcs11 => generate(config, false, Generate::KeyAndCounter),
+        #[cfg(feature = "tpm")]
+        SignerBackend::Tpm => {
+            let mut c = config.clone();
+            if let Some(t) = c.signer.tpm.as_mut() {
+                // The counter exists already (it is the old key's): only the key is created.
+                t.counter_index = None;
+            }
+            generate(&c, true, Generate::KeyAndCounter)
+        }
+        #[cfg(not(feature = "tpm"))]
+        SignerBackend::Tpm => Err(KeysError::Unavailable("tpm")),
+    }
 }

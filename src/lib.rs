@@ -24,11 +24,12 @@
 //! | [`store`] | SQLite schema, append-only triggers, statements |
 //! | [`store::tree`], [`store::erasure`] | stored Merkle nodes (O(log n) proofs); the one permitted update |
 //! | [`store::search`] | index-driven, keyset-paginated search over the normalized fields |
-//! | `keys` | `anchorlog keys`: generate inside the device, export public key and certificate, attest |
+//! | `keys` | `anchorlog keys`: generate inside the device, export public key and certificate, attest, rotate, CSR |
+//! | `rotation` | key rotation: the pending rotation `keys rotate` prepares, and which key a start signs with |
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
-//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests); witness quorum checks |
+//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests); the key chain; witness quorum checks |
 //! | [`bundle`] | export bundles: writing from the database, verifying offline |
 //! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
@@ -90,6 +91,8 @@ pub mod monitor;
 pub mod preflight;
 #[cfg(feature = "server")]
 pub mod readiness;
+#[cfg(feature = "server")]
+pub mod rotation;
 #[cfg(feature = "server")]
 pub mod selfverify;
 #[cfg(feature = "server")]

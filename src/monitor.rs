@@ -15,6 +15,11 @@
 //! witness quorum (with `--witness`: none of the newest heads carries the quorum of listed witnesses'
 //! cosignatures — the witnesses refuse this log's heads, or none is reachable).
 //!
+//! The signing key may change only through the log's key rotation records (docs/FORMAT.md §20): the state keeps
+//! the key of the last head accepted (the `--signer` key on the first run), and when the latest head is signed by
+//! another key the monitor fetches the rotation records with their proofs (`GET /v1/key-rotations`) and follows them
+//! from that key; an unannounced key is a bad head (exit 3), a rotation before the head already accepted a fork.
+//!
 //! With `--witness`, the head the monitor accepts (and stores) is the newest one that carries the quorum: the very
 //! latest head may be a second away from its cosignatures, so up to [`QUORUM_LOOKBACK`] heights back are tried.
 
@@ -22,6 +27,8 @@ use crate::client::Connection;
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Hash};
 use crate::signer::PublicKey;
+use crate::verify::erasure::AnchorHead;
+use crate::verify::keys::{follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof, RotationReport};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -56,6 +63,12 @@ pub struct MonitorState {
     pub root: String,
     /// Its exact checkpoint text.
     pub checkpoint: String,
+    /// The hex key id of the key that signed it (absent in states written before key rotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// That key's PEM public key: the next run trusts it, not `--signer`, so it follows the log's rotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// The outcome of a successful run.
@@ -68,6 +81,9 @@ pub enum Outcome {
         height: u64,
         /// Its tree size.
         tree_size: u64,
+        /// The key rotations followed from `--signer` to its key.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        key_rotations: Vec<RotationReport>,
     },
     /// The same head as last time.
     Unchanged {
@@ -84,6 +100,9 @@ pub enum Outcome {
         from_size: u64,
         /// New tree size.
         to_size: u64,
+        /// The key rotations since the previous head.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        key_rotations: Vec<RotationReport>,
     },
 }
 
@@ -203,16 +222,24 @@ pub fn check_cosignatures(
 
 /// Checks the latest head's signature and parses it.
 pub fn check_head(head: &ServedHead, key: &PublicKey) -> Result<Checkpoint, AuditError> {
-    let cp = Checkpoint::parse(&head.checkpoint)
-        .map_err(|e| AuditError::BadHead { height: 0, reason: format!("malformed checkpoint: {e}") })?;
+    let trusted = std::slice::from_ref(key);
+    check_head_with(head, &HeadKeys { followed: FollowedKeys::default(), trusted, known: &[] })
+}
+
+/// Checks a head's signature under the key `keys` hold for its height and parses it.
+pub fn check_head_with(head: &ServedHead, keys: &HeadKeys<'_>) -> Result<Checkpoint, AuditError> {
+    let cp = parse_served(head)?;
     let sig = B64.decode(&head.signature).unwrap_or_default();
-    if !key.verify(head.checkpoint.as_bytes(), &sig) {
-        return Err(AuditError::BadHead {
-            height: cp.height,
-            reason: format!("signature does not verify with key {}", key.key_id),
-        });
-    }
+    keys.check(cp.height, &head.checkpoint, &sig).map_err(|f| AuditError::BadHead {
+        height: cp.height,
+        reason: f.to_string().split_once(": ").map_or(f.to_string(), |(_, r)| r.to_string()),
+    })?;
     Ok(cp)
+}
+
+fn parse_served(head: &ServedHead) -> Result<Checkpoint, AuditError> {
+    Checkpoint::parse(&head.checkpoint)
+        .map_err(|e| AuditError::BadHead { height: 0, reason: format!("malformed checkpoint: {e}") })
 }
 
 /// Judges the latest (already signature-checked) head against the stored state. `old_now` is the checkpoint
@@ -231,9 +258,13 @@ pub fn judge(
         tree_size: latest.tree_size,
         root: B64.encode(latest.root),
         checkpoint: latest_text.to_string(),
+        key_id: None,
+        public_key: None,
     };
     let Some(prev) = prev else {
-        return Ok((state, Outcome::FirstSeen { height: latest.height, tree_size: latest.tree_size }));
+        let first =
+            Outcome::FirstSeen { height: latest.height, tree_size: latest.tree_size, key_rotations: vec![] };
+        return Ok((state, first));
     };
     if latest.origin != prev.origin {
         return Err(AuditError::Fork {
@@ -282,6 +313,7 @@ pub fn judge(
             to_height: latest.height,
             from_size: prev.tree_size,
             to_size: latest.tree_size,
+            key_rotations: vec![],
         },
     ))
 }
@@ -384,12 +416,40 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(factor).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// The key rotations that lead from `trusted` (the state's key, or `--signer`) to the key of the latest head: none
+/// when that key signed it, else those `GET /v1/key-rotations` serves for its tree size, followed with their proofs
+/// against it.
+async fn follow_keys(
+    conn: &mut Connection,
+    latest: &ServedHead,
+    trusted: &[PublicKey],
+) -> Result<FollowedKeys, AuditError> {
+    let cp = parse_served(latest)?;
+    let sig = B64.decode(&latest.signature).unwrap_or_default();
+    if trusted.iter().any(|k| k.verify(latest.checkpoint.as_bytes(), &sig)) {
+        return Ok(FollowedKeys::default());
+    }
+    let path = format!("/v1/key-rotations?tree_size={}", cp.tree_size);
+    let (status, v) = get_json(conn, &path).await?;
+    if status != 200 {
+        return Err(io(format!("GET {path}: status {status}: {v}")));
+    }
+    let proofs: Vec<KeyRotationProof> = serde_json::from_value(v["rotations"].clone())
+        .map_err(|e| io(format!("GET {path}: unexpected answer: {e}")))?;
+    let reference =
+        AnchorHead { height: cp.height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
+    follow_rotation_proofs(trusted, &proofs, &reference).map_err(|f| AuditError::BadHead {
+        height: cp.height,
+        reason: format!("following the key rotations: {f}"),
+    })
+}
+
 /// The newest head, from `latest` down at most [`QUORUM_LOOKBACK`] heights, that carries the witness quorum.
 async fn newest_with_quorum(
     conn: &mut Connection,
     latest_served: ServedHead,
     latest: Checkpoint,
-    signer: &PublicKey,
+    keys: &HeadKeys<'_>,
     policy: &crate::verify::witnesses::WitnessPolicy,
 ) -> Result<(ServedHead, Checkpoint), AuditError> {
     let first_miss = match check_cosignatures(&latest_served, &latest, policy) {
@@ -403,7 +463,7 @@ async fn newest_with_quorum(
             return Err(io(format!("GET /v1/heads/{height}: status {status}: {v}")));
         }
         let head = served(&v)?;
-        let cp = check_head(&head, signer)?;
+        let cp = check_head_with(&head, keys)?;
         match check_cosignatures(&head, &cp, policy) {
             Ok(_) => return Ok((head, cp)),
             Err(AuditError::BelowQuorum { .. }) => continue,
@@ -423,6 +483,12 @@ pub async fn run(
     expect: &Expect,
 ) -> Result<Outcome, AuditError> {
     let prev = load_state(state_file)?;
+    // The key of the head accepted last (it follows the log's rotations), else the auditor's --signer.
+    let start = match prev.as_ref().and_then(|p| p.public_key.as_deref()) {
+        Some(pem) => PublicKey::from_pem(pem).map_err(|e| io(format!("state file: public_key: {e}")))?,
+        None => signer.clone(),
+    };
+    let trusted = [start];
     let tls = crate::tls::client_config(&target.ca, &target.cert, &target.key).map_err(io)?;
     let (addr, host) = resolve(&target.url)?;
     let mut conn = Connection::connect(addr, &host, tls).await.map_err(io)?;
@@ -431,10 +497,24 @@ pub async fn run(
         return Err(io(format!("GET /v1/heads/latest: status {status}: {v}")));
     }
     let mut latest_served = served(&v)?;
-    let mut latest = check_head(&latest_served, signer)?;
+    let followed = follow_keys(&mut conn, &latest_served, &trusted).await?;
+    let keys = HeadKeys { followed, trusted: &trusted, known: &[] };
+    let mut latest = check_head_with(&latest_served, &keys)?;
     if let Some(policy) = &expect.witnesses {
-        (latest_served, latest) =
-            newest_with_quorum(&mut conn, latest_served, latest, signer, policy).await?;
+        (latest_served, latest) = newest_with_quorum(&mut conn, latest_served, latest, &keys, policy).await?;
+    }
+    if let Some((p, r)) = prev
+        .as_ref()
+        .and_then(|p| keys.followed.rotations.iter().find(|r| r.height < p.height).map(|r| (p, r)))
+    {
+        // The state's head, seen before at a greater height, was signed by the key this rotation retires earlier.
+        return Err(AuditError::Fork {
+            height: r.height,
+            reason: format!(
+                "the appliance now shows key {} retired after head height {}, but height {} was seen before signed by it",
+                r.old_key_id, r.height, p.height
+            ),
+        });
     }
     if let Some(origin) = expect.origin.as_deref().filter(|o| *o != latest.origin) {
         return Err(AuditError::Fork {
@@ -464,8 +544,19 @@ pub async fn run(
             reason: "the proof is not a list of base64 SHA-256 hashes".into(),
         })?);
     }
-    let (state, outcome) =
+    let (mut state, mut outcome) =
         judge(prev.as_ref(), &latest, &latest_served.checkpoint, old_now.as_deref(), proof.as_deref())?;
+    let key = keys.followed.key_for(latest.height).unwrap_or(&trusted[0]);
+    state.key_id = Some(key.key_id.clone());
+    state.public_key = Some(crate::bundle::export::public_key_pem(key).map_err(io)?);
+    let followed: Vec<RotationReport> =
+        keys.followed.rotations.iter().filter(|r| r.height < latest.height).cloned().collect();
+    match &mut outcome {
+        Outcome::FirstSeen { key_rotations, .. } | Outcome::Advanced { key_rotations, .. } => {
+            *key_rotations = followed
+        }
+        Outcome::Unchanged { .. } => {}
+    }
     save_state(state_file, &state)?;
     if let Some(max) = expect.max_age {
         let age_ms = crate::store::now_ms().saturating_sub(latest.time_ms);
@@ -548,12 +639,21 @@ mod tests {
         let h0 = log.seal(3, 0);
         let cp0 = check_head(&h0, &key).unwrap();
         let (s0, o) = judge(None, &cp0, &h0.checkpoint, None, None).unwrap();
-        assert_eq!(o, Outcome::FirstSeen { height: 0, tree_size: 3 });
+        assert_eq!(o, Outcome::FirstSeen { height: 0, tree_size: 3, key_rotations: vec![] });
         let h1 = log.seal(4, 1);
         let cp1 = check_head(&h1, &key).unwrap();
         let proof = log.proof(3);
         let (s1, o) = judge(Some(&s0), &cp1, &h1.checkpoint, Some(&h0.checkpoint), Some(&proof)).unwrap();
-        assert_eq!(o, Outcome::Advanced { from_height: 0, to_height: 1, from_size: 3, to_size: 7 });
+        assert_eq!(
+            o,
+            Outcome::Advanced {
+                from_height: 0,
+                to_height: 1,
+                from_size: 3,
+                to_size: 7,
+                key_rotations: vec![]
+            }
+        );
         assert_eq!(
             judge(Some(&s1), &cp1, &h1.checkpoint, None, None).unwrap().1,
             Outcome::Unchanged { height: 1 }
@@ -601,6 +701,8 @@ mod tests {
             tree_size: 9,
             root: "AA==".into(),
             checkpoint: "c".into(),
+            key_id: None,
+            public_key: None,
         };
         save_state(&p, &s).unwrap();
         assert_eq!(load_state(&p).unwrap(), Some(s));

@@ -10,6 +10,7 @@ use crate::signer::PublicKey;
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, StoreError, StoredEvent};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
+use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof, RotationReport};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{check_event, Failure};
@@ -74,6 +75,11 @@ pub struct Receipt {
     pub head: ReceiptHead,
     /// Base64 RFC 9162 inclusion proof of leaf `seq` in the tree of size `head.tree_size`.
     pub inclusion_proof: Vec<String>,
+    /// The log's key rotation records up to the newest head the receipt relies on (`head`, or the erasure record's
+    /// head), each with its proofs against `head` (docs/FORMAT.md §20): they lead a verifier that holds the log's
+    /// first key to the key of `head`. Absent when the log never rotated its key before then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_rotations: Vec<KeyRotationProof>,
 }
 
 /// Why a receipt could not be built.
@@ -103,6 +109,12 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
         ),
         None => None,
     };
+    // Every rotation under a head up to the newest one this receipt relies on.
+    let reach = erasure_record
+        .as_ref()
+        .and_then(|p| Checkpoint::parse(&p.head.checkpoint).ok())
+        .map_or(head.tree_size, |cp| cp.tree_size.max(head.tree_size));
+    let key_rotations = crate::bundle::export::key_rotation_proofs(conn, 0, reach, head.tree_size)?;
     // The head's token and cosignatures as far as they are stored (both follow the seal within seconds, and are
     // back-filled when the TSA or a witness was down).
     let token = store::timestamp(conn, head.height)?.map(|t| B64.encode(t.response));
@@ -127,6 +139,7 @@ pub fn build(conn: &Connection, seq: u64) -> Result<Receipt, ReceiptError> {
             cosignatures,
         },
         inclusion_proof: proof.iter().map(|h| B64.encode(h)).collect(),
+        key_rotations,
     })
 }
 
@@ -143,6 +156,10 @@ pub struct ReceiptReport {
     pub tree_size: u64,
     /// The log's origin.
     pub origin: String,
+    /// The key that signed the head.
+    pub key_id: String,
+    /// The key rotations followed from the given key to it.
+    pub rotations: Vec<RotationReport>,
     /// The head's token check, when a TSA CA was given ([`verify_with`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<TimestampReport>,
@@ -192,6 +209,18 @@ pub fn verify_witnessed(
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
 ) -> Result<ReceiptReport, Failure> {
+    verify_keys(r, std::slice::from_ref(key), origin, tsa, witnesses)
+}
+
+/// [`verify_witnessed`] trusting any of `keys` as a key of the log: the head must be signed by one of them, or by
+/// a key the receipt's rotation records lead to from one of them (docs/FORMAT.md §20).
+pub fn verify_keys(
+    r: &Receipt,
+    keys: &[PublicKey],
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<ReceiptReport, Failure> {
     let seq = r.seq;
     if r.format != RECEIPT_FORMAT || !(1..=RECEIPT_VERSION).contains(&r.version) {
         return Err(Failure::EntryMalformed {
@@ -221,10 +250,11 @@ pub fn verify_witnessed(
     if let Some(expected) = origin.filter(|o| *o != cp.origin) {
         return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.into() });
     }
+    let reference = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
+    let followed = follow_rotation_proofs(keys, &r.key_rotations, &reference)?;
+    let head_keys = HeadKeys { followed, trusted: keys, known: &[] };
     let sig = B64.decode(&r.head.signature).unwrap_or_default();
-    if !key.verify(r.head.checkpoint.as_bytes(), &sig) {
-        return Err(Failure::BadSignature { height, key_id: key.key_id.clone() });
-    }
+    let signer = head_keys.check(height, &r.head.checkpoint, &sig)?;
     let proof = r
         .inclusion_proof
         .iter()
@@ -245,8 +275,7 @@ pub fn verify_witnessed(
                 (None, None) => Failure::UnrecordedErasure { seq },
             });
         };
-        let anchor = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
-        check_erasure_record_proof(record, &anchor, key)?;
+        check_erasure_record_proof(record, &reference, &head_keys)?;
     }
     let timestamp = match tsa {
         Some(policy) => {
@@ -284,11 +313,14 @@ pub fn verify_witnessed(
         }
         None => None,
     };
+    let rotations = head_keys.followed.rotations;
     Ok(ReceiptReport {
         seq,
         erased,
         height,
         tree_size: cp.tree_size,
+        key_id: signer.key_id,
+        rotations,
         origin: cp.origin,
         timestamp,
         witnesses,

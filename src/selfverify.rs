@@ -44,7 +44,12 @@ pub struct StartupVerification {
 
 /// Verifies the database at `db` at start-up: from the last self-verified point when there is a usable one,
 /// else from genesis. Accepts an erasure record not yet sealed (the start seals it next). Blocking.
-pub fn verify_at_start(db: &Path, key: &PublicKey, origin: &str) -> Result<StartupVerification, VerifyError> {
+pub fn verify_at_start(
+    db: &Path,
+    first_key: &PublicKey,
+    origin: &str,
+) -> Result<StartupVerification, VerifyError> {
+    let keys = std::slice::from_ref(first_key);
     let conn = store::open_reader(db)?;
     let sealed = store::last_head(&conn)?.map_or(0, |h| h.tree_size);
     let opts = || WalkOptions {
@@ -55,7 +60,7 @@ pub fn verify_at_start(db: &Path, key: &PublicKey, origin: &str) -> Result<Start
     let point = resume::last_point(&conn, sealed)?;
     match point {
         Point::Found(record) => {
-            let range = resume::verify_database_after(&conn, key, Some(record.height), opts())?;
+            let range = resume::verify_database_after(&conn, keys, Some(record.height), opts())?;
             if let Some(anchor) = &range.anchor {
                 resume::check_record_names_head(&record, anchor)?;
             }
@@ -73,11 +78,11 @@ pub fn verify_at_start(db: &Path, key: &PublicKey, origin: &str) -> Result<Start
                 "the self-verification index names event {seq}, which is not a self-verification record of the \
                  head it claims (its source_id column was changed?): verifying the whole log at start"
             );
-            let range = resume::verify_database_after(&conn, key, None, opts())?;
+            let range = resume::verify_database_after(&conn, keys, None, opts())?;
             Ok(StartupVerification { range, resumed_from: None })
         }
         Point::None => {
-            let range = resume::verify_database_after(&conn, key, None, opts())?;
+            let range = resume::verify_database_after(&conn, keys, None, opts())?;
             Ok(StartupVerification { range, resumed_from: None })
         }
     }
@@ -249,7 +254,8 @@ fn failure_json(f: &PassFailure) -> Value {
 pub struct SelfVerifySettings {
     /// The database.
     pub db: PathBuf,
-    /// The signer's public key.
+    /// The key the log's chain starts with: a full pass follows the key rotation records from it (docs/FORMAT.md
+    /// §20); an incremental pass resumes under the key of the head it resumes after.
     pub key: PublicKey,
     /// The log's origin.
     pub origin: String,
@@ -388,7 +394,13 @@ impl SelfVerifier {
                 ..WalkOptions::default()
             };
             let mut events = Stoppable { inner: verify::DbEvents(&conn), stop };
-            resume::verify_database_after_with(&conn, &self.settings.key, after, opts, &mut events)
+            resume::verify_database_after_with(
+                &conn,
+                std::slice::from_ref(&self.settings.key),
+                after,
+                opts,
+                &mut events,
+            )
         })();
         self.state.with(|i| i.running = None);
         if stop.load(Ordering::SeqCst) {

@@ -60,9 +60,9 @@ pub enum ServeError {
     Store(#[from] store::StoreError),
     /// The stored log does not verify: refuse to serve.
     #[error(
-        "refusing to start: the database does not verify against the signer's key {key_id}: {failure}. \
+        "refusing to start: the database does not verify (the signer's key is {key_id}): {failure}. \
          The log may have been tampered with or the wrong key/database is configured. Do not write to it; \
-         run `anchorlog verify --db {db} --key <signer.pem>` and investigate before restarting"
+         run `anchorlog verify --db {db} --key <the log's first signer.pem>` and investigate before restarting"
     )]
     Reconciliation {
         /// What was wrong.
@@ -98,6 +98,15 @@ pub enum ServeError {
     /// The start could not be recorded in the log (PCI DSS 10.2.1.6): the appliance does not serve unrecorded.
     #[error("cannot record this start in the log: {0}; check the disk and the database, then restart")]
     StartRecord(String),
+    /// The configured key, the log's key and a pending key rotation do not fit together.
+    #[error(transparent)]
+    Keys(#[from] crate::rotation::RotationError),
+    /// A pending key rotation could not be recorded; nothing of it was written.
+    #[error(
+        "cannot record the pending key rotation: {0}. Nothing of it was written to the log; fix the cause and start \
+         again, or delete the pending rotation file to cancel it"
+    )]
+    Rotation(String),
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -160,9 +169,13 @@ pub struct Service {
     tls: Arc<rustls::ServerConfig>,
     source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
-    // Self-verification and alerts (issue 12): where the background verifier continues, the webhooks.
+    // Self-verification and alerts (issue 12): where the background verifier continues, from which first key, the
+    // webhooks.
     resume: crate::selfverify::Resume,
+    first_key: crate::signer::PublicKey,
     alert_targets: Vec<crate::alerts::AlertTarget>,
+    /// The seq of this run's start record when the start already wrote it (with a key rotation).
+    recorded_start: Option<u64>,
 }
 
 impl Service {
@@ -193,11 +206,13 @@ impl Service {
         let pem = crate::bundle::export::public_key_pem(signer.public_key())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
         store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
-        let (chain, resume) = reconcile(&config, &signer).await?;
+        let Reconciled { report, chain, resume, first_key } = reconcile(&config, &signer).await?;
         let previous_run = {
             let last = store::last_event(&writer_conn)?;
             PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
         };
+        let (writer_conn, chain, recorded_start) =
+            settle_keys(&config, &signer, writer_conn, chain, &report, previous_run).await?;
         let sources = Arc::new(loaded.sources);
         let listener = TcpListener::bind(&config.server.listen)
             .await
@@ -233,7 +248,9 @@ impl Service {
             witnessing,
             previous_run,
             resume,
+            first_key,
             alert_targets: loaded.alerts,
+            recorded_start,
         })
     }
 
@@ -269,7 +286,9 @@ impl Service {
             witnessing,
             previous_run,
             resume,
+            first_key,
             alert_targets,
+            recorded_start,
         } = self;
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
@@ -294,7 +313,14 @@ impl Service {
             &signer.public_key().key_id,
             previous_run,
         );
-        let start_seq = if config.server.record_appliance_events {
+        let start_seq = if let (Some(seq), true) = (recorded_start, config.server.record_appliance_events) {
+            tracing::info!(
+                seq,
+                previous_run = previous_run.as_str(),
+                "start recorded in the log with the key rotation"
+            );
+            Some(seq)
+        } else if config.server.record_appliance_events {
             let seq = match appender.append(vec![internal::internal_event(&start)]).await {
                 Ok(done) => done.first().map(|a| a.seq),
                 Err(e) => return Err(ServeError::StartRecord(e.to_string())),
@@ -365,7 +391,7 @@ impl Service {
         let verifier = crate::selfverify::SelfVerifier::new(
             crate::selfverify::SelfVerifySettings {
                 db: db.clone(),
-                key: signer.public_key().clone(),
+                key: first_key,
                 origin: config.origin.clone(),
                 interval: Duration::from_secs(config.self_verify.interval_s),
                 full_every: Duration::from_secs(config.self_verify.full_every_s),
@@ -498,23 +524,45 @@ impl Service {
     }
 }
 
-/// Verifies the stored log against the signer's key — from the last self-verified point when the log has one
-/// ([`crate::selfverify::verify_at_start`]), else all of it — and returns the state to continue the chain from
-/// and where the background verifier continues.
-async fn reconcile(
-    config: &Config,
-    signer: &SignerHandle,
-) -> Result<(ChainState, crate::selfverify::Resume), ServeError> {
+/// The key the log's chain starts with: head 0's, as the database recorded it (`None` for a log without heads, or
+/// without that key's record: then the signer's own). Trusting the database here costs nothing an insider does not
+/// already have; an auditor pins the first key instead (`verify --key`).
+fn first_key(conn: &rusqlite::Connection) -> Result<Option<crate::signer::PublicKey>, store::StoreError> {
+    let Some(h) = store::head(conn, 0)? else { return Ok(None) };
+    Ok(store::public_key_pem(conn, &h.key_id)?.and_then(|pem| crate::signer::PublicKey::from_pem(&pem).ok()))
+}
+
+/// What the start-up verification established.
+struct Reconciled {
+    /// The walk's report, with `heads` and `last_checkpoint` made whole-log (a resumed walk counts only its range):
+    /// what [`settle_keys`] decides from.
+    report: verify::Report,
+    /// Where the chain continues.
+    chain: ChainState,
+    /// Where the background verifier continues.
+    resume: crate::selfverify::Resume,
+    /// The key the log's chain starts with (the background full passes start from it).
+    first_key: crate::signer::PublicKey,
+}
+
+/// Verifies the stored log, following its key rotations from its first key — from the last self-verified point
+/// when the log has one ([`crate::selfverify::verify_at_start`]), else all of it — and returns the state to
+/// continue the chain from. Which key must sign next is [`settle_keys`]'s to decide.
+async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<Reconciled, ServeError> {
     let db = config.storage.database.clone();
-    let key = signer.public_key().clone();
+    let signer_key = signer.public_key().clone();
     let origin = config.origin.clone();
     let started = std::time::Instant::now();
     // An erasure record not sealed yet (a crash right after an erasure) is accepted here only: this start seals
     // it next. Every auditor's verification requires it under a signed head.
-    let result = tokio::task::spawn_blocking(move || crate::selfverify::verify_at_start(&db, &key, &origin))
-        .await
-        .map_err(|e| ServeError::Internal(e.to_string()))?;
-    let verified = match result {
+    let result = tokio::task::spawn_blocking(move || {
+        let conn = store::open_reader(&db)?;
+        let key = first_key(&conn)?.unwrap_or(signer_key);
+        crate::selfverify::verify_at_start(&db, &key, &origin).map(|v| (v, key))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let (verified, first_key) = match result {
         Ok(r) => r,
         Err(verify::VerifyError::Invalid(failure)) => {
             return Err(ServeError::Reconciliation {
@@ -526,46 +574,216 @@ async fn reconcile(
         Err(verify::VerifyError::Store(e)) => return Err(e.into()),
         Err(e @ verify::VerifyError::Unreadable(_)) => return Err(ServeError::Internal(e.to_string())),
     };
-    let report = &verified.range.report;
-    let heads = verified.range.total_heads();
+    let mut report = verified.range.report.clone();
     tracing::info!(
         events = report.events,
         heads = report.heads,
         from_height = verified.range.anchor.as_ref().map(|h| h.height),
         unsealed = report.unsealed_events,
+        key_rotations = report.rotations.len(),
+        key_id = %report.current_key_id,
         ms = started.elapsed().as_millis() as u64,
         "startup reconciliation passed"
     );
-    let last_head = verified.range.last_head.as_ref();
-    let last = last_head.map(|h| crate::ledger::head::Checkpoint::parse(&h.checkpoint)).transpose();
+    if let Some(seq) = report.unsealed_rotation {
+        // Only an insider writes one outside the transaction that seals it: sealing it now would hand the log to
+        // a key no head vouched for.
+        return Err(ServeError::Reconciliation {
+            failure: verify::Failure::KeyRotationInvalid {
+                seq,
+                reason: "no head covers it: the appliance seals a rotation record in the transaction that \
+                         appends it, so it was written behind the appliance's back"
+                    .into(),
+            },
+            key_id: signer.public_key().key_id.clone(),
+            db: config.storage.database.display().to_string(),
+        });
+    }
+    report.heads = verified.range.total_heads();
+    report.last_checkpoint = verified.range.last_head.as_ref().map(|h| h.checkpoint.clone());
+    let last = report.last_checkpoint.as_deref().map(crate::ledger::head::Checkpoint::parse).transpose();
     let last = last.map_err(|e| ServeError::Internal(e.to_string()))?;
-    check_counter(config, signer, heads, last.as_ref()).await?;
     let chain = ChainState {
         frontier: report.frontier_at_last_head.clone(),
-        next_height: heads,
-        prev_hash: last_head
-            .map(|h| crate::ledger::head::Checkpoint::text_hash(&h.checkpoint))
+        next_height: report.heads,
+        prev_hash: report
+            .last_checkpoint
+            .as_deref()
+            .map(crate::ledger::head::Checkpoint::text_hash)
             .unwrap_or([0; 32]),
         last_time_ms: last.as_ref().map_or(0, |h| h.time_ms),
         last_counter: last.and_then(|h| h.counter).map(|c| c.value),
     };
-    Ok((chain, crate::selfverify::Resume::after_start(&verified)))
+    let resume = crate::selfverify::Resume::after_start(&verified);
+    Ok(Reconciled { report, chain, resume, first_key })
 }
 
-/// The start-up half of the TPM counter (docs/TPM.md): the last head must carry a counter the TPM's has not
-/// moved beyond, except for the documented slack. A database restored from an older copy, or with its newest
-/// heads cut off, is refused here (exit code 3) even though everything in it verifies.
+/// The newest head's counter, `(height, counter)`: once heads carry a counter every later head does (the verifier
+/// checks it), so the last head's is the newest counter in the log.
+fn newest_counter(report: &verify::Report) -> Option<(u64, crate::ledger::head::HeadCounter)> {
+    let cp = crate::ledger::head::Checkpoint::parse(report.last_checkpoint.as_deref()?).ok()?;
+    cp.counter.map(|c| (cp.height, c))
+}
+
+/// Decides which key signs from now on ([`crate::rotation::plan`]): the configured one when it is the log's
+/// current key; refuses ambiguous states; and records a pending key rotation. Checks the TPM counter of whichever
+/// key signs the next head. Returns the writer connection, the chain to continue and the seq of a start record
+/// already written (with a rotation).
+async fn settle_keys(
+    config: &Config,
+    signer: &SignerHandle,
+    conn: rusqlite::Connection,
+    chain: ChainState,
+    report: &verify::Report,
+    previous_run: PreviousRun,
+) -> Result<(rusqlite::Connection, ChainState, Option<u64>), ServeError> {
+    use crate::rotation::{self, PendingRotation, Plan};
+    let path = rotation::pending_path(&config.storage.database);
+    let pending = PendingRotation::load(&path)?;
+    let log_key = (report.heads > 0).then_some(report.current_key_id.as_str());
+    let plan = rotation::plan(log_key, &signer.public_key().key_id, pending.as_ref(), &path)?;
+    let newest = newest_counter(report);
+    let (Plan::Rotate, Some(p)) = (&plan, pending) else {
+        if plan == Plan::AlreadyRecorded {
+            tracing::info!(path = %path.display(), "the pending key rotation is already in the log; removing its file");
+            remove_pending(&path);
+        }
+        check_counter(config, signer, report.heads, newest).await?;
+        return Ok((conn, chain, None));
+    };
+    // The old key signs one more head. A TPM simulator serves one connection at a time: the configured signer lets
+    // go of it while the old key is open.
+    signer.release().await?;
+    let old_config = p.old.apply(config)?;
+    let old = open_signer(&old_config)?;
+    if old.public_key().key_id != p.old_key_id {
+        let found = old.public_key().key_id.clone();
+        let _ = old.close().await;
+        return Err(ServeError::Rotation(format!(
+            "the old key named in {} ({}) has key id {found}, not {}",
+            path.display(),
+            p.old.hint(),
+            p.old_key_id
+        )));
+    }
+    check_counter(config, &old, report.heads, newest).await?;
+    let new_counter = crate::rotation::KeySpec::of(config)?.counter_index();
+    let recorded = record_rotation(config, signer, &old, conn, chain, previous_run, &p, new_counter).await;
+    let _ = old.close().await;
+    let (conn, chain, start_seq, head) = recorded?;
+    remove_pending(&path);
+    tracing::warn!(
+        height = head.height,
+        old_key_id = %p.old_key_id,
+        new_key_id = %p.new_key_id,
+        reason = %p.reason,
+        "key rotation recorded: head {} is the old key's last; every later head is signed by the new key",
+        head.height
+    );
+    // The new key's counter continues the old one's when it is the same index, else it starts afresh.
+    let continued = head.counter.filter(|c| Some(c.index) == new_counter).map(|c| (head.height, c));
+    check_counter(config, signer, head.height + 1, continued).await?;
+    Ok((conn, chain, Some(start_seq)))
+}
+
+fn remove_pending(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the pending key rotation file; the next start removes it");
+    }
+}
+
+/// Appends this start's record and the key rotation record and stores the head over them signed by the `old` key,
+/// in one transaction (the record must be that head's last event: nothing may come between). Returns the writer
+/// connection, the chain after that head, the start record's seq and the head.
+#[allow(clippy::too_many_arguments)]
+async fn record_rotation(
+    config: &Config,
+    new: &SignerHandle,
+    old: &SignerHandle,
+    conn: rusqlite::Connection,
+    chain: ChainState,
+    previous_run: PreviousRun,
+    p: &crate::rotation::PendingRotation,
+    new_counter: Option<u32>,
+) -> Result<(rusqlite::Connection, ChainState, u64, crate::ledger::head::Checkpoint), ServeError> {
+    use crate::ledger::appender;
+    use crate::ledger::head::Checkpoint;
+    let failed = |e: &dyn std::fmt::Display| ServeError::Rotation(e.to_string());
+    let pem = crate::bundle::export::public_key_pem(new.public_key()).map_err(|e| failed(&e))?;
+    let start =
+        internal::start_body(&config.text_sha256, new.description(), &new.public_key().key_id, previous_run);
+    let record =
+        internal::key_rotation_body(&p.old_key_id, &new.public_key().key_id, &pem, &p.reason, new_counter);
+    let events = vec![internal::internal_event(&start), internal::internal_event(&record)];
+    let (conn, next_seq, mut frontier) = tokio::task::spawn_blocking(move || {
+        let next = store::event_count(&conn)?;
+        let frontier = store::tree::load_frontier(&conn, next)?;
+        Ok::<_, store::StoreError>((conn, next, frontier))
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))??;
+    for (i, ev) in events.iter().enumerate() {
+        frontier.push(crate::ledger::merkle::leaf_hash(&appender::entry_of(ev, next_seq + i as u64)));
+    }
+    let counter = old.advance_counter(chain.last_counter).await?;
+    let head = Checkpoint {
+        origin: config.origin.clone(),
+        tree_size: frontier.size(),
+        root: frontier.root(),
+        height: chain.next_height,
+        prev: chain.prev_hash,
+        time_ms: store::now_ms().max(chain.last_time_ms),
+        counter,
+    };
+    let text = head.to_text().map_err(|e| failed(&e))?;
+    let signature = old.sign(text.as_bytes().to_vec()).await?;
+    if !old.public_key().verify(text.as_bytes(), &signature) {
+        return Err(failed(&"the old key's signature over the rotation head does not verify"));
+    }
+    let stored = store::StoredHead {
+        height: head.height,
+        tree_size: head.tree_size,
+        root: head.root,
+        checkpoint: text.clone(),
+        signature,
+        key_id: old.public_key().key_id.clone(),
+        sealed_at_ms: head.time_ms,
+    };
+    let new_key_id = new.public_key().key_id.clone();
+    let (conn, appended) = tokio::task::spawn_blocking(move || {
+        let appended = appender::append_sealed(&conn, &events, &stored, |c, done| match done.last() {
+            Some(r) => store::record_rotation(c, r.seq, &new_key_id),
+            None => Ok(()),
+        });
+        (conn, appended)
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))?;
+    let appended = appended.map_err(|e| failed(&e))?;
+    let start_seq = appended.first().map_or(next_seq, |a| a.seq);
+    let continued = head.counter.filter(|c| Some(c.index) == new_counter);
+    let chain = ChainState {
+        frontier,
+        next_height: head.height + 1,
+        prev_hash: Checkpoint::text_hash(&text),
+        last_time_ms: head.time_ms,
+        last_counter: continued.map(|c| c.value),
+    };
+    Ok((conn, chain, start_seq, head))
+}
+
+/// The start-up half of the TPM counter (docs/TPM.md): the newest head's counter (`head`: its height and counter;
+/// `None` when no head carries one) must be one the TPM's has not moved beyond, except for the documented slack. A
+/// database restored from an older copy, or with its newest heads cut off, is refused here (exit code 3) even
+/// though everything in it verifies. `heads` is the number of heads the log holds.
 async fn check_counter(
     config: &Config,
     signer: &SignerHandle,
     heads: u64,
-    last: Option<&crate::ledger::head::Checkpoint>,
+    head: Option<(u64, crate::ledger::head::HeadCounter)>,
 ) -> Result<(), ServeError> {
     use crate::ledger::counter::{self, CounterFailure};
     let observed = signer.read_counter().await?;
-    // Once heads carry a counter every later head does (the verifier checks it), so the last head's is the
-    // newest counter in the log.
-    let head = last.and_then(|cp| cp.counter.map(|c| (cp.height, c)));
     let checked = match &observed {
         Some(tpm) => counter::check_newest(head.as_ref().map(|(h, c)| (*h, c)), heads, tpm),
         None => match head {

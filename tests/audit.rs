@@ -153,7 +153,7 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     let f = verify::verify_database(&b.conn, &key.public, None).unwrap_err();
     assert_eq!(f.to_string(), format!("verification failed: event seq 1: its erasure record (event seq {logged}) is not covered by a signed head yet; if the appliance is running, verify again after the next seal"));
     let opts = verify::WalkOptions { allow_unsealed_erasure_records: true, ..verify::WalkOptions::default() };
-    verify::verify_database_with(&b.conn, &key.public, opts).unwrap();
+    verify::verify_database_with(&b.conn, std::slice::from_ref(&key.public), opts).unwrap();
     // Sealed: the log, including the erased event, verifies; the erasure is counted.
     b.head();
     let r = verify::verify_database(&b.conn, &key.public, Some(common::ORIGIN)).unwrap();

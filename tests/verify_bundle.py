@@ -11,6 +11,10 @@ inclusion and consistency proofs. With --tsa-ca every heads/<h>.tsr is checked w
 genTime against the head's seal time (at most 300 s earlier, at most SECONDS later — default 600 — unless the
 log records a timestamping outage around the head), and genTimes must not go backwards along the chain; a head
 without a token is listed, or fails with --require-timestamps.
+Keys rotate only through the appliance's key rotation record (FORMAT.md §20): the head that ends with it is the
+old key's last, every later head is the new key's. SIGNER.pem is the key the chain starts with (the log's first key
+will do): rotations inside the range are followed as the walk meets them, those before it (and after it, for
+erasure record proofs) from key-rotations.jsonl with their inclusion and consistency proofs.
 With --witness (repeatable: a witness's cosignature/v1 vkey, or a file holding it) the cosignature lines in every
 heads/<h>.note are checked (FORMAT.md §16): the note's text must be heads/<h>.txt, a line of a listed witness must
 verify (Ed25519 over "cosignature/v1\ntime T\n" + text) and not be dated more than 300 s before the head's seal
@@ -18,12 +22,14 @@ time, lines of other keys are ignored, and the last head must carry K (default: 
 witnesses' cosignatures.
 Exit codes: 0 the bundle verifies, 3 it does not (the first bad seq or height is printed), 1 unreadable input.
 """
+import atexit
 import base64
 import datetime
 import hashlib
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -306,11 +312,82 @@ def canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+KEY_ID = re.compile(r"[0-9a-f]{64}")
+COUNTER_INDEX = re.compile(r"0x[0-9a-f]{8}")
+
+
+class Key:
+    """A head-signing public key: a PEM file openssl reads, and its key id (hex SHA-256 of the SPKI DER)."""
+
+    def __init__(self, path):
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-in", path, "-outform", "DER"], capture_output=True)
+        if der.returncode != 0:
+            raise ValueError("%s is not a PEM public key" % path)
+        self.path, self.key_id = path, hashlib.sha256(der.stdout).hexdigest()
+
+    @staticmethod
+    def from_pem(pem, workdir):
+        path = os.path.join(workdir, "key-%d.pem" % len(os.listdir(workdir)))
+        with open(path, "w") as f:
+            f.write(pem)
+        return Key(path)
+
+
+def rotation_record(seq, body, workdir):
+    """The checked fields of a key rotation record's body (FORMAT.md §20), with the new key."""
+    bad = lambda why: Invalid("event seq %d: key rotation record is invalid: %s" % (seq, why))
+    for k in ("old_key_id", "new_key_id"):
+        if not isinstance(body.get(k), str) or not KEY_ID.fullmatch(body[k]):
+            raise bad("%s is not 64 lower-case hex digits" % k)
+    pem = body.get("new_public_key")
+    if not isinstance(pem, str) or "-----BEGIN PUBLIC KEY-----" not in pem:
+        raise bad("new_public_key is not a PEM public key")
+    try:
+        new = Key.from_pem(pem, workdir)
+    except ValueError:
+        raise bad("new_public_key is not a public key")
+    if new.key_id != body["new_key_id"] or new.key_id == body["old_key_id"]:
+        raise bad("new_public_key does not match new_key_id, or is the old key")
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not 1 <= len(reason.encode("utf-8")) <= 1024:
+        raise bad("reason must be 1 to 1024 bytes")
+    if "new_counter_index" not in body:
+        raise bad("new_counter_index is missing")
+    index = body["new_counter_index"]
+    if index is not None and not (isinstance(index, str) and COUNTER_INDEX.fullmatch(index)):
+        raise bad("new_counter_index is malformed")
+    return {"seq": seq, "old": body["old_key_id"], "new": new, "reason": reason,
+            "counter": None if index is None else int(index, 16)}
+
+
 class Chain:
     def __init__(self, origin, key):
-        self.origin, self.key = origin, key
+        self.origin, self.key = origin, key  # the key heads are signed with from here on
         self.prev_hash, self.prev_size, self.prev_time = bytes(32), 0, ""
         self.prev_counter = None
+        self.retired = {}  # key id -> height of its last head
+        self.pending = None  # a rotation record no head covers yet
+        self.announced = None  # after a rotation head: (record seq, counter index) for the next head
+        self.rotations = []
+
+    def rotation(self, record, next_height):
+        if self.pending is not None:
+            raise Invalid("event seq %d: key rotation record is not the last event of head height %d"
+                          % (self.pending["seq"], next_height))
+        self.pending = record
+
+    def rotate(self, height, record):
+        """Head `height` (verified under self.key) ends with `record`: later heads are signed by its new key."""
+        if record["old"] != self.key.key_id:
+            raise Invalid("event seq %d: key rotation record is invalid: it names another old key than head "
+                          "height %d's" % (record["seq"], height))
+        if record["new"].key_id in self.retired:
+            raise Invalid("event seq %d: key rotation record is invalid: its new key was retired before"
+                          % record["seq"])
+        self.retired[self.key.key_id] = height
+        self.key = record["new"]
+        self.announced = (record["seq"], record["counter"])
+        self.rotations.append((height, record["seq"]))
 
     def check(self, height, text, sig, frontier):
         cp = parse_checkpoint(height, text.decode("utf-8"))
@@ -325,6 +402,16 @@ class Chain:
         if cp["tree_size"] < self.prev_size:
             raise Invalid("head height %d: tree shrank" % height)
         counter, prev = cp["counter"], self.prev_counter
+        if self.announced is not None:
+            # The first head under a new key carries exactly the counter its rotation record announced; another
+            # index than the previous head's restarts the chain of counters.
+            seq, index = self.announced
+            self.announced = None
+            if (counter["index"] if counter else None) != index:
+                raise Invalid("head height %d: the first head under the new key carries another TPM counter than "
+                              "the key rotation record at event seq %d announced" % (height, seq))
+            if prev is not None and prev["index"] != index:
+                prev = None
         if prev is not None:
             if counter is None:
                 raise Invalid("head height %d: carries no TPM counter although the previous head does" % height)
@@ -332,16 +419,81 @@ class Chain:
                 raise Invalid("head height %d: TPM counter index changed" % height)
             if counter["value"] <= prev["value"]:
                 raise Invalid("head height %d: TPM counter is not greater than the previous head's" % height)
-        if not signature_ok(self.key, text, sig):
+        if not signature_ok(self.key.path, text, sig):
             raise Invalid("head height %d: signature does not verify" % height)
         if frontier is not None and frontier.root() != cp["root"]:
             raise Invalid("head height %d: root does not match the events" % height)
+        if self.pending is not None:
+            record, self.pending = self.pending, None
+            if cp["tree_size"] != record["seq"] + 1:
+                raise Invalid("event seq %d: key rotation record is not the last event of head height %d"
+                              % (record["seq"], height))
+            self.rotate(height, record)
         self.prev_hash, self.prev_size, self.prev_time = sha256(text), cp["tree_size"], cp["time"]
         self.prev_counter = cp["counter"]
         return cp
 
 
-def check_erasure_record(rec, key, origin, last_height, last_size, last_root):
+def consistent(size_a, root_a, size_b, root_b, proof):
+    """A consistency proof between two trees, from the smaller to the larger."""
+    if size_a <= size_b:
+        return verify_consistency(size_a, size_b, root_a, root_b, proof)
+    return verify_consistency(size_b, size_a, root_b, root_a, proof)
+
+
+def follow_rotations(proofs, key, origin, ref_size, ref_root, workdir):
+    """Follows key-rotations.jsonl proofs (seq order) from `key`: each record must name the chain's key as its old
+    key, end a head signed by it (tree size seq + 1) that is consistent with the reference head, and hand over to its
+    new key. Returns [(last height, key)] spans (the last open-ended) and the retired key ids."""
+    spans, current, retired = [], None, {}
+    for p in proofs:
+        seq, h = p["seq"], p["head"]
+        entry_bytes = p["entry"].encode("utf-8")
+        entry = json.loads(entry_bytes)
+        if entry.get("seq") != seq or canonical(entry) != entry_bytes:
+            raise Invalid("event seq %d: entry is not the canonical entry of this seq" % seq)
+        payload = base64.b64decode(p["salt"]) + base64.b64decode(p["body"])
+        if hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
+            raise Invalid("event seq %d: body does not match payload_sha256" % seq)
+        body = appliance_body(entry, p["body"])
+        if body is None or body.get("type") != "anchorlog.key_rotation":
+            raise Invalid("event seq %d: key rotation record is invalid: not the appliance's key rotation record" % seq)
+        record = rotation_record(seq, body, workdir)
+        cp = parse_checkpoint(h["height"], h["checkpoint"])
+        if cp["height"] != h["height"] or cp["origin"] != origin:
+            raise Invalid("head height %d: does not prove key rotation record seq %d" % (h["height"], seq))
+        if cp["tree_size"] != seq + 1:
+            raise Invalid("event seq %d: key rotation record is not the last event of head height %d" % (seq, h["height"]))
+        if not verify_inclusion(seq, cp["tree_size"], leaf_hash(entry_bytes),
+                                [base64.b64decode(x) for x in p["inclusion_proof"]], cp["root"]):
+            raise Invalid("event seq %d: the inclusion proof does not lead to head height %d" % (seq, h["height"]))
+        if not consistent(cp["tree_size"], cp["root"], ref_size, ref_root,
+                          [base64.b64decode(x) for x in p["consistency_proof"]]):
+            raise Invalid("head height %d: the consistency proof does not verify" % h["height"])
+        if current is None:
+            if record["old"] != key.key_id:
+                continue  # signed by a key this verifier does not know: trust starts later
+            current = key
+        if record["old"] != current.key_id or record["new"].key_id in retired:
+            raise Invalid("event seq %d: key rotation record is invalid: it does not continue the key chain" % seq)
+        if not signature_ok(current.path, h["checkpoint"].encode("utf-8"), base64.b64decode(h["signature"])):
+            raise Invalid("head height %d: signature does not verify with key %s" % (h["height"], current.key_id))
+        spans.append((h["height"], current, seq, record["counter"]))
+        retired[current.key_id] = h["height"]
+        current = record["new"]
+    if current is not None:
+        spans.append((float("inf"), current, None, None))
+    return spans, retired
+
+
+def key_for(spans, height, default):
+    for last, key, _, _ in spans:
+        if last >= height:
+            return key
+    return default
+
+
+def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
     """An erasure record carried in erasure-records.jsonl (FORMAT.md §8): the appliance's record of its event,
     in a signed head at or after the bundle's last one, which extends that last head."""
     erased, seq = rec["erased_seq"], rec["seq"]
@@ -361,7 +513,7 @@ def check_erasure_record(rec, key, origin, last_height, last_size, last_root):
     cp = parse_checkpoint(h["height"], h["checkpoint"])
     if cp["height"] != h["height"] or cp["origin"] != origin or h["height"] < last_height or cp["tree_size"] <= seq:
         raise Invalid("head height %d: does not prove erasure record seq %d" % (h["height"], seq))
-    if not signature_ok(key, text, base64.b64decode(h["signature"])):
+    if not signature_ok(keys(h["height"]).path, text, base64.b64decode(h["signature"])):
         raise Invalid("head height %d: signature does not verify" % h["height"])
     inclusion = [base64.b64decode(x) for x in rec["inclusion_proof"]]
     if not verify_inclusion(seq, cp["tree_size"], leaf_hash(entry_bytes), inclusion, cp["root"]):
@@ -385,9 +537,14 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
         raise ValueError("unknown bundle format")
     if origin is not None and manifest["origin"] != origin:
         raise Invalid("head height %d: origin %r is not the expected %r" % (manifest["from_height"], manifest["origin"], origin))
-    chain = Chain(manifest["origin"], key)
+    workdir = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, workdir, True)
     first, end = manifest["first_seq"], manifest["end_seq"]
     lo, hi = manifest["from_height"], manifest["to_height"]
+    rotations = [json.loads(l) for l in files.get("key-rotations.jsonl", b"").splitlines() if l.strip()]
+    before = [r for r in rotations if r["seq"] < first]
+    after = [r for r in rotations if r["seq"] >= end]
+    chain = Chain(manifest["origin"], key)
 
     def head(h):
         try:
@@ -405,7 +562,14 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
             raise Invalid("head height %d: anchor does not precede the range" % (lo - 1))
         chain.prev_hash = cp["prev"]  # the anchor's own link is outside the bundle
         chain.prev_time = cp["time"]
+        # The rotations before the range lead from the given key to the anchor's.
+        spans, chain.retired = follow_rotations(before, key, manifest["origin"], cp["tree_size"], cp["root"], workdir)
+        chain.key = key_for(spans, lo - 1, key)
         chain.check(lo - 1, text, sig, frontier)
+        chain.key = key_for(spans, lo, key)  # the new key when the anchor is the old key's last head
+        for last, _, seq, index in spans:
+            if last == lo - 1:
+                chain.announced = (seq, index)
     else:
         frontier = Frontier()
     pending = list(range(lo, hi + 1))
@@ -449,6 +613,8 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
             if hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
                 raise Invalid("event seq %d: body does not match payload_sha256" % seq)
         body = appliance_body(entry, rec["body"])
+        if body is not None and body.get("type") == "anchorlog.key_rotation":
+            chain.rotation(rotation_record(seq, body, workdir), pending[0] if pending else hi + 1)
         if seq in pending_erasures:
             erased = pending_erasures.pop(seq)
             if body is None or body.get("type") != "anchorlog.erasure" or body.get("erased_seq") != erased:
@@ -475,10 +641,13 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
     # Erasures made after the last head travel with their records and proofs.
     last_text = head(hi)[0]
     last = parse_checkpoint(hi, last_text.decode("utf-8"))
+    # The rotations after the range lead from the last head's key to the keys of the erasure records' heads.
+    spans, _ = follow_rotations(after, chain.key, manifest["origin"], end, last["root"], workdir)
     carried = {}
     for line in files.get("erasure-records.jsonl", b"").splitlines():
         if line.strip():
-            erased, seq = check_erasure_record(json.loads(line), key, manifest["origin"], hi, end, last["root"])
+            erased, seq = check_erasure_record(json.loads(line), lambda h: key_for(spans, h, chain.key),
+                                               manifest["origin"], hi, end, last["root"])
             carried[erased] = seq
     for record_seq, erased in sorted(pending_erasures.items(), key=lambda kv: kv[1]):
         if carried.get(erased) != record_seq:
@@ -505,7 +674,7 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
         if len(cosigned_last) < quorum:
             raise Invalid("head height %d: cosigned by %d of the %d listed witnesses required"
                           % (hi, len(cosigned_last), quorum))
-    return frontier.size - first, hi - lo + 1, untimestamped, (hi, cosigned_last)
+    return frontier.size - first, hi - lo + 1, untimestamped, (hi, cosigned_last), chain.rotations
 
 
 def take_option(args, name):
@@ -553,14 +722,16 @@ def main():
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        events, heads, untimestamped, (last, cosigned) = verify(
-            args[0], args[1], tsa_ca, require, origin, max_delay, witnesses, quorum)
+        events, heads, untimestamped, (last, cosigned), rotations = verify(
+            args[0], Key(args[1]), tsa_ca, require, origin, max_delay, witnesses, quorum)
     except Invalid as e:
         print("FAILED: %s" % e)
         return 3
     except (OSError, KeyError, ValueError, tarfile.TarError) as e:
         print("unreadable bundle: %r" % e, file=sys.stderr)
         return 1
+    for height, seq in rotations:
+        print("key rotation: after head height %d (record at event seq %d)" % (height, seq))
     if witnesses:
         print("OK: %d events, %d heads, head height %d cosigned by %d of the %d required witnesses (%s)"
               % (events, heads, last, len(cosigned), quorum, ", ".join(cosigned)))

@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/heads/{height}", get(read::head))
         .route("/v1/proofs/inclusion", get(proofs::inclusion))
         .route("/v1/proofs/consistency", get(proofs::consistency))
+        .route("/v1/key-rotations", get(proofs::key_rotations))
         .route("/v1/admin/erasures", post(admin::erase))
         .route("/v1/export", get(export::export))
         .fallback(not_found)

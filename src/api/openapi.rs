@@ -32,6 +32,7 @@ pub const ROUTES: &[(Listener, &str, &str)] = &[
     ("mtls", "GET", "/v1/heads/{height}"),
     ("mtls", "GET", "/v1/proofs/inclusion"),
     ("mtls", "GET", "/v1/proofs/consistency"),
+    ("mtls", "GET", "/v1/key-rotations"),
     ("mtls", "POST", "/v1/admin/erasures"),
     ("mtls", "GET", "/v1/export"),
     ("source", "GET", "/healthz"),

@@ -114,3 +114,20 @@ pub(super) async fn consistency(
         "proof": b64_all(&proof),
     })))
 }
+
+/// `GET /v1/key-rotations?tree_size=S`: the log's key rotation records under heads of tree size up to `S` (a signed
+/// size), each with its head, inclusion proof and consistency proof to the tree of size `S` (docs/FORMAT.md §20), so
+/// a monitor that trusts an earlier key reaches the key of a head of that size.
+pub(super) async fn key_rotations(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let size = required(&q, "tree_size")?;
+    let latest = blocking(&state, latest_signed).await?;
+    check_signed(latest, size, "tree_size")?;
+    let rotations =
+        blocking(&state, move |c| crate::bundle::export::key_rotation_proofs(c, 0, size, size)).await?;
+    Ok(Json(json!({ "tree_size": size, "rotations": rotations })))
+}

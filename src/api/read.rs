@@ -32,6 +32,9 @@ struct ServedHead {
     head: StoredHead,
     timestamp: Option<StoredTimestamp>,
     cosignatures: Vec<StoredCosignature>,
+    /// The public key (SPKI DER) of the key that signed it, as the database recorded it (heads before a key
+    /// rotation are the old key's); `None` if it holds none.
+    spki: Option<Vec<u8>>,
 }
 
 /// A head and its RFC 3161 token and cosignatures, as far as they are stored yet.
@@ -44,18 +47,28 @@ fn head_with_extras(
         Some(head) => {
             let timestamp = store::timestamp(c, head.height)?;
             let cosignatures = store::cosignatures::of_head(c, head.height)?;
-            Ok(Some(ServedHead { head, timestamp, cosignatures }))
+            let spki = store::public_key_pem(c, &head.key_id)?
+                .and_then(|pem| crate::signer::PublicKey::from_pem(&pem).ok())
+                .map(|k| k.spki_der);
+            Ok(Some(ServedHead { head, timestamp, cosignatures, spki }))
         }
     }
 }
 
-/// The head's signed note (docs/FORMAT.md §4) with its stored cosignature lines appended (§16.6). `None` for a
-/// head of an earlier key (its note key ID needs that public key).
-fn cosigned_note(state: &AppState, h: &StoredHead, cosignatures: &[StoredCosignature]) -> Option<String> {
-    if h.key_id != state.public_key.key_id {
-        return None;
-    }
-    let mut note = signed_note(&h.checkpoint, &state.origin, &state.public_key.spki_der, &h.signature);
+/// The head's signed note (docs/FORMAT.md §4) with its stored cosignature lines appended (§16.6), under the key that
+/// signed it (`spki`; the current key's when the database holds none). `None` when that key is unknown.
+fn cosigned_note(
+    state: &AppState,
+    h: &StoredHead,
+    spki: Option<&[u8]>,
+    cosignatures: &[StoredCosignature],
+) -> Option<String> {
+    let spki = match spki {
+        Some(spki) => spki,
+        None if h.key_id == state.public_key.key_id => &state.public_key.spki_der,
+        None => return None,
+    };
+    let mut note = signed_note(&h.checkpoint, &state.origin, spki, &h.signature);
     for c in cosignatures {
         note.push_str(&c.line);
         note.push('\n');
@@ -64,7 +77,7 @@ fn cosigned_note(state: &AppState, h: &StoredHead, cosignatures: &[StoredCosigna
 }
 
 fn head_json(state: &AppState, served: &ServedHead) -> Value {
-    let ServedHead { head: h, timestamp: ts, cosignatures } = served;
+    let ServedHead { head: h, timestamp: ts, cosignatures, spki } = served;
     json!({
         "height": h.height,
         "tree_size": h.tree_size,
@@ -73,9 +86,10 @@ fn head_json(state: &AppState, served: &ServedHead) -> Value {
         "signature": B64.encode(&h.signature),
         "key_id": h.key_id,
         "sealed_at": format_time_ms(h.sealed_at_ms).unwrap_or_default(),
-        // The note's key ID derives from the public key, which we hold only for the current key. Cosignature
-        // lines follow the appliance's own signature line, as c2sp.org/tlog-witness clients expect.
-        "note": cosigned_note(state, h, cosignatures),
+        // The note's key ID derives from the public key of the key that signed the head (the database records
+        // every key). Cosignature lines follow the appliance's own signature line, as c2sp.org/tlog-witness
+        // clients expect.
+        "note": cosigned_note(state, h, spki.as_deref(), cosignatures),
         // Each witness cosignature (verified before it was stored): who, when (seconds since the epoch), and
         // the exact line, as in `note`. Empty until the witnesses answered.
         "cosignatures": cosignatures.iter().map(|c| json!({

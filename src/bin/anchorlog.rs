@@ -55,9 +55,10 @@ enum Command {
         /// The SQLite database (opened read-only).
         #[arg(long)]
         db: Option<PathBuf>,
-        /// The signer's public key or certificate (PEM).
-        #[arg(long)]
-        key: PathBuf,
+        /// The signer's public key or certificate (PEM): the key the log started with; later keys follow from
+        /// its key rotation records. Repeatable: the chain may then start with any of them.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
         /// The log's origin: every head must carry it. Default: the one the key's certificate names, else the
         /// database's (or bundle manifest's) own; the report prints which.
         #[arg(long)]
@@ -95,9 +96,10 @@ enum Command {
     VerifyReceipt {
         /// The receipt (JSON).
         file: PathBuf,
-        /// The signer's public key or certificate (PEM).
-        #[arg(long)]
-        key: PathBuf,
+        /// The signer's public key or certificate (PEM): a key of the log (its first one will do: the receipt
+        /// carries the key rotations since). Repeatable.
+        #[arg(long, required = true)]
+        key: Vec<PathBuf>,
         /// The log's origin: the receipt's head must carry it. Default: the one the key's certificate names,
         /// else the receipt's own (printed).
         #[arg(long)]
@@ -335,6 +337,48 @@ enum KeysCommand {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Create a new signing key in the same device and prepare its rotation: the appliance's next start with the
+    /// new key configured records the rotation in the log (docs/FORMAT.md §20). Prints what to do next.
+    Rotate {
+        /// Path of the TOML configuration (naming the log's current key).
+        #[arg(long)]
+        config: PathBuf,
+        /// Why the key is rotated (recorded in the log, 1 to 1024 bytes).
+        #[arg(long)]
+        reason: String,
+        /// PKCS#11: the label of the new key pair.
+        #[arg(long, conflicts_with = "new_handle")]
+        new_key_label: Option<String>,
+        /// TPM: the persistent handle of the new key, e.g. 0x81010011.
+        #[arg(long, value_parser = parse_tpm_handle)]
+        new_handle: Option<u32>,
+        /// TPM: a fresh head counter for the new key's heads at this NV index (default: they continue the
+        /// configured counter).
+        #[arg(long, value_parser = parse_tpm_handle, requires = "new_handle")]
+        new_counter_index: Option<u32>,
+    },
+    /// Write a PKCS#10 certificate signing request for the configured key, signed inside the HSM/TPM, for an
+    /// organisation's CA to issue signer.crt (check it with `openssl req -verify -in FILE -noout`).
+    Csr {
+        /// Path of the TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output file (PEM).
+        #[arg(long)]
+        out: PathBuf,
+        /// Subject as an RFC 4514 name, e.g. "CN=anchorlog head signer,O=Example Corp" (default: CN=anchorlog
+        /// head signer). The request always asks for the log's origin as a subjectAltName URI.
+        #[arg(long)]
+        subject: Option<String>,
+    },
+}
+
+/// A TPM handle or NV index: hex with or without `0x`.
+#[cfg(feature = "server")]
+fn parse_tpm_handle(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let digits = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    u32::from_str_radix(digits, 16).map_err(|_| format!("{text:?} is not a hex handle such as 0x81010011"))
 }
 
 fn main() -> ExitCode {
@@ -357,10 +401,12 @@ fn main() -> ExitCode {
 fn refused_to_serve(e: &anyhow::Error) -> bool {
     #[cfg(feature = "server")]
     {
+        use anchorlog::rotation::RotationError;
+        use anchorlog::server::ServeError;
         e.chain().any(|c| {
             matches!(
-                c.downcast_ref::<anchorlog::server::ServeError>(),
-                Some(anchorlog::server::ServeError::Reconciliation { .. })
+                c.downcast_ref::<ServeError>(),
+                Some(ServeError::Reconciliation { .. } | ServeError::Keys(RotationError::KeyMismatch { .. }))
             )
         })
     }
@@ -685,6 +731,21 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
             let config = Config::load(&config)?;
             println!("{}", serde_json::to_string_pretty(&anchorlog::keys::show(&config)?)?);
         }
+        KeysCommand::Rotate { config, reason, new_key_label, new_handle, new_counter_index } => {
+            let config = Config::load(&config)?;
+            let new = anchorlog::keys::NewKey {
+                key_label: new_key_label,
+                handle: new_handle,
+                counter_index: new_counter_index,
+            };
+            println!("{}", serde_json::to_string_pretty(&anchorlog::keys::rotate(&config, &reason, &new)?)?);
+        }
+        KeysCommand::Csr { config, out, subject } => {
+            let config = Config::load(&config)?;
+            let mut signer = anchorlog::keys::open(&config)?;
+            let key_id = anchorlog::keys::csr(signer.as_mut(), &config.origin, subject.as_deref(), &out)?;
+            println!("key id {key_id}: wrote the certificate signing request {}", out.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -694,14 +755,19 @@ fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
     anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
 }
 
-/// Where the origin every head is checked against came from.
+/// Reads every `--key`.
+fn read_keys(keys: &[PathBuf]) -> anyhow::Result<Vec<anchorlog::signer::PublicKey>> {
+    keys.iter().map(|k| read_key(k)).collect()
+}
+
+/// Where the origin every head is checked against came from: `--origin`, else the first given certificate's.
 fn pinned_origin(
     given: Option<String>,
-    key: &anchorlog::signer::PublicKey,
+    keys: &[anchorlog::signer::PublicKey],
 ) -> (Option<String>, &'static str) {
-    match (given, &key.certified_origin) {
+    match (given, keys.iter().find_map(|k| k.certified_origin.clone())) {
         (Some(o), _) => (Some(o), "--origin"),
-        (None, Some(o)) => (Some(o.clone()), "the key's certificate"),
+        (None, Some(o)) => (Some(o), "the key's certificate"),
         (None, None) => (None, "the log itself"),
     }
 }
@@ -717,22 +783,22 @@ struct Checks<'a> {
 fn verify(
     bundle: Option<&Path>,
     db: Option<&Path>,
-    key: &Path,
+    key: &[PathBuf],
     origin: Option<String>,
     json: bool,
     checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
     use anchorlog::verify::{Failure, VerifyError};
     let Checks { tsa, counter, witnesses } = *checks;
-    let key = read_key(key)?;
-    let (origin, origin_from) = pinned_origin(origin, &key);
+    let keys = read_keys(key)?;
+    let (origin, origin_from) = pinned_origin(origin, &keys);
     let origin = origin.as_deref();
     let policy = tsa.policy()?;
     let witness_policy = witnesses.policy()?;
     let result = match (bundle, db) {
-        (Some(bundle), _) => anchorlog::bundle::verify_bundle_witnessed(
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle_keys(
             bundle,
-            &key,
+            &keys,
             origin,
             policy.as_ref(),
             witness_policy.as_ref(),
@@ -745,7 +811,8 @@ fn verify(
         }),
         (None, Some(db)) => {
             let conn = anchorlog::store::open_reader(db)?;
-            anchorlog::verify::verify_database(&conn, &key, origin).and_then(|report| {
+            let opts = anchorlog::verify::WalkOptions { origin, ..Default::default() };
+            anchorlog::verify::verify_database_with(&conn, &keys, opts).and_then(|report| {
                 let stamps = match &policy {
                     Some(p) => Some(anchorlog::verify::timestamps::verify_timestamps(
                         &conn,
@@ -782,7 +849,13 @@ fn verify(
                 Some((file, nonce)) => {
                     use anchorlog::verify::counter::{check_attested, CounterCheckError};
                     let att = read_attestation(file)?;
-                    match check_attested(&report, &att, &key, nonce) {
+                    // The attestation certifies the key the chain holds now (after any rotation).
+                    let Some(current) = report.current_key.as_ref() else {
+                        anyhow::bail!(
+                            "the database holds no signed head: nothing to check the counter against"
+                        )
+                    };
+                    match check_attested(&report, &att, current, nonce) {
                         Ok(a) => Some(a),
                         Err(CounterCheckError::Invalid(failure)) => {
                             let (kind, at) = failure.location();
@@ -1007,22 +1080,22 @@ fn print_witnesses(w: &anchorlog::verify::witnesses::WitnessReport) {
 
 fn verify_receipt(
     file: &Path,
-    key: &Path,
+    key: &[PathBuf],
     origin: Option<String>,
     json: bool,
     tsa: &TsaArgs,
     witnesses: &WitnessArgs,
 ) -> anyhow::Result<ExitCode> {
-    let key = read_key(key)?;
-    let (origin, origin_from) = pinned_origin(origin, &key);
+    let keys = read_keys(key)?;
+    let (origin, origin_from) = pinned_origin(origin, &keys);
     let policy = tsa.policy()?;
     let witness_policy = witnesses.policy()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let receipt: anchorlog::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog::receipt::verify_witnessed(
+    match anchorlog::receipt::verify_keys(
         &receipt,
-        &key,
+        &keys,
         origin.as_deref(),
         policy.as_ref(),
         witness_policy.as_ref(),
@@ -1040,6 +1113,13 @@ fn verify_receipt(
                     if r.erased { "; its payload was erased" } else { "" }
                 );
                 println!("  origin:   {} (from {origin_from})", r.origin);
+                if !r.rotations.is_empty() {
+                    println!(
+                        "  key:      {} (the head's; the receipt carries the key rotations to it)",
+                        r.key_id
+                    );
+                    print_rotations(&r.rotations);
+                }
                 if let Some(s) = &r.timestamp {
                     print_timestamps(s, &[]);
                 }
@@ -1117,6 +1197,10 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         ms.and_then(|m| anchorlog::ledger::head::format_time_ms(m).ok()).unwrap_or_else(|| "-".into())
     };
     println!("OK: log verified with key {}", r.key_id);
+    print_rotations(&r.rotations);
+    if let Some(seq) = r.unsealed_rotation {
+        println!("  key rotation record at event seq {seq} is not covered by a head yet (it takes effect once sealed)");
+    }
     println!("  origin:   {} (every head; from {origin_from})", r.origin);
     println!(
         "  events:   {} ({} erased), received {} .. {}",
@@ -1152,4 +1236,19 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         a.witness_refusals,
         a.self_verifications
     );
+}
+
+/// One line per key rotation the chain followed.
+fn print_rotations(rotations: &[anchorlog::verify::keys::RotationReport]) {
+    for r in rotations {
+        println!(
+            "  rotation: after head height {} (key rotation record at event seq {}): key {} -> {}, reason {:?}{}",
+            r.height,
+            r.seq,
+            r.old_key_id,
+            r.new_key_id,
+            r.reason,
+            r.new_counter_index.as_deref().map(|i| format!(", TPM counter {i}")).unwrap_or_default()
+        );
+    }
 }

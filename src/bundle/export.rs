@@ -2,12 +2,13 @@
 
 use super::{
     head_path, Algorithms, Anchor, BundleError, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
-    ERASURE_RECORDS, MANIFEST,
+    ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
 };
-use crate::ledger::head::format_time_ms;
+use crate::ledger::head::{format_time_ms, Checkpoint};
 use crate::signer::PublicKey;
 use crate::store::{self, StoredEvent, StoredHead};
 use crate::verify::erasure::{ErasureRecordProof, ProofHead};
+use crate::verify::keys::KeyRotationProof;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -113,10 +114,68 @@ pub fn erasure_record_proof(
     }))
 }
 
+/// The key rotation records at seqs `from..to` (found through the rotation index, `log_meta`) with the proofs that
+/// they are in the log: the head that ends with each (the earliest covering it), the record's inclusion in it, and
+/// the consistency between that head and the head of tree size `reference_size` (from the smaller tree to the
+/// larger). A record no head covers yet has taken no effect and is left out.
+pub fn key_rotation_proofs(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+    reference_size: u64,
+) -> Result<Vec<KeyRotationProof>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    for seq in store::rotation_seqs(conn)?.into_iter().filter(|s| (from..to).contains(s)) {
+        let corrupt = |problem: &str| crate::store::StoreError::Corrupt {
+            table: "events",
+            key: seq,
+            problem: format!("the key rotation record {problem}"),
+        };
+        let record = store::event(conn, seq)?.ok_or_else(|| corrupt("is missing"))?;
+        let (Some(salt), Some(body)) = (record.salt, record.body) else {
+            return Err(corrupt("has no payload"));
+        };
+        let Some(head) = store::covering_head(conn, seq)? else { continue };
+        let inclusion = store::tree::inclusion_proof(conn, seq, head.tree_size)?;
+        let (small, large) = (head.tree_size.min(reference_size), head.tree_size.max(reference_size));
+        let consistency = store::tree::consistency_proof(conn, small, large)?;
+        let b64 = |v: &[[u8; 32]]| v.iter().map(|h| B64.encode(h)).collect();
+        out.push(KeyRotationProof {
+            seq,
+            entry: String::from_utf8_lossy(&record.entry).into_owned(),
+            salt: B64.encode(salt),
+            body: B64.encode(body),
+            head: ProofHead {
+                height: head.height,
+                checkpoint: head.checkpoint,
+                signature: B64.encode(&head.signature),
+            },
+            inclusion_proof: b64(&inclusion),
+            consistency_proof: b64(&consistency),
+        });
+    }
+    Ok(out)
+}
+
+/// The `key-rotations.jsonl` member of the bundle of events `first..end`: the rotations before the range (linked to
+/// the anchor head, of tree size `first`) and those after it up to `reach` (the largest tree size an erasure
+/// record proof of the bundle reaches; linked to the last head, of tree size `end`).
+fn key_rotations_member(conn: &Connection, first: u64, end: u64, reach: u64) -> Result<Vec<u8>, BundleError> {
+    let mut out = Vec::new();
+    let before = key_rotation_proofs(conn, 0, first, first)?;
+    let after = key_rotation_proofs(conn, end, reach, end)?;
+    for proof in before.iter().chain(&after) {
+        serde_json::to_writer(&mut out, proof).map_err(std::io::Error::from)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 /// The erasure records of the payloads in `first..end` erased after the bundle's end (their records lie at or
 /// past `end`), with proofs against the head of tree size `end`, one JSON line each.
-fn erasure_records_member(conn: &Connection, first: u64, end: u64) -> Result<Vec<u8>, BundleError> {
+fn erasure_records_member(conn: &Connection, first: u64, end: u64) -> Result<(Vec<u8>, u64), BundleError> {
     let mut out = Vec::new();
+    let mut reach = end;
     for seq in store::erasure::erased_seqs(conn)?.into_iter().filter(|s| (first..end).contains(s)) {
         let Some(rec) = store::erasure::erasure(conn, seq)? else { continue };
         if rec.erasure_seq < end {
@@ -129,10 +188,12 @@ fn erasure_records_member(conn: &Connection, first: u64, end: u64) -> Result<Vec
                 rec.erasure_seq
             ))
         })?;
+        let size = Checkpoint::parse(&proof.head.checkpoint).map_or(end, |cp| cp.tree_size);
+        reach = reach.max(size);
         serde_json::to_writer(&mut out, &proof).map_err(std::io::Error::from)?;
         out.push(b'\n');
     }
-    Ok(out)
+    Ok((out, reach))
 }
 
 /// Writes the bundle of heads `from_height..=to_height` to `out`. Public keys come from the database (stored
@@ -194,7 +255,8 @@ pub fn export<W: Write>(
         }
         None => None,
     };
-    let erasure_records = erasure_records_member(&snapshot, first_seq, end_seq)?;
+    let (erasure_records, reach) = erasure_records_member(&snapshot, first_seq, end_seq)?;
+    let key_rotations = key_rotations_member(&snapshot, first_seq, end_seq, reach)?;
     let first_height = anchor_head.as_ref().map_or(from_height, |h| h.height);
     let stamped = store::any_timestamp_between(&snapshot, first_height, to_height)?;
     let last_ms = heads.last().map_or(0, |h| h.sealed_at_ms);
@@ -240,6 +302,9 @@ pub fn export<W: Write>(
     }
     if !erasure_records.is_empty() {
         append(&mut b, ERASURE_RECORDS, &erasure_records, mtime)?;
+    }
+    if !key_rotations.is_empty() {
+        append(&mut b, KEY_ROTATIONS, &key_rotations, mtime)?;
     }
     // entries.jsonl can be far larger than memory: measure it in a first pass over the snapshot, write the
     // tar header with that size, then stream the same bytes in a second pass.

@@ -10,6 +10,7 @@
 //! heads/<height>.note      its signed note with the witnesses' cosignature lines, when it has any (optional)
 //! entries.jsonl            one JSON object per event, seq order: entry, leaf hash, salt, body or erasure record
 //! erasure-records.jsonl    (when needed) the erasure records of payloads erased after the last head, with proofs
+//! key-rotations.jsonl      (when needed) the key rotation records outside the range, with proofs
 //! ```
 //!
 //! A bundle for heights `A..=B` holds the events `S0..S1`, where `S0` is the tree size of head `A − 1` (0 for
@@ -22,7 +23,9 @@ pub mod export;
 mod read;
 
 pub use export::{export, ExportProgress};
-pub use read::{check_line, verify_bundle, verify_bundle_with, verify_bundle_witnessed, BundleReport};
+pub use read::{
+    check_line, verify_bundle, verify_bundle_keys, verify_bundle_with, verify_bundle_witnessed, BundleReport,
+};
 
 use crate::store::erasure::ErasureRecord;
 use serde::{Deserialize, Serialize};
@@ -37,6 +40,10 @@ pub const BUNDLE_VERSION: u64 = 2;
 /// Name of the member holding the erasure records (with their proofs) of payloads erased after the bundle's
 /// last head ([`crate::verify::erasure::ErasureRecordProof`], one JSON object per line).
 pub const ERASURE_RECORDS: &str = "erasure-records.jsonl";
+/// Name of the member holding the key rotation records (with their proofs) before the bundle's range and after
+/// it, as far as its erasure record proofs reach ([`crate::verify::keys::KeyRotationProof`], one JSON object per
+/// line, in seq order).
+pub const KEY_ROTATIONS: &str = "key-rotations.jsonl";
 /// Name of the manifest member.
 pub const MANIFEST: &str = "manifest.json";
 /// Name of the entries member.

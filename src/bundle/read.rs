@@ -1,11 +1,14 @@
 //! Reading and verifying a bundle offline: the manifest, the anchor, then the same walk as the database.
 
-use super::{EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, ERASURE_RECORDS, MANIFEST};
+use super::{
+    EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
+};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
 use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
+use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
@@ -101,11 +104,38 @@ pub fn verify_bundle_witnessed(
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
 ) -> Result<BundleReport, VerifyError> {
+    verify_bundle_keys(path, std::slice::from_ref(key), origin, tsa, witnesses)
+}
+
+/// Reads a JSON-lines member into one value per non-empty line.
+fn json_lines<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Result<Vec<T>, VerifyError> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_slice(line).map_err(|e| unreadable(format!("{name} line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// [`verify_bundle_witnessed`] trusting any of `keys` as the key the chain starts with (the log's first key,
+/// or a later one): the anchor head must be signed by one of them or by a key their rotations lead to
+/// (`key-rotations.jsonl`, docs/FORMAT.md §20), and the heads in the range follow the rotation records in it.
+pub fn verify_bundle_keys(
+    path: &Path,
+    keys: &[PublicKey],
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<BundleReport, VerifyError> {
     // Pass 1: everything but the events (small).
     let mut manifest: Option<Manifest> = None;
     let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
     let mut has_entries = false;
     let mut erasure_records: Vec<ErasureRecordProof> = Vec::new();
+    let mut rotations: Vec<KeyRotationProof> = Vec::new();
+    let mut known_keys: Vec<PublicKey> = Vec::new();
     let mut archive = open_archive(path)?;
     // Seek over members instead of reading them: pass 1 does not need the (large) entries.
     let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
@@ -119,12 +149,13 @@ pub fn verify_bundle_witnessed(
         } else if name == ENTRIES {
             has_entries = true;
         } else if name == ERASURE_RECORDS {
-            let bytes = read_small(member, &name)?;
-            for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-                erasure_records.push(
-                    serde_json::from_slice(line)
-                        .map_err(|e| unreadable(format!("{ERASURE_RECORDS} line {}: {e}", i + 1)))?,
-                );
+            erasure_records = json_lines(&read_small(member, &name)?, &name)?;
+        } else if name == KEY_ROTATIONS {
+            rotations = json_lines(&read_small(member, &name)?, &name)?;
+        } else if name.starts_with("keys/") && name.ends_with(".pem") {
+            // Named only: a head signed by one of these without a rotation is reported as such.
+            if let Ok(k) = PublicKey::from_pem(&String::from_utf8_lossy(&read_small(member, &name)?)) {
+                known_keys.push(k);
             }
         } else if let Some(rest) = name.strip_prefix("heads/") {
             let Some((h, ext)) = rest.split_once('.') else { continue };
@@ -160,21 +191,51 @@ pub fn verify_bundle_witnessed(
             .into());
         }
     }
-    let start = anchor_start(&manifest, &heads, key)?;
+    // Rotations before the range lead from the given keys to the anchor's key; those after it, to the keys of the
+    // heads that prove erasure records past the range. Records inside the range are met by the walk itself.
+    let (before, after): (Vec<_>, Vec<_>) = rotations
+        .into_iter()
+        .filter(|r| r.seq < manifest.first_seq || r.seq >= manifest.end_seq)
+        .partition(|r| r.seq < manifest.first_seq);
+    let start = anchor_start(&manifest, &heads, keys, &known_keys, &before)?;
     let mut stored_heads = Vec::new();
     let mut tokens_present = 0;
     for height in manifest.from_height..=manifest.to_height {
         let Some(files) = heads.get(&height) else { break };
         let (Some(text), Some(sig)) = (&files.text, &files.sig) else { break };
         tokens_present += u64::from(files.tsr.is_some());
-        stored_heads.push(head_from_files(height, text, sig, key)?);
+        stored_heads.push(head_from_files(height, text, sig)?);
     }
     let walked_heads = stored_heads.len() as u64;
-    let proven_erasures =
-        check_erasure_records(&erasure_records, stored_heads.last(), &manifest.origin, key)?;
+    let last_head = stored_heads.last().cloned();
+    // The records' proofs are checked once the walk has established the last head's key (below); the walk only
+    // needs to know which erased payloads they claim to account for.
+    let proven_erasures: BTreeMap<u64, u64> = match &last_head {
+        Some(_) => erasure_records.iter().map(|r| (r.erased_seq, r.seq)).collect(),
+        None => BTreeMap::new(),
+    };
     let mut source = BundleEvents { path: path.to_path_buf() };
-    let opts = WalkOptions { origin: Some(&manifest.origin), proven_erasures, ..WalkOptions::default() };
-    let report = verify::walk(start, stored_heads, &mut source, key, &opts)?;
+    let opts = WalkOptions {
+        origin: Some(&manifest.origin),
+        proven_erasures,
+        known_keys: known_keys.clone(),
+        ..WalkOptions::default()
+    };
+    let report = verify::walk(start, stored_heads, &mut source, keys, &opts)?;
+    if let Some(last) = &last_head {
+        let anchor = AnchorHead {
+            height: last.height,
+            tree_size: last.tree_size,
+            root: last.root,
+            origin: &manifest.origin,
+        };
+        let current: Vec<PublicKey> = report.current_key.iter().cloned().collect();
+        let followed = follow_rotation_proofs(&current, &after, &anchor)?;
+        let head_keys = HeadKeys { followed, trusted: &current, known: &known_keys };
+        for r in &erasure_records {
+            check_erasure_record_proof(r, &anchor, &head_keys)?;
+        }
+    }
     let expected_heads = manifest.to_height - manifest.from_height + 1;
     if walked_heads < expected_heads {
         return Err(Failure::HeadMissing { height: manifest.from_height + walked_heads }.into());
@@ -244,25 +305,6 @@ fn check_notes(
     Ok(check.finish(to)?)
 }
 
-/// Checks the erasure records the bundle carries for erasures made after its last head (`last`, whose text and
-/// signature the walk verifies): each must be the appliance's record of its event, in a signed head that
-/// extends `last`. Returns erased seq → record seq for the walk.
-fn check_erasure_records(
-    records: &[ErasureRecordProof],
-    last: Option<&StoredHead>,
-    origin: &str,
-    key: &PublicKey,
-) -> Result<BTreeMap<u64, u64>, VerifyError> {
-    let mut proven = BTreeMap::new();
-    let Some(last) = last else { return Ok(proven) };
-    let anchor = AnchorHead { height: last.height, tree_size: last.tree_size, root: last.root, origin };
-    for r in records {
-        check_erasure_record_proof(r, &anchor, key)?;
-        proven.insert(r.erased_seq, r.seq);
-    }
-    Ok(proven)
-}
-
 /// Checks the tokens of heads `from..=to` (all present and verified by now).
 fn check_tokens(
     heads: &BTreeMap<u64, HeadFiles>,
@@ -289,8 +331,9 @@ fn check_tokens(
     Ok(verify_head_tokens(items, policy, outages)?)
 }
 
-/// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's).
-fn head_from_files(height: u64, text: &str, sig: &[u8], key: &PublicKey) -> Result<StoredHead, VerifyError> {
+/// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's; the
+/// key is the walk's to establish).
+fn head_from_files(height: u64, text: &str, sig: &[u8]) -> Result<StoredHead, VerifyError> {
     let cp = Checkpoint::parse(text).map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
     if cp.height != height {
         return Err(Failure::HeadMalformed {
@@ -305,19 +348,22 @@ fn head_from_files(height: u64, text: &str, sig: &[u8], key: &PublicKey) -> Resu
         root: cp.root,
         checkpoint: text.to_string(),
         signature: sig.to_vec(),
-        key_id: key.key_id.clone(),
+        key_id: String::new(),
         sealed_at_ms: cp.time_ms,
     })
 }
 
-/// The walk's start: genesis, or the verified anchor head with its tree's perfect subtrees.
+/// The walk's start: genesis, or the verified anchor head with its tree's perfect subtrees, signed by one of
+/// `keys` or by the key the rotation proofs `before` the range lead to from them.
 fn anchor_start(
     manifest: &Manifest,
     heads: &BTreeMap<u64, HeadFiles>,
-    key: &PublicKey,
+    keys: &[PublicKey],
+    known: &[PublicKey],
+    before: &[KeyRotationProof],
 ) -> Result<Start, VerifyError> {
     if manifest.from_height == 0 {
-        if manifest.first_seq != 0 || manifest.anchor.is_some() {
+        if manifest.first_seq != 0 || manifest.anchor.is_some() || !before.is_empty() {
             return Err(unreadable("a bundle from height 0 starts at seq 0 and has no anchor"));
         }
         return Ok(Start::genesis());
@@ -333,16 +379,16 @@ fn anchor_start(
     else {
         return Err(Failure::HeadMissing { height }.into());
     };
-    let head = head_from_files(height, text, sig, key)?;
+    let head = head_from_files(height, text, sig)?;
     let cp = Checkpoint::parse(text).map_err(|e| Failure::HeadMalformed { height, reason: e.to_string() })?;
     if cp.origin != manifest.origin {
         return Err(
             Failure::OriginMismatch { height, found: cp.origin, expected: manifest.origin.clone() }.into()
         );
     }
-    if !key.verify(text.as_bytes(), sig) {
-        return Err(Failure::BadSignature { height, key_id: key.key_id.clone() }.into());
-    }
+    let reference = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &manifest.origin };
+    let followed = follow_rotation_proofs(keys, before, &reference)?;
+    let key = followed.check_head(height, text, sig, keys, known)?;
     let subtrees = anchor
         .subtrees
         .iter()
@@ -361,6 +407,10 @@ fn anchor_start(
         prev_time_ms: head.sealed_at_ms,
         prev_counter: cp.counter,
         stopped_at: None,
+        // The key after the anchor: the new key when the anchor is the old key's last head.
+        key: Some(followed.key_for(height + 1).cloned().unwrap_or(key)),
+        announcement: followed.announcement_after(height),
+        retired: followed.retired,
     })
 }
 

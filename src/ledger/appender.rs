@@ -405,6 +405,51 @@ impl Writer {
     }
 }
 
+/// The canonical entry `ev` gets at `seq` (docs/FORMAT.md §1).
+pub fn entry_of(ev: &NewEvent, seq: u64) -> Vec<u8> {
+    Entry {
+        seq,
+        received_at_ns: ev.received_at_ns,
+        producer: ev.producer.to_string(),
+        source: ev.source.to_string(),
+        auth: ev.auth,
+        format: ev.format.to_string(),
+        source_id: ev.source_id.clone(),
+        payload_sha256: ev.payload_sha256,
+    }
+    .to_canonical_json()
+}
+
+/// Appends `events` (none of them a duplicate: the appliance's own records have no source id) and stores `head`,
+/// which must be the head over exactly the log with them, in one transaction, before the writer thread runs
+/// (the start that records a key rotation: its record must be the last event of the old key's last head, so
+/// nothing may come between). `index` runs in the same transaction with the appended events.
+pub fn append_sealed(
+    conn: &Connection,
+    events: &[NewEvent],
+    head: &StoredHead,
+    index: impl FnOnce(&Connection, &[Appended]) -> Result<(), StoreError>,
+) -> Result<Vec<Appended>, StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let mut next_seq = store::event_count(&tx)?;
+    let mut frontier = store::tree::load_frontier(&tx, next_seq)?;
+    let appended = append_request(&tx, &mut next_seq, &mut frontier, events)?;
+    if frontier.size() != head.tree_size
+        || frontier.root() != head.root
+        || appended.iter().any(|a| a.duplicate)
+    {
+        return Err(StoreError::Corrupt {
+            table: "heads",
+            key: head.height,
+            problem: "the log changed while its key rotation head was signed; nothing was stored".into(),
+        });
+    }
+    store::insert_head(&tx, head)?;
+    index(&tx, &appended)?;
+    tx.commit()?;
+    Ok(appended)
+}
+
 /// Applies one request inside its own savepoint: all of its events or none.
 fn append_request(
     conn: &Connection,
@@ -425,17 +470,7 @@ fn append_request(
                     continue;
                 }
             }
-            let entry = Entry {
-                seq: next,
-                received_at_ns: ev.received_at_ns,
-                producer: ev.producer.to_string(),
-                source: ev.source.to_string(),
-                auth: ev.auth,
-                format: ev.format.to_string(),
-                source_id: ev.source_id.clone(),
-                payload_sha256: ev.payload_sha256,
-            }
-            .to_canonical_json();
+            let entry = entry_of(ev, next);
             let leaf_hash = merkle::leaf_hash(&entry);
             store::insert_event(
                 c,

@@ -193,6 +193,24 @@ pub fn witness_refused_body(r: &WitnessRefusal<'_>) -> serde_json::Value {
            "reason": truncate(r.reason)})
 }
 
+/// Event type of the record of a key rotation.
+pub const KEY_ROTATION_TYPE: &str = types::KEY_ROTATION;
+
+/// The body of a key rotation record (docs/FORMAT.md §20): the key it retires (it signs the head that ends with
+/// this record, and no later one), the key of every later head (`new_public_key`, PEM), why, and the TPM counter
+/// index the new key's heads carry (`null` for none).
+pub fn key_rotation_body(
+    old_key_id: &str,
+    new_key_id: &str,
+    new_public_key_pem: &str,
+    reason: &str,
+    new_counter_index: Option<u32>,
+) -> serde_json::Value {
+    json!({"type": KEY_ROTATION_TYPE, "old_key_id": old_key_id, "new_key_id": new_key_id,
+           "new_public_key": new_public_key_pem, "reason": reason,
+           "new_counter_index": new_counter_index.map(crate::verify::keys::format_counter_index)})
+}
+
 /// Event type of the record of an invalid access attempt.
 pub const ACCESS_DENIED_TYPE: &str = types::ACCESS_DENIED;
 

@@ -62,3 +62,6 @@ pub const SELF_VERIFY_SOURCE_ID_PREFIX: &str = "self_verify:";
 pub fn self_verify_source_id(height: u64, scope: &str) -> String {
     format!("{SELF_VERIFY_SOURCE_ID_PREFIX}{height:020}:{scope}")
 }
+/// `type` of a key rotation record: the last event of the last head signed by the old key, naming the key that
+/// signs every later head (docs/FORMAT.md §20).
+pub const KEY_ROTATION: &str = "anchorlog.key_rotation";

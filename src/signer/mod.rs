@@ -77,6 +77,10 @@ pub trait HeadSigner: Send {
     fn read_counter(&mut self) -> Result<Option<CounterObservation>, SignerError> {
         Ok(None)
     }
+    /// Lets go of the device connection until the next call (which reconnects and checks the key is still the
+    /// same), so another signer can use a device that serves one connection at a time (swtpm). No-op where the
+    /// device serves many (PKCS#11).
+    fn release(&mut self) {}
 }
 
 #[cfg(feature = "pkcs11")]
@@ -108,6 +112,9 @@ impl HeadSigner for tpm::TpmSigner {
     }
     fn read_counter(&mut self) -> Result<Option<CounterObservation>, SignerError> {
         Ok(tpm::TpmSigner::read_counter(self)?)
+    }
+    fn release(&mut self) {
+        tpm::TpmSigner::release(self)
     }
 }
 
@@ -185,6 +192,8 @@ mod thread {
         Sign(Vec<u8>, Reply<Vec<u8>>),
         AdvanceCounter(Option<u64>, Reply<Option<HeadCounter>>),
         ReadCounter(Reply<Option<CounterObservation>>),
+        Release(Reply<()>),
+        Close(Reply<()>),
     }
 
     /// Async handle to a signer that lives on its own OS thread.
@@ -221,6 +230,16 @@ mod thread {
                     while let Some(job) = rx.blocking_recv() {
                         // A caller that gave up waiting is not an error of the device: sends may fail.
                         match job {
+                            Job::Release(reply) => {
+                                signer.release();
+                                let _ = reply.send(Ok(()));
+                            }
+                            Job::Close(reply) => {
+                                // The device is let go of before the caller hears back.
+                                drop(signer);
+                                let _ = reply.send(Ok(()));
+                                return;
+                            }
                             Job::Sign(message, reply) => {
                                 let _ = reply.send(signer.sign(&message));
                             }
@@ -253,6 +272,16 @@ mod thread {
         /// Reads the device's counter on the signer thread ([`HeadSigner::read_counter`]).
         pub async fn read_counter(&self) -> Result<Option<CounterObservation>, SignerError> {
             self.call(Job::ReadCounter).await
+        }
+
+        /// Lets go of the device connection until the next call ([`HeadSigner::release`]).
+        pub async fn release(&self) -> Result<(), SignerError> {
+            self.call(Job::Release).await
+        }
+
+        /// Closes the signer: returns once the device was let go of; every clone fails from then on.
+        pub async fn close(self) -> Result<(), SignerError> {
+            self.call(Job::Close).await
         }
 
         async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, SignerError> {

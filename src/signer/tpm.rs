@@ -408,6 +408,11 @@ impl TpmSigner {
         self.with_connection(|conn| conn.with_counter(|c, ctx| c.observe(ctx, &tcti))).map(Some)
     }
 
+    /// Closes the connection; the next call reconnects (and checks the key at the handle is still this one).
+    pub fn release(&mut self) {
+        self.conn = None;
+    }
+
     /// Runs `op` on the connection; on a lost connection reconnects once and runs it again.
     fn with_connection<T>(
         &mut self,

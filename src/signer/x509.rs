@@ -44,6 +44,14 @@ pub enum CertificateError {
         /// What the parser said.
         reason: String,
     },
+    /// The `--subject` of a request is not an RFC 4514 distinguished name.
+    #[error("invalid subject {subject:?}: {reason}; write it as an RFC 4514 name, e.g. \"CN=anchorlog head signer,O=Example Corp,C=DE\"")]
+    InvalidSubject {
+        /// The rejected subject.
+        subject: String,
+        /// What the parser said.
+        reason: String,
+    },
     /// The common name is empty or too long.
     #[error("invalid certificate common name '{common_name}': {reason}")]
     InvalidCommonName {
@@ -179,6 +187,50 @@ pub fn log_signer_certificate<E: std::fmt::Display>(
     sign: &mut SignCallback<'_, E>,
 ) -> Result<Vec<u8>, CertificateError> {
     build_certificate(spki_der, LOG_SIGNER_COMMON_NAME, Some(origin), not_before, validity_days, sign)
+}
+
+/// A PKCS#10 certification request (RFC 2986) for the head signer's key, signed inside the HSM/TPM through `sign`
+/// like [`log_signer_certificate`], so an organisation's CA can issue `signer.crt`. Subject: `subject` (an RFC 4514
+/// string) or `CN=anchorlog head signer`. Requested extensions: the origin subjectAltName URI
+/// `urn:anchorlog:origin:<origin>`, basicConstraints CA:FALSE and keyUsage digitalSignature + nonRepudiation (both
+/// critical): what a verifier needs from the issued certificate. Signature algorithm ecdsa-with-SHA256; the
+/// signature is verified against the key before the request is returned. DER.
+pub fn log_signer_request<E: std::fmt::Display>(
+    spki_der: &[u8],
+    origin: &str,
+    subject: Option<&str>,
+    sign: &mut SignCallback<'_, E>,
+) -> Result<Vec<u8>, CertificateError> {
+    use std::str::FromStr as _;
+    use x509_cert::builder::RequestBuilder;
+    use x509_cert::ext::pkix::{name::GeneralName, BasicConstraints, KeyUsage, KeyUsages, SubjectAltName};
+    let verifying_key = parse_p256_spki(spki_der)?;
+    let name = match subject {
+        Some(s) => Name::from_str(s)
+            .map_err(|e| CertificateError::InvalidSubject { subject: s.to_owned(), reason: e.to_string() })?,
+        None => common_name_to_name(LOG_SIGNER_COMMON_NAME)?,
+    };
+    let signer = CallbackSigner { verifying_key, sign: RefCell::new(sign), failure: RefCell::new(None) };
+    let mut builder = RequestBuilder::new(name, &signer).map_err(encoding)?;
+    let uri = der::asn1::Ia5String::new(&format!("{ORIGIN_URI_PREFIX}{}", percent_encode(origin)))
+        .map_err(encoding)?;
+    builder
+        .add_extension(&SubjectAltName(vec![GeneralName::UniformResourceIdentifier(uri)]))
+        .map_err(encoding)?;
+    builder.add_extension(&BasicConstraints { ca: false, path_len_constraint: None }).map_err(encoding)?;
+    builder
+        .add_extension(&KeyUsage(KeyUsages::DigitalSignature | KeyUsages::NonRepudiation))
+        .map_err(encoding)?;
+    let built = builder.build::<DerSignature>();
+    if let Some(failure) = signer.failure.borrow_mut().take() {
+        return Err(failure);
+    }
+    built.map_err(encoding)?.to_der().map_err(encoding)
+}
+
+/// PEM (`CERTIFICATE REQUEST`) of a DER PKCS#10 request.
+pub fn request_pem(der: &[u8]) -> String {
+    pem("CERTIFICATE REQUEST", der)
 }
 
 /// The origin a head-signer certificate names ([`log_signer_certificate`]), if it names one.
@@ -441,6 +493,51 @@ mod tests {
         // The signature is over the TBS bytes and verifies with the key.
         let sig = Signature::from_der(cert.signature.raw_bytes()).unwrap();
         sk.verifying_key().verify(&tbs.to_der().unwrap(), &sig).unwrap();
+    }
+
+    #[test]
+    fn a_signing_request_verifies_with_openssl_and_asks_for_what_a_verifier_needs() {
+        let sk = key(6);
+        let der =
+            log_signer_request(&spki(&sk), "anchorlog.test/p 1", None, &mut software_sign(&sk)).unwrap();
+        let req = x509_cert::request::CertReq::from_der(&der).unwrap();
+        assert_eq!(req.info.subject.to_string(), "CN=anchorlog head signer");
+        assert_eq!(req.info.public_key.to_der().unwrap(), spki(&sk));
+        assert_eq!(req.algorithm.oid, ECDSA_WITH_SHA_256);
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), "signer.csr", request_pem(&der).as_bytes());
+        let out = openssl(&["req", "-verify", "-in", path.to_str().unwrap(), "-noout", "-text"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stderr}");
+        // OpenSSL 3 prints "Certificate request self-signature verify OK", 1.1 "verify OK".
+        assert!(stderr.contains("verify OK") || text.contains("verify OK"), "{stderr}{text}");
+        for needle in [
+            "URI:urn:anchorlog:origin:anchorlog.test/p%201",
+            "CA:FALSE",
+            "Digital Signature, Non Repudiation",
+        ] {
+            assert!(text.contains(needle), "{needle}: {text}");
+        }
+        // A given subject; a malformed one is refused; a signer with another key produces no request.
+        let named = log_signer_request(
+            &spki(&sk),
+            "o",
+            Some("CN=head signer,O=Example Corp,C=DE"),
+            &mut software_sign(&sk),
+        )
+        .unwrap();
+        let named = x509_cert::request::CertReq::from_der(&named).unwrap();
+        assert_eq!(named.info.subject.to_string(), "CN=head signer,O=Example Corp,C=DE");
+        assert!(matches!(
+            log_signer_request(&spki(&sk), "o", Some("not a name"), &mut software_sign(&sk)),
+            Err(CertificateError::InvalidSubject { .. })
+        ));
+        let other = key(7);
+        assert!(matches!(
+            log_signer_request(&spki(&sk), "o", None, &mut software_sign(&other)),
+            Err(CertificateError::SignatureMismatch)
+        ));
     }
 
     #[test]

@@ -334,6 +334,42 @@ pub fn public_key_pem(conn: &Connection, key_id: &str) -> Result<Option<String>,
         .optional()?)
 }
 
+/// Every PEM public key recorded in `log_meta` (every key that signed heads of this log, and the configured one).
+pub fn public_key_pems(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare("SELECT value FROM log_meta WHERE key LIKE 'key:%' ORDER BY key")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Indexes the key rotation record at `seq` (in the transaction that appends it), so exports and receipts find
+/// every rotation without scanning the log. An index only: verifiers judge the records themselves.
+pub fn record_rotation(conn: &Connection, seq: u64, new_key_id: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO log_meta (key, value) VALUES (?1, ?2)",
+        params![format!("rotation:{seq:020}"), new_key_id],
+    )?;
+    Ok(())
+}
+
+/// The seqs of the indexed key rotation records ([`record_rotation`]), in order.
+pub fn rotation_seqs(conn: &Connection) -> Result<Vec<u64>, StoreError> {
+    let mut stmt = conn.prepare("SELECT key FROM log_meta WHERE key LIKE 'rotation:%' ORDER BY key")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for key in rows {
+        let key = key?;
+        let seq = key.strip_prefix("rotation:").and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
+            StoreError::Corrupt {
+                table: "log_meta",
+                key: 0,
+                problem: format!("malformed rotation index {key:?}"),
+            }
+        })?;
+        out.push(seq);
+    }
+    Ok(out)
+}
+
 /// Number of stored events (= next seq, because seqs are dense).
 pub fn event_count(conn: &Connection) -> Result<u64, StoreError> {
     let n: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;

@@ -7,10 +7,10 @@
 //! earliest signed head covering it, an inclusion proof into that head, and a consistency proof from the head
 //! the evidence is anchored at to that head, so the record is shown to be in the same log, later.
 
+use super::keys::HeadKeys;
 use super::{check_parts, Failure, OwnRecord};
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::{self, Hash};
-use crate::signer::PublicKey;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -65,12 +65,13 @@ fn hashes(items: &[String]) -> Option<Vec<Hash>> {
     items.iter().map(|p| B64.decode(p).ok().and_then(|v| <Hash>::try_from(v).ok())).collect()
 }
 
-/// Checks that `p` is the appliance's erasure record of `p.erased_seq`, under a head signed by `key` that
-/// extends `anchor`. The failure names the erased event, or the head or record at fault.
+/// Checks that `p` is the appliance's erasure record of `p.erased_seq`, under a head that extends `anchor` and is
+/// signed by the key `keys` hold for its height. The failure names the erased event, or the head or record at
+/// fault.
 pub fn check_erasure_record_proof(
     p: &ErasureRecordProof,
     anchor: &AnchorHead<'_>,
-    key: &PublicKey,
+    keys: &HeadKeys<'_>,
 ) -> Result<(), Failure> {
     let mismatch = Failure::ErasureRecordMismatch { seq: p.erased_seq, erasure_seq: p.seq };
     if p.seq <= p.erased_seq {
@@ -98,9 +99,7 @@ pub fn check_erasure_record_proof(
         return Err(Failure::OriginMismatch { height, found: cp.origin, expected: anchor.origin.into() });
     }
     let sig = B64.decode(&p.head.signature).unwrap_or_default();
-    if !key.verify(p.head.checkpoint.as_bytes(), &sig) {
-        return Err(Failure::BadSignature { height, key_id: key.key_id.clone() });
-    }
+    keys.check(height, &p.head.checkpoint, &sig)?;
     if height < anchor.height || cp.tree_size <= p.seq {
         return Err(Failure::HeadMalformed {
             height,

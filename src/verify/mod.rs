@@ -16,11 +16,13 @@ use std::collections::BTreeMap;
 
 pub mod counter;
 pub mod erasure;
+pub mod keys;
 mod records;
 pub mod resume;
 pub mod timestamps;
 pub mod witnesses;
 
+use keys::{misattributed, Retired, RotationRecord, RotationReport};
 use records::RecordTracker;
 pub use records::{ApplianceSummary, OutageComponent, OutageWindow, OwnRecord};
 
@@ -233,6 +235,84 @@ pub enum Failure {
         /// The key tried.
         key_id: String,
     },
+    /// A key rotation record is malformed, or does not fit the chain (another old key, a key used before).
+    #[error("event seq {seq}: key rotation record is invalid: {reason}")]
+    KeyRotationInvalid {
+        /// The record.
+        seq: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A key rotation record is not the last event of the first head covering it: the appliance seals it in the
+    /// same transaction as that head, so events after it were inserted.
+    #[error(
+        "event seq {seq}: key rotation record is not the last event of head height {height}, the first head \
+         covering it (the old key's last head must end with the record)"
+    )]
+    KeyRotationNotLast {
+        /// The record.
+        seq: u64,
+        /// The first head covering it.
+        height: u64,
+    },
+    /// A head is signed by a key no rotation record announced (the chain holds `current` there).
+    #[error(
+        "head height {height}: signed by key {key_id} but no key rotation record under a head signed by \
+         {current} announces it"
+    )]
+    UnannouncedKey {
+        /// The head.
+        height: u64,
+        /// The key that signed it.
+        key_id: String,
+        /// The key the chain holds at this height.
+        current: String,
+    },
+    /// A head after a rotation is signed by the key that rotation retired.
+    #[error(
+        "head height {height}: signed by key {key_id}, which the key rotation record at event seq {seq} retired \
+         after head height {retired_at}; later heads must be signed by {current}"
+    )]
+    RetiredKey {
+        /// The head.
+        height: u64,
+        /// The retired key that signed it.
+        key_id: String,
+        /// The rotation record that retired it.
+        seq: u64,
+        /// The last head it may sign.
+        retired_at: u64,
+        /// The key the chain holds at this height.
+        current: String,
+    },
+    /// The first head checked is signed by a key the verifier was not given.
+    #[error(
+        "head height {height}: signed by key {key_id}, which is none of the given keys ({given}); give the key \
+         the log started with (later keys follow from its key rotation records)"
+    )]
+    UntrustedKey {
+        /// The head.
+        height: u64,
+        /// The key that signed it.
+        key_id: String,
+        /// The given keys.
+        given: String,
+    },
+    /// The first head under a new key carries another TPM counter than its rotation record announced.
+    #[error(
+        "head height {height}: the first head under the new key carries {found}, but the key rotation record at \
+         event seq {seq} announced {announced}"
+    )]
+    RotationCounterMismatch {
+        /// The head.
+        height: u64,
+        /// The rotation record.
+        seq: u64,
+        /// What the record announced.
+        announced: String,
+        /// What the head carries.
+        found: String,
+    },
     /// The head's RFC 3161 token does not verify.
     #[error("head height {height}: time-stamp token does not verify: {reason}")]
     BadTimestamp {
@@ -357,6 +437,8 @@ impl Failure {
             | Failure::ErasureRecordMissing { seq, .. }
             | Failure::ErasureRecordUnsealed { seq, .. }
             | Failure::WrittenWhileStopped { seq, .. }
+            | Failure::KeyRotationInvalid { seq, .. }
+            | Failure::KeyRotationNotLast { seq, .. }
             | Failure::InclusionProofInvalid { seq, .. } => ("seq", *seq),
             Failure::HeadMissing { height }
             | Failure::HeadMalformed { height, .. }
@@ -367,6 +449,10 @@ impl Failure {
             | Failure::ChainBroken { height }
             | Failure::TimeWentBack { height }
             | Failure::BadSignature { height, .. }
+            | Failure::UnannouncedKey { height, .. }
+            | Failure::RetiredKey { height, .. }
+            | Failure::UntrustedKey { height, .. }
+            | Failure::RotationCounterMismatch { height, .. }
             | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadTimestamp { height, .. }
             | Failure::TimestampMissing { height }
@@ -415,8 +501,18 @@ pub struct Report {
     pub first_sealed_ms: Option<i64>,
     /// Seal time of the last head, ms.
     pub last_sealed_ms: Option<i64>,
-    /// Key id every head was verified with.
+    /// The key the chain starts with: the given key that verified the first head checked (a bundle's anchor).
     pub key_id: String,
+    /// The key the chain holds at its end: every head after the last rotation is signed by it, and so must the next
+    /// head be (equal to `key_id` when the log never rotated its key).
+    pub current_key_id: String,
+    /// That key.
+    #[serde(skip)]
+    pub current_key: Option<PublicKey>,
+    /// The key rotations the chain followed, in order (docs/FORMAT.md §20).
+    pub rotations: Vec<RotationReport>,
+    /// A key rotation record after the last head (no head covers it yet), by seq.
+    pub unsealed_rotation: Option<u64>,
     /// The origin every head was checked against (given, or pinned to the source's own: see [`WalkOptions`]).
     pub origin: String,
     /// The last head's checkpoint text.
@@ -442,6 +538,9 @@ pub struct WalkOptions<'a> {
     /// Accept an erasure record not yet covered by a head (only the appliance's own start-up: it seals the
     /// record next; an auditor's verification never sets it).
     pub allow_unsealed_erasure_records: bool,
+    /// Other public keys the evidence carries (the database's `log_meta`, a bundle's `keys/`): never trusted, only
+    /// used to name the key that signed a head no trusted key or rotation accounts for.
+    pub known_keys: Vec<PublicKey>,
 }
 
 /// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
@@ -461,6 +560,13 @@ pub struct Start {
     /// The seq of a clean stop record that is the last event before the walk, if it is one (the walk's first
     /// event must then be a start record, as in a walk from genesis; `None` when unknown, e.g. in a bundle).
     pub stopped_at: Option<u64>,
+    /// The key the chain holds after the anchor (`None` at genesis: the first head picks one of the given keys).
+    pub key: Option<PublicKey>,
+    /// Keys retired before the anchor (from rotation proofs), to name a head signed by one.
+    pub retired: Vec<Retired>,
+    /// When the anchor head ends with a key rotation record: its seq and the TPM counter index it announced for
+    /// the first head under the new key.
+    pub announcement: Option<(u64, Option<u32>)>,
 }
 
 impl Start {
@@ -473,6 +579,9 @@ impl Start {
             prev_time_ms: i64::MIN,
             prev_counter: None,
             stopped_at: None,
+            key: None,
+            retired: Vec::new(),
+            announcement: None,
         }
     }
 }
@@ -503,6 +612,8 @@ pub struct CheckedEvent {
     pub own: Option<OwnRecord>,
     /// For an erased payload: the seq of the erasure record its erasure row (or bundle line) names.
     pub erasure_seq: Option<u64>,
+    /// For a key rotation record: its body, checked, or what is wrong with it.
+    pub rotation: Option<Result<Box<RotationRecord>, String>>,
 }
 
 impl CheckedEvent {
@@ -525,8 +636,11 @@ impl CheckedEvent {
         body: Option<&[u8]>,
     ) -> CheckedEvent {
         let own = checked.as_ref().ok().and_then(|(facts, _)| OwnRecord::of(facts.appliance, body));
+        // Read here, on the batch's threads: the walk only follows it.
+        let rotation = (own == Some(OwnRecord::KeyRotation))
+            .then(|| RotationRecord::parse(body.unwrap_or_default()).map(Box::new));
         let check = checked.map(|(e, erased)| (e.received_at_ns, erased));
-        CheckedEvent { seq, leaf_hash, check, own, erasure_seq: None }
+        CheckedEvent { seq, leaf_hash, check, own, erasure_seq: None, rotation }
     }
 }
 
@@ -628,26 +742,31 @@ fn check_batch(batch: &[(StoredEvent, Option<u64>)]) -> Vec<Decoded> {
     par_map(batch, |(ev, erasure_seq)| Ok(CheckedEvent::of(ev).with_erasure_seq(*erasure_seq)))
 }
 
-/// Verifies a whole database against `key`; every head must carry `origin`, or when `None` the origin the
-/// database was created with (`log_meta`), which the report names.
+/// Verifies a whole database against `key`, the key the log started with (later keys follow from its key
+/// rotation records); every head must carry `origin`, or when `None` the origin the database was created with
+/// (`log_meta`), which the report names.
 pub fn verify_database(
     conn: &Connection,
     key: &PublicKey,
     origin: Option<&str>,
 ) -> Result<Report, VerifyError> {
-    verify_database_with(conn, key, WalkOptions { origin, ..WalkOptions::default() })
+    verify_database_with(conn, std::slice::from_ref(key), WalkOptions { origin, ..WalkOptions::default() })
 }
 
-/// [`verify_database`] with every option of the walk.
+/// [`verify_database`] with every option of the walk; the chain may start with any of `keys`.
 pub fn verify_database_with(
     conn: &Connection,
-    key: &PublicKey,
+    keys: &[PublicKey],
     opts: WalkOptions<'_>,
 ) -> Result<Report, VerifyError> {
     let stored_origin = store::stored_origin(conn)?;
     let heads = store::all_heads(conn)?;
     let origin = opts.origin.or(stored_origin.as_deref());
-    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), key, &WalkOptions { origin, ..opts })?;
+    // The keys the database holds name the signer of a head that fails; they are never trusted.
+    let mut known_keys = opts.known_keys.clone();
+    known_keys.extend(store::public_key_pems(conn)?.iter().filter_map(|pem| PublicKey::from_pem(pem).ok()));
+    let opts = WalkOptions { origin, known_keys, ..opts };
+    let report = walk(Start::genesis(), heads, &mut DbEvents(conn), keys, &opts)?;
     check_node_store(conn, &report, report.heads.checked_sub(1))?;
     Ok(report)
 }
@@ -665,23 +784,20 @@ fn check_node_store(conn: &Connection, report: &Report, last_height: Option<u64>
 }
 
 /// The one verification walk: every event of `events` from `start`, each head of `heads` (in height order)
-/// checked when the walk reaches its tree size; the first failure names the earliest bad record.
+/// checked when the walk reaches its tree size; the first failure names the earliest bad record. The first head
+/// is signed by one of `keys` (or `start.key`); a later head by another key only after a key rotation record.
 pub fn walk(
     start: Start,
     heads: Vec<StoredHead>,
     events: &mut dyn EventSource,
-    key: &PublicKey,
+    keys: &[PublicKey],
     opts: &WalkOptions<'_>,
 ) -> Result<Report, VerifyError> {
     let first_seq = start.frontier.size();
-    let mut checker = HeadChecker::new(key, opts.origin, heads, &start);
+    let mut report = Report { frontier_at_last_head: start.frontier.clone(), ..Report::default() };
+    let mut frontier = start.frontier.clone();
     let mut records = RecordTracker::after_stop(start.stopped_at);
-    let mut report = Report {
-        key_id: key.key_id.clone(),
-        frontier_at_last_head: start.frontier.clone(),
-        ..Report::default()
-    };
-    let mut frontier = start.frontier;
+    let mut checker = HeadChecker::new(keys, &opts.known_keys, opts.origin, heads, start);
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
     events.visit(first_seq, &mut |batch| {
@@ -702,6 +818,7 @@ pub fn walk(
                 failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
                 return false;
             }
+            let rotation = ev.rotation;
             let checked = ev.check.and_then(|(received_at_ns, erased)| {
                 report.first_received_ns.get_or_insert(received_at_ns);
                 report.last_received_ns = Some(received_at_ns);
@@ -709,7 +826,11 @@ pub fn walk(
                 if erased {
                     records.erased(seq, ev.erasure_seq)?;
                 }
-                records.event(seq, received_at_ns, ev.own)
+                records.event(seq, received_at_ns, ev.own)?;
+                match rotation {
+                    Some(r) => checker.rotation_record(seq, r),
+                    None => Ok(()),
+                }
             });
             if let Err(f) = checked {
                 failure = Some(f);
@@ -729,6 +850,12 @@ pub fn walk(
     report.events = frontier.size() - first_seq;
     checker.finish(frontier.size())?;
     report.heads = checker.checked;
+    report.key_id = checker.first_key.clone().unwrap_or_else(|| keys::given(keys));
+    let current = checker.current.clone().or_else(|| keys.first().cloned());
+    report.current_key_id = current.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
+    report.current_key = current;
+    report.rotations = std::mem::take(&mut checker.rotations);
+    report.unsealed_rotation = checker.pending.as_ref().map(|(seq, _)| *seq);
     report.origin = checker.origin.unwrap_or_default();
     report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
     let sealed = report.frontier_at_last_head.size();
@@ -773,9 +900,24 @@ pub fn check_parts(
     }
 }
 
-/// Checks heads in height order as the event walk reaches their tree sizes.
+/// Checks heads in height order as the event walk reaches their tree sizes, and follows the key chain.
 struct HeadChecker<'a> {
-    key: &'a PublicKey,
+    /// The keys the verifier trusts: the chain starts with one of them.
+    trusted: &'a [PublicKey],
+    /// Other keys the evidence carries, only to name a head's signer in a failure.
+    known: &'a [PublicKey],
+    /// The key heads are signed with from here on (`None` until the first head is checked, unless anchored).
+    current: Option<PublicKey>,
+    /// The key the chain started with.
+    first_key: Option<String>,
+    /// Keys rotated away, with the record and head that retired them.
+    retired: Vec<Retired>,
+    /// A rotation record the walk met that no checked head covers yet.
+    pending: Option<(u64, Box<RotationRecord>)>,
+    /// After a rotation head: the record's seq and the counter index it announced, for the next head.
+    announced: Option<(u64, Option<u32>)>,
+    /// The rotations followed.
+    rotations: Vec<RotationReport>,
     /// The origin every head must carry: given, or the first checked head's.
     origin: Option<String>,
     heads: std::iter::Peekable<std::vec::IntoIter<StoredHead>>,
@@ -788,9 +930,22 @@ struct HeadChecker<'a> {
 }
 
 impl<'a> HeadChecker<'a> {
-    fn new(key: &'a PublicKey, origin: Option<&str>, heads: Vec<StoredHead>, start: &Start) -> Self {
+    fn new(
+        trusted: &'a [PublicKey],
+        known: &'a [PublicKey],
+        origin: Option<&str>,
+        heads: Vec<StoredHead>,
+        start: Start,
+    ) -> Self {
         HeadChecker {
-            key,
+            trusted,
+            known,
+            first_key: start.key.as_ref().map(|k| k.key_id.clone()),
+            current: start.key,
+            retired: start.retired,
+            pending: None,
+            announced: start.announcement,
+            rotations: Vec::new(),
             origin: origin.map(str::to_string),
             heads: heads.into_iter().peekable(),
             prev_hash: start.prev_hash,
@@ -800,6 +955,22 @@ impl<'a> HeadChecker<'a> {
             next_height: start.next_height,
             checked: 0,
         }
+    }
+
+    /// The walk met a key rotation record at `seq` (its body checked, or why not): the next head checked must end
+    /// with it, and is the old key's last.
+    fn rotation_record(
+        &mut self,
+        seq: u64,
+        record: Result<Box<RotationRecord>, String>,
+    ) -> Result<(), Failure> {
+        let record = record.map_err(|reason| Failure::KeyRotationInvalid { seq, reason })?;
+        if let Some((earlier, _)) = &self.pending {
+            // Two records under one head: the earlier is not that head's last event.
+            return Err(Failure::KeyRotationNotLast { seq: *earlier, height: self.next_height });
+        }
+        self.pending = Some((seq, record));
+        Ok(())
     }
 
     /// Checks every head whose tree size equals the frontier's size.
@@ -852,12 +1023,14 @@ impl<'a> HeadChecker<'a> {
         if cp.time_ms < self.prev_time {
             return Err(Failure::TimeWentBack { height });
         }
-        check_step(height, self.prev_counter.as_ref(), cp.counter.as_ref())?;
-        if !self.key.verify(h.checkpoint.as_bytes(), &h.signature) {
-            return Err(Failure::BadSignature { height, key_id: self.key.key_id.clone() });
-        }
+        let previous = self.counter_before(height, cp.counter.as_ref())?;
+        check_step(height, previous.as_ref(), cp.counter.as_ref())?;
+        self.check_signature(height, h)?;
         if frontier.root() != cp.root {
             return Err(Failure::RootMismatch { height, from: self.prev_size, to: cp.tree_size });
+        }
+        if let Some((seq, record)) = self.pending.take() {
+            self.rotate(seq, &record, height, cp.tree_size)?;
         }
         self.prev_hash = Checkpoint::text_hash(&h.checkpoint);
         self.prev_size = cp.tree_size;
@@ -865,6 +1038,91 @@ impl<'a> HeadChecker<'a> {
         self.prev_counter = cp.counter;
         self.next_height += 1;
         self.checked += 1;
+        Ok(())
+    }
+
+    /// The counter head `height` must exceed: the previous head's, except for the first head under a new key,
+    /// which must carry exactly the counter index its rotation record announced and restarts the chain of
+    /// counters when that index is another one (a new TPM or a new counter: docs/FORMAT.md §20).
+    fn counter_before(
+        &mut self,
+        height: u64,
+        counter: Option<&HeadCounter>,
+    ) -> Result<Option<HeadCounter>, Failure> {
+        let Some((seq, announced)) = self.announced.take() else { return Ok(self.prev_counter) };
+        let name = |i: Option<u32>| match i {
+            Some(i) => format!("TPM counter index {}", keys::format_counter_index(i)),
+            None => "no TPM counter".to_string(),
+        };
+        let found = counter.map(|c| c.index);
+        if found != announced {
+            return Err(Failure::RotationCounterMismatch {
+                height,
+                seq,
+                announced: name(announced),
+                found: name(found),
+            });
+        }
+        Ok(self.prev_counter.filter(|p| Some(p.index) == announced))
+    }
+
+    /// Checks the head's signature under the chain's key (or, for the first head, under one of the trusted keys,
+    /// which then starts the chain); a failure names the key that did sign it, if the evidence holds it.
+    fn check_signature(&mut self, height: u64, h: &StoredHead) -> Result<(), Failure> {
+        let message = h.checkpoint.as_bytes();
+        if let Some(k) = &self.current {
+            if k.verify(message, &h.signature) {
+                return Ok(());
+            }
+        } else if let Some(k) = self.trusted.iter().find(|k| k.verify(message, &h.signature)) {
+            self.first_key = Some(k.key_id.clone());
+            self.current = Some(k.clone());
+            return Ok(());
+        }
+        Err(misattributed(
+            height,
+            message,
+            &h.signature,
+            self.current.as_ref(),
+            &self.retired,
+            self.trusted,
+            self.known,
+        ))
+    }
+
+    /// Head `height` (of `tree_size`, signature verified) is the first to cover the rotation record at `seq`: it
+    /// must end with it and be signed by the key the record retires; every later head is signed by the new key.
+    fn rotate(
+        &mut self,
+        seq: u64,
+        record: &RotationRecord,
+        height: u64,
+        tree_size: u64,
+    ) -> Result<(), Failure> {
+        if tree_size != seq + 1 {
+            return Err(Failure::KeyRotationNotLast { seq, height });
+        }
+        let invalid = |reason: String| Failure::KeyRotationInvalid { seq, reason };
+        let Some(old) = self.current.take() else {
+            return Err(invalid("no key signs the chain before it".into()));
+        };
+        if record.old_key_id != old.key_id {
+            return Err(invalid(format!(
+                "it names {} as the old key, but head height {height}, which ends with it, is signed by {}",
+                record.old_key_id, old.key_id
+            )));
+        }
+        if let Some(r) = self.retired.iter().find(|r| r.key.key_id == record.new_key_id) {
+            return Err(invalid(format!(
+                "its new key {} was retired after head height {}; a key is never used again",
+                record.new_key_id, r.height
+            )));
+        }
+        let new = record.new_key().map_err(invalid)?;
+        self.retired.push(Retired { key: old, seq, height });
+        self.current = Some(new);
+        self.announced = Some((seq, record.new_counter_index));
+        self.rotations.push(record.report(seq, height));
         Ok(())
     }
 

@@ -56,6 +56,9 @@ pub enum OwnRecord {
     WitnessRefused,
     /// `anchorlog.self_verify`: the appliance verified its own log up to a head (docs/FORMAT.md §18).
     SelfVerify,
+    /// `anchorlog.key_rotation`: the head ending with it is the old key's last (its body is read by
+    /// [`super::keys::RotationRecord`]).
+    KeyRotation,
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -99,6 +102,7 @@ impl OwnRecord {
             Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
             Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
             Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
+            Some(types::KEY_ROTATION) => OwnRecord::KeyRotation,
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -132,6 +136,8 @@ pub struct ApplianceSummary {
     pub witness_refusals: u64,
     /// `anchorlog.self_verify` records: passes of the appliance's own verification.
     pub self_verifications: u64,
+    /// `anchorlog.key_rotation` records: the signing key changed (the report lists each rotation).
+    pub key_rotations: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -151,6 +157,7 @@ impl ApplianceSummary {
             OwnRecord::Erasure { .. } => &mut self.erasures,
             OwnRecord::WitnessRefused => &mut self.witness_refusals,
             OwnRecord::SelfVerify => &mut self.self_verifications,
+            OwnRecord::KeyRotation => &mut self.key_rotations,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -302,6 +309,12 @@ mod tests {
         assert_eq!(own(true, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
         assert_eq!(own(true, r#"{"type":"anchorlog.witness_refused"}"#), Some(OwnRecord::WitnessRefused));
+        assert_eq!(own(true, r#"{"type":"anchorlog.key_rotation"}"#), Some(OwnRecord::KeyRotation));
+        assert_eq!(
+            own(false, r#"{"type":"anchorlog.key_rotation"}"#),
+            None,
+            "a producer's event never counts"
+        );
         assert_eq!(
             own(true, r#"{"type":"anchorlog.outage","state":"started","component":"witnessing"}"#),
             Some(OwnRecord::OutageStarted { component: OutageComponent::Witnessing, since_ms: None })

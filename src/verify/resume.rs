@@ -131,35 +131,38 @@ impl RangeReport {
 /// as [`super::verify_database_with`] does.
 pub fn verify_database_after(
     conn: &Connection,
-    key: &PublicKey,
+    keys: &[PublicKey],
     after: Option<u64>,
     opts: WalkOptions<'_>,
 ) -> Result<RangeReport, VerifyError> {
-    verify_database_after_with(conn, key, after, opts, &mut DbEvents(conn))
+    verify_database_after_with(conn, keys, after, opts, &mut DbEvents(conn))
 }
 
 /// [`verify_database_after`] reading the events from `events` (the database's, possibly wrapped: the
 /// appliance's background pass stops early at shutdown).
 pub fn verify_database_after_with(
     conn: &Connection,
-    key: &PublicKey,
+    keys: &[PublicKey],
     after: Option<u64>,
     opts: WalkOptions<'_>,
     events: &mut dyn super::EventSource,
 ) -> Result<RangeReport, VerifyError> {
     let stored_origin = store::stored_origin(conn)?;
     let origin = opts.origin.map(str::to_string).or(stored_origin);
-    let opts = WalkOptions { origin: origin.as_deref(), ..opts };
+    // The keys the database holds name the signer of a head that fails; they are never trusted for that.
+    let mut known_keys = opts.known_keys.clone();
+    known_keys.extend(store::public_key_pems(conn)?.iter().filter_map(|pem| PublicKey::from_pem(pem).ok()));
+    let opts = WalkOptions { origin: origin.as_deref(), known_keys, ..opts };
     let (start, anchor) = match after {
         None => (Start::genesis(), None),
         Some(height) => {
-            let (start, head) = anchor_start(conn, key, height, opts.origin)?;
+            let (start, head) = anchor_start(conn, keys, height, opts.origin)?;
             (start, Some(head))
         }
     };
     let next = start.next_height;
     let heads = store::heads_from(conn, next)?;
-    let report = walk(start, heads, events, key, &opts)?;
+    let report = walk(start, heads, events, keys, &opts)?;
     let last_height = (next + report.heads).checked_sub(1);
     let last_head = match (last_height, &anchor) {
         (Some(h), Some(a)) if h == a.height => Some(a.clone()),
@@ -174,9 +177,14 @@ pub fn verify_database_after_with(
 
 /// The walk's start right after head `height`: its signature, origin and columns re-checked, and the frontier at
 /// its tree size loaded from the stored nodes and checked against its signed root.
+///
+/// The key chain (docs/FORMAT.md §20) at the anchor: the head must verify under one of `keys`, or else under the
+/// key the database records for it (`log_meta`) — the same trust a start from genesis gives head 0's recorded key
+/// (the background full pass, and every auditor, follow the chain from the first key). When the head ends with a
+/// key rotation record (proven in its tree), the walk continues under the key that record announces.
 fn anchor_start(
     conn: &Connection,
-    key: &PublicKey,
+    keys: &[PublicKey],
     height: u64,
     origin: Option<&str>,
 ) -> Result<(Start, StoredHead), VerifyError> {
@@ -201,14 +209,37 @@ fn anchor_start(
             );
         }
     }
-    if !key.verify(head.checkpoint.as_bytes(), &head.signature) {
-        return Err(Failure::BadSignature { height, key_id: key.key_id.clone() }.into());
-    }
+    let recorded = store::public_key_pem(conn, &head.key_id)?.and_then(|pem| PublicKey::from_pem(&pem).ok());
+    let signed_by = |k: &PublicKey| k.verify(head.checkpoint.as_bytes(), &head.signature);
+    let Some(key) = keys.iter().find(|k| signed_by(k)).cloned().or(recorded.filter(signed_by)) else {
+        let key_id = keys.first().map_or_else(|| head.key_id.clone(), |k| k.key_id.clone());
+        return Err(Failure::BadSignature { height, key_id }.into());
+    };
     let frontier = store::tree::load_frontier(conn, head.tree_size).ok().filter(|f| f.root() == cp.root);
     let Some(frontier) = frontier else {
         return Err(Failure::NodeStoreMismatch { height, tree_size: head.tree_size }.into());
     };
-    let stopped_at = last_event_is_stop(conn, &head)?;
+    let last = last_event(conn, &head)?;
+    let (mut chain_key, mut retired, mut announcement) = (key.clone(), Vec::new(), None);
+    let stopped_at = match last {
+        Some((seq, super::OwnRecord::Stop, _)) => Some(seq),
+        Some((seq, super::OwnRecord::KeyRotation, body)) => {
+            let invalid = |reason: String| Failure::KeyRotationInvalid { seq, reason };
+            let record = super::keys::RotationRecord::parse(&body).map_err(invalid)?;
+            if record.old_key_id != key.key_id {
+                return Err(invalid(format!(
+                    "it names {} as the old key, but head height {height}, which ends with it, is signed by {}",
+                    record.old_key_id, key.key_id
+                ))
+                .into());
+            }
+            chain_key = record.new_key().map_err(invalid)?;
+            retired.push(super::keys::Retired { key, seq, height });
+            announcement = Some((seq, record.new_counter_index));
+            None
+        }
+        _ => None,
+    };
     let start = Start {
         frontier,
         next_height: height + 1,
@@ -216,14 +247,21 @@ fn anchor_start(
         prev_time_ms: cp.time_ms,
         prev_counter: cp.counter,
         stopped_at,
+        key: Some(chain_key),
+        retired,
+        announcement,
     };
     Ok((start, head))
 }
 
-/// The seq of the anchor head's last event if that event is a clean stop record (checked, and proven in the
-/// head's tree from the stored nodes): a walk from genesis would then accept only a start record next, and a
-/// resumed one must too — rows appended to a stopped log right after the head that sealed its stop record.
-fn last_event_is_stop(conn: &Connection, head: &StoredHead) -> Result<Option<u64>, VerifyError> {
+/// The anchor head's last event when it is one of the appliance's own records (checked, and proven in the head's
+/// tree from the stored nodes): its seq, kind and body. A clean stop record: a walk from genesis would then accept
+/// only a start record next, and a resumed one must too — rows appended to a stopped log right after the head that
+/// sealed its stop record. A key rotation record: the next head is the new key's.
+fn last_event(
+    conn: &Connection,
+    head: &StoredHead,
+) -> Result<Option<(u64, super::OwnRecord, Vec<u8>)>, VerifyError> {
     let Some(seq) = head.tree_size.checked_sub(1) else { return Ok(None) };
     let ev = store::event(conn, seq)?.ok_or(Failure::EventMissing { seq })?;
     let (facts, _) = super::check_event(&ev)?;
@@ -235,7 +273,7 @@ fn last_event_is_stop(conn: &Connection, head: &StoredHead) -> Result<Option<u64
         return Err(Failure::NodeStoreMismatch { height: head.height, tree_size: head.tree_size }.into());
     }
     let own = super::OwnRecord::of(facts.appliance, ev.body.as_deref());
-    Ok((own == Some(super::OwnRecord::Stop)).then_some(seq))
+    Ok(own.map(|own| (seq, own, ev.body.unwrap_or_default())))
 }
 
 /// Checks that head `record.height` is the head the record names (tree size and root): a record is the
@@ -405,27 +443,27 @@ mod tests {
         };
         assert_eq!((point.seq, point.height, point.tree_size, point.root), (rec, 1, 40, h1.root));
         check_record_names_head(&point, &h1).unwrap();
-        let r = verify_database_after(&c, &log.key, Some(1), opts()).unwrap();
+        let r = verify_database_after(&c, std::slice::from_ref(&log.key), Some(1), opts()).unwrap();
         assert_eq!(r.anchor.as_ref().map(|h| h.height), Some(1));
         assert_eq!((r.report.events, r.report.heads, r.report.unsealed_events), (36, 1, 5));
         assert_eq!(r.last_head.as_ref().map(|h| h.height), Some(2));
         assert_eq!(r.total_heads(), 3);
         assert_eq!(r.report.frontier_at_last_head.root(), h2.root);
         // Resuming at the last head: nothing but the tail is walked, and the anchor is the last head.
-        let r = verify_database_after(&c, &log.key, Some(2), opts()).unwrap();
+        let r = verify_database_after(&c, std::slice::from_ref(&log.key), Some(2), opts()).unwrap();
         assert_eq!((r.report.events, r.report.heads, r.last_head.unwrap().height), (5, 0, 2));
         // A full walk agrees with the resumed one on where the chain stands.
-        let full = verify_database_after(&c, &log.key, None, opts()).unwrap();
+        let full = verify_database_after(&c, std::slice::from_ref(&log.key), None, opts()).unwrap();
         assert_eq!((full.report.events, full.report.heads, full.total_heads()), (76, 3, 3));
 
         // Tamper behind the point: only the full walk sees it, naming the exact seq.
         log.tamper_body(7);
-        assert!(verify_database_after(&c, &log.key, Some(1), opts()).is_ok());
-        let err = verify_database_after(&c, &log.key, None, opts()).unwrap_err();
+        assert!(verify_database_after(&c, std::slice::from_ref(&log.key), Some(1), opts()).is_ok());
+        let err = verify_database_after(&c, std::slice::from_ref(&log.key), None, opts()).unwrap_err();
         assert!(matches!(err, VerifyError::Invalid(Failure::PayloadMismatch { seq: 7 })), "{err}");
         // Tamper after the point: the resumed walk names it.
         log.tamper_body(50);
-        let err = verify_database_after(&c, &log.key, Some(1), opts()).unwrap_err();
+        let err = verify_database_after(&c, std::slice::from_ref(&log.key), Some(1), opts()).unwrap_err();
         assert!(matches!(err, VerifyError::Invalid(Failure::PayloadMismatch { seq: 50 })), "{err}");
     }
 
@@ -487,7 +525,7 @@ mod tests {
         let c = log.reader();
         let expected = Failure::WrittenWhileStopped { seq: stop + 1, stop_seq: stop };
         for after in [None, Some(h1.height)] {
-            let err = verify_database_after(&c, &log.key, after, opts()).unwrap_err();
+            let err = verify_database_after(&c, std::slice::from_ref(&log.key), after, opts()).unwrap_err();
             assert!(matches!(&err, VerifyError::Invalid(f) if *f == expected), "{after:?}: {err}");
         }
     }
@@ -520,7 +558,7 @@ mod tests {
                 "DROP TRIGGER nodes_no_update; UPDATE nodes SET hash = zeroblob(32) WHERE level = 3",
             )
             .unwrap();
-        let err = verify_database_after(&c, &log.key, Some(1), opts()).unwrap_err();
+        let err = verify_database_after(&c, std::slice::from_ref(&log.key), Some(1), opts()).unwrap_err();
         assert!(
             matches!(err, VerifyError::Invalid(Failure::NodeStoreMismatch { height: 1, tree_size: 12 })),
             "{err}"
@@ -529,7 +567,7 @@ mod tests {
         let other = SigningKey::from_slice(&[4; 32]).unwrap();
         let der = other.verifying_key().to_public_key_der().unwrap();
         let other = PublicKey::from_spki_der(der.as_bytes()).unwrap();
-        let err = verify_database_after(&c, &other, Some(1), opts()).unwrap_err();
+        let err = verify_database_after(&c, std::slice::from_ref(&other), Some(1), opts()).unwrap_err();
         assert!(matches!(err, VerifyError::Invalid(Failure::BadSignature { height: 1, .. })), "{err}");
     }
 }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use anchorlog::ledger::entry::{payload_digest, AuthMethod, Entry};
-use anchorlog::ledger::head::Checkpoint;
+use anchorlog::ledger::head::{Checkpoint, HeadCounter};
 use anchorlog::ledger::merkle::{self, Frontier};
 use anchorlog::signer::PublicKey;
 use anchorlog::store::{self, EventRow, StoredHead};
@@ -49,6 +49,8 @@ pub struct LogBuilder<'k> {
     pub next_height: u64,
     pub prev: [u8; 32],
     pub time_ms: i64,
+    /// The TPM counter the next head carries (its value is incremented first), if any.
+    pub counter: Option<HeadCounter>,
 }
 
 impl<'k> LogBuilder<'k> {
@@ -64,6 +66,7 @@ impl<'k> LogBuilder<'k> {
             // Heads are sealed "now" (a minute ago, one second apart): tests stamp them with a real TSA, and the
             // verifier fails a token issued long after its head's seal time (backdating).
             time_ms: store::now_ms() - 60_000,
+            counter: None,
         }
     }
 
@@ -208,7 +211,10 @@ impl<'k> LogBuilder<'k> {
             height: self.next_height,
             prev: self.prev,
             time_ms: self.time_ms,
-            counter: None,
+            counter: self.counter.as_mut().map(|c| {
+                c.value += 1;
+                *c
+            }),
         };
         let text = cp.to_text().unwrap();
         let h = StoredHead {
@@ -224,6 +230,32 @@ impl<'k> LogBuilder<'k> {
         self.next_height += 1;
         self.prev = Checkpoint::text_hash(&text);
         h
+    }
+}
+
+impl<'k> LogBuilder<'k> {
+    /// Rotates to `new` as the appliance does: appends the key rotation record (announcing `counter_index` for the
+    /// new key's heads), indexes it, seals the old key's last head over it, and signs every later head with `new`.
+    /// Returns the record's seq and that head.
+    pub fn rotate(
+        &mut self,
+        new: &'k TestKey,
+        reason: &str,
+        counter_index: Option<u32>,
+    ) -> (u64, StoredHead) {
+        let body = anchorlog::ledger::internal::key_rotation_body(
+            &self.key.public.key_id,
+            &new.public.key_id,
+            &new.pem(),
+            reason,
+            counter_index,
+        );
+        let seq = self.appliance_event(body.to_string().as_bytes());
+        store::record_rotation(&self.conn, seq, &new.public.key_id).unwrap();
+        store::record_public_key(&self.conn, &new.public.key_id, &new.pem()).unwrap();
+        let head = self.head();
+        self.key = new;
+        (seq, head)
     }
 }
 
