@@ -141,6 +141,10 @@ enum Command {
         /// Fail (exit 7) when the latest head is older than this, e.g. 5m: the log stopped advancing.
         #[arg(long, value_parser = anchorlog::monitor::parse_duration)]
         max_age: Option<std::time::Duration>,
+        /// Fail (exit 1) when the run has not finished within this time, e.g. 30s: a hung appliance or network
+        /// must raise the alarm, not stall the monitor.
+        #[arg(long, value_parser = anchorlog::monitor::parse_duration, default_value = "60s")]
+        timeout: std::time::Duration,
         #[command(flatten)]
         witnesses: WitnessArgs,
     },
@@ -535,9 +539,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_receipt(&file, &key, origin, json, &tsa, &witnesses)
         }
         #[cfg(feature = "server")]
-        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, witnesses } => {
+        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, timeout, witnesses } => {
             let signer = read_key(&signer)?;
-            let target = anchorlog::monitor::Target { url, ca, cert, key };
+            let target = anchorlog::monitor::Target { url, ca, cert, key, timeout };
             let expect = anchorlog::monitor::Expect {
                 origin: origin.or(signer.certified_origin.clone()),
                 max_age,
