@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Time a client has to send a whole `add-checkpoint` body (a checkpoint and a proof: a few KiB).
+const BODY_READ_TIMEOUT: Duration = Duration::from_millis(crate::config::DEFAULT_BODY_READ_TIMEOUT_MS);
+
 struct AppState {
     witness: WitnessHandle,
     max_body_bytes: usize,
@@ -51,10 +54,11 @@ pub fn router(witness: WitnessHandle, config: &WitnessConfig) -> Router {
 
 async fn add_checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let hint = "a checkpoint with its consistency proof is a few kilobytes";
-    let bytes = match crate::api::read_body(body, &headers, state.max_body_bytes, hint).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+    let bytes =
+        match crate::api::read_body(body, &headers, state.max_body_bytes, BODY_READ_TIMEOUT, hint).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
     match state.witness.add_checkpoint(bytes.to_vec()).await {
         Ok(lines) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response(),
         Err(e) => error_response(&e),
