@@ -140,13 +140,23 @@ pub struct AcceptBackoff {
     max: Duration,
     next: Duration,
     failures: u64,
+    /// Both limiters outlive a success: descriptors that free up and run out again cycle with every connection
+    /// that ends, and each cycle must not be worth two log lines.
     log: RateLimitedLog,
+    recovered_log: RateLimitedLog,
 }
 
 impl AcceptBackoff {
     /// A back-off from `initial` to `max`.
     pub fn new(initial: Duration, max: Duration) -> AcceptBackoff {
-        AcceptBackoff { initial, max, next: initial, failures: 0, log: RateLimitedLog::default() }
+        AcceptBackoff {
+            initial,
+            max,
+            next: initial,
+            failures: 0,
+            log: RateLimitedLog::default(),
+            recovered_log: RateLimitedLog::default(),
+        }
     }
 
     /// Records a failed accept on `listener`; returns how long to pause before the next one.
@@ -176,10 +186,15 @@ impl AcceptBackoff {
     /// Records a successful accept: the next failure pauses `initial` again.
     pub fn succeeded(&mut self, listener: ListenerKind) {
         if self.failures > 0 {
-            tracing::info!(listener = listener.as_str(), failures = self.failures, "accept works again");
+            if self.recovered_log.occurred().is_some() {
+                tracing::info!(
+                    listener = listener.as_str(),
+                    failures = self.failures,
+                    "accept works again; logged at most once a minute"
+                );
+            }
             self.failures = 0;
             self.next = self.initial;
-            self.log = RateLimitedLog::default();
         }
     }
 }
