@@ -466,3 +466,49 @@ async fn a_search_page_over_the_answer_cap_is_refused_naming_a_limit_that_fits()
     assert_eq!(audits, 2);
     assert_eq!(metric(&a, &limit_series("mtls", "response_too_large")).await, 1);
 }
+
+/// Waits until the server closes `s` (EOF or reset); returns how long that took.
+async fn closed_within(s: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(started.elapsed()), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_handshake_and_trickled_headers_are_cut_off_on_every_listener() {
+    let health_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secrets = tempfile::tempdir().unwrap();
+    let a = Appliance::start_with(Options {
+        limits_extra: "handshake_timeout_ms = 1500\nheader_read_timeout_ms = 1500".into(),
+        server_extra: format!("health_listen = \"127.0.0.1:{health_port}\""),
+        extra_config: bearer_source(secrets.path()),
+        source_listen: true,
+        ..Options::default()
+    });
+    // No ClientHello at all: closed after the handshake timeout.
+    let mut silent = tcp_from("127.0.0.2", a.addr.unwrap()).await.unwrap();
+    let took = closed_within(&mut silent, Duration::from_secs(30)).await;
+    assert!(took >= Duration::from_millis(1_400), "closed after {took:?}, before the timeout");
+    // Half a request head, on each listener: closed after the header timeout.
+    let partial = b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n";
+    let mut mtls = mtls_from(&a, "producer", "127.0.0.1").await;
+    mtls.write_all(partial).await.unwrap();
+    let took = closed_within(&mut mtls, Duration::from_secs(30)).await;
+    assert!(took >= Duration::from_millis(1_400), "closed after {took:?}");
+    let mut source = source_tls(&a).await;
+    source.write_all(partial).await.unwrap();
+    closed_within(&mut source, Duration::from_secs(30)).await;
+    let mut health = TcpStream::connect(("127.0.0.1", health_port)).await.unwrap();
+    health.write_all(partial).await.unwrap();
+    closed_within(&mut health, Duration::from_secs(30)).await;
+    assert_eq!(metric(&a, &limit_series("mtls", "handshake_timeout")).await, 1);
+    for listener in ["mtls", "source", "health"] {
+        assert_eq!(metric(&a, &limit_series(listener, "header_timeout")).await, 1, "{listener}");
+    }
+}

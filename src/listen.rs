@@ -30,6 +30,8 @@ pub enum ListenerKind {
     Source,
     /// `server.health_listen`: plain HTTP, health and metrics only.
     Health,
+    /// `anchorlog witness`'s listener (its own process; logs only, no metrics).
+    Witness,
 }
 
 impl ListenerKind {
@@ -39,6 +41,7 @@ impl ListenerKind {
             ListenerKind::Mtls => "mtls",
             ListenerKind::Source => "source",
             ListenerKind::Health => "health",
+            ListenerKind::Witness => "witness",
         }
     }
 }

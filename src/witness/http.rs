@@ -143,6 +143,11 @@ impl WitnessService {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut connections = tokio::task::JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        // A failing accept (descriptors exhausted) pauses instead of spinning (`listen`).
+        let mut backoff = crate::listen::AcceptBackoff::new(
+            Duration::from_millis(crate::config::DEFAULT_ACCEPT_BACKOFF_INITIAL_MS),
+            Duration::from_millis(crate::config::DEFAULT_ACCEPT_BACKOFF_MAX_MS),
+        );
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -151,8 +156,12 @@ impl WitnessService {
             };
             let (tcp, remote) = tokio::select! {
                 r = self.listener.accept() => match r {
-                    Ok(v) => v,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    Ok(v) => { backoff.succeeded(crate::listen::ListenerKind::Witness); v }
+                    Err(e) => {
+                        let pause = backoff.failed(crate::listen::ListenerKind::Witness, &e);
+                        drop(permit);
+                        tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = &mut shutdown => break }
+                    }
                 },
                 _ = &mut shutdown => break,
             };
