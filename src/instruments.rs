@@ -41,7 +41,8 @@ pub const LISTENERS: [&str; 3] = ["mtls", "source", "health"];
 
 /// The limits counted by [`Instruments::limit_hit`] (`limit` label), each exposed at 0 from the start:
 /// - `handshake_timeout`: the TLS handshake did not finish within `limits.handshake_timeout_ms`;
-/// - `header_timeout`: a request's headers did not arrive within `limits.header_read_timeout_ms`;
+/// - `header_timeout`: a request's headers did not arrive within `limits.header_read_timeout_ms` of the connection's
+///   start or the previous answer (an idle keep-alive connection closed after that time counts too);
 /// - `body_timeout`: a body did not arrive within `limits.body_read_timeout_ms` (answered 408);
 /// - `body_too_large`: a body over `limits.max_body_bytes` (answered 413, before an HMAC is computed);
 /// - `connections_per_address`: a connection over `limits.max_connections_per_address`, closed at once;

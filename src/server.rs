@@ -462,7 +462,6 @@ impl Service {
                 app_state.metrics.clone(),
             ));
         }
-
         // One shutdown signal stops both listeners.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -852,15 +851,14 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()>,
     config: &Config,
     denials: Arc<DenialRecorder>,
-    gate: crate::listen::Gate,
+    mut gate: crate::listen::Gate,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connection tasks are tracked so that, once the grace period is over, they can be aborted: each holds
     // the router and through it the writer handle, and the writer only stops when every handle is gone.
     let mut connections = tokio::task::JoinSet::new();
-    // The connection caps (in all, per address) and the accept back-off (`listen`).
-    let mut gate = gate;
+    // The connection caps (in all, per address) and the accept back-off are the gate's (`listen`).
     let limits = gate.limits().clone();
     let kind = limits.kind;
     tokio::pin!(shutdown);
