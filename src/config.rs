@@ -47,8 +47,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// Default of `limits.max_connections` (per listener).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
-/// Default of `limits.max_connections_per_address`.
-pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Default of `limits.max_connections_per_address`: room for a load generator or a connection pool of 64 plus
+/// probes from the same address; 32 addresses at it take every slot of a listener.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
 /// Default of `limits.accept_backoff_initial_ms`.
 pub const DEFAULT_ACCEPT_BACKOFF_INITIAL_MS: u64 = 10;
 /// Default of `limits.accept_backoff_max_ms`.
@@ -1492,7 +1493,7 @@ identities = ["dns:idp.example.org"]
             (l.handshake_timeout(), l.header_read_timeout(), l.body_read_timeout()),
             (Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(30))
         );
-        assert_eq!((l.max_connections, l.max_connections_per_address), (4_096, 64));
+        assert_eq!((l.max_connections, l.max_connections_per_address), (4_096, 128));
         assert_eq!((l.accept_backoff_initial_ms, l.accept_backoff_max_ms), (10, 1_000));
         assert_eq!((l.denial_records_per_minute, l.denial_records_per_address_per_minute), (60, 10));
         assert_eq!(l.max_response_bytes(), 32 * 1024 * 1024);
