@@ -70,6 +70,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Extra lines of the `[server]` section (e.g. `health_listen = "127.0.0.1:PORT"`).
     pub server_extra: String,
+    /// Extra lines of the `[limits]` section (e.g. `body_read_timeout_ms = 2000`).
+    pub limits_extra: String,
     /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
     pub tpm_counter: bool,
     /// The PKCS#11 key label the configuration names (a key rotation changes it).
@@ -94,6 +96,7 @@ impl Default for Options {
             origin: "anchorlog.test/e2e".into(),
             env: Vec::new(),
             server_extra: String::new(),
+            limits_extra: String::new(),
             tpm_counter: true,
             key_label: "head-signer".into(),
             tpm_handle: TPM_HANDLE,
@@ -237,6 +240,7 @@ record_appliance_events = {own}
 database = "{d}/anchorlog.db"
 [limits]
 max_body_bytes = {mb}
+{limits_extra}
 [sealing]
 seal_interval_ms = {si}
 seal_max_events = {sm}
@@ -267,6 +271,7 @@ identities = ["dns:monitor.test"]
             own = o.record_appliance_events,
             origin = o.origin,
             server_extra = o.server_extra,
+            limits_extra = o.limits_extra,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         std::fs::write(self.config_path(), text).unwrap();
@@ -341,6 +346,11 @@ identities = ["dns:monitor.test"]
                 ))
             }
         }
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's stderr so far.

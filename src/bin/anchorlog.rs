@@ -1228,13 +1228,16 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let a = &r.appliance;
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
-         ({} ended), {} refused access, {} audit accesses, {} erasures, {} witness refusals, {} self-verifications",
+         ({} ended), {} refused access ({} more counted in {} summaries), {} audit accesses, {} erasures, {} witness \
+         refusals, {} self-verifications",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
         a.outages_started,
         a.outages_ended,
         a.access_denied,
+        a.access_denied_suppressed,
+        a.access_denied_summaries,
         a.audit_access,
         a.erasures,
         a.witness_refusals,
