@@ -406,6 +406,9 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Path of the SQLite database file (created on first start).
     pub database: PathBuf,
+    /// What `serve` checks of the whole file before it starts: `quick` (default), `full` or `off`.
+    #[serde(default)]
+    pub integrity_check: crate::store::IntegrityCheck,
 }
 
 /// `[limits]`: bounds on what one request may carry.
