@@ -453,3 +453,57 @@ async fn a_torn_wal_tail_after_kill_9_is_discarded_by_design_and_every_acknowled
     assert!(a.sigterm().success());
     assert_acknowledged_stored_and_verified(&a, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_export_to_a_client_that_reads_slowly_is_aborted_at_max_export_snapshot_s() {
+    let mut a = Appliance::prepare(Options {
+        storage_extra: "max_export_snapshot_s = 10\n".into(),
+        seal_max_events: 100_000,
+        ..Options::default()
+    });
+    a.spawn().unwrap();
+    let mut conn = a.connect("producer").await;
+    for k in 0..16 {
+        let r = conn
+            .request("POST", "/v1/events", &[("content-type", "application/x-ndjson")], batch(k * 1000, 1000))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let head = a.wait_for_head(16_000).await;
+    let to = head["height"].as_u64().unwrap();
+    let port = a.addr.unwrap().port();
+    let certs = a.path("certs");
+    let out = a.path("export.tar");
+    let started = Instant::now();
+    // ~16 MB at 64 KB/s: far longer than the 10 s bound.
+    let mut curl = Command::new("curl")
+        .args(["-sS", "--limit-rate", "64k", "--max-time", "120", "--resolve"])
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("auditor.pem"))
+        .arg("--key")
+        .arg(certs.join("auditor.key"))
+        .arg("-o")
+        .arg(&out)
+        .arg(format!("https://localhost:{port}/v1/export?from_height=0&to_height={to}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("curl runs");
+    // The appliance lets go of the snapshot at the bound, whatever is still buffered on the way to the client.
+    let abort =
+        "the export held its database snapshot for 10 s (storage.max_export_snapshot_s) and was aborted";
+    eventually(60, "the export aborted at its snapshot bound", async || a.server_log().contains(abort)).await;
+    let took = started.elapsed();
+    let received = std::fs::metadata(&out).map_or(0, |m| m.len());
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert!(took >= Duration::from_secs(10), "aborted after {took:?}, before the bound");
+    println!("slow export (64 KB/s) aborted after {took:?}, {received} bytes received by then");
+    // The snapshot is gone: the appliance still serves and stops cleanly.
+    assert_eq!(a.audit_get("/readyz").await.status, 200);
+    drop(conn);
+    assert!(a.sigterm().success());
+}

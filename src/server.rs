@@ -439,6 +439,7 @@ impl Service {
             },
             self_verify,
             alerts,
+            max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
