@@ -80,6 +80,10 @@ pub struct Options {
     pub tpm_handle: u32,
     /// The head counter's NV index the configuration names (with `tpm_counter`; a key rotation may change it).
     pub tpm_counter_index: u32,
+    /// The directory of the database (default: the test's directory); fault tests put it on a small filesystem.
+    pub database_dir: Option<PathBuf>,
+    /// Extra lines of the `[storage]` section (e.g. `integrity_check = "off"`).
+    pub storage_extra: String,
 }
 
 impl Default for Options {
@@ -101,6 +105,8 @@ impl Default for Options {
             key_label: "head-signer".into(),
             tpm_handle: TPM_HANDLE,
             tpm_counter_index: TPM_COUNTER_INDEX,
+            database_dir: None,
+            storage_extra: String::new(),
         }
     }
 }
@@ -198,7 +204,10 @@ impl Appliance {
         self.path("anchorlog.toml")
     }
     pub fn db_path(&self) -> PathBuf {
-        self.path("anchorlog.db")
+        match &self.options.database_dir {
+            Some(d) => d.join("anchorlog.db"),
+            None => self.path("anchorlog.db"),
+        }
     }
     pub fn key_pem(&self) -> PathBuf {
         self.path("keys/signer.pem")
@@ -237,7 +246,8 @@ record_appliance_events = {own}
 {source_listen}
 {server_extra}
 [storage]
-database = "{d}/anchorlog.db"
+database = "{db}"
+{storage_extra}
 [limits]
 max_body_bytes = {mb}
 {limits_extra}
@@ -263,6 +273,8 @@ roles = ["monitor"]
 identities = ["dns:monitor.test"]
 {extra}
 "#,
+            db = self.db_path().display(),
+            storage_extra = o.storage_extra,
             mb = o.max_body_bytes,
             si = o.seal_interval_ms,
             sm = o.seal_max_events,

@@ -429,6 +429,18 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Path of the SQLite database file (created on first start).
     pub database: PathBuf,
+    /// What `serve` checks of the whole file before it starts: `quick` (default), `full` or `off`.
+    #[serde(default)]
+    pub integrity_check: crate::store::IntegrityCheck,
+    /// Longest an HTTP export may hold its read snapshot, seconds (10..=86400, default 600). While a snapshot is
+    /// held no checkpoint can pass it, so the WAL grows with everything ingested meanwhile; an export to a client
+    /// that reads slowly is aborted at this bound instead of letting the WAL grow without one.
+    #[serde(default = "default_max_export_snapshot_s")]
+    pub max_export_snapshot_s: u64,
+}
+
+fn default_max_export_snapshot_s() -> u64 {
+    600
 }
 
 /// `[limits]`: bounds on what one request may carry, and on what one client may hold or cause (connections, time,
@@ -895,6 +907,9 @@ impl Config {
             return Err(invalid("limits.max_query_limit", "expected 1..=10000"));
         }
         l.validate()?;
+        if !(10..=86_400).contains(&self.storage.max_export_snapshot_s) {
+            return Err(invalid("storage.max_export_snapshot_s", "expected 10..=86400 seconds"));
+        }
         let s = &self.sealing;
         if s.seal_interval_ms < 10 || s.seal_interval_ms > 3_600_000 {
             return Err(invalid("sealing.seal_interval_ms", "expected 10..=3600000 milliseconds"));
@@ -1525,6 +1540,21 @@ identities = ["dns:idp.example.org"]
         let text = format!("{MINIMAL}\n[limits]\nmax_body_bytes = 0\n");
         let err = Config::parse(&text).unwrap_err().to_string();
         assert_eq!(err, "invalid config: `limits.max_body_bytes`: expected 1..=67108864, got 0");
+    }
+
+    #[test]
+    fn storage_checks_have_defaults_and_named_errors() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.storage.integrity_check, crate::store::IntegrityCheck::Quick);
+        assert_eq!(c.storage.max_export_snapshot_s, 600);
+        let full = MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nintegrity_check = \"full\"");
+        assert_eq!(Config::parse(&full).unwrap().storage.integrity_check, crate::store::IntegrityCheck::Full);
+        let short = MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nmax_export_snapshot_s = 5");
+        let err = Config::parse(&short).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: `storage.max_export_snapshot_s`: expected 10..=86400 seconds");
+        let bad =
+            MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nintegrity_check = \"sometimes\"");
+        assert!(Config::parse(&bad).unwrap_err().to_string().contains("integrity_check"));
     }
 
     #[test]

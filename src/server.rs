@@ -203,7 +203,12 @@ impl Service {
             tracing::warn!("witnessing is off: no [[witness]] is configured, heads get no cosignatures");
         }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
-        let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
+        // The whole file is checked first: a damaged page or a truncated file refuses the start, naming the file.
+        let writer_conn = store::open_writer_checked(
+            &config.storage.database,
+            &config.origin,
+            config.storage.integrity_check,
+        )?;
         // Exports name the key of every head; keep its public half beside the log.
         let pem = crate::bundle::export::public_key_pem(signer.public_key())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
@@ -437,6 +442,7 @@ impl Service {
             },
             self_verify,
             alerts,
+            max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());

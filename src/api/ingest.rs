@@ -115,12 +115,17 @@ pub(super) async fn append(
             })
             .collect()
     };
-    let appended = state.appender.append(events).await.map_err(|e| match e {
+    let appended = state.appender.append(events).await;
+    if let Err(AppendError::Store(e)) = &appended {
+        state.metrics.storage.observe::<()>(Err(e));
+    }
+    let appended = appended.map_err(|e| match e {
         AppendError::Stopped => {
             ApiError::unavailable("the appliance is shutting down; retry on another instance or later")
         }
-        AppendError::Store(e) => ApiError::internal("append failed", &e),
+        AppendError::Store(e) => ApiError::storage("append failed", &e),
     })?;
+    state.metrics.storage.succeeded();
     let duplicates = appended.iter().filter(|a| a.duplicate).count();
     state.metrics.events_appended.fetch_add((appended.len() - duplicates) as u64, Ordering::Relaxed);
     let m = &state.metrics.instruments;

@@ -162,7 +162,7 @@ pub(super) async fn log_access(
             done.first().map(|a| a.seq).ok_or_else(|| ApiError::internal("audit record", &"not stored"))
         }
         Err(AppendError::Stopped) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(e) => Err(ApiError::internal("recording the audit access failed", &e)),
+        Err(AppendError::Store(e)) => Err(ApiError::storage("recording the audit access failed", &e)),
     }
 }
 
