@@ -467,6 +467,13 @@ impl WitnessTask {
             }
             Attempt::Refused { status, witness_size, reason } => {
                 self.refused(&head, status, witness_size, &reason).await;
+                // A refused head is never cosigned by this witness, whatever we retry. When newer heads exist, the
+                // next attempt offers the newest: it either shows the witness the rest of the history (a bad proof
+                // from its size, more evidence) or, should the refusal have been transient, gets cosigned — instead
+                // of retrying the one refused head forever while the log moves on.
+                if newest > height {
+                    self.next = newest;
+                }
                 false
             }
             Attempt::Failed(e) => self.failed(height, &e).await,
