@@ -342,6 +342,7 @@ impl Writer {
         }
         let mut rows = Vec::new();
         let mut erased = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
         let index = self.indexer.is_some();
         for (cmd, result) in group.into_iter().zip(results) {
             match (cmd, result) {
@@ -356,7 +357,7 @@ impl Writer {
                                 .map(|(a, e)| IndexRow { seq: a.seq, source: e.source, fields: e.fields }),
                         );
                     }
-                    let _ = reply.send(result.map_err(AppendError::from));
+                    replies.push(Reply::Append(reply, result));
                 }
                 (Command::Erase { reply, .. }, Done::Erase(result)) => {
                     if let Ok(done) = &result {
@@ -374,16 +375,14 @@ impl Writer {
                             });
                         }
                     }
-                    let _ = reply.send(result);
+                    replies.push(Reply::Erase(reply, result));
                 }
                 (
                     Command::StoreHead { reply, .. }
                     | Command::StoreTimestamp { reply, .. }
                     | Command::StoreCosignature { reply, .. },
                     Done::Stored(result),
-                ) => {
-                    let _ = reply.send(result.map_err(AppendError::from));
-                }
+                ) => replies.push(Reply::Stored(reply, result)),
                 // `attempt` answers each command with its own kind, in order; a mismatch cannot happen, and if it
                 // did the waiter is told rather than left hanging (dropping its reply says "writer stopped").
                 (cmd, _) => {
@@ -392,10 +391,24 @@ impl Writer {
                 }
             }
         }
+        // The indexer hears of the events (and of an erased body) before any producer or admin hears back.
         if let Some(indexer) = &self.indexer {
             indexer.send(rows);
             for seq in erased {
                 indexer.erased(seq);
+            }
+        }
+        for reply in replies {
+            match reply {
+                Reply::Append(tx, result) => {
+                    let _ = tx.send(result.map_err(AppendError::from));
+                }
+                Reply::Stored(tx, result) => {
+                    let _ = tx.send(result.map_err(AppendError::from));
+                }
+                Reply::Erase(tx, result) => {
+                    let _ = tx.send(result);
+                }
             }
         }
     }
@@ -471,6 +484,13 @@ enum Attempt {
     RequestFailed,
     /// The transaction could not be opened or committed; nothing was stored.
     Failed(StoreError),
+}
+
+/// A committed command's waiter and its answer.
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
+    Stored(oneshot::Sender<Result<(), AppendError>>, Result<(), StoreError>),
+    Erase(oneshot::Sender<Result<Erased, EraseError>>, Result<Erased, EraseError>),
 }
 
 /// The result of one command of a committed attempt.
