@@ -9,7 +9,8 @@
 //! OpenMetrics, whose counter families are named without `_total`; mixing both in one answer would not parse.)
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The instruments and the registry they are exposed from.
@@ -24,6 +25,9 @@ pub struct Instruments {
     pub timestamp_lag_seconds: Histogram,
     /// Events per group commit of the writer.
     pub commit_events: Histogram,
+    /// Group commits replayed with a savepoint per request because a request failed in the optimistic attempt
+    /// (normally 0: a request fails only on a storage fault; each replay costs the group's work twice).
+    pub commit_replays: IntCounter,
     /// Events stored, by source and format.
     ingested: IntCounterVec,
     /// Failures by kind.
@@ -85,6 +89,10 @@ impl Default for Instruments {
             HistogramOpts::new("commit_events", "Events per group commit of the writer.")
                 .buckets(commit_buckets),
         );
+        let commit_replays = counter(
+            "commit_replays_total",
+            "Group commits replayed with a savepoint per request because a request of the group failed.",
+        );
         let ingested = counter_vec(
             "events_ingested_total",
             "Events stored, by source and format.",
@@ -108,6 +116,7 @@ impl Default for Instruments {
             Box::new(sign_seconds.clone()),
             Box::new(timestamp_lag_seconds.clone()),
             Box::new(commit_events.clone()),
+            Box::new(commit_replays.clone()),
             Box::new(ingested.clone()),
             Box::new(failures.clone()),
             Box::new(limit_hits.clone()),
@@ -134,6 +143,7 @@ impl Default for Instruments {
             sign_seconds,
             timestamp_lag_seconds,
             commit_events,
+            commit_replays,
             ingested,
             failures,
             limit_hits,
@@ -148,6 +158,12 @@ impl Default for Instruments {
 fn histogram(opts: HistogramOpts) -> Histogram {
     #[allow(clippy::expect_used)]
     Histogram::with_opts(opts).expect("constant histogram options are valid")
+}
+
+/// A counter from options that are constants of this module (same reasoning as [`histogram`]).
+fn counter(name: &str, help: &str) -> IntCounter {
+    #[allow(clippy::expect_used)]
+    IntCounter::new(name, help).expect("constant counter options are valid")
 }
 
 /// A labelled counter from options that are constants of this module (same reasoning as [`histogram`]).
@@ -218,6 +234,7 @@ mod tests {
             "anchorlog_head_sign_seconds",
             "anchorlog_timestamp_lag_seconds",
             "anchorlog_commit_events",
+            "anchorlog_commit_replays_total",
             "anchorlog_events_ingested_total",
             "anchorlog_failures_total",
             "anchorlog_limit_hits_total",

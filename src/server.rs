@@ -19,7 +19,7 @@ use crate::api::denials::{Denial, DenialRecorder, RemoteAddr};
 use crate::api::sources::SourceRegistry;
 use crate::api::{self, AppState};
 use crate::config::{read_secret_file, Config, SignerBackend};
-use crate::ledger::appender::AppenderHandle;
+use crate::ledger::appender::{AppenderHandle, WriterObserver};
 use crate::ledger::cosigner::{Cosigner, CosignerError, CosignerSettings};
 use crate::ledger::indexer::IndexerHandle;
 use crate::ledger::internal::{self, PreviousRun};
@@ -308,10 +308,14 @@ impl Service {
         };
         let metrics = Arc::new(Metrics::new());
         let commit_sizes = metrics.instruments.commit_events.clone();
+        let replays = metrics.instruments.commit_replays.clone();
         let (appender, writer_thread) = AppenderHandle::start_observed(
             writer_conn,
             indexer,
-            Box::new(move |events| commit_sizes.observe(events as f64)),
+            WriterObserver {
+                on_commit: Box::new(move |events| commit_sizes.observe(events as f64)),
+                on_replay: Box::new(move || replays.inc()),
+            },
         )?;
         // The start is on record before the first request is accepted (PCI DSS 10.2.1.6).
         let start = internal::start_body(

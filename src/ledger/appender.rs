@@ -1,9 +1,13 @@
 //! The single writer: one OS thread owns the write connection; every append and every head goes through it.
 //!
 //! Group commit: the thread takes the first waiting command, drains whatever else is already queued (up to a
-//! bound), applies them all in one transaction with a SAVEPOINT per request (so one failing request cannot
-//! take others down), commits once (one fsync under `synchronous=FULL`), and only then answers every waiter.
-//! A handler therefore sends its 2xx only after its events are durable.
+//! bound), applies them all in one transaction, commits once (one fsync under `synchronous=FULL`), and only
+//! then answers every waiter. A handler therefore sends its 2xx only after its events are durable.
+//!
+//! Optimistic: the group's requests first run without a SAVEPOINT each (a savepoint journals every page it
+//! changes, 30 % of the writer's time). If one of them fails, that transaction is rolled back and the group
+//! replayed with a savepoint per request, so one failing request cannot take others down and nothing of it is
+//! stored; the replay is counted (`anchorlog_commit_replays_total`).
 
 use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
@@ -157,15 +161,14 @@ impl AppenderHandle {
         conn: Connection,
         indexer: Option<IndexerHandle>,
     ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
-        Self::start_observed(conn, indexer, Box::new(|_| {}))
+        Self::start_observed(conn, indexer, WriterObserver::default())
     }
 
-    /// [`AppenderHandle::start_with_indexer`], and after every successful group commit `on_commit` gets the
-    /// number of events it stored (the server feeds its commit-size histogram; this module knows no metrics).
+    /// [`AppenderHandle::start_with_indexer`], reporting commits and replays to `observer`.
     pub fn start_observed(
         conn: Connection,
         indexer: Option<IndexerHandle>,
-        on_commit: CommitObserver,
+        observer: WriterObserver,
     ) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         let next_seq = store::event_count(&conn)?;
         // O(log n): the right edge of the tree from the stored nodes, not a walk over every leaf.
@@ -175,7 +178,7 @@ impl AppenderHandle {
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
             .spawn(move || {
-                Writer { conn, next_seq, frontier, committed: committed_tx, indexer, on_commit }.run(rx)
+                Writer { conn, next_seq, frontier, committed: committed_tx, indexer, observer }.run(rx)
             })
             .map_err(|_| AppendError::Stopped)?;
         Ok((AppenderHandle { commands, committed }, join))
@@ -247,16 +250,22 @@ struct Writer {
     frontier: Frontier,
     committed: watch::Sender<u64>,
     indexer: Option<IndexerHandle>,
-    on_commit: CommitObserver,
+    observer: WriterObserver,
 }
 
-/// Called by the writer thread after each successful group commit with the number of events it stored.
-pub type CommitObserver = Box<dyn Fn(u64) + Send>;
+/// What the writer thread reports as it goes (the server feeds its metrics; this module knows no metrics).
+pub struct WriterObserver {
+    /// After each successful group commit, with the number of events it stored.
+    pub on_commit: Box<dyn Fn(u64) + Send>,
+    /// Each time a request failed in an optimistic group attempt and the group is replayed with a savepoint per
+    /// request.
+    pub on_replay: Box<dyn Fn() + Send>,
+}
 
-enum Reply {
-    Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
-    Head(oneshot::Sender<Result<(), AppendError>>, Result<(), StoreError>),
-    Erase(oneshot::Sender<Result<Erased, EraseError>>, Result<Erased, EraseError>),
+impl Default for WriterObserver {
+    fn default() -> Self {
+        WriterObserver { on_commit: Box::new(|_| {}), on_replay: Box::new(|| {}) }
+    }
 }
 
 impl Writer {
@@ -283,141 +292,220 @@ impl Writer {
         tracing::debug!("writer: all handles dropped, stopping");
     }
 
+    /// Applies one group in one transaction. First optimistically, without a savepoint per request: the common
+    /// case, where every request succeeds, then skips the statement journal a savepoint keeps of every page it
+    /// changes (docs/PERFORMANCE.md: 30 % of the writer's time). If a request fails, that attempt is rolled back
+    /// whole (its failed request may have left some of its rows in the transaction) and the group is replayed
+    /// with a savepoint per request, so the failing request fails alone and the others are stored as if it had
+    /// never been sent. Either way nothing is answered before the one commit, and a failed commit fails all.
     fn apply_group(&mut self, group: Vec<Command>) {
         let start_seq = self.next_seq;
         let start_frontier = self.frontier.clone();
-        let mut replies = Vec::with_capacity(group.len());
-        let mut rows = Vec::new();
-        let mut erased = Vec::new();
-        let index = self.indexer.is_some();
-        let next_seq = &mut self.next_seq;
-        let frontier = &mut self.frontier;
-        let conn = &self.conn;
-        // BEGIN IMMEDIATE takes the write lock: held elsewhere past the busy timeout, it fails here, before any
-        // command is taken apart — answer each of them with that error (a dropped reply reads as "stopped").
-        let tx = match conn.unchecked_transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                tracing::error!(error = %e, "writer: cannot begin the group commit; nothing of this group was stored");
-                return refuse_group(group, start_seq, &StoreError::from(e));
+        let outcome = match self.attempt(&group, Isolation::Shared) {
+            Attempt::RequestFailed => {
+                self.next_seq = start_seq;
+                self.frontier = start_frontier.clone();
+                (self.observer.on_replay)();
+                tracing::debug!(
+                    requests = group.len(),
+                    "writer: a request of the group failed; rolled back, replaying with a savepoint per request"
+                );
+                self.attempt(&group, Isolation::PerRequest)
             }
+            other => other,
         };
-        let outcome = (|| -> Result<(), StoreError> {
-            for cmd in group {
-                match cmd {
-                    Command::Append { events, reply } => {
-                        let result = append_request(&tx, next_seq, frontier, &events);
-                        if index {
-                            if let Ok(appended) = &result {
-                                // The events are no longer needed: move their fields instead of copying.
-                                rows.extend(appended.iter().zip(events).filter(|(a, _)| !a.duplicate).map(
-                                    |(a, e)| IndexRow { seq: a.seq, source: e.source, fields: e.fields },
-                                ));
-                            }
-                        }
-                        replies.push(Reply::Append(reply, result));
-                    }
-                    Command::Erase { seq, erased_by, reason, reply } => {
-                        let result = erase(&tx, next_seq, frontier, seq, erased_by, reason);
-                        if let Ok(done) = &result {
-                            erased.push(done.record.seq);
-                            if index {
-                                let logged = internal::internal_event(&internal::erasure_body(
-                                    done.record.seq,
-                                    &done.record.erased_by,
-                                    &done.record.reason,
-                                ));
-                                rows.push(IndexRow {
-                                    seq: done.record.erasure_seq,
-                                    source: logged.source,
-                                    fields: logged.fields,
-                                });
-                            }
-                        }
-                        replies.push(Reply::Erase(reply, result));
-                    }
-                    Command::StoreHead { head, reply } => {
-                        let result = in_savepoint(&tx, |c| store::insert_head(c, &head));
-                        replies.push(Reply::Head(reply, result));
-                    }
-                    Command::StoreTimestamp { token, reply } => {
-                        let result = in_savepoint(&tx, |c| store::insert_timestamp(c, &token));
-                        replies.push(Reply::Head(reply, result));
-                    }
-                    Command::StoreCosignature { cosignature, reply } => {
-                        let (cos, cursor) = &*cosignature;
-                        let result = in_savepoint(&tx, |c| {
-                            store::cosignatures::insert(c, cos)?;
-                            store::cosignatures::set_cursor(c, cursor)
-                        });
-                        replies.push(Reply::Head(reply, result));
-                    }
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })();
-        match outcome {
-            Ok(()) => {
-                let _ = self.committed.send(self.next_seq);
-                if self.next_seq > start_seq {
-                    (self.on_commit)(self.next_seq - start_seq);
-                }
-                if let Some(indexer) = &self.indexer {
-                    indexer.send(rows);
-                    for seq in erased {
-                        indexer.erased(seq);
-                    }
-                }
-                for r in replies {
-                    match r {
-                        Reply::Append(tx, res) => {
-                            let _ = tx.send(res.map_err(AppendError::from));
-                        }
-                        Reply::Head(tx, res) => {
-                            let _ = tx.send(res.map_err(AppendError::from));
-                        }
-                        Reply::Erase(tx, res) => {
-                            let _ = tx.send(res);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // Nothing of this group is on disk: fail every waiter and rewind the sequence counter.
-                tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
+        let results = match outcome {
+            Attempt::Committed(results) => results,
+            Attempt::Failed(e) => {
                 self.next_seq = start_seq;
                 self.frontier = start_frontier;
-                for r in replies {
-                    // The cause's storage fault (full disk, lock held elsewhere) decides what callers answer.
-                    let err = || {
-                        AppendError::Store(StoreError::GroupCommit {
-                            first_seq: start_seq,
-                            fault: e.fault(),
-                            message: e.to_string(),
-                        })
-                    };
-                    match r {
-                        Reply::Append(tx, _) => {
-                            let _ = tx.send(Err(err()));
-                        }
-                        Reply::Head(tx, _) => {
-                            let _ = tx.send(Err(err()));
-                        }
-                        Reply::Erase(tx, _) => {
-                            let _ = tx.send(Err(err().into()));
+                fail_group(group, start_seq, &e);
+                return;
+            }
+            // Not reached: with a savepoint per request a failing request is an answer, not a failed attempt.
+            // Kept total: nothing was committed, so every waiter fails.
+            Attempt::RequestFailed => {
+                self.next_seq = start_seq;
+                self.frontier = start_frontier;
+                let e = StoreError::Corrupt {
+                    table: "events",
+                    key: start_seq,
+                    problem: "a request failed outside its savepoint".into(),
+                };
+                fail_group(group, start_seq, &e);
+                return;
+            }
+        };
+        let _ = self.committed.send(self.next_seq);
+        if self.next_seq > start_seq {
+            (self.observer.on_commit)(self.next_seq - start_seq);
+        }
+        let mut rows = Vec::new();
+        let mut erased = Vec::new();
+        let mut replies = Vec::with_capacity(group.len());
+        let index = self.indexer.is_some();
+        for (cmd, result) in group.into_iter().zip(results) {
+            match (cmd, result) {
+                (Command::Append { events, reply }, Done::Append(result)) => {
+                    if let (true, Ok(appended)) = (index, &result) {
+                        // The events are no longer needed: move their fields instead of copying.
+                        rows.extend(
+                            appended
+                                .iter()
+                                .zip(events)
+                                .filter(|(a, _)| !a.duplicate)
+                                .map(|(a, e)| IndexRow { seq: a.seq, source: e.source, fields: e.fields }),
+                        );
+                    }
+                    replies.push(Reply::Append(reply, result));
+                }
+                (Command::Erase { reply, .. }, Done::Erase(result)) => {
+                    if let Ok(done) = &result {
+                        erased.push(done.record.seq);
+                        if index {
+                            let logged = internal::internal_event(&internal::erasure_body(
+                                done.record.seq,
+                                &done.record.erased_by,
+                                &done.record.reason,
+                            ));
+                            rows.push(IndexRow {
+                                seq: done.record.erasure_seq,
+                                source: logged.source,
+                                fields: logged.fields,
+                            });
                         }
                     }
+                    replies.push(Reply::Erase(reply, result));
+                }
+                (
+                    Command::StoreHead { reply, .. }
+                    | Command::StoreTimestamp { reply, .. }
+                    | Command::StoreCosignature { reply, .. },
+                    Done::Stored(result),
+                ) => replies.push(Reply::Stored(reply, result)),
+                // `attempt` answers each command with its own kind, in order; a mismatch cannot happen, and if it
+                // did the waiter is told rather than left hanging (dropping its reply says "writer stopped").
+                (cmd, _) => {
+                    tracing::error!("writer: a command's result did not match it; answering it as failed");
+                    drop(cmd);
+                }
+            }
+        }
+        // The indexer hears of the events (and of an erased body) before any producer or admin hears back.
+        if let Some(indexer) = &self.indexer {
+            indexer.send(rows);
+            for seq in erased {
+                indexer.erased(seq);
+            }
+        }
+        for reply in replies {
+            match reply {
+                Reply::Append(tx, result) => {
+                    let _ = tx.send(result.map_err(AppendError::from));
+                }
+                Reply::Stored(tx, result) => {
+                    let _ = tx.send(result.map_err(AppendError::from));
+                }
+                Reply::Erase(tx, result) => {
+                    let _ = tx.send(result);
                 }
             }
         }
     }
+
+    /// One attempt at `group` in one transaction, committed if it gets to the end. With [`Isolation::Shared`] the
+    /// first failing append request ends the attempt (rolled back); with [`Isolation::PerRequest`] a failing
+    /// request is rolled back to its savepoint and answered with its error. On anything but `Committed` nothing
+    /// of the attempt is stored and the caller rewinds `next_seq` and the frontier.
+    fn attempt(&mut self, group: &[Command], isolation: Isolation) -> Attempt {
+        let next_seq = &mut self.next_seq;
+        let frontier = &mut self.frontier;
+        let tx = match self.conn.unchecked_transaction() {
+            Ok(tx) => tx,
+            Err(e) => return Attempt::Failed(e.into()),
+        };
+        let mut results = Vec::with_capacity(group.len());
+        for cmd in group {
+            let done = match cmd {
+                Command::Append { events, .. } => {
+                    let result = append_request(&tx, next_seq, frontier, events, isolation);
+                    if result.is_err() && isolation == Isolation::Shared {
+                        if let Err(e) = tx.rollback() {
+                            // The replay's BEGIN then fails too and every waiter is told.
+                            tracing::error!(error = %e, "writer: rolling back the optimistic attempt failed");
+                        }
+                        return Attempt::RequestFailed;
+                    }
+                    Done::Append(result)
+                }
+                // Erasures, heads, time-stamp tokens and cosignatures are rare (about one per second each): they
+                // keep their savepoint on both attempts, so their own failure never costs a replay.
+                Command::Erase { seq, erased_by, reason, .. } => {
+                    Done::Erase(erase(&tx, next_seq, frontier, *seq, erased_by, reason))
+                }
+                Command::StoreHead { head, .. } => {
+                    Done::Stored(in_savepoint(&tx, |c| store::insert_head(c, head)))
+                }
+                Command::StoreTimestamp { token, .. } => {
+                    Done::Stored(in_savepoint(&tx, |c| store::insert_timestamp(c, token)))
+                }
+                Command::StoreCosignature { cosignature, .. } => {
+                    let (cos, cursor) = &**cosignature;
+                    Done::Stored(in_savepoint(&tx, |c| {
+                        store::cosignatures::insert(c, cos)?;
+                        store::cosignatures::set_cursor(c, cursor)
+                    }))
+                }
+            };
+            results.push(done);
+        }
+        match tx.commit() {
+            Ok(()) => Attempt::Committed(results),
+            Err(e) => Attempt::Failed(e.into()),
+        }
+    }
 }
 
-/// Answers every command of a group whose transaction could not begin with that error (its storage fault kept).
-fn refuse_group(group: Vec<Command>, first_seq: u64, e: &StoreError) {
+/// Whether the append requests of one attempt get a savepoint each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoint: a failing request leaves the transaction unusable for the others (its earlier rows are in
+    /// it), so the whole attempt is rolled back and replayed with [`Isolation::PerRequest`].
+    Shared,
+    /// A savepoint per request: a failing request rolls back alone.
+    PerRequest,
+}
+
+/// What one attempt at a group came to.
+enum Attempt {
+    /// Committed; one result per command, in order.
+    Committed(Vec<Done>),
+    /// An append request failed without a savepoint; the attempt was rolled back.
+    RequestFailed,
+    /// The transaction could not be opened or committed; nothing was stored.
+    Failed(StoreError),
+}
+
+/// A committed command's waiter and its answer.
+enum Reply {
+    Append(oneshot::Sender<Result<Vec<Appended>, AppendError>>, Result<Vec<Appended>, StoreError>),
+    Stored(oneshot::Sender<Result<(), AppendError>>, Result<(), StoreError>),
+    Erase(oneshot::Sender<Result<Erased, EraseError>>, Result<Erased, EraseError>),
+}
+
+/// The result of one command of a committed attempt.
+enum Done {
+    Append(Result<Vec<Appended>, StoreError>),
+    Erase(Result<Erased, EraseError>),
+    Stored(Result<(), StoreError>),
+}
+
+/// Nothing of this group is on disk: fails every waiter.
+fn fail_group(group: Vec<Command>, start_seq: u64, e: &StoreError) {
+    tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
+    // The cause's storage fault (full disk, lock held elsewhere) decides what callers answer.
     let err = || {
-        AppendError::Store(StoreError::GroupCommit { first_seq, fault: e.fault(), message: e.to_string() })
+        AppendError::Store(StoreError::GroupCommit { first_seq: start_seq, fault: e.fault(), message: e.to_string() })
     };
     for cmd in group {
         match cmd {
@@ -464,7 +552,8 @@ pub fn append_sealed(
     let tx = conn.unchecked_transaction()?;
     let mut next_seq = store::event_count(&tx)?;
     let mut frontier = store::tree::load_frontier(&tx, next_seq)?;
-    let appended = append_request(&tx, &mut next_seq, &mut frontier, events)?;
+    // A failure drops `tx`, which rolls everything back: no savepoint needed.
+    let appended = append_request(&tx, &mut next_seq, &mut frontier, events, Isolation::Shared)?;
     if frontier.size() != head.tree_size
         || frontier.root() != head.root
         || appended.iter().any(|a| a.duplicate)
@@ -481,18 +570,21 @@ pub fn append_sealed(
     Ok(appended)
 }
 
-/// Applies one request inside its own savepoint: all of its events or none.
+/// Applies one request: with [`Isolation::PerRequest`] inside its own savepoint, all of its events or none; with
+/// [`Isolation::Shared`] without one, so on failure some of its rows may remain in the transaction, which the
+/// caller must then roll back. `next_seq` and `frontier` move only on success.
 fn append_request(
     conn: &Connection,
     next_seq: &mut u64,
     frontier: &mut Frontier,
     events: &[NewEvent],
+    isolation: Isolation,
 ) -> Result<Vec<Appended>, StoreError> {
     let before = *next_seq;
     let before_frontier = frontier.clone();
     let mut next = *next_seq;
     let mut completed = Vec::new();
-    let result = in_savepoint(conn, |c| {
+    let mut apply = |c: &Connection| {
         let mut out = Vec::with_capacity(events.len());
         for ev in events {
             if let Some(id) = ev.source_id.as_deref() {
@@ -530,7 +622,11 @@ fn append_request(
             next += 1;
         }
         Ok(out)
-    });
+    };
+    let result = match isolation {
+        Isolation::PerRequest => in_savepoint(conn, apply),
+        Isolation::Shared => apply(conn),
+    };
     if result.is_ok() {
         *next_seq = next;
     } else {
@@ -546,8 +642,8 @@ fn erase(
     next_seq: &mut u64,
     frontier: &mut Frontier,
     seq: u64,
-    erased_by: String,
-    reason: String,
+    erased_by: &str,
+    reason: &str,
 ) -> Result<Erased, EraseError> {
     let target = store::event(conn, seq)?.ok_or(EraseError::NoSuchEvent(seq))?;
     if target.body.is_none() {
@@ -561,10 +657,11 @@ fn erase(
     }
     let before = (*next_seq, frontier.clone());
     let ev = crate::ledger::internal::internal_event(&crate::ledger::internal::erasure_body(
-        seq, &erased_by, &reason,
+        seq, erased_by, reason,
     ));
     let result = in_savepoint(conn, |c| {
-        let appended = append_request(c, next_seq, frontier, std::slice::from_ref(&ev))?;
+        // Inside the erasure's own savepoint: the append needs none of its own.
+        let appended = append_request(c, next_seq, frontier, std::slice::from_ref(&ev), Isolation::Shared)?;
         let logged = appended.first().ok_or_else(|| StoreError::Corrupt {
             table: "events",
             key: seq,
@@ -573,8 +670,8 @@ fn erase(
         let record = ErasureRecord {
             seq,
             erasure_seq: logged.seq,
-            erased_by: erased_by.clone(),
-            reason: reason.clone(),
+            erased_by: erased_by.to_string(),
+            reason: reason.to_string(),
             erased_at_ms: store::now_ms(),
         };
         store::erasure::erase_payload(c, &record)?;
@@ -766,5 +863,173 @@ mod tests {
             frontier.push(*leaf);
         }
         assert_eq!(store::tree::root_at(&conn, 80).unwrap(), frontier.root());
+    }
+
+    /// The replay path under load: 400 requests of 1–4 events from concurrent tasks, every tenth one refused by
+    /// the database on its last event (after its earlier events were inserted), and every request sent twice at
+    /// once (a producer's retry). Groups mix good and bad requests, so the writer rolls back and replays many
+    /// of them; every good request must be stored exactly once at dense seqs with its bodies, every bad one
+    /// answered with its own error and nothing of it stored, and the log must verify under a signed head.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_load_replayed_groups_store_every_good_request_once_and_nothing_of_a_bad_one() {
+        use crate::ledger::head::Checkpoint;
+        use p256::ecdsa::{DerSignature, SigningKey};
+        use p256::pkcs8::EncodePublicKey as _;
+        use signature::Signer as _;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Mutex;
+
+        const ORIGIN: &str = "anchorlog.test/replay";
+        const REQUESTS: usize = 400;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let conn = store::open_writer(&db, ORIGIN).unwrap();
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER refuse_bad BEFORE INSERT ON main.events WHEN NEW.producer = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+        let replays = Arc::new(AtomicU64::new(0));
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let observer = WriterObserver {
+            on_commit: Box::new({
+                let commits = commits.clone();
+                move |n| commits.lock().unwrap().push(n)
+            }),
+            on_replay: Box::new({
+                let replays = replays.clone();
+                move || {
+                    replays.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+        };
+        let (h, join) = AppenderHandle::start_observed(conn, None, observer).unwrap();
+        let bad = |i: usize| i % 10 == 3;
+        // Request i has 1 + i % 4 events with source ids; a bad one (i odd, so 2 or 4 events) fails on its last.
+        let request = |i: usize| {
+            let mut events: Vec<NewEvent> = (0..1 + i % 4)
+                .map(|k| ev(Some(&format!("r{i}-{k}")), &format!("{{\"r\":{i},\"k\":{k}}}")))
+                .collect();
+            if bad(i) {
+                if let Some(last) = events.last_mut() {
+                    last.producer = "bad".into();
+                }
+            }
+            events
+        };
+        let mut tasks = Vec::new();
+        for copy in 0..2 {
+            for i in 0..REQUESTS {
+                let (h, events) = (h.clone(), request(i));
+                tasks.push(tokio::spawn(async move { (i, copy, h.append(events).await) }));
+            }
+        }
+        let mut answers: Vec<Vec<Result<Vec<Appended>, AppendError>>> =
+            (0..REQUESTS).map(|_| Vec::new()).collect();
+        for t in tasks {
+            let (i, _copy, result) = t.await.unwrap();
+            answers[i].push(result);
+        }
+        let mut stored_seqs = Vec::new();
+        let mut expected_events = 0u64;
+        for (i, results) in answers.iter().enumerate() {
+            assert_eq!(results.len(), 2);
+            if bad(i) {
+                for r in results {
+                    // Its own error, not a failed group commit.
+                    match r {
+                        Err(AppendError::Store(e)) => {
+                            let e = e.to_string();
+                            assert!(
+                                e.contains("injected fault") && !e.contains("group commit"),
+                                "request {i}: {e}"
+                            )
+                        }
+                        other => panic!("bad request {i}: {other:?}"),
+                    }
+                }
+                continue;
+            }
+            let (first, second) = match (&results[0], &results[1]) {
+                (Ok(a), Ok(b)) => (a, b),
+                other => panic!("good request {i}: {other:?}"),
+            };
+            expected_events += first.len() as u64;
+            // Exactly once: one copy stored every event, the other got the same seqs as duplicates.
+            let (new, dup) =
+                if first.iter().all(|a| !a.duplicate) { (first, second) } else { (second, first) };
+            assert!(new.iter().all(|a| !a.duplicate) && dup.iter().all(|a| a.duplicate), "request {i}");
+            assert_eq!(new, &dup.iter().map(|a| Appended { duplicate: false, ..*a }).collect::<Vec<_>>());
+            stored_seqs.extend(new.iter().map(|a| (a.seq, i)));
+        }
+        stored_seqs.sort_unstable();
+        assert_eq!(
+            stored_seqs.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            (0..expected_events).collect::<Vec<_>>(),
+            "dense seqs, each stored event acknowledged once"
+        );
+        assert!(replays.load(Ordering::Relaxed) > 0, "the replay path ran");
+        {
+            let commits = commits.lock().unwrap();
+            assert_eq!(commits.iter().sum::<u64>(), expected_events, "{commits:?}");
+            assert!(commits.iter().any(|n| *n > 4), "requests shared commits: {commits:?}");
+        }
+        // Every stored event is the acknowledged one, byte for byte; nothing of a bad request is there.
+        let reader = store::open_reader(&db).unwrap();
+        assert_eq!(store::event_count(&reader).unwrap(), expected_events);
+        let mut next_k = std::collections::HashMap::new();
+        for (seq, i) in &stored_seqs {
+            let stored = store::event(&reader, *seq).unwrap().unwrap();
+            let k = next_k.entry(*i).or_insert(0usize);
+            assert_eq!(
+                stored.body.as_deref(),
+                Some(format!("{{\"r\":{i},\"k\":{k}}}").as_bytes()),
+                "seq {seq}"
+            );
+            let entry = Entry::parse(&stored.entry).unwrap();
+            assert_eq!(entry.source_id, Some(format!("r{i}-{k}")));
+            *k += 1;
+        }
+        let bad_rows: i64 = reader
+            .query_row(
+                "SELECT count(*) FROM events WHERE producer = 'bad' OR body LIKE '{\"r\":3,%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(bad_rows, 0);
+        // A head signed over the whole log: the verifier accepts it (chain, tree, node store, every entry).
+        let signing = SigningKey::from_slice(&[5; 32]).unwrap();
+        let key = crate::signer::PublicKey::from_spki_der(
+            signing.verifying_key().to_public_key_der().unwrap().as_bytes(),
+        )
+        .unwrap();
+        let leaves = store::leaf_hashes(&reader, 0, expected_events).unwrap();
+        let checkpoint = Checkpoint {
+            origin: ORIGIN.into(),
+            tree_size: expected_events,
+            root: merkle::root_of(&leaves),
+            height: 0,
+            prev: [0; 32],
+            time_ms: 1_700_000_000_000,
+            counter: None,
+        };
+        let text = checkpoint.to_text().unwrap();
+        let sig: DerSignature = signing.sign(text.as_bytes());
+        h.store_head(StoredHead {
+            height: 0,
+            tree_size: expected_events,
+            root: checkpoint.root,
+            checkpoint: text,
+            signature: sig.as_bytes().to_vec(),
+            key_id: key.key_id.clone(),
+            sealed_at_ms: checkpoint.time_ms,
+        })
+        .await
+        .unwrap();
+        drop(h);
+        join.join().unwrap();
+        let report = crate::verify::verify_database(&reader, &key, Some(ORIGIN)).unwrap();
+        assert_eq!((report.events, report.heads, report.unsealed_events), (expected_events, 1, 0));
     }
 }
