@@ -24,7 +24,8 @@ mod read;
 
 pub use export::{export, ExportProgress};
 pub use read::{
-    check_line, verify_bundle, verify_bundle_keys, verify_bundle_with, verify_bundle_witnessed, BundleReport,
+    check_line, check_line_reference, verify_bundle, verify_bundle_keys, verify_bundle_with,
+    verify_bundle_witnessed, BundleReport,
 };
 
 use crate::store::erasure::ErasureRecord;

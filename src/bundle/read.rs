@@ -450,9 +450,14 @@ pub fn check_line(line: &[u8], pos: u64) -> Decoded {
             let checked = verify::check_parts(seq, &s.entry, &leaf_hash, Some(&s.salt), Some(&s.body));
             return Ok(CheckedEvent::from_check(seq, leaf_hash, checked, Some(&s.body)));
         }
-        decode_line_serde(line, pos)
-            .map(|(ev, erasure_seq)| CheckedEvent::of(&ev).with_erasure_seq(erasure_seq))
+        check_line_reference(line, pos)
     })
+}
+
+/// [`check_line`] without its hand-written fast path: every line through serde_json. The reference the fast path
+/// must agree with; public so that the fuzzer (fuzz/fuzz_targets/bundle_line.rs) can compare the two on any bytes.
+pub fn check_line_reference(line: &[u8], pos: u64) -> Decoded {
+    decode_line_serde(line, pos).map(|(ev, erasure_seq)| CheckedEvent::of(&ev).with_erasure_seq(erasure_seq))
 }
 
 /// Decodes a line of any JSON spelling (the reference for [`fast_line`]), with the seq of the erasure record

@@ -7,6 +7,7 @@
 
 use crate::config::{normalize_identity, PrincipalConfig, Role};
 use der::Decode as _;
+use rustls::pki_types::pem::{self, PemObject as _};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
@@ -159,7 +160,7 @@ fn any_to_string(value: &der::Any) -> Option<String> {
 pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let data =
         std::fs::read(path).map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
     if certs.is_empty() {
@@ -173,9 +174,10 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let what = "private key";
     let data =
         std::fs::read(path).map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| TlsError::Read { what, path: path.into(), reason: e.to_string() })?
-        .ok_or_else(|| TlsError::Empty { what, path: path.into() })
+    PrivateKeyDer::from_pem_slice(&data).map_err(|e| match e {
+        pem::Error::NoItemsFound => TlsError::Empty { what, path: path.into() },
+        e => TlsError::Read { what, path: path.into(), reason: e.to_string() },
+    })
 }
 
 /// Refuses a server private key its group or others can read (the appliance's identity to every client).
@@ -328,5 +330,44 @@ mod tests {
         let both =
             cert_with(vec![rcgen::SanType::DnsName("idp.example.org".try_into().unwrap())], "Auditor One");
         assert!(map.resolve(&both).principal.is_none(), "a cert matching two principals is denied");
+    }
+
+    /// PEM files are read with rustls-pki-types' `PemObject` (rustls-pemfile is unmaintained): the same
+    /// answers as before for what operators hand us — text around the blocks ignored, the first key taken,
+    /// a file without the expected block refused as empty, a broken block refused naming the file.
+    #[test]
+    fn pem_files_read_as_operators_write_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["a.example".into()]).unwrap().self_signed(&key).unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // openssl's `subject=`/`issuer=` lines before a block, two certificates, a key after them.
+        let bundle = write(
+            "bundle.pem",
+            format!("subject=CN = a\nissuer=CN = a\n{}\n{}{}", cert.pem(), cert.pem(), key.serialize_pem()),
+        );
+        let certs = load_certs(&bundle, "CA certificate").unwrap();
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0].as_ref(), cert.der().as_ref());
+        let k = load_key(&bundle).unwrap();
+        assert_eq!(k.secret_der(), key.serialize_der().as_slice());
+
+        let only_cert = write("cert.pem", cert.pem());
+        let e = load_key(&only_cert).unwrap_err();
+        assert!(matches!(e, TlsError::Empty { what: "private key", .. }), "{e}");
+        let only_key = write("key.pem", key.serialize_pem());
+        let e = load_certs(&only_key, "server certificate").unwrap_err();
+        assert!(matches!(e, TlsError::Empty { what: "server certificate", .. }), "{e}");
+
+        let truncated = cert.pem();
+        let truncated = write("truncated.pem", truncated[..truncated.len() / 2].to_string());
+        let e = load_certs(&truncated, "CA certificate").unwrap_err();
+        assert!(matches!(e, TlsError::Read { what: "CA certificate", .. }), "{e}");
+        assert!(e.to_string().contains("truncated.pem"), "{e}");
     }
 }
