@@ -505,7 +505,11 @@ fn fail_group(group: Vec<Command>, start_seq: u64, e: &StoreError) {
     tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
     // The cause's storage fault (full disk, lock held elsewhere) decides what callers answer.
     let err = || {
-        AppendError::Store(StoreError::GroupCommit { first_seq: start_seq, fault: e.fault(), message: e.to_string() })
+        AppendError::Store(StoreError::GroupCommit {
+            first_seq: start_seq,
+            fault: e.fault(),
+            message: e.to_string(),
+        })
     };
     for cmd in group {
         match cmd {
