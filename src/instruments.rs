@@ -26,6 +26,8 @@ pub struct Instruments {
     ingested: IntCounterVec,
     /// Failures by kind.
     failures: IntCounterVec,
+    /// Reloads of the client trust (client CAs, CRLs, principals, source secrets), by outcome.
+    reloads: IntCounterVec,
 }
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
@@ -63,6 +65,11 @@ impl Default for Instruments {
             &["source", "format"],
         );
         let failures = counter_vec("failures_total", "Failures by kind.", &["kind"]);
+        let reloads = counter_vec(
+            "reloads_total",
+            "Reloads of client CAs, CRLs, principals and source secrets (SIGHUP or a changed file), by outcome.",
+            &["outcome"],
+        );
         let registry = Registry::new_custom(Some("anchorlog".to_owned()), None).unwrap_or_default();
         for collector in [
             Box::new(ack_seconds.clone()) as Box<dyn prometheus::core::Collector>,
@@ -71,6 +78,7 @@ impl Default for Instruments {
             Box::new(commit_events.clone()),
             Box::new(ingested.clone()),
             Box::new(failures.clone()),
+            Box::new(reloads.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::warn!(error = %e, "metrics: cannot register an instrument");
@@ -78,6 +86,9 @@ impl Default for Instruments {
         }
         for kind in FAILURE_KINDS {
             failures.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "failed"] {
+            reloads.with_label_values(&[outcome]);
         }
         Instruments {
             registry,
@@ -87,6 +98,7 @@ impl Default for Instruments {
             commit_events,
             ingested,
             failures,
+            reloads,
         }
     }
 }
@@ -108,6 +120,11 @@ impl Instruments {
     /// Counts one failure of `kind` (one of [`FAILURE_KINDS`]).
     pub fn failed(&self, kind: &str) {
         self.failures.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts one reload of the client trust: `ok` (swapped in) or not (the old state kept).
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     /// Counts `n` events stored from `source` in `format`.
@@ -142,6 +159,7 @@ mod tests {
             "anchorlog_commit_events",
             "anchorlog_events_ingested_total",
             "anchorlog_failures_total",
+            "anchorlog_reloads_total",
         ] {
             assert!(out.contains(&format!("# TYPE {family} ")), "{family} missing from:\n{out}");
         }
@@ -151,6 +169,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("anchorlog_failures_total{kind=\"sealing\"} 1\n"), "{out}");
+        i.reloaded(false);
+        let mut out = String::new();
+        i.render(&mut out);
+        assert!(out.contains("anchorlog_reloads_total{outcome=\"failed\"} 1\n"), "{out}");
+        assert!(out.contains("anchorlog_reloads_total{outcome=\"ok\"} 0\n"), "{out}");
         assert!(out.contains("anchorlog_failures_total{kind=\"witnessing\"} 0\n"), "{out}");
     }
 }
