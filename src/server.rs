@@ -178,6 +178,8 @@ pub struct Service {
     alert_targets: Vec<crate::alerts::AlertTarget>,
     /// The seq of this run's start record when the start already wrote it (with a key rotation).
     recorded_start: Option<u64>,
+    /// SIGHUP (reload), handled from before the listeners are announced: its default action would kill the process.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Service {
@@ -194,6 +196,7 @@ impl Service {
         // Every file the configuration names is loaded and checked before the first write (the database is
         // opened for writing only after this): a bad key fails the start without touching the log.
         let loaded = crate::preflight::load(&config)?;
+        let hangup = crate::tls::reload::hangup_signal();
         let timestamping = loaded.timestamping;
         if timestamping.is_none() {
             tracing::warn!("timestamping is off: no [[tsa]] is configured, heads get no RFC 3161 token");
@@ -253,6 +256,7 @@ impl Service {
             first_key,
             alert_targets: loaded.alerts,
             recorded_start,
+            hangup,
         })
     }
 
@@ -291,6 +295,7 @@ impl Service {
             first_key,
             alert_targets,
             recorded_start,
+            hangup,
         } = self;
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
@@ -445,7 +450,7 @@ impl Service {
             app_state.sources.clone(),
             app_state.metrics.clone(),
         );
-        tokio::spawn(reloader.run(stop_tx.subscribe()));
+        tokio::spawn(reloader.run(hangup, stop_tx.subscribe()));
         let router = api::router(app_state.clone());
         // Listeners bound (in `start`), the start on record, the actors running: ready for systemd.
         let committed = app_state.appender.committed();

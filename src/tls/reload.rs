@@ -131,6 +131,17 @@ impl TrustHandle {
     }
 }
 
+/// Installs the SIGHUP handler (from then on a SIGHUP is kept for the reloader instead of killing the process).
+pub fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; reloads happen only when files change");
+            None
+        }
+    }
+}
+
 /// Modification time, size and inode of each watched file (`None`: missing or unreadable).
 type Fingerprint = Vec<(PathBuf, Option<(std::time::SystemTime, u64, u64)>)>;
 
@@ -225,14 +236,12 @@ impl Reloader {
 
     /// Runs until `stop`: reloads on SIGHUP, and when a watched file changed (checked every
     /// `server.reload_poll_s` seconds; 0: SIGHUP only).
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot handle SIGHUP; reloads happen only when files change");
-                None
-            }
-        };
+    /// `hangup` comes from [`hangup_signal`], installed before the listeners were announced.
+    pub async fn run(
+        mut self,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let poll = self.config.server.reload_poll_s;
         let mut ticker = tokio::time::interval(Duration::from_secs(poll.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
