@@ -9,6 +9,7 @@ use anchorlog::ledger::merkle;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use harness::{post_concurrently, Appliance, Options};
+use std::time::Duration;
 
 fn h(v: &serde_json::Value) -> [u8; 32] {
     <[u8; 32]>::try_from(B64.decode(v.as_str().unwrap()).unwrap()).unwrap()
@@ -197,25 +198,58 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
 }
 
 fn audit(a: &Appliance) -> (i32, serde_json::Value) {
+    audit_at(a, &format!("https://localhost:{}", a.addr.unwrap().port()), &[])
+}
+
+/// `anchorlog audit` against `url` with the appliance's auditor certificate and key, plus `extra` arguments.
+fn audit_at(a: &Appliance, url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://localhost:{}", a.addr.unwrap().port());
-    let out = a.anchorlog(&[
+    let (cert, key, ca) = (c("auditor.pem"), c("auditor.key"), c("ca.pem"));
+    let (signer, state) = (a.key_pem(), a.path("audit-state.json"));
+    let mut args = vec![
         "audit",
         "--url",
-        &url,
+        url,
         "--cert",
-        &c("auditor.pem"),
+        &cert,
         "--key",
-        &c("auditor.key"),
+        &key,
         "--ca",
-        &c("ca.pem"),
+        &ca,
         "--signer",
-        a.key_pem().to_str().unwrap(),
+        signer.to_str().unwrap(),
         "--state",
-        a.path("audit-state.json").to_str().unwrap(),
-    ]);
+        state.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = a.anchorlog(&args);
     let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (out.status.code().unwrap_or(-1), json)
+}
+
+/// A hung appliance (or network) fails the timer-driven audit within `--timeout` instead of stalling it forever,
+/// which would silence the monitor's alarm: here a socket that accepts connections and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_of_a_hung_appliance_fails_within_its_timeout() {
+    let a = Appliance::start_with(Options::default());
+    // The kernel completes the TCP handshake from the backlog; nobody ever reads the TLS ClientHello.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://localhost:{}", silent.local_addr().unwrap().port());
+    let t = std::time::Instant::now();
+    let (code, out) = audit_at(&a, &url, &["--timeout", "2s"]);
+    let took = t.elapsed();
+    assert_eq!((code, out["outcome"].as_str()), (1, Some("failed")), "{out}");
+    assert_eq!(
+        out["error"].as_str().unwrap(),
+        format!("no complete answer from {url} within 2 s: the appliance or the network hangs (state file unchanged)")
+    );
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "{took:?}");
+    assert!(!a.path("audit-state.json").exists(), "a failed run writes no state");
+    // The real appliance still audits with the same arguments.
+    let (code, out) =
+        audit_at(&a, &format!("https://localhost:{}", a.addr.unwrap().port()), &["--timeout", "30s"]);
+    assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Extra lines of the `[server]` section (e.g. `health_listen = "127.0.0.1:PORT"`).
     pub server_extra: String,
+    /// Extra lines of the `[limits]` section (e.g. `body_read_timeout_ms = 2000`).
+    pub limits_extra: String,
     /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
     pub tpm_counter: bool,
     /// The PKCS#11 key label the configuration names (a key rotation changes it).
@@ -80,6 +82,10 @@ pub struct Options {
     pub tpm_counter_index: u32,
     /// Rewrites the generated configuration text before it is written (e.g. several client CAs with issuers).
     pub config_filter: Option<Arc<dyn Fn(String) -> String + Send + Sync>>,
+    /// The directory of the database (default: the test's directory); fault tests put it on a small filesystem.
+    pub database_dir: Option<PathBuf>,
+    /// Extra lines of the `[storage]` section (e.g. `integrity_check = "off"`).
+    pub storage_extra: String,
 }
 
 impl Default for Options {
@@ -96,11 +102,14 @@ impl Default for Options {
             origin: "anchorlog.test/e2e".into(),
             env: Vec::new(),
             server_extra: String::new(),
+            limits_extra: String::new(),
             tpm_counter: true,
             key_label: "head-signer".into(),
             tpm_handle: TPM_HANDLE,
             tpm_counter_index: TPM_COUNTER_INDEX,
             config_filter: None,
+            database_dir: None,
+            storage_extra: String::new(),
         }
     }
 }
@@ -198,7 +207,10 @@ impl Appliance {
         self.path("anchorlog.toml")
     }
     pub fn db_path(&self) -> PathBuf {
-        self.path("anchorlog.db")
+        match &self.options.database_dir {
+            Some(d) => d.join("anchorlog.db"),
+            None => self.path("anchorlog.db"),
+        }
     }
     pub fn key_pem(&self) -> PathBuf {
         self.path("keys/signer.pem")
@@ -237,9 +249,11 @@ record_appliance_events = {own}
 {source_listen}
 {server_extra}
 [storage]
-database = "{d}/anchorlog.db"
+database = "{db}"
+{storage_extra}
 [limits]
 max_body_bytes = {mb}
+{limits_extra}
 [sealing]
 seal_interval_ms = {si}
 seal_max_events = {sm}
@@ -262,6 +276,8 @@ roles = ["monitor"]
 identities = ["dns:monitor.test"]
 {extra}
 "#,
+            db = self.db_path().display(),
+            storage_extra = o.storage_extra,
             mb = o.max_body_bytes,
             si = o.seal_interval_ms,
             sm = o.seal_max_events,
@@ -270,6 +286,7 @@ identities = ["dns:monitor.test"]
             own = o.record_appliance_events,
             origin = o.origin,
             server_extra = o.server_extra,
+            limits_extra = o.limits_extra,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
         let text = match &o.config_filter {
@@ -348,6 +365,11 @@ identities = ["dns:monitor.test"]
                 ))
             }
         }
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The server's stderr so far.

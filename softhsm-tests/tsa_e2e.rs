@@ -491,7 +491,9 @@ async fn exported_bundles_and_receipts_carry_tokens_that_verify_offline() {
 }
 
 /// Time from an event's 2xx to the moment a signed and timestamped head covering it is served, at the
-/// default 1 s cadence with the local TSA. Figures go to docs/PERFORMANCE.md.
+/// default 1 s cadence with the local TSA. Figures go to docs/PERFORMANCE.md. A benchmark, not a unit test:
+/// on a loaded machine (CI, parallel builds) the p95 bound measures the load, not the appliance.
+#[ignore = "benchmark: run with --ignored on a quiet machine; figures go to docs/PERFORMANCE.md"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p95_from_ack_to_timestamped_head_at_default_cadence() {
     let tsa = LocalTsa::start_new(&[]);

@@ -54,6 +54,8 @@ pub struct Response {
     pub status: u16,
     /// Content-Type header, if any.
     pub content_type: Option<String>,
+    /// Retry-After header, if any (507 `storage_full`, 503 `database_busy`).
+    pub retry_after: Option<String>,
     /// The whole body.
     pub body: Vec<u8>,
 }
@@ -126,8 +128,9 @@ impl Connection {
         let status = resp.status().as_u16();
         let content_type =
             resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.into_body().collect().await?.to_bytes().to_vec();
-        Ok(Response { status, content_type, body })
+        Ok(Response { status, content_type, retry_after, body })
     }
 
     /// Sends one request and returns the status, reading at most `max_body` bytes of the answer (the rest is

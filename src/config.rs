@@ -41,6 +41,29 @@ pub const DEFAULT_TIMESTAMP_RETRY_INITIAL_MS: u64 = 1_000;
 pub const DEFAULT_TIMESTAMP_RETRY_MAX_MS: u64 = 60_000;
 /// Hard upper bound on `max_body_bytes`: beyond this, a single request could exhaust memory.
 pub const MAX_BODY_BYTES_CEILING: usize = 64 * 1024 * 1024;
+/// Default of `limits.handshake_timeout_ms`: a TLS handshake on a LAN or the internet takes well under a second.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// Default of `limits.header_read_timeout_ms`.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `limits.body_read_timeout_ms`: a 1 MiB body at 40 KB/s.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `limits.max_connections` (per listener).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
+/// Default of `limits.max_connections_per_address`: room for a load generator or a connection pool of 64 plus
+/// probes from the same address; 32 addresses at it take every slot of a listener.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+/// Default of `limits.accept_backoff_initial_ms`.
+pub const DEFAULT_ACCEPT_BACKOFF_INITIAL_MS: u64 = 10;
+/// Default of `limits.accept_backoff_max_ms`.
+pub const DEFAULT_ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+/// Default of `limits.denial_records_per_minute` (per listener).
+pub const DEFAULT_DENIAL_RECORDS_PER_MINUTE: u32 = 60;
+/// Default of `limits.denial_records_per_address_per_minute`.
+pub const DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE: u32 = 10;
+/// Default of `limits.max_response_bytes` (32 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Hard upper bound on `limits.max_response_bytes`.
+pub const MAX_RESPONSE_BYTES_CEILING: usize = 1024 * 1024 * 1024;
 /// Default time one witness submission may take (connect, send, receive), in milliseconds.
 pub const DEFAULT_WITNESS_TIMEOUT_MS: u64 = 10_000;
 /// Default first retry delay after a witness failed, in milliseconds (doubles up to the maximum).
@@ -424,9 +447,22 @@ pub struct ServerConfig {
 pub struct StorageConfig {
     /// Path of the SQLite database file (created on first start).
     pub database: PathBuf,
+    /// What `serve` checks of the whole file before it starts: `quick` (default), `full` or `off`.
+    #[serde(default)]
+    pub integrity_check: crate::store::IntegrityCheck,
+    /// Longest an HTTP export may hold its read snapshot, seconds (10..=86400, default 600). While a snapshot is
+    /// held no checkpoint can pass it, so the WAL grows with everything ingested meanwhile; an export to a client
+    /// that reads slowly is aborted at this bound instead of letting the WAL grow without one.
+    #[serde(default = "default_max_export_snapshot_s")]
+    pub max_export_snapshot_s: u64,
 }
 
-/// `[limits]`: bounds on what one request may carry.
+fn default_max_export_snapshot_s() -> u64 {
+    600
+}
+
+/// `[limits]`: bounds on what one request may carry, and on what one client may hold or cause (connections, time,
+/// records of refused access, answer size): anyone who can reach a port can try to exhaust them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -442,6 +478,43 @@ pub struct LimitsConfig {
     /// Maximum `limit` of list queries.
     #[serde(default = "default_max_query_limit")]
     pub max_query_limit: usize,
+    /// Time a client has to complete the TLS handshake (milliseconds); a half-open handshake holds a connection
+    /// slot until then.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Time a client has to send a request's headers (milliseconds), on every listener.
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+    /// Time a client has to send a whole request body (milliseconds), on every listener: a slower body is
+    /// answered 408 `body_timeout` and stores nothing.
+    #[serde(default = "default_body_read_timeout_ms")]
+    pub body_read_timeout_ms: u64,
+    /// Most open connections per listener; further ones wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most open connections from one client address per listener (an IPv6 client counts by its /64); further
+    /// ones are closed right after `accept()`, so one address cannot take every slot.
+    #[serde(default = "default_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// First pause after a failed `accept()` (milliseconds; doubles on each further failure). Accept fails when
+    /// file descriptors run out (`LimitNOFILE`): retrying at once would spin a core and flood the log.
+    #[serde(default = "default_accept_backoff_initial_ms")]
+    pub accept_backoff_initial_ms: u64,
+    /// Longest pause between failed `accept()` calls (milliseconds).
+    #[serde(default = "default_accept_backoff_max_ms")]
+    pub accept_backoff_max_ms: u64,
+    /// Refused access attempts recorded one by one per minute and listener (`anchorlog.access_denied`); the
+    /// rest are counted in one `anchorlog.access_denied_summary` record per minute.
+    #[serde(default = "default_denial_records_per_minute")]
+    pub denial_records_per_minute: u32,
+    /// Of those, at most this many per minute from one client address (per listener).
+    #[serde(default = "default_denial_records_per_address_per_minute")]
+    pub denial_records_per_address_per_minute: u32,
+    /// Largest answer of `GET /v1/events` (bytes of JSON, bodies included with `body=true`): a page over it is
+    /// refused with 422 `response_too_large` naming a `limit` that fits.
+    /// Default: 32 MiB, or twice `max_body_bytes` plus 64 KiB when that is more (one event always fits).
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
 }
 
 impl Default for LimitsConfig {
@@ -451,6 +524,87 @@ impl Default for LimitsConfig {
             max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            accept_backoff_initial_ms: DEFAULT_ACCEPT_BACKOFF_INITIAL_MS,
+            accept_backoff_max_ms: DEFAULT_ACCEPT_BACKOFF_MAX_MS,
+            denial_records_per_minute: DEFAULT_DENIAL_RECORDS_PER_MINUTE,
+            denial_records_per_address_per_minute: DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE,
+            max_response_bytes: None,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// `handshake_timeout_ms` as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    /// `body_read_timeout_ms` as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// The largest answer of `GET /v1/events`: `max_response_bytes`, or its default.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes.unwrap_or_else(|| DEFAULT_MAX_RESPONSE_BYTES.max(self.response_floor()))
+    }
+
+    /// The smallest `max_response_bytes` that still fits one event (a body's JSON escaping at most doubles it; its
+    /// entry and fields add less than 64 KiB).
+    fn response_floor(&self) -> usize {
+        self.max_body_bytes.saturating_mul(2).saturating_add(64 * 1024)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ms = |key: &str, v: u64, lo: u64, hi: u64| {
+            if v < lo || v > hi {
+                return Err(invalid(
+                    &format!("limits.{key}"),
+                    format!("expected {lo}..={hi} milliseconds, got {v}"),
+                ));
+            }
+            Ok(())
+        };
+        ms("handshake_timeout_ms", self.handshake_timeout_ms, 100, 120_000)?;
+        ms("header_read_timeout_ms", self.header_read_timeout_ms, 100, 600_000)?;
+        ms("body_read_timeout_ms", self.body_read_timeout_ms, 100, 3_600_000)?;
+        ms("accept_backoff_initial_ms", self.accept_backoff_initial_ms, 1, 10_000)?;
+        ms("accept_backoff_max_ms", self.accept_backoff_max_ms, self.accept_backoff_initial_ms, 60_000)?;
+        if self.max_connections == 0 || self.max_connections > 1_000_000 {
+            return Err(invalid("limits.max_connections", "expected 1..=1000000"));
+        }
+        if self.max_connections_per_address == 0 || self.max_connections_per_address > self.max_connections {
+            return Err(invalid("limits.max_connections_per_address", "expected 1..=max_connections"));
+        }
+        if self.denial_records_per_minute == 0 || self.denial_records_per_minute > 100_000 {
+            return Err(invalid("limits.denial_records_per_minute", "expected 1..=100000"));
+        }
+        if self.denial_records_per_address_per_minute == 0
+            || self.denial_records_per_address_per_minute > self.denial_records_per_minute
+        {
+            return Err(invalid(
+                "limits.denial_records_per_address_per_minute",
+                "expected 1..=denial_records_per_minute",
+            ));
+        }
+        let floor = self.response_floor();
+        match self.max_response_bytes {
+            Some(n) if n < floor || n > MAX_RESPONSE_BYTES_CEILING => Err(invalid(
+                "limits.max_response_bytes",
+                format!(
+                    "expected {floor}..={MAX_RESPONSE_BYTES_CEILING} (at least twice max_body_bytes plus 64 KiB, so \
+                     that one event always fits a page), got {n}"
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -778,6 +932,10 @@ impl Config {
         }
         if l.max_query_limit == 0 || l.max_query_limit > 10_000 {
             return Err(invalid("limits.max_query_limit", "expected 1..=10000"));
+        }
+        l.validate()?;
+        if !(10..=86_400).contains(&self.storage.max_export_snapshot_s) {
+            return Err(invalid("storage.max_export_snapshot_s", "expected 10..=86400 seconds"));
         }
         let s = &self.sealing;
         if s.seal_interval_ms < 10 || s.seal_interval_ms > 3_600_000 {
@@ -1262,6 +1420,33 @@ fn default_max_json_depth() -> usize {
 fn default_max_query_limit() -> usize {
     DEFAULT_MAX_QUERY_LIMIT
 }
+fn default_handshake_timeout_ms() -> u64 {
+    DEFAULT_HANDSHAKE_TIMEOUT_MS
+}
+fn default_header_read_timeout_ms() -> u64 {
+    DEFAULT_HEADER_READ_TIMEOUT_MS
+}
+fn default_body_read_timeout_ms() -> u64 {
+    DEFAULT_BODY_READ_TIMEOUT_MS
+}
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_max_connections_per_address() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+}
+fn default_accept_backoff_initial_ms() -> u64 {
+    DEFAULT_ACCEPT_BACKOFF_INITIAL_MS
+}
+fn default_accept_backoff_max_ms() -> u64 {
+    DEFAULT_ACCEPT_BACKOFF_MAX_MS
+}
+fn default_denial_records_per_minute() -> u32 {
+    DEFAULT_DENIAL_RECORDS_PER_MINUTE
+}
+fn default_denial_records_per_address_per_minute() -> u32 {
+    DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE
+}
 fn default_seal_interval_ms() -> u64 {
     DEFAULT_SEAL_INTERVAL_MS
 }
@@ -1403,10 +1588,59 @@ identities = ["dns:idp.example.org"]
     }
 
     #[test]
+    fn abuse_limits_have_defaults_and_named_errors() {
+        let l = Config::parse(MINIMAL).unwrap().limits;
+        assert_eq!(
+            (l.handshake_timeout(), l.header_read_timeout(), l.body_read_timeout()),
+            (Duration::from_secs(5), Duration::from_secs(30), Duration::from_secs(30))
+        );
+        assert_eq!((l.max_connections, l.max_connections_per_address), (4_096, 128));
+        assert_eq!((l.accept_backoff_initial_ms, l.accept_backoff_max_ms), (10, 1_000));
+        assert_eq!((l.denial_records_per_minute, l.denial_records_per_address_per_minute), (60, 10));
+        assert_eq!(l.max_response_bytes(), 32 * 1024 * 1024);
+        let big = Config::parse(&format!("{MINIMAL}\n[limits]\nmax_body_bytes = 67108864\n")).unwrap().limits;
+        assert_eq!(big.max_response_bytes(), 2 * 67_108_864 + 65_536, "one event always fits a page");
+        for (extra, key) in [
+            ("handshake_timeout_ms = 0", "limits.handshake_timeout_ms"),
+            ("header_read_timeout_ms = 99", "limits.header_read_timeout_ms"),
+            ("body_read_timeout_ms = 3600001", "limits.body_read_timeout_ms"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("max_connections = 8\nmax_connections_per_address = 9", "limits.max_connections_per_address"),
+            ("accept_backoff_initial_ms = 0", "limits.accept_backoff_initial_ms"),
+            ("accept_backoff_initial_ms = 50\naccept_backoff_max_ms = 40", "limits.accept_backoff_max_ms"),
+            ("denial_records_per_minute = 0", "limits.denial_records_per_minute"),
+            (
+                "denial_records_per_minute = 5\ndenial_records_per_address_per_minute = 6",
+                "limits.denial_records_per_address_per_minute",
+            ),
+            ("max_response_bytes = 1000", "limits.max_response_bytes"),
+            ("max_body_bytes = 67108864\nmax_response_bytes = 33554432", "limits.max_response_bytes"),
+        ] {
+            let err = Config::parse(&format!("{MINIMAL}\n[limits]\n{extra}\n")).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn out_of_range_limit_names_the_key() {
         let text = format!("{MINIMAL}\n[limits]\nmax_body_bytes = 0\n");
         let err = Config::parse(&text).unwrap_err().to_string();
         assert_eq!(err, "invalid config: `limits.max_body_bytes`: expected 1..=67108864, got 0");
+    }
+
+    #[test]
+    fn storage_checks_have_defaults_and_named_errors() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.storage.integrity_check, crate::store::IntegrityCheck::Quick);
+        assert_eq!(c.storage.max_export_snapshot_s, 600);
+        let full = MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nintegrity_check = \"full\"");
+        assert_eq!(Config::parse(&full).unwrap().storage.integrity_check, crate::store::IntegrityCheck::Full);
+        let short = MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nmax_export_snapshot_s = 5");
+        let err = Config::parse(&short).unwrap_err().to_string();
+        assert_eq!(err, "invalid config: `storage.max_export_snapshot_s`: expected 10..=86400 seconds");
+        let bad =
+            MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nintegrity_check = \"sometimes\"");
+        assert!(Config::parse(&bad).unwrap_err().to_string().contains("integrity_check"));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! `promtool check metrics` and every scraper read it whole. (The `prometheus-client` crate only writes
 //! OpenMetrics, whose counter families are named without `_total`; mixing both in one answer would not parse.)
 
-use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// The instruments and the registry they are exposed from.
 #[derive(Debug)]
@@ -28,7 +30,33 @@ pub struct Instruments {
     failures: IntCounterVec,
     /// Reloads of the client trust (client CAs, CRLs, principals, source secrets), by outcome.
     reloads: IntCounterVec,
+    /// Abuse limits that refused or cut off a client, by listener and limit.
+    limit_hits: IntCounterVec,
+    /// Failed `accept()` calls, by listener (file descriptors exhausted, mostly).
+    accept_errors: IntCounterVec,
+    /// Open connections, by listener.
+    open_connections: IntGaugeVec,
 }
+
+/// The listeners, as the `listener` label names them (the same names as the OpenAPI document's `x-listeners`).
+pub const LISTENERS: [&str; 3] = ["mtls", "source", "health"];
+
+/// The limits counted by [`Instruments::limit_hit`] (`limit` label), each exposed at 0 from the start:
+/// - `handshake_timeout`: the TLS handshake did not finish within `limits.handshake_timeout_ms`;
+/// - `header_timeout`: a request's headers did not arrive within `limits.header_read_timeout_ms` of the connection's
+///   start or the previous answer (an idle keep-alive connection closed after that time counts too);
+/// - `body_timeout`: a body did not arrive within `limits.body_read_timeout_ms` (answered 408);
+/// - `body_too_large`: a body over `limits.max_body_bytes` (answered 413, before an HMAC is computed);
+/// - `connections_per_address`: a connection over `limits.max_connections_per_address`, closed at once;
+/// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422).
+pub const LIMITS: [&str; 6] = [
+    "handshake_timeout",
+    "header_timeout",
+    "body_timeout",
+    "body_too_large",
+    "connections_per_address",
+    "response_too_large",
+];
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
 /// rule on a rate never sees a missing series.
@@ -70,6 +98,17 @@ impl Default for Instruments {
             "Reloads of client CAs, CRLs, principals and source secrets (SIGHUP or a changed file), by outcome.",
             &["outcome"],
         );
+        let limit_hits = counter_vec(
+            "limit_hits_total",
+            "Clients refused or cut off by an abuse limit, by listener and limit.",
+            &["listener", "limit"],
+        );
+        let accept_errors = counter_vec(
+            "accept_errors_total",
+            "Failed accept() calls (file descriptors exhausted, mostly), by listener.",
+            &["listener"],
+        );
+        let open_connections = gauge_vec("open_connections", "Open connections, by listener.", &["listener"]);
         let registry = Registry::new_custom(Some("anchorlog".to_owned()), None).unwrap_or_default();
         for collector in [
             Box::new(ack_seconds.clone()) as Box<dyn prometheus::core::Collector>,
@@ -79,6 +118,9 @@ impl Default for Instruments {
             Box::new(ingested.clone()),
             Box::new(failures.clone()),
             Box::new(reloads.clone()),
+            Box::new(limit_hits.clone()),
+            Box::new(accept_errors.clone()),
+            Box::new(open_connections.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::warn!(error = %e, "metrics: cannot register an instrument");
@@ -90,6 +132,13 @@ impl Default for Instruments {
         for outcome in ["ok", "failed"] {
             reloads.with_label_values(&[outcome]);
         }
+        for listener in LISTENERS {
+            for limit in LIMITS {
+                limit_hits.with_label_values(&[listener, limit]);
+            }
+            accept_errors.with_label_values(&[listener]);
+            open_connections.with_label_values(&[listener]);
+        }
         Instruments {
             registry,
             ack_seconds,
@@ -99,6 +148,9 @@ impl Default for Instruments {
             ingested,
             failures,
             reloads,
+            limit_hits,
+            accept_errors,
+            open_connections,
         }
     }
 }
@@ -116,7 +168,33 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("constant counter options are valid")
 }
 
+/// A labelled gauge from options that are constants of this module (same reasoning as [`histogram`]).
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    #[allow(clippy::expect_used)]
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("constant gauge options are valid")
+}
+
 impl Instruments {
+    /// Counts one client refused or cut off on `listener` by `limit` (one of [`LIMITS`]).
+    pub fn limit_hit(&self, listener: &str, limit: &str) {
+        self.limit_hits.with_label_values(&[listener, limit]).inc();
+    }
+
+    /// The count of [`Self::limit_hit`] so far (tests, status lines).
+    pub fn limit_hits(&self, listener: &str, limit: &str) -> u64 {
+        self.limit_hits.with_label_values(&[listener, limit]).get()
+    }
+
+    /// Counts one failed `accept()` on `listener`.
+    pub fn accept_failed(&self, listener: &str) {
+        self.accept_errors.with_label_values(&[listener]).inc();
+    }
+
+    /// Adds `delta` (+1 opened, -1 closed) to `listener`'s open connections.
+    pub fn connections(&self, listener: &str, delta: i64) {
+        self.open_connections.with_label_values(&[listener]).add(delta);
+    }
+
     /// Counts one failure of `kind` (one of [`FAILURE_KINDS`]).
     pub fn failed(&self, kind: &str) {
         self.failures.with_label_values(&[kind]).inc();
@@ -160,6 +238,9 @@ mod tests {
             "anchorlog_events_ingested_total",
             "anchorlog_failures_total",
             "anchorlog_reloads_total",
+            "anchorlog_limit_hits_total",
+            "anchorlog_accept_errors_total",
+            "anchorlog_open_connections",
         ] {
             assert!(out.contains(&format!("# TYPE {family} ")), "{family} missing from:\n{out}");
         }
@@ -175,5 +256,21 @@ mod tests {
         assert!(out.contains("anchorlog_reloads_total{outcome=\"failed\"} 1\n"), "{out}");
         assert!(out.contains("anchorlog_reloads_total{outcome=\"ok\"} 0\n"), "{out}");
         assert!(out.contains("anchorlog_failures_total{kind=\"witnessing\"} 0\n"), "{out}");
+        i.limit_hit("source", "body_timeout");
+        i.accept_failed("mtls");
+        i.connections("mtls", 2);
+        i.connections("mtls", -1);
+        let mut out = String::new();
+        i.render(&mut out);
+        assert!(
+            out.contains("anchorlog_limit_hits_total{limit=\"body_timeout\",listener=\"source\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("anchorlog_limit_hits_total{limit=\"response_too_large\",listener=\"mtls\"} 0\n")
+        );
+        assert!(out.contains("anchorlog_accept_errors_total{listener=\"mtls\"} 1\n"), "{out}");
+        assert!(out.contains("anchorlog_open_connections{listener=\"mtls\"} 1\n"), "{out}");
+        assert_eq!(i.limit_hits("source", "body_timeout"), 1);
     }
 }

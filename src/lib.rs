@@ -38,6 +38,7 @@
 //! | `instruments` | `/metrics` histograms and labelled counters (prometheus-client) |
 //! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |
 //! | `server` | `serve`: start-up, accept loop, graceful shutdown |
+//! | `listen` | per-listener connection caps (in all, per client address), accept back-off |
 //! | [`verify::resume`] | resuming a walk after a self-verified head (start-up, self-verification) |
 //! | `selfverify` | start-up from the last self-verified point; the low-priority re-verification thread; its state |
 //! | `alerts` | `[[alert]]` webhooks: queued, signed, retried; outage and free-disk conditions |
@@ -85,6 +86,8 @@ pub mod dev;
 pub mod dev_tpm;
 #[cfg(all(feature = "server", feature = "pkcs11"))]
 pub mod dev_witness;
+#[cfg(feature = "server")]
+pub mod listen;
 #[cfg(feature = "server")]
 pub mod monitor;
 #[cfg(feature = "server")]

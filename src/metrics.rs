@@ -44,6 +44,8 @@ pub struct Metrics {
     pub sealer_alive_ms: AtomicI64,
     /// Since when sealing fails (ms since the epoch; 0 while it works): the first failed attempt after a success.
     pub sealing_failing_since_ms: AtomicI64,
+    /// Since when writes to the database fail for a storage fault (full disk, lock held elsewhere), and which.
+    pub storage: crate::store::fault::StorageHealth,
     /// Since when committed events wait for a head (ms since the epoch; 0 when every committed event is sealed).
     pub unsealed_since_ms: AtomicI64,
     /// Histograms and labelled counters (latencies, commit sizes, per-source ingest, failures by kind).

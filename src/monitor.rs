@@ -329,6 +329,9 @@ pub struct Target {
     pub cert: PathBuf,
     /// Its key.
     pub key: PathBuf,
+    /// Bound on the whole run (connect, every request, every answer): a hung appliance or network must fail the
+    /// run, or a timer-driven monitor would wait forever and never raise its alarm.
+    pub timeout: std::time::Duration,
 }
 
 fn io(what: impl std::fmt::Display) -> AuditError {
@@ -475,8 +478,27 @@ async fn newest_with_quorum(
     })
 }
 
-/// One monitor run: fetch, check, judge against `state_file`, and store the new state on success.
+/// One monitor run: fetch, check, judge against `state_file`, and store the new state on success. The run
+/// fails with [`AuditError::Io`] when it does not finish within `target.timeout`; the state file is then left
+/// as it was (it is written last, without an await point in between).
 pub async fn run(
+    target: &Target,
+    signer: &PublicKey,
+    state_file: &Path,
+    expect: &Expect,
+) -> Result<Outcome, AuditError> {
+    tokio::time::timeout(target.timeout, run_unbounded(target, signer, state_file, expect)).await.unwrap_or_else(
+        |_| {
+            Err(io(format!(
+                "no complete answer from {} within {} s: the appliance or the network hangs (state file unchanged)",
+                target.url,
+                target.timeout.as_secs_f64()
+            )))
+        },
+    )
+}
+
+async fn run_unbounded(
     target: &Target,
     signer: &PublicKey,
     state_file: &Path,

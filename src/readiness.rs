@@ -6,6 +6,7 @@
 
 use crate::config::ReadinessConfig;
 use crate::metrics::Metrics;
+use crate::store::fault::StorageFault;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +15,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Reason {
     /// Stable code: `signer_failing`, `sealing_stalled`, `timestamps_overdue`, `cosignatures_overdue`,
-    /// `witness_refused`, `disk_nearly_full`, `self_verification_failed`.
+    /// `witness_refused`, `disk_nearly_full`, `self_verification_failed`, and while writes fail for a storage fault
+    /// `storage_full`, `database_busy`, `database_corrupt`, `storage_io_error`.
     pub code: &'static str,
     /// What is wrong, for a human.
     pub message: String,
@@ -99,6 +101,12 @@ impl Readiness {
                 ),
             });
         }
+        if let Some((fault, since)) = m.storage.failing() {
+            out.push(Reason {
+                code: fault.code(),
+                message: storage_message(fault, age_s(since), &self.database_dir),
+            });
+        }
         if let Some(free) = self.free_disk_percent() {
             if self.min_free_disk_percent > 0 && free < f64::from(self.min_free_disk_percent) {
                 out.push(Reason {
@@ -119,6 +127,25 @@ impl Readiness {
     pub fn free_disk_percent(&self) -> Option<f64> {
         free_disk_percent(&self.database_dir)
     }
+}
+
+/// What `/readyz` says about a failing storage: what happened, for how long, and what to do.
+fn storage_message(fault: StorageFault, age_s: i64, dir: &std::path::Path) -> String {
+    let what = match fault {
+        StorageFault::Full => format!(
+            "the filesystem of the database ({}) is full: writes fail with no space left, so events are refused \
+             (507) and heads are not stored; free space there — the appliance resumes by itself",
+            dir.display()
+        ),
+        StorageFault::Busy => "another process holds the database's write lock longer than the busy timeout: \
+             writes fail (503 database_busy); find and stop it (`fuser` on the database file)"
+            .to_string(),
+        StorageFault::Corrupt => "the database file is damaged: writes fail; stop the appliance and run \
+             `anchorlog verify --db`"
+            .to_string(),
+        StorageFault::Io => "the operating system fails reads or writes of the database: check the disk".to_string(),
+    };
+    format!("{what} (failing for {age_s} s)")
 }
 
 /// Free space (available to unprivileged users) of the filesystem holding `dir`, percent of its size.

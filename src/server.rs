@@ -41,12 +41,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Most concurrent connections; further ones wait in the accept queue.
-pub const MAX_CONNECTIONS: usize = 4_096;
-/// Time a client has to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most concurrent connections of the witness's listener; further ones wait in the accept queue (the appliance's
+/// listeners take `limits.max_connections`).
+pub const MAX_CONNECTIONS: usize = crate::config::DEFAULT_MAX_CONNECTIONS;
+/// Time a client of the witness has to finish the TLS handshake (the appliance: `limits.handshake_timeout_ms`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(crate::config::DEFAULT_HANDSHAKE_TIMEOUT_MS);
+/// Time a client of the witness has to send request headers (the appliance: `limits.header_read_timeout_ms`).
+pub const HEADER_READ_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_HEADER_READ_TIMEOUT_MS);
 
 /// Why the service could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +208,12 @@ impl Service {
             tracing::warn!("witnessing is off: no [[witness]] is configured, heads get no cosignatures");
         }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
-        let writer_conn = store::open_writer(&config.storage.database, &config.origin)?;
+        // The whole file is checked first: a damaged page or a truncated file refuses the start, naming the file.
+        let writer_conn = store::open_writer_checked(
+            &config.storage.database,
+            &config.origin,
+            config.storage.integrity_check,
+        )?;
         // Exports name the key of every head; keep its public half beside the log.
         let pem = crate::bundle::export::public_key_pem(signer.public_key())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
@@ -392,6 +399,7 @@ impl Service {
             appender.clone(),
             metrics.clone(),
             config.server.record_appliance_events,
+            &config.limits,
         ));
         // Self-verification: a low-priority thread re-verifies the log; its state feeds /readyz and /metrics.
         let self_verify = Arc::new(crate::selfverify::SelfVerifyState::default());
@@ -441,6 +449,7 @@ impl Service {
             },
             self_verify,
             alerts,
+            max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
         });
         // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
         let trust = TrustHandle::new(tls_config);
@@ -461,14 +470,27 @@ impl Service {
             committed_now,
             stop_tx.subscribe(),
         ));
+        let listener_gate = |kind| {
+            let limits = crate::listen::ListenerLimits::new(kind, &config.limits);
+            crate::listen::Gate::new(limits, app_state.metrics.clone())
+        };
         if let Some(h) = health_listener {
-            tokio::spawn(serve_health(h, api::health_router(app_state.clone()), stop_tx.subscribe()));
+            tokio::spawn(serve_health(
+                h,
+                api::health_router(app_state.clone()),
+                stop_tx.subscribe(),
+                listener_gate(crate::listen::ListenerKind::Health),
+                app_state.metrics.clone(),
+            ));
         }
         // One shutdown signal stops both listeners.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        // Refused access beyond the record budgets is summed up once a minute (`api::denials`), until the listeners
+        // stop; the last window's summary is written after them, before the stop record.
+        let summaries = tokio::spawn(app_state.denials.clone().summarize(stopped(shutdown_rx.clone())));
         let source_listener = source_listener.zip(source_tls);
         let source_loop = async {
             if let Some((l, tls)) = source_listener {
@@ -481,6 +503,7 @@ impl Service {
                     stopped(shutdown_rx.clone()),
                     &config,
                     app_state.denials.clone(),
+                    listener_gate(crate::listen::ListenerKind::Source),
                 )
                 .await;
             }
@@ -497,11 +520,14 @@ impl Service {
                 router,
                 stopped(shutdown_rx.clone()),
                 &config,
-                app_state.denials.clone()
+                app_state.denials.clone(),
+                listener_gate(crate::listen::ListenerKind::Mtls)
             ),
             source_loop,
             signal
         );
+        let _ = summaries.await;
+        app_state.denials.close_window().await;
         // Every handler has finished: everything acknowledged is committed. Record the stop as the run's last
         // event (the next start reads it to tell a clean stop from a crash), seal it all, then stop the writer.
         // The verifier goes first: it holds a writer handle, and a pass in progress ends within one batch.
@@ -835,6 +861,7 @@ async fn check_counter(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
     trust: Arc<TrustHandle>,
@@ -842,23 +869,19 @@ async fn accept_loop(
     shutdown: impl Future<Output = ()>,
     config: &Config,
     denials: Arc<DenialRecorder>,
+    mut gate: crate::listen::Gate,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connection tasks are tracked so that, once the grace period is over, they can be aborted: each holds
     // the router and through it the writer handle, and the writer only stops when every handle is gone.
     let mut connections = tokio::task::JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // The connection caps (in all, per address) and the accept back-off are the gate's (`listen`).
+    let limits = gate.limits().clone();
+    let kind = limits.kind;
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = &mut shutdown => break,
-        };
-        let (tcp, remote) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(v) => v,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-            },
+        let (tcp, remote, admission) = tokio::select! {
+            a = gate.accept(&listener) => a,
             _ = &mut shutdown => break,
         };
         // Without TCP_NODELAY, small responses wait for delayed ACKs (40 ms stalls per request).
@@ -869,21 +892,24 @@ async fn accept_loop(
         let router = router.clone();
         let denials = denials.clone();
         let watcher = graceful.watcher();
+        let limits = limits.clone();
         // Reap finished connection tasks so the set does not grow with every connection ever accepted.
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
-            let _permit = permit;
+            let _admission = admission;
             let acceptor = tokio_rustls::TlsAcceptor::from(current.server_config.clone());
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::info!(%remote, error = %e, "TLS handshake refused");
                     let reason = format!("tls_handshake_refused: {e}");
-                    denials.record(Denial { reason, remote: Some(remote), ..Denial::default() }).await;
+                    let denial = Denial { reason, remote: Some(remote), listener: kind, ..Denial::default() };
+                    denials.record(denial).await;
                     return;
                 }
                 Err(_) => {
                     tracing::info!(%remote, "TLS handshake timed out");
+                    denials.limit_hit(kind, "handshake_timeout");
                     return;
                 }
             };
@@ -900,12 +926,13 @@ async fn accept_loop(
                         req.extensions_mut().insert(p.clone());
                     }
                     req.extensions_mut().insert(RemoteAddr(remote));
+                    req.extensions_mut().insert(kind);
                     let mut router = router.clone();
                     async move { tower::Service::call(&mut router, req).await }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(limits.header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service);
             let closed = async {
@@ -916,6 +943,9 @@ async fn accept_loop(
             };
             tokio::select! {
                 r = watcher.watch(conn) => if let Err(e) = r {
+                    if e.is_timeout() {
+                        denials.limit_hit(kind, "header_timeout");
+                    }
                     tracing::debug!(%remote, error = %e, "connection ended with an error");
                 },
                 // Dropping the connection closes it, a request in flight included.
@@ -933,23 +963,35 @@ async fn accept_loop(
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve_health(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+async fn serve_health(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    mut gate: crate::listen::Gate,
+    metrics: Arc<Metrics>,
+) {
+    let header_read_timeout = gate.limits().header_read_timeout;
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(v) => v, Err(_) => continue },
+        let (tcp, _, admission) = tokio::select! {
+            a = gate.accept(&listener) => a,
             _ = stop.changed() => return,
         };
         let router = router.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _admission = admission;
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let mut router = router.clone();
                 async move { tower::Service::call(&mut router, req).await }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_read_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
+            if served.is_err_and(|e| e.is_timeout()) {
+                metrics.instruments.limit_hit("health", "header_timeout");
+            }
         });
     }
 }

@@ -73,6 +73,6 @@ pub(super) async fn erase(
             ),
         )),
         Err(EraseError::Append(AppendError::Stopped)) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(e) => Err(ApiError::internal("erasure failed", &e)),
+        Err(EraseError::Append(AppendError::Store(e))) => Err(ApiError::storage("erasure failed", &e)),
     }
 }

@@ -15,12 +15,14 @@ pub struct ApiError {
     pub message: String,
     /// Structured detail (index, line, limit …).
     pub detail: Value,
+    /// Seconds to send as `Retry-After` (transient conditions: a full disk, a busy database).
+    pub retry_after: Option<u32>,
 }
 
 impl ApiError {
     /// An error with an empty detail object.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), detail: json!({}) }
+        ApiError { status, code, message: message.into(), detail: json!({}), retry_after: None }
     }
 
     /// Adds structured detail.
@@ -40,11 +42,51 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the appliance log")
     }
 
+    /// The answer to a failed write: 507 `storage_full` when the database's filesystem is full, 503
+    /// `database_busy` when another process held the write lock past the busy timeout (both with
+    /// `Retry-After`: nothing of the request was stored, sending it again later is safe), else 500 `internal`.
+    pub fn storage(context: &str, err: &crate::store::StoreError) -> Self {
+        use crate::store::fault::StorageFault;
+        match err.fault() {
+            Some(StorageFault::Full) => {
+                tracing::error!(error = %err, "{context}: no space left for the database");
+                let mut e = Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    StorageFault::Full.code(),
+                    "the appliance's storage is full; nothing of this request was stored — retry later \
+                     (the operator must free space)",
+                );
+                e.retry_after = Some(STORAGE_FULL_RETRY_AFTER_S);
+                e
+            }
+            Some(StorageFault::Busy) => {
+                tracing::error!(error = %err, "{context}: the database is locked by another connection");
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StorageFault::Busy.code(),
+                    format!(
+                        "the database stayed locked by another process for {} s; nothing of this request was \
+                         stored — retry later",
+                        crate::store::WRITE_BUSY_TIMEOUT.as_secs()
+                    ),
+                );
+                e.retry_after = Some(DATABASE_BUSY_RETRY_AFTER_S);
+                e
+            }
+            _ => Self::internal(context, err),
+        }
+    }
+
     /// 503 `unavailable` (shutting down or storage stopped).
     pub fn unavailable(what: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what)
     }
 }
+
+/// `Retry-After` of a 507 `storage_full`: freeing space takes an operator, not a moment.
+pub const STORAGE_FULL_RETRY_AFTER_S: u32 = 60;
+/// `Retry-After` of a 503 `database_busy`: a lock held by another process is usually released soon.
+pub const DATABASE_BUSY_RETRY_AFTER_S: u32 = 5;
 
 /// The `code` of an error answer, also put on the response as an extension, so that middleware (the record of
 /// refused access, `api::denials`) can read it without parsing the body.
@@ -56,6 +98,9 @@ impl IntoResponse for ApiError {
         let body = json!({"code": self.code, "message": self.message, "detail": self.detail});
         let mut response = (self.status, axum::Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(s) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(s));
+        }
         response
     }
 }

@@ -19,16 +19,34 @@ use tokio::sync::mpsc;
 
 /// Bytes per streamed chunk.
 const CHUNK: usize = 256 * 1024;
+/// How long the error that aborts a failed export waits for room in the response stream.
+const ERROR_DELIVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// A `Write` that hands chunks to the response body; fails (and so stops the export) once the client is gone.
-struct ChannelWriter(mpsc::Sender<Result<Bytes, std::io::Error>>);
+/// A `Write` that hands chunks to the response body; fails (and so stops the export, ending its read snapshot)
+/// once the client is gone or the snapshot has been held until `deadline`: a client that reads slowly or not at
+/// all must not hold back WAL checkpoints for ever (docs/RELIABILITY.md, "A long reader").
+struct ChannelWriter {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    runtime: tokio::runtime::Handle,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+}
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
+        let send = tokio::time::timeout_at(self.deadline, self.tx.send(Ok(Bytes::copy_from_slice(buf))));
+        match self.runtime.block_on(send) {
+            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Err(_)) => Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the export held its database snapshot for {} s (storage.max_export_snapshot_s) and was \
+                     aborted; export a smaller height range or read faster",
+                    self.limit.as_secs()
+                ),
+            )),
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -108,9 +126,12 @@ pub(super) async fn export(
     let (tx, rx) = mpsc::channel(8);
     let reads = state.reads.clone();
     let key = state.public_key.clone();
+    let limit = state.max_export_snapshot;
+    let runtime = tokio::runtime::Handle::current();
+    let deadline = tokio::time::Instant::now() + limit;
     tokio::task::spawn_blocking(move || {
-        let err_tx = tx.clone();
-        let writer = std::io::BufWriter::with_capacity(CHUNK, ChannelWriter(tx));
+        let (err_tx, err_runtime) = (tx.clone(), runtime.clone());
+        let writer = std::io::BufWriter::with_capacity(CHUNK, ChannelWriter { tx, runtime, deadline, limit });
         let result =
             reads.with(|c| Ok(crate::bundle::export(c, from, to, Some(&key), writer, &mut |_, _| {})));
         let failed = match result {
@@ -120,7 +141,9 @@ pub(super) async fn export(
         };
         if let Some(e) = failed {
             tracing::error!(error = %e, from, to, "export failed mid-stream");
-            let _ = err_tx.blocking_send(Err(std::io::Error::other(e)));
+            // The snapshot is released by now; a client that never reads again does not keep this thread.
+            let send = tokio::time::timeout(ERROR_DELIVERY, err_tx.send(Err(std::io::Error::other(e))));
+            let _ = err_runtime.block_on(send);
         }
     });
     let name = format!("attachment; filename=\"anchorlog-{from}-{to}.tar\"");

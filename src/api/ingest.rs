@@ -8,6 +8,7 @@ use crate::config::Role;
 use crate::formats::{self, Format, Limits};
 use crate::ledger::appender::{AppendError, NewEvent};
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::listen::ListenerKind;
 use crate::tls::Peer;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -47,7 +48,7 @@ async fn ingest(
 ) -> Result<Json<Value>, ApiError> {
     let principal = authorize(peer, Role::Producer)?;
     let ndjson = content_kind(headers)?;
-    let bytes = read_body(body, headers, state.limits.max_body_bytes, SMALLER_BATCHES).await?;
+    let bytes = read_limited(state, body, headers, ListenerKind::Mtls).await?;
     let parsed = parse(state, Format::Json, &bytes, ndjson)?;
     let idempotency_key = idempotency_key(headers, parsed.len())?;
     let origin = Origin {
@@ -114,12 +115,17 @@ pub(super) async fn append(
             })
             .collect()
     };
-    let appended = state.appender.append(events).await.map_err(|e| match e {
+    let appended = state.appender.append(events).await;
+    if let Err(AppendError::Store(e)) = &appended {
+        state.metrics.storage.observe::<()>(Err(e));
+    }
+    let appended = appended.map_err(|e| match e {
         AppendError::Stopped => {
             ApiError::unavailable("the appliance is shutting down; retry on another instance or later")
         }
-        AppendError::Store(e) => ApiError::internal("append failed", &e),
+        AppendError::Store(e) => ApiError::storage("append failed", &e),
     })?;
+    state.metrics.storage.succeeded();
     let duplicates = appended.iter().filter(|a| a.duplicate).count();
     state.metrics.events_appended.fetch_add((appended.len() - duplicates) as u64, Ordering::Relaxed);
     let m = &state.metrics.instruments;
@@ -151,12 +157,35 @@ pub(super) fn content_kind(headers: &HeaderMap) -> Result<bool, ApiError> {
 /// What a producer should do about a body above the limit.
 pub(super) const SMALLER_BATCHES: &str = "send smaller batches";
 
-/// Reads the body, refusing more than `limit` bytes without buffering them; `hint` says what to do about a
-/// refused one.
+/// Reads an ingest body within `limits.max_body_bytes` and `limits.body_read_timeout_ms`, counting a body refused
+/// by either limit on `listener` (`anchorlog_limit_hits_total`).
+pub(super) async fn read_limited(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+    listener: ListenerKind,
+) -> Result<Bytes, ApiError> {
+    let l = &state.limits;
+    let read = read_body(body, headers, l.max_body_bytes, l.body_read_timeout(), SMALLER_BATCHES).await;
+    if let Err(e) = &read {
+        if matches!(e.code, BODY_TIMEOUT | "body_too_large") {
+            state.metrics.instruments.limit_hit(listener.as_str(), e.code);
+        }
+    }
+    read
+}
+
+/// The `code` of a body that did not arrive in time (408).
+pub const BODY_TIMEOUT: &str = "body_timeout";
+
+/// Reads the body, refusing more than `limit` bytes without buffering them, and a body that has not fully
+/// arrived within `timeout` (408 `body_timeout`: a client trickling a body would otherwise hold its connection
+/// and the buffer for as long as it likes); `hint` says what to do about a body over the limit.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
     hint: &str,
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
@@ -172,7 +201,19 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let Ok(read) = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            BODY_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} ms (limits.body_read_timeout_ms); nothing was stored. \
+                 Send the body at once, or in smaller batches",
+                timeout.as_millis()
+            ),
+        )
+        .with_detail(json!({"timeout_ms": timeout.as_millis() as u64})));
+    };
+    read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {
             if s.is::<http_body_util::LengthLimitError>() {

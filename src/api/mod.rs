@@ -56,6 +56,9 @@ pub struct AppState {
     pub self_verify: Arc<crate::selfverify::SelfVerifyState>,
     /// Alert conditions and webhook delivery (metrics).
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// `storage.max_export_snapshot_s`: longest an export may hold its read snapshot (which holds back WAL
+    /// checkpoints) before it is aborted.
+    pub max_export_snapshot: std::time::Duration,
 }
 
 /// The router of the mTLS listener.

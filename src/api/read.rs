@@ -259,7 +259,30 @@ fn metrics_answer(state: &AppState) -> Response {
     let mut text = state.metrics.render(committed);
     state.self_verify.render_metrics(&mut text);
     state.alerts.render_metrics(&mut text);
+    render_storage_metrics(state, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The WAL's size (a long read transaction — an export to a slow client — holds back checkpoints and lets it
+/// grow; docs/RELIABILITY.md) and whether writes fail for a storage fault.
+fn render_storage_metrics(state: &AppState, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut wal = state.reads.path().as_os_str().to_owned();
+    wal.push("-wal");
+    let bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    let _ = writeln!(
+        out,
+        "# HELP anchorlog_database_wal_bytes Size of the database's write-ahead log file.\n\
+         # TYPE anchorlog_database_wal_bytes gauge\nanchorlog_database_wal_bytes {bytes}"
+    );
+    let failing = state.metrics.storage.failing();
+    let _ = writeln!(
+        out,
+        "# HELP anchorlog_storage_failing Whether database writes fail for a storage fault (full disk, lock held \
+         elsewhere); the fault is named by /readyz.\n# TYPE anchorlog_storage_failing gauge\n\
+         anchorlog_storage_failing {}",
+        u8::from(failing.is_some())
+    );
 }
 
 pub(super) async fn receipt(

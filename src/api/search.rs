@@ -162,7 +162,7 @@ pub(super) async fn log_access(
             done.first().map(|a| a.seq).ok_or_else(|| ApiError::internal("audit record", &"not stored"))
         }
         Err(AppendError::Stopped) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(e) => Err(ApiError::internal("recording the audit access failed", &e)),
+        Err(AppendError::Store(e)) => Err(ApiError::storage("recording the audit access failed", &e)),
     }
 }
 
@@ -189,49 +189,42 @@ pub(super) async fn search(
     .await
     .map_err(|e| ApiError::internal("search task failed", &e))?
     .map_err(|e| ApiError::internal("search failed", &e))?;
-    // The ledger rows of the hits: `limit` primary-key reads at most.
-    let seqs: Vec<u64> = page.hits.iter().map(|h| h.seq).collect();
-    let events = super::read::blocking(&state, move |c| {
-        seqs.iter()
-            .map(|&seq| {
-                store::event(c, seq)?.ok_or(StoreError::Corrupt {
-                    table: "events",
-                    key: seq,
-                    problem: "indexed in the search database but not in the ledger".into(),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()
+    // The ledger rows of the hits: `limit` primary-key reads at most, one at a time, each turned into its JSON and
+    // measured before the next is read: a page over `limits.max_response_bytes` is refused before it is held whole
+    // (limit=1000 with 1 MiB bodies would be ~2 GB of JSON).
+    let reserved = req.filter.event_type.as_deref().is_some_and(record_types::is_reserved_type);
+    let (with_body, cap, hits) = (req.body, state.limits.max_response_bytes(), page.hits);
+    let built = super::read::blocking(&state, move |c| {
+        let mut results = Vec::with_capacity(hits.len());
+        let mut size = 0usize;
+        for (i, hit) in hits.iter().enumerate() {
+            let ev = store::event(c, hit.seq)?.ok_or(StoreError::Corrupt {
+                table: "events",
+                key: hit.seq,
+                problem: "indexed in the search database but not in the ledger".into(),
+            })?;
+            // An `anchorlog.*` type is answered with the appliance's own records only, judged by the signed entry
+            // (producer, source, format, auth), whatever the index says.
+            if reserved && !Entry::check(&ev.entry).is_ok_and(|f| f.appliance) {
+                continue;
+            }
+            let v = hit_json(hit, &ev, with_body);
+            size = size.saturating_add(json_len(&v) + 1);
+            if size > cap {
+                return Ok(Err(i));
+            }
+            results.push(v);
+        }
+        Ok(Ok(results))
     })
     .await?;
-    // An `anchorlog.*` type is answered with the appliance's own records only, judged by the signed entry
-    // (producer, source, format, auth), whatever the index says.
-    let reserved = req.filter.event_type.as_deref().is_some_and(record_types::is_reserved_type);
-    let results: Vec<Value> = page
-        .hits
-        .iter()
-        .zip(&events)
-        .filter(|(_, ev)| !reserved || Entry::check(&ev.entry).is_ok_and(|f| f.appliance))
-        .map(|(hit, ev)| {
-            let mut fields = serde_json::to_value(&hit.fields).unwrap_or(Value::Null);
-            if let Some(o) = fields.as_object_mut() {
-                o.insert("source".into(), Value::String(hit.source.clone()));
-            }
-            let mut v = json!({
-                "seq": ev.seq,
-                "entry": String::from_utf8_lossy(&ev.entry),
-                "entry_fields": serde_json::from_slice::<Value>(&ev.entry).unwrap_or(Value::Null),
-                "leaf_hash": B64.encode(ev.leaf_hash),
-                "erased": ev.body.is_none(),
-                "fields": fields,
-            });
-            if req.body {
-                if let (Some(o), Some(b)) = (v.as_object_mut(), &ev.body) {
-                    o.insert("body".into(), Value::String(String::from_utf8_lossy(b).into_owned()));
-                }
-            }
-            v
-        })
-        .collect();
+    let results = match built {
+        Ok(r) => r,
+        Err(fit) => {
+            state.metrics.instruments.limit_hit("mtls", "response_too_large");
+            return Err(too_large(cap, req.limit, fit, req.body));
+        }
+    };
     let count = results.len() as u64;
     let audit_seq = log_access(&state, &principal, "GET /v1/events", &req.given, Some(count)).await?;
     Ok(Json(json!({
@@ -241,6 +234,65 @@ pub(super) async fn search(
         "next_cursor": page.next.map(|c| store_search::encode_cursor(&req.filter, &c)),
         "audit_seq": audit_seq,
     })))
+}
+
+/// One hit as the answer lists it.
+fn hit_json(hit: &store_search::SearchHit, ev: &store::StoredEvent, with_body: bool) -> Value {
+    let mut fields = serde_json::to_value(&hit.fields).unwrap_or(Value::Null);
+    if let Some(o) = fields.as_object_mut() {
+        o.insert("source".into(), Value::String(hit.source.clone()));
+    }
+    let mut v = json!({
+        "seq": ev.seq,
+        "entry": String::from_utf8_lossy(&ev.entry),
+        "entry_fields": serde_json::from_slice::<Value>(&ev.entry).unwrap_or(Value::Null),
+        "leaf_hash": B64.encode(ev.leaf_hash),
+        "erased": ev.body.is_none(),
+        "fields": fields,
+    });
+    if with_body {
+        if let (Some(o), Some(b)) = (v.as_object_mut(), &ev.body) {
+            o.insert("body".into(), Value::String(String::from_utf8_lossy(b).into_owned()));
+        }
+    }
+    v
+}
+
+/// The length of `v` serialized, without building the text.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// 422 `response_too_large`: the page's JSON would exceed `cap` bytes after `fit` of the `limit` hits.
+fn too_large(cap: usize, limit: usize, fit: usize, body: bool) -> ApiError {
+    let advice = match (fit, body) {
+        (0, _) => "this one event alone is larger: read it with GET /v1/events/{seq}, or raise \
+                   limits.max_response_bytes"
+            .to_string(),
+        (n, true) => format!("ask for limit={n} or fewer and page with the cursor, or leave out body=true"),
+        (n, false) => format!("ask for limit={n} or fewer and page with the cursor"),
+    };
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "response_too_large",
+        format!(
+            "this page would exceed the largest answer, {cap} bytes (limits.max_response_bytes), after {fit} of \
+             {limit} events; {advice}"
+        ),
+    )
+    .with_detail(json!({"max_response_bytes": cap, "limit": limit, "fits": fit}))
 }
 
 #[cfg(test)]
@@ -255,6 +307,18 @@ mod tests {
         let e = p(q).err().expect("refused");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
         (e.code, e.detail["parameter"].clone())
+    }
+
+    #[test]
+    fn a_page_over_the_response_cap_names_a_limit_that_fits() {
+        let v = json!({"body": "a\"b", "n": [1, 2]});
+        assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len());
+        let e = too_large(1_000, 100, 7, true);
+        assert_eq!((e.status, e.code), (StatusCode::UNPROCESSABLE_ENTITY, "response_too_large"));
+        assert_eq!(e.detail, json!({"max_response_bytes": 1_000, "limit": 100, "fits": 7}));
+        assert!(e.message.contains("ask for limit=7 or fewer"), "{}", e.message);
+        assert!(e.message.contains("leave out body=true"), "{}", e.message);
+        assert!(too_large(1_000, 100, 0, true).message.contains("GET /v1/events/{seq}"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::config::{read_secret_file, ConfigError, Role, SecretAuth, SourceConfi
 use crate::formats::auth::{self, AuthError, KEYCLOAK_SIGNATURE_ALGORITHM_HEADER, KEYCLOAK_SIGNATURE_HEADER};
 use crate::formats::{self, Format};
 use crate::ledger::entry::AuthMethod;
+use crate::listen::ListenerKind;
 use crate::tls::Peer;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -186,7 +187,10 @@ fn check_static_secret(source: &Source, headers: &HeaderMap) -> Result<AuthMetho
     Ok(AuthMethod::Bearer)
 }
 
-/// Reads, authenticates (HMAC), parses and appends one request to `source`.
+/// Reads, authenticates (HMAC), parses and appends one request to `source` that came in on `listener`. A static
+/// secret was checked from the headers before this (nothing of the body is read for a wrong one); an HMAC needs
+/// the body, which is read only within `limits.max_body_bytes` (413 before any of it is hashed) and
+/// `limits.body_read_timeout_ms` (408).
 async fn ingest_into(
     state: &AppState,
     source: &Source,
@@ -194,10 +198,10 @@ async fn ingest_into(
     auth_method: AuthMethod,
     headers: &HeaderMap,
     body: Body,
+    listener: ListenerKind,
 ) -> Result<Json<Value>, ApiError> {
     let ndjson = ingest::content_kind(headers)?;
-    let bytes =
-        ingest::read_body(body, headers, state.limits.max_body_bytes, ingest::SMALLER_BATCHES).await?;
+    let bytes = ingest::read_limited(state, body, headers, listener).await?;
     if auth_method == AuthMethod::Hmac {
         let Some((_, secret)) = &source.secret else { return Err(unknown_source(&source.name)) };
         auth::verify_hmac_sha256(
@@ -249,7 +253,7 @@ pub(super) async fn post_mtls(
 ) -> Result<Json<Value>, ApiError> {
     let result = async {
         let (source, producer) = mtls_source(&state, peer.as_ref().map(|p| &p.0), &name)?;
-        ingest_into(&state, &source, producer, AuthMethod::Mtls, &headers, body).await
+        ingest_into(&state, &source, producer, AuthMethod::Mtls, &headers, body, ListenerKind::Mtls).await
     }
     .await;
     count_rejection(&state, &result);
@@ -275,7 +279,7 @@ pub(super) async fn post_secret(
     let result = async {
         let source = secret_source(&state, &name)?;
         let method = check_static_secret(&source, &headers)?;
-        ingest_into(&state, &source, source.name.clone(), method, &headers, body).await
+        ingest_into(&state, &source, source.name.clone(), method, &headers, body, ListenerKind::Source).await
     }
     .await;
     count_rejection(&state, &result);

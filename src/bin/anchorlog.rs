@@ -141,6 +141,10 @@ enum Command {
         /// Fail (exit 7) when the latest head is older than this, e.g. 5m: the log stopped advancing.
         #[arg(long, value_parser = anchorlog::monitor::parse_duration)]
         max_age: Option<std::time::Duration>,
+        /// Fail (exit 1) when the run has not finished within this time, e.g. 30s: a hung appliance or network
+        /// must raise the alarm, not stall the monitor.
+        #[arg(long, value_parser = anchorlog::monitor::parse_duration, default_value = "60s")]
+        timeout: std::time::Duration,
         #[command(flatten)]
         witnesses: WitnessArgs,
     },
@@ -535,9 +539,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_receipt(&file, &key, origin, json, &tsa, &witnesses)
         }
         #[cfg(feature = "server")]
-        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, witnesses } => {
+        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, timeout, witnesses } => {
             let signer = read_key(&signer)?;
-            let target = anchorlog::monitor::Target { url, ca, cert, key };
+            let target = anchorlog::monitor::Target { url, ca, cert, key, timeout };
             let expect = anchorlog::monitor::Expect {
                 origin: origin.or(signer.certified_origin.clone()),
                 max_age,
@@ -1224,13 +1228,16 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let a = &r.appliance;
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
-         ({} ended), {} refused access, {} audit accesses, {} erasures, {} witness refusals, {} self-verifications",
+         ({} ended), {} refused access ({} more counted in {} summaries), {} audit accesses, {} erasures, {} witness \
+         refusals, {} self-verifications",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
         a.outages_started,
         a.outages_ended,
         a.access_denied,
+        a.access_denied_suppressed,
+        a.access_denied_summaries,
         a.audit_access,
         a.erasures,
         a.witness_refusals,

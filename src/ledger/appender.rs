@@ -293,8 +293,16 @@ impl Writer {
         let next_seq = &mut self.next_seq;
         let frontier = &mut self.frontier;
         let conn = &self.conn;
+        // BEGIN IMMEDIATE takes the write lock: held elsewhere past the busy timeout, it fails here, before any
+        // command is taken apart — answer each of them with that error (a dropped reply reads as "stopped").
+        let tx = match conn.unchecked_transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "writer: cannot begin the group commit; nothing of this group was stored");
+                return refuse_group(group, start_seq, &StoreError::from(e));
+            }
+        };
         let outcome = (|| -> Result<(), StoreError> {
-            let tx = conn.unchecked_transaction()?;
             for cmd in group {
                 match cmd {
                     Command::Append { events, reply } => {
@@ -381,11 +389,12 @@ impl Writer {
                 self.next_seq = start_seq;
                 self.frontier = start_frontier;
                 for r in replies {
+                    // The cause's storage fault (full disk, lock held elsewhere) decides what callers answer.
                     let err = || {
-                        AppendError::Store(StoreError::Corrupt {
-                            table: "events",
-                            key: start_seq,
-                            problem: format!("group commit failed: {e}"),
+                        AppendError::Store(StoreError::GroupCommit {
+                            first_seq: start_seq,
+                            fault: e.fault(),
+                            message: e.to_string(),
                         })
                     };
                     match r {
@@ -400,6 +409,28 @@ impl Writer {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Answers every command of a group whose transaction could not begin with that error (its storage fault kept).
+fn refuse_group(group: Vec<Command>, first_seq: u64, e: &StoreError) {
+    let err = || {
+        AppendError::Store(StoreError::GroupCommit { first_seq, fault: e.fault(), message: e.to_string() })
+    };
+    for cmd in group {
+        match cmd {
+            Command::Append { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::StoreHead { reply, .. }
+            | Command::StoreTimestamp { reply, .. }
+            | Command::StoreCosignature { reply, .. } => {
+                let _ = reply.send(Err(err()));
+            }
+            Command::Erase { reply, .. } => {
+                let _ = reply.send(Err(err().into()));
             }
         }
     }

@@ -217,19 +217,53 @@ pub const ACCESS_DENIED_TYPE: &str = types::ACCESS_DENIED;
 /// The body of the event that logs an invalid access attempt (PCI DSS 10.2.1.4): why it was refused (the
 /// answer's error `code`, or `tls_handshake_refused`), what was asked (`endpoint`: method and path, cut to
 /// [`MAX_LOGGED_PARAM_BYTES`]; `null` for a refused handshake), who (`principal` if the certificate maps to
-/// one, the certificate's `identities`, the `remote` address) and how many attempts since the previous such
-/// record went unrecorded over the record budget (`suppressed`).
+/// one, the certificate's `identities`, the `remote` address) and on which `listener` (`mtls`, `source`).
+/// `suppressed` is always 0: attempts over the record budgets are counted in the summary records
+/// ([`access_denied_summary_body`]); the key stays for readers of older records.
 pub fn access_denied_body(
     reason: &str,
     endpoint: Option<&str>,
     principal: Option<&str>,
     identities: &[String],
     remote: Option<&str>,
-    suppressed: u64,
+    listener: &str,
 ) -> serde_json::Value {
     let identities: Vec<String> = identities.iter().take(8).map(|i| truncate(i)).collect();
     json!({"type": ACCESS_DENIED_TYPE, "reason": truncate(reason), "endpoint": endpoint.map(truncate),
-           "principal": principal, "identities": identities, "remote": remote, "suppressed": suppressed})
+           "principal": principal, "identities": identities, "remote": remote, "listener": listener,
+           "suppressed": 0})
+}
+
+/// Event type of the summary of invalid access attempts over the record budgets.
+pub const ACCESS_DENIED_SUMMARY_TYPE: &str = types::ACCESS_DENIED_SUMMARY;
+
+/// One client address in an [`access_denied_summary_body`]: how many of its attempts on `listener` went
+/// unrecorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SuppressedFrom {
+    /// The listener (`mtls`, `source`).
+    pub listener: &'static str,
+    /// The client address (an IPv6 client as its /64).
+    pub remote: String,
+    /// Its attempts not recorded one by one.
+    pub suppressed: u64,
+}
+
+/// The body of the record that sums up one window (`since_ms`..`until_ms`, epoch ms) of invalid access attempts
+/// that were not recorded one by one because a budget was used up: how many in all (`suppressed`), per listener
+/// (`by_listener`), from how many client addresses the appliance tracked (`addresses`), and the addresses with
+/// the most (`top_addresses`, at most ten).
+pub fn access_denied_summary_body(
+    since_ms: i64,
+    until_ms: i64,
+    by_listener: &std::collections::BTreeMap<&str, u64>,
+    addresses: usize,
+    top_addresses: &[SuppressedFrom],
+) -> serde_json::Value {
+    let suppressed: u64 = by_listener.values().sum();
+    json!({"type": ACCESS_DENIED_SUMMARY_TYPE, "since_ms": since_ms, "until_ms": until_ms,
+           "suppressed": suppressed, "by_listener": by_listener, "addresses": addresses,
+           "top_addresses": top_addresses})
 }
 
 fn truncate(v: &str) -> String {

@@ -29,6 +29,8 @@ pub const STOP: &str = "anchorlog.stop";
 pub const OUTAGE: &str = "anchorlog.outage";
 /// `type` of an invalid access attempt.
 pub const ACCESS_DENIED: &str = "anchorlog.access_denied";
+/// `type` of the once-a-minute count of invalid access attempts over the record budgets (docs/FORMAT.md §15).
+pub const ACCESS_DENIED_SUMMARY: &str = "anchorlog.access_denied_summary";
 /// `type` of a witness's refusal of one of the appliance's own heads after a correct consistency proof: evidence
 /// that this log was rolled back or forked.
 pub const WITNESS_REFUSED: &str = "anchorlog.witness_refused";

@@ -8,6 +8,7 @@
 //! signed text); a failed attempt's value is reused by the next attempt rather than incremented again, so the
 //! counter is never more than one above the newest stored head (docs/TPM.md).
 
+use crate::ledger::appender::AppendError;
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::head::Checkpoint;
 use crate::ledger::merkle::Frontier;
@@ -205,6 +206,7 @@ impl Sealer {
                 Ok(()) => {
                     sealed_any = true;
                     self.metrics.sealing_failing_since_ms.store(0, Ordering::Relaxed);
+                    self.metrics.storage.succeeded();
                     // Events committed meanwhile wait from now on (an underestimate by at most one seal).
                     let left = *self.appender.committed().borrow() > self.state.frontier.size();
                     self.metrics
@@ -213,6 +215,9 @@ impl Sealer {
                     self.outage.succeeded().await;
                 }
                 Err(e) => {
+                    if let SealError::Store(se) | SealError::Append(AppendError::Store(se)) = &e {
+                        self.metrics.storage.observe::<()>(Err(se));
+                    }
                     self.metrics.seal_failures.fetch_add(1, Ordering::Relaxed);
                     self.metrics.instruments.failed("sealing");
                     let _ = self.metrics.sealing_failing_since_ms.compare_exchange(

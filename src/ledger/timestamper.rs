@@ -265,6 +265,9 @@ impl Timestamper {
                     let height = token.height;
                     let (gen_time, tsa_url) = (token.gen_time.clone(), token.tsa_url.clone());
                     if let Err(e) = self.appender.store_timestamp(token).await {
+                        if let crate::ledger::appender::AppendError::Store(se) = &e {
+                            self.metrics.storage.observe::<()>(Err(se));
+                        }
                         tracing::error!(height, error = %e, "storing the time-stamp token failed; will retry");
                         self.fail();
                         self.outage.failed(&format!("storing the token of head {height}: {e}")).await;

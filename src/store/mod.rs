@@ -3,6 +3,7 @@
 
 pub mod cosignatures;
 pub mod erasure;
+pub mod fault;
 pub mod schema;
 pub mod search;
 pub mod tree;
@@ -39,6 +40,29 @@ pub enum StoreError {
     /// A tree size or leaf index does not fit the tree (a proof was asked for something outside it).
     #[error(transparent)]
     Merkle(#[from] crate::ledger::merkle::MerkleError),
+    /// A group commit failed as a whole: nothing of the group (from seq `first_seq`) was stored.
+    #[error("group commit from seq {first_seq} failed, nothing of it was stored: {message}")]
+    GroupCommit {
+        /// The first seq the group would have taken.
+        first_seq: u64,
+        /// The storage fault behind it (full disk, lock held by another process ...), if it was one.
+        fault: Option<fault::StorageFault>,
+        /// SQLite's error.
+        message: String,
+    },
+    /// SQLite found the file damaged (a flipped byte in a page, a truncated file, a broken b-tree): the
+    /// appliance refuses to start rather than serve a log that may be silently shortened.
+    #[error(
+        "database {path} is damaged: {problem}. Refusing to start: a damaged file may hold a silently shortened or \
+         altered log. Keep the file (with its -wal) for investigation, restore the last backup, and run \
+         `anchorlog verify --db` on what you restore"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite reported (`PRAGMA quick_check`/`integrity_check` lines, or the error that revealed it).
+        problem: String,
+    },
     /// A stored value has the wrong shape (the file was edited or corrupted).
     #[error("corrupt row in {table} at {key}: {problem}")]
     Corrupt {
@@ -145,16 +169,146 @@ pub(crate) fn apply_pragmas(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(WRITE_BUSY_TIMEOUT)?;
+    // After a checkpoint has emptied the WAL, cut the file back to this size: a WAL that grew while a long read
+    // (an export to a slow client) held back checkpoints does not keep its peak size on disk forever.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES)?;
     Ok(())
+}
+
+/// How long a write waits for a lock another connection holds (another process's write transaction, a
+/// checkpoint) before it fails with `SQLITE_BUSY` — answered 503 `database_busy` with `Retry-After`.
+pub const WRITE_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The size the WAL file is cut back to after a checkpoint reset it (`PRAGMA journal_size_limit`).
+pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
+/// How much of the database file is checked before the writer uses it (`storage.integrity_check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrityCheck {
+    /// `PRAGMA quick_check`: every b-tree page and record format, not index contents (O(size of the file)).
+    #[default]
+    Quick,
+    /// `PRAGMA integrity_check`: also that every index matches its table (slower).
+    Full,
+    /// No check: a damaged page is found only when something reads it.
+    Off,
+}
+
+/// Most problems a start-up check lists in its error (SQLite stops after this many).
+const MAX_INTEGRITY_PROBLEMS: u32 = 10;
+
+/// Opens the database for writing like [`open_writer`], after checking the whole file with `check`: a damaged
+/// file (a flipped byte in any page, a truncated file) is refused with [`StoreError::Damaged`] naming it,
+/// before anything is written to it.
+pub fn open_writer_checked(
+    path: &Path,
+    origin: &str,
+    check: IntegrityCheck,
+) -> Result<Connection, StoreError> {
+    let damaged = |e: StoreError| match e.fault() {
+        Some(fault::StorageFault::Corrupt) => {
+            StoreError::Damaged { path: path.to_path_buf(), problem: e.to_string() }
+        }
+        _ => e,
+    };
+    check_file_length(path)?;
+    let conn = open_raw(path).map_err(damaged)?;
+    let pragma = match check {
+        IntegrityCheck::Quick => "quick_check",
+        IntegrityCheck::Full => "integrity_check",
+        IntegrityCheck::Off => return open_schema(conn, path, origin).map_err(damaged),
+    };
+    let started = std::time::Instant::now();
+    let problems = integrity_problems(&conn, pragma).map_err(damaged)?;
+    if !problems.is_empty() {
+        return Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            problem: format!("PRAGMA {pragma} reports: {}", problems.join("; ")),
+        });
+    }
+    tracing::info!(
+        check = pragma,
+        ms = started.elapsed().as_millis() as u64,
+        "database integrity check passed"
+    );
+    open_schema(conn, path, origin).map_err(damaged)
+}
+
+/// Refuses a database file shorter than its own header says (a truncated copy, a partial restore), whatever
+/// `storage.integrity_check` says: O(1), it reads the 100-byte header. The header's page count is the size at the
+/// last checkpoint, which a healthy file never falls below (newer pages may still be in the WAL only). A missing
+/// or new (shorter than a header) file is left to SQLite.
+fn check_file_length(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read as _;
+    let damaged = |problem: String| StoreError::Damaged { path: path.to_path_buf(), problem };
+    let Ok(mut f) = std::fs::File::open(path) else { return Ok(()) };
+    let len = f.metadata().map_err(|e| damaged(format!("cannot read its size: {e}")))?.len();
+    let mut header = [0u8; 100];
+    if len < header.len() as u64 {
+        return if len == 0 {
+            Ok(())
+        } else {
+            Err(damaged(format!("the file is {len} bytes, shorter than its header")))
+        };
+    }
+    f.read_exact(&mut header).map_err(|e| damaged(format!("cannot read its header: {e}")))?;
+    if &header[..16] != b"SQLite format 3\0" {
+        return Err(damaged("the file does not start with the SQLite header".into()));
+    }
+    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    // Page size: 1 means 65536. The in-header page count is valid only when the change counter equals the
+    // version-valid-for number (SQLite's own rule); older writers left it stale.
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536u64,
+        n => u64::from(n),
+    };
+    let (pages, valid) = (u64::from(be32(28)), be32(24) == be32(92));
+    if valid && pages > 0 && len < pages * page_size {
+        return Err(damaged(format!(
+            "the file is {len} bytes but its header says {pages} pages of {page_size} bytes ({} bytes): it was \
+             truncated",
+            pages * page_size
+        )));
+    }
+    Ok(())
+}
+
+/// The lines `PRAGMA quick_check`/`integrity_check` reports (empty when it says `ok`).
+fn integrity_problems(conn: &Connection, pragma: &str) -> Result<Vec<String>, StoreError> {
+    let run = || -> Result<Vec<String>, rusqlite::Error> {
+        let mut stmt = conn.prepare(&format!("PRAGMA {pragma}({MAX_INTEGRITY_PROBLEMS})"))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    };
+    match run() {
+        Ok(lines) => Ok(lines.into_iter().filter(|l| l != "ok").collect()),
+        // Damage bad enough stops the check itself: that is its finding.
+        Err(e) if fault::StorageFault::of_sqlite(&e) == Some(fault::StorageFault::Corrupt) => {
+            Ok(vec![format!("the check stopped: {e}")])
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens (creating if needed) the database for writing, applies the schema on a new file, and checks the
 /// schema version and the log origin of an existing one.
 pub fn open_writer(path: &Path, origin: &str) -> Result<Connection, StoreError> {
+    open_schema(open_raw(path)?, path, origin)
+}
+
+fn open_raw(path: &Path) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
     let mut conn = Connection::open(path).map_err(open_err)?;
     apply_pragmas(&conn).map_err(open_err)?;
+    // Take the write lock at BEGIN: a lock held by another process then costs one bounded wait per group commit
+    // and fails the group as a whole, instead of one wait per request inside it.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    Ok(conn)
+}
+
+fn open_schema(mut conn: Connection, path: &Path, origin: &str) -> Result<Connection, StoreError> {
     let has_version: bool = conn
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='schema_version'",
@@ -985,6 +1139,11 @@ impl ReadPool {
     /// A pool over the search database at `path` (connections are opened lazily).
     pub fn new_search(path: &Path) -> Self {
         Self { path: path.to_path_buf(), open: open_search_reader, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The database file the pool reads.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Runs `f` on a pooled read connection.

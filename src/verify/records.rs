@@ -50,6 +50,11 @@ pub enum OwnRecord {
     },
     /// `anchorlog.access_denied`.
     AccessDenied,
+    /// `anchorlog.access_denied_summary`: invalid access attempts of one window not recorded one by one.
+    AccessDeniedSummary {
+        /// `suppressed`: how many.
+        suppressed: u64,
+    },
     /// `anchorlog.audit_access`.
     AuditAccess,
     /// `anchorlog.witness_refused`: a witness refused one of the appliance's heads (rollback or fork evidence).
@@ -99,6 +104,9 @@ impl OwnRecord {
                 OwnRecord::OutageEnded { component, since_ms }
             }
             Some(types::ACCESS_DENIED) => OwnRecord::AccessDenied,
+            Some(types::ACCESS_DENIED_SUMMARY) => OwnRecord::AccessDeniedSummary {
+                suppressed: v.get("suppressed").and_then(|x| x.as_u64()).unwrap_or(0),
+            },
             Some(types::AUDIT_ACCESS) => OwnRecord::AuditAccess,
             Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
             Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
@@ -127,6 +135,10 @@ pub struct ApplianceSummary {
     pub outages_ended: u64,
     /// `anchorlog.access_denied` records.
     pub access_denied: u64,
+    /// `anchorlog.access_denied_summary` records.
+    pub access_denied_summaries: u64,
+    /// Invalid access attempts those summaries count (not recorded one by one: over a record budget).
+    pub access_denied_suppressed: u64,
     /// `anchorlog.audit_access` records.
     pub audit_access: u64,
     /// `anchorlog.erasure` records.
@@ -153,6 +165,10 @@ impl ApplianceSummary {
             OwnRecord::OutageStarted { .. } => &mut self.outages_started,
             OwnRecord::OutageEnded { .. } => &mut self.outages_ended,
             OwnRecord::AccessDenied => &mut self.access_denied,
+            OwnRecord::AccessDeniedSummary { suppressed } => {
+                self.access_denied_suppressed += suppressed;
+                &mut self.access_denied_summaries
+            }
             OwnRecord::AuditAccess => &mut self.audit_access,
             OwnRecord::Erasure { .. } => &mut self.erasures,
             OwnRecord::WitnessRefused => &mut self.witness_refusals,
@@ -307,6 +323,10 @@ mod tests {
             Some(OwnRecord::OutageEnded { component: OutageComponent::Sealing, since_ms: None })
         );
         assert_eq!(own(true, r#"{"type":"anchorlog.access_denied"}"#), Some(OwnRecord::AccessDenied));
+        assert_eq!(
+            own(true, r#"{"type":"anchorlog.access_denied_summary","suppressed":9940}"#),
+            Some(OwnRecord::AccessDeniedSummary { suppressed: 9940 })
+        );
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
         assert_eq!(own(true, r#"{"type":"anchorlog.witness_refused"}"#), Some(OwnRecord::WitnessRefused));
         assert_eq!(own(true, r#"{"type":"anchorlog.key_rotation"}"#), Some(OwnRecord::KeyRotation));

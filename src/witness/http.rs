@@ -26,6 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// Time a client has to send a whole `add-checkpoint` body (a checkpoint and a proof: a few KiB).
+const BODY_READ_TIMEOUT: Duration = Duration::from_millis(crate::config::DEFAULT_BODY_READ_TIMEOUT_MS);
+
 struct AppState {
     witness: WitnessHandle,
     max_body_bytes: usize,
@@ -51,10 +54,11 @@ pub fn router(witness: WitnessHandle, config: &WitnessConfig) -> Router {
 
 async fn add_checkpoint(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let hint = "a checkpoint with its consistency proof is a few kilobytes";
-    let bytes = match crate::api::read_body(body, &headers, state.max_body_bytes, hint).await {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+    let bytes =
+        match crate::api::read_body(body, &headers, state.max_body_bytes, BODY_READ_TIMEOUT, hint).await {
+            Ok(b) => b,
+            Err(e) => return e.into_response(),
+        };
     match state.witness.add_checkpoint(bytes.to_vec()).await {
         Ok(lines) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines).into_response(),
         Err(e) => error_response(&e),
@@ -139,6 +143,11 @@ impl WitnessService {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut connections = tokio::task::JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        // A failing accept (descriptors exhausted) pauses instead of spinning (`listen`).
+        let mut backoff = crate::listen::AcceptBackoff::new(
+            Duration::from_millis(crate::config::DEFAULT_ACCEPT_BACKOFF_INITIAL_MS),
+            Duration::from_millis(crate::config::DEFAULT_ACCEPT_BACKOFF_MAX_MS),
+        );
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -147,8 +156,12 @@ impl WitnessService {
             };
             let (tcp, remote) = tokio::select! {
                 r = self.listener.accept() => match r {
-                    Ok(v) => v,
-                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    Ok(v) => { backoff.succeeded(crate::listen::ListenerKind::Witness); v }
+                    Err(e) => {
+                        let pause = backoff.failed(crate::listen::ListenerKind::Witness, &e);
+                        drop(permit);
+                        tokio::select! { _ = tokio::time::sleep(pause) => continue, _ = &mut shutdown => break }
+                    }
                 },
                 _ = &mut shutdown => break,
             };
