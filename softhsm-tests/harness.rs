@@ -80,6 +80,8 @@ pub struct Options {
     pub tpm_handle: u32,
     /// The head counter's NV index the configuration names (with `tpm_counter`; a key rotation may change it).
     pub tpm_counter_index: u32,
+    /// Rewrites the generated configuration text before it is written (e.g. several client CAs with issuers).
+    pub config_filter: Option<Arc<dyn Fn(String) -> String + Send + Sync>>,
     /// The directory of the database (default: the test's directory); fault tests put it on a small filesystem.
     pub database_dir: Option<PathBuf>,
     /// Extra lines of the `[storage]` section (e.g. `integrity_check = "off"`).
@@ -105,6 +107,7 @@ impl Default for Options {
             key_label: "head-signer".into(),
             tpm_handle: TPM_HANDLE,
             tpm_counter_index: TPM_COUNTER_INDEX,
+            config_filter: None,
             database_dir: None,
             storage_extra: String::new(),
         }
@@ -286,6 +289,10 @@ identities = ["dns:monitor.test"]
             limits_extra = o.limits_extra,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
         );
+        let text = match &o.config_filter {
+            Some(filter) => filter(text),
+            None => text,
+        };
         std::fs::write(self.config_path(), text).unwrap();
     }
 
@@ -385,6 +392,13 @@ identities = ["dns:monitor.test"]
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (`HUP`, `USR1`, ...) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("running");
+        let status = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
     }
 
     /// Kills the server without a graceful shutdown.

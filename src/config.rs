@@ -27,6 +27,8 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_S: u64 = 60;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Default grace period for in-flight requests on shutdown, in seconds.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
+/// Default interval of the checks for changed client CA, CRL, secret and configuration files, in seconds.
+pub const DEFAULT_RELOAD_POLL_S: u64 = 5;
 /// Default page size limit for list endpoints.
 pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
 /// Default time one TSA request may take (connect, send, receive), in milliseconds.
@@ -124,6 +126,9 @@ pub struct Config {
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
     pub text_sha256: String,
+    /// The file this was loaded from ([`Config::load`]); a reload re-reads it for the principals and sources.
+    #[serde(skip)]
+    pub source_path: Option<PathBuf>,
 }
 
 /// `[readiness]`: thresholds of `/readyz` (the disk threshold is `[alerting] min_free_disk_percent`: one
@@ -404,6 +409,19 @@ pub struct ServerConfig {
     pub key_file: PathBuf,
     /// PEM files with the CA certificates that client certificates must chain to.
     pub client_ca_files: Vec<PathBuf>,
+    /// Certificate revocation lists (PEM or DER) of the client CAs, checked at every handshake (signature and
+    /// nextUpdate enforced). Once one is configured, every client CA needs its CRL: a certificate whose
+    /// revocation status no CRL covers is refused. Reloaded on SIGHUP and when a file changes.
+    #[serde(default)]
+    pub client_crl_files: Vec<PathBuf>,
+    /// Accept client certificates without any extendedKeyUsage (legacy certificates). Default `false`: a client
+    /// certificate must carry `clientAuth`.
+    #[serde(default)]
+    pub allow_client_certs_without_eku: bool,
+    /// How often (seconds) the configuration file, client CA, CRL and source secret files are checked for
+    /// changes, which reload them as SIGHUP does; 0 turns the polling off (SIGHUP still reloads).
+    #[serde(default = "default_reload_poll_s")]
+    pub reload_poll_s: u64,
     /// Optional plain-HTTP listener that serves only `GET /healthz` (for systemd and load balancers).
     #[serde(default)]
     pub health_listen: Option<String>,
@@ -732,6 +750,11 @@ pub struct PrincipalConfig {
     /// Certificate identities that map to this principal: `dns:NAME`, `uri:URI`, `cn:COMMON NAME`
     /// or `sha256:HEX` (fingerprint of the certificate DER).
     pub identities: Vec<String>,
+    /// The `server.client_ca_files` entries that may issue this principal's certificates. Required when more
+    /// than one client CA is configured; a certificate naming this principal that chains only to another CA is
+    /// refused (403 `principal_wrong_issuer`).
+    #[serde(default)]
+    pub issuers: Vec<PathBuf>,
 }
 
 /// One `[[source]]`: an event source with its own URL, `/v1/sources/{name}/events`.
@@ -857,10 +880,11 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let config = Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_path_buf(), message },
             other => other,
         })?;
+        config.source_path = Some(path.to_path_buf());
         Ok(config)
     }
 
@@ -883,6 +907,9 @@ impl Config {
             h.parse::<std::net::SocketAddr>().map_err(|_| {
                 invalid("server.health_listen", "expected an IP address and port, e.g. \"127.0.0.1:8081\"")
             })?;
+        }
+        if self.server.reload_poll_s > 3_600 {
+            return Err(invalid("server.reload_poll_s", "expected 0 (off) ..= 3600 seconds"));
         }
         if self.server.client_ca_files.is_empty() {
             return Err(invalid(
@@ -1194,6 +1221,7 @@ impl Config {
             if p.identities.is_empty() {
                 return Err(invalid(&format!("{key}.identities"), "at least one identity"));
             }
+            self.validate_issuers(&key, p)?;
             for id in &p.identities {
                 let normalized = normalize_identity(id)
                     .map_err(|problem| invalid(&format!("{key}.identities"), problem))?;
@@ -1203,6 +1231,38 @@ impl Config {
                         format!("identity {id:?} is mapped to more than one principal"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// A principal's `issuers`: each one of `server.client_ca_files`, and required when there are several.
+    fn validate_issuers(&self, key: &str, p: &PrincipalConfig) -> Result<(), ConfigError> {
+        let cas = &self.server.client_ca_files;
+        if p.issuers.is_empty() && cas.len() > 1 {
+            return Err(invalid(
+                &format!("{key}.issuers"),
+                format!(
+                    "required because server.client_ca_files names {} CAs: add `issuers = [\"...\"]` with the CA \
+                     file(s) that issue {:?}'s certificates (one of {}), so that no other CA can issue a \
+                     certificate for it",
+                    cas.len(),
+                    p.name,
+                    cas.iter().map(|c| format!("{:?}", c.display().to_string())).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        for issuer in &p.issuers {
+            if !cas.contains(issuer) {
+                return Err(invalid(
+                    &format!("{key}.issuers"),
+                    format!(
+                        "{:?} is not one of server.client_ca_files; name the CA file exactly as it is written there",
+                        issuer.display().to_string()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -1342,6 +1402,9 @@ fn default_listen() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_reload_poll_s() -> u64 {
+    DEFAULT_RELOAD_POLL_S
+}
 fn default_shutdown_grace_s() -> u64 {
     DEFAULT_SHUTDOWN_GRACE_S
 }
@@ -1439,6 +1502,29 @@ name = "idp"
 roles = ["producer"]
 identities = ["dns:idp.example.org"]
 "#;
+
+    #[test]
+    fn principals_must_name_their_issuers_when_several_client_cas_are_configured() {
+        let two =
+            MINIMAL.replace(r#"client_ca_files = ["ca.pem"]"#, r#"client_ca_files = ["ca.pem", "ca2.pem"]"#);
+        let err = Config::parse(&two).unwrap_err().to_string();
+        assert!(err.contains("`principal[0].issuers`"), "{err}");
+        assert!(err.contains("required because server.client_ca_files names 2 CAs"), "{err}");
+        assert!(err.contains(r#"add `issuers = ["..."]`"#), "{err}");
+        assert!(err.contains(r#"one of "ca.pem", "ca2.pem""#), "{err}");
+        let bound = two.replace("identities = [", "issuers = [\"ca2.pem\"]\nidentities = [");
+        let c = Config::parse(&bound).unwrap();
+        assert_eq!(c.principals[0].issuers, vec![PathBuf::from("ca2.pem")]);
+        let stray = two.replace("identities = [", "issuers = [\"other.pem\"]\nidentities = [");
+        let err = Config::parse(&stray).unwrap_err().to_string();
+        assert!(err.contains(r#""other.pem" is not one of server.client_ca_files"#), "{err}");
+        // One CA: issuers optional; the EKU rule defaults to strict, polling to 5 s.
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(c.principals[0].issuers.is_empty());
+        assert!(!c.server.allow_client_certs_without_eku);
+        assert_eq!(c.server.reload_poll_s, 5);
+        assert!(c.server.client_crl_files.is_empty());
+    }
 
     #[test]
     fn minimal_config_gets_defaults() {

@@ -32,6 +32,8 @@ pub struct Instruments {
     ingested: IntCounterVec,
     /// Failures by kind.
     failures: IntCounterVec,
+    /// Reloads of the client trust (client CAs, CRLs, principals, source secrets), by outcome.
+    reloads: IntCounterVec,
     /// Abuse limits that refused or cut off a client, by listener and limit.
     limit_hits: IntCounterVec,
     /// Failed `accept()` calls, by listener (file descriptors exhausted, mostly).
@@ -99,6 +101,11 @@ impl Default for Instruments {
             &["source", "format"],
         );
         let failures = counter_vec("failures_total", "Failures by kind.", &["kind"]);
+        let reloads = counter_vec(
+            "reloads_total",
+            "Reloads of client CAs, CRLs, principals and source secrets (SIGHUP or a changed file), by outcome.",
+            &["outcome"],
+        );
         let limit_hits = counter_vec(
             "limit_hits_total",
             "Clients refused or cut off by an abuse limit, by listener and limit.",
@@ -119,6 +126,7 @@ impl Default for Instruments {
             Box::new(commit_replays.clone()),
             Box::new(ingested.clone()),
             Box::new(failures.clone()),
+            Box::new(reloads.clone()),
             Box::new(limit_hits.clone()),
             Box::new(accept_errors.clone()),
             Box::new(open_connections.clone()),
@@ -129,6 +137,9 @@ impl Default for Instruments {
         }
         for kind in FAILURE_KINDS {
             failures.with_label_values(&[kind]);
+        }
+        for outcome in ["ok", "failed"] {
+            reloads.with_label_values(&[outcome]);
         }
         for listener in LISTENERS {
             for limit in LIMITS {
@@ -146,6 +157,7 @@ impl Default for Instruments {
             commit_replays,
             ingested,
             failures,
+            reloads,
             limit_hits,
             accept_errors,
             open_connections,
@@ -204,6 +216,11 @@ impl Instruments {
         self.failures.with_label_values(&[kind]).inc();
     }
 
+    /// Counts one reload of the client trust: `ok` (swapped in) or not (the old state kept).
+    pub fn reloaded(&self, ok: bool) {
+        self.reloads.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
     /// Counts `n` events stored from `source` in `format`.
     pub fn ingested(&self, source: &str, format: &str, n: u64) {
         self.ingested.with_label_values(&[source, format]).inc_by(n);
@@ -237,6 +254,7 @@ mod tests {
             "anchorlog_commit_replays_total",
             "anchorlog_events_ingested_total",
             "anchorlog_failures_total",
+            "anchorlog_reloads_total",
             "anchorlog_limit_hits_total",
             "anchorlog_accept_errors_total",
             "anchorlog_open_connections",
@@ -249,6 +267,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("anchorlog_failures_total{kind=\"sealing\"} 1\n"), "{out}");
+        i.reloaded(false);
+        let mut out = String::new();
+        i.render(&mut out);
+        assert!(out.contains("anchorlog_reloads_total{outcome=\"failed\"} 1\n"), "{out}");
+        assert!(out.contains("anchorlog_reloads_total{outcome=\"ok\"} 0\n"), "{out}");
         assert!(out.contains("anchorlog_failures_total{kind=\"witnessing\"} 0\n"), "{out}");
         i.limit_hit("source", "body_timeout");
         i.accept_failed("mtls");

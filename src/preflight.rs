@@ -33,8 +33,8 @@ pub enum PreflightError {
 
 /// What was loaded, ready for the listeners and actors.
 pub struct Loaded {
-    /// The mTLS listener's configuration (server certificate, client CAs).
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The mTLS listener's trust (server certificate, client CAs and CRLs, principals with their issuers).
+    pub tls: tls::trust::ClientTrust,
     /// The source listener's configuration (server certificate only), when `server.source_listen` is set.
     pub source_tls: Option<Arc<rustls::ServerConfig>>,
     /// The sources with their secrets.
@@ -50,7 +50,7 @@ pub struct Loaded {
 pub fn load(config: &Config) -> Result<Loaded, PreflightError> {
     check_signer_secrets(config)?;
     let s = &config.server;
-    let tls = tls::server_config(&s.cert_file, &s.key_file, &s.client_ca_files)?;
+    let tls = tls::trust::ClientTrust::load(config)?;
     let source_tls = match &s.source_listen {
         Some(_) => Some(tls::server_config_without_client_auth(&s.cert_file, &s.key_file)?),
         None => None,

@@ -29,7 +29,9 @@ use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSetti
 use crate::metrics::Metrics;
 use crate::signer::{HeadSigner, SignerError, SignerHandle};
 use crate::store::{self, ReadPool};
-use crate::tls::{self, PrincipalMap};
+use crate::tls::reload::{Reloader, TrustHandle};
+use crate::tls::trust::ClientTrust;
+use crate::tls::{self};
 use crate::verify;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
@@ -168,7 +170,7 @@ pub struct Service {
     witnessing: Option<CosignerSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ClientTrust,
     source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
     // Self-verification and alerts (issue 12): where the background verifier continues, from which first key, the
@@ -178,6 +180,8 @@ pub struct Service {
     alert_targets: Vec<crate::alerts::AlertTarget>,
     /// The seq of this run's start record when the start already wrote it (with a key rotation).
     recorded_start: Option<u64>,
+    /// SIGHUP (reload), handled from before the listeners are announced: its default action would kill the process.
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Service {
@@ -194,6 +198,7 @@ impl Service {
         // Every file the configuration names is loaded and checked before the first write (the database is
         // opened for writing only after this): a bad key fails the start without touching the log.
         let loaded = crate::preflight::load(&config)?;
+        let hangup = crate::tls::reload::hangup_signal();
         let timestamping = loaded.timestamping;
         if timestamping.is_none() {
             tracing::warn!("timestamping is off: no [[tsa]] is configured, heads get no RFC 3161 token");
@@ -258,6 +263,7 @@ impl Service {
             first_key,
             alert_targets: loaded.alerts,
             recorded_start,
+            hangup,
         })
     }
 
@@ -296,6 +302,7 @@ impl Service {
             first_key,
             alert_targets,
             recorded_start,
+            hangup,
         } = self;
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
@@ -448,7 +455,15 @@ impl Service {
             alerts,
             max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
         });
-        let principals = Arc::new(PrincipalMap::new(&config.principals));
+        // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
+        let trust = TrustHandle::new(tls_config);
+        let reloader = Reloader::new(
+            config.clone(),
+            trust.clone(),
+            app_state.sources.clone(),
+            app_state.metrics.clone(),
+        );
+        tokio::spawn(reloader.run(hangup, stop_tx.subscribe()));
         let router = api::router(app_state.clone());
         // Listeners bound (in `start`), the start on record, the actors running: ready for systemd.
         let committed = app_state.appender.committed();
@@ -484,11 +499,10 @@ impl Service {
         let source_loop = async {
             if let Some((l, tls)) = source_listener {
                 let router = api::source_router(app_state.clone());
-                let none = Arc::new(PrincipalMap::default());
+                let fixed = TrustHandle::new(ClientTrust::without_client_auth(tls));
                 accept_loop(
                     l,
-                    tls,
-                    none,
+                    fixed,
                     router,
                     stopped(shutdown_rx.clone()),
                     &config,
@@ -506,8 +520,7 @@ impl Service {
         tokio::join!(
             accept_loop(
                 listener,
-                tls_config,
-                principals,
+                trust,
                 router,
                 stopped(shutdown_rx.clone()),
                 &config,
@@ -855,15 +868,13 @@ async fn check_counter(
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: TcpListener,
-    tls_config: Arc<rustls::ServerConfig>,
-    principals: Arc<PrincipalMap>,
+    trust: Arc<TrustHandle>,
     router: axum::Router,
     shutdown: impl Future<Output = ()>,
     config: &Config,
     denials: Arc<DenialRecorder>,
     mut gate: crate::listen::Gate,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Connection tasks are tracked so that, once the grace period is over, they can be aborted: each holds
     // the router and through it the writer handle, and the writer only stops when every handle is gone.
@@ -879,8 +890,9 @@ async fn accept_loop(
         };
         // Without TCP_NODELAY, small responses wait for delayed ACKs (40 ms stalls per request).
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let principals = principals.clone();
+        // The trust current now decides this handshake (a reload swaps it for later ones).
+        let current = trust.current();
+        let trust = trust.clone();
         let router = router.clone();
         let denials = denials.clone();
         let watcher = graceful.watcher();
@@ -889,6 +901,7 @@ async fn accept_loop(
         while connections.try_join_next().is_some() {}
         connections.spawn(async move {
             let _admission = admission;
+            let acceptor = tokio_rustls::TlsAcceptor::from(current.server_config.clone());
             let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -904,12 +917,13 @@ async fn accept_loop(
                     return;
                 }
             };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|cert| principals.resolve(cert.as_ref()));
+            let chain: Vec<_> = tls.get_ref().1.peer_certificates().unwrap_or_default().to_vec();
+            let peer = (!chain.is_empty()).then(|| current.principals.resolve_chain(&chain));
+            drop(current);
+            // Registered so that a reload can close it when its certificate is no longer accepted.
+            let registration = peer
+                .as_ref()
+                .map(|p| trust.register(chain, p.principal.as_ref().map(|p| p.name.clone())));
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     if let Some(p) = &peer {
@@ -925,11 +939,21 @@ async fn accept_loop(
                 .header_read_timeout(limits.header_read_timeout)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                if e.is_timeout() {
-                    denials.limit_hit(kind, "header_timeout");
+            let closed = async {
+                match &registration {
+                    Some(r) => r.closed().await,
+                    None => std::future::pending().await,
                 }
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            };
+            tokio::select! {
+                r = watcher.watch(conn) => if let Err(e) = r {
+                    if e.is_timeout() {
+                        denials.limit_hit(kind, "header_timeout");
+                    }
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                },
+                // Dropping the connection closes it, a request in flight included.
+                _ = closed => tracing::info!(%remote, "connection closed: its certificate is no longer accepted"),
             }
         });
     }

@@ -204,26 +204,33 @@ MAX_DELAY = datetime.timedelta(seconds=600)
 
 
 def token_problem(text, tsr, ca):
-    """Why the DER TimeStampResp `tsr` is not a valid token over `text` under `ca`, or None."""
+    """Why the DER TimeStampResp `tsr` is not a valid token over `text` under `ca`, or its genTime.
+
+    OpenSSL does the RFC 5280 path validation (keyCertSign and basicConstraints cA of the CAs, pathLen, unknown
+    critical extensions refused) at the token's genTime (`-attime`), as FORMAT.md §6 requires, not at today's date."""
     with tempfile.TemporaryDirectory() as d:
         t, r = os.path.join(d, "head.txt"), os.path.join(d, "head.tsr")
         with open(t, "wb") as f:
             f.write(text)
         with open(r, "wb") as f:
             f.write(tsr)
-        v = subprocess.run(["openssl", "ts", "-verify", "-data", t, "-in", r, "-CAfile", ca],
-                           capture_output=True, text=True)
+        info = subprocess.run(["openssl", "ts", "-reply", "-in", r, "-text"], capture_output=True, text=True)
+        gen_time = None
+        for line in info.stdout.splitlines():
+            if line.startswith("Time stamp: "):
+                # e.g. "Nov 23 13:00:00 2026 GMT" or "Nov 23 13:00:00.123 2026 GMT"
+                parts = line[len("Time stamp: "):].split()
+                clock = parts[2].split(".")[0]
+                stamp = " ".join(parts[0:2] + [clock, parts[3]])
+                gen_time = datetime.datetime.strptime(stamp, "%b %d %H:%M:%S %Y").replace(
+                    tzinfo=datetime.timezone.utc)
+        if gen_time is None:
+            return "no genTime in the token"
+        v = subprocess.run(["openssl", "ts", "-verify", "-data", t, "-in", r, "-CAfile", ca,
+                            "-attime", str(int(gen_time.timestamp()))], capture_output=True, text=True)
         if v.returncode != 0 or "Verification: OK" not in v.stdout:
             return "openssl ts -verify failed"
-        info = subprocess.run(["openssl", "ts", "-reply", "-in", r, "-text"], capture_output=True, text=True)
-    for line in info.stdout.splitlines():
-        if line.startswith("Time stamp: "):
-            # e.g. "Nov 23 13:00:00 2026 GMT" or "Nov 23 13:00:00.123 2026 GMT"
-            parts = line[len("Time stamp: "):].split()
-            clock = parts[2].split(".")[0]
-            stamp = " ".join(parts[0:2] + [clock, parts[3]])
-            return datetime.datetime.strptime(stamp, "%b %d %H:%M:%S %Y").replace(tzinfo=datetime.timezone.utc)
-    return "no genTime in the token"
+    return gen_time
 
 
 def utc_ms(ms):

@@ -140,6 +140,17 @@ pub fn authorize_any(peer: Option<&Peer>, roles: &[Role]) -> Result<Arc<Principa
             "this endpoint requires a client certificate",
         ));
     };
+    if let (None, Some(named)) = (&peer.principal, &peer.wrong_issuer) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "principal_wrong_issuer",
+            format!(
+                "the client certificate names principal {named:?} but was not issued by a CA listed in that \
+                 principal's `issuers`; issue it from one of those CAs, or add its CA to `issuers`"
+            ),
+        )
+        .with_detail(json!({"principal": &**named, "identities": peer.identities.as_slice()})));
+    }
     let Some(principal) = peer.principal.clone() else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -57,10 +57,11 @@ impl std::fmt::Debug for Source {
     }
 }
 
-/// All configured sources by name.
+/// All configured sources by name. A reload ([`crate::tls::reload`]) swaps the whole set at once: a request
+/// sees either the old sources and secrets or the new ones, never a mix.
 #[derive(Debug, Default)]
 pub struct SourceRegistry {
-    by_name: HashMap<String, Arc<Source>>,
+    by_name: std::sync::RwLock<Arc<HashMap<String, Arc<Source>>>>,
 }
 
 impl SourceRegistry {
@@ -83,17 +84,38 @@ impl SourceRegistry {
             };
             by_name.insert(s.name.clone(), Arc::new(source));
         }
-        Ok(SourceRegistry { by_name })
+        Ok(SourceRegistry { by_name: std::sync::RwLock::new(Arc::new(by_name)) })
+    }
+
+    fn snapshot(&self) -> Arc<HashMap<String, Arc<Source>>> {
+        // A poisoned lock only means a panic elsewhere while swapping an Arc: the Arc inside is whole.
+        self.by_name.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The source named `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Source>> {
-        self.by_name.get(name).cloned()
+        self.snapshot().get(name).cloned()
     }
 
     /// Whether any source authenticates with a secret (then the source listener is needed).
     pub fn any_secret(&self) -> bool {
-        self.by_name.values().any(|s| s.secret.is_some())
+        self.snapshot().values().any(|s| s.secret.is_some())
+    }
+
+    /// Replaces every source with `other`'s (a reload); requests already running keep the source they looked up.
+    pub fn replace(&self, other: SourceRegistry) {
+        let new = other.snapshot();
+        *self.by_name.write().unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+    }
+
+    /// How many sources there are.
+    pub fn len(&self) -> usize {
+        self.snapshot().len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot().is_empty()
     }
 }
 

@@ -5,11 +5,13 @@
 //! and SHA-256 fingerprint of the DER (`sha256:`). A principal matches when one of its configured identities is
 //! among them. A certificate that matches no principal — or two different ones — gets no principal (403).
 
+pub mod reload;
+pub mod trust;
+
 use crate::config::{normalize_identity, PrincipalConfig, Role};
 use der::Decode as _;
 use rustls::pki_types::pem::{self, PemObject as _};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -64,16 +66,21 @@ pub struct Peer {
     pub principal: Option<Arc<Principal>>,
     /// The certificate's identities (for error messages and logs; no secrets).
     pub identities: Arc<Vec<String>>,
+    /// The principal the certificate names but whose `issuers` did not issue it (then `principal` is `None`).
+    pub wrong_issuer: Option<Arc<str>>,
 }
 
-/// Identity → principal lookup built from the config.
+/// Identity → principal lookup built from the config, with the CA certificates each principal may be issued by.
 #[derive(Debug, Default)]
 pub struct PrincipalMap {
     by_identity: HashMap<String, Arc<Principal>>,
+    /// For each principal with `issuers`: the trust anchors of those CA files. A principal absent here may be
+    /// issued by any client CA (allowed by the config only when there is one).
+    issuers: HashMap<Arc<str>, Vec<rustls::pki_types::TrustAnchor<'static>>>,
 }
 
 impl PrincipalMap {
-    /// Builds the map (the config was validated, so identities are well-formed and unique).
+    /// Builds the map (the config was validated, so identities are well-formed and unique), ignoring `issuers`.
     pub fn new(principals: &[PrincipalConfig]) -> Self {
         let mut by_identity = HashMap::new();
         for p in principals {
@@ -87,10 +94,39 @@ impl PrincipalMap {
                 }
             }
         }
-        PrincipalMap { by_identity }
+        PrincipalMap { by_identity, issuers: HashMap::new() }
     }
 
-    /// Resolves a verified client certificate (DER) to its peer description.
+    /// Builds the map with each principal's `issuers` bound to the certificates of those CA files (`ca_files`:
+    /// each client CA file's certificates, as loaded).
+    pub fn with_issuers(
+        principals: &[PrincipalConfig],
+        ca_files: &HashMap<PathBuf, Vec<CertificateDer<'static>>>,
+    ) -> Result<Self, TlsError> {
+        let mut map = Self::new(principals);
+        for p in principals.iter().filter(|p| !p.issuers.is_empty()) {
+            let mut anchors = Vec::new();
+            for file in &p.issuers {
+                let certs = ca_files.get(file).ok_or_else(|| {
+                    TlsError::Rustls(format!(
+                        "principal {:?}: issuer {} is not one of server.client_ca_files",
+                        p.name,
+                        file.display()
+                    ))
+                })?;
+                for cert in certs {
+                    let anchor = webpki::anchor_from_trusted_cert(cert)
+                        .map_err(|e| TlsError::Rustls(format!("client CA {}: {e:?}", file.display())))?;
+                    anchors.push(anchor.to_owned());
+                }
+            }
+            map.issuers.insert(p.name.as_str().into(), anchors);
+        }
+        Ok(map)
+    }
+
+    /// Resolves a verified client certificate (DER) to its peer description (no issuer binding: the chain is
+    /// needed for that, see [`PrincipalMap::resolve_chain`]).
     pub fn resolve(&self, cert_der: &[u8]) -> Peer {
         let identities = certificate_identities(cert_der);
         let mut matched: Option<Arc<Principal>> = None;
@@ -107,7 +143,42 @@ impl PrincipalMap {
             tracing::warn!(?identities, "client certificate matches more than one principal; denying");
             matched = None;
         }
-        Peer { principal: matched, identities: Arc::new(identities) }
+        Peer { principal: matched, identities: Arc::new(identities), wrong_issuer: None }
+    }
+
+    /// Resolves a verified client chain (end entity first, as presented): the principal its certificate names,
+    /// provided that principal's `issuers` issued it — the chain must verify to one of their certificates.
+    pub fn resolve_chain(&self, chain: &[CertificateDer<'_>]) -> Peer {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Peer { principal: None, identities: Arc::default(), wrong_issuer: None };
+        };
+        let mut peer = self.resolve(end_entity.as_ref());
+        let Some(principal) = &peer.principal else { return peer };
+        let Some(anchors) = self.issuers.get(&principal.name) else { return peer };
+        let issued = webpki::EndEntityCert::try_from(end_entity).and_then(|ee| {
+            ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                anchors,
+                intermediates,
+                UnixTime::now(),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map(|_| ())
+        });
+        if let Err(e) = issued {
+            tracing::warn!(principal = %principal.name, identities = ?peer.identities, error = ?e,
+                "client certificate names a principal but was not issued by that principal's issuers; denying");
+            peer.wrong_issuer = Some(principal.name.clone());
+            peer.principal = None;
+        }
+        peer
+    }
+
+    /// How many principals the map holds (for the reload log line).
+    pub fn principal_count(&self) -> usize {
+        self.by_identity.values().map(|p| p.name.clone()).collect::<BTreeSet<_>>().len()
     }
 }
 
@@ -181,40 +252,12 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// Refuses a server private key its group or others can read (the appliance's identity to every client).
-fn check_server_key_mode(key_file: &Path) -> Result<(), TlsError> {
+pub(crate) fn check_server_key_mode(key_file: &Path) -> Result<(), TlsError> {
     crate::config::check_private_file_mode("server.key_file", key_file).map_err(|e| TlsError::Read {
         what: "private key",
         path: key_file.into(),
         reason: e.to_string(),
     })
-}
-
-/// The server configuration: TLS 1.2/1.3, HTTP/1.1, client certificate required and verified against
-/// `client_ca_files`.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-    client_ca_files: &[PathBuf],
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    check_server_key_mode(key_file)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in client_ca_files {
-        for cert in load_certs(ca, "client CA certificate")? {
-            roots.add(cert).map_err(|e| TlsError::Rustls(format!("client CA {}: {e}", ca.display())))?;
-        }
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert_file, "server certificate")?, load_key(key_file)?)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// The server configuration of the source listener: TLS 1.2/1.3, HTTP/1.1, server certificate only. Its
@@ -292,11 +335,13 @@ mod tests {
                 name: "idp".into(),
                 roles: vec![Role::Producer],
                 identities: vec!["dns:IdP.example.org".into()],
+                issuers: vec![],
             },
             PrincipalConfig {
                 name: "aud".into(),
                 roles: vec![Role::Auditor],
                 identities: vec!["cn:Auditor One".into()],
+                issuers: vec![],
             },
         ]
     }

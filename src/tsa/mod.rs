@@ -36,6 +36,8 @@ pub use token::{
     EssCertId, EssCertIdV2, GenTime, IssuerSerial, MessageImprint, PkiStatusInfo, SigningCertificate,
     SigningCertificateV2, TimeStampReq, TimeStampResp, TstAccuracy, TstInfo, ID_CT_TST_INFO,
 };
+#[cfg(feature = "server")]
+pub(crate) use verify::x509_signature_verifies;
 pub use verify::{verify_response, verify_token, TrustAnchors, VerifiedTimestamp, VerifyOptions};
 
 #[cfg(feature = "server")]
@@ -157,6 +159,17 @@ pub enum TsaError {
     UntrustedChain {
         /// The signer certificate's subject.
         subject: String,
+    },
+    /// The path to the anchor breaks an RFC 5280 rule (a CA without keyCertSign or basicConstraints cA, a
+    /// pathLenConstraint exceeded, an unknown critical extension, ...).
+    #[error(
+        "the TSA certificate {subject:?} does not form a valid chain to the configured TSA CA: {reason}"
+    )]
+    ChainInvalid {
+        /// The signer certificate's subject.
+        subject: String,
+        /// Which rule, and which certificate when known.
+        reason: String,
     },
     /// A certificate of the chain was not valid at `genTime`.
     #[error("certificate {subject:?} was not valid at the token's genTime {gen_time} (valid {not_before} .. {not_after})")]

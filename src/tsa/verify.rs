@@ -31,7 +31,7 @@ use sha2::Digest;
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 use time::OffsetDateTime;
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectKeyIdentifier};
+use x509_cert::ext::pkix::{ExtendedKeyUsage, KeyUsage, SubjectKeyIdentifier};
 use x509_cert::Certificate;
 
 use super::token::{
@@ -40,8 +40,6 @@ use super::token::{
 };
 use super::TsaError;
 
-/// Longest chain (signer + intermediates) followed before giving up; real TSAs use 2–3.
-const MAX_CHAIN_DEPTH: usize = 6;
 /// Largest RSA modulus accepted (some roots use 4096; 8192 leaves headroom).
 const MAX_RSA_BITS: usize = 8192;
 /// Smallest RSA modulus accepted.
@@ -410,70 +408,129 @@ fn check_timestamping_eku(signer: &Certificate) -> Result<(), TsaError> {
     Ok(())
 }
 
-/// Walks from the signer to an anchor: at each step the issuer is an anchor (done) or a CA
-/// certificate from the token. Then checks every certificate's validity at genTime.
+/// The `timeStamping` extended key usage (1.3.6.1.5.5.7.3.8), DER content octets of the OID.
+const EKU_TIME_STAMPING: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x08];
+
+/// Signature algorithms accepted along the chain: the same set as for the token's signature (ECDSA P-256/P-384,
+/// RSA PKCS#1 v1.5 2048–8192 bits with SHA-256/384/512).
+static CHAIN_SIG_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256_ABSENT_PARAMS,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384_ABSENT_PARAMS,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512_ABSENT_PARAMS,
+];
+
+/// RFC 5280 path validation from the signer to a configured anchor, by rustls-webpki (a maintained validator, not
+/// code of ours): signatures, validity of every certificate at genTime, basicConstraints `cA` on every issuer,
+/// `pathLenConstraint`, unknown critical extensions refused, and the `timeStamping` EKU wherever an EKU extension
+/// constrains a certificate of the path (the signer's own EKU is checked more strictly before, RFC 3161 §2.3).
+/// webpki ignores keyUsage; RFC 5280 §6.1.4 (n) requires `keyCertSign` of every intermediate, checked here on the
+/// path webpki built. The token's certificates are candidate intermediates; the trust file's are the anchors.
 fn check_chain(
     signer: &Certificate,
     pool: &[Certificate],
     anchors: &[Certificate],
     at: OffsetDateTime,
 ) -> Result<(), TsaError> {
-    let mut chain: Vec<&Certificate> = vec![signer];
-    let mut current = signer;
-    let trusted = loop {
-        if anchors.iter().any(|a| a == current) {
-            break true; // the anchor file pins this certificate itself
-        }
-        if let Some(anchor) = find_issuer(current, anchors, false)? {
-            chain.push(anchor);
-            break true;
-        }
-        if chain.len() >= MAX_CHAIN_DEPTH {
-            break false;
-        }
-        match find_issuer(current, pool, true)? {
-            Some(next) if !chain.contains(&next) => {
-                chain.push(next);
-                current = next;
-            }
-            _ => break false,
-        }
+    let to_der = |c: &Certificate| {
+        c.to_der()
+            .map(rustls_pki_types::CertificateDer::from)
+            .map_err(|e| TsaError::malformed(format!("certificate {}: {e}", subject_of(c))))
     };
-    if !trusted {
-        return Err(TsaError::UntrustedChain { subject: subject_of(signer) });
+    let subject = subject_of(signer);
+    let signer_der = to_der(signer)?;
+    let intermediates = pool.iter().filter(|c| *c != signer).map(to_der).collect::<Result<Vec<_>, _>>()?;
+    let anchor_ders = anchors.iter().map(to_der).collect::<Result<Vec<_>, _>>()?;
+    let trust_anchors =
+        anchor_ders.iter().filter_map(|der| webpki::anchor_from_trusted_cert(der).ok()).collect::<Vec<_>>();
+    let leaf = webpki::EndEntityCert::try_from(&signer_der)
+        .map_err(|e| chain_error(e, signer, pool, anchors, at))?;
+    let seconds = u64::try_from(at.unix_timestamp()).unwrap_or(0);
+    let time = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds));
+    // webpki calls this for a path it found valid; an error makes it try other paths, and the last error is
+    // returned. Which CA lacked keyCertSign is kept aside to name it.
+    let missing_key_cert_sign = std::cell::RefCell::new(None::<String>);
+    let key_cert_sign = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        for ca in path.intermediate_certificates() {
+            if !has_key_cert_sign(ca.der().as_ref()) {
+                let name =
+                    Certificate::from_der(ca.der().as_ref()).map(|c| subject_of(&c)).unwrap_or_default();
+                *missing_key_cert_sign.borrow_mut() = Some(name);
+                return Err(webpki::Error::ExtensionValueInvalid);
+            }
+        }
+        Ok(())
+    };
+    let verified = leaf.verify_for_usage(
+        CHAIN_SIG_ALGS,
+        &trust_anchors,
+        &intermediates,
+        time,
+        webpki::KeyUsage::required_if_present(EKU_TIME_STAMPING),
+        None,
+        Some(&key_cert_sign),
+    );
+    match (verified, missing_key_cert_sign.take()) {
+        (Ok(_), _) => Ok(()),
+        (Err(webpki::Error::ExtensionValueInvalid), Some(ca)) => Err(chain_invalid(
+            &subject,
+            format!("CA certificate {ca:?} has no keyUsage keyCertSign (RFC 5280 §6.1.4 (n))"),
+        )),
+        (Err(e), _) => Err(chain_error(e, signer, pool, anchors, at)),
     }
-    chain.iter().try_for_each(|c| check_validity(c, at))
 }
 
-/// A certificate in `candidates` whose subject is `cert`'s issuer and whose key verifies
-/// `cert`'s signature. Intermediates from the token must also be CA certificates.
-fn find_issuer<'c>(
-    cert: &Certificate,
-    candidates: &'c [Certificate],
-    require_ca: bool,
-) -> Result<Option<&'c Certificate>, TsaError> {
-    let tbs_der =
-        cert.tbs_certificate.to_der().map_err(|e| TsaError::malformed(format!("certificate: {e}")))?;
-    let scheme = SigScheme::from_alg(&cert.signature_algorithm, None)?;
-    for cand in candidates {
-        if cand.tbs_certificate.subject != cert.tbs_certificate.issuer || cand == cert {
-            continue;
-        }
-        if require_ca && !is_ca(cand) {
-            continue;
-        }
-        let sig = cert.signature.raw_bytes();
-        match verify_signature(&cand.tbs_certificate.subject_public_key_info, scheme, &tbs_der, sig) {
-            Ok(()) => return Ok(Some(cand)),
-            Err(SigFailure::Invalid(_)) => continue,
-            Err(SigFailure::Unusable(e)) => return Err(e),
-        }
-    }
-    Ok(None)
+/// Whether a CA certificate (DER) has a keyUsage extension with `keyCertSign`.
+fn has_key_cert_sign(der: &[u8]) -> bool {
+    let Ok(cert) = Certificate::from_der(der) else { return false };
+    matches!(cert.tbs_certificate.get::<KeyUsage>(), Ok(Some((_, ku))) if ku.key_cert_sign())
 }
 
-fn is_ca(cert: &Certificate) -> bool {
-    matches!(cert.tbs_certificate.get::<BasicConstraints>(), Ok(Some((_, bc))) if bc.ca)
+fn chain_invalid(subject: &str, reason: String) -> TsaError {
+    TsaError::ChainInvalid { subject: subject.to_string(), reason }
+}
+
+/// Turns webpki's verdict into the error the operator reads: which certificate, and what about it.
+fn chain_error(
+    e: webpki::Error,
+    signer: &Certificate,
+    pool: &[Certificate],
+    anchors: &[Certificate],
+    at: OffsetDateTime,
+) -> TsaError {
+    use webpki::Error as W;
+    let subject = subject_of(signer);
+    match e {
+        // A same-named CA whose key did not sign it is no issuer of it.
+        W::UnknownIssuer | W::InvalidSignatureForPublicKey => TsaError::UntrustedChain { subject },
+        W::CertExpired { .. } | W::CertNotValidYet { .. } => std::iter::once(signer)
+            .chain(pool)
+            .chain(anchors)
+            .find_map(|c| check_validity(c, at).err())
+            .unwrap_or_else(|| chain_invalid(&subject, format!("a certificate of the chain was not valid at genTime {}", format_rfc3339(at)))),
+        W::CaUsedAsEndEntity => chain_invalid(&subject, "the TSA certificate is a CA certificate".into()),
+        W::EndEntityUsedAsCa => chain_invalid(
+            &subject,
+            "a certificate of the chain signs others but is not a CA (basicConstraints cA is not set)".into(),
+        ),
+        W::PathLenConstraintViolated => chain_invalid(
+            &subject,
+            "the chain is longer than a CA certificate's pathLenConstraint allows".into(),
+        ),
+        W::UnsupportedCriticalExtension => chain_invalid(
+            &subject,
+            "a certificate of the chain has a critical extension this verifier does not know (RFC 5280 §4.2: \
+             such a certificate must be refused)"
+                .into(),
+        ),
+        other => chain_invalid(&subject, format!("{other:?}")),
+    }
 }
 
 fn check_validity(cert: &Certificate, at: OffsetDateTime) -> Result<(), TsaError> {
@@ -578,6 +635,18 @@ impl SigScheme {
         };
         scheme.ok_or_else(|| TsaError::UnsupportedAlgorithm { oid: alg.oid.to_string(), what: "signature" })
     }
+}
+
+/// Whether `sig` over `msg` verifies under `spki` with the X.509 signature algorithm `alg` (ECDSA P-256/P-384 or
+/// RSA PKCS#1 v1.5 with SHA-2): the client CRLs' signatures are checked with it when they are loaded.
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn x509_signature_verifies(
+    spki: &SubjectPublicKeyInfoOwned,
+    alg: &AlgorithmIdentifierOwned,
+    msg: &[u8],
+    sig: &[u8],
+) -> bool {
+    SigScheme::from_alg(alg, None).is_ok_and(|scheme| verify_signature(spki, scheme, msg, sig).is_ok())
 }
 
 /// Why a signature check did not pass: the signature is wrong, or the key/algorithm cannot
@@ -775,6 +844,53 @@ mod tests {
     #[test]
     fn chain_through_intermediate_in_token_verifies() {
         assert_verifies(&["--intermediate"]);
+    }
+
+    /// A token from a TSA made with `args`: refused by our verifier with exactly `expected`, and by
+    /// `openssl ts -verify` (the Python bundle verifier's check) as well.
+    fn assert_chain_refused(args: &[&str], expected: TsaError) {
+        let (tsa, req, resp) = issue(args);
+        let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
+        assert_eq!(verify_response(&resp, &opts(&req, &trust)), Err(expected));
+        let (ok, text) = tsa.openssl_verify(HEAD, &resp);
+        assert!(!ok, "openssl accepted a chain we refuse: {text}");
+    }
+
+    #[test]
+    fn intermediate_without_key_cert_sign_is_refused() {
+        assert_chain_refused(
+            &["--int-no-keycertsign"],
+            TsaError::ChainInvalid {
+                subject: "CN=Test TSA".into(),
+                reason: "CA certificate \"CN=Test TSA Intermediate\" has no keyUsage keyCertSign (RFC 5280 §6.1.4 (n))"
+                    .into(),
+            },
+        );
+    }
+
+    #[test]
+    fn chain_beyond_path_len_is_refused() {
+        assert_chain_refused(
+            &["--beyond-pathlen"],
+            TsaError::ChainInvalid {
+                subject: "CN=Test TSA".into(),
+                reason: "the chain is longer than a CA certificate's pathLenConstraint allows".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn leaf_with_unknown_critical_extension_is_refused() {
+        assert_chain_refused(
+            &["--unknown-critical"],
+            TsaError::ChainInvalid {
+                subject: "CN=Test TSA".into(),
+                reason:
+                    "a certificate of the chain has a critical extension this verifier does not know (RFC \
+                         5280 §4.2: such a certificate must be refused)"
+                        .into(),
+            },
+        );
     }
 
     #[test]
