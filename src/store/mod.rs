@@ -4,6 +4,7 @@
 pub mod cosignatures;
 pub mod erasure;
 pub mod fault;
+mod file_length;
 pub mod schema;
 pub mod search;
 pub mod tree;
@@ -237,42 +238,10 @@ pub fn open_writer_checked(
 }
 
 /// Refuses a database file shorter than its own header says (a truncated copy, a partial restore), whatever
-/// `storage.integrity_check` says: O(1), it reads the 100-byte header. The header's page count is the size at the
-/// last checkpoint, which a healthy file never falls below (newer pages may still be in the WAL only). A missing
-/// or new (shorter than a header) file is left to SQLite.
+/// `storage.integrity_check` says: it reads the 100-byte header, and the WAL only when the file is short (a
+/// checkpoint cut by a crash leaves it so, with the missing pages still in the WAL). See [`file_length`].
 fn check_file_length(path: &Path) -> Result<(), StoreError> {
-    use std::io::Read as _;
-    let damaged = |problem: String| StoreError::Damaged { path: path.to_path_buf(), problem };
-    let Ok(mut f) = std::fs::File::open(path) else { return Ok(()) };
-    let len = f.metadata().map_err(|e| damaged(format!("cannot read its size: {e}")))?.len();
-    let mut header = [0u8; 100];
-    if len < header.len() as u64 {
-        return if len == 0 {
-            Ok(())
-        } else {
-            Err(damaged(format!("the file is {len} bytes, shorter than its header")))
-        };
-    }
-    f.read_exact(&mut header).map_err(|e| damaged(format!("cannot read its header: {e}")))?;
-    if &header[..16] != b"SQLite format 3\0" {
-        return Err(damaged("the file does not start with the SQLite header".into()));
-    }
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
-    // Page size: 1 means 65536. The in-header page count is valid only when the change counter equals the
-    // version-valid-for number (SQLite's own rule); older writers left it stale.
-    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65_536u64,
-        n => u64::from(n),
-    };
-    let (pages, valid) = (u64::from(be32(28)), be32(24) == be32(92));
-    if valid && pages > 0 && len < pages * page_size {
-        return Err(damaged(format!(
-            "the file is {len} bytes but its header says {pages} pages of {page_size} bytes ({} bytes): it was \
-             truncated",
-            pages * page_size
-        )));
-    }
-    Ok(())
+    file_length::check(path).map_err(|problem| StoreError::Damaged { path: path.to_path_buf(), problem })
 }
 
 /// The lines `PRAGMA quick_check`/`integrity_check` reports (empty when it says `ok`).
