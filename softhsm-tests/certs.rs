@@ -95,6 +95,12 @@ fn appliance() -> (Appliance, Ca, Ca) {
 
 /// [`appliance`] that also reloads when a watched file changes, checked every `poll_s` seconds.
 fn appliance_polling(poll_s: u64) -> (Appliance, Ca, Ca) {
+    appliance_configured(poll_s, Options::default(), |_| {})
+}
+
+/// [`appliance_polling`] on `base` options (extra configuration, the source listener); `{DIR}` in the
+/// configuration is the appliance's directory, and `before_start` gets it to write files there.
+fn appliance_configured(poll_s: u64, base: Options, before_start: impl FnOnce(&Path)) -> (Appliance, Ca, Ca) {
     let filter = move |text: String| -> String {
         let d = text
             .lines()
@@ -103,7 +109,7 @@ fn appliance_polling(poll_s: u64) -> (Appliance, Ca, Ca) {
             })
             .unwrap()
             .to_string();
-        let mut text = text.replace(
+        let mut text = text.replace("{DIR}", &d).replace(
             &format!("client_ca_files = [\"{d}/certs/ca.pem\"]"),
             &format!(
                 "client_ca_files = [\"{d}/certs/ca.pem\", \"{d}/certs/ca2.pem\"]\n\
@@ -121,11 +127,7 @@ fn appliance_polling(poll_s: u64) -> (Appliance, Ca, Ca) {
              issuers = [\"{d}/certs/ca2.pem\"]\n"
         )
     };
-    let options = Options {
-        record_appliance_events: true,
-        config_filter: Some(Arc::new(filter)),
-        ..Options::default()
-    };
+    let options = Options { record_appliance_events: true, config_filter: Some(Arc::new(filter)), ..base };
     let mut a = Appliance::prepare(options);
     let (one, two) = (ca("Client CA one"), ca("Client CA two"));
     let d = a.dir.path().to_path_buf();
@@ -160,6 +162,7 @@ fn appliance_polling(poll_s: u64) -> (Appliance, Ca, Ca) {
     client(&d, "partner", &two, "partner.test", 25, CLIENT_AUTH, from, to);
     std::fs::write(d.join("certs/ca.crl"), crl(&one, [REVOKED], 1)).unwrap();
     std::fs::write(d.join("certs/ca2.crl"), crl(&two, [], 1)).unwrap();
+    before_start(&d);
     a.spawn().expect("appliance starts");
     (a, one, two)
 }
@@ -212,6 +215,13 @@ async fn wait_log(a: &Appliance, needle: &str, count: usize) -> String {
         assert!(Instant::now() < deadline, "{needle:?} ×{count} not logged within 30 s: {log}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How many events the producer `producer` has in the database file (read directly: no audit record).
+fn events_of(a: &Appliance, producer: &str) -> u64 {
+    let conn = anchorlog::store::open_reader(&a.db_path()).expect("ledger opens");
+    conn.query_row("SELECT count(*) FROM events WHERE producer = ?1", [producer], |r| r.get::<_, i64>(0))
+        .expect("count") as u64
 }
 
 async fn reloads_metric(a: &Appliance) -> String {
@@ -332,4 +342,62 @@ async fn a_crl_file_replaced_by_rename_is_picked_up_without_sighup() {
     assert!(log.contains("trigger=\"a watched file changed\" closed_connections=1"), "{log}");
     assert!(post_one(&mut later).await.is_err(), "the revoked certificate's connection was closed");
     assert_eq!(refused_at_handshake(&a, "later").await, "invalid peer certificate: Revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_principal_and_a_changed_source_secret_take_effect_on_sighup() {
+    let secret = |dir: &Path, value: &str| {
+        harness::write_secret(&dir.join("shipper.secret"), format!("{value}\n").as_bytes())
+    };
+    let base = Options {
+        source_listen: true,
+        extra_config: "[[source]]\nname = \"shipper\"\nformat = \"json\"\nsecret_auth = \"bearer\"\n\
+                       secret_file = \"{DIR}/shipper.secret\"\n"
+            .into(),
+        ..Options::default()
+    };
+    let (a, _one, _two) = appliance_configured(0, base, |d| secret(d, "old-token"));
+    let body = br#"{"type":"LOGIN","user":"alice"}"#;
+    let post_source = |token: &'static str| {
+        let a = &a;
+        async move {
+            let mut s = a.connect_source_listener().await;
+            let auth = format!("Bearer {token}");
+            let r = s
+                .request(
+                    "POST",
+                    "/v1/sources/shipper/events",
+                    &[("content-type", "application/json"), ("authorization", auth.as_str())],
+                    body.to_vec(),
+                )
+                .await
+                .expect("an HTTP answer");
+            (r.status, r.json()["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    assert_eq!(post_source("old-token").await.0, 200);
+    let mut partner = a.connect("partner").await;
+    assert_eq!(post_one(&mut partner).await.unwrap(), 200);
+
+    // The operator removes partner-1 from the configuration and rotates the source's secret, then reloads.
+    let config = std::fs::read_to_string(a.config_path()).unwrap();
+    let at = config.find("[[principal]]\nname = \"partner-1\"").expect("partner-1 is configured");
+    std::fs::write(a.config_path(), &config[..at]).unwrap();
+    secret(a.dir.path(), "new-token");
+    a.signal("HUP");
+    let log = wait_log(&a, "client trust reloaded", 1).await;
+    assert!(log.contains("trigger=\"SIGHUP\" closed_connections=1"), "{log}");
+
+    // partner-1's open connection is closed, and a new one maps to no principal.
+    assert!(post_one(&mut partner).await.is_err(), "the removed principal's connection was closed");
+    let (status, body) = get_as(&a, "partner").await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("unknown_principal")), "{body}");
+    // The old secret is refused and stores nothing; the new one is accepted.
+    assert_eq!(post_source("old-token").await, (401, "auth_mismatch".to_string()));
+    assert_eq!(events_of(&a, "shipper"), 1, "the refused post stored nothing");
+    assert_eq!(post_source("new-token").await.0, 200);
+    assert_eq!(events_of(&a, "shipper"), 2);
+    // The other principals are untouched.
+    let mut producer = a.connect("producer").await;
+    assert_eq!(post_one(&mut producer).await.unwrap(), 200);
 }
