@@ -46,7 +46,11 @@ run() { # $1: label, $2: extra [server] line
   printf '%-8s ' "$1"
   "$BIN" bench --addr "$ADDR" --ca "$d/ca.pem" --cert "$d/producer.pem" --key "$d/producer.key" \
     --mode single --concurrency 64 --events "$EVENTS" 2>/dev/null |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); print("events %(events)d errors %(errors)d seconds %(seconds).1f events/s %(events_per_second).0f p50 %(p50_ms).2f ms p99 %(p99_ms).2f ms" % r)'
+    python3 -c 'import json,sys; r=json.load(sys.stdin); print("events %(events)d errors %(errors)d seconds %(seconds).1f events/s %(events_per_second).0f p50 %(p50_ms).2f ms p99 %(p99_ms).2f ms" % r, end=" ")'
+  # The server's own CPU time (user + system, fields 14 and 15 of /proc/PID/stat): on a shared machine it varies
+  # far less than wall-clock throughput, so it shows a per-event cost the throughput noise hides.
+  local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$SERVER/stat")
+  python3 -c "import sys; t=$ticks/$(getconf CLK_TCK); print('server CPU %.1f s = %.1f us/event' % (t, t * 1e6 / $EVENTS))"
   kill -TERM "$SERVER"; wait "$SERVER" || true; SERVER=
   rm -f "$db" "$db"-* "$db".search.db*
 }
