@@ -267,6 +267,9 @@ fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMs
                 break;
             }
         }
+        // A test's starved indexer (fault double): it writes nothing while stalled, as if never scheduled.
+        #[cfg(feature = "fault-injection")]
+        crate::fault::indexer_stall();
         // Rows first, then scrubs: an erased event's row was always sent before its erasure.
         let result = write(&mut search, &batch).and_then(|()| scrub(&mut search, &erased));
         if let Err(e) = result {
@@ -388,7 +391,19 @@ fn backfill(search: &mut Connection, ledger: &Path, to: u64) -> Result<(), Store
         }
         Ok(())
     })?;
-    write(search, &batch)
+    write_rederived(search, &batch)
+}
+
+/// [`write`] for the last batch of re-derived rows, with the test-only kill point inside its transaction (rows
+/// inserted, not committed): the next start must re-derive them again, once.
+fn write_rederived(search: &mut Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
+    let tx = search.transaction()?;
+    let refs: Vec<(u64, &str, &NormalizedFields)> =
+        rows.iter().map(|r| (r.seq, &*r.source, &r.fields)).collect();
+    store::insert_event_fields_many(&tx, &refs)?;
+    crash_point!(SearchRederive);
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub enum OwnRecord {
     /// `anchorlog.key_rotation`: the head ending with it is the old key's last (its body is read by
     /// [`super::keys::RotationRecord`]).
     KeyRotation,
+    /// `anchorlog.clock_jump`: the wall clock stepped (docs/FORMAT.md §21).
+    ClockJump,
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -111,6 +113,7 @@ impl OwnRecord {
             Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
             Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
             Some(types::KEY_ROTATION) => OwnRecord::KeyRotation,
+            Some(types::CLOCK_JUMP) => OwnRecord::ClockJump,
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -150,6 +153,9 @@ pub struct ApplianceSummary {
     pub self_verifications: u64,
     /// `anchorlog.key_rotation` records: the signing key changed (the report lists each rotation).
     pub key_rotations: u64,
+    /// `anchorlog.clock_jump` records: the wall clock stepped by more than 5 s; receive and seal times on either
+    /// side of one are not comparable (docs/FORMAT.md §21).
+    pub clock_jumps: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -174,6 +180,7 @@ impl ApplianceSummary {
             OwnRecord::WitnessRefused => &mut self.witness_refusals,
             OwnRecord::SelfVerify => &mut self.self_verifications,
             OwnRecord::KeyRotation => &mut self.key_rotations,
+            OwnRecord::ClockJump => &mut self.clock_jumps,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -330,6 +337,10 @@ mod tests {
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
         assert_eq!(own(true, r#"{"type":"anchorlog.witness_refused"}"#), Some(OwnRecord::WitnessRefused));
         assert_eq!(own(true, r#"{"type":"anchorlog.key_rotation"}"#), Some(OwnRecord::KeyRotation));
+        assert_eq!(
+            own(true, r#"{"type":"anchorlog.clock_jump","direction":"backward","delta_ms":-3600000}"#),
+            Some(OwnRecord::ClockJump)
+        );
         assert_eq!(
             own(false, r#"{"type":"anchorlog.key_rotation"}"#),
             None,
