@@ -343,11 +343,14 @@ async fn restart_and_check_plain(a: &mut Appliance, acked: &[(u64, String)]) {
 // ---------------------------------------------------------------------------------------------------------
 // 14.8 a starved indexer
 
-/// With the indexer stalled (a fault double that blocks it before each batch), 300 single events are
-/// acknowledged and sealed at the usual pace while search still answers from the old index; once the stall
-/// ends the index catches up to exactly every event.
+/// With the indexer stalled (a fault double that blocks it before each batch, as if it were never scheduled),
+/// 1,500 single events — more groups than the indexer's queue holds (1,024) — are acknowledged and sealed while
+/// search answers `complete: false` with the exact number of events it does not cover; once the stall ends the
+/// indexer writes what was queued, re-derives the rest from the stored bodies, and search covers exactly every
+/// event. Before issue 14.8 the writer waited for the queue, so ingest stopped at the 1,025th group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_starved_indexer_never_stalls_ingest_or_sealing_and_catches_up_later() {
+    const DURING: u64 = 1_500;
     let dir = tempfile::tempdir().unwrap();
     let stall = dir.path().join("stall");
     let a = Appliance::start_with(Options {
@@ -356,30 +359,56 @@ async fn a_starved_indexer_never_stalls_ingest_or_sealing_and_catches_up_later()
     });
     post_n(&a, "before", 10).await;
     a.wait_indexed().await;
+    let r = a.audit_get("/v1/events?actor=before-9").await;
+    assert_eq!(r.json()["index"], serde_json::json!({"complete": true, "pending_events": 0}));
+    // seq 10 is that search's audit record.
     std::fs::write(&stall, "").unwrap();
-    // Give the indexer time to reach its stall (it gathers for up to a second before it writes).
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let started = Instant::now();
-    let during = post_n(&a, "during", 300).await;
+    let during = post_n(&a, "during", DURING).await;
     let took = started.elapsed();
-    assert_eq!(during.first().unwrap().0, 10);
-    assert_eq!(during.last().unwrap().0, 309);
-    let head = a.wait_for_head(310).await;
-    assert_eq!(head["tree_size"], 310);
+    assert_eq!(during.first().unwrap().0, 11);
+    assert_eq!(during.last().unwrap().0, 10 + DURING);
+    let head = a.wait_for_head(11 + DURING).await;
+    assert_eq!(head["tree_size"], 11 + DURING);
     let search_path = anchorlog::store::search_path(&a.db_path());
-    let indexed = || {
-        anchorlog::store::open_search_reader(&search_path)
-            .and_then(|c| anchorlog::store::indexed_until(&c))
-            .unwrap()
+    let rows = || -> i64 {
+        let c = anchorlog::store::open_search_reader(&search_path).unwrap();
+        c.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap()
     };
-    assert_eq!(indexed(), 10, "the stalled indexer wrote nothing");
+    assert!(rows() <= 11, "the stalled indexer wrote: {}", rows());
     let r = a.audit_get("/v1/events?actor=during-0").await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["count"], 0, "not indexed yet: {}", r.json());
-    eprintln!("300 single events acknowledged in {took:?} with the indexer stalled");
+    let answer = r.json();
+    assert_eq!(answer["count"], 0, "not indexed yet: {answer}");
+    assert_eq!(answer["index"]["complete"], false, "{answer}");
+    // Every event after the last indexed one: the search's audit record (seq 10, possibly indexed before the
+    // stall) and the 1,500 posted.
+    let pending = answer["index"]["pending_events"].as_u64().unwrap();
+    assert_eq!(pending, 11 + DURING - rows() as u64, "{answer}");
+    eprintln!(
+        "{DURING} single events acknowledged in {took:?} with the indexer stalled; search {pending} behind"
+    );
     std::fs::remove_file(&stall).unwrap();
-    a.wait_indexed().await;
-    assert_eq!(indexed(), 310 + 1, "every event and the audit record of the search");
-    let r = a.audit_get("/v1/events?actor=during-299").await;
-    assert_eq!(r.json()["count"], 1, "{}", r.json());
+    let released = Instant::now();
+    // Every event once: the 10, the first audit record, the 1,500 and the second search's audit record. (Not
+    // `wait_indexed`: the highest seq may be written, re-derived, before queued rows below it.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows() < 12 + DURING as i64 {
+        assert!(Instant::now() < deadline, "indexed {} of {} within 60 s", rows(), 12 + DURING);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caught_up = released.elapsed();
+    assert!(
+        a.server_log().contains("re-deriving search fields the queue had no room for"),
+        "the queue never overflowed: {}",
+        a.server_log()
+    );
+    assert_eq!(rows(), 12 + DURING as i64);
+    let r = a.audit_get("/v1/events?actor=during-1499").await;
+    let answer = r.json();
+    assert_eq!(answer["count"], 1, "{answer}");
+    assert_eq!(answer["index"]["complete"], true, "{answer}");
+    eprintln!("search caught up {caught_up:?} after the stall ended");
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
 }

@@ -320,6 +320,7 @@ impl Service {
             }
             false => (None, None),
         };
+        let search_lag = indexer.as_ref().map(IndexerHandle::lag);
         let metrics = Arc::new(Metrics::new());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
@@ -453,6 +454,7 @@ impl Service {
             sources,
             search,
             search_enabled: config.search.enabled,
+            search_lag,
             denials,
             readiness: crate::readiness::Readiness {
                 seal_interval: config.sealing.seal_interval(),
