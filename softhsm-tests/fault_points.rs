@@ -7,11 +7,13 @@
 
 mod harness;
 mod swtpm;
+mod tsa_local;
 
 use harness::{Appliance, Options};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tsa_local::{eventually, fast_retries, LocalTsa};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -156,6 +158,92 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
         .output()
         .unwrap();
     assert_eq!(py.status.code(), Some(0), "{}", String::from_utf8_lossy(&py.stdout));
+}
+
+/// Against a real TSA (OpenSSL's, on the real clock): after the appliance's clock jumps back an hour, heads
+/// sealed during the hold carry the held time and get tokens up to the hold's length later; the verifier's delay
+/// check (here `--max-timestamp-delay 2`) excuses them because the backward jump record opens a window (docs/
+/// FORMAT.md §21), and lists them. After a jump forward an hour, the TSA's genTime is an hour before the heads'
+/// seal times: no token is stored (the appliance never stores one contradicting a signed time) and a
+/// timestamping outage is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_jumps_against_a_tsa_a_backward_hold_is_excused_and_a_forward_jump_stops_timestamping() {
+    let tsa = LocalTsa::start_new(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock-offset-ms");
+    std::fs::write(&clock, "0").unwrap();
+    let mut a = Appliance::start_with(Options {
+        record_appliance_events: true,
+        extra_config: format!("{}{}", tsa.config_entry(5_000), fast_retries()),
+        env: vec![("ANCHORLOG_FAULT_CLOCK_FILE".into(), clock.display().to_string())],
+        ..Options::default()
+    });
+    let untimestamped =
+        async |a: &Appliance| a.audit_get("/readyz").await.json()["untimestamped_heads"].clone();
+    post_n(&a, "before", 3).await;
+    eventually(30, "every head timestamped", async || untimestamped(&a).await == 0).await;
+
+    // Back an hour: seal times hold at the last head's; keep sealing for ~4 s of real time.
+    std::fs::write(&clock, (-HOUR_MS).to_string()).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    for round in 0..8 {
+        post_n(&a, &format!("held-{round}"), 1).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eventually(30, "held heads timestamped", async || untimestamped(&a).await == 0).await;
+    let hs = heads(&a.db_path());
+    let held = hs.last().unwrap().2;
+    assert!(held > now_ms() - HOUR_MS / 2, "the last head carries the held time, not the clock's: {hs:?}");
+    let key = a.key_pem();
+    let ca = tsa.ca_pem();
+    let verify_delay = |extra: &[&str]| {
+        let db = a.db_path();
+        let mut args = vec!["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()];
+        args.extend(["--tsa-ca", ca.to_str().unwrap(), "--require-timestamps", "--json"]);
+        args.extend_from_slice(extra);
+        let out = a.anchorlog(&args);
+        (out.status.code(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default())
+    };
+    let (code, v) = verify_delay(&["--max-timestamp-delay", "2"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["timestamps"]["late_in_outage_count"].as_u64().unwrap() >= 1, "no held head was late: {v}");
+
+    // Forward an hour past the real time: tokens are refused, an outage is recorded, nothing is stored for them.
+    std::fs::write(&clock, HOUR_MS.to_string()).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    post_n(&a, "ahead", 2).await;
+    eventually(30, "a timestamping outage is recorded", async || {
+        a.own_records().iter().any(|(_, b)| {
+            b["type"] == "anchorlog.outage" && b["component"] == "timestamping" && b["state"] == "started"
+        })
+    })
+    .await;
+    assert!(untimestamped(&a).await.as_u64().unwrap() >= 1);
+    assert!(a.server_log().contains("time-stamp token rejected"), "{}", a.server_log());
+    let jumps: Vec<i64> = a
+        .own_records()
+        .iter()
+        .filter(|(_, b)| b["type"] == "anchorlog.clock_jump")
+        .map(|(_, b)| b["delta_ms"].as_i64().unwrap())
+        .collect();
+    assert_eq!(jumps.len(), 2, "{jumps:?}");
+    assert!((jumps[0] + HOUR_MS).abs() < 5_000 && (jumps[1] - 2 * HOUR_MS).abs() < 5_000, "{jumps:?}");
+    a.kill();
+    // Every stored token verifies; the heads sealed in the hour ahead have none (reported, not a failure).
+    let db = a.db_path();
+    let out = a.anchorlog(&[
+        "verify",
+        "--db",
+        db.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--tsa-ca",
+        ca.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert!(v["timestamps"]["missing_count"].as_u64().unwrap() >= 1, "{v}");
 }
 
 // ---------------------------------------------------------------------------------------------------------
