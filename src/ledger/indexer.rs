@@ -168,7 +168,9 @@ impl IndexerHandle {
         // of its envelope that way) and their rows ignored as duplicates.
         let until = if ledger.exists() { store::event_count(&store::open_reader(ledger)?)? } else { 0 };
         let backlog = Arc::new(Backlog::default());
-        backlog.lock().unqueued = until.saturating_sub(store::indexed_until(&search)?);
+        // Counted as pending until the start-up re-derivation has written them.
+        let owed = until.saturating_sub(store::indexed_until(&search)?);
+        backlog.lock().unqueued = owed;
         let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
         let ledger = ledger.to_path_buf();
         let guard = StopOnDrop(backlog.clone());
@@ -176,7 +178,7 @@ impl IndexerHandle {
             .name("anchorlog-indexer".into())
             .spawn(move || {
                 lower_own_priority("indexer");
-                run(search, ledger, until, rx, &guard.0);
+                run(search, ledger, (until, owed), rx, &guard.0);
             })
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
         Ok((IndexerHandle { rows, backlog }, join))
@@ -311,15 +313,26 @@ fn shm_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMsg>, backlog: &Backlog) {
+/// The thread: checks and re-derives up to `until` (the ledger's event count at start; `owed` of those events
+/// were missing and are counted as pending), then writes what the writer sends until every handle is dropped.
+fn run(
+    mut search: Connection,
+    ledger: PathBuf,
+    (until, owed): (u64, u64),
+    rx: Receiver<IndexMsg>,
+    backlog: &Backlog,
+) {
     if let Err(e) = repair(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: checking the search database against the ledger failed");
     }
     if let Err(e) = backfill(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
-    // What the start-up re-derivation owed is written (or logged as failed: the next start tries again).
-    backlog.lock().unqueued = 0;
+    // What the start-up re-derivation owed is written (or logged as failed: the next start tries again). Not
+    // reset to 0: the writer may have left gaps meanwhile.
+    let mut st = backlog.lock();
+    st.unqueued = st.unqueued.saturating_sub(owed);
+    drop(st);
     if let Err(e) = reapply_erasures(&mut search, &ledger) {
         tracing::error!(error = %e, "indexer: re-applying erasures to the search fields failed");
     }
@@ -722,7 +735,7 @@ mod tests {
         join.join().unwrap();
         let lag = IndexLag(backlog.clone());
         let b = backlog.clone();
-        std::thread::spawn(move || run(search, db.clone(), 0, rx, &b)).join().unwrap();
+        std::thread::spawn(move || run(search, db.clone(), (0, 0), rx, &b)).join().unwrap();
         assert_eq!(lag.pending(), 0);
         assert_indexed(&dir.path().join("a.db"), 50);
     }
