@@ -401,6 +401,23 @@ identities = ["dns:monitor.test"]
         assert!(status.is_ok_and(|s| s.success()), "kill -{signal}");
     }
 
+    /// Waits (at most `within`) until the server ends by itself, e.g. at a test-only kill point
+    /// (`ANCHORLOG_FAULT_KILL_AT`); returns its exit status, or `None` if it was not running or still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the server without a graceful shutdown.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -56,8 +56,20 @@
 //! verifier is always built; `--no-default-features --features verify` gives an auditor's binary without
 //! cryptoki, tss-esapi, TLS or HTTP code; TPM key attestations are still checked, in pure Rust).
 
+/// Reaches a named test-only kill point (`fault::CrashPoint`): a no-op unless the build has the
+/// `fault-injection` feature and the test armed that point.
+macro_rules! crash_point {
+    ($point:ident) => {
+        #[cfg(feature = "fault-injection")]
+        $crate::fault::crash_point($crate::fault::CrashPoint::$point);
+    };
+}
+
 pub mod bundle;
+pub mod clock;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod formats;
 #[cfg(feature = "server")]
 pub mod instruments;

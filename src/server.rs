@@ -304,6 +304,13 @@ impl Service {
             recorded_start,
             hangup,
         } = self;
+        #[cfg(feature = "fault-injection")]
+        {
+            let armed = crate::fault::armed();
+            if !armed.is_empty() {
+                tracing::warn!(?armed, "test build: fault doubles armed (cargo feature fault-injection)");
+            }
+        }
         let db = config.storage.database.clone();
         // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
         let (indexer, indexer_thread) = match config.search.enabled {
@@ -313,6 +320,7 @@ impl Service {
             }
             false => (None, None),
         };
+        let search_lag = indexer.as_ref().map(IndexerHandle::lag);
         let metrics = Arc::new(Metrics::new());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
@@ -422,6 +430,11 @@ impl Service {
         )
         .spawn()
         .map_err(|e| ServeError::Internal(format!("cannot start the self-verification thread: {e}")))?;
+        // Wall-clock jumps are logged and recorded (issue 14.7).
+        tokio::spawn(crate::ledger::clockwatch::run(
+            config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
+            stop_tx.subscribe(),
+        ));
         if config.alerting.min_free_disk_percent > 0 {
             tokio::spawn(crate::alerts::watch_disk(
                 alerts.clone(),
@@ -441,6 +454,7 @@ impl Service {
             sources,
             search,
             search_enabled: config.search.enabled,
+            search_lag,
             denials,
             readiness: crate::readiness::Readiness {
                 seal_interval: config.sealing.seal_interval(),

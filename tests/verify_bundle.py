@@ -635,6 +635,12 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
             elif body.get("type") == "anchorlog.outage" and body.get("state") == "ended":
                 open_outages = [s for s in open_outages if s != body["since_ms"]]
                 outages.append((body["since_ms"], at_ms))
+        if body is not None and body.get("type") == "anchorlog.clock_jump":
+            old, new = body.get("old_time_ms"), body.get("new_time_ms")
+            # A backward jump holds seal times while a TSA stamps at its own time: a window for the delay check
+            # from the new time to the old time plus the jump (FORMAT.md §21).
+            if isinstance(old, int) and isinstance(new, int) and new < old:
+                outages.append((new, old + (old - new)))
         if body is not None and body.get("type") == "anchorlog.start":
             outages.extend((since, entry["received_at_ns"] // 1_000_000) for since in open_outages)
             open_outages = []

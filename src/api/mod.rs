@@ -48,6 +48,8 @@ pub struct AppState {
     pub search: Arc<ReadPool>,
     /// `[search] enabled`: extract normalized fields (there is an indexer to store them).
     pub search_enabled: bool,
+    /// How far search trails the ledger (`None` without an indexer).
+    pub search_lag: Option<crate::ledger::indexer::IndexLag>,
     /// Records invalid access attempts (PCI DSS 10.2.1.4).
     pub denials: Arc<denials::DenialRecorder>,
     /// What `/readyz` checks.

@@ -181,6 +181,8 @@ pub(super) async fn search(
                 .map_err(|e: CursorError| bad("cursor", e.to_string()))?,
         ),
     };
+    // Read before the search: an event acknowledged before this request and not in the answer is counted here.
+    let pending = state.search_lag.as_ref().map(|l| l.pending());
     let (filter, limit) = (req.filter.clone(), req.limit);
     let searches = state.search.clone();
     let page = tokio::task::spawn_blocking(move || {
@@ -233,7 +235,21 @@ pub(super) async fn search(
         "order": page.order.as_str(),
         "next_cursor": page.next.map(|c| store_search::encode_cursor(&req.filter, &c)),
         "audit_seq": audit_seq,
+        "index": index_state(pending),
     })))
+}
+
+/// Whether the answer covers every event committed before the search: `complete` is false while the indexer
+/// trails the ledger (it runs at idle priority and never slows ingest: a busy or starved indexer falls behind,
+/// then catches up), with the number of events it has still to write; ask again to see them.
+fn index_state(pending: Option<u64>) -> Value {
+    match pending {
+        Some(0) => json!({"complete": true, "pending_events": 0}),
+        Some(n) => json!({"complete": false, "pending_events": n,
+                          "message": format!("the search index is {n} events behind the log; they are stored and                                               will be found once indexed (usually within seconds)")}),
+        None => json!({"complete": false, "pending_events": null,
+                       "message": "search is disabled ([search] enabled = false): only events indexed before are found"}),
+    }
 }
 
 /// One hit as the answer lists it.

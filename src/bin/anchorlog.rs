@@ -1229,7 +1229,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     println!(
         "  appliance: {} starts ({} after a run that ended without a stop record), {} stops, {} outages \
          ({} ended), {} refused access ({} more counted in {} summaries), {} audit accesses, {} erasures, {} witness \
-         refusals, {} self-verifications",
+         refusals, {} self-verifications, {} clock jumps",
         a.starts,
         a.starts_after_unclean_end,
         a.stops,
@@ -1241,7 +1241,8 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
         a.audit_access,
         a.erasures,
         a.witness_refusals,
-        a.self_verifications
+        a.self_verifications,
+        a.clock_jumps
     );
 }
 

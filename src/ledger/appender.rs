@@ -392,6 +392,9 @@ impl Writer {
             }
         }
         // The indexer hears of the events (and of an erased body) before any producer or admin hears back.
+        if !erased.is_empty() {
+            crash_point!(ErasureBeforeScrub);
+        }
         if let Some(indexer) = &self.indexer {
             indexer.send(rows);
             for seq in erased {
@@ -679,6 +682,7 @@ fn erase(
             erased_at_ms: store::now_ms(),
         };
         store::erasure::erase_payload(c, &record)?;
+        crash_point!(ErasureBeforeCommit);
         Ok(Erased { record, erasure_leaf_hash: logged.leaf_hash })
     });
     if result.is_err() {

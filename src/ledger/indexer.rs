@@ -5,8 +5,11 @@
 //! them in batches to its own SQLite file, so index maintenance runs beside the writer instead of inside its
 //! transaction (see docs/PERFORMANCE.md for why). On start it first re-derives the fields of events that the
 //! search database is missing (a crash or a kill lost its unsynced tail) from the stored bodies.
-//! The queue is bounded ([`MAX_INDEX_BACKLOG`] rows): an indexer that falls behind slows the writer down
-//! instead of growing memory.
+//! The queue is bounded ([`MAX_INDEX_BACKLOG`] rows, [`INDEX_QUEUE_DEPTH`] groups) and the writer never waits
+//! for it (issue 14.8): rows that do not fit are not queued; their seqs are kept as ranges and the indexer
+//! re-derives them from the stored bodies once it has written what was queued before them, as it does at start
+//! for what a crash lost. A starved indexer therefore costs search freshness, never ingest, and memory stays
+//! bounded; [`IndexLag::pending`] says how many events search does not cover yet, and search answers say so.
 //!
 //! The thread runs at the lowest CPU priority (`SCHED_IDLE` on Linux): on a CPU-bound machine the writer and
 //! the HTTP workers — the ingest path — go first, and the indexer catches up in the idle time between bursts,
@@ -21,13 +24,14 @@ use crate::formats::NormalizedFields;
 use crate::store::{self, StoreError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
-/// Committed groups queued for the indexer before the writer waits.
+/// Committed groups queued for the indexer; past this, groups are left to be re-derived from the ledger.
 pub const INDEX_QUEUE_DEPTH: usize = 1_024;
-/// Rows handed to the indexer but not yet written before the writer waits (~0.5 KB of memory each). Enough for
-/// a few seconds of peak ingest, so a low-priority indexer can trail a burst and catch up after it.
+/// Rows handed to the indexer but not yet written (~0.5 KB of memory each) before further rows are left to be
+/// re-derived from the ledger instead. Enough for a few seconds of peak ingest, so a low-priority indexer trails a
+/// burst with the rows the writer parsed, and re-derives only past that.
 pub const MAX_INDEX_BACKLOG: usize = 200_000;
 /// Most rows written in one search-database transaction.
 pub const MAX_INDEX_BATCH: usize = 100_000;
@@ -65,39 +69,82 @@ pub struct IndexerHandle {
     backlog: Arc<Backlog>,
 }
 
-/// Rows sent but not yet written, shared by the writer (adds, waits) and the indexer (subtracts, wakes).
+/// What the indexer owes: rows sent but not yet written, and what was left to re-derive from the ledger.
+/// Shared by the writer (adds, never waits) and the indexer (takes, subtracts).
 #[derive(Default)]
 struct Backlog {
     state: Mutex<BacklogState>,
-    drained: Condvar,
 }
 
 #[derive(Default)]
 struct BacklogState {
+    /// Rows queued and not yet written.
     rows: usize,
-    /// The indexer thread has ended: nobody will drain, so never wait.
+    /// Events committed while the queue was full (seq ranges, in order): to re-derive from the stored bodies.
+    gaps: Vec<std::ops::Range<u64>>,
+    /// Events in `gaps`, plus those the start-up re-derivation has still to write.
+    unqueued: u64,
+    /// Erasures whose scrub did not fit in the queue.
+    scrubs: Vec<u64>,
+    /// The indexer thread has ended: nothing is queued any more (the next start re-derives).
     stopped: bool,
 }
 
 impl Backlog {
-    /// Waits until there is room (or the backlog is empty, for a group larger than the bound), then adds `n`.
-    fn add(&self, n: usize) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while !st.stopped && st.rows > 0 && st.rows + n > MAX_INDEX_BACKLOG {
-            st = self.drained.wait(st).unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, BacklogState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves room for `n` rows if they fit under [`MAX_INDEX_BACKLOG`] (a group larger than the bound fits
+    /// an empty backlog); `false` when they do not, or the indexer has stopped.
+    fn try_add(&self, n: usize) -> bool {
+        let mut st = self.lock();
+        if st.stopped || (st.rows > 0 && st.rows + n > MAX_INDEX_BACKLOG) {
+            return false;
         }
         st.rows += n;
+        true
     }
 
     fn done(&self, n: usize) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
         st.rows = st.rows.saturating_sub(n);
-        self.drained.notify_all();
+    }
+
+    /// Leaves `seqs` to be re-derived from the ledger.
+    fn skip(&self, seqs: impl Iterator<Item = u64>) {
+        let mut st = self.lock();
+        if st.stopped {
+            return;
+        }
+        for seq in seqs {
+            st.unqueued += 1;
+            match st.gaps.last_mut() {
+                Some(r) if r.end == seq => r.end = seq + 1,
+                _ => st.gaps.push(seq..seq + 1),
+            }
+        }
     }
 
     fn stop(&self) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopped = true;
-        self.drained.notify_all();
+        self.lock().stopped = true;
+    }
+
+    fn pending(&self) -> u64 {
+        let st = self.lock();
+        st.rows as u64 + st.unqueued
+    }
+}
+
+/// How far search trails the ledger, for search answers and `/readyz`.
+#[derive(Clone)]
+pub struct IndexLag(Arc<Backlog>);
+
+impl IndexLag {
+    /// Committed events whose search fields are not written yet (queued, or left to re-derive). Every event
+    /// acknowledged so far is counted here until search covers it.
+    pub fn pending(&self) -> u64 {
+        self.0.pending()
     }
 }
 
@@ -120,41 +167,65 @@ impl IndexerHandle {
         // the first appends, which were then re-derived from their bodies instead (an Okta event loses the realm
         // of its envelope that way) and their rows ignored as duplicates.
         let until = if ledger.exists() { store::event_count(&store::open_reader(ledger)?)? } else { 0 };
-        let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
         let backlog = Arc::new(Backlog::default());
+        // Counted as pending until the start-up re-derivation has written them.
+        let owed = until.saturating_sub(store::indexed_until(&search)?);
+        backlog.lock().unqueued = owed;
+        let (rows, rx) = sync_channel(INDEX_QUEUE_DEPTH);
         let ledger = ledger.to_path_buf();
         let guard = StopOnDrop(backlog.clone());
         let join = std::thread::Builder::new()
             .name("anchorlog-indexer".into())
             .spawn(move || {
                 lower_own_priority("indexer");
-                run(search, ledger, until, rx, &guard.0);
+                run(search, ledger, (until, owed), rx, &guard.0);
             })
             .map_err(|e| StoreError::Corrupt { table: "event_fields", key: 0, problem: e.to_string() })?;
         Ok((IndexerHandle { rows, backlog }, join))
     }
 
-    /// Queues the rows of one committed group; waits while the indexer is [`MAX_INDEX_BACKLOG`] rows (or
-    /// [`INDEX_QUEUE_DEPTH`] groups) behind.
+    /// How far search trails the ledger.
+    pub fn lag(&self) -> IndexLag {
+        IndexLag(self.backlog.clone())
+    }
+
+    /// Queues the rows of one committed group, never waiting: when the indexer is [`MAX_INDEX_BACKLOG`] rows
+    /// or [`INDEX_QUEUE_DEPTH`] groups behind, the group's seqs are left for it to re-derive from the ledger.
     pub fn send(&self, rows: Vec<IndexRow>) {
-        if !rows.is_empty() {
-            self.backlog.add(rows.len());
-            self.send_msg(IndexMsg::Rows(rows));
+        if rows.is_empty() {
+            return;
+        }
+        let n = rows.len();
+        if !self.backlog.try_add(n) {
+            self.backlog.skip(rows.iter().map(|r| r.seq));
+            return;
+        }
+        match self.rows.try_send(IndexMsg::Rows(rows)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(IndexMsg::Rows(rows))) => {
+                self.backlog.done(n);
+                self.backlog.skip(rows.iter().map(|r| r.seq));
+            }
+            Err(_) => {
+                self.backlog.done(n);
+                stopped_warning();
+            }
         }
     }
 
-    /// Queues the scrubbing of an erased event's fields (after any rows sent before it).
+    /// Queues the scrubbing of an erased event's fields (after any rows sent before it), never waiting: a
+    /// scrub that does not fit is done with the next re-derivation.
     pub fn erased(&self, seq: u64) {
-        self.send_msg(IndexMsg::Erased(seq));
-    }
-
-    fn send_msg(&self, msg: IndexMsg) {
-        if self.rows.send(msg).is_err() {
-            tracing::warn!(
-                "indexer: stopped; search fields of new events will be re-derived at the next start"
-            );
+        match self.rows.try_send(IndexMsg::Erased(seq)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.backlog.lock().scrubs.push(seq),
+            Err(TrySendError::Disconnected(_)) => stopped_warning(),
         }
     }
+}
+
+fn stopped_warning() {
+    tracing::warn!("indexer: stopped; search fields of new events will be re-derived at the next start");
 }
 
 /// Puts the calling thread (only) in the `SCHED_IDLE` class: it runs when no normal thread wants the CPU.
@@ -242,13 +313,26 @@ fn shm_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMsg>, backlog: &Backlog) {
+/// The thread: checks and re-derives up to `until` (the ledger's event count at start; `owed` of those events
+/// were missing and are counted as pending), then writes what the writer sends until every handle is dropped.
+fn run(
+    mut search: Connection,
+    ledger: PathBuf,
+    (until, owed): (u64, u64),
+    rx: Receiver<IndexMsg>,
+    backlog: &Backlog,
+) {
     if let Err(e) = repair(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: checking the search database against the ledger failed");
     }
     if let Err(e) = backfill(&mut search, &ledger, until) {
         tracing::error!(error = %e, "indexer: re-deriving missing search fields failed");
     }
+    // What the start-up re-derivation owed is written (or logged as failed: the next start tries again). Not
+    // reset to 0: the writer may have left gaps meanwhile.
+    let mut st = backlog.lock();
+    st.unqueued = st.unqueued.saturating_sub(owed);
+    drop(st);
     if let Err(e) = reapply_erasures(&mut search, &ledger) {
         tracing::error!(error = %e, "indexer: re-applying erasures to the search fields failed");
     }
@@ -267,6 +351,9 @@ fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMs
                 break;
             }
         }
+        // A test's starved indexer (fault double): it writes nothing while stalled, as if never scheduled.
+        #[cfg(feature = "fault-injection")]
+        crate::fault::indexer_stall();
         // Rows first, then scrubs: an erased event's row was always sent before its erasure.
         let result = write(&mut search, &batch).and_then(|()| scrub(&mut search, &erased));
         if let Err(e) = result {
@@ -275,8 +362,57 @@ fn run(mut search: Connection, ledger: PathBuf, until: u64, rx: Receiver<IndexMs
             tracing::error!(error = %e, rows = batch.len(), "indexer: writing search fields failed");
         }
         backlog.done(batch.len());
+        catch_up(&mut search, &ledger, backlog);
     }
     let _ = search.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// Re-derives the events the writer could not queue (the queue was full) from their stored bodies, then does
+/// the scrubs that did not fit. Called after each batch: whatever was queued before a gap is written first.
+fn catch_up(search: &mut Connection, ledger: &Path, backlog: &Backlog) {
+    let (gaps, scrubs) = {
+        let mut st = backlog.lock();
+        (std::mem::take(&mut st.gaps), std::mem::take(&mut st.scrubs))
+    };
+    if gaps.is_empty() && scrubs.is_empty() {
+        return;
+    }
+    let events: u64 = gaps.iter().map(|r| r.end - r.start).sum();
+    tracing::info!(
+        events,
+        ranges = gaps.len(),
+        "indexer: re-deriving search fields the queue had no room for"
+    );
+    let result = store::open_reader(ledger).and_then(|conn| {
+        for range in &gaps {
+            rederive(search, &conn, range.clone())?;
+        }
+        scrub(search, &scrubs)
+    });
+    if let Err(e) = result {
+        // The next start finds the missing rows below the indexed end (`repair`) and scrubs every erasure.
+        tracing::error!(error = %e, "indexer: re-deriving search fields failed; the next start repairs them");
+    }
+    let mut st = backlog.lock();
+    st.unqueued = st.unqueued.saturating_sub(events);
+}
+
+/// Writes the fields of events `range`, derived from their stored bodies, in batches of [`MAX_INDEX_BATCH`].
+fn rederive(
+    search: &mut Connection,
+    events: &Connection,
+    range: std::ops::Range<u64>,
+) -> Result<(), StoreError> {
+    let mut batch = Vec::new();
+    store::for_each_body(events, range.start, range.end, |seq, source, format, body| {
+        let fields = body.and_then(|b| crate::formats::normalize_stored(&format, &b)).unwrap_or_default();
+        batch.push(IndexRow { seq, source: source.into(), fields });
+        if batch.len() >= MAX_INDEX_BATCH {
+            write(search, &std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    write(search, &batch)
 }
 
 fn write(search: &mut Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
@@ -388,7 +524,19 @@ fn backfill(search: &mut Connection, ledger: &Path, to: u64) -> Result<(), Store
         }
         Ok(())
     })?;
-    write(search, &batch)
+    write_rederived(search, &batch)
+}
+
+/// [`write`] for the last batch of re-derived rows, with the test-only kill point inside its transaction (rows
+/// inserted, not committed): the next start must re-derive them again, once.
+fn write_rederived(search: &mut Connection, rows: &[IndexRow]) -> Result<(), StoreError> {
+    let tx = search.transaction()?;
+    let refs: Vec<(u64, &str, &NormalizedFields)> =
+        rows.iter().map(|r| (r.seq, &*r.source, &r.fields)).collect();
+    store::insert_event_fields_many(&tx, &refs)?;
+    crash_point!(SearchRederive);
+    tx.commit()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -548,26 +696,48 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_waits_while_the_backlog_is_full() {
-        let backlog = Arc::new(Backlog::default());
-        backlog.add(MAX_INDEX_BACKLOG - 10);
-        backlog.add(10);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let b = backlog.clone();
-        let waiter = std::thread::spawn(move || {
-            b.add(1);
-            tx.send(()).unwrap();
-        });
-        assert!(rx.recv_timeout(std::time::Duration::from_millis(200)).is_err(), "added past the bound");
-        backlog.done(1);
-        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        waiter.join().unwrap();
-        // A group larger than the whole bound still goes through once the backlog is empty, and a stopped
-        // indexer never makes the writer wait.
+    fn the_writer_never_waits_rows_past_the_bound_are_left_to_re_derive() {
+        let backlog = Backlog::default();
+        assert!(backlog.try_add(MAX_INDEX_BACKLOG - 10));
+        assert!(backlog.try_add(10));
+        assert!(!backlog.try_add(1), "added past the bound");
+        backlog.skip([7, 8, 9, 12].into_iter());
+        assert_eq!(backlog.lock().gaps, vec![7..10, 12..13]);
+        assert_eq!(backlog.pending(), MAX_INDEX_BACKLOG as u64 + 4);
+        // A group larger than the whole bound still goes through once the backlog is empty; a stopped indexer
+        // takes nothing.
         backlog.done(MAX_INDEX_BACKLOG);
-        backlog.add(MAX_INDEX_BACKLOG * 2);
+        assert!(backlog.try_add(MAX_INDEX_BACKLOG * 2));
         backlog.stop();
-        backlog.add(1);
+        assert!(!backlog.try_add(1));
+    }
+
+    /// A full queue (here: depth 1) never blocks the writer: the groups that did not fit are re-derived by the
+    /// indexer after what was queued before them, so every event is indexed exactly once.
+    #[tokio::test]
+    async fn groups_that_find_the_queue_full_are_re_derived_and_indexed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        store::open_writer(&db, "o").unwrap();
+        let search = open_or_rebuild(&store::search_path(&db), &db).unwrap();
+        let (tx, rx) = sync_channel(1);
+        let backlog = Arc::new(Backlog::default());
+        let handle = IndexerHandle { rows: tx, backlog: backlog.clone() };
+        let (h, join) =
+            AppenderHandle::start_with_indexer(store::open_writer(&db, "o").unwrap(), Some(handle)).unwrap();
+        for i in 0..50 {
+            h.append(vec![ev(&format!(r#"{{"type":"T{i}","actor":"u{i}"}}"#))]).await.unwrap();
+        }
+        // Nothing drained the queue: one group is queued, the other 49 were left to re-derive.
+        assert_eq!(backlog.lock().gaps, vec![1..50]);
+        assert_eq!(backlog.pending(), 50);
+        drop(h);
+        join.join().unwrap();
+        let lag = IndexLag(backlog.clone());
+        let b = backlog.clone();
+        std::thread::spawn(move || run(search, db.clone(), (0, 0), rx, &b)).join().unwrap();
+        assert_eq!(lag.pending(), 0);
+        assert_indexed(&dir.path().join("a.db"), 50);
     }
 
     #[tokio::test]

@@ -193,6 +193,20 @@ pub fn witness_refused_body(r: &WitnessRefusal<'_>) -> serde_json::Value {
            "reason": truncate(r.reason)})
 }
 
+/// Event type of the record of a wall-clock jump.
+pub const CLOCK_JUMP_TYPE: &str = types::CLOCK_JUMP;
+
+/// The body of the record of a wall-clock jump (docs/FORMAT.md §21): where the wall clock should have been had
+/// it run with the monotonic clock (`old_time`), where it was (`new_time`), both RFC 3339 and epoch ms, and the
+/// step (`delta_ms`: positive forward, negative backward).
+pub fn clock_jump_body(old_ms: i64, new_ms: i64) -> serde_json::Value {
+    let delta_ms = new_ms.saturating_sub(old_ms);
+    let rfc3339 = |ms| crate::ledger::head::format_time_ms(ms).ok();
+    json!({"type": CLOCK_JUMP_TYPE, "direction": if delta_ms > 0 { "forward" } else { "backward" },
+           "old_time": rfc3339(old_ms), "new_time": rfc3339(new_ms), "old_time_ms": old_ms,
+           "new_time_ms": new_ms, "delta_ms": delta_ms})
+}
+
 /// Event type of the record of a key rotation.
 pub const KEY_ROTATION_TYPE: &str = types::KEY_ROTATION;
 

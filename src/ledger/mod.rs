@@ -3,6 +3,8 @@
 #[cfg(feature = "server")]
 pub mod appender;
 #[cfg(feature = "server")]
+pub mod clockwatch;
+#[cfg(feature = "server")]
 pub mod cosigner;
 pub mod counter;
 pub mod entry;

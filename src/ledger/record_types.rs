@@ -64,6 +64,8 @@ pub const SELF_VERIFY_SOURCE_ID_PREFIX: &str = "self_verify:";
 pub fn self_verify_source_id(height: u64, scope: &str) -> String {
     format!("{SELF_VERIFY_SOURCE_ID_PREFIX}{height:020}:{scope}")
 }
+/// `type` of the record of a wall-clock jump (docs/FORMAT.md §21).
+pub const CLOCK_JUMP: &str = "anchorlog.clock_jump";
 /// `type` of a key rotation record: the last event of the last head signed by the old key, naming the key that
 /// signs every later head (docs/FORMAT.md §20).
 pub const KEY_ROTATION: &str = "anchorlog.key_rotation";

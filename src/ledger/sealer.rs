@@ -240,6 +240,9 @@ impl Sealer {
         let leaves = tokio::task::spawn_blocking(move || reads.with(|c| store::leaf_hashes(c, from, target)))
             .await
             .map_err(|_| SealError::Join)??;
+        if target > from {
+            crash_point!(CommitBeforeSeal);
+        }
         let mut frontier = self.state.frontier.clone();
         for leaf in leaves {
             frontier.push(leaf);
@@ -266,6 +269,7 @@ impl Sealer {
         if !self.signer.public_key().verify(text.as_bytes(), &signature) {
             return Err(SealError::BadSignature);
         }
+        crash_point!(SignBeforeStore);
         self.appender
             .store_head(StoredHead {
                 height: head.height,
@@ -277,6 +281,7 @@ impl Sealer {
                 sealed_at_ms: head.time_ms,
             })
             .await?;
+        crash_point!(StoreBeforeTimestamp);
         tracing::info!(
             height = head.height,
             tree_size = head.tree_size,

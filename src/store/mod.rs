@@ -1132,16 +1132,14 @@ impl ReadPool {
     }
 }
 
-/// Milliseconds since the Unix epoch, from the system clock.
+/// Milliseconds since the Unix epoch, from the process's wall clock ([`crate::clock`]).
 pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    crate::clock::now_ms()
 }
 
-/// Nanoseconds since the Unix epoch, from the system clock.
+/// Nanoseconds since the Unix epoch, from the process's wall clock ([`crate::clock`]).
 pub fn now_ns() -> u64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    crate::clock::now_ns()
 }
 
 #[cfg(test)]

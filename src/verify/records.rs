@@ -64,6 +64,13 @@ pub enum OwnRecord {
     /// `anchorlog.key_rotation`: the head ending with it is the old key's last (its body is read by
     /// [`super::keys::RotationRecord`]).
     KeyRotation,
+    /// `anchorlog.clock_jump`: the wall clock stepped (docs/FORMAT.md §21).
+    ClockJump {
+        /// `old_time_ms`: where the clock should have been.
+        old_time_ms: Option<i64>,
+        /// `new_time_ms`: where it was.
+        new_time_ms: Option<i64>,
+    },
     /// `anchorlog.erasure`, naming the erased event.
     Erasure {
         /// `erased_seq`.
@@ -111,6 +118,10 @@ impl OwnRecord {
             Some(types::WITNESS_REFUSED) => OwnRecord::WitnessRefused,
             Some(types::SELF_VERIFY) => OwnRecord::SelfVerify,
             Some(types::KEY_ROTATION) => OwnRecord::KeyRotation,
+            Some(types::CLOCK_JUMP) => OwnRecord::ClockJump {
+                old_time_ms: v.get("old_time_ms").and_then(|x| x.as_i64()),
+                new_time_ms: v.get("new_time_ms").and_then(|x| x.as_i64()),
+            },
             Some(types::ERASURE) => {
                 OwnRecord::Erasure { erased_seq: v.get("erased_seq").and_then(|x| x.as_u64()) }
             }
@@ -150,6 +161,9 @@ pub struct ApplianceSummary {
     pub self_verifications: u64,
     /// `anchorlog.key_rotation` records: the signing key changed (the report lists each rotation).
     pub key_rotations: u64,
+    /// `anchorlog.clock_jump` records: the wall clock stepped by more than 5 s; receive and seal times on either
+    /// side of one are not comparable (docs/FORMAT.md §21).
+    pub clock_jumps: u64,
     /// Own records of another type, or whose body is erased or not JSON.
     pub other: u64,
 }
@@ -174,6 +188,7 @@ impl ApplianceSummary {
             OwnRecord::WitnessRefused => &mut self.witness_refusals,
             OwnRecord::SelfVerify => &mut self.self_verifications,
             OwnRecord::KeyRotation => &mut self.key_rotations,
+            OwnRecord::ClockJump { .. } => &mut self.clock_jumps,
             OwnRecord::Other => &mut self.other,
         };
         *n += 1;
@@ -256,6 +271,14 @@ impl RecordTracker {
                 }
             }
             OwnRecord::Stop => self.stopped_at = Some(seq),
+            // A backward jump: heads sealed until the clock passes the held seal time again carry that time,
+            // while a TSA stamps them at its (right) time, up to the jump's size later. The hold is a window for
+            // the delay check like a timestamping outage (docs/FORMAT.md §21): from the new time to the old
+            // time plus the jump.
+            OwnRecord::ClockJump { old_time_ms: Some(old), new_time_ms: Some(new) } if new < old => {
+                self.windows
+                    .push(OutageWindow { since_ms: new, end_ms: Some(old.saturating_add(old - new)) });
+            }
             _ => {}
         }
         Ok(())
@@ -330,6 +353,22 @@ mod tests {
         assert_eq!(own(true, r#"{"type":"anchorlog.audit_access"}"#), Some(OwnRecord::AuditAccess));
         assert_eq!(own(true, r#"{"type":"anchorlog.witness_refused"}"#), Some(OwnRecord::WitnessRefused));
         assert_eq!(own(true, r#"{"type":"anchorlog.key_rotation"}"#), Some(OwnRecord::KeyRotation));
+        assert_eq!(
+            own(true, r#"{"type":"anchorlog.clock_jump","direction":"backward","delta_ms":-3600000}"#),
+            Some(OwnRecord::ClockJump { old_time_ms: None, new_time_ms: None })
+        );
+        let mut t = RecordTracker::default();
+        let jump = own(
+            true,
+            r#"{"type":"anchorlog.clock_jump","direction":"backward","old_time_ms":10000000,"new_time_ms":6400000,"delta_ms":-3600000}"#,
+        );
+        t.event(0, 6_400_000_000_000, jump).unwrap();
+        let forward = own(true, r#"{"type":"anchorlog.clock_jump","old_time_ms":1,"new_time_ms":3600001}"#);
+        t.event(1, 3_600_001_000_000, forward).unwrap();
+        let (summary, windows) = t.finish(2, false, &BTreeMap::new()).unwrap();
+        assert_eq!(summary.clock_jumps, 2);
+        // Only the backward jump holds seal times, so only it opens a window.
+        assert_eq!(windows, vec![OutageWindow { since_ms: 6_400_000, end_ms: Some(13_600_000) }]);
         assert_eq!(
             own(false, r#"{"type":"anchorlog.key_rotation"}"#),
             None,
