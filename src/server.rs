@@ -129,10 +129,13 @@ fn open_tpm(config: &Config) -> Result<SignerHandle, ServeError> {
     use crate::signer::tpm::{settings_from_config, TpmSigner};
     let t = config.signer.tpm.as_ref().ok_or_else(|| ServeError::Internal("signer.tpm missing".into()))?;
     let (settings, auth) = settings_from_config(t).map_err(SignerError::from)?;
-    Ok(SignerHandle::spawn(move || {
-        let signer = TpmSigner::open(&settings, auth.as_ref())?;
-        Ok(Box::new(signer) as Box<dyn HeadSigner>)
-    })?)
+    Ok(SignerHandle::spawn_supervised(
+        move || {
+            let signer = TpmSigner::open(&settings, auth.as_ref())?;
+            Ok(Box::new(signer) as Box<dyn HeadSigner>)
+        },
+        config.signer.supervision(),
+    )?)
 }
 
 #[cfg(not(feature = "tpm"))]
@@ -142,15 +145,17 @@ fn open_tpm(_config: &Config) -> Result<SignerHandle, ServeError> {
 
 #[cfg(feature = "pkcs11")]
 fn open_pkcs11(config: &Config) -> Result<SignerHandle, ServeError> {
-    use crate::signer::pkcs11::{Pkcs11Settings, Pkcs11Signer};
+    use crate::signer::pkcs11::{Pkcs11Opener, Pkcs11Settings};
     let p =
         config.signer.pkcs11.clone().ok_or_else(|| ServeError::Internal("signer.pkcs11 missing".into()))?;
-    let pin = read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
+    // Checked here first so that a bad PIN file fails the start with the configuration error.
+    read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
     let settings = Pkcs11Settings { module: p.module, token_label: p.token_label, key_label: p.key_label };
-    Ok(SignerHandle::spawn(move || {
-        let signer = Pkcs11Signer::open(&settings, &pin)?;
-        Ok(Box::new(signer) as Box<dyn HeadSigner>)
-    })?)
+    let opener = Pkcs11Opener::new(settings, p.pin_file);
+    Ok(SignerHandle::spawn_supervised(
+        move || Ok(Box::new(opener.open()?) as Box<dyn HeadSigner>),
+        config.signer.supervision(),
+    )?)
 }
 
 #[cfg(not(feature = "pkcs11"))]
@@ -314,6 +319,7 @@ impl Service {
             false => (None, None),
         };
         let metrics = Arc::new(Metrics::new());
+        let _ = metrics.signer.set(signer.health());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
         let (appender, writer_thread) = AppenderHandle::start_observed(
