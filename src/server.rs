@@ -111,9 +111,22 @@ pub enum ServeError {
          again, or delete the pending rotation file to cancel it"
     )]
     Rotation(String),
+    /// A write or sync of the database failed (EIO): the appliance stopped rather than go on with a file in an
+    /// unknown state (docs/RELIABILITY.md).
+    #[error(
+        "the database's storage failed a write or sync ({0}); the appliance stopped rather than go on with a file in \
+         an unknown state. Every acknowledged event was synced before its answer. Check the disk (dmesg, SMART), \
+         then start again: the start-up check and SQLite's recovery read what is on disk"
+    )]
+    StorageFailed(String),
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The writer's fatal I/O error, if it stopped on one.
+fn app_state_fatal(fatal: &watch::Receiver<Option<String>>) -> Option<String> {
+    fatal.borrow().clone()
 }
 
 /// Opens the configured signer on its own thread.
@@ -518,8 +531,15 @@ impl Service {
                 .await;
             }
         };
+        let mut fatal = app_state.appender.fatal();
         let signal = async {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = fatal.wait_for(|f| f.is_some()) => {
+                    tracing::error!("stopping: the database's storage failed a write or sync (see above); \
+                        every answer already given stands, nothing more is acknowledged");
+                }
+            }
             crate::systemd::stopping();
             let _ = shutdown_tx.send(true);
         };
@@ -567,6 +587,9 @@ impl Service {
         // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
         if let Some(indexer_thread) = indexer_thread {
             let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+        }
+        if let Some(e) = app_state_fatal(&fatal) {
+            return Err(ServeError::StorageFailed(e));
         }
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
