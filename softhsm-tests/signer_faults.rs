@@ -217,3 +217,77 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     assert_eq!(report["report"]["unsealed_events"], 0, "{report}");
     assert_eq!(report["report"]["appliance"]["outages_started"], 1, "{report}");
 }
+
+/// The pid of this test's swtpm (the one listening on `port`), found in /proc by its command line.
+fn swtpm_pid(port: u16) -> u32 {
+    let needle = format!("port={port},bindaddr");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let program = cmdline.split(' ').next().unwrap_or_default();
+        if program.ends_with("swtpm") && cmdline.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no swtpm process with {needle}");
+}
+
+fn signal_pid(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{signal} {pid}");
+}
+
+/// A hung TPM: swtpm stopped with SIGSTOP under the real `anchorlog serve` (its TCTI reads block). The timeout
+/// abandons the thread, `/readyz` says `signer_hung`, ingest goes on; after SIGCONT the abandoned threads drain,
+/// signing resumes by itself, the outage is on record with the timeout as its error, and the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after_sigcont() {
+    let port = tsa_local::free_port();
+    let mut a = Appliance::start_with(Options {
+        signer: harness::TestSigner::Tpm,
+        server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
+        record_appliance_events: true,
+        extra_config: "[alerting]\nmin_free_disk_percent = 0\n".into(),
+        config_filter: Some(Arc::new(|t: String| {
+            t.replace("backend = \"tpm\"\n", "backend = \"tpm\"\nsign_timeout_ms = 1000\n")
+        })),
+        ..Options::default()
+    });
+    let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    post_concurrently(&a, 2, 1).await;
+    tsa_local::eventually(30, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    let pid = swtpm_pid(a.tpm.as_ref().unwrap().port());
+    signal_pid(pid, "STOP");
+    post_concurrently(&a, 2, 1).await;
+    tsa_local::eventually(30, "not ready: signer hung", async || {
+        let (code, v, _) = health_get(health, "/readyz").await;
+        code == 503 && codes(&v).contains(&"signer_hung".to_string())
+    })
+    .await;
+    let (_, v, text) = health_get(health, "/readyz").await;
+    assert_eq!(
+        reason(&v, "signer_hung"),
+        &serde_json::json!({"code": "signer_hung", "message":
+            "the signer did not answer within signer.sign_timeout_ms = 1000 ms: the waiting thread was abandoned \
+             and a fresh session is opened at each attempt; check the HSM or TPM and its link"}),
+        "{text}"
+    );
+    // Ingest does not wait for the TPM.
+    post_concurrently(&a, 2, 1).await;
+    signal_pid(pid, "CONT");
+    tsa_local::eventually(60, "ready again after SIGCONT", async || {
+        health_get(health, "/readyz").await.0 == 200
+    })
+    .await;
+    post_concurrently(&a, 1, 1).await;
+    assert!(a.sigterm().success(), "{}", a.server_log());
+    let outages = own_records(&a.db_path(), "anchorlog.outage");
+    assert_eq!(outages.len(), 2, "{outages:?}");
+    assert_eq!((&outages[0]["state"], &outages[1]["state"]), (&"started".into(), &"ended".into()));
+    let error = outages[0]["error"].as_str().unwrap();
+    assert!(error.starts_with("signing failed: the signer did not answer within 1000 ms"), "{error}");
+    let (code, report) = a.verify(&a.db_path());
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["report"]["unsealed_events"], 0, "{report}");
+}
