@@ -394,6 +394,22 @@ identities = ["dns:monitor.test"]
         }
     }
 
+    /// Waits (bounded) for the server to exit by itself and returns its status.
+    pub fn wait_exit(&mut self, secs: u64) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("anchorlog did not exit by itself within {secs} s: {}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends `signal` (`HUP`, `USR1`, ...) to the running server.
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("running");

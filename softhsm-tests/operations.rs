@@ -202,7 +202,7 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
         let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
         let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
-        Ok(Box::new(HangingSigner { inner, hang: h }) as Box<dyn anchorlog::signer::HeadSigner>)
+        Ok(Box::new(HangingSigner { inner, hang: h.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
     let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
@@ -408,7 +408,7 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
         let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
         let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
-        Ok(Box::new(FailingSigner { inner, fail: f }) as Box<dyn anchorlog::signer::HeadSigner>)
+        Ok(Box::new(FailingSigner { inner, fail: f.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
     let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();

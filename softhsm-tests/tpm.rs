@@ -835,7 +835,7 @@ async fn dev_mode_with_tpm_provisions_once_serves_and_takes_swtpm_down() {
 /// returns the sender that stops it and its task.
 async fn serve_in_process(
     a: &mut Appliance,
-    wrap: impl FnOnce(TpmSigner) -> Box<dyn anchorlog::signer::HeadSigner> + Send + 'static,
+    wrap: impl Fn(TpmSigner) -> Box<dyn anchorlog::signer::HeadSigner> + Send + Sync + 'static,
 ) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>) {
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
@@ -1004,7 +1004,8 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
     let down = std::sync::Arc::new(AtomicBool::new(false));
     let switch = down.clone();
     let (stop_tx, server) =
-        serve_in_process(&mut a, move |inner| Box::new(SwitchableSigner { inner, down: switch })).await;
+        serve_in_process(&mut a, move |inner| Box::new(SwitchableSigner { inner, down: switch.clone() }))
+            .await;
 
     // seq 0 is the start record; three events are sealed normally.
     assert_eq!(post_concurrently(&a, 3, 1).await, vec![1, 2, 3]);
@@ -1498,7 +1499,8 @@ async fn a_crash_between_counter_increment_and_storing_the_head_still_starts() {
     let crashed = Arc::new(AtomicBool::new(false));
     let flag = crashed.clone();
     let (stop_tx, server) =
-        serve_in_process(&mut a, move |inner| Box::new(CrashAfterIncrement { inner, crashed: flag })).await;
+        serve_in_process(&mut a, move |inner| Box::new(CrashAfterIncrement { inner, crashed: flag.clone() }))
+            .await;
     assert_eq!(post_concurrently(&a, 5, 1).await, vec![0, 1, 2, 3, 4]);
     let stored = head_counter(&a.wait_for_head(5).await);
 

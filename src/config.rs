@@ -657,6 +657,36 @@ pub struct SignerConfig {
     /// Settings of the TPM 2.0 backend (required when `backend = "tpm"`).
     #[serde(default)]
     pub tpm: Option<TpmConfig>,
+    /// Longest a device call may take before its thread is abandoned and a fresh session opened (ms).
+    #[serde(default = "default_sign_timeout_ms")]
+    pub sign_timeout_ms: u64,
+    /// First pause after an error retrying cannot fix (wrong PIN, key missing, TPM lockout), in ms.
+    #[serde(default = "default_signer_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// The pause doubles at each such error up to this (ms).
+    #[serde(default = "default_signer_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_sign_timeout_ms() -> u64 {
+    crate::signer::health::DEFAULT_SIGN_TIMEOUT_MS
+}
+fn default_signer_backoff_initial_ms() -> u64 {
+    crate::signer::health::DEFAULT_BACKOFF_INITIAL_MS
+}
+fn default_signer_backoff_max_ms() -> u64 {
+    crate::signer::health::DEFAULT_BACKOFF_MAX_MS
+}
+
+impl SignerConfig {
+    /// The supervision of the signer's calls these settings ask for.
+    pub fn supervision(&self) -> crate::signer::SignerSupervision {
+        crate::signer::SignerSupervision {
+            timeout: Duration::from_millis(self.sign_timeout_ms),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+        }
+    }
 }
 
 /// Signer backends.
@@ -907,6 +937,23 @@ impl Config {
             h.parse::<std::net::SocketAddr>().map_err(|_| {
                 invalid("server.health_listen", "expected an IP address and port, e.g. \"127.0.0.1:8081\"")
             })?;
+        }
+        let sg = &self.signer;
+        if !(100..=25_000).contains(&sg.sign_timeout_ms) {
+            return Err(invalid(
+                "signer.sign_timeout_ms",
+                "expected 100..=25000: below the systemd unit's WatchdogSec=30, so a hung device is abandoned \
+                 before the watchdog ends the appliance",
+            ));
+        }
+        if sg.backoff_initial_ms < 100
+            || sg.backoff_max_ms < sg.backoff_initial_ms
+            || sg.backoff_max_ms > 86_400_000
+        {
+            return Err(invalid(
+                "signer.backoff_initial_ms",
+                "expected backoff_initial_ms >= 100 and backoff_initial_ms <= backoff_max_ms <= 86400000 (one day)",
+            ));
         }
         if self.server.reload_poll_s > 3_600 {
             return Err(invalid("server.reload_poll_s", "expected 0 (off) ..= 3600 seconds"));

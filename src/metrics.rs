@@ -66,6 +66,8 @@ pub struct Metrics {
     pub witness_refusals: AtomicU64,
     /// Each configured witness's state, in configuration order.
     pub witnesses: Mutex<Vec<WitnessStatus>>,
+    /// The signer device's timeouts, abandoned threads and back-off (set once the signer is open).
+    pub signer: std::sync::OnceLock<std::sync::Arc<crate::signer::SignerHealth>>,
 }
 
 /// One witness as `/readyz` and `/metrics` show it.
@@ -167,6 +169,11 @@ impl Metrics {
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        if let Some(h) = self.signer.get() {
+            for (name, kind, help, value) in h.metric_rows() {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            }
         }
         self.render_timestamping(&mut out);
         self.render_witnessing(&mut out);

@@ -14,7 +14,7 @@ use std::time::Duration;
 /// One reason the appliance is not ready.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Reason {
-    /// Stable code: `signer_failing`, `sealing_stalled`, `timestamps_overdue`, `cosignatures_overdue`,
+    /// Stable code: `signer_failing`, `signer_hung`, `signer_backing_off`, `sealing_stalled`, `timestamps_overdue`, `cosignatures_overdue`,
     /// `witness_refused`, `disk_nearly_full`, `self_verification_failed`, and while writes fail for a storage fault
     /// `storage_full`, `database_busy`, `database_corrupt`, `storage_io_error`.
     pub code: &'static str,
@@ -55,6 +55,9 @@ impl Readiness {
                     m.seal_failures.load(r)
                 ),
             });
+        }
+        if let Some(h) = m.signer.get() {
+            out.extend(signer_reasons(h));
         }
         let waiting = m.unsealed_since_ms.load(r);
         let stall_ms = i64::try_from(self.seal_interval.as_millis().saturating_mul(3)).unwrap_or(i64::MAX);
@@ -127,6 +130,36 @@ impl Readiness {
     pub fn free_disk_percent(&self) -> Option<f64> {
         free_disk_percent(&self.database_dir)
     }
+}
+
+/// What `/readyz` says about a hung signer or one backed off after an error retrying cannot fix. The messages
+/// carry no counts or ages (those are in `signer_failing` and `/metrics`), so they stay the same while it lasts.
+fn signer_reasons(h: &crate::signer::SignerHealth) -> Vec<Reason> {
+    let r = Ordering::Relaxed;
+    let mut out = Vec::new();
+    if h.hung_since_ms.load(r) > 0 {
+        out.push(Reason {
+            code: "signer_hung",
+            message: format!(
+                "the signer did not answer within signer.sign_timeout_ms = {} ms: the waiting thread was abandoned \
+                 and a fresh session is opened at each attempt; check the HSM or TPM and its link",
+                h.timeout_ms.load(r)
+            ),
+        });
+    }
+    if let Some(b) = h.backoff() {
+        out.push(Reason {
+            code: "signer_backing_off",
+            message: format!(
+                "the signer failed with an error that retrying cannot fix: {}. Attempts are spaced out, doubling up \
+                 to signer.backoff_max_ms = {} ms, so that a wrong PIN cannot lock the token; fix the cause (a wrong \
+                 PIN: write the right one to the PIN file) and the next attempt picks it up",
+                b.error,
+                h.backoff_max_ms.load(r)
+            ),
+        });
+    }
+    out
 }
 
 /// What `/readyz` says about a failing storage: what happened, for how long, and what to do.

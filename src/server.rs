@@ -111,9 +111,22 @@ pub enum ServeError {
          again, or delete the pending rotation file to cancel it"
     )]
     Rotation(String),
+    /// A write or sync of the database failed (EIO): the appliance stopped rather than go on with a file in an
+    /// unknown state (docs/RELIABILITY.md).
+    #[error(
+        "the database's storage failed a write or sync ({0}); the appliance stopped rather than go on with a file in \
+         an unknown state. Every acknowledged event was synced before its answer. Check the disk (dmesg, SMART), \
+         then start again: the start-up check and SQLite's recovery read what is on disk"
+    )]
+    StorageFailed(String),
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The writer's fatal I/O error, if it stopped on one.
+fn app_state_fatal(fatal: &watch::Receiver<Option<String>>) -> Option<String> {
+    fatal.borrow().clone()
 }
 
 /// Opens the configured signer on its own thread.
@@ -129,10 +142,13 @@ fn open_tpm(config: &Config) -> Result<SignerHandle, ServeError> {
     use crate::signer::tpm::{settings_from_config, TpmSigner};
     let t = config.signer.tpm.as_ref().ok_or_else(|| ServeError::Internal("signer.tpm missing".into()))?;
     let (settings, auth) = settings_from_config(t).map_err(SignerError::from)?;
-    Ok(SignerHandle::spawn(move || {
-        let signer = TpmSigner::open(&settings, auth.as_ref())?;
-        Ok(Box::new(signer) as Box<dyn HeadSigner>)
-    })?)
+    Ok(SignerHandle::spawn_supervised(
+        move || {
+            let signer = TpmSigner::open(&settings, auth.as_ref())?;
+            Ok(Box::new(signer) as Box<dyn HeadSigner>)
+        },
+        config.signer.supervision(),
+    )?)
 }
 
 #[cfg(not(feature = "tpm"))]
@@ -142,15 +158,17 @@ fn open_tpm(_config: &Config) -> Result<SignerHandle, ServeError> {
 
 #[cfg(feature = "pkcs11")]
 fn open_pkcs11(config: &Config) -> Result<SignerHandle, ServeError> {
-    use crate::signer::pkcs11::{Pkcs11Settings, Pkcs11Signer};
+    use crate::signer::pkcs11::{Pkcs11Opener, Pkcs11Settings};
     let p =
         config.signer.pkcs11.clone().ok_or_else(|| ServeError::Internal("signer.pkcs11 missing".into()))?;
-    let pin = read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
+    // Checked here first so that a bad PIN file fails the start with the configuration error.
+    read_secret_file("signer.pkcs11.pin_file", &p.pin_file)?;
     let settings = Pkcs11Settings { module: p.module, token_label: p.token_label, key_label: p.key_label };
-    Ok(SignerHandle::spawn(move || {
-        let signer = Pkcs11Signer::open(&settings, &pin)?;
-        Ok(Box::new(signer) as Box<dyn HeadSigner>)
-    })?)
+    let opener = Pkcs11Opener::new(settings, p.pin_file);
+    Ok(SignerHandle::spawn_supervised(
+        move || Ok(Box::new(opener.open()?) as Box<dyn HeadSigner>),
+        config.signer.supervision(),
+    )?)
 }
 
 #[cfg(not(feature = "pkcs11"))]
@@ -322,6 +340,7 @@ impl Service {
         };
         let search_lag = indexer.as_ref().map(IndexerHandle::lag);
         let metrics = Arc::new(Metrics::new());
+        let _ = metrics.signer.set(signer.health());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
         let (appender, writer_thread) = AppenderHandle::start_observed(
@@ -526,8 +545,15 @@ impl Service {
                 .await;
             }
         };
+        let mut fatal = app_state.appender.fatal();
         let signal = async {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                _ = fatal.wait_for(|f| f.is_some()) => {
+                    tracing::error!("stopping: the database's storage failed a write or sync (see above); \
+                        every answer already given stands, nothing more is acknowledged");
+                }
+            }
             crate::systemd::stopping();
             let _ = shutdown_tx.send(true);
         };
@@ -575,6 +601,9 @@ impl Service {
         // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
         if let Some(indexer_thread) = indexer_thread {
             let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+        }
+        if let Some(e) = app_state_fatal(&fatal) {
+            return Err(ServeError::StorageFailed(e));
         }
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())

@@ -73,6 +73,18 @@ impl ApiError {
                 e.retry_after = Some(DATABASE_BUSY_RETRY_AFTER_S);
                 e
             }
+            Some(StorageFault::Io) => {
+                tracing::error!(error = %err, "{context}: the database's storage failed a write or sync");
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    StorageFault::Io.code(),
+                    "the appliance's storage failed a write or sync: this request was not acknowledged and may or \
+                     may not be stored; the appliance stops — send it again with the same event id once it is back \
+                     (a stored copy is answered as a duplicate)",
+                );
+                e.retry_after = Some(STORAGE_FULL_RETRY_AFTER_S);
+                e
+            }
             _ => Self::internal(context, err),
         }
     }

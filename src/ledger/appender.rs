@@ -148,6 +148,8 @@ impl Command {
 pub struct AppenderHandle {
     commands: mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
+    /// Set (once) when the writer stopped on an I/O error it cannot recover from.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl AppenderHandle {
@@ -175,13 +177,23 @@ impl AppenderHandle {
         let frontier = store::tree::load_frontier(&conn, next_seq)?;
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let (committed_tx, committed) = watch::channel(next_seq);
+        let (fatal_tx, fatal) = watch::channel(None);
         let join = std::thread::Builder::new()
             .name("anchorlog-writer".into())
             .spawn(move || {
-                Writer { conn, next_seq, frontier, committed: committed_tx, indexer, observer }.run(rx)
+                Writer {
+                    conn,
+                    next_seq,
+                    frontier,
+                    committed: committed_tx,
+                    indexer,
+                    observer,
+                    fatal: fatal_tx,
+                }
+                .run(rx)
             })
             .map_err(|_| AppendError::Stopped)?;
-        Ok((AppenderHandle { commands, committed }, join))
+        Ok((AppenderHandle { commands, committed, fatal }, join))
     }
 
     /// Appends `events` atomically; returns after they are committed to disk.
@@ -237,6 +249,12 @@ impl AppenderHandle {
         rx.await.map_err(|_| AppendError::Stopped)?
     }
 
+    /// A watch that turns `Some(error)` when the writer stopped on an I/O error (a failed write or fsync): the
+    /// server then stops, since nothing can be acknowledged any more.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.clone()
+    }
+
     /// A watch of the number of committed events (the next seq).
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -251,6 +269,8 @@ struct Writer {
     committed: watch::Sender<u64>,
     indexer: Option<IndexerHandle>,
     observer: WriterObserver,
+    /// Set when a write or sync failed with an I/O error: the writer stops (docs/RELIABILITY.md, fsyncgate).
+    fatal: watch::Sender<Option<String>>,
 }
 
 /// What the writer thread reports as it goes (the server feeds its metrics; this module knows no metrics).
@@ -283,6 +303,12 @@ impl Writer {
                 }
             }
             self.apply_group(group);
+            if self.fatal.borrow().is_some() {
+                // The file's state after a failed write or sync is unknown (the kernel may have dropped the dirty
+                // pages it could not write): nothing more is written, not even the final checkpoint. The waiters
+                // still queued hear "writer stopped"; the next start recovers from what is on disk.
+                return;
+            }
         }
         // A clean stop leaves a self-contained database file: fold the WAL back in, so a copy of the .db alone
         // (a backup, an export to an auditor) holds everything.
@@ -320,6 +346,11 @@ impl Writer {
                 self.next_seq = start_seq;
                 self.frontier = start_frontier;
                 fail_group(group, start_seq, &e);
+                if e.fault() == Some(crate::store::fault::StorageFault::Io) {
+                    tracing::error!(error = %e, "writer: a write or sync of the database failed; stopping the writer \
+                        (nothing more is written to a file in an unknown state; restart on a healthy disk)");
+                    self.fatal.send_replace(Some(e.to_string()));
+                }
                 return;
             }
             // Not reached: with a savepoint per request a failing request is an answer, not a failed attempt.
@@ -505,7 +536,12 @@ enum Done {
 
 /// Nothing of this group is on disk: fails every waiter.
 fn fail_group(group: Vec<Command>, start_seq: u64, e: &StoreError) {
-    tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
+    if e.fault() == Some(crate::store::fault::StorageFault::Io) {
+        // After a failed write or sync the transaction's frames may be on disk or not: not acknowledged, unknown.
+        tracing::error!(error = %e, "writer: group commit failed on an I/O error; nothing of this group is acknowledged");
+    } else {
+        tracing::error!(error = %e, "writer: group commit failed; nothing of this group was stored");
+    }
     // The cause's storage fault (full disk, lock held elsewhere) decides what callers answer.
     let err = || {
         AppendError::Store(StoreError::GroupCommit {

@@ -88,6 +88,16 @@ impl OutageRecorder {
 
     /// An attempt failed with `error`: the first failure after a success starts an outage and is recorded.
     pub async fn failed(&mut self, error: &str) {
+        self.failed_with(error, false).await
+    }
+
+    /// Like [`OutageRecorder::failed`] for an error retrying cannot fix (a wrong PIN, a missing key): alerted at
+    /// once, not after the threshold, since it lasts until an operator acts.
+    pub async fn failed_unrecoverable(&mut self, error: &str) {
+        self.failed_with(error, true).await
+    }
+
+    async fn failed_with(&mut self, error: &str, alert_now: bool) {
         let since = match &mut self.outage {
             Some((since, failures)) => {
                 *failures += 1;
@@ -100,7 +110,7 @@ impl OutageRecorder {
                 since
             }
         };
-        self.alert_if_long(since, error);
+        self.alert_if_long(since, error, alert_now);
     }
 
     /// An attempt succeeded: an outage in progress ends and is recorded with its start and failure count.
@@ -116,10 +126,10 @@ impl OutageRecorder {
         }
     }
 
-    fn alert_if_long(&self, since: i64, error: &str) {
+    fn alert_if_long(&self, since: i64, error: &str, alert_now: bool) {
         let (Some(a), Some(kind)) = (&self.alert, AlertKind::of_component(self.component)) else { return };
         let lasted_ms = (crate::store::now_ms() - since).max(0);
-        if u128::try_from(lasted_ms).unwrap_or(0) < a.threshold.as_millis() {
+        if !alert_now && u128::try_from(lasted_ms).unwrap_or(0) < a.threshold.as_millis() {
             return;
         }
         let failures = self.outage.map_or(0, |(_, n)| n);

@@ -226,8 +226,19 @@ impl Sealer {
                         Ordering::Relaxed,
                         Ordering::Relaxed,
                     );
-                    tracing::error!(error = %e, tree_size = target, "seal failed; events stay stored and will be sealed on a later attempt");
-                    self.outage.failed(&e.to_string()).await;
+                    if matches!(e, SealError::Sign(crate::signer::SignerError::BackingOff { .. })) {
+                        // The error that started the back-off was logged once at its attempt; not every tick.
+                        tracing::debug!(error = %e, tree_size = target, "seal skipped: the signer is backing off");
+                    } else {
+                        tracing::error!(error = %e, tree_size = target, "seal failed; events stay stored and will be sealed on a later attempt");
+                    }
+                    match &e {
+                        // A device error retrying cannot fix (or its back-off) lasts until an operator acts.
+                        SealError::Sign(se) if !se.is_retryable() => {
+                            self.outage.failed_unrecoverable(&e.to_string()).await
+                        }
+                        _ => self.outage.failed(&e.to_string()).await,
+                    }
                     return;
                 }
             }

@@ -40,6 +40,56 @@ pub enum SignerError {
     /// A fault injected by a test double (only used by fault-injection tests).
     #[error("injected fault: {0}")]
     Injected(String),
+    /// A non-retryable fault, injected by a test double (only used by fault-injection tests).
+    #[error("injected unrecoverable fault: {0}")]
+    InjectedUnrecoverable(String),
+    /// The device did not answer within `signer.sign_timeout_ms`: the thread waiting in it was abandoned and the
+    /// next call opens a fresh session on a new thread (docs/RELIABILITY.md, "A hung or slow HSM/TPM").
+    #[error(
+        "the signer did not answer within {timeout_ms} ms (signer.sign_timeout_ms): its thread was abandoned in the \
+         device ({stuck} abandoned threads still waiting) and the next attempt opens a fresh session"
+    )]
+    Timeout {
+        /// The configured timeout.
+        timeout_ms: u64,
+        /// Abandoned threads still blocked in the device, this one included.
+        stuck: usize,
+    },
+    /// Too many abandoned threads are still blocked in the device to open another one.
+    #[error(
+        "{stuck} signer threads are still blocked in the device after timing out; no further session is opened \
+         until one of them returns (the device or its link is hung: check it, restart it or the appliance)"
+    )]
+    Stuck {
+        /// Abandoned threads still blocked in the device.
+        stuck: usize,
+    },
+    /// An earlier error that retrying cannot fix is being backed off: the device was not called.
+    #[error(
+        "not retried for another {retry_in_ms} ms (back-off after an error retrying cannot fix): {error}"
+    )]
+    BackingOff {
+        /// The error that started the back-off.
+        error: String,
+        /// When the next attempt may touch the device.
+        retry_in_ms: u64,
+    },
+    /// The PIN file still holds the PIN the token refused: logging in with it again would only count towards
+    /// locking the token, so it is not tried.
+    #[error(
+        "the PIN in {path} is the one the token refused (CKR_PIN_INCORRECT); not logging in with it again, since \
+         every attempt counts towards locking the token: write the correct PIN to that file (no restart needed)"
+    )]
+    PinRefusedBefore {
+        /// The PIN file.
+        path: String,
+    },
+    /// The PIN file could not be read when reopening the device.
+    #[error("cannot read the PIN file to reopen the signer: {0}")]
+    PinFile(String),
+    /// A reopened device holds a different key than the one this run signs with.
+    #[error("after reopening, the device holds a different key ({0}) than the one this run signs with; restart to use it")]
+    KeyChanged(String),
 }
 
 impl SignerError {
@@ -50,8 +100,17 @@ impl SignerError {
             SignerError::Pkcs11(e) => e.is_retryable(),
             #[cfg(feature = "tpm")]
             SignerError::Tpm(e) => e.is_retryable(),
-            SignerError::Injected(_) | SignerError::ThreadStopped => true,
-            SignerError::Unavailable(_) | SignerError::UnsupportedKey(_) => false,
+            SignerError::Injected(_)
+            | SignerError::ThreadStopped
+            | SignerError::Timeout { .. }
+            | SignerError::Stuck { .. } => true,
+            SignerError::Unavailable(_)
+            | SignerError::UnsupportedKey(_)
+            | SignerError::InjectedUnrecoverable(_)
+            | SignerError::BackingOff { .. }
+            | SignerError::PinRefusedBefore { .. }
+            | SignerError::PinFile(_)
+            | SignerError::KeyChanged(_) => false,
         }
     }
 }
@@ -81,6 +140,10 @@ pub trait HeadSigner: Send {
     /// same), so another signer can use a device that serves one connection at a time (swtpm). No-op where the
     /// device serves many (PKCS#11).
     fn release(&mut self) {}
+    /// Lets go of a device whose call outlived its timeout, on the abandoned thread once the call returned. The
+    /// default closes it like a drop; PKCS#11 closes its session but never calls `C_Finalize`, which would end
+    /// every session of the process, the fresh one's included.
+    fn abandon(self: Box<Self>) {}
 }
 
 #[cfg(feature = "pkcs11")]
@@ -93,6 +156,9 @@ impl HeadSigner for pkcs11::Pkcs11Signer {
     }
     fn describe(&self) -> String {
         pkcs11::Pkcs11Signer::describe(self)
+    }
+    fn abandon(self: Box<Self>) {
+        pkcs11::Pkcs11Signer::abandon(*self)
     }
 }
 
@@ -177,127 +243,11 @@ impl PublicKey {
     }
 }
 
+pub mod health;
+pub use health::{SignerHealth, SignerSupervision};
+
 #[cfg(feature = "server")]
 pub use thread::SignerHandle;
 
 #[cfg(feature = "server")]
-mod thread {
-    use super::{CounterObservation, HeadCounter, HeadSigner, PublicKey, SignerError};
-    use tokio::sync::{mpsc, oneshot};
-
-    type Reply<T> = oneshot::Sender<Result<T, SignerError>>;
-
-    /// One device call, run on the signer thread in the order sent.
-    enum Job {
-        Sign(Vec<u8>, Reply<Vec<u8>>),
-        AdvanceCounter(Option<u64>, Reply<Option<HeadCounter>>),
-        ReadCounter(Reply<Option<CounterObservation>>),
-        Release(Reply<()>),
-        Close(Reply<()>),
-    }
-
-    /// Async handle to a signer that lives on its own OS thread.
-    #[derive(Clone)]
-    pub struct SignerHandle {
-        jobs: mpsc::Sender<Job>,
-        public_key: PublicKey,
-        description: String,
-    }
-
-    impl SignerHandle {
-        /// Opens the signer on a new thread (so every device call, including opening, happens there) and
-        /// returns once it is ready, or with the error that prevented it.
-        pub fn spawn<F>(open: F) -> Result<SignerHandle, SignerError>
-        where
-            F: FnOnce() -> Result<Box<dyn HeadSigner>, SignerError> + Send + 'static,
-        {
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let (jobs, mut rx) = mpsc::channel::<Job>(64);
-            std::thread::Builder::new()
-                .name("anchorlog-signer".into())
-                .spawn(move || {
-                    let mut signer = match open() {
-                        Ok(s) => s,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let info = (signer.public_key_spki_der(), signer.describe());
-                    if ready_tx.send(Ok(info)).is_err() {
-                        return;
-                    }
-                    while let Some(job) = rx.blocking_recv() {
-                        // A caller that gave up waiting is not an error of the device: sends may fail.
-                        match job {
-                            Job::Release(reply) => {
-                                signer.release();
-                                let _ = reply.send(Ok(()));
-                            }
-                            Job::Close(reply) => {
-                                // The device is let go of before the caller hears back.
-                                drop(signer);
-                                let _ = reply.send(Ok(()));
-                                return;
-                            }
-                            Job::Sign(message, reply) => {
-                                let _ = reply.send(signer.sign(&message));
-                            }
-                            Job::AdvanceCounter(above, reply) => {
-                                let _ = reply.send(signer.advance_counter(above));
-                            }
-                            Job::ReadCounter(reply) => {
-                                let _ = reply.send(signer.read_counter());
-                            }
-                        }
-                    }
-                })
-                .map_err(|_| SignerError::ThreadStopped)?;
-            let (spki, description) = ready_rx.recv().map_err(|_| SignerError::ThreadStopped)??;
-            let public_key = PublicKey::from_spki_der(&spki)?;
-            Ok(SignerHandle { jobs, public_key, description })
-        }
-
-        /// Signs `message` on the signer thread.
-        pub async fn sign(&self, message: Vec<u8>) -> Result<Vec<u8>, SignerError> {
-            self.call(|tx| Job::Sign(message, tx)).await
-        }
-
-        /// Reserves the counter value for the next head on the signer thread
-        /// ([`HeadSigner::advance_counter`]).
-        pub async fn advance_counter(&self, above: Option<u64>) -> Result<Option<HeadCounter>, SignerError> {
-            self.call(|tx| Job::AdvanceCounter(above, tx)).await
-        }
-
-        /// Reads the device's counter on the signer thread ([`HeadSigner::read_counter`]).
-        pub async fn read_counter(&self) -> Result<Option<CounterObservation>, SignerError> {
-            self.call(Job::ReadCounter).await
-        }
-
-        /// Lets go of the device connection until the next call ([`HeadSigner::release`]).
-        pub async fn release(&self) -> Result<(), SignerError> {
-            self.call(Job::Release).await
-        }
-
-        /// Closes the signer: returns once the device was let go of; every clone fails from then on.
-        pub async fn close(self) -> Result<(), SignerError> {
-            self.call(Job::Close).await
-        }
-
-        async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, SignerError> {
-            let (tx, rx) = oneshot::channel();
-            self.jobs.send(job(tx)).await.map_err(|_| SignerError::ThreadStopped)?;
-            rx.await.map_err(|_| SignerError::ThreadStopped)?
-        }
-
-        /// The signer's public key.
-        pub fn public_key(&self) -> &PublicKey {
-            &self.public_key
-        }
-
-        /// Description of the device and key.
-        pub fn description(&self) -> &str {
-            &self.description
-        }
-    }
-}
+mod thread;

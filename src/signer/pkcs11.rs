@@ -758,6 +758,15 @@ impl Pkcs11Signer {
         Ok(())
     }
 
+    /// Lets go of a signer whose thread was abandoned after a timeout: closes its session but leaves the module
+    /// initialised. `C_Finalize` acts on the whole process: called here, it would end the session the replacement
+    /// thread opened meanwhile. The module stays loaded until the process ends.
+    pub fn abandon(self) {
+        let Pkcs11Signer { connection, module, .. } = self;
+        drop(connection);
+        std::mem::forget(module);
+    }
+
     /// Reads the private key's label, id and protection flags back from the token.
     pub fn key_attributes(&self) -> Result<KeyAttributes, Pkcs11Error> {
         let connection = self.connection.as_ref().ok_or(Pkcs11Error::Device {
@@ -911,6 +920,60 @@ fn new_pin_error(which: &'static str, operation: &'static str, err: CkError) -> 
             Pkcs11Error::InvalidNewPin { which, reason: ckr_name(rv) }
         }
         other => device(operation, other),
+    }
+}
+
+/// Opens the PKCS#11 signer reading the PIN file at every call (so a corrected PIN file is picked up without a
+/// restart), and never logs in again with a PIN the token refused: every `CKR_PIN_INCORRECT` counts towards
+/// locking the token, so after a PIN change on the token the appliance costs it at most one failed login per
+/// distinct wrong PIN, whatever the back-off (docs/RELIABILITY.md).
+pub struct Pkcs11Opener {
+    settings: Pkcs11Settings,
+    pin_file: PathBuf,
+    /// SHA-256 of the PIN the token last refused (never the PIN itself).
+    refused: std::sync::Mutex<Option<[u8; 32]>>,
+    login_attempts: std::sync::atomic::AtomicU64,
+}
+
+impl Pkcs11Opener {
+    /// An opener for `settings` with the PIN in `pin_file` (owner-only mode, one line).
+    pub fn new(settings: Pkcs11Settings, pin_file: PathBuf) -> Self {
+        Pkcs11Opener {
+            settings,
+            pin_file,
+            refused: std::sync::Mutex::new(None),
+            login_attempts: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Opens the signer (one `C_Login`), unless the PIN file holds the PIN the token refused last.
+    pub fn open(&self) -> Result<Pkcs11Signer, super::SignerError> {
+        let pin = crate::config::read_secret_file("signer.pkcs11.pin_file", &self.pin_file)
+            .map_err(|e| super::SignerError::PinFile(e.to_string()))?;
+        let digest: [u8; 32] = Sha256::digest(pin.as_bytes()).into();
+        let mut refused = self.refused.lock().map_err(|_| super::SignerError::ThreadStopped)?;
+        if *refused == Some(digest) {
+            return Err(super::SignerError::PinRefusedBefore { path: self.pin_file.display().to_string() });
+        }
+        self.login_attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match Pkcs11Signer::open(&self.settings, &pin) {
+            Err(Pkcs11Error::WrongPin) => {
+                *refused = Some(digest);
+                Err(Pkcs11Error::WrongPin.into())
+            }
+            other => {
+                if other.is_ok() {
+                    *refused = None;
+                }
+                Ok(other?)
+            }
+        }
+    }
+
+    /// How many times [`Pkcs11Opener::open`] went to the token with a PIN (each one `C_Login` unless the module,
+    /// token or mechanism was missing first).
+    pub fn login_attempts(&self) -> u64 {
+        self.login_attempts.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
