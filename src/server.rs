@@ -170,6 +170,7 @@ pub struct Service {
     witnessing: Option<CosignerSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
+    syslog_listener: Option<TcpListener>,
     tls: ClientTrust,
     source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
@@ -245,6 +246,14 @@ impl Service {
             ),
             None => None,
         };
+        let syslog_listener = match &config.server.syslog_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
         Ok(Service {
             config,
             signer,
@@ -254,6 +263,7 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            syslog_listener,
             tls: loaded.tls,
             source_tls: loaded.source_tls,
             timestamping,
@@ -277,6 +287,11 @@ impl Service {
         self.source_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The bound address of the syslog listener (`server.syslog_listen`), if configured.
+    pub fn syslog_addr(&self) -> Option<SocketAddr> {
+        self.syslog_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The bound address of the mTLS listener.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
@@ -293,6 +308,7 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            syslog_listener,
             tls: tls_config,
             source_tls,
             timestamping,
@@ -316,11 +332,17 @@ impl Service {
         let metrics = Arc::new(Metrics::new());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
+        let slow_writer = writer_fault_delay();
         let (appender, writer_thread) = AppenderHandle::start_observed(
             writer_conn,
             indexer,
             WriterObserver {
-                on_commit: Box::new(move |events| commit_sizes.observe(events as f64)),
+                on_commit: Box::new(move |events| {
+                    commit_sizes.observe(events as f64);
+                    if let Some(delay) = slow_writer {
+                        std::thread::sleep(delay);
+                    }
+                }),
                 on_replay: Box::new(move || replays.inc()),
             },
         )?;
@@ -512,6 +534,29 @@ impl Service {
                 .await;
             }
         };
+        let syslog_trust = trust.clone();
+        let syslog_loop = async {
+            if let Some(l) = syslog_listener {
+                let ctx = Arc::new(crate::syslog::SyslogContext {
+                    appender: app_state.appender.clone(),
+                    sources: app_state.sources.clone(),
+                    metrics: app_state.metrics.clone(),
+                    denials: app_state.denials.clone(),
+                    config: config.syslog.clone(),
+                    search_enabled: config.search.enabled,
+                    handshake_timeout: config.limits.handshake_timeout(),
+                });
+                crate::syslog::serve(
+                    l,
+                    syslog_trust.clone(),
+                    ctx,
+                    stopped(shutdown_rx.clone()),
+                    listener_gate(crate::listen::ListenerKind::Syslog),
+                    Duration::from_secs(config.server.shutdown_grace_s),
+                )
+                .await;
+            }
+        };
         let signal = async {
             shutdown.await;
             crate::systemd::stopping();
@@ -528,6 +573,7 @@ impl Service {
                 listener_gate(crate::listen::ListenerKind::Mtls)
             ),
             source_loop,
+            syslog_loop,
             signal
         );
         let _ = summaries.await;
@@ -565,6 +611,18 @@ impl Service {
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
     }
+}
+
+/// Test-only fault hook (debug builds only; a release build never reads it): `ANCHORLOG_FAULT_WRITER_DELAY_MS`
+/// makes the writer thread pause that long after every group commit, so tests can hold the writer behind its
+/// producers (the syslog listener's back-pressure). Like the other fault doubles, it is absent from what ships.
+fn writer_fault_delay() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let ms: u64 = std::env::var("ANCHORLOG_FAULT_WRITER_DELAY_MS").ok()?.parse().ok()?;
+    tracing::warn!(ms, "test fault hook: the writer pauses {ms} ms after every group commit");
+    Some(Duration::from_millis(ms))
 }
 
 /// The key the log's chain starts with: head 0's, as the database recorded it (`None` for a log without heads, or
