@@ -312,6 +312,10 @@ async fn rsyslog_forwards_10000_rfc5424_messages_over_mutual_tls_octet_counted_s
         r["entry_fields"]["producer"], "producer-1",
         "the certificate's principal is the producer: {r}"
     );
+    // rsyslog is still connected: a SIGTERM stops reading it, commits, and exits cleanly within the harness's bound.
+    let mut a = a;
+    assert!(a.sigterm().success(), "{}", a.server_log());
+    assert_eq!(stored(&a).len(), 10_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,4 +561,36 @@ async fn with_the_writer_slowed_rsyslog_is_held_back_and_nothing_is_lost() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(metric(&a, "anchorlog_syslog_frames_total{outcome=\"stored\"}").await, N as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lf_framing_stores_each_line_and_nothing_of_a_line_cut_by_the_close() {
+    let a = Appliance::start_with(Options {
+        extra_config: format!("{SYSLOG_SOURCE}\n[syslog]\nframing = \"lf\"\n"),
+        ..syslog_options()
+    });
+    let mut tls = tls_client(&a, Some("producer")).await.unwrap();
+    tls.write_all(b"<13>1 - - - - - - one\n\n<13>Dec  7 11:00:00 host app[1]: two\r\n<13>1 - - - - - - thr")
+        .await
+        .unwrap();
+    tls.shutdown().await.unwrap();
+    let got = wait_stored(&a, 2, Duration::from_secs(30), None).await;
+    let bodies: Vec<&[u8]> = got.iter().map(|(_, b)| b.as_slice()).collect();
+    assert_eq!(
+        bodies,
+        [&b"<13>1 - - - - - - one"[..], b"<13>Dec  7 11:00:00 host app[1]: two\r"],
+        "a blank line is no message; a CR stays"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&a, "anchorlog_syslog_frames_total{outcome=\"truncated\"}").await < 1
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(&a, "anchorlog_syslog_frames_total{outcome=\"truncated\"}").await,
+        1,
+        "the line without its LF"
+    );
+    assert_eq!(stored(&a).len(), 2);
 }

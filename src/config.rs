@@ -1786,6 +1786,47 @@ identities = ["dns:idp.example.org"]
     }
 
     #[test]
+    fn the_syslog_listener_and_its_sources_are_validated() {
+        let ok = format!(
+            "{}\n[[source]]\nname = \"bastion\"\nformat = \"syslog\"\nprincipals = [\"idp\"]\n",
+            MINIMAL.replace("client_ca_files", "syslog_listen = \"127.0.0.1:6514\"\nclient_ca_files")
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.server.syslog_listen.as_deref(), Some("127.0.0.1:6514"));
+        assert_eq!(c.syslog, SyslogConfig::default());
+        assert_eq!(
+            (
+                c.syslog.framing,
+                c.syslog.max_message_bytes,
+                c.syslog.max_in_flight_messages,
+                c.syslog.idle_timeout_s
+            ),
+            (SyslogFraming::OctetCounted, 65_536, 10_000, 600)
+        );
+        let lf = format!("{ok}\n[syslog]\nframing = \"lf\"\n");
+        assert_eq!(Config::parse(&lf).unwrap().syslog.framing, SyslogFraming::Lf);
+        let cases = [
+            (ok.replace("127.0.0.1:6514", "localhost"), "`server.syslog_listen`"),
+            (format!("{ok}\n[syslog]\nframing = \"crlf\"\n"), "unknown variant `crlf`"),
+            (format!("{ok}\n[syslog]\nmax_message_bytes = 1024\n"), "`syslog.max_message_bytes`"),
+            (format!("{ok}\n[syslog]\nmax_in_flight_messages = 0\n"), "`syslog.max_in_flight_messages`"),
+            (format!("{ok}\n[syslog]\nidle_timeout_s = 0\n"), "`syslog.idle_timeout_s`"),
+            (
+                format!("{ok}\n[[source]]\nname = \"other\"\nformat = \"syslog\"\nprincipals = [\"idp\"]\n"),
+                "already a principal of syslog source \"bastion\"",
+            ),
+            (
+                ok.replace("principals = [\"idp\"]", "secret_auth = \"bearer\"\nsecret_file = \"s\""),
+                "`source[0].secret_auth`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
     fn identities_are_normalized() {
         assert_eq!(normalize_identity("dns:Foo.Example").unwrap(), "dns:foo.example");
         assert_eq!(
