@@ -477,6 +477,10 @@ pub struct SyslogConfig {
     /// reading that connection until the writer has committed them (back-pressure, never a drop).
     #[serde(default = "default_syslog_max_in_flight")]
     pub max_in_flight_messages: usize,
+    /// Most bytes of such messages one connection may hold (the memory bound per connection, with one read buffer
+    /// and one partial message); at least `max_message_bytes`.
+    #[serde(default = "default_syslog_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
     /// Seconds a connection may stay silent before it is closed (a half-open TCP peer holds a slot otherwise).
     #[serde(default = "default_syslog_idle_timeout_s")]
     pub idle_timeout_s: u64,
@@ -488,6 +492,7 @@ impl Default for SyslogConfig {
             framing: SyslogFraming::default(),
             max_message_bytes: default_syslog_max_message_bytes(),
             max_in_flight_messages: default_syslog_max_in_flight(),
+            max_in_flight_bytes: default_syslog_max_in_flight_bytes(),
             idle_timeout_s: default_syslog_idle_timeout_s(),
         }
     }
@@ -498,6 +503,9 @@ fn default_syslog_max_message_bytes() -> usize {
 }
 fn default_syslog_max_in_flight() -> usize {
     10_000
+}
+fn default_syslog_max_in_flight_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_syslog_idle_timeout_s() -> u64 {
     600
@@ -1178,6 +1186,12 @@ impl Config {
         if !(1..=1_000_000).contains(&s.max_in_flight_messages) {
             return Err(invalid("syslog.max_in_flight_messages", "expected 1..=1000000"));
         }
+        if !(s.max_message_bytes..=1024 * 1024 * 1024).contains(&s.max_in_flight_bytes) {
+            return Err(invalid(
+                "syslog.max_in_flight_bytes",
+                format!("expected syslog.max_message_bytes ({})..=1073741824 bytes", s.max_message_bytes),
+            ));
+        }
         if !(1..=86_400).contains(&s.idle_timeout_s) {
             return Err(invalid("syslog.idle_timeout_s", "expected 1..=86400 seconds"));
         }
@@ -1811,6 +1825,7 @@ identities = ["dns:idp.example.org"]
             (format!("{ok}\n[syslog]\nmax_message_bytes = 1024\n"), "`syslog.max_message_bytes`"),
             (format!("{ok}\n[syslog]\nmax_in_flight_messages = 0\n"), "`syslog.max_in_flight_messages`"),
             (format!("{ok}\n[syslog]\nidle_timeout_s = 0\n"), "`syslog.idle_timeout_s`"),
+            (format!("{ok}\n[syslog]\nmax_in_flight_bytes = 4096\n"), "`syslog.max_in_flight_bytes`"),
             (
                 format!("{ok}\n[[source]]\nname = \"other\"\nformat = \"syslog\"\nprincipals = [\"idp\"]\n"),
                 "already a principal of syslog source \"bastion\"",

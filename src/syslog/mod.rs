@@ -11,9 +11,9 @@
 //!
 //! Durability. RFC 5425 has no acknowledgement: a sender cannot learn from the protocol when a message is safe.
 //! A message is durable once the writer's group commit that holds it has returned (fsync); until then it is *in
-//! flight*. Each connection holds at most `syslog.max_in_flight_messages` in flight: at that bound the listener
-//! stops reading the connection (TCP flow control then stops the sender, whose own queue holds the rest) until
-//! commits free room — back-pressure, never a drop. A connection that ends — cleanly, by the idle timeout, a
+//! flight*. Each connection holds at most `syslog.max_in_flight_messages` messages and `max_in_flight_bytes`
+//! bytes in flight: at that bound the listener stops reading the connection (TCP flow control then stops the
+//! sender, whose own queue holds the rest) until commits free room — back-pressure, never a drop. A connection that ends — cleanly, by the idle timeout, a
 //! framing error or a reload — has everything it delivered whole committed before its task ends; a frame cut
 //! by the end of the connection stores nothing. What can be lost is what a crash (kill -9, power) catches in
 //! flight — at most `max_in_flight_messages` per connection plus what the sender had written into its socket —
@@ -193,8 +193,8 @@ async fn pump<S: tokio::io::AsyncRead + Unpin>(
     registration: Registration,
     stop: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(ctx.config.max_in_flight_messages));
-    // A handful of batches queued between reader and committer; the permits are the real bound.
+    let permits = Arc::new(InFlight::new(&ctx.config));
+    // A handful of batches queued between reader and committer; the in-flight budget is the real bound.
     let (tx, rx) = mpsc::channel::<Vec<Vec<u8>>>(16);
     let committer = tokio::spawn(commit_loop(ctx.clone(), origin, rx, permits.clone(), stop.clone()));
     let ended = read_loop(&ctx, &mut stream, tx, &permits, &registration, stop).await;
@@ -208,7 +208,7 @@ async fn read_loop<S: tokio::io::AsyncRead + Unpin>(
     ctx: &SyslogContext,
     stream: &mut S,
     tx: mpsc::Sender<Vec<Vec<u8>>>,
-    permits: &Arc<Semaphore>,
+    permits: &Arc<InFlight>,
     registration: &Registration,
     mut stop: watch::Receiver<bool>,
 ) -> &'static str {
@@ -235,32 +235,23 @@ async fn read_loop<S: tokio::io::AsyncRead + Unpin>(
             if message.is_empty() {
                 continue;
             }
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => p.forget(),
-                Err(_) => {
-                    // The bound: hand over what is decoded, then read nothing more until the writer catches up.
-                    ctx.metrics.instruments.syslog_read_paused();
-                    if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
-                        return "committer stopped";
-                    }
-                    let ended = tokio::select! {
-                        p = permits.clone().acquire_owned() => match p {
-                            Ok(p) => {
-                                p.forget();
-                                None
-                            }
-                            Err(_) => Some("closed"),
-                        },
-                        _ = stop.wait_for(|s| *s) => Some("shutdown"),
-                        _ = registration.closed() => Some("certificate no longer accepted"),
-                    };
-                    if let Some(ended) = ended {
-                        // The message in hand arrived whole: it goes to the committer (the bound no longer matters,
-                        // reading ends here); what follows it in the buffer is not read on.
-                        let _ = tx.send(vec![message]).await;
-                        count_cut(ctx, &buf[pos..]);
-                        return ended;
-                    }
+            if !permits.try_take(message.len()) {
+                // The bound: hand over what is decoded, then read nothing more until the writer catches up.
+                ctx.metrics.instruments.syslog_read_paused();
+                if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                    return "committer stopped";
+                }
+                let ended = tokio::select! {
+                    taken = permits.take(message.len()) => (!taken).then_some("closed"),
+                    _ = stop.wait_for(|s| *s) => Some("shutdown"),
+                    _ = registration.closed() => Some("certificate no longer accepted"),
+                };
+                if let Some(ended) = ended {
+                    // The message in hand arrived whole: it goes to the committer (the bound no longer matters,
+                    // reading ends here); what follows it in the buffer is not read on.
+                    let _ = tx.send(vec![message]).await;
+                    count_cut(ctx, &buf[pos..]);
+                    return ended;
                 }
             }
             batch.push(message);
@@ -325,7 +316,7 @@ async fn commit_loop(
     ctx: Arc<SyslogContext>,
     origin: Origin,
     mut rx: mpsc::Receiver<Vec<Vec<u8>>>,
-    permits: Arc<Semaphore>,
+    permits: Arc<InFlight>,
     stop: watch::Receiver<bool>,
 ) {
     let mut failures = RateLimitedLog::default();
@@ -334,6 +325,7 @@ async fn commit_loop(
             messages.extend(more);
         }
         let n = messages.len();
+        let bytes: usize = messages.iter().map(Vec::len).sum();
         let mut pause = RETRY_INITIAL;
         loop {
             let received_at_ns = crate::store::now_ns();
@@ -367,7 +359,55 @@ async fn commit_loop(
                 }
             }
         }
-        permits.add_permits(n);
+        permits.release(n, bytes);
+    }
+}
+
+/// What one connection may hold received but uncommitted: `syslog.max_in_flight_messages` messages and
+/// `syslog.max_in_flight_bytes` bytes of them (the memory bound: a connection holds at most that much, plus one
+/// read buffer and one partial frame of at most `max_message_bytes`).
+struct InFlight {
+    messages: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+}
+
+impl InFlight {
+    fn new(c: &SyslogConfig) -> InFlight {
+        InFlight {
+            messages: Arc::new(Semaphore::new(c.max_in_flight_messages)),
+            bytes: Arc::new(Semaphore::new(c.max_in_flight_bytes)),
+        }
+    }
+
+    /// Takes room for one message of `len` bytes if there is some now (the configuration makes every message fit:
+    /// `max_in_flight_bytes` ≥ `max_message_bytes`).
+    fn try_take(&self, len: usize) -> bool {
+        let Ok(len) = u32::try_from(len) else { return false };
+        let Ok(message) = self.messages.clone().try_acquire_owned() else { return false };
+        match self.bytes.clone().try_acquire_many_owned(len) {
+            Ok(bytes) => {
+                message.forget();
+                bytes.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for room for one message of `len` bytes; false if it can never come (a closed budget).
+    async fn take(&self, len: usize) -> bool {
+        let Ok(len) = u32::try_from(len) else { return false };
+        let Ok(message) = self.messages.clone().acquire_owned().await else { return false };
+        let Ok(bytes) = self.bytes.clone().acquire_many_owned(len).await else { return false };
+        message.forget();
+        bytes.forget();
+        true
+    }
+
+    /// Gives back the room of `n` committed messages of `bytes` bytes in all.
+    fn release(&self, n: usize, bytes: usize) {
+        self.messages.add_permits(n);
+        self.bytes.add_permits(bytes);
     }
 }
 
@@ -412,4 +452,25 @@ fn new_events(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_room_is_bounded_by_messages_and_by_bytes_and_comes_back_after_a_commit() {
+        let c =
+            SyslogConfig { max_in_flight_messages: 3, max_in_flight_bytes: 10, ..SyslogConfig::default() };
+        let room = InFlight::new(&c);
+        assert!(room.try_take(4) && room.try_take(4));
+        assert!(!room.try_take(4), "12 bytes would exceed 10");
+        assert!(room.try_take(2), "10 bytes, 3 messages: full");
+        assert!(!room.try_take(0), "a fourth message exceeds 3 messages");
+        assert_eq!((room.messages.available_permits(), room.bytes.available_permits()), (0, 0));
+        room.release(2, 8);
+        assert_eq!((room.messages.available_permits(), room.bytes.available_permits()), (2, 8));
+        assert!(room.take(8).await);
+        assert!(!room.try_take(1));
+    }
 }
