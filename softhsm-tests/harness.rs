@@ -60,6 +60,8 @@ pub struct Options {
     pub extra_config: String,
     /// Open the source listener (secret-authenticated sources) on 127.0.0.1:0.
     pub source_listen: bool,
+    /// Open the syslog listener (`server.syslog_listen`) on 127.0.0.1:0.
+    pub syslog_listen: bool,
     /// Record starts, stops, outages and refused access in the log (`server.record_appliance_events`). Off by
     /// default here: most tests assert the exact seqs of the events they post; e2e.rs, tpm.rs and tsa_e2e.rs
     /// test the records themselves.
@@ -98,6 +100,7 @@ impl Default for Options {
             max_body_bytes: 1024 * 1024,
             extra_config: String::new(),
             source_listen: false,
+            syslog_listen: false,
             record_appliance_events: false,
             origin: "anchorlog.test/e2e".into(),
             env: Vec::new(),
@@ -122,6 +125,8 @@ pub struct Appliance {
     pub addr: Option<SocketAddr>,
     /// The source listener's address (when `Options::source_listen`).
     pub source_addr: Option<SocketAddr>,
+    /// The syslog listener's address (when `Options::syslog_listen`).
+    pub syslog_addr: Option<SocketAddr>,
     stderr_log: PathBuf,
     /// The test's swtpm when `options.signer` is [`TestSigner::Tpm`]; dropped after the server is killed.
     pub tpm: Option<Swtpm>,
@@ -177,6 +182,7 @@ impl Appliance {
             child: None,
             addr: None,
             source_addr: None,
+            syslog_addr: None,
             stderr_log: PathBuf::new(),
             tpm,
         };
@@ -247,6 +253,7 @@ client_ca_files = ["{d}/certs/ca.pem"]
 shutdown_grace_s = 5
 record_appliance_events = {own}
 {source_listen}
+{syslog_listen}
 {server_extra}
 [storage]
 database = "{db}"
@@ -288,6 +295,7 @@ identities = ["dns:monitor.test"]
             server_extra = o.server_extra,
             limits_extra = o.limits_extra,
             source_listen = if o.source_listen { "source_listen = \"127.0.0.1:0\"" } else { "" },
+            syslog_listen = if o.syslog_listen { "syslog_listen = \"127.0.0.1:0\"" } else { "" },
         );
         let text = match &o.config_filter {
             Some(filter) => filter(text),
@@ -327,14 +335,10 @@ identities = ["dns:monitor.test"]
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            // The first line names the mTLS listener, the second (if configured) the source listener.
-            let mut lines = BufReader::new(stdout).lines();
-            for _ in 0..2 {
-                if let Some(Ok(line)) = lines.next() {
-                    let _ = tx.send(line);
-                }
+            // The first line names the mTLS listener, the next ones (if configured) the source and syslog listeners.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
             }
-            for _ in lines {}
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => {
@@ -351,6 +355,14 @@ identities = ["dns:monitor.test"]
                         .strip_prefix("anchorlog source listener on https://")
                         .and_then(|a| a.parse().ok());
                     assert!(self.source_addr.is_some(), "unexpected second line {line:?}");
+                }
+                if self.options.syslog_listen {
+                    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+                    self.syslog_addr = line
+                        .trim()
+                        .strip_prefix("anchorlog syslog listener on tls://")
+                        .and_then(|a| a.parse().ok());
+                    assert!(self.syslog_addr.is_some(), "unexpected syslog listener line {line:?}");
                 }
                 self.child = Some(child);
                 Ok(addr)

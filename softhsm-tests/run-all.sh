@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev prometheus)
+# rsyslog + rsyslog-gnutls send syslog in softhsm-tests/syslog.rs; syslog-ng-core conflicts with rsyslog, so only its
+# libraries are installed and the package is unpacked into /opt/syslog-ng-core (below).
+packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev prometheus
+  rsyslog rsyslog-gnutls libivykis0 libnet1 libjson-c5 libpcre3 libwrap0 libcap2 libglib2.0-0 libssl3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,6 +18,14 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   else
     echo "missing packages: ${missing[*]} (run as root to install them, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+if [ ! -x /usr/sbin/syslog-ng ] && [ ! -x "${SYSLOG_NG_ROOT:-/opt/syslog-ng-core}/usr/sbin/syslog-ng" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    (cd "$(mktemp -d)" && apt-get download -qq syslog-ng-core && dpkg-deb -x syslog-ng-core_*.deb /opt/syslog-ng-core)
+  else
+    echo "syslog-ng is missing: apt-get download syslog-ng-core && dpkg-deb -x syslog-ng-core_*.deb /opt/syslog-ng-core" >&2
     exit 1
   fi
 fi

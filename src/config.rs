@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 use sha2::Digest as _;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -122,6 +122,9 @@ pub struct Config {
     /// Webhooks that receive alerts (none: alerts are only logged).
     #[serde(default, rename = "alert")]
     pub alerts: Vec<AlertConfig>,
+    /// The syslog listener's framing and bounds (`server.syslog_listen`).
+    #[serde(default)]
+    pub syslog: SyslogConfig,
     /// SHA-256 (hex) of the configuration text this was parsed from, recorded in the log at every start so
     /// that a configuration change between two runs is on record (PCI DSS 10.2.1.6, 10.2.2).
     #[serde(skip)]
@@ -429,6 +432,11 @@ pub struct ServerConfig {
     /// authenticate with a secret (Okta, Auth0, Keycloak webhook plugins).
     #[serde(default)]
     pub source_listen: Option<String>,
+    /// Optional syslog over TLS listener (RFC 5425), e.g. `0.0.0.0:6514`: mutual TLS with the same client CAs,
+    /// CRLs and principals as `listen`; each principal's messages go to the `[[source]]` of format `syslog` that
+    /// lists it. Framing and bounds in `[syslog]`.
+    #[serde(default)]
+    pub syslog_listen: Option<String>,
     /// Seconds to wait for in-flight requests on shutdown.
     #[serde(default = "default_shutdown_grace_s")]
     pub shutdown_grace_s: u64,
@@ -439,6 +447,68 @@ pub struct ServerConfig {
     /// post; a warning at start says so when it is off.
     #[serde(default = "default_true")]
     pub record_appliance_events: bool,
+}
+
+/// How messages are delimited on the syslog listener (RFC 6587).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyslogFraming {
+    /// `MSG-LEN SP MSG` (RFC 6587 3.4.1, RFC 5425): any byte may occur in a message. rsyslog's
+    /// `TCP_Framing="octet-counted"`, syslog-ng's `syslog()` driver.
+    #[default]
+    OctetCounted,
+    /// `MSG LF` (RFC 6587 3.4.2, "non-transparent"): a message cannot contain an LF. rsyslog's default TCP
+    /// framing, syslog-ng's `network()` driver.
+    Lf,
+}
+
+/// `[syslog]`: the syslog listener (`server.syslog_listen`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `octet-counted` (default) or `lf`.
+    #[serde(default)]
+    pub framing: SyslogFraming,
+    /// Longest message in bytes (the MSG-LEN of a frame, or a line without its LF); a longer one closes the
+    /// connection and stores nothing of it. RFC 5425 requires receivers to take 2048 and recommends 8192.
+    #[serde(default = "default_syslog_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Most messages one connection may have received but not yet committed; at the bound the listener stops
+    /// reading that connection until the writer has committed them (back-pressure, never a drop).
+    #[serde(default = "default_syslog_max_in_flight")]
+    pub max_in_flight_messages: usize,
+    /// Most bytes of such messages one connection may hold (the memory bound per connection, with one read buffer
+    /// and one partial message); at least `max_message_bytes`.
+    #[serde(default = "default_syslog_max_in_flight_bytes")]
+    pub max_in_flight_bytes: usize,
+    /// Seconds a connection may stay silent before it is closed (a half-open TCP peer holds a slot otherwise).
+    #[serde(default = "default_syslog_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+}
+
+impl Default for SyslogConfig {
+    fn default() -> Self {
+        SyslogConfig {
+            framing: SyslogFraming::default(),
+            max_message_bytes: default_syslog_max_message_bytes(),
+            max_in_flight_messages: default_syslog_max_in_flight(),
+            max_in_flight_bytes: default_syslog_max_in_flight_bytes(),
+            idle_timeout_s: default_syslog_idle_timeout_s(),
+        }
+    }
+}
+
+fn default_syslog_max_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_syslog_max_in_flight() -> usize {
+    10_000
+}
+fn default_syslog_max_in_flight_bytes() -> usize {
+    16 * 1024 * 1024
+}
+fn default_syslog_idle_timeout_s() -> u64 {
+    600
 }
 
 /// `[storage]`: the SQLite database.
@@ -793,7 +863,7 @@ pub struct PrincipalConfig {
 pub struct SourceConfig {
     /// Source name: the URL segment, recorded in every entry as `source`.
     pub name: String,
-    /// Payload format: `keycloak`, `okta`, `auth0` or `json`.
+    /// Payload format: `keycloak`, `okta`, `auth0`, `json` or `syslog` (sent to `server.syslog_listen`).
     pub format: crate::formats::Format,
     /// Principals (producer role) that may post to this source over mTLS; the principal is recorded as the
     /// producer.
@@ -1014,6 +1084,7 @@ impl Config {
                 invalid("server.source_listen", "expected an IP address and port, e.g. \"0.0.0.0:8444\"")
             })?;
         }
+        self.validate_syslog()?;
         self.validate_principals()?;
         self.validate_timestamping()?;
         self.validate_witnessing()?;
@@ -1141,6 +1212,54 @@ impl Config {
             }
             if w.timeout_ms < 100 || w.timeout_ms > 60_000 {
                 return Err(invalid(&format!("{key}.timeout_ms"), "expected 100..=60000 milliseconds"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_syslog(&self) -> Result<(), ConfigError> {
+        if let Some(a) = &self.server.syslog_listen {
+            a.parse::<std::net::SocketAddr>().map_err(|_| {
+                invalid("server.syslog_listen", "expected an IP address and port, e.g. \"0.0.0.0:6514\"")
+            })?;
+        }
+        let s = &self.syslog;
+        if !(2048..=16 * 1024 * 1024).contains(&s.max_message_bytes) {
+            return Err(invalid(
+                "syslog.max_message_bytes",
+                "expected 2048..=16777216 bytes (RFC 5425: at least 2048)",
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.max_in_flight_messages) {
+            return Err(invalid("syslog.max_in_flight_messages", "expected 1..=1000000"));
+        }
+        if !(s.max_message_bytes..=1024 * 1024 * 1024).contains(&s.max_in_flight_bytes) {
+            return Err(invalid(
+                "syslog.max_in_flight_bytes",
+                format!("expected syslog.max_message_bytes ({})..=1073741824 bytes", s.max_message_bytes),
+            ));
+        }
+        if !(1..=86_400).contains(&s.idle_timeout_s) {
+            return Err(invalid("syslog.idle_timeout_s", "expected 1..=86400 seconds"));
+        }
+        // A principal's messages go to exactly one syslog source: the listener has no URL to choose by.
+        let mut taken: BTreeMap<&str, &str> = BTreeMap::new();
+        for (i, src) in
+            self.sources.iter().enumerate().filter(|(_, s)| s.format == crate::formats::Format::Syslog)
+        {
+            if src.secret_auth.is_some() {
+                return Err(invalid(
+                    &format!("source[{i}].secret_auth"),
+                    "a syslog source authenticates by client certificate only (server.syslog_listen); remove it",
+                ));
+            }
+            for p in &src.principals {
+                if let Some(other) = taken.insert(p, &src.name) {
+                    return Err(invalid(
+                        &format!("source[{i}].principals"),
+                        format!("{p:?} is already a principal of syslog source {other:?}; a principal sends to one syslog source"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1725,6 +1844,48 @@ identities = ["dns:idp.example.org"]
         assert!(Config::parse(&bad_format).unwrap_err().to_string().contains("unknown variant `splunk`"));
         let inline = ok.replace("secret_file = \"s\"", "secret = \"hunter2\"");
         assert!(Config::parse(&inline).unwrap_err().to_string().contains("unknown field `secret`"));
+    }
+
+    #[test]
+    fn the_syslog_listener_and_its_sources_are_validated() {
+        let ok = format!(
+            "{}\n[[source]]\nname = \"bastion\"\nformat = \"syslog\"\nprincipals = [\"idp\"]\n",
+            MINIMAL.replace("client_ca_files", "syslog_listen = \"127.0.0.1:6514\"\nclient_ca_files")
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.server.syslog_listen.as_deref(), Some("127.0.0.1:6514"));
+        assert_eq!(c.syslog, SyslogConfig::default());
+        assert_eq!(
+            (
+                c.syslog.framing,
+                c.syslog.max_message_bytes,
+                c.syslog.max_in_flight_messages,
+                c.syslog.idle_timeout_s
+            ),
+            (SyslogFraming::OctetCounted, 65_536, 10_000, 600)
+        );
+        let lf = format!("{ok}\n[syslog]\nframing = \"lf\"\n");
+        assert_eq!(Config::parse(&lf).unwrap().syslog.framing, SyslogFraming::Lf);
+        let cases = [
+            (ok.replace("127.0.0.1:6514", "localhost"), "`server.syslog_listen`"),
+            (format!("{ok}\n[syslog]\nframing = \"crlf\"\n"), "unknown variant `crlf`"),
+            (format!("{ok}\n[syslog]\nmax_message_bytes = 1024\n"), "`syslog.max_message_bytes`"),
+            (format!("{ok}\n[syslog]\nmax_in_flight_messages = 0\n"), "`syslog.max_in_flight_messages`"),
+            (format!("{ok}\n[syslog]\nidle_timeout_s = 0\n"), "`syslog.idle_timeout_s`"),
+            (format!("{ok}\n[syslog]\nmax_in_flight_bytes = 4096\n"), "`syslog.max_in_flight_bytes`"),
+            (
+                format!("{ok}\n[[source]]\nname = \"other\"\nformat = \"syslog\"\nprincipals = [\"idp\"]\n"),
+                "already a principal of syslog source \"bastion\"",
+            ),
+            (
+                ok.replace("principals = [\"idp\"]", "secret_auth = \"bearer\"\nsecret_file = \"s\""),
+                "`source[0].secret_auth`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //!   reaches [`CrashPoint`] POINT, after writing `fault-injection: SIGKILL at POINT` to stderr.
 //! - `ANCHORLOG_FAULT_INDEXER_STALL_FILE=PATH`: while PATH exists, the search indexer blocks before each
 //!   batch it writes (a starved indexer).
+//! - `ANCHORLOG_FAULT_WRITER_DELAY_MS=MS`: the writer thread pauses MS milliseconds after every group commit
+//!   (a writer behind its producers: the syslog listener's back-pressure).
 
 use crate::clock::{Clock, SystemClock};
 use std::path::PathBuf;
@@ -127,6 +129,12 @@ pub fn indexer_stall() {
     }
 }
 
+/// The writer's pause after each group commit, when `ANCHORLOG_FAULT_WRITER_DELAY_MS` is set.
+pub fn writer_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("ANCHORLOG_FAULT_WRITER_DELAY_MS").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Which hooks the environment armed, for one warning line at start (empty: none).
 pub fn armed() -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -134,6 +142,7 @@ pub fn armed() -> Vec<&'static str> {
         ("ANCHORLOG_FAULT_CLOCK_FILE", "test clock"),
         ("ANCHORLOG_FAULT_KILL_AT", "kill point"),
         ("ANCHORLOG_FAULT_INDEXER_STALL_FILE", "indexer stall"),
+        ("ANCHORLOG_FAULT_WRITER_DELAY_MS", "writer delay"),
     ] {
         if std::env::var_os(var).is_some() {
             v.push(what);

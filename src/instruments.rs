@@ -40,10 +40,22 @@ pub struct Instruments {
     accept_errors: IntCounterVec,
     /// Open connections, by listener.
     open_connections: IntGaugeVec,
+    /// Syslog frames, by outcome ([`SYSLOG_OUTCOMES`]).
+    syslog_frames: IntCounterVec,
+    /// Times a syslog connection was not read because it held `syslog.max_in_flight_messages` uncommitted.
+    pub syslog_read_pauses: IntCounter,
 }
 
+/// The outcomes of a syslog frame (`anchorlog_syslog_frames_total{outcome}`), each exposed at 0 from the start:
+/// - `stored`: committed to the log (durable);
+/// - `truncated`: the connection closed inside the frame; nothing of it is stored;
+/// - `too_long`: over `syslog.max_message_bytes`; nothing of it is stored and the connection is closed;
+/// - `bad_framing`: not a valid octet count (`MSG-LEN SP`); the connection is closed;
+/// - `unstored`: received whole, but the appliance stopped (shutdown) before the writer could commit it.
+pub const SYSLOG_OUTCOMES: [&str; 5] = ["stored", "truncated", "too_long", "bad_framing", "unstored"];
+
 /// The listeners, as the `listener` label names them (the same names as the OpenAPI document's `x-listeners`).
-pub const LISTENERS: [&str; 3] = ["mtls", "source", "health"];
+pub const LISTENERS: [&str; 4] = ["mtls", "source", "health", "syslog"];
 
 /// The limits counted by [`Instruments::limit_hit`] (`limit` label), each exposed at 0 from the start:
 /// - `handshake_timeout`: the TLS handshake did not finish within `limits.handshake_timeout_ms`;
@@ -52,14 +64,16 @@ pub const LISTENERS: [&str; 3] = ["mtls", "source", "health"];
 /// - `body_timeout`: a body did not arrive within `limits.body_read_timeout_ms` (answered 408);
 /// - `body_too_large`: a body over `limits.max_body_bytes` (answered 413, before an HMAC is computed);
 /// - `connections_per_address`: a connection over `limits.max_connections_per_address`, closed at once;
-/// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422).
-pub const LIMITS: [&str; 6] = [
+/// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422);
+/// - `idle_timeout`: a syslog connection silent for `syslog.idle_timeout_s`, closed.
+pub const LIMITS: [&str; 7] = [
     "handshake_timeout",
     "header_timeout",
     "body_timeout",
     "body_too_large",
     "connections_per_address",
     "response_too_large",
+    "idle_timeout",
 ];
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
@@ -117,6 +131,16 @@ impl Default for Instruments {
             &["listener"],
         );
         let open_connections = gauge_vec("open_connections", "Open connections, by listener.", &["listener"]);
+        let syslog_frames = counter_vec(
+            "syslog_frames_total",
+            "Syslog frames by outcome: stored, or refused (truncated, too_long, bad_framing, unstored).",
+            &["outcome"],
+        );
+        let syslog_read_pauses = counter(
+            "syslog_read_pauses_total",
+            "Times a syslog connection was not read because it held syslog.max_in_flight_messages uncommitted \
+             messages (back-pressure while the writer is behind).",
+        );
         let registry = Registry::new_custom(Some("anchorlog".to_owned()), None).unwrap_or_default();
         for collector in [
             Box::new(ack_seconds.clone()) as Box<dyn prometheus::core::Collector>,
@@ -130,6 +154,8 @@ impl Default for Instruments {
             Box::new(limit_hits.clone()),
             Box::new(accept_errors.clone()),
             Box::new(open_connections.clone()),
+            Box::new(syslog_frames.clone()),
+            Box::new(syslog_read_pauses.clone()),
         ] {
             if let Err(e) = registry.register(collector) {
                 tracing::warn!(error = %e, "metrics: cannot register an instrument");
@@ -148,7 +174,12 @@ impl Default for Instruments {
             accept_errors.with_label_values(&[listener]);
             open_connections.with_label_values(&[listener]);
         }
+        for outcome in SYSLOG_OUTCOMES {
+            syslog_frames.with_label_values(&[outcome]);
+        }
         Instruments {
+            syslog_frames,
+            syslog_read_pauses,
             registry,
             ack_seconds,
             sign_seconds,
@@ -224,6 +255,21 @@ impl Instruments {
     /// Counts `n` events stored from `source` in `format`.
     pub fn ingested(&self, source: &str, format: &str, n: u64) {
         self.ingested.with_label_values(&[source, format]).inc_by(n);
+    }
+
+    /// Counts `n` syslog frames with `outcome` (one of [`SYSLOG_OUTCOMES`]).
+    pub fn syslog_frames(&self, outcome: &str, n: u64) {
+        self.syslog_frames.with_label_values(&[outcome]).inc_by(n);
+    }
+
+    /// Counts one pause in reading a syslog connection (back-pressure).
+    pub fn syslog_read_paused(&self) {
+        self.syslog_read_pauses.inc();
+    }
+
+    /// The count of [`Self::syslog_frames`] so far.
+    pub fn syslog_frame_count(&self, outcome: &str) -> u64 {
+        self.syslog_frames.with_label_values(&[outcome]).get()
     }
 
     /// Appends the instruments in the Prometheus text format 0.0.4.

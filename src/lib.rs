@@ -113,6 +113,8 @@ pub mod selfverify;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
+pub mod syslog;
+#[cfg(feature = "server")]
 pub mod systemd;
 #[cfg(feature = "server")]
 pub mod tls;

@@ -30,6 +30,8 @@ pub enum ListenerKind {
     Source,
     /// `server.health_listen`: plain HTTP, health and metrics only.
     Health,
+    /// `server.syslog_listen`: syslog over mutual TLS (RFC 5425).
+    Syslog,
     /// `anchorlog witness`'s listener (its own process; logs only, no metrics).
     Witness,
 }
@@ -41,6 +43,7 @@ impl ListenerKind {
             ListenerKind::Mtls => "mtls",
             ListenerKind::Source => "source",
             ListenerKind::Health => "health",
+            ListenerKind::Syslog => "syslog",
             ListenerKind::Witness => "witness",
         }
     }

@@ -188,6 +188,7 @@ pub struct Service {
     witnessing: Option<CosignerSettings>,
     sources: Arc<SourceRegistry>,
     source_listener: Option<TcpListener>,
+    syslog_listener: Option<TcpListener>,
     tls: ClientTrust,
     source_tls: Option<Arc<rustls::ServerConfig>>,
     previous_run: PreviousRun,
@@ -263,6 +264,14 @@ impl Service {
             ),
             None => None,
         };
+        let syslog_listener = match &config.server.syslog_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: addr.clone(), source })?,
+            ),
+            None => None,
+        };
         Ok(Service {
             config,
             signer,
@@ -272,6 +281,7 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            syslog_listener,
             tls: loaded.tls,
             source_tls: loaded.source_tls,
             timestamping,
@@ -295,6 +305,11 @@ impl Service {
         self.source_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The bound address of the syslog listener (`server.syslog_listen`), if configured.
+    pub fn syslog_addr(&self) -> Option<SocketAddr> {
+        self.syslog_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The bound address of the mTLS listener.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
@@ -311,6 +326,7 @@ impl Service {
             health_listener,
             sources,
             source_listener,
+            syslog_listener,
             tls: tls_config,
             source_tls,
             timestamping,
@@ -343,11 +359,17 @@ impl Service {
         let _ = metrics.signer.set(signer.health());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
+        let slow_writer = writer_fault_delay();
         let (appender, writer_thread) = AppenderHandle::start_observed(
             writer_conn,
             indexer,
             WriterObserver {
-                on_commit: Box::new(move |events| commit_sizes.observe(events as f64)),
+                on_commit: Box::new(move |events| {
+                    commit_sizes.observe(events as f64);
+                    if let Some(delay) = slow_writer {
+                        std::thread::sleep(delay);
+                    }
+                }),
                 on_replay: Box::new(move || replays.inc()),
             },
         )?;
@@ -546,6 +568,29 @@ impl Service {
             }
         };
         let mut fatal = app_state.appender.fatal();
+        let syslog_trust = trust.clone();
+        let syslog_loop = async {
+            if let Some(l) = syslog_listener {
+                let ctx = Arc::new(crate::syslog::SyslogContext {
+                    appender: app_state.appender.clone(),
+                    sources: app_state.sources.clone(),
+                    metrics: app_state.metrics.clone(),
+                    denials: app_state.denials.clone(),
+                    config: config.syslog.clone(),
+                    search_enabled: config.search.enabled,
+                    handshake_timeout: config.limits.handshake_timeout(),
+                });
+                crate::syslog::serve(
+                    l,
+                    syslog_trust.clone(),
+                    ctx,
+                    stopped(shutdown_rx.clone()),
+                    listener_gate(crate::listen::ListenerKind::Syslog),
+                    Duration::from_secs(config.server.shutdown_grace_s),
+                )
+                .await;
+            }
+        };
         let signal = async {
             tokio::select! {
                 _ = shutdown => {}
@@ -568,6 +613,7 @@ impl Service {
                 listener_gate(crate::listen::ListenerKind::Mtls)
             ),
             source_loop,
+            syslog_loop,
             signal
         );
         let _ = summaries.await;
@@ -607,6 +653,26 @@ impl Service {
         }
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
+    }
+}
+
+/// The writer's test-only pause after each group commit (`fault::writer_delay`): `None` in any build without the
+/// `fault-injection` feature, which no release build has.
+fn writer_fault_delay() -> Option<Duration> {
+    #[cfg(feature = "fault-injection")]
+    {
+        let delay = crate::fault::writer_delay();
+        if let Some(d) = delay {
+            tracing::warn!(
+                ms = d.as_millis() as u64,
+                "test fault hook: the writer pauses after every group commit"
+            );
+        }
+        delay
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        None
     }
 }
 

@@ -105,3 +105,31 @@ pub mod ingest {
         needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
     }
 }
+
+/// Syslog messages (src/formats/syslog.rs): one frame of the syslog listener, or an HTTP body of lines.
+pub mod syslog {
+    use anchorlog::formats::{self, syslog, Limits};
+
+    /// Reads `body` as one message (at two receive times, for the year-less RFC 3164 timestamp) and as an HTTP
+    /// body of lines: no panic, MSG lies inside the frame, every accepted line is the body's bytes unchanged and
+    /// holds no LF, and the stored form re-derives without a panic.
+    pub fn check(body: &[u8]) {
+        for now_ms in [0, 1_796_644_800_000, i64::MAX / 2] {
+            let h = syslog::parse_header(body, now_ms);
+            assert!(h.msg_offset <= body.len(), "MSG starts past the frame");
+            let _ = syslog::normalize(body, now_ms);
+        }
+        let tight = Limits { max_events: 3, max_depth: 4 };
+        for limits in [Limits::default(), tight] {
+            if let Ok(events) = syslog::parse(body, &limits, true) {
+                assert!(events.len() <= limits.max_events, "more events than the limit");
+                for ev in &events {
+                    assert!(!ev.raw.is_empty() && !ev.raw.contains(&b'\n'), "a line is empty or holds an LF");
+                    assert!(body.windows(ev.raw.len()).any(|w| w == ev.raw.as_slice()), "raw is not from the body");
+                    assert!(ev.source_id.is_none(), "syslog has no event ids");
+                }
+            }
+        }
+        let _ = formats::normalize_stored("syslog", body);
+    }
+}

@@ -97,6 +97,14 @@ impl SourceRegistry {
         self.snapshot().get(name).cloned()
     }
 
+    /// The source of format `syslog` that lists `principal` (the configuration allows at most one).
+    pub fn syslog_source_for(&self, principal: &str) -> Option<Arc<Source>> {
+        self.snapshot()
+            .values()
+            .find(|s| s.format == Format::Syslog && s.principals.contains(principal))
+            .cloned()
+    }
+
     /// Whether any source authenticates with a secret (then the source listener is needed).
     pub fn any_secret(&self) -> bool {
         self.snapshot().values().any(|s| s.secret.is_some())
@@ -200,6 +208,17 @@ async fn ingest_into(
     body: Body,
     listener: ListenerKind,
 ) -> Result<Json<Value>, ApiError> {
+    if source.format == Format::Syslog {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "syslog_source",
+            format!(
+                "source {:?} takes syslog over TLS on server.syslog_listen (RFC 5425), not HTTP; point the \
+                 shipper there (docs/INTEGRATIONS.md, \"Syslog\")",
+                source.name
+            ),
+        ));
+    }
     let ndjson = ingest::content_kind(headers)?;
     let bytes = ingest::read_limited(state, body, headers, listener).await?;
     if auth_method == AuthMethod::Hmac {

@@ -643,6 +643,10 @@ fn serve(config: Config, banner: Option<String>) -> anyhow::Result<()> {
             // Second line, only when server.source_listen is set (secret-authenticated sources).
             println!("anchorlog source listener on https://{addr}");
         }
+        if let Some(addr) = service.syslog_addr() {
+            // Only when server.syslog_listen is set: syslog over mutual TLS (RFC 5425).
+            println!("anchorlog syslog listener on tls://{addr}");
+        }
         if let Some(addr) = service.health_addr() {
             // Last, only when server.health_listen is set: /healthz, /readyz, /metrics without a certificate.
             println!("anchorlog health listener on http://{addr}");

@@ -27,6 +27,7 @@
 //! | `okta` | the event-hook envelope `{"data":{"events":[…]}}` only (`ndjson` is ignored) |
 //! | `auth0` | `JSONARRAY`, `JSONLINES` (detected, or forced by `ndjson`) or `JSONOBJECT` of `{log_id, data}` items |
 //! | `json` | an object, an array of objects, or NDJSON if `ndjson` |
+//! | `syslog` | one message per LF-terminated line over HTTP; one per frame on the syslog listener ([`syslog`]) |
 //!
 //! Not handled here (HTTP layer): body size limit, authentication ([`auth`]), Okta's GET
 //! verification handshake (see [`okta_verification_response`]), the `Idempotency-Key` override of
@@ -40,6 +41,7 @@ pub mod json;
 pub mod keycloak;
 pub mod limits;
 pub mod okta;
+pub mod syslog;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +65,8 @@ pub enum Format {
     Auth0,
     /// Any JSON object per event; nothing required.
     Json,
+    /// Syslog messages (RFC 5424, RFC 3164): one per frame on `server.syslog_listen`, one per line over HTTP.
+    Syslog,
 }
 
 impl Format {
@@ -73,6 +77,7 @@ impl Format {
             Format::Okta => "okta",
             Format::Auth0 => "auth0",
             Format::Json => "json",
+            Format::Syslog => "syslog",
         }
     }
 }
@@ -304,6 +309,7 @@ pub fn parse_with(
         Format::Okta => okta::parse(body, limits),
         Format::Auth0 => auth0::parse(body, ndjson, limits),
         Format::Json => json::parse_with(body, ndjson, limits, normalize),
+        Format::Syslog => syslog::parse(body, limits, normalize),
     }
 }
 
@@ -319,6 +325,8 @@ pub fn normalize_stored(format: &str, raw: &[u8]) -> Option<NormalizedFields> {
         "keycloak" => keycloak::parse(raw, false, &limits),
         "auth0" => auth0::parse(raw, false, &limits),
         "json" => json::parse(raw, false, &limits),
+        // An RFC 3164 timestamp has no year: re-derived now, it is read in the current year (or the one before).
+        "syslog" => return Some(syslog::normalize(raw, crate::store::now_ms())),
         "okta" => {
             let mut envelope = Vec::with_capacity(raw.len() + 24);
             envelope.extend_from_slice(b"{\"data\":{\"events\":[");
