@@ -52,7 +52,9 @@ async fn an_io_error_stops_the_appliance_and_loses_nothing_acknowledged(kind: &s
     let r = producer.post_json("/v1/events", body.as_bytes()).await.unwrap();
     assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.json()["code"], "storage_io_error", "{}", String::from_utf8_lossy(&r.body));
-    let status = a.wait_exit(60);
+    let status = a
+        .wait_exit(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("anchorlog did not exit by itself within 60 s: {}", a.server_log()));
     assert!(!status.success(), "stopped with an error status: {status:?}");
     let log = a.server_log();
     assert!(log.contains("the database's storage failed a write or sync"), "{log}");
