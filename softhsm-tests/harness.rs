@@ -257,6 +257,10 @@ identities = ["dns:admin.test"]
 name = "monitor-1"
 roles = ["monitor"]
 identities = ["dns:monitor.test"]
+[[principal]]
+name = "reader-1"
+roles = ["reader"]
+identities = ["dns:reader.test"]
 {extra}
 "#,
             mb = o.max_body_bytes,
@@ -578,7 +582,7 @@ fn rand_u32() -> u128 {
     h.finish() as u128
 }
 
-/// CA + server + producer/auditor/admin/stranger/monitor certs, plus a client cert from a foreign CA.
+/// CA + server + producer/auditor/admin/stranger/monitor/reader certs, plus a client cert from a foreign CA.
 fn write_pki(d: &Path) {
     let certs = d.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -588,6 +592,7 @@ fn write_pki(d: &Path) {
         ("admin", "admin.test"),
         ("stranger", "stranger.test"),
         ("monitor", "monitor.test"),
+        ("reader", "reader.test"),
     ])
     .unwrap();
     std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();

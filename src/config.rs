@@ -29,6 +29,15 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 /// Default page size limit for list endpoints.
 pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
+/// Default number of ingest requests that may wait for the writer at once; one more is answered 429.
+pub const DEFAULT_WRITER_QUEUE_DEPTH: usize = 1_024;
+/// Largest `limits.writer_queue_depth`: the writer's own command queue. Admitted beyond it, a request would
+/// wait in that queue again, unbounded by this limit.
+pub const MAX_WRITER_QUEUE_DEPTH: usize = 4_096;
+#[cfg(feature = "server")]
+const _: () = assert!(MAX_WRITER_QUEUE_DEPTH <= crate::ledger::appender::QUEUE_DEPTH);
+/// Default `Retry-After` of a 429 (writer queue full), in seconds.
+pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
 /// Default time one TSA request may take (connect, send, receive), in milliseconds.
 pub const DEFAULT_TSA_TIMEOUT_MS: u64 = 10_000;
 /// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds.
@@ -424,6 +433,12 @@ pub struct LimitsConfig {
     /// Maximum `limit` of list queries.
     #[serde(default = "default_max_query_limit")]
     pub max_query_limit: usize,
+    /// Ingest requests that may wait for (or be applied by) the writer at once; one more is answered 429.
+    #[serde(default = "default_writer_queue_depth")]
+    pub writer_queue_depth: usize,
+    /// `Retry-After` seconds of that 429.
+    #[serde(default = "default_retry_after_s")]
+    pub retry_after_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -433,6 +448,8 @@ impl Default for LimitsConfig {
             max_events_per_request: DEFAULT_MAX_EVENTS_PER_REQUEST,
             max_json_depth: DEFAULT_MAX_JSON_DEPTH,
             max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
+            writer_queue_depth: DEFAULT_WRITER_QUEUE_DEPTH,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
         }
     }
 }
@@ -628,6 +645,9 @@ pub enum Role {
     /// May read `/readyz` and `/metrics` and nothing else (a Prometheus scraper, a load balancer's probe): no
     /// event content, no heads, no exports.
     Monitor,
+    /// May follow the event stream (`GET /v1/stream`) and nothing else: a SIEM's collector, which needs every
+    /// event but no search, export, proof or erasure.
+    Reader,
 }
 
 impl Role {
@@ -638,6 +658,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::Monitor => "monitor",
+            Role::Reader => "reader",
         }
     }
 }
@@ -751,6 +772,15 @@ impl Config {
         }
         if l.max_query_limit == 0 || l.max_query_limit > 10_000 {
             return Err(invalid("limits.max_query_limit", "expected 1..=10000"));
+        }
+        if l.writer_queue_depth == 0 || l.writer_queue_depth > MAX_WRITER_QUEUE_DEPTH {
+            return Err(invalid(
+                "limits.writer_queue_depth",
+                format!("expected 1..={MAX_WRITER_QUEUE_DEPTH}"),
+            ));
+        }
+        if l.retry_after_s == 0 || l.retry_after_s > 3_600 {
+            return Err(invalid("limits.retry_after_s", "expected 1..=3600 seconds"));
         }
         let s = &self.sealing;
         if s.seal_interval_ms < 10 || s.seal_interval_ms > 3_600_000 {
@@ -1198,6 +1228,12 @@ fn default_max_json_depth() -> usize {
 }
 fn default_max_query_limit() -> usize {
     DEFAULT_MAX_QUERY_LIMIT
+}
+fn default_writer_queue_depth() -> usize {
+    DEFAULT_WRITER_QUEUE_DEPTH
+}
+fn default_retry_after_s() -> u64 {
+    DEFAULT_RETRY_AFTER_S
 }
 fn default_seal_interval_ms() -> u64 {
     DEFAULT_SEAL_INTERVAL_MS

@@ -30,7 +30,8 @@ pub struct Instruments {
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
 /// rule on a rate never sees a missing series.
-pub const FAILURE_KINDS: [&str; 4] = ["sealing", "timestamping", "witnessing", "ingest_rejected"];
+pub const FAILURE_KINDS: [&str; 5] =
+    ["sealing", "timestamping", "witnessing", "ingest_rejected", "ingest_line_rejected"];
 
 impl Default for Instruments {
     fn default() -> Self {

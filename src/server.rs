@@ -412,6 +412,8 @@ impl Service {
                 stop_tx.subscribe(),
             ));
         }
+        // One shutdown signal stops both listeners and ends the event streams.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -434,6 +436,13 @@ impl Service {
             },
             self_verify,
             alerts,
+            queue: api::queue::WriterQueue::new(
+                config.limits.writer_queue_depth,
+                config.limits.retry_after_s,
+            )
+            .with_fault_from_env(),
+            stopping: shutdown_rx.clone(),
+            streams: api::stream::StreamStats::default(),
         });
         let principals = Arc::new(PrincipalMap::new(&config.principals));
         let router = api::router(app_state.clone());
@@ -449,8 +458,6 @@ impl Service {
         if let Some(h) = health_listener {
             tokio::spawn(serve_health(h, api::health_router(app_state.clone()), stop_tx.subscribe()));
         }
-        // One shutdown signal stops both listeners.
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };

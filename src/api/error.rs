@@ -15,17 +15,25 @@ pub struct ApiError {
     pub message: String,
     /// Structured detail (index, line, limit …).
     pub detail: Value,
+    /// Seconds for a `Retry-After` header (429 and 503 answers a client should retry).
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     /// An error with an empty detail object.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), detail: json!({}) }
+        ApiError { status, code, message: message.into(), detail: json!({}), retry_after_s: None }
     }
 
     /// Adds structured detail.
     pub fn with_detail(mut self, detail: Value) -> Self {
         self.detail = detail;
+        self
+    }
+
+    /// Adds a `Retry-After: seconds` header to the answer.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds);
         self
     }
 
@@ -55,6 +63,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"code": self.code, "message": self.message, "detail": self.detail});
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            super::queue::retry_after_header(&mut response, seconds);
+        }
         response.extensions_mut().insert(ErrorCode(self.code));
         response
     }

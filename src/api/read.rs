@@ -259,6 +259,8 @@ fn metrics_answer(state: &AppState) -> Response {
     let mut text = state.metrics.render(committed);
     state.self_verify.render_metrics(&mut text);
     state.alerts.render_metrics(&mut text);
+    state.queue.render_metrics(&mut text);
+    state.streams.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
