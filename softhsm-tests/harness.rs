@@ -57,6 +57,8 @@ pub struct Options {
     pub seal_max_events: u64,
     pub heartbeat_interval_s: u64,
     pub max_body_bytes: usize,
+    /// Extra lines of the `[limits]` section (e.g. `writer_queue_depth = 1`).
+    pub limits_extra: String,
     pub extra_config: String,
     /// Open the source listener (secret-authenticated sources) on 127.0.0.1:0.
     pub source_listen: bool,
@@ -88,6 +90,7 @@ impl Default for Options {
             seal_max_events: 10_000,
             heartbeat_interval_s: 60,
             max_body_bytes: 1024 * 1024,
+            limits_extra: String::new(),
             extra_config: String::new(),
             source_listen: false,
             record_appliance_events: false,
@@ -237,6 +240,7 @@ record_appliance_events = {own}
 database = "{d}/anchorlog.db"
 [limits]
 max_body_bytes = {mb}
+{limits_extra}
 [sealing]
 seal_interval_ms = {si}
 seal_max_events = {sm}
@@ -268,6 +272,7 @@ identities = ["dns:reader.test"]
             sm = o.seal_max_events,
             hb = o.heartbeat_interval_s,
             extra = o.extra_config,
+            limits_extra = o.limits_extra,
             own = o.record_appliance_events,
             origin = o.origin,
             server_extra = o.server_extra,
