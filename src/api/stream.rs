@@ -417,7 +417,18 @@ mod tests {
 
     #[test]
     fn a_line_carries_what_verifies_the_event() {
-        let entry = br#"{"auth":"mtls","format":"json","payload_sha256":"00","producer":"p","received_at_ns":1,"seq":7,"source":"events","v":1}"#;
+        let entry = Entry {
+            seq: 7,
+            received_at_ns: 1,
+            producer: "p".into(),
+            source: "events".into(),
+            auth: crate::ledger::entry::AuthMethod::Mtls,
+            format: "json".into(),
+            source_id: None,
+            payload_sha256: [3; 32],
+        }
+        .to_canonical_json();
+        let entry = &entry[..];
         let ev = StoredEvent {
             seq: 7,
             entry: entry.to_vec(),
