@@ -31,6 +31,15 @@ pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 pub const DEFAULT_RELOAD_POLL_S: u64 = 5;
 /// Default page size limit for list endpoints.
 pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
+/// Default number of ingest requests that may wait for the writer at once; one more is answered 429.
+pub const DEFAULT_WRITER_QUEUE_DEPTH: usize = 1_024;
+/// Largest `limits.writer_queue_depth`: the writer's own command queue. Admitted beyond it, a request would
+/// wait in that queue again, unbounded by this limit.
+pub const MAX_WRITER_QUEUE_DEPTH: usize = 4_096;
+#[cfg(feature = "server")]
+const _: () = assert!(MAX_WRITER_QUEUE_DEPTH <= crate::ledger::appender::QUEUE_DEPTH);
+/// Default `Retry-After` of a 429 (writer queue full), in seconds.
+pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
 /// Default time one TSA request may take (connect, send, receive), in milliseconds.
 pub const DEFAULT_TSA_TIMEOUT_MS: u64 = 10_000;
 /// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds.
@@ -515,6 +524,12 @@ pub struct LimitsConfig {
     /// Default: 32 MiB, or twice `max_body_bytes` plus 64 KiB when that is more (one event always fits).
     #[serde(default)]
     pub max_response_bytes: Option<usize>,
+    /// Ingest requests that may wait for (or be applied by) the writer at once; one more is answered 429.
+    #[serde(default = "default_writer_queue_depth")]
+    pub writer_queue_depth: usize,
+    /// `Retry-After` seconds of that 429.
+    #[serde(default = "default_retry_after_s")]
+    pub retry_after_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -534,6 +549,8 @@ impl Default for LimitsConfig {
             denial_records_per_minute: DEFAULT_DENIAL_RECORDS_PER_MINUTE,
             denial_records_per_address_per_minute: DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE,
             max_response_bytes: None,
+            writer_queue_depth: DEFAULT_WRITER_QUEUE_DEPTH,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
         }
     }
 }
@@ -594,6 +611,15 @@ impl LimitsConfig {
                 "limits.denial_records_per_address_per_minute",
                 "expected 1..=denial_records_per_minute",
             ));
+        }
+        if self.writer_queue_depth == 0 || self.writer_queue_depth > MAX_WRITER_QUEUE_DEPTH {
+            return Err(invalid(
+                "limits.writer_queue_depth",
+                format!("expected 1..={MAX_WRITER_QUEUE_DEPTH}"),
+            ));
+        }
+        if self.retry_after_s == 0 || self.retry_after_s > 3_600 {
+            return Err(invalid("limits.retry_after_s", "expected 1..=3600 seconds"));
         }
         let floor = self.response_floor();
         match self.max_response_bytes {
@@ -805,6 +831,9 @@ pub enum Role {
     /// May read `/readyz` and `/metrics` and nothing else (a Prometheus scraper, a load balancer's probe): no
     /// event content, no heads, no exports.
     Monitor,
+    /// May follow the event stream (`GET /v1/stream`) and nothing else: a SIEM's collector, which needs every
+    /// event but no search, export, proof or erasure.
+    Reader,
 }
 
 impl Role {
@@ -815,6 +844,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::Monitor => "monitor",
+            Role::Reader => "reader",
         }
     }
 }
@@ -1446,6 +1476,12 @@ fn default_denial_records_per_minute() -> u32 {
 }
 fn default_denial_records_per_address_per_minute() -> u32 {
     DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE
+}
+fn default_writer_queue_depth() -> usize {
+    DEFAULT_WRITER_QUEUE_DEPTH
+}
+fn default_retry_after_s() -> u64 {
+    DEFAULT_RETRY_AFTER_S
 }
 fn default_seal_interval_ms() -> u64 {
     DEFAULT_SEAL_INTERVAL_MS

@@ -431,6 +431,8 @@ impl Service {
                 stop_tx.subscribe(),
             ));
         }
+        // One shutdown signal stops both listeners and ends the event streams.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -454,6 +456,13 @@ impl Service {
             self_verify,
             alerts,
             max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
+            queue: api::queue::WriterQueue::new(
+                config.limits.writer_queue_depth,
+                config.limits.retry_after_s,
+            )
+            .with_fault_from_env(),
+            stopping: shutdown_rx.clone(),
+            streams: api::stream::StreamStats::default(),
         });
         // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
         let trust = TrustHandle::new(tls_config);
@@ -487,8 +496,6 @@ impl Service {
                 app_state.metrics.clone(),
             ));
         }
-        // One shutdown signal stops both listeners.
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
