@@ -562,6 +562,76 @@ async fn a_stream_ends_at_shutdown_after_its_close_record_and_before_the_stop_re
     assert!(records[1].0 < *stop_seq, "the close record precedes the stop record");
 }
 
+/// A consumer that stops reading cannot hold its connection: once a page could not be handed over for
+/// `limits.stream_stall_timeout_ms`, the stream ends with a close record (reason `stalled`), the limit hit is
+/// counted and the connection is closed. The consumer resumes after the last line it did get, without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_is_cut_off_after_the_stall_timeout_and_resumes_without_a_gap() {
+    let a = Appliance::start_with(Options {
+        limits_extra: "stream_stall_timeout_ms = 1000".into(),
+        ..Options::default()
+    });
+    // ~32 MB of lines: more than the stream's pages in flight and the loopback socket buffers hold.
+    let mut conn = a.connect("producer").await;
+    let pad = "x".repeat(4000);
+    for b in 0..40 {
+        let body: String = (0..200)
+            .map(|i| format!("{{\"id\":\"st-{b}-{i}\",\"type\":\"LOGIN\",\"pad\":\"{pad}\"}}\n"))
+            .collect();
+        let (status, _, answer) = post(&mut conn, "", None, body.into_bytes()).await;
+        assert_eq!((status, answer["stored"].as_u64()), (200, Some(200)), "{answer}");
+    }
+    drop(conn);
+    let total = 8_000u64;
+    // Open the stream and take nothing.
+    let (mut c, open_seq) = Consumer::open(&a, "reader", None).await;
+    let records = wait_for_stream_records(&a, 2).await;
+    let close = &records[1].1;
+    assert_eq!(
+        (close["phase"].as_str(), close["reason"].as_str()),
+        (Some("close"), Some("stalled")),
+        "{records:?}"
+    );
+    assert_eq!(close["open_audit_seq"], open_seq.to_string());
+    let last_handed: u64 = close["last_seq"].as_str().unwrap().parse().unwrap();
+    assert!(last_handed < total - 1, "not everything fitted in the buffers: {close}");
+    let m = String::from_utf8(a.connect("monitor").await.get("/metrics").await.unwrap().body).unwrap();
+    assert!(m.contains("anchorlog_limit_hits_total{limit=\"stream_stalled\",listener=\"mtls\"} 1\n"), "{m}");
+    assert!(m.contains("anchorlog_streams_open 0\n"), "{m}");
+    // The appliance closed the connection while the consumer still reads nothing: the only mTLS connection
+    // left open is the one asking for the metrics.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = String::from_utf8(a.connect("monitor").await.get("/metrics").await.unwrap().body).unwrap();
+        if m.contains("anchorlog_open_connections{listener=\"mtls\"} 1\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stalled stream's connection is still open:\n{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the socket buffers held still arrives, then the answer ends.
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match c.resp.chunk().await {
+                Ok(Some(chunk)) => c.buf.extend_from_slice(&chunk),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled stream's connection was closed");
+    let mut next = 0u64;
+    for line in c.buf.split(|&b| b == b'\n') {
+        let Ok(v) = serde_json::from_slice::<Value>(line) else { break };
+        assert_eq!(v["seq"], next);
+        next += 1;
+    }
+    assert!(next <= last_handed + 1, "received {next} lines, handed over up to {last_handed}");
+    // Resumed after the last complete line received: the very next seq comes first.
+    let (mut c, _) = Consumer::open(&a, "reader", next.checked_sub(1)).await;
+    assert_eq!(c.line().await["seq"], next);
+}
+
 /// Throughput of one consumer reading a large log from seq 0 (docs/PERFORMANCE.md). Run with
 /// `cargo test --release --test shipping stream_throughput -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 /// Default of `limits.body_read_timeout_ms`: a 1 MiB body at 40 KB/s.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `limits.stream_stall_timeout_ms`: how long `GET /v1/stream` waits for a consumer that stopped
+/// reading before it ends the stream and closes the connection.
+pub const DEFAULT_STREAM_STALL_TIMEOUT_MS: u64 = 60_000;
 /// Default of `limits.max_connections` (per listener).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
 /// Default of `limits.max_connections_per_address`: room for a load generator or a connection pool of 64 plus
@@ -498,6 +501,11 @@ pub struct LimitsConfig {
     /// answered 408 `body_timeout` and stores nothing.
     #[serde(default = "default_body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
+    /// Time an event stream (`GET /v1/stream`) waits for a consumer that stopped reading (milliseconds): when a
+    /// page could not be handed to the connection for this long, the stream ends (close record, reason
+    /// `stalled`) and its connection is closed, so a consumer that never reads cannot hold a connection.
+    #[serde(default = "default_stream_stall_timeout_ms")]
+    pub stream_stall_timeout_ms: u64,
     /// Most open connections per listener; further ones wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -542,6 +550,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            stream_stall_timeout_ms: DEFAULT_STREAM_STALL_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             accept_backoff_initial_ms: DEFAULT_ACCEPT_BACKOFF_INITIAL_MS,
@@ -568,6 +577,10 @@ impl LimitsConfig {
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
     }
+    /// `stream_stall_timeout_ms` as a duration.
+    pub fn stream_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_stall_timeout_ms)
+    }
 
     /// The largest answer of `GET /v1/events`: `max_response_bytes`, or its default.
     pub fn max_response_bytes(&self) -> usize {
@@ -593,6 +606,7 @@ impl LimitsConfig {
         ms("handshake_timeout_ms", self.handshake_timeout_ms, 100, 120_000)?;
         ms("header_read_timeout_ms", self.header_read_timeout_ms, 100, 600_000)?;
         ms("body_read_timeout_ms", self.body_read_timeout_ms, 100, 3_600_000)?;
+        ms("stream_stall_timeout_ms", self.stream_stall_timeout_ms, 100, 3_600_000)?;
         ms("accept_backoff_initial_ms", self.accept_backoff_initial_ms, 1, 10_000)?;
         ms("accept_backoff_max_ms", self.accept_backoff_max_ms, self.accept_backoff_initial_ms, 60_000)?;
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
@@ -1458,6 +1472,9 @@ fn default_header_read_timeout_ms() -> u64 {
 }
 fn default_body_read_timeout_ms() -> u64 {
     DEFAULT_BODY_READ_TIMEOUT_MS
+}
+fn default_stream_stall_timeout_ms() -> u64 {
+    DEFAULT_STREAM_STALL_TIMEOUT_MS
 }
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS

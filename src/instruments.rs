@@ -54,8 +54,10 @@ pub const LISTENERS: [&str; 3] = ["mtls", "source", "health"];
 /// - `decompressed_too_large`: a `Content-Encoding: gzip|zstd` body that decodes past `limits.max_body_bytes`, or
 ///   a zstd frame asking for a larger window (answered 413, stopped at the limit while decoding);
 /// - `connections_per_address`: a connection over `limits.max_connections_per_address`, closed at once;
-/// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422).
-pub const LIMITS: [&str; 7] = [
+/// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422);
+/// - `stream_stalled`: an event stream whose consumer took no page for `limits.stream_stall_timeout_ms` (ended,
+///   its connection closed).
+pub const LIMITS: [&str; 8] = [
     "handshake_timeout",
     "header_timeout",
     "body_timeout",
@@ -63,6 +65,7 @@ pub const LIMITS: [&str; 7] = [
     "decompressed_too_large",
     "connections_per_address",
     "response_too_large",
+    "stream_stalled",
 ];
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert

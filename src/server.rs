@@ -931,6 +931,9 @@ async fn accept_loop(
             let registration = peer
                 .as_ref()
                 .map(|p| trust.register(chain, p.principal.as_ref().map(|p| p.name.clone())));
+            // A handler may close its own connection (a stalled event stream).
+            let closer = crate::listen::ConnectionCloser::default();
+            let handle = closer.clone();
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     if let Some(p) = &peer {
@@ -938,6 +941,7 @@ async fn accept_loop(
                     }
                     req.extensions_mut().insert(RemoteAddr(remote));
                     req.extensions_mut().insert(kind);
+                    req.extensions_mut().insert(handle.clone());
                     let mut router = router.clone();
                     async move { tower::Service::call(&mut router, req).await }
                 });
@@ -961,6 +965,7 @@ async fn accept_loop(
                 },
                 // Dropping the connection closes it, a request in flight included.
                 _ = closed => tracing::info!(%remote, "connection closed: its certificate is no longer accepted"),
+                _ = closer.closed() => tracing::info!(%remote, "connection closed by its handler"),
             }
         });
     }

@@ -15,12 +15,18 @@
 //!   the range handed to the connection and why it ended — not one per event or page.
 //! - **Shutdown**: a stream ends (after its close record) when the appliance begins to stop, so the graceful
 //!   shutdown does not wait for it.
+//! - **A consumer that stops reading** holds no more than a connection slot, and only for
+//!   `limits.stream_stall_timeout_ms`: when a page could not be handed to the connection for that long, the
+//!   stream ends (close record, reason `stalled`, the `stream_stalled` limit hit counted) and the connection is
+//!   closed — its answer could not end otherwise, the consumer taking no bytes. Like every connection, a stream
+//!   counts against `limits.max_connections` and `limits.max_connections_per_address`.
 
 use super::search::log_access;
 use super::{authorize_any, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{NormalizedFields, Outcome};
 use crate::ledger::entry::Entry;
+use crate::listen::{ConnectionCloser, ListenerKind};
 use crate::store::{self, StoreError, StoredEvent};
 use crate::tls::{Peer, Principal};
 use axum::body::{Body, Bytes};
@@ -120,6 +126,8 @@ fn truncate(v: &str) -> String {
 pub(super) async fn stream(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
+    closer: Option<Extension<ConnectionCloser>>,
+    listener: Option<Extension<ListenerKind>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let principal = authorize_any(peer.as_ref().map(|p| &p.0), &STREAM_ROLES)?;
@@ -135,7 +143,9 @@ pub(super) async fn stream(
     let open_seq = log_access(&state, &principal, ENDPOINT, &params, None).await?;
     let (tx, rx) = mpsc::channel(CHANNEL_PAGES);
     let from = after.map_or(0, |a| a.saturating_add(1));
-    tokio::spawn(follow(state, principal, after, from, open_seq, tx));
+    let connection =
+        Connection { closer: closer.map(|c| c.0), listener: listener.map_or(ListenerKind::Mtls, |l| l.0) };
+    tokio::spawn(follow(state, principal, after, from, open_seq, tx, connection));
     let mut response = Body::new(ChannelBody { rx }).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
@@ -155,6 +165,15 @@ enum End {
     Shutdown,
     /// Reading the log failed (the appliance log has the error).
     ReadFailed,
+    /// The consumer took no page for `limits.stream_stall_timeout_ms`; its connection was closed.
+    Stalled,
+}
+
+/// The connection a stream is answered on.
+struct Connection {
+    /// Closes it (a stalled stream); `None` outside the accept loop (unit tests).
+    closer: Option<ConnectionCloser>,
+    listener: ListenerKind,
 }
 
 impl End {
@@ -163,6 +182,7 @@ impl End {
             End::ClientClosed => "client_closed",
             End::Shutdown => "shutdown",
             End::ReadFailed => "read_failed",
+            End::Stalled => "stalled",
         }
     }
 }
@@ -176,7 +196,9 @@ async fn follow(
     mut next: u64,
     open_seq: u64,
     tx: mpsc::Sender<Bytes>,
+    connection: Connection,
 ) {
+    let stall = state.limits.stream_stall_timeout();
     let stats = &state.streams;
     stats.open.fetch_add(1, Ordering::Relaxed);
     stats.opened.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +220,12 @@ async fn follow(
                 }
             };
             tokio::select! {
-                sent = tx.send(page.bytes) => if sent.is_err() { break End::ClientClosed },
+                sent = tokio::time::timeout(stall, tx.send(page.bytes)) => match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::ClientClosed,
+                    // The page was not handed over: the range delivered ends before it.
+                    Err(_) => break End::Stalled,
+                },
                 _ = stopping.wait_for(|s| *s) => break End::Shutdown,
             }
             delivered = Some((delivered.map_or(page.first, |d| d.0), page.last));
@@ -225,6 +252,16 @@ async fn follow(
         tracing::error!(code = e.code, message = %e.message, open_audit_seq = open_seq, "stream: the close record was not stored");
     }
     stats.open.fetch_sub(1, Ordering::Relaxed);
+    if end == End::Stalled {
+        tracing::info!(
+            open_audit_seq = open_seq,
+            "stream: the consumer stopped reading; closing its connection"
+        );
+        state.metrics.instruments.limit_hit(connection.listener.as_str(), "stream_stalled");
+        if let Some(closer) = &connection.closer {
+            closer.close();
+        }
+    }
     // Dropping `tx` ends the answer (after the close record, so a shutdown never outruns it).
     drop(tx);
 }
