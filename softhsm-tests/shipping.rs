@@ -198,6 +198,10 @@ async fn a_full_writer_queue_answers_429_with_retry_after_and_stores_nothing_of_
     );
     let m = String::from_utf8(a.connect("monitor").await.get("/metrics").await.unwrap().body).unwrap();
     assert!(m.contains("anchorlog_ingest_throttled_total 2\n"), "{m}");
+    assert!(
+        m.contains("anchorlog_failures_total{kind=\"ingest_rejected\"} 0\n"),
+        "429s are not rejections: {m}"
+    );
     // The queue is free again: the same request is stored now.
     let (status, _, ok) = post(&mut second, "", None, ndjson("second", 5)).await;
     assert_eq!((status, ok["stored"].as_u64()), (200, Some(5)));
