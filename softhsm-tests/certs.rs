@@ -116,7 +116,7 @@ fn appliance_configured(poll_s: u64, base: Options, before_start: impl FnOnce(&P
                  client_crl_files = [\"{d}/certs/ca.crl\", \"{d}/certs/ca2.crl\"]\nreload_poll_s = {poll_s}"
             ),
         );
-        for who in ["producer", "auditor", "admin", "monitor"] {
+        for who in ["producer", "auditor", "admin", "monitor", "reader"] {
             text = text.replace(
                 &format!("identities = [\"dns:{who}.test\"]"),
                 &format!("identities = [\"dns:{who}.test\"]\nissuers = [\"{d}/certs/ca.pem\"]"),

@@ -72,7 +72,7 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Extra lines of the `[server]` section (e.g. `health_listen = "127.0.0.1:PORT"`).
     pub server_extra: String,
-    /// Extra lines of the `[limits]` section (e.g. `body_read_timeout_ms = 2000`).
+    /// Extra lines of the `[limits]` section (e.g. `body_read_timeout_ms = 2000`, `writer_queue_depth = 1`).
     pub limits_extra: String,
     /// With [`TestSigner::Tpm`]: configure (and provision) the head counter at [`TPM_COUNTER_INDEX`].
     pub tpm_counter: bool,
@@ -281,6 +281,10 @@ identities = ["dns:admin.test"]
 name = "monitor-1"
 roles = ["monitor"]
 identities = ["dns:monitor.test"]
+[[principal]]
+name = "reader-1"
+roles = ["reader"]
+identities = ["dns:reader.test"]
 {extra}
 {alerting}"#,
             db = self.db_path().display(),
@@ -650,7 +654,7 @@ fn rand_u32() -> u128 {
     h.finish() as u128
 }
 
-/// CA + server + producer/auditor/admin/stranger/monitor certs, plus a client cert from a foreign CA.
+/// CA + server + producer/auditor/admin/stranger/monitor/reader certs, plus a client cert from a foreign CA.
 fn write_pki(d: &Path) {
     let certs = d.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
@@ -660,6 +664,7 @@ fn write_pki(d: &Path) {
         ("admin", "admin.test"),
         ("stranger", "stranger.test"),
         ("monitor", "monitor.test"),
+        ("reader", "reader.test"),
     ])
     .unwrap();
     std::fs::write(certs.join("ca.pem"), &pki.ca_pem).unwrap();

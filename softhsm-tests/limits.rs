@@ -160,8 +160,16 @@ async fn a_body_trickled_one_byte_a_second_gets_408_within_the_timeout_and_store
     let ((status, body), took) = trickle(source_tls(&a).await, head, vec![b' '; 100]).await;
     assert_eq!((status, body["code"].as_str()), (408, Some("body_timeout")), "{body}");
     assert!(took < Duration::from_secs(20), "answered after {took:?}");
+    // A compressed body (issue 15.2) is bounded in time the same way: reading and decompressing it together.
+    let tls = mtls_from(&a, "producer", "127.0.0.1").await;
+    let head = "POST /v1/events HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/x-ndjson\r\n\
+                content-encoding: gzip\r\ncontent-length: 100\r\n\r\n"
+        .to_string();
+    let ((status, body), took) = trickle(tls, head, vec![0x1f; 100]).await;
+    assert_eq!((status, body["code"].as_str()), (408, Some("body_timeout")), "{body}");
+    assert!(took < Duration::from_secs(20), "answered after {took:?}");
     assert_eq!(a.stored_events().await, 0, "nothing of a timed-out body is stored");
-    assert_eq!(metric(&a, &limit_series("mtls", "body_timeout")).await, 1);
+    assert_eq!(metric(&a, &limit_series("mtls", "body_timeout")).await, 2);
     assert_eq!(metric(&a, &limit_series("source", "body_timeout")).await, 1);
     // The limit does not stop a producer that sends its body at once.
     let r = a.connect("producer").await.post_json("/v1/events", br#"{"type":"LOGIN"}"#).await.unwrap();

@@ -54,7 +54,7 @@ pub struct Response {
     pub status: u16,
     /// Content-Type header, if any.
     pub content_type: Option<String>,
-    /// Retry-After header, if any (507 `storage_full`, 503 `database_busy`).
+    /// Retry-After header, if any (429 `writer_queue_full`, 507 `storage_full`, 503 `database_busy`).
     pub retry_after: Option<String>,
     /// The whole body.
     pub body: Vec<u8>,
@@ -64,6 +64,27 @@ impl Response {
     /// The body parsed as JSON (`Null` if it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// An answer read as it arrives (`GET /v1/stream`): status and headers now, the body chunk by chunk.
+pub struct StreamingResponse {
+    /// HTTP status code.
+    pub status: u16,
+    /// The answer's headers.
+    pub headers: hyper::HeaderMap,
+    body: hyper::body::Incoming,
+}
+
+impl StreamingResponse {
+    /// The next chunk of the body; `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<axum::body::Bytes>, ClientError> {
+        while let Some(frame) = self.body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -131,6 +152,27 @@ impl Connection {
         let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.into_body().collect().await?.to_bytes().to_vec();
         Ok(Response { status, content_type, retry_after, body })
+    }
+
+    /// Sends one request and returns its status and headers as soon as they arrive; the body is read with
+    /// [`StreamingResponse::chunk`]. Drop the connection to abandon a body that does not end.
+    pub async fn open(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<StreamingResponse, ClientError> {
+        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        Ok(StreamingResponse { status, headers: parts.headers, body })
     }
 
     /// Sends one request and returns the status, reading at most `max_body` bytes of the answer (the rest is

@@ -31,6 +31,15 @@ pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 pub const DEFAULT_RELOAD_POLL_S: u64 = 5;
 /// Default page size limit for list endpoints.
 pub const DEFAULT_MAX_QUERY_LIMIT: usize = 1_000;
+/// Default number of ingest requests that may wait for the writer at once; one more is answered 429.
+pub const DEFAULT_WRITER_QUEUE_DEPTH: usize = 1_024;
+/// Largest `limits.writer_queue_depth`: the writer's own command queue. Admitted beyond it, a request would
+/// wait in that queue again, unbounded by this limit.
+pub const MAX_WRITER_QUEUE_DEPTH: usize = 4_096;
+#[cfg(feature = "server")]
+const _: () = assert!(MAX_WRITER_QUEUE_DEPTH <= crate::ledger::appender::QUEUE_DEPTH);
+/// Default `Retry-After` of a 429 (writer queue full), in seconds.
+pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
 /// Default time one TSA request may take (connect, send, receive), in milliseconds.
 pub const DEFAULT_TSA_TIMEOUT_MS: u64 = 10_000;
 /// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds.
@@ -47,6 +56,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 /// Default of `limits.body_read_timeout_ms`: a 1 MiB body at 40 KB/s.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default of `limits.stream_stall_timeout_ms`: how long `GET /v1/stream` waits for a consumer that stopped
+/// reading before it ends the stream and closes the connection.
+pub const DEFAULT_STREAM_STALL_TIMEOUT_MS: u64 = 60_000;
 /// Default of `limits.max_connections` (per listener).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4_096;
 /// Default of `limits.max_connections_per_address`: room for a load generator or a connection pool of 64 plus
@@ -559,6 +571,11 @@ pub struct LimitsConfig {
     /// answered 408 `body_timeout` and stores nothing.
     #[serde(default = "default_body_read_timeout_ms")]
     pub body_read_timeout_ms: u64,
+    /// Time an event stream (`GET /v1/stream`) waits for a consumer that stopped reading (milliseconds): when a
+    /// page could not be handed to the connection for this long, the stream ends (close record, reason
+    /// `stalled`) and its connection is closed, so a consumer that never reads cannot hold a connection.
+    #[serde(default = "default_stream_stall_timeout_ms")]
+    pub stream_stall_timeout_ms: u64,
     /// Most open connections per listener; further ones wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -585,6 +602,12 @@ pub struct LimitsConfig {
     /// Default: 32 MiB, or twice `max_body_bytes` plus 64 KiB when that is more (one event always fits).
     #[serde(default)]
     pub max_response_bytes: Option<usize>,
+    /// Ingest requests that may wait for (or be applied by) the writer at once; one more is answered 429.
+    #[serde(default = "default_writer_queue_depth")]
+    pub writer_queue_depth: usize,
+    /// `Retry-After` seconds of that 429.
+    #[serde(default = "default_retry_after_s")]
+    pub retry_after_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -597,6 +620,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            stream_stall_timeout_ms: DEFAULT_STREAM_STALL_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             accept_backoff_initial_ms: DEFAULT_ACCEPT_BACKOFF_INITIAL_MS,
@@ -604,6 +628,8 @@ impl Default for LimitsConfig {
             denial_records_per_minute: DEFAULT_DENIAL_RECORDS_PER_MINUTE,
             denial_records_per_address_per_minute: DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE,
             max_response_bytes: None,
+            writer_queue_depth: DEFAULT_WRITER_QUEUE_DEPTH,
+            retry_after_s: DEFAULT_RETRY_AFTER_S,
         }
     }
 }
@@ -620,6 +646,10 @@ impl LimitsConfig {
     /// `body_read_timeout_ms` as a duration.
     pub fn body_read_timeout(&self) -> Duration {
         Duration::from_millis(self.body_read_timeout_ms)
+    }
+    /// `stream_stall_timeout_ms` as a duration.
+    pub fn stream_stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stream_stall_timeout_ms)
     }
 
     /// The largest answer of `GET /v1/events`: `max_response_bytes`, or its default.
@@ -646,6 +676,7 @@ impl LimitsConfig {
         ms("handshake_timeout_ms", self.handshake_timeout_ms, 100, 120_000)?;
         ms("header_read_timeout_ms", self.header_read_timeout_ms, 100, 600_000)?;
         ms("body_read_timeout_ms", self.body_read_timeout_ms, 100, 3_600_000)?;
+        ms("stream_stall_timeout_ms", self.stream_stall_timeout_ms, 100, 3_600_000)?;
         ms("accept_backoff_initial_ms", self.accept_backoff_initial_ms, 1, 10_000)?;
         ms("accept_backoff_max_ms", self.accept_backoff_max_ms, self.accept_backoff_initial_ms, 60_000)?;
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
@@ -664,6 +695,15 @@ impl LimitsConfig {
                 "limits.denial_records_per_address_per_minute",
                 "expected 1..=denial_records_per_minute",
             ));
+        }
+        if self.writer_queue_depth == 0 || self.writer_queue_depth > MAX_WRITER_QUEUE_DEPTH {
+            return Err(invalid(
+                "limits.writer_queue_depth",
+                format!("expected 1..={MAX_WRITER_QUEUE_DEPTH}"),
+            ));
+        }
+        if self.retry_after_s == 0 || self.retry_after_s > 3_600 {
+            return Err(invalid("limits.retry_after_s", "expected 1..=3600 seconds"));
         }
         let floor = self.response_floor();
         match self.max_response_bytes {
@@ -905,6 +945,9 @@ pub enum Role {
     /// May read `/readyz` and `/metrics` and nothing else (a Prometheus scraper, a load balancer's probe): no
     /// event content, no heads, no exports.
     Monitor,
+    /// May follow the event stream (`GET /v1/stream`) and nothing else: a SIEM's collector, which needs every
+    /// event but no search, export, proof or erasure.
+    Reader,
 }
 
 impl Role {
@@ -915,6 +958,7 @@ impl Role {
             Role::Auditor => "auditor",
             Role::Admin => "admin",
             Role::Monitor => "monitor",
+            Role::Reader => "reader",
         }
     }
 }
@@ -1595,6 +1639,9 @@ fn default_header_read_timeout_ms() -> u64 {
 fn default_body_read_timeout_ms() -> u64 {
     DEFAULT_BODY_READ_TIMEOUT_MS
 }
+fn default_stream_stall_timeout_ms() -> u64 {
+    DEFAULT_STREAM_STALL_TIMEOUT_MS
+}
 fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
 }
@@ -1612,6 +1659,12 @@ fn default_denial_records_per_minute() -> u32 {
 }
 fn default_denial_records_per_address_per_minute() -> u32 {
     DEFAULT_DENIAL_RECORDS_PER_ADDRESS_PER_MINUTE
+}
+fn default_writer_queue_depth() -> usize {
+    DEFAULT_WRITER_QUEUE_DEPTH
+}
+fn default_retry_after_s() -> u64 {
+    DEFAULT_RETRY_AFTER_S
 }
 fn default_seal_interval_ms() -> u64 {
     DEFAULT_SEAL_INTERVAL_MS

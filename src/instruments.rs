@@ -63,22 +63,29 @@ pub const LISTENERS: [&str; 4] = ["mtls", "source", "health", "syslog"];
 ///   start or the previous answer (an idle keep-alive connection closed after that time counts too);
 /// - `body_timeout`: a body did not arrive within `limits.body_read_timeout_ms` (answered 408);
 /// - `body_too_large`: a body over `limits.max_body_bytes` (answered 413, before an HMAC is computed);
+/// - `decompressed_too_large`: a `Content-Encoding: gzip|zstd` body that decodes past `limits.max_body_bytes`, or
+///   a zstd frame asking for a larger window (answered 413, stopped at the limit while decoding);
 /// - `connections_per_address`: a connection over `limits.max_connections_per_address`, closed at once;
 /// - `response_too_large`: a search page over `limits.max_response_bytes` (answered 422);
+/// - `stream_stalled`: an event stream whose consumer took no page for `limits.stream_stall_timeout_ms` (ended,
+///   its connection closed);
 /// - `idle_timeout`: a syslog connection silent for `syslog.idle_timeout_s`, closed.
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 9] = [
     "handshake_timeout",
     "header_timeout",
     "body_timeout",
     "body_too_large",
+    "decompressed_too_large",
     "connections_per_address",
     "response_too_large",
+    "stream_stalled",
     "idle_timeout",
 ];
 
 /// The failure kinds counted by [`Instruments::failed`]; every one is exposed (at 0) from the start, so an alert
 /// rule on a rate never sees a missing series.
-pub const FAILURE_KINDS: [&str; 4] = ["sealing", "timestamping", "witnessing", "ingest_rejected"];
+pub const FAILURE_KINDS: [&str; 5] =
+    ["sealing", "timestamping", "witnessing", "ingest_rejected", "ingest_line_rejected"];
 
 impl Default for Instruments {
     fn default() -> Self {

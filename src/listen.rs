@@ -18,6 +18,25 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A request's handle on its own connection: the accept loop closes the connection when [`Self::close`] is
+/// called. For answers that cannot end by themselves while the client does not read (`GET /v1/stream` to a
+/// consumer that stopped reading): the answer's end never reaches a client that takes no bytes, so only closing
+/// the connection frees it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionCloser(Arc<tokio::sync::Notify>);
+
+impl ConnectionCloser {
+    /// Asks the accept loop to close the connection (a request in flight on it included).
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
+
+    /// Resolves once [`Self::close`] was called (also if it was called before this is awaited).
+    pub async fn closed(&self) {
+        self.0.notified().await;
+    }
+}
+
 /// How often a repeated condition (failed accepts, connections over the per-address cap) is logged at most.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(60);
 

@@ -485,6 +485,8 @@ impl Service {
                 stop_tx.subscribe(),
             ));
         }
+        // One shutdown signal stops both listeners and ends the event streams.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app_state = Arc::new(AppState {
             appender,
             reads,
@@ -509,6 +511,13 @@ impl Service {
             self_verify,
             alerts,
             max_export_snapshot: Duration::from_secs(config.storage.max_export_snapshot_s),
+            queue: api::queue::WriterQueue::new(
+                config.limits.writer_queue_depth,
+                config.limits.retry_after_s,
+            )
+            .with_fault_from_env(),
+            stopping: shutdown_rx.clone(),
+            streams: api::stream::StreamStats::default(),
         });
         // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
         let trust = TrustHandle::new(tls_config);
@@ -542,8 +551,6 @@ impl Service {
                 app_state.metrics.clone(),
             ));
         }
-        // One shutdown signal stops both listeners.
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
@@ -1033,6 +1040,9 @@ async fn accept_loop(
             let registration = peer
                 .as_ref()
                 .map(|p| trust.register(chain, p.principal.as_ref().map(|p| p.name.clone())));
+            // A handler may close its own connection (a stalled event stream).
+            let closer = crate::listen::ConnectionCloser::default();
+            let handle = closer.clone();
             let service =
                 hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                     if let Some(p) = &peer {
@@ -1040,6 +1050,7 @@ async fn accept_loop(
                     }
                     req.extensions_mut().insert(RemoteAddr(remote));
                     req.extensions_mut().insert(kind);
+                    req.extensions_mut().insert(handle.clone());
                     let mut router = router.clone();
                     async move { tower::Service::call(&mut router, req).await }
                 });
@@ -1063,6 +1074,7 @@ async fn accept_loop(
                 },
                 // Dropping the connection closes it, a request in flight included.
                 _ = closed => tracing::info!(%remote, "connection closed: its certificate is no longer accepted"),
+                _ = closer.closed() => tracing::info!(%remote, "connection closed by its handler"),
             }
         });
     }

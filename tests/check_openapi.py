@@ -37,6 +37,18 @@ def main(path):
         for e in errors:
             failures.append(f"{where}: {'/'.join(map(str, e.path))}: {e.message}")
 
+    def check_media(where, media):
+        # A media type has one `example` or several named `examples` (OpenAPI 3.1 §4.8.14), not both.
+        if "example" in media and "examples" in media:
+            failures.append(f"{where}: both example and examples")
+        if "example" in media:
+            check(where, media["schema"], media["example"])
+        for label, ex in media.get("examples", {}).items():
+            if "value" not in ex:
+                failures.append(f"{where} example {label}: no value")
+                continue
+            check(f"{where} example {label}", media["schema"], ex["value"])
+
     for route, item in doc["paths"].items():
         for method, op in item.items():
             name = f"{method.upper()} {route}"
@@ -44,12 +56,10 @@ def main(path):
                 if "example" in p:
                     check(f"{name} parameter {p['name']}", p["schema"], p["example"])
             for ctype, media in op.get("requestBody", {}).get("content", {}).items():
-                if "example" in media:
-                    check(f"{name} request {ctype}", media["schema"], media["example"])
+                check_media(f"{name} request {ctype}", media)
             for status, resp in op["responses"].items():
                 for ctype, media in resp.get("content", {}).items():
-                    if "example" in media:
-                        check(f"{name} {status} {ctype}", media["schema"], media["example"])
+                    check_media(f"{name} {status} {ctype}", media)
     if failures:
         print("\n".join(failures), file=sys.stderr)
         sys.exit(1)

@@ -15,7 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Structured detail (index, line, limit …).
     pub detail: Value,
-    /// Seconds to send as `Retry-After` (transient conditions: a full disk, a busy database).
+    /// Seconds to send as `Retry-After` (transient conditions: a full writer queue, a full disk, a busy
+    /// database).
     pub retry_after: Option<u32>,
 }
 
@@ -28,6 +29,12 @@ impl ApiError {
     /// Adds structured detail.
     pub fn with_detail(mut self, detail: Value) -> Self {
         self.detail = detail;
+        self
+    }
+
+    /// Adds a `Retry-After: seconds` header to the answer.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(u32::try_from(seconds).unwrap_or(u32::MAX));
         self
     }
 
@@ -50,18 +57,17 @@ impl ApiError {
         match err.fault() {
             Some(StorageFault::Full) => {
                 tracing::error!(error = %err, "{context}: no space left for the database");
-                let mut e = Self::new(
+                let e = Self::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     StorageFault::Full.code(),
                     "the appliance's storage is full; nothing of this request was stored — retry later \
                      (the operator must free space)",
                 );
-                e.retry_after = Some(STORAGE_FULL_RETRY_AFTER_S);
-                e
+                e.with_retry_after(STORAGE_FULL_RETRY_AFTER_S.into())
             }
             Some(StorageFault::Busy) => {
                 tracing::error!(error = %err, "{context}: the database is locked by another connection");
-                let mut e = Self::new(
+                let e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     StorageFault::Busy.code(),
                     format!(
@@ -70,8 +76,7 @@ impl ApiError {
                         crate::store::WRITE_BUSY_TIMEOUT.as_secs()
                     ),
                 );
-                e.retry_after = Some(DATABASE_BUSY_RETRY_AFTER_S);
-                e
+                e.with_retry_after(DATABASE_BUSY_RETRY_AFTER_S.into())
             }
             Some(StorageFault::Io) => {
                 tracing::error!(error = %err, "{context}: the database's storage failed a write or sync");

@@ -2,16 +2,25 @@
 //!
 //! The request is atomic: the body is parsed and validated completely before anything is queued, and the
 //! writer applies all of its events in one savepoint. The 200 is sent only after the group commit (fsync).
+//!
+//! For shippers (Vector, Fluent Bit, Logstash):
+//! - `Content-Encoding: gzip` or `zstd` bodies are decoded with the body limit applied to the decoded size
+//!   while decoding ([`super::encoding`]);
+//! - when [`super::queue::WriterQueue`] is full the request is answered `429` with `Retry-After` before
+//!   anything of it is queued;
+//! - `?partial=true` stores the good events of a batch and lists each refused one (`index`, `line`, `code`),
+//!   for shippers that cannot split a batch a 4xx refused whole (Vector retries no 4xx but 429).
 
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{self, Format, Limits};
-use crate::ledger::appender::{AppendError, NewEvent};
+use crate::ledger::appender::{AppendError, Appended, NewEvent};
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
 use crate::listen::ListenerKind;
 use crate::tls::Peer;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -24,15 +33,21 @@ use std::sync::Arc;
 /// The source name recorded for events posted to the generic endpoint.
 pub const GENERIC_SOURCE: &str = "events";
 
+/// The query parameter that turns on partial ingest.
+pub const PARTIAL_PARAMETER: &str = "partial";
+
 pub(super) async fn post_events(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let result = ingest(&state, peer.as_ref().map(|p| &p.0), &headers, body).await;
+    let result = ingest(&state, peer.as_ref().map(|p| &p.0), query, &headers, body).await;
     if let Err(e) = &result {
-        if e.status.is_client_error() {
+        // A 429 (writer queue full) is the appliance's capacity, not a bad request: counted on its own
+        // (`anchorlog_ingest_throttled_total`), so an alert on rejected requests does not fire under load.
+        if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS {
             state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
             state.metrics.instruments.failed("ingest_rejected");
         }
@@ -40,24 +55,120 @@ pub(super) async fn post_events(
     result
 }
 
+/// `?partial=true|false`; any other parameter is refused (a typo must not silently mean "atomic").
+fn partial_mode(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<bool, ApiError> {
+    let bad = |parameter: &str, message: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_parameter", message)
+            .with_detail(json!({"parameter": parameter}))
+    };
+    let Query(pairs) = query.map_err(|e| bad("query", format!("the query string cannot be parsed: {e}")))?;
+    let mut partial = None;
+    for (name, value) in pairs {
+        if name != PARTIAL_PARAMETER {
+            let shown: String = name.chars().take(64).collect();
+            return Err(bad(
+                &shown,
+                format!("unknown query parameter {shown:?}; known: {PARTIAL_PARAMETER}"),
+            ));
+        }
+        if partial.is_some() {
+            return Err(bad(PARTIAL_PARAMETER, "query parameter partial is given more than once".into()));
+        }
+        partial = Some(match value.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => return Err(bad(PARTIAL_PARAMETER, "partial must be true or false".into())),
+        });
+    }
+    Ok(partial.unwrap_or(false))
+}
+
 async fn ingest(
     state: &AppState,
     peer: Option<&Peer>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let principal = authorize(peer, Role::Producer)?;
+    let partial = partial_mode(query)?;
     let ndjson = content_kind(headers)?;
-    let bytes = read_limited(state, body, headers, ListenerKind::Mtls).await?;
-    let parsed = parse(state, Format::Json, &bytes, ndjson)?;
-    let idempotency_key = idempotency_key(headers, parsed.len())?;
+    let encoding = super::encoding::from_headers(headers)?;
+    let bytes = read_decoded(state, body, headers, encoding, ListenerKind::Mtls).await?;
     let origin = Origin {
         producer: principal.name.clone(),
         source: Arc::from(GENERIC_SOURCE),
         auth: AuthMethod::Mtls,
         format: Format::Json,
     };
-    append(state, parsed, &origin, idempotency_key).await
+    if partial {
+        return append_partial(state, &bytes, ndjson, &origin, headers).await;
+    }
+    let parsed = parse(state, Format::Json, &bytes, ndjson)?;
+    let idempotency_key = idempotency_key(headers, parsed.len())?;
+    let appended = append_events(state, parsed, &origin, idempotency_key).await?;
+    Ok(Json(answer(&appended, None)))
+}
+
+/// `?partial=true`: every event judged on its own; the good ones are stored together (one savepoint, as one
+/// request), each refused one is listed with its index, line and code. Nothing is stored if the queue is full.
+async fn append_partial(
+    state: &AppState,
+    bytes: &[u8],
+    ndjson: bool,
+    origin: &Origin,
+    headers: &HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let limits =
+        Limits { max_events: state.limits.max_events_per_request, max_depth: state.limits.max_json_depth };
+    let each =
+        formats::json::parse_each(bytes, ndjson, &limits, state.search_enabled).map_err(format_error)?;
+    let mut good = Vec::with_capacity(each.len());
+    let mut indices = Vec::with_capacity(each.len());
+    let mut rejected = Vec::new();
+    for e in each {
+        match e.result {
+            Ok(p) => {
+                indices.push(e.index);
+                good.push(p);
+            }
+            Err(err) => {
+                state.metrics.instruments.failed("ingest_line_rejected");
+                rejected.push(
+                    json!({"index": e.index, "line": e.line, "code": err.code(), "message": err.to_string()}),
+                );
+            }
+        }
+    }
+    let idempotency_key = idempotency_key(headers, good.len().max(1))?;
+    let appended = if good.is_empty() {
+        Vec::new()
+    } else {
+        append_events(state, good, origin, idempotency_key).await?
+    };
+    let mut body = answer(&appended, Some(&indices));
+    if let Some(o) = body.as_object_mut() {
+        o.insert("rejected".into(), Value::Array(rejected));
+    }
+    Ok(Json(body))
+}
+
+/// `{"stored", "duplicates", "events": [{"seq", "leaf_hash", "duplicate"}]}`; with `indices` (partial mode)
+/// each event also names its index in the body.
+fn answer(appended: &[Appended], indices: Option<&[usize]>) -> Value {
+    let duplicates = appended.iter().filter(|a| a.duplicate).count();
+    let events: Vec<Value> = appended
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let mut v = json!({"seq": a.seq, "leaf_hash": B64.encode(a.leaf_hash), "duplicate": a.duplicate});
+            if let (Some(indices), Some(o)) = (indices, v.as_object_mut()) {
+                o.insert("index".into(), json!(indices.get(i)));
+            }
+            v
+        })
+        .collect();
+    json!({"stored": appended.len() - duplicates, "duplicates": duplicates, "events": events})
 }
 
 /// Who sent a request and through which source: recorded in every entry of the request.
@@ -91,6 +202,19 @@ pub(super) async fn append(
     origin: &Origin,
     idempotency_key: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let appended = append_events(state, parsed, origin, idempotency_key).await?;
+    Ok(Json(answer(&appended, None)))
+}
+
+/// [`append`], returning what the writer answered. Waits for a place in the writer queue first: none free is a
+/// 429 before anything of the request is queued.
+async fn append_events(
+    state: &AppState,
+    parsed: Vec<formats::ParsedEvent>,
+    origin: &Origin,
+    idempotency_key: Option<String>,
+) -> Result<Vec<Appended>, ApiError> {
+    let _place = state.queue.admit().await?;
     let received_at_ns = crate::store::now_ns();
     // ThreadRng is not Send: keep it out of the future's state across the await below.
     let events: Vec<NewEvent> = {
@@ -132,11 +256,7 @@ pub(super) async fn append(
     m.ingested(&origin.source, origin.format.as_str(), (appended.len() - duplicates) as u64);
     m.ack_seconds.observe(crate::store::now_ns().saturating_sub(received_at_ns) as f64 / 1e9);
     state.metrics.events_duplicate.fetch_add(duplicates as u64, Ordering::Relaxed);
-    let events: Vec<Value> = appended
-        .iter()
-        .map(|a| json!({"seq": a.seq, "leaf_hash": B64.encode(a.leaf_hash), "duplicate": a.duplicate}))
-        .collect();
-    Ok(Json(json!({"stored": appended.len() - duplicates, "duplicates": duplicates, "events": events})))
+    Ok(appended)
 }
 
 /// `application/json` → false, `application/x-ndjson` → true, anything else → 415.
@@ -178,6 +298,61 @@ pub(super) async fn read_limited(
 /// The `code` of a body that did not arrive in time (408).
 pub const BODY_TIMEOUT: &str = "body_timeout";
 
+/// [`read_limited`], then decoded per `encoding` within the same limits: the decoded size is bounded by
+/// `limits.max_body_bytes` while decoding (413 `decompressed_too_large`, counted as the `decompressed_too_large`
+/// limit), and reading plus decoding together must end within `limits.body_read_timeout_ms` (408
+/// `body_timeout`). Decoding runs on a blocking thread so a large body does not stall the connections served by
+/// the same runtime worker; its work is bounded by the decoded size, so a thread abandoned at the deadline ends
+/// soon after.
+pub(super) async fn read_decoded(
+    state: &AppState,
+    body: Body,
+    headers: &HeaderMap,
+    encoding: super::encoding::Encoding,
+    listener: ListenerKind,
+) -> Result<Bytes, ApiError> {
+    let started = tokio::time::Instant::now();
+    let bytes = read_limited(state, body, headers, listener).await?;
+    if encoding == super::encoding::Encoding::Identity {
+        return Ok(bytes);
+    }
+    let l = &state.limits;
+    let limit = l.max_body_bytes;
+    let deadline = started + l.body_read_timeout();
+    let decoding = tokio::task::spawn_blocking(move || super::encoding::decode(encoding, bytes, limit));
+    let decoded = match tokio::time::timeout_at(deadline, decoding).await {
+        Ok(Ok(decoded)) => decoded,
+        Ok(Err(join)) => return Err(ApiError::internal("decoding a request body", &join)),
+        Err(_) => Err(body_timeout(l.body_read_timeout(), true)),
+    };
+    if let Err(e) = &decoded {
+        if matches!(
+            e.code,
+            BODY_TIMEOUT | super::encoding::DECOMPRESSED_TOO_LARGE | super::encoding::ZSTD_WINDOW_TOO_LARGE
+        ) {
+            let limit =
+                if e.code == BODY_TIMEOUT { BODY_TIMEOUT } else { super::encoding::DECOMPRESSED_TOO_LARGE };
+            state.metrics.instruments.limit_hit(listener.as_str(), limit);
+        }
+    }
+    decoded
+}
+
+/// The 408 of a body not read (or, `decoding`, not decoded) within `timeout`.
+fn body_timeout(timeout: std::time::Duration, decoding: bool) -> ApiError {
+    let what = if decoding { "arrive and decompress" } else { "arrive" };
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        BODY_TIMEOUT,
+        format!(
+            "the request body did not {what} within {} ms (limits.body_read_timeout_ms); nothing was stored. \
+             Send the body at once, or in smaller batches",
+            timeout.as_millis()
+        ),
+    )
+    .with_detail(json!({"timeout_ms": timeout.as_millis() as u64}))
+}
+
 /// Reads the body, refusing more than `limit` bytes without buffering them, and a body that has not fully
 /// arrived within `timeout` (408 `body_timeout`: a client trickling a body would otherwise hold its connection
 /// and the buffer for as long as it likes); `hint` says what to do about a body over the limit.
@@ -202,16 +377,7 @@ pub(crate) async fn read_body(
         return Err(too_large());
     }
     let Ok(read) = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            BODY_TIMEOUT,
-            format!(
-                "the request body did not arrive within {} ms (limits.body_read_timeout_ms); nothing was stored. \
-                 Send the body at once, or in smaller batches",
-                timeout.as_millis()
-            ),
-        )
-        .with_detail(json!({"timeout_ms": timeout.as_millis() as u64})));
+        return Err(body_timeout(timeout, false));
     };
     read.map_err(|e| {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);

@@ -3,14 +3,17 @@
 
 mod admin;
 pub mod denials;
+pub mod encoding;
 pub mod error;
 mod export;
 mod ingest;
 pub mod openapi;
 mod proofs;
+pub mod queue;
 mod read;
 mod search;
 pub mod sources;
+pub mod stream;
 
 use crate::config::{LimitsConfig, Role};
 use crate::ledger::appender::AppenderHandle;
@@ -61,6 +64,13 @@ pub struct AppState {
     /// `storage.max_export_snapshot_s`: longest an export may hold its read snapshot (which holds back WAL
     /// checkpoints) before it is aborted.
     pub max_export_snapshot: std::time::Duration,
+    /// The bounded line of ingest requests before the writer (429 when full).
+    pub queue: queue::WriterQueue,
+    /// Becomes `true` when the appliance begins to shut down: long-lived answers (`/v1/stream`) end then, so the
+    /// graceful shutdown does not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Open event streams and what they delivered (metrics).
+    pub streams: stream::StreamStats,
 }
 
 /// The router of the mTLS listener.
@@ -81,6 +91,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/key-rotations", get(proofs::key_rotations))
         .route("/v1/admin/erasures", post(admin::erase))
         .route("/v1/export", get(export::export))
+        .route("/v1/stream", get(stream::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), denials::record_denials))

@@ -35,6 +35,7 @@ pub const ROUTES: &[(Listener, &str, &str)] = &[
     ("mtls", "GET", "/v1/key-rotations"),
     ("mtls", "POST", "/v1/admin/erasures"),
     ("mtls", "GET", "/v1/export"),
+    ("mtls", "GET", "/v1/stream"),
     ("source", "GET", "/healthz"),
     ("source", "POST", "/v1/sources/{name}/events"),
     ("source", "GET", "/v1/sources/{name}/events"),
@@ -149,7 +150,7 @@ mod tests {
                 assert_eq!(roles.is_empty(), path == "/healthz", "{method} {path}");
                 for r in roles {
                     assert!(
-                        ["producer", "auditor", "admin", "monitor"].contains(&r.as_str().unwrap()),
+                        ["producer", "auditor", "admin", "monitor", "reader"].contains(&r.as_str().unwrap()),
                         "{method} {path}"
                     );
                 }

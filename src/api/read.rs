@@ -260,6 +260,8 @@ fn metrics_answer(state: &AppState) -> Response {
     state.self_verify.render_metrics(&mut text);
     state.alerts.render_metrics(&mut text);
     render_storage_metrics(state, &mut text);
+    state.queue.render_metrics(&mut text);
+    state.streams.render_metrics(&mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -145,7 +145,9 @@ fn auth_error(e: AuthError) -> ApiError {
 
 fn count_rejection(state: &AppState, result: &Result<Json<Value>, ApiError>) {
     if let Err(e) = result {
-        if e.status.is_client_error() {
+        // A 429 (writer queue full) is the appliance's capacity, not a bad request: counted on its own
+        // (`anchorlog_ingest_throttled_total`), so an alert on rejected requests does not fire under load.
+        if e.status.is_client_error() && e.status != StatusCode::TOO_MANY_REQUESTS {
             state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
             state.metrics.instruments.failed("ingest_rejected");
         }

@@ -148,6 +148,47 @@ fn split_lines<'a>(body: &'a [u8], limits: &Limits) -> Result<Vec<Element<'a>>, 
     Ok(out)
 }
 
+/// One line of an NDJSON body judged on its own (partial ingest): its 0-based event index (every non-empty line
+/// counts, good or bad), its 1-based line, and the element or that line's own error.
+pub(crate) struct LineResult<'a> {
+    /// 0-based index among the body's non-empty lines.
+    pub index: usize,
+    /// 1-based line in the body.
+    pub line: usize,
+    /// The line's element, or why it is not one.
+    pub result: Result<Element<'a>, FormatError>,
+}
+
+/// [`split`] of an NDJSON body for partial ingest: what concerns the whole body (empty, no events, more lines
+/// than the limit) fails it; a line that is not JSON or nests too deep fails that line only.
+pub(crate) fn split_lines_each<'a>(
+    body: &'a [u8],
+    limits: &Limits,
+) -> Result<Vec<LineResult<'a>>, FormatError> {
+    body.iter().position(|&b| !is_json_ws(b)).ok_or(FormatError::Empty)?;
+    let found = body.split(|&b| b == b'\n').filter(|line| line.iter().any(|&b| !is_json_ws(b))).count();
+    check_count(found, limits)?;
+    let mut out = Vec::with_capacity(found);
+    let mut line_start = 0usize;
+    for (n, line) in body.split(|&b| b == b'\n').enumerate() {
+        let start = line_start;
+        line_start += line.len() + 1;
+        let Some(lead) = line.iter().position(|&b| !is_json_ws(b)) else {
+            continue;
+        };
+        let trimmed = &line[lead..];
+        let result = limits::scan(trimmed, limits.max_depth)
+            .map_err(|e| FormatError::TooDeep { max: e.max, offset: start + lead + e.offset })
+            .and_then(|_| {
+                serde_json::from_slice::<&RawValue>(trimmed)
+                    .map_err(|e| json_error_at(&e, body, start + lead))
+            })
+            .map(|raw| Element { index: out.len(), line: Some(n + 1), start: offset_in(body, raw), raw });
+        out.push(LineResult { index: out.len(), line: n + 1, result });
+    }
+    Ok(out)
+}
+
 /// Byte offset of a borrowed value inside `body` (pointer difference; both point into the same
 /// allocation because serde borrowed `raw` from `body`).
 fn offset_in(body: &[u8], raw: &RawValue) -> usize {
@@ -219,6 +260,35 @@ mod tests {
         assert_eq!(
             split(b"{\"a\":1}\n  {\"b\":}\n", LineMode::On, &Limits::default()).unwrap_err(),
             FormatError::InvalidJson { line: 2, column: 8, reason: "expected value".to_owned() }
+        );
+    }
+
+    #[test]
+    fn lines_each_judges_every_line_alone_and_counts_bad_ones() {
+        let limits = Limits { max_events: 10, max_depth: 2 };
+        let body = b"{\"a\":1}\n\n{\"b\":}\n[[[1]]]\n {\"c\":3}\n";
+        let lines = split_lines_each(body, &limits).unwrap();
+        let summary: Vec<_> = lines
+            .iter()
+            .map(|l| {
+                (l.index, l.line, l.result.as_ref().map(|e| e.raw.get().to_owned()).map_err(|e| e.code()))
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (0, 1, Ok("{\"a\":1}".to_owned())),
+                (1, 3, Err("invalid_json")),
+                (2, 4, Err("too_deep")),
+                (3, 5, Ok("{\"c\":3}".to_owned())),
+            ]
+        );
+        // Whole-body problems still fail the body.
+        assert_eq!(split_lines_each(b" \n", &limits).err(), Some(FormatError::Empty));
+        let many = b"{}\n".repeat(11);
+        assert_eq!(
+            split_lines_each(&many, &limits).err(),
+            Some(FormatError::TooManyEvents { max: 10, found: 11 })
         );
     }
 

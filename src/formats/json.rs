@@ -42,19 +42,54 @@ pub fn parse_with(
     normalize: bool,
 ) -> Result<Vec<ParsedEvent>, FormatError> {
     let mode = if ndjson { LineMode::On } else { LineMode::Off };
-    frame::split(body, mode, limits)?
+    frame::split(body, mode, limits)?.iter().map(|el| parse_element(el, body, normalize)).collect()
+}
+
+fn parse_element(el: &frame::Element<'_>, body: &[u8], normalize: bool) -> Result<ParsedEvent, FormatError> {
+    let obj = el.object(body)?;
+    let source_id = match text(&obj, &["id"]) {
+        Some(id) => Some(check_source_id(id, "id", el.ctx())?),
+        None => None,
+    };
+    refuse_reserved_types(&obj, el.ctx())?;
+    let fields = if normalize { self::normalize(&obj) } else { NormalizedFields::default() };
+    Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields })
+}
+
+/// One event of a body judged on its own (partial ingest).
+#[derive(Debug)]
+pub struct EachEvent {
+    /// 0-based index of the event in the body (for NDJSON: among the non-empty lines, good or bad).
+    pub index: usize,
+    /// 1-based NDJSON line, for line-framed bodies.
+    pub line: Option<usize>,
+    /// The event, or why this one is refused.
+    pub result: Result<ParsedEvent, FormatError>,
+}
+
+/// [`parse_with`] for partial ingest: every event is judged on its own, so one bad event refuses only itself.
+/// What concerns the whole body still fails it (`Err`): empty, no events, too many, and for a JSON array or a
+/// single object, a body that is not JSON at all (its elements cannot be told apart).
+pub fn parse_each(
+    body: &[u8],
+    ndjson: bool,
+    limits: &Limits,
+    normalize: bool,
+) -> Result<Vec<EachEvent>, FormatError> {
+    if ndjson {
+        return Ok(frame::split_lines_each(body, limits)?
+            .into_iter()
+            .map(|l| EachEvent {
+                index: l.index,
+                line: Some(l.line),
+                result: l.result.and_then(|el| parse_element(&el, body, normalize)),
+            })
+            .collect());
+    }
+    Ok(frame::split(body, LineMode::Off, limits)?
         .iter()
-        .map(|el| {
-            let obj = el.object(body)?;
-            let source_id = match text(&obj, &["id"]) {
-                Some(id) => Some(check_source_id(id, "id", el.ctx())?),
-                None => None,
-            };
-            refuse_reserved_types(&obj, el.ctx())?;
-            let fields = if normalize { self::normalize(&obj) } else { NormalizedFields::default() };
-            Ok(ParsedEvent { raw: el.raw.get().as_bytes().to_vec(), source_id, fields })
-        })
-        .collect()
+        .map(|el| EachEvent { index: el.index, line: el.line, result: parse_element(el, body, normalize) })
+        .collect())
 }
 
 /// Every key that can give the event's type (the module docs' table), whichever one wins the normalization.

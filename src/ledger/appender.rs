@@ -909,6 +909,75 @@ mod tests {
         assert_eq!(store::tree::root_at(&conn, 80).unwrap(), frontier.root());
     }
 
+    /// Partial ingest (`?partial=true`, api/ingest.rs) answers each good line with the writer's result at the same
+    /// position, so a request must get exactly one result per event, in order, whether its group committed at
+    /// once or was replayed because another request of the group failed: an in-request duplicate answers the
+    /// first copy's seq, an event stored earlier its old seq, and a replay must not leave the first attempt's
+    /// seqs in the answer.
+    #[tokio::test]
+    async fn a_request_keeps_one_result_per_event_in_order_through_a_replay() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let conn = store::open_writer(&dir.path().join("a.db"), "o").unwrap();
+        conn.execute_batch(
+            "CREATE TEMP TRIGGER refuse_bad BEFORE INSERT ON main.events WHEN NEW.producer = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+        let replays = Arc::new(AtomicU64::new(0));
+        let observer = WriterObserver {
+            on_replay: Box::new({
+                let replays = replays.clone();
+                move || {
+                    replays.fetch_add(1, Ordering::Relaxed);
+                }
+            }),
+            ..WriterObserver::default()
+        };
+        let (h, join) = AppenderHandle::start_observed(conn, None, observer).unwrap();
+        let earlier = h.append(vec![ev(Some("old"), "{\"old\":1}")]).await.unwrap();
+        const ROUNDS: u64 = 20;
+        for round in 0..ROUNDS {
+            // A large request keeps the writer busy while the failing one and the partial one queue up behind
+            // it: they share the next group (or the same one), which is rolled back and replayed.
+            let big: Vec<NewEvent> =
+                (0..500).map(|k| ev(None, &format!("{{\"big\":{round},\"k\":{k}}}"))).collect();
+            let mut bad = vec![ev(None, "{\"a\":1}"), ev(None, "{\"a\":2}")];
+            bad[1].producer = "bad".into();
+            let x = format!("x{round}");
+            let partial = vec![
+                ev(Some(&x), "{\"line\":0}"),
+                ev(None, "{\"line\":1}"),
+                ev(Some(&x), "{\"line\":2}"),
+                ev(Some("old"), "{\"line\":3}"),
+            ];
+            let (big, bad, partial) = tokio::join!(h.append(big), h.append(bad), h.append(partial));
+            let big = big.unwrap();
+            assert!(matches!(bad, Err(AppendError::Store(_))), "{bad:?}");
+            let got = partial.unwrap();
+            assert_eq!(got.len(), 4, "one result per event");
+            let first = got[0].seq;
+            assert_eq!(
+                first,
+                big.last().unwrap().seq + 1,
+                "dense after the big request, nothing of the bad one"
+            );
+            assert_eq!(
+                got,
+                vec![
+                    Appended { seq: first, leaf_hash: got[0].leaf_hash, duplicate: false },
+                    Appended { seq: first + 1, leaf_hash: got[1].leaf_hash, duplicate: false },
+                    Appended { seq: first, leaf_hash: got[0].leaf_hash, duplicate: true },
+                    Appended { seq: earlier[0].seq, leaf_hash: earlier[0].leaf_hash, duplicate: true },
+                ],
+                "round {round}"
+            );
+        }
+        assert_eq!(replays.load(Ordering::Relaxed), ROUNDS, "every round's group was replayed once");
+        drop(h);
+        join.join().unwrap();
+    }
+
     /// The replay path under load: 400 requests of 1–4 events from concurrent tasks, every tenth one refused by
     /// the database on its last event (after its earlier events were inserted), and every request sent twice at
     /// once (a producer's retry). Groups mix good and bad requests, so the writer rolls back and replays many

@@ -736,6 +736,24 @@ pub(crate) fn event_fields_row(r: &rusqlite::Row<'_>) -> Result<(u64, String, No
     Ok((seq, r.get(1)?, fields))
 }
 
+/// The normalized search fields of the indexed events with `from <= seq < to`, in seq order (one statement: the
+/// event stream's page).
+pub fn event_fields_range(
+    conn: &Connection,
+    from: u64,
+    to: u64,
+) -> Result<Vec<(u64, String, NormalizedFields)>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_FIELDS_COLUMNS} FROM event_fields WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query(params![from as i64, i64::try_from(to).unwrap_or(i64::MAX)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(event_fields_row(r)?);
+    }
+    Ok(out)
+}
+
 /// The normalized search fields of event `seq`, with the source it arrived through.
 pub fn event_fields(conn: &Connection, seq: u64) -> Result<Option<(String, NormalizedFields)>, StoreError> {
     let mut stmt =
