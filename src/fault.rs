@@ -14,6 +14,8 @@
 //!   batch it writes (a starved indexer).
 //! - `ANCHORLOG_FAULT_WRITER_DELAY_MS=MS`: the writer thread pauses MS milliseconds after every group commit
 //!   (a writer behind its producers: the syslog listener's back-pressure).
+//! - `ANCHORLOG_FAULT_APPEND_DELAY_MS=MS`: every ingest request admitted to the writer queue holds its place MS
+//!   milliseconds longer (a full queue: 429).
 
 use crate::clock::{Clock, SystemClock};
 use std::path::PathBuf;
@@ -135,6 +137,12 @@ pub fn writer_delay() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
+/// The extra time an admitted ingest request holds its queue place, when `ANCHORLOG_FAULT_APPEND_DELAY_MS` is set.
+pub fn append_delay() -> Option<std::time::Duration> {
+    let ms: u64 = std::env::var("ANCHORLOG_FAULT_APPEND_DELAY_MS").ok()?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
+}
+
 /// Which hooks the environment armed, for one warning line at start (empty: none).
 pub fn armed() -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -143,6 +151,7 @@ pub fn armed() -> Vec<&'static str> {
         ("ANCHORLOG_FAULT_KILL_AT", "kill point"),
         ("ANCHORLOG_FAULT_INDEXER_STALL_FILE", "indexer stall"),
         ("ANCHORLOG_FAULT_WRITER_DELAY_MS", "writer delay"),
+        ("ANCHORLOG_FAULT_APPEND_DELAY_MS", "ingest queue delay"),
     ] {
         if std::env::var_os(var).is_some() {
             v.push(what);

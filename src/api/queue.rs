@@ -23,8 +23,8 @@ pub struct WriterQueue {
     depth: usize,
     retry_after_s: u64,
     throttled: AtomicU64,
-    /// Fault injection for tests (`ANCHORLOG_FAULT_APPEND_DELAY_MS`): every admitted request holds its place
-    /// this much longer, as if the writer were slow. `None` in production.
+    /// Fault injection for tests (`fault::append_delay`): every admitted request holds its place this much
+    /// longer, as if the writer were slow. Always `None` in a build without the `fault-injection` feature.
     fault_delay: Option<Duration>,
 }
 
@@ -33,9 +33,6 @@ pub struct WriterQueue {
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
 }
-
-/// The environment variable that slows every admitted request down (tests of the full queue only).
-pub const FAULT_DELAY_ENV: &str = "ANCHORLOG_FAULT_APPEND_DELAY_MS";
 
 impl WriterQueue {
     /// A line of `depth` places (at least 1); a refused producer is told to retry after `retry_after_s` seconds.
@@ -50,14 +47,16 @@ impl WriterQueue {
         }
     }
 
-    /// With the test-only delay read from [`FAULT_DELAY_ENV`] (logged loudly when set).
-    pub fn with_fault_from_env(mut self) -> Self {
-        if let Some(ms) = std::env::var(FAULT_DELAY_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+    /// With the test-only delay a test armed (`fault::append_delay`, logged loudly when set); unchanged in any
+    /// build without the `fault-injection` feature, which no release build has.
+    pub fn with_fault_from_env(self) -> Self {
+        #[cfg(feature = "fault-injection")]
+        if let Some(d) = crate::fault::append_delay() {
             tracing::warn!(
-                delay_ms = ms,
-                "{FAULT_DELAY_ENV} is set: every ingest request is delayed (fault injection for tests only)"
+                delay_ms = d.as_millis() as u64,
+                "test fault hook: every ingest request is delayed (fault injection for tests only)"
             );
-            self.fault_delay = Some(Duration::from_millis(ms));
+            return WriterQueue { fault_delay: Some(d), ..self };
         }
         self
     }
