@@ -21,6 +21,8 @@ shift || true
 profile=${FUZZ_PROFILE:-release}
 jobs=${FUZZ_JOBS:-1}
 export RUSTC_BOOTSTRAP=1
+# Known false leak reports (fuzz/lsan.supp says which and why).
+export LSAN_OPTIONS="suppressions=$PWD/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 if ! cargo fuzz --version 2>/dev/null | grep -q ' 0\.13\.2'; then
   cargo install cargo-fuzz --version 0.13.2 --locked
