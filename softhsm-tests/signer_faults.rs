@@ -10,10 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Fault double: the real SoftHSM signer whose `sign` blocks while `hang` is set (an HSM that stops answering).
+/// Fault double: the real SoftHSM signer whose `sign` blocks while `hang` is set (an HSM that stops answering);
+/// setting `reset` as well makes the blocked calls fail (the HSM comes back reset, its sessions gone).
 struct HangingSigner {
     inner: anchorlog::signer::pkcs11::Pkcs11Signer,
     hang: Arc<AtomicBool>,
+    reset: Arc<AtomicBool>,
 }
 
 impl anchorlog::signer::HeadSigner for HangingSigner {
@@ -22,6 +24,11 @@ impl anchorlog::signer::HeadSigner for HangingSigner {
     }
     fn sign(&mut self, message: &[u8]) -> Result<Vec<u8>, anchorlog::signer::SignerError> {
         while self.hang.load(Ordering::SeqCst) {
+            if self.reset.load(Ordering::SeqCst) {
+                return Err(anchorlog::signer::SignerError::InjectedUnrecoverable(
+                    "the token was reset: its sessions are closed".into(),
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(self.inner.sign(message)?)
@@ -96,6 +103,7 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
     let supervision = config.signer.supervision();
     let hang = Arc::new(AtomicBool::new(false));
+    let reset = Arc::new(AtomicBool::new(false));
     let pin_file = a.path("pin");
     let opener = Arc::new(anchorlog::signer::pkcs11::Pkcs11Opener::new(
         anchorlog::signer::pkcs11::Pkcs11Settings {
@@ -105,11 +113,12 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
         },
         pin_file.clone(),
     ));
-    let (h, o) = (hang.clone(), opener.clone());
+    let (h, r, o) = (hang.clone(), reset.clone(), opener.clone());
     let signer = anchorlog::signer::SignerHandle::spawn_supervised(
         move || {
             let inner = o.open()?;
-            Ok(Box::new(HangingSigner { inner, hang: h.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
+            Ok(Box::new(HangingSigner { inner, hang: h.clone(), reset: r.clone() })
+                as Box<dyn anchorlog::signer::HeadSigner>)
         },
         supervision,
     )
@@ -149,7 +158,17 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     let logins_before = opener.login_attempts();
     let (_, _, m) = health_get(health, "/metrics").await;
     let seal_failures_before = sample(&m, "anchorlog_seal_failures_total");
+    // The HSM comes back reset: the calls blocked in it fail and every session it had is closed, so the next
+    // session logs in again with the PIN file as it is now. (Had the sessions survived, their login would still
+    // hold — a PKCS#11 login belongs to the process, and C_Login then answers CKR_USER_ALREADY_LOGGED_IN without
+    // checking the PIN — and signing would simply resume; that race made this test flaky under load.)
+    reset.store(true, Ordering::SeqCst);
+    tsa_local::eventually(30, "every thread blocked in the HSM returned", async || {
+        signer_health.stuck_threads() == 0
+    })
+    .await;
     hang.store(false, Ordering::SeqCst);
+    reset.store(false, Ordering::SeqCst);
     tsa_local::eventually(30, "not ready: signer backing off", async || {
         let (_, v, _) = health_get(health, "/readyz").await;
         codes(&v).contains(&"signer_backing_off".to_string())

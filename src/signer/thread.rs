@@ -305,13 +305,19 @@ impl SignerHandle {
         };
         let (tx, rx) = oneshot::channel();
         let job = job(tx);
+        // Only a signature's answer ends a hang: the counter calls of a PKCS#11 signer never reach the device,
+        // and a fresh session may log in while signing still hangs, so `/readyz` would otherwise drop and
+        // re-raise `signer_hung` at every seal attempt while no head can be signed.
+        let ends_hang = matches!(job, Job::Sign(..));
         let asked = async {
             worker.jobs.send(job).await.map_err(|_| SignerError::ThreadStopped)?;
             rx.await.map_err(|_| SignerError::ThreadStopped)?
         };
         match tokio::time::timeout(self.shared.supervision.timeout, asked).await {
             Ok(Ok(v)) => {
-                health.answered();
+                if ends_hang {
+                    health.answered();
+                }
                 if health.backoff().is_some() {
                     tracing::info!("the signer works again; the back-off ends");
                 }
@@ -447,6 +453,29 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("timed out waiting for {what}");
+    }
+
+    /// The sealer asks for the counter before every signature; with PKCS#11 that call never reaches the device. It
+    /// must not end the hang `/readyz` reports while signing still times out (it did: `signer_hung` flickered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_signature_ends_a_hang_not_a_counter_call_that_never_reached_the_device() {
+        let faults = Arc::new(Faults::default());
+        let h = handle(&faults, supervision(200, 1000, 4000));
+        faults.hang.store(true, Ordering::SeqCst);
+        assert!(matches!(h.sign(b"a".to_vec()).await, Err(SignerError::Timeout { .. })));
+        let health = h.health();
+        let since = health.hung_since_ms.load(Ordering::SeqCst);
+        assert!(since > 0);
+        // A fresh thread opens and answers the counter call (no counter: `None`) although signing still hangs.
+        assert_eq!(h.advance_counter(None).await.unwrap(), None);
+        assert_eq!(
+            health.hung_since_ms.load(Ordering::SeqCst),
+            since,
+            "the hang is still on, since the same time"
+        );
+        faults.hang.store(false, Ordering::SeqCst);
+        assert!(h.public_key().verify(b"b", &h.sign(b"b".to_vec()).await.unwrap()));
+        assert_eq!(health.hung_since_ms.load(Ordering::SeqCst), 0, "a signature ends it");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
