@@ -15,6 +15,7 @@
 //! | [`ledger::head`] | checkpoint text (the signed block head) |
 //! | [`note`] | C2SP signed notes, checkpoints, verifier keys, `cosignature/v1`, the witness protocol bodies (pure) |
 //! | [`ledger::counter`] | the TPM counter rules: chain step, start-up and attested "is this the newest copy" |
+//! | `ledger::event` | the event the writer appends (`NewEvent`) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
@@ -33,7 +34,7 @@
 //! | [`bundle`] | export bundles: writing from the database, verifying offline |
 //! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
-//! | `api` | the axum routes; JSON errors with stable codes |
+//! | `api` | the axum routes; JSON errors with stable codes; the audit-access record of every read (`api::audit_access`) |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
 //! | `instruments` | `/metrics` histograms and labelled counters (prometheus-client) |
 //! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |

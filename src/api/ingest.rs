@@ -14,8 +14,9 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{self, Format, Limits};
-use crate::ledger::appender::{AppendError, Appended, NewEvent};
+use crate::ledger::appender::{AppendError, Appended};
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::ledger::event::NewEvent;
 use crate::listen::ListenerKind;
 use crate::tls::Peer;
 use axum::body::{Body, Bytes};

@@ -2,6 +2,7 @@
 //! requires (deny by default); the peer's principal comes from its verified client certificate.
 
 mod admin;
+mod audit_access;
 pub mod denials;
 pub mod encoding;
 pub mod error;

@@ -167,7 +167,7 @@ pub(super) async fn event(
     // A view of log content (PCI DSS 10.2.1.3): on record before it is answered; the answer names the record.
     let params = [("seq", seq.to_string())];
     let audit_seq =
-        super::search::log_access(&state, &principal, "GET /v1/events/{seq}", &params, Some(1)).await?;
+        super::audit_access::log_access(&state, &principal, "GET /v1/events/{seq}", &params, Some(1)).await?;
     Ok(Json(json!({
         "seq": ev.seq,
         "audit_seq": audit_seq,
@@ -304,8 +304,14 @@ pub(super) async fn receipt(
         Ok(r) => {
             // A receipt carries the event's body: access to log content, recorded before it is answered.
             let params = [("seq", seq.to_string())];
-            super::search::log_access(&state, &principal, "GET /v1/events/{seq}/receipt", &params, Some(1))
-                .await?;
+            super::audit_access::log_access(
+                &state,
+                &principal,
+                "GET /v1/events/{seq}/receipt",
+                &params,
+                Some(1),
+            )
+            .await?;
             Ok(Json(r))
         }
         Err(ReceiptError::NoSuchEvent(_)) => Err(ApiError::not_found(format!("no event with seq {seq}"))),

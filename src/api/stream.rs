@@ -21,7 +21,7 @@
 //!   closed — its answer could not end otherwise, the consumer taking no bytes. Like every connection, a stream
 //!   counts against `limits.max_connections` and `limits.max_connections_per_address`.
 
-use super::search::log_access;
+use super::audit_access::log_access;
 use super::{authorize_any, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{NormalizedFields, Outcome};

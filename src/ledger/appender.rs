@@ -9,8 +9,8 @@
 //! replayed with a savepoint per request, so one failing request cannot take others down and nothing of it is
 //! stored; the replay is counted (`anchorlog_commit_replays_total`).
 
-use crate::formats::NormalizedFields;
 use crate::ledger::entry::{AuthMethod, Entry};
+use crate::ledger::event::NewEvent;
 use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::internal;
 use crate::ledger::merkle::{self, Frontier};
@@ -18,38 +18,12 @@ use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
 use rusqlite::Connection;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most events applied in one transaction; bounds commit latency and memory.
 pub const MAX_GROUP_EVENTS: usize = 50_000;
 /// Depth of the command queue; producers wait (backpressure) when it is full.
 pub const QUEUE_DEPTH: usize = 4_096;
-
-/// An event ready to be appended (validated and hashed by the handler).
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// Receive time, ns since the epoch.
-    pub received_at_ns: u64,
-    /// Authenticated producer name.
-    pub producer: Arc<str>,
-    /// Source name.
-    pub source: Arc<str>,
-    /// How the producer authenticated.
-    pub auth: AuthMethod,
-    /// Payload format.
-    pub format: &'static str,
-    /// Producer-assigned event id (de-duplication key).
-    pub source_id: Option<String>,
-    /// Random salt.
-    pub salt: [u8; 32],
-    /// Raw body bytes of this event.
-    pub body: Vec<u8>,
-    /// SHA-256(salt || body).
-    pub payload_sha256: [u8; 32],
-    /// Normalized search fields, handed to the indexer once the event is committed.
-    pub fields: NormalizedFields,
-}
 
 /// The outcome of one appended event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -747,6 +721,8 @@ fn in_savepoint<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::NormalizedFields;
+    use std::sync::Arc;
 
     fn ev(id: Option<&str>, body: &str) -> NewEvent {
         NewEvent {

@@ -542,8 +542,9 @@ fn write_rederived(search: &mut Connection, rows: &[IndexRow]) -> Result<(), Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::appender::{AppenderHandle, NewEvent};
+    use crate::ledger::appender::AppenderHandle;
     use crate::ledger::entry::AuthMethod;
+    use crate::ledger::event::NewEvent;
 
     fn ev(body: &str) -> NewEvent {
         NewEvent {

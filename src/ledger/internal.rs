@@ -2,8 +2,8 @@
 //! starts and stops (PCI DSS 10.2.1.6) and the outages of its signer and TSAs (PCI DSS 10.7.3) are logged like any other event, under producer, source and format
 //! `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
-use crate::ledger::appender::NewEvent;
 use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::ledger::event::NewEvent;
 use crate::ledger::record_types as types;
 use rand::RngCore as _;
 use serde_json::json;

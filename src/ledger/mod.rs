@@ -8,6 +8,8 @@ pub mod clockwatch;
 pub mod cosigner;
 pub mod counter;
 pub mod entry;
+#[cfg(feature = "server")]
+pub mod event;
 pub mod head;
 pub mod indexer;
 #[cfg(feature = "server")]
