@@ -2,10 +2,10 @@
 
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
-use crate::ledger::head::{format_time_ms, signed_note};
 use crate::store::cosignatures::StoredCosignature;
 use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
 use crate::tls::Peer;
+use anchorlog_core::head::{format_time_ms, signed_note};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,7 +48,7 @@ fn head_with_extras(
             let timestamp = store::timestamp(c, head.height)?;
             let cosignatures = store::cosignatures::of_head(c, head.height)?;
             let spki = store::public_key_pem(c, &head.key_id)?
-                .and_then(|pem| crate::signer::PublicKey::from_pem(&pem).ok())
+                .and_then(|pem| anchorlog_core::key::PublicKey::from_pem(&pem).ok())
                 .map(|k| k.spki_der);
             Ok(Some(ServedHead { head, timestamp, cosignatures, spki }))
         }

@@ -5,7 +5,7 @@
 //! on each other.
 
 use crate::formats::NormalizedFields;
-use crate::ledger::entry::AuthMethod;
+use anchorlog_core::entry::AuthMethod;
 use std::sync::Arc;
 
 /// An event ready to be appended (validated and hashed by the handler).
