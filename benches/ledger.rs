@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the ledger's hot paths: entry encoding, leaf hashing, the Merkle frontier, proofs,
 //! and entry verification. End-to-end throughput is measured by `anchorlog bench` (docs/PERFORMANCE.md).
 
-use anchorlog::ledger::entry::{payload_digest, AuthMethod, Entry};
-use anchorlog::ledger::merkle::{self, Frontier};
+use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
+use anchorlog_core::merkle::{self, Frontier};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
 fn entry(seq: u64) -> Entry {

@@ -5,7 +5,7 @@
 mod harness;
 mod swtpm;
 
-use anchorlog::ledger::merkle;
+use anchorlog_core::merkle;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use harness::{post_concurrently, Appliance, Options};

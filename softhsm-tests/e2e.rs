@@ -32,7 +32,7 @@ async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_h
     let entry = ev["entry"].as_str().unwrap();
     use base64::Engine as _;
     let leaf = base64::engine::general_purpose::STANDARD.decode(ev["leaf_hash"].as_str().unwrap()).unwrap();
-    assert_eq!(leaf, anchorlog::ledger::merkle::leaf_hash(entry.as_bytes()).to_vec());
+    assert_eq!(leaf, anchorlog_core::merkle::leaf_hash(entry.as_bytes()).to_vec());
     assert_eq!(ev["entry_fields"]["producer"], "producer-1");
     assert_eq!(ev["entry_fields"]["auth"], "mtls");
     assert!(ev["body"].as_str().unwrap().starts_with("{\"type\":\"LOGIN\""));

@@ -137,7 +137,7 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
         let d = j["delta_ms"].as_i64().unwrap();
         assert!((d - delta).abs() < 5_000, "{j}");
         assert_eq!(j["new_time_ms"].as_i64().unwrap() - j["old_time_ms"].as_i64().unwrap(), d, "{j}");
-        let parsed = anchorlog::ledger::head::parse_time_ms(j["new_time"].as_str().unwrap());
+        let parsed = anchorlog_core::head::parse_time_ms(j["new_time"].as_str().unwrap());
         assert_eq!(parsed, j["new_time_ms"].as_i64(), "{j}");
     }
     assert_eq!(a.server_log().matches("the wall clock jumped").count(), 3, "{}", a.server_log());

@@ -8,10 +8,10 @@ mod harness;
 mod swtpm;
 mod tsa_local;
 
-use anchorlog::ledger::entry::Entry;
-use anchorlog::ledger::head::Checkpoint;
-use anchorlog::ledger::merkle::{self, Frontier};
 use anchorlog::store;
+use anchorlog_core::entry::Entry;
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::merkle::{self, Frontier};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use harness::{post_concurrently, Appliance, Options, SOFTHSM, USER_PIN};
@@ -299,10 +299,10 @@ fn append_raw(c: &rusqlite::Connection, body: &[u8]) -> u64 {
         received_at_ns: store::now_ns(),
         producer: "anchorlog".into(),
         source: "anchorlog".into(),
-        auth: anchorlog::ledger::entry::AuthMethod::Internal,
+        auth: anchorlog_core::entry::AuthMethod::Internal,
         format: "anchorlog".into(),
         source_id: None,
-        payload_sha256: anchorlog::ledger::entry::payload_digest(&salt, body),
+        payload_sha256: anchorlog_core::entry::payload_digest(&salt, body),
     }
     .to_canonical_json();
     let leaf = merkle::leaf_hash(&entry);
@@ -648,7 +648,8 @@ fn rewrite_tail(
         };
         store::insert_head(c, &head).unwrap();
         let token = fresh_token(a, tsa, text.as_bytes());
-        let anchors = anchorlog::tsa::TrustAnchors::from_pem(&std::fs::read(tsa.ca_pem()).unwrap()).unwrap();
+        let anchors =
+            anchorlog_core::tsa::TrustAnchors::from_pem(&std::fs::read(tsa.ca_pem()).unwrap()).unwrap();
         let v = anchorlog::verify::timestamps::check_token(
             &text,
             cp.time_ms,

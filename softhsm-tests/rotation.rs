@@ -362,7 +362,8 @@ fn bundles_verify_with_the_first_key(a: &Appliance, genuine: &Path, first: &Path
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_record_written_behind_the_appliances_back_is_refused_at_start() {
-    use anchorlog::ledger::{appender, internal, merkle};
+    use anchorlog::ledger::{appender, internal};
+    use anchorlog_core::merkle;
     use p256::pkcs8::EncodePublicKey as _;
     let mut a = Appliance::start();
     post_batches(&a, 100, "x").await;
@@ -374,7 +375,7 @@ async fn a_rotation_record_written_behind_the_appliances_back_is_refused_at_star
     let theirs = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
     let der = theirs.verifying_key().to_public_key_der().unwrap();
     let pem = anchorlog::signer::x509::public_key_pem(der.as_bytes()).unwrap();
-    let their_id = anchorlog::signer::x509::key_id(der.as_bytes());
+    let their_id = anchorlog_core::key::key_id(der.as_bytes());
     let ev =
         internal::internal_event(&internal::key_rotation_body(&old_id, &their_id, &pem, "takeover", None));
     let conn = rusqlite::Connection::open(a.db_path()).unwrap();
@@ -493,7 +494,7 @@ async fn tpm_rotation_to_a_new_handle_keeps_the_counter_and_is_followed_from_the
     assert_eq!(v["report"]["current_key_id"], new_id.as_str());
     // The counter continues across the rotation: the first head under the new key carries the next value.
     let counter = |h: u64| {
-        anchorlog::ledger::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
+        anchorlog_core::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
     };
     assert_eq!((counter(rh + 1).index, counter(rh + 1).value), (TPM_COUNTER_INDEX, counter(rh).value + 1));
 
@@ -560,7 +561,7 @@ async fn tpm_rotation_with_a_fresh_counter_restarts_the_counter_chain() {
     assert_eq!(code, 0, "{v}");
     let rh = v["report"]["rotations"][0]["height"].as_u64().unwrap();
     let counter = |h: u64| {
-        anchorlog::ledger::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
+        anchorlog_core::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
     };
     // The new counter starts afresh (its first value is 1), below the old counter's last value.
     assert_eq!(counter(rh).index, harness::TPM_COUNTER_INDEX);

@@ -41,12 +41,13 @@ export SOFTHSM2_CONF="$work/softhsm2.conf"
 # handle, wrong auth) and the backend reports them itself.
 export TSS2_LOG="esys+none,tcti+none"
 
+# --workspace: the appliance and the pure core (core/), whose unit tests and golden vectors run here too.
 if cargo nextest --version >/dev/null 2>&1; then
   # One process per test: C_Initialize is process-global, so this is what lets PKCS#11 tests run in parallel.
-  cargo nextest run --no-fail-fast
+  cargo nextest run --no-fail-fast --workspace
 else
   # Without nextest, the library's PKCS#11 tests share one process and must not run concurrently.
-  cargo test --lib -- --test-threads=1
-  cargo test --bins --tests
+  cargo test --workspace --lib -- --test-threads=1
+  cargo test --workspace --bins --tests
 fi
-cargo test --doc
+cargo test --workspace --doc

@@ -498,7 +498,7 @@ async fn startup_on_a_log_of(n: u64) {
         };
         let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
         let mut hsm = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).unwrap();
-        let key = anchorlog::signer::PublicKey::from_spki_der(hsm.public_key_spki_der()).unwrap();
+        let key = anchorlog_core::key::PublicKey::from_spki_der(hsm.public_key_spki_der()).unwrap();
         let soft = common::TestKey::new(1);
         let mut b = common::LogBuilder::create(&a.db_path(), &soft);
         b.conn.execute_batch("PRAGMA synchronous=OFF").unwrap();

@@ -10,12 +10,10 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anchorlog::signer::attestation::{
-    verify_attestation, AttestationError, KeyAttestation, TpmKeyAttributes,
-};
 use anchorlog::signer::tpm::{
     attest, generate_key, generate_key_from_template, TpmError, TpmSettings, TpmSigner,
 };
+use anchorlog_core::attestation::{verify_attestation, AttestationError, KeyAttestation, TpmKeyAttributes};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{DerSignature, Signature, VerifyingKey};
 use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _, LineEnding};
@@ -427,7 +425,7 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     a.assert_openssl_verifies_head(&head);
     // The head names the TPM key: the id of the exported signer.pem.
     let pem = std::fs::read_to_string(a.key_pem()).unwrap();
-    let key = anchorlog::signer::PublicKey::from_pem(&pem).unwrap();
+    let key = anchorlog_core::key::PublicKey::from_pem(&pem).unwrap();
     assert_eq!(head["key_id"], key.key_id.as_str());
     assert!(a.server_log().contains("TPM 2.0 key 0x81010010 via swtpm:host=127.0.0.1"), "{}", a.server_log());
 
@@ -605,7 +603,7 @@ fn tpm_key_attributes_read_back_as_specified() {
     assert_eq!(v["handle"], "0x81010010");
     let pem = std::fs::read_to_string(a.key_pem()).unwrap();
     assert_eq!(v["public_key_pem"], pem.as_str());
-    let key = anchorlog::signer::PublicKey::from_pem(&pem).unwrap();
+    let key = anchorlog_core::key::PublicKey::from_pem(&pem).unwrap();
     assert_eq!(v["key_id"], key.key_id.as_str());
     // tpm2-tools, which we did not write, reads the same public key from the TPM.
     let tcti = a.tpm.as_ref().unwrap().tcti();
@@ -621,7 +619,7 @@ fn tpm_key_attributes_read_back_as_specified() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"), "{text}");
     let tools_key =
-        anchorlog::signer::PublicKey::from_pem(&std::fs::read_to_string(tools_pem).unwrap()).unwrap();
+        anchorlog_core::key::PublicKey::from_pem(&std::fs::read_to_string(tools_pem).unwrap()).unwrap();
     assert_eq!(tools_key.key_id, key.key_id);
 }
 
@@ -653,7 +651,10 @@ fn attest_and_verify_attestation_cli() {
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["ok"], true);
     let pem = std::fs::read_to_string(a.key_pem()).unwrap();
-    assert_eq!(v["report"]["key_id"], anchorlog::signer::PublicKey::from_pem(&pem).unwrap().key_id.as_str());
+    assert_eq!(
+        v["report"]["key_id"],
+        anchorlog_core::key::PublicKey::from_pem(&pem).unwrap().key_id.as_str()
+    );
     assert_eq!(v["report"]["key_attributes"]["fixed_tpm"], true);
     assert_eq!(v["report"]["key_attributes"]["decrypt"], false);
     assert_eq!(v["report"]["key_name"].as_str().unwrap().len(), 68);
@@ -799,7 +800,7 @@ async fn dev_mode_with_tpm_provisions_once_serves_and_takes_swtpm_down() {
     }
     assert!(dir.join("tpm/tpm2-00.permall").is_file(), "swtpm state lives under DIR/tpm/");
     let pem = std::fs::read_to_string(dir.join("keys/signer.pem")).unwrap();
-    let key_id = anchorlog::signer::PublicKey::from_pem(&pem).unwrap().key_id;
+    let key_id = anchorlog_core::key::PublicKey::from_pem(&pem).unwrap().key_id;
     let head = dev_post_and_head(&dir, &listen).await;
     assert_eq!(head["key_id"], key_id.as_str());
 
@@ -871,12 +872,12 @@ impl anchorlog::signer::HeadSigner for SlowSigner {
     fn advance_counter(
         &mut self,
         above: Option<u64>,
-    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+    ) -> Result<Option<anchorlog_core::head::HeadCounter>, anchorlog::signer::SignerError> {
         Ok(self.inner.advance_counter(above)?)
     }
     fn read_counter(
         &mut self,
-    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+    ) -> Result<Option<anchorlog_core::counter::CounterObservation>, anchorlog::signer::SignerError> {
         Ok(self.inner.read_counter()?)
     }
 }
@@ -987,12 +988,12 @@ impl anchorlog::signer::HeadSigner for SwitchableSigner {
     fn advance_counter(
         &mut self,
         above: Option<u64>,
-    ) -> Result<Option<anchorlog::ledger::head::HeadCounter>, anchorlog::signer::SignerError> {
+    ) -> Result<Option<anchorlog_core::head::HeadCounter>, anchorlog::signer::SignerError> {
         Ok(self.inner.advance_counter(above)?)
     }
     fn read_counter(
         &mut self,
-    ) -> Result<Option<anchorlog::ledger::counter::CounterObservation>, anchorlog::signer::SignerError> {
+    ) -> Result<Option<anchorlog_core::counter::CounterObservation>, anchorlog::signer::SignerError> {
         Ok(self.inner.read_counter()?)
     }
 }
@@ -1055,9 +1056,9 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
 
 // ---- issue 10: the TPM monotonic counter in every head (docs/TPM.md "Monotonic counter") ------------------
 
-use anchorlog::ledger::counter::CounterObservation;
-use anchorlog::ledger::head::{Checkpoint, HeadCounter};
 use anchorlog::signer::tpm::provision_counter;
+use anchorlog_core::counter::CounterObservation;
+use anchorlog_core::head::{Checkpoint, HeadCounter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

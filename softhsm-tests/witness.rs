@@ -5,11 +5,11 @@
 //! checked by an independent Python verifier (softhsm-tests/witness/verify_cosignature.py).
 
 use anchorlog::client::{Connection, Response};
-use anchorlog::ledger::head::{signed_note, Checkpoint};
-use anchorlog::ledger::merkle::{consistency_proof, leaf_hash, root_of, Hash};
-use anchorlog::note::protocol::AddCheckpointRequest;
-use anchorlog::note::{cosignature, Note, NoteSignature, TlogCheckpoint, VerifierKey};
 use anchorlog::signer::pkcs11::{self, Pkcs11Settings, Pkcs11Signer};
+use anchorlog_core::head::{signed_note, Checkpoint};
+use anchorlog_core::merkle::{consistency_proof, leaf_hash, root_of, Hash};
+use anchorlog_core::note::protocol::AddCheckpointRequest;
+use anchorlog_core::note::{cosignature, Note, NoteSignature, TlogCheckpoint, VerifierKey};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
@@ -111,7 +111,8 @@ impl Log {
                 use ed25519_dalek::Signer as _;
                 let text = TlogCheckpoint { origin: self.origin.into(), size: n, root, extensions: vec![] }
                     .to_text();
-                let key_id = anchorlog::note::vkey::key_id(self.origin, 0x01, key.verifying_key().as_bytes());
+                let key_id =
+                    anchorlog_core::note::vkey::key_id(self.origin, 0x01, key.verifying_key().as_bytes());
                 let sig = NoteSignature {
                     name: self.origin.into(),
                     key_id,
@@ -428,7 +429,7 @@ async fn pkcs11_and_file_keys_cosign_verifiably_with_the_keygen_vkey() {
             assert!(t <= now && t + 60 > now, "timestamp {t} is now ({now})");
             // The log appends the line to its note; a verifier counts the witness.
             let req = AddCheckpointRequest::parse(&body).unwrap();
-            let cosigned = anchorlog::note::append_signature_lines(&req.checkpoint, &line).unwrap();
+            let cosigned = anchorlog_core::note::append_signature_lines(&req.checkpoint, &line).unwrap();
             let note = Note::parse(cosigned.as_bytes()).unwrap();
             assert_eq!(
                 cosignature::cosigned_by(&note, std::slice::from_ref(&w.vkey)).unwrap()[0].timestamp,

@@ -4,8 +4,8 @@
 #![allow(dead_code)]
 
 use anchorlog::client::{Connection, Response};
-use anchorlog::note::VerifierKey;
 use anchorlog::witness::state::WitnessStore;
+use anchorlog_core::note::VerifierKey;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;

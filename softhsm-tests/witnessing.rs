@@ -252,7 +252,7 @@ fn flip(line: &str) -> String {
 fn stranger_line(text: &str) -> String {
     let key = ed25519_dalek::SigningKey::from_bytes(&[0x77; 32]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    anchorlog::note::cosignature::sign("witness.test/w1", &key, text, now)
+    anchorlog_core::note::cosignature::sign("witness.test/w1", &key, text, now)
         .unwrap()
         .to_line()
         .trim_end()
@@ -277,7 +277,7 @@ async fn two_appliances_every_head_cosigned_by_both_witnesses_and_verified_with_
     for c in head_a["cosignatures"].as_array().unwrap() {
         assert!(note.contains(&format!("\n{}\n", c["line"].as_str().unwrap())), "{note}");
     }
-    let parsed = anchorlog::note::Note::parse(note.as_bytes()).unwrap();
+    let parsed = anchorlog_core::note::Note::parse(note.as_bytes()).unwrap();
     assert_eq!(parsed.text(), head_a["checkpoint"].as_str().unwrap());
     assert_eq!(parsed.signatures().len(), 3, "the appliance's line and two cosignatures");
     let names: Vec<&str> =
@@ -300,8 +300,9 @@ async fn two_appliances_every_head_cosigned_by_both_witnesses_and_verified_with_
     // cosigned this log, it finds no head with the quorum among the latest 17 and exits 8.
     let (code, out) = audit(&world.a, &world.vkey_args());
     assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
-    let never =
-        anchorlog::note::VerifierKey::cosignature_v1("witness.test/never", &[9; 32]).unwrap().to_string();
+    let never = anchorlog_core::note::VerifierKey::cosignature_v1("witness.test/never", &[9; 32])
+        .unwrap()
+        .to_string();
     let strict = vec!["--witness".into(), world.w1.vkey.to_string(), "--witness".into(), never];
     let (code, out) = audit(&world.a, &strict);
     assert_eq!(code, 8, "{out}");
@@ -452,7 +453,7 @@ async fn two_appliances_every_head_cosigned_by_both_witnesses_and_verified_with_
     let (code, v) = verify_bundle(a, &stranger_tar, &vkeys);
     assert_eq!((code, &v["witnesses"]["unlisted_lines"]), (0, &json!(heads + 1)), "{v}");
     assert_eq!(python(&stranger_tar, &a.key_pem(), &vkeys).0, 0);
-    let stranger_vkey = anchorlog::note::VerifierKey::cosignature_v1(
+    let stranger_vkey = anchorlog_core::note::VerifierKey::cosignature_v1(
         "witness.test/w3",
         ed25519_dalek::SigningKey::from_bytes(&[0x78; 32]).verifying_key().as_bytes(),
     )
@@ -715,8 +716,8 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
     let first = rx.recv_timeout(Duration::from_secs(60)).expect("dev mode prints its address");
     assert_eq!(first, format!("anchorlog listening on https://{listen}"));
     let vkey_file = dir.join("keys/witness.vkey");
-    let vkey =
-        anchorlog::note::VerifierKey::parse(std::fs::read_to_string(&vkey_file).unwrap().trim()).unwrap();
+    let vkey = anchorlog_core::note::VerifierKey::parse(std::fs::read_to_string(&vkey_file).unwrap().trim())
+        .unwrap();
     assert_eq!(vkey.name(), "witness.anchorlog.dev/w1");
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dir.join("witness/witness.key")).unwrap().permissions().mode() & 0o777;

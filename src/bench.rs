@@ -182,8 +182,8 @@ async fn http(args: BenchArgs) -> Result<BenchReport, BenchError> {
 }
 
 fn sqlite(args: &BenchArgs) -> Result<BenchReport, BenchError> {
-    use crate::ledger::entry::{payload_digest, AuthMethod, Entry};
-    use crate::ledger::merkle::leaf_hash;
+    use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
+    use anchorlog_core::merkle::leaf_hash;
     let db = args.db.clone().ok_or_else(|| BenchError::Usage("--db is required in sqlite mode".into()))?;
     if db.exists() {
         return Err(BenchError::Usage(format!("{} exists; give a new path", db.display())));

@@ -1168,9 +1168,9 @@ impl Config {
             if w.ca_file.is_some() && scheme != "https" {
                 return Err(invalid(&format!("{key}.ca_file"), "only used with an https:// url"));
             }
-            let vkey = crate::note::VerifierKey::parse(&w.vkey)
+            let vkey = anchorlog_core::note::VerifierKey::parse(&w.vkey)
                 .map_err(|e| invalid(&format!("{key}.vkey"), e.to_string()))?;
-            if vkey.signature_type() != crate::note::vkey::TYPE_COSIGNATURE_V1 {
+            if vkey.signature_type() != anchorlog_core::note::vkey::TYPE_COSIGNATURE_V1 {
                 return Err(invalid(
                     &format!("{key}.vkey"),
                     format!(
@@ -1183,7 +1183,7 @@ impl Config {
             if !keys.insert((vkey.name().to_owned(), vkey.key_id())) {
                 return Err(invalid(&format!("{key}.vkey"), "this witness key is configured twice"));
             }
-            crate::note::vkey::validate_key_name(w.label())
+            anchorlog_core::note::vkey::validate_key_name(w.label())
                 .map_err(|e| invalid(&format!("{key}.name"), e.to_string()))?;
             if !labels.insert(w.label().to_owned()) {
                 return Err(invalid(
@@ -1532,7 +1532,7 @@ pub fn validate_origin(origin: &str) -> Result<(), ConfigError> {
 /// Whether a principal or source name is the appliance's own (`anchorlog`, any case): the verifier tells the
 /// appliance's records from a producer's by that name, so no producer may carry it.
 pub fn is_reserved_name(name: &str) -> bool {
-    name.eq_ignore_ascii_case(crate::ledger::record_types::APPLIANCE)
+    name.eq_ignore_ascii_case(anchorlog_core::record_types::APPLIANCE)
 }
 
 /// Checks a principal or source name: it is committed into every entry, so keep it to a safe alphabet.

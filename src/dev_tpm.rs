@@ -263,7 +263,7 @@ pub fn prepare(state_dir: &Path, listen: &str, tcti: &str) -> Result<PathBuf, De
     let mut signer = keys::open(&config).map_err(DevError::from)?;
     if pem.exists() {
         let existing = std::fs::read_to_string(&pem).map_err(io_err(&pem))?;
-        let same = crate::signer::PublicKey::from_pem(&existing)
+        let same = anchorlog_core::key::PublicKey::from_pem(&existing)
             .map(|k| k.spki_der == signer.public_key_spki_der())
             .unwrap_or(false);
         if !same {

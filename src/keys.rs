@@ -163,7 +163,7 @@ pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
             let s = crate::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).map_err(SignerError::from)?;
             let attrs = s.key_attributes().map_err(SignerError::from)?;
             let mut v = attributes_json(&attrs);
-            v["key_id"] = x509::key_id(s.public_key_spki_der()).into();
+            v["key_id"] = anchorlog_core::key::key_id(s.public_key_spki_der()).into();
             v["device"] = s.describe().into();
             v["public_key_pem"] = x509::public_key_pem(s.public_key_spki_der())?.into();
             Ok(v)
@@ -178,7 +178,7 @@ pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
             let attrs = s.key_attributes().map_err(SignerError::from)?;
             let mut v = tpm_attributes_json(&attrs);
             v["handle"] = format!("{:#010x}", settings.handle).into();
-            v["key_id"] = x509::key_id(s.public_key_spki_der()).into();
+            v["key_id"] = anchorlog_core::key::key_id(s.public_key_spki_der()).into();
             v["device"] = s.describe().into();
             v["public_key_pem"] = x509::public_key_pem(s.public_key_spki_der())?.into();
             if let Some(c) = s.read_counter().map_err(SignerError::from)? {
@@ -197,11 +197,11 @@ pub fn show(config: &Config) -> Result<serde_json::Value, KeysError> {
 }
 
 /// Has the TPM certify the signing key with an attestation key over `nonce` (`keys attest`); the evidence is
-/// checked offline by [`crate::signer::attestation::verify_attestation`] (`anchorlog verify-attestation`).
+/// checked offline by [`anchorlog_core::attestation::verify_attestation`] (`anchorlog verify-attestation`).
 pub fn attest(
     config: &Config,
     nonce: &[u8],
-) -> Result<crate::signer::attestation::KeyAttestation, KeysError> {
+) -> Result<anchorlog_core::attestation::KeyAttestation, KeysError> {
     match config.signer.backend {
         #[cfg(feature = "tpm")]
         SignerBackend::Tpm => {
@@ -218,7 +218,7 @@ pub fn attest(
 }
 
 /// The TPM key attributes as `keys generate --tpm` and `keys show` print them.
-pub fn tpm_attributes_json(a: &crate::signer::attestation::TpmKeyAttributes) -> serde_json::Value {
+pub fn tpm_attributes_json(a: &anchorlog_core::attestation::TpmKeyAttributes) -> serde_json::Value {
     serde_json::json!({
         "fixed_tpm": a.fixed_tpm,
         "fixed_parent": a.fixed_parent,
@@ -262,7 +262,7 @@ pub fn export(signer: &mut dyn HeadSigner, origin: &str, dir: &Path) -> Result<S
     let crt_path = dir.join(CERTIFICATE_FILE);
     std::fs::write(&crt_path, x509::certificate_pem(&cert))
         .map_err(|source| KeysError::Write { path: crt_path, source })?;
-    Ok(x509::key_id(&spki))
+    Ok(anchorlog_core::key::key_id(&spki))
 }
 
 /// Writes a PKCS#10 request for the configured key, signed inside the device ([`x509::log_signer_request`]), as
@@ -277,7 +277,7 @@ pub fn csr(
     let der = x509::log_signer_request(&spki, origin, subject, &mut |tbs: &[u8]| signer.sign(tbs))?;
     std::fs::write(out, x509::request_pem(&der))
         .map_err(|source| KeysError::Write { path: out.into(), source })?;
-    Ok(x509::key_id(&spki))
+    Ok(anchorlog_core::key::key_id(&spki))
 }
 
 /// Where `keys rotate` creates the new key: a new PKCS#11 label, or a new TPM persistent handle (and, optionally, a
@@ -293,9 +293,10 @@ pub struct NewKey {
 }
 
 /// The public key and id of the key `config` names (opened and closed again).
-fn configured_key(config: &Config) -> Result<crate::signer::PublicKey, KeysError> {
+fn configured_key(config: &Config) -> Result<anchorlog_core::key::PublicKey, KeysError> {
     let signer = open(config)?;
-    Ok(crate::signer::PublicKey::from_spki_der(&signer.public_key_spki_der())?)
+    Ok(anchorlog_core::key::PublicKey::from_spki_der(&signer.public_key_spki_der())
+        .map_err(SignerError::from)?)
 }
 
 /// `keys rotate`: creates a new key in the configured device and writes the pending rotation the appliance's next
@@ -385,7 +386,7 @@ pub fn rotate(config: &Config, reason: &str, new: &NewKey) -> Result<serde_json:
         new_key_id: new_key.key_id.clone(),
         new_public_key: x509::public_key_pem(&new_key.spki_der)?,
         reason: reason.to_string(),
-        requested_at: crate::ledger::head::format_time_ms(crate::store::now_ms()).unwrap_or_default(),
+        requested_at: anchorlog_core::head::format_time_ms(crate::store::now_ms()).unwrap_or_default(),
         old: old_spec,
         new: new_spec.clone(),
     };

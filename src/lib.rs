@@ -5,16 +5,22 @@
 //! has every head signed inside a PKCS#11 HSM (or a TPM 2.0), and lets auditors verify all of it offline
 //! with nothing but public keys.
 //!
+//! # The core and the appliance
+//!
+//! Everything a verifier needs and that does no I/O lives in the workspace member `core/` (crate
+//! [`anchorlog_core`]), which builds for `wasm32-unknown-unknown` for the browser console: RFC 9162 math
+//! (`anchorlog_core::merkle`), the canonical entry (`entry`), the names of the appliance's own records
+//! (`record_types`), checkpoint text (`head`), the TPM counter rules (`counter`), C2SP signed notes, verifier
+//! keys, cosignatures and the witness protocol bodies (`note`), the head-signing key's public half
+//! (`key::PublicKey`), RFC 3161 token verification (`tsa`) and TPM attestation checks (`attestation`). This
+//! crate is the appliance and the CLI: it feeds the core from SQLite, bundles, HTTP and devices.
+//!
 //! # Module map
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`config`] | the TOML configuration, defaults, validation |
-//! | [`ledger::entry`] | the canonical entry each leaf commits to |
-//! | [`ledger::merkle`] | pure RFC 9162 math: roots, proofs, frontier |
-//! | [`ledger::head`] | checkpoint text (the signed block head) |
-//! | [`note`] | C2SP signed notes, checkpoints, verifier keys, `cosignature/v1`, the witness protocol bodies (pure) |
-//! | [`ledger::counter`] | the TPM counter rules: chain step, start-up and attested "is this the newest copy" |
+//! | `ledger::event` | the event the writer appends (`NewEvent`) |
 //! | `ledger::appender` | the single writer: group commit, de-duplication |
 //! | `ledger::sealer` | closing blocks: build head, sign, store |
 //! | `ledger::timestamper` | an RFC 3161 token per stored head: failover, back-off, back-fill |
@@ -26,14 +32,14 @@
 //! | [`store::search`] | index-driven, keyset-paginated search over the normalized fields |
 //! | `keys` | `anchorlog keys`: generate inside the device, export public key and certificate, attest, rotate, CSR |
 //! | `rotation` | key rotation: the pending rotation `keys rotate` prepares, and which key a start signs with |
-//! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, key attestation, X.509 export |
+//! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, X.509 export (signing only: the verification key is `anchorlog_core::key`) |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
-//! | [`tsa`] | RFC 3161: requests, HTTP client (`server`), token verification (pure) |
+//! | `tsa` | RFC 3161, the appliance's side: nonces, the HTTP client, retry policy (verification: `anchorlog_core::tsa`) |
 //! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests); the key chain; witness quorum checks |
 //! | [`bundle`] | export bundles: writing from the database, verifying offline |
 //! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
 //! | `tls` | rustls server config, client certificate → principal |
-//! | `api` | the axum routes; JSON errors with stable codes |
+//! | `api` | the axum routes; JSON errors with stable codes; the audit-access record of every read (`api::audit_access`) |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |
 //! | `instruments` | `/metrics` histograms and labelled counters (prometheus-client) |
 //! | `readiness` | what `/readyz` answers: 200, or 503 with the reasons (signer, sealing, tokens, witnesses, disk) |
@@ -77,10 +83,10 @@ pub mod instruments;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
-pub mod note;
 pub mod receipt;
 pub mod signer;
 pub mod store;
+#[cfg(feature = "server")]
 pub mod tsa;
 pub mod verify;
 

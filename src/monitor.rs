@@ -24,11 +24,11 @@
 //! latest head may be a second away from its cosignatures, so up to [`QUORUM_LOOKBACK`] heights back are tried.
 
 use crate::client::Connection;
-use crate::ledger::head::Checkpoint;
-use crate::ledger::merkle::{self, Hash};
-use crate::signer::PublicKey;
 use crate::verify::erasure::AnchorHead;
 use crate::verify::keys::{follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof, RotationReport};
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::{self, Hash};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -206,7 +206,8 @@ pub fn check_cosignatures(
     let bad = |reason: String| AuditError::BadHead { height: cp.height, reason };
     let mut check = WitnessCheck::new(policy);
     if let Some(note) = &head.note {
-        let note = crate::note::Note::parse(note.as_bytes()).map_err(|e| bad(format!("note: {e}")))?;
+        let note =
+            anchorlog_core::note::Note::parse(note.as_bytes()).map_err(|e| bad(format!("note: {e}")))?;
         if note.text() != head.checkpoint {
             return Err(bad("the served note carries another text than the checkpoint".into()));
         }

@@ -4,9 +4,6 @@
 //! The receipt names the earliest signed head that covers the event, so it never changes once issued; a later
 //! head is linked to it by a consistency proof (`GET /v1/proofs/consistency`).
 
-use crate::ledger::head::Checkpoint;
-use crate::ledger::merkle::{self, Hash};
-use crate::signer::PublicKey;
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, StoreError, StoredEvent};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
@@ -14,6 +11,9 @@ use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof, Ro
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{check_event, Failure};
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::{self, Hash};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -304,7 +304,7 @@ pub fn verify_keys(
                 .head
                 .cosignatures
                 .iter()
-                .map(|l| crate::note::NoteSignature::parse_line(l))
+                .map(|l| anchorlog_core::note::NoteSignature::parse_line(l))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Failure::HeadMalformed { height, reason: format!("a cosignature line: {e}") })?;
             let mut check = WitnessCheck::new(policy);

@@ -195,7 +195,7 @@ pub struct Service {
     // Self-verification and alerts (issue 12): where the background verifier continues, from which first key, the
     // webhooks.
     resume: crate::selfverify::Resume,
-    first_key: crate::signer::PublicKey,
+    first_key: anchorlog_core::key::PublicKey,
     alert_targets: Vec<crate::alerts::AlertTarget>,
     /// The seq of this run's start record when the start already wrote it (with a key rotation).
     recorded_start: Option<u64>,
@@ -686,9 +686,12 @@ fn writer_fault_delay() -> Option<Duration> {
 /// The key the log's chain starts with: head 0's, as the database recorded it (`None` for a log without heads, or
 /// without that key's record: then the signer's own). Trusting the database here costs nothing an insider does not
 /// already have; an auditor pins the first key instead (`verify --key`).
-fn first_key(conn: &rusqlite::Connection) -> Result<Option<crate::signer::PublicKey>, store::StoreError> {
+fn first_key(
+    conn: &rusqlite::Connection,
+) -> Result<Option<anchorlog_core::key::PublicKey>, store::StoreError> {
     let Some(h) = store::head(conn, 0)? else { return Ok(None) };
-    Ok(store::public_key_pem(conn, &h.key_id)?.and_then(|pem| crate::signer::PublicKey::from_pem(&pem).ok()))
+    Ok(store::public_key_pem(conn, &h.key_id)?
+        .and_then(|pem| anchorlog_core::key::PublicKey::from_pem(&pem).ok()))
 }
 
 /// What the start-up verification established.
@@ -701,7 +704,7 @@ struct Reconciled {
     /// Where the background verifier continues.
     resume: crate::selfverify::Resume,
     /// The key the log's chain starts with (the background full passes start from it).
-    first_key: crate::signer::PublicKey,
+    first_key: anchorlog_core::key::PublicKey,
 }
 
 /// Verifies the stored log, following its key rotations from its first key — from the last self-verified point
@@ -760,7 +763,7 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<Reconciled,
     }
     report.heads = verified.range.total_heads();
     report.last_checkpoint = verified.range.last_head.as_ref().map(|h| h.checkpoint.clone());
-    let last = report.last_checkpoint.as_deref().map(crate::ledger::head::Checkpoint::parse).transpose();
+    let last = report.last_checkpoint.as_deref().map(anchorlog_core::head::Checkpoint::parse).transpose();
     let last = last.map_err(|e| ServeError::Internal(e.to_string()))?;
     let chain = ChainState {
         frontier: report.frontier_at_last_head.clone(),
@@ -768,7 +771,7 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<Reconciled,
         prev_hash: report
             .last_checkpoint
             .as_deref()
-            .map(crate::ledger::head::Checkpoint::text_hash)
+            .map(anchorlog_core::head::Checkpoint::text_hash)
             .unwrap_or([0; 32]),
         last_time_ms: last.as_ref().map_or(0, |h| h.time_ms),
         last_counter: last.and_then(|h| h.counter).map(|c| c.value),
@@ -779,8 +782,8 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<Reconciled,
 
 /// The newest head's counter, `(height, counter)`: once heads carry a counter every later head does (the verifier
 /// checks it), so the last head's is the newest counter in the log.
-fn newest_counter(report: &verify::Report) -> Option<(u64, crate::ledger::head::HeadCounter)> {
-    let cp = crate::ledger::head::Checkpoint::parse(report.last_checkpoint.as_deref()?).ok()?;
+fn newest_counter(report: &verify::Report) -> Option<(u64, anchorlog_core::head::HeadCounter)> {
+    let cp = anchorlog_core::head::Checkpoint::parse(report.last_checkpoint.as_deref()?).ok()?;
     cp.counter.map(|c| (cp.height, c))
 }
 
@@ -864,9 +867,9 @@ async fn record_rotation(
     previous_run: PreviousRun,
     p: &crate::rotation::PendingRotation,
     new_counter: Option<u32>,
-) -> Result<(rusqlite::Connection, ChainState, u64, crate::ledger::head::Checkpoint), ServeError> {
+) -> Result<(rusqlite::Connection, ChainState, u64, anchorlog_core::head::Checkpoint), ServeError> {
     use crate::ledger::appender;
-    use crate::ledger::head::Checkpoint;
+    use anchorlog_core::head::Checkpoint;
     let failed = |e: &dyn std::fmt::Display| ServeError::Rotation(e.to_string());
     let pem = crate::bundle::export::public_key_pem(new.public_key()).map_err(|e| failed(&e))?;
     let start =
@@ -882,7 +885,7 @@ async fn record_rotation(
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))??;
     for (i, ev) in events.iter().enumerate() {
-        frontier.push(crate::ledger::merkle::leaf_hash(&appender::entry_of(ev, next_seq + i as u64)));
+        frontier.push(anchorlog_core::merkle::leaf_hash(&appender::entry_of(ev, next_seq + i as u64)));
     }
     let counter = old.advance_counter(chain.last_counter).await?;
     let head = Checkpoint {
@@ -939,9 +942,9 @@ async fn check_counter(
     config: &Config,
     signer: &SignerHandle,
     heads: u64,
-    head: Option<(u64, crate::ledger::head::HeadCounter)>,
+    head: Option<(u64, anchorlog_core::head::HeadCounter)>,
 ) -> Result<(), ServeError> {
-    use crate::ledger::counter::{self, CounterFailure};
+    use anchorlog_core::counter::{self, CounterFailure};
     let observed = signer.read_counter().await?;
     let checked = match &observed {
         Some(tpm) => counter::check_newest(head.as_ref().map(|(h, c)| (*h, c)), heads, tpm),

@@ -5,9 +5,9 @@
 mod common;
 
 use anchorlog::bundle;
-use anchorlog::ledger::merkle::{self, Frontier, Hash};
 use anchorlog::store;
 use anchorlog::verify::{self, VerifyError};
+use anchorlog_core::merkle::{self, Frontier, Hash};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::{build_log, LogBuilder, TestKey};
@@ -514,7 +514,7 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
     // self-consistent) and a fabricated event takes seq 30. The first head over it, height 4, catches it.
     let t = tampered_db(&db, "inserted", "SELECT 1");
     {
-        use anchorlog::ledger::entry::Entry;
+        use anchorlog_core::entry::Entry;
         let c = rusqlite::Connection::open(&t).unwrap();
         let put = |seq: u64, entry: &[u8], salt: &[u8], body: &[u8]| {
             c.execute(
@@ -533,7 +533,7 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
         let body = br#"{"type":"LOGIN","user":"mallory"}"#;
         let mut fake = Entry::parse(&store::event(&c, 29).unwrap().unwrap().entry).unwrap();
         fake.seq = 30;
-        fake.payload_sha256 = anchorlog::ledger::entry::payload_digest(&[0; 32], body);
+        fake.payload_sha256 = anchorlog_core::entry::payload_digest(&[0; 32], body);
         put(30, &fake.to_canonical_json(), &[0; 32], body);
     }
     let c = store::open_reader(&t).unwrap();
@@ -661,7 +661,7 @@ impl OpensslTsa {
         verify::timestamps::TimestampPolicy {
             require,
             ..verify::timestamps::TimestampPolicy::new(
-                anchorlog::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
+                anchorlog_core::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
             )
         }
     }

@@ -4,8 +4,8 @@
 
 mod common;
 
-use anchorlog::ledger::merkle::{self, Frontier};
 use anchorlog::store;
+use anchorlog_core::merkle::{self, Frontier};
 use common::{build_log, TestKey};
 use std::io::{BufRead as _, BufReader};
 use std::time::Instant;
@@ -79,11 +79,11 @@ fn bench_verify_bundle() {
     });
     stage("entry parse (canonical check)", &mut |l| {
         let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
-        anchorlog::ledger::entry::Entry::parse(e.entry.as_bytes()).unwrap();
+        anchorlog_core::entry::Entry::parse(e.entry.as_bytes()).unwrap();
     });
     stage("entry check (canonical scan)", &mut |l| {
         let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
-        anchorlog::ledger::entry::Entry::check(e.entry.as_bytes()).unwrap();
+        anchorlog_core::entry::Entry::check(e.entry.as_bytes()).unwrap();
     });
     stage("line decode + all event checks (fused)", &mut |l| {
         anchorlog::bundle::check_line(l, 0).unwrap().check.unwrap();

@@ -5,10 +5,10 @@
 mod common;
 
 use anchorlog::bundle;
-use anchorlog::ledger::head::HeadCounter;
 use anchorlog::receipt;
 use anchorlog::store;
 use anchorlog::verify::{self, Failure, VerifyError, WalkOptions};
+use anchorlog_core::head::HeadCounter;
 use common::{LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
@@ -272,7 +272,7 @@ fn the_tpm_counter_follows_what_the_rotation_record_announces() {
         (
             Some(OLD),
             Some((OLD, 3)),
-            Some(Failure::Counter(anchorlog::ledger::counter::CounterFailure::NotIncreasing {
+            Some(Failure::Counter(anchorlog_core::counter::CounterFailure::NotIncreasing {
                 height: 3,
                 value: 4,
                 previous: 100,

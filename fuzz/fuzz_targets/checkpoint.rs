@@ -3,8 +3,8 @@
 //! parses must print back to the exact same text (the signature covers those bytes).
 #![no_main]
 
-use anchorlog::ledger::head::Checkpoint;
-use anchorlog::note::TlogCheckpoint;
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::note::TlogCheckpoint;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! verification against the seed log's and witness's keys must answer, never panic.
 #![no_main]
 
-use anchorlog::note::{self, cosignature, protocol, Note, VerifierKey};
+use anchorlog_core::note::{self, cosignature, protocol, Note, VerifierKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

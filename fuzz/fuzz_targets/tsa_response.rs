@@ -4,7 +4,7 @@
 //! run against the seed TSA's CA. A wrong imprint must always be refused.
 #![no_main]
 
-use anchorlog::tsa::{self, TimeStampResp, TstInfo, VerifyOptions, ID_CT_TST_INFO};
+use anchorlog_core::tsa::{self, TimeStampResp, TstInfo, VerifyOptions, ID_CT_TST_INFO};
 use cms::content_info::ContentInfo;
 use cms::signed_data::SignedData;
 use der::Decode;

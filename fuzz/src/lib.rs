@@ -3,11 +3,11 @@
 //!
 //! The keys come from a throw-away `anchorlog dev` instance (fuzz/keys/README.md); they are public keys only.
 
-use anchorlog::note::VerifierKey;
-use anchorlog::signer::PublicKey;
-use anchorlog::tsa::TrustAnchors;
 use anchorlog::verify::timestamps::TimestampPolicy;
 use anchorlog::verify::witnesses::WitnessPolicy;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::note::VerifierKey;
+use anchorlog_core::tsa::TrustAnchors;
 use std::sync::OnceLock;
 
 /// The seed log's signing key (`anchorlog keys export` of the dev instance).
@@ -125,7 +125,10 @@ pub mod syslog {
                 assert!(events.len() <= limits.max_events, "more events than the limit");
                 for ev in &events {
                     assert!(!ev.raw.is_empty() && !ev.raw.contains(&b'\n'), "a line is empty or holds an LF");
-                    assert!(body.windows(ev.raw.len()).any(|w| w == ev.raw.as_slice()), "raw is not from the body");
+                    assert!(
+                        body.windows(ev.raw.len()).any(|w| w == ev.raw.as_slice()),
+                        "raw is not from the body"
+                    );
                     assert!(ev.source_id.is_none(), "syslog has no event ids");
                 }
             }

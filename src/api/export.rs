@@ -122,7 +122,7 @@ pub(super) async fn export(
     // The bundle carries event bodies: the access is recorded before the first byte is sent.
     let params = [("from_height", from.to_string()), ("to_height", to.to_string())];
     let count = Some(end_seq.saturating_sub(first_seq));
-    super::search::log_access(&state, &principal, "GET /v1/export", &params, count).await?;
+    super::audit_access::log_access(&state, &principal, "GET /v1/export", &params, count).await?;
     let (tx, rx) = mpsc::channel(8);
     let reads = state.reads.clone();
     let key = state.public_key.clone();

@@ -14,10 +14,11 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{self, Format, Limits};
-use crate::ledger::appender::{AppendError, Appended, NewEvent};
-use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
+use crate::ledger::appender::{AppendError, Appended};
+use crate::ledger::event::NewEvent;
 use crate::listen::ListenerKind;
 use crate::tls::Peer;
+use anchorlog_core::entry::{payload_digest, AuthMethod, SALT_LEN};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};

@@ -2,6 +2,7 @@
 //! requires (deny by default); the peer's principal comes from its verified client certificate.
 
 mod admin;
+mod audit_access;
 pub mod denials;
 pub mod encoding;
 pub mod error;
@@ -18,9 +19,9 @@ pub mod stream;
 use crate::config::{LimitsConfig, Role};
 use crate::ledger::appender::AppenderHandle;
 use crate::metrics::Metrics;
-use crate::signer::PublicKey;
 use crate::store::ReadPool;
 use crate::tls::{Peer, Principal};
+use anchorlog_core::key::PublicKey;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::{get, post};

@@ -2,10 +2,10 @@
 
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
-use crate::ledger::head::{format_time_ms, signed_note};
 use crate::store::cosignatures::StoredCosignature;
 use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
 use crate::tls::Peer;
+use anchorlog_core::head::{format_time_ms, signed_note};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,7 +48,7 @@ fn head_with_extras(
             let timestamp = store::timestamp(c, head.height)?;
             let cosignatures = store::cosignatures::of_head(c, head.height)?;
             let spki = store::public_key_pem(c, &head.key_id)?
-                .and_then(|pem| crate::signer::PublicKey::from_pem(&pem).ok())
+                .and_then(|pem| anchorlog_core::key::PublicKey::from_pem(&pem).ok())
                 .map(|k| k.spki_der);
             Ok(Some(ServedHead { head, timestamp, cosignatures, spki }))
         }
@@ -167,7 +167,7 @@ pub(super) async fn event(
     // A view of log content (PCI DSS 10.2.1.3): on record before it is answered; the answer names the record.
     let params = [("seq", seq.to_string())];
     let audit_seq =
-        super::search::log_access(&state, &principal, "GET /v1/events/{seq}", &params, Some(1)).await?;
+        super::audit_access::log_access(&state, &principal, "GET /v1/events/{seq}", &params, Some(1)).await?;
     Ok(Json(json!({
         "seq": ev.seq,
         "audit_seq": audit_seq,
@@ -304,8 +304,14 @@ pub(super) async fn receipt(
         Ok(r) => {
             // A receipt carries the event's body: access to log content, recorded before it is answered.
             let params = [("seq", seq.to_string())];
-            super::search::log_access(&state, &principal, "GET /v1/events/{seq}/receipt", &params, Some(1))
-                .await?;
+            super::audit_access::log_access(
+                &state,
+                &principal,
+                "GET /v1/events/{seq}/receipt",
+                &params,
+                Some(1),
+            )
+            .await?;
             Ok(Json(r))
         }
         Err(ReceiptError::NoSuchEvent(_)) => Err(ApiError::not_found(format!("no event with seq {seq}"))),

@@ -1,16 +1,15 @@
-//! `GET /v1/events?…`: search over the normalized fields (src/store/search.rs), and the audit-access record
-//! every auditor read of log content leaves in the log itself (PCI DSS 10.2.1.3).
+//! `GET /v1/events?…`: search over the normalized fields (src/store/search.rs); each search leaves its
+//! audit-access record (`api::audit_access`).
 
+use super::audit_access::log_access;
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::Outcome;
-use crate::ledger::appender::AppendError;
-use crate::ledger::entry::Entry;
-use crate::ledger::internal::{audit_access_body, internal_event};
-use crate::ledger::record_types;
 use crate::store::search::{self as store_search, CursorError, SearchFilter};
 use crate::store::{self, StoreError};
-use crate::tls::{Peer, Principal};
+use crate::tls::Peer;
+use anchorlog_core::entry::Entry;
+use anchorlog_core::record_types;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -145,25 +144,6 @@ fn parse(pairs: Vec<(String, String)>, max_limit: usize) -> Result<Request, ApiE
         }
     }
     Ok(req)
-}
-
-/// Records an auditor's read of log content as an event of the appliance's own source, and waits until it
-/// is committed: the answer is only sent once the access is on record. Returns the record's seq.
-pub(super) async fn log_access(
-    state: &AppState,
-    principal: &Principal,
-    endpoint: &str,
-    parameters: &[(&str, String)],
-    result_count: Option<u64>,
-) -> Result<u64, ApiError> {
-    let event = internal_event(&audit_access_body(&principal.name, endpoint, parameters, result_count));
-    match state.appender.append(vec![event]).await {
-        Ok(done) => {
-            done.first().map(|a| a.seq).ok_or_else(|| ApiError::internal("audit record", &"not stored"))
-        }
-        Err(AppendError::Stopped) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(AppendError::Store(e)) => Err(ApiError::storage("recording the audit access failed", &e)),
-    }
 }
 
 pub(super) async fn search(

@@ -21,14 +21,14 @@
 //!   closed — its answer could not end otherwise, the consumer taking no bytes. Like every connection, a stream
 //!   counts against `limits.max_connections` and `limits.max_connections_per_address`.
 
-use super::search::log_access;
+use super::audit_access::log_access;
 use super::{authorize_any, ApiError, AppState};
 use crate::config::Role;
 use crate::formats::{NormalizedFields, Outcome};
-use crate::ledger::entry::Entry;
 use crate::listen::{ConnectionCloser, ListenerKind};
 use crate::store::{self, StoreError, StoredEvent};
 use crate::tls::{Peer, Principal};
+use anchorlog_core::entry::Entry;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -459,7 +459,7 @@ mod tests {
             received_at_ns: 1,
             producer: "p".into(),
             source: "events".into(),
-            auth: crate::ledger::entry::AuthMethod::Mtls,
+            auth: anchorlog_core::entry::AuthMethod::Mtls,
             format: "json".into(),
             source_id: None,
             payload_sha256: [3; 32],

@@ -220,7 +220,7 @@ impl TsaArgs {
     fn policy(&self) -> anyhow::Result<Option<anchorlog::verify::timestamps::TimestampPolicy>> {
         let Some(ca) = &self.tsa_ca else { return Ok(None) };
         let pem = std::fs::read(ca).with_context(|| format!("reading TSA CA {}", ca.display()))?;
-        let anchors = anchorlog::tsa::TrustAnchors::from_pem(&pem)
+        let anchors = anchorlog_core::tsa::TrustAnchors::from_pem(&pem)
             .with_context(|| format!("parsing TSA CA {}", ca.display()))?;
         Ok(Some(anchorlog::verify::timestamps::TimestampPolicy {
             anchors,
@@ -260,7 +260,7 @@ impl WitnessArgs {
                 arg.clone()
             };
             keys.push(
-                anchorlog::note::VerifierKey::parse(text.trim())
+                anchorlog_core::note::VerifierKey::parse(text.trim())
                     .with_context(|| format!("--witness {arg}: not a vkey, nor a file holding one"))?,
             );
         }
@@ -614,7 +614,7 @@ fn check_config(path: &Path, open_signer: bool) -> anyhow::Result<ExitCode> {
     }
     if open_signer {
         let signer = anchorlog::keys::open(&config)?;
-        let key = anchorlog::signer::PublicKey::from_spki_der(&signer.public_key_spki_der())?;
+        let key = anchorlog_core::key::PublicKey::from_spki_der(&signer.public_key_spki_der())?;
         println!("  signer:   {} (key id {})", signer.describe(), key.key_id);
     }
     Ok(ExitCode::SUCCESS)
@@ -758,20 +758,20 @@ fn keys(command: KeysCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_key(key: &Path) -> anyhow::Result<anchorlog::signer::PublicKey> {
+fn read_key(key: &Path) -> anyhow::Result<anchorlog_core::key::PublicKey> {
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
-    anchorlog::signer::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
+    anchorlog_core::key::PublicKey::from_pem(&pem).with_context(|| format!("parsing key {}", key.display()))
 }
 
 /// Reads every `--key`.
-fn read_keys(keys: &[PathBuf]) -> anyhow::Result<Vec<anchorlog::signer::PublicKey>> {
+fn read_keys(keys: &[PathBuf]) -> anyhow::Result<Vec<anchorlog_core::key::PublicKey>> {
     keys.iter().map(|k| read_key(k)).collect()
 }
 
 /// Where the origin every head is checked against came from: `--origin`, else the first given certificate's.
 fn pinned_origin(
     given: Option<String>,
-    keys: &[anchorlog::signer::PublicKey],
+    keys: &[anchorlog_core::key::PublicKey],
 ) -> (Option<String>, &'static str) {
     match (given, keys.iter().find_map(|k| k.certified_origin.clone())) {
         (Some(o), _) => (Some(o), "--origin"),
@@ -913,7 +913,7 @@ fn parse_nonce(hex_text: &str) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("--nonce {hex_text:?} is not hex (e.g. --nonce $(openssl rand -hex 32))"))
 }
 
-fn read_attestation(file: &Path) -> anyhow::Result<anchorlog::signer::attestation::KeyAttestation> {
+fn read_attestation(file: &Path) -> anyhow::Result<anchorlog_core::attestation::KeyAttestation> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{} is not a key attestation from `anchorlog keys attest`", file.display()))
@@ -938,11 +938,11 @@ fn print_attested_counter(a: &anchorlog::verify::counter::AttestedCounter) {
 }
 
 fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyhow::Result<ExitCode> {
-    use anchorlog::signer::attestation::{verify_attestation, verify_counter_attestation};
+    use anchorlog_core::attestation::{verify_attestation, verify_counter_attestation};
     let nonce = parse_nonce(nonce)?;
     let att = read_attestation(file)?;
     let pem = std::fs::read_to_string(key).with_context(|| format!("reading key {}", key.display()))?;
-    let key = anchorlog::signer::PublicKey::from_pem(&pem)
+    let key = anchorlog_core::key::PublicKey::from_pem(&pem)
         .with_context(|| format!("parsing key {}", key.display()))?;
     let verified = match att.counter {
         Some(_) => verify_counter_attestation(&att, &key.spki_der, &nonce).map(|(r, c)| (r, Some(c))),
@@ -1031,7 +1031,7 @@ fn print_timestamps(
             d.height
         );
     }
-    let time = |ms: i64| anchorlog::ledger::head::format_time_ms(ms).unwrap_or_else(|_| ms.to_string());
+    let time = |ms: i64| anchorlog_core::head::format_time_ms(ms).unwrap_or_else(|_| ms.to_string());
     for w in outages {
         match w.end_ms {
             Some(end) => println!(
@@ -1198,11 +1198,11 @@ fn report_invalid(json: bool, failure: &str, kind: &str, at: u64) -> ExitCode {
 
 fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
     let ns_time = |ns: Option<u64>| {
-        ns.and_then(|n| anchorlog::ledger::head::format_time_ms((n / 1_000_000) as i64).ok())
+        ns.and_then(|n| anchorlog_core::head::format_time_ms((n / 1_000_000) as i64).ok())
             .unwrap_or_else(|| "-".into())
     };
     let ms_time = |ms: Option<i64>| {
-        ms.and_then(|m| anchorlog::ledger::head::format_time_ms(m).ok()).unwrap_or_else(|| "-".into())
+        ms.and_then(|m| anchorlog_core::head::format_time_ms(m).ok()).unwrap_or_else(|| "-".into())
     };
     println!("OK: log verified with key {}", r.key_id);
     print_rotations(&r.rotations);

@@ -4,11 +4,11 @@ use super::{
     head_path, Algorithms, Anchor, BundleError, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
     ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
 };
-use crate::ledger::head::{format_time_ms, Checkpoint};
-use crate::signer::PublicKey;
 use crate::store::{self, StoredEvent, StoredHead};
 use crate::verify::erasure::{ErasureRecordProof, ProofHead};
 use crate::verify::keys::KeyRotationProof;
+use anchorlog_core::head::{format_time_ms, Checkpoint};
+use anchorlog_core::key::PublicKey;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -348,7 +348,7 @@ fn cosigned_note(
     cosignatures: &[store::cosignatures::StoredCosignature],
 ) -> String {
     let mut note = match spki {
-        Some(spki) => crate::ledger::head::signed_note(&h.checkpoint, origin, spki, &h.signature),
+        Some(spki) => anchorlog_core::head::signed_note(&h.checkpoint, origin, spki, &h.signature),
         None => format!("{}\n", h.checkpoint),
     };
     for c in cosignatures {

@@ -3,9 +3,6 @@
 use super::{
     EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
 };
-use crate::ledger::head::Checkpoint;
-use crate::ledger::merkle::Frontier;
-use crate::signer::PublicKey;
 use crate::store::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
@@ -14,6 +11,9 @@ use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
     self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions,
 };
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::Frontier;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -291,7 +291,7 @@ fn check_notes(
             continue;
         };
         let malformed = |reason: String| Failure::HeadMalformed { height, reason };
-        let note = crate::note::Note::parse(note)
+        let note = anchorlog_core::note::Note::parse(note)
             .map_err(|e| malformed(format!("heads/{height}.note is not a signed note: {e}")))?;
         if note.text() != text {
             return Err(malformed(format!(

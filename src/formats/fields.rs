@@ -32,7 +32,7 @@ impl Ctx {
     /// Refuses a type value in the appliance's reserved namespace (`anchorlog.`…): only the appliance writes
     /// such records, and a producer's look-alike would be read as one by search and by eye.
     pub fn refuse_reserved_type(self, field: &'static str, value: &str) -> Result<(), FormatError> {
-        if crate::ledger::record_types::is_reserved_type(value) {
+        if anchorlog_core::record_types::is_reserved_type(value) {
             return Err(FormatError::ReservedType { index: self.index, line: self.line, field });
         }
         Ok(())

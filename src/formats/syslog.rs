@@ -413,7 +413,7 @@ pub fn normalize(frame: &[u8], now_ms: i64) -> NormalizedFields {
         .flat_map(|e| e.params.iter())
         .find(|(k, _)| k == "ip")
         .map(|(_, v)| v.clone());
-    let app_type = h.app_name.clone().filter(|a| !crate::ledger::record_types::is_reserved_type(a));
+    let app_type = h.app_name.clone().filter(|a| !anchorlog_core::record_types::is_reserved_type(a));
     let (event_type, outcome, actor, target, source_ip) = match auth {
         Some(a) => (Some(a.event_type.to_owned()), a.outcome, a.actor, a.target, a.source_ip.or(origin_ip)),
         None => (app_type, Outcome::Unknown, None, h.msgid.clone(), origin_ip),

@@ -9,47 +9,21 @@
 //! replayed with a savepoint per request, so one failing request cannot take others down and nothing of it is
 //! stored; the replay is counted (`anchorlog_commit_replays_total`).
 
-use crate::formats::NormalizedFields;
-use crate::ledger::entry::{AuthMethod, Entry};
+use crate::ledger::event::NewEvent;
 use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::internal;
-use crate::ledger::merkle::{self, Frontier};
 use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::erasure::ErasureRecord;
 use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
+use anchorlog_core::entry::{AuthMethod, Entry};
+use anchorlog_core::merkle::{self, Frontier};
 use rusqlite::Connection;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Most events applied in one transaction; bounds commit latency and memory.
 pub const MAX_GROUP_EVENTS: usize = 50_000;
 /// Depth of the command queue; producers wait (backpressure) when it is full.
 pub const QUEUE_DEPTH: usize = 4_096;
-
-/// An event ready to be appended (validated and hashed by the handler).
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// Receive time, ns since the epoch.
-    pub received_at_ns: u64,
-    /// Authenticated producer name.
-    pub producer: Arc<str>,
-    /// Source name.
-    pub source: Arc<str>,
-    /// How the producer authenticated.
-    pub auth: AuthMethod,
-    /// Payload format.
-    pub format: &'static str,
-    /// Producer-assigned event id (de-duplication key).
-    pub source_id: Option<String>,
-    /// Random salt.
-    pub salt: [u8; 32],
-    /// Raw body bytes of this event.
-    pub body: Vec<u8>,
-    /// SHA-256(salt || body).
-    pub payload_sha256: [u8; 32],
-    /// Normalized search fields, handed to the indexer once the event is committed.
-    pub fields: NormalizedFields,
-}
 
 /// The outcome of one appended event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -747,6 +721,8 @@ fn in_savepoint<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::NormalizedFields;
+    use std::sync::Arc;
 
     fn ev(id: Option<&str>, body: &str) -> NewEvent {
         NewEvent {
@@ -758,7 +734,7 @@ mod tests {
             source_id: id.map(str::to_string),
             salt: [7; 32],
             body: body.as_bytes().to_vec(),
-            payload_sha256: crate::ledger::entry::payload_digest(&[7; 32], body.as_bytes()),
+            payload_sha256: anchorlog_core::entry::payload_digest(&[7; 32], body.as_bytes()),
             fields: NormalizedFields { event_type: Some("T".into()), ..NormalizedFields::default() },
         }
     }
@@ -985,7 +961,7 @@ mod tests {
     /// answered with its own error and nothing of it stored, and the log must verify under a signed head.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn under_load_replayed_groups_store_every_good_request_once_and_nothing_of_a_bad_one() {
-        use crate::ledger::head::Checkpoint;
+        use anchorlog_core::head::Checkpoint;
         use p256::ecdsa::{DerSignature, SigningKey};
         use p256::pkcs8::EncodePublicKey as _;
         use signature::Signer as _;
@@ -1113,7 +1089,7 @@ mod tests {
         assert_eq!(bad_rows, 0);
         // A head signed over the whole log: the verifier accepts it (chain, tree, node store, every entry).
         let signing = SigningKey::from_slice(&[5; 32]).unwrap();
-        let key = crate::signer::PublicKey::from_spki_der(
+        let key = anchorlog_core::key::PublicKey::from_spki_der(
             signing.verifying_key().to_public_key_der().unwrap().as_bytes(),
         )
         .unwrap();

@@ -542,8 +542,9 @@ fn write_rederived(search: &mut Connection, rows: &[IndexRow]) -> Result<(), Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::appender::{AppenderHandle, NewEvent};
-    use crate::ledger::entry::AuthMethod;
+    use crate::ledger::appender::AppenderHandle;
+    use crate::ledger::event::NewEvent;
+    use anchorlog_core::entry::AuthMethod;
 
     fn ev(body: &str) -> NewEvent {
         NewEvent {
@@ -555,7 +556,7 @@ mod tests {
             source_id: None,
             salt: [1; 32],
             body: body.as_bytes().to_vec(),
-            payload_sha256: crate::ledger::entry::payload_digest(&[1; 32], body.as_bytes()),
+            payload_sha256: anchorlog_core::entry::payload_digest(&[1; 32], body.as_bytes()),
             fields: crate::formats::json::parse(body.as_bytes(), false, &Default::default()).unwrap()[0]
                 .fields
                 .clone(),

@@ -2,9 +2,9 @@
 //! starts and stops (PCI DSS 10.2.1.6) and the outages of its signer and TSAs (PCI DSS 10.7.3) are logged like any other event, under producer, source and format
 //! `anchorlog` with auth `internal`, so they are covered by the same signed tree.
 
-use crate::ledger::appender::NewEvent;
-use crate::ledger::entry::{payload_digest, AuthMethod, SALT_LEN};
-use crate::ledger::record_types as types;
+use crate::ledger::event::NewEvent;
+use anchorlog_core::entry::{payload_digest, AuthMethod, SALT_LEN};
+use anchorlog_core::record_types as types;
 use rand::RngCore as _;
 use serde_json::json;
 
@@ -201,7 +201,7 @@ pub const CLOCK_JUMP_TYPE: &str = types::CLOCK_JUMP;
 /// step (`delta_ms`: positive forward, negative backward).
 pub fn clock_jump_body(old_ms: i64, new_ms: i64) -> serde_json::Value {
     let delta_ms = new_ms.saturating_sub(old_ms);
-    let rfc3339 = |ms| crate::ledger::head::format_time_ms(ms).ok();
+    let rfc3339 = |ms| anchorlog_core::head::format_time_ms(ms).ok();
     json!({"type": CLOCK_JUMP_TYPE, "direction": if delta_ms > 0 { "forward" } else { "backward" },
            "old_time": rfc3339(old_ms), "new_time": rfc3339(new_ms), "old_time_ms": old_ms,
            "new_time_ms": new_ms, "delta_ms": delta_ms})

@@ -1,4 +1,7 @@
-//! The log itself: entries, the Merkle tree, block heads, and (in the appliance) the writer and the sealer.
+//! The appliance's log machinery: the writer, the sealer, the timestamper, the cosigner, the indexer.
+//!
+//! The pure log math these actors use (entries, the Merkle tree, block heads, the TPM counter rules, the
+//! names of the appliance's own records) is the core's (`anchorlog_core`), shared with the verifiers.
 
 #[cfg(feature = "server")]
 pub mod appender;
@@ -6,16 +9,13 @@ pub mod appender;
 pub mod clockwatch;
 #[cfg(feature = "server")]
 pub mod cosigner;
-pub mod counter;
-pub mod entry;
-pub mod head;
+#[cfg(feature = "server")]
+pub mod event;
 pub mod indexer;
 #[cfg(feature = "server")]
 pub mod internal;
-pub mod merkle;
 #[cfg(feature = "server")]
 pub mod outage;
-pub mod record_types;
 #[cfg(feature = "server")]
 pub mod sealer;
 #[cfg(feature = "server")]

@@ -9,7 +9,8 @@
 //! record) none is appended any more.
 
 use crate::alerts::{AlertKind, Alerts};
-use crate::ledger::appender::{AppendError, Appended, AppenderHandle, NewEvent};
+use crate::ledger::appender::{AppendError, Appended, AppenderHandle};
+use crate::ledger::event::NewEvent;
 use crate::ledger::internal::{internal_event, outage_body, OutageState};
 use std::sync::Arc;
 use std::time::Duration;

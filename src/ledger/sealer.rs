@@ -10,12 +10,12 @@
 
 use crate::ledger::appender::AppendError;
 use crate::ledger::appender::AppenderHandle;
-use crate::ledger::head::Checkpoint;
-use crate::ledger::merkle::Frontier;
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::signer::SignerHandle;
 use crate::store::{self, ReadPool, StoreError, StoredHead};
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::merkle::Frontier;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ pub enum SealError {
     Append(#[from] crate::ledger::appender::AppendError),
     /// The checkpoint could not be encoded.
     #[error("checkpoint: {0}")]
-    Head(#[from] crate::ledger::head::HeadError),
+    Head(#[from] anchorlog_core::head::HeadError),
     /// A blocking task panicked or was cancelled.
     #[error("internal task failed")]
     Join,

@@ -18,7 +18,8 @@ use crate::ledger::appender::AppenderHandle;
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::store::{self, ReadPool, StoreError, StoredHead, StoredTimestamp};
-use crate::tsa::{self, TrustAnchors, VerifyOptions};
+use crate::tsa;
+use anchorlog_core::tsa::{verify_response, TrustAnchors, VerifyOptions};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -345,7 +346,7 @@ impl Timestamper {
                 policy: tsa.policy,
                 not_before,
             };
-            match tsa::verify_response(&body, &opts) {
+            match verify_response(&body, &opts) {
                 Ok(v) => {
                     if i > 0 {
                         tracing::info!(height = head.height, tsa = %tsa.url, tsa_index = i, "failover: token from a later TSA");

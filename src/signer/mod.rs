@@ -2,20 +2,17 @@
 //!
 //! PKCS#11 sessions and TPM contexts are not `Sync` and their calls block, so each signer lives on its own
 //! OS thread and the async service talks to it over a channel ([`SignerHandle`]). The service only ever sees
-//! the public key; the private key stays in the device.
+//! the public key; the private key stays in the device. Verifying signatures is not this layer's business: the
+//! verification key is the core's (`anchorlog_core::key::PublicKey`).
 
-pub mod attestation;
 #[cfg(feature = "pkcs11")]
 pub mod pkcs11;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod x509;
 
-use crate::ledger::counter::CounterObservation;
-use crate::ledger::head::HeadCounter;
-use p256::ecdsa::signature::Verifier as _;
-use p256::ecdsa::{DerSignature, VerifyingKey};
-use p256::pkcs8::DecodePublicKey as _;
+use anchorlog_core::counter::CounterObservation;
+use anchorlog_core::head::HeadCounter;
 
 /// A signing failure, from any backend.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +32,8 @@ pub enum SignerError {
     #[error("the signer thread has stopped")]
     ThreadStopped,
     /// The device's public key is not an ECDSA P-256 key.
-    #[error("the signing key is not an ECDSA P-256 key: {0}")]
-    UnsupportedKey(String),
+    #[error(transparent)]
+    UnsupportedKey(#[from] anchorlog_core::key::KeyError),
     /// A fault injected by a test double (only used by fault-injection tests).
     #[error("injected fault: {0}")]
     Injected(String),
@@ -181,65 +178,6 @@ impl HeadSigner for tpm::TpmSigner {
     }
     fn release(&mut self) {
         tpm::TpmSigner::release(self)
-    }
-}
-
-/// The public half of the head-signing key, as every verifier needs it.
-#[derive(Debug, Clone)]
-pub struct PublicKey {
-    /// DER SubjectPublicKeyInfo.
-    pub spki_der: Vec<u8>,
-    /// Hex SHA-256 of `spki_der`.
-    pub key_id: String,
-    /// The parsed key.
-    pub verifying_key: VerifyingKey,
-    /// The log origin the key's certificate names (`None` for a bare public key or another certificate): a
-    /// verifier given no `--origin` pins every head to it ([`x509::certified_origin`]).
-    pub certified_origin: Option<String>,
-}
-
-impl PublicKey {
-    /// Parses a DER SubjectPublicKeyInfo holding an ECDSA P-256 key.
-    pub fn from_spki_der(spki_der: &[u8]) -> Result<Self, SignerError> {
-        let verifying_key = VerifyingKey::from_public_key_der(spki_der)
-            .map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-        Ok(Self {
-            spki_der: spki_der.to_vec(),
-            key_id: x509::key_id(spki_der),
-            verifying_key,
-            certified_origin: None,
-        })
-    }
-
-    /// Parses a PEM public key (`-----BEGIN PUBLIC KEY-----`) or a PEM certificate.
-    pub fn from_pem(pem: &str) -> Result<Self, SignerError> {
-        if pem.contains("BEGIN CERTIFICATE") {
-            use der::{DecodePem as _, Encode as _};
-            let cert = x509_cert::Certificate::from_pem(pem.as_bytes())
-                .map_err(|e| SignerError::UnsupportedKey(format!("not a PEM certificate: {e}")))?;
-            let spki = cert
-                .tbs_certificate
-                .subject_public_key_info
-                .to_der()
-                .map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-            let mut key = Self::from_spki_der(&spki)?;
-            key.certified_origin = x509::certified_origin(&cert);
-            return Ok(key);
-        }
-        let verifying_key =
-            VerifyingKey::from_public_key_pem(pem).map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-        use p256::pkcs8::EncodePublicKey as _;
-        let der =
-            verifying_key.to_public_key_der().map_err(|e| SignerError::UnsupportedKey(e.to_string()))?;
-        Self::from_spki_der(der.as_bytes())
-    }
-
-    /// Whether `signature` (DER) is a valid signature of `message` under this key.
-    pub fn verify(&self, message: &[u8], signature: &[u8]) -> bool {
-        match DerSignature::try_from(signature) {
-            Ok(sig) => self.verifying_key.verify(message, &sig).is_ok(),
-            Err(_) => false,
-        }
     }
 }
 

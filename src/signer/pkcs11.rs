@@ -1349,7 +1349,7 @@ mod tests {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert_eq!(stdout.split_whitespace().next().unwrap(), x509::key_id(spki));
+        assert_eq!(stdout.split_whitespace().next().unwrap(), anchorlog_core::key::key_id(spki));
     }
 
     /// Throughput probe: `./run-tests.sh` runs it with `--ignored --nocapture`.

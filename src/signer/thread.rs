@@ -10,7 +10,10 @@
 //! be blocked at once; beyond that no further session is opened ([`SignerError::Stuck`]).
 
 use super::health::{next_delay, Backoff, SignerHealth, SignerSupervision, MAX_STUCK_THREADS};
-use super::{CounterObservation, HeadCounter, HeadSigner, PublicKey, SignerError};
+use super::{HeadSigner, SignerError};
+use anchorlog_core::counter::CounterObservation;
+use anchorlog_core::head::HeadCounter;
+use anchorlog_core::key::PublicKey;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};

@@ -15,7 +15,7 @@
 //!   re-derived from the owner seed, so it need not be persisted) and persists it with
 //!   `TPM2_EvictControl`.
 //! * [`attest`] certifies the key with an attestation key (`TPM2_Certify`) and returns
-//!   [`KeyAttestation`] evidence, checked offline by [`super::attestation::verify_attestation`]; with a
+//!   [`KeyAttestation`] evidence, checked offline by [`anchorlog_core::attestation::verify_attestation`]; with a
 //!   counter configured the same AK also certifies the counter (`TPM2_NV_Certify`).
 //! * With `counter_index` set, every head carries a value of an orderly NV counter (module `counter`):
 //!   [`TpmSigner::advance_counter`] reserves it before the head is signed, [`TpmSigner::read_counter`]
@@ -66,13 +66,13 @@ use tss_esapi::utils::create_unrestricted_signing_ecc_public;
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-pub use super::attestation::TpmKeyAttributes;
-use super::attestation::{
+pub use anchorlog_core::attestation::TpmKeyAttributes;
+use anchorlog_core::attestation::{
     tpm_name_sha256, verify_attestation, verify_counter_attestation, CounterAttestation, KeyAttestation,
     KEY_ATTESTATION_FORMAT,
 };
-use crate::ledger::counter::CounterObservation;
-use crate::ledger::head::HeadCounter;
+use anchorlog_core::counter::CounterObservation;
+use anchorlog_core::head::HeadCounter;
 
 mod counter;
 mod esys;

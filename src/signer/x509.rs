@@ -7,6 +7,7 @@
 //! the certified public key before it is used, so a callback that signs with the wrong key
 //! produces an error instead of a certificate nobody can verify.
 
+use anchorlog_core::key::ORIGIN_URI_PREFIX;
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +19,6 @@ use der::{Any, Decode, Encode, Tag};
 use p256::ecdsa::signature::Verifier;
 use p256::ecdsa::{DerSignature, Signature, VerifyingKey};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
-use sha2::{Digest, Sha256};
 use spki::{AlgorithmIdentifierOwned, DynSignatureAlgorithmIdentifier, SubjectPublicKeyInfoOwned};
 use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
@@ -172,8 +172,6 @@ pub fn self_signed_certificate<E: std::fmt::Display>(
 
 /// Common name of the head signer's certificate ([`log_signer_certificate`]).
 pub const LOG_SIGNER_COMMON_NAME: &str = "anchorlog head signer";
-/// Prefix of the subjectAltName URI that names the log a head-signer certificate is for.
-pub const ORIGIN_URI_PREFIX: &str = "urn:anchorlog:origin:";
 
 /// The head signer's certificate ([`self_signed_certificate`] with CN [`LOG_SIGNER_COMMON_NAME`]) naming the
 /// log it signs for: a subjectAltName URI `urn:anchorlog:origin:<origin>` (origin bytes other than
@@ -233,19 +231,6 @@ pub fn request_pem(der: &[u8]) -> String {
     pem("CERTIFICATE REQUEST", der)
 }
 
-/// The origin a head-signer certificate names ([`log_signer_certificate`]), if it names one.
-pub fn certified_origin(cert: &x509_cert::Certificate) -> Option<String> {
-    use x509_cert::ext::pkix::name::GeneralName;
-    use x509_cert::ext::pkix::SubjectAltName;
-    let (_, san) = cert.tbs_certificate.get::<SubjectAltName>().ok()??;
-    san.0.iter().find_map(|n| match n {
-        GeneralName::UniformResourceIdentifier(uri) => {
-            uri.as_str().strip_prefix(ORIGIN_URI_PREFIX).and_then(percent_decode)
-        }
-        _ => None,
-    })
-}
-
 fn percent_encode(origin: &str) -> String {
     let mut out = String::with_capacity(origin.len());
     for b in origin.bytes() {
@@ -256,23 +241,6 @@ fn percent_encode(origin: &str) -> String {
         }
     }
     out
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn build_certificate<E: std::fmt::Display>(
@@ -407,16 +375,13 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
-/// Key id = lowercase hex SHA-256 of the SubjectPublicKeyInfo DER.
-pub fn key_id(spki_der: &[u8]) -> String {
-    hex::encode(Sha256::digest(spki_der))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anchorlog_core::key::key_id;
     use p256::ecdsa::signature::Signer as _;
     use p256::ecdsa::SigningKey;
+    use sha2::{Digest as _, Sha256};
     use std::path::{Path, PathBuf};
     use std::process::Command;
     use x509_cert::Certificate;

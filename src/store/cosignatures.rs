@@ -6,7 +6,7 @@
 //! continues from. Files of schema versions 1 and 2 have neither table: readers see no cosignatures there.
 
 use super::{u64_of, StoreError};
-use crate::note::NoteSignature;
+use anchorlog_core::note::NoteSignature;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// One stored cosignature.
@@ -28,7 +28,7 @@ pub struct StoredCosignature {
 
 impl StoredCosignature {
     /// The line parsed as a note signature.
-    pub fn signature(&self) -> Result<NoteSignature, crate::note::NoteError> {
+    pub fn signature(&self) -> Result<NoteSignature, anchorlog_core::note::NoteError> {
         NoteSignature::parse_line(&self.line)
     }
 }

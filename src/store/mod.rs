@@ -40,7 +40,7 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     /// A tree size or leaf index does not fit the tree (a proof was asked for something outside it).
     #[error(transparent)]
-    Merkle(#[from] crate::ledger::merkle::MerkleError),
+    Merkle(#[from] anchorlog_core::merkle::MerkleError),
     /// A group commit failed as a whole: nothing of the group (from seq `first_seq`) was stored.
     #[error("group commit from seq {first_seq} failed, nothing of it was stored: {message}")]
     GroupCommit {
@@ -864,7 +864,7 @@ pub fn last_own_event_with_source_id_prefix(
          ORDER BY source_id DESC LIMIT 1",
     )?;
     let mut rows = stmt.query(params![
-        crate::ledger::record_types::APPLIANCE,
+        anchorlog_core::record_types::APPLIANCE,
         prefix,
         upper,
         i64::try_from(below).unwrap_or(i64::MAX)

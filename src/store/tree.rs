@@ -2,7 +2,7 @@
 //! and the roots, frontiers and RFC 9162 proofs assembled from them in `O(log n)` reads.
 
 use super::{hash_of, StoreError};
-use crate::ledger::merkle::{self, Frontier, Hash};
+use anchorlog_core::merkle::{self, Frontier, Hash};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Stores the perfect subtree `leaves[start..start + len]` (`len` a power of two ≥ 2, `start` a multiple of

@@ -149,7 +149,7 @@ fn check_crl(
         .filter_map(|c| x509_cert::Certificate::from_der(c.as_ref()).ok())
         .filter(|c| c.tbs_certificate.subject == tbs.issuer)
         .find(|c| {
-            crate::tsa::x509_signature_verifies(
+            anchorlog_core::tsa::x509_signature_verifies(
                 &c.tbs_certificate.subject_public_key_info,
                 &list.signature_algorithm,
                 &tbs_der,

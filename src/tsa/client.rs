@@ -4,7 +4,7 @@
 //! tokens are self-authenticating (signed by the TSA and verified against the configured CA),
 //! and public TSAs (DigiCert, Sectigo, ...) serve plain http. `https://` URLs are refused with
 //! a clear error until TLS is wired in. The caller must verify the returned bytes with
-//! [`super::verify_response`] before storing them.
+//! [`anchorlog_core::tsa::verify_response`] before storing them.
 
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use super::request::TimestampRequest;
 use super::TsaError;
+use anchorlog_core::tsa::TimestampRequest;
 
 /// Largest response body accepted (a reply is typically 1–8 KiB; chains with several RSA
 /// certificates stay well below this).
@@ -183,8 +183,9 @@ pub(crate) fn split_host_port(authority: &str, default_port: u16) -> Option<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tsa::build_request;
     use crate::tsa::testutil::{Shim, TestTsa};
-    use crate::tsa::{build_request, verify_response, TrustAnchors, VerifyOptions};
+    use anchorlog_core::tsa::{verify_response, TokenError, TrustAnchors, VerifyOptions};
     use std::time::Instant;
 
     fn rt() -> tokio::runtime::Runtime {
@@ -284,7 +285,7 @@ mod tests {
             policy: None,
             not_before: None,
         };
-        assert!(matches!(verify_response(&body, &opts), Err(TsaError::Malformed { .. })));
+        assert!(matches!(verify_response(&body, &opts), Err(TokenError::Malformed { .. })));
     }
 
     #[test]

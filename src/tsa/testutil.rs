@@ -1,10 +1,9 @@
-//! Test helpers: a real OpenSSL TSA (`softhsm-tests/tsa/make-tsa.sh` + `openssl ts -reply`) and the
-//! HTTP shim (`softhsm-tests/tsa/tsa_http.py`). Test-only; nothing here is mocked.
+//! Test helpers for the client: a real OpenSSL TSA (`softhsm-tests/tsa/make-tsa.sh`) behind the HTTP shim
+//! (`softhsm-tests/tsa/tsa_http.py`). Test-only; nothing here is mocked. The token verification tests have
+//! their own, with the `openssl ts` and `openssl cms` helpers, in the core (`core/src/tsa/testutil.rs`).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-#[cfg(feature = "server")]
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// Where `make-tsa.sh` and `tsa_http.py` live (`softhsm-tests/tsa/` of the crate).
 pub(crate) const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/tsa");
@@ -42,91 +41,14 @@ impl TestTsa {
     pub(crate) fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.path().join("ca.pem")).unwrap()
     }
-
-    /// `openssl ts -reply` for a DER request; returns the DER TimeStampResp.
-    pub(crate) fn reply(&self, request_der: &[u8]) -> Vec<u8> {
-        let work = tempfile::tempdir().unwrap();
-        let (q, r) = (work.path().join("q.tsq"), work.path().join("r.tsr"));
-        std::fs::write(&q, request_der).unwrap();
-        let out = Command::new("openssl")
-            .args(["ts", "-reply", "-config"])
-            .arg(self.config())
-            .arg("-queryfile")
-            .arg(&q)
-            .arg("-out")
-            .arg(&r)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "openssl ts -reply: {}", String::from_utf8_lossy(&out.stderr));
-        std::fs::read(&r).unwrap()
-    }
-
-    /// `openssl ts -reply -token_out`: the bare token (ContentInfo) of a response.
-    pub(crate) fn token_of(&self, resp_der: &[u8]) -> Vec<u8> {
-        let work = tempfile::tempdir().unwrap();
-        let (r, t) = (work.path().join("r.tsr"), work.path().join("t.tst"));
-        std::fs::write(&r, resp_der).unwrap();
-        let out = Command::new("openssl")
-            .args(["ts", "-reply", "-in"])
-            .arg(&r)
-            .args(["-token_out", "-out"])
-            .arg(&t)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        std::fs::read(&t).unwrap()
-    }
-
-    /// Signs a TSTInfo with this directory's `tsa.pem`/`tsa.key` through
-    /// `openssl cms -sign -cades` (signingCertificateV2 included); returns the bare token.
-    /// Used for certificates `openssl ts -reply` refuses (no or non-critical EKU).
-    pub(crate) fn cms_sign_token(&self, tst_info_der: &[u8]) -> Vec<u8> {
-        let work = tempfile::tempdir().unwrap();
-        let (i, o) = (work.path().join("tst.der"), work.path().join("token.der"));
-        std::fs::write(&i, tst_info_der).unwrap();
-        let out = Command::new("openssl")
-            .current_dir(self.path())
-            .args(["cms", "-sign", "-binary", "-nodetach", "-cades", "-nosmimecap"])
-            .args(["-econtent_type", "1.2.840.113549.1.9.16.1.4", "-md", "sha256"])
-            .args(["-signer", "tsa.pem", "-inkey", "tsa.key", "-outform", "DER", "-in"])
-            .arg(&i)
-            .arg("-out")
-            .arg(&o)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        std::fs::read(&o).unwrap()
-    }
-
-    /// `openssl ts -verify -data MSG -in RESP -CAfile ca.pem`; returns (ok, output).
-    pub(crate) fn openssl_verify(&self, message: &[u8], resp_der: &[u8]) -> (bool, String) {
-        let work = tempfile::tempdir().unwrap();
-        let (m, r) = (work.path().join("msg"), work.path().join("r.tsr"));
-        std::fs::write(&m, message).unwrap();
-        std::fs::write(&r, resp_der).unwrap();
-        let out = Command::new("openssl")
-            .args(["ts", "-verify", "-data"])
-            .arg(&m)
-            .arg("-in")
-            .arg(&r)
-            .arg("-CAfile")
-            .arg(self.path().join("ca.pem"))
-            .output()
-            .unwrap();
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success() && text.contains("Verification: OK"), text)
-    }
 }
 
 /// `tsa_http.py` serving a [`TestTsa`] on 127.0.0.1 (killed on drop).
-#[cfg(feature = "server")]
 pub(crate) struct Shim {
     child: Child,
     port: u16,
 }
 
-#[cfg(feature = "server")]
 impl Shim {
     /// Starts the shim on a free port and waits until it has printed the port.
     pub(crate) fn start(tsa: &TestTsa) -> Self {
@@ -168,7 +90,6 @@ impl Shim {
     }
 }
 
-#[cfg(feature = "server")]
 impl Drop for Shim {
     fn drop(&mut self) {
         let _ = self.child.kill();

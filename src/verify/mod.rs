@@ -5,12 +5,12 @@
 //! seq order once, keeping the RFC 9162 frontier, and checks each head when the walk reaches its tree size,
 //! so the first failure it reports is the earliest bad record.
 
-use crate::ledger::counter::{check_step, CounterFailure};
-use crate::ledger::entry::{payload_digest, Entry, EntryFacts};
-use crate::ledger::head::{Checkpoint, HeadCounter};
-use crate::ledger::merkle::{self, Frontier};
-use crate::signer::PublicKey;
 use crate::store::{self, StoreError, StoredEvent, StoredHead};
+use anchorlog_core::counter::{check_step, CounterFailure};
+use anchorlog_core::entry::{payload_digest, Entry, EntryFacts};
+use anchorlog_core::head::{Checkpoint, HeadCounter};
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::{self, Frontier};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 

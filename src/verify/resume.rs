@@ -15,12 +15,12 @@
 //! frontier at its tree size is loaded from the stored nodes and must give its signed root.
 
 use super::{walk, DbEvents, Failure, Report, Start, VerifyError, WalkOptions};
-use crate::ledger::entry::Entry;
-use crate::ledger::head::Checkpoint;
-use crate::ledger::merkle::Hash;
-use crate::ledger::record_types as types;
-use crate::signer::PublicKey;
 use crate::store::{self, StoredEvent, StoredHead};
+use anchorlog_core::entry::Entry;
+use anchorlog_core::head::Checkpoint;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::Hash;
+use anchorlog_core::record_types as types;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -267,7 +267,7 @@ fn last_event(
     let (facts, _) = super::check_event(&ev)?;
     let proof = store::tree::inclusion_proof(conn, seq, head.tree_size).ok();
     let proven = proof.is_some_and(|p| {
-        crate::ledger::merkle::verify_inclusion(seq, head.tree_size, &ev.leaf_hash, &p, &head.root).is_ok()
+        anchorlog_core::merkle::verify_inclusion(seq, head.tree_size, &ev.leaf_hash, &p, &head.root).is_ok()
     });
     if !proven {
         return Err(Failure::NodeStoreMismatch { height: head.height, tree_size: head.tree_size }.into());
@@ -288,9 +288,9 @@ pub fn check_record_names_head(record: &SelfVerifyRecord, head: &StoredHead) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::entry::{payload_digest, AuthMethod};
-    use crate::ledger::merkle::{self, Frontier};
     use crate::store::EventRow;
+    use anchorlog_core::entry::{payload_digest, AuthMethod};
+    use anchorlog_core::merkle::{self, Frontier};
     use p256::ecdsa::{DerSignature, SigningKey};
     use p256::pkcs8::EncodePublicKey as _;
     use signature::Signer as _;

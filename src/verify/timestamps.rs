@@ -17,7 +17,7 @@
 
 use super::{Failure, OutageWindow, VerifyError};
 use crate::store;
-use crate::tsa::{verify_response, TrustAnchors, VerifyOptions};
+use anchorlog_core::tsa::{verify_response, TrustAnchors, VerifyOptions};
 use rusqlite::Connection;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, UNIX_EPOCH};
@@ -140,7 +140,7 @@ impl<'p> ChainTimes<'p> {
         &mut self,
         height: u64,
         sealed_at_ms: i64,
-        v: crate::tsa::VerifiedTimestamp,
+        v: anchorlog_core::tsa::VerifiedTimestamp,
     ) -> Result<(), Failure> {
         let gen_ms = system_ms(v.gen_time).unwrap_or(i64::MAX);
         let skew_ms = i64::try_from(self.policy.max_skew.as_millis()).unwrap_or(i64::MAX);
@@ -266,7 +266,7 @@ fn missing(report: &mut TimestampReport, height: u64, require: bool) -> Result<(
     Ok(())
 }
 
-/// Verifies one head's `TimeStampResp`: the whole token (see [`crate::tsa::verify_response`]), the imprint
+/// Verifies one head's `TimeStampResp`: the whole token (see [`anchorlog_core::tsa::verify_response`]), the imprint
 /// against SHA-256 of `checkpoint`, and genTime ≥ `sealed_at_ms − max_skew`. The error is the reason.
 pub fn check_token(
     checkpoint: &str,
@@ -274,7 +274,7 @@ pub fn check_token(
     response: &[u8],
     anchors: &TrustAnchors,
     max_skew: Duration,
-) -> Result<crate::tsa::VerifiedTimestamp, String> {
+) -> Result<anchorlog_core::tsa::VerifiedTimestamp, String> {
     let not_before = UNIX_EPOCH
         .checked_add(Duration::from_millis(sealed_at_ms.max(0) as u64))
         .and_then(|t| t.checked_sub(max_skew));

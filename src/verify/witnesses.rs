@@ -11,7 +11,7 @@
 //! earlier one).
 
 use super::Failure;
-use crate::note::{cosignature, NoteSignature, VerifierKey};
+use anchorlog_core::note::{cosignature, NoteSignature, VerifierKey};
 use std::time::Duration;
 
 /// Default of [`WitnessPolicy::max_skew`]: how much earlier than a head's seal time a cosignature may be dated
@@ -36,7 +36,7 @@ impl WitnessPolicy {
             return Err("no witness is listed".into());
         }
         for (i, w) in witnesses.iter().enumerate() {
-            if w.signature_type() != crate::note::vkey::TYPE_COSIGNATURE_V1 {
+            if w.signature_type() != anchorlog_core::note::vkey::TYPE_COSIGNATURE_V1 {
                 return Err(format!(
                     "{w:?} is not a witness key: a witness's vkey is a cosignature/v1 key (type 0x04, what \
                      `anchorlog witness keygen` prints)"

@@ -2,7 +2,7 @@
 //! keys rejected, defaults as named constants, secrets only as file paths.
 
 use crate::config::{ConfigError, Pkcs11Config};
-use crate::note::VerifierKey;
+use anchorlog_core::note::VerifierKey;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -160,7 +160,8 @@ impl WitnessConfig {
 
     /// Checks every value that can be checked without reading other files.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::note::vkey::validate_key_name(&self.name).map_err(|e| invalid("name", e.to_string()))?;
+        anchorlog_core::note::vkey::validate_key_name(&self.name)
+            .map_err(|e| invalid("name", e.to_string()))?;
         let s = &self.server;
         s.listen.parse::<std::net::SocketAddr>().map_err(|_| {
             invalid("server.listen", "expected an IP address and port, e.g. \"0.0.0.0:7380\"")
@@ -253,7 +254,7 @@ impl WitnessConfig {
             for path in &log.public_key_files {
                 let pem = std::fs::read_to_string(path)
                     .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                let public = crate::signer::PublicKey::from_pem(&pem)
+                let public = anchorlog_core::key::PublicKey::from_pem(&pem)
                     .map_err(|e| invalid(&key, format!("{}: {e}", path.display())))?;
                 keys.push(
                     VerifierKey::ecdsa(&log.origin, &public.spki_der)
@@ -267,7 +268,7 @@ impl WitnessConfig {
 
     /// `add-checkpoint`'s path: `<prefix>/add-checkpoint`.
     pub fn add_checkpoint_path(&self) -> String {
-        format!("{}{}", self.server.prefix, crate::note::protocol::ADD_CHECKPOINT_PATH)
+        format!("{}{}", self.server.prefix, anchorlog_core::note::protocol::ADD_CHECKPOINT_PATH)
     }
 }
 
@@ -361,6 +362,6 @@ mod tests {
         let k = &keys["example.com/foo"][0];
         assert_eq!((k.name(), k.signature_type()), ("example.com/foo", 0x02));
         let der = key.verifying_key().to_public_key_der().unwrap();
-        assert_eq!(k.key_id(), crate::note::vkey::ecdsa_key_id(der.as_bytes()));
+        assert_eq!(k.key_id(), anchorlog_core::note::vkey::ecdsa_key_id(der.as_bytes()));
     }
 }

@@ -10,8 +10,8 @@
 use super::config::WitnessConfig;
 use super::{AddCheckpointError, Witness, WitnessError, WitnessHandle};
 use crate::api::ApiError;
-use crate::note::protocol::{tlog_size_body, CONTENT_TYPE_TLOG_SIZE};
 use crate::server::{HANDSHAKE_TIMEOUT, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
+use anchorlog_core::note::protocol::{tlog_size_body, CONTENT_TYPE_TLOG_SIZE};
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -133,7 +133,7 @@ impl WitnessService {
     }
 
     /// The witness's vkey.
-    pub fn vkey(&self) -> &crate::note::VerifierKey {
+    pub fn vkey(&self) -> &anchorlog_core::note::VerifierKey {
         self.handle.vkey()
     }
 

@@ -6,7 +6,7 @@
 
 use super::config::{WitnessConfig, WitnessKeyBackend};
 use crate::config::{check_private_file_mode, ConfigError};
-use crate::note::VerifierKey;
+use anchorlog_core::note::VerifierKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
@@ -50,7 +50,7 @@ pub enum KeyError {
     Unavailable,
     /// The key name is not usable.
     #[error(transparent)]
-    Name(#[from] crate::note::VkeyError),
+    Name(#[from] anchorlog_core::note::VkeyError),
 }
 
 /// The opened cosigning key. Send, not Sync: it lives on the witness thread.

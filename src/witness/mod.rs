@@ -22,8 +22,8 @@ pub mod http;
 pub mod key;
 pub mod state;
 
-use crate::note::protocol::{AddCheckpointRequest, ProtocolError};
-use crate::note::{cosignature, Note, NoteError, TlogCheckpoint, VerifierKey};
+use anchorlog_core::note::protocol::{AddCheckpointRequest, ProtocolError};
+use anchorlog_core::note::{cosignature, Note, NoteError, TlogCheckpoint, VerifierKey};
 use config::WitnessConfig;
 use key::{CosignerKey, KeyError};
 use state::{Refusal, StateError, Submission, Submitted, WitnessStore};
@@ -293,8 +293,8 @@ impl WitnessHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::merkle::{consistency_proof, leaf_hash, root_of, Hash};
-    use crate::note::NoteSignature;
+    use anchorlog_core::merkle::{consistency_proof, leaf_hash, root_of, Hash};
+    use anchorlog_core::note::NoteSignature;
 
     const ORIGIN: &str = "log.test/unit";
 
@@ -328,7 +328,7 @@ mod tests {
         use ed25519_dalek::Signer as _;
         let text = TlogCheckpoint { origin: ORIGIN.into(), size: n, root, extensions: vec!["ext 1".into()] }
             .to_text();
-        let key_id = crate::note::vkey::key_id(ORIGIN, 0x01, f.log_key.verifying_key().as_bytes());
+        let key_id = anchorlog_core::note::vkey::key_id(ORIGIN, 0x01, f.log_key.verifying_key().as_bytes());
         let sig = NoteSignature {
             name: ORIGIN.into(),
             key_id,
@@ -348,7 +348,7 @@ mod tests {
         let line = f.witness.add_checkpoint_at(&body(0, &[], &note), 1_700_000_000, 0).unwrap();
         let text = Note::parse(note.as_bytes()).unwrap().text().to_owned();
         assert_eq!(cosignature::verify_line(&line, f.witness.vkey(), &text), Ok(1_700_000_000));
-        let with = crate::note::append_signature_lines(&note, &line).unwrap();
+        let with = anchorlog_core::note::append_signature_lines(&note, &line).unwrap();
         let parsed = Note::parse(with.as_bytes()).unwrap();
         assert_eq!(cosignature::cosigned_by(&parsed, &[f.witness.vkey().clone()]).unwrap().len(), 1);
         let note8 = signed(&f, 8, root_of(&leaves(8)));

@@ -8,8 +8,8 @@
 //! serialised on the database's write lock, and the stored size can never go back (the race spelled out at
 //! the end of tlog-witness's add-checkpoint section).
 
-use crate::ledger::merkle::{self, Hash, MerkleError};
-use crate::note::{Note, NoteSignature, TlogCheckpoint};
+use anchorlog_core::merkle::{self, Hash, MerkleError};
+use anchorlog_core::note::{Note, NoteSignature, TlogCheckpoint};
 use rusqlite::{params, Connection, OptionalExtension as _, TransactionBehavior};
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
@@ -371,7 +371,7 @@ impl WitnessStore {
     }
 }
 
-/// Sizes are bounded by [`crate::note::checkpoint::MAX_TREE_SIZE`] (2^63 − 1) when parsed, so this never clamps
+/// Sizes are bounded by [`anchorlog_core::note::checkpoint::MAX_TREE_SIZE`] (2^63 − 1) when parsed, so this never clamps
 /// a real value; it keeps the conversion total.
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -440,7 +440,7 @@ fn record_evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::merkle::{consistency_proof, leaf_hash, root_of};
+    use anchorlog_core::merkle::{consistency_proof, leaf_hash, root_of};
 
     fn leaves(n: u64) -> Vec<Hash> {
         (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect()
@@ -501,7 +501,7 @@ mod tests {
 
     fn cosign_ok(text: &str, t: u64) -> Result<NoteSignature, String> {
         let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
-        crate::note::cosignature::sign("w.test/1", &key, text, t).map_err(|e| e.to_string())
+        anchorlog_core::note::cosignature::sign("w.test/1", &key, text, t).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -521,7 +521,9 @@ mod tests {
         let t10 = cp10.to_text();
         let proof = consistency_proof(4, &leaves(10)).unwrap();
         match store.submit(&sub(4, &cp10, &proof, &t10), 50, 2, cosign_ok).unwrap() {
-            Submitted::Cosigned(sig) => assert_eq!(crate::note::cosignature::timestamp(&sig), Ok(100)),
+            Submitted::Cosigned(sig) => {
+                assert_eq!(anchorlog_core::note::cosignature::timestamp(&sig), Ok(100))
+            }
             other => panic!("{other:?}"),
         }
         let stored_note = store.latest("log.test/a").unwrap().checkpoint.unwrap();

@@ -2,11 +2,11 @@
 //! benchmarks: events with real canonical entries, the node table, and heads signed by a software P-256 key.
 #![allow(dead_code)]
 
-use anchorlog::ledger::entry::{payload_digest, AuthMethod, Entry};
-use anchorlog::ledger::head::{Checkpoint, HeadCounter};
-use anchorlog::ledger::merkle::{self, Frontier};
-use anchorlog::signer::PublicKey;
 use anchorlog::store::{self, EventRow, StoredHead};
+use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
+use anchorlog_core::head::{Checkpoint, HeadCounter};
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::merkle::{self, Frontier};
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::pkcs8::EncodePublicKey as _;
 use signature::Signer as _;

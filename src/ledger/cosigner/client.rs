@@ -5,7 +5,7 @@
 //! cosignature), so plain HTTP is as safe as HTTPS for integrity; HTTPS only hides the traffic. An `https://`
 //! witness is checked against the configured CA file (default: the system bundle).
 
-use crate::note::protocol::{parse_tlog_size_body, ADD_CHECKPOINT_PATH, CONTENT_TYPE_TLOG_SIZE};
+use anchorlog_core::note::protocol::{parse_tlog_size_body, ADD_CHECKPOINT_PATH, CONTENT_TYPE_TLOG_SIZE};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};

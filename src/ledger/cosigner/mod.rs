@@ -32,16 +32,16 @@ mod quorum;
 
 use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
-use crate::ledger::head::signed_note;
 use crate::ledger::internal::{witness_refused_body, WitnessRefusal};
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
-use crate::ledger::record_types::COMPONENT_WITNESSING;
 use crate::metrics::{Metrics, WitnessStatus};
-use crate::note::protocol::AddCheckpointRequest;
-use crate::note::{cosignature, NoteSignature, VerifierKey};
-use crate::signer::PublicKey;
 use crate::store::cosignatures::{self, StoredCosignature, WitnessCursor};
 use crate::store::{self, ReadPool, StoreError, StoredHead};
+use anchorlog_core::head::signed_note;
+use anchorlog_core::key::PublicKey;
+use anchorlog_core::note::protocol::AddCheckpointRequest;
+use anchorlog_core::note::{cosignature, NoteSignature, VerifierKey};
+use anchorlog_core::record_types::COMPONENT_WITNESSING;
 use client::{Answer, Endpoint};
 pub use quorum::{QuorumTracker, MAX_TRACKED_WITNESSES};
 use std::sync::atomic::Ordering;
@@ -679,7 +679,7 @@ impl WitnessTask {
         Ok(signed_note(&head.checkpoint, &self.shared.origin, &spki, &head.signature))
     }
 
-    async fn proof(&self, old: u64, size: u64) -> Result<Vec<crate::ledger::merkle::Hash>, StoreError> {
+    async fn proof(&self, old: u64, size: u64) -> Result<Vec<anchorlog_core::merkle::Hash>, StoreError> {
         blocking(&self.shared, move |c| store::tree::consistency_proof(c, old, size)).await
     }
 }
@@ -687,7 +687,7 @@ impl WitnessTask {
 /// The cosignature line by `vkey` in a witness's 200 answer (one or more signature lines), verified over
 /// `checkpoint`: the line (without its newline) and its timestamp.
 pub fn pick_cosignature(answer: &str, vkey: &VerifierKey, checkpoint: &str) -> Result<(String, u64), String> {
-    for line in answer.lines().filter(|l| !l.is_empty()).take(crate::note::MAX_SIGNATURES) {
+    for line in answer.lines().filter(|l| !l.is_empty()).take(anchorlog_core::note::MAX_SIGNATURES) {
         let sig = NoteSignature::parse_line(line).map_err(|e| e.to_string())?;
         if vkey.matches(&sig.name, sig.key_id) {
             let t = cosignature::verify_line(line, vkey, checkpoint).map_err(|e| e.to_string())?;

@@ -1,6 +1,6 @@
 //! The head counter in the TPM: an orderly NV counter index (`signer.tpm.counter_index`), provisioned by
 //! `anchorlog keys generate --tpm`, read and incremented on the signer's connection (docs/TPM.md
-//! "Monotonic counter"; the rules that use it are in [`crate::ledger::counter`]).
+//! "Monotonic counter"; the rules that use it are in [`anchorlog_core::counter`]).
 //!
 //! Provisioning prefers the platform hierarchy: the index is then created with `TPMA_NV_PLATFORMCREATE`
 //! and `TPMA_NV_POLICY_DELETE` and the delete policy `PolicyCommandCode(TPM_CC_NV_UndefineSpaceSpecial)`,
@@ -22,9 +22,9 @@ use zeroize::Zeroizing;
 
 use super::{classify, map_error, raw_rc, tpm_code, tss_error, RcClass, TpmError};
 use crate::config::{TPM_COUNTER_INDEX_FIRST, TPM_COUNTER_INDEX_LAST};
-use crate::ledger::counter::{CounterObservation, REFERENCE_MAX_ORDERLY_COUNT};
-use crate::ledger::head::HeadCounter;
-use crate::signer::attestation::{platform_delete_policy, tpm_name_sha256, NvPublicArea};
+use anchorlog_core::attestation::{platform_delete_policy, tpm_name_sha256, NvPublicArea};
+use anchorlog_core::counter::{CounterObservation, REFERENCE_MAX_ORDERLY_COUNT};
+use anchorlog_core::head::HeadCounter;
 
 /// Bytes of an NV counter.
 const COUNTER_BYTES: u16 = 8;

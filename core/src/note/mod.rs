@@ -1,5 +1,5 @@
 //! Signed notes, checkpoints, cosignatures and the witness protocol (the C2SP transparency-log family), pure:
-//! no I/O, compiled into every build (the verify-only one too).
+//! no I/O, part of the core (the appliance, its witness, the offline verifier and the browser use it).
 //!
 //! | module | owns | spec |
 //! |---|---|---|

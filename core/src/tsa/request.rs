@@ -3,15 +3,16 @@
 //! A request carries SHA-256 of the data, a fresh random 64-bit nonce (so a stale or
 //! replayed response cannot be passed off as the answer) and `certReq = true` (so the token
 //! embeds the TSA certificate and can be verified offline with only the TSA CA certificate).
+//!
+//! The encoding is pure; the random bytes of the nonce come from the caller (the appliance's
+//! `tsa::build_request` draws them from the operating system), so this crate reads no entropy source.
 
 use der::asn1::{Int, OctetString};
 use der::Encode;
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use spki::AlgorithmIdentifierOwned;
 
 use super::token::{MessageImprint, TimeStampReq};
-use super::TsaError;
+use super::TokenError;
 
 /// A DER-encoded time-stamp request and the values its response must echo.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,15 +25,11 @@ pub struct TimestampRequest {
     pub imprint: [u8; 32],
 }
 
-/// Builds a request for `SHA-256(message)` with a random nonce and `certReq = true`.
-pub fn build_request(message: &[u8]) -> Result<TimestampRequest, TsaError> {
-    build_request_for_digest(Sha256::digest(message).into())
-}
-
-/// Builds a request for an already computed SHA-256 digest.
-pub fn build_request_for_digest(imprint: [u8; 32]) -> Result<TimestampRequest, TsaError> {
-    let nonce = random_nonce();
-    let encode_err = |e: der::Error| TsaError::malformed(format!("cannot encode request: {e}"));
+/// Builds a request for an already computed SHA-256 digest with `certReq = true` and the nonce made from
+/// `random` (8 fresh random bytes, see [`positive_nonce`]).
+pub fn build_request_with_nonce(imprint: [u8; 32], random: [u8; 8]) -> Result<TimestampRequest, TokenError> {
+    let nonce = positive_nonce(random);
+    let encode_err = |e: der::Error| TokenError::malformed(format!("cannot encode request: {e}"));
     let req = TimeStampReq {
         version: 1,
         message_imprint: MessageImprint {
@@ -51,14 +48,13 @@ pub fn build_request_for_digest(imprint: [u8; 32]) -> Result<TimestampRequest, T
     Ok(TimestampRequest { der: req.to_der().map_err(encode_err)?, nonce: nonce.to_vec(), imprint })
 }
 
-/// A random 64-bit nonce that encodes as a positive, minimal INTEGER.
+/// A 64-bit nonce from 8 random bytes that encodes as a positive, minimal INTEGER.
 ///
 /// `der::asn1::Int::new` reads its input as two's complement: a first byte >= 0x80 would make
 /// the nonce negative and a first byte 0x00 would be a non-minimal encoding (which strict TSAs
 /// and verifiers reject). So the top bit is cleared and a zero first byte is replaced.
-fn random_nonce() -> [u8; 8] {
-    let mut n = [0u8; 8];
-    rand::thread_rng().fill_bytes(&mut n);
+pub fn positive_nonce(random: [u8; 8]) -> [u8; 8] {
+    let mut n = random;
     n[0] &= 0x7f;
     if n[0] == 0 {
         n[0] = 1;
@@ -66,10 +62,34 @@ fn random_nonce() -> [u8; 8] {
     n
 }
 
+/// Test stand-ins for the appliance's `tsa::build_request`, which draws the nonce from the operating system.
+#[cfg(test)]
+pub(crate) mod random {
+    use super::*;
+    use rand::RngCore as _;
+    use sha2::{Digest, Sha256};
+
+    /// A random 64-bit nonce that encodes as a positive, minimal INTEGER.
+    pub(crate) fn random_nonce() -> [u8; 8] {
+        let mut n = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut n);
+        positive_nonce(n)
+    }
+
+    /// Builds a request for `SHA-256(message)` with a random nonce and `certReq = true`.
+    pub(crate) fn build_request(message: &[u8]) -> Result<TimestampRequest, TokenError> {
+        let mut n = [0u8; 8];
+        rand::thread_rng().fill_bytes(&mut n);
+        build_request_with_nonce(Sha256::digest(message).into(), n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::random::{build_request, random_nonce};
     use super::*;
     use der::Decode;
+    use sha2::{Digest, Sha256};
 
     #[test]
     fn nonce_is_positive_and_minimal() {

@@ -252,7 +252,7 @@ impl VerifierKey {
     /// Whether `signature` (the bytes after the 4-byte key ID) is a valid signature of note `text` by this key.
     ///
     /// For cosignature/v1 keys `signature` is `timestamp (8 bytes, big-endian) ‖ Ed25519 signature` over
-    /// `cosignature/v1\ntime <timestamp>\n<text>` (use [`cosignature::verify`] to also get the timestamp).
+    /// `cosignature/v1\ntime <timestamp>\n<text>` (use [`cosignature::verify_signature`] to also get the timestamp).
     pub fn verify(&self, text: &str, signature: &[u8]) -> bool {
         match &self.material {
             KeyMaterial::Ed25519(key) => match ed25519_dalek::Signature::from_slice(signature) {

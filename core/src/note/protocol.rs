@@ -12,7 +12,7 @@
 //! witness's stored size in decimal followed by a newline.
 
 use super::checkpoint::{parse_decimal, parse_hash, MAX_TREE_SIZE};
-use crate::ledger::merkle::Hash;
+use crate::merkle::Hash;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 

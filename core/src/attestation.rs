@@ -181,7 +181,7 @@ pub struct CounterAttestation {
     #[serde(with = "b64")]
     pub ak_signature: Vec<u8>,
     /// `TPM_PT_ORDERLY_COUNT` as the TPM reported it (not signed: the verifier never uses more than
-    /// [`crate::ledger::counter::REFERENCE_MAX_ORDERLY_COUNT`]).
+    /// [`crate::counter::REFERENCE_MAX_ORDERLY_COUNT`]).
     pub max_orderly_count: u64,
 }
 
@@ -319,9 +319,9 @@ pub struct CounterReport {
 }
 
 impl CounterReport {
-    /// The reading as the database check ([`crate::ledger::counter::check_newest`]) takes it.
-    pub fn observation(&self) -> crate::ledger::counter::CounterObservation {
-        crate::ledger::counter::CounterObservation {
+    /// The reading as the database check ([`crate::counter::check_newest`]) takes it.
+    pub fn observation(&self) -> crate::counter::CounterObservation {
+        crate::counter::CounterObservation {
             index: self.index,
             value: Some(self.value),
             reset_count: self.clock.reset_count,
@@ -581,7 +581,7 @@ pub fn verify_counter_attestation(
         clock: attest.clock,
         attributes,
         delete_needs_platform: public.delete_needs_platform(),
-        max_orderly_count: c.max_orderly_count.min(crate::ledger::counter::REFERENCE_MAX_ORDERLY_COUNT),
+        max_orderly_count: c.max_orderly_count.min(crate::counter::REFERENCE_MAX_ORDERLY_COUNT),
     };
     Ok((key_report, counter))
 }

@@ -1,11 +1,11 @@
 //! The checkpoint body of c2sp.org/tlog-checkpoint: origin, tree size, root hash, optional extension lines.
 //!
 //! This is the generic form a witness cosigns, whatever log produced it; anchorlog's own heads
-//! ([`crate::ledger::head::Checkpoint`]) are checkpoints whose extension lines are exactly the three `anchorlog-…`
+//! ([`crate::head::Checkpoint`]) are checkpoints whose extension lines are exactly the three `anchorlog-…`
 //! lines. Parsing is strict (canonical decimal, canonical base64, no empty line, trailing newline), so one
 //! checkpoint has exactly one text: a witness never signs bytes it interpreted differently.
 
-use crate::ledger::merkle::Hash;
+use crate::merkle::Hash;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn anchorlog_heads_are_checkpoints_with_extensions() {
-        let head = crate::ledger::head::Checkpoint {
+        let head = crate::head::Checkpoint {
             origin: "anchorlog.test/x".into(),
             tree_size: 3,
             root: [9; 32],

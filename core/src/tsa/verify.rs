@@ -38,7 +38,7 @@ use super::token::{
     format_rfc3339, IssuerSerial, SigningCertificate, SigningCertificateV2, TimeStampResp, TstInfo,
     ID_CT_TST_INFO,
 };
-use super::TsaError;
+use super::TokenError;
 
 /// Largest RSA modulus accepted (some roots use 4096; 8192 leaves headroom).
 const MAX_RSA_BITS: usize = 8192;
@@ -54,13 +54,13 @@ pub struct TrustAnchors {
 impl TrustAnchors {
     /// Parses one or more PEM `CERTIFICATE` blocks (a CA bundle file). Text outside the
     /// blocks (comments, `subject=` lines written by openssl) is ignored, as openssl does.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, TsaError> {
+    pub fn from_pem(pem: &[u8]) -> Result<Self, TokenError> {
         // Not x509-cert's `load_pem_chain`: in 0.2.5 it panics on empty input (subtract
         // overflow) and rejects text between certificates.
         let certs = pem_blocks(pem)
             .enumerate()
             .map(|(i, block)| {
-                Certificate::from_pem(block).map_err(|e| TsaError::BadTrustAnchor {
+                Certificate::from_pem(block).map_err(|e| TokenError::BadTrustAnchor {
                     reason: format!("certificate #{} is not a valid PEM X.509 certificate: {e}", i + 1),
                 })
             })
@@ -69,9 +69,9 @@ impl TrustAnchors {
     }
 
     /// Uses already parsed certificates.
-    pub fn from_certificates(certs: Vec<Certificate>) -> Result<Self, TsaError> {
+    pub fn from_certificates(certs: Vec<Certificate>) -> Result<Self, TokenError> {
         if certs.is_empty() {
-            return Err(TsaError::NoTrustAnchors);
+            return Err(TokenError::NoTrustAnchors);
         }
         Ok(TrustAnchors { certs })
     }
@@ -130,11 +130,11 @@ pub struct VerifiedTimestamp {
 }
 
 /// Verifies a full `TimeStampResp` (what the TSA returned over HTTP and what is stored).
-pub fn verify_response(resp_der: &[u8], opts: &VerifyOptions) -> Result<VerifiedTimestamp, TsaError> {
+pub fn verify_response(resp_der: &[u8], opts: &VerifyOptions) -> Result<VerifiedTimestamp, TokenError> {
     let resp = TimeStampResp::from_der(resp_der)
-        .map_err(|e| TsaError::malformed(format!("TimeStampResp is not valid DER: {e}")))?;
+        .map_err(|e| TokenError::malformed(format!("TimeStampResp is not valid DER: {e}")))?;
     if !resp.status.is_granted() {
-        return Err(TsaError::NotGranted {
+        return Err(TokenError::NotGranted {
             status: resp.status.status,
             text: resp.status.text(),
             fail_info: resp.status.failure_names(),
@@ -142,37 +142,37 @@ pub fn verify_response(resp_der: &[u8], opts: &VerifyOptions) -> Result<Verified
     }
     let token = resp
         .time_stamp_token
-        .ok_or_else(|| TsaError::malformed("status is granted but the response has no token"))?;
+        .ok_or_else(|| TokenError::malformed("status is granted but the response has no token"))?;
     verify_content_info(&token, opts)
 }
 
 /// Verifies a bare time-stamp token (a CMS `ContentInfo`, e.g. from `openssl ts -token_out`).
-pub fn verify_token(token_der: &[u8], opts: &VerifyOptions) -> Result<VerifiedTimestamp, TsaError> {
+pub fn verify_token(token_der: &[u8], opts: &VerifyOptions) -> Result<VerifiedTimestamp, TokenError> {
     let token = ContentInfo::from_der(token_der)
-        .map_err(|e| TsaError::malformed(format!("token ContentInfo is not valid DER: {e}")))?;
+        .map_err(|e| TokenError::malformed(format!("token ContentInfo is not valid DER: {e}")))?;
     verify_content_info(&token, opts)
 }
 
-fn verify_content_info(token: &ContentInfo, opts: &VerifyOptions) -> Result<VerifiedTimestamp, TsaError> {
+fn verify_content_info(token: &ContentInfo, opts: &VerifyOptions) -> Result<VerifiedTimestamp, TokenError> {
     if token.content_type != rfc5911::ID_SIGNED_DATA {
-        return Err(TsaError::malformed(format!(
+        return Err(TokenError::malformed(format!(
             "token content type is {}, expected signedData",
             token.content_type
         )));
     }
     let sd: SignedData =
-        token.content.decode_as().map_err(|e| TsaError::malformed(format!("SignedData: {e}")))?;
+        token.content.decode_as().map_err(|e| TokenError::malformed(format!("SignedData: {e}")))?;
     let (tst_der, tst) = decode_tst_info(&sd)?;
     check_imprint_and_nonce(&tst, opts)?;
 
     let si = single_signer_info(&sd)?;
     if !sd.digest_algorithms.iter().any(|a| a.oid == si.digest_alg.oid) {
-        return Err(TsaError::malformed(
+        return Err(TokenError::malformed(
             "SignedData digestAlgorithms does not list the signer's digest algorithm",
         ));
     }
     let pool = token_certificates(&sd);
-    let signer = find_signer(&si.sid, &pool, &opts.trust.certs).ok_or(TsaError::UnknownSigner)?;
+    let signer = find_signer(&si.sid, &pool, &opts.trust.certs).ok_or(TokenError::UnknownSigner)?;
     check_signed_attributes(si, tst_der)?;
     check_cms_signature(si, signer)?;
     check_ess_cert_id(si, signer)?;
@@ -192,40 +192,40 @@ fn verify_content_info(token: &ContentInfo, opts: &VerifyOptions) -> Result<Veri
 
 /// Returns the TSTInfo content octets (what the message-digest attribute covers) and the
 /// decoded TSTInfo.
-fn decode_tst_info(sd: &SignedData) -> Result<(&[u8], TstInfo), TsaError> {
+fn decode_tst_info(sd: &SignedData) -> Result<(&[u8], TstInfo), TokenError> {
     let eci = &sd.encap_content_info;
     if eci.econtent_type != ID_CT_TST_INFO {
-        return Err(TsaError::malformed(format!(
+        return Err(TokenError::malformed(format!(
             "eContentType is {}, expected id-ct-TSTInfo",
             eci.econtent_type
         )));
     }
     let econtent =
-        eci.econtent.as_ref().ok_or_else(|| TsaError::malformed("token has no encapsulated TSTInfo"))?;
+        eci.econtent.as_ref().ok_or_else(|| TokenError::malformed("token has no encapsulated TSTInfo"))?;
     if econtent.tag() != der::Tag::OctetString {
-        return Err(TsaError::malformed("eContent is not an OCTET STRING"));
+        return Err(TokenError::malformed("eContent is not an OCTET STRING"));
     }
     let tst_der = econtent.value();
-    let tst = TstInfo::from_der(tst_der).map_err(|e| TsaError::malformed(format!("TSTInfo: {e}")))?;
+    let tst = TstInfo::from_der(tst_der).map_err(|e| TokenError::malformed(format!("TSTInfo: {e}")))?;
     if tst.version != 1 {
-        return Err(TsaError::malformed(format!("TSTInfo version {} (expected 1)", tst.version)));
+        return Err(TokenError::malformed(format!("TSTInfo version {} (expected 1)", tst.version)));
     }
     Ok((tst_der, tst))
 }
 
-fn check_imprint_and_nonce(tst: &TstInfo, opts: &VerifyOptions) -> Result<(), TsaError> {
+fn check_imprint_and_nonce(tst: &TstInfo, opts: &VerifyOptions) -> Result<(), TokenError> {
     let mi = &tst.message_imprint;
     let params_ok = mi.hash_algorithm.parameters.as_ref().is_none_or(|p| p.tag() == der::Tag::Null);
     if mi.hash_algorithm.oid != rfc5912::ID_SHA_256
         || !params_ok
         || mi.hashed_message.as_bytes() != opts.expected_imprint
     {
-        return Err(TsaError::ImprintMismatch);
+        return Err(TokenError::ImprintMismatch);
     }
     if let Some(expected) = opts.expected_nonce {
-        let got = tst.nonce.as_ref().ok_or(TsaError::NonceMismatch)?;
+        let got = tst.nonce.as_ref().ok_or(TokenError::NonceMismatch)?;
         if strip_leading_zeros(got.as_bytes()) != strip_leading_zeros(expected) {
-            return Err(TsaError::NonceMismatch);
+            return Err(TokenError::NonceMismatch);
         }
     }
     Ok(())
@@ -237,11 +237,11 @@ fn strip_leading_zeros(b: &[u8]) -> &[u8] {
     b.get(first..).unwrap_or_default()
 }
 
-fn single_signer_info(sd: &SignedData) -> Result<&SignerInfo, TsaError> {
+fn single_signer_info(sd: &SignedData) -> Result<&SignerInfo, TokenError> {
     let infos = sd.signer_infos.0.as_slice();
     match infos {
         [si] => Ok(si),
-        _ => Err(TsaError::malformed(format!(
+        _ => Err(TokenError::malformed(format!(
             "token has {} SignerInfos, RFC 3161 requires exactly one",
             infos.len()
         ))),
@@ -284,7 +284,7 @@ fn matches_sid(cert: &Certificate, sid: &SignerIdentifier) -> bool {
 }
 
 /// The value of the single-valued signed attribute `oid`, if present.
-fn signed_attr(si: &SignerInfo, oid: ObjectIdentifier) -> Result<Option<&der::Any>, TsaError> {
+fn signed_attr(si: &SignerInfo, oid: ObjectIdentifier) -> Result<Option<&der::Any>, TokenError> {
     let Some(attrs) = si.signed_attrs.as_ref() else {
         return Ok(None);
     };
@@ -293,43 +293,43 @@ fn signed_attr(si: &SignerInfo, oid: ObjectIdentifier) -> Result<Option<&der::An
     };
     match attr.values.as_slice() {
         [v] => Ok(Some(v)),
-        _ => Err(TsaError::malformed(format!("signed attribute {oid} must have exactly one value"))),
+        _ => Err(TokenError::malformed(format!("signed attribute {oid} must have exactly one value"))),
     }
 }
 
-fn check_signed_attributes(si: &SignerInfo, tst_der: &[u8]) -> Result<(), TsaError> {
+fn check_signed_attributes(si: &SignerInfo, tst_der: &[u8]) -> Result<(), TokenError> {
     if si.signed_attrs.is_none() {
-        return Err(TsaError::malformed("SignerInfo has no signed attributes"));
+        return Err(TokenError::malformed("SignerInfo has no signed attributes"));
     }
     let ct = signed_attr(si, rfc5911::ID_CONTENT_TYPE)?
-        .ok_or_else(|| TsaError::malformed("signed attributes lack content-type"))?;
+        .ok_or_else(|| TokenError::malformed("signed attributes lack content-type"))?;
     let ct: ObjectIdentifier =
-        ct.decode_as().map_err(|e| TsaError::malformed(format!("content-type attribute: {e}")))?;
+        ct.decode_as().map_err(|e| TokenError::malformed(format!("content-type attribute: {e}")))?;
     if ct != ID_CT_TST_INFO {
-        return Err(TsaError::malformed(format!("signed content-type is {ct}, expected id-ct-TSTInfo")));
+        return Err(TokenError::malformed(format!("signed content-type is {ct}, expected id-ct-TSTInfo")));
     }
     let md = signed_attr(si, rfc5911::ID_MESSAGE_DIGEST)?
-        .ok_or_else(|| TsaError::malformed("signed attributes lack message-digest"))?;
+        .ok_or_else(|| TokenError::malformed("signed attributes lack message-digest"))?;
     let md: OctetString =
-        md.decode_as().map_err(|e| TsaError::malformed(format!("message-digest attribute: {e}")))?;
+        md.decode_as().map_err(|e| TokenError::malformed(format!("message-digest attribute: {e}")))?;
     let alg = HashAlg::from_sha2_alg(&si.digest_alg, "digest")?;
     if md.as_bytes() != alg.digest(tst_der).as_slice() {
-        return Err(TsaError::BadSignature {
+        return Err(TokenError::BadSignature {
             what: "the signed message-digest does not match the TSTInfo (content altered)".into(),
         });
     }
     Ok(())
 }
 
-fn check_cms_signature(si: &SignerInfo, signer: &Certificate) -> Result<(), TsaError> {
+fn check_cms_signature(si: &SignerInfo, signer: &Certificate) -> Result<(), TokenError> {
     // The signature covers DER(SET OF attributes), tag 0x31 (RFC 5652 §5.4); der's SetOfVec
     // re-encodes in DER order, which is exactly that.
     let signed = si
         .signed_attrs
         .as_ref()
-        .ok_or_else(|| TsaError::malformed("SignerInfo has no signed attributes"))?
+        .ok_or_else(|| TokenError::malformed("SignerInfo has no signed attributes"))?
         .to_der()
-        .map_err(|e| TsaError::malformed(format!("signed attributes: {e}")))?;
+        .map_err(|e| TokenError::malformed(format!("signed attributes: {e}")))?;
     let digest_alg = HashAlg::from_sha2_alg(&si.digest_alg, "digest")?;
     let scheme = SigScheme::from_alg(&si.signature_algorithm, Some(digest_alg))?;
     verify_signature(
@@ -339,17 +339,17 @@ fn check_cms_signature(si: &SignerInfo, signer: &Certificate) -> Result<(), TsaE
         si.signature.as_bytes(),
     )
     .map_err(|e| match e {
-        SigFailure::Invalid(what) => TsaError::BadSignature { what: format!("CMS signature: {what}") },
+        SigFailure::Invalid(what) => TokenError::BadSignature { what: format!("CMS signature: {what}") },
         SigFailure::Unusable(err) => err,
     })
 }
 
-fn check_ess_cert_id(si: &SignerInfo, signer: &Certificate) -> Result<(), TsaError> {
-    let cert_der = signer.to_der().map_err(|e| TsaError::malformed(format!("signer certificate: {e}")))?;
+fn check_ess_cert_id(si: &SignerInfo, signer: &Certificate) -> Result<(), TokenError> {
+    let cert_der = signer.to_der().map_err(|e| TokenError::malformed(format!("signer certificate: {e}")))?;
     if let Some(v2) = signed_attr(si, rfc5911::ID_AA_SIGNING_CERTIFICATE_V_2)? {
         let sc: SigningCertificateV2 =
-            v2.decode_as().map_err(|e| TsaError::malformed(format!("signingCertificateV2: {e}")))?;
-        let first = sc.certs.first().ok_or(TsaError::EssCertIdMismatch)?;
+            v2.decode_as().map_err(|e| TokenError::malformed(format!("signingCertificateV2: {e}")))?;
+        let first = sc.certs.first().ok_or(TokenError::EssCertIdMismatch)?;
         let alg = match &first.hash_algorithm {
             None => HashAlg::Sha256,
             Some(a) => HashAlg::from_sha2_alg(a, "ESSCertIDv2 hash")?,
@@ -358,11 +358,11 @@ fn check_ess_cert_id(si: &SignerInfo, signer: &Certificate) -> Result<(), TsaErr
     }
     if let Some(v1) = signed_attr(si, rfc5911::ID_AA_SIGNING_CERTIFICATE)? {
         let sc: SigningCertificate =
-            v1.decode_as().map_err(|e| TsaError::malformed(format!("signingCertificate: {e}")))?;
-        let first = sc.certs.first().ok_or(TsaError::EssCertIdMismatch)?;
+            v1.decode_as().map_err(|e| TokenError::malformed(format!("signingCertificate: {e}")))?;
+        let first = sc.certs.first().ok_or(TokenError::EssCertIdMismatch)?;
         return ess_matches(&first.cert_hash, first.issuer_serial.as_ref(), HashAlg::Sha1, &cert_der, signer);
     }
-    Err(TsaError::EssCertIdMissing)
+    Err(TokenError::EssCertIdMissing)
 }
 
 fn ess_matches(
@@ -371,9 +371,9 @@ fn ess_matches(
     alg: HashAlg,
     cert_der: &[u8],
     signer: &Certificate,
-) -> Result<(), TsaError> {
+) -> Result<(), TokenError> {
     if hash.as_bytes() != alg.digest(cert_der).as_slice() {
-        return Err(TsaError::EssCertIdMismatch);
+        return Err(TokenError::EssCertIdMismatch);
     }
     if let Some(is) = issuer_serial {
         let tbs = &signer.tbs_certificate;
@@ -382,28 +382,28 @@ fn ess_matches(
             _ => false,
         });
         if !issuer_ok || is.serial_number.as_bytes() != tbs.serial_number.as_bytes() {
-            return Err(TsaError::EssCertIdMismatch);
+            return Err(TokenError::EssCertIdMismatch);
         }
     }
     Ok(())
 }
 
-fn check_timestamping_eku(signer: &Certificate) -> Result<(), TsaError> {
+fn check_timestamping_eku(signer: &Certificate) -> Result<(), TokenError> {
     let subject = subject_of(signer);
     let eku = match signer.tbs_certificate.get::<ExtendedKeyUsage>() {
         Ok(Some(found)) => found,
-        Ok(None) => return Err(TsaError::MissingTimestampingEku { subject }),
-        Err(e) => return Err(TsaError::malformed(format!("extendedKeyUsage of {subject}: {e}"))),
+        Ok(None) => return Err(TokenError::MissingTimestampingEku { subject }),
+        Err(e) => return Err(TokenError::malformed(format!("extendedKeyUsage of {subject}: {e}"))),
     };
     let (critical, ExtendedKeyUsage(purposes)) = eku;
     if !purposes.contains(&rfc5280::ID_KP_TIME_STAMPING) {
-        return Err(TsaError::MissingTimestampingEku { subject });
+        return Err(TokenError::MissingTimestampingEku { subject });
     }
     if !critical {
-        return Err(TsaError::EkuNotCritical { subject });
+        return Err(TokenError::EkuNotCritical { subject });
     }
     if purposes.len() != 1 {
-        return Err(TsaError::EkuNotExclusive { subject });
+        return Err(TokenError::EkuNotExclusive { subject });
     }
     Ok(())
 }
@@ -437,11 +437,11 @@ fn check_chain(
     pool: &[Certificate],
     anchors: &[Certificate],
     at: OffsetDateTime,
-) -> Result<(), TsaError> {
+) -> Result<(), TokenError> {
     let to_der = |c: &Certificate| {
         c.to_der()
             .map(rustls_pki_types::CertificateDer::from)
-            .map_err(|e| TsaError::malformed(format!("certificate {}: {e}", subject_of(c))))
+            .map_err(|e| TokenError::malformed(format!("certificate {}: {e}", subject_of(c))))
     };
     let subject = subject_of(signer);
     let signer_der = to_der(signer)?;
@@ -492,8 +492,8 @@ fn has_key_cert_sign(der: &[u8]) -> bool {
     matches!(cert.tbs_certificate.get::<KeyUsage>(), Ok(Some((_, ku))) if ku.key_cert_sign())
 }
 
-fn chain_invalid(subject: &str, reason: String) -> TsaError {
-    TsaError::ChainInvalid { subject: subject.to_string(), reason }
+fn chain_invalid(subject: &str, reason: String) -> TokenError {
+    TokenError::ChainInvalid { subject: subject.to_string(), reason }
 }
 
 /// Turns webpki's verdict into the error the operator reads: which certificate, and what about it.
@@ -503,12 +503,12 @@ fn chain_error(
     pool: &[Certificate],
     anchors: &[Certificate],
     at: OffsetDateTime,
-) -> TsaError {
+) -> TokenError {
     use webpki::Error as W;
     let subject = subject_of(signer);
     match e {
         // A same-named CA whose key did not sign it is no issuer of it.
-        W::UnknownIssuer | W::InvalidSignatureForPublicKey => TsaError::UntrustedChain { subject },
+        W::UnknownIssuer | W::InvalidSignatureForPublicKey => TokenError::UntrustedChain { subject },
         W::CertExpired { .. } | W::CertNotValidYet { .. } => std::iter::once(signer)
             .chain(pool)
             .chain(anchors)
@@ -533,12 +533,12 @@ fn chain_error(
     }
 }
 
-fn check_validity(cert: &Certificate, at: OffsetDateTime) -> Result<(), TsaError> {
+fn check_validity(cert: &Certificate, at: OffsetDateTime) -> Result<(), TokenError> {
     let v = &cert.tbs_certificate.validity;
     let nb = OffsetDateTime::from(v.not_before.to_system_time());
     let na = OffsetDateTime::from(v.not_after.to_system_time());
     if at < nb || at > na {
-        return Err(TsaError::CertificateExpired {
+        return Err(TokenError::CertificateExpired {
             subject: subject_of(cert),
             gen_time: format_rfc3339(at),
             not_before: format_rfc3339(nb),
@@ -548,10 +548,10 @@ fn check_validity(cert: &Certificate, at: OffsetDateTime) -> Result<(), TsaError
     Ok(())
 }
 
-fn check_policy_and_time(tst: &TstInfo, opts: &VerifyOptions) -> Result<(), TsaError> {
+fn check_policy_and_time(tst: &TstInfo, opts: &VerifyOptions) -> Result<(), TokenError> {
     if let Some(expected) = opts.policy {
         if tst.policy != expected {
-            return Err(TsaError::PolicyMismatch {
+            return Err(TokenError::PolicyMismatch {
                 expected: expected.to_string(),
                 got: tst.policy.to_string(),
             });
@@ -559,7 +559,7 @@ fn check_policy_and_time(tst: &TstInfo, opts: &VerifyOptions) -> Result<(), TsaE
     }
     if let Some(nb) = opts.not_before {
         if tst.gen_time.to_system_time() < nb {
-            return Err(TsaError::GenTimeTooEarly {
+            return Err(TokenError::GenTimeTooEarly {
                 gen_time: tst.gen_time.to_rfc3339(),
                 not_before: format_rfc3339(OffsetDateTime::from(nb)),
             });
@@ -583,10 +583,10 @@ enum HashAlg {
 
 impl HashAlg {
     /// A SHA-2 digest algorithm identifier (SHA-1 is only accepted inside ESSCertID v1).
-    fn from_sha2_alg(alg: &AlgorithmIdentifierOwned, what: &'static str) -> Result<Self, TsaError> {
+    fn from_sha2_alg(alg: &AlgorithmIdentifierOwned, what: &'static str) -> Result<Self, TokenError> {
         // RFC 5754: SHA-2 parameters are absent (or NULL from older encoders), nothing else.
         if alg.parameters.as_ref().is_some_and(|p| p.tag() != der::Tag::Null) {
-            return Err(TsaError::malformed(format!(
+            return Err(TokenError::malformed(format!(
                 "{what} algorithm {} has unexpected parameters",
                 alg.oid
             )));
@@ -595,7 +595,7 @@ impl HashAlg {
             rfc5912::ID_SHA_256 => Ok(HashAlg::Sha256),
             rfc5912::ID_SHA_384 => Ok(HashAlg::Sha384),
             rfc5912::ID_SHA_512 => Ok(HashAlg::Sha512),
-            oid => Err(TsaError::UnsupportedAlgorithm { oid: oid.to_string(), what }),
+            oid => Err(TokenError::UnsupportedAlgorithm { oid: oid.to_string(), what }),
         }
     }
 
@@ -620,7 +620,7 @@ impl SigScheme {
     /// From a signature AlgorithmIdentifier. CMS signers may name only the key algorithm
     /// (`rsaEncryption`, `id-ecPublicKey`) and take the hash from digestAlgorithm, which is
     /// passed as `digest`; certificates always use the combined OIDs.
-    fn from_alg(alg: &AlgorithmIdentifierOwned, digest: Option<HashAlg>) -> Result<Self, TsaError> {
+    fn from_alg(alg: &AlgorithmIdentifierOwned, digest: Option<HashAlg>) -> Result<Self, TokenError> {
         use HashAlg::*;
         let scheme = match alg.oid {
             rfc5912::ECDSA_WITH_SHA_256 => Some(SigScheme::Ecdsa(Sha256)),
@@ -633,14 +633,14 @@ impl SigScheme {
             rfc5912::ID_EC_PUBLIC_KEY => digest.map(SigScheme::Ecdsa),
             _ => None,
         };
-        scheme.ok_or_else(|| TsaError::UnsupportedAlgorithm { oid: alg.oid.to_string(), what: "signature" })
+        scheme.ok_or_else(|| TokenError::UnsupportedAlgorithm { oid: alg.oid.to_string(), what: "signature" })
     }
 }
 
 /// Whether `sig` over `msg` verifies under `spki` with the X.509 signature algorithm `alg` (ECDSA P-256/P-384 or
-/// RSA PKCS#1 v1.5 with SHA-2): the client CRLs' signatures are checked with it when they are loaded.
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
-pub(crate) fn x509_signature_verifies(
+/// RSA PKCS#1 v1.5 with SHA-2). Public because the appliance checks the signatures of client CRLs with the same
+/// algorithms when it loads them (its `tls::trust`).
+pub fn x509_signature_verifies(
     spki: &SubjectPublicKeyInfoOwned,
     alg: &AlgorithmIdentifierOwned,
     msg: &[u8],
@@ -653,7 +653,7 @@ pub(crate) fn x509_signature_verifies(
 /// be used at all (which is reported as such rather than as "bad signature").
 enum SigFailure {
     Invalid(&'static str),
-    Unusable(TsaError),
+    Unusable(TokenError),
 }
 
 fn verify_signature(
@@ -675,7 +675,7 @@ fn verify_signature(
         (rfc5912::ID_EC_PUBLIC_KEY | rfc5912::RSA_ENCRYPTION, _) => {
             Err(SigFailure::Invalid("signature algorithm does not match the key type"))
         }
-        (oid, _) => Err(SigFailure::Unusable(TsaError::UnsupportedAlgorithm {
+        (oid, _) => Err(SigFailure::Unusable(TokenError::UnsupportedAlgorithm {
             oid: oid.to_string(),
             what: "public key",
         })),
@@ -687,7 +687,7 @@ fn ec_curve(spki: &SubjectPublicKeyInfoOwned) -> Result<ObjectIdentifier, SigFai
     let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
     match curve {
         Some(c @ (rfc5912::SECP_256_R_1 | rfc5912::SECP_384_R_1)) => Ok(c),
-        other => Err(SigFailure::Unusable(TsaError::UnsupportedAlgorithm {
+        other => Err(SigFailure::Unusable(TokenError::UnsupportedAlgorithm {
             oid: other.map_or_else(|| "(no named curve)".to_string(), |c| c.to_string()),
             what: "elliptic curve",
         })),
@@ -724,14 +724,14 @@ fn verify_rsa(pkcs1_key: &[u8], hash: HashAlg, msg: &[u8], sig: &[u8]) -> Result
     .map_err(|_| SigFailure::Invalid("unusable RSA public key (size or exponent)"))?;
     let bits = key.n().bits();
     if bits < MIN_RSA_BITS {
-        return Err(SigFailure::Unusable(TsaError::WeakKey { bits }));
+        return Err(SigFailure::Unusable(TokenError::WeakKey { bits }));
     }
     let padding = match hash {
         HashAlg::Sha256 => rsa::Pkcs1v15Sign::new::<sha2::Sha256>(),
         HashAlg::Sha384 => rsa::Pkcs1v15Sign::new::<sha2::Sha384>(),
         HashAlg::Sha512 => rsa::Pkcs1v15Sign::new::<sha2::Sha512>(),
         HashAlg::Sha1 => {
-            return Err(SigFailure::Unusable(TsaError::UnsupportedAlgorithm {
+            return Err(SigFailure::Unusable(TokenError::UnsupportedAlgorithm {
                 oid: rfc5912::ID_SHA_1.to_string(),
                 what: "signature hash",
             }))
@@ -744,8 +744,9 @@ fn verify_rsa(pkcs1_key: &[u8], hash: HashAlg, msg: &[u8], sig: &[u8]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tsa::request::random::build_request;
     use crate::tsa::testutil::TestTsa;
-    use crate::tsa::{build_request, TimestampRequest};
+    use crate::tsa::TimestampRequest;
     use std::time::{Duration, Instant};
 
     const HEAD: &[u8] = b"anchorlog/v1 height 7 root 3f2a... signed";
@@ -848,7 +849,7 @@ mod tests {
 
     /// A token from a TSA made with `args`: refused by our verifier with exactly `expected`, and by
     /// `openssl ts -verify` (the Python bundle verifier's check) as well.
-    fn assert_chain_refused(args: &[&str], expected: TsaError) {
+    fn assert_chain_refused(args: &[&str], expected: TokenError) {
         let (tsa, req, resp) = issue(args);
         let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
         assert_eq!(verify_response(&resp, &opts(&req, &trust)), Err(expected));
@@ -860,7 +861,7 @@ mod tests {
     fn intermediate_without_key_cert_sign_is_refused() {
         assert_chain_refused(
             &["--int-no-keycertsign"],
-            TsaError::ChainInvalid {
+            TokenError::ChainInvalid {
                 subject: "CN=Test TSA".into(),
                 reason: "CA certificate \"CN=Test TSA Intermediate\" has no keyUsage keyCertSign (RFC 5280 §6.1.4 (n))"
                     .into(),
@@ -872,7 +873,7 @@ mod tests {
     fn chain_beyond_path_len_is_refused() {
         assert_chain_refused(
             &["--beyond-pathlen"],
-            TsaError::ChainInvalid {
+            TokenError::ChainInvalid {
                 subject: "CN=Test TSA".into(),
                 reason: "the chain is longer than a CA certificate's pathLenConstraint allows".into(),
             },
@@ -883,7 +884,7 @@ mod tests {
     fn leaf_with_unknown_critical_extension_is_refused() {
         assert_chain_refused(
             &["--unknown-critical"],
-            TsaError::ChainInvalid {
+            TokenError::ChainInvalid {
                 subject: "CN=Test TSA".into(),
                 reason:
                     "a certificate of the chain has a critical extension this verifier does not know (RFC \
@@ -916,7 +917,7 @@ mod tests {
         let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
         let mut o = opts(&req, &trust);
         o.expected_imprint = <[u8; 32]>::from(sha2::Sha256::digest(b"another head"));
-        assert_eq!(verify_response(&resp, &o), Err(TsaError::ImprintMismatch));
+        assert_eq!(verify_response(&resp, &o), Err(TokenError::ImprintMismatch));
     }
 
     #[test]
@@ -925,7 +926,7 @@ mod tests {
         let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
         let other = build_request(HEAD).unwrap();
         let o = VerifyOptions { expected_nonce: Some(&other.nonce), ..opts(&req, &trust) };
-        assert_eq!(verify_response(&resp, &o), Err(TsaError::NonceMismatch));
+        assert_eq!(verify_response(&resp, &o), Err(TokenError::NonceMismatch));
     }
 
     /// A TSTInfo for `req`, as a TSA would produce it (genTime now, with a fraction).
@@ -959,7 +960,7 @@ mod tests {
 
     /// A token signed by `openssl cms -sign -cades` with the TSA certificate made by `args`.
     /// (`openssl ts -reply` refuses certificates without a critical timeStamping EKU.)
-    fn cms_signed(args: &[&str]) -> Result<VerifiedTimestamp, TsaError> {
+    fn cms_signed(args: &[&str]) -> Result<VerifiedTimestamp, TokenError> {
         let tsa = TestTsa::new(args);
         let req = build_request(HEAD).unwrap();
         let token = tsa.cms_sign_token(&tst_info_for(&req));
@@ -978,7 +979,7 @@ mod tests {
     fn tsa_cert_without_eku_is_rejected() {
         assert_eq!(
             cms_signed(&["--no-eku"]),
-            Err(TsaError::MissingTimestampingEku { subject: "CN=Test TSA".into() })
+            Err(TokenError::MissingTimestampingEku { subject: "CN=Test TSA".into() })
         );
     }
 
@@ -986,7 +987,7 @@ mod tests {
     fn tsa_cert_with_non_critical_eku_is_rejected() {
         assert_eq!(
             cms_signed(&["--eku-noncritical"]),
-            Err(TsaError::EkuNotCritical { subject: "CN=Test TSA".into() })
+            Err(TokenError::EkuNotCritical { subject: "CN=Test TSA".into() })
         );
     }
 
@@ -997,7 +998,7 @@ mod tests {
         let trust = TrustAnchors::from_pem(&other.ca_pem()).unwrap();
         assert_eq!(
             verify_response(&resp, &opts(&req, &trust)),
-            Err(TsaError::UntrustedChain { subject: "CN=Test TSA".into() })
+            Err(TokenError::UntrustedChain { subject: "CN=Test TSA".into() })
         );
     }
 
@@ -1009,7 +1010,7 @@ mod tests {
         let trust = TrustAnchors::from_pem(&other.ca_pem()).unwrap();
         assert_eq!(
             verify_response(&resp, &opts(&req, &trust)),
-            Err(TsaError::UntrustedChain { subject: "CN=Test TSA".into() })
+            Err(TokenError::UntrustedChain { subject: "CN=Test TSA".into() })
         );
     }
 
@@ -1021,7 +1022,7 @@ mod tests {
             not_before: Some(SystemTime::now() + Duration::from_secs(3600)),
             ..opts(&req, &trust)
         };
-        assert!(matches!(verify_response(&resp, &o), Err(TsaError::GenTimeTooEarly { .. })));
+        assert!(matches!(verify_response(&resp, &o), Err(TokenError::GenTimeTooEarly { .. })));
         let o = VerifyOptions {
             not_before: Some(SystemTime::now() - Duration::from_secs(60)),
             ..opts(&req, &trust)
@@ -1044,7 +1045,7 @@ mod tests {
         };
         assert_eq!(
             verify_response(&resp, &o),
-            Err(TsaError::PolicyMismatch {
+            Err(TokenError::PolicyMismatch {
                 expected: "1.3.6.1.4.1.55555.9".into(),
                 got: "1.3.6.1.4.1.55555.1.1".into()
             })
@@ -1075,7 +1076,7 @@ mod tests {
         });
         assert_eq!(
             verify_response(&bad, &opts(&req, &trust)),
-            Err(TsaError::BadSignature {
+            Err(TokenError::BadSignature {
                 what: "CMS signature: ECDSA P-256 signature does not verify".into()
             })
         );
@@ -1086,7 +1087,7 @@ mod tests {
         let (tsa, req, resp) = issue(&[]);
         let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
         let bad = edit_signed_data(&resp, |sd| sd.certificates = None);
-        assert_eq!(verify_response(&bad, &opts(&req, &trust)), Err(TsaError::UnknownSigner));
+        assert_eq!(verify_response(&bad, &opts(&req, &trust)), Err(TokenError::UnknownSigner));
         // With the TSA certificate pinned in the trust file the same token verifies.
         let mut pem = tsa.ca_pem();
         pem.extend(std::fs::read(tsa.path().join("tsa.pem")).unwrap());
@@ -1142,7 +1143,7 @@ mod tests {
             let set = vec![CertificateChoices::Certificate(re.clone())];
             sd.certificates = Some(cms::signed_data::CertificateSet(set.try_into().unwrap()));
         });
-        assert_eq!(verify_response(&bad, &opts(&req, &trust)), Err(TsaError::EssCertIdMismatch));
+        assert_eq!(verify_response(&bad, &opts(&req, &trust)), Err(TokenError::EssCertIdMismatch));
     }
 
     #[test]
@@ -1151,10 +1152,10 @@ mod tests {
         let trust = TrustAnchors::from_pem(&tsa.ca_pem()).unwrap();
         for bad in [&b"garbage"[..], &resp[..resp.len() / 2], &[][..]] {
             assert!(
-                matches!(verify_response(bad, &opts(&req, &trust)), Err(TsaError::Malformed { .. })),
+                matches!(verify_response(bad, &opts(&req, &trust)), Err(TokenError::Malformed { .. })),
                 "{bad:02x?}"
             );
-            assert!(matches!(verify_token(bad, &opts(&req, &trust)), Err(TsaError::Malformed { .. })));
+            assert!(matches!(verify_token(bad, &opts(&req, &trust)), Err(TokenError::Malformed { .. })));
         }
     }
 
@@ -1179,7 +1180,7 @@ mod tests {
         let err = verify_response(&resp, &opts(&req, &trust)).unwrap_err();
         assert_eq!(
             err,
-            TsaError::NotGranted {
+            TokenError::NotGranted {
                 status: 2,
                 text: "Message digest algorithm is not supported.".into(),
                 fail_info: vec!["badAlg"],
@@ -1190,15 +1191,15 @@ mod tests {
 
     #[test]
     fn trust_anchor_file_errors() {
-        assert_eq!(TrustAnchors::from_pem(b"").unwrap_err(), TsaError::NoTrustAnchors);
-        assert_eq!(TrustAnchors::from_pem(b"\n\n# nothing\n").unwrap_err(), TsaError::NoTrustAnchors);
+        assert_eq!(TrustAnchors::from_pem(b"").unwrap_err(), TokenError::NoTrustAnchors);
+        assert_eq!(TrustAnchors::from_pem(b"\n\n# nothing\n").unwrap_err(), TokenError::NoTrustAnchors);
         assert!(matches!(
             TrustAnchors::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n"),
-            Err(TsaError::BadTrustAnchor { .. })
+            Err(TokenError::BadTrustAnchor { .. })
         ));
         assert!(matches!(
             TrustAnchors::from_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
-            Err(TsaError::BadTrustAnchor { .. })
+            Err(TokenError::BadTrustAnchor { .. })
         ));
         let a = TestTsa::new(&[]);
         let b = TestTsa::new(&["--ca-name", "Second Root"]);
@@ -1220,7 +1221,7 @@ mod tests {
         let past = OffsetDateTime::now_utc() - time::Duration::days(3660);
         let err = check_chain(&signer, &[], &trust.certs, past).unwrap_err();
         assert!(
-            matches!(&err, TsaError::CertificateExpired { subject, .. } if subject == "CN=Test TSA"),
+            matches!(&err, TokenError::CertificateExpired { subject, .. } if subject == "CN=Test TSA"),
             "{err:?}"
         );
         assert!(check_chain(&signer, &[], &trust.certs, OffsetDateTime::now_utc()).is_ok());

@@ -17,7 +17,7 @@
 //! whose last head carries `(c, r)` is the newest one for a TPM counter at `(C, R)` only if
 //! `c <= C <= allowed`, where `allowed = (c + 1) | M` if `R != r` and `C & M == M`, else `c + 1`.
 
-use crate::ledger::head::HeadCounter;
+use crate::head::HeadCounter;
 
 /// `MAX_ORDERLY_COUNT` of the TCG reference implementation (and of swtpm/libtpms): an orderly counter
 /// writes NV every 256 increments. The offline check never assumes a larger value than this.

@@ -168,7 +168,7 @@ pub struct EntryFacts {
     /// `SHA-256(salt || body)`.
     pub payload_sha256: [u8; 32],
     /// Whether this is one of the appliance's own records: producer, source and format all
-    /// [`APPLIANCE`](crate::ledger::record_types::APPLIANCE) and auth `internal`. Anything less is a
+    /// [`APPLIANCE`](crate::record_types::APPLIANCE) and auth `internal`. Anything less is a
     /// producer's event, whatever its body says.
     pub appliance: bool,
 }
@@ -176,7 +176,7 @@ pub struct EntryFacts {
 impl Entry {
     /// Whether this entry is one of the appliance's own records (see [`EntryFacts::appliance`]).
     pub fn is_appliance_record(&self) -> bool {
-        let own = crate::ledger::record_types::APPLIANCE;
+        let own = crate::record_types::APPLIANCE;
         self.auth == AuthMethod::Internal && self.producer == own && self.source == own && self.format == own
     }
 
@@ -322,7 +322,7 @@ fn scan_canonical(bytes: &[u8]) -> Option<EntryFacts> {
     }
     s.lit(b",\"v\":1}")?;
     // The raw bytes equal the decoded name: "anchorlog" has nothing to escape.
-    let own = crate::ledger::record_types::APPLIANCE.as_bytes();
+    let own = crate::record_types::APPLIANCE.as_bytes();
     let appliance = auth == AuthMethod::Internal && producer == own && source == own && format == own;
     (s.i == bytes.len() && ENTRY_VERSION == 1).then_some(EntryFacts {
         seq,
