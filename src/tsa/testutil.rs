@@ -1,47 +1,14 @@
-//! Test helpers for the client: a real OpenSSL TSA (`softhsm-tests/tsa/make-tsa.sh`) behind the HTTP shim
-//! (`softhsm-tests/tsa/tsa_http.py`). Test-only; nothing here is mocked. The token verification tests have
-//! their own, with the `openssl ts` and `openssl cms` helpers, in the core (`core/src/tsa/testutil.rs`).
+//! Test helpers for the client: the core's real OpenSSL TSA (`anchorlog_core::tsa::testutil::TestTsa`, made by
+//! `softhsm-tests/tsa/make-tsa.sh`) behind the HTTP shim (`softhsm-tests/tsa/tsa_http.py`). Test-only; nothing
+//! here is mocked.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// Where `make-tsa.sh` and `tsa_http.py` live (`softhsm-tests/tsa/` of the crate).
+/// Where `tsa_http.py` lives (`softhsm-tests/tsa/` of the crate).
 pub(crate) const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/tsa");
 
-/// A TSA created by `make-tsa.sh` in a temporary directory (deleted on drop).
-pub(crate) struct TestTsa {
-    dir: tempfile::TempDir,
-}
-
-impl TestTsa {
-    /// Runs `make-tsa.sh DIR ARGS...`.
-    pub(crate) fn new(args: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("bash")
-            .arg(Path::new(HARNESS_DIR).join("make-tsa.sh"))
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "make-tsa.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        TestTsa { dir }
-    }
-
-    /// The TSA's directory.
-    pub(crate) fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// `tsa.cnf`.
-    pub(crate) fn config(&self) -> PathBuf {
-        self.path().join("tsa.cnf")
-    }
-
-    /// The root CA certificate (PEM).
-    pub(crate) fn ca_pem(&self) -> Vec<u8> {
-        std::fs::read(self.path().join("ca.pem")).unwrap()
-    }
-}
+pub(crate) use anchorlog_core::tsa::testutil::TestTsa;
 
 /// `tsa_http.py` serving a [`TestTsa`] on 127.0.0.1 (killed on drop).
 pub(crate) struct Shim {

@@ -18,8 +18,8 @@ mod request;
 mod token;
 mod verify;
 
-#[cfg(test)]
-pub(crate) mod testutil;
+#[cfg(any(test, feature = "testutil"))]
+pub mod testutil;
 
 pub use request::{build_request_with_nonce, positive_nonce, TimestampRequest};
 pub use token::{

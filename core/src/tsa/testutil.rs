@@ -1,6 +1,7 @@
 //! Test helpers: a real OpenSSL TSA (`softhsm-tests/tsa/make-tsa.sh` + `openssl ts -reply`) for the
-//! verification tests. Test-only and native-only (it runs processes); nothing here is mocked. The appliance's
-//! client tests have their own copy with the HTTP shim (`src/tsa/testutil.rs`).
+//! verification tests here and, through the `testutil` feature, the appliance's client tests (which put the HTTP
+//! shim in front of it: `src/tsa/testutil.rs`). Test-only and native-only (it runs processes); nothing here is
+//! mocked.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,13 +10,13 @@ use std::process::Command;
 pub(crate) const HARNESS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../softhsm-tests/tsa");
 
 /// A TSA created by `make-tsa.sh` in a temporary directory (deleted on drop).
-pub(crate) struct TestTsa {
+pub struct TestTsa {
     dir: tempfile::TempDir,
 }
 
 impl TestTsa {
     /// Runs `make-tsa.sh DIR ARGS...`.
-    pub(crate) fn new(args: &[&str]) -> Self {
+    pub fn new(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let out = Command::new("bash")
             .arg(Path::new(HARNESS_DIR).join("make-tsa.sh"))
@@ -28,22 +29,22 @@ impl TestTsa {
     }
 
     /// The TSA's directory.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// `tsa.cnf`.
-    pub(crate) fn config(&self) -> PathBuf {
+    pub fn config(&self) -> PathBuf {
         self.path().join("tsa.cnf")
     }
 
     /// The root CA certificate (PEM).
-    pub(crate) fn ca_pem(&self) -> Vec<u8> {
+    pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.path().join("ca.pem")).unwrap()
     }
 
     /// `openssl ts -reply` for a DER request; returns the DER TimeStampResp.
-    pub(crate) fn reply(&self, request_der: &[u8]) -> Vec<u8> {
+    pub fn reply(&self, request_der: &[u8]) -> Vec<u8> {
         let work = tempfile::tempdir().unwrap();
         let (q, r) = (work.path().join("q.tsq"), work.path().join("r.tsr"));
         std::fs::write(&q, request_der).unwrap();
@@ -61,7 +62,7 @@ impl TestTsa {
     }
 
     /// `openssl ts -reply -token_out`: the bare token (ContentInfo) of a response.
-    pub(crate) fn token_of(&self, resp_der: &[u8]) -> Vec<u8> {
+    pub fn token_of(&self, resp_der: &[u8]) -> Vec<u8> {
         let work = tempfile::tempdir().unwrap();
         let (r, t) = (work.path().join("r.tsr"), work.path().join("t.tst"));
         std::fs::write(&r, resp_der).unwrap();
@@ -79,7 +80,7 @@ impl TestTsa {
     /// Signs a TSTInfo with this directory's `tsa.pem`/`tsa.key` through
     /// `openssl cms -sign -cades` (signingCertificateV2 included); returns the bare token.
     /// Used for certificates `openssl ts -reply` refuses (no or non-critical EKU).
-    pub(crate) fn cms_sign_token(&self, tst_info_der: &[u8]) -> Vec<u8> {
+    pub fn cms_sign_token(&self, tst_info_der: &[u8]) -> Vec<u8> {
         let work = tempfile::tempdir().unwrap();
         let (i, o) = (work.path().join("tst.der"), work.path().join("token.der"));
         std::fs::write(&i, tst_info_der).unwrap();
@@ -98,7 +99,7 @@ impl TestTsa {
     }
 
     /// `openssl ts -verify -data MSG -in RESP -CAfile ca.pem`; returns (ok, output).
-    pub(crate) fn openssl_verify(&self, message: &[u8], resp_der: &[u8]) -> (bool, String) {
+    pub fn openssl_verify(&self, message: &[u8], resp_der: &[u8]) -> (bool, String) {
         let work = tempfile::tempdir().unwrap();
         let (m, r) = (work.path().join("msg"), work.path().join("r.tsr"));
         std::fs::write(&m, message).unwrap();
