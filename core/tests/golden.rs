@@ -15,6 +15,10 @@ use anchorlog_core::tsa::{verify_response, TokenError, TrustAnchors, VerifyOptio
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
+// Under wasm32 every `#[test]` below is a `wasm_bindgen_test` (run by wasm-bindgen-test-runner in Node); natively
+// it is the built-in one.
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen_test::wasm_bindgen_test as test;
 
 // ---------------------------------------------------------------------------------------------------------------
 // RFC 9162 (the RFC 6962 tree): reference vectors used by certificate-transparency and transparency-dev.
