@@ -451,6 +451,14 @@ async fn a_starved_indexer_never_stalls_ingest_or_sealing_and_catches_up_later()
     assert_eq!(r.json()["index"], serde_json::json!({"complete": true, "pending_events": 0}));
     // seq 10 is that search's audit record.
     std::fs::write(&stall, "").unwrap();
+    // The search's audit record reaches the indexer, which collects for its batch window (1 s) and then stalls
+    // holding it. Only then post: events posted inside the window would join that batch instead of the queue,
+    // and under load too few would be left to overflow it (seen in CI).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.server_log().contains("the search indexer is stalled") {
+        assert!(Instant::now() < deadline, "the indexer never stalled: {}", a.server_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let during = post_n(&a, "during", DURING).await;
     let took = started.elapsed();

@@ -126,8 +126,12 @@ pub fn indexer_stall() {
     else {
         return;
     };
-    while path.exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    if path.exists() {
+        // The test waits for this line: from here on nothing is taken off the queue until the file is removed.
+        tracing::warn!(file = %path.display(), "fault double: the search indexer is stalled while the file exists");
+        while path.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
