@@ -131,6 +131,23 @@ impl Connection {
         Ok(Connection { sender, host: host.to_string() })
     }
 
+    /// Sends one request and returns the response as soon as its head arrives (the body not read yet).
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
+        self.sender.ready().await?;
+        Ok(self.sender.send_request(req).await?)
+    }
+
     /// Sends one request and reads the whole response.
     pub async fn request(
         &mut self,
@@ -139,13 +156,7 @@ impl Connection {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<Response, ClientError> {
-        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
+        let resp = self.send(method, path, headers, body).await?;
         let status = resp.status().as_u16();
         let content_type =
             resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -163,13 +174,7 @@ impl Connection {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<StreamingResponse, ClientError> {
-        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
+        let resp = self.send(method, path, headers, body).await?;
         let status = resp.status().as_u16();
         let (parts, body) = resp.into_parts();
         Ok(StreamingResponse { status, headers: parts.headers, body })
@@ -185,13 +190,7 @@ impl Connection {
         body: Vec<u8>,
         max_body: usize,
     ) -> Result<u16, ClientError> {
-        let mut builder = hyper::Request::builder().method(method).uri(path).header("host", &self.host);
-        for (k, v) in headers {
-            builder = builder.header(*k, *v);
-        }
-        let req = builder.body(full(body)).map_err(|e| ClientError::Request(e.to_string()))?;
-        self.sender.ready().await?;
-        let resp = self.sender.send_request(req).await?;
+        let resp = self.send(method, path, headers, body).await?;
         let status = resp.status().as_u16();
         // Drain a small answer so a keep-alive peer is not cut off mid-write; never more than `max_body`.
         let _ = http_body_util::Limited::new(resp.into_body(), max_body).collect().await;
