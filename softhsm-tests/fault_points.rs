@@ -91,7 +91,12 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
         env: vec![("ANCHORLOG_FAULT_CLOCK_FILE".into(), clock.display().to_string())],
         ..Options::default()
     });
-    assert!(a.server_log().contains("fault doubles armed"), "{}", a.server_log());
+    // The line is written by the server as it starts, not necessarily before the harness sees it listening.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.server_log().contains("fault doubles armed") {
+        assert!(Instant::now() < deadline, "{}", a.server_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut acked = post_n(&a, "before", 3).await;
     a.wait_for_head(acked.last().unwrap().0 + 1).await;
 
