@@ -574,11 +574,11 @@ fn rewrite_tail(
     a: &Appliance,
     tsa: &LocalTsa,
     c: &rusqlite::Connection,
-    heads: &[store::StoredHead],
+    heads: &[anchorlog_core::stored::StoredHead],
     k: u64,
 ) {
     let keep = heads[k as usize].tree_size;
-    let old: Vec<store::StoredEvent> = (keep..heads.last().unwrap().tree_size)
+    let old: Vec<anchorlog_core::stored::StoredEvent> = (keep..heads.last().unwrap().tree_size)
         .map(|s| store::event(c, s).unwrap().unwrap())
         .filter(|e| e.seq != 5)
         .collect();
@@ -637,7 +637,7 @@ fn rewrite_tail(
             counter: None,
         };
         let text = cp.to_text().unwrap();
-        let head = store::StoredHead {
+        let head = anchorlog_core::stored::StoredHead {
             height: cp.height,
             tree_size: cp.tree_size,
             root: cp.root,
@@ -650,7 +650,7 @@ fn rewrite_tail(
         let token = fresh_token(a, tsa, text.as_bytes());
         let anchors =
             anchorlog_core::tsa::TrustAnchors::from_pem(&std::fs::read(tsa.ca_pem()).unwrap()).unwrap();
-        let v = anchorlog::verify::timestamps::check_token(
+        let v = anchorlog_core::verify::timestamps::check_token(
             &text,
             cp.time_ms,
             &token,

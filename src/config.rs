@@ -42,8 +42,10 @@ const _: () = assert!(MAX_WRITER_QUEUE_DEPTH <= crate::ledger::appender::QUEUE_D
 pub const DEFAULT_RETRY_AFTER_S: u64 = 1;
 /// Default time one TSA request may take (connect, send, receive), in milliseconds.
 pub const DEFAULT_TSA_TIMEOUT_MS: u64 = 10_000;
-/// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds.
-pub const DEFAULT_TIMESTAMP_MAX_SKEW_S: u64 = 300;
+/// Default allowed difference between a head's seal time and an earlier TSA `genTime`, in seconds (the core's,
+/// so the offline verifier and the browser use the same default).
+pub const DEFAULT_TIMESTAMP_MAX_SKEW_S: u64 =
+    anchorlog_core::verify::timestamps::DEFAULT_TIMESTAMP_MAX_SKEW_S;
 /// Default first retry delay after every TSA failed, in milliseconds (doubles up to the maximum).
 pub const DEFAULT_TIMESTAMP_RETRY_INITIAL_MS: u64 = 1_000;
 /// Default longest retry delay while no TSA answers, in milliseconds.

@@ -304,7 +304,7 @@ fn configured_key(config: &Config) -> Result<anchorlog_core::key::PublicKey, Key
 /// the operator does next, as JSON.
 pub fn rotate(config: &Config, reason: &str, new: &NewKey) -> Result<serde_json::Value, KeysError> {
     use crate::rotation::{pending_path, KeySpec, PendingRotation, PENDING_FORMAT};
-    use crate::verify::keys::{format_counter_index, MAX_REASON_BYTES};
+    use anchorlog_core::verify::keys::{format_counter_index, MAX_REASON_BYTES};
     if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES {
         return Err(KeysError::Rotate(format!(
             "--reason must say why, in 1 to {MAX_REASON_BYTES} bytes (it is recorded in the log)"

@@ -35,9 +35,9 @@
 //! | [`signer`] | the `HeadSigner` trait, its thread, PKCS#11 and TPM 2.0 backends, X.509 export (signing only: the verification key is `anchorlog_core::key`) |
 //! | [`formats`] | request bodies → events (generic JSON, Keycloak, Okta, Auth0) |
 //! | `tsa` | RFC 3161, the appliance's side: nonces, the HTTP client, retry policy (verification: `anchorlog_core::tsa`) |
-//! | [`verify`] | the offline verifier (CLI, startup reconciliation, tests); the key chain; witness quorum checks |
-//! | [`bundle`] | export bundles: writing from the database, verifying offline |
-//! | [`receipt`] | per-event receipts (inclusion under a signed head) and their offline check |
+//! | [`verify`] | the offline verifier over the database (CLI, startup reconciliation, tests): the core's walk (`anchorlog_core::verify`: the key chain, witness quorum and token checks) fed from SQLite |
+//! | [`bundle`] | export bundles: writing from the database, verifying a file (format and reader: `anchorlog_core::bundle`) |
+//! | [`receipt`] | per-event receipts built from the database (format and offline check: `anchorlog_core::receipt`) |
 //! | `tls` | rustls server config, client certificate → principal |
 //! | `api` | the axum routes; JSON errors with stable codes; the audit-access record of every read (`api::audit_access`) |
 //! | `preflight` | every file the config names, loaded and checked before the first write (`serve`, `check-config`) |

@@ -24,11 +24,13 @@
 //! latest head may be a second away from its cosignatures, so up to [`QUORUM_LOOKBACK`] heights back are tried.
 
 use crate::client::Connection;
-use crate::verify::erasure::AnchorHead;
-use crate::verify::keys::{follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof, RotationReport};
 use anchorlog_core::head::Checkpoint;
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::merkle::{self, Hash};
+use anchorlog_core::verify::erasure::AnchorHead;
+use anchorlog_core::verify::keys::{
+    follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof, RotationReport,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -200,9 +202,9 @@ pub struct ServedHead {
 pub fn check_cosignatures(
     head: &ServedHead,
     cp: &Checkpoint,
-    policy: &crate::verify::witnesses::WitnessPolicy,
-) -> Result<crate::verify::witnesses::WitnessReport, AuditError> {
-    use crate::verify::{witnesses::WitnessCheck, Failure};
+    policy: &anchorlog_core::verify::witnesses::WitnessPolicy,
+) -> Result<anchorlog_core::verify::witnesses::WitnessReport, AuditError> {
+    use anchorlog_core::verify::{witnesses::WitnessCheck, Failure};
     let bad = |reason: String| AuditError::BadHead { height: cp.height, reason };
     let mut check = WitnessCheck::new(policy);
     if let Some(note) = &head.note {
@@ -399,7 +401,7 @@ pub struct Expect {
     /// state was updated (the log is consistent, only not advancing).
     pub max_age: Option<std::time::Duration>,
     /// The witnesses whose cosignatures the accepted head must carry (`--witness`, `--witness-quorum`).
-    pub witnesses: Option<crate::verify::witnesses::WitnessPolicy>,
+    pub witnesses: Option<anchorlog_core::verify::witnesses::WitnessPolicy>,
 }
 
 /// Parses a duration such as `300`, `90s`, `5m`, `2h` or `1d` (one number, one optional unit).
@@ -454,7 +456,7 @@ async fn newest_with_quorum(
     latest_served: ServedHead,
     latest: Checkpoint,
     keys: &HeadKeys<'_>,
-    policy: &crate::verify::witnesses::WitnessPolicy,
+    policy: &anchorlog_core::verify::witnesses::WitnessPolicy,
 ) -> Result<(ServedHead, Checkpoint), AuditError> {
     let first_miss = match check_cosignatures(&latest_served, &latest, policy) {
         Ok(_) => return Ok((latest_served, latest)),

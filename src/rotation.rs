@@ -14,7 +14,7 @@
 //! appliance refuses to start with a message that says what to do ([`plan`]).
 
 use crate::config::{Config, SignerBackend, TpmHandle};
-use crate::verify::keys::{format_counter_index, parse_counter_index};
+use anchorlog_core::verify::keys::{format_counter_index, parse_counter_index};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -301,7 +301,7 @@ pub fn indexed_log_key(conn: &rusqlite::Connection) -> Result<Option<String>, cr
             let rec = crate::store::event(conn, *seq)?;
             let new = rec
                 .and_then(|e| e.body)
-                .and_then(|b| crate::verify::keys::RotationRecord::parse(&b).ok())
+                .and_then(|b| anchorlog_core::verify::keys::RotationRecord::parse(&b).ok())
                 .map(|r| r.new_key_id);
             if let Some(new) = new {
                 return Ok(Some(new));

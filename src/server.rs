@@ -32,7 +32,7 @@ use crate::store::{self, ReadPool};
 use crate::tls::reload::{Reloader, TrustHandle};
 use crate::tls::trust::ClientTrust;
 use crate::tls::{self};
-use crate::verify;
+use anchorlog_core::verify;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -733,7 +733,12 @@ async fn reconcile(config: &Config, signer: &SignerHandle) -> Result<Reconciled,
                 db: config.storage.database.display().to_string(),
             })
         }
-        Err(verify::VerifyError::Store(e)) => return Err(e.into()),
+        // A database error keeps its type (a full disk, a locked database …); any other source error cannot
+        // come from the database walk and is internal.
+        Err(verify::VerifyError::Source(e)) => match crate::verify::store_error(e) {
+            Ok(e) => return Err(e.into()),
+            Err(e) => return Err(ServeError::Internal(e.to_string())),
+        },
         Err(e @ verify::VerifyError::Unreadable(_)) => return Err(ServeError::Internal(e.to_string())),
     };
     let mut report = verified.range.report.clone();
@@ -902,7 +907,7 @@ async fn record_rotation(
     if !old.public_key().verify(text.as_bytes(), &signature) {
         return Err(failed(&"the old key's signature over the rotation head does not verify"));
     }
-    let stored = store::StoredHead {
+    let stored = anchorlog_core::stored::StoredHead {
         height: head.height,
         tree_size: head.tree_size,
         root: head.root,

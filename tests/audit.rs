@@ -6,8 +6,9 @@ mod common;
 
 use anchorlog::bundle;
 use anchorlog::store;
-use anchorlog::verify::{self, VerifyError};
+use anchorlog::verify;
 use anchorlog_core::merkle::{self, Frontier, Hash};
+use anchorlog_core::verify::VerifyError;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use common::{build_log, LogBuilder, TestKey};
@@ -152,7 +153,10 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     // own start-up accepts it (it seals the record next).
     let f = verify::verify_database(&b.conn, &key.public, None).unwrap_err();
     assert_eq!(f.to_string(), format!("verification failed: event seq 1: its erasure record (event seq {logged}) is not covered by a signed head yet; if the appliance is running, verify again after the next seal"));
-    let opts = verify::WalkOptions { allow_unsealed_erasure_records: true, ..verify::WalkOptions::default() };
+    let opts = anchorlog_core::verify::WalkOptions {
+        allow_unsealed_erasure_records: true,
+        ..anchorlog_core::verify::WalkOptions::default()
+    };
     verify::verify_database_with(&b.conn, std::slice::from_ref(&key.public), opts).unwrap();
     // Sealed: the log, including the erased event, verifies; the erasure is counted.
     b.head();
@@ -174,7 +178,12 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     bundle::verify_bundle(&tar, &key.public, None).unwrap();
 }
 
-fn export_file(conn: &rusqlite::Connection, from: u64, to: u64, out: &Path) -> bundle::Manifest {
+fn export_file(
+    conn: &rusqlite::Connection,
+    from: u64,
+    to: u64,
+    out: &Path,
+) -> anchorlog_core::bundle::Manifest {
     let f = std::fs::File::create(out).unwrap();
     bundle::export(conn, from, to, None, f, &mut |_, _| {}).unwrap()
 }
@@ -240,6 +249,40 @@ fn failure_of(tar: &Path, key: &TestKey) -> (String, &'static str, u64) {
             (f.to_string(), kind, at)
         }
         other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// The core's reader verifies a bundle from any reader — a stream that cannot seek, as a browser hands it a
+/// `File` — with the same verdict as from the file, and reports the events verified so far once per batch.
+#[test]
+fn bundles_verify_from_a_stream_with_progress() {
+    use anchorlog_core::bundle::{verify_bundle_from, ForwardOnly};
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(1);
+    let db = dir.path().join("a.db");
+    // About 2 MB of entries.jsonl: more than one chunk, so more than one batch.
+    build_log(&db, &key, 3, 2000);
+    let conn = store::open_reader(&db).unwrap();
+    let tar = dir.path().join("bundle.tar");
+    export_file(&conn, 0, 3, &tar);
+    let bytes = std::fs::read(&tar).unwrap();
+    let keys = std::slice::from_ref(&key.public);
+    let from_file = bundle::verify_bundle(&tar, &key.public, None).unwrap();
+    let mut seen = Vec::new();
+    let mut open = || Ok(ForwardOnly::new(&bytes[..]));
+    let r = verify_bundle_from(&mut open, keys, None, None, None, &mut |n| seen.push(n)).unwrap();
+    assert_eq!((r.report.events, r.report.heads), (from_file.report.events, from_file.report.heads));
+    assert_eq!(r.report.last_checkpoint, from_file.report.last_checkpoint);
+    assert!(seen.len() > 1 && seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&6000));
+    // A stream cut short is not a bundle that verifies, whatever it ends in.
+    let mut cut = || Ok(ForwardOnly::new(&bytes[..bytes.len() / 2]));
+    assert!(verify_bundle_from(&mut cut, keys, None, None, None, &mut |_| {}).is_err());
+    // A reader that cannot be opened reports the caller's message.
+    let mut fails = || Err::<ForwardOnly<&[u8]>, _>("cannot open the dropped file".to_string());
+    match verify_bundle_from(&mut fails, keys, None, None, None, &mut |_| {}) {
+        Err(VerifyError::Unreadable(m)) => assert_eq!(m, "cannot open the dropped file"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -598,21 +641,21 @@ fn receipts_prove_one_event_offline_and_fail_when_touched() {
         let r = receipt::build(&conn, seq).unwrap();
         // The earliest covering head: head h covers 10·h events.
         assert_eq!(r.head.height, seq / 10 + 1, "seq {seq}");
-        let ok = receipt::verify(&r, &key.public).unwrap();
+        let ok = anchorlog_core::receipt::verify(&r, &key.public).unwrap();
         assert_eq!((ok.seq, ok.erased, ok.tree_size), (seq, false, (seq / 10 + 1) * 10));
     }
     assert!(matches!(receipt::build(&conn, 50), Err(receipt::ReceiptError::NoSuchEvent(50))));
     let r = receipt::build(&conn, 17).unwrap();
     let mut body = r.clone();
     body.body = Some(B64.encode(b"{}"));
-    assert_eq!(receipt::verify(&body, &key.public).unwrap_err().location(), ("seq", 17));
+    assert_eq!(anchorlog_core::receipt::verify(&body, &key.public).unwrap_err().location(), ("seq", 17));
     let mut proof = r.clone();
     proof.inclusion_proof.swap(0, 1);
-    let f = receipt::verify(&proof, &key.public).unwrap_err();
+    let f = anchorlog_core::receipt::verify(&proof, &key.public).unwrap_err();
     assert_eq!(f.to_string(), "event seq 17: the inclusion proof does not lead to the root of head height 2");
     let mut sig = r.clone();
     sig.head.signature = B64.encode(TestKey::new(2).sign(r.head.checkpoint.as_bytes()));
-    assert_eq!(receipt::verify(&sig, &key.public).unwrap_err().location(), ("height", 2));
+    assert_eq!(anchorlog_core::receipt::verify(&sig, &key.public).unwrap_err().location(), ("height", 2));
     // Through the CLI: exit 0 untouched, 3 tampered, 1 unreadable.
     let pem = key.write_pem(dir.path(), "signer.pem");
     let run = |r: &str| {
@@ -657,10 +700,10 @@ impl OpensslTsa {
         self.dir.path().join("ca.pem")
     }
 
-    fn policy(&self, require: bool) -> verify::timestamps::TimestampPolicy {
-        verify::timestamps::TimestampPolicy {
+    fn policy(&self, require: bool) -> anchorlog_core::verify::timestamps::TimestampPolicy {
+        anchorlog_core::verify::timestamps::TimestampPolicy {
             require,
-            ..verify::timestamps::TimestampPolicy::new(
+            ..anchorlog_core::verify::timestamps::TimestampPolicy::new(
                 anchorlog_core::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
             )
         }
@@ -700,7 +743,7 @@ impl OpensslTsa {
         for height in heights {
             let head = store::head(&conn, height).unwrap().unwrap();
             let response = self.stamp(head.checkpoint.as_bytes());
-            let v = verify::timestamps::check_token(
+            let v = anchorlog_core::verify::timestamps::check_token(
                 &head.checkpoint,
                 head.sealed_at_ms,
                 &response,
@@ -728,7 +771,7 @@ impl OpensslTsa {
 fn bundle_failure(
     tar: &Path,
     key: &TestKey,
-    tsa: &verify::timestamps::TimestampPolicy,
+    tsa: &anchorlog_core::verify::timestamps::TimestampPolicy,
 ) -> (String, &'static str, u64) {
     match bundle::verify_bundle_with(tar, &key.public, None, Some(tsa)) {
         Err(VerifyError::Invalid(f)) => {
@@ -901,31 +944,34 @@ fn receipts_carry_the_head_token_and_verify_receipt_checks_it() {
     let r = receipt::build(&conn, 17).unwrap();
     let stored = store::timestamp(&conn, 2).unwrap().unwrap().response;
     assert_eq!(r.head.timestamp_token.as_deref(), Some(B64.encode(&stored).as_str()));
-    let ok = receipt::verify_with(&r, &key.public, Some(&tsa.policy(true))).unwrap();
+    let ok = anchorlog_core::receipt::verify_with(&r, &key.public, Some(&tsa.policy(true))).unwrap();
     assert_eq!(ok.timestamp.as_ref().map(|t| (t.verified, t.missing_count)), Some((1, 0)));
     // Head 5 has no token yet: reported, a failure only when required.
     let late = receipt::build(&conn, 45).unwrap();
     assert_eq!(late.head.timestamp_token, None);
-    let ok = receipt::verify_with(&late, &key.public, Some(&tsa.policy(false))).unwrap();
+    let ok = anchorlog_core::receipt::verify_with(&late, &key.public, Some(&tsa.policy(false))).unwrap();
     assert_eq!(ok.timestamp.map(|t| t.missing), Some(vec![5]));
-    let f = receipt::verify_with(&late, &key.public, Some(&tsa.policy(true))).unwrap_err();
-    assert_eq!(f, verify::Failure::TimestampMissing { height: 5 });
+    let f = anchorlog_core::receipt::verify_with(&late, &key.public, Some(&tsa.policy(true))).unwrap_err();
+    assert_eq!(f, anchorlog_core::verify::Failure::TimestampMissing { height: 5 });
     // An altered token, or another head's token.
     let mut altered = r.clone();
     let mut der = stored.clone();
     *der.last_mut().unwrap() ^= 1;
     altered.head.timestamp_token = Some(B64.encode(&der));
-    let f = receipt::verify_with(&altered, &key.public, Some(&tsa.policy(false))).unwrap_err();
+    let f =
+        anchorlog_core::receipt::verify_with(&altered, &key.public, Some(&tsa.policy(false))).unwrap_err();
     assert_eq!(f.location(), ("height", 2), "{f}");
     assert!(f.to_string().starts_with("head height 2: time-stamp token does not verify"), "{f}");
     let mut swapped = r.clone();
     swapped.head.timestamp_token = receipt::build(&conn, 35).unwrap().head.timestamp_token;
     assert_eq!(
-        receipt::verify_with(&swapped, &key.public, Some(&tsa.policy(false))).unwrap_err().location(),
+        anchorlog_core::receipt::verify_with(&swapped, &key.public, Some(&tsa.policy(false)))
+            .unwrap_err()
+            .location(),
         ("height", 2)
     );
     // The CLI.
-    let file = |name: &str, r: &receipt::Receipt| {
+    let file = |name: &str, r: &anchorlog_core::receipt::Receipt| {
         let f = dir.path().join(name);
         std::fs::write(&f, serde_json::to_vec(r).unwrap()).unwrap();
         f

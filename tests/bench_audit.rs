@@ -70,23 +70,23 @@ fn bench_verify_bundle() {
         eprintln!("  stage {name:<28} {:>8.0} ns/event", s * 1e9 / n as f64);
     };
     stage("json line parse", &mut |l| {
-        let _: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
+        let _: anchorlog_core::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
     });
     stage("json + base64 decode", &mut |l| {
-        let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
+        let e: anchorlog_core::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
         use base64::Engine as _;
         let _ = base64::engine::general_purpose::STANDARD.decode(e.body.unwrap().as_bytes()).unwrap();
     });
     stage("entry parse (canonical check)", &mut |l| {
-        let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
+        let e: anchorlog_core::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
         anchorlog_core::entry::Entry::parse(e.entry.as_bytes()).unwrap();
     });
     stage("entry check (canonical scan)", &mut |l| {
-        let e: anchorlog::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
+        let e: anchorlog_core::bundle::EntryLine<'_> = serde_json::from_slice(l).unwrap();
         anchorlog_core::entry::Entry::check(e.entry.as_bytes()).unwrap();
     });
     stage("line decode + all event checks (fused)", &mut |l| {
-        anchorlog::bundle::check_line(l, 0).unwrap().check.unwrap();
+        anchorlog_core::bundle::check_line(l, 0).unwrap().check.unwrap();
     });
     stage("leaf hash", &mut |l| {
         let _ = merkle::leaf_hash(&l[..l.len().min(200)]);

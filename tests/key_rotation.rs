@@ -7,8 +7,9 @@ mod common;
 use anchorlog::bundle;
 use anchorlog::receipt;
 use anchorlog::store;
-use anchorlog::verify::{self, Failure, VerifyError, WalkOptions};
+use anchorlog::verify;
 use anchorlog_core::head::HeadCounter;
+use anchorlog_core::verify::{Failure, VerifyError, WalkOptions};
 use common::{LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
@@ -33,13 +34,13 @@ fn rotated_log(path: &Path, k1: &TestKey, k2: &TestKey) {
     b.head();
 }
 
-fn verify_db(db: &Path, keys: &[&TestKey]) -> Result<verify::Report, VerifyError> {
+fn verify_db(db: &Path, keys: &[&TestKey]) -> Result<anchorlog_core::verify::Report, VerifyError> {
     let c = store::open_reader(db).unwrap();
     let keys: Vec<_> = keys.iter().map(|k| k.public.clone()).collect();
     verify::verify_database_with(&c, &keys, WalkOptions::default())
 }
 
-fn failure(r: Result<verify::Report, VerifyError>) -> Failure {
+fn failure(r: Result<anchorlog_core::verify::Report, VerifyError>) -> Failure {
     match r {
         Err(VerifyError::Invalid(f)) => f,
         other => panic!("expected a failure, got {other:?}"),
@@ -474,14 +475,14 @@ fn receipts_under_a_later_key_carry_the_rotations_from_the_first() {
     // After the rotation: the receipt carries the record; the first key alone verifies it.
     let r = receipt::build(&c, 20).unwrap();
     assert_eq!((r.head.height, r.key_rotations.len()), (4, 1));
-    let ok = receipt::verify(&r, &k1.public).unwrap();
+    let ok = anchorlog_core::receipt::verify(&r, &k1.public).unwrap();
     assert_eq!((ok.key_id.as_str(), ok.rotations.len()), (&*k2.public.key_id, 1));
-    receipt::verify(&r, &k2.public).unwrap();
+    anchorlog_core::receipt::verify(&r, &k2.public).unwrap();
     // Without it, the first key does not reach the head's key.
     let mut bare = r.clone();
     bare.key_rotations.clear();
     assert_eq!(
-        receipt::verify(&bare, &k1.public).unwrap_err(),
+        anchorlog_core::receipt::verify(&bare, &k1.public).unwrap_err(),
         Failure::BadSignature { height: 4, key_id: k1.public.key_id.clone() }
     );
     // Before it: nothing to carry. The rotation record itself lies under the old key's last head: carried, and
@@ -489,7 +490,11 @@ fn receipts_under_a_later_key_carry_the_rotations_from_the_first() {
     for (seq, carried) in [(3, 0), (ROTATION_SEQ, 1)] {
         let r = receipt::build(&c, seq).unwrap();
         assert_eq!(r.key_rotations.len(), carried, "{seq}");
-        assert_eq!(receipt::verify(&r, &k1.public).unwrap().key_id, k1.public.key_id, "{seq}");
+        assert_eq!(
+            anchorlog_core::receipt::verify(&r, &k1.public).unwrap().key_id,
+            k1.public.key_id,
+            "{seq}"
+        );
     }
 }
 
@@ -512,7 +517,7 @@ fn an_erasure_recorded_under_a_later_key_is_proven_to_the_first_key() {
     let c = store::open_reader(&db).unwrap();
     let r = receipt::build(&c, 4).unwrap();
     assert_eq!((r.head.height, r.key_rotations.len()), (1, 1));
-    assert!(receipt::verify(&r, &k1.public).unwrap().erased);
+    assert!(anchorlog_core::receipt::verify(&r, &k1.public).unwrap().erased);
     // A bundle of the old key's heads only: the erasure record's head is under the new key.
     let tar = dir.path().join("old.tar");
     export(&db, 0, 1, &tar);

@@ -20,16 +20,24 @@
 //! | [`key`] | the head-signing key's public half ([`key::PublicKey`]): ECDSA P-256 verification, key ids |
 //! | [`tsa`] | RFC 3161: token types, request encoding, verification of responses and tokens |
 //! | [`attestation`] | TPM 2.0 key and counter attestation evidence and its verification |
+//! | [`stored`] | the plain rows a verifier walks: stored events, heads, erasure records |
+//! | [`verify`] | the offline verifier's walk over any event source, its failures and report, proofs, tokens, cosignatures |
+//! | [`receipt`] | per-event receipts and their offline check |
+//! | [`bundle`] | the export bundle format and its reader: verifies a bundle from any `std::io::Read`, with progress |
 
 // Every public item is documented: auditors and the browser bindings read this API (CI: clippy -D warnings).
 #![warn(missing_docs)]
 
 pub mod attestation;
+pub mod bundle;
 pub mod counter;
 pub mod entry;
 pub mod head;
 pub mod key;
 pub mod merkle;
 pub mod note;
+pub mod receipt;
 pub mod record_types;
+pub mod stored;
 pub mod tsa;
+pub mod verify;

@@ -1,6 +1,6 @@
 //! The names the appliance's own records use on the wire (docs/FORMAT.md §10, §12–15): written by the
-//! appliance (its `ledger::internal`) and read back by every verifier (the appliance's `verify::OwnRecord`, the
-//! browser), so they live in the core.
+//! appliance (its `ledger::internal`) and read back by every verifier (`verify::OwnRecord`, which the appliance's
+//! verifier and the browser share), so they live in the core.
 
 /// Producer, source and format name of the appliance's own records (auth `internal`). No principal or source
 /// may carry it (config validation), and a record counts as the appliance's only when all four say so.

@@ -1,9 +1,9 @@
-//! A receipt (GET /v1/events/{seq}/receipt, `anchorlog verify-receipt`; src/receipt.rs) as an auditor's tool
+//! A receipt (GET /v1/events/{seq}/receipt, `anchorlog verify-receipt`; core/src/receipt.rs) as an auditor's tool
 //! reads it: JSON, then the entry, payload, leaf, head signature, inclusion proof, erasure record, key
 //! rotations, token and cosignatures, against the seed log's key, TSA CA and witness.
 #![no_main]
 
-use anchorlog::receipt::{self, Receipt};
+use anchorlog_core::receipt::{self, Receipt};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //!
 //! The keys come from a throw-away `anchorlog dev` instance (fuzz/keys/README.md); they are public keys only.
 
-use anchorlog::verify::timestamps::TimestampPolicy;
-use anchorlog::verify::witnesses::WitnessPolicy;
+use anchorlog_core::verify::timestamps::TimestampPolicy;
+use anchorlog_core::verify::witnesses::WitnessPolicy;
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::note::VerifierKey;
 use anchorlog_core::tsa::TrustAnchors;

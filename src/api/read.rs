@@ -3,9 +3,10 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::store::cosignatures::StoredCosignature;
-use crate::store::{self, StoreError, StoredHead, StoredTimestamp};
+use crate::store::{self, StoreError, StoredTimestamp};
 use crate::tls::Peer;
 use anchorlog_core::head::{format_time_ms, signed_note};
+use anchorlog_core::stored::StoredHead;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -291,7 +292,7 @@ pub(super) async fn receipt(
     State(state): State<Arc<AppState>>,
     peer: Option<Extension<Peer>>,
     Path(seq): Path<String>,
-) -> Result<Json<crate::receipt::Receipt>, ApiError> {
+) -> Result<Json<anchorlog_core::receipt::Receipt>, ApiError> {
     use crate::receipt::{self, ReceiptError};
     let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;

@@ -233,7 +233,11 @@ fn index_state(pending: Option<u64>) -> Value {
 }
 
 /// One hit as the answer lists it.
-fn hit_json(hit: &store_search::SearchHit, ev: &store::StoredEvent, with_body: bool) -> Value {
+fn hit_json(
+    hit: &store_search::SearchHit,
+    ev: &anchorlog_core::stored::StoredEvent,
+    with_body: bool,
+) -> Value {
     let mut fields = serde_json::to_value(&hit.fields).unwrap_or(Value::Null);
     if let Some(o) = fields.as_object_mut() {
         o.insert("source".into(), Value::String(hit.source.clone()));

@@ -209,7 +209,7 @@ struct TsaArgs {
     /// records a timestamping outage around that head (a later token means a backdated or rewritten head).
     #[arg(
         long,
-        default_value_t = anchorlog::verify::timestamps::DEFAULT_MAX_TIMESTAMP_DELAY_S,
+        default_value_t = anchorlog_core::verify::timestamps::DEFAULT_MAX_TIMESTAMP_DELAY_S,
         requires = "tsa_ca"
     )]
     max_timestamp_delay: u64,
@@ -217,12 +217,12 @@ struct TsaArgs {
 
 impl TsaArgs {
     /// The token policy, or `None` without --tsa-ca.
-    fn policy(&self) -> anyhow::Result<Option<anchorlog::verify::timestamps::TimestampPolicy>> {
+    fn policy(&self) -> anyhow::Result<Option<anchorlog_core::verify::timestamps::TimestampPolicy>> {
         let Some(ca) = &self.tsa_ca else { return Ok(None) };
         let pem = std::fs::read(ca).with_context(|| format!("reading TSA CA {}", ca.display()))?;
         let anchors = anchorlog_core::tsa::TrustAnchors::from_pem(&pem)
             .with_context(|| format!("parsing TSA CA {}", ca.display()))?;
-        Ok(Some(anchorlog::verify::timestamps::TimestampPolicy {
+        Ok(Some(anchorlog_core::verify::timestamps::TimestampPolicy {
             anchors,
             max_skew: std::time::Duration::from_secs(self.tsa_max_skew_s),
             require: self.require_timestamps,
@@ -247,7 +247,7 @@ struct WitnessArgs {
 
 impl WitnessArgs {
     /// The cosignature policy, or `None` without --witness.
-    fn policy(&self) -> anyhow::Result<Option<anchorlog::verify::witnesses::WitnessPolicy>> {
+    fn policy(&self) -> anyhow::Result<Option<anchorlog_core::verify::witnesses::WitnessPolicy>> {
         if self.witnesses.is_empty() {
             return Ok(None);
         }
@@ -264,7 +264,7 @@ impl WitnessArgs {
                     .with_context(|| format!("--witness {arg}: not a vkey, nor a file holding one"))?,
             );
         }
-        let policy = anchorlog::verify::witnesses::WitnessPolicy::new(keys, self.witness_quorum)
+        let policy = anchorlog_core::verify::witnesses::WitnessPolicy::new(keys, self.witness_quorum)
             .map_err(|e| anyhow::anyhow!("--witness/--witness-quorum: {e}"))?;
         Ok(Some(policy))
     }
@@ -796,7 +796,7 @@ fn verify(
     json: bool,
     checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
-    use anchorlog::verify::{Failure, VerifyError};
+    use anchorlog_core::verify::{Failure, VerifyError};
     let Checks { tsa, counter, witnesses } = *checks;
     let keys = read_keys(key)?;
     let (origin, origin_from) = pinned_origin(origin, &keys);
@@ -819,7 +819,7 @@ fn verify(
         }),
         (None, Some(db)) => {
             let conn = anchorlog::store::open_reader(db)?;
-            let opts = anchorlog::verify::WalkOptions { origin, ..Default::default() };
+            let opts = anchorlog_core::verify::WalkOptions { origin, ..Default::default() };
             anchorlog::verify::verify_database_with(&conn, &keys, opts).and_then(|report| {
                 let stamps = match &policy {
                     Some(p) => Some(anchorlog::verify::timestamps::verify_timestamps(
@@ -855,7 +855,7 @@ fn verify(
         Ok((report, mut value, stamps, cosigned)) => {
             let attested = match counter {
                 Some((file, nonce)) => {
-                    use anchorlog::verify::counter::{check_attested, CounterCheckError};
+                    use anchorlog_core::verify::counter::{check_attested, CounterCheckError};
                     let att = read_attestation(file)?;
                     // The attestation certifies the key the chain holds now (after any rotation).
                     let Some(current) = report.current_key.as_ref() else {
@@ -919,7 +919,7 @@ fn read_attestation(file: &Path) -> anyhow::Result<anchorlog_core::attestation::
         .with_context(|| format!("{} is not a key attestation from `anchorlog keys attest`", file.display()))
 }
 
-fn print_attested_counter(a: &anchorlog::verify::counter::AttestedCounter) {
+fn print_attested_counter(a: &anchorlog_core::verify::counter::AttestedCounter) {
     println!(
         "  counter:  the database reaches the TPM's head counter {}: last head height {} carries {}, the TPM \
          certified {} (reset count {}) for this nonce",
@@ -1015,8 +1015,8 @@ fn verify_attestation(file: &Path, key: &Path, nonce: &str, json: bool) -> anyho
 }
 
 fn print_timestamps(
-    s: &anchorlog::verify::timestamps::TimestampReport,
-    outages: &[anchorlog::verify::OutageWindow],
+    s: &anchorlog_core::verify::timestamps::TimestampReport,
+    outages: &[anchorlog_core::verify::OutageWindow],
 ) {
     println!(
         "  tokens:   {} verified (RFC 3161), genTime {} .. {}",
@@ -1063,7 +1063,7 @@ fn print_timestamps(
     }
 }
 
-fn print_witnesses(w: &anchorlog::verify::witnesses::WitnessReport) {
+fn print_witnesses(w: &anchorlog_core::verify::witnesses::WitnessReport) {
     let by: Vec<String> =
         w.newest_cosigned_by.iter().map(|c| format!("{} (time {})", c.witness, c.timestamp)).collect();
     println!(
@@ -1099,9 +1099,9 @@ fn verify_receipt(
     let policy = tsa.policy()?;
     let witness_policy = witnesses.policy()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let receipt: anchorlog::receipt::Receipt =
+    let receipt: anchorlog_core::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog::receipt::verify_keys(
+    match anchorlog_core::receipt::verify_keys(
         &receipt,
         &keys,
         origin.as_deref(),
@@ -1196,7 +1196,7 @@ fn report_invalid(json: bool, failure: &str, kind: &str, at: u64) -> ExitCode {
     ExitCode::from(EXIT_INVALID)
 }
 
-fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
+fn print_report(r: &anchorlog_core::verify::Report, origin_from: &str) {
     let ns_time = |ns: Option<u64>| {
         ns.and_then(|n| anchorlog_core::head::format_time_ms((n / 1_000_000) as i64).ok())
             .unwrap_or_else(|| "-".into())
@@ -1251,7 +1251,7 @@ fn print_report(r: &anchorlog::verify::Report, origin_from: &str) {
 }
 
 /// One line per key rotation the chain followed.
-fn print_rotations(rotations: &[anchorlog::verify::keys::RotationReport]) {
+fn print_rotations(rotations: &[anchorlog_core::verify::keys::RotationReport]) {
     for r in rotations {
         println!(
             "  rotation: after head height {} (key rotation record at event seq {}): key {} -> {}, reason {:?}{}",

@@ -1,14 +1,16 @@
 //! Writing a bundle from the database: constant memory, one read snapshot, streamed to any `Write`.
 
-use super::{
-    head_path, Algorithms, Anchor, BundleError, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
+use super::BundleError;
+use crate::store;
+use anchorlog_core::bundle::{
+    head_path, Algorithms, Anchor, EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES,
     ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
 };
-use crate::store::{self, StoredEvent, StoredHead};
-use crate::verify::erasure::{ErasureRecordProof, ProofHead};
-use crate::verify::keys::KeyRotationProof;
 use anchorlog_core::head::{format_time_ms, Checkpoint};
 use anchorlog_core::key::PublicKey;
+use anchorlog_core::stored::{StoredEvent, StoredHead};
+use anchorlog_core::verify::erasure::{ErasureRecordProof, ProofHead};
+use anchorlog_core::verify::keys::KeyRotationProof;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;

@@ -13,10 +13,11 @@ use crate::ledger::event::NewEvent;
 use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::internal;
 use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
-use crate::store::erasure::ErasureRecord;
-use crate::store::{self, EventRow, StoreError, StoredHead, StoredTimestamp};
+use crate::store::{self, EventRow, StoreError, StoredTimestamp};
 use anchorlog_core::entry::{AuthMethod, Entry};
 use anchorlog_core::merkle::{self, Frontier};
+use anchorlog_core::stored::ErasureRecord;
+use anchorlog_core::stored::StoredHead;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, watch};
 

@@ -222,7 +222,7 @@ pub fn key_rotation_body(
 ) -> serde_json::Value {
     json!({"type": KEY_ROTATION_TYPE, "old_key_id": old_key_id, "new_key_id": new_key_id,
            "new_public_key": new_public_key_pem, "reason": reason,
-           "new_counter_index": new_counter_index.map(crate::verify::keys::format_counter_index)})
+           "new_counter_index": new_counter_index.map(anchorlog_core::verify::keys::format_counter_index)})
 }
 
 /// Event type of the record of an invalid access attempt.

@@ -1,22 +1,8 @@
 //! Erasure records (GDPR art. 17): the only change the database allows to a stored event.
 
 use super::{u64_of, StoreError};
+use anchorlog_core::stored::ErasureRecord;
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// Who erased an event's payload, when, why, and which event of the appliance's own source logs it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ErasureRecord {
-    /// The erased event.
-    pub seq: u64,
-    /// The appliance's own event recording the erasure (always a later seq).
-    pub erasure_seq: u64,
-    /// The admin principal who asked for it.
-    pub erased_by: String,
-    /// The reason given.
-    pub reason: String,
-    /// When, ms since the epoch.
-    pub erased_at_ms: i64,
-}
 
 /// Records the erasure and clears body and salt of `rec.seq` (the caller owns the transaction and has
 /// already inserted the erasure event `rec.erasure_seq`). The triggers refuse anything else.

@@ -10,6 +10,7 @@ pub mod search;
 pub mod tree;
 
 use crate::formats::{NormalizedFields, Outcome};
+use anchorlog_core::stored::{StoredEvent, StoredHead};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -74,40 +75,6 @@ pub enum StoreError {
         /// What is wrong.
         problem: String,
     },
-}
-
-/// A stored event row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredEvent {
-    /// Sequence number.
-    pub seq: u64,
-    /// Canonical entry bytes.
-    pub entry: Vec<u8>,
-    /// Stored leaf hash.
-    pub leaf_hash: [u8; 32],
-    /// Salt, `None` once erased.
-    pub salt: Option<Vec<u8>>,
-    /// Raw body, `None` once erased.
-    pub body: Option<Vec<u8>>,
-}
-
-/// A stored, signed block head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredHead {
-    /// Block height.
-    pub height: u64,
-    /// Tree size the root covers.
-    pub tree_size: u64,
-    /// Merkle root.
-    pub root: [u8; 32],
-    /// The exact signed checkpoint text.
-    pub checkpoint: String,
-    /// DER ECDSA signature over the checkpoint text.
-    pub signature: Vec<u8>,
-    /// Hex SHA-256 of the signer's SubjectPublicKeyInfo.
-    pub key_id: String,
-    /// Seal time, ms since the epoch.
-    pub sealed_at_ms: i64,
 }
 
 /// A stored RFC 3161 time-stamp token of one head.

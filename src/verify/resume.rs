@@ -14,13 +14,15 @@
 //! background full pass). The anchor head itself is re-checked (signature, origin, the record's root) and the
 //! frontier at its tree size is loaded from the stored nodes and must give its signed root.
 
-use super::{walk, DbEvents, Failure, Report, Start, VerifyError, WalkOptions};
-use crate::store::{self, StoredEvent, StoredHead};
+use super::DbEvents;
+use crate::store;
 use anchorlog_core::entry::Entry;
 use anchorlog_core::head::Checkpoint;
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::merkle::Hash;
 use anchorlog_core::record_types as types;
+use anchorlog_core::stored::{StoredEvent, StoredHead};
+use anchorlog_core::verify::{walk, Failure, Report, Start, VerifyError, WalkOptions};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use rusqlite::Connection;
@@ -47,7 +49,7 @@ impl SelfVerifyRecord {
     /// record, a producer's event, a body that does not parse, or a `source_id` that does not name it), `Err`
     /// when the row itself fails its checks (it was altered).
     pub fn from_event(ev: &StoredEvent) -> Result<Option<SelfVerifyRecord>, Failure> {
-        super::check_event(ev)?;
+        anchorlog_core::verify::check_event(ev)?;
         let entry = Entry::parse(&ev.entry)
             .map_err(|e| Failure::EntryMalformed { seq: ev.seq, reason: e.to_string() })?;
         if !entry.is_appliance_record() {
@@ -145,7 +147,7 @@ pub fn verify_database_after_with(
     keys: &[PublicKey],
     after: Option<u64>,
     opts: WalkOptions<'_>,
-    events: &mut dyn super::EventSource,
+    events: &mut dyn anchorlog_core::verify::EventSource,
 ) -> Result<RangeReport, VerifyError> {
     let stored_origin = store::stored_origin(conn)?;
     let origin = opts.origin.map(str::to_string).or(stored_origin);
@@ -222,10 +224,10 @@ fn anchor_start(
     let last = last_event(conn, &head)?;
     let (mut chain_key, mut retired, mut announcement) = (key.clone(), Vec::new(), None);
     let stopped_at = match last {
-        Some((seq, super::OwnRecord::Stop, _)) => Some(seq),
-        Some((seq, super::OwnRecord::KeyRotation, body)) => {
+        Some((seq, anchorlog_core::verify::OwnRecord::Stop, _)) => Some(seq),
+        Some((seq, anchorlog_core::verify::OwnRecord::KeyRotation, body)) => {
             let invalid = |reason: String| Failure::KeyRotationInvalid { seq, reason };
-            let record = super::keys::RotationRecord::parse(&body).map_err(invalid)?;
+            let record = anchorlog_core::verify::keys::RotationRecord::parse(&body).map_err(invalid)?;
             if record.old_key_id != key.key_id {
                 return Err(invalid(format!(
                     "it names {} as the old key, but head height {height}, which ends with it, is signed by {}",
@@ -234,7 +236,7 @@ fn anchor_start(
                 .into());
             }
             chain_key = record.new_key().map_err(invalid)?;
-            retired.push(super::keys::Retired { key, seq, height });
+            retired.push(anchorlog_core::verify::keys::Retired { key, seq, height });
             announcement = Some((seq, record.new_counter_index));
             None
         }
@@ -261,10 +263,10 @@ fn anchor_start(
 fn last_event(
     conn: &Connection,
     head: &StoredHead,
-) -> Result<Option<(u64, super::OwnRecord, Vec<u8>)>, VerifyError> {
+) -> Result<Option<(u64, anchorlog_core::verify::OwnRecord, Vec<u8>)>, VerifyError> {
     let Some(seq) = head.tree_size.checked_sub(1) else { return Ok(None) };
     let ev = store::event(conn, seq)?.ok_or(Failure::EventMissing { seq })?;
-    let (facts, _) = super::check_event(&ev)?;
+    let (facts, _) = anchorlog_core::verify::check_event(&ev)?;
     let proof = store::tree::inclusion_proof(conn, seq, head.tree_size).ok();
     let proven = proof.is_some_and(|p| {
         anchorlog_core::merkle::verify_inclusion(seq, head.tree_size, &ev.leaf_hash, &p, &head.root).is_ok()
@@ -272,7 +274,7 @@ fn last_event(
     if !proven {
         return Err(Failure::NodeStoreMismatch { height: head.height, tree_size: head.tree_size }.into());
     }
-    let own = super::OwnRecord::of(facts.appliance, ev.body.as_deref());
+    let own = anchorlog_core::verify::OwnRecord::of(facts.appliance, ev.body.as_deref());
     Ok(own.map(|own| (seq, own, ev.body.unwrap_or_default())))
 }
 

@@ -2,11 +2,12 @@
 //! benchmarks: events with real canonical entries, the node table, and heads signed by a software P-256 key.
 #![allow(dead_code)]
 
-use anchorlog::store::{self, EventRow, StoredHead};
+use anchorlog::store::{self, EventRow};
 use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
 use anchorlog_core::head::{Checkpoint, HeadCounter};
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::merkle::{self, Frontier};
+use anchorlog_core::stored::StoredHead;
 use p256::ecdsa::{DerSignature, SigningKey};
 use p256::pkcs8::EncodePublicKey as _;
 use signature::Signer as _;
@@ -182,7 +183,7 @@ impl<'k> LogBuilder<'k> {
         let record = self.appliance_event(body.to_string().as_bytes());
         store::erasure::erase_payload(
             &self.conn,
-            &store::erasure::ErasureRecord {
+            &anchorlog_core::stored::ErasureRecord {
                 seq,
                 erasure_seq: record,
                 erased_by: by.into(),

@@ -9,8 +9,8 @@
 
 use super::keys::HeadKeys;
 use super::{check_parts, Failure, OwnRecord};
-use anchorlog_core::head::Checkpoint;
-use anchorlog_core::merkle::{self, Hash};
+use crate::head::Checkpoint;
+use crate::merkle::{self, Hash};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

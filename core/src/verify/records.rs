@@ -3,11 +3,11 @@
 //! erasure, and the timestamping outages that excuse late tokens.
 //!
 //! A record counts as the appliance's only when its entry says so — producer, source and format `anchorlog`,
-//! auth `internal` ([`anchorlog_core::entry::EntryFacts::appliance`]). A producer's event with an
+//! auth `internal` ([`crate::entry::EntryFacts::appliance`]). A producer's event with an
 //! `anchorlog.*` body is refused at ingest, and would count as nothing here anyway.
 
 use super::Failure;
-use anchorlog_core::record_types as types;
+use crate::record_types as types;
 use std::collections::BTreeMap;
 
 /// Which critical control an outage record is about (`component`).

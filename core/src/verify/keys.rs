@@ -11,10 +11,10 @@
 
 use super::erasure::{AnchorHead, ProofHead};
 use super::{check_parts, Failure, OwnRecord};
-use anchorlog_core::head::Checkpoint;
-use anchorlog_core::key::PublicKey;
-use anchorlog_core::merkle::{self, Hash};
-use anchorlog_core::record_types as types;
+use crate::head::Checkpoint;
+use crate::key::PublicKey;
+use crate::merkle::{self, Hash};
+use crate::record_types as types;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};

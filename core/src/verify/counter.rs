@@ -4,14 +4,14 @@
 //! The evidence (`anchorlog keys attest`) carries a reading of the head counter certified by the TPM's
 //! attestation key over the auditor's nonce. The database reaches it when its last head's counter is within
 //! the slack of the certified value, by the same rule the appliance applies at start
-//! ([`anchorlog_core::counter::check_newest`]). Taken after the copy, the reading shows no head was sealed
+//! ([`crate::counter::check_newest`]). Taken after the copy, the reading shows no head was sealed
 //! beyond the copy (up to the slack); a copy older by more than the slack fails, naming its last head.
 
+use crate::attestation::{verify_counter_attestation, AttestationError, KeyAttestation};
+use crate::counter::check_newest;
+use crate::head::Checkpoint;
+use crate::key::PublicKey;
 use crate::verify::{Failure, Report};
-use anchorlog_core::attestation::{verify_counter_attestation, AttestationError, KeyAttestation};
-use anchorlog_core::counter::check_newest;
-use anchorlog_core::head::Checkpoint;
-use anchorlog_core::key::PublicKey;
 
 /// Why the database does not reach the attested counter.
 #[derive(Debug, thiserror::Error)]

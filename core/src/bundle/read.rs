@@ -1,9 +1,15 @@
 //! Reading and verifying a bundle offline: the manifest, the anchor, then the same walk as the database.
+//!
+//! The bundle comes from any reader the caller opens ([`BundleOpen`]), twice: the first pass reads the small
+//! members and skips `entries.jsonl`, the second streams it. Nothing here opens a file.
 
 use super::{
     EntryLine, Manifest, BUNDLE_FORMAT, BUNDLE_VERSION, ENTRIES, ERASURE_RECORDS, KEY_ROTATIONS, MANIFEST,
 };
-use crate::store::{StoredEvent, StoredHead};
+use crate::head::Checkpoint;
+use crate::key::PublicKey;
+use crate::merkle::Frontier;
+use crate::stored::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
@@ -11,14 +17,10 @@ use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
     self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions,
 };
-use anchorlog_core::head::Checkpoint;
-use anchorlog_core::key::PublicKey;
-use anchorlog_core::merkle::Frontier;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use std::collections::BTreeMap;
-use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek, SeekFrom};
 
 /// Largest manifest, head or key member read into memory.
 const MAX_SMALL_MEMBER: u64 = 1 << 20;
@@ -32,12 +34,12 @@ pub struct BundleReport {
     pub report: Report,
     /// Heads (anchor included) that carry an RFC 3161 token (`heads/<h>.tsr`).
     pub tokens_present: u64,
-    /// The token check, when a TSA CA was given ([`verify_bundle_with`]).
+    /// The token check, when a TSA CA was given (`tsa` of [`verify_bundle_from`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamps: Option<TimestampReport>,
     /// Heads (anchor included) that carry a cosigned note (`heads/<h>.note`).
     pub notes_present: u64,
-    /// The cosignature check, when witnesses were listed ([`verify_bundle_witnessed`]).
+    /// The cosignature check, when witnesses were listed (`witnesses` of [`verify_bundle_from`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub witnesses: Option<WitnessReport>,
 }
@@ -54,10 +56,71 @@ fn unreadable(what: impl Into<String>) -> VerifyError {
     VerifyError::Unreadable(what.into())
 }
 
-fn open_archive(path: &Path) -> Result<tar::Archive<BufReader<std::fs::File>>, VerifyError> {
-    let f =
-        std::fs::File::open(path).map_err(|e| unreadable(format!("cannot open {}: {e}", path.display())))?;
-    Ok(tar::Archive::new(BufReader::with_capacity(1 << 20, f)))
+/// What the reader reads a bundle from: read forward, with `Seek` used only to skip forward over the members a
+/// pass does not need (`SeekFrom::Current(n)`, `n ≥ 0`). A buffered file is one; wrap a plain stream in
+/// [`ForwardOnly`]. On native targets the second pass reads on its own thread, so the reader must be `Send`.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait BundleRead: Read + Seek + Send {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Read + Seek + Send> BundleRead for T {}
+
+/// What the reader reads a bundle from: read forward, with `Seek` used only to skip forward over the members a
+/// pass does not need (`SeekFrom::Current(n)`, `n ≥ 0`). A buffered file is one; wrap a plain stream in
+/// [`ForwardOnly`]. On wasm32 everything runs on the caller's thread, so the reader need not be `Send`.
+#[cfg(target_arch = "wasm32")]
+pub trait BundleRead: Read + Seek {}
+#[cfg(target_arch = "wasm32")]
+impl<T: Read + Seek> BundleRead for T {}
+
+/// Opens the bundle's bytes from their start; called once per pass (twice). The error is the whole message the
+/// verification reports as unreadable (e.g. `cannot open bundle.tar: No such file or directory`).
+pub type BundleOpen<'a, R> = &'a mut dyn FnMut() -> Result<R, String>;
+
+/// A plain reader made into a [`BundleRead`]: skipping forward reads and drops the bytes (a stream cannot seek);
+/// any other seek is refused.
+#[derive(Debug)]
+pub struct ForwardOnly<R> {
+    inner: R,
+    position: u64,
+}
+
+impl<R: Read> ForwardOnly<R> {
+    /// Wraps `inner`, positioned at the bundle's first byte.
+    pub fn new(inner: R) -> ForwardOnly<R> {
+        ForwardOnly { inner, position: 0 }
+    }
+}
+
+impl<R: Read> Read for ForwardOnly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: Read> Seek for ForwardOnly<R> {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        let SeekFrom::Current(n) = pos else {
+            return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "a stream only skips forward"));
+        };
+        let n = u64::try_from(n).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::Unsupported, "a stream cannot seek backwards")
+        })?;
+        let skipped = std::io::copy(&mut (&mut self.inner).take(n), &mut std::io::sink())?;
+        self.position += skipped;
+        if skipped < n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the stream ended inside a member",
+            ));
+        }
+        Ok(self.position)
+    }
+}
+
+fn open_archive<R: BundleRead>(open: BundleOpen<'_, R>) -> Result<tar::Archive<R>, VerifyError> {
+    Ok(tar::Archive::new(open().map_err(unreadable)?))
 }
 
 fn read_small(mut r: impl Read, name: &str) -> Result<Vec<u8>, VerifyError> {
@@ -72,41 +135,6 @@ fn read_small(mut r: impl Read, name: &str) -> Result<Vec<u8>, VerifyError> {
     Ok(out)
 }
 
-/// Verifies the bundle at `path` against `key` (the auditor's trusted copy of the signer's public key);
-/// `origin`, when given, must be the bundle's origin. Tokens are counted, not checked.
-pub fn verify_bundle(
-    path: &Path,
-    key: &PublicKey,
-    origin: Option<&str>,
-) -> Result<BundleReport, VerifyError> {
-    verify_bundle_with(path, key, origin, None)
-}
-
-/// [`verify_bundle`], and with `tsa` also every head's RFC 3161 token (`heads/<h>.tsr`, the anchor head's
-/// included) once the heads themselves verified: the first bad token names its height; a head without one
-/// is listed, or fails with [`TimestampPolicy::require`].
-pub fn verify_bundle_with(
-    path: &Path,
-    key: &PublicKey,
-    origin: Option<&str>,
-    tsa: Option<&TimestampPolicy>,
-) -> Result<BundleReport, VerifyError> {
-    verify_bundle_witnessed(path, key, origin, tsa, None)
-}
-
-/// [`verify_bundle_with`], and with `witnesses` also the cosignatures in `heads/<h>.note` (docs/FORMAT.md §16.6),
-/// checked after the heads and tokens: each note's text must be its head's exact text, every listed witness's
-/// line must verify, and the bundle's last head must carry the policy's quorum.
-pub fn verify_bundle_witnessed(
-    path: &Path,
-    key: &PublicKey,
-    origin: Option<&str>,
-    tsa: Option<&TimestampPolicy>,
-    witnesses: Option<&WitnessPolicy>,
-) -> Result<BundleReport, VerifyError> {
-    verify_bundle_keys(path, std::slice::from_ref(key), origin, tsa, witnesses)
-}
-
 /// Reads a JSON-lines member into one value per non-empty line.
 fn json_lines<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Result<Vec<T>, VerifyError> {
     bytes
@@ -119,15 +147,20 @@ fn json_lines<T: serde::de::DeserializeOwned>(bytes: &[u8], name: &str) -> Resul
         .collect()
 }
 
-/// [`verify_bundle_witnessed`] trusting any of `keys` as the key the chain starts with (the log's first key,
-/// or a later one): the anchor head must be signed by one of them or by a key their rotations lead to
+/// Verifies the bundle `open` reads, trusting any of `keys` as the key the chain starts with (the log's first
+/// key, or a later one): the anchor head must be signed by one of them or by a key their rotations lead to
 /// (`key-rotations.jsonl`, docs/FORMAT.md §20), and the heads in the range follow the rotation records in it.
-pub fn verify_bundle_keys(
-    path: &Path,
+/// `origin`, when given, must be the bundle's origin. With `tsa`, every head's RFC 3161 token
+/// (`heads/<h>.tsr`, the anchor head's included) is checked once the heads themselves verified (else tokens
+/// are counted); with `witnesses`, the cosignatures in `heads/<h>.note` (docs/FORMAT.md §16.6) after that.
+/// `progress` is told how many events have been verified so far, once per batch the walk folds in.
+pub fn verify_bundle_from<R: BundleRead>(
+    open: BundleOpen<'_, R>,
     keys: &[PublicKey],
     origin: Option<&str>,
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<BundleReport, VerifyError> {
     // Pass 1: everything but the events (small).
     let mut manifest: Option<Manifest> = None;
@@ -136,12 +169,13 @@ pub fn verify_bundle_keys(
     let mut erasure_records: Vec<ErasureRecordProof> = Vec::new();
     let mut rotations: Vec<KeyRotationProof> = Vec::new();
     let mut known_keys: Vec<PublicKey> = Vec::new();
-    let mut archive = open_archive(path)?;
+    let mut archive = open_archive(open)?;
     // Seek over members instead of reading them: pass 1 does not need the (large) entries.
     let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
     for member in entries {
         let member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
-        let name = member.path().map_err(|e| unreadable(e.to_string()))?.to_string_lossy().into_owned();
+        // The name as bytes: a tar path is bytes, and wasm32 has no platform `Path` to make of it.
+        let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
         if name == MANIFEST {
             let bytes = read_small(member, &name)?;
             manifest =
@@ -214,7 +248,7 @@ pub fn verify_bundle_keys(
         Some(_) => erasure_records.iter().map(|r| (r.erased_seq, r.seq)).collect(),
         None => BTreeMap::new(),
     };
-    let mut source = BundleEvents { path: path.to_path_buf() };
+    let mut source = BundleEvents { reader: Some(open().map_err(unreadable)?), progress };
     let opts = WalkOptions {
         origin: Some(&manifest.origin),
         proven_erasures,
@@ -291,7 +325,7 @@ fn check_notes(
             continue;
         };
         let malformed = |reason: String| Failure::HeadMalformed { height, reason };
-        let note = anchorlog_core::note::Note::parse(note)
+        let note = crate::note::Note::parse(note)
             .map_err(|e| malformed(format!("heads/{height}.note is not a signed note: {e}")))?;
         if note.text() != text {
             return Err(malformed(format!(
@@ -415,8 +449,11 @@ fn anchor_start(
 }
 
 /// The events of a bundle: a second pass over the tar, streaming `entries.jsonl`.
-struct BundleEvents {
-    path: PathBuf,
+struct BundleEvents<'p, R> {
+    /// The bundle opened again from its start (taken by the one visit).
+    reader: Option<R>,
+    /// Told the events verified so far after each batch.
+    progress: &'p mut dyn FnMut(u64),
 }
 
 fn b64_field(s: &str, seq: u64, what: &str) -> Result<Vec<u8>, Failure> {
@@ -586,19 +623,21 @@ struct Chunk {
     ends: Vec<usize>,
 }
 
-/// Reads `entries.jsonl` into chunks of whole lines and sends them on `tx`, so reading and splitting the
-/// file overlap with checking the previous chunk. Stops early when the receiver is gone.
-fn read_chunks(
-    path: &Path,
+/// Reads `entries.jsonl` into chunks of whole lines and hands them to `send`, taking buffers back from
+/// `spare`; on native targets `send` passes them to the checking side, so reading and splitting the file overlap
+/// with checking the previous chunk. Stops early when `send` returns `false`.
+fn read_chunks<R: Read + Seek>(
+    reader: R,
     chunk_size: usize,
-    tx: &std::sync::mpsc::SyncSender<Result<Chunk, VerifyError>>,
-    spare: &std::sync::mpsc::Receiver<Chunk>,
+    send: &mut dyn FnMut(Chunk) -> bool,
+    spare: &mut dyn FnMut() -> Option<Chunk>,
 ) -> Result<(), VerifyError> {
-    let mut archive = open_archive(path)?;
+    let mut archive = tar::Archive::new(reader);
     let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
     for member in entries {
         let mut member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
-        let name = member.path().map_err(|e| unreadable(e.to_string()))?.to_string_lossy().into_owned();
+        // The name as bytes: a tar path is bytes, and wasm32 has no platform `Path` to make of it.
+        let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
         if name != ENTRIES {
             continue;
         }
@@ -606,7 +645,7 @@ fn read_chunks(
         let mut carry: Vec<u8> = Vec::new();
         let mut eof = false;
         while !eof {
-            let mut chunk = spare.try_recv().unwrap_or_else(|_| Chunk { buf: Vec::new(), ends: Vec::new() });
+            let mut chunk = spare().unwrap_or_else(|| Chunk { buf: Vec::new(), ends: Vec::new() });
             chunk.ends.clear();
             if chunk.buf.len() < carry.len() + chunk_size {
                 chunk.buf.resize(carry.len() + chunk_size, 0);
@@ -638,7 +677,7 @@ fn read_chunks(
             carry.clear();
             carry.extend_from_slice(&data[start..]);
             // No line ended in this chunk (one line longer than a chunk): keep reading it.
-            if !chunk.ends.is_empty() && tx.send(Ok(chunk)).is_err() {
+            if !chunk.ends.is_empty() && !send(chunk) {
                 return Ok(());
             }
         }
@@ -647,26 +686,60 @@ fn read_chunks(
     Err(unreadable(format!("no {ENTRIES}")))
 }
 
-impl EventSource for BundleEvents {
+/// The second pass on the caller's thread (wasm32 has no threads): read a chunk, check it, fold it.
+#[cfg(target_arch = "wasm32")]
+impl<R: BundleRead> EventSource for BundleEvents<'_, R> {
     fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
-        let path = self.path.as_path();
+        let reader = self.reader.take().ok_or_else(|| unreadable(format!("{ENTRIES} was already read")))?;
+        let progress = &mut *self.progress;
+        let mut position = from;
+        read_chunks(
+            reader,
+            CHUNK,
+            &mut |chunk| {
+                let results = check_chunk(&chunk, position);
+                position += chunk.ends.len() as u64;
+                let go_on = f(results);
+                if go_on {
+                    progress(position - from);
+                }
+                go_on
+            },
+            &mut || None,
+        )
+    }
+}
+
+/// The second pass, pipelined: one thread reads and splits `entries.jsonl` while chunk k+1 is checked (on all
+/// cores) and the walk folds chunk k into the tree.
+#[cfg(not(target_arch = "wasm32"))]
+impl<R: BundleRead> EventSource for BundleEvents<'_, R> {
+    fn visit(&mut self, from: u64, f: &mut dyn FnMut(Vec<Decoded>) -> bool) -> Result<(), VerifyError> {
+        let reader = self.reader.take().ok_or_else(|| unreadable(format!("{ENTRIES} was already read")))?;
+        let progress = &mut *self.progress;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(2);
             let (spare_tx, spare_rx) = std::sync::mpsc::channel();
             scope.spawn(move || {
-                if let Err(e) = read_chunks(path, CHUNK, &tx, &spare_rx) {
+                let mut send = |chunk| tx.send(Ok(chunk)).is_ok();
+                if let Err(e) = read_chunks(reader, CHUNK, &mut send, &mut || spare_rx.try_recv().ok()) {
                     let _ = tx.send(Err(e));
                 }
             });
             // Returning drops `rx`, which stops the reader at its next send; the scope then joins it.
-            // Chunk k+1 is checked (on all cores) while the walk folds chunk k into the tree.
             let mut position = from;
+            let mut folded = from;
             let mut in_flight: Option<std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>> = None;
             let mut fold = |h: std::thread::ScopedJoinHandle<'_, (Chunk, Vec<Decoded>)>| {
                 // A panic in a check is a bug; re-raise it rather than hide it.
                 let (chunk, results) = h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+                folded += chunk.ends.len() as u64;
                 let _ = spare_tx.send(chunk);
-                f(results)
+                let go_on = f(results);
+                if go_on {
+                    progress(folded - from);
+                }
+                go_on
             };
             for chunk in rx {
                 let chunk = match chunk {
@@ -740,10 +813,8 @@ mod tests {
     /// empty line, a last line without its newline) come out whole and in order.
     #[test]
     fn chunks_hold_whole_lines_whatever_the_chunk_size() {
-        let dir = tempfile::tempdir().unwrap();
         let text: &[u8] = b"{\"a\":1}\n\n{\"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\":2}\nx\n{\"last\":3}";
-        let tar = dir.path().join("t.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&tar).unwrap());
+        let mut b = tar::Builder::new(Vec::new());
         for (name, data) in [("manifest.json", &b"{}"[..]), (ENTRIES, text)] {
             let mut h = tar::Header::new_gnu();
             h.set_path(name).unwrap();
@@ -752,24 +823,32 @@ mod tests {
             h.set_cksum();
             b.append(&h, data).unwrap();
         }
-        b.finish().unwrap();
-        drop(b);
+        let tar = b.into_inner().unwrap();
         let want: Vec<&[u8]> = vec![b"{\"a\":1}\n", b"\n", &text[9..57], b"x\n", b"{\"last\":3}"];
         for size in [1, 2, 3, 7, 16, 45, 46, 47, 1000] {
-            let (tx, rx) = std::sync::mpsc::sync_channel(100);
-            let (_spare_tx, spare_rx) = std::sync::mpsc::channel();
-            read_chunks(&tar, size, &tx, &spare_rx).unwrap();
-            drop(tx);
-            let mut got: Vec<Vec<u8>> = Vec::new();
-            for c in rx {
-                let c = c.unwrap();
-                let mut start = 0;
-                for &end in &c.ends {
-                    got.push(c.buf[start..end].to_vec());
-                    start = end;
+            // From a seekable reader and from a stream.
+            for stream in [false, true] {
+                let mut chunks = Vec::new();
+                let mut send = |c| {
+                    chunks.push(c);
+                    true
+                };
+                let cursor = std::io::Cursor::new(&tar[..]);
+                if stream {
+                    read_chunks(ForwardOnly::new(cursor), size, &mut send, &mut || None).unwrap();
+                } else {
+                    read_chunks(cursor, size, &mut send, &mut || None).unwrap();
                 }
+                let mut got: Vec<Vec<u8>> = Vec::new();
+                for c in chunks {
+                    let mut start = 0;
+                    for &end in &c.ends {
+                        got.push(c.buf[start..end].to_vec());
+                        start = end;
+                    }
+                }
+                assert_eq!(got, want, "chunk size {size}");
             }
-            assert_eq!(got, want, "chunk size {size}");
         }
     }
 
