@@ -6,12 +6,16 @@
 //! `wasm-bindgen-test` in a browser or Node. The anchorlog vectors in `vectors/` come from a throw-away
 //! `anchorlog dev` instance (`vectors/README.md`); they are public data only.
 
+use anchorlog_core::bundle::{verify_bundle_from, ForwardOnly};
 use anchorlog_core::entry::{payload_digest, Entry};
 use anchorlog_core::head::{signed_note, Checkpoint};
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::merkle::{self, Hash};
 use anchorlog_core::note::{cosignature, Note, VerifierKey};
+use anchorlog_core::receipt::{self, Receipt};
 use anchorlog_core::tsa::{verify_response, TokenError, TrustAnchors, VerifyOptions};
+use anchorlog_core::verify::timestamps::TimestampPolicy;
+use anchorlog_core::verify::witnesses::WitnessPolicy;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
@@ -229,6 +233,8 @@ const HEAD_H3: &str = include_str!("vectors/head-h3.txt");
 const COSIGNED_NOTE_H3: &str = include_str!("vectors/cosigned-note-h3.txt");
 const RECEIPT_1: &str = include_str!("vectors/receipt-1.json");
 const RECEIPT_5: &str = include_str!("vectors/receipt-5.json");
+const BUNDLE_H0: &[u8] = include_bytes!("vectors/bundle-h0.tar");
+const BUNDLE_H3: &[u8] = include_bytes!("vectors/bundle-h3.tar");
 
 fn log_key() -> PublicKey {
     PublicKey::from_pem(LOG_KEY_PEM).expect("the vector key is a P-256 public key")
@@ -242,8 +248,8 @@ fn b64(text: &str) -> Vec<u8> {
     B64.decode(text).unwrap_or_else(|e| panic!("bad base64 {text:?} in a vector: {e}"))
 }
 
-/// A receipt (docs/FORMAT.md §9) as plain JSON: the core checks its parts; the receipt type and its one-call
-/// check are the appliance's (`anchorlog::receipt`).
+/// A receipt (docs/FORMAT.md §9) as plain JSON, to check its parts one by one (the one-call check:
+/// [`anchorlog_core::receipt::verify_keys`], below).
 fn receipt(text: &str) -> serde_json::Value {
     serde_json::from_str(text).expect("the vector receipt is JSON")
 }
@@ -393,4 +399,56 @@ fn receipt_with_a_flipped_entry_bit_fails() {
     let entry = field(&r, &["entry"]).replacen("dev-producer", "dev-producez", 1);
     let leaf = merkle::leaf_hash(entry.as_bytes());
     assert_ne!(leaf.to_vec(), b64(field(&r, &["leaf_hash"])));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The one-call verifiers the browser runs: receipts and bundles, with the TSA roots and the witness.
+
+fn timestamp_policy() -> TimestampPolicy {
+    TimestampPolicy::new(TrustAnchors::from_pem(TSA_CA_PEM.as_bytes()).unwrap())
+}
+
+fn witness_policy() -> WitnessPolicy {
+    WitnessPolicy::new(vec![witness()], None).unwrap()
+}
+
+#[test]
+fn receipts_verify_in_one_call() {
+    for (text, seq) in [(RECEIPT_1, 1), (RECEIPT_5, 5)] {
+        let r: Receipt = serde_json::from_str(text).unwrap();
+        let keys = [log_key()];
+        let (tsa, witnesses) = (timestamp_policy(), witness_policy());
+        let report = receipt::verify_keys(&r, &keys, Some(ORIGIN), Some(&tsa), Some(&witnesses)).unwrap();
+        assert_eq!((report.seq, report.erased, report.origin.as_str()), (seq, false, ORIGIN));
+        assert_eq!(report.key_id, log_key().key_id);
+        assert_eq!(report.timestamp.map(|t| t.verified), Some(1));
+        assert_eq!(report.witnesses.map(|w| w.newest_cosigned_by.len()), Some(1));
+        let mut altered = r.clone();
+        altered.entry = altered.entry.replacen("dev-producer", "dev-producez", 1);
+        assert!(receipt::verify_keys(&altered, &keys, None, None, None).is_err());
+    }
+}
+
+#[test]
+fn bundles_verify_from_a_stream() {
+    // Heads 0 and 0..=3 of the vector log (the second with an erased payload and its record).
+    for (tar, events, erased) in [(BUNDLE_H0, 1, 0), (BUNDLE_H3, 1, 0)] {
+        let keys = [log_key()];
+        let (tsa, witnesses) = (timestamp_policy(), witness_policy());
+        let mut seen = Vec::new();
+        let mut open = || Ok(ForwardOnly::new(tar));
+        let r = verify_bundle_from(&mut open, &keys, Some(ORIGIN), Some(&tsa), None, &mut |n| seen.push(n))
+            .unwrap();
+        assert_eq!((r.report.events, r.report.erased, r.report.origin.as_str()), (events, erased, ORIGIN));
+        assert_eq!(seen.last(), Some(&events));
+        let mut open = || Ok(std::io::Cursor::new(tar));
+        let w = verify_bundle_from(&mut open, &keys, None, None, Some(&witnesses), &mut |_| {}).unwrap();
+        assert_eq!(w.witnesses.map(|w| w.newest_cosigned_by.len()), Some(1));
+        // One flipped byte in the event's entry never verifies.
+        let mut flipped = tar.to_vec();
+        let at = flipped.windows(9).position(|w| w == b"\"entry\":\"").expect("an entries.jsonl line") + 20;
+        flipped[at] ^= 1;
+        let mut open = || Ok(ForwardOnly::new(&flipped[..]));
+        assert!(verify_bundle_from(&mut open, &keys, None, None, None, &mut |_| {}).is_err());
+    }
 }
