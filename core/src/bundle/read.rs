@@ -852,6 +852,20 @@ mod tests {
         }
     }
 
+    /// A stream skips forward by reading, and refuses what it cannot do instead of reading the wrong bytes.
+    #[test]
+    fn a_stream_only_skips_forward() {
+        let mut s = ForwardOnly::new(&b"0123456789"[..]);
+        assert_eq!(s.seek(SeekFrom::Current(3)).unwrap(), 3);
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).unwrap();
+        assert_eq!(&two, b"34");
+        assert_eq!(s.stream_position().unwrap(), 5);
+        assert_eq!(s.seek(SeekFrom::Current(-1)).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+        assert_eq!(s.seek(SeekFrom::Start(0)).unwrap_err().kind(), std::io::ErrorKind::Unsupported);
+        assert_eq!(s.seek(SeekFrom::Current(9)).unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
     proptest::proptest! {
         /// Any entry text, salt and body: the fast reader either declines or reads exactly what serde_json
         /// reads, and it declines only lines with escapes other than `\"` and `\\`.
