@@ -2,13 +2,12 @@
 //! API checked with the pure Merkle module against signed heads, erasure and its authorization, the streamed
 //! export verified by our verifier and by the independent Python one.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog_core::merkle;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options};
+use kit::{post_concurrently, Appliance, Options};
 use std::time::Duration;
 
 fn h(v: &serde_json::Value) -> [u8; 32] {

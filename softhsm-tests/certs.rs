@@ -3,11 +3,10 @@
 //! revoked meanwhile and keep the old state when the new one is broken. The PKI (two client CAs, their CRLs, a
 //! certificate per case) is generated here with rcgen.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::client::Connection;
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -53,7 +52,7 @@ fn client(
     p.not_after = not_after;
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     std::fs::write(dir.join(format!("certs/{stem}.pem")), cert.pem()).unwrap();
-    harness::write_secret(&dir.join(format!("certs/{stem}.key")), key.serialize_pem().as_bytes());
+    kit::write_secret(&dir.join(format!("certs/{stem}.key")), key.serialize_pem().as_bytes());
 }
 
 /// A CRL of `ca` revoking `revoked` (PEM).
@@ -138,7 +137,7 @@ fn appliance_configured(poll_s: u64, base: Options, before_start: impl FnOnce(&P
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     std::fs::write(d.join("certs/server.pem"), p.signed_by(&server_key, &one.cert, &one.key).unwrap().pem())
         .unwrap();
-    harness::write_secret(&d.join("certs/server.key"), server_key.serialize_pem().as_bytes());
+    kit::write_secret(&d.join("certs/server.key"), server_key.serialize_pem().as_bytes());
     let now = OffsetDateTime::now_utc();
     let (from, to) = (now - Span::days(1), now + Span::days(30));
     for (serial, (stem, dns)) in (2u64..).zip([
@@ -347,7 +346,7 @@ async fn a_crl_file_replaced_by_rename_is_picked_up_without_sighup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_principal_and_a_changed_source_secret_take_effect_on_sighup() {
     let secret = |dir: &Path, value: &str| {
-        harness::write_secret(&dir.join("shipper.secret"), format!("{value}\n").as_bytes())
+        kit::write_secret(&dir.join("shipper.secret"), format!("{value}\n").as_bytes())
     };
     let base = Options {
         source_listen: true,

@@ -5,15 +5,13 @@
 //! a wall clock shifted by the milliseconds in a file, SIGKILL at a named point, an indexer that stalls while a
 //! file exists.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::tsa::{eventually, fast_retries, LocalTsa};
+use kit::{Appliance, Options};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tsa_local::{eventually, fast_retries, LocalTsa};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -73,7 +71,7 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
     let secrets = tempfile::tempdir().unwrap();
     let secret = |name: &str, value: &str| {
         let p = secrets.path().join(name);
-        harness::write_secret(&p, format!("{value}\n").as_bytes());
+        kit::write_secret(&p, format!("{value}\n").as_bytes());
         p.display().to_string()
     };
     let extra = format!(

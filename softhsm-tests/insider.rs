@@ -4,9 +4,7 @@
 //! by `anchorlog verify` (database and bundle), `verify-receipt`, the independent Python verifier, the
 //! database itself, the monitor or the appliance's start-up. Every case runs on a real SoftHSM log.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
 use anchorlog::store;
 use anchorlog_core::entry::Entry;
@@ -14,12 +12,13 @@ use anchorlog_core::head::Checkpoint;
 use anchorlog_core::merkle::{self, Frontier};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options, SOFTHSM, USER_PIN};
+use kit::bundle::{tar_members, write_tar};
+use kit::tsa::LocalTsa;
+use kit::{post_concurrently, Appliance, Options};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tsa_local::LocalTsa;
 
 /// Runs the anchorlog CLI with `--json` appended: (exit code, JSON on stdout).
 fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
@@ -84,55 +83,12 @@ fn verify_receipt(a: &Appliance, receipt: &Value, key: &Path, extra: &[&str]) ->
     cli(a, &args)
 }
 
-fn export_db(a: &Appliance, db: &Path, to: u64, out: &Path) {
-    let done = a.anchorlog(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--from-height",
-        "0",
-        "--to-height",
-        &to.to_string(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-}
-
 async fn save_export(a: &Appliance, to: u64, name: &str) -> PathBuf {
     let r = a.audit_get(&format!("/v1/export?from_height=0&to_height={to}")).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let tar = a.path(name);
     std::fs::write(&tar, &r.body).unwrap();
     tar
-}
-
-fn tar_members(tar: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(std::fs::File::open(tar).unwrap());
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
-fn write_tar(out: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).unwrap();
-    }
-    b.finish().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +179,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
     );
     // A bundle exported from the forged database fails the same way, in ours and in Python.
     let forged_tar = a.path("forged.tar");
-    export_db(&a, &at_producer_event, last, &forged_tar);
+    a.export_db(&at_producer_event, last, &forged_tar);
     assert_fails_at(verify_bundle(&a, &forged_tar, &[]), "seq", 7, "not the appliance's erasure record");
     let (code, line) = python(&forged_tar, &a.key_pem(), &[]);
     assert_eq!(code, 3, "{line}");
@@ -358,7 +314,7 @@ async fn rows_appended_after_a_clean_stop_are_caught_and_refused_at_start() {
 async fn producers_cannot_post_appliance_record_types_in_any_format() {
     let sources = format!(
         "{}[[source]]\nname = \"json\"\nformat = \"json\"\nprincipals = [\"producer-1\"]\n",
-        harness::IDP_SOURCES
+        kit::IDP_SOURCES
     );
     let a = Appliance::start_with(Options {
         extra_config: sources,
@@ -474,26 +430,6 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
     );
 }
 
-/// Signs `text` with the appliance's key through the HSM, as root with the PIN file can: pkcs11-tool,
-/// CKM_ECDSA over SHA-256(text), DER.
-fn hsm_sign(a: &Appliance, text: &[u8]) -> Vec<u8> {
-    let digest = a.path("resign.digest");
-    std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
-    let sig = a.path("resign.sig");
-    let out = Command::new("pkcs11-tool")
-        .args(["--module", SOFTHSM, "--token-label", "anchorlog-test", "--login", "--pin", USER_PIN])
-        .args(["--sign", "--mechanism", "ECDSA", "--label", "head-signer", "--signature-format", "openssl"])
-        .arg("-i")
-        .arg(&digest)
-        .arg("-o")
-        .arg(&sig)
-        .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
-        .output()
-        .expect("pkcs11-tool runs (apt-get install opensc)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read(&sig).unwrap()
-}
-
 /// A fresh RFC 3161 token over `text` from the test TSA, asked for with openssl and curl.
 fn fresh_token(a: &Appliance, tsa: &LocalTsa, text: &[u8]) -> Vec<u8> {
     let (data, query, reply) = (a.path("resign.txt"), a.path("resign.tsq"), a.path("resign.tsr"));
@@ -522,7 +458,7 @@ fn fresh_token(a: &Appliance, tsa: &LocalTsa, text: &[u8]) -> Vec<u8> {
 async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() {
     let tsa = LocalTsa::start_new(&[]);
     let mut a = Appliance::start_with(Options {
-        extra_config: format!("{}{}", tsa.config_entry(5000), tsa_local::fast_retries()),
+        extra_config: format!("{}{}", tsa.config_entry(5000), kit::tsa::fast_retries()),
         ..Options::default()
     });
     for _ in 0..4 {
@@ -530,7 +466,7 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let last = a.wait_for_head(12).await["height"].as_u64().unwrap();
-    tsa_local::eventually(20, "every head timestamped", async || {
+    kit::tsa::eventually(20, "every head timestamped", async || {
         a.audit_get(&format!("/v1/heads/{last}")).await.json()["timestamp"].is_string()
     })
     .await;
@@ -561,7 +497,7 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
     assert_eq!(code, 0, "{v}");
     let tar = a.path("rewritten.tar");
     let last = store::last_head(&store::open_reader(&rewritten).unwrap()).unwrap().unwrap().height;
-    export_db(&a, &rewritten, last, &tar);
+    a.export_db(&rewritten, last, &tar);
     assert_fails_at(verify_bundle(&a, &tar, &strict), "height", k + 1, "more than the allowed 2 s");
     let (code, line) = python(&tar, &a.key_pem(), &["--tsa-ca", ca_s, "--max-timestamp-delay", "2"]);
     assert_eq!(code, 3, "{line}");
@@ -642,7 +578,7 @@ fn rewrite_tail(
             tree_size: cp.tree_size,
             root: cp.root,
             checkpoint: text.clone(),
-            signature: hsm_sign(a, text.as_bytes()),
+            signature: a.pkcs11_tool_sign(&["--label", "head-signer"], text.as_bytes()),
             key_id: original.key_id.clone(),
             sealed_at_ms: cp.time_ms,
         };
@@ -739,7 +675,7 @@ async fn search_rows_deleted_by_root_are_restored_at_start() {
     a.wait_indexed().await;
     // The indexer repairs in its own thread after the start: poll the search database itself (a search through
     // the API would append an audit record per try) until the deleted rows are back.
-    tsa_local::eventually(20, "the deleted search rows are re-derived", async || {
+    kit::tsa::eventually(20, "the deleted search rows are re-derived", async || {
         let c = store::open_search_reader(&search_db).unwrap();
         let rows: i64 = c.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
         let ips: i64 = c.query_row("SELECT count(*) FROM ip_index", [], |r| r.get(0)).unwrap();

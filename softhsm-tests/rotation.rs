@@ -4,10 +4,9 @@
 //! Python verifier), in receipts and in `audit`; the insider who re-signs a head with the other key is caught at
 //! that height; ambiguous starts are refused with what to do. And `keys csr` writes a request OpenSSL verifies.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options, TestSigner, SOFTHSM, USER_PIN};
+use kit::{Appliance, Options, TestSigner};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,26 +92,6 @@ fn resigned(a: &Appliance, db: &Path, name: &str, height: u64, signature: &[u8])
 fn checkpoint(db: &Path, height: u64) -> String {
     let c = anchorlog::store::open_reader(db).unwrap();
     anchorlog::store::head(&c, height).unwrap().unwrap().checkpoint
-}
-
-/// Signs `text` with the token's key of CKA_ID `id` (hex; pkcs11-tool selects signing keys by id, not label), as
-/// root with the PIN file can: pkcs11-tool, CKM_ECDSA over SHA-256(text), DER.
-fn hsm_sign(a: &Appliance, id: &str, text: &[u8]) -> Vec<u8> {
-    let digest = a.path("resign.digest");
-    std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
-    let sig = a.path("resign.sig");
-    let out = Command::new("pkcs11-tool")
-        .args(["--module", SOFTHSM, "--token-label", "anchorlog-test", "--login", "--pin", USER_PIN])
-        .args(["--sign", "--mechanism", "ECDSA", "--id", id, "--signature-format", "openssl"])
-        .arg("-i")
-        .arg(&digest)
-        .arg("-o")
-        .arg(&sig)
-        .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
-        .output()
-        .expect("pkcs11-tool runs (apt-get install opensc)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read(&sig).unwrap()
 }
 
 /// The record's seq and body, and the head that ends with it, after the rotation was recorded.
@@ -266,7 +245,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
 
     let genuine = a.copy_db("genuine.db");
     insider_resigning_is_caught(&mut a, &genuine, &first, (seq, rh), (&old_id, &new_id), |a, key, text| {
-        hsm_sign(a, if key == "old" { &old_cka_id } else { &new_cka_id }, text)
+        a.pkcs11_tool_sign(&["--id", if key == "old" { &old_cka_id } else { &new_cka_id }], text)
     });
     bundles_verify_with_the_first_key(&a, &genuine, &first, rh);
 
@@ -445,7 +424,7 @@ fn keys_csr_writes_a_request_openssl_verifies_for_the_devices_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_rotation_to_a_new_handle_keeps_the_counter_and_is_followed_from_the_first_key() {
     use anchorlog::signer::tpm::{TpmSettings, TpmSigner};
-    use harness::{TPM_COUNTER_INDEX, TPM_HANDLE};
+    use kit::{TPM_COUNTER_INDEX, TPM_HANDLE};
     const NEW_HANDLE: u32 = 0x8101_0011;
     let options = Options { signer: TestSigner::Tpm, record_appliance_events: true, ..Options::default() };
     let mut a = Appliance::start_with(options);
@@ -564,7 +543,7 @@ async fn tpm_rotation_with_a_fresh_counter_restarts_the_counter_chain() {
         anchorlog_core::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
     };
     // The new counter starts afresh (its first value is 1), below the old counter's last value.
-    assert_eq!(counter(rh).index, harness::TPM_COUNTER_INDEX);
+    assert_eq!(counter(rh).index, kit::TPM_COUNTER_INDEX);
     assert_eq!((counter(rh + 1).index, counter(rh + 1).value), (NEW_COUNTER, 1));
     assert!(counter(rh).value > 1);
     // And a restart checks the database against the new counter.

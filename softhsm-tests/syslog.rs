@@ -4,10 +4,9 @@
 //! forwarding settings are read from docs/INTEGRATIONS.md ("Syslog"), so the documented recipes are what is tested.
 //! Plus the refusals, back-pressure with a slowed writer, and connections cut inside a frame, with a rustls client.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

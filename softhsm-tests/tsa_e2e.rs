@@ -3,16 +3,14 @@
 //! ingest continues, a TSA outage is back-filled, failover to the second TSA, fractional genTime, and the
 //! p95 latency from an event's 2xx to a signed and timestamped head.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options};
+use kit::tsa::{eventually, fast_retries, LocalTsa};
+use kit::{post_concurrently, Appliance, Options};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tsa_local::{eventually, fast_retries, LocalTsa};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -6,17 +6,16 @@
 //! appliance is untouched; a witness killed for several seals back-fills every head; `anchorlog dev` cosigns
 //! with its local witness. Python's `cryptography` checks the cosignatures of the bundle independently.
 
-mod harness;
-mod swtpm;
-mod witness_process;
+mod kit;
 
 use anchorlog::store;
-use harness::{post_concurrently, Appliance, Options};
+use kit::bundle::{tar_members, write_tar};
+use kit::witness::{KeyBackend, WitnessProcess};
+use kit::{post_concurrently, Appliance, Options};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use witness_process::{KeyBackend, WitnessProcess};
 
 const ORIGIN_A: &str = "anchorlog.test/witnessed-a";
 const ORIGIN_B: &str = "anchorlog.test/witnessed-b";
@@ -208,34 +207,6 @@ fn cosigners(db: &Path) -> Vec<(u64, Vec<String>)> {
             (h.height, names)
         })
         .collect()
-}
-
-fn tar_members(tar: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(std::fs::File::open(tar).unwrap());
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
-fn write_tar(out: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).unwrap();
-    }
-    b.finish().unwrap();
 }
 
 /// `line` with one bit of its signature flipped (a byte well inside the Ed25519 signature).
@@ -698,7 +669,7 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
     let dir = tmp.path().join("dev");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let mut dev = Command::new(harness::bin())
+    let mut dev = Command::new(kit::bin())
         .args(["dev", "--state-dir", dir.to_str().unwrap(), "--listen", &listen])
         .env("ANCHORLOG_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -760,7 +731,7 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The one README command's log verifies with the witness quorum.
-    let out = Command::new(harness::bin())
+    let out = Command::new(kit::bin())
         .args(["verify", "--db", dir.join("anchorlog.db").to_str().unwrap(), "--key"])
         .arg(dir.join("keys/signer.pem"))
         .arg("--witness")

@@ -2,7 +2,9 @@
 //! bundles and the offline verifier, and the tamper matrix on bundles and databases. Heads are signed by a
 //! software P-256 key (the signature format is the HSM's; the SoftHSM e2e tests cover the real signer).
 
-mod common;
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
 
 use anchorlog::bundle;
 use anchorlog::store;
@@ -10,7 +12,7 @@ use anchorlog::verify::{self, VerifyError};
 use anchorlog_core::merkle::{self, Frontier, Hash};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use common::{build_log, LogBuilder, TestKey};
+use log_builder::{build_log, LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
 fn all_leaves(conn: &rusqlite::Connection) -> Vec<Hash> {
@@ -156,7 +158,7 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     verify::verify_database_with(&b.conn, std::slice::from_ref(&key.public), opts).unwrap();
     // Sealed: the log, including the erased event, verifies; the erasure is counted.
     b.head();
-    let r = verify::verify_database(&b.conn, &key.public, Some(common::ORIGIN)).unwrap();
+    let r = verify::verify_database(&b.conn, &key.public, Some(log_builder::ORIGIN)).unwrap();
     assert_eq!((r.events, r.erased, r.heads, r.appliance.erasures), (11, 1, 3, 5));
     // And the export shows the event as erased, with its record.
     let tar = dir.path().join("b.tar");
@@ -260,7 +262,7 @@ fn bundles_verify_whole_and_from_an_anchor() {
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::new(1);
     let (db, tar) = sample_bundle(dir.path(), &key);
-    let r = bundle::verify_bundle(&tar, &key.public, Some(common::ORIGIN)).unwrap();
+    let r = bundle::verify_bundle(&tar, &key.public, Some(log_builder::ORIGIN)).unwrap();
     assert_eq!((r.report.events, r.report.heads, r.tokens_present), (50, 6, 0));
     let names: Vec<String> = members(&tar).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names[0], "manifest.json");

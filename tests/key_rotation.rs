@@ -2,14 +2,16 @@
 //! follows every key rotation record, and any other change of key fails at the exact head or record, in the
 //! database, in bundles (ours and the Python verifier) and in receipts.
 
-mod common;
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
 
 use anchorlog::bundle;
 use anchorlog::receipt;
 use anchorlog::store;
 use anchorlog::verify::{self, Failure, VerifyError, WalkOptions};
 use anchorlog_core::head::HeadCounter;
-use common::{LogBuilder, TestKey};
+use log_builder::{LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
 /// Heights and seqs of the log [`rotated_log`] builds.

@@ -1,7 +1,6 @@
 //! A real local RFC 3161 TSA per test: `tsa/make-tsa.sh` creates the CA and TSA certificates and the
 //! `openssl ts -reply` config in a temp dir; `tsa/tsa_http.py` serves it over HTTP on 127.0.0.1. The shim
 //! is killed on drop. Fault modes (`set_mode`) are the only test doubles; see the header of tsa_http.py.
-#![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};

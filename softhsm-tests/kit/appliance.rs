@@ -1,9 +1,9 @@
-//! Test harness on real parts: a fresh SoftHSM token per test (its own `SOFTHSM2_CONF` and token directory),
-//! generated certificates, and the real `anchorlog` binary started as a child process on 127.0.0.1:0.
+//! One appliance per test on real parts: a fresh SoftHSM token (its own `SOFTHSM2_CONF` and token directory) or
+//! swtpm, generated certificates, and the real `anchorlog` binary started as a child process on 127.0.0.1:0.
 //! Each appliance is killed on drop, so a failing test leaves nothing running.
-#![allow(dead_code)]
 
-use crate::swtpm::Swtpm;
+use super::softhsm::{TokenDir, SOFTHSM, SO_PIN, USER_PIN};
+use super::swtpm::Swtpm;
 use anchorlog::client::{Connection, Response};
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -11,12 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Debian's SoftHSM module.
-pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-/// Test-only PINs (throw-away tokens in a temp dir).
-pub const USER_PIN: &str = "test-user-pin";
-const SO_PIN: &str = "test-so-pin";
 
 /// Writes a secret file (PIN, private key, source secret) as an operator must: mode 0600. The appliance refuses
 /// secrets its group or others can read.
@@ -30,6 +24,9 @@ pub fn write_secret(path: &Path, data: &[u8]) {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_anchorlog")
 }
+
+/// The label of every appliance's token (one token per appliance, in its own directory).
+pub const TOKEN_LABEL: &str = "anchorlog-test";
 
 /// Persistent handle of the test's TPM signing key.
 pub const TPM_HANDLE: u32 = 0x8101_0010;
@@ -149,30 +146,7 @@ impl Appliance {
     pub fn prepare(options: Options) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = &dir.path().to_path_buf();
-        std::fs::create_dir_all(d.join("tokens")).unwrap();
-        std::fs::write(
-            d.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "anchorlog-test",
-                "--pin",
-                USER_PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
-            .output()
-            .expect("softhsm2-util runs (apt-get install softhsm2)");
-        assert!(out.status.success(), "init token: {}", String::from_utf8_lossy(&out.stderr));
+        TokenDir::create(d).init_token(TOKEN_LABEL, USER_PIN, SO_PIN);
         write_secret(&d.join("pin"), USER_PIN.as_bytes());
         write_pki(d);
         let tpm = (options.signer == TestSigner::Tpm).then(|| Swtpm::start().expect("swtpm starts"));
@@ -239,7 +213,7 @@ impl Appliance {
             ),
             None => format!(
                 "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
-                 token_label = \"anchorlog-test\"\nkey_label = \"{}\"\npin_file = \"{d}/pin\"\n",
+                 token_label = \"{TOKEN_LABEL}\"\nkey_label = \"{}\"\npin_file = \"{d}/pin\"\n",
                 o.key_label
             ),
         };
@@ -537,10 +511,15 @@ identities = ["dns:reader.test"]
 
     /// `anchorlog export --db` of heads `0..=to` into `out` (run after the server stopped); asserts success.
     pub fn export_from_db(&self, to: u64, out: &Path) {
+        self.export_db(&self.db_path(), to, out);
+    }
+
+    /// [`Self::export_from_db`] of another database file `db` (a copy an attacker edited).
+    pub fn export_db(&self, db: &Path, to: u64, out: &Path) {
         let done = self.anchorlog(&[
             "export",
             "--db",
-            self.db_path().to_str().unwrap(),
+            db.to_str().unwrap(),
             "--from-height",
             "0",
             "--to-height",
@@ -549,6 +528,29 @@ identities = ["dns:reader.test"]
             out.to_str().unwrap(),
         ]);
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+
+    /// Signs `text` with a key of this appliance's token, as root with the PIN file can, outside the appliance:
+    /// `pkcs11-tool`, CKM_ECDSA over SHA-256(text), DER. `key` selects the key in pkcs11-tool's words
+    /// (`["--label", "head-signer"]`, or `["--id", HEX]` where labels repeat after a rotation).
+    pub fn pkcs11_tool_sign(&self, key: &[&str], text: &[u8]) -> Vec<u8> {
+        let digest = self.path("resign.digest");
+        std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
+        let sig = self.path("resign.sig");
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", SOFTHSM, "--token-label", TOKEN_LABEL, "--login", "--pin", USER_PIN])
+            .args(["--sign", "--mechanism", "ECDSA"])
+            .args(key)
+            .args(["--signature-format", "openssl"])
+            .arg("-i")
+            .arg(&digest)
+            .arg("-o")
+            .arg(&sig)
+            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .output()
+            .expect("pkcs11-tool runs (apt-get install opensc)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(&sig).unwrap()
     }
 
     /// OpenSSL, knowing nothing about anchorlog, verifies `head`'s signed checkpoint with the exported key.
