@@ -156,13 +156,8 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
         // The erasure's own record (seq 41) and the reads before it are in every such bundle.
         assert_eq!(report["report"]["appliance"]["erasures"], 1, "{report}");
         assert!(report["report"]["appliance"]["audit_access"].as_u64().unwrap() >= 1, "{report}");
-        let py = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-            .arg(&tar)
-            .arg(a.key_pem())
-            .output()
-            .unwrap();
-        assert_eq!(py.status.code(), Some(0), "{}", String::from_utf8_lossy(&py.stdout));
+        let (code, stdout, _) = kit::bundle::python_verify(&tar, &a.key_pem(), &[]);
+        assert_eq!(code, 0, "{stdout}");
     }
     let r = auditor.get(&format!("/v1/export?from_height=0&to_height={}", to + 100)).await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")));

@@ -203,19 +203,6 @@ async fn post_one(conn: &mut Connection) -> Result<u16, anchorlog::client::Clien
     conn.post_json("/v1/events", br#"{"type":"LOGIN","user":"alice"}"#).await.map(|r| r.status)
 }
 
-/// Waits until the server logged `count` lines containing `needle`.
-async fn wait_log(a: &Appliance, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = a.server_log();
-        if log.matches(needle).count() >= count {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "{needle:?} ×{count} not logged within 30 s: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// How many events the producer `producer` has in the database file (read directly: no audit record).
 fn events_of(a: &Appliance, producer: &str) -> u64 {
     let conn = anchorlog::store::open_reader(&a.db_path()).expect("ledger opens");
@@ -293,7 +280,7 @@ async fn a_crl_added_by_sighup_closes_the_open_connection_and_refuses_the_next()
     assert_eq!(post_one(&mut producer).await.unwrap(), 200);
     std::fs::write(a.path("certs/ca.crl"), crl(&one, [REVOKED, LATER_REVOKED], 2)).unwrap();
     a.signal("HUP");
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"SIGHUP\" closed_connections=1"), "{log}");
     assert!(log.contains("closing an established connection after the reload"), "{log}");
     // The open keep-alive connection of the revoked certificate is gone; the other one serves on.
@@ -309,7 +296,7 @@ async fn a_broken_crl_on_reload_keeps_the_old_state_logs_and_counts_it() {
     std::fs::write(a.path("certs/ca.crl"), "-----BEGIN X509 CRL-----\nnot a crl\n-----END X509 CRL-----\n")
         .unwrap();
     a.signal("HUP");
-    let log = wait_log(&a, "reload failed", 1).await;
+    let log = a.wait_log("reload failed", 1, Duration::from_secs(30)).await;
     let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
     assert!(
         line.contains(&format!("cannot read client CRL file {}", a.path("certs/ca.crl").display())),
@@ -337,7 +324,7 @@ async fn a_crl_file_replaced_by_rename_is_picked_up_without_sighup() {
     let tmp = a.path("certs/ca.crl.new");
     std::fs::write(&tmp, crl(&one, [REVOKED, LATER_REVOKED], 2)).unwrap();
     std::fs::rename(&tmp, a.path("certs/ca.crl")).unwrap();
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"a watched file changed\" closed_connections=1"), "{log}");
     assert!(post_one(&mut later).await.is_err(), "the revoked certificate's connection was closed");
     assert_eq!(refused_at_handshake(&a, "later").await, "invalid peer certificate: Revoked");
@@ -384,7 +371,7 @@ async fn a_removed_principal_and_a_changed_source_secret_take_effect_on_sighup()
     std::fs::write(a.config_path(), &config[..at]).unwrap();
     secret(a.dir.path(), "new-token");
     a.signal("HUP");
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"SIGHUP\" closed_connections=1"), "{log}");
 
     // partner-1's open connection is closed, and a new one maps to no principal.

@@ -12,7 +12,7 @@ use anchorlog_core::head::Checkpoint;
 use anchorlog_core::merkle::{self, Frontier};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use kit::bundle::{tar_members, write_tar};
+use kit::bundle::{python_verify, tar_members, write_tar};
 use kit::tsa::LocalTsa;
 use kit::{post_concurrently, Appliance, Options};
 use serde_json::{json, Value};
@@ -28,18 +28,6 @@ fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
     let json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)}));
     (out.status.code().unwrap_or(-1), json)
-}
-
-/// The independent Python verifier: (exit code, its one line).
-fn python(tar: &Path, key: &Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .args(extra)
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A copy of the (stopped) appliance's database under `name`, edited by `edit` as root would: a plain SQLite
@@ -119,7 +107,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
         assert_eq!(carried, to == before, "{name}");
         let (code, v) = verify_bundle(&a, &tar, &[]);
         assert_eq!((code, &v["report"]["erased"]), (0, &json!(1)), "{v}");
-        assert_eq!(python(&tar, &a.key_pem(), &[]).0, 0, "{name}");
+        assert_eq!(python_verify(&tar, &a.key_pem(), &[]).0, 0, "{name}");
     }
     let all = a.path("all.tar");
     assert!(a.sigterm().success());
@@ -181,7 +169,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
     let forged_tar = a.path("forged.tar");
     a.export_db(&at_producer_event, last, &forged_tar);
     assert_fails_at(verify_bundle(&a, &forged_tar, &[]), "seq", 7, "not the appliance's erasure record");
-    let (code, line) = python(&forged_tar, &a.key_pem(), &[]);
+    let (code, line, _) = python_verify(&forged_tar, &a.key_pem(), &[]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with("FAILED: event seq 7:"), "{line}");
     // A bundle edited directly: seq 7's line erased and pointed at seq 3's genuine record.
@@ -206,7 +194,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
     let edited = a.path("edited.tar");
     write_tar(&edited, &members);
     assert_fails_at(verify_bundle(&a, &edited, &[]), "seq", 7, "is not the appliance's erasure record");
-    let (code, line) = python(&edited, &a.key_pem(), &[]);
+    let (code, line, _) = python_verify(&edited, &a.key_pem(), &[]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with("FAILED: event seq 7:"), "{line}");
 
@@ -419,7 +407,7 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
         (0, &json!("anchorlog.test/other"), &json!("the log itself")),
         "{v}"
     );
-    let (code, line) = python(&tar, &a.key_pem(), &["--origin", "anchorlog.test/e2e"]);
+    let (code, line, _) = python_verify(&tar, &a.key_pem(), &["--origin", "anchorlog.test/e2e"]);
     assert_eq!(code, 3, "{line}");
     // The genuine log verifies with the certificate, pinned to it.
     let (code, v) = cli(&a, &["verify", "--db", a.path("e2e.db").to_str().unwrap(), "--key", cert_s]);
@@ -466,7 +454,7 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let last = a.wait_for_head(12).await["height"].as_u64().unwrap();
-    kit::tsa::eventually(20, "every head timestamped", async || {
+    kit::eventually(20, "every head timestamped", async || {
         a.audit_get(&format!("/v1/heads/{last}")).await.json()["timestamp"].is_string()
     })
     .await;
@@ -499,7 +487,8 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
     let last = store::last_head(&store::open_reader(&rewritten).unwrap()).unwrap().unwrap().height;
     a.export_db(&rewritten, last, &tar);
     assert_fails_at(verify_bundle(&a, &tar, &strict), "height", k + 1, "more than the allowed 2 s");
-    let (code, line) = python(&tar, &a.key_pem(), &["--tsa-ca", ca_s, "--max-timestamp-delay", "2"]);
+    let (code, line, _) =
+        python_verify(&tar, &a.key_pem(), &["--tsa-ca", ca_s, "--max-timestamp-delay", "2"]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with(&format!("FAILED: head height {}:", k + 1)), "{line}");
 }
@@ -675,7 +664,7 @@ async fn search_rows_deleted_by_root_are_restored_at_start() {
     a.wait_indexed().await;
     // The indexer repairs in its own thread after the start: poll the search database itself (a search through
     // the API would append an audit record per try) until the deleted rows are back.
-    kit::tsa::eventually(20, "the deleted search rows are re-derived", async || {
+    kit::eventually(20, "the deleted search rows are re-derived", async || {
         let c = store::open_search_reader(&search_db).unwrap();
         let rows: i64 = c.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
         let ips: i64 = c.query_row("SELECT count(*) FROM ip_index", [], |r| r.get(0)).unwrap();

@@ -188,15 +188,10 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     // This process is the service here (in-process, behind the signer double): its environment is systemd's.
     std::env::set_var("NOTIFY_SOCKET", &sock_path);
     std::env::set_var("WATCHDOG_USEC", "600000");
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
     let hang = Arc::new(AtomicBool::new(false));
-    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-        module: kit::SOFTHSM.into(),
-        token_label: "anchorlog-test".into(),
-        key_label: "head-signer".into(),
-    };
+    let settings = a.pkcs11_in_process();
     let h = hang.clone();
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
         let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
@@ -282,7 +277,7 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     post_concurrently(&a, 2, 1).await;
-    kit::tsa::eventually(20, "ready with every head timestamped", async || {
+    kit::eventually(20, "ready with every head timestamped", async || {
         health_get(health, "/readyz").await.0 == 200
     })
     .await;
@@ -316,7 +311,7 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
     // The TSA goes down: heads stay without tokens past the threshold → 503, with the reason.
     tsa.stop();
     post_concurrently(&a, 1, 1).await;
-    kit::tsa::eventually(20, "not ready: timestamps overdue", async || {
+    kit::eventually(20, "not ready: timestamps overdue", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v) == ["timestamps_overdue"]
     })
@@ -331,7 +326,7 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
     );
     // Back: the heads are back-filled, ready again.
     tsa.start();
-    kit::tsa::eventually(30, "ready again after the back-fill", async || {
+    kit::eventually(30, "ready again after the back-fill", async || {
         health_get(health, "/readyz").await.0 == 200
     })
     .await;
@@ -382,15 +377,10 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
     let fail = Arc::new(AtomicBool::new(false));
-    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-        module: kit::SOFTHSM.into(),
-        token_label: "anchorlog-test".into(),
-        key_label: "head-signer".into(),
-    };
+    let settings = a.pkcs11_in_process();
     let f = fail.clone();
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
         let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
@@ -405,17 +395,17 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
         let _ = stop_rx.await;
     }));
     post_concurrently(&a, 1, 1).await;
-    kit::tsa::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
     fail.store(true, Ordering::SeqCst);
     post_concurrently(&a, 1, 1).await;
     // Signing fails at the next seal (200 ms); the event waits more than 3 seal intervals soon after.
-    kit::tsa::eventually(20, "not ready: signer failing and sealing stalled", async || {
+    kit::eventually(20, "not ready: signer failing and sealing stalled", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v) == ["signer_failing", "sealing_stalled"]
     })
     .await;
     fail.store(false, Ordering::SeqCst);
-    kit::tsa::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
     let _ = stop_tx.send(());
     server.await.unwrap().unwrap();
 }
@@ -439,7 +429,7 @@ async fn metrics_pass_promtool_and_count_acks_signatures_tokens_commits_sources_
     let mut producer = a.connect("producer").await;
     let r = producer.post_json("/v1/events", b"{not json").await.unwrap();
     assert_eq!(r.status, 400);
-    kit::tsa::eventually(20, "a head over the 5 events with its token", async || {
+    kit::eventually(20, "a head over the 5 events with its token", async || {
         let (_, _, text) = health_get(health, "/metrics").await;
         sample(&text, "anchorlog_sealed_tree_size").unwrap_or(0.0) >= 5.0
             && sample(&text, "anchorlog_untimestamped_heads") == Some(0.0)

@@ -6,7 +6,8 @@
 
 mod kit;
 
-use kit::tsa::{eventually, LocalTsa};
+use kit::eventually;
+use kit::tsa::LocalTsa;
 use kit::{post_concurrently, write_secret, Appliance, Options};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -486,12 +487,7 @@ async fn startup_on_a_log_of(n: u64) {
     let built = Instant::now();
     eprintln!("building {n} events in {}", a.db_path().display());
     {
-        std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
-        let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-            module: kit::SOFTHSM.into(),
-            token_label: "anchorlog-test".into(),
-            key_label: "head-signer".into(),
-        };
+        let settings = a.pkcs11_in_process();
         let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
         let mut hsm = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).unwrap();
         let key = anchorlog_core::key::PublicKey::from_spki_der(hsm.public_key_spki_der()).unwrap();

@@ -83,21 +83,14 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
     a.write_config("127.0.0.1:0");
     let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
     let supervision = config.signer.supervision();
     let hang = Arc::new(AtomicBool::new(false));
     let reset = Arc::new(AtomicBool::new(false));
     let pin_file = a.path("pin");
-    let opener = Arc::new(anchorlog::signer::pkcs11::Pkcs11Opener::new(
-        anchorlog::signer::pkcs11::Pkcs11Settings {
-            module: kit::SOFTHSM.into(),
-            token_label: "anchorlog-test".into(),
-            key_label: "head-signer".into(),
-        },
-        pin_file.clone(),
-    ));
+    let opener =
+        Arc::new(anchorlog::signer::pkcs11::Pkcs11Opener::new(a.pkcs11_in_process(), pin_file.clone()));
     let (h, r, o) = (hang.clone(), reset.clone(), opener.clone());
     let signer = anchorlog::signer::SignerHandle::spawn_supervised(
         move || {
@@ -116,12 +109,12 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
         let _ = stop_rx.await;
     }));
     post_concurrently(&a, 1, 1).await;
-    kit::tsa::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
 
     // The HSM stops answering: the next seal times out after 1 s, its thread is abandoned.
     hang.store(true, Ordering::SeqCst);
     post_concurrently(&a, 1, 1).await;
-    kit::tsa::eventually(30, "not ready: signer hung", async || {
+    kit::eventually(30, "not ready: signer hung", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v) == ["signer_failing", "signer_hung", "sealing_stalled"]
     })
@@ -148,13 +141,13 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     // hold — a PKCS#11 login belongs to the process, and C_Login then answers CKR_USER_ALREADY_LOGGED_IN without
     // checking the PIN — and signing would simply resume; that race made this test flaky under load.)
     reset.store(true, Ordering::SeqCst);
-    kit::tsa::eventually(30, "every thread blocked in the HSM returned", async || {
+    kit::eventually(30, "every thread blocked in the HSM returned", async || {
         signer_health.stuck_threads() == 0
     })
     .await;
     hang.store(false, Ordering::SeqCst);
     reset.store(false, Ordering::SeqCst);
-    kit::tsa::eventually(30, "not ready: signer backing off", async || {
+    kit::eventually(30, "not ready: signer backing off", async || {
         let (_, v, _) = health_get(health, "/readyz").await;
         codes(&v).contains(&"signer_backing_off".to_string())
     })
@@ -192,7 +185,7 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
 
     // The operator writes the right PIN: within one pause (4 s) the signer opens, signs, and all is ready again.
     write_secret(&pin_file, kit::USER_PIN.as_bytes());
-    kit::tsa::eventually(30, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(30, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
     assert_eq!(opener.login_attempts() - logins_before, logins + 1, "one login with the corrected PIN");
     post_concurrently(&a, 2, 1).await;
     let _ = stop_tx.send(());
@@ -260,11 +253,11 @@ async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     post_concurrently(&a, 2, 1).await;
-    kit::tsa::eventually(30, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(30, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
     let pid = swtpm_pid(a.tpm.as_ref().unwrap().port());
     signal_pid(pid, "STOP");
     post_concurrently(&a, 2, 1).await;
-    kit::tsa::eventually(30, "not ready: signer hung", async || {
+    kit::eventually(30, "not ready: signer hung", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v).contains(&"signer_hung".to_string())
     })
@@ -280,10 +273,8 @@ async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after
     // Ingest does not wait for the TPM.
     post_concurrently(&a, 2, 1).await;
     signal_pid(pid, "CONT");
-    kit::tsa::eventually(60, "ready again after SIGCONT", async || {
-        health_get(health, "/readyz").await.0 == 200
-    })
-    .await;
+    kit::eventually(60, "ready again after SIGCONT", async || health_get(health, "/readyz").await.0 == 200)
+        .await;
     post_concurrently(&a, 1, 1).await;
     assert!(a.sigterm().success(), "{}", a.server_log());
     let outages = own_records(&a.db_path(), "anchorlog.outage");

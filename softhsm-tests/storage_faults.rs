@@ -4,7 +4,8 @@
 
 mod kit;
 
-use kit::tsa::{eventually, fast_retries, LocalTsa};
+use kit::eventually;
+use kit::tsa::{fast_retries, LocalTsa};
 use kit::{Appliance, Options};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -457,19 +457,8 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     assert!(out.status.success(), "{out:?}");
     let ours = a.anchorlog(&["verify", tar.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap()]);
     assert!(ours.status.success(), "{ours:?}");
-    let py = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(&tar)
-        .arg(a.key_pem())
-        .output()
-        .unwrap();
-    assert_eq!(
-        py.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
+    let (code, stdout, stderr) = kit::bundle::python_verify(&tar, &a.key_pem(), &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     // The certificate exported by `keys export` is signed by the TPM key; OpenSSL accepts it.
     let crt = a.path("keys/signer.crt");
     let v = Command::new("openssl").arg("verify").arg("-CAfile").arg(&crt).arg(&crt).output().unwrap();

@@ -6,7 +6,8 @@
 mod kit;
 
 use base64::Engine as _;
-use kit::tsa::{eventually, fast_retries, LocalTsa};
+use kit::eventually;
+use kit::tsa::{fast_retries, LocalTsa};
 use kit::{post_concurrently, Appliance, Options};
 use std::path::Path;
 use std::process::Command;
@@ -420,15 +421,11 @@ async fn exported_bundles_and_receipts_carry_tokens_that_verify_offline() {
     // Heads 1..=to plus the anchor head 0, each with its token.
     assert_eq!(v["timestamps"]["verified"].as_u64(), Some(to + 1), "{v}");
     assert_eq!(v["tokens_present"].as_u64(), Some(to + 1), "{v}");
+    // The Python verifier with the TSA's CA, every head required to carry a token: (exit code, stdout).
     let py = |tar: &Path| {
-        let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-            .arg(tar)
-            .arg(&key)
-            .args(["--tsa-ca", ca_s, "--require-timestamps"])
-            .output()
-            .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let (code, stdout, _) =
+            kit::bundle::python_verify(tar, &key, &["--tsa-ca", ca_s, "--require-timestamps"]);
+        (code, stdout)
     };
     let (code, out) = py(&api_tar);
     assert_eq!(code, 0, "{out}");

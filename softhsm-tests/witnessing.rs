@@ -121,15 +121,9 @@ fn verify_receipt(a: &Appliance, receipt: &Value, extra: &[String]) -> (i32, Val
 }
 
 fn python(tar: &Path, key: &Path, extra: &[String]) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text.trim().to_string())
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = kit::bundle::python_verify(tar, key, &extra);
+    (code, format!("{stdout}{stderr}").trim().to_string())
 }
 
 /// `anchorlog audit` against `a` with `extra` (the witness flags): (exit code, JSON outcome).

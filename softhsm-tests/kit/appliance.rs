@@ -300,6 +300,18 @@ identities = ["dns:reader.test"]
             .expect("anchorlog runs")
     }
 
+    /// For tests that open this appliance's key in their own process (the service behind a signer double, a log
+    /// signed directly): points the process's `SOFTHSM2_CONF` at this appliance's token directory (SoftHSM reads it
+    /// at `C_Initialize`, so before the first PKCS#11 call) and returns the settings of its token and key.
+    pub fn pkcs11_in_process(&self) -> anchorlog::signer::pkcs11::Pkcs11Settings {
+        std::env::set_var("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        anchorlog::signer::pkcs11::Pkcs11Settings {
+            module: SOFTHSM.into(),
+            token_label: TOKEN_LABEL.into(),
+            key_label: self.options.key_label.clone(),
+        }
+    }
+
     /// Starts `anchorlog serve`; returns its stderr if it exits before listening.
     pub fn spawn(&mut self) -> Result<SocketAddr, String> {
         let listen = self.addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
@@ -372,6 +384,20 @@ identities = ["dns:reader.test"]
     /// The server's stderr so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Waits (at most `within`) until the server's stderr holds `count` lines containing `needle`; returns the log.
+    /// Lines a server writes as it starts may come after the harness saw it listen: wait, never read once.
+    pub async fn wait_log(&self, needle: &str, count: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.server_log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} ×{count} not logged within {within:?}: {log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for exit.

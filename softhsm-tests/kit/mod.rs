@@ -12,9 +12,12 @@
 //! - [`tsa`]: a real RFC 3161 TSA (`openssl ts` behind `tsa/tsa_http.py`) with its fault modes.
 //! - [`witness`]: a real `anchorlog witness` process.
 //! - [`health`]: the plain-HTTP health listener's answers.
-//! - [`bundle`]: export bundles (tar) taken apart and put back together, as an attacker would.
-//! - [`log_builder`]: signed logs written straight into SQLite with a software key (no process, no token);
-//!   the `tests/` targets include this one file alone (`#[path]`), since they must run without SoftHSM.
+//! - [`bundle`]: export bundles (tar) taken apart and put back together, as an attacker would, and the
+//!   independent Python verifier (`tests/verify_bundle.py`) run on them.
+//! - [`log_builder`]: signed logs written straight into SQLite with a software key (no process, no token).
+//!
+//! The `tests/` targets must run without SoftHSM: they include just [`log_builder`] and [`bundle`], each file
+//! alone (`#[path = "../softhsm-tests/kit/…"]`), which is why those two name no other kit module.
 //!
 //! A test target is registered in the root `Cargo.toml` with `path = "softhsm-tests/NAME.rs"` and
 //! `required-features = ["server", "pkcs11"]`, declares `mod kit;` and uses what it needs, e.g.
@@ -36,3 +39,13 @@ pub mod witness;
 pub use appliance::*;
 #[allow(unused_imports)]
 pub use softhsm::{SOFTHSM, USER_PIN};
+
+/// Polls `f` every 50 ms until it returns true or `secs` pass: every wait for a state has a deadline, so that a
+/// test under load waits longer instead of reading too early, and a broken one fails instead of hanging.
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f().await {
+        assert!(std::time::Instant::now() < deadline, "not within {secs} s: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
