@@ -37,8 +37,8 @@ fn log_signer() -> &'static Mutex<Pkcs11Signer> {
             key_label: "head-signer".into(),
         };
         let pin = Zeroizing::new("log-user-pin".to_owned());
-        // Other test processes create tokens in the same directory at the same time; SoftHSM may then read a
-        // half-written token and answer CKR_GENERAL_ERROR once. Retry what says it is retryable.
+        // SoftHSM answered CKR_GENERAL_ERROR once when another process wrote a token into the same directory; the
+        // directory is this process's own now, but a retryable error is still retried (a wrong one still fails).
         fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, pkcs11::Pkcs11Error>) -> T {
             for _ in 0..5 {
                 match f() {
