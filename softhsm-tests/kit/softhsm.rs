@@ -55,16 +55,26 @@ impl TokenDir {
 /// This process's own token directory, created and put in `SOFTHSM2_CONF` on first use, for tests that load the
 /// PKCS#11 module themselves. Call it before the first PKCS#11 call of the process: SoftHSM reads the variable at
 /// `C_Initialize`. Own, not shared: SoftHSM answers CKR_GENERAL_ERROR while another process creates a token in
-/// the same directory (seen under nextest, which runs every test in a process of its own). The directory is kept
-/// (under the build's `target/tmp`), since other threads of the process may still use the module at exit.
+/// the same directory (seen under nextest, which runs every test in a process of its own). It lives under the
+/// build's `target/tmp/softhsm-tokens/PID` and outlives the process (other threads may still use the module at
+/// exit); the next process to make one removes it.
 pub fn process_token_dir() -> &'static TokenDir {
     static DIR: OnceLock<TokenDir> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("softhsm-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .expect("token dir")
-            .keep();
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("softhsm-tokens");
+        std::fs::create_dir_all(&parent).expect("token dir");
+        // Directories are named after their process: those of processes that are gone are removed here, since no
+        // process can remove its own at exit. An old one under this process's (reused) pid is stale too.
+        for entry in std::fs::read_dir(&parent).expect("token dirs").flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let gone = name
+                .parse::<u32>()
+                .is_ok_and(|pid| pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(std::process::id().to_string());
         let tokens = TokenDir::create(&dir);
         std::env::set_var("SOFTHSM2_CONF", &tokens.conf);
         tokens
