@@ -593,47 +593,21 @@ fn rewrite_tail(
     }
 }
 
-fn audit(a: &Appliance, state: &Path, extra: &[&str]) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://{}", a.addr.unwrap());
-    let mut args = vec![
-        "audit".to_string(),
-        "--url".into(),
-        url,
-        "--cert".into(),
-        c("auditor.pem"),
-        "--key".into(),
-        c("auditor.key"),
-        "--ca".into(),
-        c("ca.pem"),
-        "--signer".into(),
-        a.key_pem().to_str().unwrap().into(),
-        "--state".into(),
-        state.to_str().unwrap().into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = a.anchorlog(&refs);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_fails_on_a_log_that_stopped_advancing() {
     let a = Appliance::start_with(Options { heartbeat_interval_s: 60, ..Options::default() });
     post_concurrently(&a, 2, 1).await;
     a.wait_for_head(2).await;
-    let state = a.path("audit-state.json");
-    let (code, v) = audit(&a, &state, &["--max-age", "5m"]);
+    let (code, v) = a.audit(&["--max-age", "5m"]);
     assert_eq!((code, &v["outcome"]), (0, &json!("first_seen")), "{v}");
     // Nothing new is sealed for a minute: after 3 s the latest head is older than 2 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, v) = audit(&a, &state, &["--max-age", "2s"]);
+    let (code, v) = a.audit(&["--max-age", "2s"]);
     assert_eq!((code, &v["outcome"], &v["exit_code"]), (7, &json!("failed"), &json!(7)), "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("stale: the latest head"), "{v}");
-    let (code, v) = audit(&a, &state, &["--max-age", "5m"]);
+    let (code, v) = a.audit(&["--max-age", "5m"]);
     assert_eq!((code, &v["outcome"]), (0, &json!("unchanged")), "{v}");
-    let (code, v) = audit(&a, &state, &["--origin", "anchorlog.test/other"]);
+    let (code, v) = a.audit(&["--origin", "anchorlog.test/other"]);
     assert_eq!(code, 5, "{v}");
 }
 

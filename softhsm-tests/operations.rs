@@ -188,8 +188,7 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     // This process is the service here (in-process, behind the signer double): its environment is systemd's.
     std::env::set_var("NOTIFY_SOCKET", &sock_path);
     std::env::set_var("WATCHDOG_USEC", "600000");
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let hang = Arc::new(AtomicBool::new(false));
     let settings = a.pkcs11_in_process();
     let h = hang.clone();
@@ -199,12 +198,7 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
         Ok(Box::new(HangingSigner { inner, hang: h.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     let messages = |from: Instant, to: Instant, what: &str| -> Vec<Instant> {
         heard
             .lock()
@@ -247,8 +241,7 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!messages(back, Instant::now(), "WATCHDOG=1").is_empty(), "pings resume");
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    service.stop().await;
     assert!(!messages(back, Instant::now(), "STOPPING=1").is_empty(), "STOPPING=1 on stop");
 }
 
@@ -377,8 +370,7 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let fail = Arc::new(AtomicBool::new(false));
     let settings = a.pkcs11_in_process();
     let f = fail.clone();
@@ -388,12 +380,7 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
         Ok(Box::new(FailingSigner { inner, fail: f.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     post_concurrently(&a, 1, 1).await;
     kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
     fail.store(true, Ordering::SeqCst);
@@ -406,8 +393,7 @@ async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
     .await;
     fail.store(false, Ordering::SeqCst);
     kit::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    service.stop().await;
 }
 
 /// The value of the sample `name` (with its labels, exactly as exposed) in a text exposition.

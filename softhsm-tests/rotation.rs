@@ -39,27 +39,6 @@ fn verify_db(a: &Appliance, db: &Path, key: &Path) -> (i32, Value) {
     cli(a, &["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()])
 }
 
-fn audit(a: &Appliance, signer: &Path) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://localhost:{}", a.addr.unwrap().port());
-    let out = a.anchorlog(&[
-        "audit",
-        "--url",
-        &url,
-        "--cert",
-        &c("auditor.pem"),
-        "--key",
-        &c("auditor.key"),
-        "--ca",
-        &c("ca.pem"),
-        "--signer",
-        signer.to_str().unwrap(),
-        "--state",
-        a.path("audit-state.json").to_str().unwrap(),
-    ]);
-    (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
-}
-
 /// The stored heads' (height, tree size, key id), in height order.
 fn heads(db: &Path) -> Vec<(u64, u64, String)> {
     let c = anchorlog::store::open_reader(db).unwrap();
@@ -100,7 +79,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     std::fs::copy(a.key_pem(), &first).unwrap();
     post_batches(&a, 1000, "before").await;
     a.wait_for_head(1001).await;
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
     assert!(a.sigterm().success());
     let config = a.config_path();
@@ -192,12 +171,12 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     let latest = a.wait_for_head(seq + 1001).await;
     assert_eq!(latest["key_id"], new_id.as_str());
     // The monitor follows the rotation from the key it stored (its --signer is still the first key).
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("advanced")), "{out}");
     assert_eq!(out["key_rotations"][0]["height"], rh, "{out}");
     let state: Value = serde_json::from_slice(&std::fs::read(a.path("audit-state.json")).unwrap()).unwrap();
     assert_eq!(state["key_id"], new_id.as_str());
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("unchanged")), "{out}");
     // A receipt of an event after the rotation carries the record: the first key alone verifies it.
     let receipt = a.audit_get(&format!("/v1/events/{}/receipt", seq + 500)).await;

@@ -83,8 +83,7 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let supervision = config.signer.supervision();
     let hang = Arc::new(AtomicBool::new(false));
     let reset = Arc::new(AtomicBool::new(false));
@@ -102,12 +101,7 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     )
     .unwrap();
     let signer_health = signer.health();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     post_concurrently(&a, 1, 1).await;
     kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
 
@@ -188,8 +182,7 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     kit::eventually(30, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
     assert_eq!(opener.login_attempts() - logins_before, logins + 1, "one login with the corrected PIN");
     post_concurrently(&a, 2, 1).await;
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    service.stop().await;
 
     // On record: one sealing outage, from the timeout to the first head after the PIN was fixed.
     let outages = own_records(&a.db_path(), "anchorlog.outage");

@@ -128,27 +128,7 @@ fn python(tar: &Path, key: &Path, extra: &[String]) -> (i32, String) {
 
 /// `anchorlog audit` against `a` with `extra` (the witness flags): (exit code, JSON outcome).
 fn audit(a: &Appliance, extra: &[String]) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://localhost:{}", a.addr.unwrap().port());
-    let mut args = vec![
-        "audit".to_string(),
-        "--url".into(),
-        url,
-        "--cert".into(),
-        c("auditor.pem"),
-        "--key".into(),
-        c("auditor.key"),
-        "--ca".into(),
-        c("ca.pem"),
-        "--signer".into(),
-        a.key_pem().to_str().unwrap().into(),
-        "--state".into(),
-        a.path("audit-state.json").to_str().unwrap().into(),
-    ];
-    args.extend(extra.iter().cloned());
-    let out = a.anchorlog(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json)
+    a.audit(&extra.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn assert_fails_at(result: (i32, Value), height: u64, text: &str) {

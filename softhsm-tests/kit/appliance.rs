@@ -312,6 +312,29 @@ identities = ["dns:reader.test"]
         }
     }
 
+    /// This appliance's configuration (written first), loaded in the test process for [`Self::serve_in_process`].
+    pub fn load_config(&self) -> anchorlog::config::Config {
+        self.write_config("127.0.0.1:0");
+        anchorlog::config::Config::load(&self.config_path()).expect("configuration loads")
+    }
+
+    /// Runs the appliance's service inside the test process instead of `anchorlog serve`, with `signer` (a signer
+    /// double around the real token, typically: see [`Self::pkcs11_in_process`]); `self.addr` is its listener.
+    pub async fn serve_in_process(
+        &mut self,
+        config: anchorlog::config::Config,
+        signer: anchorlog::signer::SignerHandle,
+    ) -> InProcess {
+        let service =
+            anchorlog::server::Service::start_with_signer(config, signer).await.expect("service starts");
+        self.addr = service.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service.run(async move {
+            let _ = stopped.await;
+        }));
+        InProcess { stop, server }
+    }
+
     /// Starts `anchorlog serve`; returns its stderr if it exits before listening.
     pub fn spawn(&mut self) -> Result<SocketAddr, String> {
         let listen = self.addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
@@ -636,6 +659,29 @@ identities = ["dns:reader.test"]
         copy_sqlite(from, &self.db_path());
     }
 
+    /// `anchorlog audit` as the auditor (its certificate, the test CA) against this appliance's listener, trusting
+    /// the exported key, state in `audit-state.json`, plus `extra` arguments → (exit code, JSON outcome).
+    pub fn audit(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        self.audit_as(None, &self.key_pem(), extra)
+    }
+
+    /// [`Self::audit`] against `url` instead (`None`: this appliance's listener), trusting `signer` instead.
+    pub fn audit_as(&self, url: Option<&str>, signer: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+        let url = match url {
+            Some(url) => url.to_string(),
+            None => format!("https://localhost:{}", self.addr.expect("running").port()),
+        };
+        let c = |f: &str| self.path(&format!("certs/{f}")).to_str().unwrap().to_string();
+        let (cert, key, ca) = (c("auditor.pem"), c("auditor.key"), c("ca.pem"));
+        let state = self.path("audit-state.json");
+        let mut args = vec!["audit", "--url", &url, "--cert", &cert, "--key", &key, "--ca", &ca];
+        args.extend(["--signer", signer.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = self.anchorlog(&args);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+
     /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
     pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
         let out = self.anchorlog(&[
@@ -648,6 +694,20 @@ identities = ["dns:reader.test"]
         ]);
         let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (out.status.code().unwrap_or(-1), json)
+    }
+}
+
+/// The appliance's service running in the test process ([`Appliance::serve_in_process`]).
+pub struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>,
+}
+
+impl InProcess {
+    /// Shuts the service down as SIGTERM does and waits until it has; asserts that it ended without an error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.expect("service task").expect("service ends cleanly");
     }
 }
 

@@ -7,7 +7,9 @@
 //! - [`softhsm`]: SoftHSM2 token directories (one per appliance or witness, or one per test process for tests
 //!   that load the PKCS#11 module themselves) and tokens in them.
 //! - [`appliance`] (re-exported here): the real `anchorlog serve` binary on 127.0.0.1:0 with its own token,
-//!   certificates, configuration and database; [`Options`] turns its knobs.
+//!   certificates, configuration and database; [`Options`] turns its knobs. [`Appliance::serve_in_process`] runs
+//!   the same service inside the test instead, behind a signer double; [`Appliance::audit`] and
+//!   [`Appliance::wait_log`] are the auditor's CLI and the wait for a log line.
 //! - [`swtpm`]: a real TPM 2.0 (`swtpm`) for the TPM signer backend.
 //! - [`tsa`]: a real RFC 3161 TSA (`openssl ts` behind `tsa/tsa_http.py`) with its fault modes.
 //! - [`witness`]: a real `anchorlog witness` process.
