@@ -20,16 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs the anchorlog CLI with `--json` appended: (exit code, JSON on stdout).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let json = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)}));
-    (out.status.code().unwrap_or(-1), json)
-}
-
 /// A copy of the (stopped) appliance's database under `name`, edited by `edit` as root would: a plain SQLite
 /// connection, triggers dropped where the edit needs it.
 fn tampered(a: &Appliance, name: &str, edit: impl FnOnce(&rusqlite::Connection)) -> PathBuf {
@@ -53,14 +43,14 @@ fn verify_db(a: &Appliance, db: &Path, extra: &[&str]) -> (i32, Value) {
     let key = a.key_pem();
     let mut args = vec!["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
+    a.cli_json(&args)
 }
 
 fn verify_bundle(a: &Appliance, tar: &Path, extra: &[&str]) -> (i32, Value) {
     let key = a.key_pem();
     let mut args = vec!["verify", tar.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
+    a.cli_json(&args)
 }
 
 fn verify_receipt(a: &Appliance, receipt: &Value, key: &Path, extra: &[&str]) -> (i32, Value) {
@@ -68,7 +58,7 @@ fn verify_receipt(a: &Appliance, receipt: &Value, key: &Path, extra: &[&str]) ->
     std::fs::write(&file, receipt.to_string()).unwrap();
     let mut args = vec!["verify-receipt", file.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
+    a.cli_json(&args)
 }
 
 async fn save_export(a: &Appliance, to: u64, name: &str) -> PathBuf {
@@ -379,14 +369,14 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
     let other = a.db_path();
     // The certificate names the origin it was issued for (keys export): every verifier pins it.
     let cert_s = cert.to_str().unwrap();
-    let (code, v) = cli(&a, &["verify", "--db", other.to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", "--db", other.to_str().unwrap(), "--key", cert_s]);
     assert_fails_at(
         (code, v),
         "height",
         0,
         "origin \"anchorlog.test/other\" is not the expected \"anchorlog.test/e2e\"",
     );
-    let (code, v) = cli(&a, &["verify", tar.to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", tar.to_str().unwrap(), "--key", cert_s]);
     assert_fails_at((code, v), "height", 0, "is not the expected \"anchorlog.test/e2e\"");
     assert_fails_at(
         verify_receipt(&a, &receipt, &cert, &[]),
@@ -410,7 +400,7 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
     let (code, line, _) = python_verify(&tar, &a.key_pem(), &["--origin", "anchorlog.test/e2e"]);
     assert_eq!(code, 3, "{line}");
     // The genuine log verifies with the certificate, pinned to it.
-    let (code, v) = cli(&a, &["verify", "--db", a.path("e2e.db").to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", "--db", a.path("e2e.db").to_str().unwrap(), "--key", cert_s]);
     assert_eq!(
         (code, &v["report"]["origin"], &v["origin_from"]),
         (0, &json!("anchorlog.test/e2e"), &json!("the key's certificate")),

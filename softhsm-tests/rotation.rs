@@ -24,19 +24,8 @@ async fn post_batches(a: &Appliance, n: u64, tag: &str) {
     }
 }
 
-/// Runs the CLI with `--json`: (exit code, JSON on stdout, or the raw output).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
 fn verify_db(a: &Appliance, db: &Path, key: &Path) -> (i32, Value) {
-    cli(a, &["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()])
+    a.cli_json(&["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()])
 }
 
 /// The stored heads' (height, tree size, key id), in height order.
@@ -90,19 +79,10 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
         serde_json::from_slice::<Value>(&show.stdout).unwrap()["id"].as_str().unwrap().to_string();
 
     // Step 1: the new key. A PKCS#11 key needs a new label.
-    let out = a.anchorlog(&["keys", "rotate", "--config", config, "--reason", "annual rotation"]);
+    let out = a.keys_rotate("annual rotation", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --new-key-label LABEL"), "{out:?}");
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config,
-        "--reason",
-        "annual rotation",
-        "--new-key-label",
-        "head-signer-2",
-    ]);
+    let out = a.keys_rotate("annual rotation", &["--new-key-label", "head-signer-2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(prepared["old_key_id"], old_id.as_str());
@@ -117,16 +97,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     let pending = a.path("anchorlog.db.key-rotation.json");
     assert_eq!(prepared["pending"], pending.to_str().unwrap());
     // Only one at a time.
-    let again = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config,
-        "--reason",
-        "again",
-        "--new-key-label",
-        "head-signer-3",
-    ]);
+    let again = a.keys_rotate("again", &["--new-key-label", "head-signer-3"]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("a key rotation is already pending"),
         "{again:?}"
@@ -185,7 +156,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     std::fs::write(&receipt_file, &receipt.body).unwrap();
     assert!(a.sigterm().success());
     let (code, v) =
-        cli(&a, &["verify-receipt", receipt_file.to_str().unwrap(), "--key", first.to_str().unwrap()]);
+        a.cli_json(&["verify-receipt", receipt_file.to_str().unwrap(), "--key", first.to_str().unwrap()]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["report"]["key_id"], new_id.as_str());
     assert_eq!(v["report"]["rotations"][0]["seq"], seq);
@@ -300,7 +271,7 @@ fn bundles_verify_with_the_first_key(a: &Appliance, genuine: &Path, first: &Path
             tar.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (code, v) = cli(a, &["verify", tar.to_str().unwrap(), "--key", first.to_str().unwrap()]);
+        let (code, v) = a.cli_json(&["verify", tar.to_str().unwrap(), "--key", first.to_str().unwrap()]);
         assert_eq!(code, 0, "from {from}: {v}");
         assert_eq!(v["report"]["heads"], last - from + 1, "from {from}: {v}");
         let (code, text, _) = python_verify(&tar, first, &[]);
@@ -403,17 +374,7 @@ async fn tpm_rotation_to_a_new_handle_keeps_the_counter_and_is_followed_from_the
     post_batches(&a, 1000, "before").await;
     a.wait_for_head(1001).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "TPM key rotation",
-        "--new-handle",
-        "0x81010011",
-    ]);
+    let out = a.keys_rotate("TPM key rotation", &["--new-handle", "0x81010011"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -477,19 +438,8 @@ async fn tpm_rotation_with_a_fresh_counter_restarts_the_counter_chain() {
     post_batches(&a, 100, "before").await;
     a.wait_for_head(101).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "new counter",
-        "--new-handle",
-        "0x81010012",
-        "--new-counter-index",
-        "0x01800011",
-    ]);
+    let out =
+        a.keys_rotate("new counter", &["--new-handle", "0x81010012", "--new-counter-index", "0x01800011"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(prepared["new_key"]["counter"]["index"], "0x01800011", "{prepared}");

@@ -596,17 +596,7 @@ async fn self_verification_resumes_across_a_key_rotation() {
     post_concurrently(&a, 5, 1).await;
     let (before, _) = sealed_self_verify_record(&a).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "test",
-        "--new-key-label",
-        "head-signer-2",
-    ]);
+    let out = a.keys_rotate("test", &["--new-key-label", "head-signer-2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     a.options.key_label = "head-signer-2".into();
     a.spawn().unwrap();

@@ -83,24 +83,13 @@ fn witness_config(witnesses: &[&WitnessProcess], quorum: usize) -> String {
     out
 }
 
-/// Runs the anchorlog CLI with `--json`: (exit code, JSON on stdout).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(
-        |_| json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)}),
-    );
-    (out.status.code().unwrap_or(-1), json)
-}
-
 fn with(base: &[&str], extra: &[String]) -> Vec<String> {
     base.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect()
 }
 
 fn run(a: &Appliance, args: Vec<String>) -> (i32, Value) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    cli(a, &refs)
+    a.cli_json(&refs)
 }
 
 fn verify_db(a: &Appliance, db: &Path, extra: &[String]) -> (i32, Value) {

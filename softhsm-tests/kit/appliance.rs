@@ -659,6 +659,30 @@ identities = ["dns:reader.test"]
         copy_sqlite(from, &self.db_path());
     }
 
+    /// `anchorlog keys rotate` on this appliance's configuration with `reason` and the new key's arguments
+    /// (`["--new-key-label", L]`, `["--new-handle", H]`, or none).
+    pub fn keys_rotate(&self, reason: &str, new_key: &[&str]) -> Output {
+        let config = self.config_path();
+        let mut args = vec!["keys", "rotate", "--config", config.to_str().unwrap(), "--reason", reason];
+        args.extend_from_slice(new_key);
+        self.anchorlog(&args)
+    }
+
+    /// The anchorlog binary with `args` and `--json` → (exit code, its JSON output, or `{stdout, stderr}` when it
+    /// printed none).
+    pub fn cli_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.anchorlog(&all);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            serde_json::json!({
+                "stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+            })
+        });
+        (out.status.code().unwrap_or(-1), json)
+    }
+
     /// `anchorlog audit` as the auditor (its certificate, the test CA) against this appliance's listener, trusting
     /// the exported key, state in `audit-state.json`, plus `extra` arguments → (exit code, JSON outcome).
     pub fn audit(&self, extra: &[&str]) -> (i32, serde_json::Value) {
