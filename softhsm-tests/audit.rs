@@ -2,13 +2,12 @@
 //! API checked with the pure Merkle module against signed heads, erasure and its authorization, the streamed
 //! export verified by our verifier and by the independent Python one.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog_core::merkle;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options};
+use kit::{post_concurrently, Appliance, Options};
 use std::time::Duration;
 
 fn h(v: &serde_json::Value) -> [u8; 32] {
@@ -157,13 +156,8 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
         // The erasure's own record (seq 41) and the reads before it are in every such bundle.
         assert_eq!(report["report"]["appliance"]["erasures"], 1, "{report}");
         assert!(report["report"]["appliance"]["audit_access"].as_u64().unwrap() >= 1, "{report}");
-        let py = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-            .arg(&tar)
-            .arg(a.key_pem())
-            .output()
-            .unwrap();
-        assert_eq!(py.status.code(), Some(0), "{}", String::from_utf8_lossy(&py.stdout));
+        let (code, stdout, _) = kit::bundle::python_verify(&tar, &a.key_pem(), &[]);
+        assert_eq!(code, 0, "{stdout}");
     }
     let r = auditor.get(&format!("/v1/export?from_height=0&to_height={}", to + 100)).await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")));
@@ -197,36 +191,6 @@ async fn proofs_erasure_and_streamed_export_on_a_live_appliance() {
     assert_eq!(verify_cli(&junk), Some(1));
 }
 
-fn audit(a: &Appliance) -> (i32, serde_json::Value) {
-    audit_at(a, &format!("https://localhost:{}", a.addr.unwrap().port()), &[])
-}
-
-/// `anchorlog audit` against `url` with the appliance's auditor certificate and key, plus `extra` arguments.
-fn audit_at(a: &Appliance, url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let (cert, key, ca) = (c("auditor.pem"), c("auditor.key"), c("ca.pem"));
-    let (signer, state) = (a.key_pem(), a.path("audit-state.json"));
-    let mut args = vec![
-        "audit",
-        "--url",
-        url,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--ca",
-        &ca,
-        "--signer",
-        signer.to_str().unwrap(),
-        "--state",
-        state.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = a.anchorlog(&args);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (out.status.code().unwrap_or(-1), json)
-}
-
 /// A hung appliance (or network) fails the timer-driven audit within `--timeout` instead of stalling it forever,
 /// which would silence the monitor's alarm: here a socket that accepts connections and never answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +200,7 @@ async fn audit_of_a_hung_appliance_fails_within_its_timeout() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("https://localhost:{}", silent.local_addr().unwrap().port());
     let t = std::time::Instant::now();
-    let (code, out) = audit_at(&a, &url, &["--timeout", "2s"]);
+    let (code, out) = a.audit_as(Some(&url), &a.key_pem(), &["--timeout", "2s"]);
     let took = t.elapsed();
     assert_eq!((code, out["outcome"].as_str()), (1, Some("failed")), "{out}");
     assert_eq!(
@@ -246,8 +210,7 @@ async fn audit_of_a_hung_appliance_fails_within_its_timeout() {
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(30), "{took:?}");
     assert!(!a.path("audit-state.json").exists(), "a failed run writes no state");
     // The real appliance still audits with the same arguments.
-    let (code, out) =
-        audit_at(&a, &format!("https://localhost:{}", a.addr.unwrap().port()), &["--timeout", "30s"]);
+    let (code, out) = a.audit(&["--timeout", "30s"]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
     drop(silent);
 }
@@ -257,7 +220,7 @@ async fn audit_catches_a_database_rollback_and_a_fork() {
     let mut a = Appliance::start_with(Options { seal_max_events: 5, ..Options::default() });
     post_concurrently(&a, 10, 2).await;
     a.wait_for_head(10).await;
-    let (code, out) = audit(&a);
+    let (code, out) = a.audit(&[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
     assert!(a.sigterm().success());
     std::fs::copy(a.db_path(), a.path("older.db")).unwrap();
@@ -265,9 +228,9 @@ async fn audit_catches_a_database_rollback_and_a_fork() {
     a.spawn().unwrap();
     post_concurrently(&a, 10, 2).await;
     a.wait_for_head(20).await;
-    let (code, out) = audit(&a);
+    let (code, out) = a.audit(&[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("advanced")), "{out}");
-    let (code, out) = audit(&a);
+    let (code, out) = a.audit(&[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("unchanged")), "{out}");
     let seen: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.path("audit-state.json")).unwrap()).unwrap();
@@ -280,7 +243,7 @@ async fn audit_catches_a_database_rollback_and_a_fork() {
     }
     std::fs::copy(a.path("older.db"), a.db_path()).unwrap();
     a.spawn().unwrap();
-    let (code, out) = audit(&a);
+    let (code, out) = a.audit(&[]);
     assert_eq!(code, 4, "rollback: {out}");
     assert!(out["error"].as_str().unwrap().starts_with("rollback: "), "{out}");
 
@@ -288,7 +251,7 @@ async fn audit_catches_a_database_rollback_and_a_fork() {
     post_concurrently(&a, 25, 2).await;
     let latest = a.wait_for_head(35).await;
     assert!(latest["height"].as_u64() > seen["height"].as_u64(), "{latest} vs {seen}");
-    let (code, out) = audit(&a);
+    let (code, out) = a.audit(&[]);
     assert_eq!(code, 5, "fork: {out}");
     assert!(
         out["error"].as_str().unwrap().starts_with(&format!("fork at height {}", seen["height"])),

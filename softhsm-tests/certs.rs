@@ -3,11 +3,10 @@
 //! revoked meanwhile and keep the old state when the new one is broken. The PKI (two client CAs, their CRLs, a
 //! certificate per case) is generated here with rcgen.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::client::Connection;
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose,
     IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType, SerialNumber,
@@ -53,7 +52,7 @@ fn client(
     p.not_after = not_after;
     let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
     std::fs::write(dir.join(format!("certs/{stem}.pem")), cert.pem()).unwrap();
-    harness::write_secret(&dir.join(format!("certs/{stem}.key")), key.serialize_pem().as_bytes());
+    kit::write_secret(&dir.join(format!("certs/{stem}.key")), key.serialize_pem().as_bytes());
 }
 
 /// A CRL of `ca` revoking `revoked` (PEM).
@@ -138,7 +137,7 @@ fn appliance_configured(poll_s: u64, base: Options, before_start: impl FnOnce(&P
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     std::fs::write(d.join("certs/server.pem"), p.signed_by(&server_key, &one.cert, &one.key).unwrap().pem())
         .unwrap();
-    harness::write_secret(&d.join("certs/server.key"), server_key.serialize_pem().as_bytes());
+    kit::write_secret(&d.join("certs/server.key"), server_key.serialize_pem().as_bytes());
     let now = OffsetDateTime::now_utc();
     let (from, to) = (now - Span::days(1), now + Span::days(30));
     for (serial, (stem, dns)) in (2u64..).zip([
@@ -202,19 +201,6 @@ async fn get_as(a: &Appliance, who: &str) -> (u16, serde_json::Value) {
 
 async fn post_one(conn: &mut Connection) -> Result<u16, anchorlog::client::ClientError> {
     conn.post_json("/v1/events", br#"{"type":"LOGIN","user":"alice"}"#).await.map(|r| r.status)
-}
-
-/// Waits until the server logged `count` lines containing `needle`.
-async fn wait_log(a: &Appliance, needle: &str, count: usize) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let log = a.server_log();
-        if log.matches(needle).count() >= count {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "{needle:?} ×{count} not logged within 30 s: {log}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// How many events the producer `producer` has in the database file (read directly: no audit record).
@@ -294,7 +280,7 @@ async fn a_crl_added_by_sighup_closes_the_open_connection_and_refuses_the_next()
     assert_eq!(post_one(&mut producer).await.unwrap(), 200);
     std::fs::write(a.path("certs/ca.crl"), crl(&one, [REVOKED, LATER_REVOKED], 2)).unwrap();
     a.signal("HUP");
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"SIGHUP\" closed_connections=1"), "{log}");
     assert!(log.contains("closing an established connection after the reload"), "{log}");
     // The open keep-alive connection of the revoked certificate is gone; the other one serves on.
@@ -310,7 +296,7 @@ async fn a_broken_crl_on_reload_keeps_the_old_state_logs_and_counts_it() {
     std::fs::write(a.path("certs/ca.crl"), "-----BEGIN X509 CRL-----\nnot a crl\n-----END X509 CRL-----\n")
         .unwrap();
     a.signal("HUP");
-    let log = wait_log(&a, "reload failed", 1).await;
+    let log = a.wait_log("reload failed", 1, Duration::from_secs(30)).await;
     let line = log.lines().find(|l| l.contains("reload failed")).unwrap();
     assert!(
         line.contains(&format!("cannot read client CRL file {}", a.path("certs/ca.crl").display())),
@@ -338,7 +324,7 @@ async fn a_crl_file_replaced_by_rename_is_picked_up_without_sighup() {
     let tmp = a.path("certs/ca.crl.new");
     std::fs::write(&tmp, crl(&one, [REVOKED, LATER_REVOKED], 2)).unwrap();
     std::fs::rename(&tmp, a.path("certs/ca.crl")).unwrap();
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"a watched file changed\" closed_connections=1"), "{log}");
     assert!(post_one(&mut later).await.is_err(), "the revoked certificate's connection was closed");
     assert_eq!(refused_at_handshake(&a, "later").await, "invalid peer certificate: Revoked");
@@ -347,7 +333,7 @@ async fn a_crl_file_replaced_by_rename_is_picked_up_without_sighup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_principal_and_a_changed_source_secret_take_effect_on_sighup() {
     let secret = |dir: &Path, value: &str| {
-        harness::write_secret(&dir.join("shipper.secret"), format!("{value}\n").as_bytes())
+        kit::write_secret(&dir.join("shipper.secret"), format!("{value}\n").as_bytes())
     };
     let base = Options {
         source_listen: true,
@@ -385,7 +371,7 @@ async fn a_removed_principal_and_a_changed_source_secret_take_effect_on_sighup()
     std::fs::write(a.config_path(), &config[..at]).unwrap();
     secret(a.dir.path(), "new-token");
     a.signal("HUP");
-    let log = wait_log(&a, "client trust reloaded", 1).await;
+    let log = a.wait_log("client trust reloaded", 1, Duration::from_secs(30)).await;
     assert!(log.contains("trigger=\"SIGHUP\" closed_connections=1"), "{log}");
 
     // partner-1's open connection is closed, and a new one maps to no principal.

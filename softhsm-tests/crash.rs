@@ -2,10 +2,9 @@
 //! SoftHSM token, a real SQLite file, producers over mTLS. The appliance is killed with SIGKILL (no shutdown, no
 //! stop record, no final seal) while it is answering, restarted, and checked from the files and the verifier.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use rand::{Rng as _, SeedableRng as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,10 +1,9 @@
 //! End-to-end acceptance tests of the vertical slice on real parts: SoftHSM token per test, real rustls mTLS,
 //! a real SQLite file, the real `anchorlog` binary, and OpenSSL as an independent verifier.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{post_concurrently, Appliance, Options};
+use kit::{post_concurrently, Appliance, Options};
 use std::process::Command;
 use std::time::Duration;
 
@@ -419,7 +418,7 @@ fn hsm_misconfiguration_gives_clear_errors() {
     assert!(!out.status.success() && e.to_lowercase().contains("pin"), "wrong pin: {e}");
     assert!(!e.contains("wrong-pin"), "the PIN never appears in errors");
     // Unknown config keys are named.
-    std::fs::write(a.path("pin"), harness::USER_PIN).unwrap();
+    std::fs::write(a.path("pin"), kit::USER_PIN).unwrap();
     let out = {
         std::fs::write(a.config_path(), cfg.replace("[storage]", "[storage]\ndatabse = \"x\"")).unwrap();
         a.anchorlog(&["check-config", "--config", a.config_path().to_str().unwrap()])
@@ -439,7 +438,7 @@ fn healthz_needs_no_certificate_on_the_health_listener() {
     );
     std::fs::write(a.config_path(), text).unwrap();
     let _server = Guard(
-        Command::new(harness::bin())
+        Command::new(kit::bin())
             .args(["serve", "--config", a.config_path().to_str().unwrap()])
             .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
             .stdout(std::process::Stdio::null())

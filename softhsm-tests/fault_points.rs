@@ -5,15 +5,14 @@
 //! a wall clock shifted by the milliseconds in a file, SIGKILL at a named point, an indexer that stalls while a
 //! file exists.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::eventually;
+use kit::tsa::{fast_retries, LocalTsa};
+use kit::{Appliance, Options};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tsa_local::{eventually, fast_retries, LocalTsa};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -73,7 +72,7 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
     let secrets = tempfile::tempdir().unwrap();
     let secret = |name: &str, value: &str| {
         let p = secrets.path().join(name);
-        harness::write_secret(&p, format!("{value}\n").as_bytes());
+        kit::write_secret(&p, format!("{value}\n").as_bytes());
         p.display().to_string()
     };
     let extra = format!(
@@ -92,11 +91,7 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
         ..Options::default()
     });
     // The line is written by the server as it starts, not necessarily before the harness sees it listening.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.server_log().contains("fault doubles armed") {
-        assert!(Instant::now() < deadline, "{}", a.server_log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    a.wait_log("fault doubles armed", 1, Duration::from_secs(10)).await;
     let mut acked = post_n(&a, "before", 3).await;
     a.wait_for_head(acked.last().unwrap().0 + 1).await;
 
@@ -156,13 +151,8 @@ async fn clock_jumps_forward_and_back_keep_seal_times_monotonic_refuse_no_produc
     let last_height = heads(&a.db_path()).last().unwrap().0;
     let tar = a.path("clock.tar");
     a.export_from_db(last_height, &tar);
-    let py = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(&tar)
-        .arg(a.key_pem())
-        .output()
-        .unwrap();
-    assert_eq!(py.status.code(), Some(0), "{}", String::from_utf8_lossy(&py.stdout));
+    let (code, stdout, _) = kit::bundle::python_verify(&tar, &a.key_pem(), &[]);
+    assert_eq!(code, 0, "{stdout}");
 }
 
 /// Against a real TSA (OpenSSL's, on the real clock): after the appliance's clock jumps back an hour, heads
@@ -459,11 +449,7 @@ async fn a_starved_indexer_never_stalls_ingest_or_sealing_and_catches_up_later()
     // The search's audit record reaches the indexer, which collects for its batch window (1 s) and then stalls
     // holding it. Only then post: events posted inside the window would join that batch instead of the queue,
     // and under load too few would be left to overflow it (seen in CI).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.server_log().contains("the search indexer is stalled") {
-        assert!(Instant::now() < deadline, "the indexer never stalled: {}", a.server_log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    a.wait_log("the search indexer is stalled", 1, Duration::from_secs(30)).await;
     let started = Instant::now();
     let during = post_n(&a, "during", DURING).await;
     let took = started.elapsed();

@@ -2,12 +2,11 @@
 //! token per test, the real `anchorlog` binary, rustls mTLS and the server-auth source listener, a real SQLite
 //! file read back independently, and a Python (or curl) client posting over mTLS.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::client::{Connection, Response};
 use anchorlog::formats::auth::hmac_sha256_hex;
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use serde_json::{json, Value};
 use std::process::Command;
 
@@ -29,7 +28,7 @@ fn mtls_sources() -> String {
         let format = if name == "json" { "json" } else { "auth0" };
         format!("[[source]]\nname = \"{name}\"\nformat = \"{format}\"\nprincipals = [\"producer-1\"]\n")
     });
-    format!("{}{}", harness::IDP_SOURCES, more.concat())
+    format!("{}{}", kit::IDP_SOURCES, more.concat())
 }
 
 fn start_with_sources(extra: &str, source_listen: bool) -> Appliance {
@@ -342,7 +341,7 @@ async fn secret_sources_on_the_source_listener() {
     let secrets = tempfile::tempdir().unwrap();
     let file = |name: &str, value: &str| {
         let p = secrets.path().join(name);
-        harness::write_secret(&p, format!("{value}\n").as_bytes());
+        kit::write_secret(&p, format!("{value}\n").as_bytes());
         p.display().to_string()
     };
     let extra = format!(

@@ -4,9 +4,7 @@
 //! by `anchorlog verify` (database and bundle), `verify-receipt`, the independent Python verifier, the
 //! database itself, the monitor or the appliance's start-up. Every case runs on a real SoftHSM log.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
 use anchorlog::store;
 use anchorlog_core::entry::Entry;
@@ -14,34 +12,13 @@ use anchorlog_core::head::Checkpoint;
 use anchorlog_core::merkle::{self, Frontier};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options, SOFTHSM, USER_PIN};
+use kit::bundle::{python_verify, tar_members, write_tar};
+use kit::tsa::LocalTsa;
+use kit::{post_concurrently, Appliance, Options};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use tsa_local::LocalTsa;
-
-/// Runs the anchorlog CLI with `--json` appended: (exit code, JSON on stdout).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let json = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)}));
-    (out.status.code().unwrap_or(-1), json)
-}
-
-/// The independent Python verifier: (exit code, its one line).
-fn python(tar: &Path, key: &Path, extra: &[&str]) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .args(extra)
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
 
 /// A copy of the (stopped) appliance's database under `name`, edited by `edit` as root would: a plain SQLite
 /// connection, triggers dropped where the edit needs it.
@@ -66,14 +43,14 @@ fn verify_db(a: &Appliance, db: &Path, extra: &[&str]) -> (i32, Value) {
     let key = a.key_pem();
     let mut args = vec!["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
+    a.cli_json(&args)
 }
 
 fn verify_bundle(a: &Appliance, tar: &Path, extra: &[&str]) -> (i32, Value) {
     let key = a.key_pem();
     let mut args = vec!["verify", tar.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
+    a.cli_json(&args)
 }
 
 fn verify_receipt(a: &Appliance, receipt: &Value, key: &Path, extra: &[&str]) -> (i32, Value) {
@@ -81,22 +58,7 @@ fn verify_receipt(a: &Appliance, receipt: &Value, key: &Path, extra: &[&str]) ->
     std::fs::write(&file, receipt.to_string()).unwrap();
     let mut args = vec!["verify-receipt", file.to_str().unwrap(), "--key", key.to_str().unwrap()];
     args.extend_from_slice(extra);
-    cli(a, &args)
-}
-
-fn export_db(a: &Appliance, db: &Path, to: u64, out: &Path) {
-    let done = a.anchorlog(&[
-        "export",
-        "--db",
-        db.to_str().unwrap(),
-        "--from-height",
-        "0",
-        "--to-height",
-        &to.to_string(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    a.cli_json(&args)
 }
 
 async fn save_export(a: &Appliance, to: u64, name: &str) -> PathBuf {
@@ -105,34 +67,6 @@ async fn save_export(a: &Appliance, to: u64, name: &str) -> PathBuf {
     let tar = a.path(name);
     std::fs::write(&tar, &r.body).unwrap();
     tar
-}
-
-fn tar_members(tar: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(std::fs::File::open(tar).unwrap());
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
-fn write_tar(out: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).unwrap();
-    }
-    b.finish().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +97,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
         assert_eq!(carried, to == before, "{name}");
         let (code, v) = verify_bundle(&a, &tar, &[]);
         assert_eq!((code, &v["report"]["erased"]), (0, &json!(1)), "{v}");
-        assert_eq!(python(&tar, &a.key_pem(), &[]).0, 0, "{name}");
+        assert_eq!(python_verify(&tar, &a.key_pem(), &[]).0, 0, "{name}");
     }
     let all = a.path("all.tar");
     assert!(a.sigterm().success());
@@ -223,9 +157,9 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
     );
     // A bundle exported from the forged database fails the same way, in ours and in Python.
     let forged_tar = a.path("forged.tar");
-    export_db(&a, &at_producer_event, last, &forged_tar);
+    a.export_db(&at_producer_event, last, &forged_tar);
     assert_fails_at(verify_bundle(&a, &forged_tar, &[]), "seq", 7, "not the appliance's erasure record");
-    let (code, line) = python(&forged_tar, &a.key_pem(), &[]);
+    let (code, line, _) = python_verify(&forged_tar, &a.key_pem(), &[]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with("FAILED: event seq 7:"), "{line}");
     // A bundle edited directly: seq 7's line erased and pointed at seq 3's genuine record.
@@ -250,7 +184,7 @@ async fn forged_erasures_fail_everywhere_and_a_genuine_one_verifies_everywhere()
     let edited = a.path("edited.tar");
     write_tar(&edited, &members);
     assert_fails_at(verify_bundle(&a, &edited, &[]), "seq", 7, "is not the appliance's erasure record");
-    let (code, line) = python(&edited, &a.key_pem(), &[]);
+    let (code, line, _) = python_verify(&edited, &a.key_pem(), &[]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with("FAILED: event seq 7:"), "{line}");
 
@@ -358,7 +292,7 @@ async fn rows_appended_after_a_clean_stop_are_caught_and_refused_at_start() {
 async fn producers_cannot_post_appliance_record_types_in_any_format() {
     let sources = format!(
         "{}[[source]]\nname = \"json\"\nformat = \"json\"\nprincipals = [\"producer-1\"]\n",
-        harness::IDP_SOURCES
+        kit::IDP_SOURCES
     );
     let a = Appliance::start_with(Options {
         extra_config: sources,
@@ -435,14 +369,14 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
     let other = a.db_path();
     // The certificate names the origin it was issued for (keys export): every verifier pins it.
     let cert_s = cert.to_str().unwrap();
-    let (code, v) = cli(&a, &["verify", "--db", other.to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", "--db", other.to_str().unwrap(), "--key", cert_s]);
     assert_fails_at(
         (code, v),
         "height",
         0,
         "origin \"anchorlog.test/other\" is not the expected \"anchorlog.test/e2e\"",
     );
-    let (code, v) = cli(&a, &["verify", tar.to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", tar.to_str().unwrap(), "--key", cert_s]);
     assert_fails_at((code, v), "height", 0, "is not the expected \"anchorlog.test/e2e\"");
     assert_fails_at(
         verify_receipt(&a, &receipt, &cert, &[]),
@@ -463,35 +397,15 @@ async fn a_log_of_another_origin_signed_by_the_same_key_fails() {
         (0, &json!("anchorlog.test/other"), &json!("the log itself")),
         "{v}"
     );
-    let (code, line) = python(&tar, &a.key_pem(), &["--origin", "anchorlog.test/e2e"]);
+    let (code, line, _) = python_verify(&tar, &a.key_pem(), &["--origin", "anchorlog.test/e2e"]);
     assert_eq!(code, 3, "{line}");
     // The genuine log verifies with the certificate, pinned to it.
-    let (code, v) = cli(&a, &["verify", "--db", a.path("e2e.db").to_str().unwrap(), "--key", cert_s]);
+    let (code, v) = a.cli_json(&["verify", "--db", a.path("e2e.db").to_str().unwrap(), "--key", cert_s]);
     assert_eq!(
         (code, &v["report"]["origin"], &v["origin_from"]),
         (0, &json!("anchorlog.test/e2e"), &json!("the key's certificate")),
         "{v}"
     );
-}
-
-/// Signs `text` with the appliance's key through the HSM, as root with the PIN file can: pkcs11-tool,
-/// CKM_ECDSA over SHA-256(text), DER.
-fn hsm_sign(a: &Appliance, text: &[u8]) -> Vec<u8> {
-    let digest = a.path("resign.digest");
-    std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
-    let sig = a.path("resign.sig");
-    let out = Command::new("pkcs11-tool")
-        .args(["--module", SOFTHSM, "--token-label", "anchorlog-test", "--login", "--pin", USER_PIN])
-        .args(["--sign", "--mechanism", "ECDSA", "--label", "head-signer", "--signature-format", "openssl"])
-        .arg("-i")
-        .arg(&digest)
-        .arg("-o")
-        .arg(&sig)
-        .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
-        .output()
-        .expect("pkcs11-tool runs (apt-get install opensc)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read(&sig).unwrap()
 }
 
 /// A fresh RFC 3161 token over `text` from the test TSA, asked for with openssl and curl.
@@ -522,7 +436,7 @@ fn fresh_token(a: &Appliance, tsa: &LocalTsa, text: &[u8]) -> Vec<u8> {
 async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() {
     let tsa = LocalTsa::start_new(&[]);
     let mut a = Appliance::start_with(Options {
-        extra_config: format!("{}{}", tsa.config_entry(5000), tsa_local::fast_retries()),
+        extra_config: format!("{}{}", tsa.config_entry(5000), kit::tsa::fast_retries()),
         ..Options::default()
     });
     for _ in 0..4 {
@@ -530,7 +444,7 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let last = a.wait_for_head(12).await["height"].as_u64().unwrap();
-    tsa_local::eventually(20, "every head timestamped", async || {
+    kit::eventually(20, "every head timestamped", async || {
         a.audit_get(&format!("/v1/heads/{last}")).await.json()["timestamp"].is_string()
     })
     .await;
@@ -561,9 +475,10 @@ async fn a_rewritten_tail_resigned_by_the_hsm_with_fresh_tokens_fails_on_time() 
     assert_eq!(code, 0, "{v}");
     let tar = a.path("rewritten.tar");
     let last = store::last_head(&store::open_reader(&rewritten).unwrap()).unwrap().unwrap().height;
-    export_db(&a, &rewritten, last, &tar);
+    a.export_db(&rewritten, last, &tar);
     assert_fails_at(verify_bundle(&a, &tar, &strict), "height", k + 1, "more than the allowed 2 s");
-    let (code, line) = python(&tar, &a.key_pem(), &["--tsa-ca", ca_s, "--max-timestamp-delay", "2"]);
+    let (code, line, _) =
+        python_verify(&tar, &a.key_pem(), &["--tsa-ca", ca_s, "--max-timestamp-delay", "2"]);
     assert_eq!(code, 3, "{line}");
     assert!(line.starts_with(&format!("FAILED: head height {}:", k + 1)), "{line}");
 }
@@ -642,7 +557,7 @@ fn rewrite_tail(
             tree_size: cp.tree_size,
             root: cp.root,
             checkpoint: text.clone(),
-            signature: hsm_sign(a, text.as_bytes()),
+            signature: a.pkcs11_tool_sign(&["--label", "head-signer"], text.as_bytes()),
             key_id: original.key_id.clone(),
             sealed_at_ms: cp.time_ms,
         };
@@ -668,47 +583,21 @@ fn rewrite_tail(
     }
 }
 
-fn audit(a: &Appliance, state: &Path, extra: &[&str]) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://{}", a.addr.unwrap());
-    let mut args = vec![
-        "audit".to_string(),
-        "--url".into(),
-        url,
-        "--cert".into(),
-        c("auditor.pem"),
-        "--key".into(),
-        c("auditor.key"),
-        "--ca".into(),
-        c("ca.pem"),
-        "--signer".into(),
-        a.key_pem().to_str().unwrap().into(),
-        "--state".into(),
-        state.to_str().unwrap().into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = a.anchorlog(&refs);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), v)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_fails_on_a_log_that_stopped_advancing() {
     let a = Appliance::start_with(Options { heartbeat_interval_s: 60, ..Options::default() });
     post_concurrently(&a, 2, 1).await;
     a.wait_for_head(2).await;
-    let state = a.path("audit-state.json");
-    let (code, v) = audit(&a, &state, &["--max-age", "5m"]);
+    let (code, v) = a.audit(&["--max-age", "5m"]);
     assert_eq!((code, &v["outcome"]), (0, &json!("first_seen")), "{v}");
     // Nothing new is sealed for a minute: after 3 s the latest head is older than 2 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (code, v) = audit(&a, &state, &["--max-age", "2s"]);
+    let (code, v) = a.audit(&["--max-age", "2s"]);
     assert_eq!((code, &v["outcome"], &v["exit_code"]), (7, &json!("failed"), &json!(7)), "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("stale: the latest head"), "{v}");
-    let (code, v) = audit(&a, &state, &["--max-age", "5m"]);
+    let (code, v) = a.audit(&["--max-age", "5m"]);
     assert_eq!((code, &v["outcome"]), (0, &json!("unchanged")), "{v}");
-    let (code, v) = audit(&a, &state, &["--origin", "anchorlog.test/other"]);
+    let (code, v) = a.audit(&["--origin", "anchorlog.test/other"]);
     assert_eq!(code, 5, "{v}");
 }
 
@@ -739,7 +628,7 @@ async fn search_rows_deleted_by_root_are_restored_at_start() {
     a.wait_indexed().await;
     // The indexer repairs in its own thread after the start: poll the search database itself (a search through
     // the API would append an audit record per try) until the deleted rows are back.
-    tsa_local::eventually(20, "the deleted search rows are re-derived", async || {
+    kit::eventually(20, "the deleted search rows are re-derived", async || {
         let c = store::open_search_reader(&search_db).unwrap();
         let rows: i64 = c.query_row("SELECT count(*) FROM event_fields", [], |r| r.get(0)).unwrap();
         let ips: i64 = c.query_row("SELECT count(*) FROM ip_index", [], |r| r.get(0)).unwrap();

@@ -2,10 +2,9 @@
 //! (`softhsm-tests/iofault/iofault.c`, built here) that fails the database's `fsync`/`write` calls with EIO on
 //! demand. The shim is never part of a build of the appliance: it exists only in these tests' temporary directory.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use std::path::{Path, PathBuf};
 
 /// Builds the shim into `dir` with the system C compiler.

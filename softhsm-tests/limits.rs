@@ -3,10 +3,9 @@
 //! a search page over the answer cap. 127.0.0.2 stands for "another client address" (all of 127/8 is local on
 //! Linux). Bounds are generous: the CI machine is small and shared.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,7 +125,7 @@ const SOURCE_SECRET: &str = "webhook-bearer-secret";
 
 fn bearer_source(a_dir: &std::path::Path) -> String {
     let secret = a_dir.join("bearer.secret");
-    harness::write_secret(&secret, SOURCE_SECRET.as_bytes());
+    kit::write_secret(&secret, SOURCE_SECRET.as_bytes());
     format!(
         "[[source]]\nname = \"hook\"\nformat = \"json\"\nsecret_auth = \"bearer\"\nsecret_file = \"{}\"\n",
         secret.display()
@@ -181,7 +180,7 @@ async fn the_source_listener_refuses_a_wrong_bearer_before_the_body_and_an_overs
 ) {
     let secrets = tempfile::tempdir().unwrap();
     let hmac_secret = secrets.path().join("hmac.secret");
-    harness::write_secret(&hmac_secret, b"kc-webhook-secret");
+    kit::write_secret(&hmac_secret, b"kc-webhook-secret");
     let extra = format!(
         "{}[[source]]\nname = \"kc\"\nformat = \"keycloak\"\nsecret_auth = \"hmac\"\nsecret_file = \"{}\"\n",
         bearer_source(secrets.path()),

@@ -6,12 +6,11 @@
 //! `src/api/openapi.rs`; that the document is valid OpenAPI 3.1 and its examples valid against their schemas by
 //! `tests/check_openapi.py`.)
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::api::openapi::DOCUMENT;
 use anchorlog::client::{Connection, Response};
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -203,7 +202,7 @@ impl Listeners {
 fn start() -> (Listeners, Guard) {
     let mut a = Appliance::prepare(Options::default());
     let secret = a.path("okta.secret");
-    harness::write_secret(&secret, OKTA_SECRET.as_bytes());
+    kit::write_secret(&secret, OKTA_SECRET.as_bytes());
     a.options.extra_config = format!(
         "[[source]]\nname = \"okta\"\nformat = \"okta\"\nprincipals = [\"producer-1\"]\n\
          secret_auth = \"authorization\"\nsecret_file = \"{}\"\n",
@@ -218,7 +217,7 @@ fn start() -> (Listeners, Guard) {
         ),
     );
     std::fs::write(a.config_path(), text).unwrap();
-    let child = Command::new(harness::bin())
+    let child = Command::new(kit::bin())
         .args(["serve", "--config", a.config_path().to_str().unwrap()])
         .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
         .stdout(Stdio::null())

@@ -1,11 +1,10 @@
 //! Running the appliance as an operator does (issue 12), on real parts: log formats a journal or a SIEM
 //! reads, export defaults, the start-up order, systemd notifications, readiness and the monitor role.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{post_concurrently, Appliance, Options};
+use kit::health::{codes, health_get};
+use kit::{post_concurrently, Appliance, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_are_one_object_per_line_and_never_coloured_off_a_terminal() {
@@ -189,28 +188,17 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     // This process is the service here (in-process, behind the signer double): its environment is systemd's.
     std::env::set_var("NOTIFY_SOCKET", &sock_path);
     std::env::set_var("WATCHDOG_USEC", "600000");
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let hang = Arc::new(AtomicBool::new(false));
-    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-        module: harness::SOFTHSM.into(),
-        token_label: "anchorlog-test".into(),
-        key_label: "head-signer".into(),
-    };
+    let settings = a.pkcs11_in_process();
     let h = hang.clone();
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
-        let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
+        let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
         let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
         Ok(Box::new(HangingSigner { inner, hang: h.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     let messages = |from: Instant, to: Instant, what: &str| -> Vec<Instant> {
         heard
             .lock()
@@ -253,8 +241,7 @@ async fn systemd_hears_ready_then_watchdog_pings_that_stop_while_the_signer_hang
     let back = Instant::now();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!messages(back, Instant::now(), "WATCHDOG=1").is_empty(), "pings resume");
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    service.stop().await;
     assert!(!messages(back, Instant::now(), "STOPPING=1").is_empty(), "STOPPING=1 on stop");
 }
 
@@ -268,42 +255,30 @@ async fn tokio_sleep_until(mut done: impl FnMut() -> bool) {
 }
 
 /// `GET path` on the plain health listener: (status, JSON or text body).
-async fn health_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut c =
-        anchorlog::client::Connection::connect_plain(addr, "localhost").await.expect("health listener");
-    let r = c.get(path).await.expect("GET");
-    (r.status, String::from_utf8_lossy(&r.body).into_owned())
-}
-
-fn reason_codes(body: &str) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_str(body).unwrap();
-    v["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap().to_string()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothing_else() {
-    let mut tsa = tsa_local::LocalTsa::start_new(&[]);
-    let port = tsa_local::free_port();
+    let mut tsa = kit::tsa::LocalTsa::start_new(&[]);
+    let port = kit::tsa::free_port();
     let a = Appliance::start_with(Options {
         extra_config: format!(
             "{}{}[readiness]\nmax_untimestamped_age_s = 1\n",
             tsa.config_entry(2000),
-            tsa_local::fast_retries()
+            kit::tsa::fast_retries()
         ),
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     post_concurrently(&a, 2, 1).await;
-    tsa_local::eventually(20, "ready with every head timestamped", async || {
+    kit::eventually(20, "ready with every head timestamped", async || {
         health_get(health, "/readyz").await.0 == 200
     })
     .await;
-    let (_, body) = health_get(health, "/readyz").await;
+    let (_, _, body) = health_get(health, "/readyz").await;
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"], "ready", "{body}");
-    let (code, text) = health_get(health, "/metrics").await;
+    let (code, _, text) = health_get(health, "/metrics").await;
     assert!(code == 200 && text.contains("anchorlog_events_appended_total 2"), "{text}");
-    let (code, _) = health_get(health, "/v1/heads/latest").await;
+    let (code, _, _) = health_get(health, "/v1/heads/latest").await;
     assert_eq!(code, 404, "the health listener serves health, readiness and metrics only");
 
     // The monitor role: readiness and metrics on the mTLS listener, nothing that reads the log.
@@ -329,9 +304,9 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
     // The TSA goes down: heads stay without tokens past the threshold → 503, with the reason.
     tsa.stop();
     post_concurrently(&a, 1, 1).await;
-    tsa_local::eventually(20, "not ready: timestamps overdue", async || {
-        let (code, body) = health_get(health, "/readyz").await;
-        code == 503 && reason_codes(&body) == ["timestamps_overdue"]
+    kit::eventually(20, "not ready: timestamps overdue", async || {
+        let (code, v, _) = health_get(health, "/readyz").await;
+        code == 503 && codes(&v) == ["timestamps_overdue"]
     })
     .await;
     let r = monitor.get("/readyz").await.unwrap();
@@ -344,7 +319,7 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
     );
     // Back: the heads are back-filled, ready again.
     tsa.start();
-    tsa_local::eventually(30, "ready again after the back-fill", async || {
+    kit::eventually(30, "ready again after the back-fill", async || {
         health_get(health, "/readyz").await.0 == 200
     })
     .await;
@@ -352,15 +327,15 @@ async fn readyz_says_why_it_is_not_ready_and_recovers_and_a_monitor_reads_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_the_disk_is_nearly_full() {
-    let port = tsa_local::free_port();
+    let port = kit::tsa::free_port();
     let a = Appliance::start_with(Options {
         // Any real filesystem has less than 100 % free.
         extra_config: "[alerting]\nmin_free_disk_percent = 100\n".into(),
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         ..Options::default()
     });
-    let (code, body) = health_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/readyz").await;
-    assert_eq!((code, reason_codes(&body)), (503, vec!["disk_nearly_full".to_string()]), "{body}");
+    let (code, v, body) = health_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/readyz").await;
+    assert_eq!((code, codes(&v)), (503, vec!["disk_nearly_full".to_string()]), "{body}");
     drop(a);
 }
 
@@ -389,48 +364,36 @@ impl anchorlog::signer::HeadSigner for FailingSigner {
 async fn readyz_is_503_while_the_signer_fails_and_200_once_it_works() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let port = tsa_local::free_port();
+    let port = kit::tsa::free_port();
     let mut a = Appliance::prepare(Options {
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let fail = Arc::new(AtomicBool::new(false));
-    let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-        module: harness::SOFTHSM.into(),
-        token_label: "anchorlog-test".into(),
-        key_label: "head-signer".into(),
-    };
+    let settings = a.pkcs11_in_process();
     let f = fail.clone();
     let signer = anchorlog::signer::SignerHandle::spawn(move || {
-        let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
+        let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
         let inner = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin)?;
         Ok(Box::new(FailingSigner { inner, fail: f.clone() }) as Box<dyn anchorlog::signer::HeadSigner>)
     })
     .unwrap();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     post_concurrently(&a, 1, 1).await;
-    tsa_local::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
     fail.store(true, Ordering::SeqCst);
     post_concurrently(&a, 1, 1).await;
     // Signing fails at the next seal (200 ms); the event waits more than 3 seal intervals soon after.
-    tsa_local::eventually(20, "not ready: signer failing and sealing stalled", async || {
-        let (code, body) = health_get(health, "/readyz").await;
-        code == 503 && reason_codes(&body) == ["signer_failing", "sealing_stalled"]
+    kit::eventually(20, "not ready: signer failing and sealing stalled", async || {
+        let (code, v, _) = health_get(health, "/readyz").await;
+        code == 503 && codes(&v) == ["signer_failing", "sealing_stalled"]
     })
     .await;
     fail.store(false, Ordering::SeqCst);
-    tsa_local::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    kit::eventually(20, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
+    service.stop().await;
 }
 
 /// The value of the sample `name` (with its labels, exactly as exposed) in a text exposition.
@@ -440,8 +403,8 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_count_acks_signatures_tokens_commits_sources_and_failures() {
-    let tsa = tsa_local::LocalTsa::start_new(&[]);
-    let port = tsa_local::free_port();
+    let tsa = kit::tsa::LocalTsa::start_new(&[]);
+    let port = kit::tsa::free_port();
     let a = Appliance::start_with(Options {
         extra_config: tsa.config_entry(2000),
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
@@ -452,13 +415,13 @@ async fn metrics_pass_promtool_and_count_acks_signatures_tokens_commits_sources_
     let mut producer = a.connect("producer").await;
     let r = producer.post_json("/v1/events", b"{not json").await.unwrap();
     assert_eq!(r.status, 400);
-    tsa_local::eventually(20, "a head over the 5 events with its token", async || {
-        let (_, text) = health_get(health, "/metrics").await;
+    kit::eventually(20, "a head over the 5 events with its token", async || {
+        let (_, _, text) = health_get(health, "/metrics").await;
         sample(&text, "anchorlog_sealed_tree_size").unwrap_or(0.0) >= 5.0
             && sample(&text, "anchorlog_untimestamped_heads") == Some(0.0)
     })
     .await;
-    let (code, text) = health_get(health, "/metrics").await;
+    let (code, _, text) = health_get(health, "/metrics").await;
     assert_eq!(code, 200);
 
     // The Prometheus project's own linter: names, units, `_total` on counters, HELP on every family.

@@ -4,10 +4,10 @@
 //! Python verifier), in receipts and in `audit`; the insider who re-signs a head with the other key is caught at
 //! that height; ambiguous starts are refused with what to do. And `keys csr` writes a request OpenSSL verifies.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options, TestSigner, SOFTHSM, USER_PIN};
+use kit::bundle::python_verify;
+use kit::{Appliance, Options, TestSigner};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,50 +24,8 @@ async fn post_batches(a: &Appliance, n: u64, tag: &str) {
     }
 }
 
-/// Runs the CLI with `--json`: (exit code, JSON on stdout, or the raw output).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
-    });
-    (out.status.code().unwrap_or(-1), v)
-}
-
 fn verify_db(a: &Appliance, db: &Path, key: &Path) -> (i32, Value) {
-    cli(a, &["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()])
-}
-
-fn python(tar: &Path, key: &Path) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .output()
-        .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn audit(a: &Appliance, signer: &Path) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://localhost:{}", a.addr.unwrap().port());
-    let out = a.anchorlog(&[
-        "audit",
-        "--url",
-        &url,
-        "--cert",
-        &c("auditor.pem"),
-        "--key",
-        &c("auditor.key"),
-        "--ca",
-        &c("ca.pem"),
-        "--signer",
-        signer.to_str().unwrap(),
-        "--state",
-        a.path("audit-state.json").to_str().unwrap(),
-    ]);
-    (out.status.code().unwrap_or(-1), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    a.cli_json(&["verify", "--db", db.to_str().unwrap(), "--key", key.to_str().unwrap()])
 }
 
 /// The stored heads' (height, tree size, key id), in height order.
@@ -95,26 +53,6 @@ fn checkpoint(db: &Path, height: u64) -> String {
     anchorlog::store::head(&c, height).unwrap().unwrap().checkpoint
 }
 
-/// Signs `text` with the token's key of CKA_ID `id` (hex; pkcs11-tool selects signing keys by id, not label), as
-/// root with the PIN file can: pkcs11-tool, CKM_ECDSA over SHA-256(text), DER.
-fn hsm_sign(a: &Appliance, id: &str, text: &[u8]) -> Vec<u8> {
-    let digest = a.path("resign.digest");
-    std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
-    let sig = a.path("resign.sig");
-    let out = Command::new("pkcs11-tool")
-        .args(["--module", SOFTHSM, "--token-label", "anchorlog-test", "--login", "--pin", USER_PIN])
-        .args(["--sign", "--mechanism", "ECDSA", "--id", id, "--signature-format", "openssl"])
-        .arg("-i")
-        .arg(&digest)
-        .arg("-o")
-        .arg(&sig)
-        .env("SOFTHSM2_CONF", a.path("softhsm2.conf"))
-        .output()
-        .expect("pkcs11-tool runs (apt-get install opensc)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::read(&sig).unwrap()
-}
-
 /// The record's seq and body, and the head that ends with it, after the rotation was recorded.
 fn rotation_record(a: &Appliance) -> (u64, Value) {
     let records: Vec<(u64, Value)> =
@@ -130,7 +68,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     std::fs::copy(a.key_pem(), &first).unwrap();
     post_batches(&a, 1000, "before").await;
     a.wait_for_head(1001).await;
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
     assert!(a.sigterm().success());
     let config = a.config_path();
@@ -141,19 +79,10 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
         serde_json::from_slice::<Value>(&show.stdout).unwrap()["id"].as_str().unwrap().to_string();
 
     // Step 1: the new key. A PKCS#11 key needs a new label.
-    let out = a.anchorlog(&["keys", "rotate", "--config", config, "--reason", "annual rotation"]);
+    let out = a.keys_rotate("annual rotation", &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("give --new-key-label LABEL"), "{out:?}");
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config,
-        "--reason",
-        "annual rotation",
-        "--new-key-label",
-        "head-signer-2",
-    ]);
+    let out = a.keys_rotate("annual rotation", &["--new-key-label", "head-signer-2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(prepared["old_key_id"], old_id.as_str());
@@ -168,16 +97,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     let pending = a.path("anchorlog.db.key-rotation.json");
     assert_eq!(prepared["pending"], pending.to_str().unwrap());
     // Only one at a time.
-    let again = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config,
-        "--reason",
-        "again",
-        "--new-key-label",
-        "head-signer-3",
-    ]);
+    let again = a.keys_rotate("again", &["--new-key-label", "head-signer-3"]);
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("a key rotation is already pending"),
         "{again:?}"
@@ -222,12 +142,12 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     let latest = a.wait_for_head(seq + 1001).await;
     assert_eq!(latest["key_id"], new_id.as_str());
     // The monitor follows the rotation from the key it stored (its --signer is still the first key).
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("advanced")), "{out}");
     assert_eq!(out["key_rotations"][0]["height"], rh, "{out}");
     let state: Value = serde_json::from_slice(&std::fs::read(a.path("audit-state.json")).unwrap()).unwrap();
     assert_eq!(state["key_id"], new_id.as_str());
-    let (code, out) = audit(&a, &first);
+    let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("unchanged")), "{out}");
     // A receipt of an event after the rotation carries the record: the first key alone verifies it.
     let receipt = a.audit_get(&format!("/v1/events/{}/receipt", seq + 500)).await;
@@ -236,7 +156,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     std::fs::write(&receipt_file, &receipt.body).unwrap();
     assert!(a.sigterm().success());
     let (code, v) =
-        cli(&a, &["verify-receipt", receipt_file.to_str().unwrap(), "--key", first.to_str().unwrap()]);
+        a.cli_json(&["verify-receipt", receipt_file.to_str().unwrap(), "--key", first.to_str().unwrap()]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["report"]["key_id"], new_id.as_str());
     assert_eq!(v["report"]["rotations"][0]["seq"], seq);
@@ -266,7 +186,7 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
 
     let genuine = a.copy_db("genuine.db");
     insider_resigning_is_caught(&mut a, &genuine, &first, (seq, rh), (&old_id, &new_id), |a, key, text| {
-        hsm_sign(a, if key == "old" { &old_cka_id } else { &new_cka_id }, text)
+        a.pkcs11_tool_sign(&["--id", if key == "old" { &old_cka_id } else { &new_cka_id }], text)
     });
     bundles_verify_with_the_first_key(&a, &genuine, &first, rh);
 
@@ -351,10 +271,10 @@ fn bundles_verify_with_the_first_key(a: &Appliance, genuine: &Path, first: &Path
             tar.to_str().unwrap(),
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (code, v) = cli(a, &["verify", tar.to_str().unwrap(), "--key", first.to_str().unwrap()]);
+        let (code, v) = a.cli_json(&["verify", tar.to_str().unwrap(), "--key", first.to_str().unwrap()]);
         assert_eq!(code, 0, "from {from}: {v}");
         assert_eq!(v["report"]["heads"], last - from + 1, "from {from}: {v}");
-        let (code, text) = python(&tar, first);
+        let (code, text, _) = python_verify(&tar, first, &[]);
         assert_eq!(code, 0, "from {from}: {text}");
         let _ = std::fs::remove_file(&tar);
     }
@@ -445,7 +365,7 @@ fn keys_csr_writes_a_request_openssl_verifies_for_the_devices_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_rotation_to_a_new_handle_keeps_the_counter_and_is_followed_from_the_first_key() {
     use anchorlog::signer::tpm::{TpmSettings, TpmSigner};
-    use harness::{TPM_COUNTER_INDEX, TPM_HANDLE};
+    use kit::{TPM_COUNTER_INDEX, TPM_HANDLE};
     const NEW_HANDLE: u32 = 0x8101_0011;
     let options = Options { signer: TestSigner::Tpm, record_appliance_events: true, ..Options::default() };
     let mut a = Appliance::start_with(options);
@@ -454,17 +374,7 @@ async fn tpm_rotation_to_a_new_handle_keeps_the_counter_and_is_followed_from_the
     post_batches(&a, 1000, "before").await;
     a.wait_for_head(1001).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "TPM key rotation",
-        "--new-handle",
-        "0x81010011",
-    ]);
+    let out = a.keys_rotate("TPM key rotation", &["--new-handle", "0x81010011"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
@@ -528,19 +438,8 @@ async fn tpm_rotation_with_a_fresh_counter_restarts_the_counter_chain() {
     post_batches(&a, 100, "before").await;
     a.wait_for_head(101).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "new counter",
-        "--new-handle",
-        "0x81010012",
-        "--new-counter-index",
-        "0x01800011",
-    ]);
+    let out =
+        a.keys_rotate("new counter", &["--new-handle", "0x81010012", "--new-counter-index", "0x01800011"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let prepared: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(prepared["new_key"]["counter"]["index"], "0x01800011", "{prepared}");
@@ -564,7 +463,7 @@ async fn tpm_rotation_with_a_fresh_counter_restarts_the_counter_chain() {
         anchorlog_core::head::Checkpoint::parse(&checkpoint(&a.db_path(), h)).unwrap().counter.unwrap()
     };
     // The new counter starts afresh (its first value is 1), below the old counter's last value.
-    assert_eq!(counter(rh).index, harness::TPM_COUNTER_INDEX);
+    assert_eq!(counter(rh).index, kit::TPM_COUNTER_INDEX);
     assert_eq!((counter(rh + 1).index, counter(rh + 1).value), (NEW_COUNTER, 1));
     assert!(counter(rh).value > 1);
     // And a restart checks the database against the new counter.

@@ -30,7 +30,8 @@ if [ ! -x /usr/sbin/syslog-ng ] && [ ! -x "${SYSLOG_NG_ROOT:-/opt/syslog-ng-core
   fi
 fi
 
-# The PKCS#11 unit tests create throw-away tokens; keep them in a fresh directory, never the system's.
+# Every test makes its own token directory through the kit (softhsm-tests/kit/softhsm.rs); this fresh one is the
+# fallback for anything that would load SoftHSM without one, so that nothing here reaches the system's tokens.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/tokens"
@@ -46,7 +47,8 @@ if cargo nextest --version >/dev/null 2>&1; then
   # One process per test: C_Initialize is process-global, so this is what lets PKCS#11 tests run in parallel.
   cargo nextest run --no-fail-fast --workspace
 else
-  # Without nextest, the library's PKCS#11 tests share one process and must not run concurrently.
+  # Without nextest, tests share a process. The PKCS#11 token tests (target pkcs11) take kit::softhsm::module_lock
+  # themselves; the library's unit tests keep running one at a time, as they always have.
   cargo test --workspace --lib -- --test-threads=1
   cargo test --workspace --bins --tests
 fi

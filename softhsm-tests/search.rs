@@ -3,11 +3,10 @@
 //! seqs, pagination without duplicates or gaps, parameter errors, authorization, and the audit-access record
 //! each auditor read leaves in the log (PCI DSS 10.2.1.3).
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::formats::{self, limits::Limits, Format, NormalizedFields, Outcome};
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use serde_json::{json, Value};
 
 const ALICE: &str = "47c223f9-813f-4d65-81ea-56f49cc2aba1";
@@ -84,8 +83,7 @@ impl Auditor<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_by_every_filter_pages_and_is_itself_logged() {
-    let a =
-        Appliance::start_with(Options { extra_config: harness::IDP_SOURCES.into(), ..Options::default() });
+    let a = Appliance::start_with(Options { extra_config: kit::IDP_SOURCES.into(), ..Options::default() });
     let mut producer = a.connect("producer").await;
 
     // The fixtures, posted through their sources; the oracle is the formats' own parse of the same bytes.

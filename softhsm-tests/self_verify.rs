@@ -4,18 +4,15 @@
 //! restart resumes from the last self-verified head and the background pass still finds older tampering.
 //! The start-up timing bench at the end is `#[ignore]`d (docs/PERFORMANCE.md, "Start-up").
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{post_concurrently, write_secret, Appliance, Options};
+use kit::eventually;
+use kit::tsa::LocalTsa;
+use kit::{post_concurrently, write_secret, Appliance, Options};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tsa_local::{eventually, LocalTsa};
 
 /// One request a webhook receiver got: headers (lower-case names), body, when.
 #[derive(Clone, Debug)]
@@ -354,7 +351,7 @@ async fn a_restart_resumes_from_the_last_self_verified_head_and_the_background_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_self_verification_record_in_the_unsealed_tail_does_not_move_the_start() {
-    let origin = common::ORIGIN.to_string();
+    let origin = kit::log_builder::ORIGIN.to_string();
     let mut a = Appliance::prepare(Options { record_appliance_events: true, origin, ..Options::default() });
     a.options.extra_config = "[self_verify]\ninterval_s = 1\n".into();
     a.spawn().unwrap();
@@ -378,8 +375,8 @@ async fn a_forged_self_verification_record_in_the_unsealed_tail_does_not_move_th
         let c = anchorlog::store::open_reader(&a.db_path()).unwrap();
         anchorlog::store::last_head(&c).unwrap().unwrap()
     };
-    let soft = common::TestKey::new(1);
-    let mut b = common::LogBuilder::create(&a.db_path(), &soft);
+    let soft = kit::log_builder::TestKey::new(1);
+    let mut b = kit::log_builder::LogBuilder::create(&a.db_path(), &soft);
     let size = anchorlog::store::event_count(&b.conn).unwrap();
     b.frontier = anchorlog::store::tree::load_frontier(&b.conn, size).unwrap();
     use base64::Engine as _;
@@ -402,7 +399,7 @@ async fn a_forged_self_verification_record_in_the_unsealed_tail_does_not_move_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_start_on_a_tpm_continues_the_counter_and_still_refuses_an_older_copy() {
     let options =
-        Options { signer: harness::TestSigner::Tpm, record_appliance_events: true, ..Options::default() };
+        Options { signer: kit::TestSigner::Tpm, record_appliance_events: true, ..Options::default() };
     let mut a = Appliance::prepare(options);
     a.options.extra_config = "[self_verify]\ninterval_s = 1\n".into();
     a.spawn().unwrap();
@@ -442,7 +439,7 @@ async fn a_tsa_outage_past_the_threshold_is_alerted_once_and_resolved_when_token
     a.options.extra_config = format!(
         "{}{}[alerting]\noutage_threshold_s = 1\n{}",
         tsa.config_entry(1000),
-        tsa_local::fast_retries(),
+        kit::tsa::fast_retries(),
         receiver.config(&secret)
     );
     a.spawn().unwrap();
@@ -482,7 +479,7 @@ async fn bench_startup_time_on_large_logs() {
 
 async fn startup_on_a_log_of(n: u64) {
     const BLOCK: u64 = 10_000;
-    let origin = common::ORIGIN.to_string();
+    let origin = kit::log_builder::ORIGIN.to_string();
     let mut a = Appliance::prepare(Options { record_appliance_events: true, origin, ..Options::default() });
     // No search database to rebuild (it is derived data a real appliance keeps in step); the full pass is
     // what runs in the background.
@@ -490,20 +487,16 @@ async fn startup_on_a_log_of(n: u64) {
     let built = Instant::now();
     eprintln!("building {n} events in {}", a.db_path().display());
     {
-        std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
-        let settings = anchorlog::signer::pkcs11::Pkcs11Settings {
-            module: harness::SOFTHSM.into(),
-            token_label: "anchorlog-test".into(),
-            key_label: "head-signer".into(),
-        };
-        let pin = zeroize::Zeroizing::new(harness::USER_PIN.to_string());
+        let settings = a.pkcs11_in_process();
+        let pin = zeroize::Zeroizing::new(kit::USER_PIN.to_string());
         let mut hsm = anchorlog::signer::pkcs11::Pkcs11Signer::open(&settings, &pin).unwrap();
         let key = anchorlog_core::key::PublicKey::from_spki_der(hsm.public_key_spki_der()).unwrap();
-        let soft = common::TestKey::new(1);
-        let mut b = common::LogBuilder::create(&a.db_path(), &soft);
+        let soft = kit::log_builder::TestKey::new(1);
+        let mut b = kit::log_builder::LogBuilder::create(&a.db_path(), &soft);
         b.conn.execute_batch("PRAGMA synchronous=OFF").unwrap();
         b.time_ms = anchorlog::store::now_ms() - (n / BLOCK + 10) as i64 * 1000;
-        let mut sign = |b: &mut common::LogBuilder| b.head_signed_with(&key.key_id, |m| hsm.sign(m).unwrap());
+        let mut sign =
+            |b: &mut kit::log_builder::LogBuilder| b.head_signed_with(&key.key_id, |m| hsm.sign(m).unwrap());
         sign(&mut b);
         let start = anchorlog::ledger::internal::start_body(
             "bench",
@@ -603,17 +596,7 @@ async fn self_verification_resumes_across_a_key_rotation() {
     post_concurrently(&a, 5, 1).await;
     let (before, _) = sealed_self_verify_record(&a).await;
     assert!(a.sigterm().success());
-    let config = a.config_path();
-    let out = a.anchorlog(&[
-        "keys",
-        "rotate",
-        "--config",
-        config.to_str().unwrap(),
-        "--reason",
-        "test",
-        "--new-key-label",
-        "head-signer-2",
-    ]);
+    let out = a.keys_rotate("test", &["--new-key-label", "head-signer-2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     a.options.key_label = "head-signer-2".into();
     a.spawn().unwrap();

@@ -3,12 +3,11 @@
 //! and the event stream out (`GET /v1/stream`): every event once in order while events are posted, resumption
 //! without gaps or duplicates, one open and one close audit record per stream, the end at shutdown.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use anchorlog::client::{Connection, StreamingResponse};
 use base64::Engine as _;
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::time::{Duration, Instant};

@@ -1,11 +1,10 @@
 //! A hung or slow HSM and errors retrying cannot fix (issue 14.4), on real SoftHSM behind a fault double that
 //! hangs on demand (fault injection only), with the appliance's own PIN-file opener.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{post_concurrently, write_secret, Appliance, Options};
+use kit::health::{codes, health_get};
+use kit::{post_concurrently, write_secret, Appliance, Options};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,20 +40,6 @@ impl anchorlog::signer::HeadSigner for HangingSigner {
     }
 }
 
-async fn health_get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value, String) {
-    let mut c =
-        anchorlog::client::Connection::connect_plain(addr, "localhost").await.expect("health listener");
-    let r = c.get(path).await.expect("GET");
-    let text = String::from_utf8_lossy(&r.body).into_owned();
-    (r.status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
-}
-
-fn codes(v: &serde_json::Value) -> Vec<String> {
-    v["reasons"].as_array().map_or_else(Vec::new, |a| {
-        a.iter().map(|r| r["code"].as_str().unwrap_or_default().to_string()).collect()
-    })
-}
-
 fn reason<'a>(v: &'a serde_json::Value, code: &str) -> &'a serde_json::Value {
     v["reasons"]
         .as_array()
@@ -83,7 +68,7 @@ fn own_records(db: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_locking_the_token() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    let port = tsa_local::free_port();
+    let port = kit::tsa::free_port();
     let mut a = Appliance::prepare(Options {
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         record_appliance_events: true,
@@ -98,21 +83,13 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
         ..Options::default()
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::env::set_var("SOFTHSM2_CONF", a.path("softhsm2.conf"));
-    a.write_config("127.0.0.1:0");
-    let config = anchorlog::config::Config::load(&a.config_path()).unwrap();
+    let config = a.load_config();
     let supervision = config.signer.supervision();
     let hang = Arc::new(AtomicBool::new(false));
     let reset = Arc::new(AtomicBool::new(false));
     let pin_file = a.path("pin");
-    let opener = Arc::new(anchorlog::signer::pkcs11::Pkcs11Opener::new(
-        anchorlog::signer::pkcs11::Pkcs11Settings {
-            module: harness::SOFTHSM.into(),
-            token_label: "anchorlog-test".into(),
-            key_label: "head-signer".into(),
-        },
-        pin_file.clone(),
-    ));
+    let opener =
+        Arc::new(anchorlog::signer::pkcs11::Pkcs11Opener::new(a.pkcs11_in_process(), pin_file.clone()));
     let (h, r, o) = (hang.clone(), reset.clone(), opener.clone());
     let signer = anchorlog::signer::SignerHandle::spawn_supervised(
         move || {
@@ -124,19 +101,14 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     )
     .unwrap();
     let signer_health = signer.health();
-    let service = anchorlog::server::Service::start_with_signer(config, signer).await.unwrap();
-    a.addr = service.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(service.run(async move {
-        let _ = stop_rx.await;
-    }));
+    let service = a.serve_in_process(config, signer).await;
     post_concurrently(&a, 1, 1).await;
-    tsa_local::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(20, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
 
     // The HSM stops answering: the next seal times out after 1 s, its thread is abandoned.
     hang.store(true, Ordering::SeqCst);
     post_concurrently(&a, 1, 1).await;
-    tsa_local::eventually(30, "not ready: signer hung", async || {
+    kit::eventually(30, "not ready: signer hung", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v) == ["signer_failing", "signer_hung", "sealing_stalled"]
     })
@@ -163,13 +135,13 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     // hold — a PKCS#11 login belongs to the process, and C_Login then answers CKR_USER_ALREADY_LOGGED_IN without
     // checking the PIN — and signing would simply resume; that race made this test flaky under load.)
     reset.store(true, Ordering::SeqCst);
-    tsa_local::eventually(30, "every thread blocked in the HSM returned", async || {
+    kit::eventually(30, "every thread blocked in the HSM returned", async || {
         signer_health.stuck_threads() == 0
     })
     .await;
     hang.store(false, Ordering::SeqCst);
     reset.store(false, Ordering::SeqCst);
-    tsa_local::eventually(30, "not ready: signer backing off", async || {
+    kit::eventually(30, "not ready: signer backing off", async || {
         let (_, v, _) = health_get(health, "/readyz").await;
         codes(&v).contains(&"signer_backing_off".to_string())
     })
@@ -206,12 +178,11 @@ async fn a_hung_hsm_times_out_is_replaced_and_a_wrong_pin_is_backed_off_without_
     );
 
     // The operator writes the right PIN: within one pause (4 s) the signer opens, signs, and all is ready again.
-    write_secret(&pin_file, harness::USER_PIN.as_bytes());
-    tsa_local::eventually(30, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
+    write_secret(&pin_file, kit::USER_PIN.as_bytes());
+    kit::eventually(30, "ready again", async || health_get(health, "/readyz").await.0 == 200).await;
     assert_eq!(opener.login_attempts() - logins_before, logins + 1, "one login with the corrected PIN");
     post_concurrently(&a, 2, 1).await;
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    service.stop().await;
 
     // On record: one sealing outage, from the timeout to the first head after the PIN was fixed.
     let outages = own_records(&a.db_path(), "anchorlog.outage");
@@ -262,9 +233,9 @@ fn signal_pid(pid: u32, signal: &str) {
 /// signing resumes by itself, the outage is on record with the timeout as its error, and the log verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after_sigcont() {
-    let port = tsa_local::free_port();
+    let port = kit::tsa::free_port();
     let mut a = Appliance::start_with(Options {
-        signer: harness::TestSigner::Tpm,
+        signer: kit::TestSigner::Tpm,
         server_extra: format!("health_listen = \"127.0.0.1:{port}\""),
         record_appliance_events: true,
         extra_config: "[alerting]\nmin_free_disk_percent = 0\n".into(),
@@ -275,11 +246,11 @@ async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after
     });
     let health = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     post_concurrently(&a, 2, 1).await;
-    tsa_local::eventually(30, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
+    kit::eventually(30, "ready", async || health_get(health, "/readyz").await.0 == 200).await;
     let pid = swtpm_pid(a.tpm.as_ref().unwrap().port());
     signal_pid(pid, "STOP");
     post_concurrently(&a, 2, 1).await;
-    tsa_local::eventually(30, "not ready: signer hung", async || {
+    kit::eventually(30, "not ready: signer hung", async || {
         let (code, v, _) = health_get(health, "/readyz").await;
         code == 503 && codes(&v).contains(&"signer_hung".to_string())
     })
@@ -295,10 +266,8 @@ async fn a_stopped_swtpm_is_a_hung_tpm_the_appliance_times_out_and_resumes_after
     // Ingest does not wait for the TPM.
     post_concurrently(&a, 2, 1).await;
     signal_pid(pid, "CONT");
-    tsa_local::eventually(60, "ready again after SIGCONT", async || {
-        health_get(health, "/readyz").await.0 == 200
-    })
-    .await;
+    kit::eventually(60, "ready again after SIGCONT", async || health_get(health, "/readyz").await.0 == 200)
+        .await;
     post_concurrently(&a, 1, 1).await;
     assert!(a.sigterm().success(), "{}", a.server_log());
     let outages = own_records(&a.db_path(), "anchorlog.outage");

@@ -2,16 +2,15 @@
 //! database locked by another process or held back by a long reader, and damaged database files. Real SQLite files,
 //! SoftHSM, the real binary and the local TSA.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::eventually;
+use kit::tsa::{fast_retries, LocalTsa};
+use kit::{Appliance, Options};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tsa_local::{eventually, fast_retries, LocalTsa};
 
 /// A small filesystem for the state directory, made by the test: a size-limited tmpfs, else a loop-mounted ext4
 /// image. Unmounted on drop.

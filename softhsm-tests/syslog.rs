@@ -4,10 +4,9 @@
 //! forwarding settings are read from docs/INTEGRATIONS.md ("Syslog"), so the documented recipes are what is tested.
 //! Plus the refusals, back-pressure with a slowed writer, and connections cut inside a frame, with a rustls client.
 
-mod harness;
-mod swtpm;
+mod kit;
 
-use harness::{Appliance, Options};
+use kit::{Appliance, Options};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -528,15 +527,8 @@ async fn with_the_writer_slowed_rsyslog_is_held_back_and_nothing_is_lost() {
         extra_config: format!("{SYSLOG_SOURCE}\n[syslog]\nmax_in_flight_messages = {IN_FLIGHT}\n"),
         ..syslog_options()
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !a.server_log().contains("test fault hook") {
-        assert!(
-            Instant::now() < deadline,
-            "the fault hook is on (feature fault-injection):\n{}",
-            a.server_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The fault hook is on (feature fault-injection).
+    a.wait_log("test fault hook", 1, Duration::from_secs(30)).await;
     let dir = a.path("rsyslog");
     std::fs::create_dir_all(&dir).unwrap();
     let lines: Vec<String> =

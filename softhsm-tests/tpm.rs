@@ -3,8 +3,7 @@
 //! heads signed in the TPM, `anchorlog verify`, OpenSSL, TPM outages, `keys attest` / `verify-attestation`).
 //! Set `TSS2_LOG=esys+none,tcti+none` (run-all.sh does) to keep libtss2's own error lines out of the output.
 
-mod harness;
-mod swtpm;
+mod kit;
 
 use std::net::TcpListener;
 use std::process::Command;
@@ -14,10 +13,10 @@ use anchorlog::signer::tpm::{
     attest, generate_key, generate_key_from_template, TpmError, TpmSettings, TpmSigner,
 };
 use anchorlog_core::attestation::{verify_attestation, AttestationError, KeyAttestation, TpmKeyAttributes};
+use kit::swtpm::Swtpm;
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{DerSignature, Signature, VerifyingKey};
 use p256::pkcs8::{DecodePublicKey as _, EncodePublicKey as _, LineEnding};
-use swtpm::Swtpm;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -38,7 +37,7 @@ fn settings(tpm: &Swtpm, handle: u32) -> TpmSettings {
 
 /// The settings of the appliance the harness prepared: its key and its head counter.
 fn appliance_settings(tpm: &Swtpm) -> TpmSettings {
-    TpmSettings { counter_index: Some(harness::TPM_COUNTER_INDEX), ..settings(tpm, harness::TPM_HANDLE) }
+    TpmSettings { counter_index: Some(kit::TPM_COUNTER_INDEX), ..settings(tpm, kit::TPM_HANDLE) }
 }
 
 fn expected_attributes() -> TpmKeyAttributes {
@@ -394,18 +393,18 @@ fn signing_latency() {
 #[test]
 fn harness_swtpm_starts_restarts_and_stops() {
     let mut tpm = Swtpm::start().unwrap();
-    assert!(swtpm::port_in_use(tpm.port()));
+    assert!(kit::swtpm::port_in_use(tpm.port()));
     assert!(tpm.tcti().starts_with("swtpm:host=127.0.0.1,port="));
     tpm.restart().unwrap();
-    assert!(swtpm::port_in_use(tpm.port()));
+    assert!(kit::swtpm::port_in_use(tpm.port()));
     tpm.stop().unwrap();
-    assert!(!swtpm::port_in_use(tpm.port()));
+    assert!(!kit::swtpm::port_in_use(tpm.port()));
     tpm.stop().unwrap();
 }
 
 // ---- the appliance end to end on swtpm (real binary, mTLS, SQLite) ----------------------------------------
 
-use harness::{post_concurrently, Appliance, Options, TestSigner};
+use kit::{post_concurrently, Appliance, Options, TestSigner};
 
 fn tpm_options() -> Options {
     Options { signer: TestSigner::Tpm, ..Options::default() }
@@ -458,19 +457,8 @@ async fn tpm_backend_end_to_end_thousand_events_verify_and_openssl() {
     assert!(out.status.success(), "{out:?}");
     let ours = a.anchorlog(&["verify", tar.to_str().unwrap(), "--key", a.key_pem().to_str().unwrap()]);
     assert!(ours.status.success(), "{ours:?}");
-    let py = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(&tar)
-        .arg(a.key_pem())
-        .output()
-        .unwrap();
-    assert_eq!(
-        py.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&py.stdout),
-        String::from_utf8_lossy(&py.stderr)
-    );
+    let (code, stdout, stderr) = kit::bundle::python_verify(&tar, &a.key_pem(), &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     // The certificate exported by `keys export` is signed by the TPM key; OpenSSL accepts it.
     let crt = a.path("keys/signer.crt");
     let v = Command::new("openssl").arg("verify").arg("-CAfile").arg(&crt).arg(&crt).output().unwrap();
@@ -539,7 +527,7 @@ fn tpm_misconfiguration_gives_clear_errors() {
     let e = show(&cfg.replace("tcti = \"swtpm:", "tcti = \"tcp:"));
     assert!(e.contains("`signer.tpm.tcti`"), "{e}");
     // The key has no auth value; a configured (wrong) one is refused without being echoed.
-    harness::write_secret(&a.path("tpm-auth"), b"not-the-auth\n");
+    kit::write_secret(&a.path("tpm-auth"), b"not-the-auth\n");
     let with_auth = cfg.replace(
         "handle = \"0x81010010\"\n",
         &format!("handle = \"0x81010010\"\nauth_file = \"{}\"\n", a.path("tpm-auth").display()),
@@ -612,7 +600,7 @@ fn tpm_key_attributes_read_back_as_specified() {
         .args(["-c", "0x81010010", "-f", "pem", "-o"])
         .arg(&tools_pem)
         .env("TPM2TOOLS_TCTI", &tcti)
-        .env("TSS2_LOG", harness::TSS2_LOG)
+        .env("TSS2_LOG", kit::TSS2_LOG)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -734,9 +722,9 @@ fn wait_gone(pid: u32) -> bool {
 
 /// Starts `anchorlog dev --signer tpm`; returns the process and the swtpm pid it uses.
 fn start_dev(dir: &std::path::Path, listen: &str) -> (Guard, u32) {
-    let mut child = Command::new(harness::bin())
+    let mut child = Command::new(kit::bin())
         .args(["dev", "--signer", "tpm", "--state-dir", dir.to_str().unwrap(), "--listen", listen])
-        .env("TSS2_LOG", harness::TSS2_LOG)
+        .env("TSS2_LOG", kit::TSS2_LOG)
         .env("ANCHORLOG_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -822,7 +810,7 @@ async fn dev_mode_with_tpm_provisions_once_serves_and_takes_swtpm_down() {
     drop(dev2);
     assert!(wait_gone(swtpm_pid2), "swtpm {swtpm_pid2} outlived a killed dev mode");
 
-    let out = Command::new(harness::bin())
+    let out = Command::new(kit::bin())
         .args(["verify", "--db", dir.join("anchorlog.db").to_str().unwrap(), "--key"])
         .arg(dir.join("keys/signer.pem"))
         .output()
@@ -1044,7 +1032,7 @@ async fn a_signer_outage_is_recorded_with_its_start_and_end() {
         conn.query_row("SELECT received_at_ns FROM events WHERE seq = 7", [], |r| r.get(0)).unwrap();
     assert!(received / 1_000_000 >= started["since_ms"].as_i64().unwrap());
     drop(conn);
-    let out = Command::new(harness::bin())
+    let out = Command::new(kit::bin())
         .args(["verify", "--db", a.db_path().to_str().unwrap(), "--key"])
         .arg(a.key_pem())
         .output()
@@ -1062,7 +1050,7 @@ use anchorlog_core::head::{Checkpoint, HeadCounter};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const COUNTER: u32 = harness::TPM_COUNTER_INDEX;
+const COUNTER: u32 = kit::TPM_COUNTER_INDEX;
 
 /// Settings of a key at `HANDLE` with the head counter at `COUNTER`.
 fn counter_settings(tpm: &Swtpm) -> TpmSettings {
@@ -1094,7 +1082,7 @@ fn tpm2(tpm: &Swtpm, args: &[&str]) -> std::process::Output {
     Command::new(args[0])
         .args(&args[1..])
         .env("TPM2TOOLS_TCTI", tpm.tcti())
-        .env("TSS2_LOG", harness::TSS2_LOG)
+        .env("TSS2_LOG", kit::TSS2_LOG)
         .output()
         .unwrap()
 }

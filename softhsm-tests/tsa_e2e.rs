@@ -3,16 +3,15 @@
 //! ingest continues, a TSA outage is back-filled, failover to the second TSA, fractional genTime, and the
 //! p95 latency from an event's 2xx to a signed and timestamped head.
 
-mod harness;
-mod swtpm;
-mod tsa_local;
+mod kit;
 
 use base64::Engine as _;
-use harness::{post_concurrently, Appliance, Options};
+use kit::eventually;
+use kit::tsa::{fast_retries, LocalTsa};
+use kit::{post_concurrently, Appliance, Options};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use tsa_local::{eventually, fast_retries, LocalTsa};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -422,15 +421,11 @@ async fn exported_bundles_and_receipts_carry_tokens_that_verify_offline() {
     // Heads 1..=to plus the anchor head 0, each with its token.
     assert_eq!(v["timestamps"]["verified"].as_u64(), Some(to + 1), "{v}");
     assert_eq!(v["tokens_present"].as_u64(), Some(to + 1), "{v}");
+    // The Python verifier with the TSA's CA, every head required to carry a token: (exit code, stdout).
     let py = |tar: &Path| {
-        let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-            .arg(tar)
-            .arg(&key)
-            .args(["--tsa-ca", ca_s, "--require-timestamps"])
-            .output()
-            .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let (code, stdout, _) =
+            kit::bundle::python_verify(tar, &key, &["--tsa-ca", ca_s, "--require-timestamps"]);
+        (code, stdout)
     };
     let (code, out) = py(&api_tar);
     assert_eq!(code, 0, "{out}");

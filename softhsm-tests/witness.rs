@@ -4,17 +4,20 @@
 //! `signed_note` (exactly what the appliance emits), or by a test Ed25519 log key. Cosignatures are also
 //! checked by an independent Python verifier (softhsm-tests/witness/verify_cosignature.py).
 
+mod kit;
+
 use anchorlog::client::{Connection, Response};
 use anchorlog::signer::pkcs11::{self, Pkcs11Settings, Pkcs11Signer};
 use anchorlog_core::head::{signed_note, Checkpoint};
 use anchorlog_core::merkle::{consistency_proof, leaf_hash, root_of, Hash};
 use anchorlog_core::note::protocol::AddCheckpointRequest;
 use anchorlog_core::note::{cosignature, Note, NoteSignature, TlogCheckpoint, VerifierKey};
+use kit::witness::{KeyBackend, WitnessProcess as Witness};
+use kit::SOFTHSM;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use zeroize::Zeroizing;
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The appliance-style log (ECDSA P-256 in SoftHSM).
 const ORIGIN: &str = "anchorlog.test/witnessed";
 /// A second log, signing its checkpoints with an Ed25519 note key.
@@ -22,32 +25,20 @@ const ED_ORIGIN: &str = "ed25519.test/log";
 const WITNESS_NAME: &str = "witness.test/w1";
 
 /// The log's ECDSA signer: one SoftHSM token per test process, opened once (C_Initialize is process-global,
-/// so tests in one process share it), in a token directory of this process's own: SoftHSM answers
-/// CKR_GENERAL_ERROR while another process creates a token in a shared directory (seen under nextest).
+/// so tests in one process share it), in the kit's token directory of this process's own.
 fn log_signer() -> &'static Mutex<Pkcs11Signer> {
     static SIGNER: OnceLock<Mutex<Pkcs11Signer>> = OnceLock::new();
     SIGNER.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("token dir").keep();
-        std::fs::create_dir_all(dir.join("tokens")).expect("token dir");
-        let conf = dir.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                dir.join("tokens").display()
-            ),
-        )
-        .expect("softhsm2.conf");
         // Before the module's C_Initialize (in `init_token` below), which reads it.
-        std::env::set_var("SOFTHSM2_CONF", &conf);
+        kit::softhsm::process_token_dir();
         let settings = Pkcs11Settings {
             module: SOFTHSM.into(),
             token_label: format!("wlog-{}", std::process::id()),
             key_label: "head-signer".into(),
         };
         let pin = Zeroizing::new("log-user-pin".to_owned());
-        // Other test processes create tokens in the same directory at the same time; SoftHSM may then read a
-        // half-written token and answer CKR_GENERAL_ERROR once. Retry what says it is retryable.
+        // SoftHSM answered CKR_GENERAL_ERROR once when another process wrote a token into the same directory; the
+        // directory is this process's own now, but a retryable error is still retried (a wrong one still fails).
         fn retry<T>(what: &str, mut f: impl FnMut() -> Result<T, pkcs11::Pkcs11Error>) -> T {
             for _ in 0..5 {
                 match f() {
@@ -162,9 +153,6 @@ impl Log {
         }
     }
 }
-
-mod witness_process;
-use witness_process::{KeyBackend, WitnessProcess as Witness};
 
 /// The two test logs' `[[log]]` sections.
 fn test_logs() -> String {

@@ -6,17 +6,16 @@
 //! appliance is untouched; a witness killed for several seals back-fills every head; `anchorlog dev` cosigns
 //! with its local witness. Python's `cryptography` checks the cosignatures of the bundle independently.
 
-mod harness;
-mod swtpm;
-mod witness_process;
+mod kit;
 
 use anchorlog::store;
-use harness::{post_concurrently, Appliance, Options};
+use kit::bundle::{tar_members, write_tar};
+use kit::witness::{KeyBackend, WitnessProcess};
+use kit::{post_concurrently, Appliance, Options};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use witness_process::{KeyBackend, WitnessProcess};
 
 const ORIGIN_A: &str = "anchorlog.test/witnessed-a";
 const ORIGIN_B: &str = "anchorlog.test/witnessed-b";
@@ -84,24 +83,13 @@ fn witness_config(witnesses: &[&WitnessProcess], quorum: usize) -> String {
     out
 }
 
-/// Runs the anchorlog CLI with `--json`: (exit code, JSON on stdout).
-fn cli(a: &Appliance, args: &[&str]) -> (i32, Value) {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = a.anchorlog(&all);
-    let json = serde_json::from_slice(&out.stdout).unwrap_or_else(
-        |_| json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)}),
-    );
-    (out.status.code().unwrap_or(-1), json)
-}
-
 fn with(base: &[&str], extra: &[String]) -> Vec<String> {
     base.iter().map(|s| s.to_string()).chain(extra.iter().cloned()).collect()
 }
 
 fn run(a: &Appliance, args: Vec<String>) -> (i32, Value) {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    cli(a, &refs)
+    a.cli_json(&refs)
 }
 
 fn verify_db(a: &Appliance, db: &Path, extra: &[String]) -> (i32, Value) {
@@ -122,40 +110,14 @@ fn verify_receipt(a: &Appliance, receipt: &Value, extra: &[String]) -> (i32, Val
 }
 
 fn python(tar: &Path, key: &Path, extra: &[String]) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .args(extra)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text.trim().to_string())
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = kit::bundle::python_verify(tar, key, &extra);
+    (code, format!("{stdout}{stderr}").trim().to_string())
 }
 
 /// `anchorlog audit` against `a` with `extra` (the witness flags): (exit code, JSON outcome).
 fn audit(a: &Appliance, extra: &[String]) -> (i32, Value) {
-    let c = |f: &str| a.path(&format!("certs/{f}")).to_str().unwrap().to_string();
-    let url = format!("https://localhost:{}", a.addr.unwrap().port());
-    let mut args = vec![
-        "audit".to_string(),
-        "--url".into(),
-        url,
-        "--cert".into(),
-        c("auditor.pem"),
-        "--key".into(),
-        c("auditor.key"),
-        "--ca".into(),
-        c("ca.pem"),
-        "--signer".into(),
-        a.key_pem().to_str().unwrap().into(),
-        "--state".into(),
-        a.path("audit-state.json").to_str().unwrap().into(),
-    ];
-    args.extend(extra.iter().cloned());
-    let out = a.anchorlog(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), json)
+    a.audit(&extra.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn assert_fails_at(result: (i32, Value), height: u64, text: &str) {
@@ -208,34 +170,6 @@ fn cosigners(db: &Path) -> Vec<(u64, Vec<String>)> {
             (h.height, names)
         })
         .collect()
-}
-
-fn tar_members(tar: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut archive = tar::Archive::new(std::fs::File::open(tar).unwrap());
-    archive
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let mut e = e.unwrap();
-            let name = e.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
-fn write_tar(out: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).unwrap();
-    }
-    b.finish().unwrap();
 }
 
 /// `line` with one bit of its signature flipped (a byte well inside the Ed25519 signature).
@@ -698,7 +632,7 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
     let dir = tmp.path().join("dev");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let mut dev = Command::new(harness::bin())
+    let mut dev = Command::new(kit::bin())
         .args(["dev", "--state-dir", dir.to_str().unwrap(), "--listen", &listen])
         .env("ANCHORLOG_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -760,7 +694,7 @@ async fn dev_mode_cosigns_with_its_local_witness_and_stops_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The one README command's log verifies with the witness quorum.
-    let out = Command::new(harness::bin())
+    let out = Command::new(kit::bin())
         .args(["verify", "--db", dir.join("anchorlog.db").to_str().unwrap(), "--key"])
         .arg(dir.join("keys/signer.pem"))
         .arg("--witness")

@@ -2,7 +2,12 @@
 //! bundles and the offline verifier, and the tamper matrix on bundles and databases. Heads are signed by a
 //! software P-256 key (the signature format is the HSM's; the SoftHSM e2e tests cover the real signer).
 
-mod common;
+/// The kit's bundle helpers (tar members, the Python verifier), alone like the log builder.
+#[path = "../softhsm-tests/kit/bundle.rs"]
+mod kit_bundle;
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
 
 use anchorlog::bundle;
 use anchorlog::store;
@@ -11,7 +16,7 @@ use anchorlog_core::merkle::{self, Frontier, Hash};
 use anchorlog_core::verify::VerifyError;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use common::{build_log, LogBuilder, TestKey};
+use log_builder::{build_log, LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
 fn all_leaves(conn: &rusqlite::Connection) -> Vec<Hash> {
@@ -160,7 +165,7 @@ fn the_database_allows_exactly_one_recorded_erasure_and_nothing_else() {
     verify::verify_database_with(&b.conn, std::slice::from_ref(&key.public), opts).unwrap();
     // Sealed: the log, including the erased event, verifies; the erasure is counted.
     b.head();
-    let r = verify::verify_database(&b.conn, &key.public, Some(common::ORIGIN)).unwrap();
+    let r = verify::verify_database(&b.conn, &key.public, Some(log_builder::ORIGIN)).unwrap();
     assert_eq!((r.events, r.erased, r.heads, r.appliance.erasures), (11, 1, 3, 5));
     // And the export shows the event as erased, with its record.
     let tar = dir.path().join("b.tar");
@@ -188,43 +193,16 @@ fn export_file(
     bundle::export(conn, from, to, None, f, &mut |_, _| {}).unwrap()
 }
 
-fn members(tar: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut a = tar::Archive::new(std::fs::File::open(tar).unwrap());
-    a.entries()
-        .unwrap()
-        .map(|m| {
-            let mut m = m.unwrap();
-            let name = m.path().unwrap().to_string_lossy().into_owned();
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut m, &mut data).unwrap();
-            (name, data)
-        })
-        .collect()
-}
-
 fn read_member(tar: &Path, name: &str) -> Vec<u8> {
-    members(tar).into_iter().find(|(n, _)| n == name).unwrap().1
-}
-
-fn write_members(out: &Path, members: &[(String, Vec<u8>)]) {
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    for (name, data) in members {
-        let mut h = tar::Header::new_gnu();
-        h.set_path(name).unwrap();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, data.as_slice()).unwrap();
-    }
-    b.finish().unwrap();
+    kit_bundle::tar_members(tar).into_iter().find(|(n, _)| n == name).unwrap().1
 }
 
 /// A copy of `tar` with `f` applied to its members.
 fn tampered(tar: &Path, name: &str, f: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> PathBuf {
-    let mut m = members(tar);
+    let mut m = kit_bundle::tar_members(tar);
     f(&mut m);
     let out = tar.with_file_name(format!("{name}.tar"));
-    write_members(&out, &m);
+    kit_bundle::write_tar(&out, &m);
     out
 }
 
@@ -303,9 +281,9 @@ fn bundles_verify_whole_and_from_an_anchor() {
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::new(1);
     let (db, tar) = sample_bundle(dir.path(), &key);
-    let r = bundle::verify_bundle(&tar, &key.public, Some(common::ORIGIN)).unwrap();
+    let r = bundle::verify_bundle(&tar, &key.public, Some(log_builder::ORIGIN)).unwrap();
     assert_eq!((r.report.events, r.report.heads, r.tokens_present), (50, 6, 0));
-    let names: Vec<String> = members(&tar).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = kit_bundle::tar_members(&tar).into_iter().map(|(n, _)| n).collect();
     assert_eq!(names[0], "manifest.json");
     assert_eq!(names[1], format!("keys/{}.pem", key.public.key_id));
     assert_eq!(names.last().unwrap(), "entries.jsonl");
@@ -591,14 +569,10 @@ fn tamper_matrix_on_the_database_names_the_exact_record() {
     verify::verify_database(&c, &key.public, None).unwrap();
 }
 
+/// The independent Python verifier → (exit code, its verdict line).
 fn python_verify(tar: &Path, key: &Path) -> (i32, String) {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(tar)
-        .arg(key)
-        .output()
-        .expect("python3 runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let (code, stdout, _) = kit_bundle::python_verify(tar, key, &[]);
+    (code, stdout)
 }
 
 #[test]
@@ -679,61 +653,38 @@ fn receipts_prove_one_event_offline_and_fail_when_touched() {
 
 // ---- RFC 3161 tokens in bundles, receipts and the database (the real `openssl ts` TSA) ----
 
-/// A TSA made by `softhsm-tests/tsa/make-tsa.sh`, answering with `openssl ts -reply` (no HTTP needed here).
+/// The test kit's TSA without its HTTP shim (none is needed here): the core's `TestTsa`, made by
+/// `softhsm-tests/tsa/make-tsa.sh` and answering with `openssl ts -reply`.
 struct OpensslTsa {
-    dir: tempfile::TempDir,
+    tsa: anchorlog_core::tsa::testutil::TestTsa,
 }
 
 impl OpensslTsa {
     fn new() -> OpensslTsa {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/tsa/make-tsa.sh"))
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "make-tsa.sh: {}", String::from_utf8_lossy(&out.stderr));
-        OpensslTsa { dir }
+        OpensslTsa { tsa: anchorlog_core::tsa::testutil::TestTsa::new(&[]) }
     }
 
     fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.tsa.path().join("ca.pem")
     }
 
     fn policy(&self, require: bool) -> anchorlog_core::verify::timestamps::TimestampPolicy {
         anchorlog_core::verify::timestamps::TimestampPolicy {
             require,
             ..anchorlog_core::verify::timestamps::TimestampPolicy::new(
-                anchorlog_core::tsa::TrustAnchors::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap(),
+                anchorlog_core::tsa::TrustAnchors::from_pem(&self.tsa.ca_pem()).unwrap(),
             )
         }
     }
 
-    /// `openssl ts -query` over `text` then `openssl ts -reply`: the DER TimeStampResp.
+    /// A request over SHA-256(`text`) as the appliance asks (certReq, a nonce), then `openssl ts -reply`: the DER
+    /// TimeStampResp.
     fn stamp(&self, text: &[u8]) -> Vec<u8> {
-        let work = tempfile::tempdir().unwrap();
-        let (data, q, r) = (work.path().join("h.txt"), work.path().join("q.tsq"), work.path().join("r.tsr"));
-        std::fs::write(&data, text).unwrap();
-        let run = |args: &[&std::ffi::OsStr]| {
-            let out = std::process::Command::new("openssl").args(args).output().unwrap();
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        run(&["ts".as_ref(), "-query".as_ref(), "-data".as_ref(), data.as_os_str(), "-sha256".as_ref()]
-            .into_iter()
-            .chain(["-cert".as_ref(), "-out".as_ref(), q.as_os_str()])
-            .collect::<Vec<_>>());
-        let cnf = self.dir.path().join("tsa.cnf");
-        run(&[
-            "ts".as_ref(),
-            "-reply".as_ref(),
-            "-config".as_ref(),
-            cnf.as_os_str(),
-            "-queryfile".as_ref(),
-            q.as_os_str(),
-            "-out".as_ref(),
-            r.as_os_str(),
-        ]);
-        std::fs::read(r).unwrap()
+        use sha2::Digest as _;
+        let request =
+            anchorlog_core::tsa::build_request_with_nonce(sha2::Sha256::digest(text).into(), rand::random())
+                .unwrap();
+        self.tsa.reply(&request.der)
     }
 
     /// Stamps the stored heads `heights` and stores their tokens as the timestamper does.
@@ -807,7 +758,7 @@ fn bundle_tokens_are_exported_and_every_one_is_checked_at_its_height() {
     let tar = dir.path().join("bundle.tar");
     let m = export_file(&conn, 0, 5, &tar);
     assert_eq!(m.algorithms.timestamp.as_deref(), Some("rfc3161"));
-    let names: Vec<String> = members(&tar).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = kit_bundle::tar_members(&tar).into_iter().map(|(n, _)| n).collect();
     let tsrs: Vec<&String> = names.iter().filter(|n| n.ends_with(".tsr")).collect();
     assert_eq!(tsrs, ["heads/0.tsr", "heads/1.tsr", "heads/2.tsr", "heads/3.tsr", "heads/4.tsr"]);
     // The member is the stored DER TimeStampResp, byte for byte.
@@ -866,15 +817,8 @@ fn bundle_tokens_are_exported_and_every_one_is_checked_at_its_height() {
 
     // The independent Python verifier (openssl ts -verify) agrees.
     let py = |tar: &Path, extra: &[&str]| {
-        let out = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-            .arg(tar)
-            .arg(&pem)
-            .args(["--tsa-ca", ca_s])
-            .args(extra)
-            .output()
-            .unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let (code, stdout, _) = kit_bundle::python_verify(tar, &pem, &[&["--tsa-ca", ca_s], extra].concat());
+        (code, stdout)
     };
     assert_eq!(py(&tar, &[]), (0, "OK: 50 events, 6 heads, tokens verified; no token: heights 5".into()));
     assert_eq!(

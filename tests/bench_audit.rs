@@ -2,11 +2,13 @@
 //! `cargo test --release --test bench_audit -- --ignored --nocapture --test-threads=1`.
 //! `ANCHORLOG_BENCH_EVENTS` / `ANCHORLOG_BENCH_PROOF_EVENTS` scale them down for a quick look.
 
-mod common;
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
 
 use anchorlog::store;
 use anchorlog_core::merkle::{self, Frontier};
-use common::{build_log, TestKey};
+use log_builder::{build_log, TestKey};
 use std::io::{BufRead as _, BufReader};
 use std::time::Instant;
 

@@ -2,7 +2,12 @@
 //! follows every key rotation record, and any other change of key fails at the exact head or record, in the
 //! database, in bundles (ours and the Python verifier) and in receipts.
 
-mod common;
+/// The kit's bundle helpers (tar members, the Python verifier), alone like the log builder.
+#[path = "../softhsm-tests/kit/bundle.rs"]
+mod kit_bundle;
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
 
 use anchorlog::bundle;
 use anchorlog::receipt;
@@ -10,7 +15,7 @@ use anchorlog::store;
 use anchorlog::verify;
 use anchorlog_core::head::HeadCounter;
 use anchorlog_core::verify::{Failure, VerifyError, WalkOptions};
-use common::{LogBuilder, TestKey};
+use log_builder::{LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
 /// Heights and seqs of the log [`rotated_log`] builds.
@@ -349,15 +354,10 @@ fn export(db: &Path, from: u64, to: u64, out: &Path) {
     bundle::export(&c, from, to, None, std::fs::File::create(out).unwrap(), &mut |_, _| {}).unwrap();
 }
 
+/// The independent Python verifier → (exit code, all it printed).
 fn python_verifies(bundle: &Path, key: &Path) -> (i32, String) {
-    let out = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
-        .arg(bundle)
-        .arg(key)
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    let (code, stdout, stderr) = kit_bundle::python_verify(bundle, key, &[]);
+    (code, stdout + &stderr)
 }
 
 /// Rewrites the tar at `from` into `to`, passing each member through `edit` (`None` drops it).

@@ -151,6 +151,24 @@ impl Pkcs11Ed25519Signer {
     }
 }
 
+/// Test-only fault doubles (feature `fault-injection`, never in a release build; the parent module's `faults` has
+/// the ECDSA signer's): what a token reset or a failed reopen does to the signer, for softhsm-tests/pkcs11.rs.
+#[cfg(feature = "fault-injection")]
+impl Pkcs11Ed25519Signer {
+    /// Logs the signer's session out, as a token reset does; the next [`Pkcs11Ed25519Signer::sign`] must log in
+    /// again.
+    pub fn fault_log_out(&self) -> Result<(), Pkcs11Error> {
+        let c = self.connection.as_ref().expect("the signer has a session");
+        c.session.logout().map_err(|e| device("C_Logout", e))
+    }
+
+    /// Forgets the signer's session, as if opening it again had failed; the next [`Pkcs11Ed25519Signer::sign`]
+    /// must open one.
+    pub fn fault_drop_session(&mut self) {
+        self.connection = None;
+    }
+}
+
 /// Finds the token, logs in and finds the Ed25519 key pair.
 fn connect(
     module: &Module,
@@ -290,86 +308,9 @@ pub fn generate_key(
 
 #[cfg(test)]
 mod tests {
-    use super::super::init_token;
+    //! Parsing only; signing on a real SoftHSM token is tested in softhsm-tests/pkcs11.rs (so that a plain
+    //! `cargo test` passes without SoftHSM configured).
     use super::*;
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-    fn pin(s: &str) -> Zeroizing<String> {
-        Zeroizing::new(s.to_owned())
-    }
-
-    /// A fresh token (in the run's SOFTHSM2_CONF token dir, as the parent module's tests) with one Ed25519 key.
-    fn token_with_key(prefix: &str) -> Pkcs11Settings {
-        assert!(
-            std::env::var_os("SOFTHSM2_CONF").is_some(),
-            "SOFTHSM2_CONF is not set: run through run-all.sh"
-        );
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let settings = Pkcs11Settings {
-            module: PathBuf::from(SOFTHSM),
-            token_label: format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)),
-            key_label: "witness".to_owned(),
-        };
-        init_token(&settings.module, &settings.token_label, &pin("so-pin-1"), &pin("user-pin-1")).unwrap();
-        generate_key(&settings, &pin("user-pin-1")).unwrap();
-        settings
-    }
-
-    #[test]
-    fn signs_verifiable_ed25519_and_the_key_is_hardware_bound() {
-        let settings = token_with_key("ed");
-        let mut signer = Pkcs11Ed25519Signer::open(&settings, &pin("user-pin-1")).unwrap();
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&signer.public_key()).unwrap();
-        let sig = signer.sign(b"cosignature/v1\ntime 1\nx\n1\nAA==\n").unwrap();
-        vk.verify(b"cosignature/v1\ntime 1\nx\n1\nAA==\n", &ed25519_dalek::Signature::from_bytes(&sig))
-            .unwrap();
-        // Ed25519 is deterministic: the token and the host agree byte for byte on the same message.
-        assert_eq!(signer.sign(b"m").unwrap(), signer.sign(b"m").unwrap());
-        let attrs = signer.key_attributes().unwrap();
-        assert!(
-            attrs.is_hardware_bound() && attrs.sensitive && !attrs.extractable && attrs.can_sign,
-            "{attrs:?}"
-        );
-        assert_eq!(
-            signer.describe(),
-            format!("PKCS#11 token '{}' Ed25519 key 'witness' via {SOFTHSM}", settings.token_label)
-        );
-        assert!(!format!("{signer:?}").contains("user-pin-1"));
-    }
-
-    #[test]
-    fn reconnects_after_logout() {
-        let settings = token_with_key("edre");
-        let mut signer = Pkcs11Ed25519Signer::open(&settings, &pin("user-pin-1")).unwrap();
-        signer.connection.as_ref().unwrap().session.logout().unwrap();
-        signer.sign(b"after logout").unwrap();
-        signer.connection = None;
-        signer.sign(b"without session").unwrap();
-    }
-
-    #[test]
-    fn missing_key_and_second_generate_and_ecdsa_key_are_refused() {
-        let settings = token_with_key("edmiss");
-        let wanted = Pkcs11Settings { key_label: "absent".to_owned(), ..settings.clone() };
-        let err = Pkcs11Ed25519Signer::open(&wanted, &pin("user-pin-1")).unwrap_err();
-        assert!(matches!(&err, Pkcs11Error::Ed25519KeyNotFound { label } if label == "absent"), "{err:?}");
-        assert!(err.to_string().contains("anchorlog witness keygen"));
-        let err = generate_key(&settings, &pin("user-pin-1")).unwrap_err();
-        assert!(matches!(&err, Pkcs11Error::KeyExists { label } if label == "witness"), "{err:?}");
-        // An ECDSA key under the label is not an Ed25519 key.
-        let ecdsa = Pkcs11Settings { key_label: "p256".to_owned(), ..settings };
-        super::super::generate_key(&ecdsa, &pin("user-pin-1")).unwrap();
-        match Pkcs11Ed25519Signer::open(&ecdsa, &pin("user-pin-1")).unwrap_err() {
-            Pkcs11Error::WrongEd25519Key { label, detail } => {
-                assert_eq!(label, "p256");
-                assert_eq!(detail, "key type is CKK_EC, expected CKK_EC_EDWARDS");
-            }
-            other => panic!("expected WrongEd25519Key, got {other:?}"),
-        }
-    }
 
     #[test]
     fn ec_point_forms() {

@@ -1,9 +1,9 @@
-//! Test harness on real parts: a fresh SoftHSM token per test (its own `SOFTHSM2_CONF` and token directory),
-//! generated certificates, and the real `anchorlog` binary started as a child process on 127.0.0.1:0.
+//! One appliance per test on real parts: a fresh SoftHSM token (its own `SOFTHSM2_CONF` and token directory) or
+//! swtpm, generated certificates, and the real `anchorlog` binary started as a child process on 127.0.0.1:0.
 //! Each appliance is killed on drop, so a failing test leaves nothing running.
-#![allow(dead_code)]
 
-use crate::swtpm::Swtpm;
+use super::softhsm::{TokenDir, SOFTHSM, SO_PIN, USER_PIN};
+use super::swtpm::Swtpm;
 use anchorlog::client::{Connection, Response};
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -11,12 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Debian's SoftHSM module.
-pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-/// Test-only PINs (throw-away tokens in a temp dir).
-pub const USER_PIN: &str = "test-user-pin";
-const SO_PIN: &str = "test-so-pin";
 
 /// Writes a secret file (PIN, private key, source secret) as an operator must: mode 0600. The appliance refuses
 /// secrets its group or others can read.
@@ -30,6 +24,9 @@ pub fn write_secret(path: &Path, data: &[u8]) {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_anchorlog")
 }
+
+/// The label of every appliance's token (one token per appliance, in its own directory).
+pub const TOKEN_LABEL: &str = "anchorlog-test";
 
 /// Persistent handle of the test's TPM signing key.
 pub const TPM_HANDLE: u32 = 0x8101_0010;
@@ -149,30 +146,7 @@ impl Appliance {
     pub fn prepare(options: Options) -> Appliance {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = &dir.path().to_path_buf();
-        std::fs::create_dir_all(d.join("tokens")).unwrap();
-        std::fs::write(
-            d.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                "anchorlog-test",
-                "--pin",
-                USER_PIN,
-                "--so-pin",
-                SO_PIN,
-            ])
-            .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
-            .output()
-            .expect("softhsm2-util runs (apt-get install softhsm2)");
-        assert!(out.status.success(), "init token: {}", String::from_utf8_lossy(&out.stderr));
+        TokenDir::create(d).init_token(TOKEN_LABEL, USER_PIN, SO_PIN);
         write_secret(&d.join("pin"), USER_PIN.as_bytes());
         write_pki(d);
         let tpm = (options.signer == TestSigner::Tpm).then(|| Swtpm::start().expect("swtpm starts"));
@@ -239,7 +213,7 @@ impl Appliance {
             ),
             None => format!(
                 "[signer]\nbackend = \"pkcs11\"\n[signer.pkcs11]\nmodule = \"{SOFTHSM}\"\n\
-                 token_label = \"anchorlog-test\"\nkey_label = \"{}\"\npin_file = \"{d}/pin\"\n",
+                 token_label = \"{TOKEN_LABEL}\"\nkey_label = \"{}\"\npin_file = \"{d}/pin\"\n",
                 o.key_label
             ),
         };
@@ -326,6 +300,41 @@ identities = ["dns:reader.test"]
             .expect("anchorlog runs")
     }
 
+    /// For tests that open this appliance's key in their own process (the service behind a signer double, a log
+    /// signed directly): points the process's `SOFTHSM2_CONF` at this appliance's token directory (SoftHSM reads it
+    /// at `C_Initialize`, so before the first PKCS#11 call) and returns the settings of its token and key.
+    pub fn pkcs11_in_process(&self) -> anchorlog::signer::pkcs11::Pkcs11Settings {
+        std::env::set_var("SOFTHSM2_CONF", self.path("softhsm2.conf"));
+        anchorlog::signer::pkcs11::Pkcs11Settings {
+            module: SOFTHSM.into(),
+            token_label: TOKEN_LABEL.into(),
+            key_label: self.options.key_label.clone(),
+        }
+    }
+
+    /// This appliance's configuration (written first), loaded in the test process for [`Self::serve_in_process`].
+    pub fn load_config(&self) -> anchorlog::config::Config {
+        self.write_config("127.0.0.1:0");
+        anchorlog::config::Config::load(&self.config_path()).expect("configuration loads")
+    }
+
+    /// Runs the appliance's service inside the test process instead of `anchorlog serve`, with `signer` (a signer
+    /// double around the real token, typically: see [`Self::pkcs11_in_process`]); `self.addr` is its listener.
+    pub async fn serve_in_process(
+        &mut self,
+        config: anchorlog::config::Config,
+        signer: anchorlog::signer::SignerHandle,
+    ) -> InProcess {
+        let service =
+            anchorlog::server::Service::start_with_signer(config, signer).await.expect("service starts");
+        self.addr = service.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service.run(async move {
+            let _ = stopped.await;
+        }));
+        InProcess { stop, server }
+    }
+
     /// Starts `anchorlog serve`; returns its stderr if it exits before listening.
     pub fn spawn(&mut self) -> Result<SocketAddr, String> {
         let listen = self.addr.map(|a| a.to_string()).unwrap_or_else(|| "127.0.0.1:0".into());
@@ -398,6 +407,20 @@ identities = ["dns:reader.test"]
     /// The server's stderr so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Waits (at most `within`) until the server's stderr holds `count` lines containing `needle`; returns the log.
+    /// Lines a server writes as it starts may come after the harness saw it listen: wait, never read once.
+    pub async fn wait_log(&self, needle: &str, count: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.server_log();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} ×{count} not logged within {within:?}: {log}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for exit.
@@ -537,10 +560,15 @@ identities = ["dns:reader.test"]
 
     /// `anchorlog export --db` of heads `0..=to` into `out` (run after the server stopped); asserts success.
     pub fn export_from_db(&self, to: u64, out: &Path) {
+        self.export_db(&self.db_path(), to, out);
+    }
+
+    /// [`Self::export_from_db`] of another database file `db` (a copy an attacker edited).
+    pub fn export_db(&self, db: &Path, to: u64, out: &Path) {
         let done = self.anchorlog(&[
             "export",
             "--db",
-            self.db_path().to_str().unwrap(),
+            db.to_str().unwrap(),
             "--from-height",
             "0",
             "--to-height",
@@ -549,6 +577,29 @@ identities = ["dns:reader.test"]
             out.to_str().unwrap(),
         ]);
         assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    }
+
+    /// Signs `text` with a key of this appliance's token, as root with the PIN file can, outside the appliance:
+    /// `pkcs11-tool`, CKM_ECDSA over SHA-256(text), DER. `key` selects the key in pkcs11-tool's words
+    /// (`["--label", "head-signer"]`, or `["--id", HEX]` where labels repeat after a rotation).
+    pub fn pkcs11_tool_sign(&self, key: &[&str], text: &[u8]) -> Vec<u8> {
+        let digest = self.path("resign.digest");
+        std::fs::write(&digest, <sha2::Sha256 as sha2::Digest>::digest(text)).unwrap();
+        let sig = self.path("resign.sig");
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", SOFTHSM, "--token-label", TOKEN_LABEL, "--login", "--pin", USER_PIN])
+            .args(["--sign", "--mechanism", "ECDSA"])
+            .args(key)
+            .args(["--signature-format", "openssl"])
+            .arg("-i")
+            .arg(&digest)
+            .arg("-o")
+            .arg(&sig)
+            .env("SOFTHSM2_CONF", self.path("softhsm2.conf"))
+            .output()
+            .expect("pkcs11-tool runs (apt-get install opensc)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(&sig).unwrap()
     }
 
     /// OpenSSL, knowing nothing about anchorlog, verifies `head`'s signed checkpoint with the exported key.
@@ -608,6 +659,53 @@ identities = ["dns:reader.test"]
         copy_sqlite(from, &self.db_path());
     }
 
+    /// `anchorlog keys rotate` on this appliance's configuration with `reason` and the new key's arguments
+    /// (`["--new-key-label", L]`, `["--new-handle", H]`, or none).
+    pub fn keys_rotate(&self, reason: &str, new_key: &[&str]) -> Output {
+        let config = self.config_path();
+        let mut args = vec!["keys", "rotate", "--config", config.to_str().unwrap(), "--reason", reason];
+        args.extend_from_slice(new_key);
+        self.anchorlog(&args)
+    }
+
+    /// The anchorlog binary with `args` and `--json` → (exit code, its JSON output, or `{stdout, stderr}` when it
+    /// printed none).
+    pub fn cli_json(&self, args: &[&str]) -> (i32, serde_json::Value) {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.anchorlog(&all);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            serde_json::json!({
+                "stdout": String::from_utf8_lossy(&out.stdout),
+                "stderr": String::from_utf8_lossy(&out.stderr),
+            })
+        });
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    /// `anchorlog audit` as the auditor (its certificate, the test CA) against this appliance's listener, trusting
+    /// the exported key, state in `audit-state.json`, plus `extra` arguments → (exit code, JSON outcome).
+    pub fn audit(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        self.audit_as(None, &self.key_pem(), extra)
+    }
+
+    /// [`Self::audit`] against `url` instead (`None`: this appliance's listener), trusting `signer` instead.
+    pub fn audit_as(&self, url: Option<&str>, signer: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+        let url = match url {
+            Some(url) => url.to_string(),
+            None => format!("https://localhost:{}", self.addr.expect("running").port()),
+        };
+        let c = |f: &str| self.path(&format!("certs/{f}")).to_str().unwrap().to_string();
+        let (cert, key, ca) = (c("auditor.pem"), c("auditor.key"), c("ca.pem"));
+        let state = self.path("audit-state.json");
+        let mut args = vec!["audit", "--url", &url, "--cert", &cert, "--key", &key, "--ca", &ca];
+        args.extend(["--signer", signer.to_str().unwrap(), "--state", state.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let out = self.anchorlog(&args);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+
     /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
     pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
         let out = self.anchorlog(&[
@@ -620,6 +718,20 @@ identities = ["dns:reader.test"]
         ]);
         let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
         (out.status.code().unwrap_or(-1), json)
+    }
+}
+
+/// The appliance's service running in the test process ([`Appliance::serve_in_process`]).
+pub struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<Result<(), anchorlog::server::ServeError>>,
+}
+
+impl InProcess {
+    /// Shuts the service down as SIGTERM does and waits until it has; asserts that it ended without an error.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.expect("service task").expect("service ends cleanly");
     }
 }
 

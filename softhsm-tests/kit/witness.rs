@@ -1,8 +1,9 @@
 //! A real `anchorlog witness` process for tests: its own directory (config, key file or SoftHSM token,
 //! database), started on 127.0.0.1, restartable on the same port, killable with SIGKILL. Shared by the witness's
 //! conformance tests (witness.rs) and the log side's end-to-end tests (witnessing.rs).
-#![allow(dead_code)]
 
+use super::appliance::{bin, write_secret};
+use super::softhsm::{TokenDir, SOFTHSM};
 use anchorlog::client::{Connection, Response};
 use anchorlog::witness::state::WitnessStore;
 use anchorlog_core::note::VerifierKey;
@@ -12,14 +13,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "witness-user-pin";
 /// The submission prefix every test witness uses.
 pub const PREFIX: &str = "/witness";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_anchorlog")
-}
 
 /// Which key the witness cosigns with.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -44,35 +40,14 @@ impl WitnessProcess {
     pub fn create(name: &str, backend: KeyBackend, tls: bool, logs: &str) -> WitnessProcess {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_path_buf();
-        std::fs::create_dir_all(d.join("tokens")).unwrap();
-        std::fs::write(
-            d.join("softhsm2.conf"),
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                d.join("tokens").display()
-            ),
-        )
-        .unwrap();
+        // Created for both backends: the witness's environment names it either way.
+        let tokens = TokenDir::create(&d);
         let key = match backend {
             KeyBackend::File => {
                 format!("[key]\nbackend = \"file\"\nfile = \"{}\"\n", d.join("witness.key").display())
             }
             KeyBackend::Pkcs11 => {
-                let out = Command::new("softhsm2-util")
-                    .args([
-                        "--init-token",
-                        "--free",
-                        "--label",
-                        "witness",
-                        "--pin",
-                        PIN,
-                        "--so-pin",
-                        "witness-so",
-                    ])
-                    .env("SOFTHSM2_CONF", d.join("softhsm2.conf"))
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                tokens.init_token("witness", PIN, "witness-so");
                 write_secret(&d.join("pin"), PIN.as_bytes());
                 format!(
                     "[key]\nbackend = \"pkcs11\"\n[key.pkcs11]\nmodule = \"{SOFTHSM}\"\ntoken_label = \"witness\"\n\
@@ -247,11 +222,4 @@ impl Drop for WitnessProcess {
             let _ = c.wait();
         }
     }
-}
-
-/// A secret file at mode 0600 (the witness, like the appliance, refuses secrets others can read).
-fn write_secret(path: &std::path::Path, data: &[u8]) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, data).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -10,8 +10,6 @@
 //! issued by a throw-away `swtpm_localca` CA in the same temp dir), so the EK-certificate code
 //! path can be exercised without touching `/var/lib/swtpm-localca`.
 
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,10 @@
 //! Builds signed logs directly with the store functions (no HSM, no server), for the audit tests and the
 //! benchmarks: events with real canonical entries, the node table, and heads signed by a software P-256 key.
+//!
+//! Part of the test kit (`kit::log_builder`), and the one part of it the `tests/` targets include, alone, with
+//! `#[path = "../softhsm-tests/kit/log_builder.rs"]`: it needs nothing but the crate, so those targets run
+//! without SoftHSM. It therefore names no other kit module.
+// Included alone by targets that use only part of it (the kit's own allow does not reach them).
 #![allow(dead_code)]
 
 use anchorlog::store::{self, EventRow};

@@ -1,12 +1,10 @@
 //! A real local RFC 3161 TSA per test: `tsa/make-tsa.sh` creates the CA and TSA certificates and the
 //! `openssl ts -reply` config in a temp dir; `tsa/tsa_http.py` serves it over HTTP on 127.0.0.1. The shim
 //! is killed on drop. Fault modes (`set_mode`) are the only test doubles; see the header of tsa_http.py.
-#![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// `softhsm-tests/tsa/` of this crate.
 pub const TSA_HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/softhsm-tests/tsa");
@@ -125,13 +123,4 @@ impl Drop for LocalTsa {
 /// `[timestamping]` with fast retries for tests.
 pub fn fast_retries() -> String {
     "[timestamping]\nretry_initial_ms = 200\nretry_max_ms = 800\n".to_string()
-}
-
-/// Polls `f` every 50 ms until it returns true or `secs` pass.
-pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
