@@ -25,6 +25,8 @@ pub const DEFAULT_SEAL_MAX_EVENTS: u64 = 10_000;
 pub const DEFAULT_HEARTBEAT_INTERVAL_S: u64 = 60;
 /// Default listen address of the mTLS API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Where the Debian package installs the built auditor's console (`server.console_dir`).
+pub const DEFAULT_CONSOLE_DIR: &str = "/usr/share/anchorlog/console";
 /// Default grace period for in-flight requests on shutdown, in seconds.
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 10;
 /// Default interval of the checks for changed client CA, CRL, secret and configuration files, in seconds.
@@ -461,6 +463,10 @@ pub struct ServerConfig {
     /// post; a warning at start says so when it is off.
     #[serde(default = "default_true")]
     pub record_appliance_events: bool,
+    /// The built auditor's console (console/build.sh; the Debian package installs it here), served to auditors
+    /// at `/console/`.
+    #[serde(default = "default_console_dir")]
+    pub console_dir: PathBuf,
 }
 
 /// How messages are delimited on the syslog listener (RFC 6587).
@@ -1608,6 +1614,9 @@ pub fn check_private_file_mode(key: &str, path: &Path) -> Result<(), ConfigError
     Ok(())
 }
 
+fn default_console_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_CONSOLE_DIR)
+}
 fn default_listen() -> String {
     DEFAULT_LISTEN.to_string()
 }

@@ -518,6 +518,7 @@ impl Service {
             .with_fault_from_env(),
             stopping: shutdown_rx.clone(),
             streams: api::stream::StreamStats::default(),
+            console_dir: config.server.console_dir.clone(),
         });
         // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
         let trust = TrustHandle::new(tls_config);

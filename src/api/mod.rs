@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit_access;
+pub mod console;
 pub mod denials;
 pub mod encoding;
 pub mod error;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Open event streams and what they delivered (metrics).
     pub streams: stream::StreamStats,
+    /// `server.console_dir`: the built auditor's console served at `/console/`.
+    pub console_dir: std::path::PathBuf,
 }
 
 /// The router of the mTLS listener.
@@ -93,6 +96,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/erasures", post(admin::erase))
         .route("/v1/export", get(export::export))
         .route("/v1/stream", get(stream::stream))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::file))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), denials::record_denials))

@@ -36,6 +36,8 @@ pub const ROUTES: &[(Listener, &str, &str)] = &[
     ("mtls", "POST", "/v1/admin/erasures"),
     ("mtls", "GET", "/v1/export"),
     ("mtls", "GET", "/v1/stream"),
+    ("mtls", "GET", "/console/"),
+    ("mtls", "GET", "/console/{file}"),
     ("source", "GET", "/healthz"),
     ("source", "POST", "/v1/sources/{name}/events"),
     ("source", "GET", "/v1/sources/{name}/events"),
