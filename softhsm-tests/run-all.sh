@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 # rsyslog + rsyslog-gnutls send syslog in softhsm-tests/syslog.rs; syslog-ng-core conflicts with rsyslog, so only its
 # libraries are installed and the package is unpacked into /opt/syslog-ng-core (below).
+# chromium, chromium-driver, libnss3-tools (certutil, pk12util): the console tests (softhsm-tests/console.rs); clang:
+# ring's C parts in the console's WebAssembly build.
 packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev prometheus
+  clang chromium chromium-driver libnss3-tools
   rsyslog rsyslog-gnutls libivykis0 libnet1 libjson-c5 libpcre3 libwrap0 libcap2 libglib2.0-0 libssl3)
 missing=()
 for p in "${packages[@]}"; do
@@ -41,6 +44,16 @@ export SOFTHSM2_CONF="$work/softhsm2.conf"
 # libtss2 prints every failed TPM command to stderr; the TPM tests provoke many on purpose (TPM stopped, empty
 # handle, wrong auth) and the backend reports them itself.
 export TSS2_LOG="esys+none,tcti+none"
+
+# The auditor's console, which softhsm-tests/console.rs drives in Chromium: built here, never committed
+# (console/build.sh). It needs the wasm32 target and the wasm-bindgen-cli of Cargo.lock.
+rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p}' Cargo.lock)
+if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $wasm_bindgen_version"; then
+  # Not --locked: the registry mirror lacks one of the tool's locked dependencies (see .ci/run).
+  cargo install wasm-bindgen-cli --version "$wasm_bindgen_version"
+fi
+console/build.sh
 
 # --workspace: the appliance and the pure core (core/), whose unit tests and golden vectors run here too.
 if cargo nextest --version >/dev/null 2>&1; then

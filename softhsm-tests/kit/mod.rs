@@ -13,6 +13,7 @@
 //! - [`swtpm`]: a real TPM 2.0 (`swtpm`) for the TPM signer backend.
 //! - [`tsa`]: a real RFC 3161 TSA (`openssl ts` behind `tsa/tsa_http.py`) with its fault modes.
 //! - [`witness`]: a real `anchorlog witness` process.
+//! - [`browser`]: headless Chromium driven over WebDriver (`chromedriver`), for the auditor's console.
 //! - [`health`]: the plain-HTTP health listener's answers.
 //! - [`bundle`]: export bundles (tar) taken apart and put back together, as an attacker would, and the
 //!   independent Python verifier (`tests/verify_bundle.py`) run on them.
@@ -28,6 +29,7 @@
 #![allow(dead_code)]
 
 pub mod appliance;
+pub mod browser;
 pub mod bundle;
 pub mod health;
 pub mod log_builder;

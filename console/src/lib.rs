@@ -1,0 +1,130 @@
+//! The auditor's console's verifier: anchorlog-core's receipt, bundle and head verification, exported to
+//! JavaScript with wasm-bindgen.
+//!
+//! The page (console/web) runs these functions in a Web Worker. Each takes the evidence, the auditor's
+//! trusted key(s) as PEM text and an options object as JSON, and answers one JSON text, the [`verdict`]:
+//!
+//! - `{"ok": true, "report": {…}}`: the core's report (what was checked, for the page to list);
+//! - `{"ok": false, "failure": {"kind": "seq"|"height", "at": N, "message": "…"}}`: the evidence is invalid at
+//!   that record, in the same words as `anchorlog verify`;
+//! - `{"ok": false, "input_error": "…"}`: the inputs could not be used (not a receipt, no key …).
+//!
+//! The functions never trust a key the evidence carries: the keys are the auditor's. Everything is also
+//! callable natively (`verify_*_json`), which is how the unit tests run it.
+
+pub mod head;
+pub mod options;
+#[cfg(target_arch = "wasm32")]
+mod reader;
+pub mod verdict;
+
+use anchorlog_core::bundle::{BundleOpen, BundleRead};
+use anchorlog_core::verify::VerifyError;
+use options::Trust;
+use serde_json::Value;
+#[cfg(target_arch = "wasm32")]
+use wasm_bindgen::prelude::*;
+
+/// This build's version (the page's footer).
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen)]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Verifies a receipt (the JSON of `GET /v1/events/{seq}/receipt`) against `keys` (PEM public keys or
+/// certificates) under `options` (JSON, [`options::Options`]). Returns the verdict as JSON text.
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen)]
+pub fn verify_receipt(receipt: &str, keys: &str, options: &str) -> String {
+    verify_receipt_json(receipt, keys, options).to_string()
+}
+
+/// [`verify_receipt`]'s verdict as a JSON value.
+pub fn verify_receipt_json(receipt: &str, keys: &str, options: &str) -> Value {
+    let trust = match Trust::parse(keys, options) {
+        Ok(t) => t,
+        Err(e) => return verdict::input_error(e),
+    };
+    let receipt: anchorlog_core::receipt::Receipt = match serde_json::from_str(receipt) {
+        Ok(r) => r,
+        Err(e) => return verdict::input_error(format!("this is not an anchorlog receipt (JSON): {e}")),
+    };
+    verdict::of(anchorlog_core::receipt::verify_keys(
+        &receipt,
+        &trust.keys,
+        trust.origin.as_deref(),
+        trust.timestamps.as_ref(),
+        trust.witnesses.as_ref(),
+    ))
+}
+
+/// Verifies a signed head (the JSON of `GET /v1/heads/latest` or `/v1/heads/{height}`): its signature under
+/// `keys`, its origin, and with the options its RFC 3161 token and witness cosignatures ([`head`]).
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen)]
+pub fn verify_head(head_json: &str, keys: &str, options: &str) -> String {
+    verify_head_json(head_json, keys, options).to_string()
+}
+
+/// [`verify_head`]'s verdict as a JSON value.
+pub fn verify_head_json(head_json: &str, keys: &str, options: &str) -> Value {
+    let trust = match Trust::parse(keys, options) {
+        Ok(t) => t,
+        Err(e) => return verdict::input_error(e),
+    };
+    match head::ServedHead::parse(head_json) {
+        Ok(h) => verdict::of(head::verify(&h, &trust)),
+        Err(e) => verdict::input_error(e),
+    }
+}
+
+/// Verifies a bundle (`anchorlog export`, a tar archive) of `size` bytes that `read(offset, length)` returns
+/// slices of (a `Uint8Array`; in the page a `FileReaderSync` over the auditor's `File`, so a bundle of any
+/// size is streamed, never loaded whole). `progress(events, bytes)` is called as batches of events are
+/// verified.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen]
+pub fn verify_bundle(
+    read: &js_sys::Function,
+    size: f64,
+    keys: &str,
+    options: &str,
+    progress: &js_sys::Function,
+) -> String {
+    let position = std::cell::Cell::new(0u64);
+    // The verifier reads the bundle twice (its small members, then the events): each pass opens it afresh.
+    let mut open = || Ok(reader::JsFile::new(read, size, &position));
+    let mut on_progress = |events: u64| {
+        // A failing progress callback (the page went away) must not stop the verification.
+        let _ = progress.call2(
+            &JsValue::NULL,
+            &JsValue::from(events as f64),
+            &JsValue::from(position.get() as f64),
+        );
+    };
+    verify_bundle_from(&mut open, keys, options, &mut on_progress).to_string()
+}
+
+/// Verifies the bundle `open` reads (once per pass, from its start: the page's file, or a file natively);
+/// `progress` is told how many events have been verified.
+pub fn verify_bundle_from<R: BundleRead>(
+    open: BundleOpen<'_, R>,
+    keys: &str,
+    options: &str,
+    progress: &mut dyn FnMut(u64),
+) -> Value {
+    let trust = match Trust::parse(keys, options) {
+        Ok(t) => t,
+        Err(e) => return verdict::input_error(e),
+    };
+    match anchorlog_core::bundle::verify_bundle_from(
+        open,
+        &trust.keys,
+        trust.origin.as_deref(),
+        trust.timestamps.as_ref(),
+        trust.witnesses.as_ref(),
+        progress,
+    ) {
+        Ok(report) => verdict::ok(&report),
+        Err(VerifyError::Invalid(failure)) => verdict::failure(&failure),
+        Err(other) => verdict::input_error(other.to_string()),
+    }
+}
