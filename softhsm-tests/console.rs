@@ -391,6 +391,24 @@ async fn live_mode_presents_the_auditor_certificate_searches_and_verifies_receip
     b.wait_for("document.getElementById('head').dataset.verdict", Duration::from_secs(20));
     let verdict = b.script("return document.getElementById('head').dataset.verdict;", json!([]));
     assert_eq!(verdict, "bad", "a head signed by another key than the pinned one is not accepted");
+    // Paging: the three logins two at a time, the second page appended to the first.
+    b.send_keys("#s-type", "LOGIN");
+    b.script("document.getElementById('s-limit').value = '2';", json!([]));
+    b.click("#search-button");
+    b.wait_for("document.querySelectorAll('#hits tbody tr').length === 2", Duration::from_secs(20));
+    b.wait_for("!document.getElementById('next-page').hidden", Duration::from_secs(5));
+    b.click("#next-page");
+    b.wait_for("document.querySelectorAll('#hits tbody tr').length === 3", Duration::from_secs(20));
+    b.wait_for("document.getElementById('next-page').hidden", Duration::from_secs(5));
+    let seqs = b.script(
+        "return [...document.querySelectorAll('#hits tbody tr')].map(r => r.cells[0].innerText).sort().join(',');",
+        json!([]),
+    );
+    assert_eq!(seqs, "0,1,2", "each login once over the two pages");
+    b.script(
+        "document.getElementById('s-type').value = ''; document.getElementById('s-limit').value = '20';",
+        json!([]),
+    );
     b.send_keys("#s-actor", "bob");
     b.click("#search-button");
     b.wait_for("document.querySelectorAll('#hits tbody tr').length === 1", Duration::from_secs(20));

@@ -279,9 +279,10 @@ async function getJson(path) {
     body = null;
   }
   if (!response.ok) {
-    const code = body && body.error ? body.error.code : response.status;
-    const message = body && body.error ? body.error.message : response.statusText;
-    throw new Error(`${path}: ${code}: ${message}`);
+    // The appliance's errors are JSON with a stable code and a message saying what to do.
+    const code = body && body.code ? body.code : response.status;
+    const message = body && body.message ? body.message : response.statusText;
+    throw new Error(`${code}: ${message}`);
   }
   return body;
 }
@@ -328,10 +329,11 @@ async function refreshHead() {
 
 async function search(event, cursor) {
   if (event) event.preventDefault();
-  const params = new URLSearchParams();
+  let params = new URLSearchParams();
   if (cursor) {
+    // The next page is the same query from the cursor on (the appliance checks the cursor was made for it).
+    params = new URLSearchParams(live.query);
     params.set("cursor", cursor);
-    params.set("limit", live.query.get("limit") || "20");
   } else {
     for (const input of $("search-form").querySelectorAll("input, select")) {
       if (input.value.trim()) params.set(input.name, input.value.trim());
