@@ -803,13 +803,26 @@ fn verify(
     let origin = origin.as_deref();
     let policy = tsa.policy()?;
     let witness_policy = witnesses.policy()?;
+    // On a terminal, a bundle's verification shows how far it has come (as export does); never in a pipe.
+    let terminal = {
+        use std::io::IsTerminal as _;
+        std::io::stderr().is_terminal()
+    };
+    let shown = std::cell::Cell::new(false);
+    let mut progress = |done: u64| {
+        if terminal {
+            eprint!("\rverifying: {done} events");
+            shown.set(true);
+        }
+    };
     let result = match (bundle, db) {
-        (Some(bundle), _) => anchorlog::bundle::verify_bundle_keys(
+        (Some(bundle), _) => anchorlog::bundle::verify_bundle_progress(
             bundle,
             &keys,
             origin,
             policy.as_ref(),
             witness_policy.as_ref(),
+            &mut progress,
         )
         .map(|b| {
             let value = serde_json::json!({"ok": true, "report": b.report, "manifest": b.manifest,
@@ -851,6 +864,9 @@ fn verify(
         }
         (None, None) => anyhow::bail!("give a bundle file or --db"),
     };
+    if shown.get() {
+        eprintln!();
+    }
     match result {
         Ok((report, mut value, stamps, cosigned)) => {
             let attested = match counter {
