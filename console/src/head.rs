@@ -6,7 +6,7 @@
 //! that disagrees with them fails the check.
 
 use crate::options::Trust;
-use anchorlog_core::head::Checkpoint;
+use anchorlog_core::head::{format_time_ms, Checkpoint};
 use anchorlog_core::note::{Note, NoteSignature};
 use anchorlog_core::verify::timestamps::{verify_head_tokens, HeadToken, TimestampReport};
 use anchorlog_core::verify::witnesses::{WitnessCheck, WitnessReport};
@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 pub struct ServedHead {
     /// The height the server claims (must equal the checkpoint's).
     pub height: u64,
+    /// The tree size the server claims (must equal the checkpoint's: the page shows it).
+    pub tree_size: u64,
+    /// The seal time the server claims, RFC 3339 (must equal the checkpoint's: the page shows it).
+    pub sealed_at: String,
     /// The exact signed checkpoint text.
     pub checkpoint: String,
     /// Base64 DER ECDSA signature over `checkpoint`.
@@ -66,10 +70,24 @@ pub fn verify(head: &ServedHead, trust: &Trust) -> Result<HeadReport, Failure> {
     let height = head.height;
     let malformed = |reason: String| Failure::HeadMalformed { height, reason };
     let cp = Checkpoint::parse(&head.checkpoint).map_err(|e| malformed(e.to_string()))?;
+    // What the page shows beside the verdict must be what was signed, not the server's other words.
     if cp.height != height {
         return Err(malformed(format!(
             "the server says height {height}, the signed checkpoint {}",
             cp.height
+        )));
+    }
+    if cp.tree_size != head.tree_size {
+        return Err(malformed(format!(
+            "the server says tree size {}, the signed checkpoint {}",
+            head.tree_size, cp.tree_size
+        )));
+    }
+    let signed_time = format_time_ms(cp.time_ms).map_err(|e| malformed(e.to_string()))?;
+    if signed_time != head.sealed_at {
+        return Err(malformed(format!(
+            "the server says sealed at {}, the signed checkpoint {signed_time}",
+            head.sealed_at
         )));
     }
     let signature =
@@ -132,4 +150,74 @@ pub fn verify(head: &ServedHead, trust: &Trust) -> Result<HeadReport, Failure> {
         timestamp,
         witnesses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::{signature::Signer as _, DerSignature, SigningKey};
+    use p256::pkcs8::{EncodePublicKey as _, LineEnding};
+
+    const TEXT: &str = "log.test/a\n3\nCsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=\nanchorlog-block 1\n\
+                        anchorlog-prev AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\nanchorlog-time 2026-12-07T10:00:00.000Z\n";
+
+    /// A served head over TEXT signed by a fixed test key, and that key's PEM.
+    fn served() -> (serde_json::Value, String) {
+        let key = SigningKey::from_slice(&[7u8; 32]).unwrap();
+        let sig: DerSignature = key.sign(TEXT.as_bytes());
+        let pem = key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let head = serde_json::json!({"height": 1, "tree_size": 3, "sealed_at": "2026-12-07T10:00:00.000Z",
+            "checkpoint": TEXT, "signature": B64.encode(sig.as_bytes()), "note": null, "timestamp": null});
+        (head, pem)
+    }
+
+    fn check(head: &serde_json::Value, pem: &str) -> serde_json::Value {
+        crate::verify_head_json(&head.to_string(), pem, "{}")
+    }
+
+    #[test]
+    fn a_served_head_verifies_and_reports_the_signed_values() {
+        let (head, pem) = served();
+        let v = check(&head, &pem);
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!((v["report"]["height"].as_u64(), v["report"]["tree_size"].as_u64()), (Some(1), Some(3)));
+        assert_eq!(v["report"]["origin"], "log.test/a");
+    }
+
+    #[test]
+    fn server_words_that_differ_from_the_signed_checkpoint_fail_at_the_head() {
+        let (head, pem) = served();
+        let cases = [
+            (
+                "tree_size",
+                serde_json::json!(4),
+                "head height 1: the server says tree size 4, the signed checkpoint 3",
+            ),
+            (
+                "sealed_at",
+                serde_json::json!("2026-12-08T10:00:00.000Z"),
+                "head height 1: the server says sealed at 2026-12-08T10:00:00.000Z, the signed checkpoint \
+                 2026-12-07T10:00:00.000Z",
+            ),
+        ];
+        for (field, value, message) in cases {
+            let mut h = head.clone();
+            h[field] = value;
+            let v = check(&h, &pem);
+            assert_eq!(v["failure"]["kind"], "height", "{v}");
+            assert_eq!(v["failure"]["at"], 1, "{v}");
+            assert_eq!(v["failure"]["message"], message, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_head_under_another_key_fails_naming_the_height() {
+        let (head, _) = served();
+        let other = SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let pem = other.verifying_key().to_public_key_pem(LineEnding::LF).unwrap();
+        let v = check(&head, &pem);
+        assert_eq!(v["failure"]["kind"], "height", "{v}");
+        let message = v["failure"]["message"].as_str().unwrap();
+        assert!(message.starts_with("head height 1: signature does not verify"), "{v}");
+    }
 }
