@@ -272,7 +272,12 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
     // The bundle against the wrong key: the page names the first head.
     let o = verify_offline(&b, &bundle, &other, None, Duration::from_secs(240));
     b.screenshot("offline-bundle-wrong-key");
-    assert_eq!((o.outcome.as_str(), o.kind.as_str()), ("invalid", "height"), "{}", o.text);
+    assert_eq!(
+        (o.outcome.as_str(), o.kind.as_str(), o.at.as_str()),
+        ("invalid", "height", "0"),
+        "{}",
+        o.text
+    );
     drop(b);
 }
 
