@@ -17,11 +17,28 @@ pub struct LocalTsa {
     child: Option<Child>,
     /// The port the shim listens (or will listen) on.
     pub port: u16,
+    /// While the shim is down, a socket bound to `port` but not listening: connections are refused (the
+    /// TSA is down), yet no other listener started meanwhile (the appliance under test) can get the port.
+    /// Released only once the shim listens; both set SO_REUSEADDR, which Linux allows while the holder
+    /// does not listen.
+    reservation: Option<socket2::Socket>,
 }
 
 /// A port that is free now (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A socket bound to 127.0.0.1:`port` (0: any free port) that never listens, with SO_REUSEADDR.
+fn reserve_port(port: u16) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(socket)
+}
+
+fn reserved_port(socket: &socket2::Socket) -> u16 {
+    socket.local_addr().unwrap().as_socket().unwrap().port()
 }
 
 fn make_tsa(dir: &Path, args: &[&str]) {
@@ -41,7 +58,8 @@ impl LocalTsa {
         make_tsa(dir.path(), args);
         let alt = tempfile::tempdir().unwrap();
         make_tsa(alt.path(), &[]);
-        LocalTsa { dir, alt, child: None, port: free_port() }
+        let reservation = reserve_port(0).unwrap();
+        LocalTsa { dir, alt, child: None, port: reserved_port(&reservation), reservation: Some(reservation) }
     }
 
     /// Creates and starts a TSA.
@@ -69,6 +87,7 @@ impl LocalTsa {
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), self.port.to_string(), "shim listens on the reserved port");
         self.child = Some(child);
+        self.reservation = None;
     }
 
     /// Kills the shim (the TSA is down until `start`).
@@ -76,6 +95,9 @@ impl LocalTsa {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // Hold the port again while down; if something else took it meanwhile, the test still sees
+            // the TSA down, only without the guarantee.
+            self.reservation = reserve_port(self.port).ok();
         }
     }
 
