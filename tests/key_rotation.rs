@@ -15,8 +15,8 @@ use anchorlog::store;
 use anchorlog::verify;
 use anchorlog_core::head::HeadCounter;
 use anchorlog_core::verify::{Failure, VerifyError, WalkOptions};
-use log_builder::{LogBuilder, TestKey};
-use std::path::{Path, PathBuf};
+use log_builder::{resign_sql as resign, tampered_db as tampered, LogBuilder, TestKey};
+use std::path::Path;
 
 /// Heights and seqs of the log [`rotated_log`] builds.
 const ROTATION_SEQ: u64 = 15;
@@ -50,31 +50,6 @@ fn failure(r: Result<anchorlog_core::verify::Report, VerifyError>) -> Failure {
         Err(VerifyError::Invalid(f)) => f,
         other => panic!("expected a failure, got {other:?}"),
     }
-}
-
-/// A copy of `db` with the append-only triggers dropped (the insider's first step) and `sql` applied.
-fn tampered(db: &Path, name: &str, sql: &str) -> PathBuf {
-    let out = db.with_file_name(format!("{name}.db"));
-    std::fs::copy(db, &out).unwrap();
-    let c = rusqlite::Connection::open(&out).unwrap();
-    c.execute_batch(
-        "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; DROP TRIGGER heads_no_update;
-         DROP TRIGGER heads_no_delete; DROP TRIGGER nodes_no_update; DROP TRIGGER events_dense_seq;",
-    )
-    .unwrap();
-    c.execute_batch(sql).unwrap();
-    out
-}
-
-/// SQL that replaces head `height`'s signature with `key`'s over the same text (the insider has the HSM).
-fn resign(db: &Path, height: u64, key: &TestKey) -> String {
-    let c = store::open_reader(db).unwrap();
-    let h = store::head(&c, height).unwrap().unwrap();
-    format!(
-        "UPDATE heads SET signature = x'{}', key_id = '{}' WHERE height = {height}",
-        hex::encode(key.sign(h.checkpoint.as_bytes())),
-        key.public.key_id
-    )
 }
 
 #[test]

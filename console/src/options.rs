@@ -1,6 +1,6 @@
 //! What the auditor trusts, from the page's inputs: the signer's key(s) as PEM text and the options object.
 
-use anchorlog_core::key::PublicKey;
+use anchorlog_core::key::{pem_blocks, PublicKey};
 use anchorlog_core::note::VerifierKey;
 use anchorlog_core::tsa::TrustAnchors;
 use anchorlog_core::verify::timestamps::TimestampPolicy;
@@ -45,22 +45,6 @@ pub struct Trust {
     pub timestamps: Option<TimestampPolicy>,
     /// The cosignature policy, with witness keys.
     pub witnesses: Option<WitnessPolicy>,
-}
-
-/// The PEM blocks (`-----BEGIN …-----` to `-----END …-----`) in `text`, in order.
-pub fn pem_blocks(text: &str) -> Vec<&str> {
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let from = &rest[start..];
-        let Some(end) = from.find("-----END ") else { break };
-        let after = &from[end + "-----END ".len()..];
-        let close = after.find("-----").map_or(after.len(), |i| i + "-----".len());
-        let len = end + "-----END ".len() + close;
-        blocks.push(&from[..len]);
-        rest = &from[len..];
-    }
-    blocks
 }
 
 impl Trust {
@@ -132,21 +116,6 @@ impl Trust {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pem_blocks_are_found_in_order_with_text_around_them() {
-        let text = "comment\n-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----\nmore\n\
-                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
-        assert_eq!(
-            pem_blocks(text),
-            [
-                "-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----",
-                "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----"
-            ]
-        );
-        assert!(pem_blocks("no pem here").is_empty());
-        assert!(pem_blocks("-----BEGIN PUBLIC KEY-----\nunterminated").is_empty());
-    }
 
     #[test]
     fn missing_key_and_unknown_option_say_what_to_give() {

@@ -115,3 +115,40 @@ fn percent_decode(text: &str) -> Option<String> {
     }
     String::from_utf8(out).ok()
 }
+
+/// The PEM blocks (`-----BEGIN …-----` to `-----END …-----`) of `text`, in order; text around them is ignored. A
+/// keyring file or a key field holding several public keys or certificates is read block by block.
+pub fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let from = &rest[start..];
+        let Some(end) = from.find("-----END ") else { break };
+        let after = &from[end + "-----END ".len()..];
+        let close = after.find("-----").map_or(after.len(), |i| i + "-----".len());
+        let len = end + "-----END ".len() + close;
+        blocks.push(&from[..len]);
+        rest = &from[len..];
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_blocks_are_found_in_order_with_text_around_them() {
+        let text = "comment\n-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----\nmore\n\
+                    -----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            pem_blocks(text),
+            [
+                "-----BEGIN PUBLIC KEY-----\nAAA\n-----END PUBLIC KEY-----",
+                "-----BEGIN CERTIFICATE-----\nBBB\n-----END CERTIFICATE-----"
+            ]
+        );
+        assert!(pem_blocks("no pem here").is_empty());
+        assert!(pem_blocks("-----BEGIN PUBLIC KEY-----\nunterminated").is_empty());
+    }
+}

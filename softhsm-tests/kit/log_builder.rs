@@ -275,3 +275,28 @@ pub fn build_log(path: &Path, key: &TestKey, blocks: u64, per_block: u64) {
         b.head();
     }
 }
+
+/// A copy of `db` with the append-only triggers dropped (the insider's first step) and `sql` applied.
+pub fn tampered_db(db: &Path, name: &str, sql: &str) -> PathBuf {
+    let out = db.with_file_name(format!("{name}.db"));
+    std::fs::copy(db, &out).unwrap();
+    let c = rusqlite::Connection::open(&out).unwrap();
+    c.execute_batch(
+        "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; DROP TRIGGER heads_no_update;
+         DROP TRIGGER heads_no_delete; DROP TRIGGER nodes_no_update; DROP TRIGGER events_dense_seq;",
+    )
+    .unwrap();
+    c.execute_batch(sql).unwrap();
+    out
+}
+
+/// SQL that replaces head `height`'s signature with `key`'s over the same text (the insider has the HSM).
+pub fn resign_sql(db: &Path, height: u64, key: &TestKey) -> String {
+    let c = store::open_reader(db).unwrap();
+    let h = store::head(&c, height).unwrap().unwrap();
+    format!(
+        "UPDATE heads SET signature = x'{}', key_id = '{}' WHERE height = {height}",
+        hex::encode(key.sign(h.checkpoint.as_bytes())),
+        key.public.key_id
+    )
+}

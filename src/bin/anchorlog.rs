@@ -57,8 +57,13 @@ enum Command {
         db: Option<PathBuf>,
         /// The signer's public key or certificate (PEM): the key the log started with; later keys follow from
         /// its key rotation records. Repeatable: the chain may then start with any of them.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "keyring")]
         key: Vec<PathBuf>,
+        /// A keyring: a file of PEM public keys or certificates (one block each), every one of which may sign
+        /// any head, as the nodes of an active/standby pair each sign with their own key (docs/FORMAT.md §20).
+        /// With --key too, those keys join the ring. The report lists which key signed which heads.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
         /// The log's origin: every head must carry it. Default: the one the key's certificate names, else the
         /// database's (or bundle manifest's) own; the report prints which.
         #[arg(long)]
@@ -527,13 +532,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         #[cfg(feature = "server")]
         Command::Keys { command } => keys(command),
-        Command::Verify { bundle, db, key, origin, json, tsa, counter_attestation, nonce, witnesses } => {
+        Command::Verify {
+            bundle,
+            db,
+            key,
+            keyring,
+            origin,
+            json,
+            tsa,
+            counter_attestation,
+            nonce,
+            witnesses,
+        } => {
             let counter = match (counter_attestation, nonce) {
                 (Some(file), Some(nonce)) => Some((file, parse_nonce(&nonce)?)),
                 _ => None,
             };
             let checks = Checks { tsa: &tsa, counter: counter.as_ref(), witnesses: &witnesses };
-            verify(bundle.as_deref(), db.as_deref(), &key, origin, json, &checks)
+            let signers = Signers { keys: &key, keyring: keyring.as_deref() };
+            verify(bundle.as_deref(), db.as_deref(), &signers, origin, json, &checks)
         }
         Command::VerifyReceipt { file, key, origin, json, tsa, witnesses } => {
             verify_receipt(&file, &key, origin, json, &tsa, &witnesses)
@@ -768,6 +785,45 @@ fn read_keys(keys: &[PathBuf]) -> anyhow::Result<Vec<anchorlog_core::key::Public
     keys.iter().map(|k| read_key(k)).collect()
 }
 
+/// Reads a keyring file: every PEM block is one signer key (a public key or a certificate).
+fn read_keyring(path: &Path) -> anyhow::Result<Vec<anchorlog_core::key::PublicKey>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading keyring {}", path.display()))?;
+    let blocks = anchorlog_core::key::pem_blocks(&text);
+    if blocks.is_empty() {
+        anyhow::bail!(
+            "keyring {} holds no PEM block: give the signer keys of the log's nodes as PEM public keys or \
+             certificates, one after another",
+            path.display()
+        );
+    }
+    blocks
+        .iter()
+        .enumerate()
+        .map(|(i, block)| {
+            anchorlog_core::key::PublicKey::from_pem(block)
+                .with_context(|| format!("keyring {}: key {} of {}", path.display(), i + 1, blocks.len()))
+        })
+        .collect()
+}
+
+/// The signer keys `verify` is given: `--key` files, and a `--keyring` file that makes them all a keyring.
+struct Signers<'a> {
+    keys: &'a [PathBuf],
+    keyring: Option<&'a Path>,
+}
+
+impl Signers<'_> {
+    /// Every key, `--key` first, and whether they are a keyring.
+    fn read(&self) -> anyhow::Result<(Vec<anchorlog_core::key::PublicKey>, bool)> {
+        let mut keys = read_keys(self.keys)?;
+        if let Some(ring) = self.keyring {
+            keys.extend(read_keyring(ring)?);
+        }
+        Ok((keys, self.keyring.is_some()))
+    }
+}
+
 /// Where the origin every head is checked against came from: `--origin`, else the first given certificate's.
 fn pinned_origin(
     given: Option<String>,
@@ -791,14 +847,19 @@ struct Checks<'a> {
 fn verify(
     bundle: Option<&Path>,
     db: Option<&Path>,
-    key: &[PathBuf],
+    signers: &Signers<'_>,
     origin: Option<String>,
     json: bool,
     checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
     use anchorlog_core::verify::{Failure, VerifyError};
     let Checks { tsa, counter, witnesses } = *checks;
-    let keys = read_keys(key)?;
+    let (keys, keyring) = signers.read()?;
+    if keyring && bundle.is_some() {
+        anyhow::bail!(
+            "--keyring checks a database (--db) for now; for a bundle give the log's first key with --key"
+        );
+    }
     let (origin, origin_from) = pinned_origin(origin, &keys);
     let origin = origin.as_deref();
     let policy = tsa.policy()?;
@@ -832,7 +893,7 @@ fn verify(
         }),
         (None, Some(db)) => {
             let conn = anchorlog::store::open_reader(db)?;
-            let opts = anchorlog_core::verify::WalkOptions { origin, ..Default::default() };
+            let opts = anchorlog_core::verify::WalkOptions { origin, keyring, ..Default::default() };
             anchorlog::verify::verify_database_with(&conn, &keys, opts).and_then(|report| {
                 let stamps = match &policy {
                     Some(p) => Some(anchorlog::verify::timestamps::verify_timestamps(
@@ -1222,6 +1283,15 @@ fn print_report(r: &anchorlog_core::verify::Report, origin_from: &str) {
     };
     println!("OK: log verified with key {}", r.key_id);
     print_rotations(&r.rotations);
+    // One line per run of heads when more than one key signed (a keyring's nodes, or a rotation).
+    if r.signers.len() > 1 {
+        for run in &r.signers {
+            println!(
+                "  signer:   heads {}..={} signed by key {}",
+                run.from_height, run.to_height, run.key_id
+            );
+        }
+    }
     if let Some(seq) = r.unsealed_rotation {
         println!("  key rotation record at event seq {seq} is not covered by a head yet (it takes effect once sealed)");
     }

@@ -297,6 +297,27 @@ pub enum Failure {
         /// The given keys.
         given: String,
     },
+    /// Keyring mode: a head is signed by a key the evidence holds that is not in the keyring.
+    #[error(
+        "head height {height}: signed by key {key_id}, which is not in the keyring ({ring}); add it only if it is \
+         the signing key of one of the log's nodes"
+    )]
+    OutsideKeyring {
+        /// The head.
+        height: u64,
+        /// The key that signed it.
+        key_id: String,
+        /// The keyring's keys.
+        ring: String,
+    },
+    /// Keyring mode: a head's signature verifies under no key of the keyring, nor any other key the evidence holds.
+    #[error("head height {height}: signature verifies under no key of the keyring ({ring})")]
+    NoKeyringKey {
+        /// The head.
+        height: u64,
+        /// The keyring's keys.
+        ring: String,
+    },
     /// The first head under a new key carries another TPM counter than its rotation record announced.
     #[error(
         "head height {height}: the first head under the new key carries {found}, but the key rotation record at \
@@ -451,6 +472,8 @@ impl Failure {
             | Failure::UnannouncedKey { height, .. }
             | Failure::RetiredKey { height, .. }
             | Failure::UntrustedKey { height, .. }
+            | Failure::OutsideKeyring { height, .. }
+            | Failure::NoKeyringKey { height, .. }
             | Failure::RotationCounterMismatch { height, .. }
             | Failure::NodeStoreMismatch { height, .. }
             | Failure::BadTimestamp { height, .. }
@@ -511,6 +534,8 @@ pub struct Report {
     pub current_key: Option<PublicKey>,
     /// The key rotations the chain followed, in order (docs/FORMAT.md §20).
     pub rotations: Vec<RotationReport>,
+    /// Which key signed which heads: runs of consecutive heads signed by one key, in height order.
+    pub signers: Vec<SignerRun>,
     /// A key rotation record after the last head (no head covers it yet), by seq.
     pub unsealed_rotation: Option<u64>,
     /// The origin every head was checked against (given, or pinned to the source's own: see [`WalkOptions`]).
@@ -541,6 +566,22 @@ pub struct WalkOptions<'a> {
     /// Other public keys the evidence carries (the database's `log_meta`, a bundle's `keys/`): never trusted, only
     /// used to name the key that signed a head no trusted key or rotation accounts for.
     pub known_keys: Vec<PublicKey>,
+    /// The given keys are a keyring (docs/FORMAT.md §20, "Keyrings"): each of them may sign any head, as the
+    /// nodes of an active/standby pair each sign with their own key, so heads may pass from one to another
+    /// without a rotation record. Rotations still retire a key for good, and each key's TPM counter is checked
+    /// against that key's own previous head. Off: the given keys only start the chain.
+    pub keyring: bool,
+}
+
+/// Heads `from_height..=to_height`, all signed by the key `key_id`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SignerRun {
+    /// Hex key id (docs/FORMAT.md §5).
+    pub key_id: String,
+    /// The first head of the run.
+    pub from_height: u64,
+    /// The last head of the run.
+    pub to_height: u64,
 }
 
 /// Where a walk starts: the empty log, or the state right after an already verified anchor head (a bundle
@@ -713,6 +754,9 @@ pub fn walk(
     let mut frontier = start.frontier.clone();
     let mut records = RecordTracker::after_stop(start.stopped_at);
     let mut checker = HeadChecker::new(keys, &opts.known_keys, opts.origin, heads, start);
+    if opts.keyring {
+        checker.use_keyring();
+    }
     let mut failure: Option<Failure> = None;
     checker.check_due(&frontier, &mut report)?;
     events.visit(first_seq, &mut |batch| {
@@ -770,6 +814,7 @@ pub fn walk(
     report.current_key_id = current.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
     report.current_key = current;
     report.rotations = std::mem::take(&mut checker.rotations);
+    report.signers = std::mem::take(&mut checker.signers);
     report.unsealed_rotation = checker.pending.as_ref().map(|(seq, _)| *seq);
     report.origin = checker.origin.unwrap_or_default();
     report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
@@ -833,6 +878,12 @@ struct HeadChecker<'a> {
     announced: Option<(u64, Option<u32>)>,
     /// The rotations followed.
     rotations: Vec<RotationReport>,
+    /// Keyring mode ([`WalkOptions::keyring`]): the keys that may sign the next head (the given keys and those
+    /// rotations brought in, less those they retired), and each key's TPM counter at the last head it signed
+    /// while another key signs.
+    keyring: Option<Keyring>,
+    /// Which key signed which heads.
+    signers: Vec<SignerRun>,
     /// The origin every head must carry: given, or the first checked head's.
     origin: Option<String>,
     heads: std::iter::Peekable<std::vec::IntoIter<StoredHead>>,
@@ -842,6 +893,16 @@ struct HeadChecker<'a> {
     prev_counter: Option<HeadCounter>,
     next_height: u64,
     checked: u64,
+}
+
+/// Keyring mode's state ([`WalkOptions::keyring`]).
+struct Keyring {
+    /// The keys that may sign the next head.
+    keys: Vec<PublicKey>,
+    /// Each key's TPM counter at the last head it signed, while another key signs.
+    counters: BTreeMap<String, Option<HeadCounter>>,
+    /// The new key of the last rotation, until it signs its first head (its announced counter binds that head).
+    announced_key: Option<String>,
 }
 
 impl<'a> HeadChecker<'a> {
@@ -861,6 +922,8 @@ impl<'a> HeadChecker<'a> {
             pending: None,
             announced: start.announcement,
             rotations: Vec::new(),
+            keyring: None,
+            signers: Vec::new(),
             origin: origin.map(str::to_string),
             heads: heads.into_iter().peekable(),
             prev_hash: start.prev_hash,
@@ -938,9 +1001,14 @@ impl<'a> HeadChecker<'a> {
         if cp.time_ms < self.prev_time {
             return Err(Failure::TimeWentBack { height });
         }
+        if self.keyring.is_some() {
+            // The signer decides which counter chain the head continues, so it is found first.
+            self.switch_signer(h);
+        }
         let previous = self.counter_before(height, cp.counter.as_ref())?;
         check_step(height, previous.as_ref(), cp.counter.as_ref())?;
         self.check_signature(height, h)?;
+        self.note_signer(height);
         if frontier.root() != cp.root {
             return Err(Failure::RootMismatch { height, from: self.prev_size, to: cp.tree_size });
         }
@@ -964,7 +1032,16 @@ impl<'a> HeadChecker<'a> {
         height: u64,
         counter: Option<&HeadCounter>,
     ) -> Result<Option<HeadCounter>, Failure> {
+        if let (Some(ring), Some(current)) = (&self.keyring, &self.current) {
+            // Keyring: the announcement binds the first head the new key signs, whichever keys sign between.
+            if ring.announced_key.as_deref() != Some(current.key_id.as_str()) {
+                return Ok(self.prev_counter);
+            }
+        }
         let Some((seq, announced)) = self.announced.take() else { return Ok(self.prev_counter) };
+        if let Some(ring) = &mut self.keyring {
+            ring.announced_key = None;
+        }
         let name = |i: Option<u32>| match i {
             Some(i) => format!("TPM counter index {}", keys::format_counter_index(i)),
             None => "no TPM counter".to_string(),
@@ -985,6 +1062,28 @@ impl<'a> HeadChecker<'a> {
     /// which then starts the chain); a failure names the key that did sign it, if the evidence holds it.
     fn check_signature(&mut self, height: u64, h: &StoredHead) -> Result<(), Failure> {
         let message = h.checkpoint.as_bytes();
+        if let Some(ring) = &self.keyring {
+            // `switch_signer` made `current` the ring key that signed it, if one did.
+            if self.current.as_ref().is_some_and(|k| k.verify(message, &h.signature)) {
+                return Ok(());
+            }
+            let failure =
+                misattributed(height, message, &h.signature, None, &self.retired, &ring.keys, self.known);
+            return Err(match failure {
+                Failure::UntrustedKey { height, key_id, given } => {
+                    Failure::OutsideKeyring { height, key_id, ring: given }
+                }
+                Failure::BadSignature { height, key_id } => Failure::NoKeyringKey { height, ring: key_id },
+                Failure::RetiredKey { height, key_id, seq, retired_at, .. } => Failure::RetiredKey {
+                    height,
+                    key_id,
+                    seq,
+                    retired_at,
+                    current: format!("one of the keyring's keys ({})", keys::given(&ring.keys)),
+                },
+                other => other,
+            });
+        }
         if let Some(k) = &self.current {
             if k.verify(message, &h.signature) {
                 return Ok(());
@@ -1034,11 +1133,63 @@ impl<'a> HeadChecker<'a> {
             )));
         }
         let new = record.new_key().map_err(invalid)?;
+        if let Some(ring) = &mut self.keyring {
+            ring.keys.retain(|k| k.key_id != old.key_id);
+            ring.keys.push(new.clone());
+            ring.announced_key = Some(new.key_id.clone());
+        }
         self.retired.push(Retired { key: old, seq, height });
         self.current = Some(new);
         self.announced = Some((seq, record.new_counter_index));
         self.rotations.push(record.report(seq, height));
         Ok(())
+    }
+
+    /// Turns keyring mode on ([`WalkOptions::keyring`]): every trusted key not retired may sign.
+    fn use_keyring(&mut self) {
+        let retired = |k: &PublicKey| self.retired.iter().any(|r| r.key.key_id == k.key_id);
+        let mut keys: Vec<PublicKey> = self.trusted.iter().filter(|k| !retired(k)).cloned().collect();
+        if let Some(current) = &self.current {
+            if !keys.iter().any(|k| k.key_id == current.key_id) {
+                keys.push(current.clone());
+            }
+        }
+        let announced_key = self.announced.is_some().then(|| self.current.as_ref().map(|k| k.key_id.clone()));
+        self.keyring =
+            Some(Keyring { keys, counters: BTreeMap::new(), announced_key: announced_key.flatten() });
+    }
+
+    /// Keyring mode: when another ring key than the current one signed head `h`, it becomes the current key, and
+    /// the counter the head must exceed is the one that key's own last head carried (none before its first).
+    /// When no ring key signed it, nothing changes and [`Self::check_signature`] names the failure.
+    fn switch_signer(&mut self, h: &StoredHead) {
+        let Some(ring) = &mut self.keyring else { return };
+        let message = h.checkpoint.as_bytes();
+        if self.current.as_ref().is_some_and(|k| k.verify(message, &h.signature)) {
+            return;
+        }
+        let Some(signer) = ring.keys.iter().find(|k| k.verify(message, &h.signature)).cloned() else {
+            return;
+        };
+        if let Some(old) = self.current.take() {
+            ring.counters.insert(old.key_id, self.prev_counter);
+        }
+        self.prev_counter = ring.counters.get(&signer.key_id).copied().flatten();
+        self.first_key.get_or_insert_with(|| signer.key_id.clone());
+        self.current = Some(signer);
+    }
+
+    /// Head `height` verified under the current key: extends that key's run of heads, or starts one.
+    fn note_signer(&mut self, height: u64) {
+        let Some(key) = &self.current else { return };
+        match self.signers.last_mut() {
+            Some(run) if run.key_id == key.key_id && run.to_height + 1 == height => run.to_height = height,
+            _ => self.signers.push(SignerRun {
+                key_id: key.key_id.clone(),
+                from_height: height,
+                to_height: height,
+            }),
+        }
     }
 
     /// After the walk: any head left claims more events than exist.

@@ -1,0 +1,304 @@
+//! Keyrings (docs/FORMAT.md §20): the nodes of an active/standby pair each sign heads with their own key, so heads
+//! pass from one key to another without a rotation record. A verifier given the keyring accepts that, says which
+//! key signed which heads, and still fails a head signed outside the ring, by a retired key, or with a TPM counter
+//! below that key's own previous head — at the exact height. Logs built with software keys: no SoftHSM needed.
+
+/// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
+#[path = "../softhsm-tests/kit/log_builder.rs"]
+mod log_builder;
+
+use anchorlog::store;
+use anchorlog::verify;
+use anchorlog_core::counter::CounterFailure;
+use anchorlog_core::head::HeadCounter;
+use anchorlog_core::verify::{Failure, Report, SignerRun, VerifyError, WalkOptions};
+use log_builder::{resign_sql, tampered_db, LogBuilder, TestKey};
+use std::path::Path;
+use std::process::Command;
+
+/// Node A's and node B's TPM counters.
+const COUNTER_A: u32 = 0x0180_0010;
+const COUNTER_B: u32 = 0x0180_0020;
+
+/// Heads 0 and 1 by node A (`a`), a takeover: heads 2 and 3 by node B (`b`), and back: head 4 by A; five events
+/// between heads. Node B's public key is in the database, as the appliance records every key that signs.
+fn failover_log(path: &Path, a: &TestKey, b: &TestKey) {
+    let mut l = LogBuilder::create(path, a);
+    store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.head();
+    l.events(5);
+    l.head();
+    l.key = b;
+    l.events(5);
+    l.head();
+    l.events(5);
+    l.head();
+    l.key = a;
+    l.events(5);
+    l.head();
+}
+
+fn verify_db(db: &Path, keys: &[&TestKey], keyring: bool) -> Result<Report, VerifyError> {
+    let c = store::open_reader(db).unwrap();
+    let keys: Vec<_> = keys.iter().map(|k| k.public.clone()).collect();
+    verify::verify_database_with(&c, &keys, WalkOptions { keyring, ..WalkOptions::default() })
+}
+
+fn failure(r: Result<Report, VerifyError>) -> Failure {
+    match r {
+        Err(VerifyError::Invalid(f)) => f,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn run(key_id: &TestKey, from_height: u64, to_height: u64) -> SignerRun {
+    SignerRun { key_id: key_id.public.key_id.clone(), from_height, to_height }
+}
+
+#[test]
+fn heads_pass_between_keyring_keys_and_the_report_says_which_key_signed_which_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (TestKey::new(1), TestKey::new(2));
+    let db = dir.path().join("ha.db");
+    failover_log(&db, &a, &b);
+
+    let r = verify_db(&db, &[&a, &b], true).unwrap();
+    assert_eq!((r.events, r.heads), (20, 5));
+    assert_eq!(r.signers, vec![run(&a, 0, 1), run(&b, 2, 3), run(&a, 4, 4)]);
+    assert_eq!((r.key_id.as_str(), r.current_key_id.as_str()), (&*a.public.key_id, &*a.public.key_id));
+    assert!(r.rotations.is_empty());
+    // The keyring's order does not matter.
+    assert_eq!(verify_db(&db, &[&b, &a], true).unwrap().signers, r.signers);
+
+    // Without the keyring, the given keys only start the chain: node B's first head is an unannounced key.
+    assert_eq!(
+        failure(verify_db(&db, &[&a, &b], false)),
+        Failure::UnannouncedKey {
+            height: 2,
+            key_id: b.public.key_id.clone(),
+            current: a.public.key_id.clone()
+        }
+    );
+    // A ring without node B fails at B's first head, naming B (its key is in the database) and the ring.
+    let e = failure(verify_db(&db, &[&a], true));
+    assert_eq!(
+        e,
+        Failure::OutsideKeyring { height: 2, key_id: b.public.key_id.clone(), ring: a.public.key_id.clone() }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "head height 2: signed by key {}, which is not in the keyring ({}); add it only if it is the signing key \
+             of one of the log's nodes",
+            b.public.key_id, a.public.key_id
+        )
+    );
+}
+
+#[test]
+fn a_head_signed_outside_the_ring_fails_at_its_height() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (TestKey::new(1), TestKey::new(2), TestKey::new(3));
+    let db = dir.path().join("ha.db");
+    failover_log(&db, &a, &b);
+    // The insider re-signs node B's second head with a key of their own, which the database does not hold.
+    let t = tampered_db(&db, "outsider", &resign_sql(&db, 3, &c));
+    let ring = format!("{}, {}", a.public.key_id, b.public.key_id);
+    let e = failure(verify_db(&t, &[&a, &b], true));
+    assert_eq!(e, Failure::NoKeyringKey { height: 3, ring: ring.clone() });
+    assert_eq!(
+        e.to_string(),
+        format!("head height 3: signature verifies under no key of the keyring ({ring})")
+    );
+    // The same key recorded in the database is named.
+    let t = tampered_db(
+        &db,
+        "outsider-known",
+        &format!(
+            "{}; INSERT INTO log_meta (key, value) VALUES ('key:{}', '{}')",
+            resign_sql(&db, 3, &c),
+            c.public.key_id,
+            c.pem()
+        ),
+    );
+    assert_eq!(
+        failure(verify_db(&t, &[&a, &b], true)),
+        Failure::OutsideKeyring { height: 3, key_id: c.public.key_id.clone(), ring }
+    );
+}
+
+/// Node A rotates its key (A → A2) while node B holds the other half of the ring: A2 joins the ring through the
+/// record A signed, and A never signs again.
+#[test]
+fn a_rotation_inside_a_keyring_brings_the_new_key_in_and_retires_the_old_one_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, a2) = (TestKey::new(1), TestKey::new(2), TestKey::new(4));
+    let build = |path: &Path, a_signs_again: bool| {
+        let mut l = LogBuilder::create(path, &a);
+        store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+        l.head(); // 0: A
+        l.events(3);
+        l.key = &b;
+        l.head(); // 1: B
+        l.key = &a;
+        l.events(3);
+        let (seq, h) = l.rotate(&a2, "node A's HSM replaced", None); // 2: A, ends with the record
+        assert_eq!((seq, h.height), (6, 2));
+        l.events(2);
+        l.head(); // 3: A2
+        l.key = &b;
+        l.events(2);
+        l.head(); // 4: B
+        if a_signs_again {
+            l.key = &a;
+            l.events(1);
+            l.head(); // 5: A, retired
+        }
+    };
+    let db = dir.path().join("rotated.db");
+    build(&db, false);
+    let r = verify_db(&db, &[&a, &b], true).unwrap();
+    assert_eq!(r.signers, vec![run(&a, 0, 0), run(&b, 1, 1), run(&a, 2, 2), run(&a2, 3, 3), run(&b, 4, 4)]);
+    assert_eq!(r.rotations.len(), 1);
+    assert_eq!((r.rotations[0].seq, r.rotations[0].height), (6, 2));
+
+    let db = dir.path().join("retired.db");
+    build(&db, true);
+    let e = failure(verify_db(&db, &[&a, &b], true));
+    let ring = format!("one of the keyring's keys ({}, {})", b.public.key_id, a2.public.key_id);
+    assert_eq!(
+        e,
+        Failure::RetiredKey {
+            height: 5,
+            key_id: a.public.key_id.clone(),
+            seq: 6,
+            retired_at: 2,
+            current: ring.clone()
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "head height 5: signed by key {}, which the key rotation record at event seq 6 retired after head height 2; \
+             later heads must be signed by {ring}",
+            a.public.key_id
+        )
+    );
+}
+
+/// Each node's heads carry its own TPM's counter: a head continues the counter of the last head its own key signed,
+/// however many heads the other node signed between, and a counter below that is a rollback at its height.
+#[test]
+fn each_keys_tpm_counter_continues_from_that_keys_own_last_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (TestKey::new(1), TestKey::new(2));
+    let counter = |index, value| Some(HeadCounter { value, reset_count: 1, index });
+    // `resume_a`: A's counter value before its head after B's (its last was 11).
+    let build = |path: &Path, resume_a: u64| {
+        let mut l = LogBuilder::create(path, &a);
+        l.counter = counter(COUNTER_A, 9);
+        l.head(); // 0: A, 10
+        l.events(2);
+        l.head(); // 1: A, 11
+        l.key = &b;
+        l.counter = counter(COUNTER_B, 0);
+        l.events(2);
+        l.head(); // 2: B, 1
+        l.head(); // 3: B, 2
+        l.key = &a;
+        l.counter = counter(COUNTER_A, resume_a);
+        l.events(2);
+        l.head(); // 4: A, resume_a + 1
+    };
+    let db = dir.path().join("counters.db");
+    build(&db, 11);
+    let r = verify_db(&db, &[&a, &b], true).unwrap();
+    assert_eq!(r.signers, vec![run(&a, 0, 1), run(&b, 2, 3), run(&a, 4, 4)]);
+
+    let db = dir.path().join("rolled-back.db");
+    build(&db, 10);
+    assert_eq!(
+        failure(verify_db(&db, &[&a, &b], true)),
+        Failure::Counter(CounterFailure::NotIncreasing { height: 4, value: 11, previous: 11 })
+    );
+}
+
+fn anchorlog(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_anchorlog")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_takes_a_keyring_file_and_prints_which_key_signed_which_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (TestKey::new(1), TestKey::new(2));
+    let db = dir.path().join("ha.db");
+    failover_log(&db, &a, &b);
+    let ring = dir.path().join("nodes.pem");
+    std::fs::write(&ring, format!("# node A\n{}\n# node B\n{}", a.pem(), b.pem())).unwrap();
+    let db_arg = db.to_str().unwrap();
+
+    let (code, out, err) =
+        anchorlog(&["verify", "--db", db_arg, "--keyring", ring.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runs: Vec<(String, u64, u64)> = v["report"]["signers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["key_id"].as_str().unwrap().to_string(),
+                r["from_height"].as_u64().unwrap(),
+                r["to_height"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (ida, idb) = (a.public.key_id.clone(), b.public.key_id.clone());
+    assert_eq!(runs, vec![(ida.clone(), 0, 1), (idb.clone(), 2, 3), (ida.clone(), 4, 4)]);
+
+    let (code, out, _) = anchorlog(&["verify", "--db", db_arg, "--keyring", ring.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("  signer:   heads 2..=3 signed by key {idb}\n")), "{out}");
+
+    // The same two keys as --key, without --keyring: the chain, which fails at node B's first head (exit 3).
+    let (ka, kb) = (a.write_pem(dir.path(), "a.pem"), b.write_pem(dir.path(), "b.pem"));
+    let (code, out, _) = anchorlog(&[
+        "verify",
+        "--db",
+        db_arg,
+        "--key",
+        ka.to_str().unwrap(),
+        "--key",
+        kb.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["height"], 2, "{v}");
+
+    // --key and --keyring together: the key joins the ring.
+    let only_b = dir.path().join("b-ring.pem");
+    std::fs::write(&only_b, b.pem()).unwrap();
+    let (code, out, err) = anchorlog(&[
+        "verify",
+        "--db",
+        db_arg,
+        "--key",
+        ka.to_str().unwrap(),
+        "--keyring",
+        only_b.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A keyring file without a key says what to give.
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "node A\n").unwrap();
+    let (code, _, err) = anchorlog(&["verify", "--db", db_arg, "--keyring", empty.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("holds no PEM block: give the signer keys of the log's nodes"), "{err}");
+}
