@@ -16,7 +16,7 @@ use anchorlog_core::merkle::{self, Frontier, Hash};
 use anchorlog_core::verify::VerifyError;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use log_builder::{build_log, LogBuilder, TestKey};
+use log_builder::{build_log, tampered_db, LogBuilder, TestKey};
 use std::path::{Path, PathBuf};
 
 fn all_leaves(conn: &rusqlite::Connection) -> Vec<Hash> {
@@ -480,19 +480,6 @@ fn tamper_matrix_on_a_bundle_names_the_exact_record() {
     let junk = dir.path().join("junk.tar");
     std::fs::write(&junk, b"hello").unwrap();
     assert!(matches!(bundle::verify_bundle(&junk, &key.public, None), Err(VerifyError::Unreadable(_))));
-}
-
-fn tampered_db(db: &Path, name: &str, sql: &str) -> PathBuf {
-    let out = db.with_file_name(format!("{name}.db"));
-    std::fs::copy(db, &out).unwrap();
-    let c = rusqlite::Connection::open(&out).unwrap();
-    c.execute_batch(
-        "DROP TRIGGER events_no_update; DROP TRIGGER events_no_delete; DROP TRIGGER heads_no_update;
-         DROP TRIGGER heads_no_delete; DROP TRIGGER nodes_no_update; DROP TRIGGER events_dense_seq;",
-    )
-    .unwrap();
-    c.execute_batch(sql).unwrap();
-    out
 }
 
 #[test]
