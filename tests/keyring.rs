@@ -12,6 +12,8 @@ use anchorlog::verify;
 use anchorlog_core::counter::CounterFailure;
 use anchorlog_core::head::HeadCounter;
 use anchorlog_core::verify::{Failure, Report, SignerRun, VerifyError, WalkOptions};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use log_builder::{resign_sql, tampered_db, LogBuilder, TestKey};
 use std::path::Path;
 use std::process::Command;
@@ -127,43 +129,46 @@ fn a_head_signed_outside_the_ring_fails_at_its_height() {
     );
 }
 
+/// Heads 0 by node A, 1 by node B, 2 by A ending with A's rotation record (seq 6) to A2, 3 by A2, 4 by B; with
+/// `a_signs_again`, head 5 by A, whose key that record retired.
+fn rotated_ring_log(path: &Path, [a, b, a2]: [&TestKey; 3], a_signs_again: bool) {
+    let mut l = LogBuilder::create(path, a);
+    store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.head(); // 0: A
+    l.events(3);
+    l.key = b;
+    l.head(); // 1: B, size 3
+    l.key = a;
+    l.events(3);
+    let (seq, h) = l.rotate(a2, "node A's HSM replaced", None); // 2: A, ends with the record
+    assert_eq!((seq, h.height, h.tree_size), (6, 2, 7));
+    l.events(2);
+    l.head(); // 3: A2, size 9
+    l.key = b;
+    l.events(2);
+    l.head(); // 4: B, size 11
+    if a_signs_again {
+        l.key = a;
+        l.events(1);
+        l.head(); // 5: A, retired
+    }
+}
+
 /// Node A rotates its key (A → A2) while node B holds the other half of the ring: A2 joins the ring through the
 /// record A signed, and A never signs again.
 #[test]
 fn a_rotation_inside_a_keyring_brings_the_new_key_in_and_retires_the_old_one_for_good() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b, a2) = (TestKey::new(1), TestKey::new(2), TestKey::new(4));
-    let build = |path: &Path, a_signs_again: bool| {
-        let mut l = LogBuilder::create(path, &a);
-        store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
-        l.head(); // 0: A
-        l.events(3);
-        l.key = &b;
-        l.head(); // 1: B
-        l.key = &a;
-        l.events(3);
-        let (seq, h) = l.rotate(&a2, "node A's HSM replaced", None); // 2: A, ends with the record
-        assert_eq!((seq, h.height), (6, 2));
-        l.events(2);
-        l.head(); // 3: A2
-        l.key = &b;
-        l.events(2);
-        l.head(); // 4: B
-        if a_signs_again {
-            l.key = &a;
-            l.events(1);
-            l.head(); // 5: A, retired
-        }
-    };
     let db = dir.path().join("rotated.db");
-    build(&db, false);
+    rotated_ring_log(&db, [&a, &b, &a2], false);
     let r = verify_db(&db, &[&a, &b], true).unwrap();
     assert_eq!(r.signers, vec![run(&a, 0, 0), run(&b, 1, 1), run(&a, 2, 2), run(&a2, 3, 3), run(&b, 4, 4)]);
     assert_eq!(r.rotations.len(), 1);
     assert_eq!((r.rotations[0].seq, r.rotations[0].height), (6, 2));
 
     let db = dir.path().join("retired.db");
-    build(&db, true);
+    rotated_ring_log(&db, [&a, &b, &a2], true);
     let e = failure(verify_db(&db, &[&a, &b], true));
     let ring = format!("one of the keyring's keys ({}, {})", b.public.key_id, a2.public.key_id);
     assert_eq!(
@@ -301,4 +306,79 @@ fn the_cli_takes_a_keyring_file_and_prints_which_key_signed_which_heads() {
     let (code, _, err) = anchorlog(&["verify", "--db", db_arg, "--keyring", empty.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("holds no PEM block: give the signer keys of the log's nodes"), "{err}");
+}
+
+/// Receipts from a log two nodes sign: with the keyring, a head of either node verifies, each node's rotations are
+/// followed on their own, and a head signed by a retired or unknown key fails at its height.
+#[test]
+fn receipts_verify_against_a_keyring_across_nodes_and_rotations() {
+    use anchorlog_core::receipt;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, a2) = (TestKey::new(1), TestKey::new(2), TestKey::new(4));
+    let db = dir.path().join("rotated.db");
+    rotated_ring_log(&db, [&a, &b, &a2], false);
+    let c = store::open_reader(&db).unwrap();
+    let ring = [a.public.clone(), b.public.clone()];
+
+    // Seq 9 lies under head 4, node B's, after node A's rotation (carried).
+    let under_b = anchorlog::receipt::build(&c, 9).unwrap();
+    assert_eq!((under_b.head.height, under_b.key_rotations.len()), (4, 1));
+    let ok = receipt::verify_keyring(&under_b, &ring, None, None, None).unwrap();
+    assert_eq!((ok.key_id.as_str(), ok.rotations.len()), (&*b.public.key_id, 1));
+    // As a chain from node A's key, node B's head is unannounced.
+    assert_eq!(
+        receipt::verify_keys(&under_b, &ring, None, None, None).unwrap_err(),
+        Failure::UnannouncedKey {
+            height: 4,
+            key_id: b.public.key_id.clone(),
+            current: a2.public.key_id.clone()
+        }
+    );
+    // Seq 7 lies under head 3, A2's: reached through the rotation proof from A.
+    let under_a2 = anchorlog::receipt::build(&c, 7).unwrap();
+    assert_eq!(receipt::verify_keyring(&under_a2, &ring, None, None, None).unwrap().key_id, a2.public.key_id);
+    let mut bare = under_a2.clone();
+    bare.key_rotations.clear();
+    let ids = format!("{}, {}", a.public.key_id, b.public.key_id);
+    assert_eq!(
+        receipt::verify_keyring(&bare, &ring, None, None, None).unwrap_err(),
+        Failure::NoKeyringKey { height: 3, ring: ids }
+    );
+    // Node B's head re-signed with node A's retired key.
+    let mut forged = under_b.clone();
+    forged.head.signature = B64.encode(a.sign(forged.head.checkpoint.as_bytes()));
+    assert_eq!(
+        receipt::verify_keyring(&forged, &ring, None, None, None).unwrap_err(),
+        Failure::RetiredKey {
+            height: 4,
+            key_id: a.public.key_id.clone(),
+            seq: 6,
+            retired_at: 2,
+            current: format!("one of the keyring's keys ({}, {})", b.public.key_id, a2.public.key_id),
+        }
+    );
+
+    // The CLI: --keyring on verify-receipt.
+    let file = dir.path().join("receipt.json");
+    std::fs::write(&file, serde_json::to_vec(&under_b).unwrap()).unwrap();
+    let ring_file = dir.path().join("nodes.pem");
+    std::fs::write(&ring_file, format!("{}{}", a.pem(), b.pem())).unwrap();
+    let (code, out, err) = anchorlog(&[
+        "verify-receipt",
+        file.to_str().unwrap(),
+        "--keyring",
+        ring_file.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["report"]["key_id"], b.public.key_id.as_str(), "{v}");
+    let (code, out, _) = anchorlog(&[
+        "verify-receipt",
+        file.to_str().unwrap(),
+        "--key",
+        a.write_pem(dir.path(), "a.pem").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 3, "{out}");
 }

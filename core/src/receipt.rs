@@ -10,7 +10,9 @@ use crate::key::PublicKey;
 use crate::merkle::{self, Hash};
 use crate::stored::{ErasureRecord, StoredEvent};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
-use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof, RotationReport};
+use crate::verify::keys::{
+    follow_ring_rotation_proofs, follow_rotation_proofs, HeadKeys, KeyRotationProof, RotationReport,
+};
 use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{check_event, Failure};
@@ -159,6 +161,29 @@ pub fn verify_keys(
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
 ) -> Result<ReceiptReport, Failure> {
+    verify_signers(r, keys, false, origin, tsa, witnesses)
+}
+
+/// [`verify_keys`] with `ring` a keyring (docs/FORMAT.md §20, "Keyrings"): the head may be signed by any key of
+/// the ring that no rotation record retired before it, or by a key a rotation brought into the ring before it.
+pub fn verify_keyring(
+    r: &Receipt,
+    ring: &[PublicKey],
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<ReceiptReport, Failure> {
+    verify_signers(r, ring, true, origin, tsa, witnesses)
+}
+
+fn verify_signers(
+    r: &Receipt,
+    keys: &[PublicKey],
+    keyring: bool,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+) -> Result<ReceiptReport, Failure> {
     let seq = r.seq;
     if r.format != RECEIPT_FORMAT || !(1..=RECEIPT_VERSION).contains(&r.version) {
         return Err(Failure::EntryMalformed {
@@ -189,7 +214,11 @@ pub fn verify_keys(
         return Err(Failure::OriginMismatch { height, found: cp.origin, expected: expected.into() });
     }
     let reference = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
-    let followed = follow_rotation_proofs(keys, &r.key_rotations, &reference)?;
+    let followed = if keyring {
+        follow_ring_rotation_proofs(keys, &r.key_rotations, &reference)?
+    } else {
+        follow_rotation_proofs(keys, &r.key_rotations, &reference)?
+    };
     let head_keys = HeadKeys { followed, trusted: keys, known: &[] };
     let sig = B64.decode(&r.head.signature).unwrap_or_default();
     let signer = head_keys.check(height, &r.head.checkpoint, &sig)?;

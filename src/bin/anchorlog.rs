@@ -103,8 +103,12 @@ enum Command {
         file: PathBuf,
         /// The signer's public key or certificate (PEM): a key of the log (its first one will do: the receipt
         /// carries the key rotations since). Repeatable.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "keyring")]
         key: Vec<PathBuf>,
+        /// A keyring: a file of PEM public keys or certificates, the signing keys of the log's nodes; the head may
+        /// be signed by any of them (or a key a rotation brought in), each node's rotations followed on its own.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
         /// The log's origin: the receipt's head must carry it. Default: the one the key's certificate names,
         /// else the receipt's own (printed).
         #[arg(long)]
@@ -552,8 +556,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let signers = Signers { keys: &key, keyring: keyring.as_deref() };
             verify(bundle.as_deref(), db.as_deref(), &signers, origin, json, &checks)
         }
-        Command::VerifyReceipt { file, key, origin, json, tsa, witnesses } => {
-            verify_receipt(&file, &key, origin, json, &tsa, &witnesses)
+        Command::VerifyReceipt { file, key, keyring, origin, json, tsa, witnesses } => {
+            let signers = Signers { keys: &key, keyring: keyring.as_deref() };
+            verify_receipt(&file, &signers, origin, json, &tsa, &witnesses)
         }
         #[cfg(feature = "server")]
         Command::Audit { url, cert, key, ca, signer, state, origin, max_age, timeout, witnesses } => {
@@ -1165,26 +1170,22 @@ fn print_witnesses(w: &anchorlog_core::verify::witnesses::WitnessReport) {
 
 fn verify_receipt(
     file: &Path,
-    key: &[PathBuf],
+    signers: &Signers<'_>,
     origin: Option<String>,
     json: bool,
     tsa: &TsaArgs,
     witnesses: &WitnessArgs,
 ) -> anyhow::Result<ExitCode> {
-    let keys = read_keys(key)?;
+    let (keys, keyring) = signers.read()?;
     let (origin, origin_from) = pinned_origin(origin, &keys);
     let policy = tsa.policy()?;
     let witness_policy = witnesses.policy()?;
     let text = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let receipt: anchorlog_core::receipt::Receipt =
         serde_json::from_slice(&text).with_context(|| format!("parsing receipt {}", file.display()))?;
-    match anchorlog_core::receipt::verify_keys(
-        &receipt,
-        &keys,
-        origin.as_deref(),
-        policy.as_ref(),
-        witness_policy.as_ref(),
-    ) {
+    let verify =
+        if keyring { anchorlog_core::receipt::verify_keyring } else { anchorlog_core::receipt::verify_keys };
+    match verify(&receipt, &keys, origin.as_deref(), policy.as_ref(), witness_policy.as_ref()) {
         Ok(r) => {
             if json {
                 println!("{}", serde_json::json!({"ok": true, "report": r, "origin_from": origin_from}));

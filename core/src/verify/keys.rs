@@ -283,6 +283,9 @@ impl KeyRotationProof {
 pub struct FollowedKeys {
     /// `(last height, key)` in height order; the last span is open-ended (`u64::MAX`).
     spans: Vec<(u64, PublicKey)>,
+    /// Keyring mode ([`follow_ring_rotation_proofs`]): every key of the ring with the heads it may sign; `spans`
+    /// is then unused.
+    ring: Option<Vec<RingKey>>,
     /// The rotations followed.
     pub rotations: Vec<RotationReport>,
     /// The keys they retired.
@@ -294,6 +297,11 @@ impl FollowedKeys {
     /// rotation's head, the new key after it. `None` without followed rotations (any trusted key may sign).
     pub fn key_for(&self, height: u64) -> Option<&PublicKey> {
         self.spans.iter().find(|(last, _)| *last >= height).map(|(_, k)| k)
+    }
+
+    /// Whether these are a keyring's keys ([`follow_ring_rotation_proofs`]).
+    pub fn is_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// The counter announcement that applies to the head after `height`: the rotation record's, when a followed
@@ -316,6 +324,9 @@ impl FollowedKeys {
         known: &[PublicKey],
     ) -> Result<PublicKey, Failure> {
         let message = text.as_bytes();
+        if let Some(ring) = &self.ring {
+            return check_ring_head(ring, &self.retired, height, message, signature, known);
+        }
         match self.key_for(height) {
             Some(k) if k.verify(message, signature) => Ok(k.clone()),
             Some(k) => Err(misattributed(height, message, signature, Some(k), &self.retired, trusted, known)),
@@ -418,4 +429,112 @@ pub fn follow_rotation_proofs(
         out.spans.push((u64::MAX, k));
     }
     Ok(out)
+}
+
+/// A key of a keyring and the heads it may sign: those after `after` (the head of the rotation that brought it in;
+/// `None`: a given key, from the start) up to and including `until` (the last head before a rotation retired it).
+#[derive(Debug, Clone)]
+struct RingKey {
+    key: PublicKey,
+    after: Option<u64>,
+    until: Option<u64>,
+}
+
+impl RingKey {
+    fn signs(&self, height: u64) -> bool {
+        self.after.is_none_or(|a| height > a) && self.until.is_none_or(|u| height <= u)
+    }
+}
+
+/// [`follow_rotation_proofs`] for a keyring (docs/FORMAT.md §20, "Keyrings"): every key of `ring` may sign any
+/// head, and each node's key has its own chain of rotations. A proof whose old key is a key of the ring (given, or
+/// brought in by an earlier proof, and not yet retired) retires that key after the proof's head, which it must
+/// sign, and brings its new key in from the next head on; a proof whose old key is none of them cannot be checked
+/// and is skipped. Every followed proof must link to `reference`.
+pub fn follow_ring_rotation_proofs(
+    ring: &[PublicKey],
+    proofs: &[KeyRotationProof],
+    reference: &AnchorHead<'_>,
+) -> Result<FollowedKeys, Failure> {
+    let mut keys: Vec<RingKey> =
+        ring.iter().map(|k| RingKey { key: k.clone(), after: None, until: None }).collect();
+    let mut out = FollowedKeys::default();
+    let mut last: Option<(u64, u64)> = None;
+    for p in proofs {
+        if let Some((seq, height)) = last {
+            if p.seq <= seq || p.head.height <= height {
+                return Err(Failure::KeyRotationInvalid {
+                    seq: p.seq,
+                    reason: format!(
+                        "the rotation proofs are not in order (after seq {seq}, head height {height})"
+                    ),
+                });
+            }
+        }
+        last = Some((p.seq, p.head.height));
+        let (record, cp) = p.check_parts(reference)?;
+        let Some(old) = keys.iter().find(|k| k.until.is_none() && k.key.key_id == record.old_key_id) else {
+            continue;
+        };
+        let sig = B64.decode(&p.head.signature).unwrap_or_default();
+        if !old.key.verify(p.head.checkpoint.as_bytes(), &sig) {
+            return Err(Failure::KeyRotationInvalid {
+                seq: p.seq,
+                reason: format!(
+                    "it names {} as the old key, but head height {}, which ends with it, is not signed by it",
+                    record.old_key_id, cp.height
+                ),
+            });
+        }
+        if keys.iter().any(|k| k.key.key_id == record.new_key_id) {
+            return Err(Failure::KeyRotationInvalid {
+                seq: p.seq,
+                reason: format!(
+                    "its new key {} is already a key of the ring; a key is never brought in twice",
+                    record.new_key_id
+                ),
+            });
+        }
+        let new = record.new_key().map_err(|reason| Failure::KeyRotationInvalid { seq: p.seq, reason })?;
+        let Some(old) = keys.iter_mut().find(|k| k.until.is_none() && k.key.key_id == record.old_key_id)
+        else {
+            continue;
+        };
+        old.until = Some(cp.height);
+        out.retired.push(Retired { key: old.key.clone(), seq: p.seq, height: cp.height });
+        out.rotations.push(record.report(p.seq, cp.height));
+        keys.push(RingKey { key: new, after: Some(cp.height), until: None });
+    }
+    out.ring = Some(keys);
+    Ok(out)
+}
+
+/// Head `height` of a keyring's log: a ring key that may sign that height must have signed it. The failure
+/// names a retired key, a key the evidence holds outside the ring, or the ring.
+fn check_ring_head(
+    ring: &[RingKey],
+    retired: &[Retired],
+    height: u64,
+    message: &[u8],
+    signature: &[u8],
+    known: &[PublicKey],
+) -> Result<PublicKey, Failure> {
+    if let Some(k) = ring.iter().find(|k| k.signs(height) && k.key.verify(message, signature)) {
+        return Ok(k.key.clone());
+    }
+    let live: Vec<PublicKey> = ring.iter().filter(|k| k.signs(height)).map(|k| k.key.clone()).collect();
+    let ids = given(&live);
+    // A key that may sign other heights, but not this one: retired before it, or brought in after it.
+    let elsewhere: Vec<PublicKey> = ring.iter().filter(|k| !k.signs(height)).map(|k| k.key.clone()).collect();
+    Err(match misattributed(height, message, signature, None, retired, &elsewhere, known) {
+        Failure::RetiredKey { height, key_id, seq, retired_at, .. } => Failure::RetiredKey {
+            height,
+            key_id,
+            seq,
+            retired_at,
+            current: format!("one of the keyring's keys ({ids})"),
+        },
+        Failure::UntrustedKey { height, key_id, .. } => Failure::OutsideKeyring { height, key_id, ring: ids },
+        _ => Failure::NoKeyringKey { height, ring: ids },
+    })
 }
