@@ -149,6 +149,34 @@ async fn softhsm_rotation_is_recorded_followed_from_the_first_key_and_tamper_is_
     assert_eq!(state["key_id"], new_id.as_str());
     let (code, out) = a.audit_as(None, &first, &[]);
     assert_eq!((code, out["outcome"].as_str()), (0, Some("unchanged")), "{out}");
+    // With a keyring (the log's first key), a new monitor follows the rotation from the ring on every run.
+    let state_file = a.path("audit-state.json");
+    let chain_state = std::fs::read(&state_file).unwrap();
+    std::fs::remove_file(&state_file).unwrap();
+    let ring = a.path("ring.pem");
+    std::fs::copy(&first, &ring).unwrap();
+    let (code, out) = a.audit_as(None, &first, &["--keyring", ring.to_str().unwrap()]);
+    assert_eq!((code, out["outcome"].as_str()), (0, Some("first_seen")), "{out}");
+    assert_eq!(out["key_rotations"][0]["height"], rh, "{out}");
+    let state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+    assert_eq!(state["key_id"], new_id.as_str());
+    let (code, out) = a.audit_as(None, &first, &["--keyring", ring.to_str().unwrap()]);
+    assert_eq!((code, out["outcome"].as_str()), (0, Some("unchanged")), "{out}");
+    // A ring of another log's key: the latest head verifies under none of it (exit 3, bad head).
+    std::fs::remove_file(&state_file).unwrap();
+    let stranger = a.path("stranger.pem");
+    let key = std::process::Command::new("sh")
+        .args(["-c", "openssl ecparam -name prime256v1 -genkey -noout | openssl ec -pubout 2>/dev/null"])
+        .output()
+        .unwrap();
+    std::fs::write(&stranger, &key.stdout).unwrap();
+    let (code, out) = a.audit_as(None, &stranger, &["--keyring", stranger.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out["error"].as_str().unwrap().contains(": signature verifies under no key of the keyring ("),
+        "{out}"
+    );
+    std::fs::write(&state_file, chain_state).unwrap();
     // A receipt of an event after the rotation carries the record: the first key alone verifies it.
     let receipt = a.audit_get(&format!("/v1/events/{}/receipt", seq + 500)).await;
     assert_eq!(receipt.status, 200);

@@ -29,7 +29,8 @@ use anchorlog_core::key::PublicKey;
 use anchorlog_core::merkle::{self, Hash};
 use anchorlog_core::verify::erasure::AnchorHead;
 use anchorlog_core::verify::keys::{
-    follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof, RotationReport,
+    follow_ring_rotation_proofs, follow_rotation_proofs, FollowedKeys, HeadKeys, KeyRotationProof,
+    RotationReport,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -402,6 +403,10 @@ pub struct Expect {
     pub max_age: Option<std::time::Duration>,
     /// The witnesses whose cosignatures the accepted head must carry (`--witness`, `--witness-quorum`).
     pub witnesses: Option<anchorlog_core::verify::witnesses::WitnessPolicy>,
+    /// The signing keys of the log's nodes (`--keyring`, docs/FORMAT.md §20 "Keyrings"): the latest head may be
+    /// signed by any of them, or by a key one of their rotations brought in, and not by a key a rotation retired
+    /// before it. Empty: the chain from the state's key (the first run: `--signer`).
+    pub keyring: Vec<PublicKey>,
 }
 
 /// Parses a duration such as `300`, `90s`, `5m`, `2h` or `1d` (one number, one optional unit).
@@ -422,17 +427,29 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(factor).map(std::time::Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// The key that signed `head` (checked already: this only names it).
+fn signer_of(head: &ServedHead, keys: &HeadKeys<'_>) -> Result<PublicKey, AuditError> {
+    let cp = parse_served(head)?;
+    let sig = B64.decode(&head.signature).unwrap_or_default();
+    keys.check(cp.height, &head.checkpoint, &sig).map_err(|f| AuditError::BadHead {
+        height: cp.height,
+        reason: f.to_string().split_once(": ").map_or(f.to_string(), |(_, r)| r.to_string()),
+    })
+}
+
 /// The key rotations that lead from `trusted` (the state's key, or `--signer`) to the key of the latest head: none
 /// when that key signed it, else those `GET /v1/key-rotations` serves for its tree size, followed with their proofs
-/// against it.
+/// against it. With a keyring (`ring`), always fetched and followed per key: a key a rotation retired must not
+/// have signed the latest head, even though it is in the ring.
 async fn follow_keys(
     conn: &mut Connection,
     latest: &ServedHead,
     trusted: &[PublicKey],
+    ring: bool,
 ) -> Result<FollowedKeys, AuditError> {
     let cp = parse_served(latest)?;
     let sig = B64.decode(&latest.signature).unwrap_or_default();
-    if trusted.iter().any(|k| k.verify(latest.checkpoint.as_bytes(), &sig)) {
+    if !ring && trusted.iter().any(|k| k.verify(latest.checkpoint.as_bytes(), &sig)) {
         return Ok(FollowedKeys::default());
     }
     let path = format!("/v1/key-rotations?tree_size={}", cp.tree_size);
@@ -444,7 +461,12 @@ async fn follow_keys(
         .map_err(|e| io(format!("GET {path}: unexpected answer: {e}")))?;
     let reference =
         AnchorHead { height: cp.height, tree_size: cp.tree_size, root: cp.root, origin: &cp.origin };
-    follow_rotation_proofs(trusted, &proofs, &reference).map_err(|f| AuditError::BadHead {
+    let followed = if ring {
+        follow_ring_rotation_proofs(trusted, &proofs, &reference)
+    } else {
+        follow_rotation_proofs(trusted, &proofs, &reference)
+    };
+    followed.map_err(|f| AuditError::BadHead {
         height: cp.height,
         reason: format!("following the key rotations: {f}"),
     })
@@ -513,7 +535,9 @@ async fn run_unbounded(
         Some(pem) => PublicKey::from_pem(pem).map_err(|e| io(format!("state file: public_key: {e}")))?,
         None => signer.clone(),
     };
-    let trusted = [start];
+    let ring = !expect.keyring.is_empty();
+    // A keyring is the auditor's, given on every run: each run follows every rotation from it again.
+    let trusted = if ring { expect.keyring.clone() } else { vec![start] };
     let tls = crate::tls::client_config(&target.ca, &target.cert, &target.key).map_err(io)?;
     let (addr, host) = resolve(&target.url)?;
     let mut conn = Connection::connect(addr, &host, tls).await.map_err(io)?;
@@ -522,15 +546,20 @@ async fn run_unbounded(
         return Err(io(format!("GET /v1/heads/latest: status {status}: {v}")));
     }
     let mut latest_served = served(&v)?;
-    let followed = follow_keys(&mut conn, &latest_served, &trusted).await?;
+    let followed = follow_keys(&mut conn, &latest_served, &trusted, ring).await?;
     let keys = HeadKeys { followed, trusted: &trusted, known: &[] };
     let mut latest = check_head_with(&latest_served, &keys)?;
     if let Some(policy) = &expect.witnesses {
         (latest_served, latest) = newest_with_quorum(&mut conn, latest_served, latest, &keys, policy).await?;
     }
+    // Chain: any rotation followed from the state's key lies after its height. Keyring: the rotations of every
+    // node's key are followed; only one that retired the state's key concerns it.
+    let retired_state_key = |p: &MonitorState, r: &RotationReport| {
+        r.height < p.height && (!ring || p.key_id.as_deref() == Some(r.old_key_id.as_str()))
+    };
     if let Some((p, r)) = prev
         .as_ref()
-        .and_then(|p| keys.followed.rotations.iter().find(|r| r.height < p.height).map(|r| (p, r)))
+        .and_then(|p| keys.followed.rotations.iter().find(|r| retired_state_key(p, r)).map(|r| (p, r)))
     {
         // The state's head, seen before at a greater height, was signed by the key this rotation retires earlier.
         return Err(AuditError::Fork {
@@ -571,11 +600,18 @@ async fn run_unbounded(
     }
     let (mut state, mut outcome) =
         judge(prev.as_ref(), &latest, &latest_served.checkpoint, old_now.as_deref(), proof.as_deref())?;
-    let key = keys.followed.key_for(latest.height).unwrap_or(&trusted[0]);
+    let key = signer_of(&latest_served, &keys)?;
     state.key_id = Some(key.key_id.clone());
-    state.public_key = Some(crate::bundle::export::public_key_pem(key).map_err(io)?);
-    let followed: Vec<RotationReport> =
-        keys.followed.rotations.iter().filter(|r| r.height < latest.height).cloned().collect();
+    state.public_key = Some(crate::bundle::export::public_key_pem(&key).map_err(io)?);
+    // New since the state's head (a keyring's run follows them all from the start again).
+    let since = prev.as_ref().filter(|_| ring).map_or(0, |p| p.height);
+    let followed: Vec<RotationReport> = keys
+        .followed
+        .rotations
+        .iter()
+        .filter(|r| r.height < latest.height && r.height >= since)
+        .cloned()
+        .collect();
     match &mut outcome {
         Outcome::FirstSeen { key_rotations, .. } | Outcome::Advanced { key_rotations, .. } => {
             *key_rotations = followed

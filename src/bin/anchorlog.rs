@@ -139,8 +139,12 @@ enum Command {
         #[arg(long)]
         ca: PathBuf,
         /// The head signer's public key or certificate (PEM): the auditor's trusted copy.
+        #[arg(long, required_unless_present = "keyring")]
+        signer: Option<PathBuf>,
+        /// A keyring: a file of PEM public keys or certificates, the signing keys of the log's nodes; the latest
+        /// head may be signed by any of them (with --signer, that key joins the ring), each key's rotations followed.
         #[arg(long)]
-        signer: PathBuf,
+        keyring: Option<PathBuf>,
         /// State file (the last head seen); created on the first run.
         #[arg(long)]
         state: PathBuf,
@@ -561,13 +565,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verify_receipt(&file, &signers, origin, json, &tsa, &witnesses)
         }
         #[cfg(feature = "server")]
-        Command::Audit { url, cert, key, ca, signer, state, origin, max_age, timeout, witnesses } => {
-            let signer = read_key(&signer)?;
+        Command::Audit {
+            url,
+            cert,
+            key,
+            ca,
+            signer,
+            keyring,
+            state,
+            origin,
+            max_age,
+            timeout,
+            witnesses,
+        } => {
+            let signers = Signers { keys: signer.as_slice(), keyring: keyring.as_deref() };
+            let (mut keys, ring) = signers.read()?;
+            // The same key given twice (--signer and in the ring) is one key.
+            let mut seen = std::collections::HashSet::new();
+            keys.retain(|k| seen.insert(k.key_id.clone()));
+            let Some(signer) = keys.first().cloned() else { anyhow::bail!("give --signer or --keyring") };
             let target = anchorlog::monitor::Target { url, ca, cert, key, timeout };
             let expect = anchorlog::monitor::Expect {
-                origin: origin.or(signer.certified_origin.clone()),
+                origin: origin.or(keys.iter().find_map(|k| k.certified_origin.clone())),
                 max_age,
                 witnesses: witnesses.policy()?,
+                keyring: if ring { keys } else { Vec::new() },
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match rt.block_on(anchorlog::monitor::run(&target, &signer, &state, &expect)) {
