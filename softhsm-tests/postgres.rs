@@ -528,3 +528,27 @@ async fn committed_groups_survive_kill_9_of_the_postmaster_byte_for_byte() {
     let next = w.append_group(&[vec![ev("idp", None, b"{}")]]).await.unwrap();
     assert_eq!(seqs(next[0].as_ref().unwrap()), vec![n]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_server_verifies_its_certificate_with_rustls() {
+    let (server, ca) = PgServer::start_with_tls();
+    let tls =
+        |roots| PgConnect { tls: pg::PgTls::Require { roots }, ..PgConnect::plain(server.superuser_url()) };
+    let client = pg::connect(&tls(vec![ca.clone()])).await.unwrap();
+    let (ssl, version): (bool, String) = {
+        let row = client
+            .query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(ssl, "the session is encrypted");
+    assert!(version == "TLSv1.3" || version == "TLSv1.2", "{version}");
+    // A server whose certificate another CA issued is refused before any credential is sent.
+    let (_other, other_ca) = PgServer::start_with_tls();
+    let refused = pg::connect(&tls(vec![other_ca])).await.unwrap_err();
+    assert!(matches!(refused, PgError::Connect { .. }), "{refused:?}");
+    assert!(refused.to_string().contains("invalid peer certificate"), "{refused}");
+    // No roots: refused at configuration, nothing is sent.
+    assert!(matches!(pg::connect(&tls(vec![])).await, Err(PgError::Tls(_))));
+}

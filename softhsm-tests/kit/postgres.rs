@@ -31,6 +31,7 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     running: bool,
+    tls: bool,
 }
 
 /// The directory holding `initdb` and `pg_ctl`: Debian's `/usr/lib/postgresql/15/bin`, else `pg_config --bindir`,
@@ -104,6 +105,26 @@ fn free_port() -> u16 {
 impl PgServer {
     /// initdb and start a fresh server on a free port of 127.0.0.1 (`fsync=on`, `synchronous_commit=on`).
     pub fn start() -> PgServer {
+        Self::start_inner(None)
+    }
+
+    /// [`PgServer::start`] with TLS on (`ssl=on`), its certificate (for `127.0.0.1` and `localhost`) issued by a
+    /// throw-away CA, whose certificate is returned (DER) for the client's roots.
+    pub fn start_with_tls() -> (PgServer, rustls_pki_types::CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "anchorlog test PostgreSQL CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+        let cert = params.signed_by(&key, &ca, &ca_key).expect("server certificate");
+        let server = Self::start_inner(Some((cert.pem(), key.serialize_pem())));
+        (server, ca.der().clone())
+    }
+
+    fn start_inner(tls: Option<(String, String)>) -> PgServer {
         let dir = tempfile::Builder::new().prefix("anchorlog-pg-").tempdir().expect("temp dir");
         if is_root() {
             let (uid, gid) = postgres_ids();
@@ -125,7 +146,21 @@ impl PgServer {
         // TCP from 127.0.0.1 only (listen_addresses below); trust, the test process being the only client.
         std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhost all all 127.0.0.1/32 trust\n")
             .expect("write pg_hba.conf");
-        let mut server = PgServer { dir, bin, port: 0, running: false };
+        if let Some((cert, key)) = &tls {
+            // The server refuses a key file others can read; it reads both as the postgres user.
+            use std::os::unix::fs::PermissionsExt as _;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).expect("write TLS file");
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod TLS file");
+                if is_root() {
+                    let (uid, gid) = postgres_ids();
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown TLS file");
+                }
+            }
+        }
+        let mut server = PgServer { dir, bin, port: 0, running: false, tls: tls.is_some() };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             server.port = free_port();
@@ -144,9 +179,10 @@ impl PgServer {
     fn try_start(&mut self) -> Result<(), String> {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=on -c synchronous_commit=on \
-             -c full_page_writes=on -c max_connections=50",
+             -c full_page_writes=on -c max_connections=50 -c ssl={}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.tls { "on" } else { "off" }
         );
         let mut cmd = pg_command(&self.bin, "pg_ctl");
         cmd.arg("-D")

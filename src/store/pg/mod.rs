@@ -202,7 +202,16 @@ pub async fn connect(c: &PgConnect) -> Result<tokio_postgres::Client, PgError> {
     config.application_name("anchorlog").connect_timeout(c.connect_timeout);
     // A peer that vanished without closing (a dead host) is noticed by TCP keepalives within a minute.
     config.keepalives(true).keepalives_idle(Duration::from_secs(15));
-    let target = format!("{:?}:{:?}", config.get_hosts(), config.get_ports());
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    let target = format!("{} port {}", hosts.join(","), ports.join(","));
     let failed =
         |e: tokio_postgres::Error| PgError::Connect { target: target.clone(), message: error_text(&e) };
     match &c.tls {
