@@ -9,7 +9,9 @@ mod kit;
 
 use anchorlog::formats::NormalizedFields;
 use anchorlog::ledger::event::NewEvent;
-use anchorlog::store::pg::{self, read, schema, LeaseOptions, PgConnect, PgError, PgWriter, WriterLease};
+use anchorlog::store::pg::{
+    self, read, schema, LeaseOptions, PgCommand, PgConnect, PgDone, PgError, PgWriter, WriterLease,
+};
 use anchorlog::store::StoredTimestamp;
 use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
 use anchorlog_core::merkle;
@@ -340,6 +342,91 @@ async fn seq_stays_dense_across_groups_failed_requests_and_a_failed_group() {
     let after = w.append_group(&[vec![ev("idp", None, b"{}"), ev("idp", None, b"{}")]]).await.unwrap();
     assert_eq!(seqs(after[0].as_ref().unwrap()), vec![6, 7]);
     assert_log_consistent(&app, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
+    let db = Db::start().await;
+    let (_lease, mut w) = db.writer("node-a").await;
+    w.append_group(&[vec![ev("idp", None, br#"{"user":"alice"}"#), ev("idp", None, b"{}")]]).await.unwrap();
+    let head = StoredHead {
+        height: 0,
+        tree_size: 2,
+        root: w.frontier().root(),
+        checkpoint: "c0".into(),
+        signature: vec![1],
+        key_id: "k1".into(),
+        sealed_at_ms: 1,
+    };
+    let token = |height| StoredTimestamp {
+        height,
+        response: vec![0x30, 0],
+        gen_time_ms: 2,
+        gen_time: "1970-01-01T00:00:00.002Z".into(),
+        tsa_url: "http://tsa.test/".into(),
+        stored_at_ms: 3,
+    };
+    let erase =
+        |seq| PgCommand::Erase { seq, erased_by: "admin-1".into(), reason: "art. 17 request 42".into() };
+    // As the appender's writer thread gets them: a head, appends (one of them bad, which makes the group replay
+    // with savepoints), erasures (one good, three refused), tokens (one for a head that does not exist), a head
+    // out of sequence.
+    let done = w
+        .apply_group(&[
+            PgCommand::StoreHead(head.clone()),
+            PgCommand::Append(vec![ev("idp", None, b"{}")]),
+            erase(0),
+            PgCommand::Append(vec![ev("bad\0producer", None, b"{}")]),
+            erase(0),
+            erase(99),
+            erase(3),
+            PgCommand::StoreTimestamp(token(7)),
+            PgCommand::StoreTimestamp(token(0)),
+            PgCommand::StoreHead(StoredHead { height: 5, ..head.clone() }),
+            PgCommand::Append(vec![ev("idp", None, b"{}")]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 11);
+    assert!(matches!(done[0], PgDone::Stored(Ok(()))));
+    assert!(matches!(&done[1], PgDone::Append(Ok(a)) if seqs(a) == vec![2]));
+    let PgDone::Erase(Ok((record, leaf))) = &done[2] else { panic!("{:?}", done[2]) };
+    assert_eq!((record.seq, record.erasure_seq, record.erased_by.as_str()), (0, 3, "admin-1"));
+    assert!(
+        matches!(&done[3], PgDone::Append(Err(e)) if e.db_message() == Some("invalid byte sequence for encoding \"UTF8\": 0x00"))
+    );
+    assert!(matches!(done[4], PgDone::Erase(Err(PgError::AlreadyErased(0)))), "{:?}", done[4]);
+    assert!(matches!(done[5], PgDone::Erase(Err(PgError::NoSuchEvent(99)))), "{:?}", done[5]);
+    assert!(matches!(done[6], PgDone::Erase(Err(PgError::ApplianceRecord(3)))), "{:?}", done[6]);
+    let PgDone::Stored(Err(fk)) = &done[7] else { panic!("{:?}", done[7]) };
+    assert_eq!(
+        fk.db_message(),
+        Some("insert or update on table \"timestamps\" violates foreign key constraint \"timestamps_height_fkey\"")
+    );
+    assert!(matches!(done[8], PgDone::Stored(Ok(()))));
+    let PgDone::Stored(Err(gap)) = &done[9] else { panic!("{:?}", done[9]) };
+    assert_eq!(gap.db_message(), Some("anchorlog: head height must be the next dense height"));
+    assert!(matches!(&done[10], PgDone::Append(Ok(a)) if seqs(a) == vec![4]));
+
+    let app = db.app().await;
+    assert_log_consistent(&app, 5).await;
+    let erased = read::event(&app, 0).await.unwrap().unwrap();
+    assert_eq!((erased.body, erased.salt), (None, None));
+    let logged = read::event(&app, 3).await.unwrap().unwrap();
+    assert_eq!(&logged.leaf_hash, leaf);
+    let body: serde_json::Value = serde_json::from_slice(&logged.body.unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"type": "anchorlog.erasure", "erased_seq": 0, "erased_by": "admin-1", "reason": "art. 17 request 42"})
+    );
+    assert_eq!(read::heads_from(&app, 0).await.unwrap(), vec![head]);
+    assert_eq!(read::timestamp(&app, 0).await.unwrap(), Some(token(0)));
+    assert_eq!((count(&app, "erasures").await, count(&app, "timestamps").await), (1, 1));
+    // A second erasure of the same payload in a later group is refused by the writer, and by the trigger if tried
+    // behind the writer's back.
+    let again = w.apply_group(&[erase(0)]).await.unwrap();
+    assert!(matches!(again[0], PgDone::Erase(Err(PgError::AlreadyErased(0)))));
+    assert_eq!(w.next_seq(), 5);
 }
 
 /// Waits (bounded) until `node` can take the lease.

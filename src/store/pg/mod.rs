@@ -18,7 +18,7 @@ pub mod schema;
 pub mod writer;
 
 pub use lease::{LeaseOptions, WriterLease};
-pub use writer::PgWriter;
+pub use writer::{PgCommand, PgDone, PgWriter};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +88,15 @@ pub enum PgError {
         /// Why.
         source: Box<PgError>,
     },
+    /// An erasure named an event that does not exist.
+    #[error("no event with seq {0}")]
+    NoSuchEvent(u64),
+    /// An erasure named an event whose payload is already erased.
+    #[error("the payload of event seq {0} is already erased")]
+    AlreadyErased(u64),
+    /// An erasure named one of the appliance's own records, which hold no personal payload.
+    #[error("event seq {0} is a record of the appliance itself; its payload cannot be erased")]
+    ApplianceRecord(u64),
     /// A stored value has the wrong shape.
     #[error("corrupt row in {table} at {key}: {problem}")]
     Corrupt {

@@ -18,13 +18,46 @@ use super::lease::{fence, WriterLease, WRITE_IDLE_IN_TRANSACTION};
 use super::{connect, i64_of, read, PgConnect, PgError};
 use crate::ledger::appender::{entry_of, Appended};
 use crate::ledger::event::NewEvent;
+use crate::ledger::internal;
 use crate::store::StoredTimestamp;
+use anchorlog_core::entry::{AuthMethod, Entry};
 use anchorlog_core::merkle::{self, Frontier};
-use anchorlog_core::stored::StoredHead;
+use anchorlog_core::stored::{ErasureRecord, StoredHead};
 use tokio_postgres::{Client, Statement, Transaction};
 
 /// The result of one request of a committed group: its events, or why it alone failed.
 pub type RequestResult = Result<Vec<Appended>, PgError>;
+
+/// One command of a group, as the appender's writer thread receives them (src/ledger/appender.rs `Command`).
+#[derive(Debug, Clone)]
+pub enum PgCommand {
+    /// Append these events atomically (one producer request).
+    Append(Vec<NewEvent>),
+    /// Store a signed head.
+    StoreHead(StoredHead),
+    /// Store a verified time-stamp token of a stored head.
+    StoreTimestamp(StoredTimestamp),
+    /// Erase the payload of event `seq` and append the appliance's record of it (GDPR art. 17).
+    Erase {
+        /// The event whose body and salt are cleared.
+        seq: u64,
+        /// The admin principal who asked.
+        erased_by: String,
+        /// The reason given.
+        reason: String,
+    },
+}
+
+/// The outcome of one command of a committed group, in the order of the commands.
+#[derive(Debug)]
+pub enum PgDone {
+    /// An [`PgCommand::Append`]'s events, or why this request alone failed.
+    Append(RequestResult),
+    /// A head's or token's outcome.
+    Stored(Result<(), PgError>),
+    /// An erasure's record and the leaf hash of the event that logs it, or why it alone was refused.
+    Erase(Result<(ErasureRecord, [u8; 32]), PgError>),
+}
 
 /// The writer's statements, prepared once on its session.
 struct Statements {
@@ -117,15 +150,36 @@ impl PgWriter {
     /// [`PgError::FencedOut`] as its cause when another node took the lease); otherwise one result per request, in
     /// order, a failed request having stored nothing.
     pub async fn append_group(&mut self, requests: &[Vec<NewEvent>]) -> Result<Vec<RequestResult>, PgError> {
+        let commands: Vec<PgCommand> = requests.iter().cloned().map(PgCommand::Append).collect();
+        let done = self.apply_group(&commands).await?;
+        Ok(done
+            .into_iter()
+            .map(|d| match d {
+                PgDone::Append(r) => r,
+                // apply_group answers each command with its own kind, in order.
+                other => Err(PgError::Corrupt {
+                    table: "events",
+                    key: 0,
+                    problem: format!("an append was answered as {other:?}"),
+                }),
+            })
+            .collect())
+    }
+
+    /// Applies a group of commands in one fenced transaction with one COMMIT, with the appender's semantics:
+    /// optimistically without a savepoint per append request, replayed with one per request if one fails; heads,
+    /// tokens and erasures (rare) always in a savepoint of their own. The outer error means nothing was stored;
+    /// otherwise one [`PgDone`] per command, in order.
+    pub async fn apply_group(&mut self, commands: &[PgCommand]) -> Result<Vec<PgDone>, PgError> {
         let start = (self.next_seq, self.frontier.clone());
-        let outcome = match self.attempt(requests, Isolation::Shared).await {
+        let outcome = match self.attempt(commands, Isolation::Shared).await {
             Ok(None) => {
                 (self.next_seq, self.frontier) = start.clone();
                 tracing::debug!(
-                    requests = requests.len(),
+                    commands = commands.len(),
                     "pg writer: a request failed; replaying with savepoints"
                 );
-                self.attempt(requests, Isolation::PerRequest).await
+                self.attempt(commands, Isolation::PerRequest).await
             }
             other => other,
         };
@@ -151,34 +205,45 @@ impl PgWriter {
     /// caller rewinds them on anything but `Ok(Some)`.
     async fn attempt(
         &mut self,
-        requests: &[Vec<NewEvent>],
+        commands: &[PgCommand],
         isolation: Isolation,
-    ) -> Result<Option<Vec<RequestResult>>, PgError> {
+    ) -> Result<Option<Vec<PgDone>>, PgError> {
         let PgWriter { client, epoch, next_seq, frontier, statements } = self;
         let mut tx = client.transaction().await?;
         fence(&tx, *epoch).await?;
-        let mut results = Vec::with_capacity(requests.len());
-        for events in requests {
-            let result = match isolation {
-                Isolation::Shared => {
-                    let r = append_request(&tx, statements, next_seq, frontier, events).await;
-                    if r.is_err() {
-                        tx.rollback().await?;
-                        return Ok(None);
-                    }
-                    r
+        let mut results = Vec::with_capacity(commands.len());
+        for command in commands {
+            if let (PgCommand::Append(events), Isolation::Shared) = (command, isolation) {
+                let r = append_request(&tx, statements, next_seq, frontier, events).await;
+                if r.is_err() {
+                    tx.rollback().await?;
+                    return Ok(None);
                 }
-                Isolation::PerRequest => {
-                    let sp = tx.savepoint("request").await?;
-                    let r = append_request(&sp, statements, next_seq, frontier, events).await;
-                    match r {
-                        Ok(_) => sp.commit().await?,
-                        Err(_) => sp.rollback().await?,
-                    }
-                    r
+                results.push(PgDone::Append(r));
+                continue;
+            }
+            let sp = tx.savepoint("request").await?;
+            let done = match command {
+                PgCommand::Append(events) => {
+                    PgDone::Append(append_request(&sp, statements, next_seq, frontier, events).await)
+                }
+                PgCommand::StoreHead(h) => PgDone::Stored(insert_head(&sp, h).await),
+                PgCommand::StoreTimestamp(t) => PgDone::Stored(insert_timestamp(&sp, t).await),
+                PgCommand::Erase { seq, erased_by, reason } => {
+                    PgDone::Erase(erase(&sp, statements, next_seq, frontier, *seq, erased_by, reason).await)
                 }
             };
-            results.push(result);
+            let ok = match &done {
+                PgDone::Append(r) => r.is_ok(),
+                PgDone::Stored(r) => r.is_ok(),
+                PgDone::Erase(r) => r.is_ok(),
+            };
+            if ok {
+                sp.commit().await?;
+            } else {
+                sp.rollback().await?;
+            }
+            results.push(done);
         }
         // The 2xx point: nothing is answered before this returns.
         tx.commit().await?;
@@ -189,20 +254,7 @@ impl PgWriter {
     pub async fn insert_head(&mut self, h: &StoredHead) -> Result<(), PgError> {
         let tx = self.client.transaction().await?;
         fence(&tx, self.epoch).await?;
-        tx.execute(
-            "INSERT INTO heads (height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &i64_of(h.height),
-                &i64_of(h.tree_size),
-                &&h.root[..],
-                &h.checkpoint,
-                &h.signature,
-                &h.key_id,
-                &h.sealed_at_ms,
-            ],
-        )
-        .await?;
+        insert_head(&tx, h).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -211,15 +263,95 @@ impl PgWriter {
     pub async fn insert_timestamp(&mut self, t: &StoredTimestamp) -> Result<(), PgError> {
         let tx = self.client.transaction().await?;
         fence(&tx, self.epoch).await?;
-        tx.execute(
-            "INSERT INTO timestamps (height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&i64_of(t.height), &t.response, &t.gen_time_ms, &t.gen_time, &t.tsa_url, &t.stored_at_ms],
-        )
-        .await?;
+        insert_timestamp(&tx, t).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts a signed head (the caller owns the transaction; the trigger refuses a height out of sequence).
+async fn insert_head(tx: &Transaction<'_>, h: &StoredHead) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO heads (height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &i64_of(h.height),
+            &i64_of(h.tree_size),
+            &&h.root[..],
+            &h.checkpoint,
+            &h.signature,
+            &h.key_id,
+            &h.sealed_at_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts a time-stamp token (the caller owns the transaction; one per head, its head must exist).
+async fn insert_timestamp(tx: &Transaction<'_>, t: &StoredTimestamp) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO timestamps (height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&i64_of(t.height), &t.response, &t.gen_time_ms, &t.gen_time, &t.tsa_url, &t.stored_at_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Erases the payload of `seq` and appends the event that logs it, inside the caller's savepoint: both or
+/// neither (the appender's `erase`). The triggers check the same again.
+async fn erase(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    seq: u64,
+    erased_by: &str,
+    reason: &str,
+) -> Result<(ErasureRecord, [u8; 32]), PgError> {
+    let target = read::event(tx, seq).await?.ok_or(PgError::NoSuchEvent(seq))?;
+    if target.body.is_none() {
+        return Err(PgError::AlreadyErased(seq));
+    }
+    let own = Entry::parse(&target.entry)
+        .map(|e| e.auth == AuthMethod::Internal || e.producer == internal::INTERNAL)
+        .unwrap_or(true);
+    if own {
+        return Err(PgError::ApplianceRecord(seq));
+    }
+    let before = (*next_seq, frontier.clone());
+    let ev = internal::internal_event(&internal::erasure_body(seq, erased_by, reason));
+    let result = async {
+        let appended = append_request(tx, statements, next_seq, frontier, std::slice::from_ref(&ev)).await?;
+        let logged = appended.first().ok_or_else(|| PgError::Corrupt {
+            table: "events",
+            key: seq,
+            problem: "the erasure event was not appended".into(),
+        })?;
+        let record = ErasureRecord {
+            seq,
+            erasure_seq: logged.seq,
+            erased_by: erased_by.to_string(),
+            reason: reason.to_string(),
+            erased_at_ms: super::now_ms(),
+        };
+        tx.execute(
+            "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[&i64_of(record.seq), &i64_of(record.erasure_seq), &record.erased_by, &record.reason, &record.erased_at_ms],
+        )
+        .await?;
+        let n = tx.execute("UPDATE events SET body = NULL, salt = NULL WHERE seq = $1", &[&i64_of(seq)]).await?;
+        if n != 1 {
+            return Err(PgError::Corrupt { table: "events", key: seq, problem: "erased row vanished".into() });
+        }
+        Ok((record, logged.leaf_hash))
+    }
+    .await;
+    if result.is_err() {
+        (*next_seq, *frontier) = before;
+    }
+    result
 }
 
 /// Applies one request inside `tx` (the group's transaction or the request's savepoint): de-duplicates by
