@@ -429,6 +429,42 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
     assert_eq!(w.next_seq(), 5);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_version_and_origin_are_checked_and_a_foreign_database_is_left_alone() {
+    let db = Db::start().await;
+    let app = db.app().await;
+    assert_eq!(schema::check(&app, ORIGIN).await.unwrap(), schema::PG_SCHEMA_VERSION);
+    let other = schema::check(&app, "other/log").await.unwrap_err();
+    assert_eq!(
+        other.to_string(),
+        "PostgreSQL database: the log in this database has origin \"pg.test/log\" but the configuration says \
+         \"other/log\"; an origin never changes for a log"
+    );
+    let lease = WriterLease::acquire(&db.app_connect(), "node-a", LeaseOptions::default()).await.unwrap();
+    assert!(matches!(
+        PgWriter::open(&db.app_connect(), &lease, "other/log").await,
+        Err(PgError::Incompatible { .. })
+    ));
+    // A version written by a newer build is refused, not guessed at.
+    let owner = db.owner().await;
+    owner.execute("INSERT INTO schema_version (version, applied_at_ms) VALUES (99, 0)", &[]).await.unwrap();
+    let newer = schema::check(&app, ORIGIN).await.unwrap_err();
+    assert!(newer.to_string().contains("schema version 99 was written by a newer anchorlog"), "{newer}");
+    // A database that holds other tables and no anchorlog schema is not touched.
+    let su = db.superuser().await;
+    su.batch_execute(&format!("CREATE DATABASE foreign_db OWNER {OWNER}")).await.unwrap();
+    let mut foreign = pg::connect(&PgConnect::plain(db.server.url(OWNER, "foreign_db"))).await.unwrap();
+    foreign.batch_execute("CREATE TABLE accounts (id BIGINT PRIMARY KEY)").await.unwrap();
+    let refused = schema::install(&mut foreign, ORIGIN).await.unwrap_err();
+    assert!(refused.to_string().contains("holds tables but no anchorlog schema_version"), "{refused}");
+    let tables: i64 = foreign
+        .query_one("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = 'public'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1);
+}
+
 /// Waits (bounded) until `node` can take the lease.
 async fn acquire_within(db: &Db, node: &str, options: LeaseOptions, within: Duration) -> WriterLease {
     let deadline = Instant::now() + within;
