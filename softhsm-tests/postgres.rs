@@ -341,7 +341,20 @@ async fn seq_stays_dense_across_groups_failed_requests_and_a_failed_group() {
     assert_eq!(w.next_seq(), 6);
     let after = w.append_group(&[vec![ev("idp", None, b"{}"), ev("idp", None, b"{}")]]).await.unwrap();
     assert_eq!(seqs(after[0].as_ref().unwrap()), vec![6, 7]);
-    assert_log_consistent(&app, 8).await;
+    // An id new in this group, twice in one request and again in the next: stored once, at the first seq.
+    let twice = w
+        .append_group(&[
+            vec![ev("idp", Some("c"), b"{}"), ev("idp", None, b"{}"), ev("idp", Some("c"), b"{}")],
+            vec![ev("idp", Some("c"), b"{}")],
+        ])
+        .await
+        .unwrap();
+    let flags = |r: &Result<Vec<anchorlog::ledger::appender::Appended>, PgError>| {
+        r.as_ref().unwrap().iter().map(|a| (a.seq, a.duplicate)).collect::<Vec<_>>()
+    };
+    assert_eq!(flags(&twice[0]), vec![(8, false), (9, false), (8, true)]);
+    assert_eq!(flags(&twice[1]), vec![(8, true)]);
+    assert_log_consistent(&app, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,9 @@ use crate::store::StoredTimestamp;
 use anchorlog_core::entry::{AuthMethod, Entry};
 use anchorlog_core::merkle::{self, Frontier};
 use anchorlog_core::stored::{ErasureRecord, StoredHead};
+use futures_util::future::try_join_all;
+use std::collections::HashMap;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 /// The result of one request of a committed group: its events, or why it alone failed.
@@ -212,16 +215,26 @@ impl PgWriter {
         let mut tx = client.transaction().await?;
         fence(&tx, *epoch).await?;
         let mut results = Vec::with_capacity(commands.len());
-        for command in commands {
-            if let (PgCommand::Append(events), Isolation::Shared) = (command, isolation) {
-                let r = append_request(&tx, statements, next_seq, frontier, events).await;
-                if r.is_err() {
-                    tx.rollback().await?;
-                    return Ok(None);
+        let mut i = 0;
+        while i < commands.len() {
+            if isolation == Isolation::Shared && matches!(commands[i], PgCommand::Append(_)) {
+                // A run of consecutive append requests goes out as one pipelined batch.
+                let mut run = Vec::new();
+                while let Some(PgCommand::Append(events)) = commands.get(i) {
+                    run.push(events.as_slice());
+                    i += 1;
                 }
-                results.push(PgDone::Append(r));
+                match append_requests(&tx, statements, next_seq, frontier, &run).await {
+                    Ok(outs) => results.extend(outs.into_iter().map(|o| PgDone::Append(Ok(o)))),
+                    Err(_) => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                }
                 continue;
             }
+            let command = &commands[i];
+            i += 1;
             let sp = tx.savepoint("request").await?;
             let done = match command {
                 PgCommand::Append(events) => {
@@ -354,9 +367,7 @@ async fn erase(
     result
 }
 
-/// Applies one request inside `tx` (the group's transaction or the request's savepoint): de-duplicates by
-/// `(producer, source, source_id)`, inserts each new event at the next seq with the tree nodes it completes.
-/// `next_seq` and `frontier` move only if the whole request succeeded.
+/// Applies one request inside `tx` (the group's transaction or the request's savepoint): see [`append_requests`].
 async fn append_request(
     tx: &Transaction<'_>,
     statements: &Statements,
@@ -364,56 +375,118 @@ async fn append_request(
     frontier: &mut Frontier,
     events: &[NewEvent],
 ) -> RequestResult {
+    let mut outs = append_requests(tx, statements, next_seq, frontier, &[events]).await?;
+    Ok(outs.pop().unwrap_or_default())
+}
+
+/// Applies `requests` inside `tx`, all or nothing: de-duplicates by `(producer, source, source_id)` (against the
+/// stored log and the earlier events of the batch), inserts each new event at the next seq with the tree nodes it
+/// completes. `next_seq` and `frontier` move only if everything succeeded; one result per request.
+///
+/// Pipelined: the de-duplication look-ups go out together, then every insert (events in seq order, then nodes),
+/// each batch waiting for its answers once instead of one round trip per statement. The server runs them in the
+/// order sent; the first failure aborts the rest, and its error is the one returned.
+async fn append_requests(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    requests: &[&[NewEvent]],
+) -> Result<Vec<Vec<Appended>>, PgError> {
+    let events = requests.iter().flat_map(|r| r.iter());
+    let lookups = events.clone().map(|ev| async move {
+        let Some(id) = ev.source_id.as_deref() else { return Ok(None) };
+        let (producer, source): (&str, &str) = (&ev.producer, &ev.source);
+        tx.query_opt(&statements.find_by_source_id, &[&producer, &source, &id]).await
+    });
+    let found = try_join_all(lookups).await?;
+
     let mut next = *next_seq;
     let mut tree = frontier.clone();
-    let mut out = Vec::with_capacity(events.len());
-    let mut completed = Vec::new();
-    for ev in events {
-        if let Some(id) = ev.source_id.as_deref() {
-            let producer: &str = &ev.producer;
-            let source: &str = &ev.source;
-            if let Some(row) = tx.query_opt(&statements.find_by_source_id, &[&producer, &source, &id]).await?
-            {
-                let seq = super::u64_of(row.try_get(0)?, "events", next, "seq")?;
-                let leaf_hash = super::hash_of(row.try_get(1)?, "events", seq, "leaf_hash")?;
-                out.push(Appended { seq, leaf_hash, duplicate: true });
-                continue;
-            }
+    let mut out = Vec::new();
+    let mut rows = Vec::new();
+    let mut nodes: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+    // Ids new in this batch: a second event with the same id is a duplicate of the first one's new seq.
+    let mut fresh: HashMap<(&str, &str, &str), (u64, [u8; 32])> = HashMap::new();
+    for (ev, stored) in events.zip(found) {
+        if let Some(row) = stored {
+            let seq = super::u64_of(row.try_get(0)?, "events", next, "seq")?;
+            let leaf_hash = super::hash_of(row.try_get(1)?, "events", seq, "leaf_hash")?;
+            out.push(Appended { seq, leaf_hash, duplicate: true });
+            continue;
+        }
+        let key = ev.source_id.as_deref().map(|id| (&*ev.producer, &*ev.source, id));
+        if let Some(&(seq, leaf_hash)) = key.as_ref().and_then(|k| fresh.get(k)) {
+            out.push(Appended { seq, leaf_hash, duplicate: true });
+            continue;
         }
         let entry = entry_of(ev, next);
         let leaf_hash = merkle::leaf_hash(&entry);
-        let producer: &str = &ev.producer;
-        let source: &str = &ev.source;
-        tx.execute(
-            &statements.insert_event,
-            &[
-                &i64_of(next),
-                &i64_of(ev.received_at_ns),
-                &producer,
-                &source,
-                &ev.format,
-                &ev.source_id,
-                &entry,
-                &&leaf_hash[..],
-                &&ev.salt[..],
-                &ev.body,
-            ],
-        )
-        .await?;
         tree.push_with(leaf_hash, |start, len, hash| {
             if len > 1 {
-                completed.push((start, len, *hash));
+                let level = len.trailing_zeros();
+                nodes.push((level as i32, i64_of(start >> level), hash.to_vec()));
             }
         });
-        for (start, len, hash) in completed.drain(..) {
-            let level = len.trailing_zeros();
-            tx.execute(&statements.insert_node, &[&(level as i32), &i64_of(start >> level), &&hash[..]])
-                .await?;
+        if let Some(k) = key {
+            fresh.insert(k, (next, leaf_hash));
         }
+        rows.push(EventParams {
+            seq: i64_of(next),
+            received_at_ns: i64_of(ev.received_at_ns),
+            producer: &ev.producer,
+            source: &ev.source,
+            format: ev.format,
+            source_id: ev.source_id.as_deref(),
+            entry,
+            leaf_hash: leaf_hash.to_vec(),
+            salt: &ev.salt[..],
+            body: &ev.body,
+        });
         out.push(Appended { seq: next, leaf_hash, duplicate: false });
         next += 1;
     }
+
+    let event_params: Vec<[&(dyn ToSql + Sync); 10]> = rows
+        .iter()
+        .map(|r| -> [&(dyn ToSql + Sync); 10] {
+            [
+                &r.seq,
+                &r.received_at_ns,
+                &r.producer,
+                &r.source,
+                &r.format,
+                &r.source_id,
+                &r.entry,
+                &r.leaf_hash,
+                &r.salt,
+                &r.body,
+            ]
+        })
+        .collect();
+    let node_params: Vec<[&(dyn ToSql + Sync); 3]> =
+        nodes.iter().map(|(level, idx, hash)| -> [&(dyn ToSql + Sync); 3] { [level, idx, hash] }).collect();
+    let inserts = event_params
+        .iter()
+        .map(|p| tx.execute(&statements.insert_event, &p[..]))
+        .chain(node_params.iter().map(|p| tx.execute(&statements.insert_node, &p[..])));
+    try_join_all(inserts).await?;
     *next_seq = next;
     *frontier = tree;
-    Ok(out)
+    let mut out = out.into_iter();
+    Ok(requests.iter().map(|r| out.by_ref().take(r.len()).collect()).collect())
+}
+
+/// The bound parameters of one event insert (borrowing from the request's event).
+struct EventParams<'a> {
+    seq: i64,
+    received_at_ns: i64,
+    producer: &'a str,
+    source: &'a str,
+    format: &'a str,
+    source_id: Option<&'a str>,
+    entry: Vec<u8>,
+    leaf_hash: Vec<u8>,
+    salt: &'a [u8],
+    body: &'a Vec<u8>,
 }
