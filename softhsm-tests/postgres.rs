@@ -543,6 +543,11 @@ async fn a_node_whose_lease_session_ended_is_fenced_out_and_nothing_of_it_lands(
     };
     assert!(matches!(a.insert_head(&head).await, Err(PgError::FencedOut { ours: 1, current: 2 })));
     assert!(matches!(lease_a.keepalive().await, Err(PgError::LeaseLost(_))));
+    // Nor can A open a writer again under its old lease.
+    assert!(matches!(
+        PgWriter::open(&db.app_connect(), &lease_a, ORIGIN).await,
+        Err(PgError::FencedOut { ours: 1, current: 2 })
+    ));
     assert_eq!(count(&app, "events").await, 2);
     let late: i64 =
         app.query_one("SELECT count(*) FROM events WHERE producer = 'late-a'", &[]).await.unwrap().get(0);

@@ -89,8 +89,9 @@ enum Isolation {
 }
 
 impl PgWriter {
-    /// Opens the writer's session under `lease` (checks the schema and origin, then reads the log's end). Open it
-    /// only after the lease was acquired: the end it reads is then final, the old holder being fenced out.
+    /// Opens the writer's session under `lease` (checks the schema and origin, then reads the log's end behind the
+    /// fence): the end it reads is final, every earlier holder being fenced out, and a lease that was taken over
+    /// since gives [`PgError::FencedOut`].
     pub async fn open(c: &PgConnect, lease: &WriterLease, origin: &str) -> Result<PgWriter, PgError> {
         let client = connect(c).await?;
         // A writer frozen inside a transaction holds the epoch row FOR SHARE; the server aborts such a transaction
@@ -118,9 +119,12 @@ impl PgWriter {
         Ok(writer)
     }
 
-    /// Re-reads the log's end (after a failed commit whose outcome is unknown, e.g. a connection cut at COMMIT).
+    /// Re-reads the log's end (after a failed commit whose outcome is unknown, e.g. a connection cut at COMMIT),
+    /// behind the fence: a node that lost the lease gets [`PgError::FencedOut`] instead of a log end it may not
+    /// write after.
     pub async fn reload(&mut self) -> Result<(), PgError> {
         let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
         let next = read::event_count(&tx).await?;
         let frontier = read::load_frontier(&tx, next).await?;
         tx.commit().await?;
