@@ -10,7 +10,7 @@ mod kit;
 use anchorlog::formats::NormalizedFields;
 use anchorlog::ledger::event::NewEvent;
 use anchorlog::store::pg::{
-    self, read, schema, LeaseOptions, PgCommand, PgConnect, PgDone, PgError, PgWriter, WriterLease,
+    self, read, schema, tree, LeaseOptions, PgCommand, PgConnect, PgDone, PgError, PgWriter, WriterLease,
 };
 use anchorlog::store::StoredTimestamp;
 use anchorlog_core::entry::{payload_digest, AuthMethod, Entry};
@@ -113,7 +113,7 @@ async fn assert_log_consistent(c: &tokio_postgres::Client, n: u64) {
         assert_eq!(Entry::parse(&e.entry).unwrap().seq, e.seq);
     }
     let leaves = read::leaf_hashes(c, 0, n).await.unwrap();
-    assert_eq!(read::load_frontier(c, n).await.unwrap().root(), merkle::root_of(&leaves));
+    assert_eq!(tree::load_frontier(c, n).await.unwrap().root(), merkle::root_of(&leaves));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +355,28 @@ async fn seq_stays_dense_across_groups_failed_requests_and_a_failed_group() {
     assert_eq!(flags(&twice[0]), vec![(8, false), (9, false), (8, true)]);
     assert_eq!(flags(&twice[1]), vec![(8, true)]);
     assert_log_consistent(&app, 10).await;
+
+    // The stored tree answers roots and RFC 9162 proofs exactly as the leaves do.
+    let leaves = read::leaf_hashes(&app, 0, 10).await.unwrap();
+    let from_leaves = |s: u64, l: u64| -> Result<merkle::Hash, PgError> {
+        Ok(merkle::root_of(&leaves[s as usize..(s + l) as usize]))
+    };
+    for size in 1..=10u64 {
+        assert_eq!(tree::root_at(&app, size).await.unwrap(), merkle::root_of(&leaves[..size as usize]));
+        assert_eq!(
+            tree::consistency_proof(&app, size, 10).await.unwrap(),
+            merkle::consistency_proof_with(size, 10, from_leaves).unwrap()
+        );
+        let index = size - 1;
+        assert_eq!(
+            tree::inclusion_proof(&app, index, 10).await.unwrap(),
+            merkle::inclusion_proof_with(index, 10, from_leaves).unwrap()
+        );
+    }
+    assert!(matches!(
+        tree::inclusion_proof(&app, 10, 10).await,
+        Err(PgError::Merkle(merkle::MerkleError::IndexOutOfRange { index: 10, size: 10 }))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,8 +454,17 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
         body,
         serde_json::json!({"type": "anchorlog.erasure", "erased_seq": 0, "erased_by": "admin-1", "reason": "art. 17 request 42"})
     );
-    assert_eq!(read::heads_from(&app, 0).await.unwrap(), vec![head]);
+    assert_eq!(read::heads_from(&app, 0).await.unwrap(), vec![head.clone()]);
+    assert_eq!(read::covering_head(&app, 1).await.unwrap(), Some(head));
+    assert_eq!(read::covering_head(&app, 2).await.unwrap(), None);
     assert_eq!(read::timestamp(&app, 0).await.unwrap(), Some(token(0)));
+    w.record_public_key("k1", "-----BEGIN PUBLIC KEY-----\nA\n").await.unwrap();
+    w.record_public_key("k1", "-----BEGIN PUBLIC KEY-----\nB\n").await.unwrap();
+    assert_eq!(
+        read::public_key_pem(&app, "k1").await.unwrap().as_deref(),
+        Some("-----BEGIN PUBLIC KEY-----\nA\n")
+    );
+    assert_eq!(read::public_key_pem(&app, "k2").await.unwrap(), None);
     assert_eq!((count(&app, "erasures").await, count(&app, "timestamps").await), (1, 1));
     // A second erasure of the same payload in a later group is refused by the writer, and by the trigger if tried
     // behind the writer's back.

@@ -8,13 +8,15 @@
 //!   write transaction passes;
 //! - [`writer`]: the [`PgWriter`]: group append in one transaction with the appender's savepoint semantics, heads,
 //!   time-stamp tokens;
-//! - [`read`]: the reads the actors and the tests need, on any session.
+//! - [`read`]: the reads the actors and the tests need, on any session;
+//! - [`tree`]: the stored Merkle tree: subtrees, frontier, roots and RFC 9162 proofs.
 //!
 //! Every statement is parameterised; the only SQL built from text is fixed DDL (no input in it).
 
 pub mod lease;
 pub mod read;
 pub mod schema;
+pub mod tree;
 pub mod writer;
 
 pub use lease::{LeaseOptions, WriterLease};

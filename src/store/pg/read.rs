@@ -3,7 +3,6 @@
 
 use super::{hash_of, i64_of, u64_of, PgError};
 use crate::store::StoredTimestamp;
-use anchorlog_core::merkle::{Frontier, Hash};
 use anchorlog_core::stored::{StoredEvent, StoredHead};
 use tokio_postgres::{GenericClient, Row};
 
@@ -96,36 +95,6 @@ pub async fn find_by_source_id(
     .transpose()
 }
 
-/// The MTH of the perfect subtree `leaves[start..start + len]` from the node store (level 0: the leaf hash).
-pub async fn subtree(c: &impl GenericClient, start: u64, len: u64) -> Result<Hash, PgError> {
-    let missing = || PgError::Corrupt {
-        table: "nodes",
-        key: start,
-        problem: format!("no stored node of {len} leaves"),
-    };
-    if len == 1 {
-        let row = c.query_opt("SELECT leaf_hash FROM events WHERE seq = $1", &[&i64_of(start)]).await?;
-        return hash_of(row.ok_or_else(missing)?.try_get(0)?, "events", start, "leaf_hash");
-    }
-    let level = len.trailing_zeros();
-    let row = c
-        .query_opt(
-            "SELECT hash FROM nodes WHERE level = $1 AND idx = $2",
-            &[&(level as i32), &i64_of(start >> level)],
-        )
-        .await?;
-    hash_of(row.ok_or_else(missing)?.try_get(0)?, "nodes", start, "hash")
-}
-
-/// The frontier (right edge) of the tree of size `size`, from `popcount(size)` stored nodes.
-pub async fn load_frontier(c: &impl GenericClient, size: u64) -> Result<Frontier, PgError> {
-    let mut subtrees = Vec::new();
-    for (start, len) in anchorlog_core::merkle::perfect_subtrees(size) {
-        subtrees.push(subtree(c, start, len).await?);
-    }
-    Ok(Frontier::from_subtrees(size, subtrees)?)
-}
-
 const HEAD_COLUMNS: &str = "height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms";
 
 fn head_from_row(r: &Row) -> Result<StoredHead, PgError> {
@@ -165,6 +134,36 @@ pub async fn heads_from(c: &impl GenericClient, from: u64) -> Result<Vec<StoredH
         )
         .await?;
     rows.iter().map(head_from_row).collect()
+}
+
+/// The earliest head whose tree covers `seq` (binary search over heights: tree sizes never decrease).
+pub async fn covering_head(c: &impl GenericClient, seq: u64) -> Result<Option<StoredHead>, PgError> {
+    let Some(last) = last_head(c).await? else { return Ok(None) };
+    if last.tree_size <= seq {
+        return Ok(None);
+    }
+    let (mut lo, mut hi, mut best) = (0u64, last.height, last);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let h = head(c, mid).await?.ok_or(PgError::Corrupt {
+            table: "heads",
+            key: mid,
+            problem: "missing head".into(),
+        })?;
+        if h.tree_size > seq {
+            hi = mid;
+            best = h;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(Some(best))
+}
+
+/// The PEM public key recorded for `key_id`, if any.
+pub async fn public_key_pem(c: &impl GenericClient, key_id: &str) -> Result<Option<String>, PgError> {
+    let row = c.query_opt("SELECT value FROM log_meta WHERE key = $1", &[&format!("key:{key_id}")]).await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
 /// Heads with `height >= from` that have no token yet, in height order (at most `limit`).

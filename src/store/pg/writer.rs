@@ -15,7 +15,7 @@
 //! failed request, a failed group, or a fenced-out one (the `events_dense_seq` trigger checks it too).
 
 use super::lease::{fence, WriterLease, WRITE_IDLE_IN_TRANSACTION};
-use super::{connect, i64_of, read, PgConnect, PgError};
+use super::{connect, i64_of, read, tree, PgConnect, PgError};
 use crate::ledger::appender::{entry_of, Appended};
 use crate::ledger::event::NewEvent;
 use crate::ledger::internal;
@@ -126,7 +126,7 @@ impl PgWriter {
         let tx = self.client.transaction().await?;
         fence(&tx, self.epoch).await?;
         let next = read::event_count(&tx).await?;
-        let frontier = read::load_frontier(&tx, next).await?;
+        let frontier = tree::load_frontier(&tx, next).await?;
         tx.commit().await?;
         (self.next_seq, self.frontier) = (next, frontier);
         Ok(())
@@ -272,6 +272,20 @@ impl PgWriter {
         let tx = self.client.transaction().await?;
         fence(&tx, self.epoch).await?;
         insert_head(&tx, h).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the PEM public key of a head-signing key (once per key id: a second call keeps the first), in its
+    /// own fenced transaction; returns after COMMIT.
+    pub async fn record_public_key(&mut self, key_id: &str, pem: &str) -> Result<(), PgError> {
+        let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
+        tx.execute(
+            "INSERT INTO log_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&format!("key:{key_id}"), &pem],
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
