@@ -401,11 +401,24 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
         tsa_url: "http://tsa.test/".into(),
         stored_at_ms: 3,
     };
+    let cosignature = |height, line: &str| anchorlog::store::cosignatures::StoredCosignature {
+        height,
+        witness: "w.test".into(),
+        key_id: 0x0102_abcd,
+        line: format!("— w.test {line}"),
+        timestamp: 1_765_000_000,
+        stored_at_ms: 4,
+    };
+    let cursor = anchorlog::store::cosignatures::WitnessCursor {
+        witness: "w.test+0102abcd+AAAA".into(),
+        tree_size: 2,
+        height: 0,
+    };
     let erase =
         |seq| PgCommand::Erase { seq, erased_by: "admin-1".into(), reason: "art. 17 request 42".into() };
     // As the appender's writer thread gets them: a head, appends (one of them bad, which makes the group replay
     // with savepoints), erasures (one good, three refused), tokens (one for a head that does not exist), a head
-    // out of sequence.
+    // out of sequence, cosignatures (one resubmitted, one of a head that does not exist).
     let done = w
         .apply_group(&[
             PgCommand::StoreHead(head.clone()),
@@ -419,10 +432,13 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
             PgCommand::StoreTimestamp(token(0)),
             PgCommand::StoreHead(StoredHead { height: 5, ..head.clone() }),
             PgCommand::Append(vec![ev("idp", None, b"{}")]),
+            PgCommand::StoreCosignature(cosignature(0, "first"), cursor.clone()),
+            PgCommand::StoreCosignature(cosignature(0, "resubmitted"), cursor.clone()),
+            PgCommand::StoreCosignature(cosignature(9, "no such head"), cursor.clone()),
         ])
         .await
         .unwrap();
-    assert_eq!(done.len(), 11);
+    assert_eq!(done.len(), 14);
     assert!(matches!(done[0], PgDone::Stored(Ok(()))));
     assert!(matches!(&done[1], PgDone::Append(Ok(a)) if seqs(a) == vec![2]));
     let PgDone::Erase(Ok((record, leaf))) = &done[2] else { panic!("{:?}", done[2]) };
@@ -442,6 +458,13 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
     let PgDone::Stored(Err(gap)) = &done[9] else { panic!("{:?}", done[9]) };
     assert_eq!(gap.db_message(), Some("anchorlog: head height must be the next dense height"));
     assert!(matches!(&done[10], PgDone::Append(Ok(a)) if seqs(a) == vec![4]));
+    assert!(matches!(done[11], PgDone::Stored(Ok(()))));
+    assert!(matches!(done[12], PgDone::Stored(Ok(()))), "a resubmitted cosignature is ignored, not an error");
+    let PgDone::Stored(Err(no_head)) = &done[13] else { panic!("{:?}", done[13]) };
+    assert_eq!(
+        no_head.db_message(),
+        Some("insert or update on table \"cosignatures\" violates foreign key constraint \"cosignatures_height_fkey\"")
+    );
 
     let app = db.app().await;
     assert_log_consistent(&app, 5).await;
@@ -465,6 +488,8 @@ async fn a_group_of_mixed_commands_commits_once_and_each_refusal_stays_alone() {
         Some("-----BEGIN PUBLIC KEY-----\nA\n")
     );
     assert_eq!(read::public_key_pem(&app, "k2").await.unwrap(), None);
+    assert_eq!(read::cosignatures_of_head(&app, 0).await.unwrap(), vec![cosignature(0, "first")]);
+    assert_eq!(read::cursor(&app, &cursor.witness).await.unwrap(), Some(cursor.clone()));
     assert_eq!((count(&app, "erasures").await, count(&app, "timestamps").await), (1, 1));
     // A second erasure of the same payload in a later group is refused by the writer, and by the trigger if tried
     // behind the writer's back.

@@ -2,6 +2,7 @@
 //! src/store/mod.rs's reads that the appender, sealer and timestamper use, same names and results.
 
 use super::{hash_of, i64_of, u64_of, PgError};
+use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::StoredTimestamp;
 use anchorlog_core::stored::{StoredEvent, StoredHead};
 use tokio_postgres::{GenericClient, Row};
@@ -208,4 +209,49 @@ pub async fn timestamp(c: &impl GenericClient, height: u64) -> Result<Option<Sto
 pub async fn lease_epoch(c: &impl GenericClient) -> Result<(i64, Option<String>), PgError> {
     let row = c.query_one("SELECT epoch, holder FROM writer_lease WHERE id = 1", &[]).await?;
     Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A witness's cursor, if the cosigner stored one.
+pub async fn cursor(c: &impl GenericClient, witness: &str) -> Result<Option<WitnessCursor>, PgError> {
+    let row =
+        c.query_opt("SELECT tree_size, height FROM witness_state WHERE witness = $1", &[&witness]).await?;
+    row.map(|r| {
+        Ok(WitnessCursor {
+            witness: witness.to_owned(),
+            tree_size: u64_of(r.try_get(0)?, "witness_state", 0, "tree_size")?,
+            height: u64_of(r.try_get(1)?, "witness_state", 0, "height")?,
+        })
+    })
+    .transpose()
+}
+
+/// The stored cosignatures of one head, by witness and key ID.
+pub async fn cosignatures_of_head(
+    c: &impl GenericClient,
+    height: u64,
+) -> Result<Vec<StoredCosignature>, PgError> {
+    let rows = c
+        .query(
+            "SELECT height, witness, key_id, line, timestamp, stored_at_ms FROM cosignatures WHERE height = $1 \
+             ORDER BY witness, key_id",
+            &[&i64_of(height)],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let key_id: String = r.try_get(2)?;
+            Ok(StoredCosignature {
+                height: u64_of(r.try_get(0)?, "cosignatures", height, "height")?,
+                witness: r.try_get(1)?,
+                key_id: u32::from_str_radix(&key_id, 16).map_err(|_| PgError::Corrupt {
+                    table: "cosignatures",
+                    key: height,
+                    problem: format!("key_id {key_id:?} is not 8 hex digits"),
+                })?,
+                line: r.try_get(3)?,
+                timestamp: u64_of(r.try_get(4)?, "cosignatures", height, "timestamp")?,
+                stored_at_ms: r.try_get(5)?,
+            })
+        })
+        .collect()
 }

@@ -19,6 +19,7 @@ use super::{connect, i64_of, read, tree, PgConnect, PgError};
 use crate::ledger::appender::{entry_of, Appended};
 use crate::ledger::event::NewEvent;
 use crate::ledger::internal;
+use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::StoredTimestamp;
 use anchorlog_core::entry::{AuthMethod, Entry};
 use anchorlog_core::merkle::{self, Frontier};
@@ -40,6 +41,8 @@ pub enum PgCommand {
     StoreHead(StoredHead),
     /// Store a verified time-stamp token of a stored head.
     StoreTimestamp(StoredTimestamp),
+    /// Store a verified witness cosignature of a stored head and move that witness's cursor, together.
+    StoreCosignature(StoredCosignature, WitnessCursor),
     /// Erase the payload of event `seq` and append the appliance's record of it (GDPR art. 17).
     Erase {
         /// The event whose body and salt are cleared.
@@ -246,6 +249,9 @@ impl PgWriter {
                 }
                 PgCommand::StoreHead(h) => PgDone::Stored(insert_head(&sp, h).await),
                 PgCommand::StoreTimestamp(t) => PgDone::Stored(insert_timestamp(&sp, t).await),
+                PgCommand::StoreCosignature(cos, cursor) => {
+                    PgDone::Stored(insert_cosignature(&sp, cos, cursor).await)
+                }
                 PgCommand::Erase { seq, erased_by, reason } => {
                     PgDone::Erase(erase(&sp, statements, next_seq, frontier, *seq, erased_by, reason).await)
                 }
@@ -325,6 +331,36 @@ async fn insert_timestamp(tx: &Transaction<'_>, t: &StoredTimestamp) -> Result<(
         "INSERT INTO timestamps (height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms) \
          VALUES ($1, $2, $3, $4, $5, $6)",
         &[&i64_of(t.height), &t.response, &t.gen_time_ms, &t.gen_time, &t.tsa_url, &t.stored_at_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores a verified cosignature (a second one of the same head by the same key is ignored: the first stays) and
+/// sets the witness's cursor, an update in place (the cursor is not evidence). The caller owns the transaction.
+async fn insert_cosignature(
+    tx: &Transaction<'_>,
+    c: &StoredCosignature,
+    cursor: &WitnessCursor,
+) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO cosignatures (height, witness, key_id, line, timestamp, stored_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (height, witness, key_id) DO NOTHING",
+        &[
+            &i64_of(c.height),
+            &c.witness,
+            &format!("{:08x}", c.key_id),
+            &c.line,
+            &i64_of(c.timestamp),
+            &c.stored_at_ms,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO witness_state (witness, tree_size, height, updated_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (witness) DO UPDATE SET tree_size = excluded.tree_size, height = excluded.height, \
+         updated_at_ms = excluded.updated_at_ms",
+        &[&cursor.witness, &i64_of(cursor.tree_size), &i64_of(cursor.height), &super::now_ms()],
     )
     .await?;
     Ok(())
