@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 # libraries are installed and the package is unpacked into /opt/syslog-ng-core (below).
 # chromium, chromium-driver, libnss3-tools (certutil, pk12util): the console tests (softhsm-tests/console.rs); clang:
 # ring's C parts in the console's WebAssembly build.
+# postgresql: Debian 12's PostgreSQL 15 (initdb, pg_ctl, the `postgres` system user) for softhsm-tests/postgres.rs; the
+# kit starts a server of its own per test, the cluster the package creates is not used.
 packages=(softhsm2 opensc openssl curl python3 python3-cryptography pkg-config swtpm swtpm-tools tpm2-tools libtss2-dev prometheus
-  clang chromium chromium-driver libnss3-tools
+  clang chromium chromium-driver libnss3-tools postgresql
   rsyslog rsyslog-gnutls libivykis0 libnet1 libjson-c5 libpcre3 libwrap0 libcap2 libglib2.0-0 libssl3)
 missing=()
 for p in "${packages[@]}"; do

@@ -13,6 +13,8 @@
 //! - [`swtpm`]: a real TPM 2.0 (`swtpm`) for the TPM signer backend.
 //! - [`tsa`]: a real RFC 3161 TSA (`openssl ts` behind `tsa/tsa_http.py`) with its fault modes.
 //! - [`witness`]: a real `anchorlog witness` process.
+//! - [`postgres`]: a real PostgreSQL 15 server (`initdb`/`pg_ctl` as the `postgres` user) per test, for the
+//!   PostgreSQL storage (src/store/pg); killed with SIGKILL and restarted on demand.
 //! - [`browser`]: headless Chromium driven over WebDriver (`chromedriver`), for the auditor's console.
 //! - [`health`]: the plain-HTTP health listener's answers.
 //! - [`bundle`]: export bundles (tar) taken apart and put back together, as an attacker would, and the
@@ -33,6 +35,7 @@ pub mod browser;
 pub mod bundle;
 pub mod health;
 pub mod log_builder;
+pub mod postgres;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tsa;

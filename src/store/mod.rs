@@ -5,6 +5,8 @@ pub mod cosignatures;
 pub mod erasure;
 pub mod fault;
 mod file_length;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod schema;
 pub mod search;
 pub mod tree;

@@ -1,0 +1,546 @@
+//! The PostgreSQL writer: what the appender thread does to SQLite (src/ledger/appender.rs), on PostgreSQL, behind
+//! the fence.
+//!
+//! Group commit: a group of append requests is applied in ONE transaction with one COMMIT, and
+//! [`PgWriter::append_group`] returns only after that COMMIT returned, so a handler can send its 2xx then and
+//! only then. What "returned" promises is the server's `synchronous_commit` (docs/HA.md): `on` (the default, and
+//! what the test kit runs) means the commit record is flushed to the primary's WAL; with `synchronous_standby_names`
+//! set it means a synchronous standby has flushed it too; `remote_apply` that the standby also applied it; `off`
+//! or `local` with standbys weaken it, and the appliance must not be run so.
+//!
+//! The appender's savepoint semantics, the same: the group first runs without a savepoint per request; if a request
+//! fails (PostgreSQL then aborts the whole transaction), it is rolled back and the group replayed with a
+//! `SAVEPOINT` per request, so the failing request fails alone and the others are stored as if it had never been
+//! sent. Seqs are taken from the writer's own counter, moved only by committed requests, so they stay dense after a
+//! failed request, a failed group, or a fenced-out one (the `events_dense_seq` trigger checks it too).
+
+use super::lease::{fence, WriterLease, WRITE_IDLE_IN_TRANSACTION};
+use super::{connect, i64_of, read, tree, PgConnect, PgError};
+use crate::ledger::appender::{entry_of, Appended};
+use crate::ledger::event::NewEvent;
+use crate::ledger::internal;
+use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
+use crate::store::StoredTimestamp;
+use anchorlog_core::entry::{AuthMethod, Entry};
+use anchorlog_core::merkle::{self, Frontier};
+use anchorlog_core::stored::{ErasureRecord, StoredHead};
+use futures_util::future::try_join_all;
+use std::collections::HashMap;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement, Transaction};
+
+/// The result of one request of a committed group: its events, or why it alone failed.
+pub type RequestResult = Result<Vec<Appended>, PgError>;
+
+/// One command of a group, as the appender's writer thread receives them (src/ledger/appender.rs `Command`).
+#[derive(Debug, Clone)]
+pub enum PgCommand {
+    /// Append these events atomically (one producer request).
+    Append(Vec<NewEvent>),
+    /// Store a signed head.
+    StoreHead(StoredHead),
+    /// Store a verified time-stamp token of a stored head.
+    StoreTimestamp(StoredTimestamp),
+    /// Store a verified witness cosignature of a stored head and move that witness's cursor, together.
+    StoreCosignature(StoredCosignature, WitnessCursor),
+    /// Erase the payload of event `seq` and append the appliance's record of it (GDPR art. 17).
+    Erase {
+        /// The event whose body and salt are cleared.
+        seq: u64,
+        /// The admin principal who asked.
+        erased_by: String,
+        /// The reason given.
+        reason: String,
+    },
+}
+
+/// The outcome of one command of a committed group, in the order of the commands.
+#[derive(Debug)]
+pub enum PgDone {
+    /// An [`PgCommand::Append`]'s events, or why this request alone failed.
+    Append(RequestResult),
+    /// A head's or token's outcome.
+    Stored(Result<(), PgError>),
+    /// An erasure's record and the leaf hash of the event that logs it, or why it alone was refused.
+    Erase(Result<(ErasureRecord, [u8; 32]), PgError>),
+}
+
+/// The writer's statements, prepared once on its session.
+struct Statements {
+    insert_event: Statement,
+    find_by_source_id: Statement,
+    insert_node: Statement,
+}
+
+/// The one writer of a log on PostgreSQL: its own session (not the lease's), the epoch of the lease it writes
+/// under, and the log's end (next seq, the tree's frontier) as of its last commit.
+pub struct PgWriter {
+    client: Client,
+    epoch: i64,
+    next_seq: u64,
+    frontier: Frontier,
+    statements: Statements,
+}
+
+/// How the append requests of one attempt are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoint: the first failing request aborts the attempt (PostgreSQL aborts the transaction).
+    Shared,
+    /// A savepoint per request: a failing request rolls back alone.
+    PerRequest,
+}
+
+impl PgWriter {
+    /// Opens the writer's session under `lease` (checks the schema and origin, then reads the log's end behind the
+    /// fence): the end it reads is final, every earlier holder being fenced out, and a lease that was taken over
+    /// since gives [`PgError::FencedOut`].
+    pub async fn open(c: &PgConnect, lease: &WriterLease, origin: &str) -> Result<PgWriter, PgError> {
+        let client = connect(c).await?;
+        // A writer frozen inside a transaction holds the epoch row FOR SHARE; the server aborts such a transaction
+        // after this long, so a takeover is not held up for ever (src/store/pg/lease.rs).
+        let idle = i64::try_from(WRITE_IDLE_IN_TRANSACTION.as_millis()).unwrap_or(i64::MAX).to_string();
+        client
+            .execute("SELECT set_config('idle_in_transaction_session_timeout', $1, false)", &[&idle])
+            .await?;
+        super::schema::check(&client, origin).await?;
+        let statements = Statements {
+            insert_event: client
+                .prepare(
+                    "INSERT INTO events (seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, \
+                     salt, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .await?,
+            find_by_source_id: client
+                .prepare("SELECT seq, leaf_hash FROM events WHERE producer = $1 AND source = $2 AND source_id = $3")
+                .await?,
+            insert_node: client.prepare("INSERT INTO nodes (level, idx, hash) VALUES ($1, $2, $3)").await?,
+        };
+        let mut writer =
+            PgWriter { client, epoch: lease.epoch(), next_seq: 0, frontier: Frontier::new(), statements };
+        writer.reload().await?;
+        Ok(writer)
+    }
+
+    /// Re-reads the log's end (after a failed commit whose outcome is unknown, e.g. a connection cut at COMMIT),
+    /// behind the fence: a node that lost the lease gets [`PgError::FencedOut`] instead of a log end it may not
+    /// write after.
+    pub async fn reload(&mut self) -> Result<(), PgError> {
+        let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
+        let next = read::event_count(&tx).await?;
+        let frontier = tree::load_frontier(&tx, next).await?;
+        tx.commit().await?;
+        (self.next_seq, self.frontier) = (next, frontier);
+        Ok(())
+    }
+
+    /// The epoch this writer writes under.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// The next seq (= the number of committed events).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The tree over every committed event.
+    pub fn frontier(&self) -> &Frontier {
+        &self.frontier
+    }
+
+    /// The writer's session (reads inside the writer's own view).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Appends a group of requests in one fenced transaction with one COMMIT; returns after it committed. The
+    /// outer error means nothing of the group was stored ([`PgError::GroupCommit`], with
+    /// [`PgError::FencedOut`] as its cause when another node took the lease); otherwise one result per request, in
+    /// order, a failed request having stored nothing.
+    pub async fn append_group(&mut self, requests: &[Vec<NewEvent>]) -> Result<Vec<RequestResult>, PgError> {
+        let commands: Vec<PgCommand> = requests.iter().cloned().map(PgCommand::Append).collect();
+        let done = self.apply_group(&commands).await?;
+        Ok(done
+            .into_iter()
+            .map(|d| match d {
+                PgDone::Append(r) => r,
+                // apply_group answers each command with its own kind, in order.
+                other => Err(PgError::Corrupt {
+                    table: "events",
+                    key: 0,
+                    problem: format!("an append was answered as {other:?}"),
+                }),
+            })
+            .collect())
+    }
+
+    /// Applies a group of commands in one fenced transaction with one COMMIT, with the appender's semantics:
+    /// optimistically without a savepoint per append request, replayed with one per request if one fails; heads,
+    /// tokens and erasures (rare) always in a savepoint of their own. The outer error means nothing was stored;
+    /// otherwise one [`PgDone`] per command, in order.
+    pub async fn apply_group(&mut self, commands: &[PgCommand]) -> Result<Vec<PgDone>, PgError> {
+        let start = (self.next_seq, self.frontier.clone());
+        let outcome = match self.attempt(commands, Isolation::Shared).await {
+            Ok(None) => {
+                (self.next_seq, self.frontier) = start.clone();
+                tracing::debug!(
+                    commands = commands.len(),
+                    "pg writer: a request failed; replaying with savepoints"
+                );
+                self.attempt(commands, Isolation::PerRequest).await
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(Some(results)) => Ok(results),
+            Ok(None) => {
+                (self.next_seq, self.frontier) = start;
+                Err(PgError::Corrupt {
+                    table: "events",
+                    key: self.next_seq,
+                    problem: "a request failed outside its savepoint".into(),
+                })
+            }
+            Err(e) => {
+                (self.next_seq, self.frontier) = start;
+                Err(PgError::GroupCommit { first_seq: self.next_seq, source: Box::new(e) })
+            }
+        }
+    }
+
+    /// One attempt: `Ok(Some)` committed, `Ok(None)` a request failed without a savepoint (rolled back), `Err`
+    /// nothing stored (fenced out, BEGIN or COMMIT failed). `next_seq`/`frontier` move as requests succeed; the
+    /// caller rewinds them on anything but `Ok(Some)`.
+    async fn attempt(
+        &mut self,
+        commands: &[PgCommand],
+        isolation: Isolation,
+    ) -> Result<Option<Vec<PgDone>>, PgError> {
+        let PgWriter { client, epoch, next_seq, frontier, statements } = self;
+        let mut tx = client.transaction().await?;
+        fence(&tx, *epoch).await?;
+        let mut results = Vec::with_capacity(commands.len());
+        let mut i = 0;
+        while i < commands.len() {
+            if isolation == Isolation::Shared && matches!(commands[i], PgCommand::Append(_)) {
+                // A run of consecutive append requests goes out as one pipelined batch.
+                let mut run = Vec::new();
+                while let Some(PgCommand::Append(events)) = commands.get(i) {
+                    run.push(events.as_slice());
+                    i += 1;
+                }
+                match append_requests(&tx, statements, next_seq, frontier, &run).await {
+                    Ok(outs) => results.extend(outs.into_iter().map(|o| PgDone::Append(Ok(o)))),
+                    Err(_) => {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                }
+                continue;
+            }
+            let command = &commands[i];
+            i += 1;
+            let sp = tx.savepoint("request").await?;
+            let done = match command {
+                PgCommand::Append(events) => {
+                    PgDone::Append(append_request(&sp, statements, next_seq, frontier, events).await)
+                }
+                PgCommand::StoreHead(h) => PgDone::Stored(insert_head(&sp, h).await),
+                PgCommand::StoreTimestamp(t) => PgDone::Stored(insert_timestamp(&sp, t).await),
+                PgCommand::StoreCosignature(cos, cursor) => {
+                    PgDone::Stored(insert_cosignature(&sp, cos, cursor).await)
+                }
+                PgCommand::Erase { seq, erased_by, reason } => {
+                    PgDone::Erase(erase(&sp, statements, next_seq, frontier, *seq, erased_by, reason).await)
+                }
+            };
+            let ok = match &done {
+                PgDone::Append(r) => r.is_ok(),
+                PgDone::Stored(r) => r.is_ok(),
+                PgDone::Erase(r) => r.is_ok(),
+            };
+            if ok {
+                sp.commit().await?;
+            } else {
+                sp.rollback().await?;
+            }
+            results.push(done);
+        }
+        // The 2xx point: nothing is answered before this returns.
+        tx.commit().await?;
+        Ok(Some(results))
+    }
+
+    /// Stores a signed head in its own fenced transaction; returns after COMMIT.
+    pub async fn insert_head(&mut self, h: &StoredHead) -> Result<(), PgError> {
+        let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
+        insert_head(&tx, h).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records the PEM public key of a head-signing key (once per key id: a second call keeps the first), in its
+    /// own fenced transaction; returns after COMMIT.
+    pub async fn record_public_key(&mut self, key_id: &str, pem: &str) -> Result<(), PgError> {
+        let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
+        tx.execute(
+            "INSERT INTO log_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            &[&format!("key:{key_id}"), &pem],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a verified time-stamp token of a stored head in its own fenced transaction; returns after COMMIT.
+    pub async fn insert_timestamp(&mut self, t: &StoredTimestamp) -> Result<(), PgError> {
+        let tx = self.client.transaction().await?;
+        fence(&tx, self.epoch).await?;
+        insert_timestamp(&tx, t).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Inserts a signed head (the caller owns the transaction; the trigger refuses a height out of sequence).
+async fn insert_head(tx: &Transaction<'_>, h: &StoredHead) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO heads (height, tree_size, root, checkpoint, signature, key_id, sealed_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &i64_of(h.height),
+            &i64_of(h.tree_size),
+            &&h.root[..],
+            &h.checkpoint,
+            &h.signature,
+            &h.key_id,
+            &h.sealed_at_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Inserts a time-stamp token (the caller owns the transaction; one per head, its head must exist).
+async fn insert_timestamp(tx: &Transaction<'_>, t: &StoredTimestamp) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO timestamps (height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&i64_of(t.height), &t.response, &t.gen_time_ms, &t.gen_time, &t.tsa_url, &t.stored_at_ms],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores a verified cosignature (a second one of the same head by the same key is ignored: the first stays) and
+/// sets the witness's cursor, an update in place (the cursor is not evidence). The caller owns the transaction.
+async fn insert_cosignature(
+    tx: &Transaction<'_>,
+    c: &StoredCosignature,
+    cursor: &WitnessCursor,
+) -> Result<(), PgError> {
+    tx.execute(
+        "INSERT INTO cosignatures (height, witness, key_id, line, timestamp, stored_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (height, witness, key_id) DO NOTHING",
+        &[
+            &i64_of(c.height),
+            &c.witness,
+            &format!("{:08x}", c.key_id),
+            &c.line,
+            &i64_of(c.timestamp),
+            &c.stored_at_ms,
+        ],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO witness_state (witness, tree_size, height, updated_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (witness) DO UPDATE SET tree_size = excluded.tree_size, height = excluded.height, \
+         updated_at_ms = excluded.updated_at_ms",
+        &[&cursor.witness, &i64_of(cursor.tree_size), &i64_of(cursor.height), &super::now_ms()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Erases the payload of `seq` and appends the event that logs it, inside the caller's savepoint: both or
+/// neither (the appender's `erase`). The triggers check the same again.
+async fn erase(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    seq: u64,
+    erased_by: &str,
+    reason: &str,
+) -> Result<(ErasureRecord, [u8; 32]), PgError> {
+    let target = read::event(tx, seq).await?.ok_or(PgError::NoSuchEvent(seq))?;
+    if target.body.is_none() {
+        return Err(PgError::AlreadyErased(seq));
+    }
+    let own = Entry::parse(&target.entry)
+        .map(|e| e.auth == AuthMethod::Internal || e.producer == internal::INTERNAL)
+        .unwrap_or(true);
+    if own {
+        return Err(PgError::ApplianceRecord(seq));
+    }
+    let before = (*next_seq, frontier.clone());
+    let ev = internal::internal_event(&internal::erasure_body(seq, erased_by, reason));
+    let result = async {
+        let appended = append_request(tx, statements, next_seq, frontier, std::slice::from_ref(&ev)).await?;
+        let logged = appended.first().ok_or_else(|| PgError::Corrupt {
+            table: "events",
+            key: seq,
+            problem: "the erasure event was not appended".into(),
+        })?;
+        let record = ErasureRecord {
+            seq,
+            erasure_seq: logged.seq,
+            erased_by: erased_by.to_string(),
+            reason: reason.to_string(),
+            erased_at_ms: super::now_ms(),
+        };
+        tx.execute(
+            "INSERT INTO erasures (seq, erasure_seq, erased_by, reason, erased_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            &[&i64_of(record.seq), &i64_of(record.erasure_seq), &record.erased_by, &record.reason, &record.erased_at_ms],
+        )
+        .await?;
+        let n = tx.execute("UPDATE events SET body = NULL, salt = NULL WHERE seq = $1", &[&i64_of(seq)]).await?;
+        if n != 1 {
+            return Err(PgError::Corrupt { table: "events", key: seq, problem: "erased row vanished".into() });
+        }
+        Ok((record, logged.leaf_hash))
+    }
+    .await;
+    if result.is_err() {
+        (*next_seq, *frontier) = before;
+    }
+    result
+}
+
+/// Applies one request inside `tx` (the group's transaction or the request's savepoint): see [`append_requests`].
+async fn append_request(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    events: &[NewEvent],
+) -> RequestResult {
+    let mut outs = append_requests(tx, statements, next_seq, frontier, &[events]).await?;
+    Ok(outs.pop().unwrap_or_default())
+}
+
+/// Applies `requests` inside `tx`, all or nothing: de-duplicates by `(producer, source, source_id)` (against the
+/// stored log and the earlier events of the batch), inserts each new event at the next seq with the tree nodes it
+/// completes. `next_seq` and `frontier` move only if everything succeeded; one result per request.
+///
+/// Pipelined: the de-duplication look-ups go out together, then every insert (events in seq order, then nodes),
+/// each batch waiting for its answers once instead of one round trip per statement. The server runs them in the
+/// order sent; the first failure aborts the rest, and its error is the one returned.
+async fn append_requests(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    next_seq: &mut u64,
+    frontier: &mut Frontier,
+    requests: &[&[NewEvent]],
+) -> Result<Vec<Vec<Appended>>, PgError> {
+    let events = requests.iter().flat_map(|r| r.iter());
+    let lookups = events.clone().map(|ev| async move {
+        let Some(id) = ev.source_id.as_deref() else { return Ok(None) };
+        let (producer, source): (&str, &str) = (&ev.producer, &ev.source);
+        tx.query_opt(&statements.find_by_source_id, &[&producer, &source, &id]).await
+    });
+    let found = try_join_all(lookups).await?;
+
+    let mut next = *next_seq;
+    let mut tree = frontier.clone();
+    let mut out = Vec::new();
+    let mut rows = Vec::new();
+    let mut nodes: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+    // Ids new in this batch: a second event with the same id is a duplicate of the first one's new seq.
+    let mut fresh: HashMap<(&str, &str, &str), (u64, [u8; 32])> = HashMap::new();
+    for (ev, stored) in events.zip(found) {
+        if let Some(row) = stored {
+            let seq = super::u64_of(row.try_get(0)?, "events", next, "seq")?;
+            let leaf_hash = super::hash_of(row.try_get(1)?, "events", seq, "leaf_hash")?;
+            out.push(Appended { seq, leaf_hash, duplicate: true });
+            continue;
+        }
+        let key = ev.source_id.as_deref().map(|id| (&*ev.producer, &*ev.source, id));
+        if let Some(&(seq, leaf_hash)) = key.as_ref().and_then(|k| fresh.get(k)) {
+            out.push(Appended { seq, leaf_hash, duplicate: true });
+            continue;
+        }
+        let entry = entry_of(ev, next);
+        let leaf_hash = merkle::leaf_hash(&entry);
+        tree.push_with(leaf_hash, |start, len, hash| {
+            if len > 1 {
+                let level = len.trailing_zeros();
+                nodes.push((level as i32, i64_of(start >> level), hash.to_vec()));
+            }
+        });
+        if let Some(k) = key {
+            fresh.insert(k, (next, leaf_hash));
+        }
+        rows.push(EventParams {
+            seq: i64_of(next),
+            received_at_ns: i64_of(ev.received_at_ns),
+            producer: &ev.producer,
+            source: &ev.source,
+            format: ev.format,
+            source_id: ev.source_id.as_deref(),
+            entry,
+            leaf_hash: leaf_hash.to_vec(),
+            salt: &ev.salt[..],
+            body: &ev.body,
+        });
+        out.push(Appended { seq: next, leaf_hash, duplicate: false });
+        next += 1;
+    }
+
+    let event_params: Vec<[&(dyn ToSql + Sync); 10]> = rows
+        .iter()
+        .map(|r| -> [&(dyn ToSql + Sync); 10] {
+            [
+                &r.seq,
+                &r.received_at_ns,
+                &r.producer,
+                &r.source,
+                &r.format,
+                &r.source_id,
+                &r.entry,
+                &r.leaf_hash,
+                &r.salt,
+                &r.body,
+            ]
+        })
+        .collect();
+    let node_params: Vec<[&(dyn ToSql + Sync); 3]> =
+        nodes.iter().map(|(level, idx, hash)| -> [&(dyn ToSql + Sync); 3] { [level, idx, hash] }).collect();
+    let inserts = event_params
+        .iter()
+        .map(|p| tx.execute(&statements.insert_event, &p[..]))
+        .chain(node_params.iter().map(|p| tx.execute(&statements.insert_node, &p[..])));
+    try_join_all(inserts).await?;
+    *next_seq = next;
+    *frontier = tree;
+    let mut out = out.into_iter();
+    Ok(requests.iter().map(|r| out.by_ref().take(r.len()).collect()).collect())
+}
+
+/// The bound parameters of one event insert (borrowing from the request's event).
+struct EventParams<'a> {
+    seq: i64,
+    received_at_ns: i64,
+    producer: &'a str,
+    source: &'a str,
+    format: &'a str,
+    source_id: Option<&'a str>,
+    entry: Vec<u8>,
+    leaf_hash: Vec<u8>,
+    salt: &'a [u8],
+    body: &'a Vec<u8>,
+}
