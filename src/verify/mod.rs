@@ -15,6 +15,8 @@ use anchorlog_core::verify::{
 };
 use rusqlite::Connection;
 
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod resume;
 pub mod timestamps;
 pub mod witnesses;
