@@ -886,3 +886,142 @@ async fn verify_walks_a_postgres_log_and_names_the_record_an_insider_changed() {
     assert_eq!(v["seq"], 17, "{v}");
     assert!(v["failure"].as_str().unwrap().contains("missing"), "{v}");
 }
+
+/// `anchorlog migrate` of a 100,000-event SQLite log with heads, RFC 3161 tokens and an erasure into an empty
+/// PostgreSQL database: the copy verifies with the same heads and the same token bytes, the application role can
+/// read it, a second migration into it is refused, and a source that does not verify is not copied at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_copies_a_sqlite_log_and_the_copy_verifies_with_the_same_heads() {
+    use kit::log_builder::{tampered_db, LogBuilder, OpensslTsa, TestKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(3);
+    let source = dir.path().join("anchorlog.db");
+    let mut b = LogBuilder::create(&source, &key);
+    b.head();
+    for _ in 0..100 {
+        b.events(1000);
+        b.head();
+    }
+    let record = b.erase(4242, "dpo", "GDPR art. 17 request");
+    let last = b.head();
+    assert_eq!((record, last.height, last.tree_size), (100_000, 101, 100_001));
+    drop(b);
+    let tsa = OpensslTsa::new();
+    tsa.stamp_heads(&source, [0, 1, 50, 100, 101]);
+    let key_pem = key.write_pem(dir.path(), "signer.pem");
+
+    let db = Db::start().await;
+    let su = db.superuser().await;
+    // One statement each: CREATE DATABASE cannot run inside the implicit transaction of a multi-statement batch.
+    for name in ["migrated", "refused"] {
+        su.batch_execute(&format!("CREATE DATABASE {name} OWNER {OWNER}")).await.unwrap();
+    }
+    let anchorlog = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog")).args(args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let from = format!("sqlite:{}", source.display());
+    let to = db.server.url(OWNER, "migrated");
+    let migrate = |to: &str| {
+        anchorlog(&[
+            "migrate",
+            "--from",
+            &from,
+            "--to",
+            to,
+            "--grant-app",
+            APP,
+            "--key",
+            key_pem.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let (code, v, err) = migrate(&to);
+    assert_eq!(code, 0, "{v}{err}");
+    let copied = &v["copied"];
+    assert_eq!(
+        (
+            copied["events"].as_u64(),
+            copied["heads"].as_u64(),
+            copied["timestamps"].as_u64(),
+            copied["erasures"].as_u64()
+        ),
+        (Some(100_001), Some(102), Some(5), Some(1)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["events"].as_u64(), v["heads"].as_u64(), v["erased"].as_u64()),
+        (Some(100_001), Some(102), Some(1))
+    );
+    eprintln!("migrated 100,001 events in {} s", v["seconds"]);
+
+    // The application role reads and verifies the copy: the same last head as the SQLite log.
+    let (code, copy, err) = anchorlog(&[
+        "verify",
+        "--db",
+        &db.server.url(APP, "migrated"),
+        "--key",
+        key_pem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{copy}{err}");
+    let (code, original, _) = anchorlog(&[
+        "verify",
+        "--db",
+        source.to_str().unwrap(),
+        "--key",
+        key_pem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(copy["report"]["last_checkpoint"], original["report"]["last_checkpoint"]);
+    // The tokens, byte for byte.
+    let pg_client = pg::connect(&PgConnect::plain(db.server.url(APP, "migrated"))).await.unwrap();
+    let pg_tokens: Vec<(i64, Vec<u8>)> = pg_client
+        .query("SELECT height, response FROM timestamps ORDER BY height", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let sqlite = rusqlite::Connection::open(&source).unwrap();
+    let mut stmt = sqlite.prepare("SELECT height, response FROM timestamps ORDER BY height").unwrap();
+    let sqlite_tokens: Vec<(i64, Vec<u8>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(pg_tokens, sqlite_tokens);
+    // The triggers are back on: the copy is append-only like any PostgreSQL log.
+    let owner = pg::connect(&PgConnect::plain(to.clone())).await.unwrap();
+    let (_, message) = refusal(owner.execute("DELETE FROM events WHERE seq = 7", &[]).await);
+    assert!(message.starts_with("anchorlog: "), "{message}");
+
+    // Into a database that holds a log: refused, nothing changed.
+    let (code, _, err) = migrate(&to);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already holds a log (100001 events, 102 heads)"), "{err}");
+    // A source an insider edited does not verify: nothing is copied, not even the schema.
+    let edited = tampered_db(&source, "edited", "UPDATE events SET body = x'7b7d' WHERE seq = 777");
+    let (code, v, err) = anchorlog(&[
+        "migrate",
+        "--from",
+        edited.to_str().unwrap(),
+        "--to",
+        &db.server.url(OWNER, "refused"),
+        "--key",
+        key_pem.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 3, "{v}{err}");
+    assert_eq!(v["seq"], 777, "{v}");
+    assert!(v["failure"]
+        .as_str()
+        .unwrap()
+        .starts_with("the source does not verify; nothing was copied: event seq 777"));
+    let refused = pg::connect(&PgConnect::plain(db.server.url(OWNER, "refused"))).await.unwrap();
+    let tables: i64 = refused
+        .query_one("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0);
+}

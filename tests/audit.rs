@@ -16,7 +16,7 @@ use anchorlog_core::merkle::{self, Frontier, Hash};
 use anchorlog_core::verify::VerifyError;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use log_builder::{build_log, tampered_db, LogBuilder, TestKey};
+use log_builder::{build_log, tampered_db, LogBuilder, OpensslTsa, TestKey};
 use std::path::{Path, PathBuf};
 
 fn all_leaves(conn: &rusqlite::Connection) -> Vec<Hash> {
@@ -639,72 +639,6 @@ fn receipts_prove_one_event_offline_and_fail_when_touched() {
 }
 
 // ---- RFC 3161 tokens in bundles, receipts and the database (the real `openssl ts` TSA) ----
-
-/// The test kit's TSA without its HTTP shim (none is needed here): the core's `TestTsa`, made by
-/// `softhsm-tests/tsa/make-tsa.sh` and answering with `openssl ts -reply`.
-struct OpensslTsa {
-    tsa: anchorlog_core::tsa::testutil::TestTsa,
-}
-
-impl OpensslTsa {
-    fn new() -> OpensslTsa {
-        OpensslTsa { tsa: anchorlog_core::tsa::testutil::TestTsa::new(&[]) }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.tsa.path().join("ca.pem")
-    }
-
-    fn policy(&self, require: bool) -> anchorlog_core::verify::timestamps::TimestampPolicy {
-        anchorlog_core::verify::timestamps::TimestampPolicy {
-            require,
-            ..anchorlog_core::verify::timestamps::TimestampPolicy::new(
-                anchorlog_core::tsa::TrustAnchors::from_pem(&self.tsa.ca_pem()).unwrap(),
-            )
-        }
-    }
-
-    /// A request over SHA-256(`text`) as the appliance asks (certReq, a nonce), then `openssl ts -reply`: the DER
-    /// TimeStampResp.
-    fn stamp(&self, text: &[u8]) -> Vec<u8> {
-        use sha2::Digest as _;
-        let request =
-            anchorlog_core::tsa::build_request_with_nonce(sha2::Sha256::digest(text).into(), rand::random())
-                .unwrap();
-        self.tsa.reply(&request.der)
-    }
-
-    /// Stamps the stored heads `heights` and stores their tokens as the timestamper does.
-    fn stamp_heads(&self, db: &Path, heights: impl IntoIterator<Item = u64>) {
-        let conn = rusqlite::Connection::open(db).unwrap();
-        let policy = self.policy(false);
-        for height in heights {
-            let head = store::head(&conn, height).unwrap().unwrap();
-            let response = self.stamp(head.checkpoint.as_bytes());
-            let v = anchorlog_core::verify::timestamps::check_token(
-                &head.checkpoint,
-                head.sealed_at_ms,
-                &response,
-                &policy.anchors,
-                policy.max_skew,
-            )
-            .unwrap();
-            let ms = v.gen_time.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-            store::insert_timestamp(
-                &conn,
-                &store::StoredTimestamp {
-                    height,
-                    response,
-                    gen_time_ms: ms,
-                    gen_time: v.gen_time_rfc3339,
-                    tsa_url: "http://127.0.0.1:1/tsa".into(),
-                    stored_at_ms: ms,
-                },
-            )
-            .unwrap();
-        }
-    }
-}
 
 fn bundle_failure(
     tar: &Path,

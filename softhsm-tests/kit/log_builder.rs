@@ -300,3 +300,69 @@ pub fn resign_sql(db: &Path, height: u64, key: &TestKey) -> String {
         key.public.key_id
     )
 }
+
+/// The test kit's TSA without its HTTP shim (none is needed here): the core's `TestTsa`, made by
+/// `softhsm-tests/tsa/make-tsa.sh` and answering with `openssl ts -reply`.
+pub struct OpensslTsa {
+    tsa: anchorlog_core::tsa::testutil::TestTsa,
+}
+
+impl OpensslTsa {
+    pub fn new() -> OpensslTsa {
+        OpensslTsa { tsa: anchorlog_core::tsa::testutil::TestTsa::new(&[]) }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.tsa.path().join("ca.pem")
+    }
+
+    pub fn policy(&self, require: bool) -> anchorlog_core::verify::timestamps::TimestampPolicy {
+        anchorlog_core::verify::timestamps::TimestampPolicy {
+            require,
+            ..anchorlog_core::verify::timestamps::TimestampPolicy::new(
+                anchorlog_core::tsa::TrustAnchors::from_pem(&self.tsa.ca_pem()).unwrap(),
+            )
+        }
+    }
+
+    /// A request over SHA-256(`text`) as the appliance asks (certReq, a nonce), then `openssl ts -reply`: the DER
+    /// TimeStampResp.
+    pub fn stamp(&self, text: &[u8]) -> Vec<u8> {
+        use sha2::Digest as _;
+        let request =
+            anchorlog_core::tsa::build_request_with_nonce(sha2::Sha256::digest(text).into(), rand::random())
+                .unwrap();
+        self.tsa.reply(&request.der)
+    }
+
+    /// Stamps the stored heads `heights` and stores their tokens as the timestamper does.
+    pub fn stamp_heads(&self, db: &Path, heights: impl IntoIterator<Item = u64>) {
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let policy = self.policy(false);
+        for height in heights {
+            let head = store::head(&conn, height).unwrap().unwrap();
+            let response = self.stamp(head.checkpoint.as_bytes());
+            let v = anchorlog_core::verify::timestamps::check_token(
+                &head.checkpoint,
+                head.sealed_at_ms,
+                &response,
+                &policy.anchors,
+                policy.max_skew,
+            )
+            .unwrap();
+            let ms = v.gen_time.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+            store::insert_timestamp(
+                &conn,
+                &store::StoredTimestamp {
+                    height,
+                    response,
+                    gen_time_ms: ms,
+                    gen_time: v.gen_time_rfc3339,
+                    tsa_url: "http://127.0.0.1:1/tsa".into(),
+                    stored_at_ms: ms,
+                },
+            )
+            .unwrap();
+        }
+    }
+}

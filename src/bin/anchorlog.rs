@@ -47,6 +47,36 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Copy a SQLite log into an empty PostgreSQL database and prove the copy: the source and the copy are both
+    /// walked under the given keys, and their heads must be equal byte for byte (docs/HA.md, "Moving a log").
+    /// Exit codes: 0 copied and proven, 1 error (nothing committed), 3 the source or the copy does not verify.
+    #[cfg(feature = "postgres")]
+    Migrate {
+        /// The SQLite log: `sqlite:PATH` or a path (opened read-only; stop the appliance first).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database, reached as its owner role: `postgres://OWNER@HOST:PORT/DATABASE`.
+        #[arg(long)]
+        to: String,
+        /// A file holding the owner role's password.
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// TLS to the server, its certificate verified against these CA certificates (PEM).
+        #[arg(long)]
+        to_ca: Option<PathBuf>,
+        /// The application role the appliance will run as: granted its privileges (docs/HA.md, "Roles").
+        #[arg(long)]
+        grant_app: Option<String>,
+        /// The signer's public key or certificate (PEM), as for `verify`. Repeatable.
+        #[arg(long, required_unless_present = "keyring")]
+        key: Vec<PathBuf>,
+        /// A keyring file, as for `verify`.
+        #[arg(long)]
+        keyring: Option<PathBuf>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a database or an export bundle offline: every leaf, root, chain link and signature.
     Verify {
         /// An export bundle (tar) to verify instead of a database.
@@ -627,6 +657,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        #[cfg(feature = "postgres")]
+        Command::Migrate { from, to, to_password_file, to_ca, grant_app, key, keyring, json } => {
+            let signers = Signers { keys: &key, keyring: keyring.as_deref() };
+            let target =
+                PgTarget { url: &to, password_file: to_password_file.as_deref(), ca: to_ca.as_deref() };
+            migrate(
+                from.strip_prefix("sqlite:").unwrap_or(&from).as_ref(),
+                &target,
+                grant_app.as_deref(),
+                &signers,
+                json,
+            )
+        }
         Command::Export { db, from_height, to_height, out, key } => {
             export(&db, from_height, to_height, &out, key.as_deref())
         }
@@ -891,12 +934,100 @@ struct Checks<'a> {
     witnesses: &'a WitnessArgs,
 }
 
-/// A PostgreSQL log to verify: `--db postgres://…` and how to reach it.
+/// A PostgreSQL database to verify or migrate into: its URL and how to reach it.
 #[cfg(feature = "postgres")]
 struct PgTarget<'a> {
     url: &'a str,
     password_file: Option<&'a Path>,
     ca: Option<&'a Path>,
+}
+
+#[cfg(feature = "postgres")]
+impl PgTarget<'_> {
+    /// The connection settings: the password read from its file, TLS when a CA is given.
+    fn connect(&self) -> anyhow::Result<anchorlog::store::pg::PgConnect> {
+        let mut connect = anchorlog::store::pg::PgConnect::plain(self.url);
+        if let Some(file) = self.password_file {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            connect.password = Some(text.trim_end_matches(['\r', '\n']).to_string());
+        }
+        if let Some(ca) = self.ca {
+            use rustls_pki_types::pem::PemObject as _;
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            let roots = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| anyhow::anyhow!("{}: not PEM certificates: {e}", ca.display()))?;
+            connect.tls = anchorlog::store::pg::PgTls::Require { roots };
+        }
+        Ok(connect)
+    }
+}
+
+/// `anchorlog migrate`: verify the SQLite source, copy it ([`anchorlog::store::pg::copy`]), verify the copy, and
+/// compare their heads.
+#[cfg(feature = "postgres")]
+fn migrate(
+    source: &Path,
+    target: &PgTarget<'_>,
+    app_role: Option<&str>,
+    signers: &Signers<'_>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use anchorlog_core::verify::{VerifyError, WalkOptions};
+    let started = std::time::Instant::now();
+    let (keys, keyring) = signers.read()?;
+    let invalid = |what: &str, e: VerifyError| -> anyhow::Result<ExitCode> {
+        match e {
+            VerifyError::Invalid(failure) => {
+                let (kind, at) = failure.location();
+                Ok(report_invalid(json, &format!("{what}: {failure}"), kind, at))
+            }
+            other => Err(anyhow::anyhow!("{what}: {other}")),
+        }
+    };
+    let conn = anchorlog::store::open_reader(source)?;
+    let opts = || WalkOptions { keyring, ..WalkOptions::default() };
+    let source_report = match anchorlog::verify::verify_database_with(&conn, &keys, opts()) {
+        Ok(r) => r,
+        Err(e) => return invalid("the source does not verify; nothing was copied", e),
+    };
+    let connect = target.connect()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let copied = rt.block_on(anchorlog::store::pg::copy::copy_sqlite_log(&conn, &connect, app_role))?;
+    drop(rt);
+    let copy_report = match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts()) {
+        Ok(r) => r,
+        Err(e) => return invalid("the copy does not verify (it is committed: drop the database)", e),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let copy_heads = rt.block_on(async {
+        let client = anchorlog::store::pg::connect(&connect).await?;
+        anchorlog::store::pg::read::heads_from(&client, 0).await
+    })?;
+    if copy_heads != anchorlog::store::all_heads(&conn)? {
+        anyhow::bail!("the copy's heads differ from the source's (it is committed: drop the database)");
+    }
+    let rows: serde_json::Map<String, serde_json::Value> =
+        copied.iter().map(|(table, n)| (table.to_string(), serde_json::json!(n))).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "copied": rows, "events": copy_report.events, "heads": copy_report.heads,
+                "erased": copy_report.erased, "last_checkpoint": copy_report.last_checkpoint,
+                "source_heads": source_report.heads, "seconds": seconds})
+        );
+    } else {
+        println!(
+            "OK: copied {} events and {} heads in {seconds:.1} s; the copy verifies and its heads equal the source's",
+            copy_report.events, copy_report.heads
+        );
+        for (table, n) in &copied {
+            println!("  {table}: {n} rows");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `verify --db postgres://…`: the walk over a PostgreSQL log (events, heads, erasures, the stored tree). Tokens,
@@ -910,7 +1041,6 @@ fn verify_postgres(
     json: bool,
     checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
-    use anchorlog::store::pg::{PgConnect, PgTls};
     if checks.tsa.tsa_ca.is_some() || !checks.witnesses.witnesses.is_empty() || checks.counter.is_some() {
         anyhow::bail!(
             "a PostgreSQL log is verified for its events, heads, erasures and stored tree; its time-stamp tokens, \
@@ -920,19 +1050,7 @@ fn verify_postgres(
     }
     let (keys, keyring) = signers.read()?;
     let (origin, origin_from) = pinned_origin(origin, &keys);
-    let mut connect = PgConnect::plain(target.url);
-    if let Some(file) = target.password_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        connect.password = Some(text.trim_end_matches(['\r', '\n']).to_string());
-    }
-    if let Some(ca) = target.ca {
-        use rustls_pki_types::pem::PemObject as _;
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        let roots = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow::anyhow!("{}: not PEM certificates: {e}", ca.display()))?;
-        connect.tls = PgTls::Require { roots };
-    }
+    let connect = target.connect()?;
     let opts =
         anchorlog_core::verify::WalkOptions { origin: origin.as_deref(), keyring, ..Default::default() };
     match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts) {

@@ -9,10 +9,12 @@
 //! - [`writer`]: the [`PgWriter`]: group append in one transaction with the appender's savepoint semantics, heads,
 //!   time-stamp tokens;
 //! - [`read`]: the reads the actors and the tests need, on any session;
-//! - [`tree`]: the stored Merkle tree: subtrees, frontier, roots and RFC 9162 proofs.
+//! - [`tree`]: the stored Merkle tree: subtrees, frontier, roots and RFC 9162 proofs;
+//! - [`copy`]: `anchorlog migrate`'s copy of a SQLite log into an empty PostgreSQL log.
 //!
 //! Every statement is parameterised; the only SQL built from text is fixed DDL (no input in it).
 
+pub mod copy;
 pub mod lease;
 pub mod read;
 pub mod schema;
