@@ -288,7 +288,7 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
         o.text
     );
 
-    // Two edited bodies far apart, in different chunks of the checking workers (a chunk is 1 MiB, ~2,000
+    // Two edited bodies far apart, in different blocks of the checking workers (a block is 4 MiB, ~8,000
     // events here), the later one checked by a worker that may well answer first: the earlier seq is named,
     // as the one-worker verifier names it. And the same on the one worker (`?checkers=0`).
     let twice = work.join("bundle-edited-twice.tar");
@@ -350,6 +350,8 @@ fn bundle_rate_by_checking_workers() {
             let rate =
                 b.script("return document.getElementById('result').dataset.eventsPerSecond;", json!([]));
             got.push(rate.as_str().and_then(|r| r.parse().ok()).unwrap_or(0));
+            let timing = b.script("return document.getElementById('result').dataset.timing;", json!([]));
+            println!("console bench: {k}: {rate} {timing}");
         }
     }
     for (k, got) in rates {

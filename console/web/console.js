@@ -164,6 +164,7 @@ function showResult(target, kind, name, result) {
       const rate = Math.round(result.report.report.events / (result.elapsed_ms / 1000));
       target.append(el("p", { id: "rate" }, `${plural(result.report.report.events, "event")} in ${(result.elapsed_ms / 1000).toFixed(2)} s (${rate.toLocaleString("en")} events/s).`));
       target.dataset.eventsPerSecond = String(rate);
+      if (result.timing) target.dataset.timing = JSON.stringify(result.timing);
     }
   } else if (result.input_error) {
     target.append(el("h3", {}, "Could not verify"));

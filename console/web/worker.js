@@ -12,11 +12,13 @@
 /* global wasm_bindgen, FileReaderSync */
 "use strict";
 
-/** Bytes of entries.jsonl per chunk: ~2,000 events, a few milliseconds of checking; a few chunks per worker
- * in flight keep every worker busy while memory stays a few megabytes. */
-const CHUNK = 1 << 20;
-/** Chunks read but not yet folded, per checking worker. */
-const AHEAD_PER_CHECKER = 3;
+/** Bytes of entries.jsonl per block a checking worker reads and checks: ~8,000 events. In Chromium each read of
+ * a File costs a trip to the browser process: 1 MiB reads took twice the time of 4 MiB ones in all
+ * (docs/PERFORMANCE.md), and larger blocks balance worse over the workers. */
+const CHUNK = 4 << 20;
+/** Blocks handed out but not yet folded, per checking worker: one being checked, one waiting, so a worker
+ * never idles while memory stays a few blocks. */
+const AHEAD_PER_CHECKER = 2;
 
 /** The checking workers (empty in a checking worker, or where a worker cannot start workers). */
 const pool = [];
@@ -49,31 +51,26 @@ function startPool(source, wasm, count) {
   }
 }
 
-/** Reads the file's bytes `from..to` (async: the coordinator must stay free to take answers meanwhile). */
-async function readSlice(file, from, to) {
-  const buf = await file.slice(from, to).arrayBuffer();
-  if (buf.byteLength !== to - from) throw new Error("the file changed while it was read");
-  return buf;
-}
-
 /**
- * Walks entries.jsonl: reads it in chunks cut at line ends, hands them round-robin to the checking workers and
- * folds their answers into `session` in chunk order. Resolves once everything is folded or the walk failed
- * (the session then holds the verdict); rejects when a worker or the file failed.
+ * Walks entries.jsonl (the file's bytes `session.entries_offset()` on): hands its blocks of CHUNK bytes
+ * round-robin to the checking workers, which read them themselves (in parallel: reading is a good part of the
+ * work) and check the lines that start in them, and folds their answers into `session` in block order. Resolves
+ * once everything is folded or the walk failed (the session then holds the verdict); rejects when a worker or
+ * the file failed.
  */
 function walkEntries(session, file, id) {
   return new Promise((resolve, reject) => {
     const job = ++jobs;
     const begin = session.entries_offset();
     const end = begin + session.entries_size();
+    const blocks = Math.ceil((end - begin) / CHUNK);
     const firstSeq = session.next_seq();
     const ahead = pool.length * AHEAD_PER_CHECKER;
-    const answers = new Map(); // chunk index → the checker's answer, until its turn to be folded
-    const chunkEnds = []; // chunk index → file offset after it (the progress bar)
-    let pos = begin; // next byte to read
+    const answers = new Map(); // block index → the checker's answer, until its turn to be folded
+    const timing = { fold_ms: 0, check_ms: 0, read_ms: 0 };
+    session.timing = timing;
     let sent = 0;
     let folded = 0;
-    let reading = false;
     let over = false;
 
     const stop = (error) => {
@@ -84,60 +81,33 @@ function walkEntries(session, file, id) {
       else resolve();
     };
 
+    const send = () => {
+      while (!over && sent < blocks && sent - folded < ahead) {
+        const index = sent++;
+        const from = begin + index * CHUNK;
+        const to = Math.min(end, from + CHUNK);
+        pool[index % pool.length].postMessage({ type: "check", job, index, file, begin, end, from, to });
+      }
+    };
+
     const fold = () => {
       while (!over && answers.has(folded)) {
         const out = answers.get(folded);
         answers.delete(folded);
+        const t = performance.now();
         const goOn = session.fold(out);
+        timing.fold_ms += performance.now() - t;
         folded++;
         if (!goOn) return stop();
         self.postMessage({
           type: "progress",
           id,
           events: session.next_seq() - firstSeq,
-          bytes: chunkEnds[folded - 1],
+          bytes: Math.min(end, begin + folded * CHUNK),
           size: file.size,
         });
       }
-      if (!over && pos >= end && folded === sent) stop();
-    };
-
-    const pump = async () => {
-      if (reading || over) return;
-      reading = true;
-      try {
-        while (!over && pos < end && sent - folded < ahead) {
-          // Whole lines: up to the last newline, or the rest of the member; a line longer than the chunk
-          // doubles the read until it ends.
-          let size = CHUNK;
-          let buf;
-          let len;
-          for (;;) {
-            const to = Math.min(end, pos + size);
-            buf = await readSlice(file, pos, to);
-            if (to === end) {
-              len = buf.byteLength;
-              break;
-            }
-            const nl = new Uint8Array(buf).lastIndexOf(10);
-            if (nl >= 0) {
-              len = nl + 1;
-              break;
-            }
-            size *= 2;
-          }
-          if (over) return;
-          const index = sent++;
-          pos += len;
-          chunkEnds[index] = pos;
-          pool[index % pool.length].postMessage({ type: "check", job, index, buf, len }, [buf]);
-        }
-      } catch (e) {
-        stop(e);
-      } finally {
-        reading = false;
-      }
-      fold();
+      if (!over && folded === blocks) stop();
     };
 
     pending = {
@@ -145,13 +115,52 @@ function walkEntries(session, file, id) {
       onAnswer: (m) => {
         if (over) return;
         if (m.error) return stop(new Error(m.error));
+        timing.check_ms += m.check_ms;
+        timing.read_ms += m.read_ms;
         answers.set(m.index, new Uint8Array(m.out));
         fold();
-        pump();
+        send();
       },
     };
-    pump();
+    send();
+    fold(); // an empty entries.jsonl has no block
   });
+}
+
+/**
+ * A checking worker's read: the lines of entries.jsonl (the file's bytes `begin..end`) that start in its block
+ * `from..to`, whole. A line belongs to the block it starts in: the line cut by `from` is the previous block's,
+ * and the last line starting before `to` is read to its end, past `to`. Every `\n`-terminated piece is a line
+ * (an empty one too: it fails at its seq), and so is a last piece without one, as for the native reader.
+ */
+function linesOfBlock(file, begin, end, from, to) {
+  const reader = new FileReaderSync();
+  // One byte before the block: whether the block starts a line.
+  const base = from > begin ? from - 1 : from;
+  let stop = Math.min(end, to + 4096);
+  let bytes = new Uint8Array(reader.readAsArrayBuffer(file.slice(base, stop)));
+  if (bytes.length !== stop - base) throw new Error("the file changed while it was read");
+  let first = 0;
+  if (from > begin) {
+    const nl = bytes.indexOf(10);
+    if (nl < 0 || base + nl + 1 >= to) return bytes.subarray(0, 0);
+    first = nl + 1;
+  }
+  // The end of the last line that starts before `to`: the first newline at `to − 1` or after.
+  for (;;) {
+    const nl = bytes.indexOf(10, Math.max(first, to - 1 - base));
+    if (nl >= 0) return bytes.subarray(first, nl + 1);
+    if (stop === end) return bytes.subarray(first);
+    // A line longer than what was read: read on, twice as far each time.
+    const more = Math.min(end, stop + Math.max(4096, stop - base));
+    const next = new Uint8Array(more - base);
+    next.set(bytes);
+    const tail = new Uint8Array(reader.readAsArrayBuffer(file.slice(stop, more)));
+    if (tail.length !== more - stop) throw new Error("the file changed while it was read");
+    next.set(tail, bytes.length);
+    bytes = next;
+    stop = more;
+  }
 }
 
 /** The bundle on this worker alone: the whole core verifier, reading the file synchronously. */
@@ -178,8 +187,11 @@ async function verifyBundle(m) {
         // entries.jsonl is not a plain tar member: only the tar reader reads it.
         out = verifyBundleHere(file, read, m);
       } else {
+        const walkStart = performance.now();
         if (session.walking()) await walkEntries(session, file, m.id);
+        const walked = performance.now();
         out = JSON.parse(session.finish());
+        out.timing = { ...session.timing, first_pass_ms: walkStart - started, walk_ms: walked - walkStart, finish_ms: performance.now() - walked };
       }
     } finally {
       session.free();
@@ -208,15 +220,19 @@ self.onmessage = async (event) => {
         wasm_bindgen.initSync({ module: m.wasm });
         return;
       case "check": {
-        // A checking worker: the chunk's own checks, answered with the chunk's index and the coordinator's job.
-        let out;
+        // A checking worker: the own checks of the lines of its block, answered with the block's index and
+        // the coordinator's job.
         try {
-          out = wasm_bindgen.check_entries(new Uint8Array(m.buf, 0, m.len));
+          const t0 = performance.now();
+          const lines = linesOfBlock(m.file, m.begin, m.end, m.from, m.to);
+          const t1 = performance.now();
+          const out = wasm_bindgen.check_entries(lines);
+          const t2 = performance.now();
+          const answer = { job: m.job, index: m.index, out: out.buffer, read_ms: t1 - t0, check_ms: t2 - t1 };
+          self.postMessage(answer, [out.buffer]);
         } catch (e) {
           self.postMessage({ job: m.job, index: m.index, error: `a checking worker stopped: ${message(e)}` });
-          return;
         }
-        self.postMessage({ job: m.job, index: m.index, out: out.buffer }, [out.buffer]);
         return;
       }
       case "receipt":
