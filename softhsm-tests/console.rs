@@ -308,6 +308,7 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
         std::fs::create_dir_all(&keep).unwrap();
         std::fs::copy(&bundle, keep.join("bundle.tar")).unwrap();
         std::fs::copy(&key, keep.join("key.pem")).unwrap();
+        std::fs::copy(tsa.ca_pem(), keep.join("tsa-ca.pem")).unwrap();
     }
 
     // The bundle against the wrong key: the page names the first head.
@@ -325,13 +326,15 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
 /// The page's bundle rate by number of checking workers, on a bundle kept by the offline test
 /// (`ANCHORLOG_CONSOLE_KEEP_BUNDLE=DIR`): `ANCHORLOG_CONSOLE_BENCH=DIR` runs it (else it passes at once);
 /// `ANCHORLOG_CONSOLE_BENCH_CHECKERS` (default `0,1,2,3,4`) and `ANCHORLOG_CONSOLE_BENCH_RUNS` (default 3) say
-/// what. The runs alternate between the worker counts, so that load from elsewhere spreads over all of them.
+/// what; `ANCHORLOG_CONSOLE_BENCH_TOKENS=1` checks the bundle's RFC 3161 tokens too. The runs alternate between the worker counts, so that load from elsewhere spreads over all of them.
 #[test]
 fn bundle_rate_by_checking_workers() {
     let Some(dir) = std::env::var_os("ANCHORLOG_CONSOLE_BENCH").map(PathBuf::from) else { return };
     let checkers = std::env::var("ANCHORLOG_CONSOLE_BENCH_CHECKERS").unwrap_or_else(|_| "0,1,2,3,4".into());
     let runs: usize =
         std::env::var("ANCHORLOG_CONSOLE_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let tsa_ca = dir.join("tsa-ca.pem");
+    let tokens = std::env::var_os("ANCHORLOG_CONSOLE_BENCH_TOKENS").is_some().then_some(tsa_ca.as_path());
     let home = tempfile::tempdir().unwrap();
     let b = Browser::start(home.path(), &[]);
     let mut rates: Vec<(String, Vec<u64>)> =
@@ -343,7 +346,7 @@ fn bundle_rate_by_checking_workers() {
                 &format!("?checkers={k}"),
                 &dir.join("bundle.tar"),
                 &dir.join("key.pem"),
-                None,
+                tokens,
                 Duration::from_secs(240),
             );
             assert_eq!(o.outcome, "ok", "{}", o.text);

@@ -154,6 +154,12 @@ impl BundleSession {
         self.session.as_mut().is_some_and(|s| s.fold(checked))
     }
 
+    /// Checks the next head token ahead (with a TSA CA in the options), while the checking workers work: the
+    /// verdict is the same, [`Self::finish`] then has less to do. `false` when none is left.
+    pub fn precheck_token(&mut self) -> bool {
+        self.session.as_mut().is_some_and(workers::Session::precheck_token)
+    }
+
     /// The verdict, as [`verify_bundle`]'s JSON text (after the last chunk, or after a failure).
     pub fn finish(&mut self) -> String {
         match self.session.take() {

@@ -128,6 +128,18 @@ impl Session {
         }
     }
 
+    /// Checks the next head token ahead, when the auditor gave a TSA CA ([`BundleCheck::precheck_token`]):
+    /// the coordinator does it while it waits for the checking workers. `false` when none is left.
+    pub fn precheck_token(&mut self) -> bool {
+        match self {
+            Session::Walking { check, trust } => match &trust.timestamps {
+                Some(policy) => check.precheck_token(policy),
+                None => false,
+            },
+            Session::Done(_) => false,
+        }
+    }
+
     /// The verdict: the first failure found, or after the last chunk the checks that follow the walk.
     pub fn finish(self) -> Value {
         match self {

@@ -73,9 +73,17 @@ function walkEntries(session, file, id) {
     let folded = 0;
     let over = false;
 
+    // Between answers the coordinator would idle: it checks the head tokens meanwhile (signatures and chains,
+    // which need nothing from the walk), one per task so that answers are folded as they come.
+    const idle = new MessageChannel();
+    idle.port1.onmessage = () => {
+      if (!over && session.precheck_token()) idle.port2.postMessage(0);
+    };
+
     const stop = (error) => {
       if (over) return;
       over = true;
+      idle.port1.close();
       pending = null;
       if (error) reject(error);
       else resolve();
@@ -123,6 +131,7 @@ function walkEntries(session, file, id) {
       },
     };
     send();
+    idle.port2.postMessage(0);
     fold(); // an empty entries.jsonl has no block
   });
 }

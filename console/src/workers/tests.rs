@@ -10,11 +10,18 @@ const BUNDLES: [&[u8]; 2] = [
     include_bytes!("../../../core/tests/vectors/bundle-h3.tar"),
 ];
 
+const TSA_CA: &str = include_str!("../../../core/tests/vectors/tsa-ca.pem");
+
 /// The bundle verified the split way: first pass, entries cut into chunks of about `chunk` bytes at line ends,
-/// each checked on its own, folded in order.
+/// each checked on its own, folded in order; with `precheck`, the tokens checked ahead first.
 fn split(tar: &[u8], options: &str, chunk: usize) -> Value {
+    split_with(tar, options, chunk, false)
+}
+
+fn split_with(tar: &[u8], options: &str, chunk: usize, precheck: bool) -> Value {
     let mut open = || Ok(std::io::Cursor::new(tar));
     let mut session = Session::start(&mut open, KEY, options);
+    while precheck && session.precheck_token() {}
     let Some(e) = session.entries() else { return session.finish() };
     let entries = &tar[e.offset as usize..(e.offset + e.size) as usize];
     let mut at = 0;
@@ -45,6 +52,16 @@ fn the_split_verdict_is_the_one_worker_verdict() {
             }
         }
         assert_eq!(whole(tar, "{}")["ok"], true);
+        // Tokens checked ahead or at the end: the same verdict (and a token that does not verify, under a CA
+        // that did not issue it, fails the same way).
+        for ca in [TSA_CA, KEY] {
+            let options = serde_json::json!({ "tsa_ca_pem": ca, "require_timestamps": true }).to_string();
+            let want = whole(tar, &options);
+            assert_eq!(want["ok"], ca == TSA_CA, "{want}");
+            for precheck in [false, true] {
+                assert_eq!(split_with(tar, &options, 64, precheck), want, "precheck {precheck}");
+            }
+        }
         // A flipped byte in the entry, and a line cut short: the same failure, at the same seq.
         let mut flipped = tar.to_vec();
         let at = flipped.windows(9).position(|w| w == b"\"entry\":\"").expect("an entries.jsonl line") + 20;

@@ -12,7 +12,9 @@ use crate::merkle::Frontier;
 use crate::stored::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
-use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
+use crate::verify::timestamps::{
+    check_token, verify_head_tokens_with, HeadToken, Prechecked, TimestampPolicy, TimestampReport,
+};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
     self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions, Walker,
@@ -198,6 +200,9 @@ struct AfterWalk {
     walked_heads: u64,
     last_head: Option<StoredHead>,
     entries: Option<EntriesMember>,
+    /// Token checks done ahead ([`BundleCheck::precheck_token`]), and the next height to do.
+    prechecked: Prechecked,
+    precheck_next: u64,
 }
 
 impl BundleCheck {
@@ -318,6 +323,8 @@ impl BundleCheck {
             walked_heads,
             last_head,
             entries: entries_member,
+            prechecked: Prechecked::new(),
+            precheck_next: 0,
         };
         Ok(BundleCheck { walker, rest })
     }
@@ -342,6 +349,28 @@ impl BundleCheck {
     /// [`BundleCheck::push`] of one event.
     pub fn push_one(&mut self, item: Decoded) -> Result<(), Failure> {
         self.walker.push_one(item)
+    }
+
+    /// Checks the next head token ahead, under `tsa` (the policy [`BundleCheck::finish`] will be given): its
+    /// signature, certificate chain and imprint, which need nothing from the walk, so that a caller with idle
+    /// time during the walk (the browser console's coordinator) spends it there. `false` when no token is left.
+    /// [`BundleCheck::finish`] uses the results in height order, as if it checked them then.
+    pub fn precheck_token(&mut self, tsa: &TimestampPolicy) -> bool {
+        let rest = &mut self.rest;
+        let first_height = rest.manifest.anchor.as_ref().map_or(rest.manifest.from_height, |a| a.height);
+        for height in rest.precheck_next.max(first_height)..=rest.manifest.to_height {
+            rest.precheck_next = height + 1;
+            let Some(files) = rest.heads.get(&height) else { continue };
+            let (Some(text), Some(response)) = (files.text.as_deref(), files.tsr.as_deref()) else {
+                continue;
+            };
+            // A malformed head is left to `finish`, which names it.
+            let Ok(cp) = Checkpoint::parse(text) else { continue };
+            let checked = check_token(text, cp.time_ms, response, &tsa.anchors, tsa.max_skew);
+            rest.prechecked.insert(height, checked);
+            return true;
+        }
+        false
     }
 
     /// After the last event: the walk's end, the erasure records' proofs, the range, and with `tsa` the tokens,
@@ -373,6 +402,8 @@ impl AfterWalk {
             walked_heads,
             last_head,
             entries: _,
+            mut prechecked,
+            precheck_next: _,
         } = self;
         if let Some(last) = &last_head {
             let anchor = AnchorHead {
@@ -407,6 +438,7 @@ impl AfterWalk {
                 manifest.to_height,
                 policy,
                 &report.timestamping_outages,
+                &mut prechecked,
             )?),
             None => None,
         };
@@ -465,6 +497,7 @@ fn check_tokens(
     to: u64,
     policy: &TimestampPolicy,
     outages: &[verify::OutageWindow],
+    prechecked: &mut Prechecked,
 ) -> Result<TimestampReport, VerifyError> {
     let mut items = Vec::new();
     for height in from..=to {
@@ -481,7 +514,7 @@ fn check_tokens(
             response: files.and_then(|f| f.tsr.as_deref()),
         });
     }
-    Ok(verify_head_tokens(items, policy, outages)?)
+    Ok(verify_head_tokens_with(items, policy, outages, prechecked)?)
 }
 
 /// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's; the
