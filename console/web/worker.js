@@ -77,7 +77,11 @@ function walkEntries(session, file, id) {
     // which need nothing from the walk), one per task so that answers are folded as they come.
     const idle = new MessageChannel();
     idle.port1.onmessage = () => {
-      if (!over && session.precheck_token()) idle.port2.postMessage(0);
+      try {
+        if (!over && session.precheck_token()) idle.port2.postMessage(0);
+      } catch (e) {
+        stop(e);
+      }
     };
 
     const stop = (error) => {
@@ -126,8 +130,13 @@ function walkEntries(session, file, id) {
         timing.check_ms += m.check_ms;
         timing.read_ms += m.read_ms;
         answers.set(m.index, new Uint8Array(m.out));
-        fold();
-        send();
+        // A message handler's exception would leave the page waiting forever: it ends the walk instead.
+        try {
+          fold();
+          send();
+        } catch (e) {
+          stop(e);
+        }
       },
     };
     send();
