@@ -34,8 +34,13 @@ function message(e) {
   return e && e.message ? e.message : String(e);
 }
 
-/** Starts `count` checking workers from this script's source, each with its own instance of the module. */
-function startPool(source, wasm, count) {
+/**
+ * Starts `count` checking workers from this script's source, each with its own instance of `module` (compiled
+ * once: the workers share its code, and its optimisation of hot functions; a worker compiling its own copy
+ * would start on baseline code, per worker, each time the page is opened), or of `bytes` where a compiled
+ * module cannot be posted.
+ */
+function startPool(source, module, bytes, count) {
   if (typeof Worker === "undefined" || !source) return;
   const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
   for (let i = 0; i < count; i++) {
@@ -46,7 +51,11 @@ function startPool(source, wasm, count) {
     w.onerror = (event) => {
       if (pending) pending.onAnswer({ job: pending.job, error: event.message || "a checking worker failed" });
     };
-    w.postMessage({ type: "init-checker", wasm });
+    try {
+      w.postMessage({ type: "init-checker", wasm: module });
+    } catch (e) {
+      w.postMessage({ type: "init-checker", wasm: bytes });
+    }
     pool.push(w);
   }
 }
@@ -224,9 +233,10 @@ self.onmessage = async (event) => {
   try {
     switch (m.type) {
       case "init": {
-        wasm_bindgen.initSync({ module: m.wasm });
+        const module = new WebAssembly.Module(m.wasm);
+        wasm_bindgen.initSync({ module });
         try {
-          startPool(m.source, m.wasm, m.checkers);
+          startPool(m.source, module, m.wasm, m.checkers);
         } catch (e) {
           // No workers from a worker here: the bundle is verified on this one (slower, same verdict).
           pool.length = 0;
