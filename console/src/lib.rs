@@ -1,7 +1,7 @@
 //! The auditor's console's verifier: anchorlog-core's receipt, bundle and head verification, exported to
 //! JavaScript with wasm-bindgen.
 //!
-//! The page (console/web) runs these functions in a Web Worker. Each takes the evidence, the auditor's
+//! The page (console/web) runs these functions in a Web Worker (a bundle's events in several: [`workers`]). Each takes the evidence, the auditor's
 //! trusted key(s) as PEM text and an options object as JSON, and answers one JSON text, the [`verdict`]:
 //!
 //! - `{"ok": true, "report": {…}}`: the core's report (what was checked, for the page to list);

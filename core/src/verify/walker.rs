@@ -59,7 +59,8 @@ impl Walker {
     }
 
     /// Folds in the next events, in seq order. The first failure ends the walk: the caller stops pushing and
-    /// reports it (it is the earliest bad record, as everything before it was folded).
+    /// reports it (it is the earliest bad record, as everything before it was folded); the walker is not
+    /// used after it (the failing event may be half folded).
     pub fn push(&mut self, batch: Vec<Decoded>) -> Result<(), Failure> {
         batch.into_iter().try_for_each(|item| self.push_one(item))
     }
