@@ -10,7 +10,7 @@
 //!
 //! - `0x00`, seq (u64 LE), leaf hash (32 bytes), `received_at_ns` (u64 LE): an event whose own checks passed
 //!   and that is nothing but an event (not erased, not one of the appliance's own records): the common line;
-//! - `0x01`, length (u32 LE), the line's bytes: any other line (a failure, an erased payload, a record of the
+//! - `0x01`, length (u64 LE), the line's bytes: any other line (a failure, an erased payload, a record of the
 //!   appliance, a line that cannot be decoded). The coordinator checks it again itself
 //!   ([`anchorlog_core::bundle::check_line`]) at the seq it knows, so a failure names exactly what the
 //!   one-worker verifier names, and nothing but plain data crosses between workers.
@@ -58,8 +58,8 @@ pub fn check_chunk(chunk: &[u8]) -> Vec<u8> {
             other => {
                 let failed = !matches!(&other, Ok(ev) if ev.check.is_ok());
                 out.push(RAW);
-                // A line is at most the chunk, and the page's chunks are far below 4 GiB.
-                out.extend_from_slice(&(line.len() as u32).to_le_bytes());
+                // A u64: no line length can wrap (a wrapped one would let a line's own bytes pass for records).
+                out.extend_from_slice(&(line.len() as u64).to_le_bytes());
                 out.extend_from_slice(line);
                 if failed {
                     break;
@@ -183,10 +183,11 @@ fn fold_into(check: &mut BundleCheck, checked: &[u8]) -> Result<(), Value> {
                 })
             }
             RAW => {
-                let len = after.get(..4).ok_or_else(garbled)?;
-                let len = u32::from_le_bytes(len.try_into().map_err(|_| garbled())?) as usize;
-                let line = after.get(4..4 + len).ok_or_else(garbled)?;
-                rest = &after[4 + len..];
+                let len = after.get(..8).ok_or_else(garbled)?;
+                let len = u64::from_le_bytes(len.try_into().map_err(|_| garbled())?);
+                let end = usize::try_from(len).ok().and_then(|n| n.checked_add(8)).ok_or_else(garbled)?;
+                let line = after.get(8..end).ok_or_else(garbled)?;
+                rest = &after[end..];
                 // Checked again here, at the seq the walk expects: the failure (or record) is the one-worker
                 // verifier's, word for word.
                 check_line(line, check.next_seq())

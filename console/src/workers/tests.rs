@@ -86,19 +86,24 @@ fn records_and_failures_go_back_whole_and_a_failure_ends_the_chunk() {
     };
     let entries = &BUNDLES[0][e.offset as usize..(e.offset + e.size) as usize];
     // Its one event is the appliance's start record: the coordinator reads it again itself.
-    assert_eq!(check_chunk(entries), [&[RAW][..], &(entries.len() as u32).to_le_bytes(), entries].concat());
+    assert_eq!(check_chunk(entries), [&[RAW][..], &(entries.len() as u64).to_le_bytes(), entries].concat());
     let garbage = b"not json\n{\"seq\":1}\n";
     let out = check_chunk(garbage);
     // The first line fails: it goes back raw, and nothing after it is checked.
     assert_eq!(out[0], RAW);
-    assert_eq!(&out[5..], b"not json\n");
+    assert_eq!(&out[9..], b"not json\n");
 }
 
 #[test]
 fn a_garbled_answer_is_an_input_error_not_a_panic() {
     let mut open = || Ok(std::io::Cursor::new(BUNDLES[0]));
     let mut session = Session::start(&mut open, KEY, "{}");
-    for answer in [&[7u8][..], &[PLAIN, 1, 2], &[RAW, 9, 0, 0, 0, b'x']] {
+    for answer in [
+        &[7u8][..],
+        &[PLAIN, 1, 2],
+        &[RAW, 9, 0, 0, 0, 0, 0, 0, 0, b'x'],
+        &[RAW, 255, 255, 255, 255, 255, 255, 255, 255],
+    ] {
         let mut s = Session::start(&mut || Ok(std::io::Cursor::new(BUNDLES[0])), KEY, "{}");
         assert!(!s.fold(answer));
         assert!(s.finish()["input_error"].as_str().unwrap_or_default().contains("garbled"));
