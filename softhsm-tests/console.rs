@@ -94,9 +94,9 @@ async fn wait_for_timestamped_head(a: &Appliance, events: u64) -> Value {
     }
 }
 
-/// The page opened from disk, verifier ready.
-fn open_offline(b: &Browser) {
-    b.goto(&format!("file://{}/index.html", console_dir().display()));
+/// The page opened from disk with `query` (e.g. `?checkers=2`, or none), verifier ready.
+fn open_offline_at(b: &Browser, query: &str) {
+    b.goto(&format!("file://{}/index.html{query}", console_dir().display()));
     b.wait_for("document.body.dataset.engine === 'ready'", Duration::from_secs(30));
 }
 
@@ -116,7 +116,19 @@ fn verify_offline(
     tsa_ca: Option<&Path>,
     within: Duration,
 ) -> Outcome {
-    open_offline(b);
+    verify_offline_at(b, "", evidence, key, tsa_ca, within)
+}
+
+/// [`verify_offline`] on the page opened with `query`.
+fn verify_offline_at(
+    b: &Browser,
+    query: &str,
+    evidence: &Path,
+    key: &Path,
+    tsa_ca: Option<&Path>,
+    within: Duration,
+) -> Outcome {
+    open_offline_at(b, query);
     b.send_keys("#evidence", evidence.to_str().unwrap());
     b.send_keys("#key-file", key.to_str().unwrap());
     if let Some(ca) = tsa_ca {
@@ -148,12 +160,19 @@ fn flip_a_bit_of_the_entry(receipt: &Value) -> Value {
 
 /// Edits one event's body in the bundle in place (one base64 character of event `seq`), keeping every size.
 fn edit_a_body(bundle: &Path, seq: u64, out: &Path) {
+    edit_bodies(bundle, &[seq], out);
+}
+
+/// [`edit_a_body`] of each of `seqs`.
+fn edit_bodies(bundle: &Path, seqs: &[u64], out: &Path) {
     let mut bytes = std::fs::read(bundle).expect("bundle");
-    let marker = format!("\"seq\":{seq},");
-    let line = find(&bytes, marker.as_bytes(), 0).expect("the event is in the bundle");
-    let body = find(&bytes, b"\"body\":\"", line).expect("it has a body") + b"\"body\":\"".len();
-    // The first base64 character of the body ('e' of eyJ… for a JSON object): another base64 character.
-    bytes[body + 4] = if bytes[body + 4] == b'A' { b'B' } else { b'A' };
+    for seq in seqs {
+        let marker = format!("\"seq\":{seq},");
+        let line = find(&bytes, marker.as_bytes(), 0).expect("the event is in the bundle");
+        let body = find(&bytes, b"\"body\":\"", line).expect("it has a body") + b"\"body\":\"".len();
+        // The first base64 character of the body ('e' of eyJ… for a JSON object): another base64 character.
+        bytes[body + 4] = if bytes[body + 4] == b'A' { b'B' } else { b'A' };
+    }
     std::fs::write(out, bytes).expect("edited bundle");
 }
 
@@ -269,6 +288,29 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
         o.text
     );
 
+    // Two edited bodies far apart, in different blocks of the checking workers (a block is 4 MiB, ~8,000
+    // events here), the later one checked by a worker that may well answer first: the earlier seq is named,
+    // as the one-worker verifier names it. And the same on the one worker (`?checkers=0`).
+    let twice = work.join("bundle-edited-twice.tar");
+    edit_bodies(&bundle, &[30_303, 3_333], &twice);
+    for query in ["", "?checkers=0", "?checkers=5"] {
+        let o = verify_offline_at(&b, query, &twice, &key, None, Duration::from_secs(240));
+        assert_eq!(
+            (o.outcome.as_str(), o.kind.as_str(), o.at.as_str()),
+            ("invalid", "seq", "3333"),
+            "{query}: {}",
+            o.text
+        );
+    }
+
+    // For measuring (docs/PERFORMANCE.md): keep the bundle and its key.
+    if let Some(keep) = std::env::var_os("ANCHORLOG_CONSOLE_KEEP_BUNDLE").map(PathBuf::from) {
+        std::fs::create_dir_all(&keep).unwrap();
+        std::fs::copy(&bundle, keep.join("bundle.tar")).unwrap();
+        std::fs::copy(&key, keep.join("key.pem")).unwrap();
+        std::fs::copy(tsa.ca_pem(), keep.join("tsa-ca.pem")).unwrap();
+    }
+
     // The bundle against the wrong key: the page names the first head.
     let o = verify_offline(&b, &bundle, &other, None, Duration::from_secs(240));
     b.screenshot("offline-bundle-wrong-key");
@@ -279,6 +321,45 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
         o.text
     );
     drop(b);
+}
+
+/// The page's bundle rate by number of checking workers, on a bundle kept by the offline test
+/// (`ANCHORLOG_CONSOLE_KEEP_BUNDLE=DIR`): `ANCHORLOG_CONSOLE_BENCH=DIR` runs it (else it passes at once);
+/// `ANCHORLOG_CONSOLE_BENCH_CHECKERS` (default `0,1,2,3,4`) and `ANCHORLOG_CONSOLE_BENCH_RUNS` (default 3) say
+/// what; `ANCHORLOG_CONSOLE_BENCH_TOKENS=1` checks the bundle's RFC 3161 tokens too. The runs alternate between the worker counts, so that load from elsewhere spreads over all of them.
+#[test]
+fn bundle_rate_by_checking_workers() {
+    let Some(dir) = std::env::var_os("ANCHORLOG_CONSOLE_BENCH").map(PathBuf::from) else { return };
+    let checkers = std::env::var("ANCHORLOG_CONSOLE_BENCH_CHECKERS").unwrap_or_else(|_| "0,1,2,3,4".into());
+    let runs: usize =
+        std::env::var("ANCHORLOG_CONSOLE_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let tsa_ca = dir.join("tsa-ca.pem");
+    let tokens = std::env::var_os("ANCHORLOG_CONSOLE_BENCH_TOKENS").is_some().then_some(tsa_ca.as_path());
+    let home = tempfile::tempdir().unwrap();
+    let b = Browser::start(home.path(), &[]);
+    let mut rates: Vec<(String, Vec<u64>)> =
+        checkers.split(',').map(|k| (k.to_string(), Vec::new())).collect();
+    for _ in 0..runs {
+        for (k, got) in &mut rates {
+            let o = verify_offline_at(
+                &b,
+                &format!("?checkers={k}"),
+                &dir.join("bundle.tar"),
+                &dir.join("key.pem"),
+                tokens,
+                Duration::from_secs(240),
+            );
+            assert_eq!(o.outcome, "ok", "{}", o.text);
+            let rate =
+                b.script("return document.getElementById('result').dataset.eventsPerSecond;", json!([]));
+            got.push(rate.as_str().and_then(|r| r.parse().ok()).unwrap_or(0));
+            let timing = b.script("return document.getElementById('result').dataset.timing;", json!([]));
+            println!("console bench: {k}: {rate} {timing}");
+        }
+    }
+    for (k, got) in rates {
+        println!("console bench: {k} checking workers: {got:?} events/s");
+    }
 }
 
 /// An NSS database in `home` (Chromium's `$HOME/.pki/nssdb`) trusting the test CA and holding the auditor's

@@ -25,6 +25,17 @@ function base64Bytes(b64) {
   return bytes;
 }
 
+/**
+ * How many checking workers the verifier starts for bundles: one per logical core, at least 2 (the
+ * coordinator's own folding is light, so on 2 cores 2 checkers keep both busy; docs/PERFORMANCE.md). The page
+ * address can set it, `?checkers=K` (0: everything on the one verifier worker), to measure.
+ */
+function checkingWorkers() {
+  const asked = new URLSearchParams(location.search).get("checkers");
+  if (asked !== null && /^[0-9]+$/.test(asked)) return Math.min(parseInt(asked, 10), 16);
+  return Math.max(2, Math.min(navigator.hardwareConcurrency || 2, 16));
+}
+
 /** Starts the worker from the inlined engine and resolves once the WebAssembly module is instantiated. */
 function startEngine() {
   const blob = new Blob([ANCHORLOG_ENGINE.worker], { type: "text/javascript" });
@@ -44,7 +55,12 @@ function startEngine() {
     for (const [, w] of engine.pending) w.resolve({ ok: false, input_error: `the verifier failed: ${e.message}` });
     engine.pending.clear();
   };
-  engine.ready = ask({ type: "init", wasm: base64Bytes(ANCHORLOG_ENGINE.wasm) });
+  engine.ready = ask({
+    type: "init",
+    wasm: base64Bytes(ANCHORLOG_ENGINE.wasm),
+    source: ANCHORLOG_ENGINE.worker,
+    checkers: checkingWorkers(),
+  });
   return engine.ready;
 }
 
@@ -148,6 +164,7 @@ function showResult(target, kind, name, result) {
       const rate = Math.round(result.report.report.events / (result.elapsed_ms / 1000));
       target.append(el("p", { id: "rate" }, `${plural(result.report.report.events, "event")} in ${(result.elapsed_ms / 1000).toFixed(2)} s (${rate.toLocaleString("en")} events/s).`));
       target.dataset.eventsPerSecond = String(rate);
+      if (result.timing) target.dataset.timing = JSON.stringify(result.timing);
     }
   } else if (result.input_error) {
     target.append(el("h3", {}, "Could not verify"));
@@ -460,7 +477,9 @@ async function main() {
   try {
     const ready = await startEngine();
     if (!ready.version) throw new Error(ready.input_error || "no answer from the verifier");
-    status.textContent = "Verifier ready (WebAssembly, in a Web Worker).";
+    status.textContent = ready.checkers
+      ? `Verifier ready (WebAssembly, in Web Workers: bundles are checked by ${ready.checkers}).`
+      : "Verifier ready (WebAssembly, in a Web Worker).";
     $("version").textContent = ready.version;
     document.body.dataset.engine = "ready";
   } catch (e) {

@@ -27,7 +27,8 @@
 mod read;
 
 pub use read::{
-    check_line, check_line_reference, verify_bundle_from, BundleOpen, BundleRead, BundleReport, ForwardOnly,
+    check_line, check_line_reference, verify_bundle_from, BundleCheck, BundleOpen, BundleRead, BundleReport,
+    EntriesMember, ForwardOnly,
 };
 
 use crate::stored::ErasureRecord;

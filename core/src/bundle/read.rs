@@ -12,10 +12,12 @@ use crate::merkle::Frontier;
 use crate::stored::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
 use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
-use crate::verify::timestamps::{verify_head_tokens, HeadToken, TimestampPolicy, TimestampReport};
+use crate::verify::timestamps::{
+    check_token, verify_head_tokens_with, HeadToken, Prechecked, TimestampPolicy, TimestampReport,
+};
 use crate::verify::witnesses::{WitnessCheck, WitnessPolicy, WitnessReport};
 use crate::verify::{
-    self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions,
+    self, CheckedEvent, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions, Walker,
 };
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -162,151 +164,300 @@ pub fn verify_bundle_from<R: BundleRead>(
     witnesses: Option<&WitnessPolicy>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<BundleReport, VerifyError> {
-    // Pass 1: everything but the events (small).
-    let mut manifest: Option<Manifest> = None;
-    let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
-    let mut has_entries = false;
-    let mut erasure_records: Vec<ErasureRecordProof> = Vec::new();
-    let mut rotations: Vec<KeyRotationProof> = Vec::new();
-    let mut known_keys: Vec<PublicKey> = Vec::new();
-    let mut archive = open_archive(open)?;
-    // Seek over members instead of reading them: pass 1 does not need the (large) entries.
-    let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
-    for member in entries {
-        let member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
-        // The name as bytes: a tar path is bytes, and wasm32 has no platform `Path` to make of it.
-        let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
-        if name == MANIFEST {
-            let bytes = read_small(member, &name)?;
-            manifest =
-                Some(serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{MANIFEST}: {e}")))?);
-        } else if name == ENTRIES {
-            has_entries = true;
-        } else if name == ERASURE_RECORDS {
-            erasure_records = json_lines(&read_small(member, &name)?, &name)?;
-        } else if name == KEY_ROTATIONS {
-            rotations = json_lines(&read_small(member, &name)?, &name)?;
-        } else if name.starts_with("keys/") && name.ends_with(".pem") {
-            // Named only: a head signed by one of these without a rotation is reported as such.
-            if let Ok(k) = PublicKey::from_pem(&String::from_utf8_lossy(&read_small(member, &name)?)) {
-                known_keys.push(k);
-            }
-        } else if let Some(rest) = name.strip_prefix("heads/") {
-            let Some((h, ext)) = rest.split_once('.') else { continue };
-            let Ok(height) = h.parse::<u64>() else { continue };
-            let bytes = read_small(member, &name)?;
-            let files = heads.entry(height).or_default();
-            match ext {
-                "txt" => files.text = Some(String::from_utf8_lossy(&bytes).into_owned()),
-                "sig" => files.sig = Some(bytes),
-                "tsr" => files.tsr = Some(bytes),
-                "note" => files.note = Some(bytes),
-                _ => {}
-            }
-        }
-    }
-    let manifest = manifest.ok_or_else(|| unreadable(format!("no {MANIFEST}")))?;
-    if manifest.format != BUNDLE_FORMAT || !(1..=BUNDLE_VERSION).contains(&manifest.version) {
-        return Err(unreadable(format!(
-            "format {:?} version {} (this build reads {BUNDLE_FORMAT} versions 1 to {BUNDLE_VERSION})",
-            manifest.format, manifest.version
-        )));
-    }
-    if !has_entries {
-        return Err(unreadable(format!("no {ENTRIES}")));
-    }
-    if let Some(expected) = origin {
-        if manifest.origin != expected {
-            return Err(Failure::OriginMismatch {
-                height: manifest.from_height,
-                found: manifest.origin.clone(),
-                expected: expected.into(),
-            }
-            .into());
-        }
-    }
-    // Rotations before the range lead from the given keys to the anchor's key; those after it, to the keys of the
-    // heads that prove erasure records past the range. Records inside the range are met by the walk itself.
-    let (before, after): (Vec<_>, Vec<_>) = rotations
-        .into_iter()
-        .filter(|r| r.seq < manifest.first_seq || r.seq >= manifest.end_seq)
-        .partition(|r| r.seq < manifest.first_seq);
-    let start = anchor_start(&manifest, &heads, keys, &known_keys, &before)?;
-    let mut stored_heads = Vec::new();
-    let mut tokens_present = 0;
-    for height in manifest.from_height..=manifest.to_height {
-        let Some(files) = heads.get(&height) else { break };
-        let (Some(text), Some(sig)) = (&files.text, &files.sig) else { break };
-        tokens_present += u64::from(files.tsr.is_some());
-        stored_heads.push(head_from_files(height, text, sig)?);
-    }
-    let walked_heads = stored_heads.len() as u64;
-    let last_head = stored_heads.last().cloned();
-    // The records' proofs are checked once the walk has established the last head's key (below); the walk only
-    // needs to know which erased payloads they claim to account for.
-    let proven_erasures: BTreeMap<u64, u64> = match &last_head {
-        Some(_) => erasure_records.iter().map(|r| (r.erased_seq, r.seq)).collect(),
-        None => BTreeMap::new(),
-    };
+    let BundleCheck { walker, rest } = BundleCheck::start(open, keys, origin)?;
     let mut source = BundleEvents { reader: Some(open().map_err(unreadable)?), progress };
-    let opts = WalkOptions {
-        origin: Some(&manifest.origin),
-        proven_erasures,
-        known_keys: known_keys.clone(),
-        ..WalkOptions::default()
-    };
-    let report = verify::walk(start, stored_heads, &mut source, keys, &opts)?;
-    if let Some(last) = &last_head {
-        let anchor = AnchorHead {
-            height: last.height,
-            tree_size: last.tree_size,
-            root: last.root,
-            origin: &manifest.origin,
-        };
-        let current: Vec<PublicKey> = report.current_key.iter().cloned().collect();
-        let followed = follow_rotation_proofs(&current, &after, &anchor)?;
-        let head_keys = HeadKeys { followed, trusted: &current, known: &known_keys };
-        for r in &erasure_records {
-            check_erasure_record_proof(r, &anchor, &head_keys)?;
+    let report = walker.drive(&mut source)?;
+    rest.finish(report, tsa, witnesses)
+}
+
+/// Where `entries.jsonl`'s bytes are in the tar file (a plain member: its bytes are contiguous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntriesMember {
+    /// Offset of its first byte in the file.
+    pub offset: u64,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A bundle whose small members are read and whose anchor is verified (the first pass): what is left is the
+/// walk over `entries.jsonl` ([`BundleCheck::push`], in seq order) and the checks after it
+/// ([`BundleCheck::finish`]). [`verify_bundle_from`] is this with the events read by a second pass; the
+/// browser console reads them itself and checks them in several workers.
+pub struct BundleCheck {
+    walker: Walker,
+    rest: AfterWalk,
+}
+
+/// What the checks after the walk need from the first pass.
+struct AfterWalk {
+    manifest: Manifest,
+    heads: BTreeMap<u64, HeadFiles>,
+    erasure_records: Vec<ErasureRecordProof>,
+    /// Key rotation proofs after the range (they lead to the keys of the erasure records' proving heads).
+    after: Vec<KeyRotationProof>,
+    known_keys: Vec<PublicKey>,
+    tokens_present: u64,
+    walked_heads: u64,
+    last_head: Option<StoredHead>,
+    entries: Option<EntriesMember>,
+    /// Token checks done ahead ([`BundleCheck::precheck_token`]), and the next height to do.
+    prechecked: Prechecked,
+    precheck_next: u64,
+}
+
+impl BundleCheck {
+    /// The first pass over the bundle `open` reads: the manifest, the heads, the anchor (verified under `keys`
+    /// and the rotation proofs before the range), and the walk set up at the anchor. `origin` as in
+    /// [`verify_bundle_from`].
+    pub fn start<R: BundleRead>(
+        open: BundleOpen<'_, R>,
+        keys: &[PublicKey],
+        origin: Option<&str>,
+    ) -> Result<BundleCheck, VerifyError> {
+        let mut manifest: Option<Manifest> = None;
+        let mut heads: BTreeMap<u64, HeadFiles> = BTreeMap::new();
+        let mut has_entries = false;
+        let mut entries_member = None;
+        let mut erasure_records: Vec<ErasureRecordProof> = Vec::new();
+        let mut rotations: Vec<KeyRotationProof> = Vec::new();
+        let mut known_keys: Vec<PublicKey> = Vec::new();
+        let mut archive = open_archive(open)?;
+        // Seek over members instead of reading them: pass 1 does not need the (large) entries.
+        let entries = archive.entries_with_seek().map_err(|e| unreadable(format!("not a tar file: {e}")))?;
+        for member in entries {
+            let member = member.map_err(|e| unreadable(format!("corrupt tar: {e}")))?;
+            // The name as bytes: a tar path is bytes, and wasm32 has no platform `Path` to make of it.
+            let name = String::from_utf8_lossy(&member.path_bytes()).into_owned();
+            if name == MANIFEST {
+                let bytes = read_small(member, &name)?;
+                manifest =
+                    Some(serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("{MANIFEST}: {e}")))?);
+            } else if name == ENTRIES {
+                has_entries = true;
+                // Only a plain file's bytes are contiguous in the tar (not a sparse one's).
+                entries_member = member
+                    .header()
+                    .entry_type()
+                    .is_file()
+                    .then(|| EntriesMember { offset: member.raw_file_position(), size: member.size() });
+            } else if name == ERASURE_RECORDS {
+                erasure_records = json_lines(&read_small(member, &name)?, &name)?;
+            } else if name == KEY_ROTATIONS {
+                rotations = json_lines(&read_small(member, &name)?, &name)?;
+            } else if name.starts_with("keys/") && name.ends_with(".pem") {
+                // Named only: a head signed by one of these without a rotation is reported as such.
+                if let Ok(k) = PublicKey::from_pem(&String::from_utf8_lossy(&read_small(member, &name)?)) {
+                    known_keys.push(k);
+                }
+            } else if let Some(rest) = name.strip_prefix("heads/") {
+                let Some((h, ext)) = rest.split_once('.') else { continue };
+                let Ok(height) = h.parse::<u64>() else { continue };
+                let bytes = read_small(member, &name)?;
+                let files = heads.entry(height).or_default();
+                match ext {
+                    "txt" => files.text = Some(String::from_utf8_lossy(&bytes).into_owned()),
+                    "sig" => files.sig = Some(bytes),
+                    "tsr" => files.tsr = Some(bytes),
+                    "note" => files.note = Some(bytes),
+                    _ => {}
+                }
+            }
         }
+        let manifest = manifest.ok_or_else(|| unreadable(format!("no {MANIFEST}")))?;
+        if manifest.format != BUNDLE_FORMAT || !(1..=BUNDLE_VERSION).contains(&manifest.version) {
+            return Err(unreadable(format!(
+                "format {:?} version {} (this build reads {BUNDLE_FORMAT} versions 1 to {BUNDLE_VERSION})",
+                manifest.format, manifest.version
+            )));
+        }
+        if !has_entries {
+            return Err(unreadable(format!("no {ENTRIES}")));
+        }
+        if let Some(expected) = origin {
+            if manifest.origin != expected {
+                return Err(Failure::OriginMismatch {
+                    height: manifest.from_height,
+                    found: manifest.origin.clone(),
+                    expected: expected.into(),
+                }
+                .into());
+            }
+        }
+        // Rotations before the range lead from the given keys to the anchor's key; those after it, to the keys of
+        // the heads that prove erasure records past the range. Records inside the range are met by the walk.
+        let (before, after): (Vec<_>, Vec<_>) = rotations
+            .into_iter()
+            .filter(|r| r.seq < manifest.first_seq || r.seq >= manifest.end_seq)
+            .partition(|r| r.seq < manifest.first_seq);
+        let start = anchor_start(&manifest, &heads, keys, &known_keys, &before)?;
+        let mut stored_heads = Vec::new();
+        let mut tokens_present = 0;
+        for height in manifest.from_height..=manifest.to_height {
+            let Some(files) = heads.get(&height) else { break };
+            let (Some(text), Some(sig)) = (&files.text, &files.sig) else { break };
+            tokens_present += u64::from(files.tsr.is_some());
+            stored_heads.push(head_from_files(height, text, sig)?);
+        }
+        let walked_heads = stored_heads.len() as u64;
+        let last_head = stored_heads.last().cloned();
+        // The records' proofs are checked once the walk has established the last head's key (in `finish`); the
+        // walk only needs to know which erased payloads they claim to account for.
+        let proven_erasures: BTreeMap<u64, u64> = match &last_head {
+            Some(_) => erasure_records.iter().map(|r| (r.erased_seq, r.seq)).collect(),
+            None => BTreeMap::new(),
+        };
+        let opts = WalkOptions {
+            origin: Some(&manifest.origin),
+            proven_erasures,
+            known_keys: known_keys.clone(),
+            ..WalkOptions::default()
+        };
+        let walker = Walker::new(start, stored_heads, keys, &opts)?;
+        let rest = AfterWalk {
+            manifest,
+            heads,
+            erasure_records,
+            after,
+            known_keys,
+            tokens_present,
+            walked_heads,
+            last_head,
+            entries: entries_member,
+            prechecked: Prechecked::new(),
+            precheck_next: 0,
+        };
+        Ok(BundleCheck { walker, rest })
     }
-    let expected_heads = manifest.to_height - manifest.from_height + 1;
-    if walked_heads < expected_heads {
-        return Err(Failure::HeadMissing { height: manifest.from_height + walked_heads }.into());
+
+    /// Where `entries.jsonl` is in the file, if it is a plain member (else it can only be read through the tar
+    /// reader, as [`verify_bundle_from`] does).
+    pub fn entries(&self) -> Option<EntriesMember> {
+        self.rest.entries
     }
-    let end = manifest.first_seq + report.events;
-    if report.unsealed_events > 0 || end != manifest.end_seq {
-        return Err(Failure::EventBeyondRange { seq: end - report.unsealed_events }.into());
+
+    /// The seq the next pushed event must have (the bundle's first seq before any).
+    pub fn next_seq(&self) -> u64 {
+        self.walker.next_seq()
     }
-    let first_height = manifest.anchor.as_ref().map_or(manifest.from_height, |a| a.height);
-    if first_height < manifest.from_height {
-        tokens_present += heads.get(&first_height).map_or(0, |f| u64::from(f.tsr.is_some()));
+
+    /// Folds the next checked events ([`check_line`] of the next lines of `entries.jsonl`) into the walk; the
+    /// first failure ends it ([`Walker::push`]).
+    pub fn push(&mut self, batch: Vec<Decoded>) -> Result<(), Failure> {
+        self.walker.push(batch)
     }
-    let timestamps = match tsa {
-        Some(policy) => Some(check_tokens(
-            &heads,
-            first_height,
-            manifest.to_height,
-            policy,
-            &report.timestamping_outages,
-        )?),
-        None => None,
-    };
-    let notes_present = (first_height..=manifest.to_height)
-        .filter(|h| heads.get(h).is_some_and(|f| f.note.is_some()))
-        .count();
-    let witnesses = match witnesses {
-        Some(policy) => Some(check_notes(&heads, first_height, manifest.to_height, policy)?),
-        None => None,
-    };
-    Ok(BundleReport {
-        manifest,
-        report,
-        tokens_present,
-        timestamps,
-        notes_present: notes_present as u64,
-        witnesses,
-    })
+
+    /// [`BundleCheck::push`] of one event.
+    pub fn push_one(&mut self, item: Decoded) -> Result<(), Failure> {
+        self.walker.push_one(item)
+    }
+
+    /// Checks the next head token ahead, under `tsa` (the policy [`BundleCheck::finish`] will be given): its
+    /// signature, certificate chain and imprint, which need nothing from the walk, so that a caller with idle
+    /// time during the walk (the browser console's coordinator) spends it there. `false` when no token is left.
+    /// [`BundleCheck::finish`] uses the results in height order, as if it checked them then.
+    pub fn precheck_token(&mut self, tsa: &TimestampPolicy) -> bool {
+        let rest = &mut self.rest;
+        let first_height = rest.manifest.anchor.as_ref().map_or(rest.manifest.from_height, |a| a.height);
+        for height in rest.precheck_next.max(first_height)..=rest.manifest.to_height {
+            rest.precheck_next = height + 1;
+            let Some(files) = rest.heads.get(&height) else { continue };
+            let (Some(text), Some(response)) = (files.text.as_deref(), files.tsr.as_deref()) else {
+                continue;
+            };
+            // A malformed head is left to `finish`, which names it.
+            let Ok(cp) = Checkpoint::parse(text) else { continue };
+            let checked = check_token(text, cp.time_ms, response, &tsa.anchors, tsa.max_skew);
+            rest.prechecked.insert(height, checked);
+            return true;
+        }
+        false
+    }
+
+    /// After the last event: the walk's end, the erasure records' proofs, the range, and with `tsa` the tokens,
+    /// with `witnesses` the cosignatures ([`verify_bundle_from`]).
+    pub fn finish(
+        self,
+        tsa: Option<&TimestampPolicy>,
+        witnesses: Option<&WitnessPolicy>,
+    ) -> Result<BundleReport, VerifyError> {
+        let report = self.walker.finish()?;
+        self.rest.finish(report, tsa, witnesses)
+    }
+}
+
+impl AfterWalk {
+    fn finish(
+        self,
+        report: Report,
+        tsa: Option<&TimestampPolicy>,
+        witnesses: Option<&WitnessPolicy>,
+    ) -> Result<BundleReport, VerifyError> {
+        let AfterWalk {
+            manifest,
+            heads,
+            erasure_records,
+            after,
+            known_keys,
+            mut tokens_present,
+            walked_heads,
+            last_head,
+            entries: _,
+            mut prechecked,
+            precheck_next: _,
+        } = self;
+        if let Some(last) = &last_head {
+            let anchor = AnchorHead {
+                height: last.height,
+                tree_size: last.tree_size,
+                root: last.root,
+                origin: &manifest.origin,
+            };
+            let current: Vec<PublicKey> = report.current_key.iter().cloned().collect();
+            let followed = follow_rotation_proofs(&current, &after, &anchor)?;
+            let head_keys = HeadKeys { followed, trusted: &current, known: &known_keys };
+            for r in &erasure_records {
+                check_erasure_record_proof(r, &anchor, &head_keys)?;
+            }
+        }
+        let expected_heads = manifest.to_height - manifest.from_height + 1;
+        if walked_heads < expected_heads {
+            return Err(Failure::HeadMissing { height: manifest.from_height + walked_heads }.into());
+        }
+        let end = manifest.first_seq + report.events;
+        if report.unsealed_events > 0 || end != manifest.end_seq {
+            return Err(Failure::EventBeyondRange { seq: end - report.unsealed_events }.into());
+        }
+        let first_height = manifest.anchor.as_ref().map_or(manifest.from_height, |a| a.height);
+        if first_height < manifest.from_height {
+            tokens_present += heads.get(&first_height).map_or(0, |f| u64::from(f.tsr.is_some()));
+        }
+        let timestamps = match tsa {
+            Some(policy) => Some(check_tokens(
+                &heads,
+                first_height,
+                manifest.to_height,
+                policy,
+                &report.timestamping_outages,
+                &mut prechecked,
+            )?),
+            None => None,
+        };
+        let notes_present = (first_height..=manifest.to_height)
+            .filter(|h| heads.get(h).is_some_and(|f| f.note.is_some()))
+            .count();
+        let witnesses = match witnesses {
+            Some(policy) => Some(check_notes(&heads, first_height, manifest.to_height, policy)?),
+            None => None,
+        };
+        Ok(BundleReport {
+            manifest,
+            report,
+            tokens_present,
+            timestamps,
+            notes_present: notes_present as u64,
+            witnesses,
+        })
+    }
 }
 
 /// Checks the cosigned notes of heads `from..=to` (all verified by now) and the last head's quorum.
@@ -346,6 +497,7 @@ fn check_tokens(
     to: u64,
     policy: &TimestampPolicy,
     outages: &[verify::OutageWindow],
+    prechecked: &mut Prechecked,
 ) -> Result<TimestampReport, VerifyError> {
     let mut items = Vec::new();
     for height in from..=to {
@@ -362,7 +514,7 @@ fn check_tokens(
             response: files.and_then(|f| f.tsr.as_deref()),
         });
     }
-    Ok(verify_head_tokens(items, policy, outages)?)
+    Ok(verify_head_tokens_with(items, policy, outages, prechecked)?)
 }
 
 /// The parsed columns of a bundle head (the bundle carries only the signed text; its columns are the text's; the

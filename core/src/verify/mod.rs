@@ -19,11 +19,12 @@ pub mod erasure;
 pub mod keys;
 mod records;
 pub mod timestamps;
+mod walker;
 pub mod witnesses;
 
 use keys::{misattributed, Retired, RotationRecord, RotationReport};
-use records::RecordTracker;
 pub use records::{ApplianceSummary, OutageComponent, OutageWindow, OwnRecord};
+pub use walker::Walker;
 
 /// The first thing found wrong, naming the exact record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -742,6 +743,9 @@ pub fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec
 /// The one verification walk: every event of `events` from `start`, each head of `heads` (in height order)
 /// checked when the walk reaches its tree size; the first failure names the earliest bad record. The first head
 /// is signed by one of `keys` (or `start.key`); a later head by another key only after a key rotation record.
+///
+/// The [`Walker`] driven by the source's batches: a caller that gets its checked events from elsewhere (the
+/// browser console's checking workers) pushes them into a [`Walker`] itself and walks the same code.
 pub fn walk(
     start: Start,
     heads: Vec<StoredHead>,
@@ -749,81 +753,7 @@ pub fn walk(
     keys: &[PublicKey],
     opts: &WalkOptions<'_>,
 ) -> Result<Report, VerifyError> {
-    let first_seq = start.frontier.size();
-    let mut report = Report { frontier_at_last_head: start.frontier.clone(), ..Report::default() };
-    let mut frontier = start.frontier.clone();
-    let mut records = RecordTracker::after_stop(start.stopped_at);
-    let mut checker = HeadChecker::new(keys, &opts.known_keys, opts.origin, heads, start);
-    if opts.keyring {
-        checker.use_keyring();
-    }
-    let mut failure: Option<Failure> = None;
-    checker.check_due(&frontier, &mut report)?;
-    events.visit(first_seq, &mut |batch| {
-        for item in batch {
-            let seq = frontier.size();
-            let ev = match item {
-                Ok(ev) => ev,
-                Err(f) => {
-                    failure = Some(f);
-                    return false;
-                }
-            };
-            if ev.seq > seq {
-                failure = Some(Failure::EventMissing { seq });
-                return false;
-            }
-            if ev.seq < seq {
-                failure = Some(Failure::EventOutOfPlace { seq, found: ev.seq });
-                return false;
-            }
-            let rotation = ev.rotation;
-            let checked = ev.check.and_then(|(received_at_ns, erased)| {
-                report.first_received_ns.get_or_insert(received_at_ns);
-                report.last_received_ns = Some(received_at_ns);
-                report.erased += u64::from(erased);
-                if erased {
-                    records.erased(seq, ev.erasure_seq)?;
-                }
-                records.event(seq, received_at_ns, ev.own)?;
-                match rotation {
-                    Some(r) => checker.rotation_record(seq, r),
-                    None => Ok(()),
-                }
-            });
-            if let Err(f) = checked {
-                failure = Some(f);
-                return false;
-            }
-            frontier.push(ev.leaf_hash);
-            if let Err(f) = checker.check_due(&frontier, &mut report) {
-                failure = Some(f);
-                return false;
-            }
-        }
-        true
-    })?;
-    if let Some(f) = failure {
-        return Err(f.into());
-    }
-    report.events = frontier.size() - first_seq;
-    checker.finish(frontier.size())?;
-    report.heads = checker.checked;
-    report.key_id = checker.first_key.clone().unwrap_or_else(|| keys::given(keys));
-    let current = checker.current.clone().or_else(|| keys.first().cloned());
-    report.current_key_id = current.as_ref().map(|k| k.key_id.clone()).unwrap_or_default();
-    report.current_key = current;
-    report.rotations = std::mem::take(&mut checker.rotations);
-    report.signers = std::mem::take(&mut checker.signers);
-    report.unsealed_rotation = checker.pending.as_ref().map(|(seq, _)| *seq);
-    report.origin = checker.origin.unwrap_or_default();
-    report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
-    let sealed = report.frontier_at_last_head.size();
-    let (summary, outages) =
-        records.finish(sealed, opts.allow_unsealed_erasure_records, &opts.proven_erasures)?;
-    report.appliance = summary;
-    report.timestamping_outages = outages;
-    Ok(report)
+    Walker::new(start, heads, keys, opts)?.drive(events)
 }
 
 /// Checks one event row; returns its entry's facts and whether it is erased.
@@ -861,11 +791,12 @@ pub fn check_parts(
 }
 
 /// Checks heads in height order as the event walk reaches their tree sizes, and follows the key chain.
-struct HeadChecker<'a> {
-    /// The keys the verifier trusts: the chain starts with one of them.
-    trusted: &'a [PublicKey],
+struct HeadChecker {
+    /// The keys the verifier trusts: the chain starts with one of them. (Owned, so that a [`Walker`] can be
+    /// kept between calls, e.g. behind a handle in the browser.)
+    trusted: Vec<PublicKey>,
     /// Other keys the evidence carries, only to name a head's signer in a failure.
-    known: &'a [PublicKey],
+    known: Vec<PublicKey>,
     /// The key heads are signed with from here on (`None` until the first head is checked, unless anchored).
     current: Option<PublicKey>,
     /// The key the chain started with.
@@ -905,10 +836,10 @@ struct Keyring {
     announced_key: Option<String>,
 }
 
-impl<'a> HeadChecker<'a> {
+impl HeadChecker {
     fn new(
-        trusted: &'a [PublicKey],
-        known: &'a [PublicKey],
+        trusted: Vec<PublicKey>,
+        known: Vec<PublicKey>,
         origin: Option<&str>,
         heads: Vec<StoredHead>,
         start: Start,
@@ -1068,7 +999,7 @@ impl<'a> HeadChecker<'a> {
                 return Ok(());
             }
             let failure =
-                misattributed(height, message, &h.signature, None, &self.retired, &ring.keys, self.known);
+                misattributed(height, message, &h.signature, None, &self.retired, &ring.keys, &self.known);
             return Err(match failure {
                 Failure::UntrustedKey { height, key_id, given } => {
                     Failure::OutsideKeyring { height, key_id, ring: given }
@@ -1099,8 +1030,8 @@ impl<'a> HeadChecker<'a> {
             &h.signature,
             self.current.as_ref(),
             &self.retired,
-            self.trusted,
-            self.known,
+            &self.trusted,
+            &self.known,
         ))
     }
 
