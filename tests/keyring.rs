@@ -382,3 +382,59 @@ fn receipts_verify_against_a_keyring_across_nodes_and_rotations() {
     ]);
     assert_eq!(code, 3, "{out}");
 }
+
+/// Bundles of a log two nodes sign: with the keyring, whole or from an anchor past node A's rotation (the rotation
+/// proof before the range followed per key), they verify and say which key signed which heads; with node A's key
+/// alone as a chain they fail at node B's first head; a head re-signed with the retired key fails at its height.
+#[test]
+fn bundles_verify_against_a_keyring_whole_and_from_an_anchor_past_a_rotation() {
+    use anchorlog::bundle;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, a2) = (TestKey::new(1), TestKey::new(2), TestKey::new(4));
+    let db = dir.path().join("rotated.db");
+    rotated_ring_log(&db, [&a, &b, &a2], false);
+    let c = store::open_reader(&db).unwrap();
+    let export = |from: u64, to: u64, name: &str| {
+        let out = dir.path().join(name);
+        bundle::export(&c, from, to, None, std::fs::File::create(&out).unwrap(), &mut |_, _| {}).unwrap();
+        out
+    };
+    let ring = [a.public.clone(), b.public.clone()];
+    let verify = |tar: &Path, keyring: bool| {
+        bundle::verify_bundle_progress(tar, &ring, keyring, None, None, None, &mut |_| {})
+    };
+
+    let whole = export(0, 4, "whole.tar");
+    let r = verify(&whole, true).unwrap().report;
+    assert_eq!(r.signers, vec![run(&a, 0, 0), run(&b, 1, 1), run(&a, 2, 2), run(&a2, 3, 3), run(&b, 4, 4)]);
+    assert_eq!(
+        failure(verify(&whole, false).map(|b| b.report)),
+        Failure::UnannouncedKey {
+            height: 1,
+            key_id: b.public.key_id.clone(),
+            current: a.public.key_id.clone()
+        }
+    );
+    // From head 4 (anchor: head 3, A2's): the rotation A → A2 lies before the range, carried as a proof.
+    let tail = export(4, 4, "tail.tar");
+    let r = verify(&tail, true).unwrap().report;
+    assert_eq!(r.signers, vec![run(&b, 4, 4)]);
+    // From head 3 (anchor: head 2, node A's last, ending with its rotation record): A2 signs the first head.
+    let after_rotation = export(3, 4, "after-rotation.tar");
+    let r = verify(&after_rotation, true).unwrap().report;
+    assert_eq!(r.signers, vec![run(&a2, 3, 3), run(&b, 4, 4)]);
+    // The CLI, with a keyring file.
+    let ring_file = dir.path().join("nodes.pem");
+    std::fs::write(&ring_file, format!("{}{}", a.pem(), b.pem())).unwrap();
+    let (code, out, err) =
+        anchorlog(&["verify", tail.to_str().unwrap(), "--keyring", ring_file.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Head 4 re-signed with node A's retired key, then exported: fails at height 4.
+    let forged = tampered_db(&db, "forged", &resign_sql(&db, 4, &a));
+    let fc = store::open_reader(&forged).unwrap();
+    let forged_tar = dir.path().join("forged.tar");
+    bundle::export(&fc, 0, 4, None, std::fs::File::create(&forged_tar).unwrap(), &mut |_, _| {}).unwrap();
+    let e = failure(verify(&forged_tar, true).map(|b| b.report));
+    assert!(matches!(&e, Failure::RetiredKey { height: 4, retired_at: 2, .. }), "{e}");
+}

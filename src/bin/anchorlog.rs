@@ -1081,11 +1081,6 @@ fn verify(
     use anchorlog_core::verify::{Failure, VerifyError};
     let Checks { tsa, counter, witnesses } = *checks;
     let (keys, keyring) = signers.read()?;
-    if keyring && bundle.is_some() {
-        anyhow::bail!(
-            "--keyring checks a database (--db) for now; for a bundle give the log's first key with --key"
-        );
-    }
     let (origin, origin_from) = pinned_origin(origin, &keys);
     let origin = origin.as_deref();
     let policy = tsa.policy()?;
@@ -1106,6 +1101,7 @@ fn verify(
         (Some(bundle), _) => anchorlog::bundle::verify_bundle_progress(
             bundle,
             &keys,
+            keyring,
             origin,
             policy.as_ref(),
             witness_policy.as_ref(),

@@ -6,7 +6,7 @@ pub mod export;
 
 pub use export::{export, ExportProgress};
 
-use anchorlog_core::bundle::{verify_bundle_from, BundleReport};
+use anchorlog_core::bundle::{verify_bundle_signers, BundleReport};
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::verify::timestamps::TimestampPolicy;
 use anchorlog_core::verify::witnesses::WitnessPolicy;
@@ -79,13 +79,15 @@ pub fn verify_bundle_keys(
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
 ) -> Result<BundleReport, VerifyError> {
-    verify_bundle_progress(path, keys, origin, tsa, witnesses, &mut |_| {})
+    verify_bundle_progress(path, keys, false, origin, tsa, witnesses, &mut |_| {})
 }
 
-/// [`verify_bundle_keys`], telling `progress` how many events have been verified so far (once per batch).
+/// [`verify_bundle_keys`], telling `progress` how many events have been verified so far (once per batch); with
+/// `keyring`, `keys` are a keyring (docs/FORMAT.md §20, "Keyrings").
 pub fn verify_bundle_progress(
     path: &Path,
     keys: &[PublicKey],
+    keyring: bool,
     origin: Option<&str>,
     tsa: Option<&TimestampPolicy>,
     witnesses: Option<&WitnessPolicy>,
@@ -97,5 +99,5 @@ pub fn verify_bundle_progress(
             .map(|f| BufReader::with_capacity(1 << 20, f))
             .map_err(|e| format!("cannot open {}: {e}", path.display()))
     };
-    verify_bundle_from(&mut open, keys, origin, tsa, witnesses, progress)
+    verify_bundle_signers(&mut open, keys, keyring, origin, tsa, witnesses, progress)
 }

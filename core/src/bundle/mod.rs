@@ -27,8 +27,8 @@
 mod read;
 
 pub use read::{
-    check_line, check_line_reference, verify_bundle_from, BundleCheck, BundleOpen, BundleRead, BundleReport,
-    EntriesMember, ForwardOnly,
+    check_line, check_line_reference, verify_bundle_from, verify_bundle_signers, BundleCheck, BundleOpen,
+    BundleRead, BundleReport, EntriesMember, ForwardOnly,
 };
 
 use crate::stored::ErasureRecord;

@@ -11,7 +11,7 @@ use crate::key::PublicKey;
 use crate::merkle::Frontier;
 use crate::stored::{StoredEvent, StoredHead};
 use crate::verify::erasure::{check_erasure_record_proof, AnchorHead, ErasureRecordProof};
-use crate::verify::keys::{follow_rotation_proofs, HeadKeys, KeyRotationProof};
+use crate::verify::keys::{follow_ring_rotation_proofs, follow_rotation_proofs, HeadKeys, KeyRotationProof};
 use crate::verify::timestamps::{
     check_token, verify_head_tokens_with, HeadToken, Prechecked, TimestampPolicy, TimestampReport,
 };
@@ -164,7 +164,21 @@ pub fn verify_bundle_from<R: BundleRead>(
     witnesses: Option<&WitnessPolicy>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<BundleReport, VerifyError> {
-    let BundleCheck { walker, rest } = BundleCheck::start(open, keys, origin)?;
+    verify_bundle_signers(open, keys, false, origin, tsa, witnesses, progress)
+}
+
+/// [`verify_bundle_from`] with `keyring`: the given keys are a keyring (docs/FORMAT.md §20, "Keyrings"), every one
+/// of which may sign any head; the rotation proofs are followed per key.
+pub fn verify_bundle_signers<R: BundleRead>(
+    open: BundleOpen<'_, R>,
+    keys: &[PublicKey],
+    keyring: bool,
+    origin: Option<&str>,
+    tsa: Option<&TimestampPolicy>,
+    witnesses: Option<&WitnessPolicy>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<BundleReport, VerifyError> {
+    let BundleCheck { walker, rest } = BundleCheck::start_with(open, keys, keyring, origin)?;
     let mut source = BundleEvents { reader: Some(open().map_err(unreadable)?), progress };
     let report = walker.drive(&mut source)?;
     rest.finish(report, tsa, witnesses)
@@ -212,6 +226,16 @@ impl BundleCheck {
     pub fn start<R: BundleRead>(
         open: BundleOpen<'_, R>,
         keys: &[PublicKey],
+        origin: Option<&str>,
+    ) -> Result<BundleCheck, VerifyError> {
+        Self::start_with(open, keys, false, origin)
+    }
+
+    /// [`BundleCheck::start`], with `keyring` as in [`verify_bundle_signers`].
+    pub fn start_with<R: BundleRead>(
+        open: BundleOpen<'_, R>,
+        keys: &[PublicKey],
+        keyring: bool,
         origin: Option<&str>,
     ) -> Result<BundleCheck, VerifyError> {
         let mut manifest: Option<Manifest> = None;
@@ -289,7 +313,7 @@ impl BundleCheck {
             .into_iter()
             .filter(|r| r.seq < manifest.first_seq || r.seq >= manifest.end_seq)
             .partition(|r| r.seq < manifest.first_seq);
-        let start = anchor_start(&manifest, &heads, keys, &known_keys, &before)?;
+        let (start, walk_keys) = anchor_start(&manifest, &heads, keys, keyring, &known_keys, &before)?;
         let mut stored_heads = Vec::new();
         let mut tokens_present = 0;
         for height in manifest.from_height..=manifest.to_height {
@@ -310,9 +334,10 @@ impl BundleCheck {
             origin: Some(&manifest.origin),
             proven_erasures,
             known_keys: known_keys.clone(),
+            keyring,
             ..WalkOptions::default()
         };
-        let walker = Walker::new(start, stored_heads, keys, &opts)?;
+        let walker = Walker::new(start, stored_heads, &walk_keys, &opts)?;
         let rest = AfterWalk {
             manifest,
             heads,
@@ -412,8 +437,15 @@ impl AfterWalk {
                 root: last.root,
                 origin: &manifest.origin,
             };
-            let current: Vec<PublicKey> = report.current_key.iter().cloned().collect();
-            let followed = follow_rotation_proofs(&current, &after, &anchor)?;
+            // Keyring: any key of the ring at the walk's end may sign a later head, each followed on its own.
+            let (current, followed) = match &report.keyring {
+                Some(ring) => (ring.clone(), follow_ring_rotation_proofs(ring, &after, &anchor)?),
+                None => {
+                    let current: Vec<PublicKey> = report.current_key.iter().cloned().collect();
+                    let followed = follow_rotation_proofs(&current, &after, &anchor)?;
+                    (current, followed)
+                }
+            };
             let head_keys = HeadKeys { followed, trusted: &current, known: &known_keys };
             for r in &erasure_records {
                 check_erasure_record_proof(r, &anchor, &head_keys)?;
@@ -541,18 +573,21 @@ fn head_from_files(height: u64, text: &str, sig: &[u8]) -> Result<StoredHead, Ve
 
 /// The walk's start: genesis, or the verified anchor head with its tree's perfect subtrees, signed by one of
 /// `keys` or by the key the rotation proofs `before` the range lead to from them.
+/// Where the walk starts (the anchor verified), and the keys it trusts: the given ones, or with a keyring the ring's
+/// keys that may sign the head after the anchor.
 fn anchor_start(
     manifest: &Manifest,
     heads: &BTreeMap<u64, HeadFiles>,
     keys: &[PublicKey],
+    keyring: bool,
     known: &[PublicKey],
     before: &[KeyRotationProof],
-) -> Result<Start, VerifyError> {
+) -> Result<(Start, Vec<PublicKey>), VerifyError> {
     if manifest.from_height == 0 {
         if manifest.first_seq != 0 || manifest.anchor.is_some() || !before.is_empty() {
             return Err(unreadable("a bundle from height 0 starts at seq 0 and has no anchor"));
         }
-        return Ok(Start::genesis());
+        return Ok((Start::genesis(), keys.to_vec()));
     }
     let height = manifest.from_height - 1;
     let anchor =
@@ -573,8 +608,22 @@ fn anchor_start(
         );
     }
     let reference = AnchorHead { height, tree_size: cp.tree_size, root: cp.root, origin: &manifest.origin };
-    let followed = follow_rotation_proofs(keys, before, &reference)?;
+    let followed = match keyring {
+        true => follow_ring_rotation_proofs(keys, before, &reference)?,
+        false => follow_rotation_proofs(keys, before, &reference)?,
+    };
     let key = followed.check_head(height, text, sig, keys, known)?;
+    // The key after the anchor: the new key when the anchor is the old key's last head.
+    let key_after = match keyring {
+        true => followed
+            .rotations
+            .iter()
+            .find(|r| r.height == height)
+            .and_then(|r| followed.ring_keys_at(height + 1).into_iter().find(|k| k.key_id == r.new_key_id))
+            .unwrap_or(key),
+        false => followed.key_for(height + 1).cloned().unwrap_or(key),
+    };
+    let walk_keys = if keyring { followed.ring_keys_at(height + 1) } else { keys.to_vec() };
     let subtrees = anchor
         .subtrees
         .iter()
@@ -586,18 +635,18 @@ fn anchor_start(
     if frontier.root() != head.root {
         return Err(Failure::RootMismatch { height, from: 0, to: head.tree_size }.into());
     }
-    Ok(Start {
+    let start = Start {
         frontier,
         next_height: manifest.from_height,
         prev_hash: Checkpoint::text_hash(text),
         prev_time_ms: head.sealed_at_ms,
         prev_counter: cp.counter,
         stopped_at: None,
-        // The key after the anchor: the new key when the anchor is the old key's last head.
-        key: Some(followed.key_for(height + 1).cloned().unwrap_or(key)),
+        key: Some(key_after),
         announcement: followed.announcement_after(height),
         retired: followed.retired,
-    })
+    };
+    Ok((start, walk_keys))
 }
 
 /// The events of a bundle: a second pass over the tar, streaming `entries.jsonl`.

@@ -304,6 +304,12 @@ impl FollowedKeys {
         self.ring.is_some()
     }
 
+    /// A keyring's keys that may sign head `height`: given or brought in before it, not retired before it.
+    /// Empty outside keyring mode.
+    pub fn ring_keys_at(&self, height: u64) -> Vec<PublicKey> {
+        self.ring.iter().flatten().filter(|k| k.signs(height)).map(|k| k.key.clone()).collect()
+    }
+
     /// The counter announcement that applies to the head after `height`: the rotation record's, when a followed
     /// rotation takes effect right after it.
     pub fn announcement_after(&self, height: u64) -> Option<(u64, Option<u32>)> {

@@ -537,6 +537,10 @@ pub struct Report {
     pub rotations: Vec<RotationReport>,
     /// Which key signed which heads: runs of consecutive heads signed by one key, in height order.
     pub signers: Vec<SignerRun>,
+    /// Keyring mode ([`WalkOptions::keyring`]): the keys that may sign the next head (to check evidence that
+    /// reaches past the walk, e.g. a bundle's erasure record proofs).
+    #[serde(skip)]
+    pub keyring: Option<Vec<PublicKey>>,
     /// A key rotation record after the last head (no head covers it yet), by seq.
     pub unsealed_rotation: Option<u64>,
     /// The origin every head was checked against (given, or pinned to the source's own: see [`WalkOptions`]).

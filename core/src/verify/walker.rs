@@ -133,6 +133,7 @@ impl Walker {
         report.current_key = current;
         report.rotations = std::mem::take(&mut checker.rotations);
         report.signers = std::mem::take(&mut checker.signers);
+        report.keyring = checker.keyring.as_ref().map(|ring| ring.keys.clone());
         report.unsealed_rotation = checker.pending.as_ref().map(|(seq, _)| *seq);
         report.origin = checker.origin.unwrap_or_default();
         report.unsealed_events = frontier.size() - report.frontier_at_last_head.size();
