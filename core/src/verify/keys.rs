@@ -362,6 +362,22 @@ impl HeadKeys<'_> {
     }
 }
 
+/// Rotation proofs come in seq order, their heads in height order: `last` is the previous proof's, and becomes `p`'s.
+fn in_order(last: &mut Option<(u64, u64)>, p: &KeyRotationProof) -> Result<(), Failure> {
+    if let Some((seq, height)) = *last {
+        if p.seq <= seq || p.head.height <= height {
+            return Err(Failure::KeyRotationInvalid {
+                seq: p.seq,
+                reason: format!(
+                    "the rotation proofs are not in order (after seq {seq}, head height {height})"
+                ),
+            });
+        }
+    }
+    *last = Some((p.seq, p.head.height));
+    Ok(())
+}
+
 /// Follows `proofs` (in seq order) from the `trusted` keys: trust starts at the first record whose old key is
 /// trusted (earlier ones cannot be checked and are skipped); from there each record must name the key the chain
 /// holds as its old key, its head must verify under that key, and the chain moves to the record's new key. Every
@@ -375,17 +391,7 @@ pub fn follow_rotation_proofs(
     let mut current: Option<PublicKey> = None;
     let mut last: Option<(u64, u64)> = None;
     for p in proofs {
-        if let Some((seq, height)) = last {
-            if p.seq <= seq || p.head.height <= height {
-                return Err(Failure::KeyRotationInvalid {
-                    seq: p.seq,
-                    reason: format!(
-                        "the rotation proofs are not in order (after seq {seq}, head height {height})"
-                    ),
-                });
-            }
-        }
-        last = Some((p.seq, p.head.height));
+        in_order(&mut last, p)?;
         let (record, cp) = p.check_parts(reference)?;
         let key = match &current {
             Some(k) => k.clone(),
@@ -467,17 +473,7 @@ pub fn follow_ring_rotation_proofs(
     let mut out = FollowedKeys::default();
     let mut last: Option<(u64, u64)> = None;
     for p in proofs {
-        if let Some((seq, height)) = last {
-            if p.seq <= seq || p.head.height <= height {
-                return Err(Failure::KeyRotationInvalid {
-                    seq: p.seq,
-                    reason: format!(
-                        "the rotation proofs are not in order (after seq {seq}, head height {height})"
-                    ),
-                });
-            }
-        }
-        last = Some((p.seq, p.head.height));
+        in_order(&mut last, p)?;
         let (record, cp) = p.check_parts(reference)?;
         let Some(old) = keys.iter().find(|k| k.until.is_none() && k.key.key_id == record.old_key_id) else {
             continue;
