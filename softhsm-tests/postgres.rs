@@ -846,6 +846,27 @@ async fn verify_walks_a_postgres_log_and_names_the_record_an_insider_changed() {
     assert_eq!(r["appliance"]["erasures"], 1, "{v}");
     assert_eq!(r["signers"][1]["key_id"], node_b.public.key_id.as_str(), "{v}");
     assert_eq!(r["signers"][1]["from_height"], 4, "{v}");
+    // A read-only auditor's role, granted as docs/HA.md says, is enough.
+    let su = db.superuser().await;
+    su.batch_execute("CREATE ROLE anchorlog_auditor LOGIN").await.unwrap();
+    db.owner()
+        .await
+        .batch_execute(
+            "GRANT SELECT ON log_meta, events, nodes, heads, timestamps, erasures, cosignatures TO anchorlog_auditor",
+        )
+        .await
+        .unwrap();
+    let auditor_url = db.server.url("anchorlog_auditor", DB);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog"))
+        .args(["verify", "--db", &auditor_url, "--keyring", ring.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Node A's key alone: node B's head is a change of key no rotation record announced.
     let (code, v) = verify(&["--key", key_a.to_str().unwrap()]);
     assert_eq!((code, &v["height"]), (3, &serde_json::json!(4)), "{v}");
