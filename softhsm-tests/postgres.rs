@@ -870,14 +870,14 @@ async fn verify_walks_a_postgres_log_and_names_the_record_an_insider_changed() {
     // Node A's key alone: node B's head is a change of key no rotation record announced.
     let (code, v) = verify(&["--key", key_a.to_str().unwrap()]);
     assert_eq!((code, &v["height"]), (3, &serde_json::json!(4)), "{v}");
-    // Token checks are not done on PostgreSQL yet: asked for, they are refused, never skipped silently.
-    let (code, v) = verify(&["--keyring", ring.to_str().unwrap(), "--tsa-ca", key_a.to_str().unwrap()]);
+    // Cosignature checks are not done on PostgreSQL yet: asked for, they are refused, never skipped silently.
+    let (code, v) = verify(&["--keyring", ring.to_str().unwrap(), "--witness", "w+01234567+AAAA"]);
     assert_eq!(code, 1, "{v}");
     assert!(
         v["stderr"]
             .as_str()
             .unwrap()
-            .contains("its time-stamp tokens, cosignatures and counter attestation are not checked yet"),
+            .contains("its cosignatures and counter attestation are not checked yet"),
         "{v}"
     );
 
@@ -978,25 +978,30 @@ async fn migrate_copies_a_sqlite_log_and_the_copy_verifies_with_the_same_heads()
     eprintln!("migrated 100,001 events in {} s", v["seconds"]);
 
     // The application role reads and verifies the copy: the same last head as the SQLite log.
-    let (code, copy, err) = anchorlog(&[
-        "verify",
-        "--db",
-        &db.server.url(APP, "migrated"),
-        "--key",
-        key_pem.to_str().unwrap(),
-        "--json",
-    ]);
+    // The tokens are checked on both (RFC 3161, against the TSA's CA): the same 5 verified, 97 heads without one.
+    let tsa_ca = tsa.ca();
+    let verify = |db: &str| {
+        anchorlog(&[
+            "verify",
+            "--db",
+            db,
+            "--key",
+            key_pem.to_str().unwrap(),
+            "--tsa-ca",
+            tsa_ca.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let (code, copy, err) = verify(&db.server.url(APP, "migrated"));
     assert_eq!(code, 0, "{copy}{err}");
-    let (code, original, _) = anchorlog(&[
-        "verify",
-        "--db",
-        source.to_str().unwrap(),
-        "--key",
-        key_pem.to_str().unwrap(),
-        "--json",
-    ]);
+    let (code, original, _) = verify(source.to_str().unwrap());
     assert_eq!(code, 0);
     assert_eq!(copy["report"]["last_checkpoint"], original["report"]["last_checkpoint"]);
+    assert_eq!(copy["timestamps"], original["timestamps"]);
+    assert_eq!(
+        (copy["timestamps"]["verified"].as_u64(), copy["timestamps"]["missing_count"].as_u64()),
+        (Some(5), Some(97))
+    );
     // The tokens, byte for byte.
     let pg_client = pg::connect(&PgConnect::plain(db.server.url(APP, "migrated"))).await.unwrap();
     let pg_tokens: Vec<(i64, Vec<u8>)> = pg_client
@@ -1011,6 +1016,19 @@ async fn migrate_copies_a_sqlite_log_and_the_copy_verifies_with_the_same_heads()
     let sqlite_tokens: Vec<(i64, Vec<u8>)> =
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
     assert_eq!(pg_tokens, sqlite_tokens);
+    // A token an insider swapped behind the triggers (head 50's given to head 100) fails at its height.
+    let su_migrated =
+        pg::connect(&PgConnect::plain(db.server.url(kit::postgres::SUPERUSER, "migrated"))).await.unwrap();
+    su_migrated
+        .batch_execute(
+            "ALTER TABLE timestamps DISABLE TRIGGER USER;
+             UPDATE timestamps SET response = (SELECT response FROM timestamps WHERE height = 50) WHERE height = 100;
+             ALTER TABLE timestamps ENABLE TRIGGER USER;",
+        )
+        .await
+        .unwrap();
+    let (code, v, _) = verify(&db.server.url(APP, "migrated"));
+    assert_eq!((code, &v["height"]), (3, &serde_json::json!(100)), "{v}");
     // The triggers are back on: the copy is append-only like any PostgreSQL log.
     let owner = pg::connect(&PgConnect::plain(to.clone())).await.unwrap();
     let (_, message) = refusal(owner.execute("DELETE FROM events WHERE seq = 7", &[]).await);

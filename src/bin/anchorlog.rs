@@ -996,8 +996,8 @@ fn migrate(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let copied = rt.block_on(anchorlog::store::pg::copy::copy_sqlite_log(&conn, &connect, app_role))?;
     drop(rt);
-    let copy_report = match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts()) {
-        Ok(r) => r,
+    let copy_report = match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts(), None) {
+        Ok((r, _)) => r,
         Err(e) => return invalid("the copy does not verify (it is committed: drop the database)", e),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -1041,24 +1041,31 @@ fn verify_postgres(
     json: bool,
     checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
-    if checks.tsa.tsa_ca.is_some() || !checks.witnesses.witnesses.is_empty() || checks.counter.is_some() {
+    if !checks.witnesses.witnesses.is_empty() || checks.counter.is_some() {
         anyhow::bail!(
-            "a PostgreSQL log is verified for its events, heads, erasures and stored tree; its time-stamp tokens, \
-             cosignatures and counter attestation are not checked yet: drop --tsa-ca, --witness and \
-             --counter-attestation, or export a bundle (anchorlog export) and verify that"
+            "a PostgreSQL log is verified for its events, heads, erasures, stored tree and time-stamp tokens; its \
+             cosignatures and counter attestation are not checked yet: drop --witness and --counter-attestation, \
+             or export a bundle (anchorlog export) and verify that"
         );
     }
+    let policy = checks.tsa.policy()?;
     let (keys, keyring) = signers.read()?;
     let (origin, origin_from) = pinned_origin(origin, &keys);
     let connect = target.connect()?;
     let opts =
         anchorlog_core::verify::WalkOptions { origin: origin.as_deref(), keyring, ..Default::default() };
-    match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts) {
-        Ok(report) => {
+    match anchorlog::verify::pg::verify_postgres(&connect, &keys, opts, policy.as_ref()) {
+        Ok((report, stamps)) => {
             if json {
-                println!("{}", serde_json::json!({"ok": true, "report": report, "origin_from": origin_from}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "report": report, "origin_from": origin_from, "timestamps": stamps})
+                );
             } else {
                 print_report(&report, origin_from);
+                if let Some(s) = &stamps {
+                    print_timestamps(s, &report.timestamping_outages);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

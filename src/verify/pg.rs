@@ -5,10 +5,13 @@
 //! read-only role of its own: docs/HA.md), never the writer lease. Events are read page by page, each page one
 //! short statement, so a long verification of a live log holds no snapshot open for minutes.
 
+use super::timestamps::TokenWalk;
 use super::{check_batch, DB_PAGE};
 use crate::store::pg::{self, read, tree, PgConnect, PgError};
+use crate::store::StoredTimestamp;
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::stored::StoredEvent;
+use anchorlog_core::verify::timestamps::{TimestampPolicy, TimestampReport};
 use anchorlog_core::verify::{
     walk, Decoded, EventSource, Failure, Report, Start, VerifyError, WalkOptions, BATCH,
 };
@@ -28,12 +31,14 @@ pub fn is_postgres_url(db: &str) -> bool {
 
 /// Verifies the whole PostgreSQL log at `connect` against `keys` (docs/FORMAT.md §20: the key the log started with,
 /// or with [`WalkOptions::keyring`] the nodes' keys); every head must carry `opts.origin`, or when `None` the origin
-/// the log was created with. Runs its own single-threaded runtime: call it from synchronous code.
+/// the log was created with. With `tsa`, every stored RFC 3161 token is checked too, as on SQLite
+/// ([`super::timestamps`]). Runs its own single-threaded runtime: call it from synchronous code.
 pub fn verify_postgres(
     connect: &PgConnect,
     keys: &[PublicKey],
     opts: WalkOptions<'_>,
-) -> Result<Report, VerifyError> {
+    tsa: Option<&TimestampPolicy>,
+) -> Result<(Report, Option<TimestampReport>), VerifyError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -51,7 +56,8 @@ pub fn verify_postgres(
     let mut known_keys = opts.known_keys.clone();
     known_keys.extend(key_pems.iter().filter_map(|pem| PublicKey::from_pem(pem).ok()));
     let opts = WalkOptions { origin, known_keys, ..opts };
-    let report = walk(Start::genesis(), heads, &mut PgEvents { rt: &rt, client: &client }, keys, &opts)?;
+    let report =
+        walk(Start::genesis(), heads.clone(), &mut PgEvents { rt: &rt, client: &client }, keys, &opts)?;
     // The stored nodes serve every proof: their right edge at the last verified head must be the verified one.
     let size = report.frontier_at_last_head.size();
     let stored = rt.block_on(tree::load_frontier(&client, size)).ok();
@@ -59,7 +65,52 @@ pub fn verify_postgres(
         let height = report.heads.saturating_sub(1);
         return Err(Failure::NodeStoreMismatch { height, tree_size: size }.into());
     }
-    Ok(report)
+    let stamps = match tsa {
+        Some(policy) => Some(verify_pg_timestamps(&rt, &client, &heads, policy, &report)?),
+        None => None,
+    };
+    Ok((report, stamps))
+}
+
+/// Tokens read per statement.
+const TOKEN_PAGE: i64 = 1024;
+
+/// The stored tokens, page by page in height order, through the same [`TokenWalk`] as SQLite's.
+fn verify_pg_timestamps(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    heads: &[anchorlog_core::stored::StoredHead],
+    policy: &TimestampPolicy,
+    report: &Report,
+) -> Result<TimestampReport, VerifyError> {
+    let mut walk = TokenWalk::new(heads, policy, &report.timestamping_outages);
+    let mut from: i64 = 0;
+    loop {
+        let rows = rt
+            .block_on(client.query(
+                "SELECT height, response, gen_time_ms, gen_time, tsa_url, stored_at_ms FROM timestamps \
+                 WHERE height >= $1 ORDER BY height LIMIT $2",
+                &[&from, &TOKEN_PAGE],
+            ))
+            .map_err(PgError::from)?;
+        for r in &rows {
+            let height: i64 = r.try_get(0).map_err(PgError::from)?;
+            let token = StoredTimestamp {
+                height: u64::try_from(height).unwrap_or(u64::MAX),
+                response: r.try_get(1).map_err(PgError::from)?,
+                gen_time_ms: r.try_get(2).map_err(PgError::from)?,
+                gen_time: r.try_get(3).map_err(PgError::from)?,
+                tsa_url: r.try_get(4).map_err(PgError::from)?,
+                stored_at_ms: r.try_get(5).map_err(PgError::from)?,
+            };
+            walk.token(&token)?;
+            from = height.saturating_add(1);
+        }
+        if (rows.len() as i64) < TOKEN_PAGE {
+            break;
+        }
+    }
+    Ok(walk.finish()?)
 }
 
 /// Every public key the log recorded (`log_meta` `key:<id>`), PEM.
