@@ -605,6 +605,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     PgTarget { url, password_file: db_password_file.as_deref(), ca: db_ca.as_deref() };
                 return verify_postgres(&target, &signers, origin, json, &checks);
             }
+            if db
+                .as_deref()
+                .and_then(|d| d.to_str())
+                .is_some_and(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+            {
+                anyhow::bail!(
+                    "--db names a PostgreSQL database, but this build has no PostgreSQL support (cargo feature \
+                     `postgres`, in the default build and the Debian package)"
+                );
+            }
             if db_password_file.is_some() || db_ca.is_some() {
                 anyhow::bail!("--db-password-file and --db-ca apply to a PostgreSQL --db (postgres://…)");
             }
@@ -987,6 +997,9 @@ fn migrate(
         }
     };
     let conn = anchorlog::store::open_reader(source)?;
+    // One read snapshot for the source's verification, the copy and the comparison: were an appliance still
+    // writing to it, all three see the same log (stop it first all the same: docs/HA.md).
+    conn.execute_batch("BEGIN")?;
     let opts = || WalkOptions { keyring, ..WalkOptions::default() };
     let source_report = match anchorlog::verify::verify_database_with(&conn, &keys, opts()) {
         Ok(r) => r,
@@ -1008,6 +1021,7 @@ fn migrate(
     if copy_heads != anchorlog::store::all_heads(&conn)? {
         anyhow::bail!("the copy's heads differ from the source's (it is committed: drop the database)");
     }
+    conn.execute_batch("COMMIT")?;
     let rows: serde_json::Map<String, serde_json::Value> =
         copied.iter().map(|(table, n)| (table.to_string(), serde_json::json!(n))).collect();
     let seconds = started.elapsed().as_secs_f64();
