@@ -14,7 +14,7 @@ use crate::ledger::indexer::{IndexRow, IndexerHandle};
 use crate::ledger::internal;
 use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::{self, EventRow, StoreError, StoredTimestamp};
-use anchorlog_core::entry::{AuthMethod, Entry};
+use anchorlog_core::entry::Entry;
 use anchorlog_core::merkle::{self, Frontier};
 use anchorlog_core::stored::ErasureRecord;
 use anchorlog_core::stored::StoredHead;
@@ -667,10 +667,7 @@ fn erase(
     if target.body.is_none() {
         return Err(EraseError::AlreadyErased(seq));
     }
-    let own = Entry::parse(&target.entry)
-        .map(|e| e.auth == AuthMethod::Internal || e.producer == internal::INTERNAL)
-        .unwrap_or(true);
-    if own {
+    if internal::is_appliance_entry(&target.entry) {
         return Err(EraseError::ApplianceRecord(seq));
     }
     let before = (*next_seq, frontier.clone());
@@ -723,6 +720,7 @@ fn in_savepoint<T>(
 mod tests {
     use super::*;
     use crate::formats::NormalizedFields;
+    use anchorlog_core::entry::AuthMethod;
     use std::sync::Arc;
 
     fn ev(id: Option<&str>, body: &str) -> NewEvent {

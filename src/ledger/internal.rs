@@ -11,6 +11,14 @@ use serde_json::json;
 /// Producer, source and format name of the appliance's own events.
 pub const INTERNAL: &str = types::APPLIANCE;
 
+/// Whether a stored entry is one of the appliance's own records (or unreadable, which counts as one): such an
+/// event cannot be erased (docs/FORMAT.md §10), on either store.
+pub fn is_appliance_entry(entry: &[u8]) -> bool {
+    anchorlog_core::entry::Entry::parse(entry)
+        .map(|e| e.auth == AuthMethod::Internal || e.producer == INTERNAL)
+        .unwrap_or(true)
+}
+
 /// An event of the appliance's own source with `body` as its payload.
 pub fn internal_event(body: &serde_json::Value) -> NewEvent {
     let fields = crate::formats::internal_fields(body, Some(crate::store::now_ms()));

@@ -21,7 +21,6 @@ use crate::ledger::event::NewEvent;
 use crate::ledger::internal;
 use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::StoredTimestamp;
-use anchorlog_core::entry::{AuthMethod, Entry};
 use anchorlog_core::merkle::{self, Frontier};
 use anchorlog_core::stored::{ErasureRecord, StoredHead};
 use futures_util::future::try_join_all;
@@ -381,10 +380,7 @@ async fn erase(
     if target.body.is_none() {
         return Err(PgError::AlreadyErased(seq));
     }
-    let own = Entry::parse(&target.entry)
-        .map(|e| e.auth == AuthMethod::Internal || e.producer == internal::INTERNAL)
-        .unwrap_or(true);
-    if own {
+    if internal::is_appliance_entry(&target.entry) {
         return Err(PgError::ApplianceRecord(seq));
     }
     let before = (*next_seq, frontier.clone());
