@@ -531,12 +531,40 @@ fn default_syslog_idle_timeout_s() -> u64 {
     600
 }
 
-/// `[storage]`: the SQLite database.
+/// `[storage]`: where the log lives: the embedded SQLite database (the default), or PostgreSQL (docs/HA.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Path of the SQLite database file (created on first start).
+    /// `sqlite` (default) or `postgres`.
+    #[serde(default)]
+    pub backend: StorageBackend,
+    /// Path of the SQLite database file (created on first start). Required with `backend = "sqlite"`.
+    #[serde(default)]
     pub database: PathBuf,
+    /// `backend = "postgres"`: `postgres://ROLE@HOST:PORT/DATABASE` (the application role, docs/HA.md). Never with
+    /// a password in it: that goes in `password_file`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// `backend = "postgres"`: a file holding the role's password (or a systemd credential path).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `backend = "postgres"`: PEM CA certificates that sign the server's certificate. Given, the session is TLS
+    /// (rustls) and the server's name is checked; absent, the session is plain (a unix socket or loopback only).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `backend = "postgres"`: this node's name, recorded with the writer lease and in its takeover records
+    /// (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// `backend = "postgres"`: the writer lease's time to live, seconds (2..=300, default 10). A writer node that
+    /// is frozen or cut off for this long loses the lease, and a standby takes over within about this time plus
+    /// `lease_poll_ms`.
+    #[serde(default = "default_lease_ttl_s")]
+    pub lease_ttl_s: u64,
+    /// `backend = "postgres"`: how often a standby tries to take the lease, milliseconds (100..=60000, default
+    /// 1000).
+    #[serde(default = "default_lease_poll_ms")]
+    pub lease_poll_ms: u64,
     /// What `serve` checks of the whole file before it starts: `quick` (default), `full` or `off`.
     #[serde(default)]
     pub integrity_check: crate::store::IntegrityCheck,
@@ -549,6 +577,24 @@ pub struct StorageConfig {
 
 fn default_max_export_snapshot_s() -> u64 {
     600
+}
+
+fn default_lease_ttl_s() -> u64 {
+    10
+}
+fn default_lease_poll_ms() -> u64 {
+    1_000
+}
+
+/// `storage.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// The embedded SQLite file `storage.database`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database shared by one writer node and any number of standby nodes (docs/HA.md).
+    Postgres,
 }
 
 /// `[limits]`: bounds on what one request may carry, and on what one client may hold or cause (connections, time,
@@ -1106,6 +1152,7 @@ impl Config {
         if !(10..=86_400).contains(&self.storage.max_export_snapshot_s) {
             return Err(invalid("storage.max_export_snapshot_s", "expected 10..=86400 seconds"));
         }
+        self.validate_storage_backend()?;
         let s = &self.sealing;
         if s.seal_interval_ms < 10 || s.seal_interval_ms > 3_600_000 {
             return Err(invalid("sealing.seal_interval_ms", "expected 10..=3600000 milliseconds"));
@@ -1147,6 +1194,62 @@ impl Config {
     /// The quorum in effect: `[witnessing] quorum`, else every configured witness (0 when witnessing is off).
     pub fn witness_quorum(&self) -> usize {
         self.witnessing.quorum.unwrap_or(self.witnesses.len())
+    }
+
+    fn validate_storage_backend(&self) -> Result<(), ConfigError> {
+        let st = &self.storage;
+        match st.backend {
+            StorageBackend::Sqlite => {
+                if st.database.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "storage.database",
+                        "required: the path of the SQLite database file",
+                    ));
+                }
+                let pg_only = [
+                    ("storage.url", st.url.is_some()),
+                    ("storage.password_file", st.password_file.is_some()),
+                    ("storage.ca_file", st.ca_file.is_some()),
+                    ("storage.node", st.node.is_some()),
+                ];
+                if let Some((key, _)) = pg_only.iter().find(|(_, set)| *set) {
+                    return Err(invalid(key, "only for backend = \"postgres\"; the backend is sqlite"));
+                }
+            }
+            StorageBackend::Postgres => {
+                let Some(url) = &st.url else {
+                    return Err(invalid(
+                        "storage.url",
+                        "required with backend = \"postgres\": postgres://ROLE@HOST:PORT/DATABASE",
+                    ));
+                };
+                validate_postgres_url(url)?;
+                if !st.database.as_os_str().is_empty() {
+                    return Err(invalid(
+                        "storage.database",
+                        "a SQLite file is not used with backend = \"postgres\"; remove it (copy a SQLite log \
+                         with `anchorlog migrate`)",
+                    ));
+                }
+                if !(2..=300).contains(&st.lease_ttl_s) {
+                    return Err(invalid("storage.lease_ttl_s", "expected 2..=300 seconds"));
+                }
+                if !(100..=60_000).contains(&st.lease_poll_ms) {
+                    return Err(invalid("storage.lease_poll_ms", "expected 100..=60000 milliseconds"));
+                }
+                if let Some(node) = &st.node {
+                    validate_name(node).map_err(|e| invalid("storage.node", e))?;
+                }
+                if self.search.enabled {
+                    return Err(invalid(
+                        "search.enabled",
+                        "the search index is not available on PostgreSQL yet: set [search] enabled = false \
+                         (auditors search an exported bundle or a SQLite copy meanwhile)",
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_witnessing(&self) -> Result<(), ConfigError> {
@@ -1524,6 +1627,25 @@ fn validate_tpm(t: Option<&TpmConfig>) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A PostgreSQL URL of the configuration: `postgres://` or `postgresql://`, a role, and no password (a password
+/// in a configuration file ends up in backups and `ps`-like listings of the unit: it goes in `password_file`).
+pub fn validate_postgres_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| invalid("storage.url", "expected postgres://ROLE@HOST:PORT/DATABASE"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    match authority.rsplit_once('@') {
+        None => Err(invalid("storage.url", "name the role: postgres://ROLE@HOST:PORT/DATABASE")),
+        Some((user, _)) if user.contains(':') => Err(invalid(
+            "storage.url",
+            "holds a password: remove it from the URL and put it in storage.password_file",
+        )),
+        Some(("", _)) => Err(invalid("storage.url", "name the role: postgres://ROLE@HOST:PORT/DATABASE")),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Checks a log origin: a non-empty single line of printable ASCII without spaces.
@@ -2134,5 +2256,58 @@ identities = ["dns:idp.example.org"]
         std::fs::write(&p, "\n").unwrap();
         let err = read_secret_file("signer.pkcs11.pin_file", &p).unwrap_err().to_string();
         assert!(err.contains("the file is empty"));
+    }
+
+    #[test]
+    fn postgres_storage_needs_a_url_without_a_password_and_no_sqlite_file() {
+        let pg = |storage: &str, extra: &str| {
+            let text =
+                MINIMAL.replace("[storage]\ndatabase = \"a.db\"\n", &format!("[storage]\n{storage}\n"));
+            Config::parse(&format!("{text}\n[search]\nenabled = false\n{extra}"))
+        };
+        let c =
+            pg("backend = \"postgres\"\nurl = \"postgres://app@db1:5432/log\"\npassword_file = \"pw\"", "")
+                .unwrap();
+        assert_eq!(c.storage.backend, StorageBackend::Postgres);
+        assert_eq!(c.storage.lease_ttl_s, 10);
+        assert_eq!(c.storage.lease_poll_ms, 1_000);
+        let err = |storage: &str| pg(storage, "").unwrap_err().to_string();
+        assert_eq!(
+            err("backend = \"postgres\""),
+            "invalid config: `storage.url`: required with backend = \"postgres\": postgres://ROLE@HOST:PORT/DATABASE"
+        );
+        assert_eq!(
+            err("backend = \"postgres\"\nurl = \"postgres://app:secret@db1/log\""),
+            "invalid config: `storage.url`: holds a password: remove it from the URL and put it in \
+             storage.password_file"
+        );
+        assert_eq!(
+            err("backend = \"postgres\"\nurl = \"postgres://db1/log\""),
+            "invalid config: `storage.url`: name the role: postgres://ROLE@HOST:PORT/DATABASE"
+        );
+        assert!(err("backend = \"postgres\"\nurl = \"postgres://app@db1/log\"\ndatabase = \"a.db\"")
+            .starts_with("invalid config: `storage.database`: a SQLite file is not used"));
+        assert_eq!(
+            err("backend = \"postgres\"\nurl = \"postgres://app@db1/log\"\nlease_ttl_s = 1"),
+            "invalid config: `storage.lease_ttl_s`: expected 2..=300 seconds"
+        );
+        let search_on = Config::parse(&MINIMAL.replace(
+            "[storage]\ndatabase = \"a.db\"\n",
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://app@db1/log\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(search_on.starts_with(
+            "invalid config: `search.enabled`: the search index is not available on PostgreSQL"
+        ));
+        let sqlite_with_url = Config::parse(
+            &MINIMAL.replace("database = \"a.db\"", "database = \"a.db\"\nurl = \"postgres://a@b/c\""),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            sqlite_with_url,
+            "invalid config: `storage.url`: only for backend = \"postgres\"; the backend is sqlite"
+        );
     }
 }

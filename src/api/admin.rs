@@ -2,7 +2,7 @@
 
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
-use crate::ledger::appender::{AppendError, EraseError};
+use crate::ledger::appender::EraseError;
 use crate::tls::Peer;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -72,7 +72,6 @@ pub(super) async fn erase(
                  access or erasure); it holds no data subject's payload and cannot be erased"
             ),
         )),
-        Err(EraseError::Append(AppendError::Stopped)) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(EraseError::Append(AppendError::Store(e))) => Err(ApiError::storage("erasure failed", &e)),
+        Err(EraseError::Append(e)) => Err(ApiError::append("erasure failed", &e)),
     }
 }

@@ -5,7 +5,6 @@
 //! search module, it tied `read` and `search` into an import cycle.
 
 use super::{ApiError, AppState};
-use crate::ledger::appender::AppendError;
 use crate::ledger::internal::{audit_access_body, internal_event};
 use crate::tls::Principal;
 
@@ -23,7 +22,6 @@ pub(super) async fn log_access(
         Ok(done) => {
             done.first().map(|a| a.seq).ok_or_else(|| ApiError::internal("audit record", &"not stored"))
         }
-        Err(AppendError::Stopped) => Err(ApiError::unavailable("the writer is stopping")),
-        Err(AppendError::Store(e)) => Err(ApiError::storage("recording the audit access failed", &e)),
+        Err(e) => Err(ApiError::append("recording the audit access failed", &e)),
     }
 }

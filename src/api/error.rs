@@ -94,6 +94,29 @@ impl ApiError {
         }
     }
 
+    /// The answer to a write the writer did not store: 503 `unavailable` when it stopped, 503 `not_writer` with
+    /// `Retry-After` on a standby node (PostgreSQL, docs/HA.md: the producer retries, here or on the writer), the
+    /// storage answer of [`ApiError::storage`] otherwise.
+    pub fn append(context: &str, err: &crate::ledger::appender::AppendError) -> Self {
+        use crate::ledger::appender::AppendError;
+        match err {
+            AppendError::Stopped => {
+                Self::unavailable("the appliance is shutting down; retry on another instance or later")
+            }
+            AppendError::Store(e) => Self::storage(context, e),
+            AppendError::NotWriter(reason) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_writer",
+                "this node is a standby, not the log's writer: nothing was stored; send the request again (to the \
+                 writer node, or here after the retry delay)",
+            )
+            .with_detail(json!({ "reason": reason }))
+            .with_retry_after(NOT_WRITER_RETRY_AFTER_S.into()),
+            #[cfg(feature = "postgres")]
+            AppendError::Postgres(e) => Self::internal(context, e),
+        }
+    }
+
     /// 503 `unavailable` (shutting down or storage stopped).
     pub fn unavailable(what: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what)
@@ -102,6 +125,8 @@ impl ApiError {
 
 /// `Retry-After` of a 507 `storage_full`: freeing space takes an operator, not a moment.
 pub const STORAGE_FULL_RETRY_AFTER_S: u32 = 60;
+/// `Retry-After` of a 503 `not_writer`: a standby takes the lease within the lease's time to live.
+pub const NOT_WRITER_RETRY_AFTER_S: u32 = 1;
 /// `Retry-After` of a 503 `database_busy`: a lock held by another process is usually released soon.
 pub const DATABASE_BUSY_RETRY_AFTER_S: u32 = 5;
 

@@ -244,12 +244,7 @@ async fn append_events(
     if let Err(AppendError::Store(e)) = &appended {
         state.metrics.storage.observe::<()>(Err(e));
     }
-    let appended = appended.map_err(|e| match e {
-        AppendError::Stopped => {
-            ApiError::unavailable("the appliance is shutting down; retry on another instance or later")
-        }
-        AppendError::Store(e) => ApiError::storage("append failed", &e),
-    })?;
+    let appended = appended.map_err(|e| ApiError::append("append failed", &e))?;
     state.metrics.storage.succeeded();
     let duplicates = appended.iter().filter(|a| a.duplicate).count();
     state.metrics.events_appended.fetch_add((appended.len() - duplicates) as u64, Ordering::Relaxed);

@@ -46,6 +46,14 @@ pub enum AppendError {
     /// The writer thread has stopped (shutdown or a fatal error).
     #[error("the writer has stopped")]
     Stopped,
+    /// This node does not hold the writer lease (PostgreSQL, docs/HA.md): it is a standby, or it stepped down.
+    /// Nothing was stored; the request may be sent again (to the writer node, or here later).
+    #[error("this node is not the writer ({0})")]
+    NotWriter(String),
+    /// The PostgreSQL store refused the write or failed.
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Postgres(crate::store::pg::PgError),
 }
 
 /// Why an erasure was refused or failed.
@@ -81,7 +89,8 @@ pub struct Erased {
     pub erasure_leaf_hash: [u8; 32],
 }
 
-enum Command {
+/// One request to the writer, with where its answer goes (the SQLite writer thread's and the PostgreSQL node's).
+pub(crate) enum Command {
     Append {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
@@ -107,7 +116,8 @@ enum Command {
 }
 
 impl Command {
-    fn weight(&self) -> usize {
+    /// How much of a group this command takes (its events; 1 for the others).
+    pub(crate) fn weight(&self) -> usize {
         match self {
             Command::Append { events, .. } => events.len().max(1),
             Command::StoreHead { .. }
@@ -128,6 +138,16 @@ pub struct AppenderHandle {
 }
 
 impl AppenderHandle {
+    /// A handle over a writer that is not the SQLite thread (the PostgreSQL node, src/ledger/pg_node.rs).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn from_parts(
+        commands: mpsc::Sender<Command>,
+        committed: watch::Receiver<u64>,
+        fatal: watch::Receiver<Option<String>>,
+    ) -> AppenderHandle {
+        AppenderHandle { commands, committed, fatal }
+    }
+
     /// Starts the writer thread on `conn` (opened by [`store::open_writer`]) without a search indexer.
     pub fn start(conn: Connection) -> Result<(AppenderHandle, std::thread::JoinHandle<()>), AppendError> {
         Self::start_with_indexer(conn, None)
@@ -509,6 +529,25 @@ enum Done {
     Stored(Result<(), StoreError>),
 }
 
+impl Command {
+    /// Answers the waiter with `e` (nothing of the command was stored).
+    pub(crate) fn fail(self, e: AppendError) {
+        match self {
+            Command::Append { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Command::StoreHead { reply, .. }
+            | Command::StoreTimestamp { reply, .. }
+            | Command::StoreCosignature { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Command::Erase { reply, .. } => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+}
+
 /// Nothing of this group is on disk: fails every waiter.
 fn fail_group(group: Vec<Command>, start_seq: u64, e: &StoreError) {
     if e.fault() == Some(crate::store::fault::StorageFault::Io) {
@@ -526,19 +565,7 @@ fn fail_group(group: Vec<Command>, start_seq: u64, e: &StoreError) {
         })
     };
     for cmd in group {
-        match cmd {
-            Command::Append { reply, .. } => {
-                let _ = reply.send(Err(err()));
-            }
-            Command::StoreHead { reply, .. }
-            | Command::StoreTimestamp { reply, .. }
-            | Command::StoreCosignature { reply, .. } => {
-                let _ = reply.send(Err(err()));
-            }
-            Command::Erase { reply, .. } => {
-                let _ = reply.send(Err(err().into()));
-            }
-        }
+        cmd.fail(err());
     }
 }
 

@@ -16,6 +16,8 @@ pub mod indexer;
 pub mod internal;
 #[cfg(feature = "server")]
 pub mod outage;
+#[cfg(all(feature = "server", feature = "postgres"))]
+pub mod pg_node;
 #[cfg(feature = "server")]
 pub mod sealer;
 #[cfg(feature = "server")]

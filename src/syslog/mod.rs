@@ -344,8 +344,12 @@ async fn commit_loop(
                     break;
                 }
                 Err(AppendError::Stopped) => return unstored(&ctx, n, &mut rx),
-                Err(AppendError::Store(e)) => {
-                    ctx.metrics.storage.observe::<()>(Err(&e));
+                // A refused write (a full disk, a busy database; on PostgreSQL a standby or a failover) is
+                // retried: the sender keeps the messages until they are stored.
+                Err(e) => {
+                    if let AppendError::Store(se) = &e {
+                        ctx.metrics.storage.observe::<()>(Err(se));
+                    }
                     if let Some(unlogged) = failures.occurred() {
                         tracing::error!(error = %e, messages = n, not_logged = unlogged,
                             "syslog: the writer refused a batch; the connection is not read until it is stored \
