@@ -28,6 +28,7 @@ use crate::ledger::sealer::{ChainState, Sealer, SealerSettings};
 use crate::ledger::timestamper::{Timestamper, TimestamperError, TimestamperSettings};
 use crate::metrics::Metrics;
 use crate::signer::{HeadSigner, SignerError, SignerHandle};
+use crate::store::reads::LogReads;
 use crate::store::{self, ReadPool};
 use crate::tls::reload::{Reloader, TrustHandle};
 use crate::tls::trust::ClientTrust;
@@ -403,7 +404,7 @@ impl Service {
             alerts: alerts.clone(),
             threshold: Duration::from_secs(config.alerting.outage_threshold_s),
         };
-        let reads = Arc::new(ReadPool::new(&db));
+        let reads = LogReads::Sqlite(Arc::new(ReadPool::new(&db)));
         let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
         let (stop_tx, stop_rx) = watch::channel(false);
         let sealer = Sealer::new(

@@ -117,6 +117,20 @@ impl ApiError {
         }
     }
 
+    /// 501 `not_available_on_postgres`: `route` still reads the SQLite file (or the search database, which has no
+    /// PostgreSQL counterpart yet) and this appliance stores its log in PostgreSQL (docs/HA.md).
+    pub fn not_available_on_postgres(route: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_available_on_postgres",
+            format!(
+                "{route} is not available yet on an appliance that stores its log in PostgreSQL; use an appliance \
+                 on SQLite for it, or check the log with `anchorlog verify --db postgres://…` meanwhile"
+            ),
+        )
+        .with_detail(json!({"route": route, "storage": "postgres"}))
+    }
+
     /// 503 `unavailable` (shutting down or storage stopped).
     pub fn unavailable(what: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", what)

@@ -1,7 +1,7 @@
 //! `GET /v1/export?from_height=&to_height=`: the export bundle, streamed as it is written (constant memory on
 //! the appliance, however large the range).
 
-use super::read::{blocking, parse_number};
+use super::read::{parse_number, sqlite_blocking, sqlite_only};
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::tls::Peer;
@@ -81,6 +81,7 @@ pub(super) async fn export(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    let reads = sqlite_only(&state, "GET /v1/export")?;
     let from = param(&q, "from_height")?;
     let to = param(&q, "to_height")?;
     if from > to {
@@ -91,7 +92,7 @@ pub(super) async fn export(
         ));
     }
     // Refuse a range that does not exist with a JSON error, before the first byte of the stream.
-    let (last, first_seq, end_seq, unsealed) = blocking(&state, move |c| {
+    let (last, first_seq, end_seq, unsealed) = sqlite_blocking(&reads, move |c| {
         let last_head = crate::store::last_head(c)?;
         let last = last_head.as_ref().map(|h| h.height);
         // The events the bundle carries: those after the head before `from`, up to the head at `to`.
@@ -124,7 +125,6 @@ pub(super) async fn export(
     let count = Some(end_seq.saturating_sub(first_seq));
     super::audit_access::log_access(&state, &principal, "GET /v1/export", &params, count).await?;
     let (tx, rx) = mpsc::channel(8);
-    let reads = state.reads.clone();
     let key = state.public_key.clone();
     let limit = state.max_export_snapshot;
     let runtime = tokio::runtime::Handle::current();

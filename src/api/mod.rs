@@ -20,6 +20,7 @@ pub mod stream;
 use crate::config::{LimitsConfig, Role};
 use crate::ledger::appender::AppenderHandle;
 use crate::metrics::Metrics;
+use crate::store::reads::LogReads;
 use crate::store::ReadPool;
 use crate::tls::{Peer, Principal};
 use anchorlog_core::key::PublicKey;
@@ -37,8 +38,8 @@ use std::sync::Arc;
 pub struct AppState {
     /// The single writer.
     pub appender: AppenderHandle,
-    /// Read-only connections.
-    pub reads: Arc<ReadPool>,
+    /// Reads of the log, on SQLite or PostgreSQL.
+    pub reads: LogReads,
     /// Request limits.
     pub limits: LimitsConfig,
     /// Counters.

@@ -4,10 +4,10 @@
 //! to any size up to it is well defined because every node below a signed size is final. Clients should use
 //! sizes of signed heads (the response carries the root at each size; compare it with the signed head).
 
-use super::read::{blocking, parse_number};
+use super::read::{parse_number, read_failed};
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
-use crate::store::{self, StoreError};
+use crate::store::reads::{ConsistencyAnswer, InclusionAnswer};
 use crate::tls::Peer;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -45,8 +45,8 @@ fn b64_all(hashes: &[[u8; 32]]) -> Vec<String> {
 }
 
 /// Latest signed tree size (None before the first head).
-fn latest_signed(c: &rusqlite::Connection) -> Result<Option<u64>, StoreError> {
-    Ok(store::last_head(c)?.map(|h| h.tree_size))
+async fn latest_signed(state: &AppState) -> Result<Option<u64>, ApiError> {
+    state.reads.latest_signed_size().await.map_err(read_failed)
 }
 
 pub(super) async fn inclusion(
@@ -57,7 +57,7 @@ pub(super) async fn inclusion(
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = required(&q, "seq")?;
     let size = required(&q, "tree_size")?;
-    let latest = blocking(&state, latest_signed).await?;
+    let latest = latest_signed(&state).await?;
     check_signed(latest, size, "tree_size")?;
     if seq >= size {
         return Err(ApiError::new(
@@ -67,11 +67,8 @@ pub(super) async fn inclusion(
         )
         .with_detail(json!({"seq": seq, "tree_size": size})));
     }
-    let (leaf, proof, root) = blocking(&state, move |c| {
-        let leaf = store::tree::subtree(c, seq, 1)?;
-        Ok((leaf, store::tree::inclusion_proof(c, seq, size)?, store::tree::root_at(c, size)?))
-    })
-    .await?;
+    let InclusionAnswer { leaf, proof, root } =
+        state.reads.inclusion(seq, size).await.map_err(read_failed)?;
     Ok(Json(json!({
         "seq": seq,
         "tree_size": size,
@@ -96,16 +93,10 @@ pub(super) async fn consistency(
             format!("from ({from}) must not exceed to ({to}): a consistency proof goes from an older tree"),
         ));
     }
-    let latest = blocking(&state, latest_signed).await?;
+    let latest = latest_signed(&state).await?;
     check_signed(latest, to, "to")?;
-    let (proof, from_root, to_root) = blocking(&state, move |c| {
-        Ok((
-            store::tree::consistency_proof(c, from, to)?,
-            store::tree::root_at(c, from)?,
-            store::tree::root_at(c, to)?,
-        ))
-    })
-    .await?;
+    let ConsistencyAnswer { proof, from_root, to_root } =
+        state.reads.consistency(from, to).await.map_err(read_failed)?;
     Ok(Json(json!({
         "from": from,
         "to": to,
@@ -125,9 +116,8 @@ pub(super) async fn key_rotations(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let size = required(&q, "tree_size")?;
-    let latest = blocking(&state, latest_signed).await?;
+    let latest = latest_signed(&state).await?;
     check_signed(latest, size, "tree_size")?;
-    let rotations =
-        blocking(&state, move |c| crate::bundle::export::key_rotation_proofs(c, 0, size, size)).await?;
+    let rotations = state.reads.key_rotation_proofs(0, size, size).await.map_err(read_failed)?;
     Ok(Json(json!({ "tree_size": size, "rotations": rotations })))
 }

@@ -3,6 +3,7 @@
 use super::{authorize, ApiError, AppState};
 use crate::config::Role;
 use crate::store::cosignatures::StoredCosignature;
+use crate::store::reads::{HeadRecord, WhichHead};
 use crate::store::{self, StoreError, StoredTimestamp};
 use crate::tls::Peer;
 use anchorlog_core::head::{format_time_ms, signed_note};
@@ -17,15 +18,27 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-pub(super) async fn blocking<T: Send + 'static>(
-    state: &AppState,
+/// The SQLite pool for a route that reads only SQLite still (bundle export, search); on a PostgreSQL store the
+/// route's 501 `not_available_on_postgres`.
+pub(super) fn sqlite_only(state: &AppState, route: &str) -> Result<Arc<crate::store::ReadPool>, ApiError> {
+    state.reads.sqlite().cloned().ok_or_else(|| ApiError::not_available_on_postgres(route))
+}
+
+/// Runs `f` on a connection of the SQLite pool, on a blocking thread.
+pub(super) async fn sqlite_blocking<T: Send + 'static>(
+    pool: &Arc<crate::store::ReadPool>,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let reads = state.reads.clone();
-    tokio::task::spawn_blocking(move || reads.with(f))
+    let pool = pool.clone();
+    tokio::task::spawn_blocking(move || pool.with(f))
         .await
         .map_err(|e| ApiError::internal("read task failed", &e))?
         .map_err(|e| ApiError::internal("read failed", &e))
+}
+
+/// A read's failure as the client sees it: 500 `internal`, the cause in the appliance's log.
+pub(super) fn read_failed(e: StoreError) -> ApiError {
+    ApiError::internal("read failed", &e)
 }
 
 /// A head with what was added after it was signed: its RFC 3161 token and its witnesses' cosignatures.
@@ -38,22 +51,14 @@ struct ServedHead {
     spki: Option<Vec<u8>>,
 }
 
-/// A head and its RFC 3161 token and cosignatures, as far as they are stored yet.
-fn head_with_extras(
-    c: &rusqlite::Connection,
-    h: Option<StoredHead>,
-) -> Result<Option<ServedHead>, StoreError> {
-    match h {
-        None => Ok(None),
-        Some(head) => {
-            let timestamp = store::timestamp(c, head.height)?;
-            let cosignatures = store::cosignatures::of_head(c, head.height)?;
-            let spki = store::public_key_pem(c, &head.key_id)?
-                .and_then(|pem| anchorlog_core::key::PublicKey::from_pem(&pem).ok())
-                .map(|k| k.spki_der);
-            Ok(Some(ServedHead { head, timestamp, cosignatures, spki }))
-        }
-    }
+/// A head and its RFC 3161 token and cosignatures, as far as they are stored yet (one snapshot).
+async fn head_with_extras(state: &AppState, which: WhichHead) -> Result<Option<ServedHead>, ApiError> {
+    let record = state.reads.head_record(which).await.map_err(read_failed)?;
+    Ok(record.map(|HeadRecord { head, timestamp, cosignatures, key_pem }| {
+        let spki =
+            key_pem.and_then(|pem| anchorlog_core::key::PublicKey::from_pem(&pem).ok()).map(|k| k.spki_der);
+        ServedHead { head, timestamp, cosignatures, spki }
+    }))
 }
 
 /// The head's signed note (docs/FORMAT.md §4) with its stored cosignature lines appended (§16.6), under the key that
@@ -121,7 +126,7 @@ pub(super) async fn latest_head(
     peer: Option<Extension<Peer>>,
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
-    let head = blocking(&state, |c| head_with_extras(c, store::last_head(c)?)).await?;
+    let head = head_with_extras(&state, WhichHead::Latest).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found("no head has been sealed yet"))
 }
@@ -133,7 +138,7 @@ pub(super) async fn head(
 ) -> Result<Json<Value>, ApiError> {
     authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let height = parse_number(&height, "height")?;
-    let head = blocking(&state, move |c| head_with_extras(c, store::head(c, height)?)).await?;
+    let head = head_with_extras(&state, WhichHead::At(height)).await?;
     head.map(|h| Json(head_json(&state, &h)))
         .ok_or_else(|| ApiError::not_found(format!("no head at height {height}")))
 }
@@ -145,8 +150,7 @@ pub(super) async fn event(
 ) -> Result<Json<Value>, ApiError> {
     let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let (ev, erasure) =
-        blocking(&state, move |c| Ok((store::event(c, seq)?, store::erasure::erasure(c, seq)?))).await?;
+    let (ev, erasure) = state.reads.event_with_erasure(seq).await.map_err(read_failed)?;
     let ev = ev.ok_or_else(|| ApiError::not_found(format!("no event with seq {seq}")))?;
     // The normalized search fields: not part of the evidence, kept by the indexer ~1 s behind the writer (more
     // under load), so `null` until it has caught up (or if search is off or its database cannot be read).
@@ -270,9 +274,12 @@ fn metrics_answer(state: &AppState) -> Response {
 /// grow; docs/RELIABILITY.md) and whether writes fail for a storage fault.
 fn render_storage_metrics(state: &AppState, out: &mut String) {
     use std::fmt::Write as _;
-    let mut wal = state.reads.path().as_os_str().to_owned();
-    wal.push("-wal");
-    let bytes = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    // A PostgreSQL store has no WAL file here (the server's WAL is PostgreSQL's to watch): 0.
+    let bytes = state.reads.sqlite().map_or(0, |pool| {
+        let mut wal = pool.path().as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(&wal).map_or(0, |m| m.len())
+    });
     let _ = writeln!(
         out,
         "# HELP anchorlog_database_wal_bytes Size of the database's write-ahead log file.\n\
@@ -293,15 +300,10 @@ pub(super) async fn receipt(
     peer: Option<Extension<Peer>>,
     Path(seq): Path<String>,
 ) -> Result<Json<anchorlog_core::receipt::Receipt>, ApiError> {
-    use crate::receipt::{self, ReceiptError};
+    use crate::receipt::ReceiptError;
     let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
     let seq = parse_number(&seq, "seq")?;
-    let reads = state.reads.clone();
-    let built = tokio::task::spawn_blocking(move || reads.with(|c| Ok(receipt::build(c, seq))))
-        .await
-        .map_err(|e| ApiError::internal("read task failed", &e))?
-        .map_err(|e| ApiError::internal("read failed", &e))?;
-    match built {
+    match state.reads.receipt(seq).await {
         Ok(r) => {
             // A receipt carries the event's body: access to log content, recorded before it is answered.
             let params = [("seq", seq.to_string())];

@@ -152,6 +152,8 @@ pub(super) async fn search(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = authorize(peer.as_ref().map(|p| &p.0), Role::Auditor)?;
+    // The search database has no PostgreSQL counterpart yet (docs/HA.md).
+    let ledger = super::read::sqlite_only(&state, "GET /v1/events (search)")?;
     let Query(pairs) = query.map_err(|e| bad("query", format!("the query string cannot be parsed: {e}")))?;
     let req = parse(pairs, state.limits.max_query_limit)?;
     let after = match &req.cursor {
@@ -176,7 +178,7 @@ pub(super) async fn search(
     // (limit=1000 with 1 MiB bodies would be ~2 GB of JSON).
     let reserved = req.filter.event_type.as_deref().is_some_and(record_types::is_reserved_type);
     let (with_body, cap, hits) = (req.body, state.limits.max_response_bytes(), page.hits);
-    let built = super::read::blocking(&state, move |c| {
+    let built = super::read::sqlite_blocking(&ledger, move |c| {
         let mut results = Vec::with_capacity(hits.len());
         let mut size = 0usize;
         for (i, hit) in hits.iter().enumerate() {

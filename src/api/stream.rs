@@ -278,18 +278,10 @@ struct Page {
 /// Reads events `from..` (below `upto`, at most a page) and their normalized fields, and renders their lines.
 async fn read_page(state: &Arc<AppState>, from: u64, upto: u64) -> Result<Page, StoreError> {
     let limit = (upto - from).min(PAGE_EVENTS);
-    let reads = state.reads.clone();
+    let events = state.reads.event_page(from, limit, PAGE_BYTES).await?;
+    let bytes: usize = events.iter().map(|ev| ev.entry.len() + ev.body.as_ref().map_or(0, Vec::len)).sum();
     let search = state.search_enabled.then(|| state.search.clone());
     let join = tokio::task::spawn_blocking(move || {
-        let mut events = Vec::with_capacity(limit as usize);
-        let mut bytes = 0usize;
-        reads.with(|c| {
-            store::for_each_event_page(c, from, limit, |ev| {
-                bytes += ev.entry.len() + ev.body.as_ref().map_or(0, Vec::len);
-                events.push(ev);
-                Ok(bytes < PAGE_BYTES)
-            })
-        })?;
         let (Some(first), Some(last)) = (events.first().map(|e| e.seq), events.last().map(|e| e.seq)) else {
             return Err(StoreError::Corrupt {
                 table: "events",

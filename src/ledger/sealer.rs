@@ -13,7 +13,8 @@ use crate::ledger::appender::AppenderHandle;
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
 use crate::signer::SignerHandle;
-use crate::store::{self, ReadPool, StoreError};
+use crate::store::reads::LogReads;
+use crate::store::{self, StoreError};
 use anchorlog_core::head::Checkpoint;
 use anchorlog_core::merkle::Frontier;
 use anchorlog_core::stored::StoredHead;
@@ -89,7 +90,7 @@ pub struct Sealer {
     settings: SealerSettings,
     signer: SignerHandle,
     appender: AppenderHandle,
-    reads: Arc<ReadPool>,
+    reads: LogReads,
     metrics: Arc<Metrics>,
     state: ChainState,
     last_seal: Instant,
@@ -105,7 +106,7 @@ impl Sealer {
         settings: SealerSettings,
         signer: SignerHandle,
         appender: AppenderHandle,
-        reads: Arc<ReadPool>,
+        reads: LogReads,
         metrics: Arc<Metrics>,
         state: ChainState,
     ) -> Self {
@@ -248,10 +249,7 @@ impl Sealer {
 
     async fn seal_one(&mut self, target: u64) -> Result<(), SealError> {
         let from = self.state.frontier.size();
-        let reads = self.reads.clone();
-        let leaves = tokio::task::spawn_blocking(move || reads.with(|c| store::leaf_hashes(c, from, target)))
-            .await
-            .map_err(|_| SealError::Join)??;
+        let leaves = self.reads.leaf_hashes(from, target).await?;
         if target > from {
             crash_point!(CommitBeforeSeal);
         }

@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::ledger::appender::AppenderHandle;
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::Metrics;
-use crate::store::{self, ReadPool, StoreError, StoredTimestamp};
+use crate::store::reads::LogReads;
+use crate::store::{self, StoreError, StoredTimestamp};
 use crate::tsa;
 use anchorlog_core::stored::StoredHead;
 use anchorlog_core::tsa::{verify_response, TrustAnchors, VerifyOptions};
@@ -122,7 +123,7 @@ impl TimestamperSettings {
 pub struct Timestamper {
     settings: TimestamperSettings,
     appender: AppenderHandle,
-    reads: Arc<ReadPool>,
+    reads: LogReads,
     metrics: Arc<Metrics>,
     /// Untimestamped heads in height order (a window of the backlog).
     queue: VecDeque<StoredHead>,
@@ -139,7 +140,7 @@ impl Timestamper {
     pub fn new(
         settings: TimestamperSettings,
         appender: AppenderHandle,
-        reads: Arc<ReadPool>,
+        reads: LogReads,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.timestamping_enabled.store(true, Ordering::Relaxed);
@@ -220,10 +221,7 @@ impl Timestamper {
     }
 
     async fn count_stored(&self) -> Result<u64, StoreError> {
-        let reads = self.reads.clone();
-        tokio::task::spawn_blocking(move || reads.with(store::timestamp_count))
-            .await
-            .map_err(|e| StoreError::Corrupt { table: "timestamps", key: 0, problem: e.to_string() })?
+        self.reads.timestamp_count().await
     }
 
     /// Loads heads without a token that are not queued yet (a bounded window).
@@ -231,22 +229,17 @@ impl Timestamper {
         if self.queue.len() as u64 >= QUEUE_CHUNK {
             return;
         }
-        let reads = self.reads.clone();
         let from = self.scan_from;
         let limit = QUEUE_CHUNK - self.queue.len() as u64;
-        let loaded = tokio::task::spawn_blocking(move || {
-            reads.with(|c| store::heads_without_timestamp(c, from, limit))
-        })
-        .await;
+        let loaded = self.reads.heads_without_timestamp(from, limit).await;
         match loaded {
-            Ok(Ok(heads)) => {
+            Ok(heads) => {
                 if let Some(last) = heads.last() {
                     self.scan_from = last.height + 1;
                 }
                 self.queue.extend(heads);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "timestamper: cannot read heads"),
-            Err(e) => tracing::error!(error = %e, "timestamper: read task failed"),
+            Err(e) => tracing::error!(error = %e, "timestamper: cannot read heads"),
         }
         self.publish_oldest();
     }

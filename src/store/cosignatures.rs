@@ -193,7 +193,8 @@ pub fn heads_with_cosigners(conn: &Connection, from: u64) -> Result<Vec<HeadCosi
     let with_table = present(conn)?;
     let sql = if with_table {
         "SELECT h.height, h.sealed_at_ms, c.witness, c.key_id FROM heads h
-         LEFT JOIN cosignatures c ON c.height = h.height WHERE h.height >= ?1 ORDER BY h.height"
+         LEFT JOIN cosignatures c ON c.height = h.height WHERE h.height >= ?1
+         ORDER BY h.height, c.witness, c.key_id"
     } else {
         "SELECT height, sealed_at_ms, NULL, NULL FROM heads WHERE height >= ?1 ORDER BY height"
     };

@@ -7,6 +7,8 @@ pub mod fault;
 mod file_length;
 #[cfg(feature = "postgres")]
 pub mod pg;
+#[cfg(feature = "server")]
+pub mod reads;
 pub mod schema;
 pub mod search;
 pub mod tree;
@@ -77,6 +79,27 @@ pub enum StoreError {
         /// What is wrong.
         problem: String,
     },
+    /// The blocking task that ran a read failed (it panicked or the runtime is shutting down).
+    #[error("a read task failed: {0}")]
+    ReadTask(String),
+    /// A read on a PostgreSQL log failed (`reads::LogReads`' PostgreSQL arm; its corrupt rows and out-of-tree sizes
+    /// become [`StoreError::Corrupt`] and [`StoreError::Merkle`], as on SQLite).
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Postgres(pg::PgError),
+}
+
+#[cfg(feature = "postgres")]
+impl From<pg::PgError> for StoreError {
+    /// The same variant as SQLite's for what both stores can find (a corrupt row, a size outside the tree), so that
+    /// callers and their messages do not depend on the store.
+    fn from(e: pg::PgError) -> Self {
+        match e {
+            pg::PgError::Corrupt { table, key, problem } => StoreError::Corrupt { table, key, problem },
+            pg::PgError::Merkle(m) => StoreError::Merkle(m),
+            other => StoreError::Postgres(other),
+        }
+    }
 }
 
 /// A stored RFC 3161 time-stamp token of one head.

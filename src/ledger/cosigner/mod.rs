@@ -35,8 +35,9 @@ use crate::ledger::appender::AppenderHandle;
 use crate::ledger::internal::{witness_refused_body, WitnessRefusal};
 use crate::ledger::outage::{LifecycleGate, OutageAlert, OutageRecorder};
 use crate::metrics::{Metrics, WitnessStatus};
-use crate::store::cosignatures::{self, StoredCosignature, WitnessCursor};
-use crate::store::{self, ReadPool, StoreError};
+use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
+use crate::store::reads::LogReads;
+use crate::store::{self, StoreError};
 use anchorlog_core::head::signed_note;
 use anchorlog_core::key::PublicKey;
 use anchorlog_core::note::protocol::AddCheckpointRequest;
@@ -142,7 +143,7 @@ impl CosignerSettings {
 /// What every witness task shares.
 struct Shared {
     appender: AppenderHandle,
-    reads: Arc<ReadPool>,
+    reads: LogReads,
     metrics: Arc<Metrics>,
     /// The current head-signing key (heads signed by an earlier key get theirs from the database).
     public_key: PublicKey,
@@ -168,7 +169,7 @@ impl Cosigner {
     pub fn new(
         settings: CosignerSettings,
         appender: AppenderHandle,
-        reads: Arc<ReadPool>,
+        reads: LogReads,
         metrics: Arc<Metrics>,
         public_key: PublicKey,
         origin: String,
@@ -285,23 +286,13 @@ async fn first_heights(
     shared: &Shared,
     keys: &[(String, u32)],
 ) -> Result<Vec<(u64, Option<u64>)>, StoreError> {
-    let keys = keys.to_vec();
-    blocking(shared, move |c| {
-        let newest = store::last_head(c)?.map_or(0, |h| h.height);
-        keys.iter()
-            .map(|(name, id)| {
-                let last = cosignatures::last_cosigned_height(c, name, *id)?;
-                Ok((last.map_or(newest, |h| h + 1), last))
-            })
-            .collect()
-    })
-    .await
+    shared.reads.cosigning_starts(keys).await
 }
 
 /// Loads the heads sealed since the tracker last looked, and publishes the result.
 async fn refresh(shared: &Shared, tracker: &mut QuorumTracker) {
     let from = tracker.next_load();
-    match blocking(shared, move |c| cosignatures::heads_with_cosigners(c, from)).await {
+    match shared.reads.heads_with_cosigners(from).await {
         Ok(rows) => tracker.load(rows),
         Err(e) => tracing::error!(error = %e, "cosigner: cannot read heads"),
     }
@@ -312,18 +303,6 @@ fn publish(metrics: &Metrics, tracker: &QuorumTracker) {
     let (n, oldest) = tracker.below();
     metrics.heads_below_quorum.store(n, Ordering::Relaxed);
     metrics.oldest_below_quorum_ms.store(oldest.unwrap_or(0), Ordering::Relaxed);
-}
-
-async fn blocking<T: Send + 'static>(
-    shared: &Shared,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let reads = shared.reads.clone();
-    tokio::task::spawn_blocking(move || reads.with(f)).await.map_err(|e| StoreError::Corrupt {
-        table: "heads",
-        key: 0,
-        problem: format!("read task failed: {e}"),
-    })?
 }
 
 /// What one attempt at one head came to.
@@ -386,8 +365,7 @@ impl WitnessTask {
     }
 
     async fn run(mut self, mut sealed: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
-        let vkey = self.vkey_text.clone();
-        match blocking(&self.shared, move |c| cosignatures::cursor(c, &vkey)).await {
+        match self.shared.reads.witness_cursor(&self.vkey_text).await {
             Ok(c) => self.witness_size = c.map(|c| c.tree_size),
             Err(e) => {
                 tracing::warn!(witness = %self.w.name, error = %e, "cannot read the witness cursor; starting from old size 0")
@@ -433,7 +411,7 @@ impl WitnessTask {
             self.next = newest;
         }
         let height = self.next;
-        let head = match blocking(&self.shared, move |c| store::head(c, height)).await {
+        let head = match self.shared.reads.head(height).await {
             Ok(Some(h)) => h,
             Ok(None) => {
                 // Announced but not readable yet (a read snapshot behind the writer): try again shortly.
@@ -600,13 +578,10 @@ impl WitnessTask {
     /// A 409 with a size larger than `head`'s: fine if this log has signed a tree that large (another party
     /// showed it to the witness; continue from that head), else the witness saw a history this database lacks.
     async fn ahead(&mut self, head: &StoredHead, s: u64) -> Attempt {
-        let found = blocking(&self.shared, move |c| {
-            Ok(match s {
-                0 => None,
-                s => store::covering_head(c, s - 1)?.filter(|h| h.tree_size >= s),
-            })
-        })
-        .await;
+        let found = match s {
+            0 => Ok(None),
+            s => self.shared.reads.covering_head(s - 1).await.map(|h| h.filter(|h| h.tree_size >= s)),
+        };
         match found {
             Ok(Some(h)) => {
                 self.witness_size = Some(s);
@@ -668,20 +643,17 @@ impl WitnessTask {
         let spki = if head.key_id == self.shared.public_key.key_id {
             self.shared.public_key.spki_der.clone()
         } else {
-            let id = head.key_id.clone();
-            let pem = blocking(&self.shared, move |c| store::public_key_pem(c, &id))
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| {
-                    format!("the database holds no public key {} of head {}", head.key_id, head.height)
-                })?;
+            let pem =
+                self.shared.reads.public_key_pem(&head.key_id).await.map_err(|e| e.to_string())?.ok_or_else(
+                    || format!("the database holds no public key {} of head {}", head.key_id, head.height),
+                )?;
             PublicKey::from_pem(&pem).map_err(|e| e.to_string())?.spki_der
         };
         Ok(signed_note(&head.checkpoint, &self.shared.origin, &spki, &head.signature))
     }
 
     async fn proof(&self, old: u64, size: u64) -> Result<Vec<anchorlog_core::merkle::Hash>, StoreError> {
-        blocking(&self.shared, move |c| store::tree::consistency_proof(c, old, size)).await
+        self.shared.reads.consistency_proof(old, size).await
     }
 }
 

@@ -10,18 +10,23 @@
 //!   time-stamp tokens;
 //! - [`read`]: the reads the actors and the tests need, on any session;
 //! - [`tree`]: the stored Merkle tree: subtrees, frontier, roots and RFC 9162 proofs;
+//! - [`evidence`]: the proofs a receipt and the key rotation route carry, from several reads in one snapshot;
+//! - [`reads_pool`]: [`PgReads`], the read sessions a node serves its reads from (reopened when they break);
 //! - [`copy`]: `anchorlog migrate`'s copy of a SQLite log into an empty PostgreSQL log.
 //!
 //! Every statement is parameterised; the only SQL built from text is fixed DDL (no input in it).
 
 pub mod copy;
+pub mod evidence;
 pub mod lease;
 pub mod read;
+pub mod reads_pool;
 pub mod schema;
 pub mod tree;
 pub mod writer;
 
 pub use lease::{LeaseOptions, WriterLease};
+pub use reads_pool::{PgReads, DEFAULT_READ_SESSIONS};
 pub use writer::{PgCommand, PgDone, PgWriter};
 
 use std::sync::Arc;

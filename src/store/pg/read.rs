@@ -1,10 +1,11 @@
 //! Reads on any session (a standby's, the writer's own transaction): the PostgreSQL counterparts of
-//! src/store/mod.rs's reads that the appender, sealer and timestamper use, same names and results.
+//! src/store/mod.rs's reads that the appender, the sealer, the timestamper, the cosigner and the read routes use
+//! (through `store::reads::LogReads`), same names, results and ordering.
 
 use super::{hash_of, i64_of, u64_of, PgError};
-use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
+use crate::store::cosignatures::{HeadCosigners, StoredCosignature, WitnessCursor};
 use crate::store::StoredTimestamp;
-use anchorlog_core::stored::{StoredEvent, StoredHead};
+use anchorlog_core::stored::{ErasureRecord, StoredEvent, StoredHead};
 use tokio_postgres::{GenericClient, Row};
 
 /// The origin recorded when the log was created.
@@ -232,8 +233,10 @@ pub async fn cosignatures_of_head(
 ) -> Result<Vec<StoredCosignature>, PgError> {
     let rows = c
         .query(
+            // SQLite's order (src/store/cosignatures.rs): by storing time, then by witness and key ID compared
+            // bytewise (its BINARY collation; "C" here, whatever the database's collation).
             "SELECT height, witness, key_id, line, timestamp, stored_at_ms FROM cosignatures WHERE height = $1 \
-             ORDER BY witness, key_id",
+             ORDER BY stored_at_ms, witness COLLATE \"C\", key_id COLLATE \"C\"",
             &[&i64_of(height)],
         )
         .await?;
@@ -254,4 +257,131 @@ pub async fn cosignatures_of_head(
             })
         })
         .collect()
+}
+
+/// At most `limit` events with `seq >= from` in seq order, stopping after the event that brings the sum of entry
+/// and body sizes to `max_bytes` or more (the SQLite walk's page: `store::for_each_event_page`).
+pub async fn event_page(
+    c: &impl GenericClient,
+    from: u64,
+    limit: u64,
+    max_bytes: usize,
+) -> Result<Vec<StoredEvent>, PgError> {
+    let rows = c
+        .query(
+            "SELECT seq, entry, leaf_hash, salt, body FROM events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+            &[&i64_of(from), &i64_of(limit)],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    let mut bytes = 0usize;
+    for r in &rows {
+        let ev = event_from_row(r)?;
+        bytes += ev.entry.len() + ev.body.as_ref().map_or(0, Vec::len);
+        out.push(ev);
+        if bytes >= max_bytes {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Number of stored tokens.
+pub async fn timestamp_count(c: &impl GenericClient) -> Result<u64, PgError> {
+    let n: i64 = c.query_one("SELECT count(*) FROM timestamps", &[]).await?.try_get(0)?;
+    Ok(n.max(0) as u64)
+}
+
+/// Whether any head with `from <= height <= to` has a token.
+pub async fn any_timestamp_between(c: &impl GenericClient, from: u64, to: u64) -> Result<bool, PgError> {
+    let row = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM timestamps WHERE height BETWEEN $1 AND $2)",
+            &[&i64_of(from), &i64_of(to)],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The erasure record of `seq`, if its payload was erased.
+pub async fn erasure(c: &impl GenericClient, seq: u64) -> Result<Option<ErasureRecord>, PgError> {
+    let row = c
+        .query_opt(
+            "SELECT seq, erasure_seq, erased_by, reason, erased_at_ms FROM erasures WHERE seq = $1",
+            &[&i64_of(seq)],
+        )
+        .await?;
+    row.map(|r| {
+        Ok(ErasureRecord {
+            seq: u64_of(r.try_get(0)?, "erasures", seq, "seq")?,
+            erasure_seq: u64_of(r.try_get(1)?, "erasures", seq, "erasure_seq")?,
+            erased_by: r.try_get(2)?,
+            reason: r.try_get(3)?,
+            erased_at_ms: r.try_get(4)?,
+        })
+    })
+    .transpose()
+}
+
+/// The seqs of the indexed key rotation records (`rotation:<seq, 20 digits>` in `log_meta`), in order.
+pub async fn rotation_seqs(c: &impl GenericClient) -> Result<Vec<u64>, PgError> {
+    let rows = c
+        .query("SELECT key FROM log_meta WHERE key LIKE 'rotation:%' ORDER BY key COLLATE \"C\"", &[])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let key: String = r.try_get(0)?;
+            key.strip_prefix("rotation:").and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
+                PgError::Corrupt {
+                    table: "log_meta",
+                    key: 0,
+                    problem: format!("malformed rotation index {key:?}"),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The greatest height the witness key (`witness`, `key_id`) has a stored cosignature of.
+pub async fn last_cosigned_height(
+    c: &impl GenericClient,
+    witness: &str,
+    key_id: u32,
+) -> Result<Option<u64>, PgError> {
+    let h: Option<i64> = c
+        .query_one(
+            "SELECT max(height) FROM cosignatures WHERE witness = $1 AND key_id = $2",
+            &[&witness, &format!("{key_id:08x}")],
+        )
+        .await?
+        .try_get(0)?;
+    h.map(|h| u64_of(h, "cosignatures", 0, "height")).transpose()
+}
+
+/// Heads with `height >= from`, each with its seal time and the witness keys that cosigned it (by witness and key
+/// ID, bytewise: the order of SQLite's primary key).
+pub async fn heads_with_cosigners(c: &impl GenericClient, from: u64) -> Result<Vec<HeadCosigners>, PgError> {
+    let rows = c
+        .query(
+            "SELECT h.height, h.sealed_at_ms, c.witness, c.key_id FROM heads h \
+             LEFT JOIN cosignatures c ON c.height = h.height WHERE h.height >= $1 \
+             ORDER BY h.height, c.witness COLLATE \"C\", c.key_id COLLATE \"C\"",
+            &[&i64_of(from)],
+        )
+        .await?;
+    let mut out: Vec<HeadCosigners> = Vec::new();
+    for r in &rows {
+        let height = u64_of(r.try_get(0)?, "heads", 0, "height")?;
+        if out.last().is_none_or(|h| h.height != height) {
+            out.push(HeadCosigners { height, sealed_at_ms: r.try_get(1)?, cosigners: Vec::new() });
+        }
+        let witness: Option<String> = r.try_get(2)?;
+        let key_id: Option<String> = r.try_get(3)?;
+        if let (Some(w), Some(id), Some(last)) = (witness, key_id, out.last_mut()) {
+            if let Ok(id) = u32::from_str_radix(&id, 16) {
+                last.cosigners.push((w, id));
+            }
+        }
+    }
+    Ok(out)
 }
