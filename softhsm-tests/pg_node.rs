@@ -22,6 +22,7 @@ fn settings_ttl(db: &Db, node: &str, trusted: Vec<PublicKey>, ttl: Duration) -> 
         trusted_keys: trusted,
         signer: format!("test signer of {node}"),
         key_id: format!("key-of-{node}"),
+        public_key_pem: format!("PEM of {node}"),
         config_sha256: "00".repeat(32),
     }
 }

@@ -7,6 +7,7 @@
 
 mod kit;
 mod pg_node;
+mod pg_serve;
 
 use anchorlog::formats::NormalizedFields;
 use anchorlog::ledger::event::NewEvent;

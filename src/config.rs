@@ -552,6 +552,10 @@ pub struct StorageConfig {
     /// (rustls) and the server's name is checked; absent, the session is plain (a unix socket or loopback only).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `backend = "postgres"`: the other nodes' signing public keys (PEM, several blocks): a node takes over only
+    /// a log whose last head is signed by its own key or one of these (docs/HA.md). Without it, only its own.
+    #[serde(default)]
+    pub keyring_file: Option<PathBuf>,
     /// `backend = "postgres"`: this node's name, recorded with the writer lease and in its takeover records
     /// (default: the host name).
     #[serde(default)]
@@ -1211,6 +1215,7 @@ impl Config {
                     ("storage.password_file", st.password_file.is_some()),
                     ("storage.ca_file", st.ca_file.is_some()),
                     ("storage.node", st.node.is_some()),
+                    ("storage.keyring_file", st.keyring_file.is_some()),
                 ];
                 if let Some((key, _)) = pg_only.iter().find(|(_, set)| *set) {
                     return Err(invalid(key, "only for backend = \"postgres\"; the backend is sqlite"));

@@ -108,6 +108,9 @@ pub mod dev_witness;
 pub mod listen;
 #[cfg(feature = "server")]
 pub mod monitor;
+/// `serve` on a PostgreSQL log: the node's writer lease, its actors while it writes (docs/HA.md).
+#[cfg(all(feature = "server", feature = "postgres"))]
+pub mod pg_serve;
 #[cfg(feature = "server")]
 pub mod preflight;
 #[cfg(feature = "server")]

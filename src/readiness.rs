@@ -16,7 +16,7 @@ use std::time::Duration;
 pub struct Reason {
     /// Stable code: `signer_failing`, `signer_hung`, `signer_backing_off`, `sealing_stalled`, `timestamps_overdue`, `cosignatures_overdue`,
     /// `witness_refused`, `disk_nearly_full`, `self_verification_failed`, and while writes fail for a storage fault
-    /// `storage_full`, `database_busy`, `database_corrupt`, `storage_io_error`.
+    /// `storage_full`, `database_busy`, `database_corrupt`, `storage_io_error`; on PostgreSQL `standby` (not the writer).
     pub code: &'static str,
     /// What is wrong, for a human.
     pub message: String,

@@ -123,6 +123,10 @@ pub enum ServeError {
     /// Internal task failure.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A PostgreSQL log cannot be served (configuration, connection, schema).
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Postgres(#[from] crate::pg_serve::PgServeError),
 }
 
 /// The writer's fatal I/O error, if it stopped on one.
@@ -177,12 +181,32 @@ fn open_pkcs11(_config: &Config) -> Result<SignerHandle, ServeError> {
     Err(SignerError::Unavailable("pkcs11").into())
 }
 
+/// Where the log is, as `start` left it for `run`.
+enum Storage {
+    /// The embedded SQLite file, reconciled and opened for writing.
+    Sqlite(SqliteStart),
+    /// A PostgreSQL log shared with other nodes (docs/HA.md): checked, not yet written.
+    #[cfg(feature = "postgres")]
+    Postgres(crate::pg_serve::PgStorage),
+}
+
+/// What the start of a SQLite log leaves for `run`.
+struct SqliteStart {
+    writer_conn: rusqlite::Connection,
+    chain: ChainState,
+    previous_run: PreviousRun,
+    // Self-verification (issue 12): where the background verifier continues, from which first key.
+    resume: crate::selfverify::Resume,
+    first_key: anchorlog_core::key::PublicKey,
+    /// The seq of this run's start record when the start already wrote it (with a key rotation).
+    recorded_start: Option<u64>,
+}
+
 /// A started service; `run` drives it to completion.
 pub struct Service {
     config: Config,
     signer: SignerHandle,
-    writer_conn: rusqlite::Connection,
-    chain: ChainState,
+    storage: Storage,
     listener: TcpListener,
     health_listener: Option<TcpListener>,
     timestamping: Option<TimestamperSettings>,
@@ -192,14 +216,7 @@ pub struct Service {
     syslog_listener: Option<TcpListener>,
     tls: ClientTrust,
     source_tls: Option<Arc<rustls::ServerConfig>>,
-    previous_run: PreviousRun,
-    // Self-verification and alerts (issue 12): where the background verifier continues, from which first key, the
-    // webhooks.
-    resume: crate::selfverify::Resume,
-    first_key: anchorlog_core::key::PublicKey,
     alert_targets: Vec<crate::alerts::AlertTarget>,
-    /// The seq of this run's start record when the start already wrote it (with a key rotation).
-    recorded_start: Option<u64>,
     /// SIGHUP (reload), handled from before the listeners are announced: its default action would kill the process.
     hangup: Option<tokio::signal::unix::Signal>,
 }
@@ -228,23 +245,24 @@ impl Service {
             tracing::warn!("witnessing is off: no [[witness]] is configured, heads get no cosignatures");
         }
         tracing::info!(signer = signer.description(), key_id = %signer.public_key().key_id, "signer ready");
-        // The whole file is checked first: a damaged page or a truncated file refuses the start, naming the file.
-        let writer_conn = store::open_writer_checked(
-            &config.storage.database,
-            &config.origin,
-            config.storage.integrity_check,
-        )?;
         // Exports name the key of every head; keep its public half beside the log.
         let pem = crate::bundle::export::public_key_pem(signer.public_key())
             .map_err(|e| ServeError::Internal(e.to_string()))?;
-        store::record_public_key(&writer_conn, &signer.public_key().key_id, &pem)?;
-        let Reconciled { report, chain, resume, first_key } = reconcile(&config, &signer).await?;
-        let previous_run = {
-            let last = store::last_event(&writer_conn)?;
-            PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
+        let storage = match config.storage.backend {
+            crate::config::StorageBackend::Sqlite => {
+                Storage::Sqlite(start_sqlite(&config, &signer, &pem).await?)
+            }
+            #[cfg(feature = "postgres")]
+            crate::config::StorageBackend::Postgres => Storage::Postgres(
+                crate::pg_serve::prepare(&config, signer.public_key(), signer.description(), pem).await?,
+            ),
+            #[cfg(not(feature = "postgres"))]
+            crate::config::StorageBackend::Postgres => return Err(ServeError::Internal(
+                "storage.backend = \"postgres\", but this build has no PostgreSQL support (cargo feature \
+                     `postgres`)"
+                    .into(),
+            )),
         };
-        let (writer_conn, chain, recorded_start) =
-            settle_keys(&config, &signer, writer_conn, chain, &report, previous_run).await?;
         let sources = Arc::new(loaded.sources);
         let listener = TcpListener::bind(&config.server.listen)
             .await
@@ -276,8 +294,7 @@ impl Service {
         Ok(Service {
             config,
             signer,
-            writer_conn,
-            chain,
+            storage,
             listener,
             health_listener,
             sources,
@@ -287,11 +304,7 @@ impl Service {
             source_tls: loaded.source_tls,
             timestamping,
             witnessing,
-            previous_run,
-            resume,
-            first_key,
             alert_targets: loaded.alerts,
-            recorded_start,
             hangup,
         })
     }
@@ -321,8 +334,7 @@ impl Service {
         let Service {
             config,
             signer,
-            writer_conn,
-            chain,
+            storage,
             listener,
             health_listener,
             sources,
@@ -332,11 +344,7 @@ impl Service {
             source_tls,
             timestamping,
             witnessing,
-            previous_run,
-            resume,
-            first_key,
             alert_targets,
-            recorded_start,
             hangup,
         } = self;
         #[cfg(feature = "fault-injection")]
@@ -347,145 +355,137 @@ impl Service {
             }
         }
         let db = config.storage.database.clone();
-        // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
-        let (indexer, indexer_thread) = match config.search.enabled {
-            true => {
-                let (handle, thread) = IndexerHandle::start(&db)?;
-                (Some(handle), Some(thread))
-            }
-            false => (None, None),
-        };
-        let search_lag = indexer.as_ref().map(IndexerHandle::lag);
         let metrics = Arc::new(Metrics::new());
         let _ = metrics.signer.set(signer.health());
         let commit_sizes = metrics.instruments.commit_events.clone();
         let replays = metrics.instruments.commit_replays.clone();
         let slow_writer = writer_fault_delay();
-        let (appender, writer_thread) = AppenderHandle::start_observed(
-            writer_conn,
-            indexer,
-            WriterObserver {
-                on_commit: Box::new(move |events| {
-                    commit_sizes.observe(events as f64);
-                    if let Some(delay) = slow_writer {
-                        std::thread::sleep(delay);
-                    }
-                }),
-                on_replay: Box::new(move || replays.inc()),
-            },
-        )?;
-        // The start is on record before the first request is accepted (PCI DSS 10.2.1.6).
-        let start = internal::start_body(
-            &config.text_sha256,
-            signer.description(),
-            &signer.public_key().key_id,
-            previous_run,
-        );
-        let start_seq = if let (Some(seq), true) = (recorded_start, config.server.record_appliance_events) {
-            tracing::info!(
-                seq,
-                previous_run = previous_run.as_str(),
-                "start recorded in the log with the key rotation"
-            );
-            Some(seq)
-        } else if config.server.record_appliance_events {
-            let seq = match appender.append(vec![internal::internal_event(&start)]).await {
-                Ok(done) => done.first().map(|a| a.seq),
-                Err(e) => return Err(ServeError::StartRecord(e.to_string())),
-            };
-            tracing::info!(seq, previous_run = previous_run.as_str(), "start recorded in the log");
-            seq
-        } else {
-            tracing::warn!("server.record_appliance_events = false: starts, stops, outages and refused access are not recorded in the log (not PCI DSS 10.2.1.4/10.2.1.6/10.7.3 compliant)");
-            None
+        let observer = WriterObserver {
+            on_commit: Box::new(move |events| {
+                commit_sizes.observe(events as f64);
+                if let Some(delay) = slow_writer {
+                    std::thread::sleep(delay);
+                }
+            }),
+            on_replay: Box::new(move || replays.inc()),
         };
         let alerts = crate::alerts::Alerts::start(&config.origin, alert_targets);
-        let outage_alert = || crate::ledger::outage::OutageAlert {
-            alerts: alerts.clone(),
-            threshold: Duration::from_secs(config.alerting.outage_threshold_s),
-        };
-        let reads = LogReads::Sqlite(Arc::new(ReadPool::new(&db)));
-        let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let sealer = Sealer::new(
-            SealerSettings {
-                origin: config.origin.clone(),
-                seal_interval: config.sealing.seal_interval(),
-                seal_max_events: config.sealing.seal_max_events,
-                heartbeat_interval: config.sealing.heartbeat_interval(),
-            },
-            signer.clone(),
-            appender.clone(),
-            reads.clone(),
-            metrics.clone(),
-            chain,
-        );
         // Outage records share the log's end with the stop record, which must come last: the gate orders them.
         let gate = LifecycleGate::default();
-        let sealer =
-            if config.server.record_appliance_events { sealer.record_outages(gate.clone()) } else { sealer };
-        let sealer = sealer.alert_outages(outage_alert());
-        let sealed_height = sealer.sealed_height();
-        let sealer_task = tokio::spawn(sealer.run(stop_rx));
-        // The timestamper stops after the sealer, so the final head gets its token too.
-        let (ts_stop_tx, ts_stop_rx) = watch::channel(false);
-        let timestamper_task = timestamping.map(|settings| {
-            let t = Timestamper::new(settings, appender.clone(), reads.clone(), metrics.clone());
-            let t = if config.server.record_appliance_events { t.record_outages(gate.clone()) } else { t };
-            let t = t.alert_outages(outage_alert());
-            tokio::spawn(t.run(sealed_height.clone(), ts_stop_rx.clone()))
-        });
-        // The cosigner too: the final head is submitted to the witnesses.
-        let cosigner_task = witnessing.map(|settings| {
-            let c = Cosigner::new(
-                settings,
-                appender.clone(),
-                reads.clone(),
-                metrics.clone(),
-                signer.public_key().clone(),
-                config.origin.clone(),
-            );
-            let c = if config.server.record_appliance_events { c.record_events(gate.clone()) } else { c };
-            let c = c.alert_outages(outage_alert());
-            tokio::spawn(c.run(sealed_height, ts_stop_rx))
-        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let self_verify = Arc::new(crate::selfverify::SelfVerifyState::default());
+        let run = match storage {
+            Storage::Sqlite(start) => {
+                // `[search] enabled = false`: no indexer; a later start with search on re-derives what it missed.
+                let (indexer, indexer_thread) = match config.search.enabled {
+                    true => {
+                        let (handle, thread) = IndexerHandle::start(&db)?;
+                        (Some(handle), Some(thread))
+                    }
+                    false => (None, None),
+                };
+                let search_lag = indexer.as_ref().map(IndexerHandle::lag);
+                let (appender, writer_thread) =
+                    AppenderHandle::start_observed(start.writer_conn, indexer, observer)?;
+                let start_seq =
+                    record_start(&config, &signer, &appender, start.previous_run, start.recorded_start)
+                        .await?;
+                let reads = LogReads::Sqlite(Arc::new(ReadPool::new(&db)));
+                let actors = WriterActors::context(
+                    &config,
+                    &signer,
+                    &appender,
+                    &reads,
+                    &metrics,
+                    &gate,
+                    &alerts,
+                    (timestamping, witnessing),
+                )
+                .spawn(start.chain, stop_rx);
+                // Self-verification: a low-priority thread re-verifies the log; its state feeds /readyz and /metrics.
+                let verifier = crate::selfverify::SelfVerifier::new(
+                    crate::selfverify::SelfVerifySettings {
+                        db: db.clone(),
+                        key: start.first_key,
+                        origin: config.origin.clone(),
+                        interval: Duration::from_secs(config.self_verify.interval_s),
+                        full_every: Duration::from_secs(config.self_verify.full_every_s),
+                    },
+                    self_verify.clone(),
+                    alerts.clone(),
+                    config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
+                    start.resume,
+                )
+                .spawn()
+                .map_err(|e| {
+                    ServeError::Internal(format!("cannot start the self-verification thread: {e}"))
+                })?;
+                if config.alerting.min_free_disk_percent > 0 {
+                    tokio::spawn(crate::alerts::watch_disk(
+                        alerts.clone(),
+                        db.clone(),
+                        config.alerting.min_free_disk_percent,
+                        Duration::from_secs(config.alerting.disk_check_interval_s),
+                        stop_tx.subscribe(),
+                    ));
+                }
+                Run::Sqlite {
+                    appender,
+                    reads,
+                    search_lag,
+                    writer_thread,
+                    indexer_thread,
+                    start_seq,
+                    actors,
+                    verifier,
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Storage::Postgres(pg) => {
+                let own_key_id = signer.public_key().key_id.clone();
+                let (appender, role, node_task) = crate::ledger::pg_node::start(pg.node, observer);
+                let reads = LogReads::Postgres(pg.reads.clone());
+                let context = WriterActors::context(
+                    &config,
+                    &signer,
+                    &appender,
+                    &reads,
+                    &metrics,
+                    &gate,
+                    &alerts,
+                    (timestamping, witnessing),
+                );
+                // Sealing, time-stamping and cosigning run while this node is the writer (src/pg_serve.rs).
+                let leader = tokio::spawn(crate::pg_serve::lead_while_writer(
+                    role.clone(),
+                    pg.reads,
+                    own_key_id,
+                    stop_rx,
+                    move |chain, stop| {
+                        let actors = context.spawn(chain, stop);
+                        async move {
+                            if let Err(e) = actors.finish().await {
+                                tracing::error!(error = %e, "the writer's actors failed");
+                            }
+                        }
+                    },
+                ));
+                Run::Postgres { appender, reads, role, node_task, leader }
+            }
+        };
+        let (appender, reads, search_lag) = run.shared();
+        // Wall-clock jumps are logged and recorded (issue 14.7).
+        tokio::spawn(crate::ledger::clockwatch::run(
+            config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
+            stop_tx.subscribe(),
+        ));
+        let search = Arc::new(ReadPool::new_search(&store::search_path(&db)));
         let denials = Arc::new(DenialRecorder::new(
             appender.clone(),
             metrics.clone(),
             config.server.record_appliance_events,
             &config.limits,
         ));
-        // Self-verification: a low-priority thread re-verifies the log; its state feeds /readyz and /metrics.
-        let self_verify = Arc::new(crate::selfverify::SelfVerifyState::default());
-        let verifier = crate::selfverify::SelfVerifier::new(
-            crate::selfverify::SelfVerifySettings {
-                db: db.clone(),
-                key: first_key,
-                origin: config.origin.clone(),
-                interval: Duration::from_secs(config.self_verify.interval_s),
-                full_every: Duration::from_secs(config.self_verify.full_every_s),
-            },
-            self_verify.clone(),
-            alerts.clone(),
-            config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
-            resume,
-        )
-        .spawn()
-        .map_err(|e| ServeError::Internal(format!("cannot start the self-verification thread: {e}")))?;
-        // Wall-clock jumps are logged and recorded (issue 14.7).
-        tokio::spawn(crate::ledger::clockwatch::run(
-            config.server.record_appliance_events.then(|| (appender.clone(), gate.clone())),
-            stop_tx.subscribe(),
-        ));
-        if config.alerting.min_free_disk_percent > 0 {
-            tokio::spawn(crate::alerts::watch_disk(
-                alerts.clone(),
-                db.clone(),
-                config.alerting.min_free_disk_percent,
-                Duration::from_secs(config.alerting.disk_check_interval_s),
-                stop_tx.subscribe(),
-            ));
-        }
         // One shutdown signal stops both listeners and ends the event streams.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let app_state = Arc::new(AppState {
@@ -520,6 +520,7 @@ impl Service {
             stopping: shutdown_rx.clone(),
             streams: api::stream::StreamStats::default(),
             console_dir: config.server.console_dir.clone(),
+            standby: run.standby(),
         });
         // Client CAs, CRLs, principals and source secrets are reloaded on SIGHUP and when their files change.
         let trust = TrustHandle::new(tls_config);
@@ -630,39 +631,298 @@ impl Service {
         // Every handler has finished: everything acknowledged is committed. Record the stop as the run's last
         // event (the next start reads it to tell a clean stop from a crash), seal it all, then stop the writer.
         // The verifier goes first: it holds a writer handle, and a pass in progress ends within one batch.
-        let _ = tokio::task::spawn_blocking(move || verifier.stop()).await;
-        if let Some(start_seq) = start_seq {
-            gate.close().await;
-            let stop = internal::internal_event(&internal::stop_body(start_seq, "shutdown signal"));
-            match app_state.appender.append(vec![stop]).await {
-                Ok(done) => tracing::info!(seq = done.first().map(|a| a.seq), "stop recorded in the log"),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record the stop in the log; the next start will report the run as ended without a stop record")
+        let sealed = match run {
+            Run::Sqlite { appender, writer_thread, indexer_thread, start_seq, actors, verifier, .. } => {
+                let _ = tokio::task::spawn_blocking(move || verifier.stop()).await;
+                if let Some(start_seq) = start_seq {
+                    record_stop(&gate, &appender, start_seq).await;
                 }
+                let _ = stop_tx.send(true);
+                let sealed = actors.finish().await?;
+                drop((appender, app_state, signer));
+                let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+                // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
+                if let Some(indexer_thread) = indexer_thread {
+                    let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
+                }
+                Some(sealed)
             }
-        }
-        let _ = stop_tx.send(true);
-        let sealed = sealer_task.await.map_err(|e| ServeError::Internal(e.to_string()))?;
-        let _ = ts_stop_tx.send(true);
-        if let Some(t) = timestamper_task {
-            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
-        }
-        if let Some(t) = cosigner_task {
-            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
-        }
-        drop(app_state);
-        drop(signer);
-        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-        // The writer held the last indexer handle: the indexer writes what it was sent, then stops.
-        if let Some(indexer_thread) = indexer_thread {
-            let _ = tokio::task::spawn_blocking(move || indexer_thread.join()).await;
-        }
+            #[cfg(feature = "postgres")]
+            Run::Postgres { appender, role, node_task, leader, .. } => {
+                // The writer records its stop after its takeover record, seals, and hands the lease over by ending
+                // its session; a standby has nothing to record or seal.
+                let takeover = match &*role.borrow() {
+                    crate::ledger::pg_node::NodeRole::Writer { takeover_seq, .. } => Some(*takeover_seq),
+                    crate::ledger::pg_node::NodeRole::Standby { .. } => None,
+                };
+                if let (Some(seq), true) = (takeover, config.server.record_appliance_events) {
+                    record_stop(&gate, &appender, seq).await;
+                }
+                let _ = stop_tx.send(true);
+                let _ = leader.await;
+                drop((appender, app_state, signer));
+                // Every handle is gone: the node task ends, and with it the lease session.
+                if tokio::time::timeout(Duration::from_secs(10), node_task).await.is_err() {
+                    tracing::warn!("the PostgreSQL writer did not stop within 10 s");
+                }
+                None
+            }
+        };
         if let Some(e) = app_state_fatal(&fatal) {
             return Err(ServeError::StorageFailed(e));
         }
         tracing::info!(sealed_tree_size = sealed, "stopped");
         Ok(())
     }
+}
+
+/// What `run` started for its store, and stops at the end.
+enum Run {
+    Sqlite {
+        appender: AppenderHandle,
+        reads: LogReads,
+        search_lag: Option<crate::ledger::indexer::IndexLag>,
+        writer_thread: std::thread::JoinHandle<()>,
+        indexer_thread: Option<std::thread::JoinHandle<()>>,
+        start_seq: Option<u64>,
+        actors: WriterActors,
+        verifier: crate::selfverify::StopHandle,
+    },
+    #[cfg(feature = "postgres")]
+    Postgres {
+        appender: AppenderHandle,
+        reads: LogReads,
+        role: watch::Receiver<crate::ledger::pg_node::NodeRole>,
+        node_task: tokio::task::JoinHandle<()>,
+        leader: tokio::task::JoinHandle<()>,
+    },
+}
+
+impl Run {
+    /// Why this node is a standby, as it changes (`None`: it writes; always on SQLite).
+    fn standby(&self) -> watch::Receiver<Option<String>> {
+        match self {
+            Run::Sqlite { .. } => watch::channel(None).1,
+            #[cfg(feature = "postgres")]
+            Run::Postgres { role, .. } => {
+                use crate::ledger::pg_node::NodeRole;
+                let standby = |r: &NodeRole| match r {
+                    NodeRole::Standby { reason } => Some(reason.clone()),
+                    NodeRole::Writer { .. } => None,
+                };
+                let (tx, rx) = watch::channel(standby(&role.borrow()));
+                let mut role = role.clone();
+                tokio::spawn(async move {
+                    while role.changed().await.is_ok() {
+                        let now = standby(&role.borrow_and_update());
+                        tx.send_replace(now);
+                    }
+                });
+                rx
+            }
+        }
+    }
+
+    /// The writer handle, the reads and the search lag every route shares.
+    fn shared(&self) -> (AppenderHandle, LogReads, Option<crate::ledger::indexer::IndexLag>) {
+        match self {
+            Run::Sqlite { appender, reads, search_lag, .. } => {
+                (appender.clone(), reads.clone(), search_lag.clone())
+            }
+            #[cfg(feature = "postgres")]
+            Run::Postgres { appender, reads, .. } => (appender.clone(), reads.clone(), None),
+        }
+    }
+}
+
+/// Everything the writer's actors (sealer, timestamper, cosigner) are built from; cloned for each run of them (on
+/// PostgreSQL, each time this node becomes the writer).
+#[derive(Clone)]
+struct ActorContext {
+    sealer: SealerSettings,
+    signer: SignerHandle,
+    appender: AppenderHandle,
+    reads: LogReads,
+    metrics: Arc<Metrics>,
+    /// The lifecycle gate, when the appliance records its own events.
+    gate: Option<LifecycleGate>,
+    alerts: Arc<crate::alerts::Alerts>,
+    outage_threshold: Duration,
+    timestamping: Option<TimestamperSettings>,
+    witnessing: Option<CosignerSettings>,
+    public_key: anchorlog_core::key::PublicKey,
+    origin: String,
+}
+
+/// The running sealer, timestamper and cosigner.
+struct WriterActors {
+    sealer: tokio::task::JoinHandle<u64>,
+    timestamper: Option<tokio::task::JoinHandle<()>>,
+    cosigner: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the timestamper and cosigner, after the sealer, so the final head gets its token and cosignatures.
+    ts_stop: watch::Sender<bool>,
+}
+
+impl WriterActors {
+    #[allow(clippy::too_many_arguments)]
+    fn context(
+        config: &Config,
+        signer: &SignerHandle,
+        appender: &AppenderHandle,
+        reads: &LogReads,
+        metrics: &Arc<Metrics>,
+        gate: &LifecycleGate,
+        alerts: &Arc<crate::alerts::Alerts>,
+        (timestamping, witnessing): (Option<TimestamperSettings>, Option<CosignerSettings>),
+    ) -> ActorContext {
+        ActorContext {
+            sealer: SealerSettings {
+                origin: config.origin.clone(),
+                seal_interval: config.sealing.seal_interval(),
+                seal_max_events: config.sealing.seal_max_events,
+                heartbeat_interval: config.sealing.heartbeat_interval(),
+            },
+            signer: signer.clone(),
+            appender: appender.clone(),
+            reads: reads.clone(),
+            metrics: metrics.clone(),
+            gate: config.server.record_appliance_events.then(|| gate.clone()),
+            alerts: alerts.clone(),
+            outage_threshold: Duration::from_secs(config.alerting.outage_threshold_s),
+            timestamping,
+            witnessing,
+            public_key: signer.public_key().clone(),
+            origin: config.origin.clone(),
+        }
+    }
+
+    /// Stops the timestamper and the cosigner once the sealer (stopped by its own signal) sealed its last head.
+    async fn finish(self) -> Result<u64, ServeError> {
+        let sealed = self.sealer.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        let _ = self.ts_stop.send(true);
+        if let Some(t) = self.timestamper {
+            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        }
+        if let Some(t) = self.cosigner {
+            t.await.map_err(|e| ServeError::Internal(e.to_string()))?;
+        }
+        Ok(sealed)
+    }
+}
+
+impl ActorContext {
+    /// Starts the sealer continuing `chain` (until `stop`), the timestamper and the cosigner.
+    fn spawn(&self, chain: ChainState, stop: watch::Receiver<bool>) -> WriterActors {
+        let c = self.clone();
+        let outage_alert =
+            || crate::ledger::outage::OutageAlert { alerts: c.alerts.clone(), threshold: c.outage_threshold };
+        let sealer = Sealer::new(
+            c.sealer.clone(),
+            c.signer.clone(),
+            c.appender.clone(),
+            c.reads.clone(),
+            c.metrics.clone(),
+            chain,
+        );
+        let sealer = match &c.gate {
+            Some(gate) => sealer.record_outages(gate.clone()),
+            None => sealer,
+        };
+        let sealer = sealer.alert_outages(outage_alert());
+        let sealed_height = sealer.sealed_height();
+        let sealer_task = tokio::spawn(sealer.run(stop));
+        let (ts_stop, ts_stop_rx) = watch::channel(false);
+        let timestamper = c.timestamping.clone().map(|settings| {
+            let t = Timestamper::new(settings, c.appender.clone(), c.reads.clone(), c.metrics.clone());
+            let t = match &c.gate {
+                Some(gate) => t.record_outages(gate.clone()),
+                None => t,
+            };
+            let t = t.alert_outages(outage_alert());
+            tokio::spawn(t.run(sealed_height.clone(), ts_stop_rx.clone()))
+        });
+        let cosigner = c.witnessing.clone().map(|settings| {
+            let co = Cosigner::new(
+                settings,
+                c.appender.clone(),
+                c.reads.clone(),
+                c.metrics.clone(),
+                c.public_key.clone(),
+                c.origin.clone(),
+            );
+            let co = match &c.gate {
+                Some(gate) => co.record_events(gate.clone()),
+                None => co,
+            };
+            let co = co.alert_outages(outage_alert());
+            tokio::spawn(co.run(sealed_height, ts_stop_rx))
+        });
+        WriterActors { sealer: sealer_task, timestamper, cosigner, ts_stop }
+    }
+}
+
+/// Records this run's start (PCI DSS 10.2.1.6) before the first request is accepted; returns its seq.
+async fn record_start(
+    config: &Config,
+    signer: &SignerHandle,
+    appender: &AppenderHandle,
+    previous_run: PreviousRun,
+    recorded_start: Option<u64>,
+) -> Result<Option<u64>, ServeError> {
+    let start = internal::start_body(
+        &config.text_sha256,
+        signer.description(),
+        &signer.public_key().key_id,
+        previous_run,
+    );
+    if let (Some(seq), true) = (recorded_start, config.server.record_appliance_events) {
+        tracing::info!(
+            seq,
+            previous_run = previous_run.as_str(),
+            "start recorded in the log with the key rotation"
+        );
+        Ok(Some(seq))
+    } else if config.server.record_appliance_events {
+        let seq = match appender.append(vec![internal::internal_event(&start)]).await {
+            Ok(done) => done.first().map(|a| a.seq),
+            Err(e) => return Err(ServeError::StartRecord(e.to_string())),
+        };
+        tracing::info!(seq, previous_run = previous_run.as_str(), "start recorded in the log");
+        Ok(seq)
+    } else {
+        tracing::warn!("server.record_appliance_events = false: starts, stops, outages and refused access are not recorded in the log (not PCI DSS 10.2.1.4/10.2.1.6/10.7.3 compliant)");
+        Ok(None)
+    }
+}
+
+/// Records the stop as the run's last event (the next start reads it to tell a clean stop from a crash): the gate
+/// closes first, so no outage record comes after it.
+async fn record_stop(gate: &LifecycleGate, appender: &AppenderHandle, start_seq: u64) {
+    gate.close().await;
+    let stop = internal::internal_event(&internal::stop_body(start_seq, "shutdown signal"));
+    match appender.append(vec![stop]).await {
+        Ok(done) => tracing::info!(seq = done.first().map(|a| a.seq), "stop recorded in the log"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the stop in the log; the next start will report the run as ended without a stop record")
+        }
+    }
+}
+
+/// Opens the SQLite log for writing after checking the whole file, reconciles it against the signer's key, and
+/// settles which key signs from now on.
+async fn start_sqlite(config: &Config, signer: &SignerHandle, pem: &str) -> Result<SqliteStart, ServeError> {
+    // The whole file is checked first: a damaged page or a truncated file refuses the start, naming the file.
+    let writer_conn =
+        store::open_writer_checked(&config.storage.database, &config.origin, config.storage.integrity_check)?;
+    store::record_public_key(&writer_conn, &signer.public_key().key_id, pem)?;
+    let Reconciled { report, chain, resume, first_key } = reconcile(config, signer).await?;
+    let previous_run = {
+        let last = store::last_event(&writer_conn)?;
+        PreviousRun::from_last_event(last.as_ref().map(|(p, b)| (p.as_str(), b.as_deref())))
+    };
+    let (writer_conn, chain, recorded_start) =
+        settle_keys(config, signer, writer_conn, chain, &report, previous_run).await?;
+    Ok(SqliteStart { writer_conn, chain, previous_run, resume, first_key, recorded_start })
 }
 
 /// The writer's test-only pause after each group commit (`fault::writer_delay`): `None` in any build without the

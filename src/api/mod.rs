@@ -76,6 +76,9 @@ pub struct AppState {
     pub streams: stream::StreamStats,
     /// `server.console_dir`: the built auditor's console served at `/console/`.
     pub console_dir: std::path::PathBuf,
+    /// On a PostgreSQL log: `Some(why)` while this node is a standby (not the writer: ingest answers 503
+    /// `not_writer`, `/readyz` says `standby`), `None` while it writes. Always `None` on SQLite.
+    pub standby: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 /// The router of the mTLS listener.

@@ -222,9 +222,22 @@ fn ready_answer(state: &AppState) -> Response {
             ),
         });
     }
+    // A standby serves reads but stores nothing: a load balancer's ingest pool checks /readyz and sends producers
+    // to the writer (docs/HA.md).
+    let standby = state.standby.borrow().clone();
+    if let Some(why) = &standby {
+        reasons.push(crate::readiness::Reason {
+            code: "standby",
+            message: format!(
+                "this node is a standby, not the log's writer ({why}): it serves reads and answers ingest with 503 \
+                 not_writer; it takes over when the writer's lease ends"
+            ),
+        });
+    }
     let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
         "status": if reasons.is_empty() { "ready" } else { "not_ready" },
+        "role": if standby.is_some() { "standby" } else { "writer" },
         "reasons": reasons,
         "events": committed,
         "unsealed_events": committed.saturating_sub(sealed),

@@ -47,6 +47,9 @@ pub struct PgNodeSettings {
     pub signer: String,
     /// This node's signing key id.
     pub key_id: String,
+    /// Its public key (PEM), recorded in the log with its first takeover, as a SQLite start records it: exports
+    /// and the read routes name every head's key from it.
+    pub public_key_pem: String,
     /// SHA-256 of the configuration text.
     pub config_sha256: String,
 }
@@ -175,6 +178,7 @@ impl Node {
         let lease = WriterLease::acquire(&s.connect, &s.node, s.lease).await.map_err(|e| e.to_string())?;
         let mut writer = PgWriter::open(&s.connect, &lease, &s.origin).await.map_err(|e| e.to_string())?;
         let inherited = reconcile(&writer, &s.trusted_keys).await.map_err(|e| e.to_string())?;
+        writer.record_public_key(&s.key_id, &s.public_key_pem).await.map_err(|e| e.to_string())?;
         let body = takeover_body(s, lease.epoch(), &inherited);
         let done = writer.apply_group(&[PgCommand::Append(vec![internal_event(&body)])]).await;
         let takeover_seq = match done.as_deref() {
