@@ -547,6 +547,25 @@ fn the_python_verifier_takes_a_keyring_and_fails_at_the_first_head_signed_outsid
     );
     assert_eq!(python(&[&forged_tar, keyring, &both]), (3, format!("FAILED: {e}")));
 
+    // Node A's certificate instead of its public key (made with openssl from A's private key).
+    let (key_a, cert_a) = (d.join("a.key"), d.join("a.crt"));
+    std::fs::write(
+        &key_a,
+        p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&a.signing, Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-new", "-x509", "-subj", "/CN=node A", "-days", "1", "-key"])
+        .arg(&key_a)
+        .arg("-out")
+        .arg(&cert_a)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let certified = d.join("certified.pem");
+    std::fs::write(&certified, format!("{}{}", std::fs::read_to_string(&cert_a).unwrap(), b.pem())).unwrap();
+    assert_eq!(python(&[&tar, keyring, &certified]), (0, format!("{signers}OK: 20 events, 5 heads")));
+
     // A keyring file without a PEM block says what to give (exit 1: unreadable input).
     let empty = d.join("empty.pem");
     std::fs::write(&empty, "node A\n").unwrap();
@@ -564,6 +583,46 @@ fn the_python_verifier_takes_a_keyring_and_fails_at_the_first_head_signed_outsid
             empty.display()
         )
     );
+}
+
+/// An event's payload erased after the bundle's range, its erasure record under a head node B signed after node A
+/// signed every head of the range: the record's proof (erasure-records.jsonl) verifies under the keyring's keys at
+/// the walk's end; under node A's key alone (as a chain or a ring) it fails at that head's height.
+#[test]
+fn the_python_verifier_checks_an_erasure_record_proof_past_the_range_against_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (TestKey::new(1), TestKey::new(2));
+    let db = d.join("erased.db");
+    let mut l = LogBuilder::create(&db, &a);
+    store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.events(3);
+    l.head(); // 0: A, size 3
+    l.events(2);
+    l.head(); // 1: A, size 5
+    assert_eq!(l.erase(1, "dpo", "GDPR art. 17"), 5);
+    l.key = &b;
+    l.head(); // 2: B, size 6, after the bundle's range
+    drop(l);
+    let tar = export(&db, 0, 1, d, "erased.tar");
+    let names: Vec<String> = kit_bundle::tar_members(&tar).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"erasure-records.jsonl".to_string()), "{names:?}");
+    let keyring = Path::new("--keyring");
+    let both = ring_file(d, "nodes.pem", &[&a, &b]);
+    let signers = signer_lines(&[run(&a, 0, 1)]);
+    assert_eq!(python(&[&tar, keyring, &both]), (0, format!("{signers}OK: 5 events, 2 heads")));
+    let ring = [a.public.clone(), b.public.clone()];
+    assert!(
+        anchorlog::bundle::verify_bundle_progress(&tar, &ring, true, None, None, None, &mut |_| {}).is_ok()
+    );
+
+    // Node A's key alone: the chain's key at the walk's end did not sign head 2.
+    let pa = a.write_pem(d, "a.pem");
+    assert_eq!(python(&[&tar, &pa]), (3, "FAILED: head height 2: signature does not verify".to_string()));
+    // As a keyring: the Rust verifier's words (keys/ holds the range's signers only, so node B is not named).
+    let e = rust_bundle_failure(&tar, &[&a]);
+    assert_eq!(e, Failure::NoKeyringKey { height: 2, ring: a.public.key_id.clone() });
+    assert_eq!(python(&[&tar, keyring, &ring_file(d, "a-ring.pem", &[&a])]), (3, format!("FAILED: {e}")));
 }
 
 /// Node A rotates its key while node B signs too: the Python verifier follows the rotation per key inside the range

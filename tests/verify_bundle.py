@@ -396,6 +396,22 @@ def rotation_record(seq, body, workdir):
             "counter": None if index is None else int(index, 16)}
 
 
+def outside_ring(height, text, sig, ring, retired, known):
+    """Keyring: why no key of `ring` signed the head: a `retired` key, a `known` key (the bundle's keys/) outside the
+    ring, or none of them."""
+    ids = ", ".join(k.key_id for k in ring)
+    for key, seq, last in retired.values():
+        if signature_ok(key.path, text, sig):
+            return Invalid("head height %d: signed by key %s, which the key rotation record at event seq %d retired "
+                           "after head height %d; later heads must be signed by one of the keyring's keys (%s)"
+                           % (height, key.key_id, seq, last, ids))
+    for key in known:
+        if signature_ok(key.path, text, sig):
+            return Invalid("head height %d: signed by key %s, which is not in the keyring (%s); add it only if it is "
+                           "the signing key of one of the log's nodes" % (height, key.key_id, ids))
+    return Invalid("head height %d: signature verifies under no key of the keyring (%s)" % (height, ids))
+
+
 class Chain:
     def __init__(self, origin, key, ring=None, known=()):
         self.origin, self.key = origin, key  # the key heads are signed with from here on
@@ -423,20 +439,6 @@ class Chain:
                 self.prev_counter, self.key = self.counters.get(k.key_id), k
                 return k
         return None
-
-    def outside_ring(self, height, text, sig):
-        """Keyring: why no ring key signed the head: a retired key, a key of the bundle outside the ring, or none."""
-        ids = ", ".join(k.key_id for k in self.ring)
-        for key, seq, last in self.retired.values():
-            if signature_ok(key.path, text, sig):
-                return Invalid("head height %d: signed by key %s, which the key rotation record at event seq %d "
-                               "retired after head height %d; later heads must be signed by one of the keyring's "
-                               "keys (%s)" % (height, key.key_id, seq, last, ids))
-        for key in self.known:
-            if signature_ok(key.path, text, sig):
-                return Invalid("head height %d: signed by key %s, which is not in the keyring (%s); add it only if "
-                               "it is the signing key of one of the log's nodes" % (height, key.key_id, ids))
-        return Invalid("head height %d: signature verifies under no key of the keyring (%s)" % (height, ids))
 
     def rotation(self, record, next_height):
         if self.pending is not None:
@@ -496,7 +498,7 @@ class Chain:
                 raise Invalid("head height %d: TPM counter %d is not greater than the previous head's %d%s"
                               % (height, counter["value"], prev["value"], whose))
         if signer is None:
-            raise self.outside_ring(height, text, sig)
+            raise outside_ring(height, text, sig, self.ring, self.retired, self.known)
         if self.ring is None and not signature_ok(self.key.path, text, sig):
             raise Invalid("head height %d: signature does not verify" % height)
         if self.signers and self.signers[-1][0] == self.key.key_id and self.signers[-1][2] == height - 1:
@@ -617,10 +619,10 @@ def key_for(spans, height, default):
     return default
 
 
-def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
+def check_erasure_record(rec, keys, origin, last_height, last_size, last_root, unsigned=None):
     """An erasure record carried in erasure-records.jsonl (FORMAT.md §8): the appliance's record of its event,
     in a signed head at or after the bundle's last one, which extends that last head. `keys(h)`: the keys that may
-    sign head h."""
+    sign head h; `unsigned(h, text, sig)`: the failure when none of them signed it."""
     erased, seq = rec["erased_seq"], rec["seq"]
     bad = Invalid("event seq %d: its erasure record (seq %d) is not the appliance's record of it" % (erased, seq))
     entry_bytes = rec["entry"].encode("utf-8")
@@ -638,8 +640,10 @@ def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
     cp = parse_checkpoint(h["height"], h["checkpoint"])
     if cp["height"] != h["height"] or cp["origin"] != origin or h["height"] < last_height or cp["tree_size"] <= seq:
         raise Invalid("head height %d: does not prove erasure record seq %d" % (h["height"], seq))
-    if not any(signature_ok(k.path, text, base64.b64decode(h["signature"])) for k in keys(h["height"])):
-        raise Invalid("head height %d: signature does not verify" % h["height"])
+    sig = base64.b64decode(h["signature"])
+    if not any(signature_ok(k.path, text, sig) for k in keys(h["height"])):
+        raise unsigned(h["height"], text, sig) if unsigned else Invalid("head height %d: signature does not verify"
+                                                                        % h["height"])
     inclusion = [base64.b64decode(x) for x in rec["inclusion_proof"]]
     if not verify_inclusion(seq, cp["tree_size"], leaf_hash(entry_bytes), inclusion, cp["root"]):
         raise Invalid("event seq %d: the inclusion proof does not lead to head height %d" % (seq, h["height"]))
@@ -789,16 +793,19 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
     last = parse_checkpoint(hi, last_text.decode("utf-8"))
     # The rotations after the range lead from the last head's key (or the ring's keys, each followed on its own) to
     # the keys of the erasure records' heads.
+    unsigned = None
     if ring is not None:
-        followed, _, _ = follow_ring_rotations(after, chain.ring, manifest["origin"], end, last["root"], workdir)
+        followed, retired, _ = follow_ring_rotations(after, chain.ring, manifest["origin"], end, last["root"], workdir)
         keys_at = lambda h: ring_at(followed, h)
+        unsigned = lambda h, text, sig: outside_ring(h, text, sig, keys_at(h), {**chain.retired, **retired}, known)
     else:
         spans, _ = follow_rotations(after, chain.key, manifest["origin"], end, last["root"], workdir)
         keys_at = lambda h: [key_for(spans, h, chain.key)]
     carried = {}
     for line in files.get("erasure-records.jsonl", b"").splitlines():
         if line.strip():
-            erased, seq = check_erasure_record(json.loads(line), keys_at, manifest["origin"], hi, end, last["root"])
+            erased, seq = check_erasure_record(json.loads(line), keys_at, manifest["origin"], hi, end, last["root"],
+                                               unsigned)
             carried[erased] = seq
     for record_seq, erased in sorted(pending_erasures.items(), key=lambda kv: kv[1]):
         if carried.get(erased) != record_seq:
