@@ -414,6 +414,14 @@ fn offline_mode_verifies_a_two_node_bundle_against_a_keyring_and_names_the_signe
     // keyring (the signer key joins the ring, as with `anchorlog verify --key … --keyring …`).
     assert_eq!(verify_with_keyring(&br, "", &tar, None, &[&pa, &pb]).outcome, "ok");
     assert_eq!(verify_with_keyring(&br, "", &tar, Some(&pa), &[&pb]).outcome, "ok");
+    // Pasted instead of picked: the same.
+    open_offline_at(&br, "");
+    br.send_keys("#evidence", tar.to_str().unwrap());
+    let pasted = std::fs::read_to_string(&ring).unwrap();
+    br.script("document.getElementById('keyring-text').value = arguments[0];", json!([pasted]));
+    br.click("#verify-button");
+    let o = outcome(&br, Duration::from_secs(120));
+    assert_eq!(o.outcome, "ok", "{}", o.text);
 
     // Node A's key alone, no keyring: the chain of keys, which node B's first head leaves without a rotation.
     let unannounced = anchorlog_core::verify::Failure::UnannouncedKey {
