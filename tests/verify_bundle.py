@@ -879,7 +879,8 @@ def main():
     try:
         keyring = take_option(args, "--keyring")
     except IndexError:
-        keyring = ""
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
     if len(args) not in ((1, 2) if keyring else (2,)) or (require and tsa_ca is None):
         print(__doc__.strip(), file=sys.stderr)
         return 2
@@ -889,7 +890,10 @@ def main():
             # SIGNER.pem, if given, joins the ring; a key given twice counts once.
             ring = list({k.key_id: k for k in ([key] if key else []) + read_keyring(keyring)}.values())
             key = None
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        print("cannot read %s: %s" % (e.filename, e.strerror), file=sys.stderr)
+        return 1
+    except ValueError as e:
         print(e, file=sys.stderr)
         return 1
     try:
