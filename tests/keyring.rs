@@ -685,4 +685,15 @@ fn the_python_verifier_follows_rotations_and_counters_per_key_of_the_ring() {
             )
         )
     );
+    // From head 3 (anchor: head 2, node B's): the bundle holds no earlier head of node A, so A's head 4 starts A's
+    // counter chain (docs/FORMAT.md §20, "Bundles and keyrings"), in both verifiers.
+    let tail = export(&db, 3, 4, d, "rolled-back-tail.tar");
+    let runs = [run(&cb, 3, 3), run(&ca, 4, 4)];
+    assert_eq!(
+        python(&[&tail, keyring, &both]),
+        (0, format!("{}OK: 2 events, 2 heads", signer_lines(&runs)))
+    );
+    let ring = [ca.public.clone(), cb.public.clone()];
+    let r = anchorlog::bundle::verify_bundle_progress(&tail, &ring, true, None, None, None, &mut |_| {});
+    assert_eq!(r.unwrap().report.signers, runs);
 }
