@@ -677,6 +677,23 @@ async fn live_mode_presents_the_auditor_certificate_searches_and_verifies_receip
     assert!(text.starts_with("Verified: in head "), "{text}");
     b.script(&format!("{cell}.scrollIntoView({{block: 'end'}});"), json!([]));
     b.screenshot("live-receipt-verified");
+
+    // Two nodes' keys pinned, one after the other (a keyring): the head and the receipt the appliance's key
+    // signed verify against it.
+    b.click("#unpin-button");
+    b.script("document.getElementById('head').dataset.verdict = '';", json!([]));
+    let ring = a.dir.path().join("nodes.pem");
+    let pems = [&other, &a.key_pem()].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&ring, pems.concat()).unwrap();
+    pin(&b, &ring);
+    assert_eq!(b.text("#pinned"), "Pinned: a keyring of 2 keys.");
+    b.wait_for("document.getElementById('head').dataset.verdict === 'ok'", Duration::from_secs(20));
+    let head_text = b.text("#head");
+    assert!(head_text.contains(", a key of the pinned keyring"), "{head_text}");
+    b.click("#search-button");
+    b.wait_for(&format!("document.querySelector('#receipt-{seq} button')"), Duration::from_secs(20));
+    b.click(&format!("#receipt-{seq} button"));
+    b.wait_for(&format!("{cell}.dataset.verdict === 'ok'"), Duration::from_secs(20));
     drop(b);
     a.sigterm();
 }

@@ -305,9 +305,17 @@ function pinnedKey() {
   }
 }
 
+/** The options of a live check: several pinned keys are the log's nodes' keys, a keyring (docs/FORMAT.md §20). */
+function liveOptions(key) {
+  return (key.match(/-----BEGIN /g) || []).length > 1 ? { keyring: true } : {};
+}
+
 function showPinned() {
   const key = pinnedKey();
-  $("pinned").textContent = key
+  const blocks = (key.match(/-----BEGIN /g) || []).length;
+  $("pinned").textContent = blocks > 1
+    ? `Pinned: a keyring of ${blocks} keys.`
+    : key
     ? `Pinned: ${key.split("\n").filter((l) => !l.startsWith("-----")).join("").slice(0, 40)}… (${key.includes("CERTIFICATE") ? "certificate" : "public key"})`
     : "No key pinned: pin the appliance's public key (from your records, not from this server) to verify what it sends.";
 }
@@ -361,9 +369,11 @@ async function refreshHead() {
     return;
   }
   await engine.ready;
-  const r = await ask({ type: "head", head: JSON.stringify(head), keys: key, options: {} });
+  const r = await ask({ type: "head", head: JSON.stringify(head), keys: key, options: liveOptions(key) });
   const verdict = r.ok
-    ? `verified in this browser against the pinned key (${r.report.key_id})`
+    ? liveOptions(key).keyring
+      ? `verified in this browser: signed by ${r.report.key_id}, a key of the pinned keyring`
+      : `verified in this browser against the pinned key (${r.report.key_id})`
     : `NOT VALID: ${r.input_error || r.failure.message}`;
   add("Signature", verdict, r.ok ? "status-ok" : "status-bad");
   dl.dataset.verdict = r.ok ? "ok" : "bad";
@@ -430,7 +440,7 @@ async function verifyLiveReceipt(seq, cell) {
     return;
   }
   await engine.ready;
-  const r = await ask({ type: "receipt", receipt, keys: key, options: {} });
+  const r = await ask({ type: "receipt", receipt, keys: key, options: liveOptions(key) });
   if (r.ok) {
     cell.textContent = `Verified: in head ${r.report.height} (tree size ${r.report.tree_size}), key ${r.report.key_id}`;
     cell.className = "verdict-ok";
