@@ -9,6 +9,7 @@
 mod kit;
 
 use kit::browser::Browser;
+use kit::log_builder::{LogBuilder, TestKey};
 use kit::tsa::{fast_retries, LocalTsa};
 use kit::{Appliance, Options};
 use serde_json::{json, Value};
@@ -136,6 +137,11 @@ fn verify_offline_at(
         b.send_keys("#tsa-file", ca.to_str().unwrap());
     }
     b.click("#verify-button");
+    outcome(b, within)
+}
+
+/// Waits for the result of the Verify pressed and reads it.
+fn outcome(b: &Browser, within: Duration) -> Outcome {
     b.wait_for("document.getElementById('result').dataset.outcome", within);
     let v = b.script(
         "const r = document.getElementById('result'); \
@@ -321,6 +327,155 @@ async fn offline_mode_verifies_a_real_receipt_and_a_100k_bundle_and_names_each_f
         o.text
     );
     drop(b);
+}
+
+/// Events before each head after the first in the two-node log: its entries.jsonl (~13 MB) spans several of the
+/// checking workers' 4 MiB blocks, node B's heads in a later block than the first.
+const EVENTS_PER_HEAD: u64 = 8_000;
+
+/// A log two nodes sign, each with its own key (an active/standby pair, docs/HA.md): heads 0 and 1 by node A, a
+/// takeover (no rotation record) and heads 2 and 3 by node B, head 4 by A again, [`EVENTS_PER_HEAD`] events
+/// before each head after the first; exported whole as `dir/ha.tar`. Returns the bundle and the database.
+fn two_node_log(dir: &Path, a: &TestKey, b: &TestKey) -> (PathBuf, PathBuf) {
+    let db = dir.join("ha.db");
+    let mut l = LogBuilder::create(&db, a);
+    // The appliance records every key that signs: the bundle carries node B's key in keys/.
+    anchorlog::store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.head();
+    for signer in [a, b, b, a] {
+        l.key = signer;
+        l.events(EVENTS_PER_HEAD);
+        l.head();
+    }
+    drop(l);
+    let tar = dir.join("ha.tar");
+    let c = anchorlog::store::open_reader(&db).unwrap();
+    anchorlog::bundle::export(&c, 0, 4, None, std::fs::File::create(&tar).unwrap(), &mut |_, _| {}).unwrap();
+    (tar, db)
+}
+
+/// Picks the evidence, the keyring files (several PEM files at once) and a signer key if any, presses Verify
+/// and waits for the result, on the page opened with `query`.
+fn verify_with_keyring(
+    b: &Browser,
+    query: &str,
+    evidence: &Path,
+    key: Option<&Path>,
+    keyring: &[&Path],
+) -> Outcome {
+    open_offline_at(b, query);
+    b.send_keys("#evidence", evidence.to_str().unwrap());
+    if let Some(key) = key {
+        b.send_keys("#key-file", key.to_str().unwrap());
+    }
+    if !keyring.is_empty() {
+        let files: Vec<&str> = keyring.iter().map(|p| p.to_str().unwrap()).collect();
+        b.send_keys("#keyring-file", &files.join("\n"));
+    }
+    b.click("#verify-button");
+    outcome(b, Duration::from_secs(120))
+}
+
+/// A keyring in the console (docs/FORMAT.md §20): a bundle two nodes signed passes with both nodes' keys, on the
+/// checking workers and on the one worker, and the page lists which key signed which heads; with node A's key
+/// alone, or a stranger's key in node B's place, it fails at node B's first head. A receipt under node B's head
+/// passes with the keyring. Logs signed with software keys: no appliance.
+#[test]
+fn offline_mode_verifies_a_two_node_bundle_against_a_keyring_and_names_the_signers() {
+    console_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b, c) = (TestKey::new(1), TestKey::new(2), TestKey::new(3));
+    let (tar, db) = two_node_log(d, &a, &b);
+    // Several blocks of 4 MiB (console/web/worker.js's CHUNK) for the checking workers.
+    let size = std::fs::metadata(&tar).unwrap().len();
+    assert!(size > 2 * (4 << 20), "{size} bytes");
+    let (pa, pb, pc) = (a.write_pem(d, "a.pem"), b.write_pem(d, "b.pem"), c.write_pem(d, "c.pem"));
+    let ring = d.join("nodes.pem");
+    std::fs::write(&ring, format!("# node A\n{}# node B\n{}", a.pem(), b.pem())).unwrap();
+    let (ida, idb, idc) = (&a.public.key_id, &b.public.key_id, &c.public.key_id);
+    let home = tempfile::tempdir().unwrap();
+    let br = Browser::start(home.path(), &[]);
+
+    // One keyring file with both keys, on the checking workers (default, and 3) and on the one worker.
+    let signers = format!("heads 0 to 1: key {ida}\nheads 2 to 3: key {idb}\nhead 4: key {ida}");
+    for query in ["", "?checkers=3", "?checkers=0"] {
+        let o = verify_with_keyring(&br, query, &tar, None, &[&ring]);
+        assert_eq!(o.outcome, "ok", "{query}: {}", o.text);
+        let listed = br.script("return document.getElementById('signers').innerText;", json!([]));
+        assert_eq!(listed.as_str().unwrap_or_default().trim(), signers, "{query}");
+        assert!(o.text.contains("Signing keys: 2 keys of the keyring"), "{query}: {}", o.text);
+        assert!(o.text.contains(&format!("Events: {} events", group(4 * EVENTS_PER_HEAD))), "{}", o.text);
+        if query.is_empty() {
+            br.screenshot("offline-bundle-keyring-verified");
+        }
+    }
+    // The nodes' keys as two files picked together; and node A's key as the signer key with node B's as the
+    // keyring (the signer key joins the ring, as with `anchorlog verify --key … --keyring …`).
+    assert_eq!(verify_with_keyring(&br, "", &tar, None, &[&pa, &pb]).outcome, "ok");
+    assert_eq!(verify_with_keyring(&br, "", &tar, Some(&pa), &[&pb]).outcome, "ok");
+    // Pasted instead of picked: the same.
+    open_offline_at(&br, "");
+    br.send_keys("#evidence", tar.to_str().unwrap());
+    let pasted = std::fs::read_to_string(&ring).unwrap();
+    br.script("document.getElementById('keyring-text').value = arguments[0];", json!([pasted]));
+    br.click("#verify-button");
+    let o = outcome(&br, Duration::from_secs(120));
+    assert_eq!(o.outcome, "ok", "{}", o.text);
+
+    // Node A's key alone, no keyring: the chain of keys, which node B's first head leaves without a rotation.
+    let unannounced = anchorlog_core::verify::Failure::UnannouncedKey {
+        height: 2,
+        key_id: idb.clone(),
+        current: ida.clone(),
+    };
+    for query in ["", "?checkers=0"] {
+        let o = verify_with_keyring(&br, query, &tar, Some(&pa), &[]);
+        assert_eq!(
+            (o.outcome.as_str(), o.kind.as_str(), o.at.as_str()),
+            ("invalid", "height", "2"),
+            "{}",
+            o.text
+        );
+        assert!(o.text.contains(&unannounced.to_string()), "{query}: {}", o.text);
+    }
+    // A stranger's key in node B's place in the keyring: node B's first head is outside the ring.
+    let outside = anchorlog_core::verify::Failure::OutsideKeyring {
+        height: 2,
+        key_id: idb.clone(),
+        ring: format!("{ida}, {idc}"),
+    };
+    for query in ["", "?checkers=0"] {
+        let o = verify_with_keyring(&br, query, &tar, None, &[&pa, &pc]);
+        assert_eq!(
+            (o.outcome.as_str(), o.kind.as_str(), o.at.as_str()),
+            ("invalid", "height", "2"),
+            "{}",
+            o.text
+        );
+        assert!(o.text.contains(&outside.to_string()), "{query}: {}", o.text);
+        if query.is_empty() {
+            br.screenshot("offline-bundle-keyring-stranger");
+        }
+    }
+
+    // A receipt of an event under node B's head 3.
+    let c = anchorlog::store::open_reader(&db).unwrap();
+    let receipt = anchorlog::receipt::build(&c, 2 * EVENTS_PER_HEAD + 5).unwrap();
+    assert_eq!(receipt.head.height, 3);
+    let file = d.join("receipt.json");
+    std::fs::write(&file, serde_json::to_vec(&receipt).unwrap()).unwrap();
+    let o = verify_with_keyring(&br, "", &file, None, &[&ring]);
+    assert_eq!(o.outcome, "ok", "{}", o.text);
+    assert!(o.text.contains(&format!("Signature: head 3 is signed by key {idb}")), "{}", o.text);
+    let o = verify_with_keyring(&br, "", &file, Some(&pa), &[]);
+    assert_eq!(
+        (o.outcome.as_str(), o.kind.as_str(), o.at.as_str()),
+        ("invalid", "height", "3"),
+        "{}",
+        o.text
+    );
+    drop(br);
 }
 
 /// The page's bundle rate by number of checking workers, on a bundle kept by the offline test
@@ -522,6 +677,23 @@ async fn live_mode_presents_the_auditor_certificate_searches_and_verifies_receip
     assert!(text.starts_with("Verified: in head "), "{text}");
     b.script(&format!("{cell}.scrollIntoView({{block: 'end'}});"), json!([]));
     b.screenshot("live-receipt-verified");
+
+    // Two nodes' keys pinned, one after the other (a keyring): the head and the receipt the appliance's key
+    // signed verify against it.
+    b.click("#unpin-button");
+    b.script("document.getElementById('head').dataset.verdict = '';", json!([]));
+    let ring = a.dir.path().join("nodes.pem");
+    let pems = [&other, &a.key_pem()].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&ring, pems.concat()).unwrap();
+    pin(&b, &ring);
+    assert_eq!(b.text("#pinned"), "Pinned: a keyring of 2 keys.");
+    b.wait_for("document.getElementById('head').dataset.verdict === 'ok'", Duration::from_secs(20));
+    let head_text = b.text("#head");
+    assert!(head_text.contains(", a key of the pinned keyring"), "{head_text}");
+    b.click("#search-button");
+    b.wait_for(&format!("document.querySelector('#receipt-{seq} button')"), Duration::from_secs(20));
+    b.click(&format!("#receipt-{seq} button"));
+    b.wait_for(&format!("{cell}.dataset.verdict === 'ok'"), Duration::from_secs(20));
     drop(b);
     a.sigterm();
 }

@@ -3,6 +3,9 @@
 //! key signed which heads, and still fails a head signed outside the ring, by a retired key, or with a TPM counter
 //! below that key's own previous head — at the exact height. Logs built with software keys: no SoftHSM needed.
 
+/// The kit's tar helpers, alone: to re-sign a head inside a bundle.
+#[path = "../softhsm-tests/kit/bundle.rs"]
+mod kit_bundle;
 /// The test kit's software-signed log builder, alone: these tests need no SoftHSM, TSA or appliance process.
 #[path = "../softhsm-tests/kit/log_builder.rs"]
 mod log_builder;
@@ -191,37 +194,39 @@ fn a_rotation_inside_a_keyring_brings_the_new_key_in_and_retires_the_old_one_for
     );
 }
 
+/// Heads 0 and 1 by node A (TPM counter 10, 11), 2 and 3 by node B (1, 2), 4 by A again: `resume_a` + 1.
+fn counter_log(path: &Path, a: &TestKey, b: &TestKey, resume_a: u64) {
+    let counter = |index, value| Some(HeadCounter { value, reset_count: 1, index });
+    let mut l = LogBuilder::create(path, a);
+    store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.counter = counter(COUNTER_A, 9);
+    l.head(); // 0: A, 10
+    l.events(2);
+    l.head(); // 1: A, 11
+    l.key = b;
+    l.counter = counter(COUNTER_B, 0);
+    l.events(2);
+    l.head(); // 2: B, 1
+    l.head(); // 3: B, 2
+    l.key = a;
+    l.counter = counter(COUNTER_A, resume_a);
+    l.events(2);
+    l.head(); // 4: A, resume_a + 1
+}
+
 /// Each node's heads carry its own TPM's counter: a head continues the counter of the last head its own key signed,
 /// however many heads the other node signed between, and a counter below that is a rollback at its height.
 #[test]
 fn each_keys_tpm_counter_continues_from_that_keys_own_last_head() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (TestKey::new(1), TestKey::new(2));
-    let counter = |index, value| Some(HeadCounter { value, reset_count: 1, index });
-    // `resume_a`: A's counter value before its head after B's (its last was 11).
-    let build = |path: &Path, resume_a: u64| {
-        let mut l = LogBuilder::create(path, &a);
-        l.counter = counter(COUNTER_A, 9);
-        l.head(); // 0: A, 10
-        l.events(2);
-        l.head(); // 1: A, 11
-        l.key = &b;
-        l.counter = counter(COUNTER_B, 0);
-        l.events(2);
-        l.head(); // 2: B, 1
-        l.head(); // 3: B, 2
-        l.key = &a;
-        l.counter = counter(COUNTER_A, resume_a);
-        l.events(2);
-        l.head(); // 4: A, resume_a + 1
-    };
     let db = dir.path().join("counters.db");
-    build(&db, 11);
+    counter_log(&db, &a, &b, 11);
     let r = verify_db(&db, &[&a, &b], true).unwrap();
     assert_eq!(r.signers, vec![run(&a, 0, 1), run(&b, 2, 3), run(&a, 4, 4)]);
 
     let db = dir.path().join("rolled-back.db");
-    build(&db, 10);
+    counter_log(&db, &a, &b, 10);
     assert_eq!(
         failure(verify_db(&db, &[&a, &b], true)),
         Failure::Counter(CounterFailure::NotIncreasing { height: 4, value: 11, previous: 11 })
@@ -437,4 +442,258 @@ fn bundles_verify_against_a_keyring_whole_and_from_an_anchor_past_a_rotation() {
     bundle::export(&fc, 0, 4, None, std::fs::File::create(&forged_tar).unwrap(), &mut |_, _| {}).unwrap();
     let e = failure(verify(&forged_tar, true).map(|b| b.report));
     assert!(matches!(&e, Failure::RetiredKey { height: 4, retired_at: 2, .. }), "{e}");
+}
+
+/// Writes a keyring file holding `keys`' PEM blocks, with a comment line before each (as an operator might).
+fn ring_file(dir: &Path, name: &str, keys: &[&TestKey]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text: String = keys.iter().enumerate().map(|(i, k)| format!("# node {i}\n{}", k.pem())).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The independent Python verifier (`tests/verify_bundle.py`, which knows nothing of the Rust code) with `args` →
+/// (exit code, its stdout trimmed).
+fn python(args: &[&Path]) -> (i32, String) {
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.stderr.is_empty(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+/// The Python verifier's report lines for `runs` of signers, as the Rust verifier reports them.
+fn signer_lines(runs: &[SignerRun]) -> String {
+    runs.iter()
+        .map(|r| format!("signer: heads {}..={} signed by key {}\n", r.from_height, r.to_height, r.key_id))
+        .collect()
+}
+
+/// Exports heads `from..=to` of the log at `db` as a bundle at `dir/name`.
+fn export(db: &Path, from: u64, to: u64, dir: &Path, name: &str) -> std::path::PathBuf {
+    let c = store::open_reader(db).unwrap();
+    let out = dir.join(name);
+    anchorlog::bundle::export(&c, from, to, None, std::fs::File::create(&out).unwrap(), &mut |_, _| {})
+        .unwrap();
+    out
+}
+
+/// The bundle `tar` with head `height`'s signature replaced by `key`'s, as `name`: an insider's forgery.
+fn resigned(tar: &Path, height: u64, key: &TestKey, name: &str) -> std::path::PathBuf {
+    let mut members = kit_bundle::tar_members(tar);
+    let text = members.iter().find(|(n, _)| *n == format!("heads/{height}.txt")).unwrap().1.clone();
+    let sig = members.iter_mut().find(|(n, _)| *n == format!("heads/{height}.sig")).unwrap();
+    sig.1 = key.sign(&text);
+    let out = tar.with_file_name(name);
+    kit_bundle::write_tar(&out, &members);
+    out
+}
+
+/// The Rust verifier's failure on the bundle `tar` with the keyring `ring`.
+fn rust_bundle_failure(tar: &Path, ring: &[&TestKey]) -> Failure {
+    let ring: Vec<_> = ring.iter().map(|k| k.public.clone()).collect();
+    failure(
+        anchorlog::bundle::verify_bundle_progress(tar, &ring, true, None, None, None, &mut |_| {})
+            .map(|b| b.report),
+    )
+}
+
+/// The Python verifier takes a keyring as the Rust verifier does: a two-node bundle passes with both nodes' keys and
+/// reports which key signed which heads; with one node's key alone, or a stranger's key in the other's place, it
+/// fails at the other node's first head, with the Rust verifier's words.
+#[test]
+fn the_python_verifier_takes_a_keyring_and_fails_at_the_first_head_signed_outside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b, c) = (TestKey::new(1), TestKey::new(2), TestKey::new(3));
+    let db = d.join("ha.db");
+    failover_log(&db, &a, &b);
+    let tar = export(&db, 0, 4, d, "ha.tar");
+    let signers = signer_lines(&[run(&a, 0, 1), run(&b, 2, 3), run(&a, 4, 4)]);
+    let keyring = Path::new("--keyring");
+
+    let both = ring_file(d, "nodes.pem", &[&a, &b]);
+    assert_eq!(python(&[&tar, keyring, &both]), (0, format!("{signers}OK: 20 events, 5 heads")));
+    // SIGNER.pem joins the ring.
+    let (pa, only_b) = (a.write_pem(d, "a.pem"), ring_file(d, "b.pem", &[&b]));
+    assert_eq!(python(&[&tar, &pa, keyring, &only_b]), (0, format!("{signers}OK: 20 events, 5 heads")));
+
+    // Node A's key alone: as a chain, node B's first head does not verify; as a keyring, it names node B's key (the
+    // bundle carries it in keys/) as outside the ring, as the Rust verifier does.
+    assert_eq!(python(&[&tar, &pa]), (3, "FAILED: head height 2: signature does not verify".to_string()));
+    let only_a = ring_file(d, "a-ring.pem", &[&a]);
+    let e = rust_bundle_failure(&tar, &[&a]);
+    assert_eq!(
+        e,
+        Failure::OutsideKeyring { height: 2, key_id: b.public.key_id.clone(), ring: a.public.key_id.clone() }
+    );
+    assert_eq!(python(&[&tar, keyring, &only_a]), (3, format!("FAILED: {e}")));
+    // A stranger's key in node B's place.
+    let stranger = ring_file(d, "stranger.pem", &[&a, &c]);
+    let e = rust_bundle_failure(&tar, &[&a, &c]);
+    let ring = format!("{}, {}", a.public.key_id, c.public.key_id);
+    assert_eq!(e, Failure::OutsideKeyring { height: 2, key_id: b.public.key_id.clone(), ring });
+    assert_eq!(python(&[&tar, keyring, &stranger]), (3, format!("FAILED: {e}")));
+
+    // Node B's second head re-signed by a key the bundle does not carry: no key of the ring, at height 3.
+    let forged_tar = resigned(&tar, 3, &c, "outsider.tar");
+    let e = rust_bundle_failure(&forged_tar, &[&a, &b]);
+    assert_eq!(
+        e,
+        Failure::NoKeyringKey { height: 3, ring: format!("{}, {}", a.public.key_id, b.public.key_id) }
+    );
+    assert_eq!(python(&[&forged_tar, keyring, &both]), (3, format!("FAILED: {e}")));
+
+    // Node A's certificate instead of its public key (made with openssl from A's private key).
+    let (key_a, cert_a) = (d.join("a.key"), d.join("a.crt"));
+    std::fs::write(
+        &key_a,
+        p256::pkcs8::EncodePrivateKey::to_pkcs8_pem(&a.signing, Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    let made = Command::new("openssl")
+        .args(["req", "-new", "-x509", "-subj", "/CN=node A", "-days", "1", "-key"])
+        .arg(&key_a)
+        .arg("-out")
+        .arg(&cert_a)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let certified = d.join("certified.pem");
+    std::fs::write(&certified, format!("{}{}", std::fs::read_to_string(&cert_a).unwrap(), b.pem())).unwrap();
+    assert_eq!(python(&[&tar, keyring, &certified]), (0, format!("{signers}OK: 20 events, 5 heads")));
+
+    // A keyring file without a PEM block says what to give (exit 1: unreadable input).
+    let empty = d.join("empty.pem");
+    std::fs::write(&empty, "node A\n").unwrap();
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_bundle.py"))
+        .args([tar.as_os_str(), keyring.as_os_str(), empty.as_os_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "keyring {} holds no PEM block: give the signer keys of the log's nodes as PEM public keys or \
+             certificates, one after another\n",
+            empty.display()
+        )
+    );
+}
+
+/// An event's payload erased after the bundle's range, its erasure record under a head node B signed after node A
+/// signed every head of the range: the record's proof (erasure-records.jsonl) verifies under the keyring's keys at
+/// the walk's end; under node A's key alone (as a chain or a ring) it fails at that head's height.
+#[test]
+fn the_python_verifier_checks_an_erasure_record_proof_past_the_range_against_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b) = (TestKey::new(1), TestKey::new(2));
+    let db = d.join("erased.db");
+    let mut l = LogBuilder::create(&db, &a);
+    store::record_public_key(&l.conn, &b.public.key_id, &b.pem()).unwrap();
+    l.events(3);
+    l.head(); // 0: A, size 3
+    l.events(2);
+    l.head(); // 1: A, size 5
+    assert_eq!(l.erase(1, "dpo", "GDPR art. 17"), 5);
+    l.key = &b;
+    l.head(); // 2: B, size 6, after the bundle's range
+    drop(l);
+    let tar = export(&db, 0, 1, d, "erased.tar");
+    let names: Vec<String> = kit_bundle::tar_members(&tar).into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"erasure-records.jsonl".to_string()), "{names:?}");
+    let keyring = Path::new("--keyring");
+    let both = ring_file(d, "nodes.pem", &[&a, &b]);
+    let signers = signer_lines(&[run(&a, 0, 1)]);
+    assert_eq!(python(&[&tar, keyring, &both]), (0, format!("{signers}OK: 5 events, 2 heads")));
+    let ring = [a.public.clone(), b.public.clone()];
+    assert!(
+        anchorlog::bundle::verify_bundle_progress(&tar, &ring, true, None, None, None, &mut |_| {}).is_ok()
+    );
+
+    // Node A's key alone: the chain's key at the walk's end did not sign head 2.
+    let pa = a.write_pem(d, "a.pem");
+    assert_eq!(python(&[&tar, &pa]), (3, "FAILED: head height 2: signature does not verify".to_string()));
+    // As a keyring: the Rust verifier's words (keys/ holds the range's signers only, so node B is not named).
+    let e = rust_bundle_failure(&tar, &[&a]);
+    assert_eq!(e, Failure::NoKeyringKey { height: 2, ring: a.public.key_id.clone() });
+    assert_eq!(python(&[&tar, keyring, &ring_file(d, "a-ring.pem", &[&a])]), (3, format!("FAILED: {e}")));
+}
+
+/// Node A rotates its key while node B signs too: the Python verifier follows the rotation per key inside the range
+/// and from key-rotations.jsonl before an anchor, reports the signers as the Rust verifier does, and fails a head
+/// signed by the retired key, and a TPM counter below its own key's last head, at the exact height.
+#[test]
+fn the_python_verifier_follows_rotations_and_counters_per_key_of_the_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (a, b, a2) = (TestKey::new(1), TestKey::new(2), TestKey::new(4));
+    let db = d.join("rotated.db");
+    rotated_ring_log(&db, [&a, &b, &a2], false);
+    let keyring = Path::new("--keyring");
+    let both = ring_file(d, "nodes.pem", &[&a, &b]);
+    let rotation = "key rotation: after head height 2 (record at event seq 6)\n";
+
+    let whole = export(&db, 0, 4, d, "whole.tar");
+    let runs = [run(&a, 0, 0), run(&b, 1, 1), run(&a, 2, 2), run(&a2, 3, 3), run(&b, 4, 4)];
+    assert_eq!(
+        python(&[&whole, keyring, &both]),
+        (0, format!("{rotation}{}OK: 11 events, 5 heads", signer_lines(&runs)))
+    );
+    // From head 4 (anchor: head 3, A2's, reached through the rotation proof before the range).
+    let tail = export(&db, 4, 4, d, "tail.tar");
+    assert_eq!(
+        python(&[&tail, keyring, &both]),
+        (0, format!("{}OK: 2 events, 1 heads", signer_lines(&runs[4..])))
+    );
+    // From head 3 (anchor: head 2, node A's last, ending with its rotation record): A2 signs the first head.
+    let after = export(&db, 3, 4, d, "after-rotation.tar");
+    assert_eq!(
+        python(&[&after, keyring, &both]),
+        (0, format!("{}OK: 4 events, 2 heads", signer_lines(&runs[3..])))
+    );
+
+    // Head 4 re-signed with node A's retired key.
+    let forged_tar = resigned(&whole, 4, &a, "retired.tar");
+    let e = rust_bundle_failure(&forged_tar, &[&a, &b]);
+    assert!(matches!(&e, Failure::RetiredKey { height: 4, seq: 6, retired_at: 2, .. }), "{e}");
+    assert_eq!(python(&[&forged_tar, keyring, &both]), (3, format!("FAILED: {e}")));
+
+    // TPM counters per key: node A's head after node B's continues A's own last counter (11).
+    let (ca, cb) = (TestKey::new(1), TestKey::new(2));
+    let db = d.join("counters.db");
+    counter_log(&db, &ca, &cb, 11);
+    let tar = export(&db, 0, 4, d, "counters.tar");
+    let runs = [run(&ca, 0, 1), run(&cb, 2, 3), run(&ca, 4, 4)];
+    assert_eq!(python(&[&tar, keyring, &both]), (0, format!("{}OK: 6 events, 5 heads", signer_lines(&runs))));
+    let db = d.join("rolled-back.db");
+    counter_log(&db, &ca, &cb, 10);
+    let tar = export(&db, 0, 4, d, "rolled-back.tar");
+    assert_eq!(
+        python(&[&tar, keyring, &both]),
+        (
+            3,
+            format!(
+                "FAILED: head height 4: TPM counter 11 is not greater than the previous head's 11 (the last head \
+                 key {} signed)",
+                ca.public.key_id
+            )
+        )
+    );
+    // From head 3 (anchor: head 2, node B's): the bundle holds no earlier head of node A, so A's head 4 starts A's
+    // counter chain (docs/FORMAT.md §20, "Bundles and keyrings"), in both verifiers.
+    let tail = export(&db, 3, 4, d, "rolled-back-tail.tar");
+    let runs = [run(&cb, 3, 3), run(&ca, 4, 4)];
+    assert_eq!(
+        python(&[&tail, keyring, &both]),
+        (0, format!("{}OK: 2 events, 2 heads", signer_lines(&runs)))
+    );
+    let ring = [ca.public.clone(), cb.public.clone()];
+    let r = anchorlog::bundle::verify_bundle_progress(&tail, &ring, true, None, None, None, &mut |_| {});
+    assert_eq!(r.unwrap().report.signers, runs);
 }

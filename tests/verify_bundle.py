@@ -3,8 +3,9 @@
 
 Uses the Python standard library (tarfile, json, hashlib, base64), the `openssl` command line for ECDSA
 signatures and RFC 3161 tokens, and — only with --witness — `cryptography` for Ed25519 cosignatures.
-Usage: verify_bundle.py BUNDLE.tar SIGNER.pem [--origin ORIGIN] [--tsa-ca TSA-CA.pem [--require-timestamps]
-       [--max-timestamp-delay SECONDS]] [--witness VKEY-or-FILE ... [--witness-quorum K]]
+Usage: verify_bundle.py BUNDLE.tar (SIGNER.pem | [SIGNER.pem] --keyring NODES.pem) [--origin ORIGIN]
+       [--tsa-ca TSA-CA.pem [--require-timestamps] [--max-timestamp-delay SECONDS]]
+       [--witness VKEY-or-FILE ... [--witness-quorum K]]
 Every head must carry ORIGIN (default: the manifest's). An erased payload verifies only with the appliance's
 erasure record naming it, in entries.jsonl under a head of the bundle, or in erasure-records.jsonl with its
 inclusion and consistency proofs. With --tsa-ca every heads/<h>.tsr is checked with `openssl ts -verify`, its
@@ -15,6 +16,11 @@ Keys rotate only through the appliance's key rotation record (FORMAT.md §20): t
 old key's last, every later head is the new key's. SIGNER.pem is the key the chain starts with (the log's first key
 will do): rotations inside the range are followed as the walk meets them, those before it (and after it, for
 erasure record proofs) from key-rotations.jsonl with their inclusion and consistency proofs.
+With --keyring (FORMAT.md §20, "Keyrings": the PEM keys or certificates of the log's nodes, one block after another,
+plus SIGNER.pem if given) any key of the ring may sign any head, so heads pass between nodes without a rotation
+record; a rotation record retires its old key for good and brings its new key into the ring; a head's TPM counter
+continues the last head its own key signed. A head signed outside the ring, or by a retired key, fails at its height.
+The report says which key signed which heads.
 With --witness (repeatable: a witness's cosignature/v1 vkey, or a file holding it) the cosignature lines in every
 heads/<h>.note are checked (FORMAT.md §16): the note's text must be heads/<h>.txt, a line of a listed witness must
 verify (Ed25519 over "cosignature/v1\ntime T\n" + text) and not be dated more than 300 s before the head's seal
@@ -320,6 +326,7 @@ def canonical(obj):
 
 
 KEY_ID = re.compile(r"[0-9a-f]{64}")
+PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----.+?-----END \1-----", re.S)
 COUNTER_INDEX = re.compile(r"0x[0-9a-f]{8}")
 
 
@@ -338,6 +345,28 @@ class Key:
         with open(path, "w") as f:
             f.write(pem)
         return Key(path)
+
+
+def read_keyring(path):
+    """A keyring file (FORMAT.md §20): the nodes' PEM public keys or certificates, one block after another."""
+    workdir = tempfile.mkdtemp()
+    atexit.register(shutil.rmtree, workdir, True)
+    with open(path) as f:
+        blocks = [m.group(0) for m in PEM_BLOCK.finditer(f.read())]
+    if not blocks:
+        raise ValueError("keyring %s holds no PEM block: give the signer keys of the log's nodes as PEM public keys "
+                         "or certificates, one after another" % path)
+    keys = []
+    for i, block in enumerate(blocks):
+        if block.startswith("-----BEGIN CERTIFICATE-----"):
+            block = subprocess.run(["openssl", "x509", "-pubkey", "-noout"], input=block, capture_output=True,
+                                   text=True).stdout
+        try:
+            keys.append(Key.from_pem(block, workdir))
+        except ValueError:
+            raise ValueError("keyring %s: block %d of %d is not a PEM public key or certificate"
+                             % (path, i + 1, len(blocks)))
+    return keys
 
 
 def rotation_record(seq, body, workdir):
@@ -367,15 +396,49 @@ def rotation_record(seq, body, workdir):
             "counter": None if index is None else int(index, 16)}
 
 
+def outside_ring(height, text, sig, ring, retired, known):
+    """Keyring: why no key of `ring` signed the head: a `retired` key, a `known` key (the bundle's keys/) outside the
+    ring, or none of them."""
+    ids = ", ".join(k.key_id for k in ring)
+    for key, seq, last in retired.values():
+        if signature_ok(key.path, text, sig):
+            return Invalid("head height %d: signed by key %s, which the key rotation record at event seq %d retired "
+                           "after head height %d; later heads must be signed by one of the keyring's keys (%s)"
+                           % (height, key.key_id, seq, last, ids))
+    for key in known:
+        if signature_ok(key.path, text, sig):
+            return Invalid("head height %d: signed by key %s, which is not in the keyring (%s); add it only if it is "
+                           "the signing key of one of the log's nodes" % (height, key.key_id, ids))
+    return Invalid("head height %d: signature verifies under no key of the keyring (%s)" % (height, ids))
+
+
 class Chain:
-    def __init__(self, origin, key):
+    def __init__(self, origin, key, ring=None, known=()):
         self.origin, self.key = origin, key  # the key heads are signed with from here on
         self.prev_hash, self.prev_size, self.prev_time = bytes(32), 0, ""
         self.prev_counter = None
-        self.retired = {}  # key id -> height of its last head
+        self.retired = {}  # key id -> (key, seq of the record that retired it, height of its last head)
         self.pending = None  # a rotation record no head covers yet
         self.announced = None  # after a rotation head: (record seq, counter index) for the next head
         self.rotations = []
+        self.signers = []  # [key id, first height, last height]: which key signed which heads
+        # Keyring mode (FORMAT.md §20, "Keyrings"): the keys that may sign the next head, each key's TPM counter at
+        # the last head it signed, and the new key of the last rotation until it signs its first head.
+        self.ring, self.counters, self.announced_key = ring, {}, None
+        self.known = known  # the bundle's keys/: only to name the signer of a head outside the ring
+
+    def switch_signer(self, text, sig):
+        """Keyring: the ring key that signed the head becomes the chain's key, and the counter the head must exceed
+        is the one that key's own last head carried (none before its first). None when no ring key signed it."""
+        if self.key is not None and signature_ok(self.key.path, text, sig):
+            return self.key
+        for k in self.ring:
+            if k is not self.key and signature_ok(k.path, text, sig):
+                if self.key is not None:
+                    self.counters[self.key.key_id] = self.prev_counter
+                self.prev_counter, self.key = self.counters.get(k.key_id), k
+                return k
+        return None
 
     def rotation(self, record, next_height):
         if self.pending is not None:
@@ -391,7 +454,10 @@ class Chain:
         if record["new"].key_id in self.retired:
             raise Invalid("event seq %d: key rotation record is invalid: its new key was retired before"
                           % record["seq"])
-        self.retired[self.key.key_id] = height
+        self.retired[self.key.key_id] = (self.key, record["seq"], height)
+        if self.ring is not None:
+            self.ring = [k for k in self.ring if k.key_id != self.key.key_id] + [record["new"]]
+            self.announced_key = record["new"].key_id
         self.key = record["new"]
         self.announced = (record["seq"], record["counter"])
         self.rotations.append((height, record["seq"]))
@@ -408,12 +474,15 @@ class Chain:
             raise Invalid("head height %d: seal time goes backwards" % height)
         if cp["tree_size"] < self.prev_size:
             raise Invalid("head height %d: tree shrank" % height)
+        # Keyring: the signer decides which key's counter the head continues, so it is found first.
+        signer = self.switch_signer(text, sig) if self.ring is not None else self.key
         counter, prev = cp["counter"], self.prev_counter
-        if self.announced is not None:
-            # The first head under a new key carries exactly the counter its rotation record announced; another
-            # index than the previous head's restarts the chain of counters.
+        if self.announced is not None and (self.ring is None or self.key.key_id == self.announced_key):
+            # The first head under a new key carries exactly the counter its rotation record announced (with a
+            # keyring: the first head the new key signs); another index than the previous head's restarts the
+            # chain of counters.
             seq, index = self.announced
-            self.announced = None
+            self.announced, self.announced_key = None, None
             if (counter["index"] if counter else None) != index:
                 raise Invalid("head height %d: the first head under the new key carries another TPM counter than "
                               "the key rotation record at event seq %d announced" % (height, seq))
@@ -425,9 +494,17 @@ class Chain:
             if counter["index"] != prev["index"]:
                 raise Invalid("head height %d: TPM counter index changed" % height)
             if counter["value"] <= prev["value"]:
-                raise Invalid("head height %d: TPM counter is not greater than the previous head's" % height)
-        if not signature_ok(self.key.path, text, sig):
+                whose = "" if self.ring is None else " (the last head key %s signed)" % self.key.key_id
+                raise Invalid("head height %d: TPM counter %d is not greater than the previous head's %d%s"
+                              % (height, counter["value"], prev["value"], whose))
+        if signer is None:
+            raise outside_ring(height, text, sig, self.ring, self.retired, self.known)
+        if self.ring is None and not signature_ok(self.key.path, text, sig):
             raise Invalid("head height %d: signature does not verify" % height)
+        if self.signers and self.signers[-1][0] == self.key.key_id and self.signers[-1][2] == height - 1:
+            self.signers[-1][2] = height
+        else:
+            self.signers.append([self.key.key_id, height, height])
         if frontier is not None and frontier.root() != cp["root"]:
             raise Invalid("head height %d: root does not match the events" % height)
         if self.pending is not None:
@@ -448,11 +525,9 @@ def consistent(size_a, root_a, size_b, root_b, proof):
     return verify_consistency(size_b, size_a, root_b, root_a, proof)
 
 
-def follow_rotations(proofs, key, origin, ref_size, ref_root, workdir):
-    """Follows key-rotations.jsonl proofs (seq order) from `key`: each record must name the chain's key as its old
-    key, end a head signed by it (tree size seq + 1) that is consistent with the reference head, and hand over to its
-    new key. Returns [(last height, key)] spans (the last open-ended) and the retired key ids."""
-    spans, current, retired = [], None, {}
+def checked_rotation_proofs(proofs, origin, ref_size, ref_root, workdir):
+    """Each key-rotations.jsonl proof (seq order) whose record is the appliance's, ends a head of the log (tree size
+    seq + 1) and is consistent with the reference head: yields (record, proof head). Signatures are left to callers."""
     for p in proofs:
         seq, h = p["seq"], p["head"]
         entry_bytes = p["entry"].encode("utf-8")
@@ -477,20 +552,64 @@ def follow_rotations(proofs, key, origin, ref_size, ref_root, workdir):
         if not consistent(cp["tree_size"], cp["root"], ref_size, ref_root,
                           [base64.b64decode(x) for x in p["consistency_proof"]]):
             raise Invalid("head height %d: the consistency proof does not verify" % h["height"])
+        yield record, h
+
+
+def proof_signed_by(key, h):
+    return signature_ok(key.path, h["checkpoint"].encode("utf-8"), base64.b64decode(h["signature"]))
+
+
+def follow_rotations(proofs, key, origin, ref_size, ref_root, workdir):
+    """Follows key-rotations.jsonl proofs (seq order) from `key`: each record must name the chain's key as its old
+    key, end a head signed by it (tree size seq + 1) that is consistent with the reference head, and hand over to its
+    new key. Returns [(last height, key)] spans (the last open-ended) and the retired keys."""
+    spans, current, retired = [], None, {}
+    for record, h in checked_rotation_proofs(proofs, origin, ref_size, ref_root, workdir):
+        seq = record["seq"]
         if current is None:
             if record["old"] != key.key_id:
                 continue  # signed by a key this verifier does not know: trust starts later
             current = key
         if record["old"] != current.key_id or record["new"].key_id in retired:
             raise Invalid("event seq %d: key rotation record is invalid: it does not continue the key chain" % seq)
-        if not signature_ok(current.path, h["checkpoint"].encode("utf-8"), base64.b64decode(h["signature"])):
+        if not proof_signed_by(current, h):
             raise Invalid("head height %d: signature does not verify with key %s" % (h["height"], current.key_id))
         spans.append((h["height"], current, seq, record["counter"]))
-        retired[current.key_id] = h["height"]
+        retired[current.key_id] = (current, seq, h["height"])
         current = record["new"]
     if current is not None:
         spans.append((float("inf"), current, None, None))
     return spans, retired
+
+
+def follow_ring_rotations(proofs, ring, origin, ref_size, ref_root, workdir):
+    """Keyring (FORMAT.md §20): each node's key has its own chain of rotations. A proof whose old key is a ring key not
+    yet retired must have its head signed by that key, which signs no later head; its new key joins the ring after
+    that head. A proof whose old key is none of them cannot be checked and is skipped. Returns the ring as
+    [key, height after which it may sign or None, last height it may sign or None], the retired keys, and the
+    rotations as {height of the old key's last head: (seq, new key, announced counter index)}."""
+    keys, retired, handovers = [[k, None, None] for k in ring], {}, {}
+    for record, h in checked_rotation_proofs(proofs, origin, ref_size, ref_root, workdir):
+        seq = record["seq"]
+        old = [k for k in keys if k[2] is None and k[0].key_id == record["old"]]
+        if not old:
+            continue
+        if not proof_signed_by(old[0][0], h):
+            raise Invalid("event seq %d: key rotation record is invalid: head height %d, which ends with it, is not "
+                          "signed by its old key %s" % (seq, h["height"], record["old"]))
+        if any(k[0].key_id == record["new"].key_id for k in keys):
+            raise Invalid("event seq %d: key rotation record is invalid: its new key %s is already a key of the ring"
+                          % (seq, record["new"].key_id))
+        old[0][2] = h["height"]
+        retired[record["old"]] = (old[0][0], seq, h["height"])
+        keys.append([record["new"], h["height"], None])
+        handovers[h["height"]] = (seq, record["new"], record["counter"])
+    return keys, retired, handovers
+
+
+def ring_at(ring, height):
+    """The keys of a followed ring that may sign head `height`."""
+    return [k for k, after, until in ring if (after is None or height > after) and (until is None or height <= until)]
 
 
 def key_for(spans, height, default):
@@ -500,9 +619,10 @@ def key_for(spans, height, default):
     return default
 
 
-def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
+def check_erasure_record(rec, keys, origin, last_height, last_size, last_root, unsigned=None):
     """An erasure record carried in erasure-records.jsonl (FORMAT.md §8): the appliance's record of its event,
-    in a signed head at or after the bundle's last one, which extends that last head."""
+    in a signed head at or after the bundle's last one, which extends that last head. `keys(h)`: the keys that may
+    sign head h; `unsigned(h, text, sig)`: the failure when none of them signed it."""
     erased, seq = rec["erased_seq"], rec["seq"]
     bad = Invalid("event seq %d: its erasure record (seq %d) is not the appliance's record of it" % (erased, seq))
     entry_bytes = rec["entry"].encode("utf-8")
@@ -520,8 +640,10 @@ def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
     cp = parse_checkpoint(h["height"], h["checkpoint"])
     if cp["height"] != h["height"] or cp["origin"] != origin or h["height"] < last_height or cp["tree_size"] <= seq:
         raise Invalid("head height %d: does not prove erasure record seq %d" % (h["height"], seq))
-    if not signature_ok(keys(h["height"]).path, text, base64.b64decode(h["signature"])):
-        raise Invalid("head height %d: signature does not verify" % h["height"])
+    sig = base64.b64decode(h["signature"])
+    if not any(signature_ok(k.path, text, sig) for k in keys(h["height"])):
+        raise unsigned(h["height"], text, sig) if unsigned else Invalid("head height %d: signature does not verify"
+                                                                        % h["height"])
     inclusion = [base64.b64decode(x) for x in rec["inclusion_proof"]]
     if not verify_inclusion(seq, cp["tree_size"], leaf_hash(entry_bytes), inclusion, cp["root"]):
         raise Invalid("event seq %d: the inclusion proof does not lead to head height %d" % (seq, h["height"]))
@@ -533,7 +655,8 @@ def check_erasure_record(rec, keys, origin, last_height, last_size, last_root):
 
 
 def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_delay=MAX_DELAY, witnesses=(),
-           quorum=0):
+           quorum=0, ring=None):
+    """`key`: the key the chain starts with; or `ring`: a keyring, every key of which may sign any head."""
     tar = tarfile.open(bundle)
     files = {}
     for m in tar.getmembers():
@@ -551,7 +674,8 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
     rotations = [json.loads(l) for l in files.get("key-rotations.jsonl", b"").splitlines() if l.strip()]
     before = [r for r in rotations if r["seq"] < first]
     after = [r for r in rotations if r["seq"] >= end]
-    chain = Chain(manifest["origin"], key)
+    known = [Key.from_pem(files[n].decode("utf-8"), workdir) for n in files if n.startswith("keys/")] if ring else []
+    chain = Chain(manifest["origin"], key, ring, known)
 
     def head(h):
         try:
@@ -569,14 +693,27 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
             raise Invalid("head height %d: anchor does not precede the range" % (lo - 1))
         chain.prev_hash = cp["prev"]  # the anchor's own link is outside the bundle
         chain.prev_time = cp["time"]
-        # The rotations before the range lead from the given key to the anchor's.
-        spans, chain.retired = follow_rotations(before, key, manifest["origin"], cp["tree_size"], cp["root"], workdir)
-        chain.key = key_for(spans, lo - 1, key)
-        chain.check(lo - 1, text, sig, frontier)
-        chain.key = key_for(spans, lo, key)  # the new key when the anchor is the old key's last head
-        for last, _, seq, index in spans:
-            if last == lo - 1:
-                chain.announced = (seq, index)
+        if ring is not None:
+            # The rotations before the range, followed per key: the anchor's signer must be a ring key at its height.
+            followed, chain.retired, handovers = follow_ring_rotations(
+                before, ring, manifest["origin"], cp["tree_size"], cp["root"], workdir)
+            chain.ring = ring_at(followed, lo - 1)
+            chain.check(lo - 1, text, sig, frontier)
+            chain.ring = ring_at(followed, lo)
+            if lo - 1 in handovers:  # the anchor is a rotated key's last head: its new key's first head binds
+                seq, chain.key, index = handovers[lo - 1]
+                chain.announced, chain.announced_key = (seq, index), chain.key.key_id
+        else:
+            # The rotations before the range lead from the given key to the anchor's.
+            spans, chain.retired = follow_rotations(before, key, manifest["origin"], cp["tree_size"], cp["root"],
+                                                    workdir)
+            chain.key = key_for(spans, lo - 1, key)
+            chain.check(lo - 1, text, sig, frontier)
+            chain.key = key_for(spans, lo, key)  # the new key when the anchor is the old key's last head
+            for last, _, seq, index in spans:
+                if last == lo - 1:
+                    chain.announced = (seq, index)
+        chain.signers = []  # the anchor is outside the range
     else:
         frontier = Frontier()
     pending = list(range(lo, hi + 1))
@@ -654,13 +791,21 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
     # Erasures made after the last head travel with their records and proofs.
     last_text = head(hi)[0]
     last = parse_checkpoint(hi, last_text.decode("utf-8"))
-    # The rotations after the range lead from the last head's key to the keys of the erasure records' heads.
-    spans, _ = follow_rotations(after, chain.key, manifest["origin"], end, last["root"], workdir)
+    # The rotations after the range lead from the last head's key (or the ring's keys, each followed on its own) to
+    # the keys of the erasure records' heads.
+    unsigned = None
+    if ring is not None:
+        followed, retired, _ = follow_ring_rotations(after, chain.ring, manifest["origin"], end, last["root"], workdir)
+        keys_at = lambda h: ring_at(followed, h)
+        unsigned = lambda h, text, sig: outside_ring(h, text, sig, keys_at(h), {**chain.retired, **retired}, known)
+    else:
+        spans, _ = follow_rotations(after, chain.key, manifest["origin"], end, last["root"], workdir)
+        keys_at = lambda h: [key_for(spans, h, chain.key)]
     carried = {}
     for line in files.get("erasure-records.jsonl", b"").splitlines():
         if line.strip():
-            erased, seq = check_erasure_record(json.loads(line), lambda h: key_for(spans, h, chain.key),
-                                               manifest["origin"], hi, end, last["root"])
+            erased, seq = check_erasure_record(json.loads(line), keys_at, manifest["origin"], hi, end, last["root"],
+                                               unsigned)
             carried[erased] = seq
     for record_seq, erased in sorted(pending_erasures.items(), key=lambda kv: kv[1]):
         if carried.get(erased) != record_seq:
@@ -687,7 +832,7 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
         if len(cosigned_last) < quorum:
             raise Invalid("head height %d: cosigned by %d of the %d listed witnesses required"
                           % (hi, len(cosigned_last), quorum))
-    return frontier.size - first, hi - lo + 1, untimestamped, (hi, cosigned_last), chain.rotations
+    return frontier.size - first, hi - lo + 1, untimestamped, (hi, cosigned_last), chain.rotations, chain.signers
 
 
 def take_option(args, name):
@@ -731,12 +876,29 @@ def main():
             return 2
         tsa_ca = args[i + 1]
         del args[i:i + 2]
-    if len(args) != 2 or (require and tsa_ca is None):
+    try:
+        keyring = take_option(args, "--keyring")
+    except IndexError:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    if len(args) not in ((1, 2) if keyring else (2,)) or (require and tsa_ca is None):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
-        events, heads, untimestamped, (last, cosigned), rotations = verify(
-            args[0], Key(args[1]), tsa_ca, require, origin, max_delay, witnesses, quorum)
+        key, ring = Key(args[1]) if len(args) == 2 else None, None
+        if keyring:
+            # SIGNER.pem, if given, joins the ring; a key given twice counts once.
+            ring = list({k.key_id: k for k in ([key] if key else []) + read_keyring(keyring)}.values())
+            key = None
+    except OSError as e:
+        print("cannot read %s: %s" % (e.filename, e.strerror), file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    try:
+        events, heads, untimestamped, (last, cosigned), rotations, signers = verify(
+            args[0], key, tsa_ca, require, origin, max_delay, witnesses, quorum, ring)
     except Invalid as e:
         print("FAILED: %s" % e)
         return 3
@@ -745,6 +907,9 @@ def main():
         return 1
     for height, seq in rotations:
         print("key rotation: after head height %d (record at event seq %d)" % (height, seq))
+    if ring is not None:
+        for key_id, first, last_height in signers:
+            print("signer: heads %d..=%d signed by key %s" % (first, last_height, key_id))
     if witnesses:
         print("OK: %d events, %d heads, head height %d cosigned by %d of the %d required witnesses (%s)"
               % (events, heads, last, len(cosigned), quorum, ", ".join(cosigned)))

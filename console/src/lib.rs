@@ -9,7 +9,8 @@
 //!   that record, in the same words as `anchorlog verify`;
 //! - `{"ok": false, "input_error": "…"}`: the inputs could not be used (not a receipt, no key …).
 //!
-//! The functions never trust a key the evidence carries: the keys are the auditor's. Everything is also
+//! The functions never trust a key the evidence carries: the keys are the auditor's (with the option `keyring`,
+//! the keys of the log's nodes, any of which may sign any head: docs/FORMAT.md §20). Everything is also
 //! callable natively (`verify_*_json`), which is how the unit tests run it.
 
 pub mod head;
@@ -49,7 +50,12 @@ pub fn verify_receipt_json(receipt: &str, keys: &str, options: &str) -> Value {
         Ok(r) => r,
         Err(e) => return verdict::input_error(format!("this is not an anchorlog receipt (JSON): {e}")),
     };
-    verdict::of(anchorlog_core::receipt::verify_keys(
+    let verify = if trust.keyring {
+        anchorlog_core::receipt::verify_keyring
+    } else {
+        anchorlog_core::receipt::verify_keys
+    };
+    verdict::of(verify(
         &receipt,
         &trust.keys,
         trust.origin.as_deref(),
@@ -189,9 +195,10 @@ pub fn verify_bundle_from<R: BundleRead>(
         Ok(t) => t,
         Err(e) => return verdict::input_error(e),
     };
-    match anchorlog_core::bundle::verify_bundle_from(
+    match anchorlog_core::bundle::verify_bundle_signers(
         open,
         &trust.keys,
+        trust.keyring,
         trust.origin.as_deref(),
         trust.timestamps.as_ref(),
         trust.witnesses.as_ref(),

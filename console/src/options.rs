@@ -32,6 +32,10 @@ pub struct Options {
     pub witnesses: Vec<String>,
     /// Distinct listed witnesses the newest head needs (`--witness-quorum`); default: all.
     pub witness_quorum: Option<usize>,
+    /// The keys are a keyring (`--keyring`; docs/FORMAT.md §20, "Keyrings"): the keys of the log's nodes, any
+    /// of which may sign any head. Off: the keys only start the chain of keys.
+    #[serde(default)]
+    pub keyring: bool,
 }
 
 /// The parsed trust: what every verification is checked against.
@@ -45,6 +49,8 @@ pub struct Trust {
     pub timestamps: Option<TimestampPolicy>,
     /// The cosignature policy, with witness keys.
     pub witnesses: Option<WitnessPolicy>,
+    /// The keys are a keyring ([`Options::keyring`]).
+    pub keyring: bool,
 }
 
 impl Trust {
@@ -65,7 +71,10 @@ impl Trust {
         for (i, block) in pem_blocks(keys).into_iter().enumerate() {
             let key = PublicKey::from_pem(block)
                 .map_err(|e| format!("key {} is not an ECDSA P-256 public key or certificate: {e}", i + 1))?;
-            parsed.push(key);
+            // A key given twice (as the signer key and in the keyring) counts once.
+            if !parsed.iter().any(|k: &PublicKey| k.key_id == key.key_id) {
+                parsed.push(key);
+            }
         }
         if parsed.is_empty() {
             return Err("no signer key: give the appliance's public key or certificate (PEM, \
@@ -109,7 +118,7 @@ impl Trust {
                 .collect::<Result<Vec<_>, _>>()?;
             Some(WitnessPolicy::new(keys, options.witness_quorum).map_err(|e| format!("witnesses: {e}"))?)
         };
-        Ok(Trust { keys: parsed, origin, timestamps, witnesses })
+        Ok(Trust { keys: parsed, origin, timestamps, witnesses, keyring: options.keyring })
     }
 }
 
@@ -125,5 +134,15 @@ mod tests {
         assert!(e.starts_with("the options are not understood: unknown field `tsa_ca`"), "{e}");
         let e = Trust::parse("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----", "").unwrap_err();
         assert!(e.starts_with("key 1 is not an ECDSA P-256 public key or certificate"), "{e}");
+    }
+
+    #[test]
+    fn the_keyring_option_makes_the_keys_a_keyring() {
+        const KEY: &str = include_str!("../../core/tests/vectors/log-key.pem");
+        assert!(!Trust::parse(KEY, "{}").unwrap().keyring);
+        // The same key twice (as the signer key and in the keyring) counts once.
+        let twice = format!("{KEY}\n{KEY}");
+        let t = Trust::parse(&twice, r#"{"keyring": true}"#).unwrap();
+        assert_eq!((t.keyring, t.keys.len()), (true, 1));
     }
 }

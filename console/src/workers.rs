@@ -92,7 +92,7 @@ impl Session {
             Ok(t) => t,
             Err(e) => return Session::Done(verdict::input_error(e)),
         };
-        match BundleCheck::start(open, &trust.keys, trust.origin.as_deref()) {
+        match BundleCheck::start_with(open, &trust.keys, trust.keyring, trust.origin.as_deref()) {
             Ok(check) => Session::Walking { check: Box::new(check), trust: Box::new(trust) },
             Err(e) => Session::Done(error_verdict(e)),
         }

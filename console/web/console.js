@@ -95,10 +95,12 @@ function msToIso(ms) {
   return ms === null || ms === undefined ? "—" : new Date(ms).toISOString();
 }
 
-/** The lines saying what a successful check covered, and what it did not. */
-function checkedLines(kind, r) {
+/** The lines saying what a successful check covered, and what it did not; with `keyring`, the keys were the
+ * log's nodes' keys, any of which may sign any head. */
+function checkedLines(kind, r, keyring) {
   const lines = [];
   const notChecked = [];
+  let signers = [];
   if (kind === "receipt") {
     lines.push(`Event seq ${r.seq}: its entry${r.erased ? " (payload erased, by a recorded erasure)" : " and payload"} hash to the leaf the log committed to.`);
     lines.push(`Inclusion: the leaf is in the Merkle tree of size ${r.tree_size.toLocaleString("en")} that head ${r.height} commits to.`);
@@ -114,7 +116,14 @@ function checkedLines(kind, r) {
     lines.push(`Heads ${m.from_height} to ${m.to_height}${m.anchor ? ", from an anchor head" : ""}: the bundle's manifest, checked against the heads.`);
     lines.push(`Merkle tree: every head's root recomputed from the events; consistency from the anchor head on.`);
     lines.push(`Chain: ${plural(w.heads, "head")}, each signed, each committing to the one before; origin "${w.origin}".`);
-    lines.push(`Signing key: ${w.key_id}${w.current_key_id !== w.key_id ? ` → ${w.current_key_id} (${plural(w.rotations.length, "rotation")})` : ""}.`);
+    signers = w.signers || [];
+    const keyCount = new Set(signers.map((s) => s.key_id)).size;
+    if (keyring && keyCount > 1) {
+      const rotations = w.rotations.length ? `, ${plural(w.rotations.length, "key rotation")} followed` : "";
+      lines.push(`Signing keys: ${keyCount} keys of the keyring, each head signed by a key that may sign it${rotations}.`);
+    } else {
+      lines.push(`Signing key: ${w.key_id}${w.current_key_id !== w.key_id ? ` → ${w.current_key_id} (${plural(w.rotations.length, "rotation")})` : ""}.`);
+    }
     lines.push(`Sealed from ${msToIso(w.first_sealed_ms)} to ${msToIso(w.last_sealed_ms)}.`);
     if (w.unsealed_events) lines.push(`${plural(w.unsealed_events, "event")} after the last head: stored, not yet covered by a signature.`);
     timestampLines(r.timestamps, lines, notChecked, r.tokens_present);
@@ -124,7 +133,7 @@ function checkedLines(kind, r) {
     timestampLines(r.timestamp, lines, notChecked);
     witnessLines(r.witnesses, lines, notChecked);
   }
-  return { lines, notChecked };
+  return { lines, notChecked, signers };
 }
 
 function timestampLines(t, lines, notChecked, present) {
@@ -145,17 +154,23 @@ function witnessLines(w, lines, notChecked, present) {
   }
 }
 
-/** Renders a verifier answer into `target` (a section with aria-live). */
-function showResult(target, kind, name, result) {
+/** Renders a verifier answer into `target` (a section with aria-live); `keyring` as for checkedLines. */
+function showResult(target, kind, name, result, keyring) {
   target.replaceChildren();
   target.hidden = false;
   target.className = "result " + (result.ok ? "ok" : "bad");
   target.dataset.outcome = result.ok ? "ok" : result.input_error ? "input-error" : "invalid";
   if (result.ok) {
     target.append(el("h3", {}, `Verified: ${name}`));
-    const { lines, notChecked } = checkedLines(kind, result.report);
+    const { lines, notChecked, signers } = checkedLines(kind, result.report, keyring);
     target.append(el("p", {}, "Checked, in this browser:"));
     target.append(el("ul", { id: "checked" }, ...lines.map((l) => el("li", {}, l))));
+    if (signers.length > 1) {
+      // Where the heads passed from one key to another (a takeover, or a rotation): the auditor sees each.
+      const heads = (s) => (s.from_height === s.to_height ? `head ${s.from_height}` : `heads ${s.from_height} to ${s.to_height}`);
+      target.append(el("p", {}, "Which key signed which heads:"));
+      target.append(el("ul", { id: "signers" }, ...signers.map((s) => el("li", {}, `${heads(s)}: key ${s.key_id}`))));
+    }
     if (notChecked.length) {
       target.append(el("p", {}, "Not checked:"));
       target.append(el("ul", { id: "not-checked" }, ...notChecked.map((l) => el("li", {}, l))));
@@ -189,6 +204,12 @@ async function fileText(input) {
   return f ? f.text() : "";
 }
 
+/** The keyring: the PEM blocks of every file picked and of the text pasted, one after another. */
+async function keyringText() {
+  const files = await Promise.all([...($("keyring-file").files || [])].map((f) => f.text()));
+  return [...files, $("keyring-text").value].filter((t) => t.includes("-----BEGIN")).join("\n");
+}
+
 async function trustOptions() {
   const options = {};
   const origin = $("origin").value.trim();
@@ -211,16 +232,20 @@ async function verifyOffline(event) {
   event.preventDefault();
   const target = $("result");
   const evidence = $("evidence").files[0];
-  const keys = (await fileText($("key-file"))) || $("key-text").value;
+  const signer = (await fileText($("key-file"))) || $("key-text").value;
+  const keyring = await keyringText();
+  // As `anchorlog verify --key … --keyring …`: a signer key given beside a keyring joins it.
+  const keys = [signer, keyring].filter((t) => t.includes("-----BEGIN")).join("\n");
   if (!evidence) {
     showResult(target, "", "", { ok: false, input_error: "Choose or drop a receipt (.json) or a bundle (.tar) first." });
     return;
   }
   if (!keys.includes("-----BEGIN")) {
-    showResult(target, "", evidence.name, { ok: false, input_error: "Give the signer's public key or certificate (PEM): the evidence is checked against it, never against a key it carries." });
+    showResult(target, "", evidence.name, { ok: false, input_error: "Give the signer's public key or certificate (PEM), or the keyring of the log's nodes: the evidence is checked against them, never against a key it carries." });
     return;
   }
   const options = await trustOptions();
+  if (keyring) options.keyring = true;
   const button = $("verify-button");
   button.disabled = true;
   target.hidden = true;
@@ -236,10 +261,10 @@ async function verifyOffline(event) {
         text.textContent = `${plural(p.events, "event")} verified`;
       });
       bar.value = 1;
-      showResult(target, "bundle", evidence.name, result);
+      showResult(target, "bundle", evidence.name, result, Boolean(keyring));
     } else {
       const receipt = await evidence.text();
-      showResult(target, "receipt", evidence.name, await ask({ type: "receipt", receipt, keys, options }));
+      showResult(target, "receipt", evidence.name, await ask({ type: "receipt", receipt, keys, options }), Boolean(keyring));
     }
   } finally {
     button.disabled = false;
@@ -280,9 +305,17 @@ function pinnedKey() {
   }
 }
 
+/** The options of a live check: several pinned keys are the log's nodes' keys, a keyring (docs/FORMAT.md §20). */
+function liveOptions(key) {
+  return (key.match(/-----BEGIN /g) || []).length > 1 ? { keyring: true } : {};
+}
+
 function showPinned() {
   const key = pinnedKey();
-  $("pinned").textContent = key
+  const blocks = (key.match(/-----BEGIN /g) || []).length;
+  $("pinned").textContent = blocks > 1
+    ? `Pinned: a keyring of ${blocks} keys.`
+    : key
     ? `Pinned: ${key.split("\n").filter((l) => !l.startsWith("-----")).join("").slice(0, 40)}… (${key.includes("CERTIFICATE") ? "certificate" : "public key"})`
     : "No key pinned: pin the appliance's public key (from your records, not from this server) to verify what it sends.";
 }
@@ -336,9 +369,11 @@ async function refreshHead() {
     return;
   }
   await engine.ready;
-  const r = await ask({ type: "head", head: JSON.stringify(head), keys: key, options: {} });
+  const r = await ask({ type: "head", head: JSON.stringify(head), keys: key, options: liveOptions(key) });
   const verdict = r.ok
-    ? `verified in this browser against the pinned key (${r.report.key_id})`
+    ? liveOptions(key).keyring
+      ? `verified in this browser: signed by ${r.report.key_id}, a key of the pinned keyring`
+      : `verified in this browser against the pinned key (${r.report.key_id})`
     : `NOT VALID: ${r.input_error || r.failure.message}`;
   add("Signature", verdict, r.ok ? "status-ok" : "status-bad");
   dl.dataset.verdict = r.ok ? "ok" : "bad";
@@ -405,7 +440,7 @@ async function verifyLiveReceipt(seq, cell) {
     return;
   }
   await engine.ready;
-  const r = await ask({ type: "receipt", receipt, keys: key, options: {} });
+  const r = await ask({ type: "receipt", receipt, keys: key, options: liveOptions(key) });
   if (r.ok) {
     cell.textContent = `Verified: in head ${r.report.height} (tree size ${r.report.tree_size}), key ${r.report.key_id}`;
     cell.className = "verdict-ok";
