@@ -271,3 +271,61 @@ async fn a_frozen_writer_resumed_after_a_takeover_is_fenced_out_and_steps_down()
     a.kill();
     b.kill();
 }
+
+/// A rolling restart: the writer stopped cleanly (SIGTERM) records its stop, seals it and hands the lease over by
+/// ending its session; the standby takes over at once, and its takeover record right after the stop record is a
+/// new run for every verifier (a clean stop may be followed only by a start or a takeover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_of_the_writer_hands_the_log_over_and_the_log_verifies() {
+    let db = Db::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, mut b, ring) = two_nodes(&db, tmp.path());
+    a.spawn().expect("node A starts");
+    wait_role(&a, "writer", Duration::from_secs(20)).await;
+    b.spawn().expect("node B starts");
+    wait_role(&b, "standby", Duration::from_secs(10)).await;
+    let mut to_a = a.connect("producer").await;
+    for n in 0..10 {
+        let body = format!("{{\"type\":\"LOGIN\",\"id\":\"a-{n}\"}}");
+        assert_eq!(to_a.post_json("/v1/events", body.as_bytes()).await.unwrap().status, 200);
+    }
+    drop(to_a);
+    let status = a.sigterm();
+    assert!(status.success(), "A stops cleanly: {status:?}\n{}", a.server_log());
+    let took = wait_role(&b, "writer", Duration::from_secs(10)).await;
+    eprintln!("B took over {took:?} after A's clean stop");
+    let app = db.app().await;
+    let own: Vec<(i64, String)> = app
+        .query(
+            "SELECT seq, convert_from(body, 'UTF8')::json->>'type' FROM events WHERE producer = 'anchorlog' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let kinds: Vec<&str> = own.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(kinds, ["anchorlog.takeover", "anchorlog.stop", "anchorlog.takeover"], "{own:?}");
+    assert_eq!((own[1].0, own[2].0), (11, 12), "the stop follows A's events, B's takeover follows the stop");
+    let mut to_b = b.connect("producer").await;
+    assert_eq!(
+        to_b.post_json("/v1/events", b"{\"type\":\"LOGIN\",\"id\":\"b-0\"}").await.unwrap().status,
+        200
+    );
+    b.wait_for_head(14).await;
+    let out = std::process::Command::new(kit::appliance::bin())
+        .args(["verify", "--db", &db.server.url(APP, DB), "--keyring", ring.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("verify: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success(), "{report}");
+    let appliance = &report["report"]["appliance"];
+    assert_eq!(
+        (appliance["takeovers"].as_u64(), appliance["stops"].as_u64()),
+        (Some(2), Some(1)),
+        "{report}"
+    );
+    b.kill();
+}

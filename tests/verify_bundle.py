@@ -778,7 +778,8 @@ def verify(bundle, key, tsa_ca=None, require_timestamps=False, origin=None, max_
             # from the new time to the old time plus the jump (FORMAT.md §21).
             if isinstance(old, int) and isinstance(new, int) and new < old:
                 outages.append((new, old + (old - new)))
-        if body is not None and body.get("type") == "anchorlog.start":
+        # A new run (a start, or on a shared PostgreSQL log another node's takeover) closes open outages.
+        if body is not None and body.get("type") in ("anchorlog.start", "anchorlog.takeover"):
             outages.extend((since, entry["received_at_ns"] // 1_000_000) for since in open_outages)
             open_outages = []
         frontier.push(leaf_hash(entry_bytes))

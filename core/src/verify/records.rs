@@ -76,6 +76,9 @@ pub enum OwnRecord {
         /// `erased_seq`.
         erased_seq: Option<u64>,
     },
+    /// `anchorlog.takeover`: a node took the writer lease of a shared (PostgreSQL) log and begins writing; for
+    /// the walk it starts a run like a start record (docs/HA.md).
+    Takeover,
     /// Anything else (another type, an erased body, not JSON).
     Other,
 }
@@ -104,6 +107,7 @@ impl OwnRecord {
                 after_unclean_end: text("previous_run") == Some(types::PREVIOUS_RUN_UNCLEAN),
             },
             Some(types::STOP) => OwnRecord::Stop,
+            Some(types::TAKEOVER) => OwnRecord::Takeover,
             Some(types::OUTAGE) if state == Some(types::OUTAGE_STARTED) => {
                 OwnRecord::OutageStarted { component, since_ms }
             }
@@ -140,6 +144,8 @@ pub struct ApplianceSummary {
     pub starts_after_unclean_end: u64,
     /// `anchorlog.stop` records.
     pub stops: u64,
+    /// `anchorlog.takeover` records: a node took the writer lease of a shared log (docs/HA.md).
+    pub takeovers: u64,
     /// `anchorlog.outage` records with `state: started`.
     pub outages_started: u64,
     /// `anchorlog.outage` records with `state: ended`.
@@ -176,6 +182,7 @@ impl ApplianceSummary {
                 &mut self.starts
             }
             OwnRecord::Stop => &mut self.stops,
+            OwnRecord::Takeover => &mut self.takeovers,
             OwnRecord::OutageStarted { .. } => &mut self.outages_started,
             OwnRecord::OutageEnded { .. } => &mut self.outages_ended,
             OwnRecord::AccessDenied => &mut self.access_denied,
@@ -248,7 +255,8 @@ impl RecordTracker {
             self.recorded_erasures.push((erased, seq));
         }
         if let Some(stop_seq) = self.stopped_at {
-            if !matches!(own, Some(OwnRecord::Start { .. })) {
+            // A clean stop is followed by the next run's start, or on a shared log by another node's takeover.
+            if !matches!(own, Some(OwnRecord::Start { .. } | OwnRecord::Takeover)) {
                 return Err(Failure::WrittenWhileStopped { seq, stop_seq });
             }
         }
@@ -264,7 +272,7 @@ impl RecordTracker {
                 self.open_outages.retain(|s| *s != since);
                 self.windows.push(OutageWindow { since_ms: since, end_ms: Some(at_ms) });
             }
-            OwnRecord::Start { .. } => {
+            OwnRecord::Start { .. } | OwnRecord::Takeover => {
                 self.stopped_at = None;
                 for since in self.open_outages.drain(..) {
                     self.windows.push(OutageWindow { since_ms: since, end_ms: Some(at_ms) });
@@ -334,6 +342,10 @@ mod tests {
             Some(OwnRecord::Start { after_unclean_end: false })
         );
         assert_eq!(own(true, r#"{"type":"anchorlog.stop"}"#), Some(OwnRecord::Stop));
+        assert_eq!(
+            own(true, r#"{"type":"anchorlog.takeover","node":"b","epoch":2}"#),
+            Some(OwnRecord::Takeover)
+        );
         assert_eq!(
             own(
                 true,
@@ -451,6 +463,12 @@ mod tests {
             t.event(seq, 0, own).unwrap();
         }
         assert_eq!(t.event(6, 0, None), Err(Failure::WrittenWhileStopped { seq: 6, stop_seq: 5 }));
+        // On a shared (PostgreSQL) log another node's takeover record follows a writer's clean stop.
+        let mut t = RecordTracker::default();
+        for (seq, own) in [(0, start), (1, stop), (2, Some(OwnRecord::Takeover)), (3, None)] {
+            t.event(seq, 0, own).unwrap();
+        }
+        assert_eq!((t.summary.starts, t.summary.takeovers, t.summary.stops), (1, 1, 1));
         let mut t = RecordTracker::default();
         t.event(0, 0, stop).unwrap();
         let erasure = Some(OwnRecord::Erasure { erased_seq: Some(0) });
