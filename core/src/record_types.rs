@@ -70,6 +70,6 @@ pub const CLOCK_JUMP: &str = "anchorlog.clock_jump";
 /// signs every later head (docs/FORMAT.md §20).
 pub const KEY_ROTATION: &str = "anchorlog.key_rotation";
 /// `type` of the record a node appends as its first write after it took the writer lease of a PostgreSQL log
-/// (docs/HA.md, docs/FORMAT.md §22): which node, under which lease epoch and key, and the end of the log it
+/// (docs/HA.md, docs/FORMAT.md §13): which node, under which lease epoch and key, and the end of the log it
 /// inherited and verified.
 pub const TAKEOVER: &str = "anchorlog.takeover";
