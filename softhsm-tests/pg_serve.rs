@@ -290,6 +290,13 @@ async fn a_clean_stop_of_the_writer_hands_the_log_over_and_the_log_verifies() {
         assert_eq!(to_a.post_json("/v1/events", body.as_bytes()).await.unwrap().status, 200);
     }
     drop(to_a);
+    let checked = a.anchorlog(&["check-config", "--config", a.config_path().to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{said}{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(
+        said.contains(&format!("  database: PostgreSQL {} (11 events, ", db.server.url(APP, DB))),
+        "{said}"
+    );
     let status = a.sigterm();
     assert!(status.success(), "A stops cleanly: {status:?}\n{}", a.server_log());
     let took = wait_role(&b, "writer", Duration::from_secs(10)).await;
@@ -328,4 +335,30 @@ async fn a_clean_stop_of_the_writer_hands_the_log_over_and_the_log_verifies() {
         "{report}"
     );
     b.kill();
+}
+
+/// A node refuses to start on a database that is not this log: no anchorlog schema, or another origin; it names
+/// what is wrong and what to do, and binds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_database_without_the_log_or_of_another_origin() {
+    let db = Db::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ring = tmp.path().join("ring.pem");
+    // The server's own `postgres` database holds no anchorlog schema.
+    let mut options = node_options(&db, "node-a", &ring);
+    let url = db.server.url(APP, DB);
+    let other = db.server.url(APP, "postgres");
+    let filter = options.config_filter.take().unwrap();
+    options.config_filter = Some(Arc::new(move |t: String| filter(t).replace(&url, &other)));
+    let mut a = Appliance::prepare(options);
+    std::fs::write(&ring, std::fs::read_to_string(a.key_pem()).unwrap()).unwrap();
+    let err = a.spawn().expect_err("no log in that database");
+    assert!(err.contains("check storage.url, storage.password_file and the server"), "{err}");
+    assert!(err.contains("anchorlog migrate"), "{err}");
+    // The right database, another origin.
+    let mut options = node_options(&db, "node-b", &ring);
+    options.origin = "another.test/log".into();
+    let mut b = Appliance::prepare(options);
+    let err = b.spawn().expect_err("another origin");
+    assert!(err.contains("pg.test/log") && err.contains("another.test/log"), "{err}");
 }

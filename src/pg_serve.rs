@@ -139,6 +139,16 @@ pub async fn prepare(
     Ok(PgStorage { node, reads: PgReads::new(connect, READ_SESSIONS) })
 }
 
+/// What `check-config` says of a PostgreSQL log: reachable as the configured role, an anchorlog schema of this
+/// build and origin; its events and heads.
+pub async fn check_database(config: &Config) -> Result<(u64, u64), PgServeError> {
+    let client = pg::connect(&connect_of(config)?).await?;
+    pg::schema::check(&client, &config.origin).await?;
+    let events = pg::read::event_count(&client).await?;
+    let heads = pg::read::last_head(&client).await?.map_or(0, |h| h.height + 1);
+    Ok((events, heads))
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())

@@ -721,6 +721,14 @@ fn check_config(path: &Path, open_signer: bool) -> anyhow::Result<ExitCode> {
         Some(t) => println!("  tsa:      {} TSA(s), CA files read", t.tsas.len()),
         None => println!("  tsa:      none configured: heads get no RFC 3161 token"),
     }
+    #[cfg(feature = "postgres")]
+    if config.storage.backend == anchorlog::config::StorageBackend::Postgres {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (events, heads) = runtime.block_on(anchorlog::pg_serve::check_database(&config))?;
+        let url = config.storage.url.as_deref().unwrap_or_default();
+        println!("  database: PostgreSQL {url} ({events} events, {heads} heads)");
+        return check_signer(&config, open_signer);
+    }
     match preflight::check_database(&config)? {
         DatabaseState::New => {
             println!("  database: {} does not exist yet; serve creates it", config.storage.database.display())
@@ -729,8 +737,14 @@ fn check_config(path: &Path, open_signer: bool) -> anyhow::Result<ExitCode> {
             println!("  database: {} ({events} events, {heads} heads)", config.storage.database.display())
         }
     }
+    check_signer(&config, open_signer)
+}
+
+/// `check-config --signer`: opens the signer and names its key.
+#[cfg(feature = "server")]
+fn check_signer(config: &Config, open_signer: bool) -> anyhow::Result<ExitCode> {
     if open_signer {
-        let signer = anchorlog::keys::open(&config)?;
+        let signer = anchorlog::keys::open(config)?;
         let key = anchorlog_core::key::PublicKey::from_spki_der(&signer.public_key_spki_der())?;
         println!("  signer:   {} (key id {})", signer.describe(), key.key_id);
     }
