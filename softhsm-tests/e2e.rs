@@ -2,57 +2,28 @@
 //! a real SQLite file, the real `anchorlog` binary, and OpenSSL as an independent verifier.
 
 mod kit;
+mod scenarios;
 
 use kit::{post_concurrently, Appliance, Options};
 use std::process::Command;
 use std::time::Duration;
 
+/// The end-to-end scenarios that run on both stores (softhsm-tests/scenarios.rs; on PostgreSQL in the `postgres`
+/// target).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_head() {
-    let mut a = Appliance::start();
-    let seqs = post_concurrently(&a, 1000, 32).await;
-    assert_eq!(seqs, (0..1000).collect::<Vec<_>>(), "seqs are dense and each acknowledged once");
-    let head = a.wait_for_head(1000).await;
-    assert_eq!(head["tree_size"], 1000);
-    // The same head through /v1/heads/{height}.
-    let height = head["height"].as_u64().unwrap();
-    let by_height = a.audit_get(&format!("/v1/heads/{height}")).await.json();
-    assert_eq!(by_height, head);
-    // The C2SP signed-note form: the same text, a blank line, and one ECDSA (type 0x02) signature line.
-    let note = head["note"].as_str().unwrap();
-    let checkpoint = head["checkpoint"].as_str().unwrap();
-    assert!(note.starts_with(&format!("{checkpoint}\n\u{2014} anchorlog.test/e2e ")), "{note}");
+    scenarios::thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_head(Options::default())
+        .await
+}
 
-    // OpenSSL, knowing nothing about anchorlog, verifies the signed checkpoint with the exported key.
-    a.assert_openssl_verifies_head(&head);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_acknowledged_event() {
+    scenarios::sigterm_under_load_loses_no_acknowledged_event(Options::default()).await
+}
 
-    // An event reads back with its exact body and a leaf hash that is SHA-256(0x00 || entry).
-    let ev = a.audit_get("/v1/events/7").await.json();
-    let entry = ev["entry"].as_str().unwrap();
-    use base64::Engine as _;
-    let leaf = base64::engine::general_purpose::STANDARD.decode(ev["leaf_hash"].as_str().unwrap()).unwrap();
-    assert_eq!(leaf, anchorlog_core::merkle::leaf_hash(entry.as_bytes()).to_vec());
-    assert_eq!(ev["entry_fields"]["producer"], "producer-1");
-    assert_eq!(ev["entry_fields"]["auth"], "mtls");
-    assert!(ev["body"].as_str().unwrap().starts_with("{\"type\":\"LOGIN\""));
-    // The read is on record (PCI DSS 10.2.1.3), as the log's 1001st event.
-    assert_eq!(ev["audit_seq"], 1000);
-
-    assert!(a.sigterm().success());
-    let (code, report) = a.verify(&a.db_path());
-    assert_eq!(code, 0, "{report}");
-    assert_eq!(report["report"]["events"], 1001);
-    assert_eq!(report["report"]["unsealed_events"], 0);
-    let text = a.anchorlog(&[
-        "verify",
-        "--db",
-        a.db_path().to_str().unwrap(),
-        "--key",
-        a.key_pem().to_str().unwrap(),
-    ]);
-    let stdout = String::from_utf8_lossy(&text.stdout);
-    assert!(stdout.starts_with("OK: log verified with key "), "{stdout}");
-    assert!(stdout.contains("events:   1001 (0 erased)"), "{stdout}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_log_seals_heartbeats_and_restart_continues_the_chain() {
+    scenarios::idle_log_seals_heartbeats_and_restart_continues_the_chain(Options::default()).await
 }
 
 #[test]
@@ -315,84 +286,6 @@ async fn bad_input_is_refused_with_stable_codes_and_stores_nothing() {
     assert_eq!((r.status, r.json()["code"].as_str()), (404, Some("not_found")));
     let r = p.request("DELETE", "/v1/events", &[], Vec::new()).await.unwrap();
     assert_eq!((r.status, r.json()["code"].as_str()), (405, Some("method_not_allowed")));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_under_load_loses_no_acknowledged_event() {
-    let mut a = Appliance::start_with(Options { seal_interval_ms: 1000, ..Options::default() });
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for c in 0..8 {
-        let mut conn = a.connect("producer").await;
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..100_000u64 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let body = format!("{{\"c\":{c},\"i\":{i}}}\n{{\"c\":{c},\"i\":{i},\"second\":true}}\n");
-                match conn
-                    .request(
-                        "POST",
-                        "/v1/events",
-                        &[("content-type", "application/x-ndjson")],
-                        body.into_bytes(),
-                    )
-                    .await
-                {
-                    Ok(r) if r.status == 200 => {
-                        for e in r.json()["events"].as_array().unwrap() {
-                            acked.push(e["seq"].as_u64().unwrap());
-                        }
-                    }
-                    _ => break, // connection closed by the shutdown
-                }
-            }
-            acked
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = a.sigterm();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(status.success(), "graceful stop exits 0: {status:?}");
-    let mut acked = Vec::new();
-    for t in tasks {
-        acked.extend(t.await.unwrap());
-    }
-    assert!(acked.len() > 100, "load was applied ({} events)", acked.len());
-    let max = *acked.iter().max().unwrap();
-    // Offline: every acknowledged event is stored and covered by a signed head.
-    let (code, r) = a.verify(&a.db_path());
-    assert_eq!(code, 0, "{r}");
-    assert!(r["report"]["events"].as_u64().unwrap() > max);
-    assert_eq!(r["report"]["unsealed_events"], 0, "the shutdown sealed everything");
-    // ~1.5 s of load at a 1 s cadence: head 0, one or two interval seals and the shutdown seal. A sealer that
-    // chased the live commit counter would cut hundreds of tiny blocks here.
-    let heads = r["report"]["heads"].as_u64().unwrap();
-    assert!((2..=5).contains(&heads), "{heads} heads for 1.5 s of load");
-    // And the restarted appliance serves a head covering them.
-    a.spawn().expect("restarts");
-    let head = a.wait_for_head(max + 1).await;
-    assert!(head["tree_size"].as_u64().unwrap() > max);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_log_seals_heartbeats_and_restart_continues_the_chain() {
-    let mut a = Appliance::start_with(Options { heartbeat_interval_s: 1, ..Options::default() });
-    let first = a.wait_for_head(0).await;
-    assert_eq!(first["height"], 0, "a new log is anchored at once");
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let later = a.audit_get("/v1/heads/latest").await.json();
-    assert!(later["height"].as_u64().unwrap() >= 1, "heartbeat heads on an idle log: {later}");
-    assert_eq!(later["tree_size"], 0);
-    assert!(a.sigterm().success());
-    a.spawn().expect("restart");
-    post_concurrently(&a, 5, 1).await;
-    let h = a.wait_for_head(5).await;
-    assert!(h["height"].as_u64().unwrap() > later["height"].as_u64().unwrap());
-    assert!(a.sigterm().success());
-    assert_eq!(a.verify(&a.db_path()).0, 0);
 }
 
 #[test]

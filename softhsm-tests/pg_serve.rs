@@ -362,3 +362,35 @@ async fn serve_refuses_a_database_without_the_log_or_of_another_origin() {
     let err = b.spawn().expect_err("another origin");
     assert!(err.contains("pg.test/log") && err.contains("another.test/log"), "{err}");
 }
+
+/// The end-to-end scenarios of e2e.rs (softhsm-tests/scenarios.rs), on a PostgreSQL log with the same assertions.
+mod scenarios_on_postgres {
+    use crate::kit::pg_log::PgLog;
+    use crate::kit::Options;
+    use crate::scenarios;
+
+    async fn on_postgres() -> (PgLog, Options) {
+        let options = Options::default();
+        let log = PgLog::create(&options.origin).await;
+        let options = Options { postgres: Some(log.app_url()), ..options };
+        (log, options)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_head() {
+        let (_log, options) = on_postgres().await;
+        scenarios::thousand_concurrent_events_are_sealed_verified_and_openssl_checks_the_head(options).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_under_load_loses_no_acknowledged_event() {
+        let (_log, options) = on_postgres().await;
+        scenarios::sigterm_under_load_loses_no_acknowledged_event(options).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_log_seals_heartbeats_and_restart_continues_the_chain() {
+        let (_log, options) = on_postgres().await;
+        scenarios::idle_log_seals_heartbeats_and_restart_continues_the_chain(options).await
+    }
+}

@@ -8,6 +8,7 @@
 mod kit;
 mod pg_node;
 mod pg_serve;
+mod scenarios;
 
 use anchorlog::formats::NormalizedFields;
 use anchorlog::ledger::event::NewEvent;

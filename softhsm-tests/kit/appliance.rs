@@ -85,6 +85,9 @@ pub struct Options {
     pub database_dir: Option<PathBuf>,
     /// Extra lines of the `[storage]` section (e.g. `integrity_check = "off"`).
     pub storage_extra: String,
+    /// Serve a PostgreSQL log instead of the SQLite file: the application role's URL
+    /// ([`super::pg_log::PgLog::app_url`]); search is turned off (it has no PostgreSQL counterpart yet).
+    pub postgres: Option<String>,
 }
 
 impl Default for Options {
@@ -110,6 +113,7 @@ impl Default for Options {
             config_filter: None,
             database_dir: None,
             storage_extra: String::new(),
+            postgres: None,
         }
     }
 }
@@ -230,7 +234,7 @@ record_appliance_events = {own}
 {syslog_listen}
 {server_extra}
 [storage]
-database = "{db}"
+{database}
 {storage_extra}
 [limits]
 max_body_bytes = {mb}
@@ -260,8 +264,12 @@ name = "reader-1"
 roles = ["reader"]
 identities = ["dns:reader.test"]
 {extra}
+{search}
 {alerting}"#,
-            db = self.db_path().display(),
+            database = match &o.postgres {
+                Some(url) => format!("backend = \"postgres\"\nurl = \"{url}\"\nlease_poll_ms = 200"),
+                None => format!("database = \"{}\"", self.db_path().display()),
+            },
             storage_extra = o.storage_extra,
             mb = o.max_body_bytes,
             si = o.seal_interval_ms,
@@ -276,6 +284,7 @@ identities = ["dns:reader.test"]
             syslog_listen = if o.syslog_listen { "syslog_listen = \"127.0.0.1:0\"" } else { "" },
             // The disk alert watches the machine's real disk, which the tests share with everything else: a test
             // would fail on `disk_nearly_full` whenever that disk is over 95 % full. Off unless a test sets it.
+            search = if o.postgres.is_some() { "[search]\nenabled = false\n" } else { "" },
             alerting = if o.extra_config.contains("[alerting]") {
                 ""
             } else {
@@ -707,6 +716,31 @@ identities = ["dns:reader.test"]
     }
 
     /// `anchorlog verify --db … --key … --json` → (exit code, JSON).
+    /// `anchorlog verify --json` of the log this appliance serves (its SQLite file, or its PostgreSQL log) with its
+    /// key; exit code and report.
+    pub fn verify_log(&self) -> (i32, serde_json::Value) {
+        match &self.options.postgres {
+            Some(url) => self.verify_url(url),
+            None => self.verify(&self.db_path()),
+        }
+    }
+
+    /// `anchorlog verify --json` of the database at `db` (a path or a `postgres://` URL) with this appliance's key.
+    pub fn verify_url(&self, db: &str) -> (i32, serde_json::Value) {
+        let out =
+            self.anchorlog(&["verify", "--db", db, "--key", self.key_pem().to_str().unwrap(), "--json"]);
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), json)
+    }
+
+    /// The database `anchorlog verify --db` reads: the SQLite file, or the PostgreSQL URL.
+    pub fn db_arg(&self) -> String {
+        match &self.options.postgres {
+            Some(url) => url.clone(),
+            None => self.db_path().display().to_string(),
+        }
+    }
+
     pub fn verify(&self, db: &Path) -> (i32, serde_json::Value) {
         let out = self.anchorlog(&[
             "verify",

@@ -35,6 +35,7 @@ pub mod browser;
 pub mod bundle;
 pub mod health;
 pub mod log_builder;
+pub mod pg_log;
 pub mod postgres;
 pub mod softhsm;
 pub mod swtpm;
