@@ -7,11 +7,11 @@
 //! [`WriterLease`] ([`writer_loop`]); a producer's request is acknowledged when `append_group` returned, i.e. after
 //! COMMIT returned.
 
-use super::{assert_log_consistent, ev, install_log, kit, seal, APP, DB, ORIGIN};
-use anchorlog::ledger::appender::Appended;
+use super::{assert_log_consistent, ev, install_log, kit, seal, APP, DB, ORIGIN, OWNER};
+use anchorlog::ledger::appender::{Appended, AppenderHandle};
 use anchorlog::ledger::event::NewEvent;
 use anchorlog::store::pg::{self, read, LeaseOptions, PgConnect, PgError, PgWriter, WriterLease};
-use kit::postgres::PgCluster;
+use kit::postgres::{PgCluster, PgServer};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -270,4 +270,198 @@ async fn postgres_failover_loses_no_acknowledged_event() {
     assert_eq!((verified.events, verified.heads), (total as u64, 1));
     let (epoch, holder) = read::lease_epoch(&promoted).await.unwrap();
     assert_eq!((epoch, holder.as_deref()), (*report.epochs.last().unwrap(), Some(NODE)));
+}
+
+/// Runs `anchorlog verify --db URL --key KEY --json` (the real binary): exit code and its JSON.
+fn verify_cli(url: &str, key: &std::path::Path) -> (i32, serde_json::Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_anchorlog"))
+        .args(["verify", "--db", url, "--key", key.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        serde_json::json!({"stdout": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// "Backup and restore": a log on PostgreSQL (a kit-built SQLite log with heads, copied in as `migrate` does) is
+/// backed up with `pg_basebackup` (tar, with its WAL), restored into a new data directory and started as a server
+/// of its own; `anchorlog verify --db` passes on the restored copy with the same last head. A backup taken after an
+/// insider changed an event's body behind disabled triggers restores just as well, and fails verification at that
+/// exact seq: a backup preserves what the database holds, tampering included, and verify is what tells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_with_pg_basebackup_verifies_with_the_same_last_head() {
+    use kit::log_builder::{build_log, TestKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = TestKey::new(4);
+    let source = dir.path().join("anchorlog.db");
+    build_log(&source, &key, 20, 500);
+    let key_pem = key.write_pem(dir.path(), "signer.pem");
+
+    let server = PgServer::start();
+    let su = pg::connect(&PgConnect::plain(server.superuser_url())).await.unwrap();
+    su.batch_execute(&format!("CREATE ROLE {OWNER} LOGIN; CREATE ROLE {APP} LOGIN;")).await.unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {DB} OWNER {OWNER}")).await.unwrap();
+    let sqlite = rusqlite::Connection::open(&source).unwrap();
+    let copied = pg::copy::copy_sqlite_log(&sqlite, &PgConnect::plain(server.url(OWNER, DB)), Some(APP))
+        .await
+        .unwrap();
+    assert_eq!(copied.iter().find(|(t, _)| *t == "events").map(|(_, n)| *n), Some(10_000));
+
+    let (code, original) = verify_cli(&server.url(APP, DB), &key_pem);
+    assert_eq!(code, 0, "{original}");
+    let report = &original["report"];
+    assert_eq!((report["events"].as_u64(), report["heads"].as_u64()), (Some(10_000), Some(21)), "{original}");
+
+    let started = Instant::now();
+    let backup = tokio::task::block_in_place(|| server.base_backup());
+    let restored = tokio::task::block_in_place(|| server.restore(&backup));
+    eprintln!("pg_basebackup and restore of a 10,000-event log: {:?}", started.elapsed());
+    assert_ne!(restored.port(), server.port());
+    let (code, copy) = verify_cli(&restored.url(APP, DB), &key_pem);
+    assert_eq!(code, 0, "{copy}");
+    assert_eq!(copy["report"]["last_checkpoint"], report["last_checkpoint"], "{copy}");
+    assert_eq!(
+        (copy["report"]["events"].as_u64(), copy["report"]["heads"].as_u64()),
+        (Some(10_000), Some(21)),
+        "{copy}"
+    );
+    drop(restored);
+
+    // The insider edits a body behind disabled triggers; the next backup carries the edit, and verify names it.
+    let su_db = pg::connect(&PgConnect::plain(server.url(kit::postgres::SUPERUSER, DB))).await.unwrap();
+    su_db
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             UPDATE events SET body = convert_to('{\"edited\":true}', 'UTF8') WHERE seq = 4321;
+             ALTER TABLE events ENABLE TRIGGER USER;",
+        )
+        .await
+        .unwrap();
+    let backup = tokio::task::block_in_place(|| server.base_backup());
+    let restored = tokio::task::block_in_place(|| server.restore(&backup));
+    let (code, v) = verify_cli(&restored.url(APP, DB), &key_pem);
+    assert_eq!((code, &v["seq"]), (3, &serde_json::json!(4321)), "{v}");
+    assert_eq!(
+        v["failure"], "event seq 4321: body does not match the entry's payload_sha256 (the body was altered)",
+        "{v}"
+    );
+}
+
+/// Where the measured producers send their requests: the SQLite appender (its own group commit) or the
+/// PostgreSQL [`writer_loop`].
+enum Sink {
+    Sqlite(AppenderHandle),
+    Pg(mpsc::Sender<Request>),
+}
+
+impl Sink {
+    async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, String> {
+        match self {
+            Sink::Sqlite(h) => h.append(events).await.map_err(|e| e.to_string()),
+            Sink::Pg(tx) => submit(tx, events).await,
+        }
+    }
+}
+
+/// `tasks` concurrent producers each send `requests` requests of `per_request` events (unique ids prefixed
+/// `tag`); returns the events per second from the first send to the last answer.
+async fn measure(sink: &Arc<Sink>, tag: &str, tasks: usize, requests: usize, per_request: usize) -> f64 {
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (sink, tag) = (sink.clone(), tag.to_string());
+        handles.push(tokio::spawn(async move {
+            for r in 0..requests {
+                let events: Vec<NewEvent> = (0..per_request)
+                    .map(|i| {
+                        let id = format!("{tag}-t{t}-r{r}-i{i}");
+                        let body = format!(
+                            "{{\"id\":\"{id}\",\"type\":\"LOGIN\",\"realm\":\"prod\",\"user\":\"user-{i}@example.com\",\
+                             \"ip\":\"203.0.113.{}\",\"client\":\"console\"}}",
+                            i % 250
+                        );
+                        ev(&format!("idp-{}", t % 4), Some(&id), body.as_bytes())
+                    })
+                    .collect();
+                let got = sink.append(events).await.unwrap();
+                assert_eq!(got.len(), per_request);
+                assert!(got.iter().all(|a| !a.duplicate));
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    (tasks * requests * per_request) as f64 / started.elapsed().as_secs_f64()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The writer-level figures of docs/PERFORMANCE.md ("PostgreSQL"): group-commit append throughput of the SQLite
+/// appender (`AppenderHandle` over `store::open_writer`), `PgWriter` on a local PostgreSQL, and `PgWriter` on a
+/// primary with a synchronous standby (same host), each behind the same kind of queue, for (a) requests of 100
+/// events from 8 tasks and (b) single-event requests from 16 tasks. No HTTP, no TLS, no signing: the store's
+/// commit path only. Prints figures; asserts none (the machine is shared). Run in a release build:
+/// `cargo test --release --test postgres -- --ignored --nocapture measure_group_commit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test: run it in a release build (docs/PERFORMANCE.md)"]
+async fn measure_group_commit_sqlite_vs_postgres() {
+    const ROUNDS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let (sqlite, sqlite_join) =
+        AppenderHandle::start(anchorlog::store::open_writer(&dir.path().join("bench.db"), ORIGIN).unwrap())
+            .unwrap();
+    let local = PgServer::start();
+    install_log(&local).await;
+    let cluster = PgCluster::start_with_sync_standby();
+    install_log(&cluster.primary).await;
+    let mut loops = Vec::new();
+    let mut sinks = vec![("sqlite", Arc::new(Sink::Sqlite(sqlite)))];
+    for (name, url) in [("pg-local", local.url(APP, DB)), ("pg-sync-standby", cluster.primary.url(APP, DB))] {
+        let (tx, rx) = mpsc::channel::<Request>(4 * MAX_GROUP);
+        loops.push(tokio::spawn(writer_loop(PgConnect::plain(url), rx)));
+        sinks.push((name, Arc::new(Sink::Pg(tx))));
+    }
+    println!("load average before: {}", loadavg());
+    let mut figures: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        // Alternated: each round measures every store once per mode, so drifting load hits all of them.
+        for (mode, tasks, requests, per_request) in
+            [("batch-100 x8", 8, 50, 100), ("single x16", 16, 1000, 1)]
+        {
+            for (name, sink) in &sinks {
+                let tag = format!("{name}-{mode}-{round}").replace(' ', "");
+                let eps = measure(sink, &tag, tasks, requests, per_request).await;
+                println!("round {round} {mode:<13} {name:<16} {eps:>10.0} events/s  (load {})", loadavg());
+                figures.entry((mode, name)).or_default().push(eps);
+            }
+        }
+    }
+    println!("load average after: {}", loadavg());
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    for mode in ["batch-100 x8", "single x16"] {
+        let base = median(&figures[&(mode, "sqlite")]);
+        for (name, _) in &sinks {
+            let m = median(&figures[&(mode, *name)]);
+            println!("median {mode:<13} {name:<16} {m:>10.0} events/s  {:.2}x SQLite", m / base);
+        }
+    }
+    drop(sinks);
+    for l in loops {
+        let (report, _, _) = l.await.unwrap();
+        assert_eq!(report.epochs, vec![1]);
+    }
+    tokio::task::block_in_place(|| sqlite_join.join().unwrap());
 }
