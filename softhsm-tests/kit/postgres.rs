@@ -451,6 +451,26 @@ impl PgServer {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used, all its threads (0 when it is gone).
+pub fn process_cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // After the command's closing parenthesis: state is the first field, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no memory preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / per_second as f64
+}
+
+impl PgServer {
+    /// CPU seconds used so far by the server's live processes (postmaster, backends, WAL sender or receiver,
+    /// background workers): for measurements, as a difference around the measured work.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.postmaster_pid();
+        std::iter::once(pid).chain(child_pids(pid)).map(process_cpu_seconds).sum()
+    }
+}
+
 /// Whether process `pid` exists (and is not a zombie).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
