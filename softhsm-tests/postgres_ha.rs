@@ -127,6 +127,12 @@ fn producer_event(p: usize, i: usize) -> NewEvent {
     ev(&format!("idp-{}", p % 4), Some(&id), body.as_bytes())
 }
 
+/// The event a producer sent with source id `id` (`p{p}-e{i}`), rebuilt byte for byte.
+fn event_of(id: &str) -> NewEvent {
+    let (p, i) = id.trim_start_matches('p').split_once("-e").unwrap();
+    producer_event(p.parse().unwrap(), i.parse().unwrap())
+}
+
 /// A producer's acknowledged event: its id, the seq it was acknowledged with, whether that answer was a
 /// de-duplication of an earlier (unacknowledged) attempt, and whether it was acknowledged before the kill.
 #[derive(Debug, Clone)]
@@ -254,6 +260,17 @@ async fn postgres_failover_loses_no_acknowledged_event() {
     let before_kill = acks.iter().filter(|a| a.before_kill).count();
     assert!(before_kill >= acked_at_kill, "{before_kill} < {acked_at_kill}");
     assert!(before_kill < total, "the kill came after the load: {before_kill} of {total}");
+
+    // A producer that never got its answer sends again after the failover: the same id is the event already stored,
+    // at its seq, and nothing new is appended (what a retried request whose COMMIT did reach the standby gets).
+    let resent: Vec<&Ack> = acks.iter().filter(|a| a.before_kill).step_by(37).collect();
+    let again =
+        writer.append_group(&resent.iter().map(|a| vec![event_of(&a.id)]).collect::<Vec<_>>()).await.unwrap();
+    for (a, got) in resent.iter().zip(again) {
+        let got = got.unwrap();
+        assert_eq!((got.len(), got[0].seq, got[0].duplicate), (1, a.seq, true), "{a:?}");
+    }
+    assert_eq!(writer.next_seq(), total as u64);
 
     // A head sealed on the promoted server, and the whole log verifies (events, erasures none, head, tree).
     let key = kit::log_builder::TestKey::new(9);
