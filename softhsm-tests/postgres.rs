@@ -5,6 +5,8 @@
 //! Roles as docs/HA.md sets them up: the superuser creates `anchorlog_owner` (owns the database and the schema) and
 //! `anchorlog_app` (what the appliance runs as); the owner installs the schema and grants the app role.
 
+#[path = "postgres_ha.rs"]
+mod ha;
 mod kit;
 mod pg_node;
 mod pg_serve;
@@ -35,17 +37,8 @@ struct Db {
 impl Db {
     async fn start() -> Db {
         let server = PgServer::start();
-        let su = pg::connect(&PgConnect::plain(server.superuser_url())).await.expect("superuser session");
-        // Role and database names are fixed here (DDL takes no parameters); docs/HA.md has the same statements.
-        su.batch_execute(&format!("CREATE ROLE {OWNER} LOGIN; CREATE ROLE {APP} LOGIN;")).await.unwrap();
-        su.batch_execute(&format!("CREATE DATABASE {DB} OWNER {OWNER}")).await.unwrap();
-        let db = Db { server };
-        let mut owner = db.owner().await;
-        assert_eq!(schema::install(&mut owner, ORIGIN).await.unwrap(), schema::PG_SCHEMA_VERSION);
-        schema::grant_app(&owner, APP).await.unwrap();
-        // Installing again finds the schema and changes nothing.
-        assert_eq!(schema::install(&mut owner, ORIGIN).await.unwrap(), schema::PG_SCHEMA_VERSION);
-        db
+        install_log(&server).await;
+        Db { server }
     }
 
     fn app_connect(&self) -> PgConnect {
@@ -72,6 +65,19 @@ impl Db {
         let writer = PgWriter::open(&self.app_connect(), &lease, ORIGIN).await.unwrap();
         (lease, writer)
     }
+}
+
+/// Creates the two roles and the anchorlog database on `server` and installs the schema as the owner.
+async fn install_log(server: &PgServer) {
+    let su = pg::connect(&PgConnect::plain(server.superuser_url())).await.expect("superuser session");
+    // Role and database names are fixed here (DDL takes no parameters); docs/HA.md has the same statements.
+    su.batch_execute(&format!("CREATE ROLE {OWNER} LOGIN; CREATE ROLE {APP} LOGIN;")).await.unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {DB} OWNER {OWNER}")).await.unwrap();
+    let mut owner = pg::connect(&PgConnect::plain(server.url(OWNER, DB))).await.expect("owner session");
+    assert_eq!(schema::install(&mut owner, ORIGIN).await.unwrap(), schema::PG_SCHEMA_VERSION);
+    schema::grant_app(&owner, APP).await.unwrap();
+    // Installing again finds the schema and changes nothing.
+    assert_eq!(schema::install(&mut owner, ORIGIN).await.unwrap(), schema::PG_SCHEMA_VERSION);
 }
 
 fn ev(producer: &str, id: Option<&str>, body: &[u8]) -> NewEvent {

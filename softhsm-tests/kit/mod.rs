@@ -14,7 +14,8 @@
 //! - [`tsa`]: a real RFC 3161 TSA (`openssl ts` behind `tsa/tsa_http.py`) with its fault modes.
 //! - [`witness`]: a real `anchorlog witness` process.
 //! - [`postgres`]: a real PostgreSQL 15 server (`initdb`/`pg_ctl` as the `postgres` user) per test, for the
-//!   PostgreSQL storage (src/store/pg); killed with SIGKILL and restarted on demand.
+//!   PostgreSQL storage (src/store/pg); killed with SIGKILL and restarted on demand; a primary with a synchronous
+//!   streaming standby (`PgCluster`) to kill and promote; `pg_basebackup` of a server and its restore.
 //! - [`browser`]: headless Chromium driven over WebDriver (`chromedriver`), for the auditor's console.
 //! - [`health`]: the plain-HTTP health listener's answers.
 //! - [`bundle`]: export bundles (tar) taken apart and put back together, as an attacker would, and the
