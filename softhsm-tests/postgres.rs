@@ -6,6 +6,7 @@
 //! `anchorlog_app` (what the appliance runs as); the owner installs the schema and grants the app role.
 
 mod kit;
+mod postgres_reads;
 
 use anchorlog::formats::NormalizedFields;
 use anchorlog::ledger::event::NewEvent;
