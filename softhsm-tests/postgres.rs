@@ -10,6 +10,7 @@ mod ha;
 mod kit;
 mod pg_node;
 mod pg_serve;
+mod postgres_reads;
 mod scenarios;
 
 use anchorlog::formats::NormalizedFields;

@@ -160,3 +160,31 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 501 of a route that still reads only SQLite, as docs/openapi.json documents it for each such route.
+    #[test]
+    fn a_sqlite_only_route_on_postgres_answers_501_as_documented() {
+        let doc: Value = serde_json::from_str(crate::api::openapi::DOCUMENT).unwrap();
+        for (path, route) in [("/v1/export", "GET /v1/export"), ("/v1/events", "GET /v1/events (search)")] {
+            let e = ApiError::not_available_on_postgres(route);
+            assert_eq!(
+                (e.status, e.code, e.retry_after),
+                (StatusCode::NOT_IMPLEMENTED, "not_available_on_postgres", None)
+            );
+            assert_eq!(
+                e.message,
+                format!(
+                    "{route} is not available yet on an appliance that stores its log in PostgreSQL; use an \
+                     appliance on SQLite for it, or check the log with `anchorlog verify --db postgres://…` meanwhile"
+                )
+            );
+            let example =
+                &doc["paths"][path]["get"]["responses"]["501"]["content"]["application/json"]["example"];
+            assert_eq!(example, &json!({"code": e.code, "message": e.message, "detail": e.detail}), "{path}");
+        }
+    }
+}
