@@ -23,7 +23,6 @@ use crate::store::cosignatures::{StoredCosignature, WitnessCursor};
 use crate::store::StoredTimestamp;
 use anchorlog_core::merkle::{self, Frontier};
 use anchorlog_core::stored::{ErasureRecord, StoredHead};
-use futures_util::future::try_join_all;
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
@@ -66,9 +65,9 @@ pub enum PgDone {
 
 /// The writer's statements, prepared once on its session.
 struct Statements {
-    insert_event: Statement,
-    find_by_source_id: Statement,
-    insert_node: Statement,
+    insert_events: Statement,
+    find_by_source_ids: Statement,
+    insert_nodes: Statement,
 }
 
 /// The one writer of a log on PostgreSQL: its own session (not the lease's), the epoch of the lease it writes
@@ -104,16 +103,31 @@ impl PgWriter {
             .await?;
         super::schema::check(&client, origin).await?;
         let statements = Statements {
-            insert_event: client
+            insert_events: client
                 .prepare(
                     "INSERT INTO events (seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, \
-                     salt, body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     salt, body) SELECT seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, \
+                     salt, body FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
+                     $6::text[], $7::bytea[], $8::bytea[], $9::bytea[], $10::bytea[]) WITH ORDINALITY \
+                     AS t(seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, salt, body, n) \
+                     ORDER BY n",
                 )
                 .await?,
-            find_by_source_id: client
-                .prepare("SELECT seq, leaf_hash FROM events WHERE producer = $1 AND source = $2 AND source_id = $3")
+            find_by_source_ids: client
+                .prepare(
+                    // LATERAL: one look-up in the unique (producer, source, source_id) index per key, whatever
+                    // the planner guesses of the array's length (a hash join would scan the whole table).
+                    "SELECT k.producer, k.source, k.source_id, e.seq, e.leaf_hash \
+                     FROM unnest($1::text[], $2::text[], $3::text[]) AS k(producer, source, source_id) \
+                     CROSS JOIN LATERAL (SELECT seq, leaf_hash FROM events \
+                       WHERE producer = k.producer AND source = k.source AND source_id = k.source_id) e",
+                )
                 .await?,
-            insert_node: client.prepare("INSERT INTO nodes (level, idx, hash) VALUES ($1, $2, $3)").await?,
+            insert_nodes: client
+                .prepare(
+                    "INSERT INTO nodes (level, idx, hash) SELECT * FROM unnest($1::int[], $2::bigint[], $3::bytea[])",
+                )
+                .await?,
         };
         let mut writer =
             PgWriter { client, epoch: lease.epoch(), next_seq: 0, frontier: Frontier::new(), statements };
@@ -433,9 +447,11 @@ async fn append_request(
 /// stored log and the earlier events of the batch), inserts each new event at the next seq with the tree nodes it
 /// completes. `next_seq` and `frontier` move only if everything succeeded; one result per request.
 ///
-/// Pipelined: the de-duplication look-ups go out together, then every insert (events in seq order, then nodes),
-/// each batch waiting for its answers once instead of one round trip per statement. The server runs them in the
-/// order sent; the first failure aborts the rest, and its error is the one returned.
+/// Three statements for the whole batch, whatever its size: one de-duplication look-up of every id, one INSERT of
+/// every event and one of every node, each over arrays (`unnest`). The per-statement cost (parse, plan, executor
+/// start, a round trip) was most of the server's CPU per event with one statement per row (docs/PERFORMANCE.md).
+/// The events are inserted in seq order (`ORDER BY` the arrays' ordinality); the dense-seq trigger runs per row and
+/// sees the rows inserted before it by the same statement.
 async fn append_requests(
     tx: &Transaction<'_>,
     statements: &Statements,
@@ -444,29 +460,36 @@ async fn append_requests(
     requests: &[&[NewEvent]],
 ) -> Result<Vec<Vec<Appended>>, PgError> {
     let events = requests.iter().flat_map(|r| r.iter());
-    let lookups = events.clone().map(|ev| async move {
-        let Some(id) = ev.source_id.as_deref() else { return Ok(None) };
-        let (producer, source): (&str, &str) = (&ev.producer, &ev.source);
-        tx.query_opt(&statements.find_by_source_id, &[&producer, &source, &id]).await
-    });
-    let found = try_join_all(lookups).await?;
+    let with_id: Vec<&NewEvent> = events.clone().filter(|ev| ev.source_id.is_some()).collect();
+    let mut stored: HashMap<(String, String, String), (u64, [u8; 32])> = HashMap::new();
+    if !with_id.is_empty() {
+        let producers: Vec<&str> = with_id.iter().map(|ev| &*ev.producer).collect();
+        let sources: Vec<&str> = with_id.iter().map(|ev| &*ev.source).collect();
+        let ids: Vec<&str> = with_id.iter().filter_map(|ev| ev.source_id.as_deref()).collect();
+        for row in tx.query(&statements.find_by_source_ids, &[&producers, &sources, &ids]).await? {
+            let seq = super::u64_of(row.try_get(3)?, "events", *next_seq, "seq")?;
+            let leaf_hash = super::hash_of(row.try_get(4)?, "events", seq, "leaf_hash")?;
+            stored.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), (seq, leaf_hash));
+        }
+    }
 
     let mut next = *next_seq;
     let mut tree = frontier.clone();
     let mut out = Vec::new();
-    let mut rows = Vec::new();
-    let mut nodes: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+    let mut rows = EventColumns::default();
+    let (mut levels, mut idxs, mut hashes): (Vec<i32>, Vec<i64>, Vec<Vec<u8>>) = Default::default();
     // Ids new in this batch: a second event with the same id is a duplicate of the first one's new seq.
     let mut fresh: HashMap<(&str, &str, &str), (u64, [u8; 32])> = HashMap::new();
-    for (ev, stored) in events.zip(found) {
-        if let Some(row) = stored {
-            let seq = super::u64_of(row.try_get(0)?, "events", next, "seq")?;
-            let leaf_hash = super::hash_of(row.try_get(1)?, "events", seq, "leaf_hash")?;
-            out.push(Appended { seq, leaf_hash, duplicate: true });
-            continue;
-        }
+    for ev in events {
         let key = ev.source_id.as_deref().map(|id| (&*ev.producer, &*ev.source, id));
-        if let Some(&(seq, leaf_hash)) = key.as_ref().and_then(|k| fresh.get(k)) {
+        let known = key.as_ref().and_then(|&(p, s, id)| {
+            // Stored duplicates are rare (a producer's retry): the owned key is built only when there are some.
+            fresh.get(&(p, s, id)).or_else(|| match stored.is_empty() {
+                true => None,
+                false => stored.get(&(p.to_string(), s.to_string(), id.to_string())),
+            })
+        });
+        if let Some(&(seq, leaf_hash)) = known {
             out.push(Appended { seq, leaf_hash, duplicate: true });
             continue;
         }
@@ -475,68 +498,75 @@ async fn append_requests(
         tree.push_with(leaf_hash, |start, len, hash| {
             if len > 1 {
                 let level = len.trailing_zeros();
-                nodes.push((level as i32, i64_of(start >> level), hash.to_vec()));
+                levels.push(level as i32);
+                idxs.push(i64_of(start >> level));
+                hashes.push(hash.to_vec());
             }
         });
         if let Some(k) = key {
             fresh.insert(k, (next, leaf_hash));
         }
-        rows.push(EventParams {
-            seq: i64_of(next),
-            received_at_ns: i64_of(ev.received_at_ns),
-            producer: &ev.producer,
-            source: &ev.source,
-            format: ev.format,
-            source_id: ev.source_id.as_deref(),
-            entry,
-            leaf_hash: leaf_hash.to_vec(),
-            salt: &ev.salt[..],
-            body: &ev.body,
-        });
+        rows.push(ev, i64_of(next), entry, leaf_hash);
         out.push(Appended { seq: next, leaf_hash, duplicate: false });
         next += 1;
     }
 
-    let event_params: Vec<[&(dyn ToSql + Sync); 10]> = rows
-        .iter()
-        .map(|r| -> [&(dyn ToSql + Sync); 10] {
-            [
-                &r.seq,
-                &r.received_at_ns,
-                &r.producer,
-                &r.source,
-                &r.format,
-                &r.source_id,
-                &r.entry,
-                &r.leaf_hash,
-                &r.salt,
-                &r.body,
-            ]
-        })
-        .collect();
-    let node_params: Vec<[&(dyn ToSql + Sync); 3]> =
-        nodes.iter().map(|(level, idx, hash)| -> [&(dyn ToSql + Sync); 3] { [level, idx, hash] }).collect();
-    let inserts = event_params
-        .iter()
-        .map(|p| tx.execute(&statements.insert_event, &p[..]))
-        .chain(node_params.iter().map(|p| tx.execute(&statements.insert_node, &p[..])));
-    try_join_all(inserts).await?;
+    if !rows.seq.is_empty() {
+        let r = &rows;
+        let params: [&(dyn ToSql + Sync); 10] = [
+            &r.seq,
+            &r.received_at_ns,
+            &r.producer,
+            &r.source,
+            &r.format,
+            &r.source_id,
+            &r.entry,
+            &r.leaf_hash,
+            &r.salt,
+            &r.body,
+        ];
+        let events = tx.execute(&statements.insert_events, &params);
+        if levels.is_empty() {
+            events.await?;
+        } else {
+            let node_params: [&(dyn ToSql + Sync); 3] = [&levels, &idxs, &hashes];
+            let nodes = tx.execute(&statements.insert_nodes, &node_params);
+            // Both go out at once; the server runs them in order, and a failure of the first aborts the second.
+            futures_util::future::try_join(events, nodes).await?;
+        }
+    }
     *next_seq = next;
     *frontier = tree;
     let mut out = out.into_iter();
     Ok(requests.iter().map(|r| out.by_ref().take(r.len()).collect()).collect())
 }
 
-/// The bound parameters of one event insert (borrowing from the request's event).
-struct EventParams<'a> {
-    seq: i64,
-    received_at_ns: i64,
-    producer: &'a str,
-    source: &'a str,
-    format: &'a str,
-    source_id: Option<&'a str>,
-    entry: Vec<u8>,
-    leaf_hash: Vec<u8>,
-    salt: &'a [u8],
-    body: &'a Vec<u8>,
+/// The columns of a batch of event inserts, one array each (borrowing from the requests' events).
+#[derive(Default)]
+struct EventColumns<'a> {
+    seq: Vec<i64>,
+    received_at_ns: Vec<i64>,
+    producer: Vec<&'a str>,
+    source: Vec<&'a str>,
+    format: Vec<&'a str>,
+    source_id: Vec<Option<&'a str>>,
+    entry: Vec<Vec<u8>>,
+    leaf_hash: Vec<Vec<u8>>,
+    salt: Vec<&'a [u8]>,
+    body: Vec<&'a [u8]>,
+}
+
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, ev: &'a NewEvent, seq: i64, entry: Vec<u8>, leaf_hash: [u8; 32]) {
+        self.seq.push(seq);
+        self.received_at_ns.push(i64_of(ev.received_at_ns));
+        self.producer.push(&ev.producer);
+        self.source.push(&ev.source);
+        self.format.push(ev.format);
+        self.source_id.push(ev.source_id.as_deref());
+        self.entry.push(entry);
+        self.leaf_hash.push(leaf_hash.to_vec());
+        self.salt.push(&ev.salt[..]);
+        self.body.push(&ev.body);
+    }
 }
