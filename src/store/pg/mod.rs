@@ -209,6 +209,15 @@ impl std::fmt::Debug for PgTls {
     }
 }
 
+/// Silence on a session before the first TCP keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
+/// Between two unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered probes before the kernel closes the session.
+pub const KEEPALIVE_RETRIES: u32 = 3;
+/// How long sent data may stay unacknowledged before the kernel closes the session (`TCP_USER_TIMEOUT`).
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Opens one session and drives it on the current tokio runtime. The session's background task ends when the
 /// returned client is dropped or the server closes the session.
 pub async fn connect(c: &PgConnect) -> Result<tokio_postgres::Client, PgError> {
@@ -218,8 +227,16 @@ pub async fn connect(c: &PgConnect) -> Result<tokio_postgres::Client, PgError> {
         config.password(p);
     }
     config.application_name("anchorlog").connect_timeout(c.connect_timeout);
-    // A peer that vanished without closing (a dead host) is noticed by TCP keepalives within a minute.
-    config.keepalives(true).keepalives_idle(Duration::from_secs(15));
+    // A server host that vanished without closing its sockets (power, network) is noticed within seconds, not
+    // the kernel's defaults (keepalive probes every 75 s, 9 of them; an unanswered write retried for ~15 min):
+    // an idle session after 15 + 3 × 5 s of silence, a session with data in flight after 30 s unacknowledged.
+    // The writer then steps down and a standby, or this node after a PostgreSQL failover, takes the lease again.
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
