@@ -425,7 +425,7 @@ async fn starts_stops_crashes_and_config_changes_are_recorded_in_the_signed_log(
     assert_eq!(report["report"]["events"], 9, "{report}");
     assert_eq!(
         report["report"]["appliance"],
-        serde_json::json!({"starts": 3, "starts_after_unclean_end": 1, "stops": 2, "outages_started": 0,
+        serde_json::json!({"starts": 3, "starts_after_unclean_end": 1, "stops": 2, "takeovers": 0, "outages_started": 0,
                            "outages_ended": 0, "access_denied": 0, "access_denied_summaries": 0,
                            "access_denied_suppressed": 0, "audit_access": 1, "erasures": 0, "witness_refusals": 0,
                            "self_verifications": 0, "key_rotations": 0, "clock_jumps": 0, "other": 0})
