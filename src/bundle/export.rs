@@ -99,21 +99,66 @@ pub fn erasure_record_proof(
     let Some(head) = store::covering_head(conn, erasure_seq)? else { return Ok(None) };
     let inclusion = store::tree::inclusion_proof(conn, erasure_seq, head.tree_size)?;
     let consistency = store::tree::consistency_proof(conn, anchor_size, head.tree_size)?;
-    let b64 = |v: &[[u8; 32]]| v.iter().map(|h| B64.encode(h)).collect();
-    Ok(Some(ErasureRecordProof {
-        erased_seq,
-        seq: erasure_seq,
-        entry: String::from_utf8_lossy(&record.entry).into_owned(),
-        salt: B64.encode(salt),
-        body: B64.encode(body),
-        head: ProofHead {
-            height: head.height,
-            checkpoint: head.checkpoint,
-            signature: B64.encode(&head.signature),
-        },
-        inclusion_proof: b64(&inclusion),
-        consistency_proof: b64(&consistency),
-    }))
+    let proven = ProvenRecord { entry: record.entry, salt, body, head, inclusion, consistency };
+    Ok(Some(proven.into_erasure(erased_seq, erasure_seq)))
+}
+
+/// An appliance record with its proofs as a store answered them: what an erasure-record proof and a key-rotation
+/// proof are made of. Both stores (SQLite here, PostgreSQL in `store::pg::evidence`) build them through this.
+pub(crate) struct ProvenRecord {
+    /// The record's canonical entry.
+    pub entry: Vec<u8>,
+    /// Its salt.
+    pub salt: Vec<u8>,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// The earliest head covering it.
+    pub head: anchorlog_core::stored::StoredHead,
+    /// Its inclusion proof into that head.
+    pub inclusion: Vec<[u8; 32]>,
+    /// The consistency proof between that head and the reference tree.
+    pub consistency: Vec<[u8; 32]>,
+}
+
+impl ProvenRecord {
+    fn encoded(v: &[[u8; 32]]) -> Vec<String> {
+        v.iter().map(|h| B64.encode(h)).collect()
+    }
+
+    fn proof_head(&self) -> ProofHead {
+        ProofHead {
+            height: self.head.height,
+            checkpoint: self.head.checkpoint.clone(),
+            signature: B64.encode(&self.head.signature),
+        }
+    }
+
+    /// The proof of the erasure record at `seq` of the payload of `erased_seq`.
+    pub(crate) fn into_erasure(self, erased_seq: u64, seq: u64) -> ErasureRecordProof {
+        ErasureRecordProof {
+            erased_seq,
+            seq,
+            head: self.proof_head(),
+            entry: String::from_utf8_lossy(&self.entry).into_owned(),
+            salt: B64.encode(&self.salt),
+            body: B64.encode(&self.body),
+            inclusion_proof: Self::encoded(&self.inclusion),
+            consistency_proof: Self::encoded(&self.consistency),
+        }
+    }
+
+    /// The proof of the key rotation record at `seq`.
+    pub(crate) fn into_rotation(self, seq: u64) -> KeyRotationProof {
+        KeyRotationProof {
+            seq,
+            head: self.proof_head(),
+            entry: String::from_utf8_lossy(&self.entry).into_owned(),
+            salt: B64.encode(&self.salt),
+            body: B64.encode(&self.body),
+            inclusion_proof: Self::encoded(&self.inclusion),
+            consistency_proof: Self::encoded(&self.consistency),
+        }
+    }
 }
 
 /// The key rotation records at seqs `from..to` (found through the rotation index, `log_meta`) with the proofs that
@@ -141,20 +186,9 @@ pub fn key_rotation_proofs(
         let inclusion = store::tree::inclusion_proof(conn, seq, head.tree_size)?;
         let (small, large) = (head.tree_size.min(reference_size), head.tree_size.max(reference_size));
         let consistency = store::tree::consistency_proof(conn, small, large)?;
-        let b64 = |v: &[[u8; 32]]| v.iter().map(|h| B64.encode(h)).collect();
-        out.push(KeyRotationProof {
-            seq,
-            entry: String::from_utf8_lossy(&record.entry).into_owned(),
-            salt: B64.encode(salt),
-            body: B64.encode(body),
-            head: ProofHead {
-                height: head.height,
-                checkpoint: head.checkpoint,
-                signature: B64.encode(&head.signature),
-            },
-            inclusion_proof: b64(&inclusion),
-            consistency_proof: b64(&consistency),
-        });
+        out.push(
+            ProvenRecord { entry: record.entry, salt, body, head, inclusion, consistency }.into_rotation(seq),
+        );
     }
     Ok(out)
 }

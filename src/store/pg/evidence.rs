@@ -3,15 +3,10 @@
 //! them inside one snapshot (`store::reads::LogReads` does) so the head and the proofs against it agree.
 
 use super::{read, tree, PgError};
-use anchorlog_core::verify::erasure::{ErasureRecordProof, ProofHead};
+use crate::bundle::export::ProvenRecord;
+use anchorlog_core::verify::erasure::ErasureRecordProof;
 use anchorlog_core::verify::keys::KeyRotationProof;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use tokio_postgres::GenericClient;
-
-fn b64(v: &[[u8; 32]]) -> Vec<String> {
-    v.iter().map(|h| B64.encode(h)).collect()
-}
 
 /// The erasure record (at `erasure_seq`) of the payload of `erased_seq`, with its inclusion in the earliest head
 /// covering it and that head's consistency with the tree of size `anchor_size`; `None` while no head covers it.
@@ -31,20 +26,8 @@ pub async fn erasure_record_proof(
     let Some(head) = read::covering_head(c, erasure_seq).await? else { return Ok(None) };
     let inclusion = tree::inclusion_proof(c, erasure_seq, head.tree_size).await?;
     let consistency = tree::consistency_proof(c, anchor_size, head.tree_size).await?;
-    Ok(Some(ErasureRecordProof {
-        erased_seq,
-        seq: erasure_seq,
-        entry: String::from_utf8_lossy(&record.entry).into_owned(),
-        salt: B64.encode(salt),
-        body: B64.encode(body),
-        head: ProofHead {
-            height: head.height,
-            checkpoint: head.checkpoint,
-            signature: B64.encode(&head.signature),
-        },
-        inclusion_proof: b64(&inclusion),
-        consistency_proof: b64(&consistency),
-    }))
+    let proven = ProvenRecord { entry: record.entry, salt, body, head, inclusion, consistency };
+    Ok(Some(proven.into_erasure(erased_seq, erasure_seq)))
 }
 
 /// The key rotation records at seqs `from..to` with their proofs against the tree of size `reference_size`
@@ -70,19 +53,9 @@ pub async fn key_rotation_proofs(
         let inclusion = tree::inclusion_proof(c, seq, head.tree_size).await?;
         let (small, large) = (head.tree_size.min(reference_size), head.tree_size.max(reference_size));
         let consistency = tree::consistency_proof(c, small, large).await?;
-        out.push(KeyRotationProof {
-            seq,
-            entry: String::from_utf8_lossy(&record.entry).into_owned(),
-            salt: B64.encode(salt),
-            body: B64.encode(body),
-            head: ProofHead {
-                height: head.height,
-                checkpoint: head.checkpoint,
-                signature: B64.encode(&head.signature),
-            },
-            inclusion_proof: b64(&inclusion),
-            consistency_proof: b64(&consistency),
-        });
+        out.push(
+            ProvenRecord { entry: record.entry, salt, body, head, inclusion, consistency }.into_rotation(seq),
+        );
     }
     Ok(out)
 }
