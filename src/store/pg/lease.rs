@@ -161,11 +161,13 @@ impl WriterLease {
     }
 }
 
+/// The fence's statement (the writer prepares it once and pipelines it with BEGIN).
+pub const FENCE_SQL: &str = "SELECT epoch FROM writer_lease WHERE id = 1 FOR SHARE";
+
 /// The fence, the first statement of every write transaction: locks the epoch row `FOR SHARE` (a takeover's
 /// UPDATE then waits for this transaction) and refuses to go on unless it holds `ours`.
 pub async fn fence(tx: &tokio_postgres::Transaction<'_>, ours: i64) -> Result<(), PgError> {
-    let current: i64 =
-        tx.query_one("SELECT epoch FROM writer_lease WHERE id = 1 FOR SHARE", &[]).await?.try_get(0)?;
+    let current: i64 = tx.query_one(FENCE_SQL, &[]).await?.try_get(0)?;
     if current != ours {
         return Err(PgError::FencedOut { ours, current });
     }

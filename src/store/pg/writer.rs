@@ -14,7 +14,7 @@
 //! sent. Seqs are taken from the writer's own counter, moved only by committed requests, so they stay dense after a
 //! failed request, a failed group, or a fenced-out one (the `events_dense_seq` trigger checks it too).
 
-use super::lease::{fence, WriterLease, WRITE_IDLE_IN_TRANSACTION};
+use super::lease::{fence, WriterLease, FENCE_SQL, WRITE_IDLE_IN_TRANSACTION};
 use super::{connect, i64_of, read, tree, PgConnect, PgError};
 use crate::ledger::appender::{entry_of, Appended};
 use crate::ledger::event::NewEvent;
@@ -65,6 +65,7 @@ pub enum PgDone {
 
 /// The writer's statements, prepared once on its session.
 struct Statements {
+    fence: Statement,
     insert_events: Statement,
     find_by_source_ids: Statement,
     insert_nodes: Statement,
@@ -103,6 +104,7 @@ impl PgWriter {
             .await?;
         super::schema::check(&client, origin).await?;
         let statements = Statements {
+            fence: client.prepare(FENCE_SQL).await?,
             insert_events: client
                 .prepare(
                     "INSERT INTO events (seq, received_at_ns, producer, source, format, source_id, entry, leaf_hash, \
@@ -195,7 +197,12 @@ impl PgWriter {
     /// otherwise one [`PgDone`] per command, in order.
     pub async fn apply_group(&mut self, commands: &[PgCommand]) -> Result<Vec<PgDone>, PgError> {
         let start = (self.next_seq, self.frontier.clone());
-        let outcome = match self.attempt(commands, Isolation::Shared).await {
+        let first = match commands.iter().all(|c| matches!(c, PgCommand::Append(_))) {
+            // The common case, ingest alone: two round trips, pipelined (`attempt_appends`).
+            true => self.attempt_appends(commands).await,
+            false => self.attempt(commands, Isolation::Shared).await,
+        };
+        let outcome = match first {
             Ok(None) => {
                 (self.next_seq, self.frontier) = start.clone();
                 tracing::debug!(
@@ -219,6 +226,100 @@ impl PgWriter {
             Err(e) => {
                 (self.next_seq, self.frontier) = start;
                 Err(PgError::GroupCommit { first_seq: self.next_seq, source: Box::new(e) })
+            }
+        }
+    }
+
+    /// The optimistic attempt at a group of append requests alone, in two round trips instead of six: BEGIN, the
+    /// fence and the de-duplication look-up go out together; then, if the fence holds, the inserts and COMMIT go out
+    /// together. A failing insert aborts the transaction on the server, which then answers the COMMIT with a
+    /// ROLLBACK: nothing of the group is stored, the insert's error says so, and the caller replays the group with
+    /// a savepoint per request ([`PgWriter::attempt`]). The same outcomes as `attempt` with [`Isolation::Shared`].
+    async fn attempt_appends(&mut self, commands: &[PgCommand]) -> Result<Option<Vec<PgDone>>, PgError> {
+        let PgWriter { client, epoch, next_seq, frontier, statements } = self;
+        let requests: Vec<&[NewEvent]> = commands
+            .iter()
+            .filter_map(|c| if let PgCommand::Append(events) = c { Some(events.as_slice()) } else { None })
+            .collect();
+        let keys = IdKeys::of(&requests);
+        let begin = client.batch_execute("BEGIN");
+        let fenced = client.query_one(&statements.fence, &[]);
+        let lookup = async {
+            match keys.is_empty() {
+                true => Ok(Vec::new()),
+                false => client.query(&statements.find_by_source_ids, &keys.params()).await,
+            }
+        };
+        let (begun, fenced, found) = tokio::join!(begin, fenced, lookup);
+        let checked = begun.map_err(PgError::from).and_then(|()| {
+            let current: i64 = fenced?.try_get(0)?;
+            match current == *epoch {
+                true => Ok(found?),
+                false => Err(PgError::FencedOut { ours: *epoch, current }),
+            }
+        });
+        let found = match checked {
+            Ok(rows) => rows,
+            Err(e) => {
+                rollback(client).await;
+                return Err(e);
+            }
+        };
+        let stored = match stored_ids(found, *next_seq) {
+            Ok(stored) => stored,
+            Err(e) => {
+                rollback(client).await;
+                return Err(e);
+            }
+        };
+        let batch = Batch::build(&requests, stored, *next_seq, frontier);
+        let (inserted, committed) = match batch.rows.seq.is_empty() {
+            // Nothing new (every event a duplicate): nothing to insert, the COMMIT ends the read-only transaction.
+            true => (Ok(()), client.batch_execute("COMMIT").await),
+            false => {
+                let r = &batch.rows;
+                let params: [&(dyn ToSql + Sync); 10] = [
+                    &r.seq,
+                    &r.received_at_ns,
+                    &r.producer,
+                    &r.source,
+                    &r.format,
+                    &r.source_id,
+                    &r.entry,
+                    &r.leaf_hash,
+                    &r.salt,
+                    &r.body,
+                ];
+                let node_params: [&(dyn ToSql + Sync); 3] = [&batch.levels, &batch.idxs, &batch.hashes];
+                let events = client.execute(&statements.insert_events, &params);
+                let nodes = async {
+                    match batch.levels.is_empty() {
+                        true => Ok(0),
+                        false => client.execute(&statements.insert_nodes, &node_params).await,
+                    }
+                };
+                let commit = client.batch_execute("COMMIT");
+                let (events, nodes, commit) = tokio::join!(events, nodes, commit);
+                (events.and(nodes).map(|_| ()), commit)
+            }
+        };
+        match (inserted, committed) {
+            // A request failed: the server rolled the transaction back at COMMIT; replay with savepoints.
+            (Err(e), Ok(())) => {
+                tracing::debug!(error = %super::error_text(&e), "pg writer: the group's inserts failed");
+                Ok(None)
+            }
+            (Err(e), Err(_)) | (Ok(()), Err(e)) => Err(e.into()),
+            (Ok(()), Ok(())) => {
+                *next_seq = batch.next;
+                *frontier = batch.tree;
+                let mut out = batch.out.into_iter();
+                Ok(Some(
+                    requests
+                        .iter()
+                        .map(|r| PgDone::Append(Ok(out.by_ref().take(r.len()).collect())))
+                        .collect(),
+                ))
             }
         }
     }
@@ -459,60 +560,14 @@ async fn append_requests(
     frontier: &mut Frontier,
     requests: &[&[NewEvent]],
 ) -> Result<Vec<Vec<Appended>>, PgError> {
-    let events = requests.iter().flat_map(|r| r.iter());
-    let with_id: Vec<&NewEvent> = events.clone().filter(|ev| ev.source_id.is_some()).collect();
-    let mut stored: HashMap<(String, String, String), (u64, [u8; 32])> = HashMap::new();
-    if !with_id.is_empty() {
-        let producers: Vec<&str> = with_id.iter().map(|ev| &*ev.producer).collect();
-        let sources: Vec<&str> = with_id.iter().map(|ev| &*ev.source).collect();
-        let ids: Vec<&str> = with_id.iter().filter_map(|ev| ev.source_id.as_deref()).collect();
-        for row in tx.query(&statements.find_by_source_ids, &[&producers, &sources, &ids]).await? {
-            let seq = super::u64_of(row.try_get(3)?, "events", *next_seq, "seq")?;
-            let leaf_hash = super::hash_of(row.try_get(4)?, "events", seq, "leaf_hash")?;
-            stored.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), (seq, leaf_hash));
-        }
-    }
-
-    let mut next = *next_seq;
-    let mut tree = frontier.clone();
-    let mut out = Vec::new();
-    let mut rows = EventColumns::default();
-    let (mut levels, mut idxs, mut hashes): (Vec<i32>, Vec<i64>, Vec<Vec<u8>>) = Default::default();
-    // Ids new in this batch: a second event with the same id is a duplicate of the first one's new seq.
-    let mut fresh: HashMap<(&str, &str, &str), (u64, [u8; 32])> = HashMap::new();
-    for ev in events {
-        let key = ev.source_id.as_deref().map(|id| (&*ev.producer, &*ev.source, id));
-        let known = key.as_ref().and_then(|&(p, s, id)| {
-            // Stored duplicates are rare (a producer's retry): the owned key is built only when there are some.
-            fresh.get(&(p, s, id)).or_else(|| match stored.is_empty() {
-                true => None,
-                false => stored.get(&(p.to_string(), s.to_string(), id.to_string())),
-            })
-        });
-        if let Some(&(seq, leaf_hash)) = known {
-            out.push(Appended { seq, leaf_hash, duplicate: true });
-            continue;
-        }
-        let entry = entry_of(ev, next);
-        let leaf_hash = merkle::leaf_hash(&entry);
-        tree.push_with(leaf_hash, |start, len, hash| {
-            if len > 1 {
-                let level = len.trailing_zeros();
-                levels.push(level as i32);
-                idxs.push(i64_of(start >> level));
-                hashes.push(hash.to_vec());
-            }
-        });
-        if let Some(k) = key {
-            fresh.insert(k, (next, leaf_hash));
-        }
-        rows.push(ev, i64_of(next), entry, leaf_hash);
-        out.push(Appended { seq: next, leaf_hash, duplicate: false });
-        next += 1;
-    }
-
-    if !rows.seq.is_empty() {
-        let r = &rows;
+    let keys = IdKeys::of(requests);
+    let found = match keys.is_empty() {
+        true => Vec::new(),
+        false => tx.query(&statements.find_by_source_ids, &keys.params()).await?,
+    };
+    let batch = Batch::build(requests, stored_ids(found, *next_seq)?, *next_seq, frontier);
+    if !batch.rows.seq.is_empty() {
+        let r = &batch.rows;
         let params: [&(dyn ToSql + Sync); 10] = [
             &r.seq,
             &r.received_at_ns,
@@ -526,19 +581,136 @@ async fn append_requests(
             &r.body,
         ];
         let events = tx.execute(&statements.insert_events, &params);
-        if levels.is_empty() {
+        if batch.levels.is_empty() {
             events.await?;
         } else {
-            let node_params: [&(dyn ToSql + Sync); 3] = [&levels, &idxs, &hashes];
+            let node_params: [&(dyn ToSql + Sync); 3] = [&batch.levels, &batch.idxs, &batch.hashes];
             let nodes = tx.execute(&statements.insert_nodes, &node_params);
             // Both go out at once; the server runs them in order, and a failure of the first aborts the second.
             futures_util::future::try_join(events, nodes).await?;
         }
     }
-    *next_seq = next;
-    *frontier = tree;
-    let mut out = out.into_iter();
+    *next_seq = batch.next;
+    *frontier = batch.tree;
+    let mut out = batch.out.into_iter();
     Ok(requests.iter().map(|r| out.by_ref().take(r.len()).collect()).collect())
+}
+
+/// Ends a transaction the writer gave up on (fenced out, a failed look-up); a session that broke needs none.
+async fn rollback(client: &Client) {
+    if let Err(e) = client.batch_execute("ROLLBACK").await {
+        tracing::warn!(error = %super::error_text(&e), "pg writer: ROLLBACK failed");
+    }
+}
+
+/// The `(producer, source, source_id)` of every event of a batch that has an id: the de-duplication look-up's
+/// three array parameters.
+struct IdKeys<'a> {
+    producers: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    ids: Vec<&'a str>,
+}
+
+impl<'a> IdKeys<'a> {
+    fn of(requests: &[&'a [NewEvent]]) -> IdKeys<'a> {
+        let mut k = IdKeys { producers: Vec::new(), sources: Vec::new(), ids: Vec::new() };
+        for ev in requests.iter().flat_map(|r| r.iter()) {
+            if let Some(id) = ev.source_id.as_deref() {
+                k.producers.push(&ev.producer);
+                k.sources.push(&ev.source);
+                k.ids.push(id);
+            }
+        }
+        k
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.producers, &self.sources, &self.ids]
+    }
+}
+
+/// The stored events the look-up found, by `(producer, source, source_id)`.
+type StoredIds = HashMap<(String, String, String), (u64, [u8; 32])>;
+
+fn stored_ids(rows: Vec<tokio_postgres::Row>, next_seq: u64) -> Result<StoredIds, PgError> {
+    let mut stored = HashMap::new();
+    for row in rows {
+        let seq = super::u64_of(row.try_get(3)?, "events", next_seq, "seq")?;
+        let leaf_hash = super::hash_of(row.try_get(4)?, "events", seq, "leaf_hash")?;
+        stored.insert((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?), (seq, leaf_hash));
+    }
+    Ok(stored)
+}
+
+/// A batch of append requests made ready to insert: each event de-duplicated (against the stored log and the
+/// earlier events of the batch) or given the next seq, its entry and leaf hash, and the tree nodes it completes.
+struct Batch<'a> {
+    rows: EventColumns<'a>,
+    levels: Vec<i32>,
+    idxs: Vec<i64>,
+    hashes: Vec<Vec<u8>>,
+    /// One outcome per event, in request order.
+    out: Vec<Appended>,
+    /// The next seq and the tree once the batch is committed.
+    next: u64,
+    tree: Frontier,
+}
+
+impl<'a> Batch<'a> {
+    fn build(
+        requests: &[&'a [NewEvent]],
+        stored: StoredIds,
+        next_seq: u64,
+        frontier: &Frontier,
+    ) -> Batch<'a> {
+        let mut b = Batch {
+            rows: EventColumns::default(),
+            levels: Vec::new(),
+            idxs: Vec::new(),
+            hashes: Vec::new(),
+            out: Vec::new(),
+            next: next_seq,
+            tree: frontier.clone(),
+        };
+        // Ids new in this batch: a second event with the same id is a duplicate of the first one's new seq.
+        let mut fresh: HashMap<(&str, &str, &str), (u64, [u8; 32])> = HashMap::new();
+        for ev in requests.iter().flat_map(|r| r.iter()) {
+            let key = ev.source_id.as_deref().map(|id| (&*ev.producer, &*ev.source, id));
+            let known = key.as_ref().and_then(|&(p, s, id)| {
+                // Stored duplicates are rare (a producer's retry): the owned key is built only when there are some.
+                fresh.get(&(p, s, id)).or_else(|| match stored.is_empty() {
+                    true => None,
+                    false => stored.get(&(p.to_string(), s.to_string(), id.to_string())),
+                })
+            });
+            if let Some(&(seq, leaf_hash)) = known {
+                b.out.push(Appended { seq, leaf_hash, duplicate: true });
+                continue;
+            }
+            let entry = entry_of(ev, b.next);
+            let leaf_hash = merkle::leaf_hash(&entry);
+            let (levels, idxs, hashes) = (&mut b.levels, &mut b.idxs, &mut b.hashes);
+            b.tree.push_with(leaf_hash, |start, len, hash| {
+                if len > 1 {
+                    let level = len.trailing_zeros();
+                    levels.push(level as i32);
+                    idxs.push(i64_of(start >> level));
+                    hashes.push(hash.to_vec());
+                }
+            });
+            if let Some(k) = key {
+                fresh.insert(k, (b.next, leaf_hash));
+            }
+            b.rows.push(ev, i64_of(b.next), entry, leaf_hash);
+            b.out.push(Appended { seq: b.next, leaf_hash, duplicate: false });
+            b.next += 1;
+        }
+        b
+    }
 }
 
 /// The columns of a batch of event inserts, one array each (borrowing from the requests' events).
