@@ -277,19 +277,7 @@ impl PgWriter {
             // Nothing new (every event a duplicate): nothing to insert, the COMMIT ends the read-only transaction.
             true => (Ok(()), client.batch_execute("COMMIT").await),
             false => {
-                let r = &batch.rows;
-                let params: [&(dyn ToSql + Sync); 10] = [
-                    &r.seq,
-                    &r.received_at_ns,
-                    &r.producer,
-                    &r.source,
-                    &r.format,
-                    &r.source_id,
-                    &r.entry,
-                    &r.leaf_hash,
-                    &r.salt,
-                    &r.body,
-                ];
+                let params = batch.rows.params();
                 let node_params: [&(dyn ToSql + Sync); 3] = [&batch.levels, &batch.idxs, &batch.hashes];
                 let events = client.execute(&statements.insert_events, &params);
                 let nodes = async {
@@ -567,19 +555,7 @@ async fn append_requests(
     };
     let batch = Batch::build(requests, stored_ids(found, *next_seq)?, *next_seq, frontier);
     if !batch.rows.seq.is_empty() {
-        let r = &batch.rows;
-        let params: [&(dyn ToSql + Sync); 10] = [
-            &r.seq,
-            &r.received_at_ns,
-            &r.producer,
-            &r.source,
-            &r.format,
-            &r.source_id,
-            &r.entry,
-            &r.leaf_hash,
-            &r.salt,
-            &r.body,
-        ];
+        let params = batch.rows.params();
         let events = tx.execute(&statements.insert_events, &params);
         if batch.levels.is_empty() {
             events.await?;
@@ -729,6 +705,22 @@ struct EventColumns<'a> {
 }
 
 impl<'a> EventColumns<'a> {
+    /// The ten array parameters of the events INSERT, in its column order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.seq,
+            &self.received_at_ns,
+            &self.producer,
+            &self.source,
+            &self.format,
+            &self.source_id,
+            &self.entry,
+            &self.leaf_hash,
+            &self.salt,
+            &self.body,
+        ]
+    }
+
     fn push(&mut self, ev: &'a NewEvent, seq: i64, entry: Vec<u8>, leaf_hash: [u8; 32]) {
         self.seq.push(seq);
         self.received_at_ns.push(i64_of(ev.received_at_ns));
